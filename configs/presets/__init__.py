@@ -1,0 +1,1 @@
+"""Bundled preset sweeps (YAML), run with `evalkit run --preset NAME`."""

@@ -1,0 +1,275 @@
+"""The transformers text backend: any causal LM (hub id, local directory or GGUF file).
+
+Generation here uses transformers' ``generate`` batched per setting, with a
+GenerationConfig built from scratch so that no model default (a repetition penalty,
+a default top_k) silently changes a setting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from evalkit.backends import gguf
+from evalkit.backends.base import Generation, ModelInfo, PreparedPrompt, ProgressFn, WorkUnit
+from evalkit.config import ModelConfig, SweepConfig
+from evalkit.errors import ConfigError, EvalkitError
+from evalkit.prompts import Prompt
+from evalkit.sampling import Setting
+from evalkit.seeds import derive_seed
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def resolve_device(requested: str) -> str:
+    import torch
+
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise EvalkitError("model.device: 'cuda' was requested but no CUDA GPU is available")
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def resolve_dtype(requested: str, device: str):
+    import torch
+
+    if requested == "auto":
+        if device == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return getattr(torch, requested)
+
+
+class ModelSource:
+    """Where a model comes from, found and checked before anything is loaded."""
+
+    def __init__(self, kind: str, path: Path | None, hub_id: str | None, gguf_source: gguf.GGUFSource | None):
+        self.kind, self.path, self.hub_id, self.gguf = kind, path, hub_id, gguf_source
+
+
+def locate_model(config: SweepConfig) -> ModelSource:
+    """Resolve ``model.id`` to a local file, directory or hub id. Raises on a missing path or bad hash."""
+    mc: ModelConfig = config.model
+    where = dict(source=config.source, path="model.id")
+    if mc.id == "default":
+        expected = mc.sha256 or gguf.DEFAULT_SHA256
+        return ModelSource("embedded", None, None, gguf.verify(gguf.default_gguf_path(), expected))
+    path = config.resolve_path(mc.id)
+    looks_local = mc.id.startswith((".", "/", "~")) or mc.id.endswith(".gguf") or path.exists()
+    if looks_local:
+        if not path.exists():
+            raise ConfigError(f"model path does not exist: {path}", **where)
+        if path.is_file():
+            if path.suffix != ".gguf":
+                raise ConfigError(f"model file must be a .gguf file or a directory, got {path}", **where)
+            return ModelSource("gguf", path, None, gguf.verify(path, mc.sha256))
+        if mc.gguf_file:
+            file = path / mc.gguf_file
+            if not file.is_file():
+                raise ConfigError(f"GGUF file does not exist: {file}", source=config.source, path="model.gguf_file")
+            return ModelSource("gguf", file, None, gguf.verify(file, mc.sha256))
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"not a transformers model directory (no config.json): {path}", **where)
+        return ModelSource("local", path, None, None)
+    if mc.gguf_file:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            file = Path(hf_hub_download(mc.id, mc.gguf_file, revision=mc.revision))
+        except Exception as e:  # network or missing repo: a user problem, said in one line
+            raise ConfigError(f"cannot fetch {mc.gguf_file} from {mc.id}: {type(e).__name__}", **where) from None
+        return ModelSource("gguf", file, None, gguf.verify(file, mc.sha256))
+    return ModelSource("hub", None, mc.id, None)
+
+
+def _weights_hash(directory: Path) -> str | None:
+    files = sorted(p for p in directory.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0" + gguf.sha256_file(f).encode() + b"\n")
+    return h.hexdigest()
+
+
+def _quiet_libraries() -> None:
+    """evalkit draws its own progress bars; silence the libraries' bars and advice."""
+    import transformers
+    from huggingface_hub.utils import disable_progress_bars
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    disable_progress_bars()
+
+
+class HFTextBackend:
+    """A transformers causal LM behind the TextBackend interface."""
+
+    def __init__(self, config: SweepConfig, source: ModelSource, device: str, status=lambda msg: None):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+        started = time.perf_counter()
+        _quiet_libraries()
+        mc = config.model
+        dtype = resolve_dtype(mc.dtype, device)
+        converted_now = False
+        if source.gguf is not None:
+            status("checking the converted-model cache")
+            if not gguf.converted_dir(source.gguf).is_dir():
+                status("converting the GGUF file (one time; cached for later runs)")
+            load_from, converted_now = gguf.ensure_converted(source.gguf)
+            load_kwargs: dict[str, Any] = {}
+        else:
+            load_from = str(source.path) if source.path else source.hub_id
+            load_kwargs = {"revision": mc.revision} if source.kind == "hub" and mc.revision else {}
+        status("loading the model")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(load_from, **load_kwargs)
+            self.model = AutoModelForCausalLM.from_pretrained(load_from, dtype=dtype, **load_kwargs)
+        except OSError as e:
+            raise EvalkitError(f"model.id: cannot load {mc.id!r}: {str(e).splitlines()[0]}") from None
+        self.model.to(device).eval()
+        self.torch = torch
+
+        defaults = self.model.generation_config
+        eos = defaults.eos_token_id
+        eos_ids = {int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None}
+        if self.tokenizer.eos_token_id is not None:
+            eos_ids.add(int(self.tokenizer.eos_token_id))
+        self.eos_ids = sorted(eos_ids)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else defaults.pad_token_id
+        self.pad_id = int(pad if pad is not None else (self.eos_ids[0] if self.eos_ids else 0))
+        # Replace the model's generation defaults with a neutral config so that nothing
+        # but the setting shapes the distribution; remember what was dropped.
+        neutral = GenerationConfig()
+        ignored = {k: v for k, v in defaults.to_diff_dict().items()
+                   if k not in ("bos_token_id", "eos_token_id", "pad_token_id", "transformers_version")}
+        self.model.generation_config = neutral
+
+        sha = source.gguf.sha256 if source.gguf else (_weights_hash(source.path) if source.path else None)
+        ctx = getattr(self.model.config, "max_position_embeddings", None)
+        self.info = ModelInfo(
+            backend="hf",
+            id=mc.id,
+            source=source.kind,
+            path=str(source.gguf.path if source.gguf else (source.path or source.hub_id)),
+            revision=getattr(self.model.config, "_commit_hash", None) if source.kind == "hub" else None,
+            sha256=sha,
+            dtype=str(dtype).removeprefix("torch."),
+            device=device,
+            context_length=int(ctx) if ctx else None,
+            eos_token_ids=self.eos_ids,
+            has_chat_template=bool(getattr(self.tokenizer, "chat_template", None)),
+            rng="transformers generate: one torch stream per batch, seeded from the batch's sample seeds",
+            converted_now=converted_now,
+            load_seconds=round(time.perf_counter() - started, 3),
+            ignored_generation_defaults=ignored,
+        )
+
+    # ------------------------------------------------------------------ prompts
+
+    def prepare(self, prompts: list[Prompt], *, chat_template: bool | str, system_prompt: str | None,
+                max_new_tokens: int) -> list[PreparedPrompt]:
+        use_template = self.info.has_chat_template if chat_template == "auto" else bool(chat_template)
+        if use_template and not self.info.has_chat_template:
+            raise ConfigError(f"prompts.chat_template: the model {self.info.id!r} has no chat template")
+        out = []
+        for p in prompts:
+            if use_template:
+                rendered = self.tokenizer.apply_chat_template(p.chat(system_prompt), tokenize=False,
+                                                              add_generation_prompt=True)
+                ids = self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
+            else:
+                if p.messages is not None:
+                    raise ConfigError(f"prompt {p.id!r} is chat messages, but no chat template is applied")
+                rendered = f"{system_prompt}\n\n{p.text}" if system_prompt else (p.text or "")
+                ids = self.tokenizer(rendered)["input_ids"]
+            limit = self.info.context_length
+            if limit is not None and len(ids) + max_new_tokens > limit:
+                raise ConfigError(f"prompt {p.id!r} has {len(ids)} tokens; with max_new_tokens={max_new_tokens} "
+                                  f"it exceeds the model's context of {limit} tokens")
+            if not ids:
+                raise ConfigError(f"prompt {p.id!r} is empty after tokenization")
+            out.append(PreparedPrompt(prompt=p, rendered=rendered, token_ids=tuple(ids), chat_template=use_template))
+        return out
+
+    # ------------------------------------------------------------------ generation
+
+    def generation_params(self, setting: Setting, max_new_tokens: int) -> dict[str, Any]:
+        """Every GenerationConfig field that shapes the distribution, set explicitly."""
+        sample = not setting.greedy
+        return {
+            "do_sample": sample,
+            "temperature": setting.temperature if sample else None,
+            "top_k": setting.top_k if sample else None,
+            "top_p": setting.top_p if sample else None,
+            "min_p": (setting.min_p or None) if sample else None,
+            "typical_p": 1.0,
+            "epsilon_cutoff": 0.0,
+            "eta_cutoff": 0.0,
+            "repetition_penalty": 1.0,
+            "no_repeat_ngram_size": 0,
+            "num_beams": 1,
+            "max_new_tokens": max_new_tokens,
+            "min_new_tokens": 0,
+            "eos_token_id": self.eos_ids,
+            "pad_token_id": self.pad_id,
+        }
+
+    def generate(self, units: list[WorkUnit], *, max_new_tokens: int, batch_size: int,
+                 progress: ProgressFn | None = None) -> Iterator[Generation]:
+        from transformers import GenerationConfig
+
+        by_setting: dict[Setting, list[WorkUnit]] = {}
+        for u in units:
+            by_setting.setdefault(u.setting, []).append(u)
+        done = 0
+        for setting, rows in by_setting.items():
+            gen_config = GenerationConfig(**self.generation_params(setting, max_new_tokens))
+            for start in range(0, len(rows), batch_size):
+                chunk = rows[start:start + batch_size]
+                for g in self._generate_chunk(chunk, gen_config, done, progress):
+                    done += 1
+                    yield g
+
+    def _generate_chunk(self, chunk: list[WorkUnit], gen_config, done: int, progress: ProgressFn | None):
+        torch = self.torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        width = max(len(u.prompt.token_ids) for u in chunk)
+        ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, u in enumerate(chunk):  # left padding
+            n = len(u.prompt.token_ids)
+            ids[row, width - n:] = torch.tensor(u.prompt.token_ids)
+            mask[row, width - n:] = 1
+
+        class _Step(StoppingCriteria):
+            def __init__(self):
+                self.step = 0
+
+            def __call__(self, input_ids, scores, **kwargs):
+                self.step += 1
+                if progress:
+                    progress(done, self.step)
+                return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+        device = self.info.device
+        torch.manual_seed(derive_seed(0, "batch", *(u.seed for u in chunk)))
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                      generation_config=gen_config,
+                                      stopping_criteria=StoppingCriteriaList([_Step()]))
+        new = out[:, width:].tolist()
+        eos = set(self.eos_ids)
+        for u, tokens in zip(chunk, new):
+            cut = next((i for i, t in enumerate(tokens) if t in eos), None)
+            kept = tokens if cut is None else tokens[:cut]
+            reason = "eos" if cut is not None else "length"
+            text = self.tokenizer.decode(kept, skip_special_tokens=True)
+            yield Generation(unit=u, token_ids=tuple(kept), text=text, finish_reason=reason)

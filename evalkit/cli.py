@@ -1,0 +1,135 @@
+"""The command line: a thin layer over the Python API.
+
+User errors print one line (``error: ...``) and exit 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+import evalkit
+from evalkit.errors import EvalkitError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Measure what sampling settings do to a generative model.")
+out = Console()
+err = Console(stderr=True)
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("evalkit_presets")
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def preset_path(name: str) -> Path:
+    if name not in preset_names():
+        raise EvalkitError(f"--preset: unknown preset {name!r} (presets: {', '.join(preset_names())})")
+    return Path(str(resources.files("evalkit_presets") / f"{name}.yaml"))
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"evalkit {evalkit.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    pass
+
+
+@app.command()
+def run(
+    config: Annotated[Path | None, typer.Argument(help="Sweep config (YAML).", show_default=False)] = None,
+    preset: Annotated[str | None, typer.Option(help="Run a bundled preset instead: " + "|".join(
+        ["code", "qa", "chat", "creative", "brainstorm"]))] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: grid.temperature=[0.5,1.0]")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks for errors.")] = False,
+) -> None:
+    """Run a sweep: generate every sample, score it, write a run directory."""
+
+    def body():
+        if (config is None) == (preset is None):
+            raise EvalkitError("give a config file or --preset NAME (one of them)")
+        path = config if config is not None else preset_path(preset)
+        result = evalkit.run_sweep(path, overrides=set_ or [], progress=not quiet)
+        _print_summary(result)
+
+    _guard(body, debug)
+
+
+@app.command("metrics")
+def list_metrics() -> None:
+    """List the available metrics with their definitions, references and parameters."""
+    from evalkit.registry import default_registry
+
+    for entry in default_registry().entries():
+        fields = entry.cls.Params.model_fields
+        params = ", ".join(f"{k}={f.default}" for k, f in fields.items() if k not in entry.fixed) or "none"
+        output = entry.cls(entry.cls.Params.model_validate(entry.fixed)).id
+        out.print(f"[bold]{escape(entry.name)}[/]  ->  {escape(output)}", highlight=False)
+        out.print(f"    {escape(entry.cls.definition)}", highlight=False)
+        out.print(f"    parameters: {escape(params)}; reference: {escape(entry.cls.reference)}", highlight=False)
+
+
+def _guard(body, debug: bool) -> None:
+    try:
+        body()
+    except EvalkitError as e:
+        if debug:
+            raise
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise typer.Exit(130) from None
+
+
+def _fmt(x: float) -> str:
+    if math.isnan(x):
+        return "nan"
+    return f"{x:.1f}" if abs(x) >= 10 else f"{x:.3f}"
+
+
+def _print_summary(result: evalkit.Run) -> None:
+    summary = result.summary
+    metrics = list(dict.fromkeys(summary["metric"]))
+    level = int(round(result.manifest.ci["level"] * 100))
+    table = Table(title=f"{escape(result.manifest.name)}: mean over prompts [{level}% bootstrap CI]",
+                  caption=escape("; ".join(metrics)))
+    table.add_column("setting")
+    for m in metrics:
+        table.add_column(escape(m.split("[")[0]), justify="right")
+    for sid, df in summary.groupby("setting_id", sort=False):
+        by_metric = df.set_index("metric")
+        cells = []
+        for m in metrics:
+            r = by_metric.loc[m]
+            ci = "" if math.isnan(r["ci_low"]) else f" [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
+            cells.append(_fmt(r["mean"]) + ci)
+        table.add_row(escape(str(sid)), *cells)
+    out.print(table)
+    m = result.manifest
+    out.print(f"{m.n_samples} samples: {m.n_prompts} prompts x {len(m.settings)} settings x "
+              f"{result.config['samples_per_prompt']} on {escape(m.model['id'])} ({m.device}, {m.model['dtype']}); "
+              f"generation {m.timings.get('generate_s', 0):.1f} s", highlight=False)
+    out.print(f"run directory: [bold]{escape(str(result.path))}[/]", highlight=False)
+
+
+def main() -> None:
+    app(prog_name="evalkit")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

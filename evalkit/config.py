@@ -1,0 +1,330 @@
+"""The sweep config: pydantic models, YAML loading and ``--set`` overrides.
+
+Paths inside a config (``prompts.file``, a local ``model.id``, ``model.gguf_file``)
+are relative to the config file's directory; ``output_dir`` is relative to the
+working directory. Every error names the file, the field path and the bad value.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import re
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from evalkit.errors import ConfigError
+from evalkit.sampling import MinP, Setting, Temperature, TopK, TopP
+
+DEFAULT_METRICS = ("distinct_1", "distinct_2", "mean_length")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Strict):
+    """Which model generates, and where it runs."""
+
+    backend: Literal["hf"] = "hf"  # transformers causal LM
+    id: str = "default"  # "default" (embedded SmolLM2-135M-Instruct), a hub id, a local directory or a .gguf file
+    gguf_file: str | None = None  # GGUF file name inside the directory or hub repo named by `id`
+    revision: str | None = None  # hub revision (branch, tag or commit)
+    sha256: str | None = None  # expected sha256 of the GGUF file; a mismatch is refused
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: float32 on CPU, bfloat16 on CUDA
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when there is a GPU, else CPU
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", v):
+            raise ValueError(f"sha256 must be 64 hexadecimal characters, got {v!r}")
+        return v.lower() if v else v
+
+
+class Message(_Strict):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class PromptItem(_Strict):
+    """One prompt: plain text or chat messages, with an optional id (default ``p<index>``)."""
+
+    id: str | None = None
+    prompt: str | None = None
+    messages: list[Message] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"prompt": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _one_of(self) -> PromptItem:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("a prompt needs exactly one of 'prompt' or 'messages'")
+        if self.prompt is not None and not self.prompt.strip():
+            raise ValueError("prompt text is empty")
+        if self.messages is not None and not self.messages:
+            raise ValueError("messages is empty")
+        return self
+
+
+class PromptsConfig(_Strict):
+    """Inline prompts (a list) or a JSONL file with ``id`` and ``prompt`` (or ``messages``) per line."""
+
+    items: list[PromptItem] | None = None
+    file: str | None = None  # JSONL, relative to the config file
+    chat_template: bool | Literal["auto"] = "auto"  # auto: apply the model's chat template when it has one
+    system_prompt: str | None = None  # prepended as a system message (or as text when no template is used)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"items": data} if isinstance(data, list) else data
+
+    @model_validator(mode="after")
+    def _one_of(self) -> PromptsConfig:
+        if (self.items is None) == (self.file is None):
+            raise ValueError("give prompts either inline (a list) or as 'file', not both or neither")
+        if self.items is not None and not self.items:
+            raise ValueError("the prompt list is empty")
+        return self
+
+
+class GridConfig(_Strict):
+    """Lists whose cartesian product is the grid, and/or an explicit list of settings."""
+
+    temperature: list[Temperature] | None = None  # default [1.0] when only lists are given
+    top_p: list[TopP] | None = None  # default [1.0]
+    top_k: list[TopK] | None = None  # default [0]
+    min_p: list[MinP] | None = None  # default [0.0]
+    settings: list[Setting] | None = None  # explicit points, added after the product
+
+    @field_validator("temperature", "top_p", "top_k", "min_p", "settings")
+    @classmethod
+    def _non_empty(cls, v: list | None) -> list | None:
+        if v is not None and not v:
+            raise ValueError("list is empty")
+        return v
+
+    def expand(self) -> list[Setting]:
+        """The grid's settings in a stable order, duplicates removed."""
+        axes = (self.temperature, self.top_p, self.top_k, self.min_p)
+        out: list[Setting] = []
+        if any(a is not None for a in axes) or self.settings is None:
+            t, p, k, m = (a if a is not None else [d] for a, d in zip(axes, (1.0, 1.0, 0, 0.0)))
+            out += [Setting(temperature=a, top_p=b, top_k=c, min_p=d) for a, b, c, d in itertools.product(t, p, k, m)]
+        out += self.settings or []
+        return list(dict.fromkeys(out))
+
+
+class MetricSpec(_Strict):
+    """A metric by registry name, with its parameters (``{name: distinct_n, n: 3}`` or ``distinct_2``)."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"name": data}
+        if isinstance(data, dict) and "params" not in data:
+            rest = {k: v for k, v in data.items() if k != "name"}
+            return {"name": data.get("name"), "params": rest}
+        return data
+
+
+class CIConfig(_Strict):
+    """Bootstrap confidence intervals over prompts (percentile method, seeded from the run seed)."""
+
+    level: float = Field(0.95, gt=0, lt=1)
+    resamples: int = Field(2000, ge=100)
+
+
+class SweepConfig(_Strict):
+    """The whole sweep: a model, prompts, a grid of settings, samples and metrics."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=80)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    prompts: PromptsConfig
+    grid: GridConfig = Field(default_factory=GridConfig)
+    samples_per_prompt: int = Field(4, ge=1)  # samples per prompt per setting
+    max_new_tokens: int = Field(64, ge=1)
+    seed: int = Field(0, ge=0)  # every random stream of the run derives from it
+    batch_size: int = Field(64, ge=1)  # rows per forward pass
+    metrics: list[MetricSpec] = Field(default_factory=lambda: [MetricSpec(name=m) for m in DEFAULT_METRICS])
+    ci: CIConfig = Field(default_factory=CIConfig)
+    output_dir: str = "runs"  # run directories go here, relative to the working directory
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_shorthand(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("model"), str):
+            data = {**data, "model": {"id": data["model"]}}
+        return data
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics_non_empty(cls, v: list[MetricSpec]) -> list[MetricSpec]:
+        if not v:
+            raise ValueError("list is empty: name at least one metric")
+        return v
+
+    # Where the config came from; relative paths resolve against base_dir.
+    _source: str = "<config>"
+    _base_dir: Path = Path(".")
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    def settings(self) -> list[Setting]:
+        return self.grid.expand()
+
+    def resolve_path(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self._base_dir / p)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> SweepConfig:
+    """Read, override and validate a YAML sweep config. Raises ConfigError."""
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("config file not found", source=source) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file is not UTF-8 (byte {e.start})", source=source) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file: {e.strerror}", source=source) from None
+    data = parse_yaml(text, source)
+    return config_from_dict(data, source=source, base_dir=path.resolve().parent, overrides=overrides)
+
+
+def parse_yaml(text: str, source: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        raise ConfigError(f"invalid YAML at {where}: {e.problem}", source=source) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"invalid YAML: {e}", source=source) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping of keys at the top level, got {type(data).__name__}", source=source)
+    return data
+
+
+def config_from_dict(
+    data: dict[str, Any],
+    *,
+    source: str = "<config>",
+    base_dir: Path | str = ".",
+    overrides: list[str] | None = None,
+) -> SweepConfig:
+    data = apply_overrides(data, overrides or [], source)
+    try:
+        config = SweepConfig.model_validate(data)
+    except ValidationError as e:
+        raise _config_error(e, source) from None
+    config._source = source
+    config._base_dir = Path(base_dir)
+    return config
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides; the value is parsed as YAML (``[0.5, 1.0]``, ``4``, ``true``)."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"--set expects KEY.PATH=VALUE, got {item!r}", source=source)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {key}: cannot parse value {raw!r} as YAML", source=source) from None
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: '{part}' is not a mapping", source=source)
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def _config_error(error: ValidationError, source: str) -> ConfigError:
+    first = error.errors()[0]
+    loc = tuple(first["loc"])
+    path = _loc_to_path(loc)
+    value = first.get("input")
+    if first["type"] == "extra_forbidden":
+        name = str(loc[-1])
+        known = _fields_at(loc[:-1])
+        hint = difflib.get_close_matches(name, known, n=1)
+        msg = f"unknown key {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else f" (valid keys: {', '.join(known)})")
+        path = _loc_to_path(loc[:-1]) or None
+    else:
+        msg = first["msg"].removeprefix("Value error, ")
+        if "got " not in msg and first["type"] != "missing":
+            msg += f", got {_short(value)}"
+    more = error.error_count() - 1
+    if more:
+        msg += f" (and {more} more error{'s' if more > 1 else ''})"
+    return ConfigError(msg, source=source, path=path or None)
+
+
+def _loc_to_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif str(part).startswith(("function-", "list[", "dict[", "str", "literal[")) or part in ("bool", "int"):
+            continue  # union branch tags that pydantic adds to the location
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """Field names of the config model found at ``loc`` (for "did you mean" hints)."""
+    model: type[BaseModel] | None = SweepConfig
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            continue
+        model = _model_in(field.annotation)
+    return sorted(model.model_fields) if model else []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found:
+            return found
+    return None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,82 @@
+"""The metric plugin interface.
+
+A metric declares what it needs from the samples (``needs``), takes validated
+parameters (``Params``), and returns one :class:`Score` per group: the samples of one
+prompt under one setting, plus per-sample values where they mean something.
+Its output name carries every parameter that changes the number
+(``distinct_2[tok=words]``), so two definitions never share a column.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from evalkit.sampling import Setting
+
+NEEDS = frozenset({"texts", "token_ids", "prompts"})
+
+
+@dataclass(frozen=True)
+class Group:
+    """The samples of one prompt under one setting, in sample-index order."""
+
+    prompt_id: str
+    prompt: str
+    setting: Setting
+    texts: tuple[str, ...]
+    token_ids: tuple[tuple[int, ...], ...]
+
+
+@dataclass(frozen=True)
+class Score:
+    """A group's value; NaN only with a ``reason`` (never a silent 0)."""
+
+    value: float
+    reason: str | None = None
+    per_sample: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        if math.isnan(self.value) and not self.reason:
+            raise ValueError("a NaN score needs a reason")
+
+    @classmethod
+    def undefined(cls, reason: str) -> Score:
+        return cls(float("nan"), reason)
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Metric:
+    """Base class of a metric plugin. Subclasses set the class attributes and ``compute``."""
+
+    name: ClassVar[str]  # registry name of the family, e.g. "distinct_n"
+    definition: ClassVar[str]  # one line: what the number is
+    reference: ClassVar[str]  # the paper (and reference implementation) it follows
+    needs: ClassVar[frozenset[str]] = frozenset({"texts"})
+    Params: ClassVar[type[BaseModel]] = NoParams
+
+    def __init__(self, params: BaseModel | None = None):
+        self.params = params if params is not None else self.Params()
+
+    @property
+    def base_name(self) -> str:
+        """The name before the signature (``distinct_2``); families may fold a parameter in."""
+        return self.name
+
+    def signature(self) -> dict[str, object]:
+        """Parameters shown in the output name (all of them, by default)."""
+        return self.params.model_dump()
+
+    @property
+    def id(self) -> str:
+        sig = ",".join(f"{k}={v}" for k, v in self.signature().items())
+        return f"{self.base_name}[{sig}]" if sig else self.base_name
+
+    def compute(self, group: Group) -> Score:
+        raise NotImplementedError

@@ -1,0 +1,55 @@
+"""Progress bars for the three phases of a run (loading, generation, scoring).
+
+Bars go to stderr through rich; ``Silent`` is used by the Python API when asked for no output.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+
+class Phase:
+    def __init__(self, progress=None, task=None):
+        self._progress, self._task = progress, task
+
+    def advance(self, n: int = 1) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, n)
+
+    def update(self, *, completed: int | None = None, status: str | None = None) -> None:
+        if self._progress is not None:
+            kwargs = {"completed": completed} if completed is not None else {}
+            if status is not None:
+                kwargs["status"] = status
+            self._progress.update(self._task, **kwargs)
+
+
+class Silent:
+    @contextmanager
+    def phase(self, description: str, total: int | None = None):
+        yield Phase()
+
+
+class RichProgress:
+    def __init__(self, console=None):
+        from rich.console import Console
+
+        self.console = console or Console(stderr=True)
+
+    @contextmanager
+    def phase(self, description: str, total: int | None = None):
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        columns = [SpinnerColumn(), TextColumn("[bold]{task.description:<10}")]
+        if total is not None:
+            columns += [BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
+                        TimeRemainingColumn()]
+        else:
+            columns += [TimeElapsedColumn()]
+        columns.append(TextColumn("[dim]{task.fields[status]}"))
+        with Progress(*columns, console=self.console, transient=False) as progress:
+            task = progress.add_task(description, total=total, status="")
+            yield Phase(progress, task)
+            if total is None:
+                progress.update(task, total=1, completed=1, status="done")

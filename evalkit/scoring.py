@@ -1,0 +1,78 @@
+"""Apply metrics to groups, and aggregate group values per setting with bootstrap CIs.
+
+Tables are long-form (one value per row). Aggregation is a separate step over the
+scores table: the mean over prompts of the group values, and a percentile bootstrap
+confidence interval that resamples prompts with a seeded generator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+
+from evalkit.metric import Group, Metric
+from evalkit.sampling import Setting
+
+SETTING_COLUMNS = ["temperature", "top_p", "top_k", "min_p"]
+
+
+def groups_of(samples: pd.DataFrame) -> list[Group]:
+    """One Group per (prompt, setting), samples in sample-index order, prompts in first-seen order."""
+    out = []
+    ordered = samples.sort_values("sample_index", kind="stable")
+    for (pid, sid), df in ordered.groupby(["prompt_id", "setting_id"], sort=False):
+        first = df.iloc[0]
+        setting = Setting(**{c: first[c] for c in SETTING_COLUMNS})
+        out.append(Group(prompt_id=str(pid), prompt=str(first["prompt"]), setting=setting,
+                         texts=tuple(df["text"]), token_ids=tuple(tuple(int(t) for t in ids) for ids in df["token_ids"])))
+    return out
+
+
+def score_groups(groups: list[Group], metrics: list[Metric],
+                 advance: Callable[[int], None] = lambda n: None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(scores, sample_scores): group values and, where a metric gives them, per-sample values."""
+    rows, sample_rows = [], []
+    for g in groups:
+        for m in metrics:
+            s = m.compute(g)
+            rows.append({"setting_id": g.setting.id, "prompt_id": g.prompt_id, "metric": m.id,
+                         "value": float(s.value), "reason": s.reason})
+            for i, v in enumerate(s.per_sample or ()):
+                sample_rows.append({"setting_id": g.setting.id, "prompt_id": g.prompt_id, "sample_index": i,
+                                    "metric": m.id, "value": float(v)})
+        advance(1)
+    scores = pd.DataFrame(rows, columns=["setting_id", "prompt_id", "metric", "value", "reason"])
+    sample_scores = pd.DataFrame(sample_rows, columns=["setting_id", "prompt_id", "sample_index", "metric", "value"])
+    return scores, sample_scores
+
+
+def bootstrap_ci(values: np.ndarray, *, level: float, resamples: int, seed: int) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean; NaN when fewer than two values."""
+    values = np.asarray(values, dtype=float)
+    if values.size < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, size=(resamples, values.size))].mean(axis=1)
+    alpha = (1 - level) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
+def aggregate(scores: pd.DataFrame, settings: list[Setting], *, level: float, resamples: int,
+              seed: int) -> pd.DataFrame:
+    """Per setting and metric: mean over prompts, bootstrap CI, prompts scored and skipped (NaN)."""
+    from evalkit.seeds import derive_seed
+
+    params = {s.id: s.params() for s in settings}
+    rows = []
+    for (sid, metric), df in scores.groupby(["setting_id", "metric"], sort=False):
+        vals = df["value"].to_numpy(dtype=float)
+        ok = vals[~np.isnan(vals)]
+        low, high = bootstrap_ci(ok, level=level, resamples=resamples, seed=derive_seed(seed, "ci", sid, metric))
+        rows.append({"setting_id": sid, **params[sid], "metric": metric,
+                     "mean": float(ok.mean()) if ok.size else float("nan"), "ci_low": low, "ci_high": high,
+                     "n_prompts": int(ok.size), "n_undefined": int(vals.size - ok.size)})
+    columns = ["setting_id", *SETTING_COLUMNS, "metric", "mean", "ci_low", "ci_high", "n_prompts", "n_undefined"]
+    return pd.DataFrame(rows, columns=columns)

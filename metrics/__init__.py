@@ -1,0 +1,21 @@
+"""evalkit's built-in metrics, one family per module, each with its paper.
+
+Installed as the package ``evalkit_metrics`` (see the README: a top-level ``metrics``
+package would collide with other distributions that ship one). The registry in
+:mod:`evalkit.registry` reads ``BUILTINS``; nothing is discovered by scanning.
+"""
+
+from evalkit_metrics.distinct import DistinctN
+from evalkit_metrics.length import MeanLength
+
+# registry name -> (metric class, fixed parameters)
+BUILTINS = {
+    "distinct_n": (DistinctN, {}),
+    "distinct_1": (DistinctN, {"n": 1}),
+    "distinct_2": (DistinctN, {"n": 2}),
+    "distinct_3": (DistinctN, {"n": 3}),
+    "distinct_4": (DistinctN, {"n": 4}),
+    "mean_length": (MeanLength, {}),
+}
+
+__all__ = ["BUILTINS", "DistinctN", "MeanLength"]
