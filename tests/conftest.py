@@ -1,0 +1,92 @@
+"""Shared fixtures: a tiny randomly initialised Llama-style model with a real byte-level
+BPE tokenizer and a chat template, built in code (no download)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+CORPUS = [
+    "Write a short story about a lighthouse keeper.",
+    "Give one tip for learning to cook and to bake bread.",
+    "The ocean is vast, deep and blue; the sky is wide.",
+    "用一句话描述秋天的早晨。给学习编程的人一个建议。",
+    "def add(a, b): return a + b  # numbers 0123456789",
+] * 20
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_model(directory: Path, *, chat_template: bool = True, context: int = 128) -> Path:
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    if chat_template:
+        fast.chat_template = CHAT_TEMPLATE
+    config = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context,
+                         eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id, bos_token_id=None)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    fast.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_no_template(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama-plain"), chat_template=False)
+
+
+def base_config(model: Path | str, output_dir: Path, **extra) -> dict:
+    config = {
+        "name": "tiny",
+        "model": {"id": str(model), "device": "cpu"},
+        "prompts": [{"id": "en", "prompt": "Write a short story."}, {"id": "zh", "prompt": "描述秋天的早晨。"},
+                    "Give one tip for learning to cook."],
+        "grid": {"temperature": [0.0, 0.7, 1.3], "top_p": [0.8, 1.0]},
+        "samples_per_prompt": 3,
+        "max_new_tokens": 8,
+        "seed": 1,
+        "output_dir": str(output_dir),
+    }
+    config.update(extra)
+    return config
+
+
+@pytest.fixture
+def write_config(tmp_path):
+    """Write a config dict (or YAML text) to a file and return its path."""
+
+    def write(content, name: str = "sweep.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(content if isinstance(content, str) else yaml.safe_dump(content, allow_unicode=True),
+                        encoding="utf-8")
+        return path
+
+    return write
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path

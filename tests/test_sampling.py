@@ -1,0 +1,64 @@
+import pytest
+from pydantic import ValidationError
+
+from evalkit.config import GridConfig
+from evalkit.sampling import APPLICATION_ORDER, Setting
+
+
+@pytest.mark.parametrize("params, expected", [
+    ({"temperature": 0.7, "top_p": 0.9}, "t0.7-p0.9"),
+    ({"temperature": 1.0, "top_p": 1.0}, "t1-p1"),
+    ({"temperature": 0.0, "top_k": 40}, "t0-p1-k40"),
+    ({"temperature": 1.3, "top_p": 0.95, "min_p": 0.05}, "t1.3-p0.95-m0.05"),
+    ({"temperature": 0.1 + 0.2}, "t0.30000000000000004-p1"),  # distinct values never share an id
+])
+def test_setting_ids(params, expected):
+    assert Setting(**params).id == expected
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"temperature": -0.1}, "temperature must be >= 0 (0 means greedy), got -0.1"),
+    ({"temperature": float("inf")}, "temperature must be >= 0"),
+    ({"top_p": 0.0}, "top_p must be in (0, 1]"),
+    ({"top_p": 1.5}, "top_p must be in (0, 1] (1 means no filtering), got 1.5"),
+    ({"top_k": -1}, "top_k must be >= 0"),
+    ({"min_p": 1.0}, "min_p must be in [0, 1)"),
+    ({"min_p": -0.01}, "min_p must be in [0, 1)"),
+])
+def test_setting_domains(params, message):
+    with pytest.raises(ValidationError) as info:
+        Setting(**params)
+    assert message in str(info.value)
+
+
+def test_setting_is_immutable_and_hashable():
+    s = Setting(temperature=0.5)
+    assert s == Setting(temperature=0.5) and hash(s) == hash(Setting(temperature=0.5))
+    with pytest.raises(ValidationError):
+        s.temperature = 1.0  # type: ignore[misc]
+    assert s.greedy is False and Setting(temperature=0).greedy is True
+
+
+def test_application_order_is_transformers_order():
+    assert APPLICATION_ORDER == ("temperature", "top_k", "top_p", "min_p")
+
+
+def test_grid_is_the_cartesian_product_in_order():
+    grid = GridConfig(temperature=[0.3, 0.7], top_p=[0.8, 1.0], top_k=[0, 40])
+    ids = [s.id for s in grid.expand()]
+    assert ids == ["t0.3-p0.8", "t0.3-p0.8-k40", "t0.3-p1", "t0.3-p1-k40",
+                   "t0.7-p0.8", "t0.7-p0.8-k40", "t0.7-p1", "t0.7-p1-k40"]
+
+
+def test_grid_explicit_settings_are_added_and_duplicates_dropped():
+    grid = GridConfig(temperature=[0.5, 1.0], settings=[Setting(temperature=1.0), Setting(temperature=0.2, top_k=5)])
+    assert [s.id for s in grid.expand()] == ["t0.5-p1", "t1-p1", "t0.2-p1-k5"]
+
+
+def test_grid_of_only_explicit_settings():
+    grid = GridConfig(settings=[Setting(temperature=0.2, top_p=0.1)])
+    assert [s.id for s in grid.expand()] == ["t0.2-p0.1"]
+
+
+def test_empty_grid_means_one_default_setting():
+    assert [s.id for s in GridConfig().expand()] == ["t1-p1"]
