@@ -123,8 +123,8 @@ def _print_summary(result: evalkit.Run) -> None:
     m = result.manifest
     out.print(f"{m.n_samples} samples: {m.n_prompts} prompts x {len(m.settings)} settings x "
               f"{result.config['samples_per_prompt']} on {escape(m.model['id'])} ({m.device}, {m.model['dtype']}); "
-              f"generation {m.timings.get('generate_s', 0):.1f} s", highlight=False)
-    out.print(f"run directory: [bold]{escape(str(result.path))}[/]", highlight=False)
+              f"generation {m.timings.get('generate_s', 0):.1f} s", highlight=False, soft_wrap=True)
+    out.print(f"run directory: [bold]{escape(str(result.path))}[/]", highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -1,0 +1,89 @@
+"""The command line, in process (typer's runner) and as `python -m evalkit`."""
+
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+import evalkit
+from evalkit.cli import app
+
+from conftest import base_config
+
+runner = CliRunner()
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == f"evalkit {evalkit.__version__}"
+
+
+def test_metrics_lists_definitions():
+    result = runner.invoke(app, ["metrics"])
+    assert result.exit_code == 0
+    for text in ("distinct_n", "distinct_2[tok=words]", "mean_length[unit=tokens]", "Li et al. 2016"):
+        assert text in result.stdout
+
+
+def test_run_prints_table_and_run_directory(tiny_model, tmp_path, write_config):
+    path = write_config(base_config(tiny_model, tmp_path / "runs"))
+    result = runner.invoke(app, ["run", str(path), "--quiet", "--set", "grid.temperature=[0.5]",
+                                 "--set", "samples_per_prompt=2"])
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert f"run directory: {run_dir}" in result.stdout
+    assert "t0.5-p0.8" in result.stdout and "t0.5-p1" in result.stdout and "distinct_2" in result.stdout
+    run = evalkit.load_run(run_dir)
+    assert len(run.samples) == 3 * 2 * 2
+    assert run.manifest.overrides == ["grid.temperature=[0.5]", "samples_per_prompt=2"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"grid": {"top_p": [1.5]}}, "grid.top_p[0]: top_p must be in (0, 1] (1 means no filtering), got 1.5"),
+    ({"metrics": ["self_blue"]}, "metrics[0]: unknown metric 'self_blue'"),
+    ({"samples": 3}, "unknown key 'samples'"),
+])
+def test_bad_config_exits_2_with_one_line_and_no_run_dir(tiny_model, tmp_path, write_config, change, message):
+    path = write_config({**base_config(tiny_model, tmp_path / "runs"), **change})
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: ") and message in lines[0]
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_debug_shows_the_exception(tmp_path, write_config):
+    result = runner.invoke(app, ["run", str(write_config({"name": "x"})), "--debug"])
+    assert result.exit_code != 0 and isinstance(result.exception, evalkit.ConfigError)
+
+
+def test_config_or_preset_and_unknown_preset():
+    result = runner.invoke(app, ["run"])
+    assert result.exit_code == 2 and "give a config file or --preset NAME" in result.stderr
+    result = runner.invoke(app, ["run", "--preset", "poetry"])
+    assert result.exit_code == 2
+    assert "unknown preset 'poetry' (presets: brainstorm, chat, code, creative, qa)" in result.stderr
+
+
+def test_presets_are_valid_configs_on_the_default_model():
+    from evalkit.cli import preset_names, preset_path
+    from evalkit.prompts import load_prompts
+    from evalkit.registry import default_registry
+
+    for name in preset_names():
+        config = evalkit.load_config(preset_path(name))
+        assert config.model.id == "default" and len(config.settings()) >= 4
+        assert len(load_prompts(config)) >= 4
+        default_registry().create_all(config.metrics)
+    code = evalkit.load_config(preset_path("code"))
+    assert min(s.temperature for s in code.settings()) <= 0.2 and min(s.top_p for s in code.settings()) <= 0.1
+
+
+def test_python_dash_m(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "evalkit", "run", str(tmp_path / "none.yaml")],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"error: {tmp_path / 'none.yaml'}: config file not found"
+    assert not (tmp_path / "runs").exists()
