@@ -32,9 +32,11 @@ class Silent:
 
 class RichProgress:
     def __init__(self, console=None):
+        import sys
+
         from rich.console import Console
 
-        self.console = console or Console(stderr=True)
+        self.console = console or Console(file=sys.stderr)  # bound now: a library's redirect cannot hide it
 
     @contextmanager
     def phase(self, description: str, total: int | None = None):

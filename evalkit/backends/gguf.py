@@ -9,7 +9,9 @@ caches the result as a safetensors checkpoint so that later loads take seconds.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import importlib.util
 import os
 import shutil
@@ -87,8 +89,9 @@ def ensure_converted(source: GGUFSource) -> tuple[Path, bool]:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     folder, name = str(source.path.parent), source.path.name
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    with contextlib.redirect_stderr(io.StringIO()):  # transformers' own tqdm bar; evalkit shows its own
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     # save_pretrained refuses a GGUF-loaded model: rebuild from its config without
     # the quantization marker and move the de-quantized weights over.
     config = loaded.config
