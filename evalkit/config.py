@@ -247,6 +247,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> 
     import copy
 
     data = copy.deepcopy(data)
+    if overrides:  # `model: default` and `prompts: [...]` are shorthands; expand them so keys can go below
+        if isinstance(data.get("model"), str):
+            data["model"] = {"id": data["model"]}
+        if isinstance(data.get("prompts"), list):
+            data["prompts"] = {"items": data["prompts"]}
     for item in overrides:
         key, sep, raw = item.partition("=")
         key = key.strip()

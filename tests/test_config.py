@@ -109,6 +109,13 @@ def test_bad_overrides(write_config, override, expected):
     assert expected in errors_for(write_config, GOOD, [override])
 
 
+def test_overrides_reach_below_shorthands(write_config):
+    path = write_config({**GOOD, "model": "default", "prompts": ["a", "b"]})
+    config = load_config(path, ["model.device=cpu", "prompts.system_prompt=Be brief."])
+    assert config.model.id == "default" and config.model.device == "cpu"
+    assert config.prompts.system_prompt == "Be brief." and len(config.prompts.items) == 2
+
+
 def test_shorthands(write_config):
     config = load_config(write_config({**GOOD, "model": "some-org/some-model", "metrics": ["distinct_2"]}))
     assert config.model.id == "some-org/some-model"

@@ -14,7 +14,7 @@ def check_model(config: SweepConfig):
     """Everything about the model that can be checked before loading it: device, path, hash."""
     from evalkit.backends.hf import locate_model, resolve_device
 
-    return locate_model(config), resolve_device(config.model.device)
+    return locate_model(config), resolve_device(config.model.device, config.source)
 
 
 def load_backend(config: SweepConfig, status: Callable[[str], None] = lambda msg: None) -> TextBackend:

@@ -16,7 +16,7 @@ from typing import Any
 from evalkit.backends import gguf
 from evalkit.backends.base import Generation, ModelInfo, PreparedPrompt, ProgressFn, WorkUnit
 from evalkit.config import ModelConfig, SweepConfig
-from evalkit.errors import ConfigError, EvalkitError
+from evalkit.errors import ConfigError
 from evalkit.prompts import Prompt
 from evalkit.sampling import Setting
 from evalkit.seeds import derive_seed
@@ -24,11 +24,11 @@ from evalkit.seeds import derive_seed
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
-def resolve_device(requested: str) -> str:
+def resolve_device(requested: str, source: str | None = None) -> str:
     import torch
 
     if requested == "cuda" and not torch.cuda.is_available():
-        raise EvalkitError("model.device: 'cuda' was requested but no CUDA GPU is available")
+        raise ConfigError("'cuda' was requested but no CUDA GPU is available", source=source, path="model.device")
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return requested
@@ -116,6 +116,7 @@ class HFTextBackend:
         started = time.perf_counter()
         _quiet_libraries()
         mc = config.model
+        self._source = config.source
         dtype = resolve_dtype(mc.dtype, device)
         converted_now = False
         if source.gguf is not None:
@@ -132,7 +133,8 @@ class HFTextBackend:
             self.tokenizer = AutoTokenizer.from_pretrained(load_from, **load_kwargs)
             self.model = AutoModelForCausalLM.from_pretrained(load_from, dtype=dtype, **load_kwargs)
         except OSError as e:
-            raise EvalkitError(f"model.id: cannot load {mc.id!r}: {str(e).splitlines()[0]}") from None
+            raise ConfigError(f"cannot load {mc.id!r}: {str(e).splitlines()[0]}", source=config.source,
+                              path="model.id") from None
         self.model.to(device).eval()
         self.torch = torch
 
@@ -177,7 +179,8 @@ class HFTextBackend:
                 max_new_tokens: int) -> list[PreparedPrompt]:
         use_template = self.info.has_chat_template if chat_template == "auto" else bool(chat_template)
         if use_template and not self.info.has_chat_template:
-            raise ConfigError(f"prompts.chat_template: the model {self.info.id!r} has no chat template")
+            raise ConfigError(f"the model {self.info.id!r} has no chat template", source=self._source,
+                              path="prompts.chat_template")
         out = []
         for p in prompts:
             if use_template:
@@ -186,15 +189,17 @@ class HFTextBackend:
                 ids = self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
             else:
                 if p.messages is not None:
-                    raise ConfigError(f"prompt {p.id!r} is chat messages, but no chat template is applied")
+                    raise ConfigError(f"prompt {p.id!r} is chat messages, but no chat template is applied",
+                                      source=self._source, path="prompts")
                 rendered = f"{system_prompt}\n\n{p.text}" if system_prompt else (p.text or "")
                 ids = self.tokenizer(rendered)["input_ids"]
             limit = self.info.context_length
             if limit is not None and len(ids) + max_new_tokens > limit:
                 raise ConfigError(f"prompt {p.id!r} has {len(ids)} tokens; with max_new_tokens={max_new_tokens} "
-                                  f"it exceeds the model's context of {limit} tokens")
+                                  f"it exceeds the model's context of {limit} tokens", source=self._source,
+                                  path="prompts")
             if not ids:
-                raise ConfigError(f"prompt {p.id!r} is empty after tokenization")
+                raise ConfigError(f"prompt {p.id!r} is empty after tokenization", source=self._source, path="prompts")
             out.append(PreparedPrompt(prompt=p, rendered=rendered, token_ids=tuple(ids), chat_template=use_template))
         return out
 
