@@ -157,7 +157,8 @@ class SweepConfig(_Strict):
     samples_per_prompt: int = Field(4, ge=1)  # samples per prompt per setting
     max_new_tokens: int = Field(64, ge=1)
     seed: int = Field(0, ge=0)  # every random stream of the run derives from it
-    batch_size: int = Field(64, ge=1)  # rows per forward pass
+    batch_size: int | Literal["auto"] = "auto"  # rows per decode step; auto: from a memory budget
+    stop: list[str] = Field(default_factory=list)  # stop strings: a sample ends before the first one
     metrics: list[MetricSpec] = Field(default_factory=lambda: [MetricSpec(name=m) for m in DEFAULT_METRICS])
     ci: CIConfig = Field(default_factory=CIConfig)
     output_dir: str = "runs"  # run directories go here, relative to the working directory
@@ -168,6 +169,20 @@ class SweepConfig(_Strict):
         if isinstance(data, dict) and isinstance(data.get("model"), str):
             data = {**data, "model": {"id": data["model"]}}
         return data
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_size(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"batch_size must be >= 1 or 'auto', got {v}")
+        return v
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, v: list[str]) -> list[str]:
+        if any(not s for s in v):
+            raise ValueError("stop strings must not be empty")
+        return v
 
     @field_validator("metrics")
     @classmethod

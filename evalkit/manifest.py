@@ -30,7 +30,7 @@ class SettingRecord(BaseModel):
 class Manifest(BaseModel):
     """Everything needed to know what a run was. ``schema_version`` changes when fields change meaning."""
 
-    schema_version: int = 1
+    schema_version: int = 2
     run_id: str
     name: str
     status: Literal["running", "complete", "failed"] = "running"
@@ -52,6 +52,8 @@ class Manifest(BaseModel):
     sampling_order: list[str]  # order in which the sampling transforms apply
     settings: list[SettingRecord]
     n_prompts: int
+    batch_size: int  # rows per decode step, as resolved
+    stop: list[str] = Field(default_factory=list)
     n_samples: int = 0
     metrics: list[str]
     ci: dict[str, Any]

@@ -54,6 +54,7 @@ def run_sweep(config: SweepConfig | str | Path, *, overrides: list[str] | None =
                                    max_new_tokens=config.max_new_tokens)
     timings["load_s"] = round(time.perf_counter() - started, 3)
 
+    batch_size = backend.batch_size(config.batch_size, prepared, config.max_new_tokens)
     run_dir = store.create_run_dir(output_dir, config.name)
     raw = _as_given(config)
     manifest = Manifest(
@@ -63,7 +64,7 @@ def run_sweep(config: SweepConfig | str | Path, *, overrides: list[str] | None =
         sampling_order=list(APPLICATION_ORDER),
         settings=[SettingRecord(id=s.id, params=s.params(),
                                 generation=backend.generation_params(s, config.max_new_tokens)) for s in settings],
-        n_prompts=len(prompts), metrics=[m.id for m in metrics],
+        n_prompts=len(prompts), metrics=[m.id for m in metrics], batch_size=batch_size, stop=list(config.stop),
         ci={"method": "percentile bootstrap over prompts", "level": config.ci.level,
             "resamples": config.ci.resamples, "seed": config.seed},
     )
@@ -78,17 +79,21 @@ def run_sweep(config: SweepConfig | str | Path, *, overrides: list[str] | None =
         units = [WorkUnit(prompt=p, setting=s, sample_index=i, seed=derive_seed(config.seed, p.prompt.id, s.id, i))
                  for s in settings for p in prepared for i in range(config.samples_per_prompt)]
         started = time.perf_counter()
+        position = {id(u): i for i, u in enumerate(units)}
         rows = []
         with ui.phase("generating", total=len(units)) as phase:
-            for g in backend.generate(units, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
+            for g in backend.generate(units, max_new_tokens=config.max_new_tokens, batch_size=batch_size,
+                                      stop=tuple(config.stop),
                                       progress=lambda done, step: phase.update(completed=done, status=f"step {step}")):
                 u = g.unit
-                rows.append({"prompt_id": u.prompt.prompt.id, "prompt": u.prompt.prompt.display,
+                rows.append({"_position": position[id(u)], "prompt_id": u.prompt.prompt.id, "prompt": u.prompt.prompt.display,
                              "setting_id": u.setting.id, **u.setting.params(), "sample_index": u.sample_index,
                              "seed": u.seed, "text": g.text, "num_new_tokens": len(g.token_ids),
-                             "finish_reason": g.finish_reason, "token_ids": list(g.token_ids)})
+                             "finish_reason": g.finish_reason, "token_ids": list(g.token_ids),
+                             **{name: g.stats.get(name, []) for name in store.STAT_COLUMNS}})
                 phase.update(completed=len(rows))
         timings["generate_s"] = round(time.perf_counter() - started, 3)
+        rows.sort(key=lambda r: r.pop("_position"))  # backends finish in their own order; store in the grid's
         samples = pd.DataFrame(rows, columns=store.SAMPLE_COLUMNS)
         store.write_table(run_dir / "samples.parquet", samples)
 

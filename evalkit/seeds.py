@@ -4,9 +4,33 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
+
 
 def derive_seed(seed: int, *parts: object) -> int:
     """A 63-bit seed derived from ``seed`` and ``parts`` (stable across runs and platforms)."""
     text = "\x1f".join([str(int(seed)), *(str(p) for p in parts)])
     digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "big") >> 1
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    z = (z ^ (z >> np.uint64(30))) * _M1
+    z = (z ^ (z >> np.uint64(27))) * _M2
+    return z ^ (z >> np.uint64(31))
+
+
+def uniforms(seeds: np.ndarray, step: int) -> np.ndarray:
+    """One uniform in [0, 1) per seed for decode step ``step`` (counter-based, splitmix64).
+
+    A sample's random numbers are a function of its own seed and the step only, so they do
+    not depend on the batch it was decoded in.
+    """
+    with np.errstate(over="ignore"):
+        z = _mix(seeds.astype(np.uint64) + _GOLDEN * np.uint64(step + 1))
+    return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))

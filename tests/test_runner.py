@@ -30,8 +30,10 @@ def test_samples_table(tiny_run):
     s = tiny_run.samples
     assert len(s) == 3 * 6 * 3  # prompts x settings x samples
     assert list(s.columns) == ["prompt_id", "prompt", "setting_id", "temperature", "top_p", "top_k", "min_p",
-                               "sample_index", "seed", "text", "num_new_tokens", "finish_reason", "token_ids"]
-    assert set(s.setting_id) == {"t0-p0.8", "t0-p1", "t0.7-p0.8", "t0.7-p1", "t1.3-p0.8", "t1.3-p1"}
+                               "sample_index", "seed", "text", "num_new_tokens", "finish_reason", "token_ids",
+                               "logprob_model", "logprob_sampling", "entropy_model", "entropy_sampling", "n_kept"]
+    assert list(dict.fromkeys(s.setting_id)) == ["t0-p0.8", "t0-p1", "t0.7-p0.8", "t0.7-p1", "t1.3-p0.8", "t1.3-p1"]
+    assert list(s.prompt_id[:9]) == ["en"] * 3 + ["zh"] * 3 + ["p2"] * 3  # grid order: setting, prompt, sample
     assert set(s.prompt_id) == {"en", "zh", "p2"}
     assert all(sorted(v) == [0, 1, 2] for v in s.groupby(["prompt_id", "setting_id"]).sample_index.agg(list))
     assert s.seed.is_unique  # one derived seed per sample
@@ -79,9 +81,10 @@ def test_manifest_records_what_ran(tiny_run, tiny_model):
     assert len(m.model["sha256"]) == 64
     assert m.seed == 1 and m.n_samples == 54 and m.n_prompts == 3
     gen = {s.id: s.generation for s in m.settings}
-    assert gen["t0-p1"]["do_sample"] is False
-    assert gen["t0.7-p0.8"] | {} == gen["t0.7-p0.8"] and gen["t0.7-p0.8"]["top_p"] == 0.8
-    assert gen["t0.7-p0.8"]["top_k"] == 0 and gen["t0.7-p0.8"]["repetition_penalty"] == 1.0
+    assert gen["t0-p1"]["greedy"] is True and gen["t0.7-p0.8"]["greedy"] is False
+    assert gen["t0.7-p0.8"]["top_p"] == 0.8 and gen["t0.7-p0.8"]["top_k"] == 0
+    assert gen["t0.7-p0.8"]["order"] == ["temperature", "top_k", "top_p", "min_p"]
+    assert m.batch_size == 64 and m.model["rng"].startswith("evalkit engine")
     assert m.sampling_order == ["temperature", "top_k", "top_p", "min_p"]
     resolved = yaml.safe_load((tiny_run.path / "config.yaml").read_text())
     assert resolved["model"]["id"] == str(tiny_model) and resolved["samples_per_prompt"] == 3

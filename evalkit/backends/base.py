@@ -39,8 +39,9 @@ class WorkUnit:
 class Generation:
     unit: WorkUnit
     token_ids: tuple[int, ...]  # new tokens, without the end-of-sequence token
-    text: str
-    finish_reason: str  # "eos" | "length"
+    text: str  # decoded without special tokens, cut before a stop string
+    finish_reason: str  # "eos" | "stop" | "length"
+    stats: dict[str, list] = field(default_factory=dict)  # per-token statistics, aligned with token_ids
 
 
 @dataclass
@@ -79,7 +80,11 @@ class TextBackend(Protocol):
         """The decoding parameters actually used for ``setting`` (recorded in the manifest)."""
         ...
 
+    def batch_size(self, requested: int | str, prompts: list[PreparedPrompt], max_new_tokens: int) -> int:
+        """Rows per decode step: the requested number, or one chosen from a memory budget ("auto")."""
+        ...
+
     def generate(self, units: list[WorkUnit], *, max_new_tokens: int, batch_size: int,
-                 progress: ProgressFn | None = None) -> Iterator[Generation]:
-        """Produce every unit; yields each as soon as its batch is done."""
+                 stop: tuple[str, ...] = (), progress: ProgressFn | None = None) -> Iterator[Generation]:
+        """Produce every unit; yields each as soon as it is finished."""
         ...

@@ -1,8 +1,8 @@
 """The transformers text backend: any causal LM (hub id, local directory or GGUF file).
 
-Generation here uses transformers' ``generate`` batched per setting, with a
-GenerationConfig built from scratch so that no model default (a repetition penalty,
-a default top_k) silently changes a setting.
+The model's forward pass is transformers'; decoding is evalkit's engine
+(:mod:`evalkit.engine`), so no model generation default (a repetition penalty, a
+default top_k) can change a setting.
 """
 
 from __future__ import annotations
@@ -18,10 +18,13 @@ from evalkit.backends.base import Generation, ModelInfo, PreparedPrompt, Progres
 from evalkit.config import ModelConfig, SweepConfig
 from evalkit.errors import ConfigError
 from evalkit.prompts import Prompt
-from evalkit.sampling import Setting
-from evalkit.seeds import derive_seed
+from evalkit.sampling import APPLICATION_ORDER, Setting
+from evalkit.engine import Engine
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+# Special tokens that end a turn or a text in common chat formats (used when the model has them).
+END_TOKENS = ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>", "<|end|>",
+              "<|return|>", "</s>")
 
 
 def resolve_device(requested: str, source: str | None = None) -> str:
@@ -111,7 +114,7 @@ class HFTextBackend:
 
     def __init__(self, config: SweepConfig, source: ModelSource, device: str, status=lambda msg: None):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         started = time.perf_counter()
         _quiet_libraries()
@@ -143,15 +146,17 @@ class HFTextBackend:
         eos_ids = {int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None}
         if self.tokenizer.eos_token_id is not None:
             eos_ids.add(int(self.tokenizer.eos_token_id))
+        for name in END_TOKENS:  # the model's other end-of-turn / end-of-text tokens
+            tid = self.tokenizer.convert_tokens_to_ids(name) if name in self.tokenizer.get_vocab() else None
+            if tid is not None and name in self.tokenizer.all_special_tokens + list(
+                    getattr(self.tokenizer, "added_tokens_encoder", {})):
+                eos_ids.add(int(tid))
         self.eos_ids = sorted(eos_ids)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else defaults.pad_token_id
         self.pad_id = int(pad if pad is not None else (self.eos_ids[0] if self.eos_ids else 0))
-        # Replace the model's generation defaults with a neutral config so that nothing
-        # but the setting shapes the distribution; remember what was dropped.
-        neutral = GenerationConfig()
+        # The model's suggested generation defaults play no part in evalkit's decoding; record them.
         ignored = {k: v for k, v in defaults.to_diff_dict().items()
                    if k not in ("bos_token_id", "eos_token_id", "pad_token_id", "transformers_version")}
-        self.model.generation_config = neutral
 
         sha = source.gguf.sha256 if source.gguf else (_weights_hash(source.path) if source.path else None)
         ctx = getattr(self.model.config, "max_position_embeddings", None)
@@ -167,7 +172,7 @@ class HFTextBackend:
             context_length=int(ctx) if ctx else None,
             eos_token_ids=self.eos_ids,
             has_chat_template=bool(getattr(self.tokenizer, "chat_template", None)),
-            rng="transformers generate: one torch stream per batch, seeded from the batch's sample seeds",
+            rng="evalkit engine: one splitmix64 stream per sample, a function of (sample seed, step) only",
             converted_now=converted_now,
             load_seconds=round(time.perf_counter() - started, 3),
             ignored_generation_defaults=ignored,
@@ -206,75 +211,41 @@ class HFTextBackend:
     # ------------------------------------------------------------------ generation
 
     def generation_params(self, setting: Setting, max_new_tokens: int) -> dict[str, Any]:
-        """Every GenerationConfig field that shapes the distribution, set explicitly."""
-        sample = not setting.greedy
+        """The decoding parameters the engine applies for ``setting``; nothing else shapes the distribution."""
         return {
-            "do_sample": sample,
-            "temperature": setting.temperature if sample else None,
-            "top_k": setting.top_k if sample else None,
-            "top_p": setting.top_p if sample else None,
-            "min_p": (setting.min_p or None) if sample else None,
-            "typical_p": 1.0,
-            "epsilon_cutoff": 0.0,
-            "eta_cutoff": 0.0,
-            "repetition_penalty": 1.0,
-            "no_repeat_ngram_size": 0,
-            "num_beams": 1,
+            "engine": "evalkit",
+            "greedy": setting.greedy,
+            **setting.params(),
+            "order": list(APPLICATION_ORDER),
             "max_new_tokens": max_new_tokens,
-            "min_new_tokens": 0,
-            "eos_token_id": self.eos_ids,
-            "pad_token_id": self.pad_id,
+            "eos_token_ids": self.eos_ids,
         }
 
+    def batch_size(self, requested: int | str, prompts: list[PreparedPrompt], max_new_tokens: int) -> int:
+        """Rows per decode: as requested, or ("auto") what a memory budget allows.
+
+        A row costs its KV cache (2 x layers x kv heads x head dim x tokens x dtype bytes) and
+        about eight float32 vocabulary-sized buffers for the sampling step. The budget is 70%
+        of free GPU memory, or 4 GiB on CPU, where rows are also capped at 64 (compute-bound).
+        """
+        if requested != "auto":
+            return int(requested)
+        cfg = self.model.config.get_text_config()
+        heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        tokens = max(len(p.token_ids) for p in prompts) + max_new_tokens
+        per_row = 2 * cfg.num_hidden_layers * heads * head_dim * tokens * self.model.dtype.itemsize
+        per_row += 8 * 4 * cfg.vocab_size
+        if self.info.device == "cuda":
+            free, _ = self.torch.cuda.mem_get_info()
+            return max(1, min(4096, int(0.7 * free) // per_row))
+        return max(1, min(64, (4 << 30) // per_row))
+
     def generate(self, units: list[WorkUnit], *, max_new_tokens: int, batch_size: int,
-                 progress: ProgressFn | None = None) -> Iterator[Generation]:
-        from transformers import GenerationConfig
-
-        by_setting: dict[Setting, list[WorkUnit]] = {}
-        for u in units:
-            by_setting.setdefault(u.setting, []).append(u)
-        done = 0
-        for setting, rows in by_setting.items():
-            gen_config = GenerationConfig(**self.generation_params(setting, max_new_tokens))
-            for start in range(0, len(rows), batch_size):
-                chunk = rows[start:start + batch_size]
-                for g in self._generate_chunk(chunk, gen_config, done, progress):
-                    done += 1
-                    yield g
-
-    def _generate_chunk(self, chunk: list[WorkUnit], gen_config, done: int, progress: ProgressFn | None):
-        torch = self.torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
-
-        width = max(len(u.prompt.token_ids) for u in chunk)
-        ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, u in enumerate(chunk):  # left padding
-            n = len(u.prompt.token_ids)
-            ids[row, width - n:] = torch.tensor(u.prompt.token_ids)
-            mask[row, width - n:] = 1
-
-        class _Step(StoppingCriteria):
-            def __init__(self):
-                self.step = 0
-
-            def __call__(self, input_ids, scores, **kwargs):
-                self.step += 1
-                if progress:
-                    progress(done, self.step)
-                return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-
-        device = self.info.device
-        torch.manual_seed(derive_seed(0, "batch", *(u.seed for u in chunk)))
-        with torch.inference_mode():
-            out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                      generation_config=gen_config,
-                                      stopping_criteria=StoppingCriteriaList([_Step()]))
-        new = out[:, width:].tolist()
-        eos = set(self.eos_ids)
-        for u, tokens in zip(chunk, new):
-            cut = next((i for i, t in enumerate(tokens) if t in eos), None)
-            kept = tokens if cut is None else tokens[:cut]
-            reason = "eos" if cut is not None else "length"
-            text = self.tokenizer.decode(kept, skip_special_tokens=True)
-            yield Generation(unit=u, token_ids=tuple(kept), text=text, finish_reason=reason)
+                 stop: tuple[str, ...] = (), progress: ProgressFn | None = None) -> Iterator[Generation]:
+        engine = Engine(self.model, eos_ids=self.eos_ids, pad_id=self.pad_id, device=self.info.device,
+                        decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True))
+        for f in engine.run(units, max_new_tokens=max_new_tokens, batch_size=batch_size, stop=stop,
+                            progress=progress):
+            yield Generation(unit=f.unit, token_ids=tuple(f.token_ids), text=f.text, finish_reason=f.finish_reason,
+                             stats=f.stats)

@@ -1,0 +1,134 @@
+"""evalkit's decode engine on a tiny randomly initialised float32 Llama built in code."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from evalkit.backends import WorkUnit, load_backend
+from evalkit.config import config_from_dict
+from evalkit.engine import DecodeError
+from evalkit.prompts import load_prompts
+from evalkit.sampling import Setting
+from evalkit.seeds import derive_seed
+
+from conftest import base_config
+
+SETTINGS = [Setting(temperature=0), Setting(temperature=0.7, top_p=0.9), Setting(temperature=1.0),
+            Setting(temperature=1.3, top_k=20), Setting(temperature=1.0, min_p=0.1)]
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model, tmp_path_factory):
+    config = config_from_dict(base_config(tiny_model, tmp_path_factory.mktemp("unused")))
+    be = load_backend(config)
+    be.prepared = be.prepare(load_prompts(config), chat_template="auto", system_prompt=None, max_new_tokens=12)
+    return be
+
+
+def units_for(backend, settings, samples=3):
+    return [WorkUnit(p, s, i, derive_seed(5, p.prompt.id, s.id, i))
+            for s in settings for p in backend.prepared for i in range(samples)]
+
+
+def generate(backend, units, batch_size, **kw):
+    out = backend.generate(units, max_new_tokens=kw.pop("max_new_tokens", 12), batch_size=batch_size, **kw)
+    return {(g.unit.prompt.prompt.id, g.unit.setting.id, g.unit.sample_index): g for g in out}
+
+
+def test_every_unit_once(backend):
+    units = units_for(backend, SETTINGS)
+    result = generate(backend, units, 64)
+    assert len(result) == len(units) == 3 * 5 * 3
+
+
+def test_samples_do_not_depend_on_batch_size_or_other_settings(backend):
+    units = units_for(backend, SETTINGS)
+    reference = generate(backend, units, 64)
+    for batch_size in (1, 7):
+        other = generate(backend, units, batch_size)
+        same = sum(other[k].token_ids == reference[k].token_ids for k in reference)
+        assert same == len(reference), f"batch size {batch_size}: {same}/{len(reference)} samples agree"
+    alone = generate(backend, units_for(backend, [SETTINGS[1]]), 64)
+    assert all(alone[k].token_ids == reference[k].token_ids for k in alone)
+
+
+def test_identical_batch_shapes_are_exactly_reproducible(backend):
+    units = units_for(backend, SETTINGS)
+    a, b = generate(backend, units, 16), generate(backend, units, 16)
+    assert all(a[k].token_ids == b[k].token_ids and a[k].stats == b[k].stats for k in a)
+
+
+def test_prompt_is_prefilled_once_and_finished_rows_leave_the_batch(backend):
+    shapes = []
+    hook = backend.model.register_forward_pre_hook(lambda m, args, kw: shapes.append(tuple(kw["input_ids"].shape)),
+                                                   with_kwargs=True)
+    try:
+        result = generate(backend, units_for(backend, SETTINGS, samples=4), 64, stop=("e",))
+    finally:
+        hook.remove()
+    assert shapes[0] == (3, max(len(p.token_ids) for p in backend.prepared))  # 3 prompts, prefilled once
+    rows = [s[0] for s in shapes[1:]]
+    assert rows[0] <= 60 and all(a >= b for a, b in zip(rows, rows[1:]))
+    stopped = [g for g in result.values() if g.finish_reason == "stop"]
+    assert stopped and rows[-1] < rows[0]
+    assert all("e" not in g.text for g in stopped)
+
+
+def test_token_statistics(backend):
+    vocab = backend.model.config.vocab_size
+    result = generate(backend, units_for(backend, SETTINGS), 64)
+    for (pid, sid, i), g in result.items():
+        n = len(g.token_ids)
+        assert all(len(v) == n for v in g.stats.values())
+        assert all(lp <= 1e-6 for lp in g.stats["logprob_model"])
+        assert all(0 <= h <= math.log(vocab) + 1e-4 for h in g.stats["entropy_model"])
+        if sid == "t0-p1":
+            assert g.stats["n_kept"] == [1] * n and g.stats["logprob_sampling"] == [0.0] * n
+            assert g.stats["entropy_sampling"] == [0.0] * n
+        if sid == "t1-p1":  # the sampling distribution is the model's
+            assert g.stats["n_kept"] == [vocab] * n
+            np.testing.assert_allclose(g.stats["logprob_sampling"], g.stats["logprob_model"], atol=1e-5)
+            np.testing.assert_allclose(g.stats["entropy_sampling"], g.stats["entropy_model"], atol=1e-4)
+        if sid == "t1.3-p1-k20":
+            assert all(1 <= k <= 20 for k in g.stats["n_kept"])
+            assert all(hs <= math.log(20) + 1e-5 for hs in g.stats["entropy_sampling"])
+
+
+def test_out_of_memory_halves_the_batch_and_loses_nothing(backend):
+    units = units_for(backend, SETTINGS)
+    reference = generate(backend, units, 64)
+    calls = []
+
+    def oom_above_8_rows(module, args, kwargs):
+        calls.append(kwargs["input_ids"].shape[0])
+        if kwargs["input_ids"].shape[0] > 8 and kwargs.get("past_key_values") is not None and len(calls) % 5 == 0:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+    hook = backend.model.register_forward_pre_hook(oom_above_8_rows, with_kwargs=True)
+    try:
+        retried = list(backend.generate(units, max_new_tokens=12, batch_size=64))
+    finally:
+        hook.remove()
+    keys = [(g.unit.prompt.prompt.id, g.unit.setting.id, g.unit.sample_index) for g in retried]
+    assert len(keys) == len(set(keys)) == len(units)  # none lost, none duplicated
+    assert all(g.token_ids == reference[k].token_ids for k, g in zip(keys, retried))
+    assert max(calls[-3:]) <= 8
+
+
+def test_nan_logits_name_prompt_setting_and_step(backend):
+    calls = []
+
+    def poison(module, args, output):
+        calls.append(1)
+        if len(calls) == 3:
+            output.logits[0, -1, 5] = float("nan")
+        return output
+
+    hook = backend.model.register_forward_hook(poison)
+    try:
+        with pytest.raises(DecodeError, match=r"NaN logits for prompt 'en', setting t0.7-p0.9, sample 0, at decode step 2"):
+            list(backend.generate(units_for(backend, [SETTINGS[1]]), max_new_tokens=12, batch_size=64))
+    finally:
+        hook.remove()
