@@ -13,6 +13,7 @@ size; their random streams make the retry produce the same tokens.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ import torch
 
 from evalkit.backends.base import WorkUnit
 from evalkit.errors import EvalkitError
-from evalkit.sampling import SamplingParams, check_logits, entropy_of, sample, warp
+from evalkit.sampling import SamplingParams, check_logits, distribution, sample, warp
 from evalkit.seeds import uniforms
 
 STAT_NAMES = ("logprob_model", "logprob_sampling", "entropy_model", "entropy_sampling", "n_kept")
@@ -51,8 +52,15 @@ class _Row:
 
 class Engine:
     def __init__(self, model, *, eos_ids: list[int], pad_id: int, device: str,
-                 decode: Callable[[list[int]], str]):
+                 decode: Callable[[list[int]], str], profile: bool = False):
         self.model, self.eos, self.pad_id, self.device, self.decode = model, set(eos_ids), pad_id, device, decode
+        self.profile = profile
+        self.timings = {"forward_s": 0.0, "sampling_s": 0.0, "steps": 0}  # filled when profile=True
+
+    def _clock(self) -> float:
+        if self.profile and self.device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
 
     def run(self, units: list[WorkUnit], *, max_new_tokens: int, batch_size: int, stop: tuple[str, ...] = (),
             progress: Callable[[int, int], None] | None = None) -> Iterator[Finished]:
@@ -107,18 +115,23 @@ class Engine:
         seeds = np.array([u.seed for u in wave], dtype=np.uint64)
         for step in range(max_new_tokens):
             on_step(step + 1)
+            started = self._clock() if self.profile else 0.0
             self._check(logits, rows, step)
-            model_lp = torch.log_softmax(logits.float(), dim=-1)
+            z = logits.float()
+            _, lse, model_entropy = distribution(z)
             u = torch.from_numpy(uniforms(seeds, step)).to(device)
             draw = sample(warp(logits, params), u, len(rows))
             chosen = draw.tokens
             columns = {
-                "logprob_model": model_lp.gather(1, chosen[:, None])[:, 0].tolist(),
+                "logprob_model": (z.gather(1, chosen[:, None]) - lse)[:, 0].tolist(),
                 "logprob_sampling": draw.logprob.tolist(),
-                "entropy_model": entropy_of(model_lp).tolist(),
+                "entropy_model": model_entropy.tolist(),
                 "entropy_sampling": draw.entropy.tolist(),
                 "n_kept": draw.kept.tolist(),
             }
+            if self.profile:
+                self.timings["sampling_s"] += self._clock() - started
+                self.timings["steps"] += 1
             keep = []
             for i, (row, token) in enumerate(zip(rows, chosen.tolist())):
                 result = self._advance(row, token, i, columns, stop, max_new_tokens)
@@ -133,11 +146,14 @@ class Engine:
                 cache.reorder_cache(index)
                 mask, chosen, params = mask[index], chosen[index], params[index]
                 rows, seeds = [rows[i] for i in keep], seeds[keep]
+            started = self._clock() if self.profile else 0.0
             mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=-1)
             out = self.model(input_ids=chosen[:, None], attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
                              past_key_values=cache, use_cache=True)
             logits = out.logits[:, -1, :]
             del out
+            if self.profile:
+                self.timings["forward_s"] += self._clock() - started
 
     def _advance(self, row: _Row, token: int, i: int, columns: dict, stop: tuple[str, ...],
                  max_new_tokens: int) -> Finished | None:

@@ -107,13 +107,13 @@ class Setting(BaseModel):
 # computed on their top-K candidates (torch.topk), with K grown until the kept set is
 # provably inside the candidates; rows that do not truncate, or whose kept set does not
 # fit, are computed densely over the whole vocabulary. The candidate path sums probability
-# mass in another order than transformers' full-vocabulary cumulative sum, so a row whose
-# top-p or min-p decision lies within MARGIN of its cut is also computed densely.
+# mass in another order than transformers' sorted cumulative sum (last-bit differences), so
+# a row whose top-p or min-p decision lies within MARGIN of its cut is computed densely too.
 
 import torch  # noqa: E402
 
-CANDIDATES = (64, 1024)  # candidate-list sizes tried before the dense path
-MARGIN = 2e-5  # top-p / min-p decisions this close to the cut are left to the dense path
+CANDIDATES = (64, 1024, 8192)  # candidate-list sizes tried before the dense path
+MARGIN = 1e-6  # top-p / min-p decisions this close to the cut are left to the dense path
 
 
 class SamplingParams:
@@ -198,21 +198,19 @@ def filter_dense(scaled: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     return out
 
 
-def _filter_candidates(scaled: torch.Tensor, params: SamplingParams, size: int):
-    """The same filters on each row's top-``size`` candidates.
+def _filter_candidates(scaled: torch.Tensor, params: SamplingParams, size: int, row_probs: torch.Tensor):
+    """The same filters on each row's top-``size`` candidates (sorted by logit, descending).
 
-    Returns (logits [rows, size], index [rows, size], fits [rows]); where ``fits`` is False the
-    kept set (or the top-k set that top-p normalises over) may reach beyond the candidates,
-    and the row must be computed densely.
+    ``row_probs`` is the softmax of each whole scaled row (used by top-p when top-k is off).
+    Returns (logits [rows, size], index [rows, size], fits [rows]). Where ``fits`` is False
+    the row must be computed densely: its kept set (or the top-k set that top-p normalises
+    over) may reach beyond the candidates, its top-p cut falls between tied logits (where
+    only a stable order over the whole vocabulary decides), or a top-p or min-p decision is
+    within MARGIN of its cut.
     """
     neg_inf = float("-inf")
     vocab = scaled.shape[-1]
-    # topk's order among equal values is unspecified: re-sort candidates by (value desc, id asc).
     vals, idx = torch.topk(scaled, size, dim=-1)
-    idx, order = idx.sort(dim=-1)
-    vals = vals.gather(1, order)
-    vals, order = vals.sort(dim=-1, descending=True, stable=True)
-    idx = idx.gather(1, order)
     last = vals[:, -1]
 
     k = params.top_k.clamp(max=vocab)
@@ -220,15 +218,22 @@ def _filter_candidates(scaled: torch.Tensor, params: SamplingParams, size: int):
     kth = vals.gather(1, (k.clamp(min=1, max=size) - 1)[:, None])[:, 0]
     vals = vals.masked_fill(topk_on[:, None] & (vals < kth[:, None]), neg_inf)
 
-    # top-p normalises over the top-k set when top-k is on, else over the whole row.
-    lse = torch.where(topk_on, torch.logsumexp(vals, dim=-1), torch.logsumexp(scaled, dim=-1))
-    probs = (vals - lse[:, None]).exp()
-    above = probs.cumsum(dim=-1) - probs  # mass ranked strictly above each candidate
-    top_p = params.top_p.float()[:, None]
-    keep_p = above < top_p
-    keep_p[:, 0] = True
+    # top-p, as transformers computes it: the softmax over the top-k set (or the whole row when
+    # top-k is off), then c_i = mass of the tokens ranked at or below i, dropped when
+    # c_i <= 1 - top_p. On CPU torch's float32 cumsum accumulates in float64 and rounds, so
+    # c_i = float32(total - mass ranked strictly above i) reproduces it to the last bit or so.
     topp_on = params.top_p < 1
-    near = topp_on & ((above - top_p).abs() < MARGIN).any(dim=-1)
+    probs = torch.where(topk_on[:, None], torch.softmax(vals, dim=-1), row_probs.gather(1, idx))
+    total = torch.where(topk_on, probs.sum(dim=-1), row_probs.sum(dim=-1)).double()
+    p64 = probs.double()
+    c = (total[:, None] - (p64.cumsum(dim=-1) - p64)).float()
+    threshold = (1 - params.top_p).float()[:, None]
+    keep_p = c > threshold
+    keep_p[:, 0] = True
+    unsure = topp_on & ((c - threshold).abs() < MARGIN).any(dim=-1)
+    cut = keep_p.sum(dim=-1).clamp(max=size - 1)  # first candidate top-p drops
+    tie = vals.gather(1, cut[:, None])[:, 0] == vals.gather(1, (cut - 1).clamp(min=0)[:, None])[:, 0]
+    unsure |= topp_on & (cut > 0) & tie & ~keep_p.all(dim=-1)
     vals = vals.masked_fill(topp_on[:, None] & ~keep_p, neg_inf)
 
     # p_i >= min_p * p_max  <=>  exp(logit_i - logit_max) >= min_p
@@ -236,15 +241,14 @@ def _filter_candidates(scaled: torch.Tensor, params: SamplingParams, size: int):
     min_p = params.min_p[:, None]
     keep_m = ratio >= min_p
     minp_on = params.min_p > 0
-    near |= minp_on & ((ratio - min_p).abs() < MARGIN * min_p).any(dim=-1)
+    unsure |= minp_on & ((ratio - min_p).abs() < MARGIN * min_p).any(dim=-1)
     vals = vals.masked_fill(minp_on[:, None] & ~keep_m, neg_inf)
 
     if size >= vocab:
-        fits = ~near
-    else:
-        min_kept = torch.where(vals.isfinite(), vals, torch.full_like(vals, float("inf"))).amin(dim=-1)
-        topk_inside = ~topk_on | ((k <= size) & (kth > last))
-        fits = topk_inside & (min_kept > last) & ~near  # every token tied with a kept one is a candidate
+        return vals, idx, ~unsure
+    min_kept = torch.where(vals.isfinite(), vals, torch.full_like(vals, float("inf"))).amin(dim=-1)
+    topk_inside = ~topk_on | ((k <= size) & (kth > last))
+    fits = topk_inside & (min_kept > last) & ~unsure  # every token tied with a kept one is a candidate
     return vals, idx, fits
 
 
@@ -270,23 +274,33 @@ def warp(logits: torch.Tensor, params: SamplingParams,
     if plain.numel():
         parts.append((plain, Warped(scale(logits[plain], params[plain]), None)))
     todo = rows[trunc]
+    if todo.numel() == 0:
+        return parts
+    sub = params[todo]
+    scaled = scale(logits[todo], sub)
+    row_probs = torch.softmax(scaled, dim=-1)
+    left = torch.arange(todo.numel(), device=device)  # positions in `todo` still to place
     for size in candidates:
-        if todo.numel() == 0 or size >= vocab:
+        if left.numel() == 0 or size >= vocab:
             break
-        sub = params[todo]
-        vals, idx, fits = _filter_candidates(scale(logits[todo], sub), sub, size)
+        vals, idx, fits = _filter_candidates(scaled[left], sub[left], size, row_probs[left])
         if bool(fits.any()):
-            parts.append((todo[fits], Warped(vals[fits], idx[fits])))
-        todo = todo[~fits]
-    if todo.numel():
-        sub = params[todo]
-        parts.append((todo, Warped(filter_dense(scale(logits[todo], sub), sub), None)))
+            parts.append((todo[left[fits]], Warped(vals[fits], idx[fits])))
+        left = left[~fits]
+    if left.numel():
+        parts.append((todo[left], Warped(filter_dense(scaled[left], sub[left]), None)))
     return parts
 
 
 def check_logits(logits: torch.Tensor) -> torch.Tensor:
     """Rows whose logits cannot define a distribution: any NaN or +inf, or every logit -inf."""
-    return torch.isnan(logits).any(dim=-1) | torch.isposinf(logits).any(dim=-1) | torch.isneginf(logits).all(dim=-1)
+    total = logits.float().sum(dim=-1)  # finite exactly when every logit is finite (the usual case)
+    bad = ~total.isfinite()
+    if not bool(bad.any()):
+        return bad
+    rows = logits[bad]
+    bad[bad.clone()] = torch.isnan(rows).any(dim=-1) | torch.isposinf(rows).any(dim=-1) | torch.isneginf(rows).all(dim=-1)
+    return bad
 
 
 class Draw:
@@ -296,16 +310,49 @@ class Draw:
         self.tokens, self.logprob, self.entropy, self.kept = tokens, logprob, entropy, kept
 
 
-def entropy_of(logprobs: torch.Tensor) -> torch.Tensor:
-    """Shannon entropy (nats) of each row of log-probabilities (-inf entries count as 0)."""
-    p = logprobs.exp()
-    return -torch.where(p > 0, p * logprobs, torch.zeros_like(p)).sum(dim=-1)
+def entropy_of(probs: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy (nats) of each row of probabilities (0 log 0 = 0)."""
+    return torch.special.entr(probs).sum(dim=-1)
+
+
+def distribution(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(probabilities, log-normaliser [rows, 1], entropy in nats) of each row of float32 logits."""
+    probs = torch.softmax(logits, dim=-1)
+    lse = logits.amax(dim=-1, keepdim=True) - probs.amax(dim=-1, keepdim=True).log()
+    entropy = lse[:, 0] - (probs * logits).sum(dim=-1)  # H = log Z - E[z]; NaN where a logit is -inf
+    bad = entropy.isnan()
+    if bool(bad.any()):
+        entropy[bad] = entropy_of(probs[bad])
+    return probs, lse, entropy
+
+
+BLOCK = 256  # inverse-CDF sampling over a whole vocabulary goes through blocks of this many tokens
+
+
+def _inverse_cdf(probs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Index of the first token whose cumulative probability exceeds ``x * total`` (float64 sums)."""
+    rows, vocab = probs.shape
+    if vocab <= 4 * BLOCK:
+        cdf = probs.double().cumsum(dim=-1)
+        j = torch.searchsorted(cdf, (x * cdf[:, -1])[:, None], right=True)
+        return j.clamp(max=vocab - 1)
+    blocks = -(-vocab // BLOCK)
+    padded = torch.nn.functional.pad(probs, (0, blocks * BLOCK - vocab)).view(rows, blocks, BLOCK)
+    block_cdf = padded.sum(dim=-1).double().cumsum(dim=-1)
+    target = x * block_cdf[:, -1]
+    b = torch.searchsorted(block_cdf, target[:, None], right=True).clamp(max=blocks - 1)
+    before = torch.where(b > 0, block_cdf.gather(1, (b - 1).clamp(min=0)), torch.zeros_like(target[:, None]))
+    inner = padded.gather(1, b[:, :, None].expand(rows, 1, BLOCK))[:, 0].double().cumsum(dim=-1)
+    rest = torch.minimum(target[:, None] - before, inner[:, -1:] * (1 - 1e-12))  # stay on a token with mass
+    k = torch.searchsorted(inner, rest, right=True).clamp(max=BLOCK - 1)
+    return (b * BLOCK + k).clamp(max=vocab - 1)
 
 
 def sample(parts: list[tuple[torch.Tensor, Warped]], u: torch.Tensor, batch: int) -> Draw:
     """Inverse-CDF sampling: row r takes the first token whose cumulative probability exceeds u[r].
 
-    ``u`` holds one uniform in [0, 1) per row (float64), from the row's own random stream.
+    ``u`` holds one uniform in [0, 1) per row (float64), from the row's own random stream;
+    cumulative sums are taken in float64 so that tail tokens keep their probability.
     """
     device = u.device
     tokens = torch.empty(batch, dtype=torch.long, device=device)
@@ -313,12 +360,10 @@ def sample(parts: list[tuple[torch.Tensor, Warped]], u: torch.Tensor, batch: int
     entropy = torch.empty(batch, dtype=torch.float32, device=device)
     kept = torch.empty(batch, dtype=torch.long, device=device)
     for rows, part in parts:
-        lp = torch.log_softmax(part.logits.float(), dim=-1)
-        cdf = lp.exp().double().cumsum(dim=-1)
-        x = (u[rows] * cdf[:, -1])[:, None]
-        j = torch.searchsorted(cdf, x, right=True).clamp(max=cdf.shape[-1] - 1)
+        logits = part.logits.float()
+        probs, lse, entropy[rows] = distribution(logits)
+        j = _inverse_cdf(probs, u[rows])
         tokens[rows] = j[:, 0] if part.index is None else part.index.gather(1, j)[:, 0]
-        logprob[rows] = lp.gather(1, j)[:, 0]
-        entropy[rows] = entropy_of(lp)
-        kept[rows] = part.logits.isfinite().sum(dim=-1)
+        logprob[rows] = (logits.gather(1, j) - lse)[:, 0]
+        kept[rows] = torch.count_nonzero(logits != float("-inf"), dim=-1)
     return Draw(tokens, logprob, entropy, kept)

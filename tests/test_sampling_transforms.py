@@ -1,5 +1,6 @@
 """Batched per-row sampling transforms against transformers' own warpers (the oracle)."""
 
+import numpy as np
 import pytest
 import torch
 from transformers import MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
@@ -71,8 +72,8 @@ def tied_at_boundary(row: torch.Tensor, ours: torch.Tensor, theirs: torch.Tensor
     return bool((row[diff] == cut).all()) and ours.isfinite().sum() == theirs.isfinite().sum()
 
 
-@pytest.mark.parametrize("vocab", [7, 300, 3000])
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("vocab, seed", [(7, s) for s in range(4)] + [(300, s) for s in range(4)]
+                         + [(3000, s) for s in range(8)] + [(20000, s) for s in range(2)])
 def test_each_row_matches_transformers(vocab, seed):
     gen = torch.Generator().manual_seed(seed)
     logits = random_rows(gen, 48, vocab)
@@ -97,6 +98,9 @@ def test_candidate_and_dense_paths_agree():
     vocab = 5000
     logits = random_rows(gen, 64, vocab)
     settings = [random_setting(gen, vocab) for _ in range(64)]
+    parts = warp(logits, SamplingParams.from_settings(settings))
+    sizes = {p.logits.shape[-1] for _, p in parts if p.index is not None}
+    assert {64, 1024} <= sizes  # both candidate stages are exercised, and the dense path below
     fast = dense(logits, settings)
     slow = dense(logits, settings, candidates=())
     assert torch.equal(fast.isfinite(), slow.isfinite())
@@ -128,3 +132,38 @@ def test_bad_logits_are_found():
     logits[2, 0] = float("inf")
     logits[3] = float("-inf")
     assert check_logits(logits).tolist() == [False, True, True, True]
+
+
+@pytest.mark.parametrize("setting, candidates", [
+    (Setting(temperature=1.0), (64,)),  # no truncation: the whole softmax
+    (Setting(temperature=0.8, top_k=20, top_p=0.9), (64,)),  # candidate path
+    (Setting(temperature=1.3, top_p=0.95, min_p=0.02), ()),  # dense path
+    (Setting(temperature=0.5, min_p=0.05), (64,)),
+])
+def test_sampled_frequencies_match_the_filtered_distribution(setting, candidates):
+    """Chi-square goodness of fit over 200,000 draws at a fixed seed.
+
+    Threshold: p > 0.001, so a correct sampler would fail for one seed in a thousand; the
+    seed is fixed, so the test is deterministic.
+    """
+    from scipy.stats import chisquare
+
+    from evalkit.sampling import sample
+    from evalkit.seeds import uniforms
+
+    n, vocab = 200_000, 60
+    row = torch.randn(vocab, generator=torch.Generator().manual_seed(3)) * 2
+    expected = oracle(row, setting).softmax(-1).double()
+    logits = row.expand(n, vocab)
+    params = SamplingParams.from_settings([setting] * n)
+    u = torch.from_numpy(uniforms(np.arange(n, dtype=np.uint64) + 12345, step=0))
+    draw = sample(warp(logits, params, candidates), u, n)
+    counts = torch.bincount(draw.tokens, minlength=vocab).double()
+    kept = expected > 0
+    assert counts[~kept].sum() == 0  # never a filtered-out token
+    assert int(kept.sum()) == int(draw.kept[0])
+    probs = expected[kept].numpy()
+    stat = chisquare(counts[kept].numpy(), probs / probs.sum() * n)
+    assert stat.pvalue > 0.001, stat
+    # The recorded log-probability of each draw is that of its token under the filtered distribution.
+    torch.testing.assert_close(draw.logprob[:100].double(), expected[draw.tokens[:100]].log(), atol=1e-5, rtol=0)
