@@ -170,12 +170,12 @@ class SweepConfig(_Strict):
             data = {**data, "model": {"id": data["model"]}}
         return data
 
-    @field_validator("batch_size")
+    @field_validator("batch_size", mode="before")
     @classmethod
-    def _batch_size(cls, v: int | str) -> int | str:
-        if isinstance(v, int) and v < 1:
-            raise ValueError(f"batch_size must be >= 1 or 'auto', got {v}")
-        return v
+    def _batch_size(cls, v: Any) -> int | str:
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            return v
+        raise ValueError(f"batch_size must be a whole number >= 1 or 'auto', got {v!r}")
 
     @field_validator("stop")
     @classmethod
