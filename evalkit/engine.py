@@ -101,8 +101,7 @@ class Engine:
             ids[i, width - len(p.token_ids):] = torch.tensor(p.token_ids)
             mask[i, width - len(p.token_ids):] = 1
         ids, mask = ids.to(device), mask.to(device)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                         use_cache=True, logits_to_keep=1)
+        out = self._prefill(ids, mask)
         cache = out.past_key_values
         expand = torch.tensor([prompt_index[u.prompt.prompt.id] for u in wave], device=device)
         cache.reorder_cache(expand)  # one prefill, shared by every row of the prompt
@@ -154,6 +153,14 @@ class Engine:
             del out
             if self.profile:
                 self.timings["forward_s"] += self._clock() - started
+
+    def _prefill(self, ids: torch.Tensor, mask: torch.Tensor):
+        kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                      use_cache=True)
+        try:
+            return self.model(**kwargs, logits_to_keep=1)  # only the last position's logits are needed
+        except TypeError:  # a model whose forward has no logits_to_keep
+            return self.model(**kwargs)
 
     def _advance(self, row: _Row, token: int, i: int, columns: dict, stop: tuple[str, ...],
                  max_new_tokens: int) -> Finished | None:
