@@ -44,8 +44,8 @@ class Score:
             raise ValueError("a NaN score needs a reason")
 
     @classmethod
-    def undefined(cls, reason: str) -> Score:
-        return cls(float("nan"), reason)
+    def undefined(cls, reason: str, per_sample: tuple[float, ...] | None = None) -> Score:
+        return cls(float("nan"), reason, per_sample)
 
 
 class NoParams(BaseModel):

@@ -7,6 +7,7 @@ package would collide with other distributions that ship one). The registry in
 
 from evalkit_metrics.distinct import DistinctN
 from evalkit_metrics.length import MeanLength
+from evalkit_metrics.self_bleu import SelfBleu
 
 # registry name -> (metric class, fixed parameters)
 BUILTINS = {
@@ -16,6 +17,7 @@ BUILTINS = {
     "distinct_3": (DistinctN, {"n": 3}),
     "distinct_4": (DistinctN, {"n": 4}),
     "mean_length": (MeanLength, {}),
+    "self_bleu": (SelfBleu, {}),
 }
 
-__all__ = ["BUILTINS", "DistinctN", "MeanLength"]
+__all__ = ["BUILTINS", "DistinctN", "MeanLength", "SelfBleu"]
