@@ -102,12 +102,17 @@ def _fmt(x: float) -> str:
     return f"{x:.1f}" if abs(x) >= 10 else f"{x:.3f}"
 
 
+TABLE_METRICS = 4  # the summary table shows the first metrics of the config; summary.csv has all
+
+
 def _print_summary(result: evalkit.Run) -> None:
     summary = result.summary
-    metrics = list(dict.fromkeys(summary["metric"]))
+    every = list(dict.fromkeys(summary["metric"]))
+    metrics = every[:TABLE_METRICS]
     level = int(round(result.manifest.ci["level"] * 100))
+    more = f"; {len(every) - len(metrics)} more in summary.csv" if len(every) > len(metrics) else ""
     table = Table(title=f"{escape(result.manifest.name)}: mean over prompts [{level}% bootstrap CI]",
-                  caption=escape("; ".join(metrics)))
+                  caption=escape("; ".join(metrics) + more))
     table.add_column("setting")
     for m in metrics:
         table.add_column(escape(m.split("[")[0]), justify="right")
@@ -116,7 +121,7 @@ def _print_summary(result: evalkit.Run) -> None:
         cells = []
         for m in metrics:
             r = by_metric.loc[m]
-            ci = "" if math.isnan(r["ci_low"]) else f" [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
+            ci = "" if math.isnan(r["ci_low"]) else f"\n[dim][{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}][/]"
             cells.append(_fmt(r["mean"]) + ci)
         table.add_row(escape(str(sid)), *cells)
     out.print(table)

@@ -10,14 +10,14 @@ Its output name carries every parameter that changes the number
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 from evalkit.sampling import Setting
 
-NEEDS = frozenset({"texts", "token_ids", "prompts"})
+NEEDS = frozenset({"texts", "token_ids", "token_stats", "prompts"})
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,9 @@ class Group:
     setting: Setting
     texts: tuple[str, ...]
     token_ids: tuple[tuple[int, ...], ...]
+    # per-token statistics from the engine, by column name (logprob_model, entropy_sampling, ...);
+    # empty when the samples came without them
+    stats: dict[str, tuple[tuple[float, ...], ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

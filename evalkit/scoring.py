@@ -16,6 +16,7 @@ from evalkit.metric import Group, Metric
 from evalkit.sampling import Setting
 
 SETTING_COLUMNS = ["temperature", "top_p", "top_k", "min_p"]
+STAT_COLUMNS = ["logprob_model", "logprob_sampling", "entropy_model", "entropy_sampling"]
 
 
 def groups_of(samples: pd.DataFrame) -> list[Group]:
@@ -25,8 +26,10 @@ def groups_of(samples: pd.DataFrame) -> list[Group]:
     for (pid, sid), df in ordered.groupby(["prompt_id", "setting_id"], sort=False):
         first = df.iloc[0]
         setting = Setting(**{c: first[c] for c in SETTING_COLUMNS})
+        stats = {c: tuple(tuple(float(v) for v in vals) for vals in df[c]) for c in STAT_COLUMNS if c in df}
         out.append(Group(prompt_id=str(pid), prompt=str(first["prompt"]), setting=setting,
-                         texts=tuple(df["text"]), token_ids=tuple(tuple(int(t) for t in ids) for ids in df["token_ids"])))
+                         texts=tuple(df["text"]), token_ids=tuple(tuple(int(t) for t in ids) for ids in df["token_ids"]),
+                         stats=stats))
     return out
 
 

@@ -7,7 +7,11 @@ package would collide with other distributions that ship one). The registry in
 
 from evalkit_metrics.distinct import DistinctN
 from evalkit_metrics.length import MeanLength
+from evalkit_metrics.lexical import MATTR, MTLD, TTR
+from evalkit_metrics.ngram_entropy import EntN
+from evalkit_metrics.repetition import SeqRepN
 from evalkit_metrics.self_bleu import SelfBleu
+from evalkit_metrics.token_stats import NLL, Perplexity, TokenEntropy
 
 # registry name -> (metric class, fixed parameters)
 BUILTINS = {
@@ -18,6 +22,15 @@ BUILTINS = {
     "distinct_4": (DistinctN, {"n": 4}),
     "mean_length": (MeanLength, {}),
     "self_bleu": (SelfBleu, {}),
+    "ent_n": (EntN, {}),
+    "ttr": (TTR, {}),
+    "mattr": (MATTR, {}),
+    "mtld": (MTLD, {}),
+    "seq_rep_n": (SeqRepN, {}),
+    "token_entropy": (TokenEntropy, {}),
+    "nll": (NLL, {}),
+    "perplexity": (Perplexity, {}),
 }
 
-__all__ = ["BUILTINS", "DistinctN", "MeanLength", "SelfBleu"]
+__all__ = ["BUILTINS", "MATTR", "MTLD", "NLL", "TTR", "DistinctN", "EntN", "MeanLength", "Perplexity", "SelfBleu",
+           "SeqRepN", "TokenEntropy"]

@@ -1,0 +1,51 @@
+"""seq-rep-n (Welleck et al., ICLR 2020, "Neural Text Generation with Unlikelihood Training";
+``facebookresearch/unlikelihood_training`` ``custom/metrics.py``).
+
+For each sample (continuation, prompt excluded): 1 - unique n-grams / n-grams; the group
+value is the mean over samples that have at least one n-gram. Counts are not pooled and no
+n-gram is dropped (SimCTG's variant does both, and reports x100).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from evalkit import tokenize
+from evalkit.metric import Group, Metric, Score
+from evalkit_metrics.distinct import ngrams
+
+
+class SeqRepParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    n: int = Field(4, ge=1, le=8)
+    tok: Literal["words", "whitespace", "chars"] = "words"
+
+
+def seq_rep(tokens: list[str], n: int) -> float:
+    grams = list(ngrams(tokens, n))
+    return 1 - len(set(grams)) / len(grams) if grams else float("nan")
+
+
+class SeqRepN(Metric):
+    name = "seq_rep_n"
+    definition = "1 - unique n-grams / n-grams within each sample, mean over the group"
+    reference = "Welleck et al. 2020 (seq-rep-n)"
+    Params = SeqRepParams
+
+    @property
+    def base_name(self) -> str:
+        return f"seq_rep_{self.params.n}"
+
+    def signature(self) -> dict[str, object]:
+        return {"tok": self.params.tok}
+
+    def compute(self, group: Group) -> Score:
+        split = tokenize.get(self.params.tok)
+        values = tuple(seq_rep(split(t), self.params.n) for t in group.texts)
+        defined = [v for v in values if not math.isnan(v)]
+        if not defined:
+            return Score.undefined(f"no sample of the group has a {self.params.n}-gram", per_sample=values)
+        return Score(sum(defined) / len(defined), per_sample=values)

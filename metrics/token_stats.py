@@ -1,0 +1,77 @@
+"""Metrics from the engine's per-token statistics (see the samples table).
+
+``dist=model`` reads the model's own distribution (temperature 1, unfiltered);
+``dist=sampling`` the distribution each token was actually drawn from (after temperature
+and truncation). The end-of-sequence token is not included.
+
+- token_entropy: mean entropy (nats) per token of each sample, mean over the group.
+- nll: mean negative log-likelihood (nats) per token of each sample, mean over the group.
+- perplexity: exp of the mean NLL over every token of the group (per sample: exp of its own).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from evalkit.metric import Group, Metric, Score
+
+
+class DistParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    dist: Literal["model", "sampling"] = "model"
+
+
+class _TokenStat(Metric):
+    needs = frozenset({"token_stats"})
+    Params = DistParams
+    column: str  # "entropy" or "logprob"
+
+    def _per_token(self, group: Group) -> list[list[float]] | None:
+        stats = group.stats.get(f"{self.column}_{self.params.dist}") if group.stats else None
+        if stats is None:
+            return None
+        return [[-v for v in sample] if self.column == "logprob" else list(sample) for sample in stats]
+
+    def compute(self, group: Group) -> Score:
+        per_token = self._per_token(group)
+        if per_token is None:
+            return Score.undefined("no token statistics (generations scored from text only)")
+        return self.reduce(per_token)
+
+    def reduce(self, per_token: list[list[float]]) -> Score:
+        values = tuple(sum(s) / len(s) if s else float("nan") for s in per_token)
+        defined = [v for v in values if not math.isnan(v)]
+        if not defined:
+            return Score.undefined("no sample of the group has a token", per_sample=values)
+        return Score(sum(defined) / len(defined), per_sample=values)
+
+
+class TokenEntropy(_TokenStat):
+    name = "token_entropy"
+    definition = "mean entropy (nats) per generated token of the model's or the sampling distribution"
+    reference = "Shannon entropy; temperature vs entropy: Holtzman et al. 2020"
+    column = "entropy"
+
+
+class NLL(_TokenStat):
+    name = "nll"
+    definition = "mean negative log-likelihood (nats) per generated token under the model or sampling distribution"
+    reference = "negative log-likelihood"
+    column = "logprob"
+
+
+class Perplexity(_TokenStat):
+    name = "perplexity"
+    definition = "exp of the mean NLL over all generated tokens of the group"
+    reference = "perplexity (Jelinek et al. 1977)"
+    column = "logprob"
+
+    def reduce(self, per_token: list[list[float]]) -> Score:
+        values = tuple(math.exp(sum(s) / len(s)) if s else float("nan") for s in per_token)
+        tokens = [v for s in per_token for v in s]
+        if not tokens:
+            return Score.undefined("no sample of the group has a token", per_sample=values)
+        return Score(math.exp(sum(tokens) / len(tokens)), per_sample=values)
