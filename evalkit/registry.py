@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from evalkit.config import MetricSpec
-from evalkit.errors import ConfigError
+from evalkit.errors import ConfigError, EvalkitError
 from evalkit.metric import Metric
 
 
@@ -71,10 +71,30 @@ class Registry:
         return metrics
 
 
+ENTRY_POINT_GROUP = "evalkit.metrics"
+
+
 def default_registry() -> Registry:
+    """Built-in metrics, then third-party ones from the ``evalkit.metrics`` entry-point group.
+
+    An entry point names a :class:`~evalkit.metric.Metric` subclass; its entry-point name is
+    its registry name. A name that is already taken is refused.
+    """
+    from importlib.metadata import entry_points
+
     from evalkit_metrics import BUILTINS
 
     registry = Registry()
     for name, (cls, fixed) in BUILTINS.items():
         registry.register(name, cls, fixed)
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        try:
+            cls = ep.load()
+        except Exception as e:  # a broken plugin is the user's to fix: say which one
+            raise EvalkitError(f"metric plugin {ep.name!r} ({ep.value}) failed to load: {type(e).__name__}: {e}") from None
+        if not (isinstance(cls, type) and issubclass(cls, Metric)):
+            raise EvalkitError(f"metric plugin {ep.name!r} ({ep.value}) is not a Metric subclass")
+        if ep.name in registry.names():
+            raise EvalkitError(f"metric plugin {ep.name!r} ({ep.value}) clashes with a metric of the same name")
+        registry.register(ep.name, cls)
     return registry

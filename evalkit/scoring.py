@@ -65,7 +65,8 @@ def bootstrap_ci(values: np.ndarray, *, level: float, resamples: int, seed: int)
 
 def aggregate(scores: pd.DataFrame, settings: list[Setting], *, level: float, resamples: int,
               seed: int) -> pd.DataFrame:
-    """Per setting and metric: mean over prompts, bootstrap CI, prompts scored and skipped (NaN)."""
+    """Per setting and metric, over the prompts' group values: mean, bootstrap CI, standard deviation
+    (ddof=1), prompts scored and prompts whose value is undefined (NaN, skipped)."""
     from evalkit.seeds import derive_seed
 
     params = {s.id: s.params() for s in settings}
@@ -76,6 +77,8 @@ def aggregate(scores: pd.DataFrame, settings: list[Setting], *, level: float, re
         low, high = bootstrap_ci(ok, level=level, resamples=resamples, seed=derive_seed(seed, "ci", sid, metric))
         rows.append({"setting_id": sid, **params[sid], "metric": metric,
                      "mean": float(ok.mean()) if ok.size else float("nan"), "ci_low": low, "ci_high": high,
+                     "std": float(ok.std(ddof=1)) if ok.size > 1 else float("nan"),
                      "n_prompts": int(ok.size), "n_undefined": int(vals.size - ok.size)})
-    columns = ["setting_id", *SETTING_COLUMNS, "metric", "mean", "ci_low", "ci_high", "n_prompts", "n_undefined"]
+    columns = ["setting_id", *SETTING_COLUMNS, "metric", "mean", "ci_low", "ci_high", "std", "n_prompts",
+               "n_undefined"]
     return pd.DataFrame(rows, columns=columns)

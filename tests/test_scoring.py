@@ -43,6 +43,8 @@ def test_aggregate_skips_undefined_values_and_counts_them():
     ])
     summary = aggregate(scores, [s1, s2], level=0.95, resamples=500, seed=0).set_index("setting_id")
     assert summary.loc[s1.id, "mean"] == pytest.approx(0.3)
+    assert summary.loc[s1.id, "std"] == pytest.approx(math.sqrt(0.02))  # ddof=1 over 0.2 and 0.4
+    assert math.isnan(summary.loc[s2.id, "std"])
     assert summary.loc[s1.id, "n_prompts"] == 2 and summary.loc[s1.id, "n_undefined"] == 1
     assert summary.loc[s1.id, "temperature"] == 0.5 and summary.loc[s2.id, "top_p"] == 1.0
     assert summary.loc[s2.id, "mean"] == 0.9 and math.isnan(summary.loc[s2.id, "ci_low"])
