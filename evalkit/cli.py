@@ -69,6 +69,30 @@ def run(
     _guard(body, debug)
 
 
+@app.command()
+def score(
+    file: Annotated[Path, typer.Argument(help="JSONL: one generation per line with text and prompt_id/prompt.",
+                                         show_default=False)],
+    metrics: Annotated[str, typer.Option("--metrics", help="Comma-separated metric names.")] = ",".join(
+        ("distinct_1", "distinct_2", "self_bleu")),
+    output: Annotated[Path, typer.Option("-o", "--output", help="Directory to write (must not exist or be empty).",
+                                         show_default=False)] = None,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks for errors.")] = False,
+) -> None:
+    """Score generations produced elsewhere into a run-like directory."""
+    from evalkit.external import metric_list, score_file
+
+    def body():
+        if output is None:
+            raise EvalkitError("-o: give the directory to write the scores into")
+        result = score_file(file, metric_list(metrics), output, seed=seed, progress=not quiet)
+        _print_summary(result)
+
+    _guard(body, debug)
+
+
 @app.command("metrics")
 def list_metrics() -> None:
     """List the available metrics with their definitions, references and parameters."""
@@ -126,9 +150,13 @@ def _print_summary(result: evalkit.Run) -> None:
         table.add_row(escape(str(sid)), *cells)
     out.print(table)
     m = result.manifest
-    out.print(f"{m.n_samples} samples: {m.n_prompts} prompts x {len(m.settings)} settings x "
-              f"{result.config['samples_per_prompt']} on {escape(m.model['id'])} ({m.device}, {m.model['dtype']}); "
-              f"generation {m.timings.get('generate_s', 0):.1f} s", highlight=False, soft_wrap=True)
+    if m.kind == "sweep":
+        out.print(f"{m.n_samples} samples: {m.n_prompts} prompts x {len(m.settings)} settings x "
+                  f"{result.config['samples_per_prompt']} on {escape(m.model['id'])} ({m.device}, {m.model['dtype']}); "
+                  f"generation {m.timings.get('generate_s', 0):.1f} s", highlight=False, soft_wrap=True)
+    else:
+        out.print(f"{m.n_samples} samples scored: {m.n_prompts} prompts x {len(m.settings)} settings from "
+                  f"{escape(m.config_source)}", highlight=False, soft_wrap=True)
     out.print(f"run directory: [bold]{escape(str(result.path))}[/]", highlight=False, soft_wrap=True)
 
 

@@ -31,6 +31,7 @@ class Manifest(BaseModel):
     """Everything needed to know what a run was. ``schema_version`` changes when fields change meaning."""
 
     schema_version: int = 2
+    kind: Literal["sweep", "scored"] = "sweep"  # scored: texts generated elsewhere, scored by `evalkit score`
     run_id: str
     name: str
     status: Literal["running", "complete", "failed"] = "running"

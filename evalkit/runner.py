@@ -22,7 +22,7 @@ from evalkit.progress import RichProgress, Silent
 from evalkit.prompts import load_prompts
 from evalkit.registry import default_registry
 from evalkit.sampling import APPLICATION_ORDER
-from evalkit.scoring import aggregate, groups_of, score_groups
+from evalkit.scoring import score_run
 from evalkit.seeds import derive_seed
 
 
@@ -98,14 +98,9 @@ def run_sweep(config: SweepConfig | str | Path, *, overrides: list[str] | None =
         store.write_table(run_dir / "samples.parquet", samples)
 
         started = time.perf_counter()
-        groups = groups_of(samples)
-        with ui.phase("scoring", total=len(groups)) as phase:
-            scores, sample_scores = score_groups(groups, metrics, advance=phase.advance)
-        summary = aggregate(scores, settings, level=config.ci.level, resamples=config.ci.resamples, seed=config.seed)
+        score_run(run_dir, samples, settings, metrics, level=config.ci.level, resamples=config.ci.resamples,
+                  seed=config.seed, ui=ui)
         timings["score_s"] = round(time.perf_counter() - started, 3)
-        store.write_table(run_dir / "scores.parquet", scores)
-        store.write_table(run_dir / "sample_scores.parquet", sample_scores)
-        store.write_table(run_dir / "summary.csv", summary)
 
         manifest.n_samples, manifest.timings = len(samples), timings
         manifest.status, manifest.ended_at = "complete", utc_now()

@@ -82,3 +82,17 @@ def aggregate(scores: pd.DataFrame, settings: list[Setting], *, level: float, re
     columns = ["setting_id", *SETTING_COLUMNS, "metric", "mean", "ci_low", "ci_high", "std", "n_prompts",
                "n_undefined"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def score_run(run_dir, samples: pd.DataFrame, settings: list[Setting], metrics: list[Metric], *, level: float,
+              resamples: int, seed: int, ui) -> None:
+    """Score every group of ``samples`` and write scores, per-sample scores and the summary into ``run_dir``."""
+    from evalkit import store
+
+    groups = groups_of(samples)
+    with ui.phase("scoring", total=len(groups)) as phase:
+        scores, sample_scores = score_groups(groups, metrics, advance=phase.advance)
+    summary = aggregate(scores, settings, level=level, resamples=resamples, seed=seed)
+    store.write_table(run_dir / "scores.parquet", scores)
+    store.write_table(run_dir / "sample_scores.parquet", sample_scores)
+    store.write_table(run_dir / "summary.csv", summary)

@@ -31,8 +31,9 @@ from evalkit.manifest import Manifest
 # the model (temperature 1, unfiltered) and under the sampling distribution, the entropy (nats)
 # of both distributions, and how many tokens the filters kept.
 STAT_COLUMNS = ["logprob_model", "logprob_sampling", "entropy_model", "entropy_sampling", "n_kept"]
-SAMPLE_COLUMNS = ["prompt_id", "prompt", "setting_id", "temperature", "top_p", "top_k", "min_p", "sample_index",
-                  "seed", "text", "num_new_tokens", "finish_reason", "token_ids", *STAT_COLUMNS]
+BASE_SAMPLE_COLUMNS = ["prompt_id", "prompt", "setting_id", "temperature", "top_p", "top_k", "min_p",
+                       "sample_index", "seed", "text", "num_new_tokens", "finish_reason", "token_ids"]
+SAMPLE_COLUMNS = [*BASE_SAMPLE_COLUMNS, *STAT_COLUMNS]  # scored files have no token statistics
 
 
 def check_writable(output_dir: Path) -> None:

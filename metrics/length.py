@@ -19,8 +19,11 @@ class MeanLength(Metric):
     name = "mean_length"
     definition = "mean sample length (new model tokens without the end-of-sequence token, or words)"
     reference = "descriptive statistic"
-    needs = frozenset({"texts", "token_ids"})
     Params = LengthParams
+
+    @property
+    def needs(self) -> frozenset[str]:  # type: ignore[override]
+        return frozenset({"texts", "token_ids"} if self.params.unit == "tokens" else {"texts"})
 
     def compute(self, group: Group) -> Score:
         if self.params.unit == "tokens":

@@ -1,0 +1,150 @@
+"""Score generations produced elsewhere (an API, another harness): ``evalkit score FILE.jsonl``.
+
+Each line of the file is one sample: ``text`` (required), the prompt as ``prompt_id`` and/or
+``prompt`` (at least one), optionally the setting it was sampled with (``temperature``,
+``top_p``, ``top_k``, ``min_p``; defaults 1, 1, 0, 0) and ``sample_index`` (else the order
+within its group). Other fields are ignored. The output directory gets the same tables as
+a run (samples, scores, per-sample scores, summary, manifest), so ``evalkit.load_run``
+reads it like any run.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from evalkit import store
+from evalkit.config import MetricSpec
+from evalkit.errors import ConfigError, EvalkitError
+from evalkit.manifest import Manifest, SettingRecord, git_info, utc_now
+from evalkit.progress import RichProgress, Silent
+from evalkit.registry import default_registry
+from evalkit.sampling import APPLICATION_ORDER, MinP, Setting, Temperature, TopK, TopP
+from evalkit.scoring import score_run
+
+TEXT_ONLY_NEEDS = frozenset({"texts", "prompts"})
+
+
+class GenerationRow(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    text: str
+    prompt_id: str | int | None = None
+    prompt: str | None = None
+    temperature: Temperature = 1.0
+    top_p: TopP = 1.0
+    top_k: TopK = 0
+    min_p: MinP = 0.0
+    sample_index: int | None = None
+
+    @model_validator(mode="after")
+    def _prompt(self) -> GenerationRow:
+        if self.prompt_id is None and self.prompt is None:
+            raise ValueError("a row needs 'prompt_id' or 'prompt'")
+        return self
+
+
+def read_generations(path: Path) -> pd.DataFrame:
+    """The file as a samples table (sample-index order within each group). Raises ConfigError naming the line."""
+    source = str(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError("file not found", source=source) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read file: {e.strerror}", source=source) from None
+    rows = []
+    for number, line in enumerate(raw.split(b"\n"), start=1):
+        where = f"line {number}"
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"not UTF-8 (byte {e.start} of the line)", source=source, path=where) from None
+        if not text.strip():
+            continue
+        try:
+            row = GenerationRow.model_validate_json(text)
+        except ValidationError as e:
+            err = e.errors()[0]
+            field = ".".join(str(p) for p in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"].startswith("json"):
+                msg = f"invalid JSON: {msg}"
+            raise ConfigError(f"{field + ': ' if field else ''}{msg}", source=source, path=where) from None
+        setting = Setting(temperature=row.temperature, top_p=row.top_p, top_k=row.top_k, min_p=row.min_p)
+        pid = str(row.prompt_id) if row.prompt_id is not None else row.prompt
+        rows.append({"prompt_id": pid, "prompt": row.prompt if row.prompt is not None else pid,
+                     "setting_id": setting.id, **setting.params(), "sample_index": row.sample_index, "seed": None,
+                     "text": row.text, "num_new_tokens": None, "finish_reason": None, "token_ids": [],
+                     "_line": number})
+    if not rows:
+        raise ConfigError("the file has no generations", source=source)
+    samples = pd.DataFrame(rows)
+    order = samples.groupby(["prompt_id", "setting_id"], sort=False).cumcount()
+    given = samples["sample_index"]
+    samples["sample_index"] = given.where(given.notna(), order).astype(int)
+    dup = samples.duplicated(["prompt_id", "setting_id", "sample_index"])
+    if dup.any():
+        line = int(samples.loc[dup.idxmax(), "_line"])
+        raise ConfigError("duplicate sample_index within its prompt and setting", source=source, path=f"line {line}")
+    samples = samples.drop(columns="_line")
+    return samples.astype({"num_new_tokens": "Int64", "seed": "Int64"})[store.BASE_SAMPLE_COLUMNS]
+
+
+def score_file(path: str | Path, metric_names: list[str], output: str | Path, *, seed: int = 0, level: float = 0.95,
+               resamples: int = 2000, name: str | None = None, progress: bool = True) -> store.Run:
+    """Score a JSONL file of generations into ``output`` (which must not exist yet, or be empty)."""
+    path, output = Path(path), Path(output)
+    source = str(path)
+    if not metric_names:
+        raise ConfigError("name at least one metric", path="--metrics")
+    specs = [MetricSpec(name=m.strip()) for m in metric_names if m.strip()]
+    metrics = default_registry().create_all(specs, source="--metrics")
+    for m in metrics:
+        missing = set(m.needs) - TEXT_ONLY_NEEDS
+        if missing:
+            raise ConfigError(f"{m.id} needs {', '.join(sorted(missing))}, which a file of texts does not have",
+                              path="--metrics")
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise EvalkitError(f"-o: {output} exists and is not an empty directory")
+    store.check_writable(output.parent if output.parent != Path("") else Path("."))
+    samples = read_generations(path)
+    settings = list(dict.fromkeys(Setting(**{k: r[k] for k in ("temperature", "top_p", "top_k", "min_p")})
+                                  for r in samples.to_dict("records")))
+    ui = RichProgress() if progress else Silent()
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        manifest = Manifest(
+            kind="scored", run_id=output.name, name=name or path.stem, started_at=utc_now(), git=git_info(),
+            config_source=source, config_as_given={"file": str(path.resolve()), "metrics": metric_names},
+            model={"id": "external", "source": str(path.resolve())}, device="n/a", seed=seed,
+            sampling_order=list(APPLICATION_ORDER),
+            settings=[SettingRecord(id=s.id, params=s.params(), generation={}) for s in settings],
+            n_prompts=int(samples["prompt_id"].nunique()), n_samples=len(samples), batch_size=0,
+            metrics=[m.id for m in metrics],
+            ci={"method": "percentile bootstrap over prompts", "level": level, "resamples": resamples, "seed": seed},
+        )
+        store.write_table(tmp / "samples.parquet", samples)
+        score_run(tmp, samples, settings, metrics, level=level, resamples=resamples, seed=seed, ui=ui)
+        store.write_yaml(tmp / "config.yaml", {"name": manifest.name, "scored_from": str(path.resolve()),
+                                               "metrics": [m.id for m in metrics], "seed": seed,
+                                               "ci": {"level": level, "resamples": resamples}})
+        manifest.status, manifest.ended_at = "complete", utc_now()
+        store.write_manifest(tmp, manifest)
+        if output.exists():
+            output.rmdir()
+        tmp.rename(output)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return store.Run(output)
+
+
+def metric_list(value: str) -> list[str]:
+    return [m for m in (part.strip() for part in value.split(",")) if m]
+

@@ -1,0 +1,88 @@
+"""`evalkit score`: generations produced elsewhere, scored like a run."""
+
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import evalkit
+from evalkit.cli import app
+from evalkit.config import config_from_dict
+from evalkit.errors import ConfigError, EvalkitError
+from evalkit.external import score_file
+
+from conftest import base_config
+
+METRICS = ["distinct_1", "distinct_2", "self_bleu", "ent_n", "mtld", "seq_rep_n"]
+
+
+def write_rows(path, rows):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_scores_equal_those_of_the_run_that_made_the_texts(tiny_model, tmp_path):
+    run = evalkit.run_sweep(config_from_dict(base_config(tiny_model, tmp_path / "runs", metrics=METRICS)),
+                            progress=False)
+    rows = [{"prompt_id": r.prompt_id, "prompt": r.prompt, "temperature": r.temperature, "top_p": r.top_p,
+             "sample_index": int(r.sample_index), "text": r.text, "extra": "ignored"}
+            for r in run.samples.itertuples()][::-1]  # any order
+    scored = score_file(write_rows(tmp_path / "gens.jsonl", rows), METRICS, tmp_path / "scored", progress=False)
+    key = ["setting_id", "prompt_id", "metric"]
+    a = run.scores.sort_values(key).reset_index(drop=True)
+    b = scored.scores.sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
+    pd.testing.assert_frame_equal(run.summary.sort_values(["setting_id", "metric"]).reset_index(drop=True),
+                                  scored.summary.sort_values(["setting_id", "metric"]).reset_index(drop=True))
+    loaded = evalkit.load_run(tmp_path / "scored")
+    assert loaded.manifest.kind == "scored" and loaded.manifest.n_samples == len(rows)
+
+
+def test_cli_score(tmp_path):
+    path = write_rows(tmp_path / "g.jsonl", [{"prompt": "q", "text": "a b c"}, {"prompt": "q", "text": "a b d"},
+                                            {"prompt_id": 2, "temperature": 0.5, "text": "x y"},
+                                            {"prompt_id": 2, "temperature": 0.5, "text": "x y"}])
+    result = CliRunner().invoke(app, ["score", str(path), "--metrics", "distinct_1,self_bleu", "-o",
+                                      str(tmp_path / "out"), "-q"])
+    assert result.exit_code == 0, result.output
+    run = evalkit.load_run(tmp_path / "out")
+    assert set(run.samples.setting_id) == {"t1-p1", "t0.5-p1"}
+    bleu = run.scores[(run.scores.metric == "self_bleu[n=4,smooth=method1,tok=words]")].set_index("prompt_id").value
+    # two identical 2-token samples: p1 = p2 = 1, no 3- or 4-grams: method1 gives 0.1 each
+    assert bleu["2"] == pytest.approx((1 * 1 * 0.1 * 0.1) ** 0.25, abs=1e-15)
+    assert run.scores[run.scores.metric == "distinct_1[tok=words]"].set_index("prompt_id").value["q"] == 4 / 6
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"prompt_id": "a", "text": "x"}\n{"prompt_id": "a", "text": \n', "line 2: invalid JSON"),
+    ('{"prompt_id": "a"}\n', "line 1: text: Field required"),
+    ('{"text": "x"}\n', "line 1: a row needs 'prompt_id' or 'prompt'"),
+    ('{"prompt_id": "a", "text": "x", "temperature": -1}\n', "line 1: temperature: temperature must be >= 0"),
+    ('{"prompt_id": "a", "text": "x", "sample_index": 0}\n{"prompt_id": "a", "text": "y", "sample_index": 0}\n',
+     "line 2: duplicate sample_index"),
+    ("\n\n", "the file has no generations"),
+])
+def test_bad_files(tmp_path, content, message):
+    path = tmp_path / "g.jsonl"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        score_file(path, ["distinct_1"], tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["g.jsonl"]  # nothing half-written
+
+
+def test_metrics_that_need_the_model_are_refused(tmp_path):
+    path = write_rows(tmp_path / "g.jsonl", [{"prompt": "q", "text": "a"}])
+    for name, needs in (("mean_length", "token_ids"), ("perplexity", "token_stats")):
+        with pytest.raises(ConfigError, match=f"needs {needs}, which a file of texts does not have"):
+            score_file(path, [name], tmp_path / "out", progress=False)
+
+
+def test_existing_output_is_not_overwritten(tmp_path):
+    path = write_rows(tmp_path / "g.jsonl", [{"prompt": "q", "text": "a"}])
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(EvalkitError, match="exists and is not an empty directory"):
+        score_file(path, ["distinct_1"], tmp_path / "out", progress=False)
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
