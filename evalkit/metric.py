@@ -81,5 +81,9 @@ class Metric:
         sig = ",".join(f"{k}={v}" for k, v in self.signature().items())
         return f"{self.base_name}[{sig}]" if sig else self.base_name
 
+    def prepare(self) -> None:
+        """Load what the metric needs (an embedder, a corpus) before any sample is generated,
+        so that a missing resource fails the run at its start, not after generation."""
+
     def compute(self, group: Group) -> Score:
         raise NotImplementedError

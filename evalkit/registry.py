@@ -68,6 +68,8 @@ class Registry:
                 raise ConfigError(f"metric {m.id} is listed twice (also metrics[{seen[m.id]}])", source=source,
                                   path=f"metrics[{i}]")
             seen[m.id] = i
+        for m in metrics:
+            m.prepare()
         return metrics
 
 

@@ -9,8 +9,10 @@ from evalkit_metrics.distinct import DistinctN
 from evalkit_metrics.length import MeanLength
 from evalkit_metrics.lexical import MATTR, MTLD, TTR
 from evalkit_metrics.ngram_entropy import EntN
+from evalkit_metrics.novelty import Novelty
 from evalkit_metrics.repetition import SeqRepN
 from evalkit_metrics.self_bleu import SelfBleu
+from evalkit_metrics.semantic import Relevance, SemanticDiversity, Vendi
 from evalkit_metrics.token_stats import NLL, Perplexity, TokenEntropy
 
 # registry name -> (metric class, fixed parameters)
@@ -30,7 +32,11 @@ BUILTINS = {
     "token_entropy": (TokenEntropy, {}),
     "nll": (NLL, {}),
     "perplexity": (Perplexity, {}),
+    "semantic_diversity": (SemanticDiversity, {}),
+    "vendi": (Vendi, {}),
+    "relevance": (Relevance, {}),
+    "novelty": (Novelty, {}),
 }
 
 __all__ = ["BUILTINS", "MATTR", "MTLD", "NLL", "TTR", "DistinctN", "EntN", "MeanLength", "Perplexity", "SelfBleu",
-           "SeqRepN", "TokenEntropy"]
+           "SeqRepN", "TokenEntropy", "SemanticDiversity", "Vendi", "Relevance", "Novelty"]
