@@ -1,5 +1,5 @@
-"""Text metrics: evalkit's self-BLEU against nltk's loop (same definition), and the lexical
-metrics on 10,000 samples, measured in one run.
+"""Text metrics: evalkit's self-BLEU against nltk's loop (same definition), the lexical
+metrics on 10,000 samples and the semantic ones on 1,000, measured in one run.
 
     python benchmarks/bench_metrics.py
 """
@@ -15,6 +15,7 @@ from evalkit.config import MetricSpec
 from evalkit.metric import Group
 from evalkit.registry import default_registry
 from evalkit.sampling import Setting
+from evalkit.scoring import score_groups
 from evalkit_metrics.self_bleu import self_bleu
 
 WORDS = [f"w{i}" for i in range(300)]
@@ -62,6 +63,15 @@ def main() -> None:
         total += elapsed
         print(f"  {metric.id:32s} {elapsed:6.3f} s")
     print(f"  all lexical metrics: {total:.3f} s")
+
+    sentences = [" ".join(rng.choice(WORDS[:50]) for _ in range(rng.randint(8, 20))) for _ in range(1000)]
+    sem_groups = [Group(prompt_id=str(i), prompt="a prompt", setting=Setting(), texts=tuple(sentences[i:i + 10]),
+                        token_ids=tuple(() for _ in range(10))) for i in range(0, 1000, 10)]
+    print("semantic metrics on 1,000 samples, all-MiniLM-L6-v2 on CPU (embedder loaded first)")
+    for name in ("semantic_diversity", "vendi"):
+        metric = registry.create(MetricSpec(name=name))
+        elapsed, _ = timed(lambda: score_groups(sem_groups, [metric]))
+        print(f"  {metric.id:40s} {elapsed:6.3f} s (texts already embedded are reused)")
 
 
 if __name__ == "__main__":

@@ -85,5 +85,8 @@ class Metric:
         """Load what the metric needs (an embedder, a corpus) before any sample is generated,
         so that a missing resource fails the run at its start, not after generation."""
 
+    def prepare_groups(self, groups: list[Group]) -> None:
+        """Work shared by all groups of a run, done once before ``compute`` (batched embedding)."""
+
     def compute(self, group: Group) -> Score:
         raise NotImplementedError

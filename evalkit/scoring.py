@@ -37,6 +37,8 @@ def score_groups(groups: list[Group], metrics: list[Metric],
                  advance: Callable[[int], None] = lambda n: None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(scores, sample_scores): group values and, where a metric gives them, per-sample values."""
     rows, sample_rows = [], []
+    for m in metrics:
+        m.prepare_groups(groups)
     for g in groups:
         for m in metrics:
             s = m.compute(g)

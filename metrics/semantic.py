@@ -30,6 +30,9 @@ DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 def load_embedder(name: str):
     """A SentenceTransformer, the default one from the packaged wheel (no download)."""
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
 
     if name == DEFAULT_EMBEDDER:
         try:
@@ -48,11 +51,20 @@ def load_embedder(name: str):
         raise EvalkitError(f"cannot load the embedder {name!r}: {str(e).splitlines()[0]}") from None
 
 
+_CACHE: dict[tuple[str, str], np.ndarray] = {}  # (embedder, text) -> vector; metrics of a run share it
+CACHE_LIMIT = 200_000
+
+
 def embed(name: str, texts: list[str]) -> np.ndarray:
-    """L2-normalised embeddings, float64, one row per text."""
-    vectors = load_embedder(name).encode(list(texts), batch_size=64, normalize_embeddings=True,
-                                         convert_to_numpy=True, show_progress_bar=False)
-    return np.asarray(vectors, dtype=np.float64)
+    """L2-normalised embeddings, float64, one row per text (each distinct text encoded once)."""
+    if len(_CACHE) + len(texts) > CACHE_LIMIT:
+        _CACHE.clear()
+    todo = list(dict.fromkeys(t for t in texts if (name, t) not in _CACHE))
+    if todo:
+        vectors = load_embedder(name).encode(todo, batch_size=64, normalize_embeddings=True,
+                                             convert_to_numpy=True, show_progress_bar=False)
+        _CACHE.update({(name, t): np.asarray(v, dtype=np.float64) for t, v in zip(todo, vectors)})
+    return np.stack([_CACHE[(name, t)] for t in texts])
 
 
 def mean_pairwise_distance(x: np.ndarray) -> float:
@@ -78,6 +90,9 @@ class _Embedding(Metric):
 
     def prepare(self) -> None:
         load_embedder(self.params.emb)
+
+    def prepare_groups(self, groups: list[Group]) -> None:
+        embed(self.params.emb, [t for g in groups for t in (g.prompt, *g.texts)])  # one batched pass
 
     def embeddings(self, group: Group) -> np.ndarray:
         return embed(self.params.emb, list(group.texts))
