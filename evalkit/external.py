@@ -22,7 +22,7 @@ from evalkit.config import MetricSpec
 from evalkit.errors import ConfigError, EvalkitError
 from evalkit.manifest import Manifest, SettingRecord, git_info, utc_now
 from evalkit.progress import RichProgress, Silent
-from evalkit.registry import default_registry
+from evalkit.registry import default_registry, prepare_all
 from evalkit.sampling import APPLICATION_ORDER, MinP, Setting, Temperature, TopK, TopP
 from evalkit.scoring import score_run
 
@@ -109,6 +109,7 @@ def score_file(path: str | Path, metric_names: list[str], output: str | Path, *,
         if missing:
             raise ConfigError(f"{m.id} needs {', '.join(sorted(missing))}, which a file of texts does not have",
                               path="--metrics")
+    prepare_all(metrics)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise EvalkitError(f"-o: {output} exists and is not an empty directory")
     store.check_writable(output.parent if output.parent != Path("") else Path("."))

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 
 from evalkit.sampling import Setting
 
-NEEDS = frozenset({"texts", "token_ids", "token_stats", "prompts"})
+NEEDS = frozenset({"texts", "token_ids", "token_stats", "prompts", "images"})
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class Group:
     # per-token statistics from the engine, by column name (logprob_model, entropy_sampling, ...);
     # empty when the samples came without them
     stats: dict[str, tuple[tuple[float, ...], ...]] = field(default_factory=dict)
+    images: tuple[str, ...] = ()  # image file of each sample (image sweeps); empty for text
 
 
 @dataclass(frozen=True)

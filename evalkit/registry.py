@@ -68,9 +68,13 @@ class Registry:
                 raise ConfigError(f"metric {m.id} is listed twice (also metrics[{seen[m.id]}])", source=source,
                                   path=f"metrics[{i}]")
             seen[m.id] = i
-        for m in metrics:
-            m.prepare()
         return metrics
+
+
+def prepare_all(metrics: list[Metric]) -> None:
+    """Load every metric's resources (embedders, CLIP models) now, before any generation."""
+    for m in metrics:
+        m.prepare()
 
 
 ENTRY_POINT_GROUP = "evalkit.metrics"

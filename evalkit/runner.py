@@ -17,10 +17,11 @@ import pandas as pd
 from evalkit import store
 from evalkit.backends import WorkUnit, check_model
 from evalkit.config import SweepConfig, load_config
+from evalkit.errors import ConfigError
 from evalkit.manifest import Manifest, SettingRecord, git_info, utc_now
 from evalkit.progress import RichProgress, Silent
 from evalkit.prompts import load_prompts
-from evalkit.registry import default_registry
+from evalkit.registry import default_registry, prepare_all
 from evalkit.sampling import APPLICATION_ORDER
 from evalkit.scoring import score_run
 from evalkit.seeds import derive_seed
@@ -38,6 +39,11 @@ def run_sweep(config: SweepConfig | str | Path, *, overrides: list[str] | None =
     # Checks that need no model.
     settings = config.settings()
     metrics = default_registry().create_all(config.metrics, source=config.source)
+    for i, m in enumerate(metrics):
+        if "images" in m.needs:
+            raise ConfigError(f"{m.id} needs images, which a text sweep does not make", source=config.source,
+                              path=f"metrics[{i}]")
+    prepare_all(metrics)
     prompts = load_prompts(config)
     output_dir = Path(config.output_dir)
     store.check_writable(output_dir)

@@ -27,9 +27,10 @@ def groups_of(samples: pd.DataFrame) -> list[Group]:
         first = df.iloc[0]
         setting = Setting(**{c: first[c] for c in SETTING_COLUMNS})
         stats = {c: tuple(tuple(float(v) for v in vals) for vals in df[c]) for c in STAT_COLUMNS if c in df}
+        images = tuple(str(p) for p in df["image_path"]) if "image_path" in df else ()
         out.append(Group(prompt_id=str(pid), prompt=str(first["prompt"]), setting=setting,
                          texts=tuple(df["text"]), token_ids=tuple(tuple(int(t) for t in ids) for ids in df["token_ids"]),
-                         stats=stats))
+                         stats=stats, images=images))
     return out
 
 

@@ -5,6 +5,7 @@ package would collide with other distributions that ship one). The registry in
 :mod:`evalkit.registry` reads ``BUILTINS``; nothing is discovered by scanning.
 """
 
+from evalkit_metrics.clip import ClipImageDiversity, ClipScore, ClipVendi
 from evalkit_metrics.distinct import DistinctN
 from evalkit_metrics.length import MeanLength
 from evalkit_metrics.lexical import MATTR, MTLD, TTR
@@ -36,7 +37,11 @@ BUILTINS = {
     "vendi": (Vendi, {}),
     "relevance": (Relevance, {}),
     "novelty": (Novelty, {}),
+    "clip_score": (ClipScore, {}),
+    "clip_image_diversity": (ClipImageDiversity, {}),
+    "clip_vendi": (ClipVendi, {}),
 }
 
 __all__ = ["BUILTINS", "MATTR", "MTLD", "NLL", "TTR", "DistinctN", "EntN", "MeanLength", "Perplexity", "SelfBleu",
-           "SeqRepN", "TokenEntropy", "SemanticDiversity", "Vendi", "Relevance", "Novelty"]
+           "SeqRepN", "TokenEntropy", "SemanticDiversity", "Vendi", "Relevance", "Novelty",
+           "ClipScore", "ClipImageDiversity", "ClipVendi"]

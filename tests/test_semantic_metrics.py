@@ -90,8 +90,9 @@ def test_missing_embedder_fails_before_generation(tmp_path):
     from evalkit.config import config_from_dict
     from evalkit.errors import EvalkitError
     from evalkit.registry import default_registry as registry
+    from evalkit.registry import prepare_all
 
     config = config_from_dict({"name": "t", "prompts": ["a"],
                                "metrics": [{"name": "vendi", "emb": str(tmp_path / "no-such-model")}]})
     with pytest.raises(EvalkitError, match="cannot load the embedder"):
-        registry().create_all(config.metrics)
+        prepare_all(registry().create_all(config.metrics))

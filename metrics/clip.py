@@ -1,0 +1,155 @@
+"""CLIP alignment and image diversity, through open_clip.
+
+- clip_score (Hessel et al., EMNLP 2021, "CLIPScore"; ``jmhessel/clipscore``): for each image
+  of the group, 2.5 * max(cos(E_image, E_text), 0), then the mean. The text is the prompt
+  (text-to-image) or the sample's own text (captioning); ``prefix=yes`` puts "A photo depicts "
+  before it, as the paper does. Text beyond the model's context (77 tokens for most CLIPs) is
+  truncated by open_clip's tokenizer. This is not torchmetrics' CLIPScore (100 * cos, mean
+  first, then clamped).
+- clip_image_diversity: mean cosine distance between the CLIP image embeddings of distinct
+  pairs of images of the group; clip_vendi: the Vendi score (q = 1) of those embeddings.
+
+``model`` is an open_clip model name (``ViT-B-32``) or the path of a model-config JSON;
+``pretrained`` an open_clip pretrained tag (from its cache or the hub), a local checkpoint
+file, or ``none`` (random weights, for tests).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from evalkit.errors import EvalkitError
+from evalkit.metric import Group, Metric, Score
+from evalkit_metrics.semantic import mean_pairwise_distance, vendi
+
+PREFIX = "A photo depicts "
+WEIGHT = 2.5
+
+
+@lru_cache(maxsize=2)
+def load_clip(model: str, pretrained: str):
+    """(model, preprocess, tokenizer) on CPU, in eval mode."""
+    import open_clip
+
+    name = model
+    if model.endswith(".json"):
+        path = Path(model)
+        if not path.is_file():
+            raise EvalkitError(f"CLIP model config not found: {model}")
+        open_clip.add_model_config(path)
+        name = path.stem
+    try:
+        net, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=None if pretrained == "none" else pretrained, device="cpu")
+    except Exception as e:  # unknown name, missing weights offline: the user's to fix
+        raise EvalkitError(f"cannot load CLIP model {model!r} with pretrained={pretrained!r}: "
+                           f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    net.eval()
+    return net, preprocess, open_clip.get_tokenizer(name)
+
+
+def _normalize(x) -> np.ndarray:
+    x = x.detach().double().numpy()
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def image_embeddings(model: str, pretrained: str, paths: list[str]) -> np.ndarray:
+    import torch
+    from PIL import Image
+
+    net, preprocess, _ = load_clip(model, pretrained)
+    batch = []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                batch.append(preprocess(im.convert("RGB")))
+        except OSError as e:
+            raise EvalkitError(f"cannot read image {p}: {e}") from None
+    with torch.inference_mode():
+        return _normalize(net.encode_image(torch.stack(batch)))
+
+
+def text_embeddings(model: str, pretrained: str, texts: list[str]) -> np.ndarray:
+    import torch
+
+    net, _, tokenizer = load_clip(model, pretrained)
+    with torch.inference_mode():
+        return _normalize(net.encode_text(tokenizer(texts)))
+
+
+def clip_scores(image: np.ndarray, text: np.ndarray) -> np.ndarray:
+    """CLIP-S of each (image, text) row pair: 2.5 * max(cos, 0) (rows are L2-normalised)."""
+    return WEIGHT * np.maximum((image * text).sum(axis=1), 0.0)
+
+
+class ClipParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    model: str = "ViT-B-32"
+    pretrained: str = "openai"
+
+
+class ClipScoreParams(ClipParams):
+    text: Literal["prompt", "sample"] = "prompt"  # prompt: text-to-image; sample: captions
+    prefix: Literal["yes", "no"] = "yes"  # "A photo depicts " before the text (Hessel et al.)
+
+
+class _Clip(Metric):
+    needs = frozenset({"images"})
+    Params = ClipParams
+
+    def prepare(self) -> None:
+        load_clip(self.params.model, self.params.pretrained)
+
+    def signature(self) -> dict[str, object]:
+        sig = self.params.model_dump()
+        sig["model"] = Path(self.params.model).stem if self.params.model.endswith(".json") else self.params.model
+        if Path(self.params.pretrained).is_file():
+            sig["pretrained"] = Path(self.params.pretrained).name
+        return sig
+
+
+class ClipScore(_Clip):
+    name = "clip_score"
+    definition = "mean over images of 2.5 * max(cos(CLIP image, CLIP text), 0); text = prompt or caption"
+    reference = "Hessel et al. 2021, CLIPScore"
+    needs = frozenset({"images", "texts", "prompts"})
+    Params = ClipScoreParams
+
+    def compute(self, group: Group) -> Score:
+        if not group.images:
+            return Score.undefined("the group has no images")
+        texts = [group.prompt] * len(group.images) if self.params.text == "prompt" else list(group.texts)
+        if self.params.prefix == "yes":
+            texts = [PREFIX + t for t in texts]
+        img = image_embeddings(self.params.model, self.params.pretrained, list(group.images))
+        txt = text_embeddings(self.params.model, self.params.pretrained, texts)
+        scores = clip_scores(img, txt)
+        return Score(float(scores.mean()), per_sample=tuple(float(s) for s in scores))
+
+
+class ClipImageDiversity(_Clip):
+    name = "clip_image_diversity"
+    definition = "mean cosine distance between the CLIP image embeddings of distinct pairs of images"
+    reference = "CLIP: Radford et al. 2021"
+
+    def compute(self, group: Group) -> Score:
+        if len(group.images) < 2:
+            return Score.undefined("image diversity needs at least two images in the group")
+        x = image_embeddings(self.params.model, self.params.pretrained, list(group.images))
+        return Score(mean_pairwise_distance(x))
+
+
+class ClipVendi(_Clip):
+    name = "clip_vendi"
+    definition = "Vendi score (q=1) of the group's CLIP image embeddings"
+    reference = "Friedman & Dieng 2022, The Vendi Score"
+
+    def compute(self, group: Group) -> Score:
+        if not group.images:
+            return Score.undefined("the group has no images")
+        return Score(vendi(image_embeddings(self.params.model, self.params.pretrained, list(group.images))))
