@@ -105,7 +105,7 @@ def score_file(path: str | Path, metric_names: list[str], output: str | Path, *,
     specs = [MetricSpec(name=m.strip()) for m in metric_names if m.strip()]
     metrics = default_registry().create_all(specs, source="--metrics")
     for m in metrics:
-        missing = set(m.needs) - TEXT_ONLY_NEEDS
+        missing = set(m.requires()) - TEXT_ONLY_NEEDS
         if missing:
             raise ConfigError(f"{m.id} needs {', '.join(sorted(missing))}, which a file of texts does not have",
                               path="--metrics")

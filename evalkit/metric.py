@@ -82,6 +82,11 @@ class Metric:
         sig = ",".join(f"{k}={v}" for k, v in self.signature().items())
         return f"{self.base_name}[{sig}]" if sig else self.base_name
 
+    def requires(self) -> frozenset[str]:
+        """What this configured metric needs: ``needs``, plus token ids when ``tok=model``."""
+        extra = {"token_ids"} if getattr(self.params, "tok", None) == "model" else set()
+        return frozenset(self.needs) | extra
+
     def prepare(self) -> None:
         """Load what the metric needs (an embedder, a corpus) before any sample is generated,
         so that a missing resource fails the run at its start, not after generation."""

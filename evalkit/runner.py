@@ -40,7 +40,7 @@ def run_sweep(config: SweepConfig | str | Path, *, overrides: list[str] | None =
     settings = config.settings()
     metrics = default_registry().create_all(config.metrics, source=config.source)
     for i, m in enumerate(metrics):
-        if "images" in m.needs:
+        if "images" in m.requires():
             raise ConfigError(f"{m.id} needs images, which a text sweep does not make", source=config.source,
                               path=f"metrics[{i}]")
     prepare_all(metrics)

@@ -7,12 +7,15 @@
   No lowercasing.
 - ``whitespace``: ``str.split()``.
 - ``chars``: every non-space character.
+- ``model``: the model's own token ids of each sample (needs them: not for texts scored
+  from a file).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Literal
 
 _CJK = (
     "\u2e80-\u2fdf\u3000-\u303f\u3040-\u30ff\u3100-\u312f\u3190-\u31ff\u3400-\u4dbf"
@@ -38,3 +41,14 @@ TOKENIZERS: dict[str, Callable[[str], list[str]]] = {"words": words, "whitespace
 
 def get(name: str) -> Callable[[str], list[str]]:
     return TOKENIZERS[name]
+
+
+Tok = Literal["words", "whitespace", "chars", "model"]  # the `tok=` parameter of the text metrics
+
+
+def sample_tokens(group, tok: str) -> list[list]:
+    """The tokens of each sample of a group: split text, or the model's token ids for ``model``."""
+    if tok == "model":
+        return [list(ids) for ids in group.token_ids]
+    split = get(tok)
+    return [split(text) for text in group.texts]

@@ -9,7 +9,6 @@ distinct n-grams / total n-grams, n-grams never crossing sample boundaries.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,7 +34,7 @@ def distinct_n(samples: Iterable[Sequence[str]], n: int) -> tuple[int, int]:
 class DistinctParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     n: int = Field(2, ge=1, le=8)
-    tok: Literal["words", "whitespace", "chars"] = "words"
+    tok: tokenize.Tok = "words"
 
 
 class DistinctN(Metric):
@@ -52,8 +51,7 @@ class DistinctN(Metric):
         return {"tok": self.params.tok}
 
     def compute(self, group: Group) -> Score:
-        split = tokenize.get(self.params.tok)
-        unique, total = distinct_n((split(t) for t in group.texts), self.params.n)
+        unique, total = distinct_n(tokenize.sample_tokens(group, self.params.tok), self.params.n)
         if total == 0:
             return Score.undefined(f"no {self.params.n}-grams in the group")
         return Score(unique / total)

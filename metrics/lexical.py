@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Sequence
-from typing import Literal
+from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -77,7 +76,7 @@ def mtld(tokens: Sequence[str], threshold: float = 0.72) -> float:
 
 class _LexicalParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    tok: Literal["words", "whitespace", "chars"] = "words"
+    tok: tokenize.Tok = "words"
 
 
 class MattrParams(_LexicalParams):
@@ -95,8 +94,7 @@ class _PerSample(Metric):
         raise NotImplementedError
 
     def compute(self, group: Group) -> Score:
-        split: Callable[[str], list[str]] = tokenize.get(self.params.tok)
-        values = tuple(self.value(split(t)) for t in group.texts)
+        values = tuple(self.value(tokens) for tokens in tokenize.sample_tokens(group, self.params.tok))
         defined = [v for v in values if not math.isnan(v)]
         if not defined:
             return Score.undefined("every sample of the group is empty", per_sample=values)

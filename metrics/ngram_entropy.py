@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,7 +20,7 @@ from evalkit_metrics.distinct import ngrams
 class EntParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     n: int = Field(4, ge=1, le=8)
-    tok: Literal["words", "whitespace", "chars"] = "words"
+    tok: tokenize.Tok = "words"
 
 
 class EntN(Metric):
@@ -38,10 +37,9 @@ class EntN(Metric):
         return {"tok": self.params.tok, "log": "e"}
 
     def compute(self, group: Group) -> Score:
-        split = tokenize.get(self.params.tok)
         counts: Counter = Counter()
-        for text in group.texts:
-            counts.update(ngrams(split(text), self.params.n))
+        for tokens in tokenize.sample_tokens(group, self.params.tok):
+            counts.update(ngrams(tokens, self.params.n))
         total = sum(counts.values())
         if total == 0:
             return Score.undefined(f"no {self.params.n}-grams in the group")

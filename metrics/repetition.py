@@ -9,7 +9,6 @@ n-gram is dropped (SimCTG's variant does both, and reports x100).
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,7 +20,7 @@ from evalkit_metrics.distinct import ngrams
 class SeqRepParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     n: int = Field(4, ge=1, le=8)
-    tok: Literal["words", "whitespace", "chars"] = "words"
+    tok: tokenize.Tok = "words"
 
 
 def seq_rep(tokens: list[str], n: int) -> float:
@@ -43,8 +42,7 @@ class SeqRepN(Metric):
         return {"tok": self.params.tok}
 
     def compute(self, group: Group) -> Score:
-        split = tokenize.get(self.params.tok)
-        values = tuple(seq_rep(split(t), self.params.n) for t in group.texts)
+        values = tuple(seq_rep(tokens, self.params.n) for tokens in tokenize.sample_tokens(group, self.params.tok))
         defined = [v for v in values if not math.isnan(v)]
         if not defined:
             return Score.undefined(f"no sample of the group has a {self.params.n}-gram", per_sample=values)

@@ -111,7 +111,7 @@ class SelfBleuParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     n: int = Field(4, ge=1, le=8)  # uniform weights 1/n up to n-grams of order n
     smooth: Literal["method1", "none"] = "method1"  # nltk SmoothingFunction method1 (epsilon 0.1) or none
-    tok: Literal["words", "whitespace", "chars"] = "words"
+    tok: tokenize.Tok = "words"
 
 
 class SelfBleu(Metric):
@@ -123,8 +123,7 @@ class SelfBleu(Metric):
     def compute(self, group: Group) -> Score:
         if len(group.texts) < 2:
             return Score.undefined("self-BLEU needs at least two samples in the group")
-        split = tokenize.get(self.params.tok)
-        per_sample = self_bleu([split(t) for t in group.texts], self.params.n, self.params.smooth)
+        per_sample = self_bleu(tokenize.sample_tokens(group, self.params.tok), self.params.n, self.params.smooth)
         defined = per_sample[~np.isnan(per_sample)]
         if defined.size == 0:
             return Score.undefined("every sample of the group is empty", per_sample=tuple(per_sample.tolist()))

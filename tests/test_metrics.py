@@ -78,3 +78,14 @@ def test_registry_refuses_duplicates():
 ])
 def test_word_tokenizer(text, expected):
     assert tokenize.words(text) == expected
+
+
+def test_model_token_option_uses_token_ids():
+    g = group("completely different words", "here", token_ids=[(5, 6, 5, 6), (7, 8)])
+    score = metric("distinct_n", n=1, tok="model").compute(g)
+    assert score.value == pytest.approx(4 / 6)  # ids 5 6 5 6 7 8
+    assert metric("distinct_n", tok="model").id == "distinct_2[tok=model]"
+    assert "token_ids" in metric("self_bleu", tok="model").requires()
+    assert "token_ids" not in metric("self_bleu").requires()
+    assert metric("self_bleu", n=2, tok="model").compute(
+        group("a", "b", token_ids=[(1, 2), (1, 2)])).value == pytest.approx(1.0)
