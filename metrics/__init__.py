@@ -11,7 +11,7 @@ from evalkit_metrics.length import MeanLength
 from evalkit_metrics.lexical import MATTR, MTLD, TTR
 from evalkit_metrics.ngram_entropy import EntN
 from evalkit_metrics.novelty import Novelty
-from evalkit_metrics.repetition import SeqRepN
+from evalkit_metrics.repetition import RepL, SeqRepN
 from evalkit_metrics.self_bleu import SelfBleu
 from evalkit_metrics.semantic import Relevance, SemanticDiversity, Vendi
 from evalkit_metrics.token_stats import NLL, Perplexity, TokenEntropy
@@ -30,6 +30,7 @@ BUILTINS = {
     "mattr": (MATTR, {}),
     "mtld": (MTLD, {}),
     "seq_rep_n": (SeqRepN, {}),
+    "rep_l": (RepL, {}),
     "token_entropy": (TokenEntropy, {}),
     "nll": (NLL, {}),
     "perplexity": (Perplexity, {}),
@@ -43,5 +44,5 @@ BUILTINS = {
 }
 
 __all__ = ["BUILTINS", "MATTR", "MTLD", "NLL", "TTR", "DistinctN", "EntN", "MeanLength", "Perplexity", "SelfBleu",
-           "SeqRepN", "TokenEntropy", "SemanticDiversity", "Vendi", "Relevance", "Novelty",
+           "SeqRepN", "RepL", "TokenEntropy", "SemanticDiversity", "Vendi", "Relevance", "Novelty",
            "ClipScore", "ClipImageDiversity", "ClipVendi"]

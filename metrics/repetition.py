@@ -1,9 +1,11 @@
-"""seq-rep-n (Welleck et al., ICLR 2020, "Neural Text Generation with Unlikelihood Training";
+"""Repetition (Welleck et al., ICLR 2020, "Neural Text Generation with Unlikelihood Training";
 ``facebookresearch/unlikelihood_training`` ``custom/metrics.py``).
 
-For each sample (continuation, prompt excluded): 1 - unique n-grams / n-grams; the group
-value is the mean over samples that have at least one n-gram. Counts are not pooled and no
-n-gram is dropped (SimCTG's variant does both, and reports x100).
+- seq-rep-n: for each sample (continuation, prompt excluded), 1 - unique n-grams / n-grams;
+  the group value is the mean over samples that have at least one n-gram. Counts are not
+  pooled and no n-gram is dropped (SimCTG's variant does both, and reports x100).
+- rep-l: for each sample, the share of its tokens (after the first) that already occur among
+  the previous ``l`` tokens; mean over the group.
 """
 
 from __future__ import annotations
@@ -46,4 +48,31 @@ class SeqRepN(Metric):
         defined = [v for v in values if not math.isnan(v)]
         if not defined:
             return Score.undefined(f"no sample of the group has a {self.params.n}-gram", per_sample=values)
+        return Score(sum(defined) / len(defined), per_sample=values)
+
+
+class RepParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    l: int = Field(16, ge=1)  # noqa: E741  (the paper's name)
+    tok: tokenize.Tok = "words"
+
+
+def rep_l(tokens: list, window: int) -> float:
+    if len(tokens) < 2:
+        return float("nan")
+    repeats = sum(tokens[i] in tokens[max(0, i - window):i] for i in range(1, len(tokens)))
+    return repeats / (len(tokens) - 1)
+
+
+class RepL(Metric):
+    name = "rep_l"
+    definition = "share of a sample's tokens (after the first) already among its previous l tokens, mean over the group"
+    reference = "Welleck et al. 2020 (rep/l)"
+    Params = RepParams
+
+    def compute(self, group: Group) -> Score:
+        values = tuple(rep_l(tokens, self.params.l) for tokens in tokenize.sample_tokens(group, self.params.tok))
+        defined = [v for v in values if not math.isnan(v)]
+        if not defined:
+            return Score.undefined("no sample of the group has two tokens", per_sample=values)
         return Score(sum(defined) / len(defined), per_sample=values)

@@ -75,6 +75,17 @@ def test_seq_rep_hand_checked():
     assert score.value == pytest.approx((1 / 3 + 0) / 2) and math.isnan(score.per_sample[2])
 
 
+def test_rep_l_hand_checked():
+    from evalkit_metrics.repetition import rep_l
+
+    assert rep_l(list("abab"), 16) == pytest.approx(2 / 3)  # b new; a and b repeat
+    assert rep_l(list("abca"), 2) == 0  # the second a is 3 tokens back
+    assert rep_l(list("abca"), 3) == pytest.approx(1 / 3)
+    score = metric("rep_l", l=2).compute(group("a b a", "x"))
+    assert metric("rep_l", l=2).id == "rep_l[l=2,tok=words]"
+    assert score.value == pytest.approx(0.5) and math.isnan(score.per_sample[1])
+
+
 def test_lexical_metrics_average_samples_and_skip_empty():
     score = metric("ttr").compute(group("a a b b", "a b", ""))
     assert score.value == pytest.approx(0.75) and math.isnan(score.per_sample[2])
