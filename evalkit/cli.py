@@ -54,16 +54,24 @@ def run(
     preset: Annotated[str | None, typer.Option(help="Run a bundled preset instead: " + "|".join(
         ["code", "qa", "chat", "creative", "brainstorm"]))] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: grid.temperature=[0.5,1.0]")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue a stopped run in this run directory.",
+                                                show_default=False)] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Generate every sample, reuse none.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks for errors.")] = False,
 ) -> None:
     """Run a sweep: generate every sample, score it, write a run directory."""
 
     def body():
-        if (config is None) == (preset is None):
-            raise EvalkitError("give a config file or --preset NAME (one of them)")
-        path = config if config is not None else preset_path(preset)
-        result = evalkit.run_sweep(path, overrides=set_ or [], progress=not quiet)
+        if resume is not None:
+            if config is not None or preset is not None or set_:
+                raise EvalkitError("--resume continues a run as it was configured: give no config, preset or --set")
+            result = evalkit.run_sweep(None, resume=resume, progress=not quiet, cache=not no_cache)
+        else:
+            if (config is None) == (preset is None):
+                raise EvalkitError("give a config file or --preset NAME (one of them)")
+            path = config if config is not None else preset_path(preset)
+            result = evalkit.run_sweep(path, overrides=set_ or [], progress=not quiet, cache=not no_cache)
         _print_summary(result)
 
     _guard(body, debug)
@@ -115,8 +123,8 @@ def _guard(body, debug: bool) -> None:
             raise
         err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
-    except KeyboardInterrupt:
-        err.print("interrupted")
+    except KeyboardInterrupt as e:
+        err.print(str(e) or "interrupted", highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
 
 

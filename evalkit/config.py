@@ -34,7 +34,8 @@ class ModelConfig(_Strict):
     id: str = "default"  # "default" (embedded SmolLM2-135M-Instruct), a hub id, a local directory or a .gguf file
     gguf_file: str | None = None  # GGUF file name inside the directory or hub repo named by `id`
     revision: str | None = None  # hub revision (branch, tag or commit)
-    sha256: str | None = None  # expected sha256 of the GGUF file; a mismatch is refused
+    sha256: str | None = None  # expected sha256 of the GGUF file (for a directory: of its weight files,
+    # as the manifest records it); a mismatch is refused
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: float32 on CPU, bfloat16 on CUDA
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when there is a GPU, else CPU
 

@@ -112,7 +112,7 @@ def score_file(path: str | Path, metric_names: list[str], output: str | Path, *,
     prepare_all(metrics)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise EvalkitError(f"-o: {output} exists and is not an empty directory")
-    store.check_writable(output.parent if output.parent != Path("") else Path("."))
+    store.check_writable(output.parent if output.parent != Path("") else Path("."), field="-o")
     samples = read_generations(path)
     settings = list(dict.fromkeys(Setting(**{k: r[k] for k in ("temperature", "top_p", "top_k", "min_p")})
                                   for r in samples.to_dict("records")))

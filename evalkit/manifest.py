@@ -34,7 +34,7 @@ class Manifest(BaseModel):
     kind: Literal["sweep", "scored"] = "sweep"  # scored: texts generated elsewhere, scored by `evalkit score`
     run_id: str
     name: str
-    status: Literal["running", "complete", "failed"] = "running"
+    status: Literal["running", "complete", "failed", "interrupted"] = "running"
     error: str | None = None
     started_at: str
     ended_at: str | None = None
@@ -59,6 +59,7 @@ class Manifest(BaseModel):
     metrics: list[str]
     ci: dict[str, Any]
     timings: dict[str, float] = Field(default_factory=dict)
+    samples_reused: dict[str, int] = Field(default_factory=dict)  # from_parts (resume), from_cache, generated
 
 
 def utc_now() -> str:

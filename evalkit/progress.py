@@ -52,6 +52,10 @@ class RichProgress:
         columns.append(TextColumn("[dim]{task.fields[status]}"))
         with Progress(*columns, console=self.console, transient=False) as progress:
             task = progress.add_task(description, total=total, status="")
-            yield Phase(progress, task)
+            try:
+                yield Phase(progress, task)
+            except BaseException:
+                progress.live.transient = True  # the error line alone is what the user reads
+                raise
             if total is None:
                 progress.update(task, total=1, completed=1, status="done")

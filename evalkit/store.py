@@ -36,17 +36,19 @@ BASE_SAMPLE_COLUMNS = ["prompt_id", "prompt", "setting_id", "temperature", "top_
 SAMPLE_COLUMNS = [*BASE_SAMPLE_COLUMNS, *STAT_COLUMNS]  # scored files have no token statistics
 
 
-def check_writable(output_dir: Path) -> None:
+def check_writable(output_dir: Path, source: str | None = None, field: str = "output_dir") -> None:
     """Refuse an output directory that cannot be created or written, without creating anything."""
+    from evalkit.errors import ConfigError
+
     probe = output_dir
     while not probe.exists():
         if probe.parent == probe:
             break
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
-        raise EvalkitError(f"output_dir: {probe} exists and is not a directory")
+        raise ConfigError(f"{probe} exists and is not a directory", source=source, path=field)
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise EvalkitError(f"output_dir: {output_dir} is not writable")
+        raise ConfigError(f"{output_dir} is not writable", source=source, path=field)
 
 
 def create_run_dir(output_dir: Path, name: str, now: datetime | None = None) -> Path:

@@ -48,6 +48,21 @@ def build_tiny_model(directory: Path, *, chat_template: bool = True, context: in
     return directory
 
 
+@pytest.fixture(scope="session", autouse=True)
+def sample_cache(tmp_path_factory):
+    """Every test's sample cache is a fresh file, never the user's."""
+    import os
+
+    path = tmp_path_factory.mktemp("sample-cache") / "samples.sqlite"
+    old = os.environ.get("EVALKIT_SAMPLE_CACHE")
+    os.environ["EVALKIT_SAMPLE_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("EVALKIT_SAMPLE_CACHE", None)
+    else:
+        os.environ["EVALKIT_SAMPLE_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))

@@ -27,7 +27,7 @@ def test_default_model_sweep_and_cache(tmp_path):
     }
     first = evalkit.run_sweep(config_from_dict(data), progress=False)
     assert gguf.converted_dir(gguf.verify(gguf.default_gguf_path(), None)).is_dir()
-    second = evalkit.run_sweep(config_from_dict(data), progress=False)
+    second = evalkit.run_sweep(config_from_dict(data), progress=False, cache=False)
     assert second.manifest.model["converted_now"] is False  # the second load reads the cache
     m = first.manifest
     assert m.model["source"] == "embedded" and m.model["sha256"] == gguf.DEFAULT_SHA256

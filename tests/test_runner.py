@@ -52,9 +52,11 @@ def test_greedy_samples_are_identical_and_sampled_ones_differ(tiny_run):
 
 
 def test_same_config_and_seed_reproduce_the_samples(tiny_model, tiny_run, tmp_path):
-    again = evalkit.run_sweep(config_from_dict(base_config(tiny_model, tmp_path)), progress=False)
+    again = evalkit.run_sweep(config_from_dict(base_config(tiny_model, tmp_path)), progress=False, cache=False)
+    assert again.manifest.samples_reused == {"from_parts": 0, "from_cache": 0, "generated": 54}
     pd.testing.assert_frame_equal(again.samples, tiny_run.samples)
-    other = evalkit.run_sweep(config_from_dict(base_config(tiny_model, tmp_path, seed=2)), progress=False)
+    other = evalkit.run_sweep(config_from_dict(base_config(tiny_model, tmp_path, seed=2)), progress=False,
+                              cache=False)
     assert (other.samples.text != tiny_run.samples.text).any()
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from evalkit.backends import gguf
 from evalkit.backends.base import Generation, ModelInfo, PreparedPrompt, ProgressFn, WorkUnit
 from evalkit.config import ModelConfig, SweepConfig
-from evalkit.errors import ConfigError
+from evalkit.errors import ConfigError, EvalkitError
 from evalkit.prompts import Prompt
 from evalkit.sampling import APPLICATION_ORDER, Setting
 from evalkit.engine import Engine
@@ -56,6 +56,17 @@ class ModelSource:
 
 def locate_model(config: SweepConfig) -> ModelSource:
     """Resolve ``model.id`` to a local file, directory or hub id. Raises on a missing path or bad hash."""
+    try:
+        return _locate(config)
+    except ConfigError:
+        raise
+    except EvalkitError as e:
+        if "sha256 mismatch" in str(e):
+            raise ConfigError(str(e), source=config.source, path="model.sha256") from None
+        raise
+
+
+def _locate(config: SweepConfig) -> ModelSource:
     mc: ModelConfig = config.model
     where = dict(source=config.source, path="model.id")
     if mc.id == "default":
@@ -77,6 +88,9 @@ def locate_model(config: SweepConfig) -> ModelSource:
             return ModelSource("gguf", file, None, gguf.verify(file, mc.sha256))
         if not (path / "config.json").is_file():
             raise ConfigError(f"not a transformers model directory (no config.json): {path}", **where)
+        if mc.sha256 and _weights_hash(path) != mc.sha256:
+            raise ConfigError(f"sha256 mismatch for the weights in {path}: expected {mc.sha256}, got "
+                              f"{_weights_hash(path)}", source=config.source, path="model.sha256")
         return ModelSource("local", path, None, None)
     if mc.gguf_file:
         from huggingface_hub import hf_hub_download

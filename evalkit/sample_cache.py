@@ -1,0 +1,59 @@
+"""A cache of generated samples, so that no sample is paid for twice.
+
+Keyed by everything that decides a sample: the model's hash (or hub revision), the prompt
+as the model sees it (token ids), the setting, the sample's seed and index, max_new_tokens,
+stop strings, end-of-sequence tokens and the engine version. Stored in SQLite (WAL) at
+``$EVALKIT_SAMPLE_CACHE``, default ``<evalkit cache>/samples.sqlite``. A model whose weights
+cannot be identified (no hash, no revision) is not cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+from evalkit.backends.base import WorkUnit
+from evalkit.backends.gguf import cache_dir
+
+ENGINE_VERSION = "1"  # bump when the engine's output for the same inputs changes
+
+
+def cache_path() -> Path:
+    return Path(os.environ.get("EVALKIT_SAMPLE_CACHE") or cache_dir() / "samples.sqlite").expanduser()
+
+
+def unit_key(model_id: str, unit: WorkUnit, *, max_new_tokens: int, stop: list[str], eos: list[int]) -> str:
+    payload = json.dumps([ENGINE_VERSION, model_id, list(unit.prompt.token_ids), unit.setting.params(), unit.seed,
+                          unit.sample_index, max_new_tokens, stop, eos], separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class SampleCache:
+    def __init__(self, path: Path | None = None):
+        self.path = path or cache_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, timeout=30)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS samples (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        self.db.commit()
+
+    def get_many(self, keys: list[str]) -> dict[str, dict]:
+        out = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            rows = self.db.execute(f"SELECT key, value FROM samples WHERE key IN ({','.join('?' * len(chunk))})",
+                                   chunk).fetchall()
+            out.update({k: json.loads(v) for k, v in rows})
+        return out
+
+    def put_many(self, items: list[tuple[str, dict]]) -> None:
+        if items:
+            self.db.executemany("INSERT OR REPLACE INTO samples (key, value) VALUES (?, ?)",
+                                [(k, json.dumps(v)) for k, v in items])
+            self.db.commit()
+
+    def close(self) -> None:
+        self.db.close()

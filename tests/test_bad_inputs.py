@@ -1,0 +1,87 @@
+"""Every bad input of the README's table, through the CLI: exit 2, one line that matches the
+README, no traceback, no run directory."""
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from evalkit.cli import app
+
+from conftest import base_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_table() -> dict[str, str]:
+    """case -> message, from the README's bad-input table."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("### Bad inputs"):]
+    rows = re.findall(r"^\| `([a-z0-9-]+)` \| .*? \| `(error: .*?)` \|$", section, re.M)
+    return dict(rows)
+
+
+def as_pattern(message: str) -> re.Pattern:
+    parts = re.split(r"<[^>]+>", message)
+    return re.compile("^" + ".+".join(re.escape(p) for p in parts) + "$")
+
+
+def make_case(case: str, tmp_path: Path, tiny_model: Path) -> tuple[list[str], Path]:
+    runs = tmp_path / "runs"
+    config = base_config(tiny_model, runs)
+    path = tmp_path / "sweep.yaml"
+    extra: list[str] = []
+    if case == "invalid-yaml":
+        path.write_text("name: t\nprompts: [a, b\ngrid: {}\n")
+        return [str(path)], runs
+    changes = {
+        "unknown-key": {"grid": {"temprature": [0.7]}},
+        "wrong-type": {"samples_per_prompt": "four"},
+        "temperature": {"grid": {"temperature": [-0.5]}},
+        "top-p": {"grid": {"top_p": [1.5]}},
+        "top-k": {"grid": {"top_k": [-1]}},
+        "min-p": {"grid": {"min_p": [1.0]}},
+        "samples": {"samples_per_prompt": 0},
+        "unknown-metric": {"metrics": ["distinct_1", "self_blue"]},
+        "empty-prompts": {"prompts": []},
+        "prompt-file-missing": {"prompts": {"file": "missing.jsonl"}},
+        "prompt-file-json": {"prompts": {"file": "bad.jsonl"}},
+        "prompt-file-utf8": {"prompts": {"file": "latin1.jsonl"}},
+        "model-path": {"model": {"id": str(tmp_path / "no-model")}},
+        "model-hash": {"model": {"id": str(tiny_model), "sha256": "0" * 64}},
+        "prompt-too-long": {"max_new_tokens": 120},
+        "device": {"model": {"id": str(tiny_model), "device": "cuda"}},
+        "output-dir": {"output_dir": str(tmp_path / "a-file" / "runs")},
+    }[case]
+    (tmp_path / "bad.jsonl").write_text('{"id": "a", "prompt": "x"}\n{"id": "b", "prompt": \n')
+    (tmp_path / "latin1.jsonl").write_bytes('{"id": "a", "prompt": "caf\u00e9"}\n'.encode("latin-1"))
+    (tmp_path / "a-file").write_text("not a directory")
+    path.write_text(yaml.safe_dump({**config, **changes}, allow_unicode=True))
+    return [str(path), *extra], runs
+
+
+CASES = ["invalid-yaml", "unknown-key", "wrong-type", "temperature", "top-p", "top-k", "min-p", "samples",
+         "unknown-metric", "empty-prompts", "prompt-file-missing", "prompt-file-json", "prompt-file-utf8",
+         "model-path", "model-hash", "prompt-too-long", "device", "output-dir"]
+
+
+def test_readme_lists_every_case():
+    assert sorted(readme_table()) == sorted(CASES)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input(case, tmp_path, tiny_model):
+    import torch
+
+    if case == "device" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    args, runs = make_case(case, tmp_path, tiny_model)
+    result = CliRunner().invoke(app, ["run", *args])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    assert as_pattern(readme_table()[case]).match(lines[0]), (lines[0], readme_table()[case])
+    assert not runs.exists() or not any(runs.iterdir())
