@@ -1,0 +1,136 @@
+"""Nothing lost: kill -9 and Ctrl-C part way, resume, and get the samples of an uninterrupted
+run; the sample cache; NaN logits keep the samples already made."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import yaml
+
+import evalkit
+from evalkit.config import config_from_dict
+from evalkit.engine import DecodeError
+
+from conftest import base_config
+
+COMPARE = ["prompt_id", "setting_id", "sample_index", "seed", "text", "token_ids", "finish_reason"]
+
+
+def slow_config(tiny_model, out):
+    # batch_size 1: one sample per decode, so the run lasts long enough to be stopped part way
+    return base_config(tiny_model, out, samples_per_prompt=6, max_new_tokens=24, batch_size=1)
+
+
+def start(config_path, cwd, env):
+    return subprocess.Popen([sys.executable, "-m", "evalkit", "run", str(config_path), "--no-cache", "-q"],
+                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_parts(out, minimum=2, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        parts = list(out.glob("*/parts/part-*.parquet"))
+        if len(parts) >= minimum:
+            return parts[0].parent.parent
+        time.sleep(0.05)
+    raise AssertionError("the run wrote no parts in time")
+
+
+def frame(run):
+    s = run.samples[COMPARE].copy()
+    s["token_ids"] = s["token_ids"].map(list)
+    return s.sort_values(["setting_id", "prompt_id", "sample_index"]).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole")
+    return evalkit.run_sweep(config_from_dict(slow_config(tiny_model, out)), progress=False, cache=False)
+
+
+@pytest.mark.parametrize("how", ["kill", "ctrl-c"])
+def test_stopped_run_resumes_to_the_same_samples(how, tiny_model, tmp_path, uninterrupted):
+    out = tmp_path / "runs"
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(slow_config(tiny_model, out)))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = start(path, tmp_path, env)
+    run_dir = wait_for_parts(out)
+    proc.send_signal(signal.SIGKILL if how == "kill" else signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] != "complete" and not (run_dir / "samples.parquet").exists()
+    if how == "ctrl-c":
+        assert proc.returncode == 130
+        assert manifest["status"] == "interrupted"
+        assert f"resume with: evalkit run --resume {run_dir}" in stderr
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    kept = len(pd.concat([pd.read_parquet(p) for p in (run_dir / "parts").glob("part-*.parquet")]))
+    assert 0 < kept < len(uninterrupted.samples)
+
+    done = subprocess.run([sys.executable, "-m", "evalkit", "run", "--resume", str(run_dir), "--no-cache", "-q"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    resumed = evalkit.load_run(run_dir)
+    assert resumed.manifest.status == "complete"
+    assert resumed.manifest.samples_reused["from_parts"] == kept
+    assert resumed.manifest.samples_reused["generated"] == len(uninterrupted.samples) - kept
+    pd.testing.assert_frame_equal(frame(resumed), frame(uninterrupted))
+    assert not (run_dir / "parts").exists()
+
+
+def test_resume_refuses_a_complete_run(uninterrupted):
+    with pytest.raises(evalkit.EvalkitError, match="is already complete"):
+        evalkit.run_sweep(None, resume=uninterrupted.path, progress=False)
+
+
+def test_cache_generates_only_new_settings(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("EVALKIT_SAMPLE_CACHE", str(tmp_path / "cache.sqlite"))
+    first = evalkit.run_sweep(config_from_dict(base_config(tiny_model, tmp_path, grid={"temperature": [0.7]})),
+                              progress=False)
+    assert first.manifest.samples_reused == {"from_parts": 0, "from_cache": 0, "generated": 9}
+    second = evalkit.run_sweep(config_from_dict(base_config(tiny_model, tmp_path, grid={"temperature": [0.7, 1.3]})),
+                               progress=False)
+    assert second.manifest.samples_reused == {"from_parts": 0, "from_cache": 9, "generated": 9}
+    again = second.samples[second.samples.setting_id == "t0.7-p1"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(again, first.samples)
+    off = evalkit.run_sweep(config_from_dict(base_config(tiny_model, tmp_path, grid={"temperature": [0.7]})),
+                            progress=False, cache=False)
+    assert off.manifest.samples_reused["from_cache"] == 0
+    longer = evalkit.run_sweep(config_from_dict(base_config(tiny_model, tmp_path, grid={"temperature": [0.7]},
+                                                            max_new_tokens=9)), progress=False)
+    assert longer.manifest.samples_reused["from_cache"] == 0  # max_new_tokens is part of the key
+
+
+def test_nan_logits_stop_the_run_and_keep_samples(tiny_model, tmp_path, monkeypatch):
+    from transformers import LlamaForCausalLM
+
+    forward = LlamaForCausalLM.forward
+    calls = []
+
+    def poisoned(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 60:
+            out.logits[0, -1, 3] = float("nan")
+        return out
+
+    monkeypatch.setattr(LlamaForCausalLM, "forward", poisoned)
+    config = config_from_dict(slow_config(tiny_model, tmp_path / "runs"))
+    with pytest.raises(DecodeError, match=r"NaN logits for prompt '\w+', setting t[\d.]+-p[\d.]+, sample \d+, at "
+                                          r"decode step \d+"):
+        evalkit.run_sweep(config, progress=False, cache=False)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "NaN logits" in manifest["error"]
+    kept = pd.concat([pd.read_parquet(p) for p in (run_dir / "parts").glob("part-*.parquet")])
+    assert len(kept) >= 2  # every sample finished before the bad step is kept
+    monkeypatch.setattr(LlamaForCausalLM, "forward", forward)
+    resumed = evalkit.run_sweep(None, resume=run_dir, progress=False, cache=False)
+    assert resumed.manifest.status == "complete"
