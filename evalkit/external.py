@@ -21,6 +21,7 @@ from evalkit import store
 from evalkit.config import MetricSpec
 from evalkit.errors import ConfigError, EvalkitError
 from evalkit.manifest import Manifest, SettingRecord, git_info, utc_now
+from evalkit.prompts import read_jsonl_lines
 from evalkit.progress import RichProgress, Silent
 from evalkit.registry import default_registry, prepare_all
 from evalkit.sampling import APPLICATION_ORDER, MinP, Setting, Temperature, TopK, TopP
@@ -51,21 +52,9 @@ class GenerationRow(BaseModel):
 def read_generations(path: Path) -> pd.DataFrame:
     """The file as a samples table (sample-index order within each group). Raises ConfigError naming the line."""
     source = str(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError("file not found", source=source) from None
-    except OSError as e:
-        raise ConfigError(f"cannot read file: {e.strerror}", source=source) from None
     rows = []
-    for number, line in enumerate(raw.split(b"\n"), start=1):
+    for number, text in read_jsonl_lines(path, "file"):
         where = f"line {number}"
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"not UTF-8 (byte {e.start} of the line)", source=source, path=where) from None
-        if not text.strip():
-            continue
         try:
             row = GenerationRow.model_validate_json(text)
         except ValidationError as e:

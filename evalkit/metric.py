@@ -51,6 +51,15 @@ class Score:
     def undefined(cls, reason: str, per_sample: tuple[float, ...] | None = None) -> Score:
         return cls(float("nan"), reason, per_sample)
 
+    @classmethod
+    def mean_of(cls, per_sample, reason: str) -> Score:
+        """The mean of the defined (non-NaN) per-sample values; undefined with ``reason`` if none is."""
+        values = tuple(float(v) for v in per_sample)
+        defined = [v for v in values if not math.isnan(v)]
+        if not defined:
+            return cls.undefined(reason, per_sample=values)
+        return cls(sum(defined) / len(defined), per_sample=values)
+
 
 class NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)

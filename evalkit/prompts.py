@@ -63,22 +63,8 @@ def load_prompts(config: SweepConfig) -> list[Prompt]:
 def read_prompt_jsonl(path: Path):
     """Yield ``("line N", PromptItem)`` for each non-blank line of a JSONL prompt file."""
     source = str(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError("prompt file not found", source=source) from None
-    except IsADirectoryError:
-        raise ConfigError("prompt file is a directory", source=source) from None
-    except OSError as e:
-        raise ConfigError(f"cannot read prompt file: {e.strerror}", source=source) from None
-    for number, line in enumerate(raw.split(b"\n"), start=1):
+    for number, text in read_jsonl_lines(path, "prompt file"):
         where = f"line {number}"
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"not UTF-8 (byte {e.start} of the line)", source=source, path=where) from None
-        if not text.strip():
-            continue
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as e:
@@ -96,3 +82,23 @@ def read_prompt_jsonl(path: Path):
             field = ".".join(str(p) for p in err["loc"])
             msg = err["msg"].removeprefix("Value error, ")
             raise ConfigError(f"{field + ': ' if field else ''}{msg}", source=source, path=where) from None
+
+
+def read_jsonl_lines(path: Path, what: str):
+    """Yield ``(line number, text)`` for each non-blank line of a UTF-8 file. Raises ConfigError naming the line."""
+    source = str(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found", source=source) from None
+    except IsADirectoryError:
+        raise ConfigError(f"{what} is a directory", source=source) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {what}: {e.strerror}", source=source) from None
+    for number, line in enumerate(raw.split(b"\n"), start=1):
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"not UTF-8 (byte {e.start} of the line)", source=source, path=f"line {number}") from None
+        if text.strip():
+            yield number, text

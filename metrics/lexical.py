@@ -15,7 +15,6 @@ An empty sample has no value (NaN); the group value is the mean of the defined o
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Sequence
 
@@ -94,11 +93,8 @@ class _PerSample(Metric):
         raise NotImplementedError
 
     def compute(self, group: Group) -> Score:
-        values = tuple(self.value(tokens) for tokens in tokenize.sample_tokens(group, self.params.tok))
-        defined = [v for v in values if not math.isnan(v)]
-        if not defined:
-            return Score.undefined("every sample of the group is empty", per_sample=values)
-        return Score(sum(defined) / len(defined), per_sample=values)
+        values = [self.value(tokens) for tokens in tokenize.sample_tokens(group, self.params.tok)]
+        return Score.mean_of(values, "every sample of the group is empty")
 
 
 class TTR(_PerSample):

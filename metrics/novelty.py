@@ -64,7 +64,4 @@ class Novelty(Metric):
         for text in group.texts:
             grams = list(ngrams(split(text), n))
             values.append(sum(g not in known for g in grams) / len(grams) if grams else math.nan)
-        defined = [v for v in values if not math.isnan(v)]
-        if not defined:
-            return Score.undefined(f"no sample of the group has a {n}-gram", per_sample=tuple(values))
-        return Score(sum(defined) / len(defined), per_sample=tuple(values))
+        return Score.mean_of(values, f"no sample of the group has a {n}-gram")

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import math
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -44,11 +43,8 @@ class SeqRepN(Metric):
         return {"tok": self.params.tok}
 
     def compute(self, group: Group) -> Score:
-        values = tuple(seq_rep(tokens, self.params.n) for tokens in tokenize.sample_tokens(group, self.params.tok))
-        defined = [v for v in values if not math.isnan(v)]
-        if not defined:
-            return Score.undefined(f"no sample of the group has a {self.params.n}-gram", per_sample=values)
-        return Score(sum(defined) / len(defined), per_sample=values)
+        values = [seq_rep(tokens, self.params.n) for tokens in tokenize.sample_tokens(group, self.params.tok)]
+        return Score.mean_of(values, f"no sample of the group has a {self.params.n}-gram")
 
 
 class RepParams(BaseModel):
@@ -71,8 +67,5 @@ class RepL(Metric):
     Params = RepParams
 
     def compute(self, group: Group) -> Score:
-        values = tuple(rep_l(tokens, self.params.l) for tokens in tokenize.sample_tokens(group, self.params.tok))
-        defined = [v for v in values if not math.isnan(v)]
-        if not defined:
-            return Score.undefined("no sample of the group has two tokens", per_sample=values)
-        return Score(sum(defined) / len(defined), per_sample=values)
+        values = [rep_l(tokens, self.params.l) for tokens in tokenize.sample_tokens(group, self.params.tok)]
+        return Score.mean_of(values, "no sample of the group has two tokens")

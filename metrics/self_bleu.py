@@ -124,7 +124,4 @@ class SelfBleu(Metric):
         if len(group.texts) < 2:
             return Score.undefined("self-BLEU needs at least two samples in the group")
         per_sample = self_bleu(tokenize.sample_tokens(group, self.params.tok), self.params.n, self.params.smooth)
-        defined = per_sample[~np.isnan(per_sample)]
-        if defined.size == 0:
-            return Score.undefined("every sample of the group is empty", per_sample=tuple(per_sample.tolist()))
-        return Score(float(defined.mean()), per_sample=tuple(per_sample.tolist()))
+        return Score.mean_of(per_sample.tolist(), "every sample of the group is empty")

@@ -42,11 +42,8 @@ class _TokenStat(Metric):
         return self.reduce(per_token)
 
     def reduce(self, per_token: list[list[float]]) -> Score:
-        values = tuple(sum(s) / len(s) if s else float("nan") for s in per_token)
-        defined = [v for v in values if not math.isnan(v)]
-        if not defined:
-            return Score.undefined("no sample of the group has a token", per_sample=values)
-        return Score(sum(defined) / len(defined), per_sample=values)
+        values = [sum(s) / len(s) if s else float("nan") for s in per_token]
+        return Score.mean_of(values, "no sample of the group has a token")
 
 
 class TokenEntropy(_TokenStat):
