@@ -121,18 +121,18 @@ class Engine:
             u = torch.from_numpy(uniforms(seeds, step)).to(device)
             draw = sample(warp(logits, params), u, len(rows))
             chosen = draw.tokens
-            columns = {
-                "logprob_model": (z.gather(1, chosen[:, None]) - lse)[:, 0].tolist(),
-                "logprob_sampling": draw.logprob.tolist(),
-                "entropy_model": model_entropy.tolist(),
-                "entropy_sampling": draw.entropy.tolist(),
-                "n_kept": draw.kept.tolist(),
-            }
+            # one device-to-host copy per step for the tokens and all their statistics
+            host = torch.stack([chosen.double(), (z.gather(1, chosen[:, None]) - lse)[:, 0].double(),
+                                draw.logprob.double(), model_entropy.double(), draw.entropy.double(),
+                                draw.kept.double()]).cpu().tolist()
+            tokens = [int(t) for t in host[0]]
+            columns = {"logprob_model": host[1], "logprob_sampling": host[2], "entropy_model": host[3],
+                       "entropy_sampling": host[4], "n_kept": [int(k) for k in host[5]]}
             if self.profile:
                 self.timings["sampling_s"] += self._clock() - started
                 self.timings["steps"] += 1
             keep = []
-            for i, (row, token) in enumerate(zip(rows, chosen.tolist())):
+            for i, (row, token) in enumerate(zip(rows, tokens)):
                 result = self._advance(row, token, i, columns, stop, max_new_tokens)
                 if result is None:
                     keep.append(i)
