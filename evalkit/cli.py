@@ -159,9 +159,13 @@ def _print_summary(result: evalkit.Run) -> None:
     out.print(table)
     m = result.manifest
     if m.kind == "sweep":
+        reused = m.samples_reused
+        kept = ", ".join(f"{n} {what}" for what, n in (("from the sample cache", reused.get("from_cache", 0)),
+                                                       ("from before the resume", reused.get("from_parts", 0))) if n)
         out.print(f"{m.n_samples} samples: {m.n_prompts} prompts x {len(m.settings)} settings x "
                   f"{result.config['samples_per_prompt']} on {escape(m.model['id'])} ({m.device}, {m.model['dtype']}); "
-                  f"generation {m.timings.get('generate_s', 0):.1f} s", highlight=False, soft_wrap=True)
+                  f"generation {m.timings.get('generate_s', 0):.1f} s" + (f" ({kept})" if kept else ""),
+                  highlight=False, soft_wrap=True)
     else:
         out.print(f"{m.n_samples} samples scored: {m.n_prompts} prompts x {len(m.settings)} settings from "
                   f"{escape(m.config_source)}", highlight=False, soft_wrap=True)

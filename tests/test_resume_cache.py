@@ -98,6 +98,11 @@ def test_cache_generates_only_new_settings(tiny_model, tmp_path, monkeypatch):
     second = evalkit.run_sweep(config_from_dict(base_config(tiny_model, tmp_path, grid={"temperature": [0.7, 1.3]})),
                                progress=False)
     assert second.manifest.samples_reused == {"from_parts": 0, "from_cache": 9, "generated": 9}
+    from evalkit.cli import _print_summary, out
+
+    with out.capture() as captured:
+        _print_summary(second)
+    assert "(9 from the sample cache)" in captured.get()
     again = second.samples[second.samples.setting_id == "t0.7-p1"].reset_index(drop=True)
     pd.testing.assert_frame_equal(again, first.samples)
     off = evalkit.run_sweep(config_from_dict(base_config(tiny_model, tmp_path, grid={"temperature": [0.7]})),
