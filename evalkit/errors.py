@@ -14,6 +14,13 @@ class EvalkitError(Exception):
     exit_code = 2
 
 
+def first_error(error) -> tuple[str, str, dict]:
+    """(dotted field, message, raw entry) of a pydantic ValidationError's first error."""
+    err = error.errors()[0]
+    field = ".".join(str(p) for p in err["loc"])
+    return field, err["msg"].removeprefix("Value error, "), err
+
+
 class ConfigError(EvalkitError):
     """A config value that is invalid: names the file, the field path and the value."""
 

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from evalkit import store
 from evalkit.config import MetricSpec
-from evalkit.errors import ConfigError, EvalkitError
+from evalkit.errors import ConfigError, EvalkitError, first_error
 from evalkit.manifest import Manifest, SettingRecord, git_info, utc_now
 from evalkit.prompts import read_jsonl_lines
 from evalkit.progress import RichProgress, Silent
@@ -58,9 +58,7 @@ def read_generations(path: Path) -> pd.DataFrame:
         try:
             row = GenerationRow.model_validate_json(text)
         except ValidationError as e:
-            err = e.errors()[0]
-            field = ".".join(str(p) for p in err["loc"])
-            msg = err["msg"].removeprefix("Value error, ")
+            field, msg, err = first_error(e)
             if err["type"].startswith("json"):
                 msg = f"invalid JSON: {msg}"
             raise ConfigError(f"{field + ': ' if field else ''}{msg}", source=source, path=where) from None

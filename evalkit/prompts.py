@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from evalkit.config import PromptItem, SweepConfig
-from evalkit.errors import ConfigError
+from evalkit.errors import ConfigError, first_error
 
 
 @dataclass(frozen=True)
@@ -78,9 +78,7 @@ def read_prompt_jsonl(path: Path):
         try:
             yield where, PromptItem.model_validate(obj)
         except ValidationError as e:
-            err = e.errors()[0]
-            field = ".".join(str(p) for p in err["loc"])
-            msg = err["msg"].removeprefix("Value error, ")
+            field, msg, _ = first_error(e)
             raise ConfigError(f"{field + ': ' if field else ''}{msg}", source=source, path=where) from None
 
 

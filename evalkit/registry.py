@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from evalkit.config import MetricSpec
-from evalkit.errors import ConfigError, EvalkitError
+from evalkit.errors import ConfigError, EvalkitError, first_error
 from evalkit.metric import Metric
 
 
@@ -50,9 +50,7 @@ class Registry:
         try:
             params = entry.cls.Params.model_validate({**spec.params, **entry.fixed})
         except ValidationError as e:
-            err = e.errors()[0]
-            field = ".".join(str(p) for p in err["loc"])
-            msg = err["msg"].removeprefix("Value error, ")
+            field, msg, err = first_error(e)
             if err["type"] == "extra_forbidden":
                 known = ", ".join(entry.cls.Params.model_fields) or "none"
                 msg = f"unknown parameter (parameters of {spec.name}: {known})"

@@ -58,14 +58,14 @@ def run_sweep(config: SweepConfig | str | Path | None, *, overrides: list[str] |
     prompts = load_prompts(config)
     output_dir = Path(config.output_dir)
     store.check_writable(output_dir if resume_dir is None else resume_dir, config.source)
-    check_model(config)
+    checked = check_model(config)
 
     from evalkit.backends import load_backend
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
     with ui.phase("loading") as phase:
-        backend = load_backend(config, status=lambda msg: phase.update(status=msg))
+        backend = load_backend(config, status=lambda msg: phase.update(status=msg), checked=checked)
         prepared = backend.prepare(prompts, chat_template=config.prompts.chat_template,
                                    system_prompt=config.prompts.system_prompt,
                                    max_new_tokens=config.max_new_tokens)

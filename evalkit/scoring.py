@@ -12,11 +12,11 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
+from evalkit import store
 from evalkit.metric import Group, Metric
 from evalkit.sampling import Setting
 
 SETTING_COLUMNS = ["temperature", "top_p", "top_k", "min_p"]
-STAT_COLUMNS = ["logprob_model", "logprob_sampling", "entropy_model", "entropy_sampling"]
 
 
 def groups_of(samples: pd.DataFrame) -> list[Group]:
@@ -26,7 +26,7 @@ def groups_of(samples: pd.DataFrame) -> list[Group]:
     for (pid, sid), df in ordered.groupby(["prompt_id", "setting_id"], sort=False):
         first = df.iloc[0]
         setting = Setting(**{c: first[c] for c in SETTING_COLUMNS})
-        stats = {c: tuple(tuple(float(v) for v in vals) for vals in df[c]) for c in STAT_COLUMNS if c in df}
+        stats = {c: tuple(tuple(float(v) for v in vals) for vals in df[c]) for c in store.STAT_COLUMNS if c in df}
         images = tuple(str(p) for p in df["image_path"]) if "image_path" in df else ()
         out.append(Group(prompt_id=str(pid), prompt=str(first["prompt"]), setting=setting,
                          texts=tuple(df["text"]), token_ids=tuple(tuple(int(t) for t in ids) for ids in df["token_ids"]),
@@ -90,8 +90,6 @@ def aggregate(scores: pd.DataFrame, settings: list[Setting], *, level: float, re
 def score_run(run_dir, samples: pd.DataFrame, settings: list[Setting], metrics: list[Metric], *, level: float,
               resamples: int, seed: int, ui) -> None:
     """Score every group of ``samples`` and write scores, per-sample scores and the summary into ``run_dir``."""
-    from evalkit import store
-
     groups = groups_of(samples)
     with ui.phase("scoring", total=len(groups)) as phase:
         scores, sample_scores = score_groups(groups, metrics, advance=phase.advance)

@@ -58,20 +58,28 @@ def _normalize(x) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+_IMAGES: dict[tuple[str, str, str], np.ndarray] = {}  # (model, pretrained, path) -> embedding, shared by the metrics
+
+
 def image_embeddings(model: str, pretrained: str, paths: list[str]) -> np.ndarray:
+    """L2-normalised CLIP embeddings of image files; each file is encoded once per model."""
     import torch
     from PIL import Image
 
-    net, preprocess, _ = load_clip(model, pretrained)
-    batch = []
-    for p in paths:
-        try:
-            with Image.open(p) as im:
-                batch.append(preprocess(im.convert("RGB")))
-        except OSError as e:
-            raise EvalkitError(f"cannot read image {p}: {e}") from None
-    with torch.inference_mode():
-        return _normalize(net.encode_image(torch.stack(batch)))
+    todo = list(dict.fromkeys(p for p in paths if (model, pretrained, p) not in _IMAGES))
+    if todo:
+        net, preprocess, _ = load_clip(model, pretrained)
+        batch = []
+        for p in todo:
+            try:
+                with Image.open(p) as im:
+                    batch.append(preprocess(im.convert("RGB")))
+            except OSError as e:
+                raise EvalkitError(f"cannot read image {p}: {e}") from None
+        with torch.inference_mode():
+            vectors = _normalize(net.encode_image(torch.stack(batch)))
+        _IMAGES.update({(model, pretrained, p): v for p, v in zip(todo, vectors)})
+    return np.stack([_IMAGES[(model, pretrained, p)] for p in paths])
 
 
 def text_embeddings(model: str, pretrained: str, texts: list[str]) -> np.ndarray:

@@ -17,8 +17,10 @@ def check_model(config: SweepConfig):
     return locate_model(config), resolve_device(config.model.device, config.source)
 
 
-def load_backend(config: SweepConfig, status: Callable[[str], None] = lambda msg: None) -> TextBackend:
+def load_backend(config: SweepConfig, status: Callable[[str], None] = lambda msg: None,
+                 checked=None) -> TextBackend:
+    """Load the model; ``checked`` is what :func:`check_model` returned, if it ran already."""
     from evalkit.backends.hf import HFTextBackend
 
-    source, device = check_model(config)
+    source, device = checked if checked is not None else check_model(config)
     return HFTextBackend(config, source, device, status=status)

@@ -50,8 +50,10 @@ def resolve_dtype(requested: str, device: str):
 class ModelSource:
     """Where a model comes from, found and checked before anything is loaded."""
 
-    def __init__(self, kind: str, path: Path | None, hub_id: str | None, gguf_source: gguf.GGUFSource | None):
+    def __init__(self, kind: str, path: Path | None, hub_id: str | None, gguf_source: gguf.GGUFSource | None,
+                 weights_sha256: str | None = None):
         self.kind, self.path, self.hub_id, self.gguf = kind, path, hub_id, gguf_source
+        self.sha256 = gguf_source.sha256 if gguf_source else weights_sha256  # file or weight-files hash
 
 
 def locate_model(config: SweepConfig) -> ModelSource:
@@ -88,10 +90,11 @@ def _locate(config: SweepConfig) -> ModelSource:
             return ModelSource("gguf", file, None, gguf.verify(file, mc.sha256))
         if not (path / "config.json").is_file():
             raise ConfigError(f"not a transformers model directory (no config.json): {path}", **where)
-        if mc.sha256 and _weights_hash(path) != mc.sha256:
-            raise ConfigError(f"sha256 mismatch for the weights in {path}: expected {mc.sha256}, got "
-                              f"{_weights_hash(path)}", source=config.source, path="model.sha256")
-        return ModelSource("local", path, None, None)
+        digest = _weights_hash(path)
+        if mc.sha256 and digest != mc.sha256:
+            raise ConfigError(f"sha256 mismatch for the weights in {path}: expected {mc.sha256}, got {digest}",
+                              source=config.source, path="model.sha256")
+        return ModelSource("local", path, None, None, weights_sha256=digest)
     if mc.gguf_file:
         from huggingface_hub import hf_hub_download
 
@@ -172,7 +175,6 @@ class HFTextBackend:
         ignored = {k: v for k, v in defaults.to_diff_dict().items()
                    if k not in ("bos_token_id", "eos_token_id", "pad_token_id", "transformers_version")}
 
-        sha = source.gguf.sha256 if source.gguf else (_weights_hash(source.path) if source.path else None)
         ctx = getattr(self.model.config, "max_position_embeddings", None)
         self.info = ModelInfo(
             backend="hf",
@@ -180,7 +182,7 @@ class HFTextBackend:
             source=source.kind,
             path=str(source.gguf.path if source.gguf else (source.path or source.hub_id)),
             revision=getattr(self.model.config, "_commit_hash", None) if source.kind == "hub" else None,
-            sha256=sha,
+            sha256=source.sha256,
             dtype=str(dtype).removeprefix("torch."),
             device=device,
             context_length=int(ctx) if ctx else None,
