@@ -18,6 +18,7 @@ from rich.table import Table
 
 import evalkit
 from evalkit.errors import EvalkitError
+from evalkit.numbers import fmt
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Measure what sampling settings do to a generative model.")
@@ -101,6 +102,33 @@ def score(
     _guard(body, debug)
 
 
+@app.command()
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories; the first is the base the others are "
+                                                    "compared with.", show_default=False)],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="HTML file to write [default: RUN_DIR/"
+                                                "report.html for one run, reports/BASE_vs_NEW.html for several]",
+                                                show_default=False)] = None,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks for errors.")] = False,
+) -> None:
+    """Write the HTML report of one run, or of several runs compared with the first."""
+    from evalkit.report import write_report
+    from evalkit.store import check_writable
+
+    def body():
+        target = output
+        if target is None:
+            target = runs[0] / "report.html" if len(runs) == 1 else Path("reports") / (
+                f"{runs[0].resolve().name}_vs_{runs[-1].resolve().name}.html")
+        if target.is_dir():
+            raise EvalkitError(f"-o: {target} is a directory; give a file name")
+        check_writable(target.parent, field="-o")
+        written = write_report(runs, target)
+        out.print(f"report: [bold]{escape(str(written))}[/]", highlight=False, soft_wrap=True)
+
+    _guard(body, debug)
+
+
 @app.command("metrics")
 def list_metrics() -> None:
     """List the available metrics with their definitions, references and parameters."""
@@ -128,12 +156,6 @@ def _guard(body, debug: bool) -> None:
         raise typer.Exit(130) from None
 
 
-def _fmt(x: float) -> str:
-    if math.isnan(x):
-        return "nan"
-    return f"{x:.1f}" if abs(x) >= 10 else f"{x:.3f}"
-
-
 TABLE_METRICS = 4  # the summary table shows the first metrics of the config; summary.csv has all
 
 
@@ -153,8 +175,8 @@ def _print_summary(result: evalkit.Run) -> None:
         cells = []
         for m in metrics:
             r = by_metric.loc[m]
-            ci = "" if math.isnan(r["ci_low"]) else f"\n[dim][{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}][/]"
-            cells.append(_fmt(r["mean"]) + ci)
+            ci = "" if math.isnan(r["ci_low"]) else f"\n[dim][{fmt(r['ci_low'])}, {fmt(r['ci_high'])}][/]"
+            cells.append(fmt(r["mean"]) + ci)
         table.add_row(escape(str(sid)), *cells)
     out.print(table)
     m = result.manifest
@@ -170,6 +192,8 @@ def _print_summary(result: evalkit.Run) -> None:
         out.print(f"{m.n_samples} samples scored: {m.n_prompts} prompts x {len(m.settings)} settings from "
                   f"{escape(m.config_source)}", highlight=False, soft_wrap=True)
     out.print(f"run directory: [bold]{escape(str(result.path))}[/]", highlight=False, soft_wrap=True)
+    if (result.path / "report.html").is_file():
+        out.print(f"report: [bold]{escape(str(result.path / 'report.html'))}[/]", highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -163,6 +163,7 @@ class SweepConfig(_Strict):
     metrics: list[MetricSpec] = Field(default_factory=lambda: [MetricSpec(name=m) for m in DEFAULT_METRICS])
     ci: CIConfig = Field(default_factory=CIConfig)
     output_dir: str = "runs"  # run directories go here, relative to the working directory
+    report: bool = True  # write report.html into the run directory at the end (`evalkit report` does it later)
 
     @model_validator(mode="before")
     @classmethod

@@ -115,7 +115,7 @@ def score_file(path: str | Path, metric_names: list[str], output: str | Path, *,
             sampling_order=list(APPLICATION_ORDER),
             settings=[SettingRecord(id=s.id, params=s.params(), generation={}) for s in settings],
             n_prompts=int(samples["prompt_id"].nunique()), n_samples=len(samples), batch_size=0,
-            metrics=[m.id for m in metrics],
+            metrics=[m.id for m in metrics], metric_info={m.id: m.info() for m in metrics},
             ci={"method": "percentile bootstrap over prompts", "level": level, "resamples": resamples, "seed": seed},
         )
         store.write_table(tmp / "samples.parquet", samples)

@@ -57,6 +57,7 @@ class Manifest(BaseModel):
     stop: list[str] = Field(default_factory=list)
     n_samples: int = 0
     metrics: list[str]
+    metric_info: dict[str, dict[str, Any]] = Field(default_factory=dict)  # id -> kind, direction, definition
     ci: dict[str, Any]
     timings: dict[str, float] = Field(default_factory=dict)
     samples_reused: dict[str, int] = Field(default_factory=dict)  # from_parts (resume), from_cache, generated

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -73,6 +73,11 @@ class Metric:
     reference: ClassVar[str]  # the paper (and reference implementation) it follows
     needs: ClassVar[frozenset[str]] = frozenset({"texts"})
     Params: ClassVar[type[BaseModel]] = NoParams
+    # How reports read the number: a "diversity" or a "quality" measure, or "descriptive" (length,
+    # entropy); direction +1 when a higher value means more diverse / better, -1 when a lower one does.
+    kind: ClassVar[Literal["diversity", "quality", "descriptive"]] = "descriptive"
+    direction: ClassVar[Literal[1, -1]] = 1
+    scale: ClassVar[Literal["linear", "log"]] = "linear"  # how charts draw it (perplexity: log)
 
     def __init__(self, params: BaseModel | None = None):
         self.params = params if params is not None else self.Params()
@@ -90,6 +95,10 @@ class Metric:
     def id(self) -> str:
         sig = ",".join(f"{k}={v}" for k, v in self.signature().items())
         return f"{self.base_name}[{sig}]" if sig else self.base_name
+
+    def info(self) -> dict[str, object]:
+        """What a report needs to read the number (kept in the run's manifest)."""
+        return {"kind": self.kind, "direction": self.direction, "scale": self.scale, "definition": self.definition}
 
     def requires(self) -> frozenset[str]:
         """What this configured metric needs: ``needs``, plus token ids when ``tok=model``."""

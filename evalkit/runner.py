@@ -86,7 +86,8 @@ def run_sweep(config: SweepConfig | str | Path | None, *, overrides: list[str] |
             sampling_order=list(APPLICATION_ORDER),
             settings=[SettingRecord(id=s.id, params=s.params(),
                                     generation=backend.generation_params(s, config.max_new_tokens)) for s in settings],
-            n_prompts=len(prompts), metrics=[m.id for m in metrics], batch_size=batch_size, stop=list(config.stop),
+            n_prompts=len(prompts), metrics=[m.id for m in metrics], metric_info={m.id: m.info() for m in metrics},
+            batch_size=batch_size, stop=list(config.stop),
             ci={"method": "percentile bootstrap over prompts", "level": config.ci.level,
                 "resamples": config.ci.resamples, "seed": config.seed},
         )
@@ -123,6 +124,11 @@ def run_sweep(config: SweepConfig | str | Path | None, *, overrides: list[str] |
         if isinstance(e, KeyboardInterrupt):
             raise Interrupted(run_dir) from None
         raise
+    if config.report:  # the run is complete and kept whatever happens here; `evalkit report` redoes this
+        from evalkit.report import write_report
+
+        with ui.phase("report"):
+            write_report([run_dir], run_dir / "report.html")
     return store.Run(run_dir)
 
 

@@ -123,6 +123,7 @@ class _Clip(Metric):
 
 class ClipScore(_Clip):
     name = "clip_score"
+    kind = "quality"
     definition = "mean over images of 2.5 * max(cos(CLIP image, CLIP text), 0); text = prompt or caption"
     reference = "Hessel et al. 2021, CLIPScore"
     needs = frozenset({"images", "texts", "prompts"})
@@ -142,6 +143,7 @@ class ClipScore(_Clip):
 
 class ClipImageDiversity(_Clip):
     name = "clip_image_diversity"
+    kind = "diversity"
     definition = "mean cosine distance between the CLIP image embeddings of distinct pairs of images"
     reference = "CLIP: Radford et al. 2021"
 
@@ -154,6 +156,7 @@ class ClipImageDiversity(_Clip):
 
 class ClipVendi(_Clip):
     name = "clip_vendi"
+    kind = "diversity"
     definition = "Vendi score (q=1) of the group's CLIP image embeddings"
     reference = "Friedman & Dieng 2022, The Vendi Score"
 

@@ -39,6 +39,7 @@ class DistinctParams(BaseModel):
 
 class DistinctN(Metric):
     name = "distinct_n"
+    kind = "diversity"
     definition = "unique n-grams / total n-grams, pooled over the samples of a group"
     reference = "Li et al. 2016, A Diversity-Promoting Objective Function for Neural Conversation Models"
     Params = DistinctParams

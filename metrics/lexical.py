@@ -99,6 +99,7 @@ class _PerSample(Metric):
 
 class TTR(_PerSample):
     name = "ttr"
+    kind = "diversity"
     definition = "type-token ratio of each sample (types / tokens), mean over the group"
     reference = "Templin 1957"
     Params = _LexicalParams
@@ -109,6 +110,7 @@ class TTR(_PerSample):
 
 class MATTR(_PerSample):
     name = "mattr"
+    kind = "diversity"
     definition = "moving-average TTR over windows of `window` tokens (TTR if shorter), mean over the group"
     reference = "Covington & McFall 2010"
     Params = MattrParams
@@ -119,6 +121,7 @@ class MATTR(_PerSample):
 
 class MTLD(_PerSample):
     name = "mtld"
+    kind = "diversity"
     definition = "tokens per factor (TTR falls to <= threshold), forward and backward averaged; mean over the group"
     reference = "McCarthy & Jarvis 2010; lexicalrichness variant"
     Params = MtldParams

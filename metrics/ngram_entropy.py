@@ -25,6 +25,7 @@ class EntParams(BaseModel):
 
 class EntN(Metric):
     name = "ent_n"
+    kind = "diversity"
     definition = "entropy (nats) of the group's pooled n-gram frequency distribution"
     reference = "Zhang et al. 2018 (Ent-n)"
     Params = EntParams

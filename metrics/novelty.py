@@ -43,6 +43,7 @@ class NoveltyParams(BaseModel):
 
 class Novelty(Metric):
     name = "novelty"
+    kind = "diversity"
     definition = "share of a sample's n-grams found neither in its prompt nor in the reference corpus"
     reference = "creativity proxy (n-gram novelty)"
     needs = frozenset({"texts", "prompts"})

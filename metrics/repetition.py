@@ -31,6 +31,8 @@ def seq_rep(tokens: list[str], n: int) -> float:
 
 class SeqRepN(Metric):
     name = "seq_rep_n"
+    kind = "diversity"
+    direction = -1
     definition = "1 - unique n-grams / n-grams within each sample, mean over the group"
     reference = "Welleck et al. 2020 (seq-rep-n)"
     Params = SeqRepParams
@@ -62,6 +64,8 @@ def rep_l(tokens: list, window: int) -> float:
 
 class RepL(Metric):
     name = "rep_l"
+    kind = "diversity"
+    direction = -1
     definition = "share of a sample's tokens (after the first) already among its previous l tokens, mean over the group"
     reference = "Welleck et al. 2020 (rep/l)"
     Params = RepParams

@@ -116,6 +116,8 @@ class SelfBleuParams(BaseModel):
 
 class SelfBleu(Metric):
     name = "self_bleu"
+    kind = "diversity"
+    direction = -1
     definition = "mean over samples of BLEU(sample, references = the other samples of the group); higher = less diverse"
     reference = "Zhu et al. 2018, Texygen (SelfBleu); nltk sentence_bleu"
     Params = SelfBleuParams

@@ -100,6 +100,7 @@ class _Embedding(Metric):
 
 class SemanticDiversity(_Embedding):
     name = "semantic_diversity"
+    kind = "diversity"
     definition = "mean cosine distance between the sentence embeddings of distinct pairs of samples"
     reference = "sentence embeddings: Reimers & Gurevych 2019"
 
@@ -111,6 +112,7 @@ class SemanticDiversity(_Embedding):
 
 class Vendi(_Embedding):
     name = "vendi"
+    kind = "diversity"
     definition = "Vendi score (q=1): exp of the entropy of the eigenvalues of the cosine kernel / n"
     reference = "Friedman & Dieng 2022, The Vendi Score"
 
@@ -125,6 +127,7 @@ class Vendi(_Embedding):
 
 class Relevance(_Embedding):
     name = "relevance"
+    kind = "quality"
     definition = "mean cosine similarity between the prompt's and each sample's sentence embedding"
     reference = "sentence embeddings: Reimers & Gurevych 2019"
     needs = frozenset({"texts", "prompts"})

@@ -35,6 +35,10 @@ class _TokenStat(Metric):
             return None
         return [[-v for v in sample] if self.column == "logprob" else list(sample) for sample in stats]
 
+    def info(self) -> dict[str, object]:
+        # likelihood under the model is a quality proxy; under the sampling distribution it only describes
+        return {**super().info(), "kind": self.kind if self.params.dist == "model" else "descriptive"}
+
     def compute(self, group: Group) -> Score:
         per_token = self._per_token(group)
         if per_token is None:
@@ -55,6 +59,8 @@ class TokenEntropy(_TokenStat):
 
 class NLL(_TokenStat):
     name = "nll"
+    kind = "quality"
+    direction = -1
     definition = "mean negative log-likelihood (nats) per generated token under the model or sampling distribution"
     reference = "negative log-likelihood"
     column = "logprob"
@@ -62,6 +68,9 @@ class NLL(_TokenStat):
 
 class Perplexity(_TokenStat):
     name = "perplexity"
+    kind = "quality"
+    direction = -1
+    scale = "log"
     definition = "exp of the mean NLL over all generated tokens of the group"
     reference = "perplexity (Jelinek et al. 1977)"
     column = "logprob"

@@ -84,6 +84,7 @@ def base_config(model: Path | str, output_dir: Path, **extra) -> dict:
         "max_new_tokens": 8,
         "seed": 1,
         "output_dir": str(output_dir),
+        "report": False,  # the report's own tests ask for it
     }
     config.update(extra)
     return config

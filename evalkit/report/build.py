@@ -1,0 +1,123 @@
+"""Assemble the report: charts per run, tables, the samples as JSON, one Jinja2 template.
+
+Everything the page needs is inlined (CSS, JavaScript, SVG charts, data); model output is
+escaped by the template or carried as JSON and set with ``textContent`` in the page.
+"""
+
+from __future__ import annotations
+
+import math
+from importlib import resources
+from pathlib import Path
+
+import jinja2
+from markupsafe import Markup, escape
+
+import evalkit
+from evalkit.numbers import fmt
+from evalkit.report import charts
+from evalkit.report.data import ENTROPY, RunView, deltas, load_views, script_json
+from evalkit.store import write_atomic
+
+MAX_LABELLED = 8  # trade-off charts label every setting up to this many, else only the Pareto front
+
+
+def chart_set(view: RunView) -> dict:
+    """The SVG charts of one run: per metric a heatmap and a line chart, the trade-off pairs, entropy."""
+    per_metric = {}
+    for i, metric in enumerate(view.metrics):
+        rows = view.metric_rows(metric)
+        if rows.empty:
+            continue
+        per_metric[metric] = {
+            "heatmap": charts.heatmap(rows, view.info(metric), f"{view.key}h{i}", view.level),
+            "lines": charts.lines(rows, view.info(metric), f"{view.key}l{i}", view.level, ylabel=metric.split("[")[0]),
+        }
+    xs = view.by_kind("diversity") or view.metrics
+    ys = view.by_kind("quality") or [m for m in view.metrics if m not in xs] or view.metrics
+    pairs = []
+    for x in xs:
+        for y in ys:
+            if x == y:
+                continue
+            svg = charts.tradeoff(view.metric_rows(x), view.metric_rows(y), x, y, view.info(x), view.info(y),
+                                  f"{view.key}t{len(pairs)}", label_all=len(view.settings) <= MAX_LABELLED)
+            pairs.append({"x": x, "y": y, "svg": svg})
+    entropy = None
+    if view.entropy is not None:
+        e = view.entropy
+        entropy = charts.lines(e[e["metric"] == "entropy_sampling"], {}, f"{view.key}e", view.level,
+                               ylabel="entropy per token (nats)", reference=e[e["metric"] == "entropy_model"],
+                               reference_label="model, T=1")
+    return {"metrics": per_metric, "pairs": pairs, "xs": xs, "ys": ys, "entropy": entropy}
+
+
+def summary_table(view: RunView) -> dict:
+    """Rows of the sortable summary table: setting parameters, then each metric's mean and CI."""
+    table = view.summary.pivot_table(index="setting_id", columns="metric", values=["mean", "ci_low", "ci_high"],
+                                     sort=False, dropna=False)
+    rows = []
+    for setting in view.settings:
+        cells = []
+        for m in view.metrics:
+            mean, low, high = (float(table.loc[setting.id, (k, m)]) if setting.id in table.index and (k, m) in table
+                               else math.nan for k in ("mean", "ci_low", "ci_high"))
+            cells.append({"value": mean, "text": fmt(mean),
+                          "ci": "" if math.isnan(low) else f"[{fmt(low)}, {fmt(high)}]"})
+        rows.append({"run": view.label, "setting": setting.id, "params": setting.params(), "cells": cells})
+    return {"metrics": view.metrics, "rows": rows}
+
+
+def delta_table(base: RunView, new: RunView) -> dict:
+    d = deltas(base, new)
+    metrics = [m for m in base.metrics if m in set(d["metric"])]
+    by = {(r.setting_id, r.metric): r for r in d.itertuples()}
+    rows = []
+    for s in base.settings:
+        cells = []
+        for m in metrics:
+            r = by.get((s.id, m))
+            if r is None:
+                cells.append({"text": "–", "ci": "", "cls": "na", "value": math.nan})
+                continue
+            good = r.delta * base.info(m)["direction"] > 0
+            cls = ("better" if good else "worse") if r.significant and base.info(m)["kind"] != "descriptive" else (
+                "changed" if r.significant else "same")
+            cells.append({"text": f"{r.delta:+.3g}", "ci": f"[{r.ci_low:+.3g}, {r.ci_high:+.3g}]", "cls": cls,
+                          "value": r.delta, "title": f"{s.id} {m}: {fmt(r.base)} -> {fmt(r.new)} over "
+                                                     f"{r.n_prompts} prompts"})
+        if any(c["cls"] != "na" for c in cells):
+            rows.append({"setting": s.id, "cells": cells})
+    return {"base": base.label, "new": new.label, "metrics": metrics, "rows": rows,
+            "n_significant": int(d["significant"].sum()), "n": len(d)}
+
+
+def nolink(text: str) -> Markup:
+    """Escaped text in which "://" is written as an entity: a URL in a config shows, but the file
+    holds no address of another host."""
+    return Markup(str(escape(text)).replace("://", ":&#47;&#47;"))
+
+
+def render_report(run_dirs: list[str | Path]) -> str:
+    views = load_views(run_dirs)
+    env = jinja2.Environment(loader=jinja2.PackageLoader("evalkit.report", "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined)
+    env.filters["fmt"] = fmt
+    env.filters["nolink"] = nolink
+    asset = resources.files("evalkit.report") / "templates"
+    names = list(dict.fromkeys(m for v in views for m in v.metrics))
+    return env.get_template("report.html.j2").render(
+        title=", ".join(dict.fromkeys(v.manifest.name for v in views)),
+        views=views, charts={v.key: chart_set(v) for v in views}, tables=[summary_table(v) for v in views],
+        deltas=[delta_table(views[0], v) for v in views[1:]], metric_names=names, entropy_help=ENTROPY,
+        data=script_json({"runs": [v.browser_data() for v in views]}), version=evalkit.__version__,
+        css=(asset / "report.css").read_text(encoding="utf-8"), js=(asset / "report.js").read_text(encoding="utf-8"))
+
+
+def write_report(run_dirs: list[str | Path], out: str | Path) -> Path:
+    """Render the report of ``run_dirs`` into ``out`` (written whole or not at all)."""
+    out = Path(out)
+    html = render_report(run_dirs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, html.encode("utf-8"))
+    return out

@@ -1,0 +1,206 @@
+"""Server-side charts: matplotlib figures written as SVG and inlined (see ``svg.py``).
+
+Every chart takes tidy rows (one per setting: temperature, top_p, top_k, min_p, mean,
+ci_low, ci_high, setting_id) and returns an SVG string. When top_k or min_p vary, charts
+are small multiples, one panel per value. Marks carry a tooltip with the value and its CI.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pandas as pd
+from matplotlib import rc_context
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import LogNorm, Normalize
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from evalkit.numbers import fmt
+from evalkit.report.svg import inline_svg
+
+FACET_KEYS = ("top_k", "min_p")
+STYLE = {"svg.fonttype": "none", "svg.hashsalt": "evalkit", "font.family": "sans-serif", "font.size": 8.5,
+         "axes.spines.top": False, "axes.spines.right": False, "axes.titlesize": 9, "axes.labelsize": 8.5,
+         "legend.fontsize": 7.5, "legend.frameon": False}
+SEEN_AS = {"diversity": "more diverse", "quality": "better"}
+
+
+def facets(rows: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(title, rows) per panel: one panel per value of top_k / min_p where they vary."""
+    vary = [k for k in FACET_KEYS if rows[k].nunique() > 1]
+    if not vary:
+        return [("", rows)]
+    return [(", ".join(f"{k}={_num(v)}" for k, v in zip(vary, key if isinstance(key, tuple) else (key,))), df)
+            for key, df in rows.groupby(vary, sort=True)]
+
+
+def log_scaled(info: dict, values) -> bool:
+    """A metric drawn on a log scale (perplexity), where all its values are positive."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    return info.get("scale") == "log" and bool(v.size) and bool(np.all(v > 0))
+
+
+def tooltip(row, level: int) -> str:
+    ci = "" if math.isnan(row.ci_low) else f" [{level}% CI {fmt(row.ci_low)}, {fmt(row.ci_high)}]"
+    return f"{row.setting_id}: {fmt(row.mean)}{ci}"
+
+
+def heatmap(rows: pd.DataFrame, info: dict, prefix: str, level: int) -> str:
+    """Mean over temperature (x) x top_p (y), the value written in each cell."""
+    temps, tops = sorted(rows["temperature"].unique()), sorted(rows["top_p"].unique())
+    panels = facets(rows)
+    finite = rows["mean"][np.isfinite(rows["mean"])]
+    scale = LogNorm if log_scaled(info, finite) else Normalize
+    norm = scale(finite.min(), finite.max()) if len(finite) else Normalize(0, 1)
+    cmap = "viridis" if info.get("direction", 1) > 0 else "viridis_r"
+    titles = {}
+    with rc_context(STYLE):
+        width = min(0.6 + 0.62 * len(temps), 7.5) * len(panels) + 1.1
+        fig = Figure(figsize=(width, 0.9 + 0.34 * len(tops)), layout="constrained")
+        axes = fig.subplots(1, len(panels), squeeze=False)[0]
+        for ax, (title, df) in zip(axes, panels):
+            by_cell = {(r.temperature, r.top_p): r for r in df.itertuples()}
+            for i, t in enumerate(temps):
+                for j, p in enumerate(tops):
+                    r = by_cell.get((t, p))
+                    if r is None or not np.isfinite(r.mean):
+                        ax.add_patch(Rectangle((i, j), 1, 1, facecolor="#f2f2f2", edgecolor="white"))
+                        ax.text(i + 0.5, j + 0.5, "–" if r is None else "n/a", ha="center", va="center", color="#888")
+                        continue
+                    color = ScalarMappable(norm, cmap).to_rgba(r.mean)
+                    gid = f"c{len(titles)}"
+                    ax.add_patch(Rectangle((i, j), 1, 1, facecolor=color, edgecolor="white", linewidth=1, gid=gid))
+                    titles[gid] = tooltip(r, level)
+                    light = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2] > 0.55
+                    ax.text(i + 0.5, j + 0.5, fmt(r.mean), ha="center", va="center", fontsize=7.5,
+                            color="#111" if light else "white")
+            ax.set_xlim(0, len(temps))
+            ax.set_ylim(0, len(tops))
+            ax.set_xticks(np.arange(len(temps)) + 0.5, [_num(t) for t in temps])
+            ax.set_yticks(np.arange(len(tops)) + 0.5, [_num(p) for p in tops])
+            ax.set_xlabel("temperature")
+            ax.set_ylabel("top_p")
+            ax.tick_params(length=0)
+            for side in ("left", "bottom"):
+                ax.spines[side].set_visible(False)
+            if title:
+                ax.set_title(title)
+        bar = fig.colorbar(ScalarMappable(norm, cmap), ax=list(axes), fraction=0.04, pad=0.02, aspect=12)
+        bar.ax.tick_params(labelsize=7)
+        if info.get("kind") in SEEN_AS:
+            bar.set_label(f"{SEEN_AS[info['kind']]} →" if info.get("direction", 1) > 0 else
+                          f"← {SEEN_AS[info['kind']]}", fontsize=7.5)
+        return render(fig, prefix, titles)
+
+
+def lines(rows: pd.DataFrame, info: dict, prefix: str, level: int, ylabel: str, reference: pd.DataFrame | None = None,
+          reference_label: str = "") -> str:
+    """Mean against temperature, one line per top_p with its CI band; ``reference`` rows are drawn dashed."""
+    panels = facets(rows)
+    ref_panels = dict(facets(reference)) if reference is not None else {}
+    titles = {}
+    tops = sorted(rows["top_p"].unique())
+    colors = {p: f"C{i % 10}" for i, p in enumerate(tops)}
+    with rc_context(STYLE):
+        fig = Figure(figsize=(min(3.4 * len(panels) + 1.4, 11), 2.5), layout="constrained")
+        axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
+        for ax, (title, df) in zip(axes, panels):
+            for p, line in df.sort_values("temperature").groupby("top_p", sort=True):
+                ax.plot(line["temperature"], line["mean"], color=colors[p], linewidth=1.6, label=f"top_p={_num(p)}")
+                ax.fill_between(line["temperature"], line["ci_low"], line["ci_high"], color=colors[p], alpha=0.15,
+                                linewidth=0)
+                for r in line.itertuples():
+                    gid = f"m{len(titles)}"
+                    ax.plot([r.temperature], [r.mean], "o", color=colors[p], markersize=4, gid=gid)
+                    titles[gid] = tooltip(r, level)
+            if title in ref_panels:
+                for p, line in ref_panels[title].sort_values("temperature").groupby("top_p", sort=True):
+                    ax.plot(line["temperature"], line["mean"], color=colors.get(p, "gray"), linestyle="--",
+                            linewidth=1, alpha=0.8)
+            ax.set_xlabel("temperature")
+            if log_scaled(info, rows["mean"]):
+                ax.set_yscale("log")
+            ax.grid(axis="y", color="#e6e6e6", linewidth=0.6)
+            if title:
+                ax.set_title(title)
+        axes[0].set_ylabel(ylabel)
+        handles, labels = axes[0].get_legend_handles_labels()
+        if reference is not None:
+            handles.append(axes[0].plot([], [], color="gray", linestyle="--", linewidth=1)[0])
+            labels.append(reference_label)
+        fig.legend(handles, labels, loc="outside right upper")
+        return render(fig, prefix, titles)
+
+
+def pareto_front(x: np.ndarray, y: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """Indices of the points no other point beats on both axes (directions dx, dy), sorted by x."""
+    sx, sy = dx * x, dy * y
+    keep = [i for i in range(len(x))
+            if not np.any((sx >= sx[i]) & (sy >= sy[i]) & ((sx > sx[i]) | (sy > sy[i])))]
+    return np.array(sorted(keep, key=lambda i: x[i]), dtype=int)
+
+
+def tradeoff(xrows: pd.DataFrame, yrows: pd.DataFrame, xname: str, yname: str, xinfo: dict, yinfo: dict,
+             prefix: str, label_all: bool) -> str:
+    """One point per setting (CI whiskers), the Pareto front drawn and its settings labelled."""
+    both = xrows.merge(yrows, on="setting_id", suffixes=("_x", "_y"))
+    both = both[np.isfinite(both["mean_x"]) & np.isfinite(both["mean_y"])].reset_index(drop=True)
+    x, y = both["mean_x"].to_numpy(), both["mean_y"].to_numpy()
+    front = pareto_front(x, y, xinfo.get("direction", 1), yinfo.get("direction", 1))
+    titles = {}
+    with rc_context(STYLE):
+        fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+        ax = fig.subplots()
+        ax.errorbar(x, y, xerr=_err(both, "_x"), yerr=_err(both, "_y"), fmt="none", ecolor="#c8c8c8",
+                    elinewidth=0.8, zorder=1)
+        if len(front) > 1:
+            ax.plot(x[front], y[front], color="#d62728", linewidth=1.2, linestyle="--", zorder=2,
+                    label="Pareto front")
+        on_front = set(front.tolist())
+        for i, r in enumerate(both.itertuples()):
+            gid = f"s{i}"
+            ax.plot([x[i]], [y[i]], "o", markersize=6 if i in on_front else 4.5, zorder=3, gid=gid,
+                    color="#d62728" if i in on_front else "#1f77b4", markeredgecolor="white", markeredgewidth=0.6)
+            titles[gid] = f"{r.setting_id}: {xname} {fmt(x[i])}, {yname} {fmt(y[i])}" + (
+                " (on the Pareto front)" if i in on_front else "")
+            if i in on_front or label_all:
+                ax.annotate(r.setting_id, (x[i], y[i]), xytext=(4, 4), textcoords="offset points", fontsize=7,
+                            color="#333" if i in on_front else "#777")
+        if log_scaled(xinfo, x):
+            ax.set_xscale("log")
+        if log_scaled(yinfo, y):
+            ax.set_yscale("log")
+        ax.set_xlabel(_axis_label(xname, xinfo))
+        ax.set_ylabel(_axis_label(yname, yinfo))
+        ax.grid(color="#ececec", linewidth=0.6)
+        if len(front) > 1:
+            ax.legend(loc="best")
+        return render(fig, prefix, titles)
+
+
+def render(fig: Figure, prefix: str, titles: dict[str, str]) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", metadata={"Date": None})
+    return inline_svg(buf.getvalue(), prefix, titles)
+
+
+def _axis_label(name: str, info: dict) -> str:
+    seen = SEEN_AS.get(info.get("kind", ""))
+    if not seen:
+        return name
+    return f"{name}  ({'higher' if info.get('direction', 1) > 0 else 'lower'} = {seen})"
+
+
+def _err(df: pd.DataFrame, suffix: str) -> np.ndarray | None:
+    mean, low, high = (df[c + suffix].to_numpy() for c in ("mean", "ci_low", "ci_high"))
+    if np.all(np.isnan(low)):
+        return None
+    return np.nan_to_num(np.vstack([mean - low, high - mean]), nan=0.0).clip(min=0)
+
+
+def _num(v) -> str:
+    return f"{float(v):g}"

@@ -1,0 +1,152 @@
+"""What a report shows, read from run directories: summaries, token entropy by setting,
+the samples for the browser, and the changes between runs."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from evalkit.compare import paired_deltas
+from evalkit.errors import EvalkitError
+from evalkit.sampling import Setting
+from evalkit.scoring import aggregate
+from evalkit.store import Run, load_run
+
+ENTROPY = {"entropy_sampling": "sampling distribution (after temperature and truncation)",
+           "entropy_model": "model distribution (temperature 1, unfiltered)"}
+
+
+@dataclass
+class RunView:
+    run: Run
+    key: str  # short html-safe id: r0, r1, ...
+
+    @property
+    def manifest(self):
+        return self.run.manifest
+
+    @property
+    def label(self) -> str:
+        return self.manifest.run_id
+
+    @property
+    def level(self) -> int:
+        return int(round(self.manifest.ci["level"] * 100))
+
+    @cached_property
+    def settings(self) -> list[Setting]:
+        return [Setting(**s.params) for s in self.manifest.settings]
+
+    @cached_property
+    def summary(self) -> pd.DataFrame:
+        return self.run.summary
+
+    @property
+    def metrics(self) -> list[str]:
+        return list(self.manifest.metrics)
+
+    def info(self, metric: str) -> dict:
+        return self.manifest.metric_info.get(metric, {"kind": "descriptive", "direction": 1, "definition": ""})
+
+    def metric_rows(self, metric: str) -> pd.DataFrame:
+        return self.summary[self.summary["metric"] == metric].reset_index(drop=True)
+
+    def by_kind(self, kind: str) -> list[str]:
+        return [m for m in self.metrics if self.info(m)["kind"] == kind]
+
+    @cached_property
+    def entropy(self) -> pd.DataFrame | None:
+        """Per setting: mean entropy per generated token (mean over prompts, bootstrap CI), under the
+        sampling and the model distribution; None when the samples have no token statistics."""
+        samples = self.run.samples
+        if not set(ENTROPY) <= set(samples.columns):
+            return None
+        rows = []
+        for (sid, pid), df in samples.groupby(["setting_id", "prompt_id"], sort=False):
+            for col in ENTROPY:
+                tokens = np.concatenate([np.asarray(v, dtype=float) for v in df[col]] or [np.zeros(0)])
+                rows.append({"setting_id": sid, "prompt_id": pid, "metric": col,
+                             "value": float(tokens.mean()) if tokens.size else float("nan")})
+        ci = self.manifest.ci
+        return aggregate(pd.DataFrame(rows), self.settings, level=ci["level"], resamples=ci["resamples"],
+                         seed=ci["seed"])
+
+    def config_text(self) -> str:
+        return yaml.safe_dump(self.run.config, sort_keys=False, allow_unicode=True)
+
+    def facts(self) -> list[tuple[str, str]]:
+        m = self.manifest
+        model = m.model
+        ident = model.get("sha256") or model.get("revision")
+        grid = "; ".join(f"{k}: {', '.join(f'{v:g}' for v in sorted({s.params()[k] for s in self.settings}))}"
+                         for k in ("temperature", "top_p", "top_k", "min_p"))
+        config = self.run.config
+        facts = [("run", m.run_id), ("status", m.status), ("model", str(model.get("id"))),
+                 ("model file" if model.get("sha256") else "revision", str(ident)[:16] if ident else "n/a"),
+                 ("device", f"{m.device}, {model.get('dtype', 'n/a')}"), ("seed", str(m.seed)),
+                 ("started", m.started_at), ("ended", m.ended_at or "n/a"),
+                 ("settings", f"{len(m.settings)} ({grid})"),
+                 ("samples", f"{m.n_samples}: {m.n_prompts} prompts x {len(m.settings)} settings"
+                             + (f" x {config['samples_per_prompt']}" if "samples_per_prompt" in config else "")),
+                 ("max_new_tokens", str(config.get("max_new_tokens", "n/a"))),
+                 ("evalkit", m.evalkit_version),
+                 ("libraries", ", ".join(f"{k} {v}" for k, v in m.packages.items() if v)),
+                 ("git", f"{m.git.commit[:10]}{' (dirty)' if m.git.dirty else ''}" if m.git else "n/a"),
+                 ("confidence", f"{self.level}% {m.ci['method']}, {m.ci['resamples']} resamples, seed {m.ci['seed']}")]
+        return facts
+
+    def browser_data(self) -> dict:
+        """Samples and group scores for the sample browser, as compact nested lists:
+        samples[prompt][setting] = [[text, tokens, finish reason], ...];
+        scores[prompt][setting] = [value per metric]."""
+        samples = self.run.samples.sort_values("sample_index", kind="stable")
+        prompts = list(dict.fromkeys(samples["prompt_id"].astype(str)))
+        prompt_text = dict(zip(samples["prompt_id"].astype(str), samples["prompt"].astype(str)))
+        settings = [s.id for s in self.manifest.settings]
+        pi, si = {p: i for i, p in enumerate(prompts)}, {s: i for i, s in enumerate(settings)}
+        texts = [[[] for _ in settings] for _ in prompts]
+        ntok = samples["num_new_tokens"] if "num_new_tokens" in samples else pd.Series([None] * len(samples))
+        finish = samples["finish_reason"] if "finish_reason" in samples else pd.Series([""] * len(samples))
+        for p, s, text, n, f in zip(samples["prompt_id"].astype(str), samples["setting_id"], samples["text"],
+                                    ntok, finish):
+            texts[pi[p]][si[s]].append([text, None if pd.isna(n) else int(n), "" if pd.isna(f) else str(f)])
+        values = [[[None] * len(self.metrics) for _ in settings] for _ in prompts]
+        mi = {m: i for i, m in enumerate(self.metrics)}
+        scores = self.run.scores
+        for p, s, m, v in zip(scores["prompt_id"].astype(str), scores["setting_id"], scores["metric"], scores["value"]):
+            if p in pi and s in si and m in mi:
+                values[pi[p]][si[s]][mi[m]] = None if math.isnan(v) else float(v)
+        return {"label": self.label, "prompts": [[p, prompt_text[p]] for p in prompts], "settings": settings,
+                "metrics": self.metrics, "samples": texts, "scores": values}
+
+
+def load_views(paths: list[str | Path]) -> list[RunView]:
+    if not paths:
+        raise EvalkitError("report: give at least one run directory")
+    views = []
+    for i, path in enumerate(paths):
+        run = load_run(path)
+        if run.manifest.status != "complete" or not (run.path / "summary.csv").is_file():
+            raise EvalkitError(f"{run.path}: run is {run.manifest.status}, not complete; nothing to report "
+                               f"(resume it with: evalkit run --resume {run.path})")
+        views.append(RunView(run, f"r{i}"))
+    return views
+
+
+def deltas(base: RunView, new: RunView) -> pd.DataFrame:
+    ci = base.manifest.ci
+    return paired_deltas(base.run, new.run, level=ci["level"], resamples=ci["resamples"], seed=ci["seed"])
+
+
+def script_json(obj) -> str:
+    """JSON safe inside <script type="application/json">: no '<', '>' or '&' appear literally, and '/'
+    is written '\\/' so that no text (a URL in a sample) reads as a link to another host."""
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").replace("/", "\\/")
