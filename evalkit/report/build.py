@@ -32,6 +32,7 @@ def chart_set(view: RunView) -> dict:
         per_metric[metric] = {
             "heatmap": charts.heatmap(rows, view.info(metric), f"{view.key}h{i}", view.level),
             "lines": charts.lines(rows, view.info(metric), f"{view.key}l{i}", view.level, ylabel=metric.split("[")[0]),
+            "wide": len(charts.facets(rows)) > 1,  # small multiples take the page's full width
         }
     xs = view.by_kind("diversity") or view.metrics
     ys = view.by_kind("quality") or [m for m in view.metrics if m not in xs] or view.metrics
@@ -106,9 +107,11 @@ def render_report(run_dirs: list[str | Path]) -> str:
     env.filters["nolink"] = nolink
     asset = resources.files("evalkit.report") / "templates"
     names = list(dict.fromkeys(m for v in views for m in v.metrics))
+    chart_sets = {v.key: chart_set(v) for v in views}
+    wide = {m for c in chart_sets.values() for m, per in c["metrics"].items() if per["wide"]}
     return env.get_template("report.html.j2").render(
         title=", ".join(dict.fromkeys(v.manifest.name for v in views)),
-        views=views, charts={v.key: chart_set(v) for v in views}, tables=[summary_table(v) for v in views],
+        views=views, charts=chart_sets, wide=wide, tables=[summary_table(v) for v in views],
         deltas=[delta_table(views[0], v) for v in views[1:]], metric_names=names, entropy_help=ENTROPY,
         data=script_json({"runs": [v.browser_data() for v in views]}), version=evalkit.__version__,
         css=(asset / "report.css").read_text(encoding="utf-8"), js=(asset / "report.js").read_text(encoding="utf-8"))

@@ -25,6 +25,7 @@ FACET_KEYS = ("top_k", "min_p")
 STYLE = {"svg.fonttype": "none", "svg.hashsalt": "evalkit", "font.family": "sans-serif", "font.size": 8.5,
          "axes.spines.top": False, "axes.spines.right": False, "axes.titlesize": 9, "axes.labelsize": 8.5,
          "legend.fontsize": 7.5, "legend.frameon": False}
+MAX_LABELS = 10  # setting labels written in a trade-off chart
 SEEN_AS = {"diversity": "more diverse", "quality": "better"}
 
 
@@ -161,13 +162,16 @@ def tradeoff(xrows: pd.DataFrame, yrows: pd.DataFrame, xname: str, yname: str, x
             ax.plot(x[front], y[front], color="#d62728", linewidth=1.2, linestyle="--", zorder=2,
                     label="Pareto front")
         on_front = set(front.tolist())
+        labelled = on_front if label_all is False else set(range(len(x)))
+        if len(labelled) > MAX_LABELS:  # every k-th point of the front; the tooltips name them all
+            labelled = set(front[::math.ceil(len(front) / MAX_LABELS)].tolist())
         for i, r in enumerate(both.itertuples()):
             gid = f"s{i}"
             ax.plot([x[i]], [y[i]], "o", markersize=6 if i in on_front else 4.5, zorder=3, gid=gid,
                     color="#d62728" if i in on_front else "#1f77b4", markeredgecolor="white", markeredgewidth=0.6)
             titles[gid] = f"{r.setting_id}: {xname} {fmt(x[i])}, {yname} {fmt(y[i])}" + (
                 " (on the Pareto front)" if i in on_front else "")
-            if i in on_front or label_all:
+            if i in labelled:
                 ax.annotate(r.setting_id, (x[i], y[i]), xytext=(4, 4), textcoords="offset points", fontsize=7,
                             color="#333" if i in on_front else "#777")
         if log_scaled(xinfo, x):
