@@ -31,6 +31,7 @@ from evalkit.scoring import score_run
 
 WORDS = [f"word{i}" for i in range(2000)]
 METRICS = ["distinct_2", "self_bleu", "ent_n", "mtld", "token_entropy", "perplexity", "mean_length"]
+SHOT_HEIGHT = 1900
 CHROMIUM = os.environ.get("EVALKIT_CHROMIUM", "/usr/bin/chromium")
 
 
@@ -84,8 +85,10 @@ def first_paint(report: Path, screenshot: Path | None) -> tuple[float, float]:
         page.goto(report.resolve().as_uri(), wait_until="load")
         fcp = page.evaluate("performance.getEntriesByName('first-contentful-paint')[0].startTime") / 1000
         load = page.evaluate("performance.getEntriesByType('navigation')[0].loadEventEnd") / 1000
-        if screenshot is not None:
-            page.screenshot(path=str(screenshot))
+        if screenshot is not None:  # the top of the page: run, summary table, trade-off
+            height = min(SHOT_HEIGHT, page.evaluate("document.body.scrollHeight"))
+            clip = {"x": 0, "y": 0, "width": 1400, "height": height}
+            page.screenshot(path=str(screenshot), full_page=True, clip=clip)
         browser.close()
     return fcp, load
 
@@ -94,7 +97,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--keep", type=Path, help="write the synthetic run here and keep it")
     ap.add_argument("--report", type=Path, help="measure this report instead of a synthetic run's")
-    ap.add_argument("--screenshot", type=Path, help="save the first screen of the report as a PNG")
+    ap.add_argument("--screenshot", type=Path, help="save the top of the report as a PNG")
     args = ap.parse_args()
     if args.report is not None:
         fcp, load = first_paint(args.report, args.screenshot)
