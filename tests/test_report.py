@@ -193,3 +193,15 @@ def test_report_refuses_what_is_not_a_complete_run(run, tmp_path):
     result = cli.invoke(app, ["report", str(broken), "-o", str(tmp_path / "x.html")])
     assert result.exit_code == 2 and "run is failed, not complete" in result.output
     assert not (tmp_path / "x.html").exists()
+
+
+def test_undefined_metrics_and_small_multiples(tiny_model, tmp_path):
+    """One sample per prompt (self-BLEU undefined everywhere), greedy rows, and top_k varying."""
+    run = tiny_run(tiny_model, tmp_path / "runs", samples_per_prompt=1,
+                   grid={"temperature": [0.0, 1.0], "top_p": [0.9, 1.0], "top_k": [0, 5]})
+    html = (run.path / "report.html").read_text(encoding="utf-8")
+    assert_offline(html)
+    assert run.summary.loc[run.summary["metric"].str.startswith("self_bleu"), "mean"].isna().all()
+    assert "n/a" in html  # undefined cells are marked, not drawn as a value
+    assert "top_k=5" in html and "top_k=0" in html  # one panel per top_k
+    assert '<article class="metric card wide"' in html

@@ -41,9 +41,12 @@ def chart_set(view: RunView) -> dict:
         for y in ys:
             if x == y:
                 continue
-            svg = charts.tradeoff(view.metric_rows(x), view.metric_rows(y), x, y, view.info(x), view.info(y),
-                                  f"{view.key}t{len(pairs)}", label_all=len(view.settings) <= MAX_LABELLED)
-            pairs.append({"x": x, "y": y, "svg": svg})
+            both, front = charts.tradeoff_points(view.metric_rows(x), view.metric_rows(y), view.info(x), view.info(y))
+            svg = charts.tradeoff(both, front, x, y, view.info(x), view.info(y), f"{view.key}t{len(pairs)}",
+                                  label_all=len(view.settings) <= MAX_LABELLED)
+            on_front = [{"setting": r.setting_id, "x": fmt(r.mean_x), "y": fmt(r.mean_y)}
+                        for r in both.iloc[front].itertuples()]
+            pairs.append({"x": x, "y": y, "svg": svg, "front": on_front, "n": len(both)})
     entropy = None
     if view.entropy is not None:
         e = view.entropy

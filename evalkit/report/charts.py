@@ -145,13 +145,20 @@ def pareto_front(x: np.ndarray, y: np.ndarray, dx: int, dy: int) -> np.ndarray:
     return np.array(sorted(keep, key=lambda i: x[i]), dtype=int)
 
 
-def tradeoff(xrows: pd.DataFrame, yrows: pd.DataFrame, xname: str, yname: str, xinfo: dict, yinfo: dict,
-             prefix: str, label_all: bool) -> str:
-    """One point per setting (CI whiskers), the Pareto front drawn and its settings labelled."""
+def tradeoff_points(xrows: pd.DataFrame, yrows: pd.DataFrame, xinfo: dict, yinfo: dict
+                    ) -> tuple[pd.DataFrame, np.ndarray]:
+    """The settings with both values defined (mean_x, mean_y, CIs), and the indices of the Pareto front."""
     both = xrows.merge(yrows, on="setting_id", suffixes=("_x", "_y"))
     both = both[np.isfinite(both["mean_x"]) & np.isfinite(both["mean_y"])].reset_index(drop=True)
+    front = pareto_front(both["mean_x"].to_numpy(), both["mean_y"].to_numpy(), xinfo.get("direction", 1),
+                         yinfo.get("direction", 1))
+    return both, front
+
+
+def tradeoff(both: pd.DataFrame, front: np.ndarray, xname: str, yname: str, xinfo: dict, yinfo: dict,
+             prefix: str, label_all: bool) -> str:
+    """One point per setting (CI whiskers), the Pareto front drawn and its settings labelled."""
     x, y = both["mean_x"].to_numpy(), both["mean_y"].to_numpy()
-    front = pareto_front(x, y, xinfo.get("direction", 1), yinfo.get("direction", 1))
     titles = {}
     with rc_context(STYLE):
         fig = Figure(figsize=(6.4, 4.2), layout="constrained")
