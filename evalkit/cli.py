@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 import evalkit
+from evalkit.compare import Rule
 from evalkit.errors import EvalkitError
 from evalkit.numbers import fmt
 
@@ -58,12 +59,22 @@ def run(
     resume: Annotated[Path | None, typer.Option(help="Continue a stopped run in this run directory.",
                                                 show_default=False)] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Generate every sample, reuse none.")] = False,
+    baseline: Annotated[str | None, typer.Option(help="Then compare with this run: 'latest' (the latest complete "
+                                                      "run of the same name in the run index) or a run id.",
+                                                 show_default=False)] = None,
+    fail_on: Annotated[list[str] | None, typer.Option("--fail-on", help="With --baseline: exit 1 on a significant "
+                                                      "change beyond METRIC:+TOL or METRIC:-TOL.")] = None,
+    junit: Annotated[Path | None, typer.Option(help="With --baseline: write the gate as JUnit XML here.",
+                                               show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks for errors.")] = False,
 ) -> None:
-    """Run a sweep: generate every sample, score it, write a run directory."""
+    """Run a sweep: generate every sample, score it, write a run directory (and gate it on a baseline)."""
 
     def body():
+        if (fail_on or junit) and baseline is None:
+            raise EvalkitError("--fail-on and --junit need --baseline")
+        rules = [Rule.parse(r) for r in fail_on or []]  # a bad rule is refused before the run, not after
         if resume is not None:
             if config is not None or preset is not None or set_:
                 raise EvalkitError("--resume continues a run as it was configured: give no config, preset or --set")
@@ -74,8 +85,11 @@ def run(
             path = config if config is not None else preset_path(preset)
             result = evalkit.run_sweep(path, overrides=set_ or [], progress=not quiet, cache=not no_cache)
         _print_summary(result)
+        if baseline is not None:
+            return _gate_on_baseline(result, baseline, rules, junit)
+        return 0
 
-    _guard(body, debug)
+    _exit(_guard(body, debug))
 
 
 @app.command()
@@ -129,6 +143,169 @@ def report(
     _guard(body, debug)
 
 
+IndexOption = Annotated[Path | None, typer.Option("--index", help="Run index file [default: $EVALKIT_INDEX, "
+                                                  "else runs/index.sqlite].", show_default=False)]
+MetricOption = Annotated[list[str] | None, typer.Option("--metric", help="Only these metrics (repeatable; "
+                                                        "'self_bleu[n=4]' matches any self_bleu with n=4).")]
+
+
+@app.command()
+def runs(
+    name: Annotated[str | None, typer.Option(help="Only runs of this name.")] = None,
+    index: IndexOption = None,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks for errors.")] = False,
+) -> None:
+    """List the runs in the run index, oldest first."""
+    from evalkit.index import RunIndex, index_path
+
+    def body():
+        with RunIndex(index_path(index), create=False) as db:
+            listed = db.runs(name=name)
+        if listed.empty:
+            out.print(f"no runs{f' named {escape(name)}' if name else ''} in {escape(str(db.path))}", highlight=False)
+            return
+        table = Table(title=f"runs in {escape(str(db.path))}")
+        table.add_column("run", no_wrap=True, min_width=max(len(r) for r in listed["run_id"]))  # ids are copied
+        for column in ("status", "started", "model", "model hash", "git", "samples"):
+            table.add_column(column)
+        for r in listed.itertuples():
+            git = f"{(r.git_commit or '')[:10]}{' (dirty)' if r.git_dirty else ''}"
+            table.add_row(escape(r.run_id), r.status, r.started_at, escape(str(r.model_id)), (r.model_hash or "")[:12],
+                          git, str(r.n_samples))
+        out.print(table)
+
+    _guard(body, debug)
+
+
+@app.command()
+def compare(
+    base: Annotated[str, typer.Argument(help="Base run: a run directory or a run id in the index.",
+                                        show_default=False)],
+    new: Annotated[str, typer.Argument(help="New run: a run directory or a run id in the index.",
+                                       show_default=False)],
+    metric: MetricOption = None,
+    format_: Annotated[str, typer.Option("--format", help="text | markdown | json | html")] = "text",
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write here instead of the terminal "
+                                                "(html: default reports/BASE_vs_NEW.html).",
+                                                show_default=False)] = None,
+    fail_on: Annotated[list[str] | None, typer.Option("--fail-on", help="Exit 1 on a significant change beyond "
+                                                      "METRIC:+TOL (a rise is bad) or METRIC:-TOL (a fall is bad).")
+                       ] = None,
+    junit: Annotated[Path | None, typer.Option(help="Write the gate as JUnit XML here.", show_default=False)] = None,
+    alpha: Annotated[float, typer.Option(help="Family-wise significance level (Holm).", min=1e-6, max=0.5)] = 0.05,
+    index: IndexOption = None,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks for errors.")] = False,
+) -> None:
+    """Compare two runs setting by setting, paired by prompt; with --fail-on, gate on regressions."""
+    from evalkit.compare import load_side
+    from evalkit.index import index_path
+
+    def body():
+        if format_ not in ("text", "markdown", "json", "html"):
+            raise EvalkitError(f"--format: {format_!r} is not text, markdown, json or html")
+        rules = [Rule.parse(r) for r in fail_on or []]
+        where = index_path(index)
+        a = load_side(base, where if where.is_file() else None, what="BASE")
+        b = load_side(new, where if where.is_file() else None, what="NEW")
+        return _compare(a, b, rules, metric, format_, output, junit, alpha)
+
+    _exit(_guard(body, debug))
+
+
+@app.command()
+def history(
+    name: Annotated[str, typer.Option(help="The sweep's name (runs of that name, oldest first).",
+                                      show_default=False)],
+    metric: MetricOption = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="The HTML page [default: "
+                                                "reports/history-NAME.html].", show_default=False)] = None,
+    index: IndexOption = None,
+    debug: Annotated[bool, typer.Option(help="Show tracebacks for errors.")] = False,
+) -> None:
+    """The trend of a sweep over its runs: a table here and an offline HTML page with regressions marked."""
+    from evalkit.history import load_history, write_history_html
+    from evalkit.index import RunIndex, index_path
+    from evalkit.store import check_writable
+
+    def body():
+        target = output or Path("reports") / f"history-{name}.html"
+        check_writable(target.parent, field="-o")
+        with RunIndex(index_path(index), create=False) as db:
+            h = load_history(db, name, metric)
+        for m in h.metrics:
+            trend = h.trend(m)
+            table = Table(title=f"{escape(m)}: mean per run", caption="! marks a regression from the run before")
+            table.add_column("run")
+            for sid in trend.columns:
+                table.add_column(escape(str(sid)), justify="right")
+            for run_id, values in zip(trend.index, trend.to_numpy()):
+                table.add_row(escape(run_id), *[fmt(v) + (" !" if (run_id, sid, m) in h.regressions else "")
+                                                for sid, v in zip(trend.columns, values)])
+            out.print(table)
+        written = write_history_html(h, target)
+        out.print(f"{len(h.regressions)} regression(s) in {len(h.runs)} runs; history page: "
+                  f"[bold]{escape(str(written))}[/]", highlight=False, soft_wrap=True)
+
+    _guard(body, debug)
+
+
+def _compare(a, b, rules, metrics, format_, output, junit, alpha) -> int:
+    """Compare, print or write the result, write JUnit XML; the exit code of the gate."""
+    from evalkit import compare_format
+    from evalkit.compare import compare_runs, gate
+    from evalkit.store import write_atomic
+
+    narrowed = metrics or [r.metric for r in rules] or None  # a gate tests only what it gates
+    comparison = compare_runs(a, b, metrics=narrowed, alpha=alpha)
+    violations = gate(comparison, rules)
+    if format_ == "html":
+        if a.path is None or b.path is None or not (a.path / "manifest.json").is_file():
+            raise EvalkitError("--format html needs both run directories (the report is drawn from them)")
+        from evalkit.report import write_report
+
+        target = output or Path("reports") / f"{a.label}_vs_{b.label}.html"
+        out.print(f"report: [bold]{escape(str(write_report([a.path, b.path], target)))}[/]", highlight=False)
+    elif format_ == "text":
+        if output is not None:
+            write_atomic(output, compare_format.as_markdown(comparison, violations).encode("utf-8"))
+        else:
+            out.print(compare_format.text_table(comparison))
+    else:
+        text = (compare_format.as_json if format_ == "json" else compare_format.as_markdown)(comparison, violations)
+        if output is not None:
+            write_atomic(output, text.encode("utf-8"))
+        else:
+            out.print(text, end="", markup=False, highlight=False, soft_wrap=True)
+    if format_ != "json" or output is not None:
+        for line in compare_format.headline(comparison, violations):
+            (err if line.startswith(("REGRESSION", "  ")) else out).print(escape(line), highlight=False,
+                                                                          soft_wrap=True)
+    if junit is not None:
+        write_atomic(junit, compare_format.junit(comparison, rules, violations))
+    return 1 if violations else 0
+
+
+def _gate_on_baseline(result, baseline: str, rules, junit) -> int:
+    from evalkit.compare import RunData, load_side
+    from evalkit.index import RunIndex, index_path
+
+    where = index_path(result.config.get("index"), result.config.get("output_dir", "runs"))
+    if baseline == "latest":
+        with RunIndex(where) as db:
+            baseline = db.latest(result.manifest.name, exclude=result.manifest.run_id)
+        if baseline is None:
+            out.print(f"no earlier complete run named {escape(result.manifest.name)} in {escape(str(where))}: "
+                      f"nothing to compare; this run is the baseline of the next", highlight=False, soft_wrap=True)
+            return 0
+    base = load_side(baseline, where, what="--baseline")
+    return _compare(base, RunData.from_run(result), rules, None, "text", None, junit, 0.05)
+
+
+def _exit(code) -> None:
+    if code:
+        raise typer.Exit(code)
+
+
 @app.command("metrics")
 def list_metrics() -> None:
     """List the available metrics with their definitions, references and parameters."""
@@ -143,9 +320,9 @@ def list_metrics() -> None:
         out.print(f"    parameters: {escape(params)}; reference: {escape(entry.cls.reference)}", highlight=False)
 
 
-def _guard(body, debug: bool) -> None:
+def _guard(body, debug: bool):
     try:
-        body()
+        return body()
     except EvalkitError as e:
         if debug:
             raise

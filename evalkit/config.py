@@ -164,6 +164,8 @@ class SweepConfig(_Strict):
     ci: CIConfig = Field(default_factory=CIConfig)
     output_dir: str = "runs"  # run directories go here, relative to the working directory
     report: bool = True  # write report.html into the run directory at the end (`evalkit report` does it later)
+    # run index (SQLite) that records the run; default $EVALKIT_INDEX, else <output_dir>/index.sqlite
+    index: str | None = None
 
     @model_validator(mode="before")
     @classmethod

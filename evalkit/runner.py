@@ -121,15 +121,29 @@ def run_sweep(config: SweepConfig | str | Path | None, *, overrides: list[str] |
         manifest.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
         manifest.ended_at, manifest.error = utc_now(), f"{type(e).__name__}: {e}"
         store.write_manifest(run_dir, manifest)
+        _record(config, run_dir, quiet=True)
         if isinstance(e, KeyboardInterrupt):
             raise Interrupted(run_dir) from None
         raise
+    _record(config, run_dir)
     if config.report:  # the run is complete and kept whatever happens here; `evalkit report` redoes this
         from evalkit.report import write_report
 
         with ui.phase("report"):
             write_report([run_dir], run_dir / "report.html")
     return store.Run(run_dir)
+
+
+def _record(config: SweepConfig, run_dir: Path, quiet: bool = False) -> None:
+    """Record the run in the run index; after a failure, never let the index hide the first error."""
+    from evalkit.index import RunIndex, index_path
+
+    try:
+        with RunIndex(index_path(config.index, config.output_dir)) as index:
+            index.record(store.Run(run_dir))
+    except Exception:
+        if not quiet:
+            raise
 
 
 class Interrupted(KeyboardInterrupt):

@@ -11,11 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from evalkit.cli import app
-from evalkit.compare import paired_deltas
+from evalkit.compare import RunData, compare_runs
 from evalkit.report import render_report, write_report
 from evalkit.report.charts import pareto_front
 from evalkit.report.svg import inline_svg
-from evalkit.store import Run
 
 from report_helpers import HOSTILE, REPORT_METRICS, hostile_run, tiny_run
 
@@ -124,35 +123,6 @@ def test_inline_svg_prefixes_ids_and_drops_namespaces():
     assert '<g id="f0-cell" clip-path="url(#f0-c1)"><title>t0.7: 0.5 &lt;1&gt;</title>' in out
 
 
-def scores_frame(values: dict[tuple[str, str], float]) -> pd.DataFrame:
-    return pd.DataFrame([{"setting_id": s, "prompt_id": p, "metric": "m", "value": v, "reason": None}
-                         for (s, p), v in values.items()])
-
-
-class FakeScores(Run):
-    def __init__(self, scores):
-        super().__init__(path=None)
-        self.__dict__["scores"] = scores
-
-
-def test_paired_deltas_pair_by_prompt():
-    rng = np.random.default_rng(0)
-    base = rng.normal(size=30)
-    new = base + 0.5 + rng.normal(scale=0.01, size=30)  # a clear shift, little noise
-    a = FakeScores(scores_frame({("s", f"p{i}"): v for i, v in enumerate(base)}))
-    b = FakeScores(scores_frame({("s", f"p{i}"): v for i, v in enumerate(new)}))
-    d = paired_deltas(a, b, resamples=500).iloc[0]
-    assert d["delta"] == pytest.approx((new - base).mean(), rel=1e-12)
-    assert d["significant"] and d["ci_low"] > 0.49 and d["ci_high"] < 0.51
-    # pairing: an unpaired comparison of these samples would see the spread of base (sd ~1)
-    same = paired_deltas(a, FakeScores(scores_frame({("s", f"p{i}"): v for i, v in enumerate(base)})))
-    assert same.iloc[0]["delta"] == 0 and not same.iloc[0]["significant"]
-    # prompts only one run has, and undefined values, are left out
-    c = FakeScores(scores_frame({**{("s", f"p{i}"): v for i, v in enumerate(new[:10])}, ("s", "p3"): np.nan,
-                                 ("s", "extra"): 5.0}))
-    assert paired_deltas(a, c).iloc[0]["n_prompts"] == 9
-
-
 def test_multi_run_report_shows_the_changes(tiny_model, tmp_path):
     first = tiny_run(tiny_model, tmp_path / "a")
     second = tiny_run(tiny_model, tmp_path / "b", seed=2)
@@ -161,7 +131,7 @@ def test_multi_run_report_shows_the_changes(tiny_model, tmp_path):
     assert_offline(html)
     assert '<section id="changes">' in html
     assert html.count('<figure class="chart heatmap">') == 2 * len(REPORT_METRICS)
-    deltas = paired_deltas(first, second)
+    deltas = compare_runs(RunData.from_run(first), RunData.from_run(second)).table
     changes = html.split('<table class="sortable deltas">')[1].split("</table>")[0]
     for r in deltas[deltas["metric"] == first.manifest.metrics[0]].itertuples():
         row = re.search(rf'<td class="setting">{re.escape(r.setting_id)}</td>(.*?)</tr>', changes, re.S).group(1)

@@ -73,7 +73,8 @@ def summary_table(view: RunView) -> dict:
 
 
 def delta_table(base: RunView, new: RunView) -> dict:
-    d = deltas(base, new)
+    comparison = deltas(base, new)
+    d = comparison.table
     metrics = [m for m in base.metrics if m in set(d["metric"])]
     by = {(r.setting_id, r.metric): r for r in d.itertuples()}
     rows = []
@@ -87,13 +88,15 @@ def delta_table(base: RunView, new: RunView) -> dict:
             good = r.delta * base.info(m)["direction"] > 0
             cls = ("better" if good else "worse") if r.significant and base.info(m)["kind"] != "descriptive" else (
                 "changed" if r.significant else "same")
+            title = (f"{s.id} {m}: {fmt(r.base)} -> {fmt(r.new)} over {r.n_prompts} prompts, p = {r.p:.3g} "
+                     f"(Holm: {r.p_adjusted:.3g})")
             cells.append({"text": f"{r.delta:+.3g}", "ci": f"[{r.ci_low:+.3g}, {r.ci_high:+.3g}]", "cls": cls,
-                          "value": r.delta, "title": f"{s.id} {m}: {fmt(r.base)} -> {fmt(r.new)} over "
-                                                     f"{r.n_prompts} prompts"})
+                          "value": r.delta, "title": title})
         if any(c["cls"] != "na" for c in cells):
             rows.append({"setting": s.id, "cells": cells})
     return {"base": base.label, "new": new.label, "metrics": metrics, "rows": rows,
-            "n_significant": int(d["significant"].sum()), "n": len(d)}
+            "n_significant": int(d["significant"].sum()), "n": len(d), "alpha": comparison.alpha,
+            "problems": comparison.protocol_differences + comparison.not_compared}
 
 
 def nolink(text: str) -> Markup:

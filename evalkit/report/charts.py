@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib import rc_context
@@ -215,3 +216,35 @@ def _err(df: pd.DataFrame, suffix: str) -> np.ndarray | None:
 
 def _num(v) -> str:
     return f"{float(v):g}"
+
+
+def over_time(rows: pd.DataFrame, run_ids: list[str], started: list[str], regressions: set[tuple[str, str]],
+              info: dict, prefix: str, ylabel: str) -> str:
+    """One line per setting across runs (oldest left) with CI bands; regressions marked with a red cross."""
+    position = {r: i for i, r in enumerate(run_ids)}
+    settings = list(dict.fromkeys(rows["setting_id"]))
+    palette = "tab10" if len(settings) <= 10 else "tab20"
+    titles = {}
+    with rc_context(STYLE):
+        fig = Figure(figsize=(min(4.5 + 0.45 * len(run_ids), 11), 3.4), layout="constrained")
+        ax = fig.subplots()
+        cmap = matplotlib.colormaps[palette]
+        for k, sid in enumerate(settings):
+            line = rows[rows["setting_id"] == sid].assign(x=lambda d: d["run_id"].map(position)).sort_values("x")
+            color = cmap(k % cmap.N)
+            ax.plot(line["x"], line["mean"], color=color, linewidth=1.4, label=sid, marker="o", markersize=3)
+            ax.fill_between(line["x"], line["ci_low"], line["ci_high"], color=color, alpha=0.12, linewidth=0)
+            for r in line.itertuples():
+                bad = (r.run_id, sid) in regressions
+                gid = f"p{len(titles)}"
+                ax.plot([r.x], [r.mean], "X" if bad else "o", color="#d62728" if bad else color,
+                        markersize=9 if bad else 3, zorder=4 if bad else 3, gid=gid)
+                titles[gid] = f"{r.run_id} {sid}: {fmt(r.mean)} [{fmt(r.ci_low)}, {fmt(r.ci_high)}]" + (
+                    " REGRESSION" if bad else "")
+        ax.set_xticks(range(len(run_ids)), [s[5:16].replace("T", " ") for s in started], rotation=30, ha="right")
+        if log_scaled(info, rows["mean"]):
+            ax.set_yscale("log")
+        ax.set_ylabel(ylabel)
+        ax.grid(axis="y", color="#e6e6e6", linewidth=0.6)
+        fig.legend(loc="outside right upper", fontsize=7, ncols=1 if len(settings) <= 16 else 2)
+        return render(fig, prefix, titles)

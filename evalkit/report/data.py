@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from evalkit.compare import paired_deltas
+from evalkit.compare import Comparison, RunData, compare_runs
 from evalkit.errors import EvalkitError
 from evalkit.sampling import Setting
 from evalkit.scoring import aggregate
@@ -53,7 +53,8 @@ class RunView:
         return list(self.manifest.metrics)
 
     def info(self, metric: str) -> dict:
-        return self.manifest.metric_info.get(metric, {"kind": "descriptive", "direction": 1, "definition": ""})
+        return {"kind": "descriptive", "direction": 1, "scale": "linear", "definition": "",
+                **self.manifest.metric_info.get(metric, {})}
 
     def metric_rows(self, metric: str) -> pd.DataFrame:
         return self.summary[self.summary["metric"] == metric].reset_index(drop=True)
@@ -140,9 +141,12 @@ def load_views(paths: list[str | Path]) -> list[RunView]:
     return views
 
 
-def deltas(base: RunView, new: RunView) -> pd.DataFrame:
+def deltas(base: RunView, new: RunView) -> Comparison:
+    """The paired comparison of ``new`` with ``base``; runs that are not comparable are still shown,
+    with what differs (``evalkit compare`` refuses them)."""
     ci = base.manifest.ci
-    return paired_deltas(base.run, new.run, level=ci["level"], resamples=ci["resamples"], seed=ci["seed"])
+    return compare_runs(RunData.from_run(base.run), RunData.from_run(new.run), level=ci["level"],
+                        resamples=ci["resamples"], seed=ci["seed"], strict=False)
 
 
 def script_json(obj) -> str:

@@ -1,0 +1,143 @@
+"""The run index: recording, listing, concurrent writers, history, and the nightly loop end to end."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from evalkit.cli import app
+from evalkit.history import load_history
+from evalkit.index import RunIndex
+from evalkit.store import load_run
+
+from compare_helpers import SETTINGS, fake_run, noisy_scores
+from conftest import base_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def nightly_runs(root: Path, drop_on: int | None = None, n: int = 4) -> list[Path]:
+    """``n`` nightly runs of the same sweep; run ``drop_on`` loses 0.06 of distinct-2 at one setting."""
+    rng = np.random.default_rng(0)
+    out = []
+    for night in range(n):
+        shift = {(SETTINGS[3].id, "distinct_2[tok=words]"): -0.06} if night == drop_on else None
+        out.append(fake_run(root, "nightly", noisy_scores(rng, shift=shift),
+                            started_at=f"2026-11-{night + 1:02d}T02:00:00Z"))
+    return out
+
+
+def test_record_and_list(tmp_path):
+    paths = nightly_runs(tmp_path / "runs", n=2)
+    other = fake_run(tmp_path / "runs", "other", noisy_scores(np.random.default_rng(1)))
+    index_file = tmp_path / "index.sqlite"
+    with RunIndex(index_file) as index:
+        for p in [*paths, other]:
+            index.record(load_run(p))
+        index.record(load_run(paths[0]))  # recording again replaces, never duplicates
+        runs = index.runs()
+        assert list(runs["run_id"]) == [other.name, paths[0].name, paths[1].name]  # by start time
+        assert set(index.runs(name="nightly")["run_id"]) == {p.name for p in paths}
+        assert index.latest("nightly") == paths[1].name
+        assert index.latest("nightly", exclude=paths[1].name) == paths[0].name
+        row = index.get(paths[0].name)
+        assert row["model_hash"] == "ab" * 32 and row["status"] == "complete" and len(row["config_hash"]) == 64
+        scores = index.scores(paths[0].name)
+        assert len(scores) == len(load_run(paths[0]).scores)
+    cli = CliRunner()
+    result = cli.invoke(app, ["runs", "--index", str(index_file), "--name", "nightly"])
+    assert result.exit_code == 0 and paths[0].name in result.output and other.name not in result.output
+    result = cli.invoke(app, ["runs", "--index", str(tmp_path / "none.sqlite")])
+    assert result.exit_code == 2 and "no run index at" in result.output
+    # a run id from the index works where a run directory does
+    result = cli.invoke(app, ["compare", paths[0].name, paths[1].name, "--index", str(index_file), "--format", "json"])
+    assert result.exit_code == 0, result.output
+
+
+WRITER = """
+import sys
+from evalkit.index import RunIndex
+from evalkit.store import load_run
+with RunIndex(sys.argv[1]) as index:
+    for path in sys.argv[2:]:
+        index.record(load_run(path))
+"""
+
+
+def test_two_writers_at_once_lose_nothing(tmp_path):
+    rng = np.random.default_rng(0)
+    paths = [fake_run(tmp_path / "runs", f"job{i % 2}", noisy_scores(rng, n_prompts=5)) for i in range(40)]
+    index_file = tmp_path / "shared.sqlite"
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(index_file), *map(str, paths[i::2])])
+               for i in range(2)]
+    assert [w.wait(timeout=300) for w in writers] == [0, 0]
+    db = sqlite3.connect(index_file)
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert db.execute("SELECT count(*) FROM runs").fetchone()[0] == 40
+    per_run = 5 * len(SETTINGS) * 3
+    assert db.execute("SELECT count(*) FROM scores").fetchone()[0] == 40 * per_run
+    assert db.execute("SELECT count(*) FROM aggregates").fetchone()[0] == 40 * len(SETTINGS) * 3
+
+
+def test_history_marks_the_regression(tmp_path):
+    paths = nightly_runs(tmp_path / "runs", drop_on=2)
+    index_file = tmp_path / "index.sqlite"
+    with RunIndex(index_file) as index:
+        for p in paths:
+            index.record(load_run(p))
+        history = load_history(index, "nightly")
+    assert history.regressions == {(paths[2].name, SETTINGS[3].id, "distinct_2[tok=words]")}
+    trend = history.trend("distinct_2[tok=words]")
+    assert list(trend.index) == [p.name for p in paths]
+    assert trend.loc[paths[2].name, SETTINGS[3].id] == pytest.approx(
+        load_run(paths[2]).summary.set_index(["setting_id", "metric"]).loc[
+            (SETTINGS[3].id, "distinct_2[tok=words]"), "mean"])
+    out = tmp_path / "history.html"
+    result = CliRunner().invoke(app, ["history", "--name", "nightly", "--index", str(index_file), "-o", str(out),
+                                      "--metric", "distinct_2"])
+    assert result.exit_code == 0, result.output
+    assert "1 regression(s) in 4 runs" in result.output
+    html = out.read_text(encoding="utf-8")
+    assert "://" not in html and "REGRESSION" in html and 'class="num regression"' in html
+    result = CliRunner().invoke(app, ["history", "--name", "weekly", "--index", str(index_file)])
+    assert result.exit_code == 2 and "no complete run named 'weekly'" in result.output
+
+
+def test_nightly_loop_end_to_end(tiny_model, tmp_path, monkeypatch):
+    """Two nights of a real (tiny) sweep: the first has no baseline, the second is gated on it."""
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "nightly.yaml"
+    config.write_text(yaml.safe_dump(base_config(tiny_model, tmp_path / "runs", name="nightly",
+                                                 metrics=["distinct_2", "self_bleu"])), encoding="utf-8")
+    cli = CliRunner()
+    args = ["run", str(config), "--quiet", "--baseline", "latest", "--fail-on", "distinct_2:-0.5",
+            "--junit", str(tmp_path / "gate.xml")]
+    first = cli.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "nothing to compare" in first.output
+    second = cli.invoke(app, [*args, "--set", "seed=2"])
+    assert second.exit_code == 0, second.output
+    assert "against" in second.output and "significant" in second.output
+    suite = ET.parse(tmp_path / "gate.xml").getroot()
+    assert int(suite.get("tests")) == 6 and suite.get("failures") == "0"
+    with RunIndex(tmp_path / "runs" / "index.sqlite") as index:
+        assert list(index.runs(name="nightly")["status"]) == ["complete", "complete"]
+    result = cli.invoke(app, ["history", "--name", "nightly", "--index", str(tmp_path / "runs" / "index.sqlite")])
+    assert result.exit_code == 0 and "0 regression(s) in 2 runs" in result.output
+    bad = cli.invoke(app, ["run", str(config), "--quiet", "--fail-on", "distinct_2:-0.5"])
+    assert bad.exit_code == 2 and "--fail-on and --junit need --baseline" in bad.output
+
+
+def test_nightly_config_is_valid():
+    from evalkit.config import load_config
+
+    config = load_config(ROOT / "configs" / "nightly.yaml")
+    assert config.name == "nightly" and len(config.settings()) >= 4
