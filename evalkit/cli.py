@@ -235,7 +235,7 @@ def history(
         for m in h.metrics:
             trend = h.trend(m)
             table = Table(title=f"{escape(m)}: mean per run", caption="! marks a regression from the run before")
-            table.add_column("run")
+            table.add_column("run", no_wrap=True, min_width=max(len(r) for r in trend.index))
             for sid in trend.columns:
                 table.add_column(escape(str(sid)), justify="right")
             for run_id, values in zip(trend.index, trend.to_numpy()):

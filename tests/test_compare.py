@@ -149,7 +149,7 @@ def test_gate_exit_codes_and_junit(pair, tmp_path):
     result = cli.invoke(app, ["compare", str(base), str(new), "--fail-on", "self_bleu[n=4]:+0.02",
                               "--fail-on", "distinct_2:-0.03", "--junit", str(junit)])
     assert result.exit_code == 1, result.output
-    assert f"REGRESSION: 1 change(s) beyond tolerance" in result.output
+    assert "REGRESSION: 1 change(s) beyond tolerance" in result.output
     assert f"{SETTINGS[1].id} self_bleu[n=4,smooth=method1,tok=words]" in result.output
     suite = ET.parse(junit).getroot()
     assert suite.get("tests") == str(2 * len(SETTINGS)) and suite.get("failures") == "1"

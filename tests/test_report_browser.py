@@ -163,3 +163,32 @@ def test_hostile_samples_show_literally_and_nothing_runs(browser, tmp_path):
         assert view.requests == [view.url]
     finally:
         view.close()
+
+
+def test_history_page_renders_offline_with_the_regression_marked(browser, tmp_path):
+    from test_index import nightly_runs
+
+    from evalkit.history import load_history, write_history_html
+    from evalkit.index import RunIndex
+    from evalkit.store import load_run
+
+    paths = nightly_runs(tmp_path / "runs", drop_on=2)
+    with RunIndex(tmp_path / "index.sqlite") as index:
+        for p in paths:
+            index.record(load_run(p))
+        history = load_history(index, "nightly")
+    view = Page(browser, write_history_html(history, tmp_path / "history.html"))
+    page = view.page
+    try:
+        assert view.errors == [] and view.requests == [view.url]
+        charts = page.eval_on_selector_all("figure.chart svg", """svgs => svgs.map(s => ({
+            marks: s.querySelectorAll('path, use').length, width: s.getBoundingClientRect().width}))""")
+        assert len(charts) == len(history.metrics) and all(c["marks"] > 20 and c["width"] > 300 for c in charts)
+        marked = page.eval_on_selector_all("svg g[id] > title", "ts => ts.map(t => t.textContent)")
+        assert [t for t in marked if t.endswith("REGRESSION")] == [
+            t for t in marked if t.startswith(f"{paths[2].name} ") and "REGRESSION" in t]
+        assert sum(t.endswith("REGRESSION") for t in marked) == 1
+        page.screenshot(path=str(tmp_path / "history.png"), full_page=True)
+        assert (tmp_path / "history.png").stat().st_size > 30_000
+    finally:
+        view.close()

@@ -226,7 +226,7 @@ def over_time(rows: pd.DataFrame, run_ids: list[str], started: list[str], regres
     palette = "tab10" if len(settings) <= 10 else "tab20"
     titles = {}
     with rc_context(STYLE):
-        fig = Figure(figsize=(min(4.5 + 0.45 * len(run_ids), 11), 3.4), layout="constrained")
+        fig = Figure(figsize=(min(6.5 + 0.35 * len(run_ids), 11), 3.6), layout="constrained")
         ax = fig.subplots()
         cmap = matplotlib.colormaps[palette]
         for k, sid in enumerate(settings):
