@@ -72,7 +72,7 @@ def text_table(c: Comparison):
     from rich.table import Table
 
     metrics, rows = _grid(c)
-    table = Table(title=f"change of the mean: {c.new.label} - {c.base.label}", caption="↑ better or more "
+    table = Table(title="change of the mean (new - base)", caption="↑ better or more "
                   "diverse, ↓ worse or less diverse, * changed; only where significant")
     table.add_column("setting")
     for m in metrics:

@@ -31,7 +31,7 @@ def test_run_prints_table_and_run_directory(tiny_model, tmp_path, write_config):
     result = runner.invoke(app, ["run", str(path), "--quiet", "--set", "grid.temperature=[0.5]",
                                  "--set", "samples_per_prompt=2"])
     assert result.exit_code == 0, result.output
-    (run_dir,) = (tmp_path / "runs").iterdir()
+    (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]  # beside the run index
     assert f"run directory: {run_dir}" in result.stdout
     assert "t0.5-p0.8" in result.stdout and "t0.5-p1" in result.stdout and "distinct_2" in result.stdout
     run = evalkit.load_run(run_dir)

@@ -131,7 +131,7 @@ def test_nan_logits_stop_the_run_and_keep_samples(tiny_model, tmp_path, monkeypa
     with pytest.raises(DecodeError, match=r"NaN logits for prompt '\w+', setting t[\d.]+-p[\d.]+, sample \d+, at "
                                           r"decode step \d+"):
         evalkit.run_sweep(config, progress=False, cache=False)
-    (run_dir,) = (tmp_path / "runs").iterdir()
+    (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]  # beside the run index
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "failed" and "NaN logits" in manifest["error"]
     kept = pd.concat([pd.read_parquet(p) for p in (run_dir / "parts").glob("part-*.parquet")])
