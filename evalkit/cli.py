@@ -5,6 +5,7 @@ User errors print one line (``error: ...``) and exit 2; ``--debug`` shows the tr
 
 from __future__ import annotations
 
+import io
 import math
 import sys
 from importlib import resources
@@ -267,7 +268,9 @@ def _compare(a, b, rules, metrics, format_, output, junit, alpha) -> int:
         out.print(f"report: [bold]{escape(str(write_report([a.path, b.path], target)))}[/]", highlight=False)
     elif format_ == "text":
         if output is not None:
-            write_atomic(output, compare_format.as_markdown(comparison, violations).encode("utf-8"))
+            plain = Console(record=True, file=io.StringIO(), width=200)
+            plain.print(compare_format.text_table(comparison))
+            write_atomic(output, plain.export_text().encode("utf-8"))
         else:
             out.print(compare_format.text_table(comparison))
     else:

@@ -175,6 +175,8 @@ def test_compare_formats(pair, tmp_path):
     result = cli.invoke(app, ["compare", str(base), str(new), "--format", "markdown", "--metric", "self_bleu"])
     assert result.exit_code == 0 and "| setting | `self_bleu[n=4,smooth=method1,tok=words]` |" in result.output
     assert "↓" in result.output  # self-BLEU up: less diverse
+    result = cli.invoke(app, ["compare", str(base), str(new), "-o", str(tmp_path / "c.txt")])
+    assert result.exit_code == 0 and "change of the mean" in (tmp_path / "c.txt").read_text(encoding="utf-8")
     out = tmp_path / "c.html"
     result = cli.invoke(app, ["compare", str(base), str(new), "--format", "html", "-o", str(out)])
     assert result.exit_code == 0, result.output
