@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evalkit.errors import ConfigError
+from evalkit.image_settings import SCHEDULERS, ImageSetting
 from evalkit.sampling import MinP, Setting, Temperature, TopK, TopP
 
 DEFAULT_METRICS = ("distinct_1", "distinct_2", "mean_length")
@@ -30,7 +31,7 @@ class _Strict(BaseModel):
 class ModelConfig(_Strict):
     """Which model generates, and where it runs."""
 
-    backend: Literal["hf"] = "hf"  # transformers causal LM
+    backend: Literal["hf", "diffusers"] = "hf"  # transformers causal LM, or a diffusers text-to-image pipeline
     id: str = "default"  # "default" (embedded SmolLM2-135M-Instruct), a hub id, a local directory or a .gguf file
     gguf_file: str | None = None  # GGUF file name inside the directory or hub repo named by `id`
     revision: str | None = None  # hub revision (branch, tag or commit)
@@ -105,8 +106,17 @@ class GridConfig(_Strict):
     top_k: list[TopK] | None = None  # default [0]
     min_p: list[MinP] | None = None  # default [0.0]
     settings: list[Setting] | None = None  # explicit points, added after the product
+    # text-to-image axes (backend diffusers); eta applies to ddim only and is 0 for other schedulers
+    guidance_scale: list[float] | None = None  # default [7.5]
+    num_inference_steps: list[int] | None = None  # default [30]
+    scheduler: list[str] | None = None  # default ["ddim"]; ddim, euler, euler_a, dpmpp_2m, pndm, lms
+    eta: list[float] | None = None  # default [0.0]
 
-    @field_validator("temperature", "top_p", "top_k", "min_p", "settings")
+    TEXT_AXES: typing.ClassVar = ("temperature", "top_p", "top_k", "min_p", "settings")
+    IMAGE_AXES: typing.ClassVar = ("guidance_scale", "num_inference_steps", "scheduler", "eta")
+
+    @field_validator("temperature", "top_p", "top_k", "min_p", "settings", "guidance_scale", "num_inference_steps",
+                     "scheduler", "eta")
     @classmethod
     def _non_empty(cls, v: list | None) -> list | None:
         if v is not None and not v:
@@ -122,6 +132,27 @@ class GridConfig(_Strict):
             out += [Setting(temperature=a, top_p=b, top_k=c, min_p=d) for a, b, c, d in itertools.product(t, p, k, m)]
         out += self.settings or []
         return list(dict.fromkeys(out))
+
+    def expand_images(self) -> list[ImageSetting]:
+        """The text-to-image grid in a stable order; eta only varies for ddim."""
+        for name in self.scheduler or []:
+            if name not in SCHEDULERS:
+                hint = difflib.get_close_matches(name, list(SCHEDULERS), n=1)
+                raise ValueError(f"grid.scheduler: unknown scheduler, got {name!r}" + (
+                    f" (did you mean {hint[0]!r}?)" if hint else f" (known: {', '.join(SCHEDULERS)})"))
+        out = [ImageSetting(guidance_scale=g, num_inference_steps=n, scheduler=sch, eta=e if sch == "ddim" else 0.0)
+               for g, n, sch, e in itertools.product(self.guidance_scale or [7.5], self.num_inference_steps or [30],
+                                                      self.scheduler or ["ddim"], self.eta or [0.0])]
+        return list(dict.fromkeys(out))
+
+
+class ImageOptions(_Strict):
+    """Text-to-image output: size, negative prompt, and images per pipeline call."""
+
+    width: int = Field(512, ge=8, multiple_of=8)
+    height: int = Field(512, ge=8, multiple_of=8)
+    negative_prompt: str | None = None
+    batch_size: int = Field(4, ge=1)
 
 
 class MetricSpec(_Strict):
@@ -163,6 +194,7 @@ class SweepConfig(_Strict):
     metrics: list[MetricSpec] = Field(default_factory=lambda: [MetricSpec(name=m) for m in DEFAULT_METRICS])
     ci: CIConfig = Field(default_factory=CIConfig)
     output_dir: str = "runs"  # run directories go here, relative to the working directory
+    image: ImageOptions = Field(default_factory=ImageOptions)  # backend diffusers only
     report: bool = True  # write report.html into the run directory at the end (`evalkit report` does it later)
     # run index (SQLite) that records the run; default $EVALKIT_INDEX, else <output_dir>/index.sqlite
     index: str | None = None
@@ -173,6 +205,20 @@ class SweepConfig(_Strict):
         if isinstance(data, dict) and isinstance(data.get("model"), str):
             data = {**data, "model": {"id": data["model"]}}
         return data
+
+    @model_validator(mode="after")
+    def _axes_match_backend(self) -> SweepConfig:
+        images = self.model.backend == "diffusers"
+        wrong = GridConfig.TEXT_AXES if images else GridConfig.IMAGE_AXES
+        for axis in wrong:
+            if getattr(self.grid, axis) is not None:
+                kind = "a diffusers (text-to-image)" if images else "a text"
+                axes = ", ".join(GridConfig.IMAGE_AXES if images else GridConfig.TEXT_AXES[:4])
+                raise ValueError(f"grid.{axis}: {kind} sweep has no {axis} axis (its axes: {axes}), "
+                                 f"got {getattr(self.grid, axis)!r}")
+        if images:
+            self.grid.expand_images()  # unknown scheduler names are refused here
+        return self
 
     @field_validator("batch_size", mode="before")
     @classmethod
@@ -203,8 +249,8 @@ class SweepConfig(_Strict):
     def source(self) -> str:
         return self._source
 
-    def settings(self) -> list[Setting]:
-        return self.grid.expand()
+    def settings(self) -> list[Setting] | list[ImageSetting]:
+        return self.grid.expand_images() if self.model.backend == "diffusers" else self.grid.expand()
 
     def resolve_path(self, path: str) -> Path:
         p = Path(path).expanduser()

@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS runs (
     protocol TEXT NOT NULL, metric_info TEXT NOT NULL, recorded_at TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS runs_by_name ON runs (name, started_at);
 CREATE TABLE IF NOT EXISTS aggregates (
-    run_id TEXT NOT NULL, setting_id TEXT NOT NULL, temperature REAL, top_p REAL, top_k INTEGER, min_p REAL,
+    run_id TEXT NOT NULL, setting_id TEXT NOT NULL, params TEXT NOT NULL,
     metric TEXT NOT NULL, mean REAL, ci_low REAL, ci_high REAL, std REAL, n_prompts INTEGER, n_undefined INTEGER,
     PRIMARY KEY (run_id, setting_id, metric));
 CREATE TABLE IF NOT EXISTS scores (
@@ -121,10 +121,10 @@ class RunIndex:
                 db.execute(f"DELETE FROM {table} WHERE run_id = ?", (m.run_id,))
             db.execute(f"INSERT INTO runs VALUES ({','.join('?' * len(row))})", row)
             if summary is not None:
-                db.executemany("INSERT INTO aggregates VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", [
-                    (m.run_id, r.setting_id, r.temperature, r.top_p, int(r.top_k), r.min_p, r.metric, _f(r.mean),
-                     _f(r.ci_low), _f(r.ci_high), _f(r.std), int(r.n_prompts), int(r.n_undefined))
-                    for r in summary.itertuples()])
+                params = {s.id: json.dumps(s.params) for s in m.settings}  # the setting's parameters
+                db.executemany("INSERT INTO aggregates VALUES (?,?,?,?,?,?,?,?,?,?)", [
+                    (m.run_id, r.setting_id, params.get(r.setting_id, "{}"), r.metric, _f(r.mean), _f(r.ci_low),
+                     _f(r.ci_high), _f(r.std), int(r.n_prompts), int(r.n_undefined)) for r in summary.itertuples()])
             if scores is not None:
                 db.executemany("INSERT INTO scores VALUES (?,?,?,?,?)", [
                     (m.run_id, r.setting_id, str(r.prompt_id), r.metric, _f(r.value)) for r in scores.itertuples()])

@@ -23,7 +23,7 @@ class GitInfo(BaseModel):
 
 class SettingRecord(BaseModel):
     id: str
-    params: dict[str, float | int]  # as requested
+    params: dict[str, float | int | str]  # as requested
     generation: dict[str, Any]  # the decoding parameters actually passed to the backend
 
 

@@ -46,6 +46,13 @@ def run_sweep(config: SweepConfig | str | Path | None, *, overrides: list[str] |
     elif overrides:
         raise TypeError("overrides apply to a config file; edit the SweepConfig instead")
     ui = RichProgress() if progress is True else (Silent() if progress is False else progress)
+    if config.model.backend == "diffusers":
+        from evalkit.image_runner import run_image_sweep
+
+        run = run_image_sweep(config, overrides=overrides or [], ui=ui, resume_dir=resume_dir, record=_record,
+                              as_given=_as_given(config), resolved=_resolved(config))
+        _write_report(config, run.path, ui)
+        return run
 
     # Checks that need no model.
     settings = config.settings()
@@ -126,12 +133,16 @@ def run_sweep(config: SweepConfig | str | Path | None, *, overrides: list[str] |
             raise Interrupted(run_dir) from None
         raise
     _record(config, run_dir)
+    _write_report(config, run_dir, ui)
+    return store.Run(run_dir)
+
+
+def _write_report(config: SweepConfig, run_dir: Path, ui) -> None:
     if config.report:  # the run is complete and kept whatever happens here; `evalkit report` redoes this
         from evalkit.report import write_report
 
         with ui.phase("report"):
             write_report([run_dir], run_dir / "report.html")
-    return store.Run(run_dir)
 
 
 def _record(config: SweepConfig, run_dir: Path, quiet: bool = False) -> None:

@@ -8,28 +8,34 @@ confidence interval that resamples prompts with a seeded generator.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from evalkit import store
 from evalkit.metric import Group, Metric
+from evalkit.image_settings import ImageSetting
 from evalkit.sampling import Setting
 
 SETTING_COLUMNS = ["temperature", "top_p", "top_k", "min_p"]
+IMAGE_SETTING_COLUMNS = ["guidance_scale", "num_inference_steps", "scheduler", "eta"]
 
 
 def groups_of(samples: pd.DataFrame) -> list[Group]:
     """One Group per (prompt, setting), samples in sample-index order, prompts in first-seen order."""
     out = []
     ordered = samples.sort_values("sample_index", kind="stable")
+    images = "guidance_scale" in samples
     for (pid, sid), df in ordered.groupby(["prompt_id", "setting_id"], sort=False):
         first = df.iloc[0]
-        setting = Setting(**{c: first[c] for c in SETTING_COLUMNS})
+        setting = ImageSetting(**{c: first[c] for c in IMAGE_SETTING_COLUMNS}) if images else Setting(
+            **{c: first[c] for c in SETTING_COLUMNS})
         stats = {c: tuple(tuple(float(v) for v in vals) for vals in df[c]) for c in store.STAT_COLUMNS if c in df}
         images = tuple(str(p) for p in df["image_path"]) if "image_path" in df else ()
         out.append(Group(prompt_id=str(pid), prompt=str(first["prompt"]), setting=setting,
-                         texts=tuple(df["text"]), token_ids=tuple(tuple(int(t) for t in ids) for ids in df["token_ids"]),
+                         texts=tuple(df["text"]), token_ids=tuple(tuple(int(t) for t in ids) for ids in df["token_ids"])
+                         if "token_ids" in df else (),
                          stats=stats, images=images))
     return out
 
@@ -82,7 +88,8 @@ def aggregate(scores: pd.DataFrame, settings: list[Setting], *, level: float, re
                      "mean": float(ok.mean()) if ok.size else float("nan"), "ci_low": low, "ci_high": high,
                      "std": float(ok.std(ddof=1)) if ok.size > 1 else float("nan"),
                      "n_prompts": int(ok.size), "n_undefined": int(vals.size - ok.size)})
-    columns = ["setting_id", *SETTING_COLUMNS, "metric", "mean", "ci_low", "ci_high", "std", "n_prompts",
+    setting_columns = list(settings[0].params()) if settings else SETTING_COLUMNS
+    columns = ["setting_id", *setting_columns, "metric", "mean", "ci_low", "ci_high", "std", "n_prompts",
                "n_undefined"]
     return pd.DataFrame(rows, columns=columns)
 
@@ -90,6 +97,8 @@ def aggregate(scores: pd.DataFrame, settings: list[Setting], *, level: float, re
 def score_run(run_dir, samples: pd.DataFrame, settings: list[Setting], metrics: list[Metric], *, level: float,
               resamples: int, seed: int, ui) -> None:
     """Score every group of ``samples`` and write scores, per-sample scores and the summary into ``run_dir``."""
+    if "image_path" in samples:  # stored relative to the run directory
+        samples = samples.assign(image_path=[str(Path(run_dir) / p) for p in samples["image_path"]])
     groups = groups_of(samples)
     with ui.phase("scoring", total=len(groups)) as phase:
         scores, sample_scores = score_groups(groups, metrics, advance=phase.advance)
