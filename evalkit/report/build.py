@@ -30,9 +30,10 @@ def chart_set(view: RunView) -> dict:
         if rows.empty:
             continue
         per_metric[metric] = {
-            "heatmap": charts.heatmap(rows, view.info(metric), f"{view.key}h{i}", view.level),
-            "lines": charts.lines(rows, view.info(metric), f"{view.key}l{i}", view.level, ylabel=metric.split("[")[0]),
-            "wide": len(charts.facets(rows)) > 1,  # small multiples take the page's full width
+            "heatmap": charts.heatmap(rows, view.info(metric), f"{view.key}h{i}", view.level, axes=view.axes),
+            "lines": charts.lines(rows, view.info(metric), f"{view.key}l{i}", view.level, ylabel=metric.split("[")[0],
+                                  axes=view.axes),
+            "wide": len(charts.facets(rows, view.axes)) > 1,  # small multiples take the page's full width
         }
     xs = view.by_kind("diversity") or view.metrics
     ys = view.by_kind("quality") or [m for m in view.metrics if m not in xs] or view.metrics
@@ -68,8 +69,10 @@ def summary_table(view: RunView) -> dict:
                                else math.nan for k in ("mean", "ci_low", "ci_high"))
             cells.append({"value": mean, "text": fmt(mean),
                           "ci": "" if math.isnan(low) else f"[{fmt(low)}, {fmt(high)}]"})
-        rows.append({"run": view.label, "setting": setting.id, "params": setting.params(), "cells": cells})
-    return {"metrics": view.metrics, "rows": rows}
+        params = [(k, v, "off" if k in ("top_k", "min_p") and not v else (v if isinstance(v, str) else f"{v:g}"))
+                  for k, v in setting.params().items()]
+        rows.append({"run": view.label, "setting": setting.id, "params": params, "cells": cells})
+    return {"metrics": view.metrics, "rows": rows, "params": view.param_names}
 
 
 def delta_table(base: RunView, new: RunView) -> dict:
@@ -117,7 +120,7 @@ def render_report(run_dirs: list[str | Path]) -> str:
     wide = {m for c in chart_sets.values() for m, per in c["metrics"].items() if per["wide"]}
     return env.get_template("report.html.j2").render(
         title=", ".join(dict.fromkeys(v.manifest.name for v in views)),
-        views=views, charts=chart_sets, wide=wide, tables=[summary_table(v) for v in views],
+        views=views, charts=chart_sets, wide=wide, text_runs=any(not v.images for v in views), tables=[summary_table(v) for v in views],
         deltas=[delta_table(views[0], v) for v in views[1:]], metric_names=names, entropy_help=ENTROPY,
         data=script_json({"runs": [v.browser_data() for v in views]}), version=evalkit.__version__,
         css=(asset / "report.css").read_text(encoding="utf-8"), js=(asset / "report.js").read_text(encoding="utf-8"))

@@ -1,14 +1,16 @@
 """Server-side charts: matplotlib figures written as SVG and inlined (see ``svg.py``).
 
-Every chart takes tidy rows (one per setting: temperature, top_p, top_k, min_p, mean,
-ci_low, ci_high, setting_id) and returns an SVG string. When top_k or min_p vary, charts
-are small multiples, one panel per value. Marks carry a tooltip with the value and its CI.
+Every chart takes tidy rows (one per setting: its parameters, mean, ci_low, ci_high,
+setting_id) and returns an SVG string. ``Axes`` names the parameters drawn: temperature x
+top_p for text (panels over top_k, min_p), guidance scale x steps for images (panels over
+scheduler, eta). Where a panel parameter varies, charts are small multiples. Marks carry a tooltip with the value and its CI.
 """
 
 from __future__ import annotations
 
 import io
 import math
+from dataclasses import dataclass
 
 import matplotlib
 import numpy as np
@@ -22,7 +24,17 @@ from matplotlib.patches import Rectangle
 from evalkit.numbers import fmt
 from evalkit.report.svg import inline_svg
 
-FACET_KEYS = ("top_k", "min_p")
+
+
+@dataclass(frozen=True)
+class Axes:
+    x: str  # heatmap columns, line-chart x axis
+    y: str  # heatmap rows, one line each
+    panels: tuple[str, ...]  # small multiples where these vary
+
+
+TEXT_AXES = Axes("temperature", "top_p", ("top_k", "min_p"))
+IMAGE_AXES = Axes("guidance_scale", "num_inference_steps", ("scheduler", "eta"))
 STYLE = {"svg.fonttype": "none", "svg.hashsalt": "evalkit", "font.family": "sans-serif", "font.size": 8.5,
          "axes.spines.top": False, "axes.spines.right": False, "axes.titlesize": 9, "axes.labelsize": 8.5,
          "legend.fontsize": 7.5, "legend.frameon": False}
@@ -30,9 +42,9 @@ MAX_LABELS = 10  # setting labels written in a trade-off chart
 SEEN_AS = {"diversity": "more diverse", "quality": "better"}
 
 
-def facets(rows: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """(title, rows) per panel: one panel per value of top_k / min_p where they vary."""
-    vary = [k for k in FACET_KEYS if rows[k].nunique() > 1]
+def facets(rows: pd.DataFrame, axes: Axes = TEXT_AXES) -> list[tuple[str, pd.DataFrame]]:
+    """(title, rows) per panel: one panel per value of the panel parameters where they vary."""
+    vary = [k for k in axes.panels if k in rows and rows[k].nunique() > 1]
     if not vary:
         return [("", rows)]
     return [(", ".join(f"{k}={_num(v)}" for k, v in zip(vary, key if isinstance(key, tuple) else (key,))), df)
@@ -51,10 +63,10 @@ def tooltip(row, level: int) -> str:
     return f"{row.setting_id}: {fmt(row.mean)}{ci}"
 
 
-def heatmap(rows: pd.DataFrame, info: dict, prefix: str, level: int) -> str:
-    """Mean over temperature (x) x top_p (y), the value written in each cell."""
-    temps, tops = sorted(rows["temperature"].unique()), sorted(rows["top_p"].unique())
-    panels = facets(rows)
+def heatmap(rows: pd.DataFrame, info: dict, prefix: str, level: int, axes: Axes = TEXT_AXES) -> str:
+    """Mean over axes.x (columns) x axes.y (rows), the value written in each cell."""
+    temps, tops = sorted(rows[axes.x].unique()), sorted(rows[axes.y].unique())
+    panels = facets(rows, axes)
     finite = rows["mean"][np.isfinite(rows["mean"])]
     scale = LogNorm if log_scaled(info, finite) else Normalize
     norm = scale(finite.min(), finite.max()) if len(finite) else Normalize(0, 1)
@@ -63,9 +75,9 @@ def heatmap(rows: pd.DataFrame, info: dict, prefix: str, level: int) -> str:
     with rc_context(STYLE):
         width = min(0.6 + 0.62 * len(temps), 7.5) * len(panels) + 1.1
         fig = Figure(figsize=(width, 0.9 + 0.34 * len(tops)), layout="constrained")
-        axes = fig.subplots(1, len(panels), squeeze=False)[0]
-        for ax, (title, df) in zip(axes, panels):
-            by_cell = {(r.temperature, r.top_p): r for r in df.itertuples()}
+        panes = fig.subplots(1, len(panels), squeeze=False)[0]
+        for ax, (title, df) in zip(panes, panels):
+            by_cell = {(getattr(r, axes.x), getattr(r, axes.y)): r for r in df.itertuples()}
             for i, t in enumerate(temps):
                 for j, p in enumerate(tops):
                     r = by_cell.get((t, p))
@@ -84,14 +96,14 @@ def heatmap(rows: pd.DataFrame, info: dict, prefix: str, level: int) -> str:
             ax.set_ylim(0, len(tops))
             ax.set_xticks(np.arange(len(temps)) + 0.5, [_num(t) for t in temps])
             ax.set_yticks(np.arange(len(tops)) + 0.5, [_num(p) for p in tops])
-            ax.set_xlabel("temperature")
-            ax.set_ylabel("top_p")
+            ax.set_xlabel(axes.x)
+            ax.set_ylabel(axes.y)
             ax.tick_params(length=0)
             for side in ("left", "bottom"):
                 ax.spines[side].set_visible(False)
             if title:
                 ax.set_title(title)
-        bar = fig.colorbar(ScalarMappable(norm, cmap), ax=list(axes), fraction=0.04, pad=0.02, aspect=12)
+        bar = fig.colorbar(ScalarMappable(norm, cmap), ax=list(panes), fraction=0.04, pad=0.02, aspect=12)
         bar.ax.tick_params(labelsize=7)
         if info.get("kind") in SEEN_AS:
             bar.set_label(f"{SEEN_AS[info['kind']]} →" if info.get("direction", 1) > 0 else
@@ -100,39 +112,39 @@ def heatmap(rows: pd.DataFrame, info: dict, prefix: str, level: int) -> str:
 
 
 def lines(rows: pd.DataFrame, info: dict, prefix: str, level: int, ylabel: str, reference: pd.DataFrame | None = None,
-          reference_label: str = "") -> str:
-    """Mean against temperature, one line per top_p with its CI band; ``reference`` rows are drawn dashed."""
-    panels = facets(rows)
-    ref_panels = dict(facets(reference)) if reference is not None else {}
+          reference_label: str = "", axes: Axes = TEXT_AXES) -> str:
+    """Mean against axes.x, one line per axes.y value with its CI band; ``reference`` rows are drawn dashed."""
+    panels = facets(rows, axes)
+    ref_panels = dict(facets(reference, axes)) if reference is not None else {}
     titles = {}
-    tops = sorted(rows["top_p"].unique())
+    tops = sorted(rows[axes.y].unique())
     colors = {p: f"C{i % 10}" for i, p in enumerate(tops)}
     with rc_context(STYLE):
         fig = Figure(figsize=(min(3.4 * len(panels) + 1.4, 11), 2.5), layout="constrained")
-        axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
-        for ax, (title, df) in zip(axes, panels):
-            for p, line in df.sort_values("temperature").groupby("top_p", sort=True):
-                ax.plot(line["temperature"], line["mean"], color=colors[p], linewidth=1.6, label=f"top_p={_num(p)}")
-                ax.fill_between(line["temperature"], line["ci_low"], line["ci_high"], color=colors[p], alpha=0.15,
+        panes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
+        for ax, (title, df) in zip(panes, panels):
+            for p, line in df.sort_values(axes.x).groupby(axes.y, sort=True):
+                ax.plot(line[axes.x], line["mean"], color=colors[p], linewidth=1.6, label=f"{axes.y}={_num(p)}")
+                ax.fill_between(line[axes.x], line["ci_low"], line["ci_high"], color=colors[p], alpha=0.15,
                                 linewidth=0)
                 for r in line.itertuples():
                     gid = f"m{len(titles)}"
-                    ax.plot([r.temperature], [r.mean], "o", color=colors[p], markersize=4, gid=gid)
+                    ax.plot([getattr(r, axes.x)], [r.mean], "o", color=colors[p], markersize=4, gid=gid)
                     titles[gid] = tooltip(r, level)
             if title in ref_panels:
-                for p, line in ref_panels[title].sort_values("temperature").groupby("top_p", sort=True):
-                    ax.plot(line["temperature"], line["mean"], color=colors.get(p, "gray"), linestyle="--",
+                for p, line in ref_panels[title].sort_values(axes.x).groupby(axes.y, sort=True):
+                    ax.plot(line[axes.x], line["mean"], color=colors.get(p, "gray"), linestyle="--",
                             linewidth=1, alpha=0.8)
-            ax.set_xlabel("temperature")
+            ax.set_xlabel(axes.x)
             if log_scaled(info, rows["mean"]):
                 ax.set_yscale("log")
             ax.grid(axis="y", color="#e6e6e6", linewidth=0.6)
             if title:
                 ax.set_title(title)
-        axes[0].set_ylabel(ylabel)
-        handles, labels = axes[0].get_legend_handles_labels()
+        panes[0].set_ylabel(ylabel)
+        handles, labels = panes[0].get_legend_handles_labels()
         if reference is not None:
-            handles.append(axes[0].plot([], [], color="gray", linestyle="--", linewidth=1)[0])
+            handles.append(panes[0].plot([], [], color="gray", linestyle="--", linewidth=1)[0])
             labels.append(reference_label)
         fig.legend(handles, labels, loc="outside right upper")
         return render(fig, prefix, titles)
@@ -215,7 +227,7 @@ def _err(df: pd.DataFrame, suffix: str) -> np.ndarray | None:
 
 
 def _num(v) -> str:
-    return f"{float(v):g}"
+    return v if isinstance(v, str) else f"{float(v):g}"
 
 
 def over_time(rows: pd.DataFrame, run_ids: list[str], started: list[str], regressions: set[tuple[str, str]],

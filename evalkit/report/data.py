@@ -15,6 +15,8 @@ import yaml
 
 from evalkit.compare import Comparison, RunData, compare_runs
 from evalkit.errors import EvalkitError
+from evalkit.image_settings import ImageSetting
+from evalkit.report.charts import IMAGE_AXES, TEXT_AXES, Axes
 from evalkit.sampling import Setting
 from evalkit.scoring import aggregate
 from evalkit.store import Run, load_run
@@ -40,9 +42,23 @@ class RunView:
     def level(self) -> int:
         return int(round(self.manifest.ci["level"] * 100))
 
+    @property
+    def images(self) -> bool:
+        """A text-to-image run (its settings are guidance scale, steps, scheduler, eta)."""
+        return bool(self.manifest.settings) and "guidance_scale" in self.manifest.settings[0].params
+
+    @property
+    def axes(self) -> Axes:
+        return IMAGE_AXES if self.images else TEXT_AXES
+
     @cached_property
-    def settings(self) -> list[Setting]:
-        return [Setting(**s.params) for s in self.manifest.settings]
+    def settings(self) -> list[Setting] | list[ImageSetting]:
+        make = ImageSetting if self.images else Setting
+        return [make(**s.params) for s in self.manifest.settings]
+
+    @property
+    def param_names(self) -> list[str]:
+        return list(self.settings[0].params()) if self.settings else []
 
     @cached_property
     def summary(self) -> pd.DataFrame:
@@ -86,8 +102,8 @@ class RunView:
         m = self.manifest
         model = m.model
         ident = model.get("sha256") or model.get("revision")
-        grid = "; ".join(f"{k}: {', '.join(f'{v:g}' for v in sorted({s.params()[k] for s in self.settings}))}"
-                         for k in ("temperature", "top_p", "top_k", "min_p"))
+        grid = "; ".join(f"{k}: {', '.join(_show(v) for v in sorted({s.params()[k] for s in self.settings}))}"
+                         for k in self.param_names)
         config = self.run.config
         facts = [("run", m.run_id), ("status", m.status), ("model", str(model.get("id"))),
                  ("model file" if model.get("sha256") else "revision", str(ident)[:16] if ident else "n/a"),
@@ -115,9 +131,13 @@ class RunView:
         texts = [[[] for _ in settings] for _ in prompts]
         ntok = samples["num_new_tokens"] if "num_new_tokens" in samples else pd.Series([None] * len(samples))
         finish = samples["finish_reason"] if "finish_reason" in samples else pd.Series([""] * len(samples))
-        for p, s, text, n, f in zip(samples["prompt_id"].astype(str), samples["setting_id"], samples["text"],
-                                    ntok, finish):
-            texts[pi[p]][si[s]].append([text, None if pd.isna(n) else int(n), "" if pd.isna(f) else str(f)])
+        images = samples["image_path"] if "image_path" in samples else pd.Series([None] * len(samples))
+        for p, s, text, n, f, image in zip(samples["prompt_id"].astype(str), samples["setting_id"], samples["text"],
+                                           ntok, finish, images):
+            row = [text, None if pd.isna(n) else int(n), "" if pd.isna(f) else str(f)]
+            if image is not None:
+                row.append(thumbnail(self.run.path / image))
+            texts[pi[p]][si[s]].append(row)
         values = [[[None] * len(self.metrics) for _ in settings] for _ in prompts]
         mi = {m: i for i, m in enumerate(self.metrics)}
         scores = self.run.scores
@@ -126,6 +146,28 @@ class RunView:
                 values[pi[p]][si[s]][mi[m]] = None if math.isnan(v) else float(v)
         return {"label": self.label, "prompts": [[p, prompt_text[p]] for p in prompts], "settings": settings,
                 "metrics": self.metrics, "samples": texts, "scores": values}
+
+
+THUMBNAIL = 160  # pixels on the longer side of an image in the report
+
+
+def thumbnail(path: Path) -> str:
+    """The image as a small inline JPEG (``data:`` URI), so that the report stays one modest file."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        im.thumbnail((THUMBNAIL, THUMBNAIL))
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=82)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _show(v) -> str:
+    return v if isinstance(v, str) else f"{v:g}"
 
 
 def load_views(paths: list[str | Path]) -> list[RunView]:

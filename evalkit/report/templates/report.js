@@ -98,9 +98,17 @@
     });
     col.appendChild(scores);
     const list = el("ol", "samples");
-    run.samples[p][s].forEach(([text, tokens, finish], i) => {
+    const images = run.samples[p][s].some((row) => row.length > 3);
+    if (images) list.className = "samples images";
+    run.samples[p][s].forEach(([text, tokens, finish, image], i) => {
       const li = el("li");
-      li.appendChild(el("div", "text", text));
+      if (typeof image === "string" && image.startsWith("data:image/jpeg;base64,")) {
+        const img = el("img");
+        img.src = image;
+        img.alt = "image " + i + " of " + run.settings[s];
+        li.appendChild(img);
+      }
+      if (text) li.appendChild(el("div", "text", text));
       const meta = ["#" + i];
       if (tokens !== null) meta.push(tokens + " tokens");
       if (finish) meta.push(finish);
