@@ -4,7 +4,9 @@ image it finished and ``--resume`` makes only the missing ones), then scored wit
 metrics and aggregated like a text sweep.
 
 Image ``i`` of a prompt under a setting has the seed ``derive_seed(seed, prompt id, setting id, i)``;
-the samples table records it with the image's path (relative to the run directory).
+the samples table records it with the image's path (relative to the run directory). The same seed,
+setting and ``image.batch_size`` give the same PNG bytes, whatever else the grid holds and however
+a run was resumed; another batch size may change pixels by a rounding step (CPU float32 kernels).
 """
 
 from __future__ import annotations
@@ -119,9 +121,14 @@ def _generate(run_dir: Path, config: SweepConfig, backend, prompts, settings, ui
                 paths = [run_dir / image_path(p.id, s.id, i) for i in range(n)]
                 todo = [i for i in range(n) if not paths[i].is_file()]
                 phase.advance(n - len(todo))
-                for start in range(0, len(todo), config.image.batch_size):
-                    batch = todo[start:start + config.image.batch_size]
-                    images = backend.generate(p.display, s, [seeds[i] for i in batch], width=config.image.width,
+                size = config.image.batch_size
+                for start in range(0, len(todo), size):
+                    batch = todo[start:start + size]
+                    # every call has batch_size images (short batches padded with a repeated seed, whose image is
+                    # dropped): CPU kernels round differently for other batch shapes, and an image must not
+                    # depend on how many others were missing when it was made
+                    padded = [seeds[i] for i in batch] + [seeds[batch[-1]]] * (size - len(batch))
+                    images = backend.generate(p.display, s, padded, width=config.image.width,
                                               height=config.image.height, negative_prompt=config.image.negative_prompt)
                     for i, image in zip(batch, images):
                         _save_png(image, paths[i])

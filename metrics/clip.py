@@ -165,11 +165,6 @@ class ClipVendi(_Clip):
     definition = "Vendi score (q=1) of the group's CLIP image embeddings"
     reference = "Friedman & Dieng 2022, The Vendi Score"
 
-    def requires(self) -> frozenset[str]:
-        """The samples' own texts only when they are what is scored (captions)."""
-        needs = super().requires()
-        return needs if self.params.text == "sample" else needs - {"texts"}
-
     def compute(self, group: Group) -> Score:
         if not group.images:
             return Score.undefined("the group has no images")

@@ -106,3 +106,17 @@ def write_config(tmp_path):
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory):
+    """(pipeline directory, tiny CLIP config JSON): a tiny Stable Diffusion pipeline and CLIP model."""
+    import json
+
+    pytest.importorskip("diffusers")
+    from tiny_diffusion import TINY_CLIP, build_tiny_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny-sd")
+    clip = folder / "tiny-clip.json"
+    clip.write_text(json.dumps(TINY_CLIP), encoding="utf-8")
+    return build_tiny_pipeline(folder), clip

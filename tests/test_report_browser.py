@@ -192,3 +192,33 @@ def test_history_page_renders_offline_with_the_regression_marked(browser, tmp_pa
         assert (tmp_path / "history.png").stat().st_size > 30_000
     finally:
         view.close()
+
+
+def test_image_run_shows_image_grids(browser, tiny_sd, tmp_path):
+    import evalkit
+    from evalkit.config import config_from_dict
+    from tiny_diffusion import t2i_config
+
+    pipeline, clip = tiny_sd
+    run = evalkit.run_sweep(config_from_dict(t2i_config(pipeline, clip, tmp_path / "runs", report=True)),
+                            progress=False)
+    view = Page(browser, run.path / "report.html")
+    page = view.page
+    try:
+        assert view.errors == [] and view.requests == [view.url]
+
+        def shown(column=1):
+            return page.eval_on_selector_all(f"#sb-cols .sample-col:nth-child({column}) img",
+                                             "ims => ims.map(i => [i.naturalWidth, i.src.length, i.src.slice(-40)])")
+
+        first = shown()
+        assert len(first) == 3 and all(w == 32 and n > 500 for w, n, _ in first)  # thumbnails keep 32 px images
+        page.select_option("#sb-a", "3")
+        assert [s for _, _, s in shown()] != [s for _, _, s in first]
+        page.check("#sb-side")
+        assert len(shown(2)) == 3
+        heatmaps = page.eval_on_selector_all("figure.heatmap svg", "ss => ss.map(s => s.getBoundingClientRect().width)")
+        assert len(heatmaps) == 3 and min(heatmaps) > 100
+        page.screenshot(path=str(tmp_path / "images.png"), full_page=True)
+    finally:
+        view.close()

@@ -57,3 +57,22 @@ def build_tiny_pipeline(directory: Path) -> Path:
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(directory / "pipeline")
     return directory / "pipeline"
+
+
+TINY_CLIP = {"embed_dim": 16,
+             "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
+             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+
+
+def t2i_config(pipeline: Path, clip_json: Path, output_dir: Path, **extra) -> dict:
+    """A small text-to-image sweep on the tiny pipeline, scored by a tiny random open_clip model."""
+    clip = {"model": str(clip_json), "pretrained": "none"}
+    config = {"name": "t2i", "model": {"backend": "diffusers", "id": str(pipeline), "device": "cpu"},
+              "prompts": [{"id": "cube", "prompt": "a red cube"}, {"id": "cat", "prompt": "a cat on a mat"}],
+              "grid": {"guidance_scale": [1.0, 5.0], "num_inference_steps": [2, 3]}, "samples_per_prompt": 3,
+              "image": {"width": 32, "height": 32, "batch_size": 2}, "seed": 4,
+              "metrics": [{"name": "clip_score", **clip}, {"name": "clip_image_diversity", **clip},
+                          {"name": "clip_vendi", **clip}],
+              "output_dir": str(output_dir), "report": False}
+    config.update(extra)
+    return config
