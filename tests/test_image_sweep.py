@@ -7,10 +7,8 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
 import evalkit
-from evalkit.cli import app
 from evalkit.config import config_from_dict
 from evalkit.errors import ConfigError
 from evalkit.seeds import derive_seed

@@ -120,7 +120,8 @@ def render_report(run_dirs: list[str | Path]) -> str:
     wide = {m for c in chart_sets.values() for m, per in c["metrics"].items() if per["wide"]}
     return env.get_template("report.html.j2").render(
         title=", ".join(dict.fromkeys(v.manifest.name for v in views)),
-        views=views, charts=chart_sets, wide=wide, text_runs=any(not v.images for v in views), tables=[summary_table(v) for v in views],
+        views=views, charts=chart_sets, wide=wide,
+        text_runs=any(not v.images for v in views), tables=[summary_table(v) for v in views],
         deltas=[delta_table(views[0], v) for v in views[1:]], metric_names=names, entropy_help=ENTROPY,
         data=script_json({"runs": [v.browser_data() for v in views]}), version=evalkit.__version__,
         css=(asset / "report.css").read_text(encoding="utf-8"), js=(asset / "report.js").read_text(encoding="utf-8"))

@@ -3,7 +3,8 @@
 Every chart takes tidy rows (one per setting: its parameters, mean, ci_low, ci_high,
 setting_id) and returns an SVG string. ``Axes`` names the parameters drawn: temperature x
 top_p for text (panels over top_k, min_p), guidance scale x steps for images (panels over
-scheduler, eta). Where a panel parameter varies, charts are small multiples. Marks carry a tooltip with the value and its CI.
+scheduler, eta). Where a panel parameter varies, charts are small multiples. Marks carry a
+tooltip with the value and its CI.
 """
 
 from __future__ import annotations
