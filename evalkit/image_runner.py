@@ -35,7 +35,9 @@ def image_path(prompt_id: str, setting_id: str, index: int) -> str:
 
 
 def run_image_sweep(config: SweepConfig, *, overrides: list[str], ui, resume_dir: Path | None,
-                    record, as_given: dict, resolved: dict) -> store.Run:
+                    as_given: dict, resolved: dict) -> store.Run:
+    from evalkit.runner import recorded
+
     settings = config.settings()
     metrics = default_registry().create_all(config.metrics, source=config.source)
     for i, m in enumerate(metrics):
@@ -81,7 +83,7 @@ def run_image_sweep(config: SweepConfig, *, overrides: list[str], ui, resume_dir
             metric_info={m.id: m.info() for m in metrics}, batch_size=config.image.batch_size,
             ci={"method": "percentile bootstrap over prompts", "level": config.ci.level,
                 "resamples": config.ci.resamples, "seed": config.seed})
-    try:
+    with recorded(config, run_dir, manifest):
         if resume_dir is None:
             store.write_yaml(run_dir / "config.yaml", resolved)
             store.write_atomic(run_dir / "prompts.jsonl", "".join(
@@ -100,13 +102,6 @@ def run_image_sweep(config: SweepConfig, *, overrides: list[str], ui, resume_dir
         manifest.samples_reused = {"from_parts": len(samples) - made, "from_cache": 0, "generated": made}
         manifest.status, manifest.ended_at = "complete", utc_now()
         store.write_manifest(run_dir, manifest)
-    except BaseException as e:
-        manifest.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-        manifest.ended_at, manifest.error = utc_now(), f"{type(e).__name__}: {e}"
-        store.write_manifest(run_dir, manifest)
-        record(config, run_dir, quiet=True)
-        raise
-    record(config, run_dir)
     return store.Run(run_dir)
 
 

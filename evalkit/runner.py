@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -49,7 +50,7 @@ def run_sweep(config: SweepConfig | str | Path | None, *, overrides: list[str] |
     if config.model.backend == "diffusers":
         from evalkit.image_runner import run_image_sweep
 
-        run = run_image_sweep(config, overrides=overrides or [], ui=ui, resume_dir=resume_dir, record=_record,
+        run = run_image_sweep(config, overrides=overrides or [], ui=ui, resume_dir=resume_dir,
                               as_given=_as_given(config), resolved=_resolved(config))
         _write_report(config, run.path, ui)
         return run
@@ -98,7 +99,7 @@ def run_sweep(config: SweepConfig | str | Path | None, *, overrides: list[str] |
             ci={"method": "percentile bootstrap over prompts", "level": config.ci.level,
                 "resamples": config.ci.resamples, "seed": config.seed},
         )
-    try:
+    with recorded(config, run_dir, manifest):
         if resume_dir is None:
             store.write_yaml(run_dir / "config.yaml", _resolved(config))
             store.write_atomic(run_dir / "prompts.jsonl", "".join(
@@ -124,15 +125,6 @@ def run_sweep(config: SweepConfig | str | Path | None, *, overrides: list[str] |
         manifest.samples_reused = reused
         manifest.status, manifest.ended_at = "complete", utc_now()
         store.write_manifest(run_dir, manifest)
-    except BaseException as e:
-        manifest.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-        manifest.ended_at, manifest.error = utc_now(), f"{type(e).__name__}: {e}"
-        store.write_manifest(run_dir, manifest)
-        _record(config, run_dir, quiet=True)
-        if isinstance(e, KeyboardInterrupt):
-            raise Interrupted(run_dir) from None
-        raise
-    _record(config, run_dir)
     _write_report(config, run_dir, ui)
     return store.Run(run_dir)
 
@@ -143,6 +135,23 @@ def _write_report(config: SweepConfig, run_dir: Path, ui) -> None:
 
         with ui.phase("report"):
             write_report([run_dir], run_dir / "report.html")
+
+
+@contextmanager
+def recorded(config: SweepConfig, run_dir: Path, manifest: Manifest):
+    """Around a run's work: on an error or Ctrl-C the manifest says failed or interrupted (the run can
+    be resumed); either way the run is recorded in the run index."""
+    try:
+        yield
+    except BaseException as e:
+        manifest.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        manifest.ended_at, manifest.error = utc_now(), f"{type(e).__name__}: {e}"
+        store.write_manifest(run_dir, manifest)
+        _record(config, run_dir, quiet=True)
+        if isinstance(e, KeyboardInterrupt):
+            raise Interrupted(run_dir) from None
+        raise
+    _record(config, run_dir)
 
 
 def _record(config: SweepConfig, run_dir: Path, quiet: bool = False) -> None:
