@@ -60,9 +60,9 @@ def load_history(index: RunIndex, name: str, metrics: list[str] | None = None, *
     sides = []
     for run_id in runs["run_id"]:
         row = index.get(run_id)
-        info.update(json.loads(row["metric_info"]))
-        sides.append(RunData(run_id, name, index.scores(run_id), json.loads(row["protocol"]),
-                             json.loads(row["metric_info"])))
+        run_info = json.loads(row["metric_info"])
+        info.update(run_info)
+        sides.append(RunData(run_id, name, index.scores(run_id), json.loads(row["protocol"]), run_info))
     history = History(name, runs, aggregates, chosen, info)
     for before, after in zip(sides, sides[1:]):
         problems = differences(before.protocol, after.protocol)

@@ -18,8 +18,6 @@ from evalkit.metric import Group, Metric
 from evalkit.image_settings import ImageSetting
 from evalkit.sampling import Setting
 
-SETTING_COLUMNS = ["temperature", "top_p", "top_k", "min_p"]
-IMAGE_SETTING_COLUMNS = ["guidance_scale", "num_inference_steps", "scheduler", "eta"]
 
 
 def groups_of(samples: pd.DataFrame) -> list[Group]:
@@ -29,8 +27,8 @@ def groups_of(samples: pd.DataFrame) -> list[Group]:
     images = "guidance_scale" in samples
     for (pid, sid), df in ordered.groupby(["prompt_id", "setting_id"], sort=False):
         first = df.iloc[0]
-        setting = ImageSetting(**{c: first[c] for c in IMAGE_SETTING_COLUMNS}) if images else Setting(
-            **{c: first[c] for c in SETTING_COLUMNS})
+        make = ImageSetting if images else Setting
+        setting = make(**{c: first[c] for c in make.model_fields})
         stats = {c: tuple(tuple(float(v) for v in vals) for vals in df[c]) for c in store.STAT_COLUMNS if c in df}
         images = tuple(str(p) for p in df["image_path"]) if "image_path" in df else ()
         out.append(Group(prompt_id=str(pid), prompt=str(first["prompt"]), setting=setting,
@@ -88,7 +86,7 @@ def aggregate(scores: pd.DataFrame, settings: list[Setting], *, level: float, re
                      "mean": float(ok.mean()) if ok.size else float("nan"), "ci_low": low, "ci_high": high,
                      "std": float(ok.std(ddof=1)) if ok.size > 1 else float("nan"),
                      "n_prompts": int(ok.size), "n_undefined": int(vals.size - ok.size)})
-    setting_columns = list(settings[0].params()) if settings else SETTING_COLUMNS
+    setting_columns = list((settings[0] if settings else Setting()).params())
     columns = ["setting_id", *setting_columns, "metric", "mean", "ci_low", "ci_high", "std", "n_prompts",
                "n_undefined"]
     return pd.DataFrame(rows, columns=columns)

@@ -69,7 +69,7 @@ def summary_table(view: RunView) -> dict:
                                else math.nan for k in ("mean", "ci_low", "ci_high"))
             cells.append({"value": mean, "text": fmt(mean),
                           "ci": "" if math.isnan(low) else f"[{fmt(low)}, {fmt(high)}]"})
-        params = [(k, v, "off" if k in ("top_k", "min_p") and not v else (v if isinstance(v, str) else f"{v:g}"))
+        params = [(k, v, "off" if k in ("top_k", "min_p") and not v else charts.show_param(v))
                   for k, v in setting.params().items()]
         rows.append({"run": view.label, "setting": setting.id, "params": params, "cells": cells})
     return {"metrics": view.metrics, "rows": rows, "params": view.param_names}

@@ -48,7 +48,7 @@ def facets(rows: pd.DataFrame, axes: Axes = TEXT_AXES) -> list[tuple[str, pd.Dat
     vary = [k for k in axes.panels if k in rows and rows[k].nunique() > 1]
     if not vary:
         return [("", rows)]
-    return [(", ".join(f"{k}={_num(v)}" for k, v in zip(vary, key if isinstance(key, tuple) else (key,))), df)
+    return [(", ".join(f"{k}={show_param(v)}" for k, v in zip(vary, key if isinstance(key, tuple) else (key,))), df)
             for key, df in rows.groupby(vary, sort=True)]
 
 
@@ -95,8 +95,8 @@ def heatmap(rows: pd.DataFrame, info: dict, prefix: str, level: int, axes: Axes 
                             color="#111" if light else "white")
             ax.set_xlim(0, len(temps))
             ax.set_ylim(0, len(tops))
-            ax.set_xticks(np.arange(len(temps)) + 0.5, [_num(t) for t in temps])
-            ax.set_yticks(np.arange(len(tops)) + 0.5, [_num(p) for p in tops])
+            ax.set_xticks(np.arange(len(temps)) + 0.5, [show_param(t) for t in temps])
+            ax.set_yticks(np.arange(len(tops)) + 0.5, [show_param(p) for p in tops])
             ax.set_xlabel(axes.x)
             ax.set_ylabel(axes.y)
             ax.tick_params(length=0)
@@ -125,7 +125,7 @@ def lines(rows: pd.DataFrame, info: dict, prefix: str, level: int, ylabel: str, 
         panes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
         for ax, (title, df) in zip(panes, panels):
             for p, line in df.sort_values(axes.x).groupby(axes.y, sort=True):
-                ax.plot(line[axes.x], line["mean"], color=colors[p], linewidth=1.6, label=f"{axes.y}={_num(p)}")
+                ax.plot(line[axes.x], line["mean"], color=colors[p], linewidth=1.6, label=f"{axes.y}={show_param(p)}")
                 ax.fill_between(line[axes.x], line["ci_low"], line["ci_high"], color=colors[p], alpha=0.15,
                                 linewidth=0)
                 for r in line.itertuples():
@@ -224,10 +224,10 @@ def _err(df: pd.DataFrame, suffix: str) -> np.ndarray | None:
     mean, low, high = (df[c + suffix].to_numpy() for c in ("mean", "ci_low", "ci_high"))
     if np.all(np.isnan(low)):
         return None
-    return np.nan_to_num(np.vstack([mean - low, high - mean]), nan=0.0).clip(min=0)
+    return np.nan_toshow_param(np.vstack([mean - low, high - mean]), nan=0.0).clip(min=0)
 
 
-def _num(v) -> str:
+def show_param(v) -> str:
     return v if isinstance(v, str) else f"{float(v):g}"
 
 

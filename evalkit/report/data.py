@@ -16,7 +16,7 @@ import yaml
 from evalkit.compare import Comparison, RunData, compare_runs
 from evalkit.errors import EvalkitError
 from evalkit.image_settings import ImageSetting
-from evalkit.report.charts import IMAGE_AXES, TEXT_AXES, Axes
+from evalkit.report.charts import IMAGE_AXES, TEXT_AXES, Axes, show_param
 from evalkit.sampling import Setting
 from evalkit.scoring import aggregate
 from evalkit.store import Run, load_run
@@ -102,7 +102,7 @@ class RunView:
         m = self.manifest
         model = m.model
         ident = model.get("sha256") or model.get("revision")
-        grid = "; ".join(f"{k}: {', '.join(_show(v) for v in sorted({s.params()[k] for s in self.settings}))}"
+        grid = "; ".join(f"{k}: {', '.join(show_param(v) for v in sorted({s.params()[k] for s in self.settings}))}"
                          for k in self.param_names)
         config = self.run.config
         facts = [("run", m.run_id), ("status", m.status), ("model", str(model.get("id"))),
@@ -164,10 +164,6 @@ def thumbnail(path: Path) -> str:
         buf = io.BytesIO()
         im.save(buf, format="JPEG", quality=82)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _show(v) -> str:
-    return v if isinstance(v, str) else f"{v:g}"
 
 
 def load_views(paths: list[str | Path]) -> list[RunView]:
