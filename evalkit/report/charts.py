@@ -224,7 +224,7 @@ def _err(df: pd.DataFrame, suffix: str) -> np.ndarray | None:
     mean, low, high = (df[c + suffix].to_numpy() for c in ("mean", "ci_low", "ci_high"))
     if np.all(np.isnan(low)):
         return None
-    return np.nan_toshow_param(np.vstack([mean - low, high - mean]), nan=0.0).clip(min=0)
+    return np.nan_to_num(np.vstack([mean - low, high - mean]), nan=0.0).clip(min=0)
 
 
 def show_param(v) -> str:
