@@ -64,7 +64,7 @@ def load_side(ref: str | Path, index_file: Path | None = None, *, what: str = "r
         if run.manifest.status != "complete":
             raise EvalkitError(f"{what}: {path} is {run.manifest.status}, not complete")
         return RunData.from_run(run)
-    if index_file is None:
+    if index_file is None or path.exists() or len(path.parts) > 1:  # a path, not a run id
         raise EvalkitError(f"{what}: {ref} is not a run directory")
     from evalkit.index import RunIndex
 
