@@ -31,7 +31,9 @@ class _Strict(BaseModel):
 class ModelConfig(_Strict):
     """Which model generates, and where it runs."""
 
-    backend: Literal["hf", "diffusers"] = "hf"  # transformers causal LM, or a diffusers text-to-image pipeline
+    # hf: transformers causal LM; vlm: transformers image-text-to-text model (captions, visual questions);
+    # diffusers: a diffusers text-to-image pipeline
+    backend: Literal["hf", "vlm", "diffusers"] = "hf"
     id: str = "default"  # "default" (embedded SmolLM2-135M-Instruct), a hub id, a local directory or a .gguf file
     gguf_file: str | None = None  # GGUF file name inside the directory or hub repo named by `id`
     revision: str | None = None  # hub revision (branch, tag or commit)
@@ -54,11 +56,18 @@ class Message(_Strict):
 
 
 class PromptItem(_Strict):
-    """One prompt: plain text or chat messages, with an optional id (default ``p<index>``)."""
+    """One prompt: plain text or chat messages, with an optional id (default ``p<index>``).
+
+    For a vision-language sweep (backend ``vlm``) a prompt also names an ``image`` (a path relative
+    to the config file, or to the JSONL file it is read from) and optionally ``references``,
+    reference captions for RefCLIPScore. Its text may be left out when ``prompts.question`` is set.
+    """
 
     id: str | None = None
     prompt: str | None = None
     messages: list[Message] | None = None
+    image: str | None = None  # image file (vlm sweeps)
+    references: list[str] | None = None  # reference captions of the image (vlm sweeps)
 
     @model_validator(mode="before")
     @classmethod
@@ -67,8 +76,14 @@ class PromptItem(_Strict):
 
     @model_validator(mode="after")
     def _one_of(self) -> PromptItem:
-        if (self.prompt is None) == (self.messages is None):
+        if self.prompt is not None and self.messages is not None:
             raise ValueError("a prompt needs exactly one of 'prompt' or 'messages'")
+        if self.prompt is None and self.messages is None and self.image is None:
+            raise ValueError("a prompt needs exactly one of 'prompt' or 'messages'")
+        if self.image is not None and not self.image.strip():
+            raise ValueError("image path is empty")
+        if self.references is not None and (not self.references or any(not r.strip() for r in self.references)):
+            raise ValueError("references must be a non-empty list of non-empty captions")
         if self.prompt is not None and not self.prompt.strip():
             raise ValueError("prompt text is empty")
         if self.messages is not None and not self.messages:
@@ -83,6 +98,7 @@ class PromptsConfig(_Strict):
     file: str | None = None  # JSONL, relative to the config file
     chat_template: bool | Literal["auto"] = "auto"  # auto: apply the model's chat template when it has one
     system_prompt: str | None = None  # prepended as a system message (or as text when no template is used)
+    question: str | None = None  # vlm sweeps: the text asked of every image prompt that has none of its own
 
     @model_validator(mode="before")
     @classmethod
@@ -208,6 +224,12 @@ class SweepConfig(_Strict):
 
     @model_validator(mode="after")
     def _axes_match_backend(self) -> SweepConfig:
+        if self.model.backend == "vlm" and self.model.id == "default":
+            raise ValueError("model.id: a vlm sweep needs a vision-language model (a local directory or hub id); "
+                             "'default' is the embedded text model, got 'default'")
+        if self.model.backend == "vlm" and (self.model.gguf_file or self.model.id.endswith(".gguf")):
+            raise ValueError(f"model.id: a vlm sweep reads a transformers model directory or hub id, not GGUF, "
+                             f"got {self.model.gguf_file or self.model.id!r}")
         images = self.model.backend == "diffusers"
         wrong = GridConfig.TEXT_AXES if images else GridConfig.IMAGE_AXES
         for axis in wrong:

@@ -9,6 +9,11 @@ sample's seed and the step only (:func:`evalkit.seeds.uniforms`). Rows that fini
 (end-of-sequence, a stop string, ``max_new_tokens``) leave the batch and are yielded at
 once. On CUDA out-of-memory the wave's unfinished rows are retried at half the batch
 size; their random streams make the retry produce the same tokens.
+
+With ``per_prompt_waves`` (vision-language models) a wave holds the rows of one prompt only:
+the prompt's own model inputs (pixel values, image grid sizes, ...) go into its prefill, and
+position ids are left to the model, which may compute its own (Qwen2-VL's multimodal RoPE
+offsets every text position after an image by a per-prompt delta).
 """
 
 from __future__ import annotations
@@ -52,9 +57,9 @@ class _Row:
 
 class Engine:
     def __init__(self, model, *, eos_ids: list[int], pad_id: int, device: str,
-                 decode: Callable[[list[int]], str], profile: bool = False):
+                 decode: Callable[[list[int]], str], profile: bool = False, per_prompt_waves: bool = False):
         self.model, self.eos, self.pad_id, self.device, self.decode = model, set(eos_ids), pad_id, device, decode
-        self.profile = profile
+        self.profile, self.per_prompt_waves = profile, per_prompt_waves
         self.timings = {"forward_s": 0.0, "sampling_s": 0.0, "steps": 0}  # filled when profile=True
 
     def _clock(self) -> float:
@@ -70,7 +75,10 @@ class Engine:
         queue = deque(sorted(units, key=lambda u: order[u.prompt.prompt.id]))
         done = 0
         while queue:
-            wave = [queue.popleft() for _ in range(min(batch_size, len(queue)))]
+            wave = [queue.popleft()]
+            while queue and len(wave) < batch_size and (
+                    not self.per_prompt_waves or queue[0].prompt.prompt.id == wave[0].prompt.prompt.id):
+                wave.append(queue.popleft())
             finished: set[int] = set()
             try:
                 for result in self._wave(wave, max_new_tokens, stop, lambda step: progress and progress(done, step)):
@@ -101,7 +109,8 @@ class Engine:
             ids[i, width - len(p.token_ids):] = torch.tensor(p.token_ids)
             mask[i, width - len(p.token_ids):] = 1
         ids, mask = ids.to(device), mask.to(device)
-        out = self._prefill(ids, mask)
+        extra = {k: v.to(device) for k, v in (prompts[0].model_inputs or {}).items()} if self.per_prompt_waves else {}
+        out = self._prefill(ids, mask, extra)
         cache = out.past_key_values
         expand = torch.tensor([prompt_index[u.prompt.prompt.id] for u in wave], device=device)
         cache.reorder_cache(expand)  # one prefill, shared by every row of the prompt
@@ -147,16 +156,18 @@ class Engine:
                 rows, seeds = [rows[i] for i in keep], seeds[keep]
             started = self._clock() if self.profile else 0.0
             mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=-1)
-            out = self.model(input_ids=chosen[:, None], attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
-                             past_key_values=cache, use_cache=True)
+            positions = {} if self.per_prompt_waves else {"position_ids": mask.sum(-1, keepdim=True) - 1}
+            out = self.model(input_ids=chosen[:, None], attention_mask=mask, past_key_values=cache, use_cache=True,
+                             **positions)
             logits = out.logits[:, -1, :]
             del out
             if self.profile:
                 self.timings["forward_s"] += self._clock() - started
 
-    def _prefill(self, ids: torch.Tensor, mask: torch.Tensor):
-        kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                      use_cache=True)
+    def _prefill(self, ids: torch.Tensor, mask: torch.Tensor, extra: dict):
+        kwargs = dict(input_ids=ids, attention_mask=mask, use_cache=True, **extra)
+        if not self.per_prompt_waves:  # left padding: positions count real tokens only
+            kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
         try:
             return self.model(**kwargs, logits_to_keep=1)  # only the last position's logits are needed
         except TypeError:  # a model whose forward has no logits_to_keep

@@ -21,13 +21,13 @@ import pandas as pd
 from evalkit import store
 from evalkit.config import SweepConfig
 from evalkit.errors import ConfigError
+from evalkit.metric import IMAGE_NEEDS
 from evalkit.manifest import Manifest, SettingRecord, git_info, utc_now
 from evalkit.prompts import load_prompts
 from evalkit.registry import default_registry, prepare_all
 from evalkit.scoring import score_run
 from evalkit.seeds import derive_seed
 
-IMAGE_NEEDS = frozenset({"images", "prompts"})  # what a text-to-image sample offers a metric
 
 
 def image_path(prompt_id: str, setting_id: str, index: int) -> str:

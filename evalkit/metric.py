@@ -17,7 +17,10 @@ from pydantic import BaseModel, ConfigDict
 
 from evalkit.sampling import Setting
 
-NEEDS = frozenset({"texts", "token_ids", "token_stats", "prompts", "images"})
+NEEDS = frozenset({"texts", "token_ids", "token_stats", "prompts", "images", "prompt_images", "references"})
+TEXT_NEEDS = frozenset({"texts", "token_ids", "token_stats", "prompts"})  # what a text sweep's samples offer
+VLM_NEEDS = frozenset({"prompt_images", "references"})  # what image-to-text samples add: the image, its captions
+IMAGE_NEEDS = frozenset({"images", "prompts"})  # what a text-to-image sample offers
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,8 @@ class Group:
     # empty when the samples came without them
     stats: dict[str, tuple[tuple[float, ...], ...]] = field(default_factory=dict)
     images: tuple[str, ...] = ()  # image file of each sample (image sweeps); empty for text
+    prompt_image: str | None = None  # the image the samples answer (vision-language sweeps)
+    references: tuple[str, ...] = ()  # reference captions of that image
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,9 @@ class Prompt:
     id: str
     text: str | None = None
     messages: tuple[tuple[str, str], ...] | None = None
+    image: str | None = None  # absolute path of the image (vision-language sweeps)
+    image_sha256: str | None = None  # of the image file's bytes: part of what identifies the prompt
+    references: tuple[str, ...] = ()  # reference captions of the image
 
     @property
     def display(self) -> str:
@@ -35,15 +38,20 @@ class Prompt:
 
 
 def load_prompts(config: SweepConfig) -> list[Prompt]:
-    """The config's prompts, validated, ids unique. Raises ConfigError naming the file and line."""
+    """The config's prompts, validated, ids unique. Raises ConfigError naming the file and line.
+
+    Images (vision-language sweeps) are resolved against the config file's directory for inline
+    prompts and against the JSONL file's directory for a prompt file; each is hashed once."""
     pc = config.prompts
     if pc.items is not None:
         items = [(f"prompts.items[{i}]", item) for i, item in enumerate(pc.items)]
         source = config.source
+        base = config.resolve_path(".")
     else:
         path = config.resolve_path(pc.file or "")
         items = list(read_prompt_jsonl(path))
         source = str(path)
+        base = path.parent
     prompts: list[Prompt] = []
     seen: dict[str, str] = {}
     for index, (where, item) in enumerate(items):
@@ -54,10 +62,50 @@ def load_prompts(config: SweepConfig) -> list[Prompt]:
             raise ConfigError(f"duplicate prompt id {pid!r} (also at {seen[pid]})", source=source, path=where)
         seen[pid] = where
         messages = tuple((m.role, m.content) for m in item.messages) if item.messages else None
-        prompts.append(Prompt(id=pid, text=item.prompt, messages=messages))
+        image = _image(config, item, pid, base, source, where)
+        text = item.prompt if item.prompt is not None or messages else pc.question
+        if text is None and messages is None:
+            raise ConfigError(f"prompt {pid!r} has an image but no text: give it a 'prompt' or set prompts.question",
+                              source=source, path=where)
+        prompts.append(Prompt(id=pid, text=text, messages=messages, image=image and str(image),
+                              image_sha256=image and _sha256(image), references=tuple(item.references or ())))
     if not prompts:
         raise ConfigError("the prompt file has no prompts", source=source)
     return prompts
+
+
+def _image(config: SweepConfig, item: PromptItem, pid: str, base: Path, source: str, where: str) -> Path | None:
+    """The prompt's image file, checked against the backend: a vlm sweep needs one, others read none."""
+    vlm = config.model.backend == "vlm"
+    if item.image is None:
+        if vlm:
+            raise ConfigError(f"prompt {pid!r} has no image; every prompt of a vlm sweep names one",
+                              source=source, path=where)
+        if item.references:
+            raise ConfigError(f"prompt {pid!r} has references but no image", source=source, path=where)
+        return None
+    if not vlm:
+        raise ConfigError(f"prompt {pid!r} has an image, which only a vision-language sweep reads "
+                          f"(model.backend: vlm), got backend {config.model.backend!r}", source=source, path=where)
+    path = Path(item.image).expanduser()
+    path = (path if path.is_absolute() else base / path).resolve()
+    if not path.is_file():
+        raise ConfigError(f"image of prompt {pid!r} not found: {path}", source=source, path=where)
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except Exception as e:  # PIL raises several types for a file that is not an image
+        raise ConfigError(f"image of prompt {pid!r} is not a readable image ({type(e).__name__}): {path}",
+                          source=source, path=where) from None
+    return path
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def read_prompt_jsonl(path: Path):

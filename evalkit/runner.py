@@ -28,6 +28,7 @@ from evalkit.registry import default_registry, prepare_all
 from evalkit.sampling import APPLICATION_ORDER
 from evalkit.sample_cache import SampleCache, unit_key
 from evalkit.scoring import score_run
+from evalkit.metric import TEXT_NEEDS, VLM_NEEDS
 from evalkit.seeds import derive_seed
 
 
@@ -57,10 +58,14 @@ def run_sweep(config: SweepConfig | str | Path | None, *, overrides: list[str] |
 
     # Checks that need no model.
     settings = config.settings()
+    vlm = config.model.backend == "vlm"
     metrics = default_registry().create_all(config.metrics, source=config.source)
+    offered = TEXT_NEEDS | VLM_NEEDS if vlm else TEXT_NEEDS
     for i, m in enumerate(metrics):
-        if "images" in m.requires():
-            raise ConfigError(f"{m.id} needs images, which a text sweep does not make", source=config.source,
+        missing = m.requires() - offered
+        if missing:
+            raise ConfigError(f"{m.id} needs {', '.join(sorted(missing))}, which a "
+                              f"{'vision-language' if vlm else 'text'} sweep does not make", source=config.source,
                               path=f"metrics[{i}]")
     prepare_all(metrics)
     prompts = load_prompts(config)
@@ -104,7 +109,8 @@ def run_sweep(config: SweepConfig | str | Path | None, *, overrides: list[str] |
             store.write_yaml(run_dir / "config.yaml", _resolved(config))
             store.write_atomic(run_dir / "prompts.jsonl", "".join(
                 json.dumps({"id": p.prompt.id, "prompt": p.prompt.display, "rendered": p.rendered,
-                            "n_tokens": len(p.token_ids), "chat_template": p.chat_template}, ensure_ascii=False)
+                            "n_tokens": len(p.token_ids), "chat_template": p.chat_template,
+                            **(_image_fields(run_dir, p.prompt) if vlm else {})}, ensure_ascii=False)
                 + "\n" for p in prepared).encode("utf-8"))
         store.write_manifest(run_dir, manifest)
 
@@ -178,10 +184,11 @@ def _generate(run_dir: Path, config: SweepConfig, backend, units: list[WorkUnit]
               use_cache: bool) -> tuple[pd.DataFrame, dict[str, int]]:
     """Every unit's sample, in grid order: from the run's own parts, the sample cache, or the backend."""
     position = {(u.prompt.prompt.id, u.setting.id, u.sample_index): i for i, u in enumerate(units)}
-    have = read_parts(run_dir, store.SAMPLE_COLUMNS)
+    columns = store.SAMPLE_COLUMNS + (store.VLM_COLUMNS if config.model.backend == "vlm" else [])
+    have = read_parts(run_dir, columns)
     done = {(r.prompt_id, r.setting_id, int(r.sample_index)) for r in have.itertuples()}
     todo = [u for u in units if (u.prompt.prompt.id, u.setting.id, u.sample_index) not in done]
-    writer = PartWriter(run_dir, store.SAMPLE_COLUMNS)
+    writer = PartWriter(run_dir, columns)
     model_id = backend.info.sha256 or backend.info.revision
     sample_cache = SampleCache() if use_cache and model_id else None
     keys = {id(u): unit_key(model_id, u, max_new_tokens=config.max_new_tokens, stop=list(config.stop),
@@ -211,7 +218,7 @@ def _generate(run_dir: Path, config: SweepConfig, backend, units: list[WorkUnit]
         if sample_cache:
             sample_cache.put_many(fresh)
             sample_cache.close()
-    samples = read_parts(run_dir, store.SAMPLE_COLUMNS)
+    samples = read_parts(run_dir, columns)
     order = samples.apply(lambda r: position[(r.prompt_id, r.setting_id, int(r.sample_index))], axis=1)
     samples = samples.iloc[order.argsort(kind="stable")].reset_index(drop=True)
     reused = {"from_parts": len(done), "from_cache": len(from_cache), "generated": len(to_make)}
@@ -219,10 +226,27 @@ def _generate(run_dir: Path, config: SweepConfig, backend, units: list[WorkUnit]
 
 
 def _row(u: WorkUnit, result: dict) -> dict:
-    return {"prompt_id": u.prompt.prompt.id, "prompt": u.prompt.prompt.display, "setting_id": u.setting.id,
+    p = u.prompt.prompt
+    image = {"prompt_image": prompt_image_path(p), "references": list(p.references)} if p.image else {}
+    return {"prompt_id": p.id, "prompt": p.display, "setting_id": u.setting.id,
             **u.setting.params(), "sample_index": u.sample_index, "seed": u.seed, "text": result["text"],
             "num_new_tokens": len(result["token_ids"]), "finish_reason": result["finish_reason"],
-            "token_ids": result["token_ids"], **{name: result.get(name, []) for name in store.STAT_COLUMNS}}
+            "token_ids": result["token_ids"], **{name: result.get(name, []) for name in store.STAT_COLUMNS}, **image}
+
+
+def prompt_image_path(prompt) -> str:
+    """Where a prompt's image is copied in the run directory: named by its content, so equal images share a file."""
+    return f"prompt_images/{prompt.image_sha256[:16]}{Path(prompt.image).suffix.lower()}"
+
+
+def _image_fields(run_dir: Path, prompt) -> dict:
+    """Copy the prompt's image into the run directory (the run keeps what it captioned); its prompts.jsonl fields."""
+    copy = run_dir / prompt_image_path(prompt)
+    if not copy.is_file():
+        copy.parent.mkdir(exist_ok=True)
+        store.write_atomic(copy, Path(prompt.image).read_bytes())
+    return {"image": prompt_image_path(prompt), "image_source": prompt.image, "image_sha256": prompt.image_sha256,
+            "references": list(prompt.references)}
 
 
 def _resume_config(run_dir: Path) -> SweepConfig:

@@ -1,7 +1,7 @@
 """A cache of generated samples, so that no sample is paid for twice.
 
 Keyed by everything that decides a sample: the model's hash (or hub revision), the prompt
-as the model sees it (token ids), the setting, the sample's seed and index, max_new_tokens,
+as the model sees it (token ids, and the image's sha256 for vision-language prompts), the setting, the sample's seed and index, max_new_tokens,
 stop strings, end-of-sequence tokens and the engine version. Stored in SQLite (WAL) at
 ``$EVALKIT_SAMPLE_CACHE``, default ``<evalkit cache>/samples.sqlite``. A model whose weights
 cannot be identified (no hash, no revision) is not cached.
@@ -26,8 +26,11 @@ def cache_path() -> Path:
 
 
 def unit_key(model_id: str, unit: WorkUnit, *, max_new_tokens: int, stop: list[str], eos: list[int]) -> str:
-    payload = json.dumps([ENGINE_VERSION, model_id, list(unit.prompt.token_ids), unit.setting.params(), unit.seed,
-                          unit.sample_index, max_new_tokens, stop, eos], separators=(",", ":"))
+    key = [ENGINE_VERSION, model_id, list(unit.prompt.token_ids), unit.setting.params(), unit.seed,
+           unit.sample_index, max_new_tokens, stop, eos]
+    if unit.prompt.prompt.image_sha256:  # the image's pixels are not in the token ids
+        key.append(unit.prompt.prompt.image_sha256)
+    payload = json.dumps(key, separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()
 
 

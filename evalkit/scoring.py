@@ -24,17 +24,18 @@ def groups_of(samples: pd.DataFrame) -> list[Group]:
     """One Group per (prompt, setting), samples in sample-index order, prompts in first-seen order."""
     out = []
     ordered = samples.sort_values("sample_index", kind="stable")
-    images = "guidance_scale" in samples
+    make = ImageSetting if "guidance_scale" in samples else Setting
     for (pid, sid), df in ordered.groupby(["prompt_id", "setting_id"], sort=False):
         first = df.iloc[0]
-        make = ImageSetting if images else Setting
         setting = make(**{c: first[c] for c in make.model_fields})
         stats = {c: tuple(tuple(float(v) for v in vals) for vals in df[c]) for c in store.STAT_COLUMNS if c in df}
         images = tuple(str(p) for p in df["image_path"]) if "image_path" in df else ()
+        prompt_image = str(first["prompt_image"]) if "prompt_image" in df else None
+        references = tuple(str(r) for r in first["references"]) if "references" in df else ()
         out.append(Group(prompt_id=str(pid), prompt=str(first["prompt"]), setting=setting,
                          texts=tuple(df["text"]), token_ids=tuple(tuple(int(t) for t in ids) for ids in df["token_ids"])
                          if "token_ids" in df else (),
-                         stats=stats, images=images))
+                         stats=stats, images=images, prompt_image=prompt_image, references=references))
     return out
 
 
@@ -95,8 +96,9 @@ def aggregate(scores: pd.DataFrame, settings: list[Setting], *, level: float, re
 def score_run(run_dir, samples: pd.DataFrame, settings: list[Setting], metrics: list[Metric], *, level: float,
               resamples: int, seed: int, ui) -> None:
     """Score every group of ``samples`` and write scores, per-sample scores and the summary into ``run_dir``."""
-    if "image_path" in samples:  # stored relative to the run directory
-        samples = samples.assign(image_path=[str(Path(run_dir) / p) for p in samples["image_path"]])
+    for column in ("image_path", "prompt_image"):  # stored relative to the run directory
+        if column in samples:
+            samples = samples.assign(**{column: [str(Path(run_dir) / p) for p in samples[column]]})
     groups = groups_of(samples)
     with ui.phase("scoring", total=len(groups)) as phase:
         scores, sample_scores = score_groups(groups, metrics, advance=phase.advance)

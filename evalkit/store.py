@@ -5,6 +5,7 @@ A run directory ``<output_dir>/<UTC time>-<name>/`` holds:
 - ``config.yaml``: the resolved config (overrides applied, defaults filled in)
 - ``manifest.json``: see :class:`evalkit.manifest.Manifest`
 - ``prompts.jsonl``: each prompt as given and as rendered for the model
+- ``prompt_images/``: a copy of each prompt's image (vision-language sweeps), named by its sha256
 - ``samples.parquet``: one row per sample
 - ``scores.parquet``: long form, one row per (setting, prompt, metric)
 - ``sample_scores.parquet``: long form, per-sample values of metrics that have them
@@ -34,6 +35,9 @@ STAT_COLUMNS = ["logprob_model", "logprob_sampling", "entropy_model", "entropy_s
 BASE_SAMPLE_COLUMNS = ["prompt_id", "prompt", "setting_id", "temperature", "top_p", "top_k", "min_p",
                        "sample_index", "seed", "text", "num_new_tokens", "finish_reason", "token_ids"]
 SAMPLE_COLUMNS = [*BASE_SAMPLE_COLUMNS, *STAT_COLUMNS]  # scored files have no token statistics
+# vision-language sweeps: the image the sample answers (a copy inside the run directory, relative
+# path) and the image's reference captions
+VLM_COLUMNS = ["prompt_image", "references"]
 
 
 def check_writable(output_dir: Path, source: str | None = None, field: str = "output_dir") -> None:

@@ -5,7 +5,7 @@ package would collide with other distributions that ship one). The registry in
 :mod:`evalkit.registry` reads ``BUILTINS``; nothing is discovered by scanning.
 """
 
-from evalkit_metrics.clip import ClipImageDiversity, ClipScore, ClipVendi
+from evalkit_metrics.clip import ClipImageDiversity, ClipScore, ClipVendi, RefClipScore
 from evalkit_metrics.distinct import DistinctN
 from evalkit_metrics.length import MeanLength
 from evalkit_metrics.lexical import MATTR, MTLD, TTR
@@ -39,6 +39,7 @@ BUILTINS = {
     "relevance": (Relevance, {}),
     "novelty": (Novelty, {}),
     "clip_score": (ClipScore, {}),
+    "ref_clip_score": (RefClipScore, {}),
     "clip_image_diversity": (ClipImageDiversity, {}),
     "clip_vendi": (ClipVendi, {}),
 }

@@ -6,6 +6,10 @@
   before it, as the paper does. Text beyond the model's context (77 tokens for most CLIPs) is
   truncated by open_clip's tokenizer. This is not torchmetrics' CLIPScore (100 * cos, mean
   first, then clamped).
+- ref_clip_score (RefCLIPScore, same paper): for each caption, the harmonic mean of its CLIP-S and
+  max(max_r cos(E_caption, E_ref_r), 0) over the image's reference captions (the text side is not
+  multiplied by 2.5; the paper clamps it at 0, its code does not), then the mean. With
+  ``prefix=yes`` the references get the prefix too, as in the paper's code.
 - clip_image_diversity: mean cosine distance between the CLIP image embeddings of distinct
   pairs of images of the group; clip_vendi: the Vendi score (q = 1) of those embeddings.
 
@@ -130,19 +134,60 @@ class ClipScore(_Clip):
     Params = ClipScoreParams
 
     def requires(self) -> frozenset[str]:
-        """The samples' own texts only when they are what is scored (captions)."""
-        needs = super().requires()
-        return needs if self.params.text == "sample" else needs - {"texts"}
+        """text=prompt: the generated images and their prompt; text=sample: the captions and the image
+        they were made for."""
+        return frozenset({"images", "prompts"}) if self.params.text == "prompt" else frozenset(
+            {"texts", "prompt_images"})
 
     def compute(self, group: Group) -> Score:
-        if not group.images:
+        if self.params.text == "prompt":
+            images, texts = list(group.images), [group.prompt] * len(group.images)
+        else:
+            images, texts = [group.prompt_image] * len(group.texts) if group.prompt_image else [], list(group.texts)
+        if not images:
             return Score.undefined("the group has no images")
-        texts = [group.prompt] * len(group.images) if self.params.text == "prompt" else list(group.texts)
-        if self.params.prefix == "yes":
-            texts = [PREFIX + t for t in texts]
-        img = image_embeddings(self.params.model, self.params.pretrained, list(group.images))
-        txt = text_embeddings(self.params.model, self.params.pretrained, texts)
-        scores = clip_scores(img, txt)
+        p = self.params
+        scores = clip_scores(image_embeddings(p.model, p.pretrained, images),
+                             text_embeddings(p.model, p.pretrained, _prefixed(p, texts)))
+        return Score(float(scores.mean()), per_sample=tuple(float(s) for s in scores))
+
+
+def _prefixed(params, texts: list[str]) -> list[str]:
+    return [PREFIX + t for t in texts] if params.prefix == "yes" else list(texts)
+
+
+def ref_clip_scores(clip_s: np.ndarray, captions: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """RefCLIP-S per caption: harmonic mean of its CLIP-S and max(max_r cos(caption, ref_r), 0)
+    (rows L2-normalised); 0 where both are 0."""
+    ref = np.maximum((captions @ references.T).max(axis=1), 0.0)
+    total = clip_s + ref
+    return np.divide(2 * clip_s * ref, total, out=np.zeros_like(total), where=total > 0)
+
+
+class RefClipParams(ClipParams):
+    prefix: Literal["yes", "no"] = "yes"  # "A photo depicts " before captions and references (Hessel et al.)
+
+
+class RefClipScore(_Clip):
+    name = "ref_clip_score"
+    kind = "quality"
+    definition = ("mean over captions of the harmonic mean of CLIP-S(image, caption) and "
+                  "max(max over references of cos(caption, reference), 0)")
+    reference = "Hessel et al. 2021, CLIPScore (RefCLIPScore)"
+    needs = frozenset({"texts", "prompt_images", "references"})
+    Params = RefClipParams
+
+    def compute(self, group: Group) -> Score:
+        if not group.references:
+            return Score.undefined("the prompt has no reference captions")
+        if not group.prompt_image or not group.texts:
+            return Score.undefined("the group has no image or no captions")
+        p = self.params
+        image = image_embeddings(p.model, p.pretrained, [group.prompt_image])
+        captions = text_embeddings(p.model, p.pretrained, _prefixed(p, list(group.texts)))
+        clip_s = clip_scores(image, captions)  # the one image row broadcasts over the captions
+        references = text_embeddings(p.model, p.pretrained, _prefixed(p, list(group.references)))
+        scores = ref_clip_scores(clip_s, captions, references)
         return Score(float(scores.mean()), per_sample=tuple(float(s) for s in scores))
 
 

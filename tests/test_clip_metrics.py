@@ -54,9 +54,10 @@ def by_hand(config, images, texts):
     return img.numpy(), txt.numpy()
 
 
-def group(images, texts, prompt="a red square"):
+def group(images, texts, prompt="a red square", prompt_image=None, references=()):
     return Group(prompt_id="p", prompt=prompt, setting=Setting(), texts=tuple(texts),
-                 token_ids=tuple(() for _ in texts), images=tuple(images))
+                 token_ids=tuple(() for _ in texts), images=tuple(images), prompt_image=prompt_image,
+                 references=tuple(references))
 
 
 def test_clip_score_matches_the_definition(tiny_clip):
@@ -74,9 +75,44 @@ def test_clip_score_matches_the_definition(tiny_clip):
 def test_clip_score_of_captions_without_prefix(tiny_clip):
     config, images = tiny_clip
     captions = ["a dog", "a cat on a mat", "秋天的早晨", "x" * 500]  # the last is truncated at 77 tokens
-    score = metric("clip_score", config, text="sample", prefix="no").compute(group(images, captions))
-    img, txt = by_hand(config, images, captions)
+    m = metric("clip_score", config, text="sample", prefix="no")
+    assert m.requires() == {"texts", "prompt_images"}
+    score = m.compute(group([], captions, prompt="Describe the image.", prompt_image=images[1]))
+    img, txt = by_hand(config, [images[1]] * 4, captions)
     np.testing.assert_allclose(score.per_sample, 2.5 * np.maximum((img * txt).sum(1), 0), atol=1e-6)
+
+
+# RefCLIP-S by hand (Hessel et al. 2021, eq. 2): H(CLIP-S(c, v), max(max_r cos(c, r), 0)), where the paper's
+# code prefixes references too and takes max over references without the clamp
+@pytest.mark.parametrize("prefix", ["yes", "no"])
+def test_ref_clip_score_matches_the_definition(tiny_clip, prefix):
+    config, images = tiny_clip
+    captions = ["a red square on white", "two cats", "a square"]
+    refs = ["a red square", "a square drawn in red on a white ground"]
+    m = metric("ref_clip_score", config, prefix=prefix)
+    assert m.id == f"ref_clip_score[model=tiny-clip-test,pretrained=none,prefix={prefix}]"
+    score = m.compute(group([], captions, prompt_image=images[2], references=refs))
+    pre = "A photo depicts " if prefix == "yes" else ""
+    img, cap = by_hand(config, [images[2]] * 3, [pre + c for c in captions])
+    _, ref = by_hand(config, [images[2]], [pre + r for r in refs])
+    expected = []
+    for i in range(3):
+        c = 2.5 * max(float(img[i] @ cap[i]), 0.0)
+        r = max(max(float(cap[i] @ ref[j]) for j in range(2)), 0.0)
+        expected.append(0.0 if c + r == 0 else 2 * c * r / (c + r))
+    np.testing.assert_allclose(score.per_sample, expected, atol=1e-6)
+    assert score.value == pytest.approx(np.mean(expected), abs=1e-6)
+    # a caption equal to a reference has text similarity 1, so RefCLIP-S = 2c / (c + 1)
+    same = m.compute(group([], [refs[0]], prompt_image=images[2], references=refs)).per_sample[0]
+    c = 2.5 * max(float(by_hand(config, [images[2]], [pre + refs[0]])[0][0]
+                        @ by_hand(config, [images[2]], [pre + refs[0]])[1][0]), 0.0)
+    assert same == pytest.approx(2 * c / (c + 1), abs=1e-6)
+
+
+def test_ref_clip_score_without_references_is_undefined(tiny_clip):
+    config, images = tiny_clip
+    score = metric("ref_clip_score", config).compute(group([], ["a dog"], prompt_image=images[0]))
+    assert math.isnan(score.value) and score.reason == "the prompt has no reference captions"
 
 
 def test_image_diversity_and_vendi(tiny_clip):

@@ -20,7 +20,11 @@ def check_model(config: SweepConfig):
 def load_backend(config: SweepConfig, status: Callable[[str], None] = lambda msg: None,
                  checked=None) -> TextBackend:
     """Load the model; ``checked`` is what :func:`check_model` returned, if it ran already."""
+    source, device = checked if checked is not None else check_model(config)
+    if config.model.backend == "vlm":
+        from evalkit.backends.vlm import VLMBackend
+
+        return VLMBackend(config, source, device, status=status)
     from evalkit.backends.hf import HFTextBackend
 
-    source, device = checked if checked is not None else check_model(config)
     return HFTextBackend(config, source, device, status=status)

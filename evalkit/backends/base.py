@@ -23,6 +23,8 @@ class PreparedPrompt:
     rendered: str
     token_ids: tuple[int, ...]
     chat_template: bool  # whether the model's chat template was applied
+    # other inputs of the model's prefill, batch of one (pixel values, image grid sizes): vision-language models
+    model_inputs: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

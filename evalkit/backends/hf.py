@@ -9,22 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from evalkit.backends import gguf
-from evalkit.backends.base import Generation, ModelInfo, PreparedPrompt, ProgressFn, WorkUnit
+from evalkit.backends.base import ModelInfo, PreparedPrompt
+from evalkit.backends.decoding import EngineBackend
 from evalkit.config import ModelConfig, SweepConfig
 from evalkit.errors import ConfigError, EvalkitError
 from evalkit.prompts import Prompt
-from evalkit.sampling import APPLICATION_ORDER, Setting
-from evalkit.engine import Engine
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
-# Special tokens that end a turn or a text in common chat formats (used when the model has them).
-END_TOKENS = ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>", "<|end|>",
-              "<|return|>", "</s>")
 
 
 def resolve_device(requested: str, source: str | None = None) -> str:
@@ -126,11 +121,10 @@ def _quiet_libraries() -> None:
     disable_progress_bars()
 
 
-class HFTextBackend:
+class HFTextBackend(EngineBackend):
     """A transformers causal LM behind the TextBackend interface."""
 
     def __init__(self, config: SweepConfig, source: ModelSource, device: str, status=lambda msg: None):
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         started = time.perf_counter()
@@ -156,24 +150,9 @@ class HFTextBackend:
             raise ConfigError(f"cannot load {mc.id!r}: {str(e).splitlines()[0]}", source=config.source,
                               path="model.id") from None
         self.model.to(device).eval()
-        self.torch = torch
 
-        defaults = self.model.generation_config
-        eos = defaults.eos_token_id
-        eos_ids = {int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None}
-        if self.tokenizer.eos_token_id is not None:
-            eos_ids.add(int(self.tokenizer.eos_token_id))
-        for name in END_TOKENS:  # the model's other end-of-turn / end-of-text tokens
-            tid = self.tokenizer.convert_tokens_to_ids(name) if name in self.tokenizer.get_vocab() else None
-            if tid is not None and name in self.tokenizer.all_special_tokens + list(
-                    getattr(self.tokenizer, "added_tokens_encoder", {})):
-                eos_ids.add(int(tid))
-        self.eos_ids = sorted(eos_ids)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else defaults.pad_token_id
-        self.pad_id = int(pad if pad is not None else (self.eos_ids[0] if self.eos_ids else 0))
         # The model's suggested generation defaults play no part in evalkit's decoding; record them.
-        ignored = {k: v for k, v in defaults.to_diff_dict().items()
-                   if k not in ("bos_token_id", "eos_token_id", "pad_token_id", "transformers_version")}
+        ignored = self._special_tokens(self.tokenizer, self.model.generation_config)
 
         ctx = getattr(self.model.config, "max_position_embeddings", None)
         self.info = ModelInfo(
@@ -214,54 +193,6 @@ class HFTextBackend:
                                       source=self._source, path="prompts")
                 rendered = f"{system_prompt}\n\n{p.text}" if system_prompt else (p.text or "")
                 ids = self.tokenizer(rendered)["input_ids"]
-            limit = self.info.context_length
-            if limit is not None and len(ids) + max_new_tokens > limit:
-                raise ConfigError(f"prompt {p.id!r} has {len(ids)} tokens; with max_new_tokens={max_new_tokens} "
-                                  f"it exceeds the model's context of {limit} tokens", source=self._source,
-                                  path="prompts")
-            if not ids:
-                raise ConfigError(f"prompt {p.id!r} is empty after tokenization", source=self._source, path="prompts")
+            self._check_fits(p.id, len(ids), max_new_tokens)
             out.append(PreparedPrompt(prompt=p, rendered=rendered, token_ids=tuple(ids), chat_template=use_template))
         return out
-
-    # ------------------------------------------------------------------ generation
-
-    def generation_params(self, setting: Setting, max_new_tokens: int) -> dict[str, Any]:
-        """The decoding parameters the engine applies for ``setting``; nothing else shapes the distribution."""
-        return {
-            "engine": "evalkit",
-            "greedy": setting.greedy,
-            **setting.params(),
-            "order": list(APPLICATION_ORDER),
-            "max_new_tokens": max_new_tokens,
-            "eos_token_ids": self.eos_ids,
-        }
-
-    def batch_size(self, requested: int | str, prompts: list[PreparedPrompt], max_new_tokens: int) -> int:
-        """Rows per decode: as requested, or ("auto") what a memory budget allows.
-
-        A row costs its KV cache (2 x layers x kv heads x head dim x tokens x dtype bytes) and
-        about eight float32 vocabulary-sized buffers for the sampling step. The budget is 70%
-        of free GPU memory, or 4 GiB on CPU, where rows are also capped at 64 (compute-bound).
-        """
-        if requested != "auto":
-            return int(requested)
-        cfg = self.model.config.get_text_config()
-        heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        tokens = max(len(p.token_ids) for p in prompts) + max_new_tokens
-        per_row = 2 * cfg.num_hidden_layers * heads * head_dim * tokens * self.model.dtype.itemsize
-        per_row += 8 * 4 * cfg.vocab_size
-        if self.info.device == "cuda":
-            free, _ = self.torch.cuda.mem_get_info()
-            return max(1, min(4096, int(0.7 * free) // per_row))
-        return max(1, min(64, (4 << 30) // per_row))
-
-    def generate(self, units: list[WorkUnit], *, max_new_tokens: int, batch_size: int,
-                 stop: tuple[str, ...] = (), progress: ProgressFn | None = None) -> Iterator[Generation]:
-        engine = Engine(self.model, eos_ids=self.eos_ids, pad_id=self.pad_id, device=self.info.device,
-                        decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True))
-        for f in engine.run(units, max_new_tokens=max_new_tokens, batch_size=batch_size, stop=stop,
-                            progress=progress):
-            yield Generation(unit=f.unit, token_ids=tuple(f.token_ids), text=f.text, finish_reason=f.finish_reason,
-                             stats=f.stats)
