@@ -11,9 +11,10 @@ once. On CUDA out-of-memory the wave's unfinished rows are retried at half the b
 size; their random streams make the retry produce the same tokens.
 
 With ``per_prompt_waves`` (vision-language models) a wave holds the rows of one prompt only:
-the prompt's own model inputs (pixel values, image grid sizes, ...) go into its prefill, and
-position ids are left to the model, which may compute its own (Qwen2-VL's multimodal RoPE
-offsets every text position after an image by a per-prompt delta).
+the prompt's own model inputs (pixel values, image grid sizes, ...) go into its prefill, whose
+position ids the model computes itself. Models with multimodal RoPE (Qwen2-VL and its kin) give
+an image's tokens fewer positions than tokens and keep the shift (``rope_deltas``) after the
+prefill; decode positions add it.
 """
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ class Engine:
         ids, mask = ids.to(device), mask.to(device)
         extra = {k: v.to(device) for k, v in (prompts[0].model_inputs or {}).items()} if self.per_prompt_waves else {}
         out = self._prefill(ids, mask, extra)
+        offset = self._rope_delta() if self.per_prompt_waves else 0
         cache = out.past_key_values
         expand = torch.tensor([prompt_index[u.prompt.prompt.id] for u in wave], device=device)
         cache.reorder_cache(expand)  # one prefill, shared by every row of the prompt
@@ -156,9 +158,8 @@ class Engine:
                 rows, seeds = [rows[i] for i in keep], seeds[keep]
             started = self._clock() if self.profile else 0.0
             mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=-1)
-            positions = {} if self.per_prompt_waves else {"position_ids": mask.sum(-1, keepdim=True) - 1}
-            out = self.model(input_ids=chosen[:, None], attention_mask=mask, past_key_values=cache, use_cache=True,
-                             **positions)
+            out = self.model(input_ids=chosen[:, None], attention_mask=mask,
+                             position_ids=mask.sum(-1, keepdim=True) - 1 + offset, past_key_values=cache, use_cache=True)
             logits = out.logits[:, -1, :]
             del out
             if self.profile:
@@ -172,6 +173,11 @@ class Engine:
             return self.model(**kwargs, logits_to_keep=1)  # only the last position's logits are needed
         except TypeError:  # a model whose forward has no logits_to_keep
             return self.model(**kwargs)
+
+    def _rope_delta(self) -> int:
+        """The text-position shift a multimodal-RoPE model recorded in the last prefill (0 for other models)."""
+        delta = getattr(getattr(self.model, "model", None), "rope_deltas", None)
+        return int(delta.reshape(-1)[0]) if isinstance(delta, torch.Tensor) and delta.numel() else 0
 
     def _advance(self, row: _Row, token: int, i: int, columns: dict, stop: tuple[str, ...],
                  max_new_tokens: int) -> Finished | None:

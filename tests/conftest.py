@@ -23,18 +23,26 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tiny_model(directory: Path, *, chat_template: bool = True, context: int = 128) -> Path:
-    import torch
+def bpe_tokenizer(extra_special_tokens: tuple[str, ...] = ()):
+    """A real byte-level BPE tokenizer (320 tokens) trained on CORPUS, with ChatML's special tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>",
+                                                                  *extra_special_tokens],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(CORPUS, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+
+
+def build_tiny_model(directory: Path, *, chat_template: bool = True, context: int = 128) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    fast = bpe_tokenizer()
     if chat_template:
         fast.chat_template = CHAT_TEMPLATE
     config = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -120,3 +128,12 @@ def tiny_sd(tmp_path_factory):
     clip = folder / "tiny-clip.json"
     clip.write_text(json.dumps(TINY_CLIP), encoding="utf-8")
     return build_tiny_pipeline(folder), clip
+
+
+@pytest.fixture(scope="session")
+def tiny_vlms(tmp_path_factory) -> dict[str, Path]:
+    """Tiny randomly initialised vision-language models saved with their processors: llava and qwen2_vl."""
+    from tiny_vlm import build_tiny_llava, build_tiny_qwen2_vl
+
+    folder = tmp_path_factory.mktemp("tiny-vlm")
+    return {"llava": build_tiny_llava(folder / "llava"), "qwen2_vl": build_tiny_qwen2_vl(folder / "qwen2_vl")}

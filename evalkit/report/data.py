@@ -144,14 +144,21 @@ class RunView:
         for p, s, m, v in zip(scores["prompt_id"].astype(str), scores["setting_id"], scores["metric"], scores["value"]):
             if p in pi and s in si and m in mi:
                 values[pi[p]][si[s]][mi[m]] = None if math.isnan(v) else float(v)
-        return {"label": self.label, "prompts": [[p, prompt_text[p]] for p in prompts], "settings": settings,
+        first = samples.groupby(samples["prompt_id"].astype(str), sort=False).first()
+        if "prompt_image" in samples:  # image-to-text: [id, question, image thumbnail, reference captions]
+            listed = [[p, prompt_text[p], thumbnail(self.run.path / first.loc[p, "prompt_image"], PROMPT_IMAGE),
+                       [str(r) for r in first.loc[p, "references"]]] for p in prompts]
+        else:
+            listed = [[p, prompt_text[p]] for p in prompts]
+        return {"label": self.label, "prompts": listed, "settings": settings,
                 "metrics": self.metrics, "samples": texts, "scores": values}
 
 
-THUMBNAIL = 160  # pixels on the longer side of an image in the report
+THUMBNAIL = 160  # pixels on the longer side of a generated image in the report
+PROMPT_IMAGE = 256  # ... and of the image a caption answers
 
 
-def thumbnail(path: Path) -> str:
+def thumbnail(path: Path, size: int = THUMBNAIL) -> str:
     """The image as a small inline JPEG (``data:`` URI), so that the report stays one modest file."""
     import base64
     import io
@@ -160,7 +167,7 @@ def thumbnail(path: Path) -> str:
 
     with Image.open(path) as im:
         im = im.convert("RGB")
-        im.thumbnail((THUMBNAIL, THUMBNAIL))
+        im.thumbnail((size, size))
         buf = io.BytesIO()
         im.save(buf, format="JPEG", quality=82)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")

@@ -69,6 +69,7 @@
   const aSel = document.getElementById("sb-a"), bSel = document.getElementById("sb-b");
   const side = document.getElementById("sb-side"), cols = document.getElementById("sb-cols");
   const promptText = document.getElementById("sb-prompt-text");
+  const promptImage = document.getElementById("sb-prompt-image"), references = document.getElementById("sb-references");
 
   function fill(select, items, keep) {
     const old = select.value;
@@ -122,7 +123,14 @@
   function renderSamples() {
     const run = data.runs[Number(runSel.value)];
     const p = Number(promptSel.value);
-    promptText.textContent = run.prompts[p][1];
+    const [, text, image, refs] = run.prompts[p];
+    promptText.textContent = text;
+    // image-to-text runs: the image the samples answer, and its reference captions
+    const isImage = typeof image === "string" && image.startsWith("data:image/jpeg;base64,");
+    promptImage.hidden = !isImage;
+    if (isImage) promptImage.src = image; else promptImage.removeAttribute("src");
+    references.replaceChildren(...(refs || []).map((r) => el("li", null, r)));
+    references.hidden = !(refs && refs.length);
     bSel.disabled = !side.checked;
     const shown = [column(run, p, Number(aSel.value))];
     if (side.checked) shown.push(column(run, p, Number(bSel.value)));
