@@ -1,5 +1,6 @@
-"""What must be equal for two runs' numbers to be compared: the prompts, the length limit,
-samples per prompt, stop strings, the chat template choice and system prompt. The model, the
+"""What must be equal for two runs' numbers to be compared: the prompts (and the images of an
+image-to-text sweep, by content), the length limit, samples per prompt, stop strings, the chat
+template choice and system prompt. The model, the
 seed and the machine may differ: telling their effect apart is what a comparison is for."""
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ def protocol(run: Run) -> dict[str, Any]:
     if (run.path / "prompts.jsonl").is_file():
         prompts = run.prompts
         out["prompts"] = dict(zip(prompts["id"].astype(str), prompts["prompt"].astype(str)))
+        if "image_sha256" in prompts:
+            out["prompt_images"] = dict(zip(prompts["id"].astype(str), prompts["image_sha256"].astype(str)))
     else:
         samples = run.samples
         out["prompts"] = dict(zip(samples["prompt_id"].astype(str), samples["prompt"].astype(str)))
@@ -35,13 +38,14 @@ def differences(base: dict[str, Any], new: dict[str, Any]) -> list[str]:
         a, b = base.get(key), new.get(key)
         if a == b:
             continue
-        if key == "prompts" and isinstance(a, dict) and isinstance(b, dict):
+        if key in ("prompts", "prompt_images") and isinstance(a, dict) and isinstance(b, dict):
             only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
             changed = sorted(k for k in set(a) & set(b) if a[k] != b[k])
             parts = [f"{len(only_a)} only in base ({', '.join(only_a[:3])})" if only_a else "",
                      f"{len(only_b)} only in new ({', '.join(only_b[:3])})" if only_b else "",
-                     f"{len(changed)} with other text ({', '.join(changed[:3])})" if changed else ""]
-            out.append("prompts differ: " + "; ".join(p for p in parts if p))
+                     f"{len(changed)} with other {'text' if key == 'prompts' else 'images'} "
+                     f"({', '.join(changed[:3])})" if changed else ""]
+            out.append(f"{key.replace('_', ' ')} differ: " + "; ".join(p for p in parts if p))
         else:
             out.append(f"{key} differs: {json.dumps(a, ensure_ascii=False)} vs {json.dumps(b, ensure_ascii=False)}")
     return out

@@ -157,7 +157,9 @@ def test_hostile_samples_show_literally_and_nothing_runs(browser, tmp_path):
         assert seen == set(HOSTILE) & set(run.samples["text"]) and len(seen) >= 6
         assert page.evaluate("window.__xss") is None
         # the texts are text: no element was made from them
-        assert page.eval_on_selector_all("#sb-cols .text *, #sb-prompt-text *, main img, main textarea",
+        assert page.is_hidden("#sb-prompt-image") and page.is_hidden("#sb-references")  # a text run has no image
+        assert page.eval_on_selector_all("#sb-cols .text *, #sb-prompt-text *, main img, "
+                                         "main textarea",
                                          "els => els.length") == 0
         assert view.dialogs == [] and view.errors == []
         assert view.requests == [view.url]
@@ -220,5 +222,38 @@ def test_image_run_shows_image_grids(browser, tiny_sd, tmp_path):
         heatmaps = page.eval_on_selector_all("figure.heatmap svg", "ss => ss.map(s => s.getBoundingClientRect().width)")
         assert len(heatmaps) == 3 and min(heatmaps) > 100
         page.screenshot(path=str(tmp_path / "images.png"), full_page=True)
+    finally:
+        view.close()
+
+
+def test_caption_run_shows_each_prompt_image_and_its_references(browser, tiny_vlms, tmp_path):
+    import evalkit
+    from evalkit.config import config_from_dict
+    from tiny_vlm import vlm_config, write_images
+
+    images = write_images(tmp_path / "images")
+    config = vlm_config(tiny_vlms["llava"], images, tmp_path / "runs", report=True)
+    config["prompts"]["items"][1]["references"] = ["<b>two</b> cats", "</script><i>x</i>"]
+    run = evalkit.run_sweep(config_from_dict(config), progress=False)
+    view = Page(browser, run.path / "report.html")
+    page = view.page
+    try:
+        assert view.errors == [] and view.requests == [view.url]
+        seen = []
+        for p, (width, height) in enumerate([(48, 32), (40, 40), (32, 48)]):  # the images' own sizes
+            page.select_option("#sb-prompt", str(p))
+            natural = page.eval_on_selector("#sb-prompt-image img", "i => [i.naturalWidth, i.naturalHeight, i.src]")
+            assert natural[:2] == [width, height] and page.is_visible("#sb-prompt-image")
+            seen.append(natural[2])
+            refs = page.eval_on_selector_all("#sb-references li", "ls => ls.map(l => l.textContent)")
+            assert refs == list(run.samples[run.samples["prompt_id"] == f"img{p}"]["references"].iloc[0])
+            assert page.is_hidden("#sb-references") == (not refs)
+            assert view.texts(1) == expected(run, p, run.manifest.settings[0].id)
+        assert len(set(seen)) == 3
+        page.select_option("#sb-prompt", "1")
+        assert page.eval_on_selector_all("#sb-references li", "ls => ls.map(l => l.textContent)") == [
+            "<b>two</b> cats", "</script><i>x</i>"]
+        assert page.eval_on_selector_all("#sb-references li *", "els => els.length") == 0  # text, not markup
+        page.screenshot(path=str(tmp_path / "captions.png"), full_page=True)
     finally:
         view.close()

@@ -4,7 +4,6 @@ text metrics and by a tiny random open_clip model (CLIPScore of captions, RefCLI
 from __future__ import annotations
 
 import json
-import math
 import shutil
 
 import numpy as np
@@ -168,7 +167,9 @@ def test_a_stopped_run_resumes_from_its_parts(run, tmp_path):
     pd.testing.assert_frame_equal(resumed.samples, samples)
 
 
-def test_the_sample_cache_tells_images_apart(tiny_vlms, images, tmp_path):
+def test_another_image_is_another_prompt_for_the_cache_and_for_comparisons(tiny_vlms, images, tmp_path):
+    from evalkit.compare import RunData, compare_runs
+
     config = vlm_config(tiny_vlms["llava"], images, tmp_path / "runs", metrics=["distinct_1"])
     config["grid"] = {"temperature": [1.0]}
     first = evalkit.run_sweep(config_from_dict(config), progress=False)
@@ -177,6 +178,9 @@ def test_the_sample_cache_tells_images_apart(tiny_vlms, images, tmp_path):
     config["prompts"]["items"][0]["image"] = str(other)  # same id and question, another image
     second = evalkit.run_sweep(config_from_dict(config), progress=False)
     assert second.manifest.samples_reused == {"from_parts": 0, "from_cache": 6, "generated": 3}
+    with pytest.raises(evalkit.EvalkitError, match=r"prompt images differ: 1 with other images \(img0\)"):
+        compare_runs(RunData.from_run(first), RunData.from_run(second))
+    compare_runs(RunData.from_run(first), RunData.from_run(first))  # the same images compare
 
 
 @pytest.mark.parametrize("change, message", [
@@ -227,5 +231,4 @@ def test_vlm_config_example_is_valid():
     config = load_config(root / "configs" / "vlm.yaml")
     assert config.model.backend == "vlm" and len(config.settings()) >= 6
     prompts = load_prompts(config)
-    assert len(prompts) >= 4 and all(p.image and p.references for p in prompts)
-    assert not math.isnan(len(prompts))
+    assert len(prompts) >= 4 and all(p.image and p.references and p.text for p in prompts)

@@ -128,7 +128,12 @@
     // image-to-text runs: the image the samples answer, and its reference captions
     const isImage = typeof image === "string" && image.startsWith("data:image/jpeg;base64,");
     promptImage.hidden = !isImage;
-    if (isImage) promptImage.src = image; else promptImage.removeAttribute("src");
+    if (isImage) {
+      const img = el("img");
+      img.src = image;
+      img.alt = "the image of prompt " + run.prompts[p][0];
+      promptImage.replaceChildren(img);
+    } else promptImage.replaceChildren();
     references.replaceChildren(...(refs || []).map((r) => el("li", null, r)));
     references.hidden = !(refs && refs.length);
     bSel.disabled = !side.checked;
