@@ -54,6 +54,12 @@ def make_case(case: str, tmp_path: Path, tiny_model: Path) -> tuple[list[str], P
         "prompt-too-long": {"max_new_tokens": 120},
         "device": {"model": {"id": str(tiny_model), "device": "cuda"}},
         "output-dir": {"output_dir": str(tmp_path / "a-file" / "runs")},
+        "image-metric": {"metrics": ["distinct_1", "clip_image_diversity"]},
+        "prompt-image": {"model": {"backend": "vlm", "id": str(tiny_model)},
+                         "prompts": [{"id": "cat", "image": "missing.png", "prompt": "What is it?"}]},
+        "vlm-model": {"model": {"backend": "vlm", "id": str(tiny_model)},
+                      "prompts": [{"id": "house", "image": str(ROOT / "configs/images/house.png"),
+                                   "prompt": "What is it?"}]},
     }[case]
     (tmp_path / "bad.jsonl").write_text('{"id": "a", "prompt": "x"}\n{"id": "b", "prompt": \n')
     (tmp_path / "latin1.jsonl").write_bytes('{"id": "a", "prompt": "caf\u00e9"}\n'.encode("latin-1"))
@@ -64,7 +70,8 @@ def make_case(case: str, tmp_path: Path, tiny_model: Path) -> tuple[list[str], P
 
 CASES = ["invalid-yaml", "unknown-key", "wrong-type", "temperature", "top-p", "top-k", "min-p", "samples",
          "unknown-metric", "empty-prompts", "prompt-file-missing", "prompt-file-json", "prompt-file-utf8",
-         "model-path", "model-hash", "prompt-too-long", "device", "output-dir"]
+         "model-path", "model-hash", "prompt-too-long", "device", "output-dir", "image-metric", "prompt-image",
+         "vlm-model"]
 
 
 def test_readme_lists_every_case():

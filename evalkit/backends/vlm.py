@@ -9,6 +9,7 @@ wave, so temperature, top-p, top-k and min-p act exactly as they do for text mod
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -40,7 +41,11 @@ class VLMBackend(EngineBackend):
             self.processor = AutoProcessor.from_pretrained(load_from, **load_kwargs)
             self.model = AutoModelForImageTextToText.from_pretrained(load_from, dtype=dtype, **load_kwargs)
         except (OSError, ValueError) as e:  # missing files, or a model that is not image-text-to-text
-            raise ConfigError(f"cannot load {mc.id!r} as a vision-language model: {str(e).splitlines()[0]}",
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            other = re.search(r"Unrecognized configuration class <class '[\w.]*?(\w+)'>", why)
+            if other:
+                why = f"its configuration is {other.group(1)}, not an image-text-to-text model's"
+            raise ConfigError(f"cannot load {mc.id!r} as a vision-language model: {why}",
                               source=config.source, path="model.id") from None
         self.tokenizer = getattr(self.processor, "tokenizer", None)
         if self.tokenizer is None:
