@@ -158,8 +158,8 @@ class Engine:
                 rows, seeds = [rows[i] for i in keep], seeds[keep]
             started = self._clock() if self.profile else 0.0
             mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=-1)
-            out = self.model(input_ids=chosen[:, None], attention_mask=mask,
-                             position_ids=mask.sum(-1, keepdim=True) - 1 + offset, past_key_values=cache, use_cache=True)
+            out = self.model(input_ids=chosen[:, None], attention_mask=mask, past_key_values=cache, use_cache=True,
+                             position_ids=mask.sum(-1, keepdim=True) - 1 + offset)
             logits = out.logits[:, -1, :]
             del out
             if self.profile:

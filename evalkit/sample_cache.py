@@ -1,10 +1,11 @@
 """A cache of generated samples, so that no sample is paid for twice.
 
 Keyed by everything that decides a sample: the model's hash (or hub revision), the prompt
-as the model sees it (token ids, and the image's sha256 for vision-language prompts), the setting, the sample's seed and index, max_new_tokens,
-stop strings, end-of-sequence tokens and the engine version. Stored in SQLite (WAL) at
-``$EVALKIT_SAMPLE_CACHE``, default ``<evalkit cache>/samples.sqlite``. A model whose weights
-cannot be identified (no hash, no revision) is not cached.
+as the model sees it (token ids, and the image's sha256 for vision-language prompts), the
+setting, the sample's seed and index, max_new_tokens, stop strings, end-of-sequence tokens
+and the engine version. Stored in SQLite (WAL) at ``$EVALKIT_SAMPLE_CACHE``, default
+``<evalkit cache>/samples.sqlite``. A model whose weights cannot be identified (no hash, no
+revision) is not cached.
 """
 
 from __future__ import annotations

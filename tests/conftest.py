@@ -132,8 +132,9 @@ def tiny_sd(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_vlms(tmp_path_factory) -> dict[str, Path]:
-    """Tiny randomly initialised vision-language models saved with their processors: llava and qwen2_vl."""
-    from tiny_vlm import build_tiny_llava, build_tiny_qwen2_vl
+    """Tiny randomly initialised vision-language models saved with their processors."""
+    import tiny_vlm
 
     folder = tmp_path_factory.mktemp("tiny-vlm")
-    return {"llava": build_tiny_llava(folder / "llava"), "qwen2_vl": build_tiny_qwen2_vl(folder / "qwen2_vl")}
+    return {name: getattr(tiny_vlm, f"build_tiny_{name}")(folder / name)
+            for name in ("llava", "idefics3", "qwen2_vl", "qwen2_5_vl")}

@@ -1,4 +1,4 @@
-"""Image-to-text sweeps end to end on tiny LLaVA and Qwen2-VL models built in code, scored by
+"""Image-to-text sweeps end to end on tiny LLaVA, Idefics3, Qwen2-VL and Qwen2.5-VL models built in code, scored by
 text metrics and by a tiny random open_clip model (CLIPScore of captions, RefCLIPScore)."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from evalkit.seeds import derive_seed
 
 from tiny_vlm import clip_json, vlm_config, write_images
 
-MODELS = ["llava", "qwen2_vl"]
+MODELS = ["llava", "idefics3", "qwen2_vl", "qwen2_5_vl"]
 
 
 @pytest.fixture(scope="module")

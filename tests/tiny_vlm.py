@@ -1,6 +1,7 @@
 """Tiny randomly initialised vision-language models, built in code from their configs through
 transformers' real classes and saved with a real processor (image processor, byte-level BPE
-tokenizer, chat template): LLaVA (CLIP vision tower + Llama) and Qwen2-VL (multimodal RoPE)."""
+tokenizer, chat template): LLaVA (CLIP vision tower + Llama), Idefics3 (SmolVLM's architecture:
+pixel attention masks, pixel shuffle), Qwen2-VL and Qwen2.5-VL (multimodal RoPE, windowed vision)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['conten
             "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}IMAGE{% else %}{{ c['text'] }}"
             "{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
             "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+QWEN_TEMPLATE = TEMPLATE.replace("IMAGE", "<|vision_start|><|image_pad|><|vision_end|>")
 TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             max_position_embeddings=256)
 
@@ -54,20 +56,67 @@ def build_tiny_qwen2_vl(directory: Path) -> Path:
     sizes = dict(min_pixels=16 * 16, max_pixels=64 * 64, patch_size=8, merge_size=2, temporal_patch_size=2)
     processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(**sizes), tokenizer=tok,
                                  video_processor=Qwen2VLVideoProcessor(**sizes),
-                                 chat_template=TEMPLATE.replace("IMAGE", "<|vision_start|><|image_pad|><|vision_end|>"))
-    ids = {name: tok.convert_tokens_to_ids(token) for name, token in [
-        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
-        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]}
+                                 chat_template=QWEN_TEMPLATE)
     config = Qwen2VLConfig(
         text_config=dict(vocab_size=len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                          bos_token_id=None, rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]}, **TEXT),
         vision_config=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=4, patch_size=8, spatial_merge_size=2,
-                           temporal_patch_size=2, in_channels=3, mlp_ratio=2), **ids)
+                           temporal_patch_size=2, in_channels=3, mlp_ratio=2), **_vision_ids(tok))
     torch.manual_seed(0)
     model = Qwen2VLForConditionalGeneration(config)
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory
+
+
+def build_tiny_idefics3(directory: Path) -> Path:
+    import torch
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessor, Idefics3Processor
+
+    tok = bpe_tokenizer(("<image>", "<fake_token_around_image>", "<global-img>", "<end_of_utterance>"))
+    images = Idefics3ImageProcessor(do_image_splitting=False, max_image_size={"longest_edge": 32},
+                                    size={"longest_edge": 32})
+    processor = Idefics3Processor(image_processor=images, tokenizer=tok, image_seq_len=4,  # (32/8)^2 / 2^2
+                                  chat_template=TEMPLATE.replace("IMAGE", "<image>"))
+    config = Idefics3Config(
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8),
+        text_config=dict(model_type="llama", vocab_size=len(tok), eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id, bos_token_id=None, **TEXT),
+        image_token_id=tok.convert_tokens_to_ids("<image>"), scale_factor=2)
+    torch.manual_seed(0)
+    model = Idefics3ForConditionalGeneration(config)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+def build_tiny_qwen2_5_vl(directory: Path) -> Path:
+    import torch
+    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
+                              Qwen2VLImageProcessor, Qwen2VLVideoProcessor)
+
+    tok = bpe_tokenizer(("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"))
+    sizes = dict(min_pixels=16 * 16, max_pixels=64 * 64, patch_size=8, merge_size=2, temporal_patch_size=2)
+    processor = Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(**sizes), tokenizer=tok,
+                                    video_processor=Qwen2VLVideoProcessor(**sizes), chat_template=QWEN_TEMPLATE)
+    config = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                         bos_token_id=None, rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]}, **TEXT),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=32, patch_size=8,
+                           spatial_merge_size=2, temporal_patch_size=2, window_size=16, fullatt_block_indexes=[1],
+                           in_channels=3), **_vision_ids(tok))
+    torch.manual_seed(0)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+def _vision_ids(tok) -> dict[str, int]:
+    return {name: tok.convert_tokens_to_ids(token) for name, token in [
+        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]}
 
 
 def write_images(folder: Path, n: int = 3, seed: int = 0) -> list[Path]:
