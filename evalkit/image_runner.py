@@ -45,7 +45,7 @@ def run_image_sweep(config: SweepConfig, *, overrides: list[str], ui, resume_dir
         if missing:
             raise ConfigError(f"{m.id} needs {', '.join(sorted(missing))}, which a text-to-image sweep does not make",
                               source=config.source, path=f"metrics[{i}]")
-    prepare_all(metrics)
+    prepare_all(metrics, source=config.source)
     prompts = load_prompts(config)
     for p in prompts:
         if p.messages is not None:

@@ -69,10 +69,16 @@ class Registry:
         return metrics
 
 
-def prepare_all(metrics: list[Metric]) -> None:
-    """Load every metric's resources (embedders, CLIP models) now, before any generation."""
-    for m in metrics:
-        m.prepare()
+def prepare_all(metrics: list[Metric], source: str | None = None) -> None:
+    """Load every metric's resources (embedders, CLIP models) now, before any generation; a resource
+    that cannot be had is reported with the config file and the metric's place in it."""
+    for i, m in enumerate(metrics):
+        try:
+            m.prepare()
+        except ConfigError:
+            raise
+        except EvalkitError as e:
+            raise ConfigError(str(e), source=source, path=f"metrics[{i}]") from None
 
 
 ENTRY_POINT_GROUP = "evalkit.metrics"

@@ -67,7 +67,7 @@ def run_sweep(config: SweepConfig | str | Path | None, *, overrides: list[str] |
             raise ConfigError(f"{m.id} needs {', '.join(sorted(missing))}, which a "
                               f"{'vision-language' if vlm else 'text'} sweep does not make", source=config.source,
                               path=f"metrics[{i}]")
-    prepare_all(metrics)
+    prepare_all(metrics, source=config.source)
     prompts = load_prompts(config)
     output_dir = Path(config.output_dir)
     store.check_writable(output_dir if resume_dir is None else resume_dir, config.source)

@@ -20,6 +20,8 @@ file, or ``none`` (random weights, for tests).
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -48,13 +50,29 @@ def load_clip(model: str, pretrained: str):
         open_clip.add_model_config(path)
         name = path.stem
     try:
-        net, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=None if pretrained == "none" else pretrained, device="cpu")
+        with _quiet_downloads():
+            net, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=None if pretrained == "none" else pretrained, device="cpu")
     except Exception as e:  # unknown name, missing weights offline: the user's to fix
+        why = str(e).splitlines()[0].split(". Last error")[0] if str(e) else ""
         raise EvalkitError(f"cannot load CLIP model {model!r} with pretrained={pretrained!r}: "
-                           f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+                           f"{type(e).__name__}: {why}") from None
     net.eval()
     return net, preprocess, open_clip.get_tokenizer(name)
+
+
+@contextmanager
+def _quiet_downloads():
+    """open_clip and huggingface_hub log every failed download attempt; evalkit reports the failure once."""
+    loggers = [logging.getLogger(), logging.getLogger("huggingface_hub")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _normalize(x) -> np.ndarray:
