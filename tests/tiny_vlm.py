@@ -47,21 +47,26 @@ def build_tiny_llava(directory: Path) -> Path:
     return directory
 
 
-def build_tiny_qwen2_vl(directory: Path) -> Path:
+def build_tiny_qwen2_vl(directory: Path, text: dict | None = None, vision: dict | None = None,
+                        max_pixels: int = 64 * 64) -> Path:
+    """A tiny Qwen2-VL; ``text``, ``vision`` and ``max_pixels`` make a bigger one (benchmarks)."""
     import torch
     from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor,
                               Qwen2VLVideoProcessor)
 
     tok = bpe_tokenizer(("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"))
-    sizes = dict(min_pixels=16 * 16, max_pixels=64 * 64, patch_size=8, merge_size=2, temporal_patch_size=2)
+    sizes = dict(min_pixels=16 * 16, max_pixels=max_pixels, patch_size=8, merge_size=2, temporal_patch_size=2)
     processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(**sizes), tokenizer=tok,
                                  video_processor=Qwen2VLVideoProcessor(**sizes),
                                  chat_template=QWEN_TEMPLATE)
     config = Qwen2VLConfig(
         text_config=dict(vocab_size=len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                         bos_token_id=None, rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]}, **TEXT),
-        vision_config=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=4, patch_size=8, spatial_merge_size=2,
-                           temporal_patch_size=2, in_channels=3, mlp_ratio=2), **_vision_ids(tok))
+                         bos_token_id=None, rope_scaling={"type": "mrope", "mrope_section": _mrope(text or TEXT)},
+                         **(text or TEXT)),
+        vision_config={"depth": 1, "embed_dim": 32, "num_heads": 4, "patch_size": 8, "spatial_merge_size": 2,
+                       "temporal_patch_size": 2, "in_channels": 3, "mlp_ratio": 2, **(vision or {}),
+                       "hidden_size": (text or TEXT)["hidden_size"]},
+        **_vision_ids(tok))
     torch.manual_seed(0)
     model = Qwen2VLForConditionalGeneration(config)
     model.save_pretrained(directory)
@@ -111,6 +116,12 @@ def build_tiny_qwen2_5_vl(directory: Path) -> Path:
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory
+
+
+def _mrope(text: dict) -> list[int]:
+    """Rotary frequencies split over (time, height, width), summing to half the head dimension."""
+    q = text["hidden_size"] // text["num_attention_heads"] // 8
+    return [2 * q, q, q]
 
 
 def _vision_ids(tok) -> dict[str, int]:

@@ -1,0 +1,115 @@
+"""evalkit's engine against transformers ``generate`` for a vision-language model, in one process.
+
+Grid: 6 settings (temperature x top_p) x 8 samples x 4 images (224 x 224), 32 new tokens, seed 0.
+The model is a Qwen2-VL built in code with random weights (text: 6 layers of width 256; vision:
+2 layers; 196 image tokens per image), or ``--model DIR`` for a real one. Three ways to produce the grid:
+
+- baseline A: one ``generate(do_sample=True, num_return_sequences=8, ...)`` call per (image, setting);
+- baseline B: one ``generate`` call per sample (timed on the first sample of every group);
+- evalkit's engine: every setting and sample of an image in one batched decode, the image encoded once.
+
+Throughput counts new tokens (end-of-sequence excluded) per second; each figure is the median
+of ``--repeats`` runs.
+
+    python benchmarks/bench_vlm.py [--repeats 3] [--device auto] [--model DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from evalkit.backends import WorkUnit, load_backend
+from evalkit.config import config_from_dict
+from evalkit.prompts import load_prompts
+from evalkit.seeds import derive_seed
+
+from bench_generate import median_rate
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the model builders of the tests
+
+TEXT = dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=4,
+            max_position_embeddings=1024)
+VISION = dict(depth=2, embed_dim=128, num_heads=4)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--model", default=None, help="a local image-text-to-text model directory")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-vlm-"))
+    model_dir = args.model
+    if model_dir is None:
+        from tiny_vlm import build_tiny_qwen2_vl
+
+        model_dir = build_tiny_qwen2_vl(work / "qwen2-vl", text=TEXT, vision=VISION, max_pixels=224 * 224)
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    prompts = []
+    for i in range(4):
+        path = work / f"image{i}.png"
+        Image.fromarray(rng.integers(0, 255, (224, 224, 3), dtype=np.uint8)).save(path)
+        prompts.append({"id": f"img{i}", "image": str(path)})
+    n_new, samples = args.max_new_tokens, 8
+    config = config_from_dict({"name": "bench", "model": {"backend": "vlm", "id": str(model_dir),
+                                                          "device": args.device},
+                               "prompts": {"items": prompts, "question": "Describe the image."},
+                               "grid": {"temperature": [0.3, 0.7, 1.0], "top_p": [0.9, 1.0]},
+                               "samples_per_prompt": samples, "max_new_tokens": n_new})
+    backend = load_backend(config)
+    model, device = backend.model, backend.info.device
+    prepared = backend.prepare(load_prompts(config), chat_template="auto", system_prompt=None, max_new_tokens=n_new)
+    settings = config.settings()
+    units = [WorkUnit(p, s, i, derive_seed(0, p.prompt.id, s.id, i))
+             for p in prepared for s in settings for i in range(samples)]
+    batch = backend.batch_size("auto", prepared, n_new)
+    eos = set(backend.eos_ids)
+
+    def hf_generate(p, s, n):
+        ids = torch.tensor([p.token_ids], device=device)
+        inputs = {k: v.to(device) for k, v in p.model_inputs.items()}
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **inputs, do_sample=True,
+                             num_return_sequences=n, temperature=s.temperature, top_p=s.top_p, top_k=0,
+                             max_new_tokens=n_new, eos_token_id=backend.eos_ids, pad_token_id=backend.pad_id)
+        return sum(next((i for i, t in enumerate(row) if t in eos), len(row))
+                   for row in out[:, ids.shape[1]:].tolist())
+
+    groups = [(p, s) for p in prepared for s in settings]
+
+    def baseline_a():
+        torch.manual_seed(0)
+        return sum(hf_generate(p, s, samples) for p, s in groups)
+
+    def baseline_b():
+        torch.manual_seed(0)
+        return sum(hf_generate(p, s, 1) for p, s in groups)
+
+    def engine():
+        return sum(len(g.token_ids) for g in backend.generate(units, max_new_tokens=n_new, batch_size=batch))
+
+    print(f"grid: {len(settings)} settings x {samples} samples x {len(prepared)} images "
+          f"({len(prepared[0].token_ids)} prompt tokens each), {n_new} new tokens, "
+          f"{'random Qwen2-VL' if args.model is None else args.model} on {device} ({backend.info.dtype}), "
+          f"engine batch {batch}, median of {args.repeats}")
+    engine()  # warm-up
+    rate_e, t_e = median_rate(engine, args.repeats)
+    rate_a, t_a = median_rate(baseline_a, args.repeats)
+    rate_b, t_b = median_rate(baseline_b, args.repeats)
+    print(f"  baseline A  generate per (image, setting): {rate_a:8.1f} tokens/s  ({t_a:.1f} s, {len(groups)} groups)")
+    print(f"  baseline B  generate per sample          : {rate_b:8.1f} tokens/s  ({t_b:.1f} s, first sample of "
+          f"{len(groups)} groups)")
+    print(f"  evalkit engine, one decode per image     : {rate_e:8.1f} tokens/s  ({t_e:.1f} s)")
+    print(f"  ratio engine / A: {rate_e / rate_a:.2f}x    engine / B: {rate_e / rate_b:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
