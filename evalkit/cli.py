@@ -364,7 +364,8 @@ def _print_summary(result: evalkit.Run) -> None:
         reused = m.samples_reused
         kept = ", ".join(f"{n} {what}" for what, n in (("from the sample cache", reused.get("from_cache", 0)),
                                                        ("from before the resume", reused.get("from_parts", 0))) if n)
-        out.print(f"{m.n_samples} samples: {m.n_prompts} prompts x {len(m.settings)} settings x "
+        prompts = "images" if m.model.get("backend") == "vlm" else "prompts"
+        out.print(f"{m.n_samples} samples: {m.n_prompts} {prompts} x {len(m.settings)} settings x "
                   f"{result.config['samples_per_prompt']} on {escape(m.model['id'])} ({m.device}, {m.model['dtype']}); "
                   f"generation {m.timings.get('generate_s', 0):.1f} s" + (f" ({kept})" if kept else ""),
                   highlight=False, soft_wrap=True)

@@ -105,12 +105,15 @@ class RunView:
         grid = "; ".join(f"{k}: {', '.join(show_param(v) for v in sorted({s.params()[k] for s in self.settings}))}"
                          for k in self.param_names)
         config = self.run.config
-        facts = [("run", m.run_id), ("status", m.status), ("model", str(model.get("id"))),
+        backend = model.get("backend", "hf")
+        facts = [("run", m.run_id), ("status", m.status),
+                 ("model", str(model.get("id")) + (f" ({backend})" if backend != "hf" else "")),
                  ("model file" if model.get("sha256") else "revision", str(ident)[:16] if ident else "n/a"),
                  ("device", f"{m.device}, {model.get('dtype', 'n/a')}"), ("seed", str(m.seed)),
                  ("started", m.started_at), ("ended", m.ended_at or "n/a"),
                  ("settings", f"{len(m.settings)} ({grid})"),
-                 ("samples", f"{m.n_samples}: {m.n_prompts} prompts x {len(m.settings)} settings"
+                 ("samples", f"{m.n_samples}: {m.n_prompts} {'images' if backend == 'vlm' else 'prompts'} x "
+                             f"{len(m.settings)} settings"
                              + (f" x {config['samples_per_prompt']}" if "samples_per_prompt" in config else "")),
                  ("max_new_tokens", str(config.get("max_new_tokens", "n/a"))),
                  ("evalkit", m.evalkit_version),
