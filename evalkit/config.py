@@ -234,7 +234,8 @@ class SweepConfig(_Strict):
         wrong = GridConfig.TEXT_AXES if images else GridConfig.IMAGE_AXES
         for axis in wrong:
             if getattr(self.grid, axis) is not None:
-                kind = "a diffusers (text-to-image)" if images else "a text"
+                kind = {"diffusers": "a diffusers (text-to-image)", "vlm": "an image-to-text"}.get(
+                    self.model.backend, "a text")
                 axes = ", ".join(GridConfig.IMAGE_AXES if images else GridConfig.TEXT_AXES[:4])
                 raise ValueError(f"grid.{axis}: {kind} sweep has no {axis} axis (its axes: {axes}), "
                                  f"got {getattr(self.grid, axis)!r}")

@@ -272,6 +272,9 @@ def _resolved(config: SweepConfig) -> dict:
     data = config.model_dump(mode="json")
     if config.prompts.file:
         data["prompts"]["file"] = str(config.resolve_path(config.prompts.file).resolve())
+    for item in data["prompts"]["items"] or []:  # inline image prompts (a prompt file's images follow the file)
+        if item.get("image"):
+            item["image"] = str(config.resolve_path(item["image"]).resolve())
     model_path = config.resolve_path(config.model.id)
     if config.model.id != "default" and model_path.exists():
         data["model"]["id"] = str(model_path.resolve())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -151,6 +152,17 @@ def test_same_seed_gives_the_same_captions_whatever_else_runs(run, tiny_vlms, im
     before = run.samples.set_index(["prompt_id", "setting_id", "sample_index"])
     for r in again.samples.itertuples():
         assert list(r.token_ids) == list(before.loc[(r.prompt_id, r.setting_id, r.sample_index), "token_ids"])
+
+
+def test_relative_image_paths_are_resolved_in_the_runs_config(tiny_vlms, images, tmp_path):
+    from evalkit.config import load_config
+
+    config = vlm_config(tiny_vlms["llava"], [Path(p.name) for p in images], tmp_path / "runs", metrics=["distinct_1"],
+                        samples_per_prompt=1)
+    config["grid"] = {"temperature": [1.0]}
+    run = evalkit.run_sweep(config_from_dict(config, base_dir=images[0].parent), progress=False)
+    again = load_prompts(load_config(run.path / "config.yaml"))  # what --resume reads
+    assert [p.image for p in again] == [str(p.resolve()) for p in images]
 
 
 def test_a_stopped_run_resumes_from_its_parts(run, tmp_path):
