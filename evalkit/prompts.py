@@ -68,7 +68,7 @@ def load_prompts(config: SweepConfig) -> list[Prompt]:
             raise ConfigError(f"prompt {pid!r} has an image but no text: give it a 'prompt' or set prompts.question",
                               source=source, path=where)
         prompts.append(Prompt(id=pid, text=text, messages=messages, image=image and str(image),
-                              image_sha256=image and _sha256(image), references=tuple(item.references or ())))
+                              image_sha256=image and sha256_of(image), references=tuple(item.references or ())))
     if not prompts:
         raise ConfigError("the prompt file has no prompts", source=source)
     return prompts
@@ -102,7 +102,7 @@ def _image(config: SweepConfig, item: PromptItem, pid: str, base: Path, source: 
     return path
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     import hashlib
 
     return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -227,26 +227,18 @@ def _generate(run_dir: Path, config: SweepConfig, backend, units: list[WorkUnit]
 
 def _row(u: WorkUnit, result: dict) -> dict:
     p = u.prompt.prompt
-    image = {"prompt_image": prompt_image_path(p), "references": list(p.references)} if p.image else {}
+    image = {"prompt_image": store.prompt_image_name(p.image, p.image_sha256), "references": list(p.references)} \
+        if p.image else {}
     return {"prompt_id": p.id, "prompt": p.display, "setting_id": u.setting.id,
             **u.setting.params(), "sample_index": u.sample_index, "seed": u.seed, "text": result["text"],
             "num_new_tokens": len(result["token_ids"]), "finish_reason": result["finish_reason"],
             "token_ids": result["token_ids"], **{name: result.get(name, []) for name in store.STAT_COLUMNS}, **image}
 
 
-def prompt_image_path(prompt) -> str:
-    """Where a prompt's image is copied in the run directory: named by its content, so equal images share a file."""
-    return f"prompt_images/{prompt.image_sha256[:16]}{Path(prompt.image).suffix.lower()}"
-
-
 def _image_fields(run_dir: Path, prompt) -> dict:
     """Copy the prompt's image into the run directory (the run keeps what it captioned); its prompts.jsonl fields."""
-    copy = run_dir / prompt_image_path(prompt)
-    if not copy.is_file():
-        copy.parent.mkdir(exist_ok=True)
-        store.write_atomic(copy, Path(prompt.image).read_bytes())
-    return {"image": prompt_image_path(prompt), "image_source": prompt.image, "image_sha256": prompt.image_sha256,
-            "references": list(prompt.references)}
+    return {"image": store.keep_prompt_image(run_dir, prompt.image, prompt.image_sha256), "image_source": prompt.image,
+            "image_sha256": prompt.image_sha256, "references": list(prompt.references)}
 
 
 def _resume_config(run_dir: Path) -> SweepConfig:

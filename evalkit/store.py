@@ -77,6 +77,20 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def prompt_image_name(source: str | Path, sha256: str) -> str:
+    """Where an input image is kept in a run directory: named by its content, so equal images share a file."""
+    return f"prompt_images/{sha256[:16]}{Path(source).suffix.lower()}"
+
+
+def keep_prompt_image(run_dir: Path, source: str | Path, sha256: str) -> str:
+    """Copy an input image into ``run_dir/prompt_images/`` (once); its path relative to the run directory."""
+    name = prompt_image_name(source, sha256)
+    if not (run_dir / name).is_file():
+        (run_dir / name).parent.mkdir(exist_ok=True)
+        write_atomic(run_dir / name, Path(source).read_bytes())
+    return name
+
+
 def write_json(path: Path, obj: Any) -> None:
     write_atomic(path, (json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n").encode("utf-8"))
 

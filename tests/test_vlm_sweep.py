@@ -4,6 +4,7 @@ text metrics and by a tiny random open_clip model (CLIPScore of captions, RefCLI
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -179,9 +180,10 @@ def test_a_stopped_run_resumes_from_its_parts(run, tmp_path):
     pd.testing.assert_frame_equal(resumed.samples, samples)
 
 
-def test_another_image_is_another_prompt_for_the_cache_and_for_comparisons(tiny_vlms, images, tmp_path):
+def test_another_image_is_another_prompt_for_the_cache_and_for_comparisons(tiny_vlms, images, tmp_path, monkeypatch):
     from evalkit.compare import RunData, compare_runs
 
+    monkeypatch.setenv("EVALKIT_SAMPLE_CACHE", str(tmp_path / "cache.sqlite"))  # a cache of this test's own
     config = vlm_config(tiny_vlms["llava"], images, tmp_path / "runs", metrics=["distinct_1"])
     config["grid"] = {"temperature": [1.0]}
     first = evalkit.run_sweep(config_from_dict(config), progress=False)
@@ -244,3 +246,50 @@ def test_vlm_config_example_is_valid():
     assert config.model.backend == "vlm" and len(config.settings()) >= 6
     prompts = load_prompts(config)
     assert len(prompts) >= 4 and all(p.image and p.references and p.text for p in prompts)
+
+
+def test_captions_made_elsewhere_are_scored_from_a_file(images, clip, tmp_path):
+    from typer.testing import CliRunner
+
+    from evalkit.cli import app
+    from evalkit.config import MetricSpec
+    from evalkit.metric import Group
+    from evalkit.registry import default_registry
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for p in images[:2]:
+        shutil.copy(p, data / p.name)
+    captions = {"a": ["a red square", "noise", "a square"], "b": ["two cats", "a cat on a mat", "cats"]}
+    rows = [{"prompt_id": pid, "prompt": "Describe the image.", "image": images[i].name, "text": text,
+             "temperature": 0.7, **({"references": ["a red square"]} if pid == "a" else {})}
+            for i, pid in enumerate(captions) for text in captions[pid]]
+    (data / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    clip_params = f"model={clip},pretrained=none"
+    metrics = f"distinct_1,clip_score[{clip_params},text=sample],ref_clip_score[{clip_params}]"
+    result = CliRunner().invoke(app, ["score", str(data / "captions.jsonl"), "--metrics", metrics, "-o",
+                                      str(tmp_path / "out"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    run = evalkit.load_run(tmp_path / "out")
+    assert sorted(run.samples["prompt_image"].unique()) == sorted(
+        f"prompt_images/{evalkit.prompts.sha256_of(p)[:16]}.png" for p in images[:2])
+    scores = run.scores.set_index(["prompt_id", "metric"])["value"]
+    registry = default_registry()
+    for i, pid in enumerate(captions):
+        group = Group(prompt_id=pid, prompt="Describe the image.", setting=Setting(temperature=0.7),
+                      texts=tuple(captions[pid]), token_ids=(), prompt_image=str(images[i]),
+                      references=("a red square",) if pid == "a" else ())
+        for name, extra in [("clip_score", {"text": "sample"}), ("ref_clip_score", {})]:
+            m = registry.create(MetricSpec(name=name, params={"model": str(clip), "pretrained": "none", **extra}))
+            expected = m.compute(group).value
+            got = scores[(pid, m.id)]
+            assert (math.isnan(got) and math.isnan(expected)) or got == pytest.approx(expected, abs=1e-9)
+    assert math.isnan(scores[("b", f"ref_clip_score[model={clip.stem},pretrained=none,prefix=yes]")])
+
+    rows[1]["image"] = images[1].name  # the same prompt, another image
+    (data / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    result = CliRunner().invoke(app, ["score", str(data / "captions.jsonl"), "--metrics", "distinct_1", "-o",
+                                      str(tmp_path / "out2")])
+    assert result.exit_code == 2
+    assert result.stderr.strip().endswith("captions.jsonl: line 2: prompt 'a' has another image than on its first line")
+    assert not (tmp_path / "out2").exists()
