@@ -5,9 +5,9 @@ Each line of the file is one sample: ``text`` (required), the prompt as ``prompt
 ``top_p``, ``top_k``, ``min_p``; defaults 1, 1, 0, 0) and ``sample_index`` (else the order
 within its group). Captions of images add ``image`` (a path relative to the file) and may add
 ``references`` (reference captions); every row of a prompt names the same image. Other fields
-are ignored. Metrics take parameters in brackets: ``clip_score[text=sample,prefix=no]``. The output directory gets the same tables as
-a run (samples, scores, per-sample scores, summary, manifest), so ``evalkit.load_run``
-reads it like any run.
+are ignored. Metrics take parameters in brackets: ``clip_score[text=sample,prefix=no]``. The
+output directory gets the same tables as a run (samples, scores, per-sample scores, summary,
+manifest, and the images), so ``evalkit.load_run`` reads it like any run.
 """
 
 from __future__ import annotations
@@ -79,6 +79,10 @@ def read_generations(path: Path) -> pd.DataFrame:
         raise ConfigError("the file has no generations", source=source)
     samples = pd.DataFrame(rows)
     images = samples["prompt_image"].notna().any()
+    if images and samples["prompt_image"].isna().any():
+        line = int(samples.loc[samples["prompt_image"].isna().idxmax(), "_line"])
+        raise ConfigError("no image, while other lines name one: every line names the image it describes",
+                          source=source, path=f"line {line}")
     for column in ("prompt_image", "references") if images else ():
         per_prompt = samples.groupby("prompt_id", sort=False)[column].transform("first")
         other = samples[column] != per_prompt

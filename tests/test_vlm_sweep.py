@@ -293,3 +293,4 @@ def test_captions_made_elsewhere_are_scored_from_a_file(images, clip, tmp_path):
     assert result.exit_code == 2
     assert result.stderr.strip().endswith("captions.jsonl: line 2: prompt 'a' has another image than on its first line")
     assert not (tmp_path / "out2").exists()
+

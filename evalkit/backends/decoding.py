@@ -22,8 +22,8 @@ END_TOKENS = ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<
 
 
 class EngineBackend:
-    # One prompt per decode wave, its extra model inputs (pixel values, image grids) passed at prefill,
-    # and positions left to the model (Qwen2-VL's multimodal RoPE computes its own).
+    # One prompt per decode wave, with its extra model inputs (pixel values, image grids) at prefill and
+    # the model's own prefill positions (see evalkit.engine): vision-language models
     per_prompt_waves = False
     info: ModelInfo
     eos_ids: list[int]

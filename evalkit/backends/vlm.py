@@ -75,8 +75,8 @@ class VLMBackend(EngineBackend):
         out = []
         for p in prompts:
             if use_template:
-                rendered = self.processor.apply_chat_template(conversation(p, system_prompt), tokenize=False,
-                                                              add_generation_prompt=True)
+                rendered = self.processor.apply_chat_template(conversation(p, system_prompt, self._source),
+                                                              tokenize=False, add_generation_prompt=True)
             else:
                 token = getattr(self.processor, "image_token", None)
                 if p.messages is not None:
@@ -98,12 +98,13 @@ class VLMBackend(EngineBackend):
         return out
 
 
-def conversation(prompt: Prompt, system_prompt: str | None) -> list[dict]:
+def conversation(prompt: Prompt, system_prompt: str | None, source: str | None = None) -> list[dict]:
     """The prompt as chat messages in the processors' content format, the image first in the first user turn."""
     messages = [{"role": m["role"], "content": [{"type": "text", "text": m["content"]}]}
                 for m in prompt.chat(system_prompt)]
     users = [m for m in messages if m["role"] == "user"]
     if not users:
-        raise ConfigError(f"prompt {prompt.id!r} has no user message to attach its image to", path="prompts")
+        raise ConfigError(f"prompt {prompt.id!r} has no user message to attach its image to", source=source,
+                          path="prompts")
     users[0]["content"].insert(0, {"type": "image"})
     return messages
