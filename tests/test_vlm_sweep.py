@@ -294,3 +294,28 @@ def test_captions_made_elsewhere_are_scored_from_a_file(images, clip, tmp_path):
     assert result.stderr.strip().endswith("captions.jsonl: line 2: prompt 'a' has another image than on its first line")
     assert not (tmp_path / "out2").exists()
 
+
+
+def test_system_prompt_messages_and_raw_prompts(tiny_vlms, images, tmp_path):
+    model = tiny_vlms["llava"]
+    config = vlm_config(model, images[:1], tmp_path / "runs")
+    config["prompts"].update(system_prompt="Be brief.",
+                             items=[{"id": "m", "image": str(images[0]), "messages": [
+                                 {"role": "user", "content": "What is it?"}, {"role": "assistant", "content": "Noise."},
+                                 {"role": "user", "content": "Are you sure?"}]}])
+    backend = load_backend(config_from_dict(config))
+    prompt = load_prompts(config_from_dict(config))
+    rendered = backend.prepare(prompt, chat_template="auto", system_prompt="Be brief.", max_new_tokens=4)[0].rendered
+    assert rendered == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n<image>What is it?<|im_end|>\n"
+                        "<|im_start|>assistant\nNoise.<|im_end|>\n<|im_start|>user\nAre you sure?<|im_end|>\n"
+                        "<|im_start|>assistant\n")
+
+    raw = vlm_config(model, images[:1], tmp_path / "runs")
+    raw["prompts"]["items"][0]["prompt"] = "Caption: <image>"
+    prepared = backend.prepare(load_prompts(config_from_dict(raw)), chat_template=False, system_prompt=None,
+                               max_new_tokens=4)
+    assert prepared[0].rendered == "Caption: <image>"
+    assert prepared[0].token_ids.count(backend.model.config.image_token_index) == 16  # (32/8)^2 patches, no CLS
+    raw["prompts"]["items"][0]["prompt"] = "Caption:"
+    with pytest.raises(ConfigError, match="prompt 'img0' has no image token '<image>'; without a chat template"):
+        backend.prepare(load_prompts(config_from_dict(raw)), chat_template=False, system_prompt=None, max_new_tokens=4)
