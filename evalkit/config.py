@@ -227,6 +227,9 @@ class SweepConfig(_Strict):
         if self.model.backend == "vlm" and self.model.id == "default":
             raise ValueError("model.id: a vlm sweep needs a vision-language model (a local directory or hub id); "
                              "'default' is the embedded text model, got 'default'")
+        if self.model.backend != "vlm" and self.prompts.question is not None:
+            raise ValueError(f"prompts.question: only a vlm sweep asks a question of its images, got "
+                             f"{self.prompts.question!r} for backend {self.model.backend!r}")
         if self.model.backend == "vlm" and (self.model.gguf_file or self.model.id.endswith(".gguf")):
             raise ValueError(f"model.id: a vlm sweep reads a transformers model directory or hub id, not GGUF, "
                              f"got {self.model.gguf_file or self.model.id!r}")

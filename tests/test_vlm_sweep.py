@@ -98,6 +98,7 @@ def test_token_logprobs_equal_a_full_forward_pass(tiny_vlms, images, tmp_path, n
 @pytest.fixture(scope="module")
 def run(tiny_vlms, images, clip, tmp_path_factory):
     config = vlm_config(tiny_vlms["qwen2_vl"], images, tmp_path_factory.mktemp("vlm") / "runs", clip, report=True)
+    config["metrics"] += [{"name": "distinct_1", "tok": "model"}, "perplexity", "semantic_diversity", "mean_length"]
     return evalkit.run_sweep(config_from_dict(config), progress=False, cache=False)
 
 
@@ -124,7 +125,9 @@ def test_captions_images_and_references_in_the_run(run, images):
 def test_text_and_clip_metrics_of_captions(run):
     scores = run.scores
     metrics = set(scores["metric"])
-    assert {"distinct_2[tok=words]", "token_entropy[dist=sampling]"} <= metrics
+    assert {"distinct_2[tok=words]", "token_entropy[dist=sampling]", "distinct_1[tok=model]",
+            "perplexity[dist=model]", "semantic_diversity[emb=all-MiniLM-L6-v2]", "mean_length[unit=tokens]"} <= metrics
+    assert not scores[scores["metric"] == "distinct_1[tok=model]"]["value"].isna().any()
     clip = scores[scores["metric"].str.startswith("clip_score[")]
     assert clip["metric"].iloc[0].endswith("text=sample,prefix=yes]")
     assert len(clip) == 18 and clip["value"].between(0, 2.5).all()
@@ -142,7 +145,7 @@ def test_report_shows_each_prompt_image(run):
     data = json.loads(html.split('id="evalkit-data">')[1].split("</script>")[0])["runs"][0]
     assert [p[0] for p in data["prompts"]] == ["img0", "img1", "img2"]
     assert all(p[2].startswith("data:image/jpeg;base64,") for p in data["prompts"])
-    assert html.count('<figure class="chart heatmap">') == 5 and 'id="entropy"' in html
+    assert html.count('<figure class="chart heatmap">') == 9 and 'id="entropy"' in html
 
 
 def test_same_seed_gives_the_same_captions_whatever_else_runs(run, tiny_vlms, images, clip, tmp_path):
@@ -205,7 +208,8 @@ def test_another_image_is_another_prompt_for_the_cache_and_for_comparisons(tiny_
     (lambda c: c["prompts"]["items"][0].update(image="missing.png"), r"image of prompt 'img0' not found: .*missing"),
     (lambda c: c["prompts"].pop("question"), r"prompts.items\[0\]: prompt 'img0' has an image but no text"),
     (lambda c: c["model"].update(id="default"), r"model.id: a vlm sweep needs a vision-language model"),
-    (lambda c: c["model"].update(backend="hf"),
+    (lambda c: c["model"].update(backend="hf"), r"prompts.question: only a vlm sweep asks a question of its images"),
+    (lambda c: (c["model"].update(backend="hf"), c["prompts"].update(question=None)),
      r"prompt 'img0' has an image, which only a vision-language sweep reads \(model.backend: vlm\)"),
 ])
 def test_bad_vlm_configs_are_refused_before_anything_is_written(tiny_vlms, images, tmp_path, change, message):

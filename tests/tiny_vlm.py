@@ -147,8 +147,9 @@ def write_images(folder: Path, n: int = 3, seed: int = 0) -> list[Path]:
 def vlm_config(model: Path, images: list[Path], output_dir: Path, clip_json: Path | None = None, **extra) -> dict:
     """A small captioning sweep: one question per image, two with reference captions."""
     per_image = [{"references": ["a red square", "a square drawn in red"]}, {"references": ["two cats on a mat"]},
-             {"prompt": "What is in the picture?"}]
-    prompts = [{"id": f"img{i}", "image": str(p), **(per_image[i] if i < len(per_image) else {})} for i, p in enumerate(images)]
+                 {"prompt": "What is in the picture?"}]
+    prompts = [{"id": f"img{i}", "image": str(p), **(per_image[i] if i < len(per_image) else {})}
+               for i, p in enumerate(images)]
     metrics: list = ["distinct_2", "self_bleu", {"name": "token_entropy", "dist": "sampling"}]
     if clip_json is not None:
         clip = {"model": str(clip_json), "pretrained": "none"}
