@@ -148,7 +148,8 @@ def score_file(path: str | Path, metric_names: list[str], output: str | Path, *,
             ci={"method": "percentile bootstrap over prompts", "level": level, "resamples": resamples, "seed": seed},
         )
         if images:  # the scores' directory keeps the images, like a run
-            kept = {src: store.keep_prompt_image(tmp, src, sha256_of(Path(src))) for src in set(samples["prompt_image"])}
+            kept = {src: store.keep_prompt_image(tmp, src, sha256_of(Path(src)))
+                    for src in set(samples["prompt_image"])}
             samples = samples.assign(prompt_image=samples["prompt_image"].map(kept))
         store.write_table(tmp / "samples.parquet", samples)
         score_run(tmp, samples, settings, metrics, level=level, resamples=resamples, seed=seed, ui=ui)
