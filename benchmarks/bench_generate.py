@@ -50,6 +50,11 @@ def median_rate(fn, repeats: int) -> tuple[float, float]:
     return statistics.median(rates), statistics.median(times)
 
 
+def new_tokens(out, width: int, eos: set[int]) -> int:
+    """New tokens of each row of ``generate``'s output, up to its first end-of-sequence token."""
+    return sum(next((i for i, t in enumerate(row) if t in eos), len(row)) for row in out[:, width:].tolist())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -76,18 +81,12 @@ def main() -> None:
     batch = backend.batch_size("auto", prepared, n_new)
     eos = set(backend.eos_ids)
 
-    def new_tokens(out, width):
-        count = 0
-        for row in out[:, width:].tolist():
-            count += next((i for i, t in enumerate(row) if t in eos), len(row))
-        return count
-
     def hf_generate(p, s, n):
         ids = torch.tensor([p.token_ids], device=device)
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
                              num_return_sequences=n, temperature=s.temperature, top_p=s.top_p, top_k=0,
                              max_new_tokens=n_new, eos_token_id=backend.eos_ids, pad_token_id=backend.pad_id)
-        return new_tokens(out, ids.shape[1])
+        return new_tokens(out, ids.shape[1], eos)
 
     groups = [(p, s) for p in prepared for s in settings][:args.baseline_groups]
 

@@ -29,7 +29,7 @@ from evalkit.config import config_from_dict
 from evalkit.prompts import load_prompts
 from evalkit.seeds import derive_seed
 
-from bench_generate import median_rate
+from bench_generate import median_rate, new_tokens
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the model builders of the tests
 
@@ -80,8 +80,7 @@ def main() -> None:
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **inputs, do_sample=True,
                              num_return_sequences=n, temperature=s.temperature, top_p=s.top_p, top_k=0,
                              max_new_tokens=n_new, eos_token_id=backend.eos_ids, pad_token_id=backend.pad_id)
-        return sum(next((i for i, t in enumerate(row) if t in eos), len(row))
-                   for row in out[:, ids.shape[1]:].tolist())
+        return new_tokens(out, ids.shape[1], eos)
 
     groups = [(p, s) for p in prepared for s in settings]
 

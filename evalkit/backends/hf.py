@@ -50,6 +50,11 @@ class ModelSource:
         self.kind, self.path, self.hub_id, self.gguf = kind, path, hub_id, gguf_source
         self.sha256 = gguf_source.sha256 if gguf_source else weights_sha256  # file or weight-files hash
 
+    def load_args(self, revision: str | None) -> tuple[str, dict[str, Any]]:
+        """What ``from_pretrained`` takes for a directory or hub model: where, and the hub revision if any."""
+        where = str(self.path) if self.path else self.hub_id
+        return where, ({"revision": revision} if self.kind == "hub" and revision else {})
+
 
 def locate_model(config: SweepConfig) -> ModelSource:
     """Resolve ``model.id`` to a local file, directory or hub id. Raises on a missing path or bad hash."""
@@ -140,8 +145,7 @@ class HFTextBackend(EngineBackend):
             load_from, converted_now = gguf.ensure_converted(source.gguf)
             load_kwargs: dict[str, Any] = {}
         else:
-            load_from = str(source.path) if source.path else source.hub_id
-            load_kwargs = {"revision": mc.revision} if source.kind == "hub" and mc.revision else {}
+            load_from, load_kwargs = source.load_args(mc.revision)
         status("loading the model")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(load_from, **load_kwargs)

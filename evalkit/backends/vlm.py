@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any
-
 from evalkit.backends.base import ModelInfo, PreparedPrompt
 from evalkit.backends.decoding import EngineBackend
 from evalkit.backends.hf import ModelSource, _quiet_libraries, resolve_dtype
@@ -34,8 +32,7 @@ class VLMBackend(EngineBackend):
         mc = config.model
         self._source = config.source
         dtype = resolve_dtype(mc.dtype, device)
-        load_from = str(source.path) if source.path else source.hub_id
-        load_kwargs: dict[str, Any] = {"revision": mc.revision} if source.kind == "hub" and mc.revision else {}
+        load_from, load_kwargs = source.load_args(mc.revision)
         status("loading the model")
         try:
             self.processor = AutoProcessor.from_pretrained(load_from, **load_kwargs)
