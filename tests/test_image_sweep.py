@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 
 import numpy as np
@@ -107,3 +109,37 @@ def test_t2i_config_example_is_valid():
 
     config = load_config(Path(__file__).resolve().parents[1] / "configs" / "t2i.yaml")
     assert config.model.backend == "diffusers" and len(config.settings()) >= 6
+
+
+def test_thumbnails_shrink_to_fit_the_report_budget(tmp_path):
+    from evalkit.report import thumbnails
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(10):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 255, (300, 240, 3), dtype=np.uint8)).save(paths[-1])
+    sizes = {side: np.mean([len(thumbnails.thumbnail(p, side)) for p in paths]) for side in thumbnails.SAMPLE_SIDES}
+    assert all(sizes[a] > sizes[b] for a, b in zip(thumbnails.SAMPLE_SIDES, thumbnails.SAMPLE_SIDES[1:]))
+    roomy = thumbnails.plan(paths, groups=5, sides=thumbnails.SAMPLE_SIDES, budget=int(sizes[160] * 10) + 1)
+    assert (roomy.side, roomy.per_group) == (160, None)
+    tight = thumbnails.plan(paths, groups=5, sides=thumbnails.SAMPLE_SIDES, budget=int(sizes[96] * 10) + 1)
+    assert (tight.side, tight.per_group) == (96, None)
+    with Image.open(io.BytesIO(base64.b64decode(thumbnails.thumbnail(paths[0], 96).split(",")[1]))) as im:
+        assert max(im.size) == 96
+    over = thumbnails.plan(paths, groups=5, sides=thumbnails.SAMPLE_SIDES, budget=int(sizes[48] * 5) + 1)
+    assert (over.side, over.per_group) == (48, 1) and "the first 1 of each group" in over.describe()
+
+
+def test_images_beyond_the_budget_are_named_not_inlined(run, monkeypatch, tmp_path):
+    from evalkit.report import thumbnails, write_report
+
+    largest = max(len(thumbnails.thumbnail(run.path / p, 48)) for p in run.samples["image_path"])
+    monkeypatch.setattr(thumbnails, "BUDGET", largest * 8 * 2)  # two of the three images of each of the 8 groups
+    html = write_report([run.path], tmp_path / "small.html").read_text(encoding="utf-8")
+    data = json.loads(html.split('id="evalkit-data">')[1].split("</script>")[0])["runs"][0]
+    rows = [row for per_prompt in data["samples"] for per_setting in per_prompt for row in per_setting]
+    inline = [row[3] for row in rows if row[3].startswith("data:image/jpeg;base64,")]
+    named = [row[3] for row in rows if not row[3].startswith("data:")]
+    assert len(inline) == 16 and len(named) == 8 and all(n.startswith("images/") and n.endswith("-002.png") for n in named)
+    assert "the first 2 of each group as thumbnails of at most 48 px" in html

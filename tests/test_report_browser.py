@@ -196,7 +196,7 @@ def test_history_page_renders_offline_with_the_regression_marked(browser, tmp_pa
         view.close()
 
 
-def test_image_run_shows_image_grids(browser, tiny_sd, tmp_path):
+def test_image_run_shows_image_grids(browser, tiny_sd, tmp_path, monkeypatch):
     import evalkit
     from evalkit.config import config_from_dict
     from tiny_diffusion import t2i_config
@@ -222,6 +222,21 @@ def test_image_run_shows_image_grids(browser, tiny_sd, tmp_path):
         heatmaps = page.eval_on_selector_all("figure.heatmap svg", "ss => ss.map(s => s.getBoundingClientRect().width)")
         assert len(heatmaps) == 3 and min(heatmaps) > 100
         page.screenshot(path=str(tmp_path / "images.png"), full_page=True)
+    finally:
+        view.close()
+
+    # beyond the report's size budget, the last image of each group is named instead of inlined
+    from evalkit.report import thumbnails, write_report
+
+    largest = max(len(thumbnails.thumbnail(run.path / p, 48)) for p in run.samples["image_path"])
+    monkeypatch.setattr(thumbnails, "BUDGET", largest * 8 * 2)
+    small = write_report([run.path], tmp_path / "small.html")
+    view = Page(browser, small)
+    try:
+        assert view.errors == []
+        assert view.page.eval_on_selector_all("#sb-cols img", "ims => ims.length") == 2
+        named = view.page.eval_on_selector_all("#sb-cols .not-inline", "ds => ds.map(d => d.textContent)")
+        assert len(named) == 1 and named[0].startswith("not in the report (size budget): images/")
     finally:
         view.close()
 

@@ -16,6 +16,7 @@ import yaml
 from evalkit.compare import Comparison, RunData, compare_runs
 from evalkit.errors import EvalkitError
 from evalkit.image_settings import ImageSetting
+from evalkit.report import thumbnails
 from evalkit.report.charts import IMAGE_AXES, TEXT_AXES, Axes, show_param
 from evalkit.sampling import Setting
 from evalkit.scoring import aggregate
@@ -120,7 +121,22 @@ class RunView:
                  ("libraries", ", ".join(f"{k} {v}" for k, v in m.packages.items() if v)),
                  ("git", f"{m.git.commit[:10]}{' (dirty)' if m.git.dirty else ''}" if m.git else "n/a"),
                  ("confidence", f"{self.level}% {m.ci['method']}, {m.ci['resamples']} resamples, seed {m.ci['seed']}")]
+        if self.image_plan is not None:
+            facts.append(("images", self.image_plan.describe()))
         return facts
+
+    @cached_property
+    def image_plan(self) -> thumbnails.Plan | None:
+        """How the run's images go into the report (None: a run without images)."""
+        samples = self.run.samples
+        if "image_path" in samples:  # text-to-image: every generated image
+            paths = [self.run.path / p for p in samples["image_path"]]
+            return thumbnails.plan(paths, samples.groupby(["prompt_id", "setting_id"]).ngroups,
+                                   thumbnails.SAMPLE_SIDES)
+        if "prompt_image" in samples:  # image-to-text: one image per prompt
+            paths = [self.run.path / p for p in samples.drop_duplicates("prompt_id")["prompt_image"]]
+            return thumbnails.plan(paths, len(paths), thumbnails.PROMPT_SIDES)
+        return None
 
     def browser_data(self) -> dict:
         """Samples and group scores for the sample browser, as compact nested lists:
@@ -135,11 +151,13 @@ class RunView:
         ntok = samples["num_new_tokens"] if "num_new_tokens" in samples else pd.Series([None] * len(samples))
         finish = samples["finish_reason"] if "finish_reason" in samples else pd.Series([""] * len(samples))
         images = samples["image_path"] if "image_path" in samples else pd.Series([None] * len(samples))
-        for p, s, text, n, f, image in zip(samples["prompt_id"].astype(str), samples["setting_id"], samples["text"],
-                                           ntok, finish, images):
+        inline = self.image_plan
+        for p, s, text, n, f, image, k in zip(samples["prompt_id"].astype(str), samples["setting_id"],
+                                              samples["text"], ntok, finish, images, samples["sample_index"]):
             row = [text, None if pd.isna(n) else int(n), "" if pd.isna(f) else str(f)]
-            if image is not None:
-                row.append(thumbnail(self.run.path / image))
+            if image is not None:  # a thumbnail, or beyond the report's budget the image's path
+                shown = inline.per_group is None or k < inline.per_group
+                row.append(thumbnails.thumbnail(self.run.path / image, inline.side) if shown else str(image))
             texts[pi[p]][si[s]].append(row)
         values = [[[None] * len(self.metrics) for _ in settings] for _ in prompts]
         mi = {m: i for i, m in enumerate(self.metrics)}
@@ -149,31 +167,13 @@ class RunView:
                 values[pi[p]][si[s]][mi[m]] = None if math.isnan(v) else float(v)
         first = samples.groupby(samples["prompt_id"].astype(str), sort=False).first()
         if "prompt_image" in samples:  # image-to-text: [id, question, image thumbnail, reference captions]
-            listed = [[p, prompt_text[p], thumbnail(self.run.path / first.loc[p, "prompt_image"], PROMPT_IMAGE),
+            side = self.image_plan.side
+            listed = [[p, prompt_text[p], thumbnails.thumbnail(self.run.path / first.loc[p, "prompt_image"], side),
                        [str(r) for r in first.loc[p, "references"]]] for p in prompts]
         else:
             listed = [[p, prompt_text[p]] for p in prompts]
         return {"label": self.label, "prompts": listed, "settings": settings,
                 "metrics": self.metrics, "samples": texts, "scores": values}
-
-
-THUMBNAIL = 160  # pixels on the longer side of a generated image in the report
-PROMPT_IMAGE = 256  # ... and of the image a caption answers
-
-
-def thumbnail(path: Path, size: int = THUMBNAIL) -> str:
-    """The image as a small inline JPEG (``data:`` URI), so that the report stays one modest file."""
-    import base64
-    import io
-
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        im.thumbnail((size, size))
-        buf = io.BytesIO()
-        im.save(buf, format="JPEG", quality=82)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def load_views(paths: list[str | Path]) -> list[RunView]:

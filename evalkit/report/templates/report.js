@@ -108,6 +108,8 @@
         img.src = image;
         img.alt = "image " + i + " of " + run.settings[s];
         li.appendChild(img);
+      } else if (typeof image === "string") {  // beyond the report's size budget: where the image is
+        li.appendChild(el("div", "not-inline", "not in the report (size budget): " + image));
       }
       if (text) li.appendChild(el("div", "text", text));
       const meta = ["#" + i];
