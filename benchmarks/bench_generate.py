@@ -72,10 +72,17 @@ def main() -> None:
                                "grid": {"temperature": grid["temperature"], "top_p": grid["top_p"]},
                                "samples_per_prompt": grid["samples"], "model": {"id": args.model, "device": args.device}})
     backend = load_backend(config)
-    model, device, n_new = backend.model, backend.info.device, args.max_new_tokens
+    n_new = args.max_new_tokens
     prepared = backend.prepare(load_prompts(config), chat_template="auto", system_prompt=None, max_new_tokens=n_new)
-    settings = config.settings()
-    samples = grid["samples"]
+    units = race(backend, prepared, config.settings(), grid["samples"], n_new, args.repeats,
+                 baseline_groups=args.baseline_groups, header=backend.info.id)
+    print(sampling_share(backend, units, n_new))
+
+
+def race(backend, prepared, settings, samples: int, n_new: int, repeats: int, *, baseline_groups: int | None = None,
+         header: str, what: str = "prompt", engine_label: str = "whole grid in one decode") -> list[WorkUnit]:
+    """Time baselines A and B and the engine on the grid, print their rates and ratios; the engine's units."""
+    model, device = backend.model, backend.info.device
     units = [WorkUnit(p, s, i, derive_seed(0, p.prompt.id, s.id, i))
              for p in prepared for s in settings for i in range(samples)]
     batch = backend.batch_size("auto", prepared, n_new)
@@ -83,12 +90,13 @@ def main() -> None:
 
     def hf_generate(p, s, n):
         ids = torch.tensor([p.token_ids], device=device)
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
+        inputs = {k: v.to(device) for k, v in (p.model_inputs or {}).items()}  # an image's inputs (VLMs)
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **inputs, do_sample=True,
                              num_return_sequences=n, temperature=s.temperature, top_p=s.top_p, top_k=0,
                              max_new_tokens=n_new, eos_token_id=backend.eos_ids, pad_token_id=backend.pad_id)
         return new_tokens(out, ids.shape[1], eos)
 
-    groups = [(p, s) for p in prepared for s in settings][:args.baseline_groups]
+    groups = [(p, s) for p in prepared for s in settings][:baseline_groups]
 
     def baseline_a():
         torch.manual_seed(0)
@@ -101,18 +109,19 @@ def main() -> None:
     def engine():
         return sum(len(g.token_ids) for g in backend.generate(units, max_new_tokens=n_new, batch_size=batch))
 
-    print(f"grid: {len(settings)} settings x {samples} samples x {len(prepared)} prompts, {n_new} new tokens, "
-          f"{backend.info.id} on {device} ({backend.info.dtype}), engine batch {batch}, median of {args.repeats}")
+    print(f"grid: {len(settings)} settings x {samples} samples x {len(prepared)} {what}s "
+          f"({len(prepared[0].token_ids)} prompt tokens in the first), {n_new} new tokens, {header} on {device} "
+          f"({backend.info.dtype}), engine batch {batch}, median of {repeats}")
     engine()  # warm-up
-    rate_e, t_e = median_rate(engine, args.repeats)
-    rate_a, t_a = median_rate(baseline_a, args.repeats)
-    rate_b, t_b = median_rate(baseline_b, args.repeats)
-    print(f"  baseline A  generate per (prompt, setting): {rate_a:8.1f} tokens/s  ({t_a:.1f} s, {len(groups)} groups)")
-    print(f"  baseline B  generate per sample           : {rate_b:8.1f} tokens/s  ({t_b:.1f} s, first sample of "
+    rate_e, t_e = median_rate(engine, repeats)
+    rate_a, t_a = median_rate(baseline_a, repeats)
+    rate_b, t_b = median_rate(baseline_b, repeats)
+    print(f"  baseline A  generate per ({what}, setting): {rate_a:8.1f} tokens/s  ({t_a:.1f} s, {len(groups)} groups)")
+    print(f"  baseline B  generate per sample: {rate_b:8.1f} tokens/s  ({t_b:.1f} s, first sample of "
           f"{len(groups)} groups)")
-    print(f"  evalkit engine, whole grid in one decode  : {rate_e:8.1f} tokens/s  ({t_e:.1f} s)")
+    print(f"  evalkit engine, {engine_label}: {rate_e:8.1f} tokens/s  ({t_e:.1f} s)")
     print(f"  ratio engine / A: {rate_e / rate_a:.2f}x    engine / B: {rate_e / rate_b:.2f}x")
-    print(sampling_share(backend, units, n_new))
+    return units
 
 
 def sampling_share(backend, units, max_new_tokens: int, rows: int = 64) -> str:

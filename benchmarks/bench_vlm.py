@@ -22,14 +22,12 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from evalkit.backends import WorkUnit, load_backend
+from evalkit.backends import load_backend
 from evalkit.config import config_from_dict
 from evalkit.prompts import load_prompts
-from evalkit.seeds import derive_seed
 
-from bench_generate import median_rate, new_tokens
+from bench_generate import race
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the model builders of the tests
 
@@ -66,49 +64,9 @@ def main() -> None:
                                "grid": {"temperature": [0.3, 0.7, 1.0], "top_p": [0.9, 1.0]},
                                "samples_per_prompt": samples, "max_new_tokens": n_new})
     backend = load_backend(config)
-    model, device = backend.model, backend.info.device
     prepared = backend.prepare(load_prompts(config), chat_template="auto", system_prompt=None, max_new_tokens=n_new)
-    settings = config.settings()
-    units = [WorkUnit(p, s, i, derive_seed(0, p.prompt.id, s.id, i))
-             for p in prepared for s in settings for i in range(samples)]
-    batch = backend.batch_size("auto", prepared, n_new)
-    eos = set(backend.eos_ids)
-
-    def hf_generate(p, s, n):
-        ids = torch.tensor([p.token_ids], device=device)
-        inputs = {k: v.to(device) for k, v in p.model_inputs.items()}
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **inputs, do_sample=True,
-                             num_return_sequences=n, temperature=s.temperature, top_p=s.top_p, top_k=0,
-                             max_new_tokens=n_new, eos_token_id=backend.eos_ids, pad_token_id=backend.pad_id)
-        return new_tokens(out, ids.shape[1], eos)
-
-    groups = [(p, s) for p in prepared for s in settings]
-
-    def baseline_a():
-        torch.manual_seed(0)
-        return sum(hf_generate(p, s, samples) for p, s in groups)
-
-    def baseline_b():
-        torch.manual_seed(0)
-        return sum(hf_generate(p, s, 1) for p, s in groups)
-
-    def engine():
-        return sum(len(g.token_ids) for g in backend.generate(units, max_new_tokens=n_new, batch_size=batch))
-
-    print(f"grid: {len(settings)} settings x {samples} samples x {len(prepared)} images "
-          f"({len(prepared[0].token_ids)} prompt tokens each), {n_new} new tokens, "
-          f"{'random Qwen2-VL' if args.model is None else args.model} on {device} ({backend.info.dtype}), "
-          f"engine batch {batch}, median of {args.repeats}")
-    engine()  # warm-up
-    rate_e, t_e = median_rate(engine, args.repeats)
-    rate_a, t_a = median_rate(baseline_a, args.repeats)
-    rate_b, t_b = median_rate(baseline_b, args.repeats)
-    print(f"  baseline A  generate per (image, setting): {rate_a:8.1f} tokens/s  ({t_a:.1f} s, {len(groups)} groups)")
-    print(f"  baseline B  generate per sample          : {rate_b:8.1f} tokens/s  ({t_b:.1f} s, first sample of "
-          f"{len(groups)} groups)")
-    print(f"  evalkit engine, one decode per image     : {rate_e:8.1f} tokens/s  ({t_e:.1f} s)")
-    print(f"  ratio engine / A: {rate_e / rate_a:.2f}x    engine / B: {rate_e / rate_b:.2f}x")
-
+    race(backend, prepared, config.settings(), samples, n_new, args.repeats, what="image",
+         header="random Qwen2-VL" if args.model is None else args.model, engine_label="one decode per image")
 
 if __name__ == "__main__":
     main()
