@@ -24,10 +24,10 @@ import time
 
 import torch
 
-from evalkit.backends import WorkUnit, load_backend
+from evalkit.generation import WorkUnit, load_backend
 from evalkit.config import config_from_dict
 from evalkit.prompts import load_prompts
-from evalkit.engine import Engine
+from evalkit.generation.engine import Engine
 from evalkit.seeds import derive_seed
 
 PROMPTS = ["Describe the ocean in one sentence.", "Give one tip for learning to cook.", "用一句话描述秋天的早晨。",

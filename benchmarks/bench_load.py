@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from evalkit.backends import gguf
+from evalkit.generation import gguf
 
 
 def timed(fn):

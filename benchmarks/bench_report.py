@@ -22,11 +22,11 @@ import pandas as pd
 
 from evalkit import store
 from evalkit.config import MetricSpec
-from evalkit.manifest import Manifest, SettingRecord, utc_now
+from evalkit.rundir.manifest import Manifest, SettingRecord, utc_now
 from evalkit.progress import Silent
-from evalkit.registry import default_registry
+from evalkit.scoring.registry import default_registry
 from evalkit.report import write_report
-from evalkit.sampling import APPLICATION_ORDER, Setting
+from evalkit.settings import APPLICATION_ORDER, Setting
 from evalkit.scoring import score_run
 
 WORDS = [f"word{i}" for i in range(2000)]

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evalkit.backends import load_backend
+from evalkit.generation import load_backend
 from evalkit.config import config_from_dict
 from evalkit.prompts import load_prompts
 

@@ -1,12 +1,14 @@
-"""evalkit: measure what sampling settings do to a generative model."""
+"""evalkit: measure what sampling settings do to a generative model.
 
-__version__ = "0.1.0"
+The Python API: :func:`run_sweep`, :func:`score_file`, :func:`load_run` and the config.
+"""
 
-from evalkit.config import SweepConfig, load_config  # noqa: E402
-from evalkit.errors import ConfigError, EvalkitError  # noqa: E402
-from evalkit.runner import run_sweep  # noqa: E402
-from evalkit.sampling import Setting  # noqa: E402
-from evalkit.store import Run, load_run  # noqa: E402
+from evalkit.version import __version__
+from evalkit.api import run_sweep, score_file
+from evalkit.config import SweepConfig, load_config
+from evalkit.errors import ConfigError, EvalkitError
+from evalkit.rundir import Run, load_run
+from evalkit.settings import Setting
 
 __all__ = ["ConfigError", "EvalkitError", "Run", "Setting", "SweepConfig", "__version__", "load_config",
-           "load_run", "run_sweep"]
+           "load_run", "run_sweep", "score_file"]

@@ -106,7 +106,8 @@ def score(
     debug: Annotated[bool, typer.Option(help="Show tracebacks for errors.")] = False,
 ) -> None:
     """Score generations produced elsewhere into a run-like directory."""
-    from evalkit.external import metric_list, score_file
+    from evalkit.api import score_file
+    from evalkit.config import metric_list
 
     def body():
         if output is None:
@@ -128,7 +129,7 @@ def report(
 ) -> None:
     """Write the HTML report of one run, or of several runs compared with the first."""
     from evalkit.report import write_report
-    from evalkit.store import check_writable
+    from evalkit.rundir.files import check_writable
 
     def body():
         target = output
@@ -226,7 +227,7 @@ def history(
     """The trend of a sweep over its runs: a table here and an offline HTML page with regressions marked."""
     from evalkit.history import load_history, write_history_html
     from evalkit.index import RunIndex, index_path
-    from evalkit.store import check_writable
+    from evalkit.rundir.files import check_writable
 
     def body():
         target = output or Path("reports") / f"history-{name}.html"
@@ -252,9 +253,9 @@ def history(
 
 def _compare(a, b, rules, metrics, format_, output, junit, alpha) -> int:
     """Compare, print or write the result, write JUnit XML; the exit code of the gate."""
-    from evalkit import compare_format
+    from evalkit.compare import format as compare_format
     from evalkit.compare import compare_runs, gate
-    from evalkit.store import write_atomic
+    from evalkit.rundir.files import write_atomic
 
     narrowed = metrics or [r.metric for r in rules] or None  # a gate tests only what it gates
     comparison = compare_runs(a, b, metrics=narrowed, alpha=alpha)
@@ -312,7 +313,7 @@ def _exit(code) -> None:
 @app.command("metrics")
 def list_metrics() -> None:
     """List the available metrics with their definitions, references and parameters."""
-    from evalkit.registry import default_registry
+    from evalkit.scoring.registry import default_registry
 
     for entry in default_registry().entries():
         fields = entry.cls.Params.model_fields
@@ -340,6 +341,8 @@ TABLE_METRICS = 4  # the summary table shows the first metrics of the config; su
 
 
 def _print_summary(result: evalkit.Run) -> None:
+    from evalkit.kinds import kind_named
+
     summary = result.summary
     every = list(dict.fromkeys(summary["metric"]))
     metrics = every[:TABLE_METRICS]
@@ -360,11 +363,11 @@ def _print_summary(result: evalkit.Run) -> None:
         table.add_row(escape(str(sid)), *cells)
     out.print(table)
     m = result.manifest
-    if m.kind == "sweep":
+    if m.kind != "scored":
         reused = m.samples_reused
         kept = ", ".join(f"{n} {what}" for what, n in (("from the sample cache", reused.get("from_cache", 0)),
                                                        ("from before the resume", reused.get("from_parts", 0))) if n)
-        prompts = "images" if m.model.get("backend") == "vlm" else "prompts"
+        prompts = kind_named(m.kind).noun
         out.print(f"{m.n_samples} samples: {m.n_prompts} {prompts} x {len(m.settings)} settings x "
                   f"{result.config['samples_per_prompt']} on {escape(m.model['id'])} ({m.device}, {m.model['dtype']}); "
                   f"generation {m.timings.get('generate_s', 0):.1f} s" + (f" ({kept})" if kept else ""),

@@ -17,7 +17,7 @@ import pandas as pd
 from evalkit.compare import RunData, compare_runs, matches
 from evalkit.errors import EvalkitError
 from evalkit.index import RunIndex
-from evalkit.protocol import differences
+from evalkit.rundir.protocol import differences
 
 
 @dataclass
@@ -82,11 +82,11 @@ def load_history(index: RunIndex, name: str, metrics: list[str] | None = None, *
 def write_history_html(history: History, out: Path) -> Path:
     import jinja2
 
-    import evalkit
+    from evalkit.version import __version__
     from evalkit.numbers import fmt
     from evalkit.report import charts
     from evalkit.report.build import nolink
-    from evalkit.store import write_atomic
+    from evalkit.rundir.files import write_atomic
 
     env = jinja2.Environment(loader=jinja2.PackageLoader("evalkit.report", "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined)
@@ -105,7 +105,7 @@ def write_history_html(history: History, out: Path) -> Path:
                                   for run_id, values in zip(trend.index, trend.to_numpy())]})
     css = (Path(__file__).parent / "report" / "templates" / "report.css").read_text(encoding="utf-8")
     html = env.get_template("history.html.j2").render(history=history, sections=sections, css=css,
-                                                        version=evalkit.__version__)
+                                                        version=__version__)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, html.encode("utf-8"))
     return out

@@ -22,9 +22,9 @@ from pathlib import Path
 import pandas as pd
 
 from evalkit.errors import EvalkitError
-from evalkit.manifest import utc_now
-from evalkit.protocol import config_hash, protocol
-from evalkit.store import Run
+from evalkit.rundir.manifest import utc_now
+from evalkit.rundir.protocol import config_hash, protocol
+from evalkit.rundir.reader import Run
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (

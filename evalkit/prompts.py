@@ -76,7 +76,7 @@ def load_prompts(config: SweepConfig) -> list[Prompt]:
 
 def _image(config: SweepConfig, item: PromptItem, pid: str, base: Path, source: str, where: str) -> Path | None:
     """The prompt's image file, checked against the backend: a vlm sweep needs one, others read none."""
-    vlm = config.model.backend == "vlm"
+    vlm = config.kind == "image-to-text"
     if item.image is None:
         if vlm:
             raise ConfigError(f"prompt {pid!r} has no image; every prompt of a vlm sweep names one",

@@ -2,7 +2,7 @@
 
 Installed as the package ``evalkit_metrics`` (see the README: a top-level ``metrics``
 package would collide with other distributions that ship one). The registry in
-:mod:`evalkit.registry` reads ``BUILTINS``; nothing is discovered by scanning.
+:mod:`evalkit.scoring.registry` reads ``BUILTINS``; nothing is discovered by scanning.
 """
 
 from evalkit_metrics.clip import ClipImageDiversity, ClipScore, ClipVendi, RefClipScore

@@ -30,7 +30,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from evalkit.errors import EvalkitError
-from evalkit.metric import Group, Metric, Score
+from evalkit.scoring.metric import Group, Metric, Score
 from evalkit_metrics.semantic import mean_pairwise_distance, vendi
 
 PREFIX = "A photo depicts "

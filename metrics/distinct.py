@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from evalkit import tokenize
-from evalkit.metric import Group, Metric, Score
+from evalkit.scoring.metric import Group, Metric, Score
 
 
 def ngrams(tokens: Sequence[str], n: int) -> Iterable[tuple[str, ...]]:

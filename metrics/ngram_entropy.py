@@ -13,7 +13,7 @@ from collections import Counter
 from pydantic import BaseModel, ConfigDict, Field
 
 from evalkit import tokenize
-from evalkit.metric import Group, Metric, Score
+from evalkit.scoring.metric import Group, Metric, Score
 from evalkit_metrics.distinct import ngrams
 
 

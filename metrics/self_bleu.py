@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from evalkit import tokenize
-from evalkit.metric import Group, Metric, Score
+from evalkit.scoring.metric import Group, Metric, Score
 
 EPSILON = 0.1  # nltk SmoothingFunction().method1 default
 

@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from evalkit.metric import Group, Metric, Score
+from evalkit.scoring.metric import Group, Metric, Score
 
 
 class DistParams(BaseModel):

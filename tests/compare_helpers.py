@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from evalkit import store
-from evalkit.manifest import Manifest, SettingRecord
-from evalkit.sampling import Setting
+from evalkit.generation.base import ModelInfo
+from evalkit.rundir import Manifest, RunWriter, SettingRecord
+from evalkit.settings import Setting
 from evalkit.scoring import aggregate
 
 SETTINGS = [Setting(temperature=t, top_p=p) for t in (0.5, 1.0, 1.5) for p in (0.9, 1.0)]
@@ -37,27 +37,24 @@ def noisy_scores(rng: np.random.Generator, n_prompts: int = 20, noise: float = 0
 def fake_run(root: Path, name: str, scores: pd.DataFrame, *, started_at: str = "2026-11-01T00:00:00Z",
              max_new_tokens: int = 32, settings=SETTINGS, prompt_text: str = "Prompt {}") -> Path:
     """A complete run directory with these scores (and one sample per group, for the report)."""
-    run_dir = store.create_run_dir(root, name)
     prompts = list(dict.fromkeys(scores["prompt_id"]))
     summary = aggregate(scores, settings, level=0.95, resamples=200, seed=0)
     samples = pd.DataFrame([{"prompt_id": p, "prompt": prompt_text.format(p), "setting_id": s.id, **s.params(),
                              "sample_index": 0, "seed": 0, "text": f"text {p} {s.id}", "num_new_tokens": 2,
                              "finish_reason": "eos", "token_ids": [1, 2]} for s in settings for p in prompts])
-    manifest = Manifest(
-        run_id=run_dir.name, name=name, status="complete", started_at=started_at, ended_at=started_at,
-        config_source="test", config_as_given={}, model={"id": "test-model", "sha256": "ab" * 32, "dtype": "float32"},
+    writer = RunWriter.create(root, Manifest(
+        run_id="", name=name, started_at=started_at,
+        config_source="test", config_as_given={}, model=ModelInfo(id="test-model", sha256="ab" * 32, dtype="float32"),
         device="cpu", seed=0, sampling_order=[], settings=[SettingRecord(id=s.id, params=s.params(), generation={})
                                                            for s in settings],
-        n_prompts=len(prompts), n_samples=len(samples), batch_size=1, metrics=list(dict.fromkeys(scores["metric"])),
+        n_prompts=len(prompts), batch_size=1, metrics=list(dict.fromkeys(scores["metric"])),
         metric_info=INFO, ci={"method": "percentile bootstrap over prompts", "level": 0.95, "resamples": 200,
-                              "seed": 0})
-    store.write_yaml(run_dir / "config.yaml", {"name": name, "max_new_tokens": max_new_tokens,
-                                               "samples_per_prompt": 1, "stop": [], "output_dir": str(root),
-                                               "prompts": {"chat_template": "auto", "system_prompt": None}})
-    store.write_atomic(run_dir / "prompts.jsonl", "".join(
-        f'{{"id": "{p}", "prompt": "{prompt_text.format(p)}"}}\n' for p in prompts).encode())
-    store.write_table(run_dir / "samples.parquet", samples)
-    store.write_table(run_dir / "scores.parquet", scores)
-    store.write_table(run_dir / "summary.csv", summary)
-    store.write_manifest(run_dir, manifest)
+                              "seed": 0}))
+    writer.write_config({"name": name, "max_new_tokens": max_new_tokens, "samples_per_prompt": 1, "stop": [],
+                         "output_dir": str(root), "prompts": {"chat_template": "auto", "system_prompt": None}})
+    writer.write_prompts([{"id": p, "prompt": prompt_text.format(p)} for p in prompts])
+    writer.write_samples(samples)
+    writer.write_scores(scores, pd.DataFrame(columns=["setting_id", "prompt_id", "sample_index", "metric", "value"]),
+                        summary)
+    run_dir = writer.complete(n_samples=len(samples), ended_at=started_at).path
     return run_dir

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import evalkit
 from evalkit.config import config_from_dict
-from evalkit.external import score_file
+from evalkit.api import score_file
 
 from conftest import base_config
 

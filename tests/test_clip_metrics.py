@@ -13,9 +13,9 @@ from sklearn.metrics.pairwise import cosine_distances
 import evalkit
 from evalkit.config import MetricSpec, config_from_dict
 from evalkit.errors import ConfigError
-from evalkit.metric import Group
-from evalkit.registry import default_registry, prepare_all
-from evalkit.sampling import Setting
+from evalkit.scoring.metric import Group
+from evalkit.scoring.registry import default_registry, prepare_all
+from evalkit.settings import Setting
 from evalkit_metrics.clip import load_clip
 
 from conftest import base_config

@@ -5,7 +5,7 @@ import pytest
 from evalkit.config import load_config
 from evalkit.errors import ConfigError
 from evalkit.prompts import load_prompts
-from evalkit.registry import default_registry
+from evalkit.scoring.registry import default_registry
 
 from conftest import write_jsonl
 

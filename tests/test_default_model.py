@@ -3,7 +3,7 @@
 import pytest
 
 import evalkit
-from evalkit.backends import gguf
+from evalkit.generation import gguf
 from evalkit.config import config_from_dict
 
 pytestmark = pytest.mark.slow

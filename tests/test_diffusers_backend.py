@@ -7,9 +7,9 @@ import pytest
 
 pytest.importorskip("diffusers")
 
-from evalkit.backends.diffusers_backend import DiffusersBackend  # noqa: E402
+from evalkit.generation.diffusers import DiffusersBackend  # noqa: E402
 from evalkit.errors import EvalkitError  # noqa: E402
-from evalkit.image_settings import ImageSetting  # noqa: E402
+from evalkit.settings import ImageSetting  # noqa: E402
 
 from tiny_diffusion import build_tiny_pipeline, clip_tokenizer  # noqa: E402
 
@@ -34,8 +34,8 @@ def test_tokenizer_built_from_open_clips_vocabulary_matches_open_clip(tmp_path, 
 
 def test_same_seed_and_setting_give_the_same_image_at_any_place_in_the_batch(backend):
     setting = ImageSetting(guidance_scale=5.0, num_inference_steps=3)
-    four = pixels(backend.generate("a cat", setting, [11, 12, 13, 14], width=32, height=32))
-    shuffled = pixels(backend.generate("a cat", setting, [13, 14, 12, 11], width=32, height=32))
+    four = pixels(backend.images("a cat", setting, [11, 12, 13, 14], width=32, height=32))
+    shuffled = pixels(backend.images("a cat", setting, [13, 14, 12, 11], width=32, height=32))
     assert four[0].shape == (32, 32, 3)
     assert [a.tobytes() for a in four] == [shuffled[i].tobytes() for i in (3, 2, 0, 1)]
     assert not np.array_equal(four[0], four[1])  # other seeds, other images
@@ -46,8 +46,8 @@ def test_same_seed_and_setting_give_the_same_image_at_any_place_in_the_batch(bac
 def test_each_setting_changes_the_image(backend, other):
     base = ImageSetting(guidance_scale=5.0, num_inference_steps=3)
     changed = base.model_copy(update=other)
-    a = pixels(backend.generate("a cat", base, [5], width=32, height=32))[0]
-    b = pixels(backend.generate("a cat", ImageSetting(**changed.params()), [5], width=32, height=32))[0]
+    a = pixels(backend.images("a cat", base, [5], width=32, height=32))[0]
+    b = pixels(backend.images("a cat", ImageSetting(**changed.params()), [5], width=32, height=32))[0]
     assert not np.array_equal(a, b)
 
 

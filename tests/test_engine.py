@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from evalkit.backends import WorkUnit, load_backend
+from evalkit.generation import WorkUnit, load_backend
 from evalkit.config import config_from_dict
-from evalkit.engine import DecodeError
+from evalkit.generation.engine import DecodeError
 from evalkit.prompts import load_prompts
-from evalkit.sampling import Setting
+from evalkit.settings import Setting
 from evalkit.seeds import derive_seed
 
 from conftest import base_config

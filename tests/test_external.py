@@ -10,7 +10,7 @@ import evalkit
 from evalkit.cli import app
 from evalkit.config import config_from_dict
 from evalkit.errors import ConfigError, EvalkitError
-from evalkit.external import score_file
+from evalkit.api import score_file
 
 from conftest import base_config
 

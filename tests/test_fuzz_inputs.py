@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from evalkit.config import config_from_dict, load_config
 from evalkit.errors import EvalkitError
-from evalkit.external import read_generations
+from evalkit.kinds.scored import read_generations
 from evalkit.prompts import load_prompts, read_prompt_jsonl
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from evalkit.cli import app
 from evalkit.history import load_history
 from evalkit.index import RunIndex
-from evalkit.store import load_run
+from evalkit.rundir.reader import load_run
 
 from compare_helpers import SETTINGS, fake_run, noisy_scores
 from conftest import base_config
@@ -65,7 +65,7 @@ def test_record_and_list(tmp_path):
 WRITER = """
 import sys
 from evalkit.index import RunIndex
-from evalkit.store import load_run
+from evalkit.rundir.reader import load_run
 with RunIndex(sys.argv[1]) as index:
     for path in sys.argv[2:]:
         index.record(load_run(path))

@@ -7,9 +7,9 @@ import pytest
 from lexicalrichness import LexicalRichness
 
 from evalkit.config import MetricSpec
-from evalkit.metric import Group
-from evalkit.registry import default_registry
-from evalkit.sampling import Setting
+from evalkit.scoring.metric import Group
+from evalkit.scoring.registry import default_registry
+from evalkit.settings import Setting
 from evalkit_metrics.lexical import mattr, mtld, ttr
 from evalkit_metrics.repetition import seq_rep
 

@@ -7,9 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evalkit.config import MetricSpec
-from evalkit.metric import Group
-from evalkit.registry import default_registry
-from evalkit.sampling import Setting
+from evalkit.scoring.metric import Group
+from evalkit.scoring.registry import default_registry
+from evalkit.settings import Setting
 
 RANGES = {
     "distinct_1": (0, 1), "distinct_2": (0, 1), "self_bleu": (0, 1), "ttr": (0, 1), "mattr": (0, 1),

@@ -6,9 +6,9 @@ import pytest
 
 from evalkit import tokenize
 from evalkit.config import MetricSpec
-from evalkit.metric import Group, Score
-from evalkit.registry import Registry, default_registry
-from evalkit.sampling import Setting
+from evalkit.scoring.metric import Group, Score
+from evalkit.scoring.registry import Registry, default_registry
+from evalkit.settings import Setting
 
 
 def group(*texts, token_ids=None):

@@ -22,7 +22,7 @@ def test_readme_config_example_is_valid():
     import yaml
 
     from evalkit.config import config_from_dict
-    from evalkit.registry import default_registry
+    from evalkit.scoring.registry import default_registry
 
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     example = re.search(r"```yaml\n(.+?)\n```", text, re.S).group(1)

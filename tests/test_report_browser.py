@@ -172,7 +172,7 @@ def test_history_page_renders_offline_with_the_regression_marked(browser, tmp_pa
 
     from evalkit.history import load_history, write_history_html
     from evalkit.index import RunIndex
-    from evalkit.store import load_run
+    from evalkit.rundir.reader import load_run
 
     paths = nightly_runs(tmp_path / "runs", drop_on=2)
     with RunIndex(tmp_path / "index.sqlite") as index:

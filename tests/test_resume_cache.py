@@ -14,7 +14,7 @@ import yaml
 
 import evalkit
 from evalkit.config import config_from_dict
-from evalkit.engine import DecodeError
+from evalkit.generation.engine import DecodeError
 
 from conftest import base_config
 

@@ -2,7 +2,7 @@ import pytest
 from pydantic import ValidationError
 
 from evalkit.config import GridConfig
-from evalkit.sampling import APPLICATION_ORDER, Setting
+from evalkit.settings import APPLICATION_ORDER, Setting
 
 
 @pytest.mark.parametrize("params, expected", [

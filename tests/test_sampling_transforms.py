@@ -5,7 +5,9 @@ import pytest
 import torch
 from transformers import MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from evalkit.sampling import CANDIDATES, SamplingParams, Setting, check_logits, warp
+from evalkit.settings import Setting
+
+from evalkit.generation.sampling import CANDIDATES, SamplingParams, check_logits, warp
 
 
 def oracle(row: torch.Tensor, s: Setting) -> torch.Tensor:
@@ -148,7 +150,7 @@ def test_sampled_frequencies_match_the_filtered_distribution(setting, candidates
     """
     from scipy.stats import chisquare
 
-    from evalkit.sampling import sample
+    from evalkit.generation.sampling import sample
     from evalkit.seeds import uniforms
 
     n, vocab = 200_000, 60

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evalkit.sampling import Setting
+from evalkit.settings import Setting
 from evalkit.scoring import aggregate, bootstrap_ci
 
 

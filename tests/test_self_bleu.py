@@ -10,9 +10,9 @@ import pytest
 from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 
 from evalkit.config import MetricSpec
-from evalkit.metric import Group
-from evalkit.registry import default_registry
-from evalkit.sampling import Setting
+from evalkit.scoring.metric import Group
+from evalkit.scoring.registry import default_registry
+from evalkit.settings import Setting
 from evalkit_metrics.self_bleu import self_bleu
 
 NLTK_VERSION = nltk.__version__  # reference values come from this nltk

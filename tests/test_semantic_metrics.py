@@ -8,9 +8,9 @@ import scipy.linalg
 from sklearn.metrics.pairwise import cosine_distances
 
 from evalkit.config import MetricSpec
-from evalkit.metric import Group
-from evalkit.registry import default_registry
-from evalkit.sampling import Setting
+from evalkit.scoring.metric import Group
+from evalkit.scoring.registry import default_registry
+from evalkit.settings import Setting
 from evalkit_metrics.semantic import mean_pairwise_distance, vendi
 
 
@@ -89,8 +89,8 @@ def test_novelty_refuses_a_missing_corpus(tmp_path):
 def test_missing_embedder_fails_before_generation(tmp_path):
     from evalkit.config import config_from_dict
     from evalkit.errors import EvalkitError
-    from evalkit.registry import default_registry as registry
-    from evalkit.registry import prepare_all
+    from evalkit.scoring.registry import default_registry as registry
+    from evalkit.scoring.registry import prepare_all
 
     config = config_from_dict({"name": "t", "prompts": ["a"],
                                "metrics": [{"name": "vendi", "emb": str(tmp_path / "no-such-model")}]})

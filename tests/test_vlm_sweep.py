@@ -14,11 +14,11 @@ import pytest
 import torch
 
 import evalkit
-from evalkit.backends import WorkUnit, load_backend
+from evalkit.generation import WorkUnit, load_backend
 from evalkit.config import config_from_dict
 from evalkit.errors import ConfigError
 from evalkit.prompts import load_prompts
-from evalkit.sampling import Setting
+from evalkit.settings import Setting
 from evalkit.seeds import derive_seed
 
 from tiny_vlm import clip_json, vlm_config, write_images
@@ -257,8 +257,8 @@ def test_captions_made_elsewhere_are_scored_from_a_file(images, clip, tmp_path):
 
     from evalkit.cli import app
     from evalkit.config import MetricSpec
-    from evalkit.metric import Group
-    from evalkit.registry import default_registry
+    from evalkit.scoring.metric import Group
+    from evalkit.scoring.registry import default_registry
 
     data = tmp_path / "data"
     data.mkdir()

@@ -13,11 +13,11 @@ from pathlib import Path
 import jinja2
 from markupsafe import Markup, escape
 
-import evalkit
+from evalkit.version import __version__
 from evalkit.numbers import fmt
 from evalkit.report import charts
 from evalkit.report.data import ENTROPY, RunView, deltas, load_views, script_json
-from evalkit.store import write_atomic
+from evalkit.rundir.files import write_atomic
 
 MAX_LABELLED = 8  # trade-off charts label every setting up to this many, else only the Pareto front
 
@@ -123,7 +123,7 @@ def render_report(run_dirs: list[str | Path]) -> str:
         views=views, charts=chart_sets, wide=wide,
         text_runs=any(not v.images for v in views), tables=[summary_table(v) for v in views],
         deltas=[delta_table(views[0], v) for v in views[1:]], metric_names=names, entropy_help=ENTROPY,
-        data=script_json({"runs": [v.browser_data() for v in views]}), version=evalkit.__version__,
+        data=script_json({"runs": [v.browser_data() for v in views]}), version=__version__,
         css=(asset / "report.css").read_text(encoding="utf-8"), js=(asset / "report.js").read_text(encoding="utf-8"))
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass
 
 import matplotlib
 import numpy as np
@@ -22,20 +21,14 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from evalkit.kinds import TEXT, TEXT_TO_IMAGE
+from evalkit.kinds.base import Axes
 from evalkit.numbers import fmt
 from evalkit.report.svg import inline_svg
 
 
 
-@dataclass(frozen=True)
-class Axes:
-    x: str  # heatmap columns, line-chart x axis
-    y: str  # heatmap rows, one line each
-    panels: tuple[str, ...]  # small multiples where these vary
-
-
-TEXT_AXES = Axes("temperature", "top_p", ("top_k", "min_p"))
-IMAGE_AXES = Axes("guidance_scale", "num_inference_steps", ("scheduler", "eta"))
+TEXT_AXES, IMAGE_AXES = TEXT.report_axes, TEXT_TO_IMAGE.report_axes
 STYLE = {"svg.fonttype": "none", "svg.hashsalt": "evalkit", "font.family": "sans-serif", "font.size": 8.5,
          "axes.spines.top": False, "axes.spines.right": False, "axes.titlesize": 9, "axes.labelsize": 8.5,
          "legend.fontsize": 7.5, "legend.frameon": False}

@@ -15,12 +15,15 @@ import yaml
 
 from evalkit.compare import Comparison, RunData, compare_runs
 from evalkit.errors import EvalkitError
-from evalkit.image_settings import ImageSetting
+from evalkit.settings import ImageSetting
 from evalkit.report import thumbnails
-from evalkit.report.charts import IMAGE_AXES, TEXT_AXES, Axes, show_param
-from evalkit.sampling import Setting
+from evalkit.kinds import TEXT_TO_IMAGE, RunKind, kind_named
+from evalkit.kinds.base import Axes
+from evalkit.report.charts import show_param
+from evalkit.settings import Setting
 from evalkit.scoring import aggregate
-from evalkit.store import Run, load_run
+from evalkit.rundir.reader import Run
+from evalkit.rundir.reader import load_run
 
 ENTROPY = {"entropy_sampling": "sampling distribution (after temperature and truncation)",
            "entropy_model": "model distribution (temperature 1, unfiltered)"}
@@ -44,18 +47,21 @@ class RunView:
         return int(round(self.manifest.ci["level"] * 100))
 
     @property
+    def kind(self) -> RunKind:
+        return kind_named(self.manifest.kind)
+
+    @property
     def images(self) -> bool:
         """A text-to-image run (its settings are guidance scale, steps, scheduler, eta)."""
-        return bool(self.manifest.settings) and "guidance_scale" in self.manifest.settings[0].params
+        return self.kind is TEXT_TO_IMAGE
 
     @property
     def axes(self) -> Axes:
-        return IMAGE_AXES if self.images else TEXT_AXES
+        return self.kind.report_axes
 
     @cached_property
     def settings(self) -> list[Setting] | list[ImageSetting]:
-        make = ImageSetting if self.images else Setting
-        return [make(**s.params) for s in self.manifest.settings]
+        return [self.kind.setting(s.params) for s in self.manifest.settings]
 
     @property
     def param_names(self) -> list[str]:
@@ -107,13 +113,14 @@ class RunView:
                          for k in self.param_names)
         config = self.run.config
         backend = model.get("backend", "hf")
+        noun = self.kind.noun
         facts = [("run", m.run_id), ("status", m.status),
                  ("model", str(model.get("id")) + (f" ({backend})" if backend != "hf" else "")),
                  ("model file" if model.get("sha256") else "revision", str(ident)[:16] if ident else "n/a"),
                  ("device", f"{m.device}, {model.get('dtype', 'n/a')}"), ("seed", str(m.seed)),
                  ("started", m.started_at), ("ended", m.ended_at or "n/a"),
                  ("settings", f"{len(m.settings)} ({grid})"),
-                 ("samples", f"{m.n_samples}: {m.n_prompts} {'images' if backend == 'vlm' else 'prompts'} x "
+                 ("samples", f"{m.n_samples}: {m.n_prompts} {noun} x "
                              f"{len(m.settings)} settings"
                              + (f" x {config['samples_per_prompt']}" if "samples_per_prompt" in config else "")),
                  ("max_new_tokens", str(config.get("max_new_tokens", "n/a"))),
@@ -129,7 +136,7 @@ class RunView:
     def image_plan(self) -> thumbnails.Plan | None:
         """How the run's images go into the report (None: a run without images)."""
         samples = self.run.samples
-        if "image_path" in samples:  # text-to-image: every generated image
+        if self.images:  # text-to-image: every generated image
             paths = [self.run.path / p for p in samples["image_path"]]
             return thumbnails.plan(paths, samples.groupby(["prompt_id", "setting_id"]).ngroups,
                                    thumbnails.SAMPLE_SIDES)

@@ -1,0 +1,129 @@
+"""evalkit's Python API: run a sweep, or score samples made elsewhere. Both go through the one
+pipeline (:mod:`evalkit.pipeline`); the command line is a thin layer over these functions."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from evalkit import pipeline
+from evalkit.config import SweepConfig, load_config, metric_spec, parse_yaml
+from evalkit.errors import ConfigError, EvalkitError
+from evalkit.kinds.scored import SCORED, SCORED_CAPTIONS, read_generations
+from evalkit.progress import RichProgress, Silent
+from evalkit.prompts import sha256_of
+from evalkit.rundir import Manifest, Run, RunWriter, SettingRecord, load_run
+from evalkit.rundir.files import check_writable
+from evalkit.rundir.manifest import ci_info, git_info, utc_now
+from evalkit.scoring import score_samples
+from evalkit.scoring.registry import default_registry, prepare_all
+from evalkit.settings import APPLICATION_ORDER, Setting
+from evalkit.generation.base import ModelInfo
+
+
+def run_sweep(config: SweepConfig | str | Path | None, *, overrides: list[str] | None = None,
+              progress: bool | object = True, cache: bool = True, resume: str | Path | None = None) -> Run:
+    """Run a sweep and return the finished :class:`~evalkit.rundir.Run`.
+
+    ``resume`` continues the run directory of a run that was stopped (its samples so far are
+    kept, only the missing ones are generated); ``cache`` reuses samples generated before by
+    any run with the same model, prompt, setting, seed and length (see :mod:`evalkit.rundir.sample_cache`).
+    """
+    resume_dir = Path(resume) if resume is not None else None
+    if resume_dir is not None:
+        config = _resume_config(resume_dir)
+    elif not isinstance(config, SweepConfig):
+        config = load_config(config, overrides)
+    elif overrides:
+        raise TypeError("overrides apply to a config file; edit the SweepConfig instead")
+    ui = RichProgress() if progress is True else (Silent() if progress is False else progress)
+    return pipeline.run_sweep(config, ui=ui, cache=cache, resume_dir=resume_dir, overrides=overrides,
+                              as_given=_as_given(config), resolved=_resolved(config))
+
+
+def score_file(path: str | Path, metric_names: list[str], output: str | Path, *, seed: int = 0, level: float = 0.95,
+               resamples: int = 2000, name: str | None = None, progress: bool = True,
+               index: str | Path | None = None) -> Run:
+    """Score a JSONL file of generations (see :mod:`evalkit.kinds.scored`) into ``output`` (which must not exist
+    yet, or be empty): the same tables as a run, so ``evalkit.load_run`` reads it like any run, and the
+    run index records it (``index``, else $EVALKIT_INDEX, else ``index.sqlite`` beside ``output``)."""
+    path, output = Path(path), Path(output)
+    source = str(path)
+    if not metric_names:
+        raise ConfigError("name at least one metric", path="--metrics")
+    specs = [metric_spec(m) for m in metric_names if m.strip()]
+    metrics = default_registry().create_all(specs, source="--metrics")
+    samples = read_generations(path)
+    images = "prompt_image" in samples
+    kind = SCORED_CAPTIONS if images else SCORED
+    kind.check_metrics(metrics, None, where="--metrics")
+    prepare_all(metrics, source="--metrics")
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise EvalkitError(f"-o: {output} exists and is not an empty directory")
+    parent = output.parent if output.parent != Path("") else Path(".")
+    check_writable(parent, field="-o")
+    settings = list(dict.fromkeys(Setting(**{k: r[k] for k in ("temperature", "top_p", "top_k", "min_p")})
+                                  for r in samples.to_dict("records")))
+    ui = RichProgress() if progress else Silent()
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        writer = RunWriter(tmp, Manifest(
+            kind=kind.name, run_id=output.name, name=name or path.stem, started_at=utc_now(), git=git_info(),
+            config_source=source, config_as_given={"file": str(path.resolve()), "metrics": metric_names},
+            model=ModelInfo(backend="external", id="external", source=str(path.resolve())), device="n/a", seed=seed,
+            sampling_order=list(APPLICATION_ORDER),
+            settings=[SettingRecord(id=s.id, params=s.params(), generation={}) for s in settings],
+            n_prompts=int(samples["prompt_id"].nunique()), batch_size=0,
+            metrics=[m.id for m in metrics], metric_info={m.id: m.info() for m in metrics},
+            ci=ci_info(level, resamples, seed)))
+        writer.write_manifest()
+        if images:  # the scores' directory keeps the images, like a run
+            kept = {src: writer.keep_prompt_image(src, sha256_of(Path(src))) for src in set(samples["prompt_image"])}
+            samples = samples.assign(prompt_image=samples["prompt_image"].map(kept))
+        writer.write_samples(samples)
+        writer.write_scores(*score_samples(tmp, samples, settings, metrics, level=level, resamples=resamples,
+                                           seed=seed, ui=ui))
+        writer.write_config({"name": writer.manifest.name, "scored_from": str(path.resolve()),
+                             "metrics": [m.id for m in metrics], "seed": seed,
+                             "ci": {"level": level, "resamples": resamples}})
+        writer.complete(n_samples=len(samples))
+        if output.exists():
+            output.rmdir()
+        tmp.rename(output)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    pipeline.record_in_index(output, str(index) if index is not None else None, parent)
+    return load_run(output)
+
+
+def _resume_config(run_dir: Path) -> SweepConfig:
+    if not (run_dir / "manifest.json").is_file() or not (run_dir / "config.yaml").is_file():
+        raise EvalkitError(f"--resume: {run_dir} is not a run directory")
+    manifest = load_run(run_dir).manifest
+    if manifest.status == "complete":
+        raise EvalkitError(f"--resume: {run_dir} is already complete")
+    return load_config(run_dir / "config.yaml")
+
+
+def _as_given(config: SweepConfig) -> dict:
+    try:
+        return parse_yaml(Path(config.source).read_text(encoding="utf-8"), config.source)
+    except Exception:  # a config built in code has no file
+        return config.model_dump(mode="json", exclude_unset=True)
+
+
+def _resolved(config: SweepConfig) -> dict:
+    """The config as run: defaults filled in, relative paths made absolute; loadable again."""
+    data = config.model_dump(mode="json")
+    if config.prompts.file:
+        data["prompts"]["file"] = str(config.resolve_path(config.prompts.file).resolve())
+    for item in data["prompts"]["items"] or []:  # inline image prompts (a prompt file's images follow the file)
+        if item.get("image"):
+            item["image"] = str(config.resolve_path(item["image"]).resolve())
+    model_path = config.resolve_path(config.model.id)
+    if config.model.id != "default" and model_path.exists():
+        data["model"]["id"] = str(model_path.resolve())
+    return data

@@ -1,0 +1,106 @@
+"""A comparison written for people (text, markdown), for programs (json) and for CI (JUnit XML)."""
+
+from __future__ import annotations
+
+import json
+import math
+import xml.etree.ElementTree as ET
+
+from evalkit.compare.stats import Comparison, Rule
+from evalkit.numbers import fmt
+
+
+def _cell(r, info: dict) -> str:
+    if not r.significant:
+        mark = ""
+    elif info.get("kind") == "descriptive":
+        mark = " *"
+    else:
+        mark = " ↑" if r.delta * info.get("direction", 1) > 0 else " ↓"
+    return f"{r.delta:+.3g}{mark}"
+
+
+def _grid(c: Comparison) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """Metrics (columns) and, per setting, the change of each metric."""
+    metrics = list(dict.fromkeys(c.table["metric"]))
+    by = {(r.setting_id, r.metric): r for r in c.table.itertuples()}
+    rows = []
+    for sid in dict.fromkeys(c.table["setting_id"]):
+        rows.append((sid, [_cell(by[sid, m], c.base.info(m)) if (sid, m) in by else "" for m in metrics]))
+    return metrics, rows
+
+
+def headline(c: Comparison, violations: list) -> list[str]:
+    n_sig = int(c.table["significant"].sum())
+    lines = [f"{c.new.label} against {c.base.label}: {len(c.table)} setting x metric changes, {n_sig} significant "
+             f"(paired permutation test, Holm-adjusted, alpha {c.alpha:g})"]
+    lines += [f"not compared: {p}" for p in c.not_compared]
+    if violations:
+        lines.append(f"REGRESSION: {len(violations)} change(s) beyond tolerance:")
+        lines += [f"  {r.setting_id} {r.metric}: {fmt(r.base)} -> {fmt(r.new)} ({r.delta:+.4g}, "
+                  f"CI [{r.ci_low:+.4g}, {r.ci_high:+.4g}], p_adj {r.p_adjusted:.2g}) breaks {rule}"
+                  for rule, r in violations]
+    return lines
+
+
+def as_markdown(c: Comparison, violations: list) -> str:
+    metrics, rows = _grid(c)
+    out = [f"**{line}**" if i == 0 else f"- {line}" for i, line in enumerate(headline(c, violations))]
+    out += ["", "| setting | " + " | ".join(f"`{m}`" for m in metrics) + " |",
+            "| --- |" + " ---: |" * len(metrics)]
+    out += [f"| `{sid}` | " + " | ".join(cells) + " |" for sid, cells in rows]
+    out += ["", "Change of the mean (new - base); ↑ better or more diverse, ↓ worse or less diverse, * changed "
+                "(descriptive), where significant."]
+    return "\n".join(out) + "\n"
+
+
+def as_json(c: Comparison, violations: list) -> str:
+    def clean(v):
+        return None if isinstance(v, float) and math.isnan(v) else v
+
+    return json.dumps({
+        "base": c.base.label, "new": c.new.label, "alpha": c.alpha, "not_compared": c.not_compared,
+        "changes": [{k: clean(v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+                    for row in c.table.to_dict("records")],
+        "regressions": [{"rule": str(rule), "setting_id": r.setting_id, "metric": r.metric, "delta": r.delta}
+                        for rule, r in violations],
+    }, indent=2, ensure_ascii=False) + "\n"
+
+
+def text_table(c: Comparison):
+    """A rich Table: settings x metrics, each cell the change with an arrow where significant."""
+    from rich.table import Table
+
+    metrics, rows = _grid(c)
+    table = Table(title="change of the mean (new - base)", caption="↑ better or more "
+                  "diverse, ↓ worse or less diverse, * changed; only where significant")
+    table.add_column("setting")
+    for m in metrics:
+        table.add_column(m.split("[")[0], justify="right")
+    for sid, cells in rows:
+        table.add_row(sid, *cells)
+    return table
+
+
+def junit(c: Comparison, rules: list[Rule], violations: list) -> bytes:
+    """One test case per (rule, setting): a failure where the rule is broken."""
+    from evalkit.compare.stats import matches
+
+    bad = {(str(rule), r.setting_id, r.metric): r for rule, r in violations}
+    suite = ET.Element("testsuite", name="evalkit.compare", tests="0", failures=str(len(violations)))
+    count = 0
+    for rule in rules:
+        for r in c.table.itertuples():
+            if not matches(rule.metric, r.metric):
+                continue
+            count += 1
+            case = ET.SubElement(suite, "testcase", classname=f"{c.new.name}.{r.setting_id}",
+                                 name=f"{r.metric} {rule}")
+            hit = bad.get((str(rule), r.setting_id, r.metric))
+            if hit is not None:
+                failure = ET.SubElement(case, "failure", message=f"{r.metric} changed by {r.delta:+.4g} "
+                                        f"(rule {rule}, p_adj {r.p_adjusted:.2g})")
+                failure.text = (f"{c.base.label}: {fmt(r.base)}; {c.new.label}: {fmt(r.new)}; "
+                                f"CI [{r.ci_low:+.4g}, {r.ci_high:+.4g}] over {r.n_prompts} prompts")
+    suite.set("tests", str(count))
+    return ET.tostring(ET.ElementTree(suite).getroot(), encoding="utf-8", xml_declaration=True)

@@ -1,0 +1,73 @@
+"""One translator from pydantic's validation errors to evalkit's one-line ConfigError."""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from evalkit.config.schema import SweepConfig
+from evalkit.errors import ConfigError
+
+
+def config_error(error: ValidationError, source: str) -> ConfigError:
+    first = error.errors()[0]
+    loc = tuple(first["loc"])
+    path = _loc_to_path(loc)
+    value = first.get("input")
+    if first["type"] == "extra_forbidden":
+        name = str(loc[-1])
+        known = _fields_at(loc[:-1])
+        hint = difflib.get_close_matches(name, known, n=1)
+        msg = f"unknown key {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else f" (valid keys: {', '.join(known)})")
+        path = _loc_to_path(loc[:-1]) or None
+    else:
+        msg = first["msg"].removeprefix("Value error, ")
+        if "got " not in msg and first["type"] != "missing":
+            msg += f", got {_short(value)}"
+    more = error.error_count() - 1
+    if more:
+        msg += f" (and {more} more error{'s' if more > 1 else ''})"
+    return ConfigError(msg, source=source, path=path or None)
+
+
+def _loc_to_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif str(part).startswith(("function-", "list[", "dict[", "str", "literal[")) or part in ("bool", "int"):
+            continue  # union branch tags that pydantic adds to the location
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """Field names of the config model found at ``loc`` (for "did you mean" hints)."""
+    model: type[BaseModel] | None = SweepConfig
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            continue
+        model = _model_in(field.annotation)
+    return sorted(model.model_fields) if model else []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found:
+            return found
+    return None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,125 @@
+"""Loading a sweep config: YAML, ``--set`` overrides, validation; errors name the file, the field and the value."""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from evalkit.config.errors import config_error
+from evalkit.config.schema import MetricSpec, SweepConfig
+from evalkit.errors import ConfigError
+
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> SweepConfig:
+    """Read, override and validate a YAML sweep config. Raises ConfigError."""
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("config file not found", source=source) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file is not UTF-8 (byte {e.start})", source=source) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file: {e.strerror}", source=source) from None
+    data = parse_yaml(text, source)
+    return config_from_dict(data, source=source, base_dir=path.resolve().parent, overrides=overrides)
+
+
+def parse_yaml(text: str, source: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        raise ConfigError(f"invalid YAML at {where}: {e.problem}", source=source) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"invalid YAML: {e}", source=source) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping of keys at the top level, got {type(data).__name__}", source=source)
+    return data
+
+
+def config_from_dict(
+    data: dict[str, Any],
+    *,
+    source: str = "<config>",
+    base_dir: Path | str = ".",
+    overrides: list[str] | None = None,
+) -> SweepConfig:
+    data = apply_overrides(data, overrides or [], source)
+    try:
+        config = SweepConfig.model_validate(data)
+    except ValidationError as e:
+        raise config_error(e, source) from None
+    config._source = source
+    config._base_dir = Path(base_dir)
+    return config
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides; the value is parsed as YAML (``[0.5, 1.0]``, ``4``, ``true``)."""
+    data = copy.deepcopy(data)
+    if overrides:  # `model: default` and `prompts: [...]` are shorthands; expand them so keys can go below
+        if isinstance(data.get("model"), str):
+            data["model"] = {"id": data["model"]}
+        if isinstance(data.get("prompts"), list):
+            data["prompts"] = {"items": data["prompts"]}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"--set expects KEY.PATH=VALUE, got {item!r}", source=source)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {key}: cannot parse value {raw!r} as YAML", source=source) from None
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: '{part}' is not a mapping", source=source)
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+# --------------------------------------------------------------------------- metrics named on a command line
+
+
+def metric_list(value: str) -> list[str]:
+    """Comma-separated metrics; commas inside brackets separate parameters: ``distinct_2,clip_score[text=sample]``."""
+    return [m.strip() for m in re.findall(r"(?:[^,\[]|\[[^\]]*\])+", value) if m.strip()]
+
+
+def metric_spec(text: str) -> MetricSpec:
+    """``name`` or ``name[key=value,...]``; values that read as numbers are numbers."""
+    name, bracket, rest = text.strip().partition("[")
+    params: dict[str, object] = {}
+    if bracket:
+        if not rest.endswith("]"):
+            raise ConfigError(f"expected NAME[KEY=VALUE,...], got {text!r}", path="--metrics")
+        for part in filter(None, rest[:-1].split(",")):
+            key, eq, value = (x.strip() for x in part.partition("="))
+            if not eq or not key:
+                raise ConfigError(f"expected KEY=VALUE inside the brackets of {text!r}, got {part!r}", path="--metrics")
+            params[key] = _number(value)
+    return MetricSpec(name=name.strip(), params=params)
+
+
+def _number(value: str) -> object:
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value

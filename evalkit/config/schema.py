@@ -1,0 +1,288 @@
+"""The sweep config's schema: pydantic models only (loading is :mod:`evalkit.config.loading`).
+
+Paths inside a config (``prompts.file``, a local ``model.id``, ``model.gguf_file``)
+are relative to the config file's directory; ``output_dir`` is relative to the
+working directory. Every error names the file, the field path and the bad value.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import re
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from evalkit.settings import SCHEDULERS, ImageSetting, MinP, Setting, Temperature, TopK, TopP
+
+DEFAULT_METRICS = ("distinct_1", "distinct_2", "mean_length")
+# what a sweep makes, by model.backend: the run kind's name (see evalkit.kinds)
+KIND_OF_BACKEND = {"hf": "text", "vlm": "image-to-text", "diffusers": "text-to-image"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Strict):
+    """Which model generates, and where it runs."""
+
+    # hf: transformers causal LM; vlm: transformers image-text-to-text model (captions, visual questions);
+    # diffusers: a diffusers text-to-image pipeline
+    backend: Literal["hf", "vlm", "diffusers"] = "hf"
+    id: str = "default"  # "default" (embedded SmolLM2-135M-Instruct), a hub id, a local directory or a .gguf file
+    gguf_file: str | None = None  # GGUF file name inside the directory or hub repo named by `id`
+    revision: str | None = None  # hub revision (branch, tag or commit)
+    sha256: str | None = None  # expected sha256 of the GGUF file (for a directory: of its weight files,
+    # as the manifest records it); a mismatch is refused
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: float32 on CPU, bfloat16 on CUDA
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when there is a GPU, else CPU
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", v):
+            raise ValueError(f"sha256 must be 64 hexadecimal characters, got {v!r}")
+        return v.lower() if v else v
+
+
+class Message(_Strict):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class PromptItem(_Strict):
+    """One prompt: plain text or chat messages, with an optional id (default ``p<index>``).
+
+    For a vision-language sweep (backend ``vlm``) a prompt also names an ``image`` (a path relative
+    to the config file, or to the JSONL file it is read from) and optionally ``references``,
+    reference captions for RefCLIPScore. Its text may be left out when ``prompts.question`` is set.
+    """
+
+    id: str | None = None
+    prompt: str | None = None
+    messages: list[Message] | None = None
+    image: str | None = None  # image file (vlm sweeps)
+    references: list[str] | None = None  # reference captions of the image (vlm sweeps)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"prompt": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _one_of(self) -> PromptItem:
+        if self.prompt is not None and self.messages is not None:
+            raise ValueError("a prompt needs exactly one of 'prompt' or 'messages'")
+        if self.prompt is None and self.messages is None and self.image is None:
+            raise ValueError("a prompt needs exactly one of 'prompt' or 'messages'")
+        if self.image is not None and not self.image.strip():
+            raise ValueError("image path is empty")
+        if self.references is not None and (not self.references or any(not r.strip() for r in self.references)):
+            raise ValueError("references must be a non-empty list of non-empty captions")
+        if self.prompt is not None and not self.prompt.strip():
+            raise ValueError("prompt text is empty")
+        if self.messages is not None and not self.messages:
+            raise ValueError("messages is empty")
+        return self
+
+
+class PromptsConfig(_Strict):
+    """Inline prompts (a list) or a JSONL file with ``id`` and ``prompt`` (or ``messages``) per line."""
+
+    items: list[PromptItem] | None = None
+    file: str | None = None  # JSONL, relative to the config file
+    chat_template: bool | Literal["auto"] = "auto"  # auto: apply the model's chat template when it has one
+    system_prompt: str | None = None  # prepended as a system message (or as text when no template is used)
+    question: str | None = None  # vlm sweeps: the text asked of every image prompt that has none of its own
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"items": data} if isinstance(data, list) else data
+
+    @model_validator(mode="after")
+    def _one_of(self) -> PromptsConfig:
+        if (self.items is None) == (self.file is None):
+            raise ValueError("give prompts either inline (a list) or as 'file', not both or neither")
+        if self.items is not None and not self.items:
+            raise ValueError("the prompt list is empty")
+        return self
+
+
+class GridConfig(_Strict):
+    """Lists whose cartesian product is the grid, and/or an explicit list of settings."""
+
+    temperature: list[Temperature] | None = None  # default [1.0] when only lists are given
+    top_p: list[TopP] | None = None  # default [1.0]
+    top_k: list[TopK] | None = None  # default [0]
+    min_p: list[MinP] | None = None  # default [0.0]
+    settings: list[Setting] | None = None  # explicit points, added after the product
+    # text-to-image axes (backend diffusers); eta applies to ddim only and is 0 for other schedulers
+    guidance_scale: list[float] | None = None  # default [7.5]
+    num_inference_steps: list[int] | None = None  # default [30]
+    scheduler: list[str] | None = None  # default ["ddim"]; ddim, euler, euler_a, dpmpp_2m, pndm, lms
+    eta: list[float] | None = None  # default [0.0]
+
+    TEXT_AXES: typing.ClassVar = ("temperature", "top_p", "top_k", "min_p", "settings")
+    IMAGE_AXES: typing.ClassVar = ("guidance_scale", "num_inference_steps", "scheduler", "eta")
+
+    @field_validator("temperature", "top_p", "top_k", "min_p", "settings", "guidance_scale", "num_inference_steps",
+                     "scheduler", "eta")
+    @classmethod
+    def _non_empty(cls, v: list | None) -> list | None:
+        if v is not None and not v:
+            raise ValueError("list is empty")
+        return v
+
+    def expand(self) -> list[Setting]:
+        """The grid's settings in a stable order, duplicates removed."""
+        axes = (self.temperature, self.top_p, self.top_k, self.min_p)
+        out: list[Setting] = []
+        if any(a is not None for a in axes) or self.settings is None:
+            t, p, k, m = (a if a is not None else [d] for a, d in zip(axes, (1.0, 1.0, 0, 0.0)))
+            out += [Setting(temperature=a, top_p=b, top_k=c, min_p=d) for a, b, c, d in itertools.product(t, p, k, m)]
+        out += self.settings or []
+        return list(dict.fromkeys(out))
+
+    def expand_images(self) -> list[ImageSetting]:
+        """The text-to-image grid in a stable order; eta only varies for ddim."""
+        for name in self.scheduler or []:
+            if name not in SCHEDULERS:
+                hint = difflib.get_close_matches(name, list(SCHEDULERS), n=1)
+                raise ValueError(f"grid.scheduler: unknown scheduler, got {name!r}" + (
+                    f" (did you mean {hint[0]!r}?)" if hint else f" (known: {', '.join(SCHEDULERS)})"))
+        out = [ImageSetting(guidance_scale=g, num_inference_steps=n, scheduler=sch, eta=e if sch == "ddim" else 0.0)
+               for g, n, sch, e in itertools.product(self.guidance_scale or [7.5], self.num_inference_steps or [30],
+                                                      self.scheduler or ["ddim"], self.eta or [0.0])]
+        return list(dict.fromkeys(out))
+
+
+class ImageOptions(_Strict):
+    """Text-to-image output: size, negative prompt, and images per pipeline call."""
+
+    width: int = Field(512, ge=8, multiple_of=8)
+    height: int = Field(512, ge=8, multiple_of=8)
+    negative_prompt: str | None = None
+    batch_size: int = Field(4, ge=1)
+
+
+class MetricSpec(_Strict):
+    """A metric by registry name, with its parameters (``{name: distinct_n, n: 3}`` or ``distinct_2``)."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"name": data}
+        if isinstance(data, dict) and "params" not in data:
+            rest = {k: v for k, v in data.items() if k != "name"}
+            return {"name": data.get("name"), "params": rest}
+        return data
+
+
+class CIConfig(_Strict):
+    """Bootstrap confidence intervals over prompts (percentile method, seeded from the run seed)."""
+
+    level: float = Field(0.95, gt=0, lt=1)
+    resamples: int = Field(2000, ge=100)
+
+
+class SweepConfig(_Strict):
+    """The whole sweep: a model, prompts, a grid of settings, samples and metrics."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=80)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    prompts: PromptsConfig
+    grid: GridConfig = Field(default_factory=GridConfig)
+    samples_per_prompt: int = Field(4, ge=1)  # samples per prompt per setting
+    max_new_tokens: int = Field(64, ge=1)
+    seed: int = Field(0, ge=0)  # every random stream of the run derives from it
+    batch_size: int | Literal["auto"] = "auto"  # rows per decode step; auto: from a memory budget
+    stop: list[str] = Field(default_factory=list)  # stop strings: a sample ends before the first one
+    metrics: list[MetricSpec] = Field(default_factory=lambda: [MetricSpec(name=m) for m in DEFAULT_METRICS])
+    ci: CIConfig = Field(default_factory=CIConfig)
+    output_dir: str = "runs"  # run directories go here, relative to the working directory
+    image: ImageOptions = Field(default_factory=ImageOptions)  # backend diffusers only
+    report: bool = True  # write report.html into the run directory at the end (`evalkit report` does it later)
+    # run index (SQLite) that records the run; default $EVALKIT_INDEX, else <output_dir>/index.sqlite
+    index: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_shorthand(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("model"), str):
+            data = {**data, "model": {"id": data["model"]}}
+        return data
+
+    @model_validator(mode="after")
+    def _axes_match_backend(self) -> SweepConfig:
+        if self.model.backend != "hf" and self.model.id == "default":
+            what = "a vision-language model" if self.model.backend == "vlm" else "a diffusers pipeline"
+            raise ValueError(f"model.id: a {self.model.backend} sweep needs {what} (a local directory or hub id); "
+                             "'default' is the embedded text model, got 'default'")
+        if self.model.backend != "vlm" and self.prompts.question is not None:
+            raise ValueError(f"prompts.question: only a vlm sweep asks a question of its images, got "
+                             f"{self.prompts.question!r} for backend {self.model.backend!r}")
+        if self.model.backend == "vlm" and (self.model.gguf_file or self.model.id.endswith(".gguf")):
+            raise ValueError(f"model.id: a vlm sweep reads a transformers model directory or hub id, not GGUF, "
+                             f"got {self.model.gguf_file or self.model.id!r}")
+        images = self.model.backend == "diffusers"
+        wrong = GridConfig.TEXT_AXES if images else GridConfig.IMAGE_AXES
+        for axis in wrong:
+            if getattr(self.grid, axis) is not None:
+                kind = {"diffusers": "a diffusers (text-to-image)", "vlm": "an image-to-text"}.get(
+                    self.model.backend, "a text")
+                axes = ", ".join(GridConfig.IMAGE_AXES if images else GridConfig.TEXT_AXES[:4])
+                raise ValueError(f"grid.{axis}: {kind} sweep has no {axis} axis (its axes: {axes}), "
+                                 f"got {getattr(self.grid, axis)!r}")
+        if images:
+            self.grid.expand_images()  # unknown scheduler names are refused here
+        return self
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size(cls, v: Any) -> int | str:
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            return v
+        raise ValueError(f"batch_size must be a whole number >= 1 or 'auto', got {v!r}")
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, v: list[str]) -> list[str]:
+        if any(not s for s in v):
+            raise ValueError("stop strings must not be empty")
+        return v
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics_non_empty(cls, v: list[MetricSpec]) -> list[MetricSpec]:
+        if not v:
+            raise ValueError("list is empty: name at least one metric")
+        return v
+
+    # Where the config came from; relative paths resolve against base_dir.
+    _source: str = "<config>"
+    _base_dir: Path = Path(".")
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    @property
+    def kind(self) -> str:
+        """The run kind's name: text, image-to-text or text-to-image."""
+        return KIND_OF_BACKEND[self.model.backend]
+
+    def settings(self) -> list[Setting] | list[ImageSetting]:
+        return self.grid.expand_images() if self.model.backend == "diffusers" else self.grid.expand()
+
+    def resolve_path(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self._base_dir / p)

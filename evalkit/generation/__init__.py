@@ -1,0 +1,36 @@
+"""Generators behind one interface (:class:`~evalkit.generation.base.Generator`), found by
+``model.backend`` in one registry. A new backend is one module with a ``load`` function and one
+line here; nothing heavy (torch, transformers) is imported until a backend loads."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+from evalkit.config import SweepConfig
+from evalkit.generation.base import Generator, ModelInfo, PreparedPrompt, SampleRecord, WorkUnit
+
+__all__ = ["BACKENDS", "Generator", "ModelInfo", "PreparedPrompt", "SampleRecord", "WorkUnit", "check_model",
+           "load_backend"]
+
+# model.backend -> the module whose load(config, source, device, status) returns a Generator
+BACKENDS = {
+    "hf": "evalkit.generation.hf",  # transformers causal LM, decoded by evalkit's engine
+    "vlm": "evalkit.generation.vlm",  # transformers image-text-to-text model, decoded by evalkit's engine
+    "diffusers": "evalkit.generation.diffusers",  # diffusers text-to-image pipeline
+}
+
+
+def check_model(config: SweepConfig):
+    """Everything about the model that can be checked before loading it: device, path, hash."""
+    from evalkit.generation.model import locate_model, resolve_device
+
+    return locate_model(config), resolve_device(config.model.device, config.source)
+
+
+def load_backend(config: SweepConfig, status: Callable[[str], None] = lambda msg: None,
+                 checked=None) -> Generator:
+    """Load the model's generator; ``checked`` is what :func:`check_model` returned, if it ran already."""
+    source, device = checked if checked is not None else check_model(config)
+    module = importlib.import_module(BACKENDS[config.model.backend])
+    return module.load(config, source, device, status=status)

@@ -1,0 +1,98 @@
+"""The transformers text backend: any causal LM (hub id, local directory or GGUF file).
+
+The model's forward pass is transformers'; decoding is evalkit's engine
+(:mod:`evalkit.generation.engine`), so no model generation default (a repetition penalty, a
+default top_k) can change a setting.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from evalkit.generation import gguf
+from evalkit.generation.base import ModelInfo, PreparedPrompt
+from evalkit.generation.decoding import EngineBackend
+from evalkit.config import SweepConfig
+from evalkit.generation.model import ModelSource, quiet_libraries, resolve_dtype
+from evalkit.errors import ConfigError
+from evalkit.prompts import Prompt
+
+class HFTextBackend(EngineBackend):
+    """A transformers causal LM behind the TextBackend interface."""
+
+    def __init__(self, config: SweepConfig, source: ModelSource, device: str, status=lambda msg: None):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        started = time.perf_counter()
+        quiet_libraries()
+        mc = config.model
+        self._source = config.source
+        dtype = resolve_dtype(mc.dtype, device)
+        converted_now = False
+        if source.gguf is not None:
+            status("checking the converted-model cache")
+            if not gguf.converted_dir(source.gguf).is_dir():
+                status("converting the GGUF file (one time; cached for later runs)")
+            load_from, converted_now = gguf.ensure_converted(source.gguf)
+            load_kwargs: dict[str, Any] = {}
+        else:
+            load_from, load_kwargs = source.load_args(mc.revision)
+        status("loading the model")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(load_from, **load_kwargs)
+            self.model = AutoModelForCausalLM.from_pretrained(load_from, dtype=dtype, **load_kwargs)
+        except OSError as e:
+            raise ConfigError(f"cannot load {mc.id!r}: {str(e).splitlines()[0]}", source=config.source,
+                              path="model.id") from None
+        self.model.to(device).eval()
+
+        # The model's suggested generation defaults play no part in evalkit's decoding; record them.
+        ignored = self._special_tokens(self.tokenizer, self.model.generation_config)
+
+        ctx = getattr(self.model.config, "max_position_embeddings", None)
+        self.info = ModelInfo(
+            backend="hf",
+            id=mc.id,
+            source=source.kind,
+            path=str(source.gguf.path if source.gguf else (source.path or source.hub_id)),
+            revision=getattr(self.model.config, "_commit_hash", None) if source.kind == "hub" else None,
+            sha256=source.sha256,
+            dtype=str(dtype).removeprefix("torch."),
+            device=device,
+            context_length=int(ctx) if ctx else None,
+            eos_token_ids=self.eos_ids,
+            has_chat_template=bool(getattr(self.tokenizer, "chat_template", None)),
+            rng="evalkit engine: one splitmix64 stream per sample, a function of (sample seed, step) only",
+            converted_now=converted_now,
+            load_seconds=round(time.perf_counter() - started, 3),
+            ignored_generation_defaults=ignored,
+        )
+
+    # ------------------------------------------------------------------ prompts
+
+    def prepare(self, prompts: list[Prompt], *, chat_template: bool | str, system_prompt: str | None,
+                max_new_tokens: int) -> list[PreparedPrompt]:
+        use_template = self.info.has_chat_template if chat_template == "auto" else bool(chat_template)
+        if use_template and not self.info.has_chat_template:
+            raise ConfigError(f"the model {self.info.id!r} has no chat template", source=self._source,
+                              path="prompts.chat_template")
+        out = []
+        for p in prompts:
+            if use_template:
+                rendered = self.tokenizer.apply_chat_template(p.chat(system_prompt), tokenize=False,
+                                                              add_generation_prompt=True)
+                ids = self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
+            else:
+                if p.messages is not None:
+                    raise ConfigError(f"prompt {p.id!r} is chat messages, but no chat template is applied",
+                                      source=self._source, path="prompts")
+                rendered = f"{system_prompt}\n\n{p.text}" if system_prompt else (p.text or "")
+                ids = self.tokenizer(rendered)["input_ids"]
+            self._check_fits(p.id, len(ids), max_new_tokens)
+            out.append(PreparedPrompt(prompt=p, rendered=rendered, token_ids=tuple(ids), chat_template=use_template))
+        return out
+
+
+def load(config: SweepConfig, source: ModelSource, device: str, status=lambda msg: None) -> HFTextBackend:
+    return HFTextBackend(config, source, device, status=status)

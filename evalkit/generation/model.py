@@ -1,0 +1,126 @@
+"""Where a model comes from, and what it runs on: located, hashed and checked before anything is
+loaded (a local directory, a GGUF file, the embedded default model or a hub id), the device and
+dtype resolved. Every backend goes through here."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from evalkit.config import ModelConfig, SweepConfig
+from evalkit.errors import ConfigError, EvalkitError
+from evalkit.generation import gguf
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def resolve_device(requested: str, source: str | None = None) -> str:
+    import torch
+
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("'cuda' was requested but no CUDA GPU is available", source=source, path="model.device")
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def resolve_dtype(requested: str, device: str):
+    import torch
+
+    if requested == "auto":
+        if device == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return getattr(torch, requested)
+
+
+class ModelSource:
+    """Where a model comes from, found and checked before anything is loaded."""
+
+    def __init__(self, kind: str, path: Path | None, hub_id: str | None, gguf_source: gguf.GGUFSource | None,
+                 weights_sha256: str | None = None):
+        self.kind, self.path, self.hub_id, self.gguf = kind, path, hub_id, gguf_source
+        self.sha256 = gguf_source.sha256 if gguf_source else weights_sha256  # file or weight-files hash
+
+    def load_args(self, revision: str | None) -> tuple[str, dict[str, Any]]:
+        """What ``from_pretrained`` takes for a directory or hub model: where, and the hub revision if any."""
+        where = str(self.path) if self.path else self.hub_id
+        return where, ({"revision": revision} if self.kind == "hub" and revision else {})
+
+
+def locate_model(config: SweepConfig) -> ModelSource:
+    """Resolve ``model.id`` to a local file, directory or hub id. Raises on a missing path or bad hash."""
+    try:
+        return _locate(config)
+    except ConfigError:
+        raise
+    except EvalkitError as e:
+        if "sha256 mismatch" in str(e):
+            raise ConfigError(str(e), source=config.source, path="model.sha256") from None
+        raise
+
+
+def _locate(config: SweepConfig) -> ModelSource:
+    mc: ModelConfig = config.model
+    where = dict(source=config.source, path="model.id")
+    if mc.id == "default":
+        expected = mc.sha256 or gguf.DEFAULT_SHA256
+        return ModelSource("embedded", None, None, gguf.verify(gguf.default_gguf_path(), expected))
+    path = config.resolve_path(mc.id)
+    looks_local = mc.id.startswith((".", "/", "~")) or mc.id.endswith(".gguf") or path.exists()
+    if looks_local:
+        if not path.exists():
+            raise ConfigError(f"model path does not exist: {path}", **where)
+        if path.is_file():
+            if path.suffix != ".gguf":
+                raise ConfigError(f"model file must be a .gguf file or a directory, got {path}", **where)
+            return ModelSource("gguf", path, None, gguf.verify(path, mc.sha256))
+        if mc.gguf_file:
+            file = path / mc.gguf_file
+            if not file.is_file():
+                raise ConfigError(f"GGUF file does not exist: {file}", source=config.source, path="model.gguf_file")
+            return ModelSource("gguf", file, None, gguf.verify(file, mc.sha256))
+        pipeline = mc.backend == "diffusers"  # a diffusers pipeline: model_index.json and one folder per part
+        marker = "model_index.json" if pipeline else "config.json"
+        if not (path / marker).is_file():
+            what = "diffusers pipeline" if pipeline else "transformers model"
+            raise ConfigError(f"not a {what} directory (no {marker}): {path}", **where)
+        digest = _weights_hash(path, recursive=pipeline)
+        if mc.sha256 and digest != mc.sha256:
+            raise ConfigError(f"sha256 mismatch for the weights in {path}: expected {mc.sha256}, got {digest}",
+                              source=config.source, path="model.sha256")
+        return ModelSource("local", path, None, None, weights_sha256=digest)
+    if mc.gguf_file:
+        from huggingface_hub import hf_hub_download
+
+        try:
+            file = Path(hf_hub_download(mc.id, mc.gguf_file, revision=mc.revision))
+        except Exception as e:  # network or missing repo: a user problem, said in one line
+            raise ConfigError(f"cannot fetch {mc.gguf_file} from {mc.id}: {type(e).__name__}", **where) from None
+        return ModelSource("gguf", file, None, gguf.verify(file, mc.sha256))
+    return ModelSource("hub", None, mc.id, None)
+
+
+def _weights_hash(directory: Path, recursive: bool = False) -> str | None:
+    """sha256 over the weight files' names (relative to ``directory``) and contents."""
+    found = directory.rglob("*") if recursive else directory.iterdir()
+    files = sorted(p for p in found if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.relative_to(directory).as_posix().encode() + b"\0" + gguf.sha256_file(f).encode() + b"\n")
+    return h.hexdigest()
+
+
+def quiet_libraries() -> None:
+    """evalkit draws its own progress bars; silence the libraries' bars and advice."""
+    import transformers
+    from huggingface_hub.utils import disable_progress_bars
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    disable_progress_bars()
+
+

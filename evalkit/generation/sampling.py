@@ -1,0 +1,290 @@
+"""Sampling as batched tensor transforms with per-row parameters (one decode serves many settings).
+
+The settings themselves live in :mod:`evalkit.settings`.
+"""
+
+from __future__ import annotations
+
+
+import torch
+
+from evalkit.settings import APPLICATION_ORDER, Setting  # noqa: F401  (re-exported for the engine's callers)
+
+# --------------------------------------------------------------------------- batched transforms
+#
+# Each row of a [batch, vocab] logits tensor has its own setting. The transforms follow
+# transformers' warpers exactly (TemperatureLogitsWarper, TopKLogitsWarper,
+# TopPLogitsWarper, MinPLogitsWarper, min_tokens_to_keep=1), in that order:
+#
+# - temperature: logits / T (greedy rows, T = 0, are decided by argmax of the raw logits);
+# - top-k: keep the tokens whose logit is >= the k-th largest (ties with it are kept);
+# - top-p: with p_i the softmax after top-k and tokens ordered by logit, drop a token when
+#   the probability mass of the tokens ranked below it, itself included, is <= 1 - top_p;
+#   equivalently keep it when the mass ranked strictly above it is < top_p. The top token is
+#   always kept. Among tokens whose logits tie exactly at the boundary, transformers' sort
+#   keeps an unspecified subset; evalkit keeps the lowest token ids (a stable order);
+# - min-p: with p_i the softmax after top-p, drop tokens with p_i < min_p * max_i p_i.
+#
+# Only the top of the distribution can survive truncation, so rows that truncate are
+# computed on their top-K candidates (torch.topk), with K grown until the kept set is
+# provably inside the candidates; rows that do not truncate, or whose kept set does not
+# fit, are computed densely over the whole vocabulary. The candidate path sums probability
+# mass in another order than transformers' sorted cumulative sum (last-bit differences), so
+# a row whose top-p or min-p decision lies within MARGIN of its cut is computed densely too.
+
+
+CANDIDATES = (64, 1024, 8192)  # candidate-list sizes tried before the dense path
+MARGIN = 1e-6  # top-p / min-p decisions this close to the cut are left to the dense path
+
+
+class SamplingParams:
+    """Per-row parameter tensors, each of shape [batch].
+
+    top_p is kept in float64 so that ``1 - top_p`` is formed as transformers forms it
+    (in Python floats) before the float32 comparison.
+    """
+
+    def __init__(self, temperature, top_k, top_p, min_p):
+        self.temperature, self.top_k, self.top_p, self.min_p = temperature, top_k, top_p, min_p
+
+    @classmethod
+    def from_settings(cls, settings: list[Setting], device: torch.device | str = "cpu") -> SamplingParams:
+        return cls(
+            torch.tensor([s.temperature for s in settings], dtype=torch.float32, device=device),
+            torch.tensor([s.top_k for s in settings], dtype=torch.long, device=device),
+            torch.tensor([s.top_p for s in settings], dtype=torch.float64, device=device),
+            torch.tensor([s.min_p for s in settings], dtype=torch.float32, device=device),
+        )
+
+    def __getitem__(self, rows) -> SamplingParams:
+        return SamplingParams(self.temperature[rows], self.top_k[rows], self.top_p[rows], self.min_p[rows])
+
+    @property
+    def greedy(self) -> torch.Tensor:
+        return self.temperature == 0
+
+    def truncates(self, vocab: int) -> torch.Tensor:
+        """Rows where some filter can remove tokens."""
+        return ((self.top_k > 0) & (self.top_k < vocab)) | (self.top_p < 1) | (self.min_p > 0)
+
+
+class Warped:
+    """The sampling distribution of each row, as scaled logits over candidate tokens.
+
+    ``logits[r, j]`` is the (temperature-scaled) logit of token ``index[r, j]``, -inf where
+    a filter removed it. Dense rows have every token as a candidate (``index`` is None then
+    and ``logits`` is [rows, vocab]).
+    """
+
+    def __init__(self, logits: torch.Tensor, index: torch.Tensor | None):
+        self.logits, self.index = logits, index
+
+    def dense(self, vocab: int) -> torch.Tensor:
+        if self.index is None:
+            return self.logits
+        out = torch.full((self.logits.shape[0], vocab), float("-inf"), dtype=self.logits.dtype,
+                         device=self.logits.device)
+        return out.scatter_(1, self.index, self.logits)
+
+
+def scale(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """Temperature: logits / T, in float32; greedy rows are left unscaled."""
+    t = torch.where(params.greedy, torch.ones_like(params.temperature), params.temperature)
+    return logits.float() / t[:, None]
+
+
+def filter_dense(scaled: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """top-k, top-p, min-p over the whole vocabulary (transformers' algorithm, row-wise parameters)."""
+    neg_inf = float("-inf")
+    vocab = scaled.shape[-1]
+    out = scaled
+    k = params.top_k.clamp(max=vocab)
+    if bool((k > 0).any()):
+        kth = torch.topk(out, int(k.max()), dim=-1).values.gather(1, (k.clamp(min=1) - 1)[:, None])
+        out = out.masked_fill((k[:, None] > 0) & (out < kth), neg_inf)
+    if bool((params.top_p < 1).any()):
+        # Stable ascending sort: among equal logits the higher token id comes first, i.e. is dropped first.
+        order = torch.sort(out.flip(-1), dim=-1, stable=True).indices
+        order = vocab - 1 - order
+        asc = out.gather(1, order)
+        cum = asc.softmax(dim=-1).cumsum(dim=-1)
+        drop_sorted = cum <= (1 - params.top_p).float()[:, None]
+        drop_sorted[:, -1] = False
+        drop = torch.zeros_like(drop_sorted).scatter_(1, order, drop_sorted)
+        out = out.masked_fill(drop & (params.top_p < 1)[:, None], neg_inf)
+    if bool((params.min_p > 0).any()):
+        probs = out.softmax(dim=-1)
+        drop = probs < params.min_p[:, None] * probs.amax(dim=-1, keepdim=True)
+        out = out.masked_fill(drop & (params.min_p > 0)[:, None], neg_inf)
+    return out
+
+
+def _filter_candidates(scaled: torch.Tensor, params: SamplingParams, size: int, row_probs: torch.Tensor):
+    """The same filters on each row's top-``size`` candidates (sorted by logit, descending).
+
+    ``row_probs`` is the softmax of each whole scaled row (used by top-p when top-k is off).
+    Returns (logits [rows, size], index [rows, size], fits [rows]). Where ``fits`` is False
+    the row must be computed densely: its kept set (or the top-k set that top-p normalises
+    over) may reach beyond the candidates, its top-p cut falls between tied logits (where
+    only a stable order over the whole vocabulary decides), or a top-p or min-p decision is
+    within MARGIN of its cut.
+    """
+    neg_inf = float("-inf")
+    vocab = scaled.shape[-1]
+    vals, idx = torch.topk(scaled, size, dim=-1)
+    last = vals[:, -1]
+
+    k = params.top_k.clamp(max=vocab)
+    topk_on = k > 0
+    kth = vals.gather(1, (k.clamp(min=1, max=size) - 1)[:, None])[:, 0]
+    vals = vals.masked_fill(topk_on[:, None] & (vals < kth[:, None]), neg_inf)
+
+    # top-p, as transformers computes it: the softmax over the top-k set (or the whole row when
+    # top-k is off), then c_i = mass of the tokens ranked at or below i, dropped when
+    # c_i <= 1 - top_p. On CPU torch's float32 cumsum accumulates in float64 and rounds, so
+    # c_i = float32(total - mass ranked strictly above i) reproduces it to the last bit or so.
+    topp_on = params.top_p < 1
+    probs = torch.where(topk_on[:, None], torch.softmax(vals, dim=-1), row_probs.gather(1, idx))
+    total = torch.where(topk_on, probs.sum(dim=-1), row_probs.sum(dim=-1)).double()
+    p64 = probs.double()
+    c = (total[:, None] - (p64.cumsum(dim=-1) - p64)).float()
+    threshold = (1 - params.top_p).float()[:, None]
+    keep_p = c > threshold
+    keep_p[:, 0] = True
+    unsure = topp_on & ((c - threshold).abs() < MARGIN).any(dim=-1)
+    cut = keep_p.sum(dim=-1).clamp(max=size - 1)  # first candidate top-p drops
+    tie = vals.gather(1, cut[:, None])[:, 0] == vals.gather(1, (cut - 1).clamp(min=0)[:, None])[:, 0]
+    unsure |= topp_on & (cut > 0) & tie & ~keep_p.all(dim=-1)
+    vals = vals.masked_fill(topp_on[:, None] & ~keep_p, neg_inf)
+
+    # p_i >= min_p * p_max  <=>  exp(logit_i - logit_max) >= min_p
+    ratio = (vals - vals[:, :1]).exp()
+    min_p = params.min_p[:, None]
+    keep_m = ratio >= min_p
+    minp_on = params.min_p > 0
+    unsure |= minp_on & ((ratio - min_p).abs() < MARGIN * min_p).any(dim=-1)
+    vals = vals.masked_fill(minp_on[:, None] & ~keep_m, neg_inf)
+
+    if size >= vocab:
+        return vals, idx, ~unsure
+    min_kept = torch.where(vals.isfinite(), vals, torch.full_like(vals, float("inf"))).amin(dim=-1)
+    topk_inside = ~topk_on | ((k <= size) & (kth > last))
+    fits = topk_inside & (min_kept > last) & ~unsure  # every token tied with a kept one is a candidate
+    return vals, idx, fits
+
+
+def warp(logits: torch.Tensor, params: SamplingParams,
+         candidates: tuple[int, ...] = CANDIDATES) -> list[tuple[torch.Tensor, Warped]]:
+    """Each row's sampling distribution, as (row indices, Warped) parts covering every row once.
+
+    Greedy rows become a point mass on the argmax of the raw logits; rows that truncate
+    nothing keep the whole softmax; truncating rows go through the candidate lists, and
+    through the dense path when their kept set does not fit.
+    """
+    vocab = logits.shape[-1]
+    device = logits.device
+    rows = torch.arange(logits.shape[0], device=device)
+    greedy = params.greedy
+    trunc = params.truncates(vocab) & ~greedy
+    parts: list[tuple[torch.Tensor, Warped]] = []
+    if bool(greedy.any()):
+        g = rows[greedy]
+        top = logits[g].argmax(dim=-1, keepdim=True)
+        parts.append((g, Warped(torch.zeros(top.shape, dtype=torch.float32, device=device), top)))
+    plain = rows[~greedy & ~trunc]
+    if plain.numel():
+        parts.append((plain, Warped(scale(logits[plain], params[plain]), None)))
+    todo = rows[trunc]
+    if todo.numel() == 0:
+        return parts
+    sub = params[todo]
+    scaled = scale(logits[todo], sub)
+    row_probs = torch.softmax(scaled, dim=-1)
+    left = torch.arange(todo.numel(), device=device)  # positions in `todo` still to place
+    for size in candidates:
+        if left.numel() == 0 or size >= vocab:
+            break
+        vals, idx, fits = _filter_candidates(scaled[left], sub[left], size, row_probs[left])
+        if bool(fits.any()):
+            parts.append((todo[left[fits]], Warped(vals[fits], idx[fits])))
+        left = left[~fits]
+    if left.numel():
+        parts.append((todo[left], Warped(filter_dense(scaled[left], sub[left]), None)))
+    return parts
+
+
+def check_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Rows whose logits cannot define a distribution: any NaN or +inf, or every logit -inf."""
+    total = logits.float().sum(dim=-1)  # finite exactly when every logit is finite (the usual case)
+    bad = ~total.isfinite()
+    if not bool(bad.any()):
+        return bad
+    rows = logits[bad]
+    bad[bad.clone()] = torch.isnan(rows).any(dim=-1) | torch.isposinf(rows).any(dim=-1) | torch.isneginf(rows).all(dim=-1)
+    return bad
+
+
+class Draw:
+    """One decode step's choice per row, with the sampling distribution's statistics."""
+
+    def __init__(self, tokens: torch.Tensor, logprob: torch.Tensor, entropy: torch.Tensor, kept: torch.Tensor):
+        self.tokens, self.logprob, self.entropy, self.kept = tokens, logprob, entropy, kept
+
+
+def entropy_of(probs: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy (nats) of each row of probabilities (0 log 0 = 0)."""
+    return torch.special.entr(probs).sum(dim=-1)
+
+
+def distribution(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(probabilities, log-normaliser [rows, 1], entropy in nats) of each row of float32 logits."""
+    probs = torch.softmax(logits, dim=-1)
+    lse = logits.amax(dim=-1, keepdim=True) - probs.amax(dim=-1, keepdim=True).log()
+    entropy = lse[:, 0] - (probs * logits).sum(dim=-1)  # H = log Z - E[z]; NaN where a logit is -inf
+    bad = entropy.isnan()
+    if bool(bad.any()):
+        entropy[bad] = entropy_of(probs[bad])
+    return probs, lse, entropy
+
+
+BLOCK = 256  # inverse-CDF sampling over a whole vocabulary goes through blocks of this many tokens
+
+
+def _inverse_cdf(probs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Index of the first token whose cumulative probability exceeds ``x * total`` (float64 sums)."""
+    rows, vocab = probs.shape
+    if vocab <= 4 * BLOCK:
+        cdf = probs.double().cumsum(dim=-1)
+        j = torch.searchsorted(cdf, (x * cdf[:, -1])[:, None], right=True)
+        return j.clamp(max=vocab - 1)
+    blocks = -(-vocab // BLOCK)
+    padded = torch.nn.functional.pad(probs, (0, blocks * BLOCK - vocab)).view(rows, blocks, BLOCK)
+    block_cdf = padded.sum(dim=-1).double().cumsum(dim=-1)
+    target = x * block_cdf[:, -1]
+    b = torch.searchsorted(block_cdf, target[:, None], right=True).clamp(max=blocks - 1)
+    before = torch.where(b > 0, block_cdf.gather(1, (b - 1).clamp(min=0)), torch.zeros_like(target[:, None]))
+    inner = padded.gather(1, b[:, :, None].expand(rows, 1, BLOCK))[:, 0].double().cumsum(dim=-1)
+    rest = torch.minimum(target[:, None] - before, inner[:, -1:] * (1 - 1e-12))  # stay on a token with mass
+    k = torch.searchsorted(inner, rest, right=True).clamp(max=BLOCK - 1)
+    return (b * BLOCK + k).clamp(max=vocab - 1)
+
+
+def sample(parts: list[tuple[torch.Tensor, Warped]], u: torch.Tensor, batch: int) -> Draw:
+    """Inverse-CDF sampling: row r takes the first token whose cumulative probability exceeds u[r].
+
+    ``u`` holds one uniform in [0, 1) per row (float64), from the row's own random stream;
+    cumulative sums are taken in float64 so that tail tokens keep their probability.
+    """
+    device = u.device
+    tokens = torch.empty(batch, dtype=torch.long, device=device)
+    logprob = torch.empty(batch, dtype=torch.float32, device=device)
+    entropy = torch.empty(batch, dtype=torch.float32, device=device)
+    kept = torch.empty(batch, dtype=torch.long, device=device)
+    for rows, part in parts:
+        logits = part.logits.float()
+        probs, lse, entropy[rows] = distribution(logits)
+        j = _inverse_cdf(probs, u[rows])
+        tokens[rows] = j[:, 0] if part.index is None else part.index.gather(1, j)[:, 0]
+        logprob[rows] = (logits.gather(1, j) - lse)[:, 0]
+        kept[rows] = torch.count_nonzero(logits != float("-inf"), dim=-1)
+    return Draw(tokens, logprob, entropy, kept)

@@ -1,0 +1,35 @@
+"""Run kinds: what a run makes and how it is read. One module per kind, each owning its setting
+type, grid axes, sample columns, the needs it offers metrics, and how a generated record becomes
+a samples row (and a cache entry).
+
+| kind | made by | a sample is |
+| --- | --- | --- |
+| ``text`` | a text model (``model.backend: hf``) | a text with its tokens and per-token statistics |
+| ``image-to-text`` | a vision-language model (``vlm``) | a caption or answer of the prompt's image |
+| ``text-to-image`` | a diffusers pipeline (``diffusers``) | a PNG file in ``images/`` |
+| ``scored`` | ``evalkit score FILE`` | a text made elsewhere (with the image it describes, if any) |
+"""
+
+from __future__ import annotations
+
+from evalkit.config import SweepConfig
+from evalkit.kinds.base import RunKind
+from evalkit.kinds.image_to_text import IMAGE_TO_TEXT
+from evalkit.kinds.scored import SCORED, SCORED_CAPTIONS
+from evalkit.kinds.text import TEXT
+from evalkit.kinds.text_to_image import TEXT_TO_IMAGE
+
+KINDS: dict[str, RunKind] = {k.name: k for k in (TEXT, IMAGE_TO_TEXT, TEXT_TO_IMAGE, SCORED)}
+
+__all__ = ["IMAGE_TO_TEXT", "KINDS", "SCORED", "SCORED_CAPTIONS", "TEXT", "TEXT_TO_IMAGE", "RunKind", "kind_named",
+           "kind_of"]
+
+
+def kind_of(config: SweepConfig) -> RunKind:
+    """The kind of run a sweep config makes."""
+    return KINDS[config.kind]
+
+
+def kind_named(name: str) -> RunKind:
+    """The kind a run's manifest names."""
+    return KINDS[name]

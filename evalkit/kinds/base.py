@@ -1,0 +1,88 @@
+"""What every run kind defines; the text kind is the default behaviour of each member."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from evalkit.config import SweepConfig
+from evalkit.errors import ConfigError
+from evalkit.generation.base import PreparedPrompt, SampleRecord, WorkUnit
+from evalkit.rundir.writer import RunWriter
+from evalkit.scoring.metric import Metric
+from evalkit.settings import APPLICATION_ORDER, ImageSetting, Setting
+
+
+@dataclass(frozen=True)
+class Axes:
+    """How a report lays out a kind's grid."""
+
+    x: str  # heatmap columns, line-chart x axis
+    y: str  # heatmap rows, one line each
+    panels: tuple[str, ...]  # small multiples where these vary
+
+
+@dataclass(frozen=True)
+class RunKind:
+    name: str  # as the manifest records it
+    what: str  # how errors name such a run: "a text sweep", "a file of texts"
+    columns: tuple[str, ...]  # of the samples table
+    needs: frozenset[str]  # what its samples offer metrics (see evalkit.scoring.metric.NEEDS)
+    setting_type: type = Setting
+    noun: str = "prompts"  # what its prompts are called in summaries
+    verb: str = "make"  # "{metric} needs X, which {what} does not {verb}"
+    sampling_order: tuple[str, ...] = APPLICATION_ORDER  # the order in which the setting's parameters apply
+    report_axes: Axes = Axes("temperature", "top_p", ("top_k", "min_p"))
+
+    @property
+    def axes(self) -> tuple[str, ...]:
+        """The grid axes (the setting's parameters)."""
+        return tuple(self.setting_type.model_fields)
+
+    def setting(self, params: dict[str, Any]) -> Setting | ImageSetting:
+        return self.setting_type(**{k: params[k] for k in self.axes})
+
+    def check_metrics(self, metrics: list[Metric], source: str | None, where: str = "metrics[{}]") -> None:
+        """Refuse a metric that needs what this kind's samples do not offer."""
+        for i, m in enumerate(metrics):
+            missing = m.requires() - self.needs
+            if missing:
+                raise ConfigError(f"{m.id} needs {', '.join(sorted(missing))}, which {self.what} does not "
+                                  f"{self.verb}", source=source, path=where.format(i))
+
+    # ------------------------------------------------------------------ sweeps (not scored files)
+
+    def check_config(self, config: SweepConfig, prompts: list) -> None:
+        """What the kind refuses in a config before anything is loaded (beyond the schema)."""
+
+    def prompt_line(self, p: PreparedPrompt, writer: RunWriter) -> dict[str, Any]:
+        """The prompt's line in prompts.jsonl."""
+        return {"id": p.prompt.id, "prompt": p.prompt.display, "rendered": p.rendered, "n_tokens": len(p.token_ids),
+                "chat_template": p.chat_template}
+
+    def row(self, unit: WorkUnit, result: dict[str, Any], writer: RunWriter, config: SweepConfig) -> dict[str, Any]:
+        """A samples row from a record's cacheable form (:meth:`cached`)."""
+        p = unit.prompt.prompt
+        return {"prompt_id": p.id, "prompt": p.display, "setting_id": unit.setting.id, **unit.setting.params(),
+                "sample_index": unit.sample_index, "seed": unit.seed, "text": result["text"],
+                "num_new_tokens": len(result["token_ids"]), "finish_reason": result["finish_reason"],
+                "token_ids": result["token_ids"], **{name: result.get(name, []) for name in self.stat_columns}}
+
+    @property
+    def stat_columns(self) -> list[str]:
+        from evalkit.generation.base import STAT_COLUMNS
+
+        return [c for c in STAT_COLUMNS if c in self.columns]
+
+    def cached(self, record: SampleRecord) -> dict[str, Any]:
+        """What the sample cache keeps of a record (JSON)."""
+        return {"text": record.text, "token_ids": list(record.token_ids), "finish_reason": record.finish_reason,
+                **{name: record.stats.get(name, []) for name in self.stat_columns}}
+
+    def decides(self, config: SweepConfig, eos: list[int]) -> list:
+        """What decides a unit's output besides its prompt tokens, setting and seed (part of its cache key)."""
+        return [config.max_new_tokens, list(config.stop), eos]
+
+    def recovered(self, unit: WorkUnit, config: SweepConfig, writer: RunWriter) -> dict[str, Any] | None:
+        """A unit's row when its output was kept before its row was (text: never)."""
+        return None

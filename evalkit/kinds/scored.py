@@ -1,0 +1,105 @@
+"""Scored files: samples made elsewhere (an API, another harness), scored by ``evalkit score FILE.jsonl``.
+
+Each line of the file is one sample: ``text`` (required), the prompt as ``prompt_id`` and/or
+``prompt`` (at least one), optionally the setting it was sampled with (``temperature``,
+``top_p``, ``top_k``, ``min_p``; defaults 1, 1, 0, 0) and ``sample_index`` (else the order
+within its group). Captions of images add ``image`` (a path relative to the file) and may add
+``references`` (reference captions); every row of a prompt names the same image. Other fields
+are ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from evalkit.errors import ConfigError, first_error
+from evalkit.kinds.base import RunKind
+from evalkit.prompts import read_jsonl_lines
+from evalkit.rundir.columns import BASE_SAMPLE_COLUMNS, VLM_COLUMNS
+from evalkit.scoring.metric import VLM_NEEDS
+from evalkit.settings import MinP, Setting, Temperature, TopK, TopP
+
+TEXT_ONLY_NEEDS = frozenset({"texts", "prompts"})
+SCORED = RunKind(name="scored", what="a file of texts", verb="have", columns=tuple(BASE_SAMPLE_COLUMNS),
+                 needs=TEXT_ONLY_NEEDS)
+SCORED_CAPTIONS = RunKind(name="scored", what="a file of texts with images", verb="have",
+                          columns=tuple(BASE_SAMPLE_COLUMNS + VLM_COLUMNS), needs=TEXT_ONLY_NEEDS | VLM_NEEDS,
+                          noun="images")
+
+
+class GenerationRow(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    text: str
+    prompt_id: str | int | None = None
+    prompt: str | None = None
+    temperature: Temperature = 1.0
+    top_p: TopP = 1.0
+    top_k: TopK = 0
+    min_p: MinP = 0.0
+    sample_index: int | None = None
+    image: str | None = None  # the image the text describes (a path relative to the file)
+    references: list[str] | None = None  # its reference captions
+
+    @model_validator(mode="after")
+    def _prompt(self) -> GenerationRow:
+        if self.prompt_id is None and self.prompt is None:
+            raise ValueError("a row needs 'prompt_id' or 'prompt'")
+        return self
+
+
+def read_generations(path: Path) -> pd.DataFrame:
+    """The file as a samples table (sample-index order within each group). Raises ConfigError naming the line."""
+    source = str(path)
+    rows = []
+    for number, text in read_jsonl_lines(path, "file"):
+        where = f"line {number}"
+        try:
+            row = GenerationRow.model_validate_json(text)
+        except ValidationError as e:
+            field, msg, err = first_error(e)
+            if err["type"].startswith("json"):
+                msg = f"invalid JSON: {msg}"
+            raise ConfigError(f"{field + ': ' if field else ''}{msg}", source=source, path=where) from None
+        setting = Setting(temperature=row.temperature, top_p=row.top_p, top_k=row.top_k, min_p=row.min_p)
+        pid = str(row.prompt_id) if row.prompt_id is not None else row.prompt
+        image = _image(path, row.image, where) if row.image is not None else None
+        rows.append({"prompt_id": pid, "prompt": row.prompt if row.prompt is not None else pid,
+                     "setting_id": setting.id, **setting.params(), "sample_index": row.sample_index, "seed": None,
+                     "text": row.text, "num_new_tokens": None, "finish_reason": None, "token_ids": [],
+                     "prompt_image": image, "references": tuple(row.references or ()), "_line": number})
+    if not rows:
+        raise ConfigError("the file has no generations", source=source)
+    samples = pd.DataFrame(rows)
+    images = samples["prompt_image"].notna().any()
+    if images and samples["prompt_image"].isna().any():
+        line = int(samples.loc[samples["prompt_image"].isna().idxmax(), "_line"])
+        raise ConfigError("no image, while other lines name one: every line names the image it describes",
+                          source=source, path=f"line {line}")
+    for column in ("prompt_image", "references") if images else ():
+        per_prompt = samples.groupby("prompt_id", sort=False)[column].transform("first")
+        other = samples[column] != per_prompt
+        if other.any():
+            bad = samples[other].iloc[0]
+            raise ConfigError(f"prompt {bad['prompt_id']!r} has another {column.replace('prompt_', '')} than on its "
+                              f"first line", source=source, path=f"line {int(bad['_line'])}")
+    order = samples.groupby(["prompt_id", "setting_id"], sort=False).cumcount()
+    given = samples["sample_index"]
+    samples["sample_index"] = given.where(given.notna(), order).astype(int)
+    dup = samples.duplicated(["prompt_id", "setting_id", "sample_index"])
+    if dup.any():
+        line = int(samples.loc[dup.idxmax(), "_line"])
+        raise ConfigError("duplicate sample_index within its prompt and setting", source=source, path=f"line {line}")
+    samples = samples.drop(columns="_line").assign(references=samples["references"].map(list))
+    columns = BASE_SAMPLE_COLUMNS + (VLM_COLUMNS if images else [])
+    return samples.astype({"num_new_tokens": "Int64", "seed": "Int64"})[columns]
+
+
+def _image(path: Path, name: str, where: str) -> str:
+    image = (path.parent / Path(name).expanduser()).resolve()
+    if not image.is_file():
+        raise ConfigError(f"image not found: {image}", source=str(path), path=where)
+    return str(image)

@@ -1,0 +1,202 @@
+"""The one sweep, for every run kind: plan -> check (nothing loaded) -> load -> generate -> score -> finalize.
+
+Everything that can be checked without the model (config, metrics, prompts, output directory,
+device, model path and hash) is checked before loading it, and the run directory is created
+only once the model is loaded and every prompt is accepted: a failed start leaves nothing behind.
+Samples come from the run's own parts (``--resume``), from outputs it kept (images), from the
+sample cache, or from the generator through an executor; the pipeline alone writes them, through
+:class:`~evalkit.rundir.RunWriter`.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+
+from evalkit.config import SweepConfig
+from evalkit.errors import EvalkitError
+from evalkit.executors import LocalExecutor
+from evalkit.generation import WorkUnit, check_model, load_backend
+from evalkit.generation.base import Generator, ModelInfo, PreparedPrompt
+from evalkit.kinds import RunKind, kind_of
+from evalkit.prompts import load_prompts
+from evalkit.rundir import Manifest, Run, RunWriter, SettingRecord
+from evalkit.rundir.files import check_writable
+from evalkit.rundir.manifest import Reused, ci_info, git_info, utc_now
+from evalkit.rundir.sample_cache import SampleCache, unit_key
+from evalkit.scoring import score_samples
+from evalkit.scoring.registry import default_registry, prepare_all
+from evalkit.seeds import derive_seed
+
+
+def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path | None = None,
+              overrides: list[str] | None = None, as_given: dict | None = None, resolved: dict | None = None) -> Run:
+    """Run (or continue, with ``resume_dir``) the sweep ``config`` describes; the finished run."""
+    kind = kind_of(config)
+    # check: nothing is loaded or written yet
+    settings = config.settings()
+    metrics = default_registry().create_all(config.metrics, source=config.source)
+    kind.check_metrics(metrics, config.source)
+    prepare_all(metrics, source=config.source)
+    prompts = load_prompts(config)
+    check_writable(Path(config.output_dir) if resume_dir is None else resume_dir, config.source)
+    checked = check_model(config)
+
+    # load
+    started = time.perf_counter()
+    with ui.phase("loading") as phase:
+        generator = load_backend(config, status=lambda msg: phase.update(status=msg), checked=checked)
+        prepared = generator.prepare(prompts, chat_template=config.prompts.chat_template,
+                                     system_prompt=config.prompts.system_prompt, max_new_tokens=config.max_new_tokens)
+    timings = {"load_s": round(time.perf_counter() - started, 3)}
+    batch_size = generator.batch_size(config.batch_size, prepared, config.max_new_tokens)
+
+    if resume_dir is not None:
+        writer = RunWriter.reopen(resume_dir)
+        if _weights(writer.manifest.model) != _weights(generator.info):
+            raise EvalkitError(f"--resume: {resume_dir} was made with other model weights than {config.model.id!r} "
+                               f"has now")
+    else:
+        writer = RunWriter.create(Path(config.output_dir), _manifest(
+            config, kind, generator, settings, metrics, len(prepared), batch_size, overrides, as_given or {}))
+    with recorded(config, writer):
+        if resume_dir is None:
+            writer.write_config(resolved or {})
+            writer.write_prompts([kind.prompt_line(p, writer) for p in prepared])
+        writer.write_manifest()
+        started = time.perf_counter()
+        samples, reused = generate(writer, kind, config, generator, plan(config, prepared, settings), batch_size, ui,
+                                   cache)
+        timings["generate_s"] = round(time.perf_counter() - started, 3)
+        writer.write_samples(samples)
+        started = time.perf_counter()
+        writer.write_scores(*score_samples(writer.path, samples, settings, metrics, level=config.ci.level,
+                                           resamples=config.ci.resamples, seed=config.seed, ui=ui))
+        timings["score_s"] = round(time.perf_counter() - started, 3)
+        run = writer.complete(n_samples=len(samples), timings=timings, reused=reused)
+    if config.report:
+        write_report(run.path, ui)
+    return run
+
+
+def _weights(info: ModelInfo) -> tuple[str | None, str | None]:
+    return info.sha256, info.revision
+
+
+def _manifest(config: SweepConfig, kind: RunKind, generator: Generator, settings: list, metrics: list, n_prompts: int,
+              batch_size: int, overrides: list[str] | None, as_given: dict) -> Manifest:
+    return Manifest(
+        kind=kind.name, run_id="", name=config.name, started_at=utc_now(), git=git_info(),
+        config_source=config.source, config_as_given=as_given, overrides=list(overrides or []),
+        model=generator.info, device=generator.info.device or "n/a", seed=config.seed,
+        sampling_order=list(kind.sampling_order),
+        settings=[SettingRecord(id=s.id, params=s.params(),
+                                generation=generator.generation_params(s, config.max_new_tokens)) for s in settings],
+        n_prompts=n_prompts, metrics=[m.id for m in metrics], metric_info={m.id: m.info() for m in metrics},
+        batch_size=batch_size, stop=list(config.stop),
+        ci=ci_info(config.ci.level, config.ci.resamples, config.seed))
+
+
+def plan(config: SweepConfig, prompts: list[PreparedPrompt], settings: list) -> list[WorkUnit]:
+    """Every work unit of the sweep in grid order; a unit's seed derives from (seed, prompt, setting, index)."""
+    return [WorkUnit(prompt=p, setting=s, sample_index=i, seed=derive_seed(config.seed, p.prompt.id, s.id, i))
+            for s in settings for p in prompts for i in range(config.samples_per_prompt)]
+
+
+def generate(writer: RunWriter, kind: RunKind, config: SweepConfig, generator: Generator, units: list[WorkUnit],
+             batch_size: int, ui, use_cache: bool) -> tuple[pd.DataFrame, Reused]:
+    """Every unit's sample, in grid order: from the run's parts or kept outputs, the sample cache, or the generator."""
+    columns = list(kind.columns)
+    done = {(r.prompt_id, r.setting_id, int(r.sample_index)) for r in writer.read_parts(columns).itertuples()}
+    parts = writer.parts(columns)
+    todo, kept = [], 0
+    for u in units:
+        if u.key in done:
+            continue
+        row = kind.recovered(u, config, writer)
+        if row is None:
+            todo.append(u)
+        else:
+            parts.add(row)
+            kept += 1
+    model_id = generator.info.weights_id
+    cache = SampleCache() if use_cache and model_id else None
+    decides = kind.decides(config, generator.info.eos_token_ids)
+    keys = {u.key: unit_key(model_id, u, decides) for u in todo} if cache else {}
+    hits = cache.get_many(list(keys.values())) if cache else {}
+    from_cache = [u for u in todo if keys.get(u.key) in hits]
+    to_make = [u for u in todo if keys.get(u.key) not in hits]
+    before = len(done) + kept + len(from_cache)
+    fresh: list[tuple[str, dict]] = []
+    try:
+        with ui.phase("generating", total=len(units)) as phase:
+            phase.update(completed=len(done) + kept)
+            for u in from_cache:
+                parts.add(kind.row(u, hits[keys[u.key]], writer, config))
+            phase.update(completed=before)
+            made = 0
+            for record in LocalExecutor(generator).run(
+                    to_make, max_new_tokens=config.max_new_tokens, batch_size=batch_size, stop=tuple(config.stop),
+                    progress=lambda n, step: phase.update(completed=before + n, status=f"step {step}")):
+                result = kind.cached(record)
+                parts.add(kind.row(record.unit, result, writer, config))
+                if cache:
+                    fresh.append((keys[record.unit.key], result))
+                made += 1
+                phase.update(completed=before + made)
+    finally:
+        parts.flush()
+        if cache:
+            cache.put_many(fresh)
+            cache.close()
+    position = {u.key: i for i, u in enumerate(units)}
+    samples = writer.read_parts(columns)
+    order = [position[(r.prompt_id, r.setting_id, int(r.sample_index))] for r in samples.itertuples()]
+    samples = samples.iloc[pd.Series(order).argsort(kind="stable").to_numpy()].reset_index(drop=True)
+    return samples, Reused(from_parts=len(done) + kept, from_cache=len(from_cache), generated=len(to_make))
+
+
+def write_report(run_dir: Path, ui) -> None:
+    """The run is complete and kept whatever happens here; `evalkit report` redoes this."""
+    from evalkit.report import write_report as write
+
+    with ui.phase("report"):
+        write([run_dir], run_dir / "report.html")
+
+
+@contextmanager
+def recorded(config: SweepConfig, writer: RunWriter):
+    """Around a run's work: on an error or Ctrl-C the manifest says failed or interrupted (the run can
+    be resumed); either way the run is recorded in the run index."""
+    try:
+        yield
+    except BaseException as e:
+        writer.fail(e)
+        record_in_index(writer.path, config.index, config.output_dir, quiet=True)
+        if isinstance(e, KeyboardInterrupt):
+            raise Interrupted(writer.path) from None
+        raise
+    record_in_index(writer.path, config.index, config.output_dir)
+
+
+def record_in_index(run_dir: Path, index: str | None, output_dir: str | Path, quiet: bool = False) -> None:
+    """Record the run in the run index; after a failure, never let the index hide the first error."""
+    from evalkit.index import RunIndex, index_path
+
+    try:
+        with RunIndex(index_path(index, output_dir)) as db:
+            db.record(Run(run_dir))
+    except Exception:
+        if not quiet:
+            raise
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: the samples made so far are kept and the run can be resumed."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__(f"interrupted; resume with: evalkit run --resume {run_dir}")
+        self.run_dir = run_dir

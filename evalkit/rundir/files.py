@@ -1,0 +1,98 @@
+"""Durable file writes for run directories: every file is written to a temporary name, fsynced and
+renamed into place, so a reader sees whole files only; a run directory's name is unique."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from evalkit.errors import EvalkitError
+
+
+def check_writable(output_dir: Path, source: str | None = None, field: str = "output_dir") -> None:
+    """Refuse an output directory that cannot be created or written, without creating anything."""
+    from evalkit.errors import ConfigError
+
+    probe = output_dir
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ConfigError(f"{probe} exists and is not a directory", source=source, path=field)
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{output_dir} is not writable", source=source, path=field)
+
+
+def create_run_dir(output_dir: Path, name: str, now: datetime | None = None) -> Path:
+    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, 1000):
+        path = output_dir / (f"{stamp}-{name}" if attempt == 1 else f"{stamp}-{name}-{attempt}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise EvalkitError(f"output_dir: cannot create a run directory under {output_dir}")
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def prompt_image_name(source: str | Path, sha256: str) -> str:
+    """Where an input image is kept in a run directory: named by its content, so equal images share a file."""
+    return f"prompt_images/{sha256[:16]}{Path(source).suffix.lower()}"
+
+
+def keep_prompt_image(run_dir: Path, source: str | Path, sha256: str) -> str:
+    """Copy an input image into ``run_dir/prompt_images/`` (once); its path relative to the run directory."""
+    name = prompt_image_name(source, sha256)
+    if not (run_dir / name).is_file():
+        (run_dir / name).parent.mkdir(exist_ok=True)
+        write_atomic(run_dir / name, Path(source).read_bytes())
+    return name
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_atomic(path, (json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n").encode("utf-8"))
+
+
+def write_yaml(path: Path, obj: Any) -> None:
+    write_atomic(path, yaml.safe_dump(obj, sort_keys=False, allow_unicode=True).encode("utf-8"))
+
+
+def write_table(path: Path, df: pd.DataFrame) -> None:
+    """A table as CSV (``.csv``) or Parquet, written atomically and fsynced like every other file."""
+    buf = io.BytesIO()
+    if path.suffix == ".csv":
+        df.to_csv(buf, index=False)
+    else:
+        df.to_parquet(buf, index=False)
+    write_atomic(path, buf.getvalue())
+
+
+

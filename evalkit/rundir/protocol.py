@@ -1,0 +1,63 @@
+"""What must be equal for two runs' numbers to be compared: the prompts (and the images of an
+image-to-text sweep, by content), the length limit, samples per prompt, stop strings, the chat
+template choice and system prompt. The model, the
+seed and the machine may differ: telling their effect apart is what a comparison is for."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from evalkit.rundir.reader import Run
+
+FIELDS = ("max_new_tokens", "samples_per_prompt", "stop")
+
+
+def protocol(run: Run) -> dict[str, Any]:
+    """The run's protocol: as its manifest stores it, else (a run not yet complete, an older run) read off
+    its files."""
+    return run.manifest.protocol if run.manifest.protocol is not None else compute_protocol(run)
+
+
+def compute_protocol(run: Run) -> dict[str, Any]:
+    config, manifest = run.config, run.manifest
+    out: dict[str, Any] = {"kind": manifest.kind, **{f: config.get(f) for f in FIELDS}}
+    prompts_config = config.get("prompts") if isinstance(config.get("prompts"), dict) else {}
+    out["chat_template"] = prompts_config.get("chat_template")
+    out["system_prompt"] = prompts_config.get("system_prompt")
+    if (run.path / "prompts.jsonl").is_file():
+        prompts = run.prompts
+        out["prompts"] = dict(zip(prompts["id"].astype(str), prompts["prompt"].astype(str)))
+        if "image_sha256" in prompts:
+            out["prompt_images"] = dict(zip(prompts["id"].astype(str), prompts["image_sha256"].astype(str)))
+    else:
+        samples = run.samples
+        out["prompts"] = dict(zip(samples["prompt_id"].astype(str), samples["prompt"].astype(str)))
+    return out
+
+
+def differences(base: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Each way the two protocols differ, in words; empty when the runs are comparable."""
+    out = []
+    for key in sorted(set(base) | set(new)):
+        a, b = base.get(key), new.get(key)
+        if a == b:
+            continue
+        if key in ("prompts", "prompt_images") and isinstance(a, dict) and isinstance(b, dict):
+            only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
+            changed = sorted(k for k in set(a) & set(b) if a[k] != b[k])
+            parts = [f"{len(only_a)} only in base ({', '.join(only_a[:3])})" if only_a else "",
+                     f"{len(only_b)} only in new ({', '.join(only_b[:3])})" if only_b else "",
+                     f"{len(changed)} with other {'text' if key == 'prompts' else 'images'} "
+                     f"({', '.join(changed[:3])})" if changed else ""]
+            out.append(f"{key.replace('_', ' ')} differ: " + "; ".join(p for p in parts if p))
+        else:
+            out.append(f"{key} differs: {json.dumps(a, ensure_ascii=False)} vs {json.dumps(b, ensure_ascii=False)}")
+    return out
+
+
+def config_hash(run: Run) -> str:
+    """sha256 of the resolved config without where it was written."""
+    config = {k: v for k, v in run.config.items() if k not in ("output_dir", "index")}
+    return hashlib.sha256(json.dumps(config, sort_keys=True, ensure_ascii=False).encode()).hexdigest()

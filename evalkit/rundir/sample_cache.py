@@ -1,0 +1,65 @@
+"""A cache of generated samples, so that no sample is paid for twice.
+
+Keyed by everything that decides a sample: the model's hash (or hub revision), the prompt
+as the model sees it (token ids, and the image's sha256 for vision-language prompts), the
+setting, the sample's seed and index, max_new_tokens, stop strings, end-of-sequence tokens
+and the engine version. Stored in SQLite (WAL) at ``$EVALKIT_SAMPLE_CACHE``, default
+``<evalkit cache>/samples.sqlite``. A model whose weights cannot be identified (no hash, no
+revision) is not cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+from evalkit.generation.base import WorkUnit
+from evalkit.generation.gguf import cache_dir
+
+ENGINE_VERSION = "1"  # bump when the engine's output for the same inputs changes
+
+
+def cache_path() -> Path:
+    return Path(os.environ.get("EVALKIT_SAMPLE_CACHE") or cache_dir() / "samples.sqlite").expanduser()
+
+
+def unit_key(model_id: str, unit: WorkUnit, decides: list) -> str:
+    """The unit's key: the weights, the prompt's tokens, the setting, seed and index, and ``decides``: what
+    else decides the output (text: max_new_tokens, stop strings, end tokens; images: text, size, batch)."""
+    key = [ENGINE_VERSION, model_id, list(unit.prompt.token_ids), unit.setting.params(), unit.seed,
+           unit.sample_index, *decides]
+    if unit.prompt.prompt.image_sha256:  # the image's pixels are not in the token ids
+        key.append(unit.prompt.prompt.image_sha256)
+    payload = json.dumps(key, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class SampleCache:
+    def __init__(self, path: Path | None = None):
+        self.path = path or cache_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, timeout=30)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("CREATE TABLE IF NOT EXISTS samples (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        self.db.commit()
+
+    def get_many(self, keys: list[str]) -> dict[str, dict]:
+        out = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            rows = self.db.execute(f"SELECT key, value FROM samples WHERE key IN ({','.join('?' * len(chunk))})",
+                                   chunk).fetchall()
+            out.update({k: json.loads(v) for k, v in rows})
+        return out
+
+    def put_many(self, items: list[tuple[str, dict]]) -> None:
+        if items:
+            self.db.executemany("INSERT OR REPLACE INTO samples (key, value) VALUES (?, ?)",
+                                [(k, json.dumps(v)) for k, v in items])
+            self.db.commit()
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,43 @@
+"""Aggregation over the tidy scores table: per setting and metric, the mean over prompts of the
+group values and a percentile bootstrap confidence interval that resamples prompts with a seeded
+generator."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from evalkit.seeds import derive_seed
+from evalkit.settings import Setting
+
+
+def bootstrap_ci(values: np.ndarray, *, level: float, resamples: int, seed: int) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean; NaN when fewer than two values."""
+    values = np.asarray(values, dtype=float)
+    if values.size < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, size=(resamples, values.size))].mean(axis=1)
+    alpha = (1 - level) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
+def aggregate(scores: pd.DataFrame, settings: list[Setting], *, level: float, resamples: int,
+              seed: int) -> pd.DataFrame:
+    """Per setting and metric, over the prompts' group values: mean, bootstrap CI, standard deviation
+    (ddof=1), prompts scored and prompts whose value is undefined (NaN, skipped)."""
+    params = {s.id: s.params() for s in settings}
+    rows = []
+    for (sid, metric), df in scores.groupby(["setting_id", "metric"], sort=False):
+        vals = df["value"].to_numpy(dtype=float)
+        ok = vals[~np.isnan(vals)]
+        low, high = bootstrap_ci(ok, level=level, resamples=resamples, seed=derive_seed(seed, "ci", sid, metric))
+        rows.append({"setting_id": sid, **params[sid], "metric": metric,
+                     "mean": float(ok.mean()) if ok.size else float("nan"), "ci_low": low, "ci_high": high,
+                     "std": float(ok.std(ddof=1)) if ok.size > 1 else float("nan"),
+                     "n_prompts": int(ok.size), "n_undefined": int(vals.size - ok.size)})
+    setting_columns = list((settings[0] if settings else Setting()).params())
+    columns = ["setting_id", *setting_columns, "metric", "mean", "ci_low", "ci_high", "std", "n_prompts",
+               "n_undefined"]
+    return pd.DataFrame(rows, columns=columns)

@@ -1,0 +1,70 @@
+"""Apply metrics to the groups of a samples table (one group: the samples of one prompt under one setting).
+
+Tables are long-form (one value per row). Aggregation is a separate step over the
+scores table: the mean over prompts of the group values, and a percentile bootstrap
+confidence interval that resamples prompts with a seeded generator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from evalkit.generation.base import STAT_COLUMNS
+from evalkit.scoring.aggregate import aggregate
+from evalkit.scoring.metric import Group, Metric
+from evalkit.settings import Setting
+
+
+
+def groups_of(samples: pd.DataFrame, setting_type: type = Setting) -> list[Group]:
+    """One Group per (prompt, setting), samples in sample-index order, prompts in first-seen order."""
+    out = []
+    ordered = samples.sort_values("sample_index", kind="stable")
+    make = setting_type
+    for (pid, sid), df in ordered.groupby(["prompt_id", "setting_id"], sort=False):
+        first = df.iloc[0]
+        setting = make(**{c: first[c] for c in make.model_fields})
+        stats = {c: tuple(tuple(float(v) for v in vals) for vals in df[c]) for c in STAT_COLUMNS if c in df}
+        images = tuple(str(p) for p in df["image_path"]) if "image_path" in df else ()
+        prompt_image = str(first["prompt_image"]) if "prompt_image" in df else None
+        references = tuple(str(r) for r in first["references"]) if "references" in df else ()
+        out.append(Group(prompt_id=str(pid), prompt=str(first["prompt"]), setting=setting,
+                         texts=tuple(df["text"]), token_ids=tuple(tuple(int(t) for t in ids) for ids in df["token_ids"])
+                         if "token_ids" in df else (),
+                         stats=stats, images=images, prompt_image=prompt_image, references=references))
+    return out
+
+
+def score_groups(groups: list[Group], metrics: list[Metric],
+                 advance: Callable[[int], None] = lambda n: None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(scores, sample_scores): group values and, where a metric gives them, per-sample values."""
+    rows, sample_rows = [], []
+    for m in metrics:
+        m.prepare_groups(groups)
+    for g in groups:
+        for m in metrics:
+            s = m.compute(g)
+            rows.append({"setting_id": g.setting.id, "prompt_id": g.prompt_id, "metric": m.id,
+                         "value": float(s.value), "reason": s.reason})
+            for i, v in enumerate(s.per_sample or ()):
+                sample_rows.append({"setting_id": g.setting.id, "prompt_id": g.prompt_id, "sample_index": i,
+                                    "metric": m.id, "value": float(v)})
+        advance(1)
+    scores = pd.DataFrame(rows, columns=["setting_id", "prompt_id", "metric", "value", "reason"])
+    sample_scores = pd.DataFrame(sample_rows, columns=["setting_id", "prompt_id", "sample_index", "metric", "value"])
+    return scores, sample_scores
+
+
+def score_samples(run_dir: Path, samples: pd.DataFrame, settings: list, metrics: list[Metric], *, level: float,
+                  resamples: int, seed: int, ui) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(scores, sample_scores, summary) of every group of ``samples`` (image paths relative to ``run_dir``)."""
+    for column in ("image_path", "prompt_image"):  # stored relative to the run directory
+        if column in samples:
+            samples = samples.assign(**{column: [str(Path(run_dir) / p) for p in samples[column]]})
+    groups = groups_of(samples, type(settings[0]) if settings else Setting)
+    with ui.phase("scoring", total=len(groups)) as phase:
+        scores, sample_scores = score_groups(groups, metrics, advance=phase.advance)
+    return scores, sample_scores, aggregate(scores, settings, level=level, resamples=resamples, seed=seed)

@@ -1,0 +1,121 @@
+"""The metric plugin interface.
+
+A metric declares what it needs from the samples (``needs``), takes validated
+parameters (``Params``), and returns one :class:`Score` per group: the samples of one
+prompt under one setting, plus per-sample values where they mean something.
+Its output name carries every parameter that changes the number
+(``distinct_2[tok=words]``), so two definitions never share a column.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from evalkit.settings import Setting
+
+NEEDS = frozenset({"texts", "token_ids", "token_stats", "prompts", "images", "prompt_images", "references"})
+TEXT_NEEDS = frozenset({"texts", "token_ids", "token_stats", "prompts"})  # what a text sweep's samples offer
+VLM_NEEDS = frozenset({"prompt_images", "references"})  # what image-to-text samples add: the image, its captions
+IMAGE_NEEDS = frozenset({"images", "prompts"})  # what a text-to-image sample offers
+
+
+@dataclass(frozen=True)
+class Group:
+    """The samples of one prompt under one setting, in sample-index order."""
+
+    prompt_id: str
+    prompt: str
+    setting: Setting
+    texts: tuple[str, ...]
+    token_ids: tuple[tuple[int, ...], ...]
+    # per-token statistics from the engine, by column name (logprob_model, entropy_sampling, ...);
+    # empty when the samples came without them
+    stats: dict[str, tuple[tuple[float, ...], ...]] = field(default_factory=dict)
+    images: tuple[str, ...] = ()  # image file of each sample (image sweeps); empty for text
+    prompt_image: str | None = None  # the image the samples answer (vision-language sweeps)
+    references: tuple[str, ...] = ()  # reference captions of that image
+
+
+@dataclass(frozen=True)
+class Score:
+    """A group's value; NaN only with a ``reason`` (never a silent 0)."""
+
+    value: float
+    reason: str | None = None
+    per_sample: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        if math.isnan(self.value) and not self.reason:
+            raise ValueError("a NaN score needs a reason")
+
+    @classmethod
+    def undefined(cls, reason: str, per_sample: tuple[float, ...] | None = None) -> Score:
+        return cls(float("nan"), reason, per_sample)
+
+    @classmethod
+    def mean_of(cls, per_sample, reason: str) -> Score:
+        """The mean of the defined (non-NaN) per-sample values; undefined with ``reason`` if none is."""
+        values = tuple(float(v) for v in per_sample)
+        defined = [v for v in values if not math.isnan(v)]
+        if not defined:
+            return cls.undefined(reason, per_sample=values)
+        return cls(sum(defined) / len(defined), per_sample=values)
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Metric:
+    """Base class of a metric plugin. Subclasses set the class attributes and ``compute``."""
+
+    name: ClassVar[str]  # registry name of the family, e.g. "distinct_n"
+    definition: ClassVar[str]  # one line: what the number is
+    reference: ClassVar[str]  # the paper (and reference implementation) it follows
+    needs: ClassVar[frozenset[str]] = frozenset({"texts"})
+    Params: ClassVar[type[BaseModel]] = NoParams
+    # How reports read the number: a "diversity" or a "quality" measure, or "descriptive" (length,
+    # entropy); direction +1 when a higher value means more diverse / better, -1 when a lower one does.
+    kind: ClassVar[Literal["diversity", "quality", "descriptive"]] = "descriptive"
+    direction: ClassVar[Literal[1, -1]] = 1
+    scale: ClassVar[Literal["linear", "log"]] = "linear"  # how charts draw it (perplexity: log)
+
+    def __init__(self, params: BaseModel | None = None):
+        self.params = params if params is not None else self.Params()
+
+    @property
+    def base_name(self) -> str:
+        """The name before the signature (``distinct_2``); families may fold a parameter in."""
+        return self.name
+
+    def signature(self) -> dict[str, object]:
+        """Parameters shown in the output name (all of them, by default)."""
+        return self.params.model_dump()
+
+    @property
+    def id(self) -> str:
+        sig = ",".join(f"{k}={v}" for k, v in self.signature().items())
+        return f"{self.base_name}[{sig}]" if sig else self.base_name
+
+    def info(self) -> dict[str, object]:
+        """What a report needs to read the number (kept in the run's manifest)."""
+        return {"kind": self.kind, "direction": self.direction, "scale": self.scale, "definition": self.definition}
+
+    def requires(self) -> frozenset[str]:
+        """What this configured metric needs: ``needs``, plus token ids when ``tok=model``."""
+        extra = {"token_ids"} if getattr(self.params, "tok", None) == "model" else set()
+        return frozenset(self.needs) | extra
+
+    def prepare(self) -> None:
+        """Load what the metric needs (an embedder, a corpus) before any sample is generated,
+        so that a missing resource fails the run at its start, not after generation."""
+
+    def prepare_groups(self, groups: list[Group]) -> None:
+        """Work shared by all groups of a run, done once before ``compute`` (batched embedding)."""
+
+    def compute(self, group: Group) -> Score:
+        raise NotImplementedError

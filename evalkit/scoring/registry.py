@@ -1,0 +1,110 @@
+"""The metric registry: names map to metric classes; duplicates are refused, unknown
+names get a "did you mean". Built-ins come from ``evalkit_metrics.BUILTINS``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from evalkit.config import MetricSpec
+from evalkit.errors import ConfigError, EvalkitError, first_error
+from evalkit.scoring.metric import Metric
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    cls: type[Metric]
+    fixed: dict[str, Any]  # parameters the name itself fixes (distinct_2 -> n=2)
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, name: str, cls: type[Metric], fixed: dict[str, Any] | None = None) -> None:
+        if name in self._entries:
+            raise ValueError(f"metric {name!r} is already registered")
+        self._entries[name] = Entry(name, cls, dict(fixed or {}))
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def entries(self) -> list[Entry]:
+        return list(self._entries.values())
+
+    def create(self, spec: MetricSpec, *, where: str = "metrics", source: str | None = None) -> Metric:
+        entry = self._entries.get(spec.name)
+        if entry is None:
+            hint = difflib.get_close_matches(spec.name, self.names(), n=1)
+            suggestion = f" (did you mean {hint[0]!r}?)" if hint else f" (known: {', '.join(self.names())})"
+            raise ConfigError(f"unknown metric {spec.name!r}{suggestion}", source=source, path=where)
+        clash = sorted(set(spec.params) & set(entry.fixed))
+        if clash:
+            raise ConfigError(f"{spec.name!r} fixes {clash[0]}={entry.fixed[clash[0]]}; use 'distinct_n' style "
+                              f"family names to set it", source=source, path=where)
+        try:
+            params = entry.cls.Params.model_validate({**spec.params, **entry.fixed})
+        except ValidationError as e:
+            field, msg, err = first_error(e)
+            if err["type"] == "extra_forbidden":
+                known = ", ".join(entry.cls.Params.model_fields) or "none"
+                msg = f"unknown parameter (parameters of {spec.name}: {known})"
+            raise ConfigError(f"{msg}, got {err.get('input')!r}", source=source,
+                              path=f"{where}.{field}" if field else where) from None
+        return entry.cls(params)
+
+    def create_all(self, specs: list[MetricSpec], source: str | None = None) -> list[Metric]:
+        metrics = [self.create(s, where=f"metrics[{i}]", source=source) for i, s in enumerate(specs)]
+        seen: dict[str, int] = {}
+        for i, m in enumerate(metrics):
+            if m.id in seen:
+                raise ConfigError(f"metric {m.id} is listed twice (also metrics[{seen[m.id]}])", source=source,
+                                  path=f"metrics[{i}]")
+            seen[m.id] = i
+        return metrics
+
+
+def prepare_all(metrics: list[Metric], source: str | None = None) -> None:
+    """Load every metric's resources (embedders, CLIP models) now, before any generation; a resource
+    that cannot be had is reported with the config file and the metric's place in it."""
+    for i, m in enumerate(metrics):
+        try:
+            m.prepare()
+        except ConfigError:
+            raise
+        except EvalkitError as e:
+            raise ConfigError(str(e), source=source, path=f"metrics[{i}]") from None
+
+
+ENTRY_POINT_GROUP = "evalkit.scoring.metrics"
+
+
+def default_registry() -> Registry:
+    """Built-in metrics, then third-party ones from the ``evalkit.scoring.metrics`` entry-point group.
+
+    An entry point names a :class:`~evalkit.scoring.metric.Metric` subclass; its entry-point name is
+    its registry name. A name that is already taken is refused.
+    """
+    from importlib.metadata import entry_points
+
+    from evalkit_metrics import BUILTINS
+
+    registry = Registry()
+    for name, (cls, fixed) in BUILTINS.items():
+        registry.register(name, cls, fixed)
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        try:
+            cls = ep.load()
+        except Exception as e:  # a broken plugin is the user's to fix: say which one
+            raise EvalkitError(f"metric plugin {ep.name!r} ({ep.value}) failed to load: {type(e).__name__}: {e}") from None
+        if not (isinstance(cls, type) and issubclass(cls, Metric)):
+            raise EvalkitError(f"metric plugin {ep.name!r} ({ep.value}) is not a Metric subclass")
+        if ep.name in registry.names():
+            raise EvalkitError(f"metric plugin {ep.name!r} ({ep.value}) clashes with a metric of the same name")
+        registry.register(ep.name, cls)
+    return registry

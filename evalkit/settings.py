@@ -1,0 +1,135 @@
+"""The points of a grid: one validated, immutable object per setting, for each kind of sweep.
+
+Text (:class:`Setting`): temperature, top-p, top-k, min-p.
+
+Conventions follow transformers ``GenerationConfig`` and vLLM ``SamplingParams``:
+
+- ``temperature`` >= 0; 0 means greedy decoding (argmax), the other filters are then moot.
+- ``top_p`` in (0, 1]; 1.0 means no nucleus filtering.
+- ``top_k`` >= 0; 0 means no top-k filtering.
+- ``min_p`` in [0, 1); 0 means no min-p filtering.
+
+When several are active they apply in transformers' order:
+temperature, then top-k, then top-p, then min-p.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+APPLICATION_ORDER = ("temperature", "top_k", "top_p", "min_p")
+
+
+def _fmt(x: float) -> str:
+    text = repr(float(x))
+    return text[:-2] if text.endswith(".0") else text
+
+
+def _check_temperature(v: float) -> float:
+    if not math.isfinite(v) or v < 0:
+        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {v}")
+    return v
+
+
+def _check_top_p(v: float) -> float:
+    if not math.isfinite(v) or not 0 < v <= 1:
+        raise ValueError(f"top_p must be in (0, 1] (1 means no filtering), got {v}")
+    return v
+
+
+def _check_top_k(v: int) -> int:
+    if v < 0:
+        raise ValueError(f"top_k must be >= 0 (0 means no filtering), got {v}")
+    return v
+
+
+def _check_min_p(v: float) -> float:
+    if not math.isfinite(v) or not 0 <= v < 1:
+        raise ValueError(f"min_p must be in [0, 1) (0 means no filtering), got {v}")
+    return v
+
+
+Temperature = Annotated[float, AfterValidator(_check_temperature)]
+TopP = Annotated[float, AfterValidator(_check_top_p)]
+TopK = Annotated[int, AfterValidator(_check_top_k)]
+MinP = Annotated[float, AfterValidator(_check_min_p)]
+
+
+class Setting(BaseModel):
+    """One point of the text sampling grid. Immutable and hashable, with a stable short id."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    temperature: Temperature = 1.0  # >= 0; 0 = greedy
+    top_p: TopP = 1.0  # (0, 1]; 1 = off
+    top_k: TopK = 0  # >= 0; 0 = off
+    min_p: MinP = 0.0  # [0, 1); 0 = off
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @property
+    def id(self) -> str:
+        """Stable short id such as ``t0.7-p0.9`` (``-k40``, ``-m0.05`` only when active)."""
+        parts = [f"t{_fmt(self.temperature)}", f"p{_fmt(self.top_p)}"]
+        if self.top_k:
+            parts.append(f"k{self.top_k}")
+        if self.min_p:
+            parts.append(f"m{_fmt(self.min_p)}")
+        return "-".join(parts)
+
+    def params(self) -> dict[str, float | int]:
+        return {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k, "min_p": self.min_p}
+
+    def __str__(self) -> str:
+        return self.id
+
+
+# --------------------------------------------------------------------------- text-to-image
+# One point of a text-to-image grid: guidance scale, step count, and the scheduler (by name,
+# with its stochasticity parameter eta where it has one).
+
+# scheduler name -> diffusers class name; the scheduler is built from the pipeline's own config
+SCHEDULERS = {
+    "ddim": "DDIMScheduler",  # deterministic at eta=0, ancestral-like noise for eta > 0
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",  # ancestral: fresh noise at every step
+    "dpmpp_2m": "DPMSolverMultistepScheduler",
+    "pndm": "PNDMScheduler",
+    "lms": "LMSDiscreteScheduler",
+}
+WITH_ETA = {"ddim"}
+
+
+class ImageSetting(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    guidance_scale: float = Field(7.5, ge=0)  # classifier-free guidance; <= 1 turns it off
+    num_inference_steps: int = Field(30, ge=1, le=1000)
+    scheduler: Literal["ddim", "euler", "euler_a", "dpmpp_2m", "pndm", "lms"] = "ddim"
+    eta: float = Field(0.0, ge=0, le=1)  # DDIM only: 0 deterministic, 1 DDPM-like noise
+
+    @model_validator(mode="after")
+    def _eta_needs_ddim(self) -> ImageSetting:
+        if self.eta and self.scheduler not in WITH_ETA:
+            raise ValueError(f"eta applies to the ddim scheduler only, not {self.scheduler!r}")
+        return self
+
+    @property
+    def id(self) -> str:
+        """Stable short id such as ``g7.5-s30-ddim`` (``-e0.5`` when eta is set)."""
+        parts = [f"g{self.guidance_scale:g}", f"s{self.num_inference_steps}", self.scheduler]
+        if self.eta:
+            parts.append(f"e{self.eta:g}")
+        return "-".join(parts)
+
+    def params(self) -> dict[str, float | int | str]:
+        return {"guidance_scale": self.guidance_scale, "num_inference_steps": self.num_inference_steps,
+                "scheduler": self.scheduler, "eta": self.eta}
+
+    def __str__(self) -> str:
+        return self.id
