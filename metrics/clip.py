@@ -148,10 +148,10 @@ class ClipScore(_Clip):
     kind = "quality"
     definition = "mean over images of 2.5 * max(cos(CLIP image, CLIP text), 0); text = prompt or caption"
     reference = "Hessel et al. 2021, CLIPScore"
-    needs = frozenset({"images", "texts", "prompts"})
     Params = ClipScoreParams
 
-    def requires(self) -> frozenset[str]:
+    @property
+    def needs(self) -> frozenset[str]:
         """text=prompt: the generated images and their prompt; text=sample: the captions and the image
         they were made for."""
         return frozenset({"images", "prompts"}) if self.params.text == "prompt" else frozenset(

@@ -1,4 +1,4 @@
-"""Third-party metrics through the `evalkit.scoring.metrics` entry-point group, with a tiny package
+"""Third-party metrics through the `evalkit.metrics` entry-point group, with a tiny package
 installed (as a distribution on sys.path) in the test."""
 
 import textwrap
@@ -37,6 +37,11 @@ class CharShare(Metric):
 
 class NotAMetric:
     pass
+
+
+class HalfMetric(Metric):
+    name = "half"
+    reference = "test plugin"
 '''
 
 
@@ -51,7 +56,7 @@ def install(tmp_path, monkeypatch, entry_points: str):
 
 
 def test_entry_point_metric_is_registered_and_runs(tmp_path, monkeypatch, tiny_model):
-    install(tmp_path, monkeypatch, "[evalkit.scoring.metrics]\nchar_share = tiny_plugin:CharShare\n")
+    install(tmp_path, monkeypatch, "[evalkit.metrics]\nchar_share = tiny_plugin:CharShare\n")
     registry = default_registry()
     assert "char_share" in registry.names()
     metric = registry.create(MetricSpec(name="char_share", params={"char": "e"}))
@@ -70,18 +75,24 @@ def test_entry_point_metric_is_registered_and_runs(tmp_path, monkeypatch, tiny_m
 
 
 def test_plugins_that_clash_or_are_not_metrics_are_refused(tmp_path, monkeypatch):
-    install(tmp_path, monkeypatch, "[evalkit.scoring.metrics]\nself_bleu = tiny_plugin:CharShare\n")
+    install(tmp_path, monkeypatch, "[evalkit.metrics]\nself_bleu = tiny_plugin:CharShare\n")
     with pytest.raises(evalkit.EvalkitError, match="'self_bleu' .* clashes with a metric of the same name"):
         default_registry()
 
 
 def test_plugin_that_is_not_a_metric(tmp_path, monkeypatch):
-    install(tmp_path, monkeypatch, "[evalkit.scoring.metrics]\nodd = tiny_plugin:NotAMetric\n")
+    install(tmp_path, monkeypatch, "[evalkit.metrics]\nodd = tiny_plugin:NotAMetric\n")
     with pytest.raises(evalkit.EvalkitError, match="'odd' .* is not a Metric subclass"):
         default_registry()
 
 
 def test_plugin_that_fails_to_import(tmp_path, monkeypatch):
-    install(tmp_path, monkeypatch, "[evalkit.scoring.metrics]\nbroken = tiny_plugin_missing:Thing\n")
+    install(tmp_path, monkeypatch, "[evalkit.metrics]\nbroken = tiny_plugin_missing:Thing\n")
     with pytest.raises(evalkit.EvalkitError, match="'broken' .* failed to load: ModuleNotFoundError"):
+        default_registry()
+
+
+def test_a_plugin_without_compute_or_definition_is_refused(tmp_path, monkeypatch):
+    install(tmp_path, monkeypatch, "[evalkit.metrics]\nhalf = tiny_plugin:HalfMetric\n")
+    with pytest.raises(evalkit.EvalkitError, match="'half'.* does not define definition, compute"):
         default_registry()

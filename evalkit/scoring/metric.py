@@ -9,6 +9,7 @@ Its output name carries every parameter that changes the number
 
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
@@ -70,13 +71,20 @@ class NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Metric:
-    """Base class of a metric plugin. Subclasses set the class attributes and ``compute``."""
+class Metric(abc.ABC):
+    """Base class of a metric plugin.
+
+    A plugin writes four members: ``name``, ``definition``, ``reference`` and ``compute(group) -> Score``;
+    it may set ``Params`` (a pydantic model of its parameters), ``needs`` (a frozenset, or a property when
+    it depends on the parameters), how reports read it (``kind``, ``direction``, ``scale``), and
+    ``prepare``/``prepare_groups`` for resources and batched work. Everything else is derived.
+    """
 
     name: ClassVar[str]  # registry name of the family, e.g. "distinct_n"
     definition: ClassVar[str]  # one line: what the number is
     reference: ClassVar[str]  # the paper (and reference implementation) it follows
-    needs: ClassVar[frozenset[str]] = frozenset({"texts"})
+    # what the metric reads from a group (see NEEDS); the one source of truth for what a run must offer
+    needs: frozenset[str] = frozenset({"texts"})
     Params: ClassVar[type[BaseModel]] = NoParams
     # How reports read the number: a "diversity" or a "quality" measure, or "descriptive" (length,
     # entropy); direction +1 when a higher value means more diverse / better, -1 when a lower one does.
@@ -84,8 +92,27 @@ class Metric:
     direction: ClassVar[Literal[1, -1]] = 1
     scale: ClassVar[Literal["linear", "log"]] = "linear"  # how charts draw it (perplexity: log)
 
+    @classmethod
+    def incomplete(cls) -> list[str]:
+        """What a class lacks to be a metric (the registry refuses it): the members a plugin must write."""
+        missing = [a for a in ("name", "definition", "reference") if not isinstance(getattr(cls, a, None), str)]
+        return missing + sorted(getattr(cls, "__abstractmethods__", ()))
+
     def __init__(self, params: BaseModel | None = None):
         self.params = params if params is not None else self.Params()
+
+    @abc.abstractmethod
+    def compute(self, group: Group) -> Score:
+        """The group's value (and per-sample values where they mean something); NaN only with a reason."""
+
+    def prepare(self) -> None:
+        """Load what the metric needs (an embedder, a corpus) before any sample is generated,
+        so that a missing resource fails the run at its start, not after generation."""
+
+    def prepare_groups(self, groups: list[Group]) -> None:
+        """Work shared by all groups of a run, done once before ``compute`` (batched embedding)."""
+
+    # ------------------------------------------------------------------ derived
 
     @property
     def base_name(self) -> str:
@@ -106,16 +133,7 @@ class Metric:
         return {"kind": self.kind, "direction": self.direction, "scale": self.scale, "definition": self.definition}
 
     def requires(self) -> frozenset[str]:
-        """What this configured metric needs: ``needs``, plus token ids when ``tok=model``."""
+        """What a run must offer this configured metric: ``needs``, and token ids when it tokenizes with
+        the model's own tokens (``tok=model``)."""
         extra = {"token_ids"} if getattr(self.params, "tok", None) == "model" else set()
         return frozenset(self.needs) | extra
-
-    def prepare(self) -> None:
-        """Load what the metric needs (an embedder, a corpus) before any sample is generated,
-        so that a missing resource fails the run at its start, not after generation."""
-
-    def prepare_groups(self, groups: list[Group]) -> None:
-        """Work shared by all groups of a run, done once before ``compute`` (batched embedding)."""
-
-    def compute(self, group: Group) -> Score:
-        raise NotImplementedError

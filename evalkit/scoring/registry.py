@@ -29,6 +29,9 @@ class Registry:
     def register(self, name: str, cls: type[Metric], fixed: dict[str, Any] | None = None) -> None:
         if name in self._entries:
             raise ValueError(f"metric {name!r} is already registered")
+        missing = cls.incomplete()
+        if missing:
+            raise ValueError(f"metric {name!r} ({cls.__name__}) does not define {', '.join(missing)}")
         self._entries[name] = Entry(name, cls, dict(fixed or {}))
 
     def names(self) -> list[str]:
@@ -81,11 +84,11 @@ def prepare_all(metrics: list[Metric], source: str | None = None) -> None:
             raise ConfigError(str(e), source=source, path=f"metrics[{i}]") from None
 
 
-ENTRY_POINT_GROUP = "evalkit.scoring.metrics"
+ENTRY_POINT_GROUP = "evalkit.metrics"
 
 
 def default_registry() -> Registry:
-    """Built-in metrics, then third-party ones from the ``evalkit.scoring.metrics`` entry-point group.
+    """Built-in metrics, then third-party ones from the ``evalkit.metrics`` entry-point group.
 
     An entry point names a :class:`~evalkit.scoring.metric.Metric` subclass; its entry-point name is
     its registry name. A name that is already taken is refused.
@@ -106,5 +109,7 @@ def default_registry() -> Registry:
             raise EvalkitError(f"metric plugin {ep.name!r} ({ep.value}) is not a Metric subclass")
         if ep.name in registry.names():
             raise EvalkitError(f"metric plugin {ep.name!r} ({ep.value}) clashes with a metric of the same name")
+        if cls.incomplete():
+            raise EvalkitError(f"metric plugin {ep.name!r} ({ep.value}) does not define {', '.join(cls.incomplete())}")
         registry.register(ep.name, cls)
     return registry
