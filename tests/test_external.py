@@ -86,3 +86,15 @@ def test_existing_output_is_not_overwritten(tmp_path):
     with pytest.raises(EvalkitError, match="exists and is not an empty directory"):
         score_file(path, ["distinct_1"], tmp_path / "out", progress=False)
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_a_scored_file_is_recorded_in_the_run_index(tmp_path, monkeypatch):
+    from evalkit.index import RunIndex
+
+    monkeypatch.delenv("EVALKIT_INDEX", raising=False)
+    path = write_rows(tmp_path / "g.jsonl", [{"prompt": "q", "text": "a b c"}, {"prompt": "q", "text": "a b d"}])
+    scored = score_file(path, ["distinct_1"], tmp_path / "out" / "scored", progress=False)
+    with RunIndex(tmp_path / "out" / "index.sqlite", create=False) as db:
+        runs = db.runs()
+        assert list(runs["run_id"]) == [scored.manifest.run_id] and list(runs["status"]) == ["complete"]
+        assert set(db.scores(scored.manifest.run_id)["metric"]) == {"distinct_1[tok=words]"}

@@ -143,3 +143,38 @@ def test_images_beyond_the_budget_are_named_not_inlined(run, monkeypatch, tmp_pa
     named = [row[3] for row in rows if not row[3].startswith("data:")]
     assert len(inline) == 16 and len(named) == 8 and all(n.startswith("images/") and n.endswith("-002.png") for n in named)
     assert "the first 2 of each group as thumbnails of at most 48 px" in html
+
+
+def test_a_second_run_takes_its_images_from_the_sample_cache(run, tiny_sd, tmp_path, monkeypatch):
+    pipeline, clip = tiny_sd
+    monkeypatch.setenv("EVALKIT_SAMPLE_CACHE", str(tmp_path / "cache.sqlite"))
+    config = t2i_config(pipeline, clip, tmp_path / "runs",
+                        metrics=[{"name": "clip_score", "model": str(clip), "pretrained": "none"}])
+    first = evalkit.run_sweep(config_from_dict(config), progress=False)
+    assert first.manifest.samples_reused == {"from_parts": 0, "from_cache": 0, "generated": 24}
+    again = evalkit.run_sweep(config_from_dict(config), progress=False)
+    assert again.manifest.samples_reused == {"from_parts": 0, "from_cache": 24, "generated": 0}
+    for r in again.samples.itertuples():
+        assert (again.path / r.image_path).read_bytes() == (run.path / r.image_path).read_bytes()
+    config["image"] = {**config["image"], "batch_size": 3}  # another batch shape: not the same images
+    other = evalkit.run_sweep(config_from_dict(config), progress=False)
+    assert other.manifest.samples_reused["from_cache"] == 0
+
+
+def test_resume_refuses_a_pipeline_whose_weights_changed(tiny_sd, tmp_path):
+    import shutil
+
+    pipeline, clip = tiny_sd
+    copy = tmp_path / "pipeline"
+    shutil.copytree(pipeline, copy)
+    config = t2i_config(copy, clip, tmp_path / "runs", metrics=[{"name": "clip_score", "model": str(clip),
+                                                                  "pretrained": "none"}])
+    config["grid"] = {"guidance_scale": [1.0], "num_inference_steps": [2]}
+    done = evalkit.run_sweep(config_from_dict(config), progress=False)
+    assert done.manifest.model["sha256"] and len(done.manifest.model["sha256"]) == 64
+    manifest = json.loads((done.path / "manifest.json").read_text())
+    (done.path / "manifest.json").write_text(json.dumps({**manifest, "status": "interrupted"}))
+    weights = sorted(copy.rglob("*.safetensors"))[0]
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    with pytest.raises(evalkit.EvalkitError, match="was made with other model weights"):
+        evalkit.run_sweep(None, resume=done.path, progress=False)
