@@ -20,14 +20,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from evalkit import store
 from evalkit.config import MetricSpec
-from evalkit.rundir.manifest import Manifest, SettingRecord, utc_now
+from evalkit.generation.base import ModelInfo
+from evalkit.rundir import Manifest, RunWriter, SettingRecord
+from evalkit.rundir.columns import COLUMNS
+from evalkit.rundir.manifest import ci_info, utc_now
 from evalkit.progress import Silent
 from evalkit.scoring.registry import default_registry
 from evalkit.report import write_report
 from evalkit.settings import APPLICATION_ORDER, Setting
-from evalkit.scoring import score_run
+from evalkit.scoring import score_samples
 
 WORDS = [f"word{i}" for i in range(2000)]
 METRICS = ["distinct_2", "self_bleu", "ent_n", "mtld", "token_entropy", "perplexity", "mean_length"]
@@ -54,23 +56,20 @@ def synthetic_run(root: Path) -> Path:
                              "text": text, "num_new_tokens": n, "finish_reason": "length",
                              "token_ids": list(range(n)), "logprob_model": logprob, "logprob_sampling": logprob,
                              "entropy_model": entropy, "entropy_sampling": entropy, "n_kept": [10] * n})
-    samples = pd.DataFrame(rows, columns=store.SAMPLE_COLUMNS)
+    samples = pd.DataFrame(rows, columns=COLUMNS["text"])
     metrics = default_registry().create_all([MetricSpec(name=m) for m in METRICS])
-    run_dir = store.create_run_dir(root, "bench-report")
-    manifest = Manifest(
-        run_id=run_dir.name, name="bench-report", started_at=utc_now(), config_source="synthetic",
-        config_as_given={}, model={"id": "synthetic", "dtype": "n/a"}, device="n/a", seed=0,
+    writer = RunWriter.create(root, Manifest(
+        run_id="", name="bench-report", started_at=utc_now(), config_source="synthetic",
+        config_as_given={}, model=ModelInfo(id="synthetic", dtype="n/a"), device="n/a", seed=0,
         sampling_order=list(APPLICATION_ORDER), settings=[SettingRecord(id=s.id, params=s.params(), generation={})
                                                           for s in settings],
-        n_prompts=20, n_samples=len(samples), batch_size=0, metrics=[m.id for m in metrics],
-        metric_info={m.id: m.info() for m in metrics},
-        ci={"method": "percentile bootstrap over prompts", "level": 0.95, "resamples": 1000, "seed": 0})
-    store.write_table(run_dir / "samples.parquet", samples)
-    store.write_yaml(run_dir / "config.yaml", {"name": "bench-report", "samples_per_prompt": 16,
-                                               "max_new_tokens": 60, "metrics": METRICS})
-    score_run(run_dir, samples, settings, metrics, level=0.95, resamples=1000, seed=0, ui=Silent())
-    manifest.status, manifest.ended_at = "complete", utc_now()
-    store.write_manifest(run_dir, manifest)
+        n_prompts=20, batch_size=0, metrics=[m.id for m in metrics], metric_info={m.id: m.info() for m in metrics},
+        ci=ci_info(0.95, 1000, 0)))
+    writer.write_config({"name": "bench-report", "samples_per_prompt": 16, "max_new_tokens": 60, "metrics": METRICS})
+    writer.write_samples(samples)
+    writer.write_scores(*score_samples(writer.path, samples, settings, metrics, level=0.95, resamples=1000, seed=0,
+                                       ui=Silent()))
+    run_dir = writer.complete(n_samples=len(samples)).path
     return run_dir
 
 
