@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import math
 import sys
-from importlib import resources
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +18,7 @@ from rich.table import Table
 
 import evalkit
 from evalkit.compare import Rule
+from evalkit.config import preset_path
 from evalkit.errors import EvalkitError
 from evalkit.numbers import fmt
 
@@ -26,17 +26,6 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Measure what sampling settings do to a generative model.")
 out = Console()
 err = Console(stderr=True)
-
-
-def preset_names() -> list[str]:
-    folder = resources.files("evalkit_presets")
-    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
-
-
-def preset_path(name: str) -> Path:
-    if name not in preset_names():
-        raise EvalkitError(f"--preset: unknown preset {name!r} (presets: {', '.join(preset_names())})")
-    return Path(str(resources.files("evalkit_presets") / f"{name}.yaml"))
 
 
 def _version(value: bool) -> None:

@@ -68,7 +68,7 @@ def test_config_or_preset_and_unknown_preset():
 
 
 def test_presets_are_valid_configs_on_the_default_model():
-    from evalkit.cli import preset_names, preset_path
+    from evalkit.config import preset_names, preset_path
     from evalkit.prompts import load_prompts
     from evalkit.scoring.registry import default_registry
 

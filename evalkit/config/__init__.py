@@ -5,10 +5,11 @@ the config file's directory; ``output_dir`` is relative to the working directory
 package imports neither torch nor any model library.
 """
 
-from evalkit.config.loading import apply_overrides, config_from_dict, load_config, metric_list, metric_spec, parse_yaml
-from evalkit.config.schema import (DEFAULT_METRICS, KIND_OF_BACKEND, CIConfig, GridConfig, ImageOptions, Message, MetricSpec,
-                                   ModelConfig, PromptItem, PromptsConfig, SweepConfig)
+from evalkit.config.loading import (apply_overrides, config_from_dict, load_config, metric_list, metric_spec,
+                                    parse_yaml, preset_names, preset_path)
+from evalkit.config.schema import (DEFAULT_METRICS, KIND_OF_BACKEND, CIConfig, GridConfig, ImageOptions, Message,
+                                   MetricSpec, ModelConfig, PromptItem, PromptsConfig, SweepConfig)
 
-__all__ = ["DEFAULT_METRICS", "KIND_OF_BACKEND", "CIConfig", "GridConfig", "ImageOptions", "Message", "MetricSpec", "ModelConfig",
-           "PromptItem", "PromptsConfig", "SweepConfig", "apply_overrides", "config_from_dict", "load_config",
-           "metric_list", "metric_spec", "parse_yaml"]
+__all__ = ["DEFAULT_METRICS", "KIND_OF_BACKEND", "CIConfig", "GridConfig", "ImageOptions", "Message", "MetricSpec",
+           "ModelConfig", "PromptItem", "PromptsConfig", "SweepConfig", "apply_overrides", "config_from_dict",
+           "load_config", "metric_list", "metric_spec", "parse_yaml", "preset_names", "preset_path"]

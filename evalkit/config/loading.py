@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,19 @@ from pydantic import ValidationError
 
 from evalkit.config.errors import config_error
 from evalkit.config.schema import MetricSpec, SweepConfig
-from evalkit.errors import ConfigError
+from evalkit.errors import ConfigError, EvalkitError
 
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("evalkit_presets")
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def preset_path(name: str) -> Path:
+    if name not in preset_names():
+        raise EvalkitError(f"--preset: unknown preset {name!r} (presets: {', '.join(preset_names())})")
+    return Path(str(resources.files("evalkit_presets") / f"{name}.yaml"))
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> SweepConfig:

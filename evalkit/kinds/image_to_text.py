@@ -30,5 +30,5 @@ class ImageToText(RunKind):
                 "references": list(p.references)}
 
 
-IMAGE_TO_TEXT = ImageToText(name="image-to-text", what="a vision-language sweep", columns=tuple(COLUMNS["image-to-text"]),
-                            needs=TEXT_NEEDS | VLM_NEEDS, noun="images")
+IMAGE_TO_TEXT = ImageToText(name="image-to-text", what="a vision-language sweep",
+                            columns=tuple(COLUMNS["image-to-text"]), needs=TEXT_NEEDS | VLM_NEEDS, noun="images")

@@ -56,7 +56,8 @@ class TextToImage(RunKind):
         return self._row(unit, path, config) if (writer.path / path).is_file() else None
 
 
-TEXT_TO_IMAGE = TextToImage(name="text-to-image", what="a text-to-image sweep", columns=tuple(COLUMNS["text-to-image"]),
+TEXT_TO_IMAGE = TextToImage(name="text-to-image", what="a text-to-image sweep",
+                            columns=tuple(COLUMNS["text-to-image"]),
                             needs=IMAGE_NEEDS, setting_type=ImageSetting,
                             sampling_order=tuple(IMAGE_SETTING),
                             report_axes=Axes("guidance_scale", "num_inference_steps", ("scheduler", "eta")))
