@@ -42,6 +42,7 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
     kind.check_metrics(metrics, config.source)
     prepare_all(metrics, source=config.source)
     prompts = load_prompts(config)
+    kind.check_prompts(prompts, config.source)
     check_writable(Path(config.output_dir) if resume_dir is None else resume_dir, config.source)
     checked = check_model(config)
 
@@ -56,7 +57,8 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
 
     if resume_dir is not None:
         writer = RunWriter.reopen(resume_dir)
-        if _weights(writer.manifest.model) != _weights(generator.info):
+        recorded_weights = _weights(writer.manifest.model)
+        if recorded_weights != (None, None) and recorded_weights != _weights(generator.info):
             raise EvalkitError(f"--resume: {resume_dir} was made with other model weights than {config.model.id!r} "
                                f"has now")
     else:
@@ -124,8 +126,8 @@ def generate(writer: RunWriter, kind: RunKind, config: SweepConfig, generator: G
             kept += 1
     model_id = generator.info.weights_id
     cache = SampleCache() if use_cache and model_id else None
-    decides = kind.decides(config, generator.info.eos_token_ids)
-    keys = {u.key: unit_key(model_id, u, decides) for u in todo} if cache else {}
+    eos = generator.info.eos_token_ids
+    keys = {u.key: unit_key(model_id, u, kind.decides(u, config, eos)) for u in todo} if cache else {}
     hits = cache.get_many(list(keys.values())) if cache else {}
     from_cache = [u for u in todo if keys.get(u.key) in hits]
     to_make = [u for u in todo if keys.get(u.key) not in hits]

@@ -159,6 +159,9 @@ def test_a_second_run_takes_its_images_from_the_sample_cache(run, tiny_sd, tmp_p
     config["image"] = {**config["image"], "batch_size": 3}  # another batch shape: not the same images
     other = evalkit.run_sweep(config_from_dict(config), progress=False)
     assert other.manifest.samples_reused["from_cache"] == 0
+    config["prompts"] = [{**p, "prompt": p["prompt"] + " at night"} for p in config["prompts"]]  # same ids
+    night = evalkit.run_sweep(config_from_dict(config), progress=False)
+    assert night.manifest.samples_reused["from_cache"] == 0
 
 
 def test_resume_refuses_a_pipeline_whose_weights_changed(tiny_sd, tmp_path):

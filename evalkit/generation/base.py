@@ -86,7 +86,8 @@ class ModelInfo(BaseModel):
         return getattr(self, name)
 
     def get(self, name: str, default: Any = None) -> Any:
-        return getattr(self, name, default)
+        value = getattr(self, name, None)
+        return default if value is None else value
 
     @property
     def weights_id(self) -> str | None:

@@ -20,27 +20,25 @@ from typing import Any
 import torch
 
 from evalkit.config import ImageOptions, SweepConfig
-from evalkit.errors import ConfigError, EvalkitError
+from evalkit.errors import EvalkitError
 from evalkit.generation.base import ModelInfo, PreparedPrompt, ProgressFn, SampleRecord, WorkUnit
 from evalkit.generation.model import ModelSource, quiet_libraries, resolve_dtype
 from evalkit.prompts import Prompt
 from evalkit.settings import SCHEDULERS, WITH_ETA, ImageSetting
 
-ORDER = ["guidance_scale", "num_inference_steps", "scheduler", "eta"]
-
-
 class DiffusersBackend:
     def __init__(self, model: str | Path, *, device: str = "cpu", dtype: str = "auto",
-                 options: ImageOptions | None = None, info: dict[str, Any] | None = None, source: str | None = None):
+                 options: ImageOptions | None = None, info: dict[str, Any] | None = None,
+                 load_kwargs: dict[str, Any] | None = None):
         import diffusers
 
         started = time.perf_counter()
         self.device = device
-        self._source = source  # the config file, for errors
         self.options = options or ImageOptions()
         self.dtype = str(resolve_dtype(dtype, device)).removeprefix("torch.")
         try:
-            self.pipe = diffusers.DiffusionPipeline.from_pretrained(str(model), dtype=getattr(torch, self.dtype))
+            self.pipe = diffusers.DiffusionPipeline.from_pretrained(str(model), dtype=getattr(torch, self.dtype),
+                                                                  **(load_kwargs or {}))
         except (OSError, ValueError) as e:
             raise EvalkitError(f"model.id: cannot load a diffusers pipeline from {model}: {e}") from None
         if not hasattr(self.pipe, "scheduler"):
@@ -66,13 +64,8 @@ class DiffusersBackend:
 
     def prepare(self, prompts: list[Prompt], *, chat_template: bool | str = "auto", system_prompt: str | None = None,
                 max_new_tokens: int = 0) -> list[PreparedPrompt]:
-        out = []
-        for p in prompts:
-            if p.messages is not None:
-                raise ConfigError(f"prompt {p.id!r}: a text-to-image prompt is plain text, not chat messages",
-                                  source=self._source, path="prompts")
-            out.append(PreparedPrompt(prompt=p, rendered=p.display, token_ids=(), chat_template=False))
-        return out
+        """Plain text prompts (chat messages are refused before loading, see evalkit.kinds.text_to_image)."""
+        return [PreparedPrompt(prompt=p, rendered=p.display, token_ids=(), chat_template=False) for p in prompts]
 
     def generation_params(self, setting: ImageSetting, max_new_tokens: int = 0) -> dict[str, Any]:
         o = self.options
@@ -116,8 +109,7 @@ class DiffusersBackend:
 
 def load(config: SweepConfig, source: ModelSource, device: str, status=lambda msg: None) -> DiffusersBackend:
     quiet_libraries()
-    where, _ = source.load_args(config.model.revision)
-    backend = DiffusersBackend(where, device=device, dtype=config.model.dtype, options=config.image,
-                               info={"id": config.model.id, "source": source.kind, "sha256": source.sha256,
-                                     "revision": config.model.revision}, source=config.source)
-    return backend
+    where, load_kwargs = source.load_args(config.model.revision)
+    return DiffusersBackend(where, device=device, dtype=config.model.dtype, options=config.image,
+                            info={"id": config.model.id, "source": source.kind, "sha256": source.sha256,
+                                  "revision": config.model.revision}, load_kwargs=load_kwargs)

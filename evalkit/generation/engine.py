@@ -3,7 +3,7 @@
 Work units are taken in waves of at most ``batch_size`` rows, grouped by prompt. In a
 wave each distinct prompt is prefilled once (left padding, attention mask) and its KV
 cache is expanded to every row that continues it (all its settings x samples). Each
-decode step applies every row's own sampling transforms (:mod:`evalkit.sampling`) and
+decode step applies every row's own sampling transforms (:mod:`evalkit.generation.sampling`) and
 draws its token with a uniform from the row's own random stream, a function of the
 sample's seed and the step only (:func:`evalkit.seeds.uniforms`). Rows that finish
 (end-of-sequence, a stop string, ``max_new_tokens``) leave the batch and are yielded at
@@ -27,12 +27,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from evalkit.generation.base import WorkUnit
+from evalkit.generation.base import STAT_COLUMNS, WorkUnit
 from evalkit.errors import EvalkitError
 from evalkit.generation.sampling import SamplingParams, check_logits, distribution, sample, warp
 from evalkit.seeds import uniforms
 
-STAT_NAMES = ("logprob_model", "logprob_sampling", "entropy_model", "entropy_sampling", "n_kept")
 
 
 class DecodeError(EvalkitError):
@@ -53,7 +52,7 @@ class _Row:
 
     def __init__(self, unit: WorkUnit):
         self.unit, self.tokens = unit, []
-        self.stats = {name: [] for name in STAT_NAMES}
+        self.stats = {name: [] for name in STAT_COLUMNS}
 
 
 class Engine:
@@ -184,7 +183,7 @@ class Engine:
         if token in self.eos:
             return Finished(row.unit, row.tokens, self.decode(row.tokens), "eos", row.stats)
         row.tokens.append(token)
-        for name in STAT_NAMES:
+        for name in STAT_COLUMNS:
             row.stats[name].append(columns[name][i])
         if stop:
             text = self.decode(row.tokens)

@@ -52,8 +52,8 @@ class RunKind:
 
     # ------------------------------------------------------------------ sweeps (not scored files)
 
-    def check_config(self, config: SweepConfig, prompts: list) -> None:
-        """What the kind refuses in a config before anything is loaded (beyond the schema)."""
+    def check_prompts(self, prompts: list, source: str | None) -> None:
+        """What the kind refuses in the prompts before anything is loaded (beyond the schema)."""
 
     def prompt_line(self, p: PreparedPrompt, writer: RunWriter) -> dict[str, Any]:
         """The prompt's line in prompts.jsonl."""
@@ -79,7 +79,7 @@ class RunKind:
         return {"text": record.text, "token_ids": list(record.token_ids), "finish_reason": record.finish_reason,
                 **{name: record.stats.get(name, []) for name in self.stat_columns}}
 
-    def decides(self, config: SweepConfig, eos: list[int]) -> list:
+    def decides(self, unit: WorkUnit, config: SweepConfig, eos: list[int]) -> list:
         """What decides a unit's output besides its prompt tokens, setting and seed (part of its cache key)."""
         return [config.max_new_tokens, list(config.stop), eos]
 

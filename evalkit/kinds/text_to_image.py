@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from evalkit.config import SweepConfig
+from evalkit.errors import ConfigError
 from evalkit.generation.base import PreparedPrompt, SampleRecord, WorkUnit
 from evalkit.kinds.base import Axes, RunKind
 from evalkit.rundir.columns import COLUMNS, IMAGE_SETTING
@@ -47,9 +48,15 @@ class TextToImage(RunKind):
                 "sample_index": unit.sample_index, "seed": unit.seed, "text": "", "image_path": path,
                 "width": config.image.width, "height": config.image.height}
 
-    def decides(self, config: SweepConfig, eos: list[int]) -> list:
-        o = config.image  # pixels depend on the batch shape (CPU kernels round by shape)
-        return [o.width, o.height, o.negative_prompt, o.batch_size]
+    def decides(self, unit: WorkUnit, config: SweepConfig, eos: list[int]) -> list:
+        o = config.image  # the prompt has no token ids; pixels depend on the batch shape (CPU kernels round by it)
+        return [unit.prompt.rendered, o.width, o.height, o.negative_prompt, o.batch_size]
+
+    def check_prompts(self, prompts: list, source: str | None) -> None:
+        for p in prompts:
+            if p.messages is not None:
+                raise ConfigError(f"prompt {p.id!r}: a text-to-image prompt is plain text, not chat messages",
+                                  source=source, path="prompts")
 
     def recovered(self, unit: WorkUnit, config: SweepConfig, writer: RunWriter) -> dict[str, Any] | None:
         path = image_path(unit.prompt.prompt.id, unit.setting.id, unit.sample_index)

@@ -106,6 +106,9 @@ class Manifest(BaseModel):
         if isinstance(data, dict) and data.get("kind") == "sweep":
             model = data.get("model") or {}
             data = {**data, "kind": KIND_OF_BACKEND.get(model.get("backend", "hf"), "text")}
+        model = data.get("model") if isinstance(data, dict) else None
+        if isinstance(model, dict) and data.get("kind") == "scored" and "backend" not in model:
+            data = {**data, "model": {**model, "backend": "external"}}
         if isinstance(data, dict) and data.get("samples_reused") == {}:
             data = {**data, "samples_reused": {"from_parts": 0, "from_cache": 0, "generated": 0}}
         return data

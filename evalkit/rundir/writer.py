@@ -41,6 +41,7 @@ class RunWriter:
         """An unfinished run directory, to be continued (``--resume``)."""
         manifest = Run(Path(path)).manifest
         manifest.status, manifest.error, manifest.ended_at, manifest.protocol = "running", None, None, None
+        manifest.schema_version = Manifest.model_fields["schema_version"].default  # rewritten in today's shape
         return cls(path, manifest)
 
     # ------------------------------------------------------------------ files

@@ -15,15 +15,16 @@ import pandas as pd
 from evalkit.generation.base import STAT_COLUMNS
 from evalkit.scoring.aggregate import aggregate
 from evalkit.scoring.metric import Group, Metric
-from evalkit.settings import Setting
+from evalkit.settings import ImageSetting, Setting
 
 
 
-def groups_of(samples: pd.DataFrame, setting_type: type = Setting) -> list[Group]:
-    """One Group per (prompt, setting), samples in sample-index order, prompts in first-seen order."""
+def groups_of(samples: pd.DataFrame, setting_type: type | None = None) -> list[Group]:
+    """One Group per (prompt, setting), samples in sample-index order, prompts in first-seen order; settings of
+    ``setting_type`` (default: the type whose parameters the samples' columns hold)."""
     out = []
     ordered = samples.sort_values("sample_index", kind="stable")
-    make = setting_type
+    make = setting_type or (ImageSetting if set(ImageSetting.model_fields) <= set(samples.columns) else Setting)
     for (pid, sid), df in ordered.groupby(["prompt_id", "setting_id"], sort=False):
         first = df.iloc[0]
         setting = make(**{c: first[c] for c in make.model_fields})
