@@ -31,6 +31,8 @@ from evalkit.scoring import score_samples
 from evalkit.scoring.registry import default_registry, prepare_all
 from evalkit.seeds import derive_seed
 
+CACHE_BATCH = 64  # fresh samples written to the sample cache together
+
 
 def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path | None = None,
               overrides: list[str] | None = None, as_given: dict | None = None, resolved: dict | None = None) -> Run:
@@ -147,6 +149,9 @@ def generate(writer: RunWriter, kind: RunKind, config: SweepConfig, generator: G
                 parts.add(kind.row(record.unit, result, writer, config))
                 if cache:
                     fresh.append((keys[record.unit.key], result))
+                    if len(fresh) >= CACHE_BATCH:  # images are large: do not hold a whole sweep's in memory
+                        cache.put_many(fresh)
+                        fresh.clear()
                 made += 1
                 phase.update(completed=before + made)
     finally:

@@ -8,6 +8,7 @@ call :meth:`_special_tokens`, and fill ``self.info``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,6 +47,26 @@ class EngineBackend:
         self.pad_id = int(pad if pad is not None else (self.eos_ids[0] if self.eos_ids else 0))
         return {k: v for k, v in generation_config.to_diff_dict().items()
                 if k not in ("bos_token_id", "eos_token_id", "pad_token_id", "transformers_version")}
+
+    def _model_info(self, *, backend: str, model_id: str, source, path: str, dtype, device: str, started: float,
+                    ignored: dict[str, Any], has_chat_template: bool, **extra: Any) -> ModelInfo:
+        """What was loaded, for the manifest (``self.model`` and ``self.eos_ids`` are set)."""
+        ctx = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        return ModelInfo(
+            backend=backend, id=model_id, source=source.kind, path=path,
+            revision=getattr(self.model.config, "_commit_hash", None) if source.kind == "hub" else None,
+            sha256=source.sha256, dtype=str(dtype).removeprefix("torch."), device=device,
+            context_length=int(ctx) if ctx else None, eos_token_ids=self.eos_ids, has_chat_template=has_chat_template,
+            rng="evalkit engine: one splitmix64 stream per sample, a function of (sample seed, step) only",
+            load_seconds=round(time.perf_counter() - started, 3), ignored_generation_defaults=ignored, **extra)
+
+    def _use_template(self, chat_template: bool | str) -> bool:
+        """Whether prompts go through the chat template ("auto": when the model has one); refuses a missing one."""
+        use = self.info.has_chat_template if chat_template == "auto" else bool(chat_template)
+        if use and not self.info.has_chat_template:
+            raise ConfigError(f"the model {self.info.id!r} has no chat template", source=self._source,
+                              path="prompts.chat_template")
+        return use
 
     def _check_fits(self, prompt_id: str, n_tokens: int, max_new_tokens: int) -> None:
         """Refuse a prompt that is empty or leaves no room for ``max_new_tokens`` in the model's context."""

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from evalkit.generation import gguf
-from evalkit.generation.base import ModelInfo, PreparedPrompt
+from evalkit.generation.base import PreparedPrompt
 from evalkit.generation.decoding import EngineBackend
 from evalkit.config import SweepConfig
 from evalkit.generation.model import ModelSource, quiet_libraries, resolve_dtype
@@ -50,33 +50,16 @@ class HFTextBackend(EngineBackend):
         # The model's suggested generation defaults play no part in evalkit's decoding; record them.
         ignored = self._special_tokens(self.tokenizer, self.model.generation_config)
 
-        ctx = getattr(self.model.config, "max_position_embeddings", None)
-        self.info = ModelInfo(
-            backend="hf",
-            id=mc.id,
-            source=source.kind,
+        self.info = self._model_info(
+            backend="hf", model_id=mc.id, source=source, device=device, dtype=dtype, started=started, ignored=ignored,
             path=str(source.gguf.path if source.gguf else (source.path or source.hub_id)),
-            revision=getattr(self.model.config, "_commit_hash", None) if source.kind == "hub" else None,
-            sha256=source.sha256,
-            dtype=str(dtype).removeprefix("torch."),
-            device=device,
-            context_length=int(ctx) if ctx else None,
-            eos_token_ids=self.eos_ids,
-            has_chat_template=bool(getattr(self.tokenizer, "chat_template", None)),
-            rng="evalkit engine: one splitmix64 stream per sample, a function of (sample seed, step) only",
-            converted_now=converted_now,
-            load_seconds=round(time.perf_counter() - started, 3),
-            ignored_generation_defaults=ignored,
-        )
+            has_chat_template=bool(getattr(self.tokenizer, "chat_template", None)), converted_now=converted_now)
 
     # ------------------------------------------------------------------ prompts
 
     def prepare(self, prompts: list[Prompt], *, chat_template: bool | str, system_prompt: str | None,
                 max_new_tokens: int) -> list[PreparedPrompt]:
-        use_template = self.info.has_chat_template if chat_template == "auto" else bool(chat_template)
-        if use_template and not self.info.has_chat_template:
-            raise ConfigError(f"the model {self.info.id!r} has no chat template", source=self._source,
-                              path="prompts.chat_template")
+        use_template = self._use_template(chat_template)
         out = []
         for p in prompts:
             if use_template:

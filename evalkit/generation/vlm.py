@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import time
-from evalkit.generation.base import ModelInfo, PreparedPrompt
+from evalkit.generation.base import PreparedPrompt
 from evalkit.generation.decoding import EngineBackend
 from evalkit.generation.model import ModelSource, quiet_libraries, resolve_dtype
 from evalkit.config import SweepConfig
@@ -49,15 +49,10 @@ class VLMBackend(EngineBackend):
             raise ConfigError(f"{mc.id!r} has no tokenizer in its processor", source=config.source, path="model.id")
         self.model.to(device).eval()
         ignored = self._special_tokens(self.tokenizer, self.model.generation_config)
-        ctx = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
-        self.info = ModelInfo(
-            backend="vlm", id=mc.id, source=source.kind, path=str(source.path or source.hub_id),
-            revision=getattr(self.model.config, "_commit_hash", None) if source.kind == "hub" else None,
-            sha256=source.sha256, dtype=str(dtype).removeprefix("torch."), device=device,
-            context_length=int(ctx) if ctx else None, eos_token_ids=self.eos_ids,
-            has_chat_template=bool(getattr(self.processor, "chat_template", None)),
-            rng="evalkit engine: one splitmix64 stream per sample, a function of (sample seed, step) only",
-            load_seconds=round(time.perf_counter() - started, 3), ignored_generation_defaults=ignored)
+        self.info = self._model_info(
+            backend="vlm", model_id=mc.id, source=source, path=str(source.path or source.hub_id), dtype=dtype,
+            device=device, started=started, ignored=ignored,
+            has_chat_template=bool(getattr(self.processor, "chat_template", None)))
 
     def prepare(self, prompts: list[Prompt], *, chat_template: bool | str, system_prompt: str | None,
                 max_new_tokens: int) -> list[PreparedPrompt]:
@@ -65,10 +60,7 @@ class VLMBackend(EngineBackend):
         (in the first user message); without a template the text must hold the image token itself."""
         from PIL import Image
 
-        use_template = self.info.has_chat_template if chat_template == "auto" else bool(chat_template)
-        if use_template and not self.info.has_chat_template:
-            raise ConfigError(f"the model {self.info.id!r} has no chat template", source=self._source,
-                              path="prompts.chat_template")
+        use_template = self._use_template(chat_template)
         out = []
         for p in prompts:
             if use_template:

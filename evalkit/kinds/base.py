@@ -7,10 +7,17 @@ from typing import Any
 
 from evalkit.config import SweepConfig
 from evalkit.errors import ConfigError
-from evalkit.generation.base import PreparedPrompt, SampleRecord, WorkUnit
+from evalkit.generation.base import STAT_COLUMNS, PreparedPrompt, SampleRecord, WorkUnit
 from evalkit.rundir.writer import RunWriter
 from evalkit.scoring.metric import Metric
 from evalkit.settings import APPLICATION_ORDER, ImageSetting, Setting
+
+
+def unit_fields(unit: WorkUnit) -> dict[str, Any]:
+    """The columns every samples row starts with: the prompt, the setting and its parameters, index and seed."""
+    p = unit.prompt.prompt
+    return {"prompt_id": p.id, "prompt": p.display, "setting_id": unit.setting.id, **unit.setting.params(),
+            "sample_index": unit.sample_index, "seed": unit.seed}
 
 
 @dataclass(frozen=True)
@@ -62,16 +69,12 @@ class RunKind:
 
     def row(self, unit: WorkUnit, result: dict[str, Any], writer: RunWriter, config: SweepConfig) -> dict[str, Any]:
         """A samples row from a record's cacheable form (:meth:`cached`)."""
-        p = unit.prompt.prompt
-        return {"prompt_id": p.id, "prompt": p.display, "setting_id": unit.setting.id, **unit.setting.params(),
-                "sample_index": unit.sample_index, "seed": unit.seed, "text": result["text"],
+        return {**unit_fields(unit), "text": result["text"],
                 "num_new_tokens": len(result["token_ids"]), "finish_reason": result["finish_reason"],
                 "token_ids": result["token_ids"], **{name: result.get(name, []) for name in self.stat_columns}}
 
     @property
     def stat_columns(self) -> list[str]:
-        from evalkit.generation.base import STAT_COLUMNS
-
         return [c for c in STAT_COLUMNS if c in self.columns]
 
     def cached(self, record: SampleRecord) -> dict[str, Any]:

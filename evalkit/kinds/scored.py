@@ -26,8 +26,7 @@ TEXT_ONLY_NEEDS = frozenset({"texts", "prompts"})
 SCORED = RunKind(name="scored", what="a file of texts", verb="have", columns=tuple(BASE_SAMPLE_COLUMNS),
                  needs=TEXT_ONLY_NEEDS)
 SCORED_CAPTIONS = RunKind(name="scored", what="a file of texts with images", verb="have",
-                          columns=tuple(BASE_SAMPLE_COLUMNS + VLM_COLUMNS), needs=TEXT_ONLY_NEEDS | VLM_NEEDS,
-                          noun="images")
+                          columns=tuple(BASE_SAMPLE_COLUMNS + VLM_COLUMNS), needs=TEXT_ONLY_NEEDS | VLM_NEEDS)
 
 
 class GenerationRow(BaseModel):

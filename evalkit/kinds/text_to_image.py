@@ -15,7 +15,7 @@ from typing import Any
 from evalkit.config import SweepConfig
 from evalkit.errors import ConfigError
 from evalkit.generation.base import PreparedPrompt, SampleRecord, WorkUnit
-from evalkit.kinds.base import Axes, RunKind
+from evalkit.kinds.base import Axes, RunKind, unit_fields
 from evalkit.rundir.columns import COLUMNS, IMAGE_SETTING
 from evalkit.rundir.writer import RunWriter
 from evalkit.scoring.metric import IMAGE_NEEDS
@@ -43,10 +43,8 @@ class TextToImage(RunKind):
         return self._row(unit, path, config)
 
     def _row(self, unit: WorkUnit, path: str, config: SweepConfig) -> dict[str, Any]:
-        p = unit.prompt.prompt
-        return {"prompt_id": p.id, "prompt": p.display, "setting_id": unit.setting.id, **unit.setting.params(),
-                "sample_index": unit.sample_index, "seed": unit.seed, "text": "", "image_path": path,
-                "width": config.image.width, "height": config.image.height}
+        return {**unit_fields(unit), "text": "", "image_path": path, "width": config.image.width,
+                "height": config.image.height}
 
     def decides(self, unit: WorkUnit, config: SweepConfig, eos: list[int]) -> list:
         o = config.image  # the prompt has no token ids; pixels depend on the batch shape (CPU kernels round by it)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from evalkit.generation.base import STAT_COLUMNS
+from evalkit.settings import ImageSetting, Setting
 
-TEXT_SETTING = ["temperature", "top_p", "top_k", "min_p"]
-IMAGE_SETTING = ["guidance_scale", "num_inference_steps", "scheduler", "eta"]
+TEXT_SETTING = list(Setting.model_fields)  # temperature, top_p, top_k, min_p
+IMAGE_SETTING = list(ImageSetting.model_fields)  # guidance_scale, num_inference_steps, scheduler, eta
 # a text sample (also of a scored file, which has no token statistics)
 BASE_SAMPLE_COLUMNS = ["prompt_id", "prompt", "setting_id", *TEXT_SETTING, "sample_index", "seed", "text",
                        "num_new_tokens", "finish_reason", "token_ids"]
