@@ -42,6 +42,14 @@ def run_sweep(config: SweepConfig | str | Path | None, *, overrides: list[str] |
                               as_given=_as_given(config), resolved=_resolved(config))
 
 
+def plan_sweep(config: SweepConfig | str | Path, *, overrides: list[str] | None = None) -> list[tuple[str, str]]:
+    """What running ``config`` would make and send (settings, samples, requests, most tokens), as
+    (label, value) lines, with nothing loaded, sent or written."""
+    if not isinstance(config, SweepConfig):
+        config = load_config(config, overrides)
+    return pipeline.describe(config)
+
+
 def score_file(path: str | Path, metric_names: list[str], output: str | Path, *, seed: int = 0, level: float = 0.95,
                resamples: int = 2000, name: str | None = None, progress: bool = True,
                index: str | Path | None = None) -> Run:

@@ -56,12 +56,24 @@ def run(
                                                       "change beyond METRIC:+TOL or METRIC:-TOL.")] = None,
     junit: Annotated[Path | None, typer.Option(help="With --baseline: write the gate as JUnit XML here.",
                                                show_default=False)] = None,
+    plan: Annotated[bool, typer.Option("--plan", help="Print what the run would make and send (samples, "
+                                                  "requests, most tokens), then stop: nothing is loaded or sent.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks for errors.")] = False,
 ) -> None:
     """Run a sweep: generate every sample, score it, write a run directory (and gate it on a baseline)."""
 
     def body():
+        if plan:
+            if resume is not None or (config is None) == (preset is None):
+                raise EvalkitError("--plan: give a config file or --preset NAME")
+            from evalkit.api import plan_sweep
+
+            lines = plan_sweep(config if config is not None else preset_path(preset), overrides=set_ or [])
+            width = max(len(label) for label, _ in lines)
+            for label, value in lines:
+                out.print(f"{escape(label):<{width}}  {escape(value)}", highlight=False, soft_wrap=True)
+            return 0
         if (fail_on or junit) and baseline is None:
             raise EvalkitError("--fail-on and --junit need --baseline")
         rules = [Rule.parse(r) for r in fail_on or []]  # a bad rule is refused before the run, not after
@@ -329,6 +341,13 @@ def _guard(body, debug: bool):
 TABLE_METRICS = 4  # the summary table shows the first metrics of the config; summary.csv has all
 
 
+def _where(m) -> str:
+    """Where a run's model ran: device and dtype, or the server it was served by."""
+    if m.model.get("server"):
+        return f"served by {m.model['path']}"
+    return ", ".join(str(x) for x in (m.device, m.model.get("dtype")) if x)
+
+
 def _print_summary(result: evalkit.Run) -> None:
     from evalkit.kinds import kind_named
 
@@ -358,7 +377,7 @@ def _print_summary(result: evalkit.Run) -> None:
                                                        ("from before the resume", reused.get("from_parts", 0))) if n)
         prompts = kind_named(m.kind).noun
         out.print(f"{m.n_samples} samples: {m.n_prompts} {prompts} x {len(m.settings)} settings x "
-                  f"{result.config['samples_per_prompt']} on {escape(m.model['id'])} ({m.device}, {m.model['dtype']}); "
+                  f"{result.config['samples_per_prompt']} on {escape(m.model['id'])} ({escape(_where(m))}); "
                   f"generation {m.timings.get('generate_s', 0):.1f} s" + (f" ({kept})" if kept else ""),
                   highlight=False, soft_wrap=True)
     else:

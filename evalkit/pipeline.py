@@ -17,10 +17,10 @@ from pathlib import Path
 import pandas as pd
 
 from evalkit.config import SweepConfig
-from evalkit.errors import EvalkitError
+from evalkit.errors import ConfigError, EvalkitError
 from evalkit.executors import LocalExecutor
 from evalkit.generation import WorkUnit, check_model, load_backend
-from evalkit.generation.base import Generator, ModelInfo, PreparedPrompt
+from evalkit.generation.base import Generator, PreparedPrompt
 from evalkit.kinds import RunKind, kind_of
 from evalkit.prompts import load_prompts
 from evalkit.rundir import Manifest, Run, RunWriter, SettingRecord
@@ -54,15 +54,17 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
         generator = load_backend(config, status=lambda msg: phase.update(status=msg), checked=checked)
         prepared = generator.prepare(prompts, chat_template=config.prompts.chat_template,
                                      system_prompt=config.prompts.system_prompt, max_new_tokens=config.max_new_tokens)
+        generator.check(settings, prepared, logprobs=logprobs_wanted(metrics, config.source),
+                        max_new_tokens=config.max_new_tokens, status=lambda msg: phase.update(status=msg))
     timings = {"load_s": round(time.perf_counter() - started, 3)}
     batch_size = generator.batch_size(config.batch_size, prepared, config.max_new_tokens)
 
     if resume_dir is not None:
         writer = RunWriter.reopen(resume_dir)
-        recorded_weights = _weights(writer.manifest.model)
-        if recorded_weights != (None, None) and recorded_weights != _weights(generator.info):
-            raise EvalkitError(f"--resume: {resume_dir} was made with other model weights than {config.model.id!r} "
-                               f"has now")
+        recorded_weights = writer.manifest.model.weights_id
+        if recorded_weights is not None and recorded_weights != generator.info.weights_id:
+            what = "another endpoint, server or set of knobs" if generator.info.endpoint_id else "other model weights"
+            raise EvalkitError(f"--resume: {resume_dir} was made with {what} than {config.model.id!r} has now")
     else:
         writer = RunWriter.create(Path(config.output_dir), _manifest(
             config, kind, generator, settings, metrics, len(prepared), batch_size, overrides, as_given or {}))
@@ -86,8 +88,16 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
     return run
 
 
-def _weights(info: ModelInfo) -> tuple[str | None, str | None]:
-    return info.sha256, info.revision
+def logprobs_wanted(metrics: list, source: str | None = None) -> int:
+    """Top log-probabilities per token that the metrics need from a served model: the ``top`` of the metrics
+    that need top_logprobs (one value per run), 1 when only the chosen tokens' are needed, else 0."""
+    tops = {m.params.top for m in metrics if "top_logprobs" in m.requires()}
+    if len(tops) > 1:
+        raise ConfigError(f"metrics ask for top={' and top='.join(str(t) for t in sorted(tops))}: a run keeps one "
+                          "set of top logprobs, so use one value", source=source, path="metrics")
+    if tops:
+        return tops.pop()
+    return 1 if any("model_logprobs" in m.requires() for m in metrics) else 0
 
 
 def _manifest(config: SweepConfig, kind: RunKind, generator: Generator, settings: list, metrics: list, n_prompts: int,
@@ -102,6 +112,31 @@ def _manifest(config: SweepConfig, kind: RunKind, generator: Generator, settings
         n_prompts=n_prompts, metrics=[m.id for m in metrics], metric_info={m.id: m.info() for m in metrics},
         batch_size=batch_size, stop=list(config.stop),
         ci=ci_info(config.ci.level, config.ci.resamples, config.seed))
+
+
+def describe(config: SweepConfig) -> list[tuple[str, str]]:
+    """What a run of ``config`` would make and send, before anything is loaded, sent or written (``--plan``):
+    (label, value) lines. Samples that the sample cache or a resumed run already holds are not made again."""
+    import importlib
+
+    from evalkit.generation import BACKENDS
+
+    kind = kind_of(config)
+    settings = config.settings()
+    metrics = default_registry().create_all(config.metrics, source=config.source)
+    kind.check_metrics(metrics, config.source)
+    prompts = load_prompts(config)
+    kind.check_prompts(prompts, config.source)
+    units = len(settings) * len(prompts) * config.samples_per_prompt
+    lines = [("settings", str(len(settings))), (kind.noun, str(len(prompts))),
+             ("samples per prompt and setting", str(config.samples_per_prompt)), ("samples", str(units))]
+    module = importlib.import_module(BACKENDS[config.model.backend])
+    if hasattr(module, "plan_lines"):
+        lines += module.plan_lines(config, settings, prompts, units)
+    elif "num_new_tokens" in kind.columns:
+        lines.append(("new tokens, at most", str(units * config.max_new_tokens)))
+    lines.append(("metrics", ", ".join(m.id for m in metrics)))
+    return lines
 
 
 def plan(config: SweepConfig, prompts: list[PreparedPrompt], settings: list) -> list[WorkUnit]:
@@ -144,7 +179,8 @@ def generate(writer: RunWriter, kind: RunKind, config: SweepConfig, generator: G
             made = 0
             for record in LocalExecutor(generator).run(
                     to_make, max_new_tokens=config.max_new_tokens, batch_size=batch_size, stop=tuple(config.stop),
-                    progress=lambda n, step: phase.update(completed=before + n, status=f"step {step}")):
+                    progress=lambda n, s: phase.update(completed=before + n,
+                                                       status=f"step {s}" if isinstance(s, int) else s)):
                 result = kind.cached(record)
                 parts.add(kind.row(record.unit, result, writer, config))
                 if cache:

@@ -11,6 +11,8 @@ from pydantic import BaseModel, ValidationError
 from evalkit.config.schema import SweepConfig
 from evalkit.errors import ConfigError
 
+SECRET_FIELDS = ("api_key_env",)  # a wrong value here may be the secret itself: never echoed
+
 
 def config_error(error: ValidationError, source: str) -> ConfigError:
     first = error.errors()[0]
@@ -25,7 +27,10 @@ def config_error(error: ValidationError, source: str) -> ConfigError:
         path = _loc_to_path(loc[:-1]) or None
     else:
         msg = first["msg"].removeprefix("Value error, ")
-        if "got " not in msg and first["type"] != "missing":
+        head, sep, rest = msg.partition(": ")
+        if sep and head in _fields_at(loc):  # a model's own check naming one of its fields: "gguf_file: ..."
+            path, msg = f"{path}.{head}" if path else head, rest
+        if "got " not in msg and first["type"] != "missing" and not path.endswith(SECRET_FIELDS):
             msg += f", got {_short(value)}"
     more = error.error_count() - 1
     if more:

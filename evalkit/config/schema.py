@@ -20,7 +20,10 @@ from evalkit.settings import SCHEDULERS, ImageSetting, MinP, Setting, Temperatur
 
 DEFAULT_METRICS = ("distinct_1", "distinct_2", "mean_length")
 # what a sweep makes, by model.backend: the run kind's name (see evalkit.kinds)
-KIND_OF_BACKEND = {"hf": "text", "vlm": "image-to-text", "diffusers": "text-to-image"}
+KIND_OF_BACKEND = {"hf": "text", "vlm": "image-to-text", "diffusers": "text-to-image", "openai": "text"}
+# fields that only a model loaded into evalkit's process has (not a served one)
+LOCAL_MODEL_FIELDS = ("gguf_file", "revision", "sha256", "dtype", "device")
+SERVED_MODEL_FIELDS = ("base_url", "api", "api_key_env", "concurrency", "timeout_s", "max_retries", "backoff_s")
 
 
 class _Strict(BaseModel):
@@ -31,15 +34,70 @@ class ModelConfig(_Strict):
     """Which model generates, and where it runs."""
 
     # hf: transformers causal LM; vlm: transformers image-text-to-text model (captions, visual questions);
-    # diffusers: a diffusers text-to-image pipeline
-    backend: Literal["hf", "vlm", "diffusers"] = "hf"
-    id: str = "default"  # "default" (embedded SmolLM2-135M-Instruct), a hub id, a local directory or a .gguf file
+    # diffusers: a diffusers text-to-image pipeline; openai: a model behind an OpenAI-compatible server
+    backend: Literal["hf", "vlm", "diffusers", "openai"] = "hf"
+    # "default" (embedded SmolLM2-135M-Instruct), a hub id, a local directory or a .gguf file;
+    # openai: the served model's name, as the server's GET /models lists it
+    id: str = "default"
     gguf_file: str | None = None  # GGUF file name inside the directory or hub repo named by `id`
     revision: str | None = None  # hub revision (branch, tag or commit)
     sha256: str | None = None  # expected sha256 of the GGUF file (for a directory: of its weight files,
     # as the manifest records it); a mismatch is refused
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: float32 on CPU, bfloat16 on CUDA
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when there is a GPU, else CPU
+    # backend openai (any OpenAI-compatible server: llama.cpp, vLLM, SGLang, TGI, hosted APIs)
+    base_url: str | None = None  # the API root, e.g. http://127.0.0.1:8080/v1
+    api: Literal["completions", "chat"] = "completions"  # chat: messages; the server applies its chat template
+    api_key_env: str | None = None  # the NAME of the environment variable that holds the API key
+    concurrency: int = Field(8, ge=1, le=1024)  # requests in flight
+    timeout_s: float = Field(120.0, gt=0)  # per request
+    max_retries: int = Field(6, ge=0, le=100)  # on 429, 5xx, dropped connections, timeouts and garbled replies
+    backoff_s: float = Field(1.0, ge=0)  # the first retry's wait; doubles with each retry (Retry-After wins)
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"base_url must be an http:// or https:// URL, got {_without_credentials(v)!r}")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("base_url must not hold credentials (user:password@): name an environment variable "
+                             f"in api_key_env instead, got {_without_credentials(v)!r}")
+        if parts.query or parts.fragment:
+            raise ValueError(f"base_url must not have a query or fragment, got {_without_credentials(v)!r}")
+        return v.rstrip("/")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
+            # never echo the value: it may be the key itself
+            raise ValueError("api_key_env names an environment variable (letters, digits, _), not the key itself")
+        return v
+
+    @model_validator(mode="after")
+    def _served_or_local(self) -> ModelConfig:
+        if self.backend == "openai":
+            if self.base_url is None:
+                raise ValueError("base_url: an openai model needs the server's API root "
+                                 "(e.g. http://127.0.0.1:8080/v1), got none")
+            if self.id == "default":
+                raise ValueError("id: an openai model names the served model (GET /models lists them), "
+                                 "got 'default'")
+            local = [f for f in LOCAL_MODEL_FIELDS if f in self.model_fields_set]
+            if local:
+                raise ValueError(f"{local[0]}: a served model (backend openai) is loaded by its server, not by "
+                                 f"evalkit; remove {local[0]}, got {getattr(self, local[0])!r}")
+        else:
+            served = [f for f in SERVED_MODEL_FIELDS if f in self.model_fields_set]
+            if served:
+                raise ValueError(f"{served[0]}: only a served model (backend openai) has {served[0]}; "
+                                 f"this one is backend {self.backend!r}, got {served[0]} set")
+        return self
 
     @field_validator("sha256")
     @classmethod
@@ -47,6 +105,11 @@ class ModelConfig(_Strict):
         if v is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", v):
             raise ValueError(f"sha256 must be 64 hexadecimal characters, got {v!r}")
         return v.lower() if v else v
+
+
+def _without_credentials(url: str) -> str:
+    """``url`` with any user:password@ masked, for error messages."""
+    return re.sub(r"//[^/@]*@", "//***@", url)
 
 
 class Message(_Strict):

@@ -18,11 +18,16 @@ BACKENDS = {
     "hf": "evalkit.generation.hf",  # transformers causal LM, decoded by evalkit's engine
     "vlm": "evalkit.generation.vlm",  # transformers image-text-to-text model, decoded by evalkit's engine
     "diffusers": "evalkit.generation.diffusers",  # diffusers text-to-image pipeline
+    "openai": "evalkit.generation.served",  # a model behind an OpenAI-compatible server
 }
 
 
 def check_model(config: SweepConfig):
-    """Everything about the model that can be checked before loading it: device, path, hash."""
+    """Everything about the model that can be checked before loading it: device, path, hash (a backend
+    module may check it its own way, with a ``check_model`` function)."""
+    module = importlib.import_module(BACKENDS[config.model.backend])
+    if hasattr(module, "check_model"):
+        return module.check_model(config)
     from evalkit.generation.model import locate_model, resolve_device
 
     return locate_model(config), resolve_device(config.model.device, config.source)

@@ -19,8 +19,11 @@ from evalkit.settings import ImageSetting, Setting
 
 # Per generated token (lists aligned with token_ids): log-probability of the chosen token under
 # the model (temperature 1, unfiltered) and under the sampling distribution, the entropy (nats)
-# of both distributions, and how many tokens the filters kept.
-STAT_COLUMNS = ["logprob_model", "logprob_sampling", "entropy_model", "entropy_sampling", "n_kept"]
+# of both distributions, and how many tokens the filters kept. A served model gives only what its
+# logprobs hold: logprob_model, and entropy_model_top, -sum p log p over the top-N tokens it returned
+# (a lower bound of entropy_model; N is the run's ``logprobs``).
+STAT_COLUMNS = ["logprob_model", "logprob_sampling", "entropy_model", "entropy_sampling", "n_kept",
+                "entropy_model_top"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class SampleRecord:
     finish_reason: str | None = None  # "eos" | "stop" | "length" (text)
     stats: dict[str, list] = field(default_factory=dict)  # per-token statistics, aligned with token_ids
     image: Any = None  # a PIL image (text-to-image)
+    num_tokens: int | None = None  # new tokens, when token_ids are not known (a served model's usage count)
 
 
 class ModelInfo(BaseModel):
@@ -66,7 +70,7 @@ class ModelInfo(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    backend: str = "hf"  # hf | vlm | diffusers | external (texts scored by `evalkit score`)
+    backend: str = "hf"  # hf | vlm | diffusers | openai | external (texts scored by `evalkit score`)
     id: str  # as the user named it
     source: str | None = None  # "embedded" | "gguf" | "local" | "hub"; a scored run: the file
     path: str | None = None  # where the weights were read from
@@ -81,6 +85,10 @@ class ModelInfo(BaseModel):
     converted_now: bool = False  # a GGUF was de-quantized during this load
     load_seconds: float = 0.0
     ignored_generation_defaults: dict[str, Any] = {}
+    # a served model (backend openai): the server's answers (GET /models entry, the capability check, what
+    # is sent with every request, system fingerprint), and one id over base_url, model, fingerprint and knobs
+    server: dict[str, Any] = {}
+    endpoint_id: str | None = None
 
     def __getitem__(self, name: str) -> Any:
         return getattr(self, name)
@@ -91,11 +99,11 @@ class ModelInfo(BaseModel):
 
     @property
     def weights_id(self) -> str | None:
-        """What identifies the weights (hash, else hub revision); None when nothing does."""
-        return self.sha256 or self.revision
+        """What identifies the weights (hash, else hub revision, else the served endpoint); None when nothing does."""
+        return self.sha256 or self.revision or self.endpoint_id
 
 
-ProgressFn = Callable[[int, int], None]  # (samples finished so far, current decode step)
+ProgressFn = Callable[[int, "int | str"], None]  # (samples finished so far, current decode step or a status)
 
 
 class Generator(Protocol):
@@ -106,6 +114,13 @@ class Generator(Protocol):
     def prepare(self, prompts: list[Prompt], *, chat_template: bool | str, system_prompt: str | None,
                 max_new_tokens: int) -> list[PreparedPrompt]:
         """Render and tokenize prompts; refuse any that the model cannot take."""
+        ...
+
+    def check(self, settings: list, prompts: list[PreparedPrompt], *, logprobs: int = 0, max_new_tokens: int = 0,
+              status: Callable[[str], None] = lambda msg: None) -> None:
+        """Refuse, before any sample, what the backend cannot do for this grid (a served model: knobs the
+        server rejects or ignores; logprobs it does not give). ``logprobs``: top log-probabilities per
+        token that the metrics need (1: the chosen token's only; 0: none). Local backends check nothing."""
         ...
 
     def generation_params(self, setting: Any, max_new_tokens: int) -> dict[str, Any]:

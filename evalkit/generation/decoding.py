@@ -79,6 +79,9 @@ class EngineBackend:
             raise ConfigError(f"prompt {prompt_id!r} is empty after tokenization", source=self._source,
                               path="prompts")
 
+    def check(self, settings: list, prompts: list[PreparedPrompt], **options: Any) -> None:
+        """Every setting of the grid is evalkit's to apply: nothing to check."""
+
     def generation_params(self, setting: Setting, max_new_tokens: int) -> dict[str, Any]:
         """The decoding parameters the engine applies for ``setting``; nothing else shapes the distribution."""
         return {

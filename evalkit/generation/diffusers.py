@@ -67,6 +67,9 @@ class DiffusersBackend:
         """Plain text prompts (chat messages are refused before loading, see evalkit.kinds.text_to_image)."""
         return [PreparedPrompt(prompt=p, rendered=p.display, token_ids=(), chat_template=False) for p in prompts]
 
+    def check(self, settings: list, prompts: list[PreparedPrompt], **options: Any) -> None:
+        """Every setting of the grid is evalkit's to apply: nothing to check."""
+
     def generation_params(self, setting: ImageSetting, max_new_tokens: int = 0) -> dict[str, Any]:
         o = self.options
         return {**setting.params(), "width": o.width, "height": o.height, "negative_prompt": o.negative_prompt}

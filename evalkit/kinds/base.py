@@ -70,7 +70,8 @@ class RunKind:
     def row(self, unit: WorkUnit, result: dict[str, Any], writer: RunWriter, config: SweepConfig) -> dict[str, Any]:
         """A samples row from a record's cacheable form (:meth:`cached`)."""
         return {**unit_fields(unit), "text": result["text"],
-                "num_new_tokens": len(result["token_ids"]), "finish_reason": result["finish_reason"],
+                "num_new_tokens": result.get("num_new_tokens", len(result["token_ids"])),
+                "finish_reason": result["finish_reason"],
                 "token_ids": result["token_ids"], **{name: result.get(name, []) for name in self.stat_columns}}
 
     @property
@@ -79,8 +80,9 @@ class RunKind:
 
     def cached(self, record: SampleRecord) -> dict[str, Any]:
         """What the sample cache keeps of a record (JSON)."""
+        counted = {} if record.num_tokens is None else {"num_new_tokens": record.num_tokens}
         return {"text": record.text, "token_ids": list(record.token_ids), "finish_reason": record.finish_reason,
-                **{name: record.stats.get(name, []) for name in self.stat_columns}}
+                **counted, **{name: record.stats.get(name, []) for name in self.stat_columns}}
 
     def decides(self, unit: WorkUnit, config: SweepConfig, eos: list[int]) -> list:
         """What decides a unit's output besides its prompt tokens, setting and seed (part of its cache key)."""

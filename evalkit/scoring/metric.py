@@ -18,8 +18,12 @@ from pydantic import BaseModel, ConfigDict
 
 from evalkit.settings import Setting
 
-NEEDS = frozenset({"texts", "token_ids", "token_stats", "prompts", "images", "prompt_images", "references"})
-TEXT_NEEDS = frozenset({"texts", "token_ids", "token_stats", "prompts"})  # what a text sweep's samples offer
+# token_stats: the engine's full per-token statistics (both distributions); model_logprobs: the chosen
+# token's log-probability under the model; top_logprobs: the top-N log-probabilities a server returns
+NEEDS = frozenset({"texts", "token_ids", "token_stats", "model_logprobs", "top_logprobs", "prompts", "images",
+                   "prompt_images", "references"})
+TEXT_NEEDS = frozenset({"texts", "token_ids", "token_stats", "model_logprobs", "prompts"})  # a text sweep's samples
+SERVED_NEEDS = frozenset({"texts", "model_logprobs", "top_logprobs", "prompts"})  # a served model's samples
 VLM_NEEDS = frozenset({"prompt_images", "references"})  # what image-to-text samples add: the image, its captions
 IMAGE_NEEDS = frozenset({"images", "prompts"})  # what a text-to-image sample offers
 

@@ -1,0 +1,336 @@
+"""The served backend (``model.backend: openai``): a model behind any OpenAI-compatible server
+(llama.cpp's server, vLLM, SGLang, TGI, a hosted API).
+
+- One request per sample, with the sample's own seed (its derived seed mod 2**31, which every server
+  takes) and every sampling knob in the body: ``temperature``, ``top_p``, ``max_tokens``, ``stop``, and,
+  where the server takes them, ``top_k`` (-1 switches it off everywhere), ``min_p`` and the penalties at
+  their neutral values (llama.cpp applies ``repeat_penalty`` 1.1, ``top_k`` 40 and ``min_p`` 0.05 by
+  default; vLLM applies the model's generation_config.json). ``n`` is always 1: with ``n > 1`` the
+  choices of one request share its seed, and a sample would depend on the request it was grouped in.
+- Before any sample, a capability check (:mod:`evalkit.generation.served_probe`) refuses a server that
+  rejects or ignores a knob the grid sets.
+- Token statistics come from the logprobs the server returns: the chosen token's log-probability, and
+  from the top-N log-probabilities a truncated entropy (``token_entropy[dist=model,top=N]``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from evalkit.config import SweepConfig
+from evalkit.errors import ConfigError, EvalkitError
+from evalkit.generation.base import ModelInfo, PreparedPrompt, ProgressFn, SampleRecord, WorkUnit
+from evalkit.generation.served_client import Endpoint, ServerError
+from evalkit.prompts import Prompt
+from evalkit.settings import Setting
+
+SEED_MODULUS = 2**31  # a request's seed: the sample's derived seed mod 2**31 (a signed 32-bit int everywhere)
+# sent at a neutral value where the server takes one (the capability check finds out which, trying them
+# in order), so that no server default shapes a sample: knobs outside the OpenAI schema, and the penalties.
+# top_k is off at 0 for llama.cpp and vLLM, at -1 for SGLang and older vLLM.
+OPTIONAL_KNOBS = {"top_k": (0, -1), "min_p": (0.0,), "presence_penalty": (0.0,), "frequency_penalty": (0.0,),
+                  "repetition_penalty": (1.0,), "repeat_penalty": (1.0,)}
+REPLY_BYTES = 4 << 20  # a reply may hold this much, plus per token:
+REPLY_BYTES_PER_TOKEN = 4096
+
+
+class ServedBackend:
+    """A model behind an OpenAI-compatible server; implements :class:`~evalkit.generation.base.Generator`."""
+
+    def __init__(self, config: SweepConfig, status=lambda msg: None):
+        mc = config.model
+        self._source = config.source
+        self.api = mc.api
+        self.model_id = mc.id
+        self.concurrency = mc.concurrency
+        key = api_key(config)
+        self.endpoint = Endpoint(mc.base_url, key, mc.timeout_s, mc.max_retries, mc.backoff_s)
+        self.path = "/chat/completions" if self.api == "chat" else "/completions"
+        started = time.perf_counter()
+        status(f"asking {mc.base_url} for its models")
+        listing = self._models(config)
+        self.sent: dict[str, Any] = {}  # optional knob -> value, set by check()
+        self.not_sent: dict[str, str] = {}  # optional knob -> why not
+        self.logprobs = 0  # top logprobs asked for per token (0: none)
+        self.info = ModelInfo(
+            backend="openai", id=mc.id, source="served", path=mc.base_url, device="server",
+            context_length=listing.get("max_model_len"), has_chat_template=self.api == "chat",
+            rng=f"the server's: one request per sample, seed = the sample's derived seed mod 2**31",
+            load_seconds=round(time.perf_counter() - started, 3),
+            server={"base_url": mc.base_url, "api": self.api, "listed": listing})
+
+    def _models(self, config: SweepConfig) -> dict[str, Any]:
+        """The served model's entry in GET /models; refuses an unreachable server or an unknown name."""
+        async def get():
+            async with self.endpoint.client(1) as client:
+                return await self.endpoint.call(client, "GET", "/models", retries=0)
+
+        try:
+            data = asyncio.run(get())
+        except ServerError as e:
+            raise self._start_error(e, config) from None
+        entries = [m for m in data.get("data", []) if isinstance(m, dict)] if isinstance(data.get("data"), list) else []
+        names = [str(m.get("id")) for m in entries]
+        if self.model_id not in names:
+            served = ", ".join(repr(n) for n in names[:20]) or "none"
+            raise ConfigError(f"{self.model_id!r} is not served by {self.endpoint.base_url} (served: {served})",
+                              source=config.source, path="model.id")
+        entry = entries[names.index(self.model_id)]
+        return {k: v for k, v in entry.items() if isinstance(v, (str, int, float, bool)) or v is None}
+
+    def _start_error(self, e: ServerError, config: SweepConfig) -> EvalkitError:
+        base = self.endpoint.base_url
+        if e.status in (401, 403):
+            env = config.model.api_key_env
+            hint = (f"is the key in ${env} right?" if env else
+                    "name the environment variable that holds the key in model.api_key_env")
+            return ConfigError(f"{base} refused the request ({e.status}): {hint}", source=config.source,
+                               path="model.api_key_env")
+        if e.status == 404:
+            return ConfigError(f"{base}/models does not exist (404): base_url should be the API root that has "
+                               "/models and /completions, e.g. http://127.0.0.1:8080/v1", source=config.source,
+                               path="model.base_url")
+        if e.status is None:
+            return ConfigError(f"{e} (is the server running?)", source=config.source, path="model.base_url")
+        return ConfigError(str(e), source=config.source, path="model.base_url")
+
+    # ------------------------------------------------------------------ prompts
+
+    def prepare(self, prompts: list[Prompt], *, chat_template: bool | str, system_prompt: str | None,
+                max_new_tokens: int) -> list[PreparedPrompt]:
+        """The prompt as sent: raw text (completions) or the messages (chat, as JSON); no local tokens."""
+        if self.api == "chat" and chat_template is False:
+            raise ConfigError("with model.api: chat the server applies its chat template; use model.api: completions "
+                              "to send raw text", source=self._source, path="prompts.chat_template")
+        if self.api == "completions" and chat_template is True:
+            raise ConfigError("with model.api: completions the server gets raw text; use model.api: chat for the "
+                              "server's chat template", source=self._source, path="prompts.chat_template")
+        out = []
+        for p in prompts:
+            if self.api == "chat":
+                rendered = json.dumps(p.chat(system_prompt), ensure_ascii=False)
+            else:
+                if p.messages is not None:
+                    raise ConfigError(f"prompt {p.id!r} is chat messages: use model.api: chat to send them",
+                                      source=self._source, path="prompts")
+                rendered = f"{system_prompt}\n\n{p.text}" if system_prompt else (p.text or "")
+            out.append(PreparedPrompt(prompt=p, rendered=rendered, token_ids=(), chat_template=self.api == "chat"))
+        return out
+
+    def check(self, settings: list[Setting], prompts: list[PreparedPrompt], *, logprobs: int = 0,
+              max_new_tokens: int = 0, status=lambda msg: None) -> None:
+        """Find which knobs the server takes and honours before any sample is made; refuse a server that
+        rejects or ignores one that the grid sets, or gives no logprobs when the metrics need them."""
+        from evalkit.generation.served_probe import probe
+
+        self.logprobs = logprobs
+        status(f"checking which sampling knobs {self.endpoint.base_url} honours")
+        found = probe(self, settings, prompts[0], logprobs=logprobs, source=self._source)
+        self.sent, self.not_sent = found.sent, found.not_sent
+        self.info.server.update(found.record())
+        identity = {"base_url": self.endpoint.base_url, "model": self.model_id, "api": self.api,
+                    "fingerprint": found.fingerprint, "sent": self.sent, "logprobs": logprobs}
+        self.info.endpoint_id = "served:" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+    # ------------------------------------------------------------------ requests
+
+    def body(self, prompt: PreparedPrompt, setting: Setting, seed: int, max_tokens: int,
+             stop: tuple[str, ...] = (), optional: dict[str, Any] | None = None, logprobs: int | None = None) -> dict:
+        """One request's body: the prompt, every sampling knob, the seed."""
+        body: dict[str, Any] = {"model": self.model_id}
+        if self.api == "chat":
+            body["messages"] = json.loads(prompt.rendered)
+        else:
+            body["prompt"] = prompt.rendered
+        body.update(self.knobs(setting, max_tokens, stop, optional))
+        body["seed"] = seed % SEED_MODULUS
+        logprobs = self.logprobs if logprobs is None else logprobs
+        if logprobs and self.api == "chat":
+            body.update(logprobs=True, top_logprobs=logprobs)
+        elif logprobs:
+            body["logprobs"] = logprobs
+        return body
+
+    def knobs(self, setting: Setting, max_tokens: int, stop: tuple[str, ...] = (),
+              optional: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The sampling fields of a request for ``setting`` (without prompt and seed)."""
+        out: dict[str, Any] = {"max_tokens": max_tokens, "temperature": setting.temperature, "top_p": setting.top_p,
+                               "n": 1, "stream": False}
+        if stop:
+            out["stop"] = list(stop)
+        for name, value in (self.sent if optional is None else optional).items():
+            out[name] = value
+        if setting.top_k:
+            out["top_k"] = setting.top_k
+        if setting.min_p:
+            out["min_p"] = setting.min_p
+        return out
+
+    def generation_params(self, setting: Setting, max_new_tokens: int) -> dict[str, Any]:
+        """Exactly what each request of ``setting`` carries besides its prompt and seed."""
+        return {"engine": "openai-compatible server", "endpoint": self.endpoint.base_url + self.path,
+                **self.knobs(setting, max_new_tokens), "seed": "the sample's derived seed mod 2**31",
+                **({"logprobs": self.logprobs} if self.logprobs else {})}
+
+    def batch_size(self, requested: int | str, prompts: list[PreparedPrompt], max_new_tokens: int) -> int:
+        return self.concurrency  # requests in flight
+
+    def reply_cap(self, max_tokens: int) -> int:
+        return REPLY_BYTES + max_tokens * REPLY_BYTES_PER_TOKEN
+
+    def generate(self, units: list[WorkUnit], *, max_new_tokens: int, batch_size: int | None = None,
+                 stop: tuple[str, ...] = (), progress: ProgressFn | None = None) -> Iterator[SampleRecord]:
+        """At most ``concurrency`` requests in flight; yields each sample as its reply arrives."""
+        loop = asyncio.new_event_loop()
+        client = self.endpoint.client(self.concurrency)
+        pending: set[asyncio.Task] = set()
+        todo = iter(units)
+        started, done, tokens, retries = time.perf_counter(), 0, 0, [0]
+        cap = self.reply_cap(max_new_tokens)
+
+        async def one(unit: WorkUnit) -> SampleRecord:
+            body = self.body(unit.prompt, unit.setting, unit.seed, max_new_tokens, stop)
+            try:
+                data = await self.endpoint.call(client, "POST", self.path, body, max_bytes=cap,
+                                                on_retry=lambda e: retries.__setitem__(0, retries[0] + 1))
+            except ServerError as e:
+                raise ServerError(f"prompt {unit.prompt.prompt.id!r}, setting {unit.setting.id}, sample "
+                                  f"{unit.sample_index}: {e}", e.status) from None
+            return self.record(unit, data, stop)
+
+        def fill() -> None:
+            while len(pending) < self.concurrency:
+                unit = next(todo, None)
+                if unit is None:
+                    return
+                pending.add(loop.create_task(one(unit)))
+
+        try:
+            fill()
+            while pending:
+                finished, _ = loop.run_until_complete(asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED))
+                pending.difference_update(finished)
+                for task in finished:
+                    record = task.result()
+                    done += 1
+                    tokens += record.num_tokens or 0
+                    yield record
+                fill()
+                if progress is not None:
+                    elapsed = max(time.perf_counter() - started, 1e-9)
+                    progress(done, f"{done / elapsed:.1f} req/s, {tokens / elapsed:.0f} tok/s"
+                             + (f", {retries[0]} retried" if retries[0] else ""))
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(client.aclose())
+            loop.close()
+
+    def record(self, unit: WorkUnit, data: dict, stop: tuple[str, ...]) -> SampleRecord:
+        """A sample from a reply; a reply that is not a completion is refused."""
+        choice = parse_choice(data, self.api, self.endpoint.base_url + self.path)
+        fingerprint = data.get("system_fingerprint")
+        expected = self.info.server.get("system_fingerprint")
+        if fingerprint and expected and fingerprint != expected:
+            raise EvalkitError(f"the server's system_fingerprint changed from {expected!r} to {fingerprint!r} during "
+                               "the run: its samples would mix two deployments")
+        text, finish = choice.text, choice.finish_reason
+        cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+        if cut >= 0:
+            text, finish = text[:cut], "stop"
+        elif finish == "stop":  # the server stopped: at a stop string (vLLM says which) or at the end of text
+            finish = "stop" if isinstance(choice.stop_reason, str) else "eos"
+        stats: dict[str, list] = {}
+        if self.logprobs and choice.logprobs is not None:
+            chosen, tops = choice.logprobs
+            stats["logprob_model"] = chosen
+            if self.logprobs > 1:
+                stats["entropy_model_top"] = [truncated_entropy(t, self.logprobs) for t in tops]
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        n_tokens = usage.get("completion_tokens")
+        if not isinstance(n_tokens, int):
+            n_tokens = len(choice.logprobs[0]) if choice.logprobs is not None else 0
+        return SampleRecord(unit=unit, text=text, finish_reason=finish, stats=stats, num_tokens=n_tokens)
+
+
+class Choice:
+    """The first choice of a completion reply: text, finish reason, and (chosen, top) logprobs per token."""
+
+    def __init__(self, text: str, finish_reason: str | None, stop_reason: Any,
+                 logprobs: tuple[list[float], list[list[float]]] | None):
+        self.text, self.finish_reason, self.stop_reason, self.logprobs = text, finish_reason, stop_reason, logprobs
+
+
+def parse_choice(data: dict, api: str, url: str) -> Choice:
+    try:
+        choice = data["choices"][0]
+        if api == "chat":
+            text = choice["message"].get("content") or ""
+            lp = choice.get("logprobs") or None
+            content = lp.get("content") if isinstance(lp, dict) else None
+            logprobs = None if content is None else (
+                [float(t["logprob"]) for t in content],
+                [[float(x["logprob"]) for x in (t.get("top_logprobs") or [])] for t in content])
+        else:
+            text = choice["text"]
+            lp = choice.get("logprobs") or None
+            logprobs = None if lp is None or lp.get("token_logprobs") is None else (
+                [float(v) for v in lp["token_logprobs"]],
+                [[float(v) for v in (t or {}).values()] for t in (lp.get("top_logprobs") or [])])
+        if not isinstance(text, str):
+            raise TypeError
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError):
+        raise ServerError(f"the reply from {url} is not a completion (no choices[0] with text)",
+                          retryable=True) from None
+    return Choice(text, choice.get("finish_reason"), choice.get("stop_reason"), logprobs)
+
+
+def truncated_entropy(top_logprobs: list[float], n: int) -> float:
+    """-sum p log p over the ``n`` most likely tokens (a lower bound of the entropy: the tail is left out)."""
+    best = sorted((v for v in top_logprobs if v > -math.inf), reverse=True)[:n]
+    return -sum(math.exp(v) * v for v in best)
+
+
+def plan_lines(config: SweepConfig, settings: list[Setting], prompts: list[Prompt], units: int) -> list[tuple[str, str]]:
+    """The cost of a served sweep before anything is sent (``evalkit run --plan``)."""
+    from evalkit.generation.served_probe import MAX_PROBE_REQUESTS, PROBE_TOKENS
+
+    system = len(config.prompts.system_prompt or "")
+    chars = sum(len(p.display) + system for p in prompts) * len(settings) * config.samples_per_prompt
+    return [("endpoint", f"{config.model.base_url} ({config.model.api}, model {config.model.id!r})"),
+            ("requests", f"{units} (one per sample), at most {config.model.concurrency} in flight"),
+            ("capability check", f"at most {MAX_PROBE_REQUESTS} requests of at most {PROBE_TOKENS} tokens, "
+                                 "and GET /models"),
+            ("completion tokens, at most", str(units * config.max_new_tokens + MAX_PROBE_REQUESTS * PROBE_TOKENS)),
+            ("prompt characters sent, about", str(chars))]
+
+
+def api_key(config: SweepConfig) -> str | None:
+    """The API key, from the environment variable that ``model.api_key_env`` names (never from the config)."""
+    name = config.model.api_key_env
+    if not name:
+        return None
+    key = os.environ.get(name)
+    if not key:
+        raise ConfigError(f"the environment variable {name} is not set (it should hold the API key)",
+                          source=config.source, path="model.api_key_env")
+    return key
+
+
+def check_model(config: SweepConfig) -> tuple[None, str]:
+    """Before connecting: the key's variable is set (the server itself is asked when the backend loads)."""
+    api_key(config)
+    return None, "server"
+
+
+def load(config: SweepConfig, source=None, device: str = "server", status=lambda msg: None) -> ServedBackend:
+    return ServedBackend(config, status=status)

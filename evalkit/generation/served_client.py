@@ -1,0 +1,155 @@
+"""HTTP to an OpenAI-compatible server: retries with backoff, a cap on a reply's size, one-line errors.
+
+evalkit speaks the protocol with httpx rather than the ``openai`` package: it must control every
+field of a request (``top_k``, ``min_p`` and the other knobs outside the OpenAI schema go in the body
+as they are), run its own bounded retries (429 and 5xx with ``Retry-After`` honoured, dropped
+connections, timeouts, garbled replies), cap how much of a reply it reads, and keep the raw reply
+(logprobs, ``system_fingerprint``). httpx does exactly that and is already installed with
+huggingface_hub.
+
+The API key is only ever put in the ``Authorization`` header: no message of this module contains
+it, and any copy of it in a server's reply is masked before the reply is quoted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import random
+import time
+from dataclasses import dataclass
+
+from evalkit.errors import EvalkitError
+
+RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+MAX_RETRY_AFTER_S = 600.0
+
+
+class ServerError(EvalkitError):
+    """The server failed a request for good (after retries, or a refusal that no retry can change)."""
+
+    def __init__(self, message: str, status: int | None = None, retryable: bool = False):
+        super().__init__(message)
+        self.status = status
+        self.retryable = retryable
+        self.retry_after: float | None = None  # seconds, from the reply's Retry-After header
+
+
+@dataclass
+class Endpoint:
+    base_url: str
+    api_key: str | None
+    timeout_s: float
+    max_retries: int
+    backoff_s: float
+
+    def headers(self) -> dict[str, str]:
+        h = {"Content-Type": "application/json", "Accept": "application/json", "User-Agent": "evalkit"}
+        if self.api_key:
+            h["Authorization"] = f"Bearer {self.api_key}"
+        return h
+
+    def client(self, connections: int):
+        import httpx
+
+        return httpx.AsyncClient(headers=self.headers(), timeout=httpx.Timeout(self.timeout_s),
+                                 limits=httpx.Limits(max_connections=connections,
+                                                     max_keepalive_connections=connections),
+                                 follow_redirects=False, trust_env=False)
+
+    def masked(self, text: str) -> str:
+        """``text`` with the API key masked, squeezed to one line of at most 200 characters."""
+        if self.api_key:
+            text = text.replace(self.api_key, "***")
+        text = " ".join(text.split())
+        return text if len(text) <= 200 else text[:197] + "..."
+
+    async def call(self, client, method: str, path: str, body: dict | None = None, *, max_bytes: int = 8 << 20,
+                   retries: int | None = None, on_retry=None, final: frozenset[int] = frozenset()) -> dict:
+        """The JSON reply of one request, retried on transient failures (not on the statuses in ``final``);
+        raises :class:`ServerError`."""
+        retries = self.max_retries if retries is None else retries
+        attempt = 0
+        while True:
+            try:
+                return await asyncio.wait_for(self._once(client, method, path, body, max_bytes), self.timeout_s)
+            except (ServerError, asyncio.TimeoutError) as e:
+                if isinstance(e, asyncio.TimeoutError):
+                    e = ServerError(f"no reply from {self.base_url}{path} within {self.timeout_s:g} s "
+                                    "(model.timeout_s)", retryable=True)
+                if not e.retryable or attempt >= retries or e.status in final:
+                    if attempt:
+                        raise ServerError(f"{e} (after {attempt} retr{'y' if attempt == 1 else 'ies'})", e.status)
+                    raise e
+                wait = e.retry_after
+                if wait is None:
+                    wait = self.backoff_s * (2 ** attempt) * (1 + 0.1 * random.random())
+                attempt += 1
+                if on_retry is not None:
+                    on_retry(e)
+                await asyncio.sleep(wait)
+
+    async def _once(self, client, method: str, path: str, body: dict | None, max_bytes: int) -> dict:
+        import httpx
+
+        url = self.base_url + path
+        try:
+            async with client.stream(method, url, json=body) as response:
+                chunks, size = [], 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise ServerError(f"the reply to {method} {url} is larger than {max_bytes >> 20} MiB; "
+                                          "evalkit stops reading it", response.status_code)
+                    chunks.append(chunk)
+                raw = b"".join(chunks)
+        except httpx.TransportError as e:
+            what = {httpx.ConnectError: "connection refused or host unreachable",
+                    httpx.ConnectTimeout: "connection timed out"}.get(type(e), f"connection dropped ({type(e).__name__})")
+            raise ServerError(f"cannot reach {url}: {what}", retryable=True) from None
+        status = response.status_code
+        if status >= 400:
+            error = ServerError(f"{method} {url} failed: {status} {response.reason_phrase}"
+                                + (f": {self.masked(_error_text(raw))}" if raw.strip() else ""), status,
+                                retryable=status in RETRY_STATUS or status >= 500)
+            error.retry_after = _retry_after(response.headers.get("retry-after"))
+            raise error
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise ServerError(f"the reply to {method} {url} is not JSON ({len(raw)} bytes: "
+                              f"{self.masked(raw[:80].decode('utf-8', 'replace'))!r})", status, retryable=True) from None
+        if not isinstance(data, dict):
+            raise ServerError(f"the reply to {method} {url} is JSON but not an object", status, retryable=True)
+        return data
+
+
+def _error_text(raw: bytes) -> str:
+    """The message of an error reply: OpenAI's {"error": {"message": ...}}, FastAPI's {"detail": ...}, or the text."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return raw[:300].decode("utf-8", "replace")
+    if isinstance(data, dict):
+        err = data.get("error", data.get("detail", data.get("message")))
+        if isinstance(err, dict):
+            err = err.get("message", err)
+        if err is not None:
+            return err if isinstance(err, str) else json.dumps(err)[:300]
+    return json.dumps(data)[:300]
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delay seconds or an HTTP date), capped; None if absent or bad."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - time.time()
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)

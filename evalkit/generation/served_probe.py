@@ -1,0 +1,175 @@
+"""The capability check of a served model: a few short requests before any sample is made.
+
+1. One request (one token) with every optional knob at its neutral value, and logprobs when the metrics
+   need them. If the server refuses it (400/422), one request per knob finds those it rejects: they are
+   not sent (the server has no such knob, so no default of it can shape a sample), unless the grid sets
+   one, which is refused. Logprobs that the metrics need and the server does not give are refused too.
+2. When the grid samples: ``PROBE_SEEDS`` requests at temperature 2 with different seeds must give at
+   least two texts (else the server ignores temperature or seed: refused), and the first seed sent again
+   must give the first text again (recorded as ``seed_reproducible``; a hosted API may not promise it).
+3. For each knob the grid sets away from neutral, ``PROBE_SEEDS`` requests at temperature 2 with the knob
+   at an extreme that leaves only the most likely token (top_k 1, top_p 0.001, min_p 0.999; temperature
+   0 for a greedy setting) must all give one text. A server that gives several ignores the knob: refused.
+
+At most ``MAX_PROBE_REQUESTS`` requests of at most ``PROBE_TOKENS`` tokens. A refusal there (400, 422, or the
+500 that llama-cpp-python answers a validation error with) is not retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from evalkit.errors import ConfigError
+from evalkit.generation.base import PreparedPrompt
+from evalkit.generation.served_client import ServerError
+from evalkit.settings import Setting
+
+PROBE_SEEDS = 6
+PROBE_TOKENS = 8
+PROBE_TEMPERATURE = 2.0
+# the knob's value that leaves only the most likely token (a server that honours it decodes greedily)
+EXTREMES = {"temperature": {"temperature": 0.0}, "top_k": {"top_k": 1}, "top_p": {"top_p": 0.001},
+            "min_p": {"min_p": 0.999}}
+# how a server refuses a field it does not take: 400 or 422, or 500 (llama-cpp-python's validation errors)
+REFUSED = frozenset({400, 422, 500})
+MAX_PROBE_REQUESTS = 3 + 7 + PROBE_SEEDS + 1 + len(EXTREMES) * PROBE_SEEDS
+
+
+@dataclass
+class Found:
+    sent: dict[str, Any]  # optional knob -> the neutral value sent with every request
+    not_sent: dict[str, str] = field(default_factory=dict)  # optional knob -> why it is not sent
+    honoured: list[str] = field(default_factory=list)  # knobs the grid sets, checked to work
+    fingerprint: str | None = None
+    reported_model: str | None = None
+    seed_reproducible: bool | None = None
+    requests: int = 0
+
+    def record(self) -> dict[str, Any]:
+        """What the manifest keeps of the check (ModelInfo.server)."""
+        return {"sent_with_every_request": self.sent, "not_sent": self.not_sent, "honoured": self.honoured,
+                "system_fingerprint": self.fingerprint, "reported_model": self.reported_model,
+                "seed_reproducible": self.seed_reproducible, "probe_requests": self.requests}
+
+
+def grid_sets(settings: list[Setting]) -> list[str]:
+    """The knobs that some setting of the grid sets away from their neutral value."""
+    out = []
+    if any(s.greedy for s in settings):
+        out.append("temperature")
+    sampled = [s for s in settings if not s.greedy]
+    out += [k for k, on in (("top_k", any(s.top_k for s in sampled)), ("top_p", any(s.top_p < 1 for s in sampled)),
+                            ("min_p", any(s.min_p for s in sampled))) if on]
+    return out
+
+
+def probe(backend, settings: list[Setting], prompt: PreparedPrompt, *, logprobs: int, source: str | None) -> Found:
+    return asyncio.run(_probe(backend, settings, prompt, logprobs, source))
+
+
+async def _probe(backend, settings: list[Setting], prompt: PreparedPrompt, logprobs: int, source: str | None) -> Found:
+    from evalkit.generation.served import OPTIONAL_KNOBS, parse_choice
+
+    base = backend.endpoint.base_url
+    url = base + backend.path
+
+    def refuse(message: str) -> ConfigError:
+        return ConfigError(message, source=source, path="model")
+
+    found = Found(sent={})
+    async with backend.endpoint.client(backend.concurrency) as client:
+        async def send(setting: Setting, seed: int, optional: dict, lp: int = 0, tokens: int = PROBE_TOKENS,
+                       final: frozenset[int] = frozenset()) -> dict:
+            found.requests += 1
+            body = backend.body(prompt, setting, seed, tokens, optional=optional, logprobs=lp)
+            return await backend.endpoint.call(client, "POST", backend.path, body, max_bytes=backend.reply_cap(tokens),
+                                               final=final)
+
+        async def texts(setting: Setting, seeds, final: frozenset[int] = frozenset()) -> list[str]:
+            replies = await asyncio.gather(*(send(setting, s, found.sent, final=final) for s in seeds))
+            return [parse_choice(r, backend.api, url).text for r in replies]
+
+        neutral = Setting()
+        everything = {k: values[0] for k, values in OPTIONAL_KNOBS.items()}
+        try:
+            try:
+                first = await send(neutral, 1, everything, lp=logprobs, tokens=1, final=REFUSED)
+                found.sent = everything
+            except ServerError as e:
+                if e.status not in REFUSED:
+                    raise
+                first = await _bare(send, neutral, logprobs, refuse, base)
+                found.sent, found.not_sent = await _accepted(send, neutral, OPTIONAL_KNOBS)
+            found.fingerprint = first.get("system_fingerprint")
+            found.reported_model = first.get("model")
+            required = grid_sets(settings)
+            if logprobs:
+                choice = parse_choice(first, backend.api, url)
+                if choice.logprobs is None or not choice.logprobs[0]:
+                    raise refuse(f"{base} returns no logprobs, which the metrics need (nll, perplexity, "
+                                 "token_entropy with top=N)")
+                if logprobs > 1 and min(len(t) for t in choice.logprobs[1]) < logprobs:
+                    got = min(len(t) for t in choice.logprobs[1])
+                    raise refuse(f"{base} returns {got} top logprobs per token, fewer than the {logprobs} that "
+                                 f"token_entropy[top={logprobs}] needs")
+            if any(not s.greedy for s in settings):
+                hot = Setting(temperature=PROBE_TEMPERATURE)
+                seen = await texts(hot, [*range(1, PROBE_SEEDS + 1), 1])
+                if len(set(seen[:PROBE_SEEDS])) < 2:
+                    raise refuse(f"{base} does not sample: {PROBE_SEEDS} requests at temperature "
+                                 f"{PROBE_TEMPERATURE:g} with different seeds gave one text (does it ignore "
+                                 "temperature or seed?)")
+                found.seed_reproducible = seen[-1] == seen[0]
+            for knob in required:
+                extreme = EXTREMES[knob]
+                setting = Setting(**{"temperature": PROBE_TEMPERATURE, **extreme})
+                (name, value), = extreme.items()
+                try:
+                    seen = await texts(setting, range(1, PROBE_SEEDS + 1), final=REFUSED)
+                except ServerError as e:
+                    if e.status not in REFUSED:
+                        raise
+                    raise refuse(f"{base} rejects {name}={value:g} ({e}), and the grid sets {knob}") from None
+                if len(set(seen)) > 1:
+                    raise refuse(f"{base} ignores {knob}: {PROBE_SEEDS} requests with {name}={value:g} gave "
+                                 f"{len(set(seen))} different texts, and the grid sets {knob}")
+                found.honoured.append(knob)
+        except ServerError as e:
+            raise refuse(f"the capability check failed: {e}") from None
+    return found
+
+
+async def _accepted(send, neutral: Setting, knobs: dict[str, tuple]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Each optional knob's first neutral value that the server takes alone; why not, for the others."""
+    async def one(knob: str, values: tuple) -> tuple[Any, str | None]:
+        why = None
+        for value in values:
+            try:
+                await send(neutral, 1, {knob: value}, tokens=1, final=REFUSED)
+                return value, None
+            except ServerError as e:
+                if e.status not in REFUSED:
+                    raise
+                why = f"rejected {knob}={value!r} ({e.status})"
+        return None, why
+
+    results = await asyncio.gather(*(one(k, v) for k, v in knobs.items()))
+    sent = {k: value for k, (value, why) in zip(knobs, results) if why is None}
+    return sent, {k: why for k, (value, why) in zip(knobs, results) if why is not None}
+
+
+async def _bare(send, neutral: Setting, logprobs: int, refuse, base: str) -> dict:
+    """A request with no optional knob; refuses a server that takes not even that (or not its logprobs)."""
+    try:
+        return await send(neutral, 1, {}, lp=logprobs, tokens=1, final=REFUSED)
+    except ServerError as e:
+        if not logprobs or e.status not in REFUSED:
+            raise refuse(f"{base} refuses a plain request: {e}") from None
+    try:
+        await send(neutral, 1, {}, tokens=1, final=REFUSED)
+    except ServerError as e:
+        raise refuse(f"{base} refuses a plain request: {e}") from None
+    raise refuse(f"{base} rejects logprobs={logprobs}, which the metrics need (nll, perplexity, token_entropy with "
+                 "top=N)")

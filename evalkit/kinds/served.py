@@ -1,0 +1,32 @@
+"""Served text sweeps: a model behind an OpenAI-compatible server samples every prompt under every
+setting, one request per sample. A run of this kind is a text run (its manifest says ``text``); its
+samples carry no token ids (the server's tokenizer is not evalkit's) and only the token statistics the
+server's logprobs give (see :mod:`evalkit.generation.served`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from evalkit.config import SweepConfig
+from evalkit.generation.base import PreparedPrompt, WorkUnit
+from evalkit.kinds.base import RunKind
+from evalkit.rundir.columns import COLUMNS
+from evalkit.rundir.writer import RunWriter
+from evalkit.scoring.metric import SERVED_NEEDS
+
+
+@dataclass(frozen=True)
+class Served(RunKind):
+    def prompt_line(self, p: PreparedPrompt, writer: RunWriter) -> dict[str, Any]:
+        """The prompt as sent (raw text, or the chat messages as JSON); its tokens are the server's."""
+        return {"id": p.prompt.id, "prompt": p.prompt.display, "rendered": p.rendered, "n_tokens": None,
+                "chat_template": p.chat_template}
+
+    def decides(self, unit: WorkUnit, config: SweepConfig, eos: list[int]) -> list:
+        """No local token ids: the prompt as sent is part of the key (the endpoint, model, server fingerprint
+        and the knobs sent with every request are in the model id of the key)."""
+        return [config.max_new_tokens, list(config.stop), unit.prompt.rendered]
+
+
+SERVED = Served(name="text", what="a served-model sweep", columns=tuple(COLUMNS["text"]), needs=SERVED_NEEDS)
