@@ -138,3 +138,53 @@ def tiny_vlms(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("tiny-vlm")
     return {name: getattr(tiny_vlm, f"build_tiny_{name}")(folder / name)
             for name in ("llava", "idefics3", "qwen2_vl", "qwen2_5_vl")}
+
+
+API_KEY_ENV = "EVALKIT_TEST_API_KEY"  # the served-model tests' key lives here (a sentinel: grepped for later)
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory):
+    """llama.cpp's server on 127.0.0.1 serving the embedded GGUF, with a sentinel API key; always stopped."""
+    import os
+    import uuid
+
+    from served_helpers import LlamaServer, require_llama_cpp
+
+    require_llama_cpp()
+    key = f"sk-evalkit-sentinel-{uuid.uuid4().hex}"
+    server = LlamaServer(tmp_path_factory.mktemp("llama-server"), key).start()
+    old = os.environ.get(API_KEY_ENV)
+    os.environ[API_KEY_ENV] = key
+    try:
+        yield server
+    finally:
+        server.stop()
+        if old is None:
+            os.environ.pop(API_KEY_ENV, None)
+        else:
+            os.environ[API_KEY_ENV] = old
+
+
+def served_config(base_url: str, output_dir: Path, **extra) -> dict:
+    """A small sweep of the served SmolLM2 (2 prompts x 2 settings x 2 samples)."""
+    config = {
+        "name": "served",
+        "model": {"backend": "openai", "base_url": base_url, "id": "smollm2", "api_key_env": API_KEY_ENV,
+                  "concurrency": 4, "max_retries": 2, "backoff_s": 0.05, "timeout_s": 60},
+        "prompts": [{"id": "story", "prompt": "Once upon a time, in a lighthouse,"},
+                    {"id": "cook", "prompt": "One tip for learning to cook:"}],
+        "grid": {"temperature": [0.8, 1.2]},
+        "samples_per_prompt": 2,
+        "max_new_tokens": 12,
+        "seed": 3,
+        "metrics": ["distinct_1", "nll"],
+        "output_dir": str(output_dir),
+        "report": False,
+    }
+    for key, value in extra.items():
+        if key == "model":
+            config["model"] = {**config["model"], **value}
+        else:
+            config[key] = value
+    return config

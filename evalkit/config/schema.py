@@ -79,6 +79,10 @@ class ModelConfig(_Strict):
             raise ValueError("api_key_env names an environment variable (letters, digits, _), not the key itself")
         return v
 
+    def _changed(self, name: str) -> bool:
+        """Whether a field was given a value other than its default (a resolved config lists every field)."""
+        return name in self.model_fields_set and getattr(self, name) != type(self).model_fields[name].default
+
     @model_validator(mode="after")
     def _served_or_local(self) -> ModelConfig:
         if self.backend == "openai":
@@ -88,12 +92,12 @@ class ModelConfig(_Strict):
             if self.id == "default":
                 raise ValueError("id: an openai model names the served model (GET /models lists them), "
                                  "got 'default'")
-            local = [f for f in LOCAL_MODEL_FIELDS if f in self.model_fields_set]
+            local = [f for f in LOCAL_MODEL_FIELDS if self._changed(f)]
             if local:
                 raise ValueError(f"{local[0]}: a served model (backend openai) is loaded by its server, not by "
                                  f"evalkit; remove {local[0]}, got {getattr(self, local[0])!r}")
         else:
-            served = [f for f in SERVED_MODEL_FIELDS if f in self.model_fields_set]
+            served = [f for f in SERVED_MODEL_FIELDS if self._changed(f)]
             if served:
                 raise ValueError(f"{served[0]}: only a served model (backend openai) has {served[0]}; "
                                  f"this one is backend {self.backend!r}, got {served[0]} set")

@@ -1,0 +1,220 @@
+"""Real servers for the served-model tests, on 127.0.0.1 only: llama.cpp's server (llama-cpp-python)
+serving the embedded SmolLM2 GGUF, and a small proxy in front of it that forwards every request
+and, when a test's script says so, answers instead: 429 with Retry-After, 5xx, a dropped connection,
+a reply that is not JSON, is cut short or is huge, a slow reply, or a request with a field removed."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+MODEL_ALIAS = "smollm2"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def require_llama_cpp() -> None:
+    """Skip without llama-cpp-python[server], unless EVALKIT_REQUIRE_SERVED=1 (CI), where it must be there."""
+    try:
+        import llama_cpp.server  # noqa: F401
+    except ImportError as e:
+        if os.environ.get("EVALKIT_REQUIRE_SERVED") == "1":
+            raise RuntimeError(f"EVALKIT_REQUIRE_SERVED=1 but llama-cpp-python[server] is missing: {e}") from None
+        pytest.skip("llama-cpp-python[server] is not installed")
+
+
+class LlamaServer:
+    """``python -m llama_cpp.server`` on 127.0.0.1 with an API key; started, waited for, always stopped."""
+
+    def __init__(self, log_dir: Path, api_key: str, port: int | None = None):
+        from evalkit.generation.gguf import default_gguf_path
+
+        self.model = default_gguf_path()
+        self.port = port or free_port()
+        self.api_key = api_key
+        self.log_dir = log_dir
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self, timeout: float = 120.0) -> LlamaServer:
+        log = open(self.log_dir / f"llama-server-{self.port}.log", "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model), "--model_alias", MODEL_ALIAS,
+             "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "1024", "--n_threads", "2",
+             "--api_key", self.api_key],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "NO_PROXY": "*"})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"llama.cpp server exited with {self.process.returncode}; see {log.name}")
+            try:
+                request = urllib.request.Request(self.base_url + "/models",
+                                                 headers={"Authorization": f"Bearer {self.api_key}"})
+                with urllib.request.urlopen(request, timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.25)
+        self.stop()
+        raise RuntimeError("llama.cpp server did not become ready")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.process = None
+
+    def kill(self) -> None:
+        """As a crash: SIGKILL, no goodbye."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
+
+    def complete(self, body: dict) -> dict:
+        """One request straight to the server (what a test compares evalkit's samples with)."""
+        request = urllib.request.Request(self.base_url + "/completions", data=json.dumps(body).encode(),
+                                         headers={"Authorization": f"Bearer {self.api_key}",
+                                                  "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as r:
+            return json.loads(r.read())
+
+
+class FaultProxy:
+    """Forwards to ``upstream`` (host, port); ``script(n, method, path, body)`` may return an action for
+    the n-th request (counted from 1): ("status", code, headers), "disconnect", "garbage", "truncated",
+    "huge", ("slow", seconds), ("drop", field) or ("reject", field). Every request is logged."""
+
+    def __init__(self, upstream_port: int, script=None):
+        self.upstream_port = upstream_port
+        self.script = script or (lambda n, method, path, body: None)
+        self.log: list[tuple[int, str, str, dict | None, object]] = []
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                self._handle("GET")
+
+            def do_POST(self):
+                self._handle("POST")
+
+            def _handle(self, method: str):
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                body = json.loads(raw) if raw else None
+                with proxy.lock:
+                    n = len(proxy.log) + 1
+                    action = proxy.script(n, method, self.path, body)
+                    proxy.log.append((n, method, self.path, body, action))
+                kind = action[0] if isinstance(action, tuple) else action
+                if kind == "status":
+                    _, code, headers = action
+                    self._reply(code, json.dumps({"error": {"message": f"injected {code}"}}).encode(), headers)
+                elif kind == "disconnect":
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                elif kind == "garbage":
+                    self._reply(200, b"<html>502 proxy trouble</html>", {"Content-Type": "text/html"})
+                elif kind == "huge":
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(256 << 20))
+                    self.end_headers()
+                    try:
+                        chunk = b"x" * (1 << 20)
+                        for _ in range(256):
+                            self.wfile.write(chunk)
+                    except OSError:
+                        pass
+                    self.close_connection = True
+                else:
+                    if kind == "slow":
+                        time.sleep(action[1])
+                    if kind == "drop":
+                        body = {k: v for k, v in body.items() if k != action[1]}
+                    if kind == "reject" and body and action[1] in body:
+                        self._reply(400, json.dumps({"error": {"message": f"unknown field {action[1]}"}}).encode())
+                        return
+                    status, headers, payload = proxy.forward(method, self.path, body, self.headers)
+                    if kind == "truncated":
+                        self.send_response(status)
+                        self.send_header("Content-Type", "application/json")
+                        self.send_header("Content-Length", str(len(payload)))
+                        self.end_headers()
+                        self.wfile.write(payload[: len(payload) // 2])
+                        self.close_connection = True
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                        return
+                    self._reply(status, payload, headers)
+
+            def _reply(self, code: int, payload: bytes, headers: dict | None = None):
+                self.send_response(code)
+                for k, v in {"Content-Type": "application/json", **(headers or {})}.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address):
+                pass  # a client that hung up (evalkit cancelling requests after a failure) is not news
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def forward(self, method: str, path: str, body: dict | None, headers) -> tuple[int, dict, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=120)
+        try:
+            send = {k: headers[k] for k in ("Authorization", "Content-Type") if headers.get(k)}
+            conn.request(method, path, body=json.dumps(body).encode() if body is not None else None, headers=send)
+            r = conn.getresponse()
+            return r.status, {"Content-Type": r.getheader("Content-Type", "application/json")}, r.read()
+        except OSError:
+            return 502, {}, json.dumps({"error": {"message": "upstream is down"}}).encode()
+        finally:
+            conn.close()
+
+    def posts(self) -> list:
+        return [entry for entry in self.log if entry[1] == "POST"]
+
+    def __enter__(self) -> FaultProxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,343 @@
+"""Served models (backend openai) against a real llama.cpp server on 127.0.0.1, started and stopped by
+the tests, with a fault-injecting proxy in front of it where a test needs faults (see served_helpers)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import evalkit
+from evalkit.cli import app
+from evalkit.config import config_from_dict
+from evalkit.errors import EvalkitError
+
+from conftest import served_config
+from served_helpers import FaultProxy, LlamaServer, free_port
+
+SEED_MODULUS = 2**31
+
+
+def sweep(config: dict, cache: bool = False, resume: Path | None = None) -> evalkit.Run:
+    if resume is not None:
+        return evalkit.run_sweep(None, resume=resume, progress=False, cache=cache)
+    return evalkit.run_sweep(config_from_dict(config), progress=False, cache=cache)
+
+
+def texts(run) -> dict[tuple[str, str, int], str]:
+    return {(r.prompt_id, r.setting_id, int(r.sample_index)): r.text for r in run.samples.itertuples()}
+
+
+def sample_posts(proxy: FaultProxy, max_tokens: int) -> list[dict]:
+    """The bodies of the requests that made samples (the capability check's are shorter)."""
+    return [body for _, _, path, body, _ in proxy.posts() if body and body.get("max_tokens") == max_tokens]
+
+
+@pytest.fixture(scope="module")
+def reference(llama_server, tmp_path_factory):
+    """The small sweep run straight against the server: what every faulty path must still give."""
+    return sweep(served_config(llama_server.base_url, tmp_path_factory.mktemp("reference")))
+
+
+def test_every_knob_and_a_seed_per_sample_are_sent_and_recorded(llama_server, tmp_path):
+    config = served_config("", tmp_path / "runs", grid={"temperature": [0.8], "top_k": [0, 20], "min_p": [0.0, 0.1]},
+                           metrics=["distinct_1", "nll", "perplexity", {"name": "token_entropy", "top": 5}])
+    with FaultProxy(llama_server.port) as proxy:
+        config["model"]["base_url"] = proxy.base_url
+        run = sweep(config)
+    samples = run.samples
+    assert len(samples) == 2 * 4 * 2 and (samples["text"].str.len() > 0).sum() >= 14
+    bodies = sample_posts(proxy, 12)
+    assert len(bodies) == len(samples)
+    # one request per sample, each with the sample's own derived seed: never one seed for every repeat
+    assert sorted(b["seed"] for b in bodies) == sorted(int(s) % SEED_MODULUS for s in samples["seed"])
+    assert len({b["seed"] for b in bodies}) == len(bodies)
+    for b in bodies:
+        assert b["n"] == 1 and b["temperature"] == 0.8 and b["top_p"] == 1.0 and b["logprobs"] == 5
+        assert b["top_k"] in (0, 20) and b["min_p"] in (0.0, 0.1)  # 0 switches llama.cpp's default top_k 40 off
+        assert b["repeat_penalty"] == 1.0  # llama.cpp's default is 1.1
+    # a sample is exactly the server's answer to its request
+    row = samples.iloc[5]
+    body = next(b for b in bodies if b["seed"] == int(row["seed"]) % SEED_MODULUS)
+    direct = llama_server.complete(body)["choices"][0]
+    assert direct["text"] == row["text"]
+    assert list(row["logprob_model"]) == pytest.approx(direct["logprobs"]["token_logprobs"])
+    assert len(row["entropy_model_top"]) == int(row["num_new_tokens"]) == len(row["logprob_model"])
+    tops = [sorted(t.values(), reverse=True)[:5] for t in direct["logprobs"]["top_logprobs"]]
+    assert list(row["entropy_model_top"]) == pytest.approx([-sum(math.exp(v) * v for v in t) for t in tops])
+    assert list(row["token_ids"]) == [] and list(row["entropy_model"]) == []  # never made up
+    m = run.manifest
+    assert m.model["backend"] == "openai" and m.model["server"]["reported_model"] == "smollm2"
+    assert m.model["server"]["sent_with_every_request"]["top_k"] == 0
+    assert m.model["server"]["honoured"] == ["top_k", "min_p"] and m.model["server"]["seed_reproducible"] is True
+    generation = {s.id: s.generation for s in m.settings}
+    assert generation["t0.8-p1-k20-m0.1"]["top_k"] == 20 and generation["t0.8-p1"]["min_p"] == 0.0
+    ids = set(run.scores["metric"])
+    assert {"nll[dist=model]", "token_entropy[dist=model,top=5]"} <= ids
+
+
+def test_same_seed_same_samples_whatever_else_the_grid_holds(llama_server, reference, tmp_path):
+    again = sweep(served_config(llama_server.base_url, tmp_path / "again"))
+    assert texts(again) == texts(reference)
+    wider = sweep(served_config(llama_server.base_url, tmp_path / "wider", grid={"temperature": [0.5, 0.8, 1.2]}))
+    shared = {k: v for k, v in texts(wider).items() if k[1] != "t0.5-p1"}
+    assert shared == texts(reference)
+    other_seed = sweep(served_config(llama_server.base_url, tmp_path / "seed", seed=4))
+    assert texts(other_seed) != texts(reference)
+
+
+def test_first_token_frequencies_match_the_servers_own_logprobs(llama_server, tmp_path):
+    from scipy.stats import chisquare
+
+    prompt = "The colour of the sky is"
+    config = served_config(llama_server.base_url, tmp_path / "runs", prompts=[{"id": "sky", "prompt": prompt}],
+                           grid={"temperature": [1.0], "top_k": [4]}, samples_per_prompt=240, max_new_tokens=1,
+                           metrics=["distinct_1"])
+    run = sweep(config)
+    top = llama_server.complete({"model": "smollm2", "prompt": prompt, "max_tokens": 1, "logprobs": 4,
+                                 "temperature": 0.0})["choices"][0]["logprobs"]["top_logprobs"][0]
+    tokens = sorted(top, key=top.get, reverse=True)[:4]
+    weights = [math.exp(top[t]) for t in tokens]
+    counts = run.samples["text"].value_counts()
+    assert set(counts.index) <= set(tokens)  # top_k=4: nothing outside the 4 most likely tokens
+    observed = [int(counts.get(t, 0)) for t in tokens]
+    expected = [len(run.samples) * w / sum(weights) for w in weights]
+    assert chisquare(observed, expected).pvalue > 1e-3, (observed, expected)
+
+
+def test_chat_api_sends_messages_and_the_server_applies_its_template(llama_server, tmp_path):
+    config = served_config("", tmp_path / "runs", model={"api": "chat"},
+                           prompts={"items": [{"id": "q", "messages": [{"role": "user", "content": "Name a colour."}]}],
+                                    "system_prompt": "Answer in one word."}, metrics=["distinct_1", "nll"])
+    with FaultProxy(llama_server.port) as proxy:
+        config["model"]["base_url"] = proxy.base_url
+        run = sweep(config)
+    bodies = sample_posts(proxy, 12)
+    assert bodies and all(b["messages"][0] == {"role": "system", "content": "Answer in one word."} for b in bodies)
+    assert all(b["logprobs"] is True and b["top_logprobs"] == 1 for b in bodies)
+    assert all(p.endswith("/v1/chat/completions") for _, _, p, _, _ in proxy.posts())
+    assert (run.samples["text"].str.len() > 0).all()
+    assert all(len(lp) == n for lp, n in zip(run.samples["logprob_model"], run.samples["num_new_tokens"]))
+
+
+def test_sample_cache_is_keyed_by_the_endpoint(llama_server, reference, tmp_path):
+    first = sweep(served_config(llama_server.base_url, tmp_path / "a"), cache=True)
+    second = sweep(served_config(llama_server.base_url, tmp_path / "b"), cache=True)
+    assert second.manifest.samples_reused["from_cache"] == len(second.samples) == 8
+    assert texts(second) == texts(first) == texts(reference)
+    with FaultProxy(llama_server.port) as proxy:  # the same server at another address: another endpoint
+        third = sweep(served_config(proxy.base_url, tmp_path / "c"), cache=True)
+    assert third.manifest.samples_reused["generated"] == 8 and len(sample_posts(proxy, 12)) == 8
+    assert texts(third) == texts(reference)
+
+
+def test_a_server_killed_mid_run_leaves_a_run_that_resumes_to_the_same_samples(llama_server, reference, tmp_path):
+    own = LlamaServer(tmp_path, llama_server.api_key).start()
+    try:
+        def kill_on_the_fifth_sample(n, method, path, body):
+            if body and body.get("max_tokens") == 12 and sum(
+                    1 for e in proxy.posts() if e[3] and e[3].get("max_tokens") == 12) == 4:
+                own.kill()
+            return None
+
+        with FaultProxy(own.port, kill_on_the_fifth_sample) as proxy:
+            config = served_config(proxy.base_url, tmp_path / "runs", model={"concurrency": 1, "max_retries": 1})
+            with pytest.raises(EvalkitError, match=r"prompt '\w+', setting t[\d.]+-p1, sample \d: .*502"):
+                sweep(config)
+            run_dir = next((tmp_path / "runs").glob("2*"))
+            failed = evalkit.load_run(run_dir)
+            assert failed.manifest.status == "failed"
+            own.start()  # the server comes back
+            resumed = sweep({}, resume=run_dir)
+        assert resumed.manifest.status == "complete"
+        assert resumed.manifest.samples_reused["from_parts"] == 4
+        assert resumed.manifest.samples_reused["generated"] == 4
+        assert texts(resumed) == texts(reference)
+    finally:
+        own.stop()
+
+
+# request 1 is GET /models, 2-9 the capability check's, then the samples'
+RECOVERABLE = {
+    "429 with Retry-After": lambda n: ("status", 429, {"Retry-After": "1"}) if n in (12, 13) else None,
+    "5xx burst": lambda n: ("status", 503 if n % 2 else 500, {}) if n in (12, 13, 14) else None,
+    "dropped connection": lambda n: "disconnect" if n in (12, 16) else None,
+    "reply not JSON": lambda n: "garbage" if n == 13 else None,
+    "reply cut short": lambda n: "truncated" if n == 14 else None,
+}
+
+
+@pytest.mark.parametrize("fault", list(RECOVERABLE))
+def test_transient_faults_are_retried_and_change_no_sample(llama_server, reference, tmp_path, fault):
+    rule = RECOVERABLE[fault]
+    with FaultProxy(llama_server.port, lambda n, method, path, body: rule(n)) as proxy:
+        run = sweep(served_config(proxy.base_url, tmp_path / "runs"))
+    assert texts(run) == texts(reference)
+    assert any(action is not None for *_, action in proxy.log)
+
+
+FATAL = {
+    "always 503": (lambda n: ("status", 503, {}) if n >= 10 else None, {},
+                   r"503 Service Unavailable: injected 503 \(after 2 retries\)"),
+    "never JSON": (lambda n: "garbage" if n >= 10 else None, {}, r"is not JSON \(30 bytes: '<html>502 proxy"),
+    "huge reply": (lambda n: "huge" if n >= 10 else None, {}, r"is larger than \d+ MiB"),
+    "timeout": (lambda n: ("slow", 8) if n >= 10 else None, {"timeout_s": 5, "max_retries": 1},
+                r"no reply from http://127\.0\.0\.1:\d+/v1/completions within 5 s \(model\.timeout_s\) "
+                r"\(after 1 retry\)"),
+}
+
+
+@pytest.mark.parametrize("fault", list(FATAL))
+def test_lasting_faults_stop_with_one_line(llama_server, tmp_path, fault, write_config):
+    rule, model, message = FATAL[fault]
+    with FaultProxy(llama_server.port, lambda n, method, path, body: rule(n)) as proxy:
+        path = write_config(served_config(proxy.base_url, tmp_path / "runs", model=model))
+        result = CliRunner().invoke(app, ["run", str(path), "-q"])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.stderr
+    assert lines[0].startswith("error: prompt '") and "setting t" in lines[0], lines[0]  # a sample's request
+    run_dir = next((tmp_path / "runs").glob("2*"))
+    assert evalkit.load_run(run_dir).manifest.status == "failed"  # kept, resumable
+    assert __import__("re").search(message, lines[0]), lines[0]
+    assert llama_server.api_key not in result.output
+
+
+def _start_failure(tmp_path, write_config, config: dict, env: dict | None = None, monkeypatch=None) -> str:
+    for k, v in (env or {}).items():
+        monkeypatch.setenv(k, v)
+    path = write_config(config)
+    result = CliRunner().invoke(app, ["run", str(path), "-q"])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # nothing half-written
+    return lines[0]
+
+
+def test_start_failures_are_one_line_and_leave_nothing(llama_server, tmp_path, write_config, monkeypatch):
+    runs = tmp_path / "runs"
+    closed = f"http://127.0.0.1:{free_port()}/v1"
+    line = _start_failure(tmp_path, write_config, served_config(closed, runs))
+    assert line.endswith(f"model.base_url: cannot reach {closed}/models: connection refused or host unreachable "
+                         "(is the server running?)"), line
+    line = _start_failure(tmp_path, write_config, served_config(llama_server.base_url, runs, model={"id": "gpt-9"}))
+    assert line.endswith(f"model.id: 'gpt-9' is not served by {llama_server.base_url} (served: 'smollm2')"), line
+    line = _start_failure(tmp_path, write_config, served_config(llama_server.base_url, runs),
+                          env={"EVALKIT_TEST_API_KEY": "sk-wrong"}, monkeypatch=monkeypatch)
+    assert "model.api_key_env:" in line and "refused the request (401)" in line and "sk-wrong" not in line, line
+    monkeypatch.delenv("EVALKIT_TEST_API_KEY")
+    line = _start_failure(tmp_path, write_config, served_config(llama_server.base_url, runs))
+    assert line.endswith("model.api_key_env: the environment variable EVALKIT_TEST_API_KEY is not set (it should "
+                         "hold the API key)"), line
+    monkeypatch.setenv("EVALKIT_TEST_API_KEY", llama_server.api_key)
+    root = llama_server.base_url.removesuffix("/v1")
+    line = _start_failure(tmp_path, write_config, served_config(root, runs))
+    assert f"model.base_url: {root}/models does not exist (404)" in line, line
+
+
+def test_a_knob_the_server_ignores_or_rejects_is_refused_before_any_sample(llama_server, tmp_path, write_config):
+    grid = {"temperature": [1.0], "min_p": [0.0, 0.1], "top_k": [0, 40]}
+    for action, expected in ((("drop", "min_p"), "ignores min_p: 6 requests with min_p=0.999 gave"),
+                             (("reject", "top_k"), "rejects top_k=1")):
+        with FaultProxy(llama_server.port, lambda n, m, p, body, a=action: a if body else None) as proxy:
+            line = _start_failure(tmp_path, write_config, served_config(proxy.base_url, tmp_path / "runs", grid=grid))
+        assert f"model: {proxy.base_url} {expected}" in line and "the grid sets" in line, line
+        assert not sample_posts(proxy, 12)  # not one sample was asked for
+
+
+def test_the_api_key_is_written_nowhere(llama_server, tmp_path, monkeypatch):
+    key = llama_server.api_key
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("EVALKIT_INDEX", str(tmp_path / "index.sqlite"))
+    sweep(served_config(llama_server.base_url, runs, report=True))
+    with FaultProxy(llama_server.port, lambda n, m, p, body: ("status", 503, {}) if n >= 10 else None) as proxy:
+        with pytest.raises(EvalkitError):
+            sweep(served_config(proxy.base_url, runs, model={"max_retries": 0}))
+    files = [p for p in tmp_path.rglob("*") if p.is_file() and "llama-server" not in p.name]
+    assert any(p.name == "report.html" for p in files) and any(p.name == "index.sqlite" for p in files)
+    for path in files:
+        assert key.encode() not in path.read_bytes(), path
+    assert "EVALKIT_TEST_API_KEY" in (next(runs.glob("*/config.yaml"))).read_text()  # the variable's name only
+
+
+def test_plan_counts_requests_and_tokens_and_sends_nothing(llama_server, tmp_path, write_config):
+    with FaultProxy(llama_server.port) as proxy:
+        path = write_config(served_config(proxy.base_url, tmp_path / "runs"))
+        result = CliRunner().invoke(app, ["run", str(path), "--plan"])
+    assert result.exit_code == 0, result.output
+    lines = dict(line.split("  ", 1) for line in result.stdout.splitlines())
+    assert lines["samples"].strip() == "8"
+    assert lines["requests"].strip().startswith("8 (one per sample), at most 4 in flight")
+    assert int(lines["completion tokens, at most"]) >= 8 * 12
+    assert proxy.log == [] and not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------------- without a server
+
+def test_served_configs_are_checked_before_anything_is_sent(tmp_path):
+    from evalkit.errors import ConfigError
+
+    def refused(model: dict, **extra) -> str:
+        config = served_config("http://127.0.0.1:9/v1", tmp_path, model=model, **extra)
+        with pytest.raises(ConfigError) as e:
+            c = config_from_dict(config, source="c.yaml")
+            from evalkit.kinds import kind_of
+            from evalkit.scoring.registry import default_registry
+
+            kind_of(c).check_metrics(default_registry().create_all(c.metrics), c.source)
+        return str(e.value)
+
+    assert refused({"base_url": "http://user:hunter2@example.com/v1"}) == (
+        "c.yaml: model.base_url: base_url must not hold credentials (user:password@): name an environment variable "
+        "in api_key_env instead, got 'http://***@example.com/v1'")
+    assert "sk-live" not in refused({"api_key_env": "sk-live-123"})
+    assert refused({"gguf_file": "x.gguf"}).startswith("c.yaml: model.gguf_file: a served model")
+    assert refused({"id": "default"}).startswith("c.yaml: model.id: an openai model names the served model")
+    assert refused({}, metrics=["token_entropy"]) == (
+        "c.yaml: metrics[0]: token_entropy[dist=model] needs token_stats, which a served-model sweep does not make")
+    assert "needs token_ids" in refused({}, metrics=[{"name": "distinct_n", "n": 2, "tok": "model"}])
+    assert "needs token_stats" in refused({}, metrics=[{"name": "nll", "dist": "sampling"}])
+
+
+def test_truncated_entropy_is_a_lower_bound_over_the_top_n():
+    from evalkit.generation.served import truncated_entropy
+
+    logits = [2.0, 1.0, 0.5, -1.0, -3.0]
+    z = math.log(sum(math.exp(v) for v in logits))
+    lp = [v - z for v in logits]
+    full = -sum(math.exp(v) * v for v in lp)
+    assert truncated_entropy(lp, 5) == pytest.approx(full)
+    assert truncated_entropy(list(reversed(lp)) + [-math.inf], 2) == pytest.approx(
+        -sum(math.exp(v) * v for v in lp[:2]))
+    assert truncated_entropy(lp, 2) < truncated_entropy(lp, 3) < full
+
+
+def test_retry_after_in_seconds_or_as_a_date():
+    import email.utils
+    import time
+
+    from evalkit.generation.served_client import MAX_RETRY_AFTER_S, _retry_after
+
+    assert _retry_after("2") == 2.0 and _retry_after("0.5") == 0.5 and _retry_after(None) is None
+    assert _retry_after("soon") is None and _retry_after("99999") == MAX_RETRY_AFTER_S
+    when = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 25 < _retry_after(when) <= 31
+
+
+def test_two_tops_in_one_run_are_refused(tmp_path):
+    from evalkit.errors import ConfigError
+    from evalkit.pipeline import logprobs_wanted
+    from evalkit.scoring.registry import default_registry
+
+    config = config_from_dict(served_config("http://127.0.0.1:9/v1", tmp_path, metrics=[
+        {"name": "token_entropy", "top": 5}, {"name": "token_entropy", "top": 20}]))
+    with pytest.raises(ConfigError, match="metrics ask for top=5 and top=20"):
+        logprobs_wanted(default_registry().create_all(config.metrics))
+    only_nll = config_from_dict(served_config("http://127.0.0.1:9/v1", tmp_path, metrics=["distinct_1", "nll"]))
+    assert logprobs_wanted(default_registry().create_all(only_nll.metrics)) == 1
+    plain = config_from_dict(served_config("http://127.0.0.1:9/v1", tmp_path, metrics=["distinct_1"]))
+    assert logprobs_wanted(default_registry().create_all(plain.metrics)) == 0
