@@ -56,8 +56,8 @@ def run(
                                                       "change beyond METRIC:+TOL or METRIC:-TOL.")] = None,
     junit: Annotated[Path | None, typer.Option(help="With --baseline: write the gate as JUnit XML here.",
                                                show_default=False)] = None,
-    plan: Annotated[bool, typer.Option("--plan", help="Print what the run would make and send (samples, "
-                                                  "requests, most tokens), then stop: nothing is loaded or sent.")] = False,
+    plan: Annotated[bool, typer.Option("--plan", help="Print what the run would make and send (samples, requests, "
+                                                  "most tokens), then stop: nothing is loaded or sent.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     debug: Annotated[bool, typer.Option(help="Show tracebacks for errors.")] = False,
 ) -> None:

@@ -31,7 +31,8 @@ def test_samples_table(tiny_run):
     assert len(s) == 3 * 6 * 3  # prompts x settings x samples
     assert list(s.columns) == ["prompt_id", "prompt", "setting_id", "temperature", "top_p", "top_k", "min_p",
                                "sample_index", "seed", "text", "num_new_tokens", "finish_reason", "token_ids",
-                               "logprob_model", "logprob_sampling", "entropy_model", "entropy_sampling", "n_kept"]
+                               "logprob_model", "logprob_sampling", "entropy_model", "entropy_sampling", "n_kept",
+                               "entropy_model_top"]
     assert list(dict.fromkeys(s.setting_id)) == ["t0-p0.8", "t0-p1", "t0.7-p0.8", "t0.7-p1", "t1.3-p0.8", "t1.3-p1"]
     assert list(s.prompt_id[:9]) == ["en"] * 3 + ["zh"] * 3 + ["p2"] * 3  # grid order: setting, prompt, sample
     assert set(s.prompt_id) == {"en", "zh", "p2"}

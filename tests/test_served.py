@@ -3,7 +3,6 @@ the tests, with a fault-injecting proxy in front of it where a test needs faults
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 

@@ -22,8 +22,8 @@ from evalkit.settings import ImageSetting, Setting
 # of both distributions, and how many tokens the filters kept. A served model gives only what its
 # logprobs hold: logprob_model, and entropy_model_top, -sum p log p over the top-N tokens it returned
 # (a lower bound of entropy_model; N is the run's ``logprobs``).
-STAT_COLUMNS = ["logprob_model", "logprob_sampling", "entropy_model", "entropy_sampling", "n_kept",
-                "entropy_model_top"]
+ENGINE_STAT_COLUMNS = ["logprob_model", "logprob_sampling", "entropy_model", "entropy_sampling", "n_kept"]
+STAT_COLUMNS = [*ENGINE_STAT_COLUMNS, "entropy_model_top"]
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from evalkit.generation.base import STAT_COLUMNS, WorkUnit
+from evalkit.generation.base import ENGINE_STAT_COLUMNS, WorkUnit
 from evalkit.errors import EvalkitError
 from evalkit.generation.sampling import SamplingParams, check_logits, distribution, sample, warp
 from evalkit.seeds import uniforms
@@ -52,7 +52,7 @@ class _Row:
 
     def __init__(self, unit: WorkUnit):
         self.unit, self.tokens = unit, []
-        self.stats = {name: [] for name in STAT_COLUMNS}
+        self.stats = {name: [] for name in ENGINE_STAT_COLUMNS}
 
 
 class Engine:
@@ -183,7 +183,7 @@ class Engine:
         if token in self.eos:
             return Finished(row.unit, row.tokens, self.decode(row.tokens), "eos", row.stats)
         row.tokens.append(token)
-        for name in STAT_COLUMNS:
+        for name in ENGINE_STAT_COLUMNS:
             row.stats[name].append(columns[name][i])
         if stop:
             text = self.decode(row.tokens)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import math
 import os
 import time
 from collections.abc import Iterator
@@ -28,15 +27,10 @@ from evalkit.config import SweepConfig
 from evalkit.errors import ConfigError, EvalkitError
 from evalkit.generation.base import ModelInfo, PreparedPrompt, ProgressFn, SampleRecord, WorkUnit
 from evalkit.generation.served_client import Endpoint, ServerError
+from evalkit.generation.served_protocol import SEED_MODULUS, parse_choice, truncated_entropy
 from evalkit.prompts import Prompt
 from evalkit.settings import Setting
 
-SEED_MODULUS = 2**31  # a request's seed: the sample's derived seed mod 2**31 (a signed 32-bit int everywhere)
-# sent at a neutral value where the server takes one (the capability check finds out which, trying them
-# in order), so that no server default shapes a sample: knobs outside the OpenAI schema, and the penalties.
-# top_k is off at 0 for llama.cpp and vLLM, at -1 for SGLang and older vLLM.
-OPTIONAL_KNOBS = {"top_k": (0, -1), "min_p": (0.0,), "presence_penalty": (0.0,), "frequency_penalty": (0.0,),
-                  "repetition_penalty": (1.0,), "repeat_penalty": (1.0,)}
 REPLY_BYTES = 4 << 20  # a reply may hold this much, plus per token:
 REPLY_BYTES_PER_TOKEN = 4096
 
@@ -62,7 +56,7 @@ class ServedBackend:
         self.info = ModelInfo(
             backend="openai", id=mc.id, source="served", path=mc.base_url, device="server",
             context_length=listing.get("max_model_len"), has_chat_template=self.api == "chat",
-            rng=f"the server's: one request per sample, seed = the sample's derived seed mod 2**31",
+            rng="the server's: one request per sample, seed = the sample's derived seed mod 2**31",
             load_seconds=round(time.perf_counter() - started, 3),
             server={"base_url": mc.base_url, "api": self.api, "listed": listing})
 
@@ -262,45 +256,8 @@ class ServedBackend:
         return SampleRecord(unit=unit, text=text, finish_reason=finish, stats=stats, num_tokens=n_tokens)
 
 
-class Choice:
-    """The first choice of a completion reply: text, finish reason, and (chosen, top) logprobs per token."""
-
-    def __init__(self, text: str, finish_reason: str | None, stop_reason: Any,
-                 logprobs: tuple[list[float], list[list[float]]] | None):
-        self.text, self.finish_reason, self.stop_reason, self.logprobs = text, finish_reason, stop_reason, logprobs
-
-
-def parse_choice(data: dict, api: str, url: str) -> Choice:
-    try:
-        choice = data["choices"][0]
-        if api == "chat":
-            text = choice["message"].get("content") or ""
-            lp = choice.get("logprobs") or None
-            content = lp.get("content") if isinstance(lp, dict) else None
-            logprobs = None if content is None else (
-                [float(t["logprob"]) for t in content],
-                [[float(x["logprob"]) for x in (t.get("top_logprobs") or [])] for t in content])
-        else:
-            text = choice["text"]
-            lp = choice.get("logprobs") or None
-            logprobs = None if lp is None or lp.get("token_logprobs") is None else (
-                [float(v) for v in lp["token_logprobs"]],
-                [[float(v) for v in (t or {}).values()] for t in (lp.get("top_logprobs") or [])])
-        if not isinstance(text, str):
-            raise TypeError
-    except (KeyError, IndexError, TypeError, AttributeError, ValueError):
-        raise ServerError(f"the reply from {url} is not a completion (no choices[0] with text)",
-                          retryable=True) from None
-    return Choice(text, choice.get("finish_reason"), choice.get("stop_reason"), logprobs)
-
-
-def truncated_entropy(top_logprobs: list[float], n: int) -> float:
-    """-sum p log p over the ``n`` most likely tokens (a lower bound of the entropy: the tail is left out)."""
-    best = sorted((v for v in top_logprobs if v > -math.inf), reverse=True)[:n]
-    return -sum(math.exp(v) * v for v in best)
-
-
-def plan_lines(config: SweepConfig, settings: list[Setting], prompts: list[Prompt], units: int) -> list[tuple[str, str]]:
+def plan_lines(config: SweepConfig, settings: list[Setting], prompts: list[Prompt],
+               units: int) -> list[tuple[str, str]]:
     """The cost of a served sweep before anything is sent (``evalkit run --plan``)."""
     from evalkit.generation.served_probe import MAX_PROBE_REQUESTS, PROBE_TOKENS
 

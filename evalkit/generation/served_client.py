@@ -106,7 +106,8 @@ class Endpoint:
                 raw = b"".join(chunks)
         except httpx.TransportError as e:
             what = {httpx.ConnectError: "connection refused or host unreachable",
-                    httpx.ConnectTimeout: "connection timed out"}.get(type(e), f"connection dropped ({type(e).__name__})")
+                    httpx.ConnectTimeout: "connection timed out"}.get(type(e),
+                                                                      f"connection dropped ({type(e).__name__})")
             raise ServerError(f"cannot reach {url}: {what}", retryable=True) from None
         status = response.status_code
         if status >= 400:
@@ -118,8 +119,9 @@ class Endpoint:
         try:
             data = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
-            raise ServerError(f"the reply to {method} {url} is not JSON ({len(raw)} bytes: "
-                              f"{self.masked(raw[:80].decode('utf-8', 'replace'))!r})", status, retryable=True) from None
+            start = self.masked(raw[:80].decode("utf-8", "replace"))
+            raise ServerError(f"the reply to {method} {url} is not JSON ({len(raw)} bytes: {start!r})", status,
+                              retryable=True) from None
         if not isinstance(data, dict):
             raise ServerError(f"the reply to {method} {url} is JSON but not an object", status, retryable=True)
         return data

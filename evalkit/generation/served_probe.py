@@ -24,6 +24,7 @@ from typing import Any
 from evalkit.errors import ConfigError
 from evalkit.generation.base import PreparedPrompt
 from evalkit.generation.served_client import ServerError
+from evalkit.generation.served_protocol import OPTIONAL_KNOBS, parse_choice
 from evalkit.settings import Setting
 
 PROBE_SEEDS = 6
@@ -70,8 +71,6 @@ def probe(backend, settings: list[Setting], prompt: PreparedPrompt, *, logprobs:
 
 
 async def _probe(backend, settings: list[Setting], prompt: PreparedPrompt, logprobs: int, source: str | None) -> Found:
-    from evalkit.generation.served import OPTIONAL_KNOBS, parse_choice
-
     base = backend.endpoint.base_url
     url = base + backend.path
 

@@ -1,0 +1,56 @@
+"""What evalkit sends to and reads from an OpenAI-compatible server: the knobs it sends at neutral
+values, the seed's range, and a completion reply's first choice (text, finish reason, logprobs)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from evalkit.generation.served_client import ServerError
+
+SEED_MODULUS = 2**31  # a request's seed: the sample's derived seed mod 2**31 (a signed 32-bit int everywhere)
+# sent at a neutral value where the server takes one (the capability check finds out which, trying them
+# in order), so that no server default shapes a sample: knobs outside the OpenAI schema, and the penalties.
+# top_k is off at 0 for llama.cpp and vLLM, at -1 for SGLang and older vLLM.
+OPTIONAL_KNOBS = {"top_k": (0, -1), "min_p": (0.0,), "presence_penalty": (0.0,), "frequency_penalty": (0.0,),
+                  "repetition_penalty": (1.0,), "repeat_penalty": (1.0,)}
+
+
+class Choice:
+    """The first choice of a completion reply: text, finish reason, and (chosen, top) logprobs per token."""
+
+    def __init__(self, text: str, finish_reason: str | None, stop_reason: Any,
+                 logprobs: tuple[list[float], list[list[float]]] | None):
+        self.text, self.finish_reason, self.stop_reason, self.logprobs = text, finish_reason, stop_reason, logprobs
+
+
+def parse_choice(data: dict, api: str, url: str) -> Choice:
+    try:
+        choice = data["choices"][0]
+        if api == "chat":
+            text = choice["message"].get("content") or ""
+            lp = choice.get("logprobs") or None
+            content = lp.get("content") if isinstance(lp, dict) else None
+            logprobs = None if content is None else (
+                [float(t["logprob"]) for t in content],
+                [[float(x["logprob"]) for x in (t.get("top_logprobs") or [])] for t in content])
+        else:
+            text = choice["text"]
+            lp = choice.get("logprobs") or None
+            logprobs = None if lp is None or lp.get("token_logprobs") is None else (
+                [float(v) for v in lp["token_logprobs"]],
+                [[float(v) for v in (t or {}).values()] for t in (lp.get("top_logprobs") or [])])
+        if not isinstance(text, str):
+            raise TypeError
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError):
+        raise ServerError(f"the reply from {url} is not a completion (no choices[0] with text)",
+                          retryable=True) from None
+    return Choice(text, choice.get("finish_reason"), choice.get("stop_reason"), logprobs)
+
+
+def truncated_entropy(top_logprobs: list[float], n: int) -> float:
+    """-sum p log p over the ``n`` most likely tokens (a lower bound of the entropy: the tail is left out)."""
+    best = sorted((v for v in top_logprobs if v > -math.inf), reverse=True)[:n]
+    return -sum(math.exp(v) * v for v in best)
+
+
