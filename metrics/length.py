@@ -23,11 +23,11 @@ class MeanLength(Metric):
 
     @property
     def needs(self) -> frozenset[str]:  # type: ignore[override]
-        return frozenset({"texts", "token_ids"} if self.params.unit == "tokens" else {"texts"})
+        return frozenset({"texts", "token_counts"} if self.params.unit == "tokens" else {"texts"})
 
     def compute(self, group: Group) -> Score:
         if self.params.unit == "tokens":
-            lengths = [float(len(t)) for t in group.token_ids]
+            lengths = [float(n) for n in group.num_tokens] or [float(len(t)) for t in group.token_ids]
         else:
             lengths = [float(len(tokenize.words(t))) for t in group.texts]
         if not lengths:

@@ -28,6 +28,15 @@ def as_pattern(message: str) -> re.Pattern:
     return re.compile("^" + ".+".join(re.escape(p) for p in parts) + "$")
 
 
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def make_case(case: str, tmp_path: Path, tiny_model: Path) -> tuple[list[str], Path]:
     runs = tmp_path / "runs"
     config = base_config(tiny_model, runs)
@@ -57,6 +66,14 @@ def make_case(case: str, tmp_path: Path, tiny_model: Path) -> tuple[list[str], P
         "image-metric": {"metrics": ["distinct_1", "clip_image_diversity"]},
         "prompt-image": {"model": {"backend": "vlm", "id": str(tiny_model)},
                          "prompts": [{"id": "cat", "image": "missing.png", "prompt": "What is it?"}]},
+        "served-credentials": {"model": {"backend": "openai", "base_url": "http://user:secret@127.0.0.1:9/v1",
+                                         "id": "smollm2"}},
+        "served-key": {"model": {"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "id": "smollm2",
+                                 "api_key_env": "EVALKIT_UNSET_KEY"}},
+        "served-entropy": {"model": {"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "id": "smollm2"},
+                           "metrics": ["distinct_1", "token_entropy"]},
+        "served-unreachable": {"model": {"backend": "openai", "base_url": f"http://127.0.0.1:{closed_port()}/v1",
+                                         "id": "smollm2"}},
         "vlm-model": {"model": {"backend": "vlm", "id": str(tiny_model)},
                       "prompts": [{"id": "house", "image": str(ROOT / "configs/images/house.png"),
                                    "prompt": "What is it?"}]},
@@ -71,7 +88,7 @@ def make_case(case: str, tmp_path: Path, tiny_model: Path) -> tuple[list[str], P
 CASES = ["invalid-yaml", "unknown-key", "wrong-type", "temperature", "top-p", "top-k", "min-p", "samples",
          "unknown-metric", "empty-prompts", "prompt-file-missing", "prompt-file-json", "prompt-file-utf8",
          "model-path", "model-hash", "prompt-too-long", "device", "output-dir", "image-metric", "prompt-image",
-         "vlm-model"]
+         "vlm-model", "served-credentials", "served-key", "served-entropy", "served-unreachable"]
 
 
 def test_readme_lists_every_case():

@@ -297,7 +297,9 @@ def test_served_configs_are_checked_before_anything_is_sent(tmp_path):
     assert refused({"gguf_file": "x.gguf"}).startswith("c.yaml: model.gguf_file: a served model")
     assert refused({"id": "default"}).startswith("c.yaml: model.id: an openai model names the served model")
     assert refused({}, metrics=["token_entropy"]) == (
-        "c.yaml: metrics[0]: token_entropy[dist=model] needs token_stats, which a served-model sweep does not make")
+        "c.yaml: metrics[0]: token_entropy[dist=model] needs token_stats, which a served-model sweep does not make "
+        "(a server returns top-N logprobs: token_entropy with top: 20 is their lower bound, nll and perplexity "
+        "take dist: model)")
     assert "needs token_ids" in refused({}, metrics=[{"name": "distinct_n", "n": 2, "tok": "model"}])
     assert "needs token_stats" in refused({}, metrics=[{"name": "nll", "dist": "sampling"}])
 

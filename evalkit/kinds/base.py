@@ -40,6 +40,7 @@ class RunKind:
     verb: str = "make"  # "{metric} needs X, which {what} does not {verb}"
     sampling_order: tuple[str, ...] = APPLICATION_ORDER  # the order in which the setting's parameters apply
     report_axes: Axes = Axes("temperature", "top_p", ("top_k", "min_p"))
+    hints: tuple[tuple[str, str], ...] = ()  # (need, what to use instead) for a metric this kind cannot serve
 
     @property
     def axes(self) -> tuple[str, ...]:
@@ -54,8 +55,9 @@ class RunKind:
         for i, m in enumerate(metrics):
             missing = m.requires() - self.needs
             if missing:
+                hint = next((h for need, h in self.hints if need in missing), None)
                 raise ConfigError(f"{m.id} needs {', '.join(sorted(missing))}, which {self.what} does not "
-                                  f"{self.verb}", source=source, path=where.format(i))
+                                  f"{self.verb}" + (f" ({hint})" if hint else ""), source=source, path=where.format(i))
 
     # ------------------------------------------------------------------ sweeps (not scored files)
 

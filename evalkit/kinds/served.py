@@ -29,4 +29,7 @@ class Served(RunKind):
         return [config.max_new_tokens, list(config.stop), unit.prompt.rendered]
 
 
-SERVED = Served(name="text", what="a served-model sweep", columns=tuple(COLUMNS["text"]), needs=SERVED_NEEDS)
+SERVED = Served(name="text", what="a served-model sweep", columns=tuple(COLUMNS["text"]), needs=SERVED_NEEDS,
+                hints=(("token_stats", "a server returns top-N logprobs: token_entropy with top: 20 is their "
+                                       "lower bound, nll and perplexity take dist: model"),
+                       ("token_ids", "the server's token ids are not returned: use tok: words")))

@@ -35,6 +35,8 @@ def groups_of(samples: pd.DataFrame, setting_type: type | None = None) -> list[G
         out.append(Group(prompt_id=str(pid), prompt=str(first["prompt"]), setting=setting,
                          texts=tuple(df["text"]), token_ids=tuple(tuple(int(t) for t in ids) for ids in df["token_ids"])
                          if "token_ids" in df else (),
+                         num_tokens=tuple(int(n) for n in df["num_new_tokens"])
+                         if "num_new_tokens" in df and df["num_new_tokens"].notna().all() else (),
                          stats=stats, images=images, prompt_image=prompt_image, references=references))
     return out
 

@@ -18,12 +18,13 @@ from pydantic import BaseModel, ConfigDict
 
 from evalkit.settings import Setting
 
-# token_stats: the engine's full per-token statistics (both distributions); model_logprobs: the chosen
-# token's log-probability under the model; top_logprobs: the top-N log-probabilities a server returns
-NEEDS = frozenset({"texts", "token_ids", "token_stats", "model_logprobs", "top_logprobs", "prompts", "images",
-                   "prompt_images", "references"})
-TEXT_NEEDS = frozenset({"texts", "token_ids", "token_stats", "model_logprobs", "prompts"})  # a text sweep's samples
-SERVED_NEEDS = frozenset({"texts", "model_logprobs", "top_logprobs", "prompts"})  # a served model's samples
+# token_counts: each sample's number of new model tokens; token_stats: the engine's full per-token statistics
+# (both distributions); model_logprobs: the chosen token's log-probability under the model; top_logprobs: the
+# top-N log-probabilities a server returns
+NEEDS = frozenset({"texts", "token_ids", "token_counts", "token_stats", "model_logprobs", "top_logprobs", "prompts",
+                   "images", "prompt_images", "references"})
+TEXT_NEEDS = frozenset({"texts", "token_ids", "token_counts", "token_stats", "model_logprobs", "prompts"})
+SERVED_NEEDS = frozenset({"texts", "token_counts", "model_logprobs", "top_logprobs", "prompts"})
 VLM_NEEDS = frozenset({"prompt_images", "references"})  # what image-to-text samples add: the image, its captions
 IMAGE_NEEDS = frozenset({"images", "prompts"})  # what a text-to-image sample offers
 
@@ -37,6 +38,7 @@ class Group:
     setting: Setting
     texts: tuple[str, ...]
     token_ids: tuple[tuple[int, ...], ...]
+    num_tokens: tuple[int, ...] = ()  # each sample's new model tokens (also where token_ids are unknown: served)
     # per-token statistics from the engine, by column name (logprob_model, entropy_sampling, ...);
     # empty when the samples came without them
     stats: dict[str, tuple[tuple[float, ...], ...]] = field(default_factory=dict)
