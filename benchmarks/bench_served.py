@@ -3,14 +3,17 @@
 The quickstart's grid (12 settings: temperature x top_p) on ``--prompts`` of its prompts, ``--samples``
 samples each, ``--max-new-tokens`` tokens, the embedded SmolLM2 GGUF on 2 threads:
 
-- baseline: llama-cpp-python's ``Llama.create_completion`` in this process, one call per sample in
-  grid order, with the sample's seed and every knob (what evalkit sends to the server);
-- evalkit: the same samples as requests to llama.cpp's server (``python -m llama_cpp.server``,
-  started here on 127.0.0.1) through evalkit's client, at each ``--concurrency``. The capability
+- in-process: llama-cpp-python's ``Llama.create_completion`` in this process, one call per sample in
+  grid order, with the sample's seed and every knob (what evalkit sends to the server), the model
+  built as the server builds it (``logits_all``, which logprobs need, 2 threads);
+- plain HTTP: the same requests to llama.cpp's server (``python -m llama_cpp.server``, started here
+  on 127.0.0.1), one at a time, with urllib: the server's own cost, without evalkit's client;
+- evalkit: the same requests through evalkit's client, at each ``--concurrency``. The capability
   check is timed apart (it runs once per sweep).
 
-Prints tokens/s of both (completion tokens as the server counts them), their ratio, and how many
-samples are identical to the baseline's (the same seed gives the same text in and out of a server).
+Prints tokens/s (completion tokens as the server counts them), evalkit's ratio to plain HTTP (what
+its client adds) and to in-process (what serving adds), and how many samples equal the in-process
+ones (the same seed gives the same text, up to llama.cpp reusing a cached prompt prefix).
 llama.cpp's server decodes one request at a time, so concurrency only overlaps HTTP and JSON here; on
 vLLM or SGLang, which batch requests, it is what fills the GPU.
 
@@ -20,6 +23,7 @@ vLLM or SGLang, which batch requests, it is what fills the GPU.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import subprocess
@@ -49,11 +53,13 @@ def free_port() -> int:
 def start_server(port: int, key: str, log: Path) -> subprocess.Popen:
     process = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", str(default_gguf_path()), "--model_alias", "smollm2",
-         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024", "--n_threads", "2", "--api_key", key],
+         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024", "--n_threads", "2", "--n_threads_batch", "2",
+         "--api_key", key],
         stdout=open(log, "wb"), stderr=subprocess.STDOUT)
     for _ in range(480):
         try:
-            req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {key}"})
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/models",
+                                         headers={"Authorization": f"Bearer {key}"})
             with urllib.request.urlopen(req, timeout=2):
                 return process
         except OSError:
@@ -95,7 +101,8 @@ def main() -> None:
           f"{len(settings) * len(items) * args.samples} samples of at most {args.max_new_tokens} tokens")
 
     # baseline: in-process, sequential
-    llm = Llama(model_path=str(default_gguf_path()), n_ctx=1024, n_threads=2, verbose=False)
+    llm = Llama(model_path=str(default_gguf_path()), n_ctx=1024, n_threads=2, n_threads_batch=2, logits_all=True,
+                verbose=False)
     units = None
     with tempfile.TemporaryDirectory() as tmp:
         server = start_server(port, key, Path(tmp) / "server.log")
@@ -115,6 +122,17 @@ def main() -> None:
                 tokens = sum(r.num_tokens for r in records)
                 results.append((concurrency, tokens / elapsed, check_s, {r.unit.key: r.text for r in records}))
             # what evalkit sends that llama-cpp-python's create_completion takes (repetition_penalty is vLLM's)
+            started = time.perf_counter()
+            tokens = 0
+            for u in units:
+                body = backend.body(u.prompt, u.setting, u.seed, args.max_new_tokens)
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions",
+                                                 data=json.dumps(body).encode(),
+                                                 headers={"Authorization": f"Bearer {key}",
+                                                          "Content-Type": "application/json"})
+                with urllib.request.urlopen(request, timeout=120) as r:
+                    tokens += json.loads(r.read())["usage"]["completion_tokens"]
+            plain_rate = tokens / (time.perf_counter() - started)
             sent = {k: v[0] for k, v in OPTIONAL_KNOBS.items() if k != "repetition_penalty"}
             started = time.perf_counter()
             tokens, baseline = 0, {}
@@ -130,12 +148,14 @@ def main() -> None:
             server.terminate()
             server.wait(10)
 
-    print(f"llama-cpp-python in-process, sequential: {base_rate:8.1f} tokens/s (baseline)")
+    print(f"llama-cpp-python in-process, sequential:  {base_rate:6.1f} tokens/s")
+    print(f"plain HTTP to the server, sequential:    {plain_rate:6.1f} tokens/s  "
+          f"({plain_rate / base_rate:.3f} of in-process)")
     for concurrency, rate, check_s, texts in results:
         same = sum(texts[k] == baseline[k] for k in baseline)
-        print(f"evalkit client, concurrency {concurrency:2d}:    {rate:8.1f} tokens/s  ratio {rate / base_rate:.3f}  "
-              f"client overhead {100 * (1 - rate / base_rate):+.1f}%  identical samples {same}/{len(baseline)}  "
-              f"(capability check {check_s:.1f} s)")
+        print(f"evalkit client, concurrency {concurrency:2d}:          {rate:6.1f} tokens/s  "
+              f"{rate / plain_rate:.3f} of plain HTTP, {rate / base_rate:.3f} of in-process; "
+              f"{same}/{len(baseline)} samples equal in-process; capability check {check_s:.1f} s")
 
 
 if __name__ == "__main__":

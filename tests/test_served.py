@@ -13,6 +13,7 @@ import evalkit
 from evalkit.cli import app
 from evalkit.config import config_from_dict
 from evalkit.errors import EvalkitError
+from evalkit.generation.served_probe import PROBE_SEEDS
 
 from conftest import served_config
 from served_helpers import FaultProxy, LlamaServer, free_port
@@ -30,9 +31,14 @@ def texts(run) -> dict[tuple[str, str, int], str]:
     return {(r.prompt_id, r.setting_id, int(r.sample_index)): r.text for r in run.samples.itertuples()}
 
 
+def is_sample(body: dict | None, max_tokens: int = 12) -> bool:
+    """A request for a sample (the capability check's use seeds 1 to PROBE_SEEDS, samples derived ones)."""
+    return bool(body) and body.get("max_tokens") == max_tokens and body["seed"] > PROBE_SEEDS
+
+
 def sample_posts(proxy: FaultProxy, max_tokens: int) -> list[dict]:
-    """The bodies of the requests that made samples (the capability check's are shorter)."""
-    return [body for _, _, path, body, _ in proxy.posts() if body and body.get("max_tokens") == max_tokens]
+    """The bodies of the requests that made samples."""
+    return [body for _, _, path, body, _ in proxy.posts() if is_sample(body, max_tokens)]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +49,8 @@ def reference(llama_server, tmp_path_factory):
 
 def test_every_knob_and_a_seed_per_sample_are_sent_and_recorded(llama_server, tmp_path):
     config = served_config("", tmp_path / "runs", grid={"temperature": [0.8], "top_k": [0, 20], "min_p": [0.0, 0.1]},
-                           metrics=["distinct_1", "nll", "perplexity", {"name": "token_entropy", "top": 5}])
+                           metrics=["distinct_1", "nll", "perplexity", {"name": "token_entropy", "top": 5}],
+                           stop=["\n\n\n"])
     with FaultProxy(llama_server.port) as proxy:
         config["model"]["base_url"] = proxy.base_url
         run = sweep(config)
@@ -54,6 +61,10 @@ def test_every_knob_and_a_seed_per_sample_are_sent_and_recorded(llama_server, tm
     # one request per sample, each with the sample's own derived seed: never one seed for every repeat
     assert sorted(b["seed"] for b in bodies) == sorted(int(s) % SEED_MODULUS for s in samples["seed"])
     assert len({b["seed"] for b in bodies}) == len(bodies)
+    # the capability check's first request is made like the sweep's: its longest prompt, length and stop strings
+    first = proxy.posts()[0][3]
+    assert first["prompt"] == "Once upon a time, in a lighthouse," and first["max_tokens"] == 12
+    assert first["stop"] == ["\n\n\n"] and all(b["stop"] == ["\n\n\n"] for b in bodies)
     for b in bodies:
         assert b["n"] == 1 and b["temperature"] == 0.8 and b["top_p"] == 1.0 and b["logprobs"] == 5
         assert b["top_k"] in (0, 20) and b["min_p"] in (0.0, 0.1)  # 0 switches llama.cpp's default top_k 40 off
@@ -137,8 +148,7 @@ def test_a_server_killed_mid_run_leaves_a_run_that_resumes_to_the_same_samples(l
     own = LlamaServer(tmp_path, llama_server.api_key).start()
     try:
         def kill_on_the_fifth_sample(n, method, path, body):
-            if body and body.get("max_tokens") == 12 and sum(
-                    1 for e in proxy.posts() if e[3] and e[3].get("max_tokens") == 12) == 4:
+            if is_sample(body) and sum(1 for e in proxy.posts() if is_sample(e[3])) == 4:
                 own.kill()
             return None
 
@@ -296,6 +306,7 @@ def test_served_configs_are_checked_before_anything_is_sent(tmp_path):
     assert "sk-live" not in refused({"api_key_env": "sk-live-123"})
     assert refused({"gguf_file": "x.gguf"}).startswith("c.yaml: model.gguf_file: a served model")
     assert refused({"id": "default"}).startswith("c.yaml: model.id: an openai model names the served model")
+    assert refused({}, batch_size=16).startswith("c.yaml: batch_size: a served model's server batches requests itself")
     assert refused({}, metrics=["token_entropy"]) == (
         "c.yaml: metrics[0]: token_entropy[dist=model] needs token_stats, which a served-model sweep does not make "
         "(a server returns top-N logprobs: token_entropy with top: 20 is their lower bound, nll and perplexity "

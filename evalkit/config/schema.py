@@ -294,6 +294,9 @@ class SweepConfig(_Strict):
             what = "a vision-language model" if self.model.backend == "vlm" else "a diffusers pipeline"
             raise ValueError(f"model.id: a {self.model.backend} sweep needs {what} (a local directory or hub id); "
                              "'default' is the embedded text model, got 'default'")
+        if self.model.backend == "openai" and self.batch_size != "auto":
+            raise ValueError(f"batch_size: a served model's server batches requests itself; set model.concurrency "
+                             f"(requests in flight) instead, got {self.batch_size!r}")
         if self.model.backend != "vlm" and self.prompts.question is not None:
             raise ValueError(f"prompts.question: only a vlm sweep asks a question of its images, got "
                              f"{self.prompts.question!r} for backend {self.model.backend!r}")

@@ -44,6 +44,7 @@ class ServedBackend:
         self.api = mc.api
         self.model_id = mc.id
         self.concurrency = mc.concurrency
+        self.stop = tuple(config.stop)
         key = api_key(config)
         self.endpoint = Endpoint(mc.base_url, key, mc.timeout_s, mc.max_retries, mc.backoff_s)
         self.path = "/chat/completions" if self.api == "chat" else "/completions"
@@ -126,7 +127,8 @@ class ServedBackend:
 
         self.logprobs = logprobs
         status(f"checking which sampling knobs {self.endpoint.base_url} honours")
-        found = probe(self, settings, prompts[0], logprobs=logprobs, source=self._source)
+        found = probe(self, settings, prompts, logprobs=logprobs, max_new_tokens=max_new_tokens or 1,
+                      source=self._source)
         self.sent, self.not_sent = found.sent, found.not_sent
         self.info.server.update(found.record())
         identity = {"base_url": self.endpoint.base_url, "model": self.model_id, "api": self.api,
@@ -263,11 +265,12 @@ def plan_lines(config: SweepConfig, settings: list[Setting], prompts: list[Promp
 
     system = len(config.prompts.system_prompt or "")
     chars = sum(len(p.display) + system for p in prompts) * len(settings) * config.samples_per_prompt
+    check_tokens = 2 * config.max_new_tokens + (MAX_PROBE_REQUESTS - 2) * PROBE_TOKENS
     return [("endpoint", f"{config.model.base_url} ({config.model.api}, model {config.model.id!r})"),
             ("requests", f"{units} (one per sample), at most {config.model.concurrency} in flight"),
-            ("capability check", f"at most {MAX_PROBE_REQUESTS} requests of at most {PROBE_TOKENS} tokens, "
+            ("capability check", f"at most {MAX_PROBE_REQUESTS} requests, {check_tokens} tokens in all, "
                                  "and GET /models"),
-            ("completion tokens, at most", str(units * config.max_new_tokens + MAX_PROBE_REQUESTS * PROBE_TOKENS)),
+            ("completion tokens, at most", str(units * config.max_new_tokens + check_tokens)),
             ("prompt characters sent, about", str(chars))]
 
 

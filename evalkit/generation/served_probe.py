@@ -1,7 +1,8 @@
 """The capability check of a served model: a few short requests before any sample is made.
 
-1. One request (one token) with every optional knob at its neutral value, and logprobs when the metrics
-   need them. If the server refuses it (400/422), one request per knob finds those it rejects: they are
+1. One request with every optional knob at its neutral value, and logprobs when the metrics need them,
+   made as the sweep's own will be: the longest prompt, ``max_new_tokens``, the stop strings (a prompt
+   too long for the server's context, or stop strings it refuses, are refused now). If the server refuses it (400/422), one request per knob finds those it rejects: they are
    not sent (the server has no such knob, so no default of it can shape a sample), unless the grid sets
    one, which is refused. Logprobs that the metrics need and the server does not give are refused too.
 2. When the grid samples: ``PROBE_SEEDS`` requests at temperature 2 with different seeds must give at
@@ -11,7 +12,8 @@
    at an extreme that leaves only the most likely token (top_k 1, top_p 0.001, min_p 0.999; temperature
    0 for a greedy setting) must all give one text. A server that gives several ignores the knob: refused.
 
-At most ``MAX_PROBE_REQUESTS`` requests of at most ``PROBE_TOKENS`` tokens. A refusal there (400, 422, or the
+At most ``MAX_PROBE_REQUESTS`` requests: two of the sweep's length, the others of at most ``PROBE_TOKENS``
+tokens. A refusal there (400, 422, or the
 500 that llama-cpp-python answers a validation error with) is not retried.
 """
 
@@ -66,11 +68,13 @@ def grid_sets(settings: list[Setting]) -> list[str]:
     return out
 
 
-def probe(backend, settings: list[Setting], prompt: PreparedPrompt, *, logprobs: int, source: str | None) -> Found:
-    return asyncio.run(_probe(backend, settings, prompt, logprobs, source))
+def probe(backend, settings: list[Setting], prompts: list[PreparedPrompt], *, logprobs: int, max_new_tokens: int,
+          source: str | None) -> Found:
+    return asyncio.run(_probe(backend, settings, prompts, logprobs, max_new_tokens, source))
 
 
-async def _probe(backend, settings: list[Setting], prompt: PreparedPrompt, logprobs: int, source: str | None) -> Found:
+async def _probe(backend, settings: list[Setting], prompts: list[PreparedPrompt], logprobs: int, max_new_tokens: int,
+                 source: str | None) -> Found:
     base = backend.endpoint.base_url
     url = base + backend.path
 
@@ -78,11 +82,18 @@ async def _probe(backend, settings: list[Setting], prompt: PreparedPrompt, logpr
         return ConfigError(message, source=source, path="model")
 
     found = Found(sent={})
+    prompt, longest = prompts[0], max(prompts, key=lambda p: len(p.rendered))
     async with backend.endpoint.client(backend.concurrency) as client:
         async def send(setting: Setting, seed: int, optional: dict, lp: int = 0, tokens: int = PROBE_TOKENS,
-                       final: frozenset[int] = frozenset()) -> dict:
+                       final: frozenset[int] = frozenset(), full: bool = False) -> dict:
+            """A probe request; ``full``: the longest prompt with the sweep's max_new_tokens and stop strings,
+            as the sweep's own requests will be (a context too short for them is refused now)."""
             found.requests += 1
-            body = backend.body(prompt, setting, seed, tokens, optional=optional, logprobs=lp)
+            if full:
+                body = backend.body(longest, setting, seed, max_new_tokens, backend.stop, optional=optional,
+                                    logprobs=lp)
+            else:
+                body = backend.body(prompt, setting, seed, tokens, optional=optional, logprobs=lp)
             return await backend.endpoint.call(client, "POST", backend.path, body, max_bytes=backend.reply_cap(tokens),
                                                final=final)
 
@@ -94,7 +105,7 @@ async def _probe(backend, settings: list[Setting], prompt: PreparedPrompt, logpr
         everything = {k: values[0] for k, values in OPTIONAL_KNOBS.items()}
         try:
             try:
-                first = await send(neutral, 1, everything, lp=logprobs, tokens=1, final=REFUSED)
+                first = await send(neutral, 1, everything, lp=logprobs, final=REFUSED, full=True)
                 found.sent = everything
             except ServerError as e:
                 if e.status not in REFUSED:
@@ -162,7 +173,7 @@ async def _accepted(send, neutral: Setting, knobs: dict[str, tuple]) -> tuple[di
 async def _bare(send, neutral: Setting, logprobs: int, refuse, base: str) -> dict:
     """A request with no optional knob; refuses a server that takes not even that (or not its logprobs)."""
     try:
-        return await send(neutral, 1, {}, lp=logprobs, tokens=1, final=REFUSED)
+        return await send(neutral, 1, {}, lp=logprobs, final=REFUSED, full=True)
     except ServerError as e:
         if not logprobs or e.status not in REFUSED:
             raise refuse(f"{base} refuses a plain request: {e}") from None

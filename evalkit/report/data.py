@@ -85,13 +85,23 @@ class RunView:
     def by_kind(self, kind: str) -> list[str]:
         return [m for m in self.metrics if self.info(m)["kind"] == kind]
 
+    def _where(self, model, ident) -> list[tuple[str, str]]:
+        """Which engine made the run: the server (and what it said of itself), or the weights and device."""
+        server = model.get("server")
+        if server:
+            return [("served by", f"{model.get('path')} ({server.get('api')}, reported model "
+                                  f"{server.get('reported_model')}, fingerprint {server.get('system_fingerprint')})"),
+                    ("engine", "the server's own sampler, one request per sample with its derived seed")]
+        return [("model file" if model.get("sha256") else "revision", str(ident)[:16] if ident else "n/a"),
+                ("device", f"{self.manifest.device}, {model.get('dtype', 'n/a')}")]
+
     @cached_property
     def entropy(self) -> pd.DataFrame | None:
         """Per setting: mean entropy per generated token (mean over prompts, bootstrap CI), under the
         sampling and the model distribution; None when the samples have no token statistics."""
         samples = self.run.samples
-        if not set(ENTROPY) <= set(samples.columns):
-            return None
+        if not set(ENTROPY) <= set(samples.columns) or not any(len(v) for v in samples[next(iter(ENTROPY))]):
+            return None  # no statistics (a served model's samples have only what its logprobs give)
         rows = []
         for (sid, pid), df in samples.groupby(["setting_id", "prompt_id"], sort=False):
             for col in ENTROPY:
@@ -116,8 +126,7 @@ class RunView:
         noun = self.kind.noun
         facts = [("run", m.run_id), ("status", m.status),
                  ("model", str(model.get("id")) + (f" ({backend})" if backend != "hf" else "")),
-                 ("model file" if model.get("sha256") else "revision", str(ident)[:16] if ident else "n/a"),
-                 ("device", f"{m.device}, {model.get('dtype', 'n/a')}"), ("seed", str(m.seed)),
+                 *self._where(model, ident), ("seed", str(m.seed)),
                  ("started", m.started_at), ("ended", m.ended_at or "n/a"),
                  ("settings", f"{len(m.settings)} ({grid})"),
                  ("samples", f"{m.n_samples}: {m.n_prompts} {noun} x "
