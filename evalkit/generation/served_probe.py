@@ -2,9 +2,10 @@
 
 1. One request with every optional knob at its neutral value, and logprobs when the metrics need them,
    made as the sweep's own will be: the longest prompt, ``max_new_tokens``, the stop strings (a prompt
-   too long for the server's context, or stop strings it refuses, are refused now). If the server refuses it (400/422), one request per knob finds those it rejects: they are
-   not sent (the server has no such knob, so no default of it can shape a sample), unless the grid sets
-   one, which is refused. Logprobs that the metrics need and the server does not give are refused too.
+   too long for the server's context, or stop strings it refuses, are refused now). If the server
+   refuses it, one request per knob finds those it rejects at their neutral values: they are not sent
+   (the server has no such knob, or it is off unless set). Logprobs that the metrics need and the server
+   does not give are refused.
 2. When the grid samples: ``PROBE_SEEDS`` requests at temperature 2 with different seeds must give at
    least two texts (else the server ignores temperature or seed: refused), and the first seed sent again
    must give the first text again (recorded as ``seed_reproducible``; a hosted API may not promise it).
