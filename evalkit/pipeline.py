@@ -11,7 +11,7 @@ sample cache, or from the generator through an executor; the pipeline alone writ
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -177,19 +177,21 @@ def generate(writer: RunWriter, kind: RunKind, config: SweepConfig, generator: G
                 parts.add(kind.row(u, hits[keys[u.key]], writer, config))
             phase.update(completed=before)
             made = 0
-            for record in LocalExecutor(generator).run(
-                    to_make, max_new_tokens=config.max_new_tokens, batch_size=batch_size, stop=tuple(config.stop),
-                    progress=lambda n, s: phase.update(completed=before + n,
-                                                       status=f"step {s}" if isinstance(s, int) else s)):
-                result = kind.cached(record)
-                parts.add(kind.row(record.unit, result, writer, config))
-                if cache:
-                    fresh.append((keys[record.unit.key], result))
-                    if len(fresh) >= CACHE_BATCH:  # images are large: do not hold a whole sweep's in memory
-                        cache.put_many(fresh)
-                        fresh.clear()
-                made += 1
-                phase.update(completed=before + made)
+            records = LocalExecutor(generator).run(
+                to_make, max_new_tokens=config.max_new_tokens, batch_size=batch_size, stop=tuple(config.stop),
+                progress=lambda n, s: phase.update(completed=before + n,
+                                                   status=f"step {s}" if isinstance(s, int) else s))
+            with closing(records):  # closed at once on an error: a backend stops its work in flight
+                for record in records:
+                    result = kind.cached(record)
+                    parts.add(kind.row(record.unit, result, writer, config))
+                    if cache:
+                        fresh.append((keys[record.unit.key], result))
+                        if len(fresh) >= CACHE_BATCH:  # images are large: do not hold a whole sweep's in memory
+                            cache.put_many(fresh)
+                            fresh.clear()
+                    made += 1
+                    phase.update(completed=before + made)
     finally:
         parts.flush()
         if cache:

@@ -55,16 +55,16 @@ class LlamaServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self, timeout: float = 120.0) -> LlamaServer:
-        log = open(self.log_dir / f"llama-server-{self.port}.log", "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model), "--model_alias", MODEL_ALIAS,
-             "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "1024", "--n_threads", "2",
-             "--api_key", self.api_key],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "NO_PROXY": "*"})
+        with open(self.log_dir / f"llama-server-{self.port}.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model), "--model_alias", MODEL_ALIAS,
+                 "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "1024", "--n_threads", "2",
+                 "--api_key", self.api_key],
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "NO_PROXY": "*"})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"llama.cpp server exited with {self.process.returncode}; see {log.name}")
+                raise RuntimeError(f"llama.cpp server exited with {self.process.returncode}; see {self.log_dir}")
             try:
                 request = urllib.request.Request(self.base_url + "/models",
                                                  headers={"Authorization": f"Bearer {self.api_key}"})

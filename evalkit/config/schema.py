@@ -62,7 +62,11 @@ class ModelConfig(_Strict):
         from urllib.parse import urlsplit
 
         parts = urlsplit(v)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            parts.port  # noqa: B018 (a port that is not a number raises here)
+        except ValueError:
+            raise ValueError(f"base_url has a port that is not a number, got {_without_credentials(v)!r}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in v):
             raise ValueError(f"base_url must be an http:// or https:// URL, got {_without_credentials(v)!r}")
         if parts.username is not None or parts.password is not None:
             raise ValueError("base_url must not hold credentials (user:password@): name an environment variable "
@@ -112,8 +116,9 @@ class ModelConfig(_Strict):
 
 
 def _without_credentials(url: str) -> str:
-    """``url`` with any user:password@ masked, for error messages."""
-    return re.sub(r"//[^/@]*@", "//***@", url)
+    """``url`` for error messages: any user:password@ masked (up to the last @ before the path), no query."""
+    url = re.sub(r"//.*@", "//***@", url.split("?", 1)[0].split("#", 1)[0])
+    return url
 
 
 class Message(_Strict):

@@ -132,6 +132,7 @@ class ServedBackend:
         self.sent, self.not_sent = found.sent, found.not_sent
         self.info.server.update(found.record())
         identity = {"base_url": self.endpoint.base_url, "model": self.model_id, "api": self.api,
+                    "root": self.info.server["listed"].get("root"),  # vLLM: the weights behind the name
                     "fingerprint": found.fingerprint, "sent": self.sent, "logprobs": logprobs}
         self.info.endpoint_id = "served:" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
@@ -193,13 +194,14 @@ class ServedBackend:
 
         async def one(unit: WorkUnit) -> SampleRecord:
             body = self.body(unit.prompt, unit.setting, unit.seed, max_new_tokens, stop)
-            try:
-                data = await self.endpoint.call(client, "POST", self.path, body, max_bytes=cap,
-                                                on_retry=lambda e: retries.__setitem__(0, retries[0] + 1))
+            try:  # a reply that is not a completion is retried like a garbled one
+                data, choice = await self.endpoint.call(
+                    client, "POST", self.path, body, max_bytes=cap, parse=self.parse,
+                    on_retry=lambda e: retries.__setitem__(0, retries[0] + 1))
             except ServerError as e:
                 raise ServerError(f"prompt {unit.prompt.prompt.id!r}, setting {unit.setting.id}, sample "
                                   f"{unit.sample_index}: {e}", e.status) from None
-            return self.record(unit, data, stop)
+            return self.record(unit, data, choice, stop)
 
         def fill() -> None:
             while len(pending) < self.concurrency:
@@ -213,11 +215,15 @@ class ServedBackend:
             while pending:
                 finished, _ = loop.run_until_complete(asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED))
                 pending.difference_update(finished)
-                for task in finished:
-                    record = task.result()
-                    done += 1
-                    tokens += record.num_tokens or 0
-                    yield record
+                failed = [t.exception() for t in finished if t.exception() is not None]  # read, every one
+                for task in finished:  # the samples that did arrive are kept, even beside a failure
+                    if task.exception() is None:
+                        record = task.result()
+                        done += 1
+                        tokens += record.num_tokens or 0
+                        yield record
+                if failed:
+                    raise failed[0]
                 fill()
                 if progress is not None:
                     elapsed = max(time.perf_counter() - started, 1e-9)
@@ -231,9 +237,12 @@ class ServedBackend:
             loop.run_until_complete(client.aclose())
             loop.close()
 
-    def record(self, unit: WorkUnit, data: dict, stop: tuple[str, ...]) -> SampleRecord:
-        """A sample from a reply; a reply that is not a completion is refused."""
-        choice = parse_choice(data, self.api, self.endpoint.base_url + self.path)
+    def parse(self, data: dict):
+        """(reply, its first choice); raises a retryable ServerError for a reply that is not a completion."""
+        return data, parse_choice(data, self.api, self.endpoint.base_url + self.path)
+
+    def record(self, unit: WorkUnit, data: dict, choice, stop: tuple[str, ...]) -> SampleRecord:
+        """A sample from a reply and its parsed first choice."""
         fingerprint = data.get("system_fingerprint")
         expected = self.info.server.get("system_fingerprint")
         if fingerprint and expected and fingerprint != expected:
@@ -243,8 +252,10 @@ class ServedBackend:
         cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
         if cut >= 0:
             text, finish = text[:cut], "stop"
-        elif finish == "stop":  # the server stopped: at a stop string (vLLM says which) or at the end of text
-            finish = "stop" if isinstance(choice.stop_reason, str) else "eos"
+        elif finish == "stop":
+            # "stop" means the end of text or a stop string; vLLM names the string (stop_reason), others do not,
+            # and without stop strings it can only be the end of text
+            finish = "stop" if isinstance(choice.stop_reason, str) or (stop and choice.stop_reason is None) else "eos"
         stats: dict[str, list] = {}
         if self.logprobs and choice.logprobs is not None:
             chosen, tops = choice.logprobs
@@ -265,7 +276,7 @@ def plan_lines(config: SweepConfig, settings: list[Setting], prompts: list[Promp
 
     system = len(config.prompts.system_prompt or "")
     chars = sum(len(p.display) + system for p in prompts) * len(settings) * config.samples_per_prompt
-    check_tokens = 2 * config.max_new_tokens + (MAX_PROBE_REQUESTS - 2) * PROBE_TOKENS
+    check_tokens = 3 * config.max_new_tokens + (MAX_PROBE_REQUESTS - 3) * PROBE_TOKENS  # 3 as long as the sweep's
     return [("endpoint", f"{config.model.base_url} ({config.model.api}, model {config.model.id!r})"),
             ("requests", f"{units} (one per sample), at most {config.model.concurrency} in flight"),
             ("capability check", f"at most {MAX_PROBE_REQUESTS} requests, {check_tokens} tokens in all, "

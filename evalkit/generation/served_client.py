@@ -18,7 +18,7 @@ import email.utils
 import json
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from evalkit.errors import EvalkitError
 
@@ -39,7 +39,7 @@ class ServerError(EvalkitError):
 @dataclass
 class Endpoint:
     base_url: str
-    api_key: str | None
+    api_key: str | None = field(repr=False)
     timeout_s: float
     max_retries: int
     backoff_s: float
@@ -58,33 +58,37 @@ class Endpoint:
                                                      max_keepalive_connections=connections),
                                  follow_redirects=False, trust_env=False)
 
-    def masked(self, text: str) -> str:
-        """``text`` with the API key masked, squeezed to one line of at most 200 characters."""
+    def masked(self, text: str, limit: int = 200) -> str:
+        """``text`` with the API key masked, squeezed to one line of at most ``limit`` characters."""
         if self.api_key:
             text = text.replace(self.api_key, "***")
         text = " ".join(text.split())
-        return text if len(text) <= 200 else text[:197] + "..."
+        return text if len(text) <= limit else text[: limit - 3] + "..."
 
     async def call(self, client, method: str, path: str, body: dict | None = None, *, max_bytes: int = 8 << 20,
-                   retries: int | None = None, on_retry=None, final: frozenset[int] = frozenset()) -> dict:
-        """The JSON reply of one request, retried on transient failures (not on the statuses in ``final``);
-        raises :class:`ServerError`."""
+                   retries: int | None = None, on_retry=None, once: frozenset[int] = frozenset(),
+                   parse=None) -> dict:
+        """The JSON reply of one request (``parse(data)`` of it, when given), retried on transient failures:
+        429 and 5xx replies, dropped connections, timeouts, replies that are not JSON or that ``parse``
+        refuses. Statuses in ``once`` are retried at most once (a refusal some servers send as a 500).
+        Waits grow exponentially from ``backoff_s`` (a Retry-After header can ask for longer). Raises
+        :class:`ServerError`."""
         retries = self.max_retries if retries is None else retries
         attempt = 0
         while True:
             try:
-                return await asyncio.wait_for(self._once(client, method, path, body, max_bytes), self.timeout_s)
+                data = await asyncio.wait_for(self._once(client, method, path, body, max_bytes), self.timeout_s)
+                return parse(data) if parse is not None else data
             except (ServerError, asyncio.TimeoutError) as e:
                 if isinstance(e, asyncio.TimeoutError):
                     e = ServerError(f"no reply from {self.base_url}{path} within {self.timeout_s:g} s "
                                     "(model.timeout_s)", retryable=True)
-                if not e.retryable or attempt >= retries or e.status in final:
+                if not e.retryable or attempt >= retries or (e.status in once and attempt >= 1):
                     if attempt:
                         raise ServerError(f"{e} (after {attempt} retr{'y' if attempt == 1 else 'ies'})", e.status)
                     raise e
-                wait = e.retry_after
-                if wait is None:
-                    wait = self.backoff_s * (2 ** attempt) * (1 + 0.1 * random.random())
+                wait = min(self.backoff_s * 2 ** attempt, MAX_RETRY_AFTER_S)
+                wait = max(wait, e.retry_after or 0.0) * (1 + 0.1 * random.random())  # jitter: not all at once
                 attempt += 1
                 if on_retry is not None:
                     on_retry(e)
@@ -104,22 +108,28 @@ class Endpoint:
                                           "evalkit stops reading it", response.status_code)
                     chunks.append(chunk)
                 raw = b"".join(chunks)
-        except httpx.TransportError as e:
+        except httpx.RequestError as e:
             what = {httpx.ConnectError: "connection refused or host unreachable",
                     httpx.ConnectTimeout: "connection timed out"}.get(type(e),
                                                                       f"connection dropped ({type(e).__name__})")
+            if isinstance(e, httpx.DecodingError):
+                what = "the reply could not be decoded"
             raise ServerError(f"cannot reach {url}: {what}", retryable=True) from None
         status = response.status_code
+        if 300 <= status < 400:
+            location = self.masked(response.headers.get("location", "nowhere"), 120)
+            raise ServerError(f"{method} {url} was redirected ({status}) to {location}: set base_url to where "
+                              "the API is", status)
         if status >= 400:
             error = ServerError(f"{method} {url} failed: {status} {response.reason_phrase}"
-                                + (f": {self.masked(_error_text(raw))}" if raw.strip() else ""), status,
+                                + (f": {self.masked(_error_text(raw), 300)}" if raw.strip() else ""), status,
                                 retryable=status in RETRY_STATUS or status >= 500)
             error.retry_after = _retry_after(response.headers.get("retry-after"))
             raise error
         try:
             data = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
-            start = self.masked(raw[:80].decode("utf-8", "replace"))
+            start = self.masked(raw.decode("utf-8", "replace"), 80)
             raise ServerError(f"the reply to {method} {url} is not JSON ({len(raw)} bytes: {start!r})", status,
                               retryable=True) from None
         if not isinstance(data, dict):
@@ -128,18 +138,19 @@ class Endpoint:
 
 
 def _error_text(raw: bytes) -> str:
-    """The message of an error reply: OpenAI's {"error": {"message": ...}}, FastAPI's {"detail": ...}, or the text."""
+    """The message of an error reply: OpenAI's {"error": {"message": ...}}, FastAPI's {"detail": ...}, or the text
+    (whole: the caller masks the key before cutting it short)."""
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
-        return raw[:300].decode("utf-8", "replace")
+        return raw.decode("utf-8", "replace")
     if isinstance(data, dict):
         err = data.get("error", data.get("detail", data.get("message")))
         if isinstance(err, dict):
             err = err.get("message", err)
         if err is not None:
-            return err if isinstance(err, str) else json.dumps(err)[:300]
-    return json.dumps(data)[:300]
+            return err if isinstance(err, str) else json.dumps(err)
+    return json.dumps(data)
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -38,7 +38,9 @@ EXTREMES = {"temperature": {"temperature": 0.0}, "top_k": {"top_k": 1}, "top_p":
             "min_p": {"min_p": 0.999}}
 # how a server refuses a field it does not take: 400 or 422, or 500 (llama-cpp-python's validation errors)
 REFUSED = frozenset({400, 422, 500})
-MAX_PROBE_REQUESTS = 3 + 7 + PROBE_SEEDS + 1 + len(EXTREMES) * PROBE_SEEDS
+ONCE = frozenset({500})  # a 500 may be a blip: asked once more before it counts as a refusal
+MAX_PROBE_REQUESTS = (3 + sum(len(v) for v in OPTIONAL_KNOBS.values()) + PROBE_SEEDS + 1
+                      + len(EXTREMES) * PROBE_SEEDS)
 
 
 @dataclass
@@ -59,14 +61,11 @@ class Found:
 
 
 def grid_sets(settings: list[Setting]) -> list[str]:
-    """The knobs that some setting of the grid sets away from their neutral value."""
-    out = []
-    if any(s.greedy for s in settings):
-        out.append("temperature")
+    """The knobs that some setting of the grid sets away from their neutral value (temperature: away from 1)."""
     sampled = [s for s in settings if not s.greedy]
-    out += [k for k, on in (("top_k", any(s.top_k for s in sampled)), ("top_p", any(s.top_p < 1 for s in sampled)),
+    return [k for k, on in (("temperature", any(s.temperature != 1 for s in settings)),
+                            ("top_k", any(s.top_k for s in sampled)), ("top_p", any(s.top_p < 1 for s in sampled)),
                             ("min_p", any(s.min_p for s in sampled))) if on]
-    return out
 
 
 def probe(backend, settings: list[Setting], prompts: list[PreparedPrompt], *, logprobs: int, max_new_tokens: int,
@@ -86,45 +85,38 @@ async def _probe(backend, settings: list[Setting], prompts: list[PreparedPrompt]
     prompt, longest = prompts[0], max(prompts, key=lambda p: len(p.rendered))
     async with backend.endpoint.client(backend.concurrency) as client:
         async def send(setting: Setting, seed: int, optional: dict, lp: int = 0, tokens: int = PROBE_TOKENS,
-                       final: frozenset[int] = frozenset(), full: bool = False) -> dict:
+                       full: bool = False, refusal: bool = False) -> dict:
             """A probe request; ``full``: the longest prompt with the sweep's max_new_tokens and stop strings,
-            as the sweep's own requests will be (a context too short for them is refused now)."""
+            as the sweep's own requests will be (a context too short for them is refused now); ``refusal``:
+            a reply that refuses the request is not retried (a 500 once)."""
             found.requests += 1
             if full:
-                body = backend.body(longest, setting, seed, max_new_tokens, backend.stop, optional=optional,
-                                    logprobs=lp)
+                tokens = max_new_tokens
+                body = backend.body(longest, setting, seed, tokens, backend.stop, optional=optional, logprobs=lp)
             else:
                 body = backend.body(prompt, setting, seed, tokens, optional=optional, logprobs=lp)
             return await backend.endpoint.call(client, "POST", backend.path, body, max_bytes=backend.reply_cap(tokens),
-                                               final=final)
+                                               once=ONCE if refusal else frozenset())
 
-        async def texts(setting: Setting, seeds, final: frozenset[int] = frozenset()) -> list[str]:
-            replies = await asyncio.gather(*(send(setting, s, found.sent, final=final) for s in seeds))
+        async def texts(setting: Setting, seeds, refusal: bool = False) -> list[str]:
+            replies = await asyncio.gather(*(send(setting, s, found.sent, refusal=refusal) for s in seeds))
             return [parse_choice(r, backend.api, url).text for r in replies]
 
         neutral = Setting()
         everything = {k: values[0] for k, values in OPTIONAL_KNOBS.items()}
         try:
             try:
-                first = await send(neutral, 1, everything, lp=logprobs, final=REFUSED, full=True)
+                first = await send(neutral, 1, everything, lp=logprobs, full=True, refusal=True)
                 found.sent = everything
             except ServerError as e:
                 if e.status not in REFUSED:
                     raise
-                first = await _bare(send, neutral, logprobs, refuse, base)
+                first = await _plain(send, neutral, logprobs, refuse, base)
                 found.sent, found.not_sent = await _accepted(send, neutral, OPTIONAL_KNOBS)
             found.fingerprint = first.get("system_fingerprint")
             found.reported_model = first.get("model")
-            required = grid_sets(settings)
             if logprobs:
-                choice = parse_choice(first, backend.api, url)
-                if choice.logprobs is None or not choice.logprobs[0]:
-                    raise refuse(f"{base} returns no logprobs, which the metrics need (nll, perplexity, "
-                                 "token_entropy with top=N)")
-                if logprobs > 1 and min(len(t) for t in choice.logprobs[1]) < logprobs:
-                    got = min(len(t) for t in choice.logprobs[1])
-                    raise refuse(f"{base} returns {got} top logprobs per token, fewer than the {logprobs} that "
-                                 f"token_entropy[top={logprobs}] needs")
+                _check_logprobs(parse_choice(first, backend.api, url), logprobs, refuse, base)
             if any(not s.greedy for s in settings):
                 hot = Setting(temperature=PROBE_TEMPERATURE)
                 seen = await texts(hot, [*range(1, PROBE_SEEDS + 1), 1])
@@ -133,12 +125,12 @@ async def _probe(backend, settings: list[Setting], prompts: list[PreparedPrompt]
                                  f"{PROBE_TEMPERATURE:g} with different seeds gave one text (does it ignore "
                                  "temperature or seed?)")
                 found.seed_reproducible = seen[-1] == seen[0]
-            for knob in required:
+            for knob in grid_sets(settings):
                 extreme = EXTREMES[knob]
                 setting = Setting(**{"temperature": PROBE_TEMPERATURE, **extreme})
                 (name, value), = extreme.items()
                 try:
-                    seen = await texts(setting, range(1, PROBE_SEEDS + 1), final=REFUSED)
+                    seen = await texts(setting, range(1, PROBE_SEEDS + 1), refusal=True)
                 except ServerError as e:
                     if e.status not in REFUSED:
                         raise
@@ -152,13 +144,25 @@ async def _probe(backend, settings: list[Setting], prompts: list[PreparedPrompt]
     return found
 
 
+def _check_logprobs(choice, logprobs: int, refuse, base: str) -> None:
+    """The reply carries the logprobs the metrics need: the chosen tokens', and the top N (at least somewhere:
+    a server that keys its top logprobs by text may merge tokens that decode alike)."""
+    if choice.logprobs is None or not choice.logprobs[0]:
+        raise refuse(f"{base} returns no logprobs, which the metrics need (nll, perplexity, token_entropy with "
+                     "top=N)")
+    most = max((len(t) for t in choice.logprobs[1]), default=0)
+    if logprobs > 1 and most < logprobs:
+        raise refuse(f"{base} returns at most {most} top logprobs per token, fewer than the {logprobs} that "
+                     f"token_entropy[top={logprobs}] needs")
+
+
 async def _accepted(send, neutral: Setting, knobs: dict[str, tuple]) -> tuple[dict[str, Any], dict[str, str]]:
     """Each optional knob's first neutral value that the server takes alone; why not, for the others."""
     async def one(knob: str, values: tuple) -> tuple[Any, str | None]:
         why = None
         for value in values:
             try:
-                await send(neutral, 1, {knob: value}, tokens=1, final=REFUSED)
+                await send(neutral, 1, {knob: value}, tokens=1, refusal=True)
                 return value, None
             except ServerError as e:
                 if e.status not in REFUSED:
@@ -171,16 +175,18 @@ async def _accepted(send, neutral: Setting, knobs: dict[str, tuple]) -> tuple[di
     return sent, {k: why for k, (value, why) in zip(knobs, results) if why is not None}
 
 
-async def _bare(send, neutral: Setting, logprobs: int, refuse, base: str) -> dict:
-    """A request with no optional knob; refuses a server that takes not even that (or not its logprobs)."""
+async def _plain(send, neutral: Setting, logprobs: int, refuse, base: str) -> dict:
+    """The sweep's request with no optional knob; refuses a server that takes not even that, naming its reason
+    (logprobs only when the same request without them is taken)."""
     try:
-        return await send(neutral, 1, {}, lp=logprobs, final=REFUSED, full=True)
+        return await send(neutral, 1, {}, lp=logprobs, full=True, refusal=True)
     except ServerError as e:
         if not logprobs or e.status not in REFUSED:
-            raise refuse(f"{base} refuses a plain request: {e}") from None
+            raise refuse(f"{base} refuses the sweep's request: {e}") from None
+        with_logprobs = e
     try:
-        await send(neutral, 1, {}, tokens=1, final=REFUSED)
+        await send(neutral, 1, {}, full=True, refusal=True)
     except ServerError as e:
-        raise refuse(f"{base} refuses a plain request: {e}") from None
+        raise refuse(f"{base} refuses the sweep's request: {e}") from None
     raise refuse(f"{base} rejects logprobs={logprobs}, which the metrics need (nll, perplexity, token_entropy with "
-                 "top=N)")
+                 f"top=N): {with_logprobs}")

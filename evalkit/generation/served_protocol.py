@@ -11,9 +11,13 @@ from evalkit.generation.served_client import ServerError
 SEED_MODULUS = 2**31  # a request's seed: the sample's derived seed mod 2**31 (a signed 32-bit int everywhere)
 # sent at a neutral value where the server takes one (the capability check finds out which, trying them
 # in order), so that no server default shapes a sample: knobs outside the OpenAI schema, and the penalties.
-# top_k is off at 0 for llama.cpp and vLLM, at -1 for SGLang and older vLLM.
+# top_k is off at 0 for llama.cpp and vLLM, at -1 for SGLang and older vLLM. The rest switch off what a
+# llama.cpp server can be started with (--typical, --mirostat, --dry-multiplier, --xtc-probability,
+# --top-nsigma, --dynatemp-range) and the penalties of every server.
 OPTIONAL_KNOBS = {"top_k": (0, -1), "min_p": (0.0,), "presence_penalty": (0.0,), "frequency_penalty": (0.0,),
-                  "repetition_penalty": (1.0,), "repeat_penalty": (1.0,)}
+                  "repetition_penalty": (1.0,), "repeat_penalty": (1.0,), "typical_p": (1.0,), "mirostat": (0,),
+                  "mirostat_mode": (0,), "dry_multiplier": (0.0,), "xtc_probability": (0.0,),
+                  "top_n_sigma": (-1.0,), "dynatemp_range": (0.0,)}
 
 
 class Choice:
@@ -25,32 +29,39 @@ class Choice:
 
 
 def parse_choice(data: dict, api: str, url: str) -> Choice:
+    """The first choice of a reply. Logprobs come as OpenAI's chat list (``content``: token, logprob,
+    top_logprobs), which llama.cpp's own server also uses for completions, or as the legacy completions
+    lists (``token_logprobs``, ``top_logprobs`` keyed by text). Top lists align with the tokens."""
     try:
         choice = data["choices"][0]
-        if api == "chat":
-            text = choice["message"].get("content") or ""
-            lp = choice.get("logprobs") or None
-            content = lp.get("content") if isinstance(lp, dict) else None
-            logprobs = None if content is None else (
-                [float(t["logprob"]) for t in content],
-                [[float(x["logprob"]) for x in (t.get("top_logprobs") or [])] for t in content])
-        else:
-            text = choice["text"]
-            lp = choice.get("logprobs") or None
-            logprobs = None if lp is None or lp.get("token_logprobs") is None else (
-                [float(v) for v in lp["token_logprobs"]],
-                [[float(v) for v in (t or {}).values()] for t in (lp.get("top_logprobs") or [])])
+        text = (choice["message"].get("content") or "") if api == "chat" else choice["text"]
         if not isinstance(text, str):
             raise TypeError
+        logprobs = _logprobs(choice.get("logprobs") or None)
     except (KeyError, IndexError, TypeError, AttributeError, ValueError):
-        raise ServerError(f"the reply from {url} is not a completion (no choices[0] with text)",
-                          retryable=True) from None
+        raise ServerError(f"the reply from {url} is not a completion (no choices[0] with text and well-formed "
+                          "logprobs)", retryable=True) from None
     return Choice(text, choice.get("finish_reason"), choice.get("stop_reason"), logprobs)
 
 
+def _logprobs(lp) -> tuple[list[float], list[list[float]]] | None:
+    if lp is None:
+        return None
+    if lp.get("content") is not None:  # a list of {token, logprob, top_logprobs: [{token, logprob}]}
+        content = lp["content"]
+        return ([float(t["logprob"]) for t in content],
+                [[float(x["logprob"]) for x in (t.get("top_logprobs") or [])] for t in content])
+    if lp.get("token_logprobs") is None:
+        return None
+    chosen = [float(v) for v in lp["token_logprobs"]]
+    tops = [[float(v) for v in (t or {}).values()] for t in (lp.get("top_logprobs") or [])]
+    return chosen, (tops + [[] for _ in range(len(chosen) - len(tops))])[: len(chosen)]
+
+
 def truncated_entropy(top_logprobs: list[float], n: int) -> float:
-    """-sum p log p over the ``n`` most likely tokens (a lower bound of the entropy: the tail is left out)."""
+    """-sum p log p over the ``n`` most likely tokens (a lower bound of the entropy: the tail is left out);
+    NaN where the server gave no top logprobs for the token."""
     best = sorted((v for v in top_logprobs if v > -math.inf), reverse=True)[:n]
-    return -sum(math.exp(v) * v for v in best)
+    return -sum(math.exp(v) * v for v in best) if best else math.nan
 
 
