@@ -104,13 +104,14 @@ class LlamaServer:
 
 class FaultProxy:
     """Forwards to ``upstream`` (host, port); ``script(n, method, path, body)`` may return an action for
-    the n-th request (counted from 1): ("status", code, headers), "disconnect", "garbage", "truncated",
-    "huge", ("slow", seconds), ("drop", field) or ("reject", field). Every request is logged."""
+    the n-th request (counted from 1): ("status", code, headers), "echo-key", "disconnect", "garbage",
+    "truncated", "huge", ("slow", seconds), ("drop", field) or ("reject", field). Every request is logged."""
 
     def __init__(self, upstream_port: int, script=None):
         self.upstream_port = upstream_port
         self.script = script or (lambda n, method, path, body: None)
         self.log: list[tuple[int, str, str, dict | None, object]] = []
+        self.times: dict[int, float] = {}  # request number -> when it arrived (time.monotonic)
         self.lock = threading.Lock()
         proxy = self
 
@@ -134,10 +135,14 @@ class FaultProxy:
                     n = len(proxy.log) + 1
                     action = proxy.script(n, method, self.path, body)
                     proxy.log.append((n, method, self.path, body, action))
+                    proxy.times[n] = time.monotonic()
                 kind = action[0] if isinstance(action, tuple) else action
                 if kind == "status":
                     _, code, headers = action
                     self._reply(code, json.dumps({"error": {"message": f"injected {code}"}}).encode(), headers)
+                elif kind == "echo-key":  # a careless server that quotes the credentials it refuses
+                    got = self.headers.get("Authorization", "")
+                    self._reply(401, json.dumps({"error": {"message": f"invalid credentials: {got}"}}).encode())
                 elif kind == "disconnect":
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)

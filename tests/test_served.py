@@ -82,7 +82,8 @@ def test_every_knob_and_a_seed_per_sample_are_sent_and_recorded(llama_server, tm
     m = run.manifest
     assert m.model["backend"] == "openai" and m.model["server"]["reported_model"] == "smollm2"
     assert m.model["server"]["sent_with_every_request"]["top_k"] == 0
-    assert m.model["server"]["honoured"] == ["top_k", "min_p"] and m.model["server"]["seed_reproducible"] is True
+    assert m.model["server"]["honoured"] == ["temperature", "top_k", "min_p"]
+    assert m.model["server"]["seed_reproducible"] is True
     generation = {s.id: s.generation for s in m.settings}
     assert generation["t0.8-p1-k20-m0.1"]["top_k"] == 20 and generation["t0.8-p1"]["min_p"] == 0.0
     ids = set(run.scores["metric"])
@@ -169,31 +170,51 @@ def test_a_server_killed_mid_run_leaves_a_run_that_resumes_to_the_same_samples(l
         own.stop()
 
 
-# request 1 is GET /models, 2-9 the capability check's, then the samples'
+def scripted(rule):
+    """A proxy script from ``rule(n, k)``: n counts every request, k the requests for samples (0 for others)."""
+    count = [0]
+
+    def script(n, method, path, body):
+        if is_sample(body):
+            count[0] += 1
+            return rule(n, count[0])
+        return rule(n, 0)
+
+    return script
+
+
 RECOVERABLE = {
-    "429 with Retry-After": lambda n: ("status", 429, {"Retry-After": "1"}) if n in (12, 13) else None,
-    "5xx burst": lambda n: ("status", 503 if n % 2 else 500, {}) if n in (12, 13, 14) else None,
-    "dropped connection": lambda n: "disconnect" if n in (12, 16) else None,
-    "reply not JSON": lambda n: "garbage" if n == 13 else None,
-    "reply cut short": lambda n: "truncated" if n == 14 else None,
+    "429 with Retry-After": lambda n, k: ("status", 429, {"Retry-After": "1"}) if k in (3, 4) else None,
+    "5xx burst": lambda n, k: ("status", 503 if k % 2 else 500, {}) if k in (3, 4, 5) else None,
+    "dropped connection": lambda n, k: "disconnect" if k in (3, 7) else None,
+    "reply not JSON": lambda n, k: "garbage" if k == 4 else None,
+    "reply cut short": lambda n, k: "truncated" if k == 5 else None,
+    "a 500 during the capability check": lambda n, k: ("status", 500, {}) if n == 2 else None,
 }
 
 
 @pytest.mark.parametrize("fault", list(RECOVERABLE))
 def test_transient_faults_are_retried_and_change_no_sample(llama_server, reference, tmp_path, fault):
-    rule = RECOVERABLE[fault]
-    with FaultProxy(llama_server.port, lambda n, method, path, body: rule(n)) as proxy:
+    with FaultProxy(llama_server.port, scripted(RECOVERABLE[fault])) as proxy:
         run = sweep(served_config(proxy.base_url, tmp_path / "runs"))
     assert texts(run) == texts(reference)
     assert any(action is not None for *_, action in proxy.log)
+    assert run.manifest.model["server"]["sent_with_every_request"] == reference.manifest.model["server"][
+        "sent_with_every_request"]  # a blip is not taken for a refused knob
+    if fault == "429 with Retry-After":  # the retry of a 429'd request waited the second the server asked for
+        refused = [(n, body["seed"]) for n, _, _, body, action in proxy.log if action]
+        assert len(refused) == 2
+        for n, seed in refused:
+            retry = next(m for m, _, _, body, _ in proxy.log[n:] if body and body["seed"] == seed)
+            assert proxy.times[retry] - proxy.times[n] >= 0.95
 
 
 FATAL = {
-    "always 503": (lambda n: ("status", 503, {}) if n >= 10 else None, {},
+    "always 503": (lambda n, k: ("status", 503, {}) if k else None, {},
                    r"503 Service Unavailable: injected 503 \(after 2 retries\)"),
-    "never JSON": (lambda n: "garbage" if n >= 10 else None, {}, r"is not JSON \(30 bytes: '<html>502 proxy"),
-    "huge reply": (lambda n: "huge" if n >= 10 else None, {}, r"is larger than \d+ MiB"),
-    "timeout": (lambda n: ("slow", 8) if n >= 10 else None, {"timeout_s": 5, "max_retries": 1},
+    "never JSON": (lambda n, k: "garbage" if k else None, {}, r"is not JSON \(30 bytes: '<html>502 proxy"),
+    "huge reply": (lambda n, k: "huge" if k else None, {}, r"is larger than \d+ MiB"),
+    "timeout": (lambda n, k: ("slow", 8) if k else None, {"timeout_s": 5, "max_retries": 1},
                 r"no reply from http://127\.0\.0\.1:\d+/v1/completions within 5 s \(model\.timeout_s\) "
                 r"\(after 1 retry\)"),
 }
@@ -202,7 +223,7 @@ FATAL = {
 @pytest.mark.parametrize("fault", list(FATAL))
 def test_lasting_faults_stop_with_one_line(llama_server, tmp_path, fault, write_config):
     rule, model, message = FATAL[fault]
-    with FaultProxy(llama_server.port, lambda n, method, path, body: rule(n)) as proxy:
+    with FaultProxy(llama_server.port, scripted(rule)) as proxy:
         path = write_config(served_config(proxy.base_url, tmp_path / "runs", model=model))
         result = CliRunner().invoke(app, ["run", str(path), "-q"])
     assert result.exit_code == 2, result.output
@@ -237,7 +258,7 @@ def test_start_failures_are_one_line_and_leave_nothing(llama_server, tmp_path, w
     assert line.endswith(f"model.id: 'gpt-9' is not served by {llama_server.base_url} (served: 'smollm2')"), line
     line = _start_failure(tmp_path, write_config, served_config(llama_server.base_url, runs),
                           env={"EVALKIT_TEST_API_KEY": "sk-wrong"}, monkeypatch=monkeypatch)
-    assert "model.api_key_env:" in line and "refused the request (401)" in line and "sk-wrong" not in line, line
+    assert "model.api_key_env:" in line and "refused the request (401" in line and "sk-wrong" not in line, line
     monkeypatch.delenv("EVALKIT_TEST_API_KEY")
     line = _start_failure(tmp_path, write_config, served_config(llama_server.base_url, runs))
     assert line.endswith("model.api_key_env: the environment variable EVALKIT_TEST_API_KEY is not set (it should "
@@ -258,16 +279,22 @@ def test_a_knob_the_server_ignores_or_rejects_is_refused_before_any_sample(llama
         assert not sample_posts(proxy, 12)  # not one sample was asked for
 
 
-def test_the_api_key_is_written_nowhere(llama_server, tmp_path, monkeypatch):
+def test_the_api_key_is_written_nowhere(llama_server, tmp_path, monkeypatch, write_config):
     key = llama_server.api_key
     runs = tmp_path / "runs"
     monkeypatch.setenv("EVALKIT_INDEX", str(tmp_path / "index.sqlite"))
-    sweep(served_config(llama_server.base_url, runs, report=True))
-    with FaultProxy(llama_server.port, lambda n, m, p, body: ("status", 503, {}) if n >= 10 else None) as proxy:
+    monkeypatch.setenv("EVALKIT_SAMPLE_CACHE", str(tmp_path / "samples.sqlite"))
+    sweep(served_config(llama_server.base_url, runs, report=True), cache=True)
+    with FaultProxy(llama_server.port, scripted(lambda n, k: ("status", 503, {}) if k else None)) as proxy:
         with pytest.raises(EvalkitError):
             sweep(served_config(proxy.base_url, runs, model={"max_retries": 0}))
+    with FaultProxy(llama_server.port, lambda n, m, p, body: "echo-key") as proxy:  # a reply that quotes the key
+        path = write_config(served_config(proxy.base_url, tmp_path / "refused"))
+        result = CliRunner().invoke(app, ["run", str(path), "-q"])
+    assert result.exit_code == 2 and "invalid credentials: Bearer ***" in result.stderr, result.output
+    assert key not in result.output
     files = [p for p in tmp_path.rglob("*") if p.is_file() and "llama-server" not in p.name]
-    assert any(p.name == "report.html" for p in files) and any(p.name == "index.sqlite" for p in files)
+    assert {"report.html", "index.sqlite", "samples.sqlite", "config.yaml"} <= {p.name for p in files}
     for path in files:
         assert key.encode() not in path.read_bytes(), path
     assert "EVALKIT_TEST_API_KEY" in (next(runs.glob("*/config.yaml"))).read_text()  # the variable's name only
@@ -315,6 +342,28 @@ def test_served_configs_are_checked_before_anything_is_sent(tmp_path):
     assert "needs token_stats" in refused({}, metrics=[{"name": "nll", "dist": "sampling"}])
 
 
+def test_replies_of_either_logprob_form_and_their_finish_reasons():
+    from evalkit.generation.served_protocol import parse_choice
+
+    legacy = {"choices": [{"text": " blue sky", "finish_reason": "stop", "logprobs": {
+        "tokens": [" blue", " sky"], "token_logprobs": [-0.5, -1.0],
+        "top_logprobs": [{" blue": -0.5, " red": -1.5}, {" sky": -1.0}]}}]}
+    listed = {"choices": [{"text": " blue sky", "finish_reason": "length", "logprobs": {"content": [
+        {"token": " blue", "logprob": -0.5, "top_logprobs": [{"token": " blue", "logprob": -0.5},
+                                                             {"token": " red", "logprob": -1.5}]},
+        {"token": " sky", "logprob": -1.0, "top_logprobs": [{"token": " sky", "logprob": -1.0}]}]}}]}
+    for reply in (legacy, listed):
+        choice = parse_choice(reply, "completions", "u")
+        assert choice.text == " blue sky" and choice.logprobs == ([-0.5, -1.0], [[-0.5, -1.5], [-1.0]])
+    no_tops = {"choices": [{"text": "a", "logprobs": {"token_logprobs": [-0.1, -0.2]}}]}
+    assert parse_choice(no_tops, "completions", "u").logprobs == ([-0.1, -0.2], [[], []])
+    for broken in ({}, {"choices": []}, {"choices": [{"message": {}}]}, {"choices": [{"text": 3}]},
+                   {"choices": [{"text": "a", "logprobs": {"content": [{"token": "a"}]}}]}):
+        with pytest.raises(EvalkitError, match="is not a completion") as e:
+            parse_choice(broken, "completions", "u")
+        assert e.value.retryable
+
+
 def test_truncated_entropy_is_a_lower_bound_over_the_top_n():
     from evalkit.generation.served import truncated_entropy
 
@@ -326,6 +375,7 @@ def test_truncated_entropy_is_a_lower_bound_over_the_top_n():
     assert truncated_entropy(list(reversed(lp)) + [-math.inf], 2) == pytest.approx(
         -sum(math.exp(v) * v for v in lp[:2]))
     assert truncated_entropy(lp, 2) < truncated_entropy(lp, 3) < full
+    assert math.isnan(truncated_entropy([], 5))  # no top logprobs for the token: no value, not 0
 
 
 def test_retry_after_in_seconds_or_as_a_date():

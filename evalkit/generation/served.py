@@ -86,7 +86,8 @@ class ServedBackend:
             env = config.model.api_key_env
             hint = (f"is the key in ${env} right?" if env else
                     "name the environment variable that holds the key in model.api_key_env")
-            return ConfigError(f"{base} refused the request ({e.status}): {hint}", source=config.source,
+            said = f": {e.detail}" if e.detail else ""
+            return ConfigError(f"{base} refused the request ({e.status}{said}); {hint}", source=config.source,
                                path="model.api_key_env")
         if e.status == 404:
             return ConfigError(f"{base}/models does not exist (404): base_url should be the API root that has "

@@ -34,6 +34,7 @@ class ServerError(EvalkitError):
         self.status = status
         self.retryable = retryable
         self.retry_after: float | None = None  # seconds, from the reply's Retry-After header
+        self.detail: str | None = None  # the server's own words (key masked)
 
 
 @dataclass
@@ -121,9 +122,11 @@ class Endpoint:
             raise ServerError(f"{method} {url} was redirected ({status}) to {location}: set base_url to where "
                               "the API is", status)
         if status >= 400:
+            detail = self.masked(_error_text(raw), 300) if raw.strip() else None
             error = ServerError(f"{method} {url} failed: {status} {response.reason_phrase}"
-                                + (f": {self.masked(_error_text(raw), 300)}" if raw.strip() else ""), status,
+                                + (f": {detail}" if detail else ""), status,
                                 retryable=status in RETRY_STATUS or status >= 500)
+            error.detail = detail
             error.retry_after = _retry_after(response.headers.get("retry-after"))
             raise error
         try:

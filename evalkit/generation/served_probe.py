@@ -9,13 +9,14 @@
 2. When the grid samples: ``PROBE_SEEDS`` requests at temperature 2 with different seeds must give at
    least two texts (else the server ignores temperature or seed: refused), and the first seed sent again
    must give the first text again (recorded as ``seed_reproducible``; a hosted API may not promise it).
-3. For each knob the grid sets away from neutral, ``PROBE_SEEDS`` requests at temperature 2 with the knob
-   at an extreme that leaves only the most likely token (top_k 1, top_p 0.001, min_p 0.999; temperature
-   0 for a greedy setting) must all give one text. A server that gives several ignores the knob: refused.
+3. For each knob the grid sets away from neutral (temperature: away from 1), ``PROBE_SEEDS`` requests at
+   temperature 2 with the knob at an extreme that leaves only the most likely token (top_k 1, top_p
+   0.001, min_p 0.999; temperature 0) must all give one text. A server that gives several ignores the
+   knob, one that refuses the request rejects it: refused.
 
-At most ``MAX_PROBE_REQUESTS`` requests: two of the sweep's length, the others of at most ``PROBE_TOKENS``
-tokens. A refusal there (400, 422, or the
-500 that llama-cpp-python answers a validation error with) is not retried.
+At most ``MAX_PROBE_REQUESTS`` requests: three as long as the sweep's own, the others of at most
+``PROBE_TOKENS`` tokens. A refusal (400, 422, or the 500 that llama-cpp-python answers a field it does
+not know with, asked once more) is not retried further.
 """
 
 from __future__ import annotations
