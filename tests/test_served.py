@@ -403,3 +403,13 @@ def test_two_tops_in_one_run_are_refused(tmp_path):
     assert logprobs_wanted(default_registry().create_all(only_nll.metrics)) == 1
     plain = config_from_dict(served_config("http://127.0.0.1:9/v1", tmp_path, metrics=["distinct_1"]))
     assert logprobs_wanted(default_registry().create_all(plain.metrics)) == 0
+
+
+def test_a_sweep_from_inside_a_running_event_loop(llama_server, reference, tmp_path):
+    """As from a notebook, whose event loop runs in the caller's thread."""
+    import asyncio
+
+    async def from_a_notebook():
+        return sweep(served_config(llama_server.base_url, tmp_path / "runs"))
+
+    assert texts(asyncio.run(from_a_notebook())) == texts(reference)

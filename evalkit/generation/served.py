@@ -26,7 +26,7 @@ from typing import Any
 from evalkit.config import SweepConfig
 from evalkit.errors import ConfigError, EvalkitError
 from evalkit.generation.base import ModelInfo, PreparedPrompt, ProgressFn, SampleRecord, WorkUnit
-from evalkit.generation.served_client import Endpoint, ServerError
+from evalkit.generation.served_client import Endpoint, ServerError, run_async
 from evalkit.generation.served_protocol import SEED_MODULUS, parse_choice, truncated_entropy
 from evalkit.prompts import Prompt
 from evalkit.settings import Setting
@@ -68,7 +68,7 @@ class ServedBackend:
                 return await self.endpoint.call(client, "GET", "/models", retries=0)
 
         try:
-            data = asyncio.run(get())
+            data = run_async(get())
         except ServerError as e:
             raise self._start_error(e, config) from None
         entries = [m for m in data.get("data", []) if isinstance(m, dict)] if isinstance(data.get("data"), list) else []
@@ -185,7 +185,18 @@ class ServedBackend:
 
     def generate(self, units: list[WorkUnit], *, max_new_tokens: int, batch_size: int | None = None,
                  stop: tuple[str, ...] = (), progress: ProgressFn | None = None) -> Iterator[SampleRecord]:
-        """At most ``concurrency`` requests in flight; yields each sample as its reply arrives."""
+        """At most ``concurrency`` requests in flight; yields each sample as its reply arrives (in a thread of
+        its own where an event loop already runs in this one: a notebook)."""
+        records = self._generate(units, max_new_tokens, stop, progress)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            yield from records
+            return
+        yield from _in_thread(records)
+
+    def _generate(self, units: list[WorkUnit], max_new_tokens: int, stop: tuple[str, ...],
+                  progress: ProgressFn | None) -> Iterator[SampleRecord]:
         loop = asyncio.new_event_loop()
         client = self.endpoint.client(self.concurrency)
         pending: set[asyncio.Task] = set()
@@ -268,6 +279,39 @@ class ServedBackend:
         if not isinstance(n_tokens, int):
             n_tokens = len(choice.logprobs[0]) if choice.logprobs is not None else 0
         return SampleRecord(unit=unit, text=text, finish_reason=finish, stats=stats, num_tokens=n_tokens)
+
+
+def _in_thread(items: Iterator) -> Iterator:
+    """``items``, produced in a worker thread; closing this iterator stops the worker after its current item."""
+    import queue
+    import threading
+
+    out: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    end = object()
+
+    def work() -> None:
+        try:
+            for item in items:
+                out.put(item)
+                if stop.is_set():
+                    break
+        except BaseException as e:  # handed to the consumer
+            out.put(e)
+        finally:
+            items.close()
+            out.put(end)
+
+    thread = threading.Thread(target=work, name="evalkit-served", daemon=True)
+    thread.start()
+    try:
+        while (item := out.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def plan_lines(config: SweepConfig, settings: list[Setting], prompts: list[Prompt],

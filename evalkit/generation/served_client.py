@@ -14,6 +14,7 @@ it, and any copy of it in a server's reply is masked before the reply is quoted.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import email.utils
 import json
 import random
@@ -138,6 +139,17 @@ class Endpoint:
         if not isinstance(data, dict):
             raise ServerError(f"the reply to {method} {url} is JSON but not an object", status, retryable=True)
         return data
+
+
+def run_async(coro):
+    """Run ``coro`` to its end from synchronous code; where an event loop already runs in this thread (a
+    notebook), in a thread of its own."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def _error_text(raw: bytes) -> str:

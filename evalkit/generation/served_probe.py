@@ -27,7 +27,7 @@ from typing import Any
 
 from evalkit.errors import ConfigError
 from evalkit.generation.base import PreparedPrompt
-from evalkit.generation.served_client import ServerError
+from evalkit.generation.served_client import ServerError, run_async
 from evalkit.generation.served_protocol import OPTIONAL_KNOBS, parse_choice
 from evalkit.settings import Setting
 
@@ -71,7 +71,7 @@ def grid_sets(settings: list[Setting]) -> list[str]:
 
 def probe(backend, settings: list[Setting], prompts: list[PreparedPrompt], *, logprobs: int, max_new_tokens: int,
           source: str | None) -> Found:
-    return asyncio.run(_probe(backend, settings, prompts, logprobs, max_new_tokens, source))
+    return run_async(_probe(backend, settings, prompts, logprobs, max_new_tokens, source))
 
 
 async def _probe(backend, settings: list[Setting], prompts: list[PreparedPrompt], logprobs: int, max_new_tokens: int,
