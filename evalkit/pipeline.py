@@ -18,8 +18,8 @@ import pandas as pd
 
 from evalkit.config import SweepConfig
 from evalkit.errors import ConfigError, EvalkitError
-from evalkit.executors import LocalExecutor
-from evalkit.generation import WorkUnit, check_model, load_backend
+from evalkit.executors import executor_for
+from evalkit.generation import WorkUnit
 from evalkit.generation.base import Generator, PreparedPrompt
 from evalkit.kinds import RunKind, kind_of
 from evalkit.prompts import load_prompts
@@ -46,43 +46,51 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
     prompts = load_prompts(config)
     kind.check_prompts(prompts, config.source)
     check_writable(Path(config.output_dir) if resume_dir is None else resume_dir, config.source)
-    checked = check_model(config)
+    executor = executor_for(config)
+    checked = executor.check()
+    try:
 
-    # load
-    started = time.perf_counter()
-    with ui.phase("loading") as phase:
-        generator = load_backend(config, status=lambda msg: phase.update(status=msg), checked=checked)
-        prepared = generator.prepare(prompts, chat_template=config.prompts.chat_template,
-                                     system_prompt=config.prompts.system_prompt, max_new_tokens=config.max_new_tokens)
-        generator.check(settings, prepared, logprobs=logprobs_wanted(metrics, config.source),
-                        max_new_tokens=config.max_new_tokens, status=lambda msg: phase.update(status=msg))
-    timings = {"load_s": round(time.perf_counter() - started, 3)}
-    batch_size = generator.batch_size(config.batch_size, prepared, config.max_new_tokens)
+        # load
+        started = time.perf_counter()
+        with ui.phase("loading") as phase:
+            generator = executor.load(checked, status=lambda msg: phase.update(status=msg))
+            prepared = generator.prepare(prompts, chat_template=config.prompts.chat_template,
+                                         system_prompt=config.prompts.system_prompt,
+                                         max_new_tokens=config.max_new_tokens)
+            generator.check(settings, prepared, logprobs=logprobs_wanted(metrics, config.source),
+                            max_new_tokens=config.max_new_tokens, status=lambda msg: phase.update(status=msg))
+        timings = {"load_s": round(time.perf_counter() - started, 3)}
+        batch_size = generator.batch_size(config.batch_size, prepared, config.max_new_tokens)
 
-    if resume_dir is not None:
-        writer = RunWriter.reopen(resume_dir)
-        recorded_weights = writer.manifest.model.weights_id
-        if recorded_weights is not None and recorded_weights != generator.info.weights_id:
-            what = "another endpoint, server or set of knobs" if generator.info.endpoint_id else "other model weights"
-            raise EvalkitError(f"--resume: {resume_dir} was made with {what} than {config.model.id!r} has now")
-    else:
-        writer = RunWriter.create(Path(config.output_dir), _manifest(
-            config, kind, generator, settings, metrics, len(prepared), batch_size, overrides, as_given or {}))
-    with recorded(config, writer):
-        if resume_dir is None:
-            writer.write_config(resolved or {})
-            writer.write_prompts([kind.prompt_line(p, writer) for p in prepared])
-        writer.write_manifest()
-        started = time.perf_counter()
-        samples, reused = generate(writer, kind, config, generator, plan(config, prepared, settings), batch_size, ui,
-                                   cache)
-        timings["generate_s"] = round(time.perf_counter() - started, 3)
-        writer.write_samples(samples)
-        started = time.perf_counter()
-        writer.write_scores(*score_samples(writer.path, samples, settings, metrics, level=config.ci.level,
-                                           resamples=config.ci.resamples, seed=config.seed, ui=ui))
-        timings["score_s"] = round(time.perf_counter() - started, 3)
-        run = writer.complete(n_samples=len(samples), timings=timings, reused=reused)
+        if resume_dir is not None:
+            writer = RunWriter.reopen(resume_dir)
+            recorded_weights = writer.manifest.model.weights_id
+            if recorded_weights is not None and recorded_weights != generator.info.weights_id:
+                what = ("another endpoint, server or set of knobs" if generator.info.endpoint_id
+                        else "other model weights")
+                raise EvalkitError(f"--resume: {resume_dir} was made with {what} than {config.model.id!r} has now")
+        else:
+            writer = RunWriter.create(Path(config.output_dir), _manifest(
+                config, kind, generator, settings, metrics, len(prepared), batch_size, overrides, as_given or {}))
+        with recorded(config, writer):
+            if resume_dir is None:
+                writer.write_config(resolved or {})
+                writer.write_prompts([kind.prompt_line(p, writer) for p in prepared])
+            writer.write_manifest()
+            started = time.perf_counter()
+            samples, reused = generate(writer, kind, config, generator, plan(config, prepared, settings), batch_size,
+                                       ui, cache, executor)
+            timings["generate_s"] = round(time.perf_counter() - started, 3)
+            writer.manifest.executor = executor.record()
+            executor.close()  # the workers are freed before scoring
+            writer.write_samples(samples)
+            started = time.perf_counter()
+            writer.write_scores(*score_samples(writer.path, samples, settings, metrics, level=config.ci.level,
+                                               resamples=config.ci.resamples, seed=config.seed, ui=ui))
+            timings["score_s"] = round(time.perf_counter() - started, 3)
+            run = writer.complete(n_samples=len(samples), timings=timings, reused=reused)
+    finally:
+        executor.close()
     if config.report:
         write_report(run.path, ui)
     return run
@@ -146,7 +154,7 @@ def plan(config: SweepConfig, prompts: list[PreparedPrompt], settings: list) -> 
 
 
 def generate(writer: RunWriter, kind: RunKind, config: SweepConfig, generator: Generator, units: list[WorkUnit],
-             batch_size: int, ui, use_cache: bool) -> tuple[pd.DataFrame, Reused]:
+             batch_size: int, ui, use_cache: bool, executor) -> tuple[pd.DataFrame, Reused]:
     """Every unit's sample, in grid order: from the run's parts or kept outputs, the sample cache, or the generator."""
     columns = list(kind.columns)
     done = {(r.prompt_id, r.setting_id, int(r.sample_index)) for r in writer.read_parts(columns).itertuples()}
@@ -177,7 +185,7 @@ def generate(writer: RunWriter, kind: RunKind, config: SweepConfig, generator: G
                 parts.add(kind.row(u, hits[keys[u.key]], writer, config))
             phase.update(completed=before)
             made = 0
-            records = LocalExecutor(generator).run(
+            records = executor.run(
                 to_make, max_new_tokens=config.max_new_tokens, batch_size=batch_size, stop=tuple(config.stop),
                 progress=lambda n, s: phase.update(completed=before + n,
                                                    status=f"step {s}" if isinstance(s, int) else s))

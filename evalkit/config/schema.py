@@ -266,6 +266,25 @@ class CIConfig(_Strict):
     resamples: int = Field(2000, ge=100)
 
 
+class ExecutorConfig(_Strict):
+    """Where generation runs: in this process (local), or on Ray actors that each load the model once."""
+
+    kind: Literal["local", "ray"] = "local"
+    address: str | None = None  # ray: "auto", "ray://host:10001" or host:port; none: a local Ray instance
+    workers: int = Field(1, ge=1, le=4096)  # ray: actors, each with its own copy of the model
+    gpus_per_worker: float = Field(0.0, ge=0)  # ray: 0 on CPU
+    cpus_per_worker: float = Field(1.0, gt=0)  # ray
+    max_retries: int = Field(2, ge=0, le=100)  # ray: times a shard is given to another actor after one died
+
+    @model_validator(mode="after")
+    def _local_has_no_cluster(self) -> ExecutorConfig:
+        if self.kind == "local":
+            for name in ("address", "workers", "gpus_per_worker", "cpus_per_worker"):
+                if name in self.model_fields_set and getattr(self, name) != type(self).model_fields[name].default:
+                    raise ValueError(f"{name}: only a ray executor has {name}; this one is local, got {name} set")
+        return self
+
+
 class SweepConfig(_Strict):
     """The whole sweep: a model, prompts, a grid of settings, samples and metrics."""
 
@@ -282,6 +301,7 @@ class SweepConfig(_Strict):
     ci: CIConfig = Field(default_factory=CIConfig)
     output_dir: str = "runs"  # run directories go here, relative to the working directory
     image: ImageOptions = Field(default_factory=ImageOptions)  # backend diffusers only
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)  # where generation runs
     report: bool = True  # write report.html into the run directory at the end (`evalkit report` does it later)
     # run index (SQLite) that records the run; default $EVALKIT_INDEX, else <output_dir>/index.sqlite
     index: str | None = None

@@ -22,20 +22,25 @@ BACKENDS = {
 }
 
 
-def check_model(config: SweepConfig):
-    """Everything about the model that can be checked before loading it: device, path, hash (a backend
-    module may check it its own way, with a ``check_model`` function)."""
+def check_model(config: SweepConfig, device: bool = True):
+    """Everything about the model that can be checked before loading it: (source, device). A backend module
+    may check it its own way, with a ``check_model`` function. ``device=False`` leaves the device to be
+    resolved where the model loads (a Ray worker on another machine): None."""
     module = importlib.import_module(BACKENDS[config.model.backend])
     if hasattr(module, "check_model"):
         return module.check_model(config)
     from evalkit.generation.model import locate_model, resolve_device
 
-    return locate_model(config), resolve_device(config.model.device, config.source)
+    return locate_model(config), resolve_device(config.model.device, config.source) if device else None
 
 
 def load_backend(config: SweepConfig, status: Callable[[str], None] = lambda msg: None,
                  checked=None) -> Generator:
     """Load the model's generator; ``checked`` is what :func:`check_model` returned, if it ran already."""
     source, device = checked if checked is not None else check_model(config)
+    if device is None:
+        from evalkit.generation.model import resolve_device
+
+        device = resolve_device(config.model.device, config.source)
     module = importlib.import_module(BACKENDS[config.model.backend])
     return module.load(config, source, device, status=status)

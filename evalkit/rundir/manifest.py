@@ -96,6 +96,7 @@ class Manifest(BaseModel):
     ci: CIInfo
     timings: Timings = Field(default_factory=Timings)
     samples_reused: Reused = Field(default_factory=lambda: Reused(from_parts=0, from_cache=0, generated=0))
+    executor: dict[str, Any] = Field(default_factory=dict)  # where generation ran (local, or Ray: workers, retries)
     # what must be equal for two runs' numbers to be compared (evalkit.rundir.protocol); set when complete
     protocol: dict[str, Any] | None = None
 

@@ -1,0 +1,277 @@
+"""The Ray executor: a sweep's generation on the actors of a Ray cluster (``executor.kind: ray``).
+
+- Each of ``executor.workers`` actors loads the model once (``gpus_per_worker`` GPUs and
+  ``cpus_per_worker`` CPUs each). The driver loads nothing: the first actor renders and tokenizes
+  the prompts and reports what was loaded, so a driver without a GPU can run a sweep of a large model.
+- The driver plans the work units as a local run does and cuts them into shards of one prompt's units
+  (at most ``batch_size`` each), so a prompt's shared prefill still pays. Each actor has at most two
+  shards queued; records come back shard by shard and the driver alone writes the run directory, so
+  parts, ``--resume``, the sample cache, the manifest and the run index behave as in a local run.
+- A sample's random stream comes from its own seed, so the samples do not depend on the number of
+  workers or on the shards (on CPU, with the same dtype and batch rules as a local run).
+- An actor that dies (killed, out of memory) has its unfinished shards given to the actors still alive,
+  at most ``executor.max_retries`` times each; with no actor left, or a shard past its retries, the run
+  stops naming it, with every finished sample kept (``--resume`` continues). Ctrl-C and any error kill
+  the actors; a Ray instance that the executor started is shut down.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from evalkit.config import SweepConfig
+from evalkit.errors import ConfigError, EvalkitError
+from evalkit.generation import check_model, load_backend
+from evalkit.generation.base import Generator, ModelInfo, PreparedPrompt, SampleRecord, WorkUnit
+
+NAMESPACE = "evalkit"  # actors are named evalkit-worker-<i> in this namespace (ray.get_actor finds them)
+IN_FLIGHT = 2  # shards queued per actor
+
+
+class Worker:
+    """One Ray actor: one copy of the model, generating the shards it is given."""
+
+    def __init__(self, config: SweepConfig, checked: tuple):
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        self.generator = load_backend(config, checked=checked)
+
+    def info(self) -> ModelInfo:
+        return self.generator.info
+
+    def prepare(self, prompts, **options) -> list[PreparedPrompt]:
+        return self.generator.prepare(prompts, **options)
+
+    def check(self, settings, prompts, **options) -> None:
+        self.generator.check(settings, prompts, **options)
+
+    def generation_params(self, setting, max_new_tokens: int) -> dict[str, Any]:
+        return self.generator.generation_params(setting, max_new_tokens)
+
+    def batch_size(self, requested, prompts, max_new_tokens: int) -> int:
+        return self.generator.batch_size(requested, prompts, max_new_tokens)
+
+    def generate(self, units: list[WorkUnit], max_new_tokens: int, batch_size: int,
+                 stop: tuple[str, ...]) -> list[SampleRecord]:
+        return list(self.generator.generate(units, max_new_tokens=max_new_tokens, batch_size=batch_size, stop=stop))
+
+
+class RemoteGenerator:
+    """The :class:`~evalkit.generation.base.Generator` the pipeline sees: its calls go to the first actor."""
+
+    def __init__(self, actor, ray):
+        self._actor, self._ray = actor, ray
+        self.info = self._call("info")
+
+    def _call(self, name: str, *args, **kwargs):
+        return _get(self._ray, getattr(self._actor, name).remote(*args, **kwargs))
+
+    def prepare(self, prompts, *, chat_template, system_prompt, max_new_tokens) -> list[PreparedPrompt]:
+        return self._call("prepare", prompts, chat_template=chat_template, system_prompt=system_prompt,
+                          max_new_tokens=max_new_tokens)
+
+    def check(self, settings, prompts, *, logprobs: int = 0, max_new_tokens: int = 0, status=lambda msg: None) -> None:
+        self._call("check", settings, prompts, logprobs=logprobs, max_new_tokens=max_new_tokens)
+
+    def generation_params(self, setting, max_new_tokens: int) -> dict[str, Any]:
+        return self._call("generation_params", setting, max_new_tokens)
+
+    def batch_size(self, requested, prompts, max_new_tokens: int) -> int:
+        return self._call("batch_size", requested, prompts, max_new_tokens)
+
+    def generate(self, *args, **kwargs):
+        raise NotImplementedError("a Ray run generates through RayExecutor.run")
+
+
+def _get(ray, ref):
+    """``ray.get``, with an error raised inside an actor re-raised as itself (one line for evalkit's own)."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        cause = e.as_instanceof_cause()
+        raise (cause.cause if isinstance(getattr(cause, "cause", None), BaseException) else cause) from None
+    except ray.exceptions.ActorDiedError as e:
+        raise _died(e) from None
+
+
+def _died(e) -> EvalkitError:
+    """An actor that died while loading: the first line of its error (evalkit's own, where it was one)."""
+    text = str(e)
+    for line in text.splitlines():
+        if line.startswith(("evalkit.errors.", "EvalkitError", "ConfigError")):
+            return EvalkitError(line.split(": ", 1)[-1])
+    return EvalkitError(f"a Ray worker died: {text.splitlines()[0] if text else type(e).__name__}")
+
+
+def _reachable(address: str, source: str | None) -> None:
+    """Refuse at once an address where nothing listens (Ray itself would keep trying for minutes)."""
+    import socket
+
+    where = address.removeprefix("ray://")
+    host, _, port = where.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=5):
+            return
+    except ValueError:
+        raise ConfigError(f"a Ray address is auto, host:port or ray://host:port, got {address!r}", source=source,
+                          path="executor.address") from None
+    except OSError as e:
+        raise ConfigError(f"cannot reach Ray at {address}: {e.strerror or type(e).__name__} (is `ray start --head` "
+                          "running there?)", source=source, path="executor.address") from None
+
+
+def shards(units: list[WorkUnit], size: int) -> list[list[WorkUnit]]:
+    """The units cut into shards of one prompt's units (in plan order), at most ``size`` each."""
+    by_prompt: dict[str, list[WorkUnit]] = {}
+    for u in units:
+        by_prompt.setdefault(u.prompt.prompt.id, []).append(u)
+    size = max(1, size)
+    return [group[i:i + size] for group in by_prompt.values() for i in range(0, len(group), size)]
+
+
+class RayExecutor:
+    def __init__(self, config: SweepConfig):
+        try:
+            import ray
+        except ImportError:
+            raise ConfigError("executor.kind ray needs Ray: pip install 'evalkit[ray]'", source=config.source,
+                              path="executor.kind") from None
+        self.ray = ray
+        self.config = config
+        self.actors: list = []
+        self.alive: list = []
+        self.started_ray = False
+        self.counts = {"shards": 0, "shards_retried": 0, "workers_lost": 0}
+
+    def check(self) -> tuple:
+        """The model located and hashed here; the device is resolved by each worker, where it loads."""
+        return check_model(self.config, device=False)
+
+    def load(self, checked: tuple, status: Callable[[str], None] = lambda msg: None) -> Generator:
+        ray, ex = self.ray, self.config.executor
+        status("connecting to Ray" if ex.address else "starting a local Ray instance")
+        self._connect()
+        self._check_resources()
+        status(f"starting {ex.workers} Ray worker{'s' if ex.workers > 1 else ''}, each loading the model")
+        worker = ray.remote(Worker)
+        options = dict(num_cpus=ex.cpus_per_worker, num_gpus=ex.gpus_per_worker, namespace=NAMESPACE, max_restarts=0,
+                       max_task_retries=0)
+        for i in range(ex.workers):
+            name = f"evalkit-worker-{i}"
+            try:  # a worker left by a driver that was killed: not ours any more
+                ray.kill(ray.get_actor(name, namespace=NAMESPACE))
+            except ValueError:
+                pass
+            self.actors.append(worker.options(name=name, **options).remote(self.config, checked))
+        self.alive = list(self.actors)
+        generator = RemoteGenerator(self.actors[0], ray)
+        for actor in self.actors[1:]:  # every worker loaded (a failure says why now, not mid-run)
+            _get(ray, actor.info.remote())
+        return generator
+
+    def _connect(self) -> None:
+        ray, ex = self.ray, self.config.executor
+        if ray.is_initialized():
+            return
+        import logging
+
+        if ex.address and ex.address != "auto":
+            _reachable(ex.address, self.config.source)
+        try:
+            ray.init(address=ex.address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+                     namespace=NAMESPACE)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            where = ex.address or "a local instance"
+            raise ConfigError(f"cannot reach Ray at {where}: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
+                              source=self.config.source, path="executor.address") from None
+        self.started_ray = True
+
+    def _check_resources(self) -> None:
+        ex = self.config.executor
+        total = self.ray.cluster_resources()
+        for what, per in (("GPU", ex.gpus_per_worker), ("CPU", ex.cpus_per_worker)):
+            need, have = per * ex.workers, float(total.get(what, 0))
+            if need > have:
+                field = "gpus_per_worker" if what == "GPU" else "cpus_per_worker"
+                raise ConfigError(f"{ex.workers} worker{'s' if ex.workers > 1 else ''} x {per:g} {what} each need "
+                                  f"{need:g} {what}s; the Ray cluster has {have:g}", source=self.config.source,
+                                  path=f"executor.{field}")
+
+    def run(self, units: list[WorkUnit], *, max_new_tokens: int, batch_size: int, stop: tuple[str, ...],
+            progress: Callable[[int, int | str], None]) -> Iterator[SampleRecord]:
+        ray, ex = self.ray, self.config.executor
+        queue = deque(shards(units, batch_size))
+        self.counts["shards"] += len(queue)
+        tries = {id(s): 0 for s in queue}
+        in_flight: dict[Any, tuple[list[WorkUnit], Any]] = {}
+        started, done, tokens = time.perf_counter(), 0, 0
+
+        def submit(actor) -> None:
+            while queue and sum(1 for _, a in in_flight.values() if a is actor) < IN_FLIGHT:
+                shard = queue.popleft()
+                in_flight[actor.generate.remote(shard, max_new_tokens, batch_size, stop)] = (shard, actor)
+
+        for actor in self.alive:
+            submit(actor)
+        while in_flight:
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+            for ref in ready:
+                shard, actor = in_flight.pop(ref)
+                try:
+                    records = ray.get(ref)
+                except (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError,
+                        ray.exceptions.WorkerCrashedError) as e:
+                    self._lost(actor, shard, tries, queue, e)
+                    continue
+                except ray.exceptions.RayTaskError as e:
+                    cause = e.as_instanceof_cause()
+                    raise (cause.cause if isinstance(getattr(cause, "cause", None), BaseException) else cause) from None
+                for record in records:
+                    done += 1
+                    tokens += len(record.token_ids) if record.num_tokens is None else record.num_tokens
+                    yield record
+                if actor in self.alive:
+                    submit(actor)
+            for actor in self.alive:  # shards given back by a dead actor go to the live ones
+                submit(actor)
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            progress(done, f"{done / elapsed:.1f} samples/s, {tokens / elapsed:.0f} tok/s, "
+                           f"{len(self.alive)}/{ex.workers} workers")
+
+    def _lost(self, actor, shard: list[WorkUnit], tries: dict, queue: deque, error) -> None:
+        """An actor died: its shard goes back to the queue, within its retries, while an actor is alive."""
+        if actor in self.alive:
+            self.alive.remove(actor)
+            self.counts["workers_lost"] += 1
+        self.counts["shards_retried"] += 1
+        u = shard[0]
+        what = f"the shard of prompt {u.prompt.prompt.id!r} ({len(shard)} samples)"
+        tries[id(shard)] += 1
+        if tries[id(shard)] > self.config.executor.max_retries:
+            raise EvalkitError(f"{what} failed on {tries[id(shard)]} Ray workers (executor.max_retries "
+                               f"{self.config.executor.max_retries}); the samples made so far are kept")
+        if not self.alive:
+            raise EvalkitError(f"every Ray worker died ({type(error).__name__}); {what} and others are unfinished, "
+                               "the samples made so far are kept")
+        queue.appendleft(shard)
+
+    def record(self) -> dict:
+        """Where generation ran, for the manifest."""
+        ex = self.config.executor
+        return {"kind": "ray", "ray": self.ray.__version__, "address": ex.address or "local instance",
+                "workers": ex.workers, "gpus_per_worker": ex.gpus_per_worker, "cpus_per_worker": ex.cpus_per_worker,
+                **self.counts}
+
+    def close(self) -> None:
+        for actor in self.actors:
+            try:
+                self.ray.kill(actor)
+            except Exception:  # already gone
+                pass
+        self.actors, self.alive = [], []
+        if self.started_ray:
+            self.ray.shutdown()
+            self.started_ray = False

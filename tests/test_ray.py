@@ -1,0 +1,196 @@
+"""The Ray executor on a local Ray instance (``ray.init(num_cpus=2)``), started and stopped by the tests:
+samples equal a local run's whatever the workers, workers killed part way, a driver killed with SIGKILL,
+and the refusals at the start."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import evalkit
+from evalkit.cli import app
+from evalkit.config import config_from_dict
+from evalkit.errors import EvalkitError
+
+from conftest import base_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def require_ray():
+    try:
+        import ray  # noqa: F401
+    except ImportError as e:
+        if os.environ.get("EVALKIT_REQUIRE_RAY") == "1":
+            raise RuntimeError(f"EVALKIT_REQUIRE_RAY=1 but Ray is missing: {e}") from None
+        pytest.skip("ray is not installed")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray instance for this module's runs (they find it initialised and leave it running)."""
+    require_ray()
+    import logging
+
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+             namespace="evalkit")
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def config(tiny_model: Path, out: Path, **executor) -> dict:
+    extra = {"executor": {"kind": "ray", **executor}} if executor else {}
+    return base_config(tiny_model, out, batch_size=6, metrics=["distinct_1", "nll", "mean_length"], **extra)
+
+
+def sweep(cfg: dict, resume: Path | None = None, progress=False) -> evalkit.Run:
+    if resume is not None:
+        return evalkit.run_sweep(None, resume=resume, progress=progress, cache=False)
+    return evalkit.run_sweep(config_from_dict(cfg), progress=progress, cache=False)
+
+
+@pytest.fixture(scope="module")
+def local_run(tiny_model, tmp_path_factory):
+    return sweep(config(tiny_model, tmp_path_factory.mktemp("local")))
+
+
+def same_run(a: evalkit.Run, b: evalkit.Run) -> None:
+    pd.testing.assert_frame_equal(a.samples, b.samples)
+    keys = ["prompt_id", "setting_id", "metric"]
+    pd.testing.assert_frame_equal(a.scores.sort_values(keys).reset_index(drop=True),
+                                  b.scores.sort_values(keys).reset_index(drop=True))
+    pd.testing.assert_frame_equal(a.summary, b.summary)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ray_runs_equal_a_local_run(ray_cluster, tiny_model, local_run, tmp_path, workers):
+    run = sweep(config(tiny_model, tmp_path, workers=workers))
+    same_run(local_run, run)
+    ex = run.manifest.executor
+    assert ex["kind"] == "ray" and ex["workers"] == workers and ex["shards"] == 9 and ex["workers_lost"] == 0
+    assert local_run.manifest.executor == {"kind": "local"}
+    assert ray_cluster.util.list_named_actors() == []  # the workers are gone with the run
+
+
+class KillWorkers:
+    """A progress display that kills Ray workers when the first sample arrives (what a crash or an
+    out-of-memory kill does to them)."""
+
+    def __init__(self, ray, names: list[str]):
+        self.ray, self.names, self.done = ray, names, False
+
+    @contextmanager
+    def phase(self, description: str, total: int | None = None):
+        outer = self
+
+        class Phase:
+            def update(self, *, completed: int | None = None, status: str | None = None) -> None:
+                if description == "generating" and completed and not outer.done:
+                    outer.done = True
+                    for name in outer.names:
+                        outer.ray.kill(outer.ray.get_actor(name, namespace="evalkit"))
+
+            def advance(self, n: int = 1) -> None:
+                pass
+
+        yield Phase()
+
+
+def test_a_killed_worker_has_its_shards_done_by_another(ray_cluster, tiny_model, local_run, tmp_path):
+    killer = KillWorkers(ray_cluster, ["evalkit-worker-0"])
+    run = evalkit.run_sweep(config_from_dict(config(tiny_model, tmp_path, workers=2)), progress=killer, cache=False)
+    assert killer.done
+    same_run(local_run, run)
+    assert run.manifest.executor["workers_lost"] == 1 and run.manifest.executor["shards_retried"] >= 1
+
+
+def test_every_worker_killed_stops_a_run_that_resumes_to_the_same_samples(ray_cluster, tiny_model, local_run,
+                                                                           tmp_path):
+    killer = KillWorkers(ray_cluster, ["evalkit-worker-0", "evalkit-worker-1"])
+    with pytest.raises(EvalkitError, match=r"every Ray worker died \(ActorDiedError\); the shard of prompt '\w+'"):
+        evalkit.run_sweep(config_from_dict(config(tiny_model, tmp_path, workers=2)), progress=killer, cache=False)
+    run_dir = next(tmp_path.glob("2*"))
+    assert evalkit.load_run(run_dir).manifest.status == "failed"
+    kept = sum(len(pd.read_parquet(f)) for f in (run_dir / "parts").glob("*.parquet"))
+    assert 0 < kept < 54
+    resumed = sweep({}, resume=run_dir)
+    assert resumed.manifest.samples_reused["from_parts"] > 0 and resumed.manifest.samples_reused["generated"] > 0
+    same_run(local_run, resumed)
+
+
+def test_a_driver_killed_with_sigkill_leaves_a_run_that_resumes(ray_cluster, tiny_model, tmp_path, write_config):
+    longer = config(tiny_model, tmp_path / "runs", workers=1)
+    longer.update(samples_per_prompt=8, max_new_tokens=16)  # time enough to be killed part way
+    local = sweep({**longer, "executor": {"kind": "local"}, "output_dir": str(tmp_path / "local")})
+    path = write_config(longer)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own Ray instance
+    driver = subprocess.Popen([sys.executable, "-m", "evalkit", "run", str(path), "-q", "--no-cache"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not list((tmp_path / "runs").glob("2*/parts/*.parquet")):
+            time.sleep(0.2)
+        assert driver.poll() is None, "the run ended before it could be killed"
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and whatever it started
+        driver.wait(30)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    run_dir = next((tmp_path / "runs").glob("2*"))
+    assert evalkit.load_run(run_dir).manifest.status == "running"  # killed: no chance to say so
+    result = subprocess.run([sys.executable, "-m", "evalkit", "run", "--resume", str(run_dir), "-q", "--no-cache"],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    resumed = evalkit.load_run(run_dir)
+    assert resumed.manifest.samples_reused["from_parts"] > 0
+    same_run(local, resumed)
+
+
+def test_refusals_at_the_start(ray_cluster, tiny_model, tmp_path, write_config, monkeypatch):
+    def refused(cfg: dict) -> str:
+        result = CliRunner().invoke(app, ["run", str(write_config(cfg)), "-q"])
+        assert result.exit_code == 2, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in result.output, result.stderr
+        assert not (tmp_path / "runs").exists()
+        return lines[0]
+
+    runs = tmp_path / "runs"
+    assert refused(config(tiny_model, runs, workers=0)).endswith(
+        "executor.workers: Input should be greater than or equal to 1, got 0")
+    assert refused(config(tiny_model, runs, workers=2, gpus_per_worker=1)).endswith(
+        "executor.gpus_per_worker: 2 workers x 1 GPU each need 2 GPUs; the Ray cluster has 0")
+    assert refused(config(tiny_model, runs, workers=3)).endswith(
+        "executor.cpus_per_worker: 3 workers x 1 CPU each need 3 CPUs; the Ray cluster has 2")
+    assert refused(base_config(tiny_model, runs, executor={"workers": 2})).endswith(
+        "executor.workers: only a ray executor has workers; this one is local, got workers set")
+    monkeypatch.setitem(sys.modules, "ray", None)  # as where Ray is not installed
+    assert refused(config(tiny_model, runs, workers=1)).endswith(
+        "executor.kind: executor.kind ray needs Ray: pip install 'evalkit[ray]'")
+
+
+def test_an_unreachable_address_is_refused_at_once(tiny_model, tmp_path, write_config):
+    require_ray()
+    from served_helpers import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    path = write_config(config(tiny_model, tmp_path / "runs", address=address))
+    result = subprocess.run([sys.executable, "-m", "evalkit", "run", str(path), "-q"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().endswith(f"executor.address: cannot reach Ray at {address}: Connection refused "
+                                          "(is `ray start --head` running there?)"), result.stderr
+    assert not (tmp_path / "runs").exists()
