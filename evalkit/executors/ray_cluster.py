@@ -60,10 +60,11 @@ class Worker:
 
 
 class RemoteGenerator:
-    """The :class:`~evalkit.generation.base.Generator` the pipeline sees: its calls go to the first actor."""
+    """The :class:`~evalkit.generation.base.Generator` the pipeline sees: its calls go to the first actor,
+    but for ``check``, which every actor makes (what a served model's check finds shapes its requests)."""
 
-    def __init__(self, actor, ray):
-        self._actor, self._ray = actor, ray
+    def __init__(self, actors: list, ray):
+        self._actors, self._actor, self._ray = actors, actors[0], ray
         self.info = self._call("info")
 
     def _call(self, name: str, *args, **kwargs):
@@ -74,7 +75,10 @@ class RemoteGenerator:
                           max_new_tokens=max_new_tokens)
 
     def check(self, settings, prompts, *, logprobs: int = 0, max_new_tokens: int = 0, status=lambda msg: None) -> None:
-        self._call("check", settings, prompts, logprobs=logprobs, max_new_tokens=max_new_tokens)
+        refs = [a.check.remote(settings, prompts, logprobs=logprobs, max_new_tokens=max_new_tokens)
+                for a in self._actors]
+        for ref in refs:
+            _get(self._ray, ref)
 
     def generation_params(self, setting, max_new_tokens: int) -> dict[str, Any]:
         return self._call("generation_params", setting, max_new_tokens)
@@ -167,7 +171,7 @@ class RayExecutor:
                 pass
             self.actors.append(worker.options(name=name, **options).remote(self.config, checked))
         self.alive = list(self.actors)
-        generator = RemoteGenerator(self.actors[0], ray)
+        generator = RemoteGenerator(self.actors, ray)
         for actor in self.actors[1:]:  # every worker loaded (a failure says why now, not mid-run)
             _get(ray, actor.info.remote())
         return generator
