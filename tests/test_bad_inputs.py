@@ -66,6 +66,8 @@ def make_case(case: str, tmp_path: Path, tiny_model: Path) -> tuple[list[str], P
         "image-metric": {"metrics": ["distinct_1", "clip_image_diversity"]},
         "prompt-image": {"model": {"backend": "vlm", "id": str(tiny_model)},
                          "prompts": [{"id": "cat", "image": "missing.png", "prompt": "What is it?"}]},
+        "ray-workers": {"executor": {"kind": "ray", "workers": 0}},
+        "ray-address": {"executor": {"kind": "ray", "address": f"127.0.0.1:{closed_port()}"}},
         "served-credentials": {"model": {"backend": "openai", "base_url": "http://user:secret@127.0.0.1:9/v1",
                                          "id": "smollm2"}},
         "served-key": {"model": {"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "id": "smollm2",
@@ -88,7 +90,8 @@ def make_case(case: str, tmp_path: Path, tiny_model: Path) -> tuple[list[str], P
 CASES = ["invalid-yaml", "unknown-key", "wrong-type", "temperature", "top-p", "top-k", "min-p", "samples",
          "unknown-metric", "empty-prompts", "prompt-file-missing", "prompt-file-json", "prompt-file-utf8",
          "model-path", "model-hash", "prompt-too-long", "device", "output-dir", "image-metric", "prompt-image",
-         "vlm-model", "served-credentials", "served-key", "served-entropy", "served-unreachable"]
+         "vlm-model", "served-credentials", "served-key", "served-entropy", "served-unreachable",
+         "ray-workers", "ray-address"]
 
 
 def test_readme_lists_every_case():

@@ -192,5 +192,5 @@ def test_an_unreachable_address_is_refused_at_once(tiny_model, tmp_path, write_c
                             timeout=120)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().endswith(f"executor.address: cannot reach Ray at {address}: Connection refused "
-                                          "(is `ray start --head` running there?)"), result.stderr
+                                          "(is a Ray head started there, ray start --head?)"), result.stderr
     assert not (tmp_path / "runs").exists()

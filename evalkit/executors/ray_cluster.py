@@ -123,8 +123,8 @@ def _reachable(address: str, source: str | None) -> None:
         raise ConfigError(f"a Ray address is auto, host:port or ray://host:port, got {address!r}", source=source,
                           path="executor.address") from None
     except OSError as e:
-        raise ConfigError(f"cannot reach Ray at {address}: {e.strerror or type(e).__name__} (is `ray start --head` "
-                          "running there?)", source=source, path="executor.address") from None
+        raise ConfigError(f"cannot reach Ray at {address}: {e.strerror or type(e).__name__} (is a Ray head started "
+                          "there, ray start --head?)", source=source, path="executor.address") from None
 
 
 def shards(units: list[WorkUnit], size: int) -> list[list[WorkUnit]]:
