@@ -4,8 +4,9 @@ The quickstart's 12 settings on ``--prompts`` of its prompts, ``--samples`` samp
 tokens, the embedded SmolLM2 (``--model`` for another), run three ways: locally; on Ray with 1 worker
 (given every CPU, as the local run has them); on Ray with ``--workers`` workers (the CPUs shared among
 them, or one GPU each with ``--gpus``). Generation rate = new tokens / the manifest's generate_s (the
-workers' start and model load are in load_s, printed apart). Every Ray run's samples are checked equal
-to the local run's.
+workers' start and model load are in load_s, printed apart). Every Ray run's samples are compared with the
+local run's: equal to the bit where a worker runs as many CPU threads as the local run (the float sums
+of a matrix product split by thread count on CPU).
 
 Also measured: the driver's write rate, records per second through the run writer's parts (the rows of
 this grid, written again and again): the ceiling of a Ray sweep, since the driver alone writes. With a
@@ -74,8 +75,10 @@ def main() -> None:
         t = r.manifest.timings
         rate = r.samples["num_new_tokens"].sum() / t["generate_s"]
         same = r.samples.equals(base.samples)
+        same_text = sum(a == b for a, b in zip(r.samples["text"], base.samples["text"]))
         print(f"{name:<16} {rate:8.1f} tokens/s  {rate / base_rate:.3f} of local  (load {t['load_s']:.1f} s, "
-              f"generate {t['generate_s']:.1f} s; samples equal local: {same})")
+              f"generate {t['generate_s']:.1f} s; {r.manifest.executor.get('threads_per_worker', 'local')} threads; "
+              f"samples equal local to the bit: {same}, texts equal: {same_text}/{n})")
 
     rows = base.samples.to_dict("records")
     with tempfile.TemporaryDirectory() as tmp:

@@ -120,7 +120,7 @@ def test_a_killed_worker_has_its_shards_done_by_another(ray_cluster, tiny_model,
 def test_every_worker_killed_stops_a_run_that_resumes_to_the_same_samples(ray_cluster, tiny_model, local_run,
                                                                            tmp_path):
     killer = KillWorkers(ray_cluster, ["evalkit-worker-0", "evalkit-worker-1"])
-    with pytest.raises(EvalkitError, match=r"every Ray worker died \(ActorDiedError\); the shard of prompt '\w+'"):
+    with pytest.raises(EvalkitError, match=r"every Ray worker died \(ActorDiedError\); the shard from prompt '\w+'"):
         evalkit.run_sweep(config_from_dict(config(tiny_model, tmp_path, workers=2)), progress=killer, cache=False)
     run_dir = next(tmp_path.glob("2*"))
     assert evalkit.load_run(run_dir).manifest.status == "failed"

@@ -3,12 +3,15 @@
 - Each of ``executor.workers`` actors loads the model once (``gpus_per_worker`` GPUs and
   ``cpus_per_worker`` CPUs each). The driver loads nothing: the first actor renders and tokenizes
   the prompts and reports what was loaded, so a driver without a GPU can run a sweep of a large model.
-- The driver plans the work units as a local run does and cuts them into shards of one prompt's units
-  (at most ``batch_size`` each), so a prompt's shared prefill still pays. Each actor has at most two
+- The driver plans the work units as a local run does and cuts them into shards as the local engine
+  cuts its waves (ordered by prompt, ``batch_size`` at a time), so a prompt's shared prefill still pays
+  and each shard is decoded in the very batch a local run decodes it in. Each actor has at most two
   shards queued; records come back shard by shard and the driver alone writes the run directory, so
   parts, ``--resume``, the sample cache, the manifest and the run index behave as in a local run.
-- A sample's random stream comes from its own seed, so the samples do not depend on the number of
-  workers or on the shards (on CPU, with the same dtype and batch rules as a local run).
+- A sample's random stream comes from its own seed and each shard is decoded in the batch a local run
+  decodes it in, so the samples equal a local run's whatever the number of workers. On CPU, to the bit
+  where a worker runs as many threads as the local run (``cpus_per_worker``: a matrix product's float
+  sums split by thread count); with fewer, a rare sample can differ.
 - An actor that dies (killed, out of memory) has its unfinished shards given to the actors still alive,
   at most ``executor.max_retries`` times each; with no actor left, or a shard past its retries, the run
   stops naming it, with every finished sample kept (``--resume`` continues). Ctrl-C and any error kill
@@ -41,6 +44,11 @@ class Worker:
 
     def info(self) -> ModelInfo:
         return self.generator.info
+
+    def threads(self) -> int:
+        import torch
+
+        return torch.get_num_threads()
 
     def prepare(self, prompts, **options) -> list[PreparedPrompt]:
         return self.generator.prepare(prompts, **options)
@@ -128,12 +136,15 @@ def _reachable(address: str, source: str | None) -> None:
 
 
 def shards(units: list[WorkUnit], size: int) -> list[list[WorkUnit]]:
-    """The units cut into shards of one prompt's units (in plan order), at most ``size`` each."""
-    by_prompt: dict[str, list[WorkUnit]] = {}
+    """The units cut as the local engine cuts its waves: ordered by prompt (first seen first), then
+    ``size`` at a time. A shard is then decoded in exactly the batch a local run decodes it in, so its
+    samples are the same to the bit, and a prompt's units stay together (its prefill is shared)."""
+    order: dict[str, int] = {}
     for u in units:
-        by_prompt.setdefault(u.prompt.prompt.id, []).append(u)
+        order.setdefault(u.prompt.prompt.id, len(order))
+    ordered = sorted(units, key=lambda u: order[u.prompt.prompt.id])
     size = max(1, size)
-    return [group[i:i + size] for group in by_prompt.values() for i in range(0, len(group), size)]
+    return [ordered[i:i + size] for i in range(0, len(ordered), size)]
 
 
 class RayExecutor:
@@ -149,6 +160,7 @@ class RayExecutor:
         self.alive: list = []
         self.started_ray = False
         self.counts = {"shards": 0, "shards_retried": 0, "workers_lost": 0}
+        self.threads: int | None = None  # torch's CPU threads in a worker
 
     def check(self) -> tuple:
         """The model located and hashed here; the device is resolved by each worker, where it loads."""
@@ -172,6 +184,7 @@ class RayExecutor:
             self.actors.append(worker.options(name=name, **options).remote(self.config, checked))
         self.alive = list(self.actors)
         generator = RemoteGenerator(self.actors, ray)
+        self.threads = _get(ray, self.actors[0].threads.remote())
         for actor in self.actors[1:]:  # every worker loaded (a failure says why now, not mid-run)
             _get(ray, actor.info.remote())
         return generator
@@ -252,7 +265,7 @@ class RayExecutor:
             self.counts["workers_lost"] += 1
         self.counts["shards_retried"] += 1
         u = shard[0]
-        what = f"the shard of prompt {u.prompt.prompt.id!r} ({len(shard)} samples)"
+        what = f"the shard from prompt {u.prompt.prompt.id!r} ({len(shard)} samples)"
         tries[id(shard)] += 1
         if tries[id(shard)] > self.config.executor.max_retries:
             raise EvalkitError(f"{what} failed on {tries[id(shard)]} Ray workers (executor.max_retries "
@@ -267,7 +280,7 @@ class RayExecutor:
         ex = self.config.executor
         return {"kind": "ray", "ray": self.ray.__version__, "address": ex.address or "local instance",
                 "workers": ex.workers, "gpus_per_worker": ex.gpus_per_worker, "cpus_per_worker": ex.cpus_per_worker,
-                **self.counts}
+                "threads_per_worker": self.threads, **self.counts}
 
     def close(self) -> None:
         for actor in self.actors:
