@@ -72,6 +72,7 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
         else:
             writer = RunWriter.create(Path(config.output_dir), _manifest(
                 config, kind, generator, settings, metrics, len(prepared), batch_size, overrides, as_given or {}))
+        writer.manifest.executor = executor.record()  # a failed run says where it ran too
         with recorded(config, writer):
             if resume_dir is None:
                 writer.write_config(resolved or {})

@@ -104,6 +104,8 @@ def test_bad_input(case, tmp_path, tiny_model):
 
     if case == "device" and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
+    if case.startswith("ray-") and case != "ray-workers":
+        pytest.importorskip("ray")
     args, runs = make_case(case, tmp_path, tiny_model)
     result = CliRunner().invoke(app, ["run", *args])
     assert result.exit_code == 2, result.output

@@ -81,8 +81,17 @@ def test_ray_runs_equal_a_local_run(ray_cluster, tiny_model, local_run, tmp_path
     same_run(local_run, run)
     ex = run.manifest.executor
     assert ex["kind"] == "ray" and ex["workers"] == workers and ex["shards"] == 9 and ex["workers_lost"] == 0
+    assert ex["threads_per_worker"] == 1 and ex["address"].rpartition(":")[2].isdigit()  # the GCS, host:port
     assert local_run.manifest.executor == {"kind": "local"}
     assert ray_cluster.util.list_named_actors() == []  # the workers are gone with the run
+
+
+def worker(ray, suffix: str):
+    """The running sweep's worker whose name ends with ``suffix`` (names are evalkit-<run>-worker-<i>)."""
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["name"].startswith("evalkit-") and a["name"].endswith(suffix)]
+    assert len(names) == 1, names
+    return ray.get_actor(names[0], namespace="evalkit")
 
 
 class KillWorkers:
@@ -100,8 +109,8 @@ class KillWorkers:
             def update(self, *, completed: int | None = None, status: str | None = None) -> None:
                 if description == "generating" and completed and not outer.done:
                     outer.done = True
-                    for name in outer.names:
-                        outer.ray.kill(outer.ray.get_actor(name, namespace="evalkit"))
+                    for suffix in outer.names:
+                        outer.ray.kill(worker(outer.ray, suffix))
 
             def advance(self, n: int = 1) -> None:
                 pass
@@ -110,7 +119,7 @@ class KillWorkers:
 
 
 def test_a_killed_worker_has_its_shards_done_by_another(ray_cluster, tiny_model, local_run, tmp_path):
-    killer = KillWorkers(ray_cluster, ["evalkit-worker-0"])
+    killer = KillWorkers(ray_cluster, ["-worker-0"])
     run = evalkit.run_sweep(config_from_dict(config(tiny_model, tmp_path, workers=2)), progress=killer, cache=False)
     assert killer.done
     same_run(local_run, run)
@@ -119,8 +128,8 @@ def test_a_killed_worker_has_its_shards_done_by_another(ray_cluster, tiny_model,
 
 def test_every_worker_killed_stops_a_run_that_resumes_to_the_same_samples(ray_cluster, tiny_model, local_run,
                                                                            tmp_path):
-    killer = KillWorkers(ray_cluster, ["evalkit-worker-0", "evalkit-worker-1"])
-    with pytest.raises(EvalkitError, match=r"every Ray worker died \(ActorDiedError\); the shard from prompt '\w+'"):
+    killer = KillWorkers(ray_cluster, ["-worker-0", "-worker-1"])
+    with pytest.raises(EvalkitError, match=r"every Ray worker died \(\w+\); the shard from prompt '\w+'"):
         evalkit.run_sweep(config_from_dict(config(tiny_model, tmp_path, workers=2)), progress=killer, cache=False)
     run_dir = next(tmp_path.glob("2*"))
     assert evalkit.load_run(run_dir).manifest.status == "failed"
@@ -194,3 +203,51 @@ def test_an_unreachable_address_is_refused_at_once(tiny_model, tmp_path, write_c
     assert result.stderr.strip().endswith(f"executor.address: cannot reach Ray at {address}: Connection refused "
                                           "(is a Ray head started there, ray start --head?)"), result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_served_model_on_ray_workers(ray_cluster, llama_server, tmp_path):
+    """Each worker checks the server and sends its share; the run keeps the endpoint's identity (cache, resume)."""
+    import logging
+
+    from conftest import served_config
+
+    # Ray's workers read the key from the environment Ray was started in: start it again now that it is set
+    ray_cluster.shutdown()
+    ray_cluster.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+                     namespace="evalkit")
+    local = sweep(served_config(llama_server.base_url, tmp_path / "local"))
+    spread = sweep(served_config(llama_server.base_url, tmp_path / "ray", executor={"kind": "ray", "workers": 2}))
+    texts = [{(r.prompt_id, r.setting_id, r.sample_index): r.text for r in run.samples.itertuples()}
+             for run in (local, spread)]
+    assert texts[0] == texts[1]
+    assert spread.manifest.model["endpoint_id"] == local.manifest.model["endpoint_id"] is not None
+    assert spread.manifest.model["server"]["sent_with_every_request"]["top_k"] == 0
+
+
+def test_shards_are_the_local_waves():
+    from evalkit.executors.ray_cluster import shards
+    from evalkit.generation.base import PreparedPrompt, WorkUnit
+    from evalkit.prompts import Prompt
+    from evalkit.settings import Setting
+
+    prompts = {pid: PreparedPrompt(prompt=Prompt(id=pid, text=pid), rendered=pid, token_ids=(1,), chat_template=False)
+               for pid in ("a", "b", "c")}
+    units = [WorkUnit(prompt=prompts[pid], setting=Setting(temperature=t), sample_index=i, seed=i)
+             for t in (0.5, 1.0) for pid in ("a", "b", "c") for i in range(2)]
+    cut = shards(units, 5)
+    assert [[u.prompt.prompt.id for u in s] for s in cut] == [["a"] * 4 + ["b"], ["b"] * 3 + ["c"] * 2, ["c"] * 2]
+    assert sorted(map(id, (u for s in cut for u in s))) == sorted(map(id, units))
+    per_prompt = shards(units, 3, per_prompt=True)
+    assert [[u.prompt.prompt.id for u in s] for s in per_prompt] == [["a"] * 3, ["a"], ["b"] * 3, ["b"], ["c"] * 3,
+                                                                    ["c"]]
+
+
+def test_a_worker_error_reads_as_one_line():
+    from evalkit.executors.ray_cluster import _died
+
+    text = ("\x1b[36mray::Worker.__init__()\x1b[39m (pid=1, ip=127.0.0.1)\n  File \"x.py\", line 3, in load\n"
+            "evalkit.errors.ConfigError: sweep.yaml: model.id: model path does not exist: /nope\n")
+    assert str(_died(RuntimeError(text))) == "sweep.yaml: model.id: model path does not exist: /nope"
+    oom = "ray::Worker.__init__()\n  File \"y.py\"\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB"
+    assert str(_died(RuntimeError(oom))) == ("a Ray worker could not run (RuntimeError): torch.OutOfMemoryError: "
+                                            "CUDA out of memory. Tried to allocate 2 GiB")

@@ -279,7 +279,7 @@ class ExecutorConfig(_Strict):
     @model_validator(mode="after")
     def _local_has_no_cluster(self) -> ExecutorConfig:
         if self.kind == "local":
-            for name in ("address", "workers", "gpus_per_worker", "cpus_per_worker"):
+            for name in ("address", "workers", "gpus_per_worker", "cpus_per_worker", "max_retries"):
                 if name in self.model_fields_set and getattr(self, name) != type(self).model_fields[name].default:
                     raise ValueError(f"{name}: only a ray executor has {name}; this one is local, got {name} set")
         return self

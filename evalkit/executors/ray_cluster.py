@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -31,7 +32,7 @@ from evalkit.errors import ConfigError, EvalkitError
 from evalkit.generation import check_model, load_backend
 from evalkit.generation.base import Generator, ModelInfo, PreparedPrompt, SampleRecord, WorkUnit
 
-NAMESPACE = "evalkit"  # actors are named evalkit-worker-<i> in this namespace (ray.get_actor finds them)
+NAMESPACE = "evalkit"  # actors are named evalkit-<run>-worker-<i> in this namespace
 IN_FLIGHT = 2  # shards queued per actor
 
 
@@ -87,6 +88,8 @@ class RemoteGenerator:
                 for a in self._actors]
         for ref in refs:
             _get(self._ray, ref)
+        # what the check found is part of what was loaded (a served model's endpoint id): read it again
+        self.info = same_everywhere([_get(self._ray, a.info.remote()) for a in self._actors])
 
     def generation_params(self, setting, max_new_tokens: int) -> dict[str, Any]:
         return self._call("generation_params", setting, max_new_tokens)
@@ -98,24 +101,43 @@ class RemoteGenerator:
         raise NotImplementedError("a Ray run generates through RayExecutor.run")
 
 
+def same_everywhere(infos: list[ModelInfo]) -> ModelInfo:
+    """The first worker's ModelInfo, once every worker is shown to have loaded the same thing."""
+    first = infos[0]
+    for i, info in enumerate(infos[1:], 1):
+        for field in ("weights_id", "device", "dtype", "backend"):
+            if getattr(info, field) != getattr(first, field):
+                raise EvalkitError(f"Ray workers 0 and {i} loaded different models: {field} {getattr(first, field)!r} "
+                                   f"and {getattr(info, field)!r} (every node must have the same weights and device)")
+    return first
+
+
 def _get(ray, ref):
-    """``ray.get``, with an error raised inside an actor re-raised as itself (one line for evalkit's own)."""
+    """``ray.get``; an error raised in a worker: evalkit's own as itself (one line), others unchanged; a worker
+    that could not start or died: one line saying why."""
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as e:
-        cause = e.as_instanceof_cause()
-        raise (cause.cause if isinstance(getattr(cause, "cause", None), BaseException) else cause) from None
-    except ray.exceptions.ActorDiedError as e:
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, EvalkitError):
+            raise cause from None
+        raise
+    except ray.exceptions.RayError as e:
         raise _died(e) from None
 
 
 def _died(e) -> EvalkitError:
-    """An actor that died while loading: the first line of its error (evalkit's own, where it was one)."""
-    text = str(e)
-    for line in text.splitlines():
-        if line.startswith(("evalkit.errors.", "EvalkitError", "ConfigError")):
-            return EvalkitError(line.split(": ", 1)[-1])
-    return EvalkitError(f"a Ray worker died: {text.splitlines()[0] if text else type(e).__name__}")
+    """A worker that died or could not start: evalkit's own error where it was one, else the last line of the cause."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in reversed(lines):
+        name, sep, message = line.partition(": ")
+        if sep and name.rsplit(".", 1)[-1] in ("EvalkitError", "ConfigError", "ServerError"):
+            return EvalkitError(message)
+    errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception)\b", line)]
+    return EvalkitError(f"a Ray worker could not run ({type(e).__name__}): {(errors or lines or ['no detail'])[-1]}")
 
 
 def _reachable(address: str, source: str | None) -> None:
@@ -135,16 +157,24 @@ def _reachable(address: str, source: str | None) -> None:
                           "there, ray start --head?)", source=source, path="executor.address") from None
 
 
-def shards(units: list[WorkUnit], size: int) -> list[list[WorkUnit]]:
-    """The units cut as the local engine cuts its waves: ordered by prompt (first seen first), then
-    ``size`` at a time. A shard is then decoded in exactly the batch a local run decodes it in, so its
-    samples are the same to the bit, and a prompt's units stay together (its prefill is shared)."""
-    order: dict[str, int] = {}
+def lost_worker(ray) -> tuple[type, ...]:
+    """The errors that mean a worker (or its node, or what it made) is gone: its shards go to others."""
+    names = ("RayActorError", "OutOfMemoryError", "NodeDiedError", "ObjectLostError", "WorkerCrashedError",
+             "LocalRayletDiedError")
+    return tuple(getattr(ray.exceptions, n) for n in names if hasattr(ray.exceptions, n))
+
+
+def shards(units: list[WorkUnit], size: int, per_prompt: bool = False) -> list[list[WorkUnit]]:
+    """The units cut as the local engine cuts its decode waves: ordered by prompt (first seen first), then
+    ``size`` at a time (within one prompt with ``per_prompt``). A shard is then decoded in the batch a local
+    run decodes it in, so its samples are the same to the bit, and a prompt's units go together (a wave
+    may end in the middle of one prompt and start the next)."""
+    order: dict[str, list[WorkUnit]] = {}
     for u in units:
-        order.setdefault(u.prompt.prompt.id, len(order))
-    ordered = sorted(units, key=lambda u: order[u.prompt.prompt.id])
+        order.setdefault(u.prompt.prompt.id, []).append(u)
     size = max(1, size)
-    return [ordered[i:i + size] for i in range(0, len(ordered), size)]
+    groups = list(order.values()) if per_prompt else [[u for group in order.values() for u in group]]
+    return [group[i:i + size] for group in groups for i in range(0, len(group), size)]
 
 
 class RayExecutor:
@@ -175,19 +205,27 @@ class RayExecutor:
         worker = ray.remote(Worker)
         options = dict(num_cpus=ex.cpus_per_worker, num_gpus=ex.gpus_per_worker, namespace=NAMESPACE, max_restarts=0,
                        max_task_retries=0)
+        run = uuid.uuid4().hex[:8]  # two sweeps on one cluster never share a worker name
         for i in range(ex.workers):
-            name = f"evalkit-worker-{i}"
-            try:  # a worker left by a driver that was killed: not ours any more
-                ray.kill(ray.get_actor(name, namespace=NAMESPACE))
-            except ValueError:
-                pass
-            self.actors.append(worker.options(name=name, **options).remote(self.config, checked))
+            self.actors.append(worker.options(name=f"evalkit-{run}-worker-{i}", **options).remote(
+                self._worker_config(), checked))
         self.alive = list(self.actors)
+        # every worker loaded, and loaded the same (a failure says why now, not mid-run)
+        same_everywhere([_get(ray, a.info.remote()) for a in self.actors])
         generator = RemoteGenerator(self.actors, ray)
         self.threads = _get(ray, self.actors[0].threads.remote())
-        for actor in self.actors[1:]:  # every worker loaded (a failure says why now, not mid-run)
-            _get(ray, actor.info.remote())
         return generator
+
+    def _worker_config(self) -> SweepConfig:
+        """The config the workers load: with no GPU given to them, on the CPU (Ray does not hide a node's GPUs
+        from an actor that asked for none)."""
+        config, ex = self.config, self.config.executor
+        if ex.gpus_per_worker or config.model.backend == "openai":
+            return config
+        if config.model.device == "cuda":
+            raise ConfigError("model.device cuda needs GPUs for the Ray workers: set executor.gpus_per_worker",
+                              source=config.source, path="executor.gpus_per_worker")
+        return config.model_copy(update={"model": config.model.model_copy(update={"device": "cpu"})})
 
     def _connect(self) -> None:
         ray, ex = self.ray, self.config.executor
@@ -197,14 +235,14 @@ class RayExecutor:
 
         if ex.address and ex.address != "auto":
             _reachable(ex.address, self.config.source)
+        self.started_ray = True  # shut down on the way out, however far init gets
         try:
-            ray.init(address=ex.address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-                     namespace=NAMESPACE)
+            ray.init(address=ex.address or "local", include_dashboard=False, log_to_driver=False,
+                     logging_level=logging.ERROR, namespace=NAMESPACE)
         except (ConnectionError, RuntimeError, ValueError) as e:
             where = ex.address or "a local instance"
             raise ConfigError(f"cannot reach Ray at {where}: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
                               source=self.config.source, path="executor.address") from None
-        self.started_ray = True
 
     def _check_resources(self) -> None:
         ex = self.config.executor
@@ -220,7 +258,8 @@ class RayExecutor:
     def run(self, units: list[WorkUnit], *, max_new_tokens: int, batch_size: int, stop: tuple[str, ...],
             progress: Callable[[int, int | str], None]) -> Iterator[SampleRecord]:
         ray, ex = self.ray, self.config.executor
-        queue = deque(shards(units, batch_size))
+        # a vision-language model decodes one prompt per wave: so do its shards
+        queue = deque(shards(units, batch_size, per_prompt=self.config.kind == "image-to-text"))
         self.counts["shards"] += len(queue)
         tries = {id(s): 0 for s in queue}
         in_flight: dict[Any, tuple[list[WorkUnit], Any]] = {}
@@ -239,13 +278,14 @@ class RayExecutor:
                 shard, actor = in_flight.pop(ref)
                 try:
                     records = ray.get(ref)
-                except (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError,
-                        ray.exceptions.WorkerCrashedError) as e:
+                except ray.exceptions.RayTaskError as e:
+                    cause = getattr(e, "cause", None)
+                    if isinstance(cause, EvalkitError):
+                        raise cause from None
+                    raise
+                except lost_worker(ray) as e:
                     self._lost(actor, shard, tries, queue, e)
                     continue
-                except ray.exceptions.RayTaskError as e:
-                    cause = e.as_instanceof_cause()
-                    raise (cause.cause if isinstance(getattr(cause, "cause", None), BaseException) else cause) from None
                 for record in records:
                     done += 1
                     tokens += len(record.token_ids) if record.num_tokens is None else record.num_tokens
@@ -263,6 +303,10 @@ class RayExecutor:
         if actor in self.alive:
             self.alive.remove(actor)
             self.counts["workers_lost"] += 1
+            try:  # one that is only unreachable would keep its GPU until the end
+                self.ray.kill(actor)
+            except Exception:
+                pass
         self.counts["shards_retried"] += 1
         u = shard[0]
         what = f"the shard from prompt {u.prompt.prompt.id!r} ({len(shard)} samples)"
@@ -278,7 +322,11 @@ class RayExecutor:
     def record(self) -> dict:
         """Where generation ran, for the manifest."""
         ex = self.config.executor
-        return {"kind": "ray", "ray": self.ray.__version__, "address": ex.address or "local instance",
+        try:
+            address = self.ray.get_runtime_context().gcs_address
+        except Exception:  # not connected (yet)
+            address = ex.address or "local"
+        return {"kind": "ray", "ray": self.ray.__version__, "address": address,
                 "workers": ex.workers, "gpus_per_worker": ex.gpus_per_worker, "cpus_per_worker": ex.cpus_per_worker,
                 "threads_per_worker": self.threads, **self.counts}
 
