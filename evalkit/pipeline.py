@@ -144,6 +144,11 @@ def describe(config: SweepConfig) -> list[tuple[str, str]]:
         lines += module.plan_lines(config, settings, prompts, units)
     elif "num_new_tokens" in kind.columns:
         lines.append(("new tokens, at most", str(units * config.max_new_tokens)))
+    ex = config.executor
+    if ex.kind == "ray":
+        lines.append(("executor", f"Ray at {ex.address or 'a new local instance'}: {ex.workers} worker"
+                                  f"{'s' if ex.workers > 1 else ''} x {ex.gpus_per_worker:g} GPU, "
+                                  f"{ex.cpus_per_worker:g} CPU"))
     lines.append(("metrics", ", ".join(m.id for m in metrics)))
     return lines
 

@@ -251,3 +251,11 @@ def test_a_worker_error_reads_as_one_line():
     oom = "ray::Worker.__init__()\n  File \"y.py\"\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB"
     assert str(_died(RuntimeError(oom))) == ("a Ray worker could not run (RuntimeError): torch.OutOfMemoryError: "
                                             "CUDA out of memory. Tried to allocate 2 GiB")
+
+
+def test_plan_says_where_generation_will_run(tiny_model, tmp_path, write_config):
+    path = write_config(config(tiny_model, tmp_path / "runs", workers=3, gpus_per_worker=1, address="auto"))
+    result = CliRunner().invoke(app, ["run", str(path), "--plan"])
+    assert result.exit_code == 0, result.output
+    assert "executor                        Ray at auto: 3 workers x 1 GPU, 1 CPU" in result.stdout.splitlines()
+    assert not (tmp_path / "runs").exists()
