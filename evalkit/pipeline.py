@@ -26,7 +26,7 @@ from evalkit.prompts import load_prompts
 from evalkit.rundir import Manifest, Run, RunWriter, SettingRecord
 from evalkit.rundir.files import check_writable
 from evalkit.rundir.manifest import Reused, ci_info, git_info, utc_now
-from evalkit.rundir.sample_cache import SampleCache, unit_key
+from evalkit.rundir.sample_cache import SampleCache, model_identity, unit_key
 from evalkit.scoring import score_samples
 from evalkit.scoring.registry import default_registry, prepare_all
 from evalkit.seeds import derive_seed
@@ -175,7 +175,7 @@ def generate(writer: RunWriter, kind: RunKind, config: SweepConfig, generator: G
         else:
             parts.add(row)
             kept += 1
-    model_id = generator.info.weights_id
+    model_id = model_identity(generator.info)
     cache = SampleCache() if use_cache and model_id else None
     eos = generator.info.eos_token_ids
     keys = {u.key: unit_key(model_id, u, kind.decides(u, config, eos)) for u in todo} if cache else {}

@@ -113,6 +113,31 @@ def test_cache_generates_only_new_settings(tiny_model, tmp_path, monkeypatch):
     assert longer.manifest.samples_reused["from_cache"] == 0  # max_new_tokens is part of the key
 
 
+def test_cache_keys_hold_the_dtype_device_and_cpu_threads(tiny_model, tmp_path, monkeypatch):
+    """A sample made in float32 is not a bfloat16 one, nor one made with another number of CPU threads
+    (their float sums differ): the cache never hands one out as the other."""
+    import torch
+
+    monkeypatch.setenv("EVALKIT_SAMPLE_CACHE", str(tmp_path / "cache.sqlite"))
+
+    def run(**model):
+        cfg = base_config(tiny_model, tmp_path, grid={"temperature": [0.7]})
+        cfg["model"] = {**cfg["model"], **model}
+        return evalkit.run_sweep(config_from_dict(cfg), progress=False)
+
+    assert run(dtype="float32").manifest.samples_reused["generated"] == 9
+    half = run(dtype="bfloat16")
+    assert half.manifest.samples_reused["from_cache"] == 0 and half.manifest.model["dtype"] == "bfloat16"
+    assert run(dtype="float32").manifest.samples_reused["from_cache"] == 9
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)
+    try:
+        other = run(dtype="float32")
+    finally:
+        torch.set_num_threads(threads)
+    assert other.manifest.samples_reused["from_cache"] == 0 and other.manifest.model["threads"] == threads + 1
+
+
 def test_nan_logits_stop_the_run_and_keep_samples(tiny_model, tmp_path, monkeypatch):
     from transformers import LlamaForCausalLM
 

@@ -82,6 +82,7 @@ class ModelInfo(BaseModel):
     eos_token_ids: list[int] = []
     has_chat_template: bool = False
     rng: str | None = None  # how random streams map to samples in this backend
+    threads: int | None = None  # torch's CPU threads (on a CPU, the float sums of a matrix product split by them)
     converted_now: bool = False  # a GGUF was de-quantized during this load
     load_seconds: float = 0.0
     ignored_generation_defaults: dict[str, Any] = {}

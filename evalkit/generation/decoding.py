@@ -22,6 +22,13 @@ END_TOKENS = ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<
               "<|return|>", "</s>")
 
 
+def cpu_threads(device: str) -> int | None:
+    """torch's CPU threads where the model runs on the CPU (they decide its float results), else None."""
+    import torch
+
+    return torch.get_num_threads() if device == "cpu" else None
+
+
 class EngineBackend:
     # One prompt per decode wave, with its extra model inputs (pixel values, image grids) at prefill and
     # the model's own prefill positions (see evalkit.generation.engine): vision-language models
@@ -58,7 +65,8 @@ class EngineBackend:
             sha256=source.sha256, dtype=str(dtype).removeprefix("torch."), device=device,
             context_length=int(ctx) if ctx else None, eos_token_ids=self.eos_ids, has_chat_template=has_chat_template,
             rng="evalkit engine: one splitmix64 stream per sample, a function of (sample seed, step) only",
-            load_seconds=round(time.perf_counter() - started, 3), ignored_generation_defaults=ignored, **extra)
+            load_seconds=round(time.perf_counter() - started, 3), ignored_generation_defaults=ignored,
+            threads=cpu_threads(device), **extra)
 
     def _use_template(self, chat_template: bool | str) -> bool:
         """Whether prompts go through the chat template ("auto": when the model has one); refuses a missing one."""

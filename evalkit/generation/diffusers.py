@@ -50,7 +50,8 @@ class DiffusersBackend:
         self.info = ModelInfo(**{"backend": "diffusers", "id": str(model), "path": str(model), **(info or {}),
                                  "dtype": self.dtype, "device": device,
                                  "rng": "one torch.Generator per image, seeded with the image's seed",
-                                 "load_seconds": round(time.perf_counter() - started, 3)})
+                                 "load_seconds": round(time.perf_counter() - started, 3),
+                                 "threads": torch.get_num_threads() if device == "cpu" else None})
 
     def _use_scheduler(self, name: str) -> None:
         if name != self._scheduler_name:

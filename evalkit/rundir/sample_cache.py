@@ -1,6 +1,7 @@
 """A cache of generated samples, so that no sample is paid for twice.
 
-Keyed by everything that decides a sample: the model's hash (or hub revision), the prompt
+Keyed by everything that decides a sample: the model's hash (or hub revision, or served endpoint), the
+dtype, device and CPU threads it runs with, the prompt
 as the model sees it (token ids, and the image's sha256 for vision-language prompts), the
 setting, the sample's seed and index, max_new_tokens, stop strings, end-of-sequence tokens
 and the engine version. Stored in SQLite (WAL) at ``$EVALKIT_SAMPLE_CACHE``, default
@@ -19,11 +20,20 @@ from pathlib import Path
 from evalkit.generation.base import WorkUnit
 from evalkit.generation.gguf import cache_dir
 
-ENGINE_VERSION = "1"  # bump when the engine's output for the same inputs changes
+ENGINE_VERSION = "2"  # bump when the engine's output for the same inputs changes (2: the key holds dtype,
+# device and CPU threads)
 
 
 def cache_path() -> Path:
     return Path(os.environ.get("EVALKIT_SAMPLE_CACHE") or cache_dir() / "samples.sqlite").expanduser()
+
+
+def model_identity(info) -> str | None:
+    """What decides every sample besides its unit: the weights (or the served endpoint) and how they run:
+    dtype, device and, on a CPU, torch's thread count. None (no caching) when the weights are unknown."""
+    if not info.weights_id:
+        return None
+    return json.dumps([info.weights_id, info.dtype, info.device, info.threads])
 
 
 def unit_key(model_id: str, unit: WorkUnit, decides: list) -> str:
