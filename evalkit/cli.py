@@ -87,9 +87,11 @@ def run(
             path = config if config is not None else preset_path(preset)
             result = evalkit.run_sweep(path, overrides=set_ or [], progress=not quiet, cache=not no_cache)
         _print_summary(result)
+        if getattr(result, "report_error", None):
+            err.print(f"[bold red]error:[/] {escape(result.report_error)}", highlight=False, soft_wrap=True)
         if baseline is not None:
             return _gate_on_baseline(result, baseline, rules, junit)
-        return 0
+        return REPORT_FAILED if getattr(result, "report_error", None) else 0
 
     _exit(_guard(body, debug))
 
@@ -338,6 +340,7 @@ def _guard(body, debug: bool):
         raise typer.Exit(130) from None
 
 
+REPORT_FAILED = 3  # the run is complete but its report could not be written (1: a regression, 2: bad input)
 TABLE_METRICS = 4  # the summary table shows the first metrics of the config; summary.csv has all
 
 

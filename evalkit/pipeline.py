@@ -93,7 +93,12 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
     finally:
         executor.close()
     if config.report:
-        write_report(run.path, ui)
+        try:
+            write_report(run.path, ui)
+        except Exception as e:  # the run is complete whatever happens to its report
+            run.report_error = (f"the run is complete ({run.path}), but its report failed ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0] if str(e) else 'no message'}); retry with: evalkit report "
+                                f"{run.path}")
     return run
 
 

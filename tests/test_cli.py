@@ -87,3 +87,30 @@ def test_python_dash_m(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip() == f"error: {tmp_path / 'none.yaml'}: config file not found"
     assert not (tmp_path / "runs").exists()
+
+
+def test_one_setting_sweeps_get_a_report(tiny_model, tmp_path, write_config):
+    """The most common sweep there is ("my model at T=0.8"): every chart copes with one setting."""
+    metrics = ["distinct_2", "self_bleu", "token_entropy", "mean_length", "perplexity", "nll"]
+    path = write_config(base_config(tiny_model, tmp_path / "runs", grid={"temperature": [0.5], "top_p": [0.9]},
+                                    metrics=metrics, report=True))
+    result = runner.invoke(app, ["run", str(path), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "runs").glob("*/report.html"))) == 1
+
+
+def test_a_report_that_fails_leaves_a_complete_run_and_one_line(tiny_model, tmp_path, write_config, monkeypatch):
+    import evalkit.report
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("chart trouble")
+
+    monkeypatch.setattr(evalkit.report, "write_report", broken)
+    path = write_config(base_config(tiny_model, tmp_path / "runs", grid={"temperature": [0.5]}, report=True))
+    result = runner.invoke(app, ["run", str(path), "--quiet"])
+    assert result.exit_code == 3, result.output
+    run_dir = next((tmp_path / "runs").glob("2*"))
+    assert result.stderr.strip() == (f"error: the run is complete ({run_dir}), but its report failed (RuntimeError: "
+                                     f"chart trouble); retry with: evalkit report {run_dir}")
+    assert "Traceback" not in result.output and "run directory:" in result.stdout
+    assert evalkit.load_run(run_dir).manifest.status == "complete"

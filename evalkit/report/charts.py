@@ -63,7 +63,8 @@ def heatmap(rows: pd.DataFrame, info: dict, prefix: str, level: int, axes: Axes 
     panels = facets(rows, axes)
     finite = rows["mean"][np.isfinite(rows["mean"])]
     scale = LogNorm if log_scaled(info, finite) else Normalize
-    norm = scale(finite.min(), finite.max()) if len(finite) else Normalize(0, 1)
+    lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+    norm = scale(lo, hi) if lo < hi else Normalize(lo - 1, hi + 1)  # one value (one setting): mid-scale
     cmap = "viridis" if info.get("direction", 1) > 0 else "viridis_r"
     titles = {}
     with rc_context(STYLE):

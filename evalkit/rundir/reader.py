@@ -34,6 +34,7 @@ class Run:
     """A run directory, with its tables loaded on first use as pandas DataFrames."""
 
     path: Path
+    report_error: str | None = None  # set by a sweep whose report could not be written (the run is complete)
 
     @cached_property
     def manifest(self) -> Manifest:
