@@ -231,20 +231,18 @@ class Draw:
         self.tokens, self.logprob, self.entropy, self.kept = tokens, logprob, entropy, kept
 
 
-def entropy_of(probs: torch.Tensor) -> torch.Tensor:
-    """Shannon entropy (nats) of each row of probabilities (0 log 0 = 0)."""
-    return torch.special.entr(probs).sum(dim=-1)
-
-
 def distribution(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(probabilities, log-normaliser [rows, 1], entropy in nats) of each row of float32 logits."""
+    """(probabilities, log-normaliser [rows, 1], entropy in nats) of each row of float32 logits.
+
+    The entropy is sum p (log Z - z), every term >= 0, in float64: log Z - E[z] in float32 cancels on
+    sharply peaked rows (low temperature) and loses up to 5e-4 of the value over a 50k vocabulary."""
     probs = torch.softmax(logits, dim=-1)
-    lse = logits.amax(dim=-1, keepdim=True) - probs.amax(dim=-1, keepdim=True).log()
-    entropy = lse[:, 0] - (probs * logits).sum(dim=-1)  # H = log Z - E[z]; NaN where a logit is -inf
-    bad = entropy.isnan()
-    if bool(bad.any()):
-        entropy[bad] = entropy_of(probs[bad])
-    return probs, lse, entropy
+    z = logits.double()
+    lse = torch.logsumexp(z, dim=-1, keepdim=True)
+    surprise = lse - z  # -log p, +inf where a logit is -inf
+    p = torch.exp(-surprise)
+    entropy = torch.where(p > 0, p * surprise, torch.zeros_like(p)).sum(dim=-1)
+    return probs, lse.float(), entropy.float()
 
 
 BLOCK = 256  # inverse-CDF sampling over a whole vocabulary goes through blocks of this many tokens
