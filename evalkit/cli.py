@@ -333,7 +333,8 @@ def _guard(body, debug: bool):
     except EvalkitError as e:
         if debug:
             raise
-        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        for line in str(e).splitlines() or [""]:  # several problems of one config: one line each
+            err.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt as e:
         err.print(str(e) or "interrupted", highlight=False, soft_wrap=True)

@@ -114,3 +114,18 @@ def test_bad_input(case, tmp_path, tiny_model):
     assert "Traceback" not in result.output
     assert as_pattern(readme_table()[case]).match(lines[0]), (lines[0], readme_table()[case])
     assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_every_config_error_is_shown_one_line_each(tmp_path, tiny_model):
+    """A missing field and a typo: both said in one run, not one per run."""
+    config = base_config(tiny_model, tmp_path / "runs", grid={"temprature": [0.7]}, samples_per_prompt=0)
+    del config["prompts"]
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(app, ["run", str(path)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr.strip().splitlines() == [
+        f"error: {path}: prompts: Field required",
+        f"error: {path}: grid: unknown key 'temprature' (did you mean 'temperature'?)",
+        f"error: {path}: samples_per_prompt: Input should be greater than or equal to 1, got 0",
+    ]

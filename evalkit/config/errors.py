@@ -15,7 +15,21 @@ SECRET_FIELDS = ("api_key_env",)  # a wrong value here may be the secret itself:
 
 
 def config_error(error: ValidationError, source: str) -> ConfigError:
-    first = error.errors()[0]
+    """Every problem of the config, one line each (the first error of each field), so one run shows them all."""
+    errors, seen = [], set()
+    for entry in error.errors():
+        one = _one(entry, source)
+        if one.path not in seen:
+            seen.add(one.path)
+            errors.append(one)
+    if len(errors) == 1:
+        return errors[0]
+    combined = ConfigError(errors[0].detail, source=source, path=errors[0].path)
+    combined.args = ("\n".join(str(e) for e in errors),)
+    return combined
+
+
+def _one(first: dict, source: str) -> ConfigError:
     loc = tuple(first["loc"])
     path = _loc_to_path(loc)
     value = first.get("input")
@@ -32,9 +46,6 @@ def config_error(error: ValidationError, source: str) -> ConfigError:
             path, msg = f"{path}.{head}" if path else head, rest
         if "got " not in msg and first["type"] != "missing" and not path.endswith(SECRET_FIELDS):
             msg += f", got {_short(value)}"
-    more = error.error_count() - 1
-    if more:
-        msg += f" (and {more} more error{'s' if more > 1 else ''})"
     return ConfigError(msg, source=source, path=path or None)
 
 
