@@ -45,6 +45,9 @@ def make_case(case: str, tmp_path: Path, tiny_model: Path) -> tuple[list[str], P
     if case == "invalid-yaml":
         path.write_text("name: t\nprompts: [a, b\ngrid: {}\n")
         return [str(path)], runs
+    if case == "duplicate-key":
+        path.write_text(yaml.safe_dump(config) + "samples_per_prompt: 2\nsamples_per_prompt: 3\n")
+        return [str(path)], runs
     changes = {
         "unknown-key": {"grid": {"temprature": [0.7]}},
         "wrong-type": {"samples_per_prompt": "four"},
@@ -87,7 +90,7 @@ def make_case(case: str, tmp_path: Path, tiny_model: Path) -> tuple[list[str], P
     return [str(path), *extra], runs
 
 
-CASES = ["invalid-yaml", "unknown-key", "wrong-type", "temperature", "top-p", "top-k", "min-p", "samples",
+CASES = ["invalid-yaml", "duplicate-key", "unknown-key", "wrong-type", "temperature", "top-p", "top-k", "min-p", "samples",
          "unknown-metric", "empty-prompts", "prompt-file-missing", "prompt-file-json", "prompt-file-utf8",
          "model-path", "model-hash", "prompt-too-long", "device", "output-dir", "image-metric", "prompt-image",
          "vlm-model", "served-credentials", "served-key", "served-entropy", "served-unreachable",

@@ -174,3 +174,11 @@ def test_missing_prompt_file(write_config, tmp_path):
 def test_prompts_need_items_or_file_not_both(write_config):
     message = errors_for(write_config, {**GOOD, "prompts": {"items": ["a"], "file": "p.jsonl"}})
     assert "prompts: give prompts either inline (a list) or as 'file', not both or neither" in message
+
+
+def test_a_metric_parameter_given_twice_is_refused():
+    from evalkit.config import metric_spec
+    from evalkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^--metrics: parameter 'n' appears twice in 'self_bleu\[n=4,n=5\]'$"):
+        metric_spec("self_bleu[n=4,n=5]")

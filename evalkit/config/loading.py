@@ -44,9 +44,23 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> SweepCo
     return config_from_dict(data, source=source, base_dir=path.resolve().parent, overrides=overrides)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (first at line {seen[key] + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_yaml(text: str, source: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
@@ -124,6 +138,8 @@ def metric_spec(text: str) -> MetricSpec:
             key, eq, value = (x.strip() for x in part.partition("="))
             if not eq or not key:
                 raise ConfigError(f"expected KEY=VALUE inside the brackets of {text!r}, got {part!r}", path="--metrics")
+            if key in params:
+                raise ConfigError(f"parameter {key!r} appears twice in {text!r}", path="--metrics")
             params[key] = _number(value)
     return MetricSpec(name=name.strip(), params=params)
 
