@@ -90,7 +90,8 @@ def make_case(case: str, tmp_path: Path, tiny_model: Path) -> tuple[list[str], P
     return [str(path), *extra], runs
 
 
-CASES = ["invalid-yaml", "duplicate-key", "unknown-key", "wrong-type", "temperature", "top-p", "top-k", "min-p", "samples",
+CASES = ["invalid-yaml", "duplicate-key", "unknown-key", "wrong-type", "temperature", "top-p", "top-k", "min-p",
+         "samples",
          "unknown-metric", "empty-prompts", "prompt-file-missing", "prompt-file-json", "prompt-file-utf8",
          "model-path", "model-hash", "prompt-too-long", "device", "output-dir", "image-metric", "prompt-image",
          "vlm-model", "served-credentials", "served-key", "served-entropy", "served-unreachable",
