@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -114,3 +115,25 @@ def test_a_report_that_fails_leaves_a_complete_run_and_one_line(tiny_model, tmp_
                                      f"chart trouble); retry with: evalkit report {run_dir}")
     assert "Traceback" not in result.output and "run directory:" in result.stdout
     assert evalkit.load_run(run_dir).manifest.status == "complete"
+
+
+def test_outputs_go_where_they_are_asked_to(tiny_model, tmp_path, write_config, monkeypatch):
+    """Missing folders are made; a folder where a file should go is refused in one line (exit 2) with nothing
+    left behind; ``~`` in output_dir is the home folder."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    path = write_config(base_config(tiny_model, "~/runs", grid={"temperature": [0.5]}))
+    assert runner.invoke(app, ["run", str(path), "--quiet"]).exit_code == 0
+    run_dir = next((tmp_path / "home" / "runs").glob("2*"))
+    assert not (Path.cwd() / "~").exists()
+    for args in (["report", str(run_dir), "-o", str(tmp_path / "new" / "deep" / "r.html")],
+                 ["compare", str(run_dir), str(run_dir), "-o", str(tmp_path / "cmp" / "a.txt"),
+                  "--junit", str(tmp_path / "ci" / "reports" / "gate.xml")]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+    assert (tmp_path / "new" / "deep" / "r.html").is_file() and (tmp_path / "cmp" / "a.txt").is_file()
+    assert (tmp_path / "ci" / "reports" / "gate.xml").is_file()
+    (tmp_path / "taken").mkdir()
+    result = runner.invoke(app, ["compare", str(run_dir), str(run_dir), "-o", str(tmp_path / "taken")])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == f"error: {tmp_path / 'taken'} is a directory; give a file name"
+    assert list((tmp_path / "taken").iterdir()) == [] and not list(tmp_path.glob(".*.tmp"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import os
 import re
 import typing
 from pathlib import Path
@@ -340,6 +341,12 @@ class SweepConfig(_Strict):
         if images:
             self.grid.expand_images()  # unknown scheduler names are refused here
         return self
+
+    @field_validator("output_dir", "index")
+    @classmethod
+    def _home(cls, v: str | None) -> str | None:
+        """``~`` means the home folder, as in a shell (not a folder named ``~``)."""
+        return os.path.expanduser(v) if v else v
 
     @field_validator("batch_size", mode="before")
     @classmethod

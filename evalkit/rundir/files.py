@@ -45,12 +45,25 @@ def create_run_dir(output_dir: Path, name: str, now: datetime | None = None) -> 
 
 
 def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all, creating its missing folders; a folder in its place is refused
+    in one line, and no temporary file is left behind."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise EvalkitError(f"{path} is a directory; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise EvalkitError(f"cannot write {path}: a file is in the way of its folder") from None
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
 
 
