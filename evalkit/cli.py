@@ -87,11 +87,11 @@ def run(
             path = config if config is not None else preset_path(preset)
             result = evalkit.run_sweep(path, overrides=set_ or [], progress=not quiet, cache=not no_cache)
         _print_summary(result)
-        if getattr(result, "report_error", None):
+        if result.report_error:
             err.print(f"[bold red]error:[/] {escape(result.report_error)}", highlight=False, soft_wrap=True)
         if baseline is not None:
             return _gate_on_baseline(result, baseline, rules, junit)
-        return REPORT_FAILED if getattr(result, "report_error", None) else 0
+        return REPORT_FAILED if result.report_error else 0
 
     _exit(_guard(body, debug))
 

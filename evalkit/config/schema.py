@@ -84,10 +84,6 @@ class ModelConfig(_Strict):
             raise ValueError("api_key_env names an environment variable (letters, digits, _), not the key itself")
         return v
 
-    def _changed(self, name: str) -> bool:
-        """Whether a field was given a value other than its default (a resolved config lists every field)."""
-        return name in self.model_fields_set and getattr(self, name) != type(self).model_fields[name].default
-
     @model_validator(mode="after")
     def _served_or_local(self) -> ModelConfig:
         if self.backend == "openai":
@@ -97,12 +93,12 @@ class ModelConfig(_Strict):
             if self.id == "default":
                 raise ValueError("id: an openai model names the served model (GET /models lists them), "
                                  "got 'default'")
-            local = [f for f in LOCAL_MODEL_FIELDS if self._changed(f)]
+            local = [f for f in LOCAL_MODEL_FIELDS if _changed(self, f)]
             if local:
                 raise ValueError(f"{local[0]}: a served model (backend openai) is loaded by its server, not by "
                                  f"evalkit; remove {local[0]}, got {getattr(self, local[0])!r}")
         else:
-            served = [f for f in SERVED_MODEL_FIELDS if self._changed(f)]
+            served = [f for f in SERVED_MODEL_FIELDS if _changed(self, f)]
             if served:
                 raise ValueError(f"{served[0]}: only a served model (backend openai) has {served[0]}; "
                                  f"this one is backend {self.backend!r}, got {served[0]} set")
@@ -114,6 +110,11 @@ class ModelConfig(_Strict):
         if v is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", v):
             raise ValueError(f"sha256 must be 64 hexadecimal characters, got {v!r}")
         return v.lower() if v else v
+
+
+def _changed(model: BaseModel, name: str) -> bool:
+    """Whether a field was given a value other than its default (a resolved config lists every field)."""
+    return name in model.model_fields_set and getattr(model, name) != type(model).model_fields[name].default
 
 
 def _without_credentials(url: str) -> str:
@@ -281,7 +282,7 @@ class ExecutorConfig(_Strict):
     def _local_has_no_cluster(self) -> ExecutorConfig:
         if self.kind == "local":
             for name in ("address", "workers", "gpus_per_worker", "cpus_per_worker", "max_retries"):
-                if name in self.model_fields_set and getattr(self, name) != type(self).model_fields[name].default:
+                if _changed(self, name):
                     raise ValueError(f"{name}: only a ray executor has {name}; this one is local, got {name} set")
         return self
 

@@ -118,12 +118,17 @@ def _get(ray, ref):
     try:
         return ray.get(ref)
     except ray.exceptions.RayTaskError as e:
-        cause = getattr(e, "cause", None)
-        if isinstance(cause, EvalkitError):
-            raise cause from None
-        raise
+        _reraise(e)
     except ray.exceptions.RayError as e:
         raise _died(e) from None
+
+
+def _reraise(e) -> None:
+    """An error raised in a worker's method: evalkit's own as itself (one line), any other unchanged."""
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, EvalkitError):
+        raise cause from None
+    raise e
 
 
 def _died(e) -> EvalkitError:
@@ -279,10 +284,7 @@ class RayExecutor:
                 try:
                     records = ray.get(ref)
                 except ray.exceptions.RayTaskError as e:
-                    cause = getattr(e, "cause", None)
-                    if isinstance(cause, EvalkitError):
-                        raise cause from None
-                    raise
+                    _reraise(e)
                 except lost_worker(ray) as e:
                     self._lost(actor, shard, tries, queue, e)
                     continue

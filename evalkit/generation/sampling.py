@@ -234,15 +234,19 @@ class Draw:
 def distribution(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(probabilities, log-normaliser [rows, 1], entropy in nats) of each row of float32 logits.
 
-    The entropy is sum p (log Z - z), every term >= 0, in float64: log Z - E[z] in float32 cancels on
-    sharply peaked rows (low temperature) and loses up to 5e-4 of the value over a 50k vocabulary."""
-    probs = torch.softmax(logits, dim=-1)
-    z = logits.double()
-    lse = torch.logsumexp(z, dim=-1, keepdim=True)
-    surprise = lse - z  # -log p, +inf where a logit is -inf
-    p = torch.exp(-surprise)
-    entropy = torch.where(p > 0, p * surprise, torch.zeros_like(p)).sum(dim=-1)
-    return probs, lse.float(), entropy.float()
+    H = sum p (log Z - z) = (log Z - max z) + sum p (max z - z): two sums of terms >= 0, where log Z - E[z]
+    cancels on sharply peaked rows (low temperature; it lost up to 20% of the value over a 50k vocabulary).
+    log Z - max z = log1p(sum of the other tokens' p / p_max), that sum taken in float64. On 2 CPU cores, at
+    batch 64 over a 49k vocabulary: about 10 ms a call against 3 ms for the cancelling form (float64
+    throughout took 35 ms)."""
+    probs = torch.softmax(logits, dim=-1)  # what is sampled from
+    top = logits.amax(dim=-1, keepdim=True)
+    p_top = probs.amax(dim=-1, keepdim=True).double()
+    log_z = torch.log1p((probs.sum(dim=-1, keepdim=True, dtype=torch.float64) - p_top) / p_top).float()
+    below = (top - logits).clamp(max=torch.finfo(logits.dtype).max)  # max z - z >= 0 (finite: -inf logits add 0)
+    # torch.exp is exact to about 1 ulp here; softmax's own exp is off by up to 1e-5 relative
+    spread = (torch.exp(-below - log_z) * below).sum(dim=-1)
+    return probs, top + log_z, log_z[:, 0] + spread
 
 
 BLOCK = 256  # inverse-CDF sampling over a whole vocabulary goes through blocks of this many tokens
