@@ -89,8 +89,10 @@ class RunView:
         """Which engine made the run: the server (and what it said of itself), or the weights and device."""
         server = model.get("server")
         if server:
+            fingerprint = server.get("system_fingerprint")
             return [("served by", f"{model.get('path')} ({server.get('api')}, reported model "
-                                  f"{server.get('reported_model')}, fingerprint {server.get('system_fingerprint')})"),
+                                  f"{server.get('reported_model')}, "
+                                  + (f"fingerprint {fingerprint})" if fingerprint else "no fingerprint)")),
                     ("engine", "the server's own sampler, one request per sample with its derived seed")]
         return [("model file" if model.get("sha256") else "revision", str(ident)[:16] if ident else "n/a"),
                 ("device", f"{self.manifest.device}, {model.get('dtype', 'n/a')}")]
