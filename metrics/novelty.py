@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -30,7 +29,7 @@ def corpus_ngrams(path: str, n: int, tok: str) -> frozenset:
 class NoveltyParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     n: int = Field(2, ge=1, le=8)
-    tok: Literal["words", "whitespace", "chars"] = "words"
+    tok: tokenize.TextTok = "words"  # not model: the prompt and the corpus have no model token ids
     corpus: str | None = None  # a UTF-8 text file, one document per line
 
     @field_validator("corpus")
