@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 
 from evalkit import pipeline
@@ -15,6 +16,7 @@ from evalkit.progress import RichProgress, Silent
 from evalkit.prompts import sha256_of
 from evalkit.rundir import Manifest, Run, RunWriter, SettingRecord, load_run
 from evalkit.rundir.files import check_writable
+from evalkit.rundir.lock import RunLock
 from evalkit.rundir.manifest import ci_info, git_info, utc_now
 from evalkit.scoring import score_samples
 from evalkit.scoring.registry import default_registry, prepare_all
@@ -31,15 +33,16 @@ def run_sweep(config: SweepConfig | str | Path | None, *, overrides: list[str] |
     any run with the same model, prompt, setting, seed and length (see :mod:`evalkit.rundir.sample_cache`).
     """
     resume_dir = Path(resume) if resume is not None else None
-    if resume_dir is not None:
-        config = _resume_config(resume_dir)
-    elif not isinstance(config, SweepConfig):
-        config = load_config(config, overrides)
-    elif overrides:
-        raise TypeError("overrides apply to a config file; edit the SweepConfig instead")
-    ui = RichProgress() if progress is True else (Silent() if progress is False else progress)
-    return pipeline.run_sweep(config, ui=ui, cache=cache, resume_dir=resume_dir, overrides=overrides,
-                              as_given=_as_given(config), resolved=_resolved(config))
+    with ExitStack() as held:
+        if resume_dir is not None:
+            config = _resume_config(resume_dir, held)
+        elif not isinstance(config, SweepConfig):
+            config = load_config(config, overrides)
+        elif overrides:
+            raise TypeError("overrides apply to a config file; edit the SweepConfig instead")
+        ui = RichProgress() if progress is True else (Silent() if progress is False else progress)
+        return pipeline.run_sweep(config, ui=ui, cache=cache, resume_dir=resume_dir, overrides=overrides,
+                                  as_given=_as_given(config), resolved=_resolved(config))
 
 
 def plan_sweep(config: SweepConfig | str | Path, *, overrides: list[str] | None = None) -> list[tuple[str, str]]:
@@ -107,9 +110,11 @@ def score_file(path: str | Path, metric_names: list[str], output: str | Path, *,
     return load_run(output)
 
 
-def _resume_config(run_dir: Path) -> SweepConfig:
+def _resume_config(run_dir: Path, held: ExitStack) -> SweepConfig:
+    """The config of a stopped run, whose lock ``held`` then holds: a second writer is refused here."""
     if not (run_dir / "manifest.json").is_file() or not (run_dir / "config.yaml").is_file():
         raise EvalkitError(f"--resume: {run_dir} is not a run directory")
+    held.enter_context(RunLock(run_dir))
     manifest = load_run(run_dir).manifest
     if manifest.status == "complete":
         raise EvalkitError(f"--resume: {run_dir} is already complete")

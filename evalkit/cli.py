@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import io
 import math
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -19,7 +21,7 @@ from rich.table import Table
 import evalkit
 from evalkit.compare import Rule
 from evalkit.config import preset_path
-from evalkit.errors import EvalkitError
+from evalkit.errors import EvalkitError, Terminated
 from evalkit.numbers import fmt
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -109,10 +111,11 @@ def score(
     debug: Annotated[bool, typer.Option(help="Show tracebacks for errors.")] = False,
 ) -> None:
     """Score generations produced elsewhere into a run-like directory."""
-    from evalkit.api import score_file
-    from evalkit.config import metric_list
 
     def body():
+        from evalkit.api import score_file
+        from evalkit.config import metric_list
+
         if output is None:
             raise EvalkitError("-o: give the directory to write the scores into")
         result = score_file(file, metric_list(metrics), output, seed=seed, progress=not quiet)
@@ -131,10 +134,11 @@ def report(
     debug: Annotated[bool, typer.Option(help="Show tracebacks for errors.")] = False,
 ) -> None:
     """Write the HTML report of one run, or of several runs compared with the first."""
-    from evalkit.report import write_report
-    from evalkit.rundir.files import check_writable
 
     def body():
+        from evalkit.report import write_report
+        from evalkit.rundir.files import check_writable
+
         target = output
         if target is None:
             target = runs[0] / "report.html" if len(runs) == 1 else Path("reports") / (
@@ -161,9 +165,10 @@ def runs(
     debug: Annotated[bool, typer.Option(help="Show tracebacks for errors.")] = False,
 ) -> None:
     """List the runs in the run index, oldest first."""
-    from evalkit.index import RunIndex, index_path
 
     def body():
+        from evalkit.index import RunIndex, index_path
+
         with RunIndex(index_path(index), create=False) as db:
             listed = db.runs(name=name)
         if listed.empty:
@@ -202,10 +207,11 @@ def compare(
     debug: Annotated[bool, typer.Option(help="Show tracebacks for errors.")] = False,
 ) -> None:
     """Compare two runs setting by setting, paired by prompt; with --fail-on, gate on regressions."""
-    from evalkit.compare import load_side
-    from evalkit.index import index_path
 
     def body():
+        from evalkit.compare import load_side
+        from evalkit.index import index_path
+
         if format_ not in ("text", "markdown", "json", "html"):
             raise EvalkitError(f"--format: {format_!r} is not text, markdown, json or html")
         rules = [Rule.parse(r) for r in fail_on or []]
@@ -228,11 +234,12 @@ def history(
     debug: Annotated[bool, typer.Option(help="Show tracebacks for errors.")] = False,
 ) -> None:
     """The trend of a sweep over its runs: a table here and an offline HTML page with regressions marked."""
-    from evalkit.history import load_history, write_history_html
-    from evalkit.index import RunIndex, index_path
-    from evalkit.rundir.files import check_writable
 
     def body():
+        from evalkit.history import load_history, write_history_html
+        from evalkit.index import RunIndex, index_path
+        from evalkit.rundir.files import check_writable
+
         target = output or Path("reports") / f"history-{name}.html"
         check_writable(target.parent, field="-o")
         with RunIndex(index_path(index), create=False) as db:
@@ -338,10 +345,20 @@ def _guard(body, debug: bool):
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt as e:
         err.print(str(e) or "interrupted", highlight=False, soft_wrap=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(getattr(e, "exit_code", 130)) from None
+    except (click.exceptions.Exit, click.ClickException):
+        raise
+    except Exception as e:  # a bug: never exit 1, which means "regression" to a gate
+        if debug:
+            raise
+        message = str(e).splitlines()[0][:300] if str(e) else "no message"
+        err.print(f"[bold red]error:[/] unexpected {type(e).__name__}: {escape(message)} (a bug in evalkit; "
+                  "--debug shows the traceback)", highlight=False, soft_wrap=True)
+        raise typer.Exit(CRASHED) from None
 
 
 REPORT_FAILED = 3  # the run is complete but its report could not be written (1: a regression, 2: bad input)
+CRASHED = 4  # an unexpected error: a bug
 TABLE_METRICS = 4  # the summary table shows the first metrics of the config; summary.csv has all
 
 
@@ -392,8 +409,17 @@ def _print_summary(result: evalkit.Run) -> None:
         out.print(f"report: [bold]{escape(str(result.path / 'report.html'))}[/]", highlight=False, soft_wrap=True)
 
 
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main() -> None:
-    app(prog_name="evalkit")
+    signal.signal(signal.SIGTERM, _terminate)  # stopped like Ctrl-C: a run is marked interrupted, not left running
+    try:
+        app(prog_name="evalkit")
+    except KeyboardInterrupt as e:  # between commands' guards (start-up)
+        err.print(str(e) or "interrupted", highlight=False)
+        sys.exit(getattr(e, "exit_code", 130))
 
 
 if __name__ == "__main__":

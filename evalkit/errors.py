@@ -30,3 +30,12 @@ class ConfigError(EvalkitError):
         self.detail = message
         where = ": ".join(p for p in (source, path) if p)
         super().__init__(f"{where}: {message}" if where else message)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: stopped like Ctrl-C (what was made is kept, a run is marked interrupted), exit code 143."""
+
+    exit_code = 143
+
+    def __init__(self, message: str = "terminated"):
+        super().__init__(message)

@@ -48,6 +48,7 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
     check_writable(Path(config.output_dir) if resume_dir is None else resume_dir, config.source)
     executor = executor_for(config)
     checked = executor.check()
+    writer = None
     try:
 
         # load
@@ -92,6 +93,8 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
             run = writer.complete(n_samples=len(samples), timings=timings, reused=reused)
     finally:
         executor.close()
+        if writer is not None:
+            writer.close()
     if config.report:
         try:
             write_report(run.path, ui)
@@ -241,7 +244,7 @@ def recorded(config: SweepConfig, writer: RunWriter):
         writer.fail(e)
         record_in_index(writer.path, config.index, config.output_dir, quiet=True)
         if isinstance(e, KeyboardInterrupt):
-            raise Interrupted(writer.path) from None
+            raise Interrupted(writer.path, getattr(e, "exit_code", 130)) from None
         raise
     record_in_index(writer.path, config.index, config.output_dir)
 
@@ -261,6 +264,8 @@ def record_in_index(run_dir: Path, index: str | None, output_dir: str | Path, qu
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C during a run: the samples made so far are kept and the run can be resumed."""
 
-    def __init__(self, run_dir: Path):
-        super().__init__(f"interrupted; resume with: evalkit run --resume {run_dir}")
+    def __init__(self, run_dir: Path, exit_code: int = 130):
+        what = "terminated" if exit_code == 143 else "interrupted"
+        super().__init__(f"{what}; resume with: evalkit run --resume {run_dir}")
         self.run_dir = run_dir
+        self.exit_code = exit_code

@@ -137,3 +137,36 @@ def test_outputs_go_where_they_are_asked_to(tiny_model, tmp_path, write_config, 
     assert result.exit_code == 2, result.output
     assert result.stderr.strip() == f"error: {tmp_path / 'taken'} is a directory; give a file name"
     assert list((tmp_path / "taken").iterdir()) == [] and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_crash_is_one_line_and_never_exit_1(tmp_path, monkeypatch):
+    """Exit 1 means "regression" to a nightly gate: an unexpected error (a bug) exits 4, in one line."""
+    from evalkit.index import RunIndex
+
+    def broken(self, name=None):
+        raise ZeroDivisionError("division by zero\nsecond line")
+
+    monkeypatch.setattr(RunIndex, "runs", broken)
+    RunIndex(tmp_path / "index.sqlite").close()
+    result = CliRunner().invoke(app, ["runs", "--index", str(tmp_path / "index.sqlite")])
+    assert result.exit_code == 4, result.output
+    assert result.stderr.strip().splitlines() == [
+        "error: unexpected ZeroDivisionError: division by zero (a bug in evalkit; --debug shows the traceback)"]
+    debug = CliRunner().invoke(app, ["runs", "--index", str(tmp_path / "index.sqlite"), "--debug"])
+    assert isinstance(debug.exception, ZeroDivisionError)
+
+
+def test_ctrl_c_while_starting_is_one_line(tmp_path):
+    """Ctrl-C while the command is still importing: `interrupted`, exit 130, no traceback."""
+    code = ("import builtins\n"
+            "real = builtins.__import__\n"
+            "def stop(name, *a, **k):\n"
+            "    if name == 'evalkit.cli':\n"
+            "        raise KeyboardInterrupt\n"
+            "    return real(name, *a, **k)\n"
+            "builtins.__import__ = stop\n"
+            "from evalkit.launch import main\n"
+            "main()\n")
+    done = subprocess.run([sys.executable, "-c", code, "runs"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 130 and done.stderr == "interrupted\n", done.stderr

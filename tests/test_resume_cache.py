@@ -53,7 +53,7 @@ def uninterrupted(tiny_model, tmp_path_factory):
     return evalkit.run_sweep(config_from_dict(slow_config(tiny_model, out)), progress=False, cache=False)
 
 
-@pytest.mark.parametrize("how", ["kill", "ctrl-c"])
+@pytest.mark.parametrize("how", ["kill", "ctrl-c", "sigterm"])
 def test_stopped_run_resumes_to_the_same_samples(how, tiny_model, tmp_path, uninterrupted):
     out = tmp_path / "runs"
     path = tmp_path / "sweep.yaml"
@@ -61,14 +61,16 @@ def test_stopped_run_resumes_to_the_same_samples(how, tiny_model, tmp_path, unin
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = start(path, tmp_path, env)
     run_dir = wait_for_parts(out)
-    proc.send_signal(signal.SIGKILL if how == "kill" else signal.SIGINT)
+    proc.send_signal({"kill": signal.SIGKILL, "ctrl-c": signal.SIGINT, "sigterm": signal.SIGTERM}[how])
     _, stderr = proc.communicate(timeout=60)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] != "complete" and not (run_dir / "samples.parquet").exists()
-    if how == "ctrl-c":
-        assert proc.returncode == 130
+    if how != "kill":  # SIGTERM too: stopped like Ctrl-C, never left marked running
+        assert proc.returncode == (130 if how == "ctrl-c" else 143)
         assert manifest["status"] == "interrupted"
-        assert f"resume with: evalkit run --resume {run_dir}" in stderr
+        word = "interrupted" if how == "ctrl-c" else "terminated"
+        assert stderr.strip().splitlines()[-1] == f"{word}; resume with: evalkit run --resume {run_dir}"
+        assert "Traceback" not in stderr
     else:
         assert proc.returncode == -signal.SIGKILL
     kept = len(pd.concat([pd.read_parquet(p) for p in (run_dir / "parts").glob("part-*.parquet")]))
@@ -83,6 +85,33 @@ def test_stopped_run_resumes_to_the_same_samples(how, tiny_model, tmp_path, unin
     assert resumed.manifest.samples_reused["generated"] == len(uninterrupted.samples) - kept
     pd.testing.assert_frame_equal(frame(resumed), frame(uninterrupted))
     assert not (run_dir / "parts").exists()
+
+
+def test_a_second_writer_is_refused_and_the_first_finishes(tiny_model, tmp_path, uninterrupted):
+    """--resume of a run another process is still writing is refused in one line, up front, and the
+    first process completes its run untouched; the lock goes with the process that held it."""
+    out = tmp_path / "runs"
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(slow_config(tiny_model, out)))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = start(path, tmp_path, env)
+    try:
+        run_dir = wait_for_parts(out, minimum=1)
+        second = subprocess.run([sys.executable, "-m", "evalkit", "run", "--resume", str(run_dir), "-q"],
+                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2, second.stderr
+        assert second.stderr.strip() == (f"error: --resume: {run_dir} is being written by process {proc.pid}; "
+                                         "wait for it to end, or stop it and resume then")
+        with pytest.raises(evalkit.EvalkitError, match="is being written by process"):
+            evalkit.run_sweep(None, resume=run_dir, progress=False)
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    first = evalkit.load_run(run_dir)
+    assert first.manifest.status == "complete" and first.manifest.n_samples == len(uninterrupted.samples)
+    pd.testing.assert_frame_equal(frame(first), frame(uninterrupted))
+    assert not (run_dir / ".lock").exists()
 
 
 def test_resume_refuses_a_complete_run(uninterrupted):

@@ -20,7 +20,7 @@ from evalkit.version import __version__
 from evalkit.config import KIND_OF_BACKEND
 from evalkit.generation.base import ModelInfo
 
-PACKAGES = ("torch", "transformers", "tokenizers", "numpy", "pandas", "pyarrow", "pydantic")
+PACKAGES = ("torch", "transformers", "tokenizers", "numpy", "pandas", "pyarrow", "pydantic", "nltk", "regex")
 RunKindName = Literal["text", "image-to-text", "text-to-image", "scored"]
 
 

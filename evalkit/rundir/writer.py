@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from evalkit.rundir import files
+from evalkit.rundir.lock import RunLock
 from evalkit.rundir.manifest import Manifest, Reused, utc_now
 from evalkit.rundir.parts import PartWriter, read_parts
 from evalkit.rundir.protocol import compute_protocol
@@ -23,26 +24,32 @@ from evalkit.rundir.reader import Run
 
 
 class RunWriter:
-    def __init__(self, path: Path, manifest: Manifest):
+    def __init__(self, path: Path, manifest: Manifest, lock: RunLock | None = None):
         self.path = Path(path)
         self.manifest = manifest
+        self.lock = lock  # held while this process writes the run (see :mod:`evalkit.rundir.lock`)
 
     @classmethod
     def create(cls, output_dir: Path, manifest: Manifest) -> RunWriter:
         """A new run directory ``<output_dir>/<UTC time>-<name>`` (its name becomes the run id)."""
         path = files.create_run_dir(Path(output_dir), manifest.name)
         manifest.run_id = path.name
-        writer = cls(path, manifest)
+        writer = cls(path, manifest, RunLock(path).acquire())
         writer.write_manifest()
         return writer
 
     @classmethod
     def reopen(cls, path: Path) -> RunWriter:
-        """An unfinished run directory, to be continued (``--resume``)."""
+        """An unfinished run directory, to be continued (``--resume``); the caller holds its lock."""
         manifest = Run(Path(path)).manifest
         manifest.status, manifest.error, manifest.ended_at, manifest.protocol = "running", None, None, None
         manifest.schema_version = Manifest.model_fields["schema_version"].default  # rewritten in today's shape
         return cls(path, manifest)
+
+    def close(self) -> None:
+        """Let go of the run directory's lock, if this writer took it."""
+        if self.lock is not None:
+            self.lock.release()
 
     # ------------------------------------------------------------------ files
 
