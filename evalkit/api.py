@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -25,12 +26,14 @@ from evalkit.generation.base import ModelInfo
 
 
 def run_sweep(config: SweepConfig | str | Path | None, *, overrides: list[str] | None = None,
-              progress: bool | object = True, cache: bool = True, resume: str | Path | None = None) -> Run:
+              progress: bool | object = True, cache: bool = True, resume: str | Path | None = None,
+              check: Callable[[SweepConfig], None] | None = None) -> Run:
     """Run a sweep and return the finished :class:`~evalkit.rundir.Run`.
 
     ``resume`` continues the run directory of a run that was stopped (its samples so far are
     kept, only the missing ones are generated); ``cache`` reuses samples generated before by
-    any run with the same model, prompt, setting, seed and length (see :mod:`evalkit.rundir.sample_cache`).
+    any run with the same model, prompt, setting, seed and length (see :mod:`evalkit.rundir.sample_cache`);
+    ``check`` is called with the config before anything is loaded (the command line checks its gate there).
     """
     resume_dir = Path(resume) if resume is not None else None
     with ExitStack() as held:
@@ -40,6 +43,8 @@ def run_sweep(config: SweepConfig | str | Path | None, *, overrides: list[str] |
             config = load_config(config, overrides)
         elif overrides:
             raise TypeError("overrides apply to a config file; edit the SweepConfig instead")
+        if check is not None:
+            check(config)
         ui = RichProgress() if progress is True else (Silent() if progress is False else progress)
         return pipeline.run_sweep(config, ui=ui, cache=cache, resume_dir=resume_dir, overrides=overrides,
                                   as_given=_as_given(config), resolved=_resolved(config))

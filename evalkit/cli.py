@@ -78,16 +78,18 @@ def run(
             return 0
         if (fail_on or junit) and baseline is None:
             raise EvalkitError("--fail-on and --junit need --baseline")
-        rules = [Rule.parse(r) for r in fail_on or []]  # a bad rule is refused before the run, not after
+        rules = [Rule.parse(r) for r in fail_on or []]
+        gate_check = (lambda c: _check_gate(c, baseline, rules, junit)) if baseline is not None else None
         if resume is not None:
             if config is not None or preset is not None or set_:
                 raise EvalkitError("--resume continues a run as it was configured: give no config, preset or --set")
-            result = evalkit.run_sweep(None, resume=resume, progress=not quiet, cache=not no_cache)
+            result = evalkit.run_sweep(None, resume=resume, progress=not quiet, cache=not no_cache, check=gate_check)
         else:
             if (config is None) == (preset is None):
                 raise EvalkitError("give a config file or --preset NAME (one of them)")
             path = config if config is not None else preset_path(preset)
-            result = evalkit.run_sweep(path, overrides=set_ or [], progress=not quiet, cache=not no_cache)
+            result = evalkit.run_sweep(path, overrides=set_ or [], progress=not quiet, cache=not no_cache,
+                                       check=gate_check)
         _print_summary(result)
         if result.report_error:
             err.print(f"[bold red]error:[/] {escape(result.report_error)}", highlight=False, soft_wrap=True)
@@ -268,7 +270,7 @@ def _compare(a, b, rules, metrics, format_, output, junit, alpha) -> int:
     from evalkit.rundir.files import write_atomic
 
     narrowed = metrics or [r.metric for r in rules] or None  # a gate tests only what it gates
-    comparison = compare_runs(a, b, metrics=narrowed, alpha=alpha)
+    comparison = compare_runs(a, b, metrics=narrowed, alpha=alpha, metrics_from="--metric" if metrics else "--fail-on")
     violations = gate(comparison, rules)
     if format_ == "html":
         if a.path is None or b.path is None or not (a.path / "manifest.json").is_file():
@@ -297,6 +299,29 @@ def _compare(a, b, rules, metrics, format_, output, junit, alpha) -> int:
     if junit is not None:
         write_atomic(junit, compare_format.junit(comparison, rules, violations))
     return 1 if violations else 0
+
+
+def _check_gate(config, baseline: str, rules, junit: Path | None) -> None:
+    """Before the sweep: every --fail-on rule names a metric the sweep scores, the baseline can be found,
+    and the JUnit file can be written; a mistake here is found in a second, not after the run."""
+    from evalkit.compare import load_side, matches
+    from evalkit.index import index_path
+    from evalkit.rundir.files import check_database, check_writable
+    from evalkit.scoring.registry import default_registry
+
+    ids = [m.id for m in default_registry().create_all(config.metrics, source=config.source)]
+    for rule in rules:
+        if not any(matches(rule.metric, i) for i in ids):
+            raise EvalkitError(f"--fail-on: {rule.metric!r} matches no metric this sweep scores ({', '.join(ids)})")
+    where = index_path(config.index, config.output_dir)
+    if baseline == "latest":
+        check_database(where, field="index")
+    else:
+        load_side(baseline, where, what="--baseline")
+    if junit is not None:
+        if junit.is_dir():
+            raise EvalkitError(f"--junit: {junit} is a directory; give a file name")
+        check_writable(junit.parent, field="--junit")
 
 
 def _gate_on_baseline(result, baseline: str, rules, junit) -> int:

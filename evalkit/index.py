@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from evalkit.errors import EvalkitError
+from evalkit.rundir.files import check_database
 from evalkit.rundir.manifest import utc_now
 from evalkit.rundir.protocol import config_hash, protocol
 from evalkit.rundir.reader import Run
@@ -61,11 +62,16 @@ class RunIndex:
         if not create and not self.path.is_file():
             raise EvalkitError(f"--index: no run index at {self.path} (runs are recorded there when they end; "
                                f"set EVALKIT_INDEX or --index to use another)")
+        check_database(self.path, field="index")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        self.db.execute("PRAGMA busy_timeout = 30000")
-        self._retry(lambda: self.db.execute("PRAGMA journal_mode=WAL"))
-        self._write(self._create)
+        try:
+            self.db.execute("PRAGMA busy_timeout = 30000")
+            self._retry(lambda: self.db.execute("PRAGMA journal_mode=WAL"))
+            self._write(self._create)
+        except sqlite3.DatabaseError as e:
+            self.db.close()
+            raise EvalkitError(f"index: {self.path} cannot be used as a run index ({e})") from None
 
     @staticmethod
     def _create(db) -> None:

@@ -21,12 +21,13 @@ from evalkit.errors import ConfigError, EvalkitError
 from evalkit.executors import executor_for
 from evalkit.generation import WorkUnit
 from evalkit.generation.base import Generator, PreparedPrompt
+from evalkit.index import index_path
 from evalkit.kinds import RunKind, kind_of
 from evalkit.prompts import load_prompts
 from evalkit.rundir import Manifest, Run, RunWriter, SettingRecord
-from evalkit.rundir.files import check_writable
+from evalkit.rundir.files import check_database, check_writable
 from evalkit.rundir.manifest import Reused, ci_info, git_info, utc_now
-from evalkit.rundir.sample_cache import SampleCache, model_identity, unit_key
+from evalkit.rundir.sample_cache import SampleCache, cache_path, model_identity, unit_key
 from evalkit.scoring import score_samples
 from evalkit.scoring.registry import default_registry, prepare_all
 from evalkit.seeds import derive_seed
@@ -45,7 +46,11 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
     prepare_all(metrics, source=config.source)
     prompts = load_prompts(config)
     kind.check_prompts(prompts, config.source)
+    check_size(config, settings, prompts)
     check_writable(Path(config.output_dir) if resume_dir is None else resume_dir, config.source)
+    check_database(index_path(config.index, config.output_dir), config.source, "index")
+    if cache:
+        check_database(cache_path(), None, "sample cache")
     executor = executor_for(config)
     checked = executor.check()
     writer = None
@@ -105,6 +110,19 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
     return run
 
 
+MAX_SAMPLES = 10_000_000  # in one run: a work unit each, and a row of the samples table
+
+
+def check_size(config: SweepConfig, settings: list, prompts: list) -> int:
+    """The samples a run would make; refused up front beyond :data:`MAX_SAMPLES`."""
+    units = len(settings) * len(prompts) * config.samples_per_prompt
+    if units > MAX_SAMPLES:
+        raise ConfigError(f"{len(settings)} settings x {len(prompts)} prompts x {config.samples_per_prompt} make "
+                          f"{units} samples, more than {MAX_SAMPLES} in one run: split the sweep",
+                          source=config.source, path="samples_per_prompt")
+    return units
+
+
 def logprobs_wanted(metrics: list, source: str | None = None) -> int:
     """Top log-probabilities per token that the metrics need from a served model: the ``top`` of the metrics
     that need top_logprobs (one value per run), 1 when only the chosen tokens' are needed, else 0."""
@@ -144,7 +162,7 @@ def describe(config: SweepConfig) -> list[tuple[str, str]]:
     kind.check_metrics(metrics, config.source)
     prompts = load_prompts(config)
     kind.check_prompts(prompts, config.source)
-    units = len(settings) * len(prompts) * config.samples_per_prompt
+    units = check_size(config, settings, prompts)
     lines = [("settings", str(len(settings))), (kind.noun, str(len(prompts))),
              ("samples per prompt and setting", str(config.samples_per_prompt)), ("samples", str(units))]
     module = importlib.import_module(BACKENDS[config.model.backend])

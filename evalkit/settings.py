@@ -40,9 +40,15 @@ def _check_top_p(v: float) -> float:
     return v
 
 
+TOP_K_MAX = 2**31 - 1  # a C int in every sampler; more than any vocabulary
+
+
 def _check_top_k(v: int) -> int:
     if v < 0:
         raise ValueError(f"top_k must be >= 0 (0 means no filtering), got {v}")
+    if v > TOP_K_MAX:
+        raise ValueError(f"top_k must be at most {TOP_K_MAX} (any value above the vocabulary size filters nothing), "
+                         f"got {v}")
     return v
 
 
@@ -108,7 +114,7 @@ WITH_ETA = {"ddim"}
 class ImageSetting(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    guidance_scale: float = Field(7.5, ge=0)  # classifier-free guidance; <= 1 turns it off
+    guidance_scale: float = Field(7.5, ge=0, le=100, allow_inf_nan=False)  # classifier-free guidance; <= 1: off
     num_inference_steps: int = Field(30, ge=1, le=1000)
     scheduler: Literal["ddim", "euler", "euler_a", "dpmpp_2m", "pndm", "lms"] = "ddim"
     eta: float = Field(0.0, ge=0, le=1)  # DDIM only: 0 deterministic, 1 DDPM-like noise

@@ -79,7 +79,7 @@ class _LexicalParams(BaseModel):
 
 
 class MattrParams(_LexicalParams):
-    window: int = Field(50, ge=1)
+    window: int = Field(50, ge=1, le=1_000_000)
 
 
 class MtldParams(_LexicalParams):

@@ -51,7 +51,7 @@ class SeqRepN(Metric):
 
 class RepParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    l: int = Field(16, ge=1)  # noqa: E741  (the paper's name)
+    l: int = Field(16, ge=1, le=1_000_000)  # noqa: E741  (the paper's name)
     tok: tokenize.Tok = "words"
 
 

@@ -9,6 +9,7 @@ import yaml
 from typer.testing import CliRunner
 
 from evalkit.cli import app
+from evalkit.rundir.lock import RunLock
 
 from conftest import base_config
 
@@ -48,6 +49,24 @@ def make_case(case: str, tmp_path: Path, tiny_model: Path) -> tuple[list[str], P
     if case == "duplicate-key":
         path.write_text(yaml.safe_dump(config) + "samples_per_prompt: 2\nsamples_per_prompt: 3\n")
         return [str(path)], runs
+    if case == "resume-locked":  # a stopped run that another writer holds
+        stopped = tmp_path / "stopped"
+        stopped.mkdir()
+        (stopped / "manifest.json").write_text("{}")
+        (stopped / "config.yaml").write_text(yaml.safe_dump(config))
+        HELD.append(RunLock(stopped).acquire())
+        return ["--resume", str(stopped)], runs
+    gate = {"fail-on-metric": ["--baseline", "latest", "--fail-on", "self_bleu:+0.01"],
+            "baseline-missing": ["--baseline", "20990101T000000Z-nope"],
+            "junit-dir": ["--baseline", "latest", "--junit", str(tmp_path)]}
+    if case in gate:
+        path.write_text(yaml.safe_dump(config))
+        return [str(path), *gate[case]], runs
+    if case == "cache-not-db":
+        (tmp_path / "cache.sqlite").write_text("not a database, just text\n" * 10)
+        MONKEY.setenv("EVALKIT_SAMPLE_CACHE", str(tmp_path / "cache.sqlite"))
+        path.write_text(yaml.safe_dump(config))
+        return [str(path)], runs
     changes = {
         "unknown-key": {"grid": {"temprature": [0.7]}},
         "wrong-type": {"samples_per_prompt": "four"},
@@ -56,6 +75,15 @@ def make_case(case: str, tmp_path: Path, tiny_model: Path) -> tuple[list[str], P
         "top-k": {"grid": {"top_k": [-1]}},
         "min-p": {"grid": {"min_p": [1.0]}},
         "samples": {"samples_per_prompt": 0},
+        "seed-range": {"seed": 2**64},
+        "infinite": {"ci": {"level": float("nan")}},
+        "top-k-range": {"grid": {"top_k": [2**40]}},
+        "resamples-range": {"ci": {"resamples": 10**9}},
+        "grid-size": {"grid": {"temperature": [i / 10 for i in range(100)], "top_p": [(i + 1) / 100 for i in range(100)],
+                               "top_k": list(range(20))}},
+        "sweep-size": {"samples_per_prompt": 100_000, "grid": {"temperature": [i / 10 for i in range(40)]}},
+        "index-dir": {"index": str(tmp_path)},
+        "index-not-db": {"index": str(tmp_path / "bad.jsonl")},
         "unknown-metric": {"metrics": ["distinct_1", "self_blue"]},
         "empty-prompts": {"prompts": []},
         "prompt-file-missing": {"prompts": {"file": "missing.jsonl"}},
@@ -91,7 +119,8 @@ def make_case(case: str, tmp_path: Path, tiny_model: Path) -> tuple[list[str], P
 
 
 CASES = ["invalid-yaml", "duplicate-key", "unknown-key", "wrong-type", "temperature", "top-p", "top-k", "min-p",
-         "samples",
+         "samples", "seed-range", "infinite", "top-k-range", "resamples-range", "grid-size", "sweep-size", "index-dir",
+         "index-not-db", "cache-not-db", "fail-on-metric", "baseline-missing", "junit-dir", "resume-locked",
          "unknown-metric", "empty-prompts", "prompt-file-missing", "prompt-file-json", "prompt-file-utf8",
          "model-path", "model-hash", "prompt-too-long", "device", "output-dir", "image-metric", "prompt-image",
          "vlm-model", "served-credentials", "served-key", "served-entropy", "served-unreachable",
@@ -102,6 +131,10 @@ def test_readme_lists_every_case():
     assert sorted(readme_table()) == sorted(CASES)
 
 
+HELD: list = []  # run locks a case holds while the command runs
+MONKEY = pytest.MonkeyPatch()
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_bad_input(case, tmp_path, tiny_model):
     import torch
@@ -110,8 +143,13 @@ def test_bad_input(case, tmp_path, tiny_model):
         pytest.skip("this machine has a GPU")
     if case.startswith("ray-") and case != "ray-workers":
         pytest.importorskip("ray")
-    args, runs = make_case(case, tmp_path, tiny_model)
-    result = CliRunner().invoke(app, ["run", *args])
+    try:
+        args, runs = make_case(case, tmp_path, tiny_model)
+        result = CliRunner().invoke(app, ["run", *args])
+    finally:
+        MONKEY.undo()
+        while HELD:
+            HELD.pop().release()
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr

@@ -42,8 +42,8 @@ def errors_for(write_config, data, overrides=()):
     ({"model": {"sha256": "abc"}}, "model.sha256: sha256 must be 64 hexadecimal characters, got 'abc'"),
     ({"name": "bad name!"}, "name: String should match pattern"),
     ({"metrics": []}, "metrics: list is empty"),
-    ({"batch_size": 0}, "batch_size: batch_size must be a whole number >= 1 or 'auto', got 0"),
-    ({"batch_size": "big"}, "batch_size: batch_size must be a whole number >= 1 or 'auto', got 'big'"),
+    ({"batch_size": 0}, "batch_size: batch_size must be a whole number from 1 to 65536, or 'auto', got 0"),
+    ({"batch_size": "big"}, "batch_size: batch_size must be a whole number from 1 to 65536, or 'auto', got 'big'"),
     ({"stop": ["\n\n", ""]}, "stop: stop strings must not be empty"),
 ])
 def test_bad_values_name_field_and_value(write_config, change, expected):

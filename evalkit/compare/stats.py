@@ -69,8 +69,14 @@ def load_side(ref: str | Path, index_file: Path | None = None, *, what: str = "r
         raise EvalkitError(f"{what}: {ref} is not a run directory")
     from evalkit.index import RunIndex
 
+    if not Path(index_file).is_file():
+        raise EvalkitError(f"{what}: {ref} is not a run directory, and there is no run index at {index_file} to "
+                           "look it up as a run id")
     with RunIndex(index_file, create=False) as index:
-        row = index.get(str(ref))
+        try:
+            row = index.get(str(ref))
+        except EvalkitError as e:
+            raise EvalkitError(f"{what}: {ref} is not a run directory, nor a run id: {e}") from None
         if row["status"] != "complete":
             raise EvalkitError(f"{what}: run {ref} is {row['status']}, not complete")
         return RunData(row["run_id"], row["name"], index.scores(row["run_id"]), json.loads(row["protocol"]),
@@ -135,8 +141,9 @@ class Comparison:
 
 def compare_runs(base: RunData, new: RunData, *, metrics: list[str] | None = None, alpha: float = 0.05,
                  level: float = 0.95, resamples: int = 2000, permutations: int = 10_000, seed: int = 0,
-                 strict: bool = True) -> Comparison:
-    """Compare ``new`` with ``base``; ``metrics`` are patterns (see :func:`matches`) that narrow it."""
+                 strict: bool = True, metrics_from: str = "--metric") -> Comparison:
+    """Compare ``new`` with ``base``; ``metrics`` are patterns (see :func:`matches`) that narrow it
+    (``metrics_from``: the option they were given with, for the message when one matches nothing)."""
     problems = differences(base.protocol, new.protocol)
     if problems and strict:
         raise EvalkitError(f"{new.label} is not comparable with {base.label}: {'; '.join(problems)}")
@@ -147,7 +154,7 @@ def compare_runs(base: RunData, new: RunData, *, metrics: list[str] | None = Non
         for pattern in metrics:
             if not any(matches(pattern, m) for m in both["metric"].unique()):
                 known = ", ".join(dict.fromkeys(both["metric"]))
-                raise EvalkitError(f"--metric: {pattern!r} matches no metric both runs have ({known})")
+                raise EvalkitError(f"{metrics_from}: {pattern!r} matches no metric both runs have ({known})")
         both = both[both["metric"].map(lambda m: any(matches(p, m) for p in metrics))]
     both = both[np.isfinite(both["value_base"]) & np.isfinite(both["value_new"])]
     rows, diffs = [], []

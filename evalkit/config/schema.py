@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import math
 import os
 import re
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -27,8 +28,13 @@ LOCAL_MODEL_FIELDS = ("gguf_file", "revision", "sha256", "dtype", "device")
 SERVED_MODEL_FIELDS = ("base_url", "api", "api_key_env", "concurrency", "timeout_s", "max_retries", "backoff_s")
 
 
+SEED_MAX = 2**63 - 1  # a signed 64-bit integer: the run index stores it
+BATCH_MAX = 65_536
+SETTINGS_MAX = 100_000  # settings in one grid (the product of its lists)
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # every number finite
 
 
 class ModelConfig(_Strict):
@@ -51,9 +57,9 @@ class ModelConfig(_Strict):
     api: Literal["completions", "chat"] = "completions"  # chat: messages; the server applies its chat template
     api_key_env: str | None = None  # the NAME of the environment variable that holds the API key
     concurrency: int = Field(8, ge=1, le=1024)  # requests in flight
-    timeout_s: float = Field(120.0, gt=0)  # per request
+    timeout_s: float = Field(120.0, gt=0, le=86_400)  # per request
     max_retries: int = Field(6, ge=0, le=100)  # on 429, 5xx, dropped connections, timeouts and garbled replies
-    backoff_s: float = Field(1.0, ge=0)  # the first retry's wait; doubles with each retry (Retry-After wins)
+    backoff_s: float = Field(1.0, ge=0, le=3600)  # the first retry's wait; doubles with each retry (Retry-After wins)
 
     @field_validator("base_url")
     @classmethod
@@ -196,10 +202,10 @@ class GridConfig(_Strict):
     min_p: list[MinP] | None = None  # default [0.0]
     settings: list[Setting] | None = None  # explicit points, added after the product
     # text-to-image axes (backend diffusers); eta applies to ddim only and is 0 for other schedulers
-    guidance_scale: list[float] | None = None  # default [7.5]
-    num_inference_steps: list[int] | None = None  # default [30]
+    guidance_scale: list[Annotated[float, Field(ge=0, le=100)]] | None = None  # default [7.5]
+    num_inference_steps: list[Annotated[int, Field(ge=1, le=1000)]] | None = None  # default [30]
     scheduler: list[str] | None = None  # default ["ddim"]; ddim, euler, euler_a, dpmpp_2m, pndm, lms
-    eta: list[float] | None = None  # default [0.0]
+    eta: list[Annotated[float, Field(ge=0, le=1)]] | None = None  # default [0.0]
 
     TEXT_AXES: typing.ClassVar = ("temperature", "top_p", "top_k", "min_p", "settings")
     IMAGE_AXES: typing.ClassVar = ("guidance_scale", "num_inference_steps", "scheduler", "eta")
@@ -211,6 +217,16 @@ class GridConfig(_Strict):
         if v is not None and not v:
             raise ValueError("list is empty")
         return v
+
+    @model_validator(mode="after")
+    def _not_too_many(self) -> GridConfig:
+        """Refused before the lists are multiplied out, not by running out of memory."""
+        for axes in ((self.temperature, self.top_p, self.top_k, self.min_p),
+                     (self.guidance_scale, self.num_inference_steps, self.scheduler, self.eta)):
+            size = math.prod(len(a) for a in axes if a)
+            if size > SETTINGS_MAX:
+                raise ValueError(f"the lists make {size} settings, more than {SETTINGS_MAX}: sweep fewer values")
+        return self
 
     def expand(self) -> list[Setting]:
         """The grid's settings in a stable order, duplicates removed."""
@@ -238,10 +254,10 @@ class GridConfig(_Strict):
 class ImageOptions(_Strict):
     """Text-to-image output: size, negative prompt, and images per pipeline call."""
 
-    width: int = Field(512, ge=8, multiple_of=8)
-    height: int = Field(512, ge=8, multiple_of=8)
+    width: int = Field(512, ge=8, le=8192, multiple_of=8)
+    height: int = Field(512, ge=8, le=8192, multiple_of=8)
     negative_prompt: str | None = None
-    batch_size: int = Field(4, ge=1)
+    batch_size: int = Field(4, ge=1, le=1024)
 
 
 class MetricSpec(_Strict):
@@ -265,7 +281,7 @@ class CIConfig(_Strict):
     """Bootstrap confidence intervals over prompts (percentile method, seeded from the run seed)."""
 
     level: float = Field(0.95, gt=0, lt=1)
-    resamples: int = Field(2000, ge=100)
+    resamples: int = Field(2000, ge=100, le=100_000)  # memory: resamples x prompts per group
 
 
 class ExecutorConfig(_Strict):
@@ -274,8 +290,8 @@ class ExecutorConfig(_Strict):
     kind: Literal["local", "ray"] = "local"
     address: str | None = None  # ray: "auto", "ray://host:10001" or host:port; none: a local Ray instance
     workers: int = Field(1, ge=1, le=4096)  # ray: actors, each with its own copy of the model
-    gpus_per_worker: float = Field(0.0, ge=0)  # ray: 0 on CPU
-    cpus_per_worker: float = Field(1.0, gt=0)  # ray
+    gpus_per_worker: float = Field(0.0, ge=0, le=1024)  # ray: 0 on CPU
+    cpus_per_worker: float = Field(1.0, gt=0, le=4096)  # ray
     max_retries: int = Field(2, ge=0, le=100)  # ray: times a shard is given to another actor after one died
 
     @model_validator(mode="after")
@@ -294,9 +310,9 @@ class SweepConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     prompts: PromptsConfig
     grid: GridConfig = Field(default_factory=GridConfig)
-    samples_per_prompt: int = Field(4, ge=1)  # samples per prompt per setting
-    max_new_tokens: int = Field(64, ge=1)
-    seed: int = Field(0, ge=0)  # every random stream of the run derives from it
+    samples_per_prompt: int = Field(4, ge=1, le=100_000)  # samples per prompt per setting
+    max_new_tokens: int = Field(64, ge=1, le=1_048_576)
+    seed: int = Field(0, ge=0, le=SEED_MAX)  # every random stream of the run derives from it
     batch_size: int | Literal["auto"] = "auto"  # rows per decode step; auto: from a memory budget
     stop: list[str] = Field(default_factory=list)  # stop strings: a sample ends before the first one
     metrics: list[MetricSpec] = Field(default_factory=lambda: [MetricSpec(name=m) for m in DEFAULT_METRICS])
@@ -352,9 +368,9 @@ class SweepConfig(_Strict):
     @field_validator("batch_size", mode="before")
     @classmethod
     def _batch_size(cls, v: Any) -> int | str:
-        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= BATCH_MAX):
             return v
-        raise ValueError(f"batch_size must be a whole number >= 1 or 'auto', got {v!r}")
+        raise ValueError(f"batch_size must be a whole number from 1 to {BATCH_MAX}, or 'auto', got {v!r}")
 
     @field_validator("stop")
     @classmethod

@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import sqlite3
+from contextlib import closing
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,26 @@ def check_writable(output_dir: Path, source: str | None = None, field: str = "ou
         raise ConfigError(f"{probe} exists and is not a directory", source=source, path=field)
     if not os.access(probe, os.W_OK | os.X_OK):
         raise ConfigError(f"{output_dir} is not writable", source=source, path=field)
+
+
+def check_database(path: Path, source: str | None = None, field: str = "index") -> None:
+    """Refuse, up front, an SQLite file (run index, sample cache) that a run could not open or create at its end:
+    a folder in its place, a file that is not a database, or nowhere writable to make it."""
+    from evalkit.errors import ConfigError
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory, not a database file", source=source, path=field)
+    if not path.exists():
+        check_writable(path.parent, source, field)
+        return
+    try:
+        with closing(sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)) as db:
+            db.execute("PRAGMA schema_version")
+    except sqlite3.DatabaseError as e:
+        raise ConfigError(f"{path} is not an SQLite database ({e})", source=source, path=field) from None
+    if not os.access(path, os.W_OK):
+        raise ConfigError(f"{path} is not writable", source=source, path=field)
 
 
 def create_run_dir(output_dir: Path, name: str, now: datetime | None = None) -> Path:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from evalkit.generation.base import WorkUnit
 from evalkit.generation.gguf import cache_dir
+from evalkit.errors import EvalkitError
+from evalkit.rundir.files import check_database
 
 ENGINE_VERSION = "2"  # bump when the engine's output for the same inputs changes (2: the key holds dtype,
 # device and CPU threads)
@@ -50,11 +52,16 @@ def unit_key(model_id: str, unit: WorkUnit, decides: list) -> str:
 class SampleCache:
     def __init__(self, path: Path | None = None):
         self.path = path or cache_path()
+        check_database(self.path, field="sample cache")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=30)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS samples (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        self.db.commit()
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("CREATE TABLE IF NOT EXISTS samples (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            self.db.commit()
+        except sqlite3.DatabaseError as e:
+            self.db.close()
+            raise EvalkitError(f"sample cache: {self.path} cannot be used as a sample cache ({e})") from None
 
     def get_many(self, keys: list[str]) -> dict[str, dict]:
         out = {}
