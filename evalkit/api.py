@@ -123,6 +123,9 @@ def _resume_config(run_dir: Path, held: ExitStack) -> SweepConfig:
     manifest = load_run(run_dir).manifest
     if manifest.status == "complete":
         raise EvalkitError(f"--resume: {run_dir} is already complete")
+    if manifest.config_sha256 and sha256_of(run_dir / "config.yaml") != manifest.config_sha256:
+        raise EvalkitError(f"--resume: {run_dir / 'config.yaml'} was edited after the run started: a resumed run "
+                           "must be the same sweep; put it back, or start a new run with the edited config")
     return load_config(run_dir / "config.yaml")
 
 

@@ -83,6 +83,8 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
             if resume_dir is None:
                 writer.write_config(resolved or {})
                 writer.write_prompts([kind.prompt_line(p, writer) for p in prepared])
+            else:
+                writer.check_prompts([kind.prompt_line(p, writer) for p in prepared])
             writer.write_manifest()
             started = time.perf_counter()
             samples, reused = generate(writer, kind, config, generator, plan(config, prepared, settings), batch_size,
@@ -189,7 +191,11 @@ def generate(writer: RunWriter, kind: RunKind, config: SweepConfig, generator: G
              batch_size: int, ui, use_cache: bool, executor) -> tuple[pd.DataFrame, Reused]:
     """Every unit's sample, in grid order: from the run's parts or kept outputs, the sample cache, or the generator."""
     columns = list(kind.columns)
-    done = {(r.prompt_id, r.setting_id, int(r.sample_index)) for r in writer.read_parts(columns).itertuples()}
+    set_aside: list[str] = []
+    done = {(r.prompt_id, r.setting_id, int(r.sample_index))
+            for r in writer.read_parts(columns, set_aside).itertuples()}
+    for name in set_aside:
+        ui.note(f"{writer.path / 'parts' / name} is damaged: set aside as {name}.damaged; its samples are made again")
     parts = writer.parts(columns)
     todo, kept = [], 0
     for u in units:

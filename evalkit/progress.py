@@ -29,6 +29,9 @@ class Silent:
     def phase(self, description: str, total: int | None = None):
         yield Phase()
 
+    def note(self, message: str) -> None:
+        """A line the user should read (something set aside, something redone); silent here."""
+
 
 class RichProgress:
     def __init__(self, console=None):
@@ -37,6 +40,11 @@ class RichProgress:
         from rich.console import Console
 
         self.console = console or Console(file=sys.stderr)  # bound now: a library's redirect cannot hide it
+
+    def note(self, message: str) -> None:
+        from rich.markup import escape
+
+        self.console.print(f"[yellow]note:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
     @contextmanager
     def phase(self, description: str, total: int | None = None):

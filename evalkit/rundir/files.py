@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from evalkit.errors import EvalkitError
 
@@ -114,10 +113,6 @@ def keep_prompt_image(run_dir: Path, source: str | Path, sha256: str) -> str:
 
 def write_json(path: Path, obj: Any) -> None:
     write_atomic(path, (json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n").encode("utf-8"))
-
-
-def write_yaml(path: Path, obj: Any) -> None:
-    write_atomic(path, yaml.safe_dump(obj, sort_keys=False, allow_unicode=True).encode("utf-8"))
 
 
 def write_table(path: Path, df: pd.DataFrame) -> None:

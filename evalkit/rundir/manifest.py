@@ -81,6 +81,7 @@ class Manifest(BaseModel):
     git: GitInfo | None = None
     config_source: str
     config_as_given: dict[str, Any]  # the YAML as read, before overrides
+    config_sha256: str | None = None  # of the run's config.yaml as written: --resume refuses an edited one
     overrides: list[str] = Field(default_factory=list)
     model: ModelInfo
     device: str

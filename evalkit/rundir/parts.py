@@ -26,7 +26,8 @@ class PartWriter:
         self.folder.mkdir(exist_ok=True)
         self.columns = columns
         self.rows: list[dict] = []
-        self.count = len(list(self.folder.glob("part-*.parquet")))
+        numbers = [int(p.name[5:11]) for p in self.folder.glob("part-*.parquet") if p.name[5:11].isdigit()]
+        self.count = max(numbers, default=-1) + 1  # after every part there is (a set-aside one leaves a gap)
         self.last = time.monotonic()
 
     def add(self, row: dict) -> None:
@@ -49,9 +50,23 @@ class PartWriter:
         self.rows = []
 
 
-def read_parts(run_dir: Path, columns: list[str]) -> pd.DataFrame:
-    """Every sample written so far (whole parts only; temporary files are ignored)."""
-    files = sorted((run_dir / "parts").glob("part-*.parquet"))
-    if not files:
+def read_parts(run_dir: Path, columns: list[str], set_aside: list[str] | None = None) -> pd.DataFrame:
+    """Every sample written so far (whole parts only; temporary files are ignored). A part that cannot be
+    read, or lacks the run's columns, is renamed ``*.damaged`` and its name added to ``set_aside``: its
+    samples are then missing, and a resumed run makes them again."""
+    frames = []
+    for f in sorted((run_dir / "parts").glob("part-*.parquet")):
+        try:
+            frame = pd.read_parquet(f)
+            if set(columns) - set(frame.columns):
+                raise ValueError("columns missing")
+        except Exception:
+            if set_aside is None:
+                raise
+            f.rename(f.with_name(f.name + ".damaged"))
+            set_aside.append(f.name)
+            continue
+        frames.append(frame)
+    if not frames:
         return pd.DataFrame(columns=columns)
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    return pd.concat(frames, ignore_index=True)

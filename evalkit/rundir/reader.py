@@ -38,34 +38,79 @@ class Run:
 
     @cached_property
     def manifest(self) -> Manifest:
-        return Manifest.model_validate_json((self.path / "manifest.json").read_text(encoding="utf-8"))
+        return self._read("manifest.json", _manifest)
 
     @cached_property
     def config(self) -> dict[str, Any]:
-        return yaml.safe_load((self.path / "config.yaml").read_text(encoding="utf-8"))
+        return self._read("config.yaml", _config)
 
     @cached_property
     def samples(self) -> pd.DataFrame:
-        return pd.read_parquet(self.path / "samples.parquet")
+        return self._read("samples.parquet", pd.read_parquet)
 
     @cached_property
     def scores(self) -> pd.DataFrame:
-        return pd.read_parquet(self.path / "scores.parquet")
+        return self._read("scores.parquet", pd.read_parquet)
 
     @cached_property
     def sample_scores(self) -> pd.DataFrame:
-        return pd.read_parquet(self.path / "sample_scores.parquet")
+        return self._read("sample_scores.parquet", pd.read_parquet)
 
     @cached_property
     def summary(self) -> pd.DataFrame:
-        return pd.read_csv(self.path / "summary.csv")
+        return self._read("summary.csv", pd.read_csv)
 
     @cached_property
     def prompts(self) -> pd.DataFrame:
-        return pd.read_json(self.path / "prompts.jsonl", lines=True, dtype={"id": str})
+        return self._read("prompts.jsonl", lambda p: pd.read_json(p, lines=True, dtype={"id": str}))
+
+    def _read(self, name: str, read):
+        """One file of the run, or one line that names it and says what to do."""
+        path = self.path / name
+        if not path.is_file():
+            raise DamagedRun(f"{path}: missing: the run directory is incomplete or damaged"
+                             f"{_REDO}")
+        try:
+            return read(path)
+        except DamagedRun:
+            raise
+        except Exception as e:  # a truncated table, text that is not JSON, YAML or UTF-8
+            reason = " ".join(str(e).split())[:200] or type(e).__name__
+            raise DamagedRun(f"{path}: cannot be read ({reason}): the file is damaged"
+                             f"{_REDO}") from None
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
+
+
+class DamagedRun(EvalkitError):
+    """A run directory's file that is missing or cannot be read."""
+
+
+_REDO = "; run the sweep again (the sample cache gives back the samples it made), or --resume it if it never completed"
+
+
+def _manifest(path: Path) -> Manifest:
+    from pydantic import ValidationError
+
+    try:
+        return Manifest.model_validate_json(path.read_text(encoding="utf-8"))
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "json_invalid":
+            raise DamagedRun(f"{path}: not JSON ({err['msg'].removeprefix('Invalid JSON: ')}): the manifest is "
+                             f"damaged{_REDO}") from None
+        raise DamagedRun(f"{path}: {where + ': ' if where else ''}{err['msg']}: not the manifest of a run "
+                         f"(damaged, or written by another program){_REDO}") from None
+
+
+def _config(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise DamagedRun(f"{path}: not a sweep config (a YAML mapping), got {type(data).__name__}: the run "
+                         f"directory is damaged{_REDO}")
+    return data
 
 
 def load_run(path: str | Path) -> Run:

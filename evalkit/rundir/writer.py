@@ -8,19 +8,26 @@ protocol.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
+from evalkit.errors import EvalkitError
 from evalkit.rundir import files
 from evalkit.rundir.lock import RunLock
 from evalkit.rundir.manifest import Manifest, Reused, utc_now
 from evalkit.rundir.parts import PartWriter, read_parts
 from evalkit.rundir.protocol import compute_protocol
 from evalkit.rundir.reader import Run
+
+
+def prompts_jsonl(lines: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode("utf-8")
 
 
 class RunWriter:
@@ -57,11 +64,19 @@ class RunWriter:
         files.write_json(self.path / "manifest.json", self.manifest.model_dump(mode="json"))
 
     def write_config(self, resolved: dict[str, Any]) -> None:
-        files.write_yaml(self.path / "config.yaml", resolved)
+        data = yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True).encode("utf-8")
+        files.write_atomic(self.path / "config.yaml", data)
+        self.manifest.config_sha256 = hashlib.sha256(data).hexdigest()  # in the manifest's next write
 
     def write_prompts(self, lines: list[dict[str, Any]]) -> None:
-        files.write_atomic(self.path / "prompts.jsonl", "".join(
-            json.dumps(line, ensure_ascii=False) + "\n" for line in lines).encode("utf-8"))
+        files.write_atomic(self.path / "prompts.jsonl", prompts_jsonl(lines))
+
+    def check_prompts(self, lines: list[dict[str, Any]]) -> None:
+        """On --resume: the prompts must be those the run started with (a prompt file may have been edited)."""
+        path = self.path / "prompts.jsonl"
+        if path.is_file() and path.read_bytes() != prompts_jsonl(lines):
+            raise EvalkitError(f"--resume: the prompts differ from those in {path} (the prompt file was edited "
+                               "since the run started?): a resumed run must be the same sweep; start a new run")
 
     def keep_prompt_image(self, source: str | Path, sha256: str) -> str:
         """A copy of an input image, named by its content; its path relative to the run directory."""
@@ -77,8 +92,8 @@ class RunWriter:
     def parts(self, columns: list[str]) -> PartWriter:
         return PartWriter(self.path, columns)
 
-    def read_parts(self, columns: list[str]) -> pd.DataFrame:
-        return read_parts(self.path, columns)
+    def read_parts(self, columns: list[str], set_aside: list[str] | None = None) -> pd.DataFrame:
+        return read_parts(self.path, columns, set_aside)
 
     def write_samples(self, samples: pd.DataFrame) -> None:
         """The whole samples table; the parts it was assembled from are removed."""
