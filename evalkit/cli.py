@@ -22,12 +22,17 @@ import evalkit
 from evalkit.compare import Rule
 from evalkit.config import preset_path
 from evalkit.errors import EvalkitError, Terminated
-from evalkit.numbers import fmt
+from evalkit.numbers import count, fmt
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Measure what sampling settings do to a generative model.")
 out = Console()
 err = Console(stderr=True)
+
+
+def _print_table(table) -> None:
+    """A table at the terminal's width; in a log or a pipe (CI), as wide as its cells, never cut at 80 columns."""
+    (out if out.is_terminal else Console(width=10_000)).print(table)
 
 
 def _version(value: bool) -> None:
@@ -47,21 +52,23 @@ def run(
     config: Annotated[Path | None, typer.Argument(help="Sweep config (YAML).", show_default=False)] = None,
     preset: Annotated[str | None, typer.Option(help="Run a bundled preset instead: " + "|".join(
         ["code", "qa", "chat", "creative", "brainstorm"]))] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: grid.temperature=[0.5,1.0]")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", metavar="FIELD=VALUE",
+                                                   help="Override a field: grid.temperature=[0.5,1.0]")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue a stopped run in this run directory.",
                                                 show_default=False)] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Generate every sample, reuse none.")] = False,
     baseline: Annotated[str | None, typer.Option(help="Then compare with this run: 'latest' (the latest complete "
                                                       "run of the same name in the run index) or a run id.",
                                                  show_default=False)] = None,
-    fail_on: Annotated[list[str] | None, typer.Option("--fail-on", help="With --baseline: exit 1 on a significant "
+    fail_on: Annotated[list[str] | None, typer.Option("--fail-on", metavar="METRIC:+TOL",
+                                                      help="With --baseline: exit 1 on a significant "
                                                       "change beyond METRIC:+TOL or METRIC:-TOL.")] = None,
     junit: Annotated[Path | None, typer.Option(help="With --baseline: write the gate as JUnit XML here.",
                                                show_default=False)] = None,
     plan: Annotated[bool, typer.Option("--plan", help="Print what the run would make and send (samples, requests, "
                                                   "most tokens), then stop: nothing is loaded or sent.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
-    debug: Annotated[bool, typer.Option(help="Show tracebacks for errors.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
 ) -> None:
     """Run a sweep: generate every sample, score it, write a run directory (and gate it on a baseline)."""
 
@@ -110,7 +117,7 @@ def score(
                                          show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
-    debug: Annotated[bool, typer.Option(help="Show tracebacks for errors.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
 ) -> None:
     """Score generations produced elsewhere into a run-like directory."""
 
@@ -130,10 +137,10 @@ def score(
 def report(
     runs: Annotated[list[Path], typer.Argument(help="Run directories; the first is the base the others are "
                                                     "compared with.", show_default=False)],
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="HTML file to write [default: RUN_DIR/"
-                                                "report.html for one run, reports/BASE_vs_NEW.html for several]",
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="HTML file to write (default: RUN_DIR/"
+                                                "report.html for one run, reports/BASE_vs_NEW.html for several).",
                                                 show_default=False)] = None,
-    debug: Annotated[bool, typer.Option(help="Show tracebacks for errors.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
 ) -> None:
     """Write the HTML report of one run, or of several runs compared with the first."""
 
@@ -154,9 +161,10 @@ def report(
     _guard(body, debug)
 
 
-IndexOption = Annotated[Path | None, typer.Option("--index", help="Run index file [default: $EVALKIT_INDEX, "
-                                                  "else runs/index.sqlite].", show_default=False)]
-MetricOption = Annotated[list[str] | None, typer.Option("--metric", help="Only these metrics (repeatable; "
+IndexOption = Annotated[Path | None, typer.Option("--index", help="Run index file (default: $EVALKIT_INDEX, "
+                                                  "else runs/index.sqlite).", show_default=False)]
+MetricOption = Annotated[list[str] | None, typer.Option("--metric", metavar="METRIC",
+                                                        help="Only these metrics (repeatable; "
                                                         "'self_bleu[n=4]' matches any self_bleu with n=4).")]
 
 
@@ -164,7 +172,7 @@ MetricOption = Annotated[list[str] | None, typer.Option("--metric", help="Only t
 def runs(
     name: Annotated[str | None, typer.Option(help="Only runs of this name.")] = None,
     index: IndexOption = None,
-    debug: Annotated[bool, typer.Option(help="Show tracebacks for errors.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
 ) -> None:
     """List the runs in the run index, oldest first."""
 
@@ -184,7 +192,7 @@ def runs(
             git = f"{(r.git_commit or '')[:10]}{' (dirty)' if r.git_dirty else ''}"
             table.add_row(escape(r.run_id), r.status, r.started_at, escape(str(r.model_id)), (r.model_hash or "")[:12],
                           git, str(r.n_samples))
-        out.print(table)
+        _print_table(table)
 
     _guard(body, debug)
 
@@ -200,13 +208,14 @@ def compare(
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Write here instead of the terminal "
                                                 "(html: default reports/BASE_vs_NEW.html).",
                                                 show_default=False)] = None,
-    fail_on: Annotated[list[str] | None, typer.Option("--fail-on", help="Exit 1 on a significant change beyond "
+    fail_on: Annotated[list[str] | None, typer.Option("--fail-on", metavar="METRIC:+TOL",
+                                                      help="Exit 1 on a significant change beyond "
                                                       "METRIC:+TOL (a rise is bad) or METRIC:-TOL (a fall is bad).")
                        ] = None,
     junit: Annotated[Path | None, typer.Option(help="Write the gate as JUnit XML here.", show_default=False)] = None,
     alpha: Annotated[float, typer.Option(help="Family-wise significance level (Holm).", min=1e-6, max=0.5)] = 0.05,
     index: IndexOption = None,
-    debug: Annotated[bool, typer.Option(help="Show tracebacks for errors.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
 ) -> None:
     """Compare two runs setting by setting, paired by prompt; with --fail-on, gate on regressions."""
 
@@ -230,10 +239,10 @@ def history(
     name: Annotated[str, typer.Option(help="The sweep's name (runs of that name, oldest first).",
                                       show_default=False)],
     metric: MetricOption = None,
-    output: Annotated[Path | None, typer.Option("-o", "--output", help="The HTML page [default: "
-                                                "reports/history-NAME.html].", show_default=False)] = None,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="The HTML page (default: "
+                                                "reports/history-NAME.html).", show_default=False)] = None,
     index: IndexOption = None,
-    debug: Annotated[bool, typer.Option(help="Show tracebacks for errors.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
 ) -> None:
     """The trend of a sweep over its runs: a table here and an offline HTML page with regressions marked."""
 
@@ -255,9 +264,9 @@ def history(
             for run_id, values in zip(trend.index, trend.to_numpy()):
                 table.add_row(escape(run_id), *[fmt(v) + (" !" if (run_id, sid, m) in h.regressions else "")
                                                 for sid, v in zip(trend.columns, values)])
-            out.print(table)
+            _print_table(table)
         written = write_history_html(h, target)
-        out.print(f"{len(h.regressions)} regression(s) in {len(h.runs)} runs; history page: "
+        out.print(f"{count(len(h.regressions), 'regressions')} in {count(len(h.runs), 'runs')}; history page: "
                   f"[bold]{escape(str(written))}[/]", highlight=False, soft_wrap=True)
 
     _guard(body, debug)
@@ -285,7 +294,7 @@ def _compare(a, b, rules, metrics, format_, output, junit, alpha) -> int:
             plain.print(compare_format.text_table(comparison))
             write_atomic(output, plain.export_text().encode("utf-8"))
         else:
-            out.print(compare_format.text_table(comparison))
+            _print_table(compare_format.text_table(comparison))
     else:
         text = (compare_format.as_json if format_ == "json" else compare_format.as_markdown)(comparison, violations)
         if output is not None:
@@ -415,19 +424,21 @@ def _print_summary(result: evalkit.Run) -> None:
             ci = "" if math.isnan(r["ci_low"]) else f"\n[dim][{fmt(r['ci_low'])}, {fmt(r['ci_high'])}][/]"
             cells.append(fmt(r["mean"]) + ci)
         table.add_row(escape(str(sid)), *cells)
-    out.print(table)
+    _print_table(table)
     m = result.manifest
     if m.kind != "scored":
         reused = m.samples_reused
         kept = ", ".join(f"{n} {what}" for what, n in (("from the sample cache", reused.get("from_cache", 0)),
                                                        ("from before the resume", reused.get("from_parts", 0))) if n)
         prompts = kind_named(m.kind).noun
-        out.print(f"{m.n_samples} samples: {m.n_prompts} {prompts} x {len(m.settings)} settings x "
-                  f"{result.config['samples_per_prompt']} on {escape(m.model['id'])} ({escape(_where(m))}); "
+        out.print(f"{count(m.n_samples, 'samples')}: {count(m.n_prompts, prompts)} x "
+                  f"{count(len(m.settings), 'settings')} x {result.config['samples_per_prompt']} on "
+                  f"{escape(m.model['id'])} ({escape(_where(m))}); "
                   f"generation {m.timings.get('generate_s', 0):.1f} s" + (f" ({kept})" if kept else ""),
                   highlight=False, soft_wrap=True)
     else:
-        out.print(f"{m.n_samples} samples scored: {m.n_prompts} prompts x {len(m.settings)} settings from "
+        out.print(f"{count(m.n_samples, 'samples')} scored: {count(m.n_prompts, 'prompts')} x "
+                  f"{count(len(m.settings), 'settings')} from "
                   f"{escape(m.config_source)}", highlight=False, soft_wrap=True)
     out.print(f"run directory: [bold]{escape(str(result.path))}[/]", highlight=False, soft_wrap=True)
     if (result.path / "report.html").is_file():

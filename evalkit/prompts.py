@@ -131,7 +131,8 @@ def read_prompt_jsonl(path: Path):
 
 
 def read_jsonl_lines(path: Path, what: str):
-    """Yield ``(line number, text)`` for each non-blank line of a UTF-8 file. Raises ConfigError naming the line."""
+    """Yield ``(line number, text)`` for each non-blank line of a UTF-8 file (a byte order mark is skipped).
+    Raises ConfigError naming the line."""
     source = str(path)
     try:
         raw = path.read_bytes()
@@ -141,6 +142,7 @@ def read_jsonl_lines(path: Path, what: str):
         raise ConfigError(f"{what} is a directory", source=source) from None
     except OSError as e:
         raise ConfigError(f"cannot read {what}: {e.strerror}", source=source) from None
+    raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark, as some editors on Windows write
     for number, line in enumerate(raw.split(b"\n"), start=1):
         try:
             text = line.decode("utf-8")

@@ -104,7 +104,7 @@ def test_history_marks_the_regression(tmp_path):
     result = CliRunner().invoke(app, ["history", "--name", "nightly", "--index", str(index_file), "-o", str(out),
                                       "--metric", "distinct_2"])
     assert result.exit_code == 0, result.output
-    assert "1 regression(s) in 4 runs" in result.output
+    assert "1 regression in 4 runs" in result.output
     html = out.read_text(encoding="utf-8")
     assert "://" not in html and "REGRESSION" in html and 'class="num regression"' in html
     result = CliRunner().invoke(app, ["history", "--name", "weekly", "--index", str(index_file)])
@@ -131,7 +131,7 @@ def test_nightly_loop_end_to_end(tiny_model, tmp_path, monkeypatch):
     with RunIndex(tmp_path / "runs" / "index.sqlite") as index:
         assert list(index.runs(name="nightly")["status"]) == ["complete", "complete"]
     result = cli.invoke(app, ["history", "--name", "nightly", "--index", str(tmp_path / "runs" / "index.sqlite")])
-    assert result.exit_code == 0 and "0 regression(s) in 2 runs" in result.output
+    assert result.exit_code == 0 and "0 regressions in 2 runs" in result.output
     bad = cli.invoke(app, ["run", str(config), "--quiet", "--fail-on", "distinct_2:-0.5"])
     assert bad.exit_code == 2 and "--fail-on and --junit need --baseline" in bad.output
 

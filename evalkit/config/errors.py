@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from evalkit.config.schema import SweepConfig
-from evalkit.errors import ConfigError
+from evalkit.errors import ConfigError, shown
 
 SECRET_FIELDS = ("api_key_env",)  # a wrong value here may be the secret itself: never echoed
 
@@ -41,6 +41,8 @@ def _one(first: dict, source: str) -> ConfigError:
         path = _loc_to_path(loc[:-1]) or None
     else:
         msg = first["msg"].removeprefix("Value error, ")
+        if first["type"] in ("model_type", "dict_type"):  # "a valid dictionary or instance of GridConfig"
+            msg = "should be a mapping of keys (key: value, one per line or in {...})"
         head, sep, rest = msg.partition(": ")
         if sep and head in _fields_at(loc):  # a model's own check naming one of its fields: "gguf_file: ..."
             path, msg = f"{path}.{head}" if path else head, rest
@@ -85,5 +87,4 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return shown(value)

@@ -67,9 +67,19 @@ def parse_yaml(text: str, source: str) -> dict[str, Any]:
         raise ConfigError(f"invalid YAML at {where}: {e.problem}", source=source) from None
     except yaml.YAMLError as e:
         raise ConfigError(f"invalid YAML: {e}", source=source) from None
+    if data is None:
+        raise ConfigError("the file is empty: a sweep config is a YAML mapping with at least name and prompts",
+                          source=source)
     if not isinstance(data, dict):
-        raise ConfigError(f"expected a mapping of keys at the top level, got {type(data).__name__}", source=source)
+        raise ConfigError(f"expected a mapping of keys at the top level (name: ..., prompts: ...), got "
+                          f"{_a(data)}", source=source)
     return data
+
+
+def _a(value: Any) -> str:
+    """What a YAML value is, in the user's words."""
+    kinds = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "true/false"}
+    return kinds.get(type(value), type(value).__name__)
 
 
 def config_from_dict(
@@ -124,7 +134,24 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> 
 
 def metric_list(value: str) -> list[str]:
     """Comma-separated metrics; commas inside brackets separate parameters: ``distinct_2,clip_score[text=sample]``."""
-    return [m.strip() for m in re.findall(r"(?:[^,\[]|\[[^\]]*\])+", value) if m.strip()]
+    items, current, depth = [], "", 0
+    for char in value:
+        if char == "," and depth == 0:
+            items.append(current)
+            current = ""
+            continue
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if depth not in (0, 1):
+            break
+        current += char
+    if depth != 0:
+        raise ConfigError(f"unbalanced brackets in {_cut(value)}: expected NAME[KEY=VALUE,...],NAME,...",
+                          path="--metrics")
+    return [m.strip() for m in [*items, current] if m.strip()]
+
+
+def _cut(value: str, limit: int = 80) -> str:
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + "..."
 
 
 def metric_spec(text: str) -> MetricSpec:

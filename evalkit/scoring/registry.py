@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from evalkit.config import MetricSpec
-from evalkit.errors import ConfigError, EvalkitError, first_error
+from evalkit.errors import ConfigError, EvalkitError, first_error, shown
 from evalkit.scoring.metric import Metric
 
 
@@ -45,7 +45,7 @@ class Registry:
         if entry is None:
             hint = difflib.get_close_matches(spec.name, self.names(), n=1)
             suggestion = f" (did you mean {hint[0]!r}?)" if hint else f" (known: {', '.join(self.names())})"
-            raise ConfigError(f"unknown metric {spec.name!r}{suggestion}", source=source, path=where)
+            raise ConfigError(f"unknown metric {shown(spec.name)}{suggestion}", source=source, path=where)
         clash = sorted(set(spec.params) & set(entry.fixed))
         if clash:
             raise ConfigError(f"{spec.name!r} fixes {clash[0]}={entry.fixed[clash[0]]}; use 'distinct_n' style "
@@ -57,7 +57,7 @@ class Registry:
             if err["type"] == "extra_forbidden":
                 known = ", ".join(entry.cls.Params.model_fields) or "none"
                 msg = f"unknown parameter (parameters of {spec.name}: {known})"
-            raise ConfigError(f"{msg}, got {err.get('input')!r}", source=source,
+            raise ConfigError(f"{msg}, got {shown(err.get('input'))}", source=source,
                               path=f"{where}.{field}" if field else where) from None
         return entry.cls(params)
 
