@@ -174,3 +174,38 @@ def test_undefined_metrics_and_small_multiples(tiny_model, tmp_path):
     assert "n/a" in html  # undefined cells are marked, not drawn as a value
     assert "top_k=5" in html and "top_k=0" in html  # one panel per top_k
     assert '<article class="metric card wide"' in html
+
+
+DEGENERATE = {  # temperatures, top_ps, top_ks, prompts, samples per prompt, empty texts
+    "one setting": ([0.5], [1.0], [0], 3, 3, False),
+    "one temperature, several top_p": ([0.7], [0.5, 0.9, 1.0], [0], 3, 3, False),
+    "several temperatures, one top_p": ([0.3, 0.7, 1.0], [1.0], [0], 3, 3, False),
+    "top_k facets": ([0.7, 1.0], [0.9, 1.0], [0, 40], 2, 2, False),
+    "one prompt": ([0.5, 1.0], [0.9, 1.0], [0], 1, 3, False),
+    "one sample per prompt": ([0.5, 1.0], [0.9, 1.0], [0], 3, 1, False),
+    "one of everything": ([1.0], [1.0], [0], 1, 1, False),
+    "every value undefined": ([0.5, 1.0], [0.9, 1.0], [0], 2, 2, True),
+}
+
+
+@pytest.mark.parametrize("shape", list(DEGENERATE))
+def test_degenerate_grids_get_a_report(shape, tmp_path):
+    """Every chart copes with one setting, one axis value, one prompt, one sample, and all-NaN metrics."""
+    import itertools
+
+    from evalkit.api import score_file
+    from evalkit.report import write_report
+
+    temps, top_ps, top_ks, prompts, samples, empty = DEGENERATE[shape]
+    words = "the cat sat on a mat while dogs ran far away into the hills".split()
+    rows = [{"prompt_id": f"p{p}", "temperature": t, "top_p": tp, "top_k": k, "sample_index": i,
+             "text": "" if empty else " ".join(words[(p + i + j) % len(words)] for j in range(3 + i))}
+            for p in range(prompts) for t, tp, k in itertools.product(temps, top_ps, top_ks) for i in range(samples)]
+    path = tmp_path / "g.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    run = score_file(path, ["distinct_2", "self_bleu", "ttr"], tmp_path / "run", progress=False)
+    html = write_report([run.path], tmp_path / "report.html").read_text(encoding="utf-8")
+    undefined = run.summary.groupby("metric")["mean"].apply(lambda m: m.isna().all())
+    assert undefined["self_bleu[n=4,smooth=method1,tok=words]"] == (samples == 1 or empty)
+    assert html.count("Undefined in every setting") == int(undefined.sum())
+    assert html.count('<figure class="chart heatmap">') == int((~undefined).sum())

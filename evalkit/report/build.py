@@ -29,11 +29,15 @@ def chart_set(view: RunView) -> dict:
         rows = view.metric_rows(metric)
         if rows.empty:
             continue
+        if rows["mean"].isna().all():  # nothing to draw: say why instead of empty axes
+            per_metric[metric] = {"undefined": True, "wide": False}
+            continue
         per_metric[metric] = {
             "heatmap": charts.heatmap(rows, view.info(metric), f"{view.key}h{i}", view.level, axes=view.axes),
             "lines": charts.lines(rows, view.info(metric), f"{view.key}l{i}", view.level, ylabel=metric.split("[")[0],
                                   axes=view.axes),
             "wide": len(charts.facets(rows, view.axes)) > 1,  # small multiples take the page's full width
+            "undefined": False,
         }
     xs = view.by_kind("diversity") or view.metrics
     ys = view.by_kind("quality") or [m for m in view.metrics if m not in xs] or view.metrics
