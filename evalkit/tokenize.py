@@ -32,6 +32,7 @@
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from collections.abc import Callable
 from typing import Literal
@@ -83,8 +84,13 @@ Tok = Literal["words", "whitespace", "chars", "nltk", "model"]  # the `tok=` par
 
 
 def sample_tokens(group, tok: str) -> list[list]:
-    """The tokens of each sample of a group: split text, or the model's token ids for ``model``."""
+    """The tokens of each sample of a group: split text, or the model's token ids for ``model``. A text is
+    split once for all the metrics that use the same tokenizer (the split is memoized)."""
     if tok == "model":
         return [list(ids) for ids in group.token_ids]
-    split = get(tok)
-    return [split(text) for text in group.texts]
+    return [list(_split(tok, text)) for text in group.texts]
+
+
+@functools.lru_cache(maxsize=4096)  # groups are scored one at a time, by every metric in turn
+def _split(tok: str, text: str) -> tuple[str, ...]:
+    return tuple(get(tok)(text))
