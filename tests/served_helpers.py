@@ -29,12 +29,16 @@ def free_port() -> int:
 
 
 def require_llama_cpp() -> None:
-    """Skip without llama-cpp-python[server], unless EVALKIT_REQUIRE_SERVED=1 (CI), where it must be there."""
-    try:
-        import llama_cpp.server  # noqa: F401
-    except ImportError as e:
+    """Skip without llama-cpp-python[server], unless EVALKIT_REQUIRE_SERVED=1 (CI), where it must be there.
+
+    The import is tried in a child process: imported here, llama_cpp/_utils.py's two ``open(os.devnull)``
+    files, never closed, would last until this process exits and print "ResourceWarning: unclosed file"."""
+    done = subprocess.run([sys.executable, "-c", "import llama_cpp.server"], check=False, capture_output=True,
+                          text=True, timeout=120)
+    if done.returncode != 0:
+        e = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
         if os.environ.get("EVALKIT_REQUIRE_SERVED") == "1":
-            raise RuntimeError(f"EVALKIT_REQUIRE_SERVED=1 but llama-cpp-python[server] is missing: {e}") from None
+            raise RuntimeError(f"EVALKIT_REQUIRE_SERVED=1 but llama-cpp-python[server] is missing: {e}")
         pytest.skip("llama-cpp-python[server] is not installed")
 
 

@@ -112,7 +112,7 @@ class Engine:
         extra = {k: v.to(device) for k, v in (prompts[0].model_inputs or {}).items()} if self.per_prompt_waves else {}
         out = self._prefill(ids, mask, extra)
         offset = self._rope_delta() if self.per_prompt_waves else 0
-        cache = out.past_key_values
+        cache = out.cache  # transformers >= 5.24 names the KV cache `cache` (was `past_key_values`)
         expand = torch.tensor([prompt_index[u.prompt.prompt.id] for u in wave], device=device)
         cache.reorder_cache(expand)  # one prefill, shared by every row of the prompt
         logits = out.logits[:, -1, :][expand]
@@ -157,7 +157,7 @@ class Engine:
                 rows, seeds = [rows[i] for i in keep], seeds[keep]
             started = self._clock() if self.profile else 0.0
             mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=-1)
-            out = self.model(input_ids=chosen[:, None], attention_mask=mask, past_key_values=cache, use_cache=True,
+            out = self.model(input_ids=chosen[:, None], attention_mask=mask, cache=cache, use_cache=True,
                              position_ids=mask.sum(-1, keepdim=True) - 1 + offset)
             logits = out.logits[:, -1, :]
             del out
