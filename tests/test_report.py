@@ -171,7 +171,7 @@ def test_undefined_metrics_and_small_multiples(tiny_model, tmp_path):
     html = (run.path / "report.html").read_text(encoding="utf-8")
     assert_offline(html)
     assert run.summary.loc[run.summary["metric"].str.startswith("self_bleu"), "mean"].isna().all()
-    assert "n/a" in html  # undefined cells are marked, not drawn as a value
+    assert "Undefined in every setting" in html  # said in words, not drawn as a value
     assert "top_k=5" in html and "top_k=0" in html  # one panel per top_k
     assert '<article class="metric card wide"' in html
 
