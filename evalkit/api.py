@@ -18,6 +18,7 @@ from evalkit.prompts import sha256_of
 from evalkit.rundir import Manifest, Run, RunWriter, SettingRecord, load_run
 from evalkit.rundir.files import check_writable
 from evalkit.rundir.lock import RunLock
+from evalkit.rundir.parts import check_parts_folder
 from evalkit.rundir.manifest import ci_info, git_info, utc_now
 from evalkit.scoring import score_samples
 from evalkit.scoring.registry import default_registry, prepare_all
@@ -64,7 +65,7 @@ def score_file(path: str | Path, metric_names: list[str], output: str | Path, *,
     """Score a JSONL file of generations (see :mod:`evalkit.kinds.scored`) into ``output`` (which must not exist
     yet, or be empty): the same tables as a run, so ``evalkit.load_run`` reads it like any run, and the
     run index records it (``index``, else $EVALKIT_INDEX, else ``index.sqlite`` beside ``output``)."""
-    path, output = Path(path), Path(output)
+    path, output = Path(path).expanduser(), Path(output).expanduser()
     source = str(path)
     if not metric_names:
         raise ConfigError("name at least one metric", path="--metrics")
@@ -123,6 +124,7 @@ def _resume_config(run_dir: Path, held: ExitStack) -> SweepConfig:
     manifest = load_run(run_dir).manifest
     if manifest.status == "complete":
         raise EvalkitError(f"--resume: {run_dir} is already complete")
+    check_parts_folder(run_dir)  # said now, before the model loads
     if manifest.config_sha256 and sha256_of(run_dir / "config.yaml") != manifest.config_sha256:
         raise EvalkitError(f"--resume: {run_dir / 'config.yaml'} was edited after the run started: a resumed run "
                            "must be the same sweep; put it back, or start a new run with the edited config")

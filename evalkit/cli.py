@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -28,6 +27,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Measure what sampling settings do to a generative model.")
 out = Console()
 err = Console(stderr=True)
+
+
+def _ui(quiet: bool):
+    """Progress bars, or with --quiet none, but the notes still shown."""
+    from evalkit.progress import Quiet
+
+    return Quiet() if quiet else True
 
 
 def _print_table(table) -> None:
@@ -90,12 +96,12 @@ def run(
         if resume is not None:
             if config is not None or preset is not None or set_:
                 raise EvalkitError("--resume continues a run as it was configured: give no config, preset or --set")
-            result = evalkit.run_sweep(None, resume=resume, progress=not quiet, cache=not no_cache, check=gate_check)
+            result = evalkit.run_sweep(None, resume=resume, progress=_ui(quiet), cache=not no_cache, check=gate_check)
         else:
             if (config is None) == (preset is None):
                 raise EvalkitError("give a config file or --preset NAME (one of them)")
             path = config if config is not None else preset_path(preset)
-            result = evalkit.run_sweep(path, overrides=set_ or [], progress=not quiet, cache=not no_cache,
+            result = evalkit.run_sweep(path, overrides=set_ or [], progress=_ui(quiet), cache=not no_cache,
                                        check=gate_check)
         _print_summary(result)
         if result.report_error:
@@ -115,7 +121,7 @@ def score(
         ("distinct_1", "distinct_2", "self_bleu")),
     output: Annotated[Path, typer.Option("-o", "--output", help="Directory to write (must not exist or be empty).",
                                          show_default=False)] = None,
-    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.", min=0, max=2**63 - 1)] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
 ) -> None:
@@ -148,7 +154,9 @@ def report(
         from evalkit.report import write_report
         from evalkit.rundir.files import check_writable
 
-        target = output
+        for run_dir in runs:  # the runs are named first: `evalkit report FILE` is about FILE, not -o
+            evalkit.load_run(run_dir).manifest  # noqa: B018
+        target = output.expanduser() if output is not None else None
         if target is None:
             target = runs[0] / "report.html" if len(runs) == 1 else Path("reports") / (
                 f"{runs[0].resolve().name}_vs_{runs[-1].resolve().name}.html")
@@ -188,10 +196,12 @@ def runs(
         table.add_column("run", no_wrap=True, min_width=max(len(r) for r in listed["run_id"]))  # ids are copied
         for column in ("status", "started", "model", "model hash", "git", "samples"):
             table.add_column(column)
+        listed = listed.astype(object).where(listed.notna(), None)  # a scored run has no model hash: None, not NaN
         for r in listed.itertuples():
             git = f"{(r.git_commit or '')[:10]}{' (dirty)' if r.git_dirty else ''}"
-            table.add_row(escape(r.run_id), r.status, r.started_at, escape(str(r.model_id)), (r.model_hash or "")[:12],
-                          git, str(r.n_samples))
+            table.add_row(escape(r.run_id), r.status, r.started_at, escape(str(r.model_id or "")),
+                          escape(str(r.model_hash or ""))[:12], escape(git), "" if r.n_samples is None else
+                          str(r.n_samples))
         _print_table(table)
 
     _guard(body, debug)
@@ -251,7 +261,9 @@ def history(
         from evalkit.index import RunIndex, index_path
         from evalkit.rundir.files import check_writable
 
-        target = output or Path("reports") / f"history-{name}.html"
+        target = (output or Path("reports") / f"history-{name}.html").expanduser()
+        if target.is_dir():
+            raise EvalkitError(f"-o: {target} is a directory; give a file name")
         check_writable(target.parent, field="-o")
         with RunIndex(index_path(index), create=False) as db:
             h = load_history(db, name, metric)
@@ -274,6 +286,7 @@ def history(
 
 def _compare(a, b, rules, metrics, format_, output, junit, alpha) -> int:
     """Compare, print or write the result, write JUnit XML; the exit code of the gate."""
+    output, junit = (p.expanduser() if p is not None else None for p in (output, junit))
     from evalkit.compare import format as compare_format
     from evalkit.compare import compare_runs, gate
     from evalkit.rundir.files import write_atomic
@@ -314,20 +327,36 @@ def _check_gate(config, baseline: str, rules, junit: Path | None) -> None:
     """Before the sweep: every --fail-on rule names a metric the sweep scores, the baseline can be found,
     and the JUnit file can be written; a mistake here is found in a second, not after the run."""
     from evalkit.compare import load_side, matches
-    from evalkit.index import index_path
+    from evalkit.index import RunIndex, index_path
+    from evalkit.kinds import kind_of
+    from evalkit.prompts import load_prompts
     from evalkit.rundir.files import check_database, check_writable
+    from evalkit.rundir.protocol import FIELDS, differences
     from evalkit.scoring.registry import default_registry
 
     ids = [m.id for m in default_registry().create_all(config.metrics, source=config.source)]
     for rule in rules:
         if not any(matches(rule.metric, i) for i in ids):
             raise EvalkitError(f"--fail-on: {rule.metric!r} matches no metric this sweep scores ({', '.join(ids)})")
-    where = index_path(config.index, config.output_dir)
+    where, base = index_path(config.index, config.output_dir), None
     if baseline == "latest":
         check_database(where, field="index")
+        if where.is_file():
+            with RunIndex(where) as db:
+                latest = db.latest(config.name)
+            base = load_side(latest, where, what="--baseline") if latest else None
     else:
-        load_side(baseline, where, what="--baseline")
+        base = load_side(baseline, where, what="--baseline")
+    if base is not None:  # what the run's protocol will be, as far as the config tells it
+        planned = {"kind": kind_of(config).name, **{f: getattr(config, f) for f in FIELDS},
+                   "chat_template": config.prompts.chat_template, "system_prompt": config.prompts.system_prompt,
+                   "prompts": {p.id: p.display for p in load_prompts(config)}}
+        problems = differences({k: v for k, v in base.protocol.items() if k in planned}, planned)
+        if problems:
+            raise EvalkitError(f"--baseline: this sweep would not be comparable with {base.label}: "
+                               f"{'; '.join(problems)}")
     if junit is not None:
+        junit = junit.expanduser()
         if junit.is_dir():
             raise EvalkitError(f"--junit: {junit} is a directory; give a file name")
         check_writable(junit.parent, field="--junit")
@@ -380,7 +409,7 @@ def _guard(body, debug: bool):
     except KeyboardInterrupt as e:
         err.print(str(e) or "interrupted", highlight=False, soft_wrap=True)
         raise typer.Exit(getattr(e, "exit_code", 130)) from None
-    except (click.exceptions.Exit, click.ClickException):
+    except (typer.Exit, typer.Abort, _CLICK_ERROR):
         raise
     except Exception as e:  # a bug: never exit 1, which means "regression" to a gate
         if debug:
@@ -452,10 +481,32 @@ def _terminate(signum, frame) -> None:
 def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)  # stopped like Ctrl-C: a run is marked interrupted, not left running
     try:
-        app(prog_name="evalkit")
+        code = app(prog_name="evalkit", standalone_mode=False)
     except KeyboardInterrupt as e:  # between commands' guards (start-up)
         err.print(str(e) or "interrupted", highlight=False)
         sys.exit(getattr(e, "exit_code", 130))
+    except _CLICK_ERROR as e:
+        if type(e).__name__ == "NoArgsIsHelpError" or not isinstance(e, _USAGE_ERROR):
+            e.show()  # `evalkit` alone: the help
+        else:  # a bad option or argument: one line, like every other input error
+            ctx = getattr(e, "ctx", None)
+            sub = ctx is not None and ctx.parent is not None
+            where = f"evalkit {ctx.info_name} --help" if sub else "evalkit --help"
+            err.print(f"[bold red]error:[/] {escape(' '.join(e.format_message().split()))} ({escape(where)})",
+                      highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        err.print("interrupted", highlight=False)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _base(name: str) -> type:
+    """click's exception class ``name`` as typer uses it (typer may carry its own copy of click)."""
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
+
+
+_USAGE_ERROR, _CLICK_ERROR = _base("UsageError"), _base("ClickException")
 
 
 if __name__ == "__main__":

@@ -15,45 +15,86 @@ class EvalkitError(Exception):
 
 
 def shown(value, limit: int = 60) -> str:
-    """A value as echoed in an error message: its repr, cut to ``limit`` characters (an input can be huge)."""
-    text = repr(value) if not isinstance(value, (list, dict, tuple)) or _small(value) else _cut_repr(value, limit)
+    """A value as echoed in an error message, as YAML or JSON would write it (null, true, a date as
+    2024-01-01, [1, true]), cut to ``limit`` characters; a huge value (an alias bomb) is never walked whole."""
+    text = _render(value, [limit + 4])
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _small(value, budget: int = 200) -> bool:
-    """Whether a nested list or mapping has few enough items to print (an alias bomb has billions)."""
-    stack, seen = [value], 0
-    while stack:
-        item = stack.pop()
-        seen += 1
-        if seen > budget:
-            return False
-        if isinstance(item, dict):
-            stack.extend(item.values())
-        elif isinstance(item, (list, tuple)):
-            stack.extend(item)
-    return True
+def _render(value, budget: list[int]) -> str:
+    """``value`` written out until ``budget[0]`` characters are spent."""
+    import datetime
+
+    if budget[0] <= 0:
+        return "..."
+    if value is None or isinstance(value, bool):
+        text = {None: "null", True: "true", False: "false"}[value]
+    elif isinstance(value, (datetime.date, datetime.datetime)):
+        text = value.isoformat()
+    elif isinstance(value, int) and abs(value) > 10**60:  # repr would need its thousands of digits
+        text = f"a number of {len(str(abs(value))) if abs(value) < 10**4000 else 'over 4000'} digits"
+    elif isinstance(value, (list, tuple, dict)):
+        items = value.items() if isinstance(value, dict) else value
+        opening, closing = ("{", "}") if isinstance(value, dict) else ("[", "]")
+        parts = []
+        budget[0] -= 2
+        for item in items:
+            if budget[0] <= 0:
+                parts.append("...")
+                break
+            parts.append(f"{_render(item[0], budget)}: {_render(item[1], budget)}" if isinstance(value, dict)
+                         else _render(item, budget))
+        return opening + ", ".join(parts) + closing
+    else:
+        text = repr(value)
+    budget[0] -= len(text) + 2
+    return text
 
 
-def _cut_repr(value, limit: int) -> str:
-    """The start of a large container's repr, without building the whole of it."""
-    opening = {list: "[", tuple: "(", dict: "{"}.get(type(value), "[")
-    parts, size = [], 1
-    items = value.items() if isinstance(value, dict) else value
-    for item in items:
-        text = (f"{item[0]!r}: {shown(item[1], limit)}" if isinstance(value, dict) else shown(item, limit))
-        parts.append(text)
-        size += len(text) + 2
-        if size > limit:
-            break
-    return opening + ", ".join(parts) + ", ..."
+def what_is(value) -> str:
+    """What a value read from YAML or JSON is, in a user's words (never a Python type name)."""
+    import datetime
+
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        return "a date"
+    if isinstance(value, (bytes, bytearray)):
+        return "binary data"
+    if isinstance(value, (set, frozenset)):
+        return "a set"
+    return "a value of another kind"
 
 
 def first_error(error) -> tuple[str, str, dict]:
     """(dotted field, message, raw entry) of a pydantic ValidationError's first error."""
     err = error.errors()[0]
-    field = ".".join(str(p) for p in err["loc"])
-    return field, err["msg"].removeprefix("Value error, "), err
+    return field_path(err["loc"]), err["msg"].removeprefix("Value error, "), err
+
+
+def field_path(loc) -> str:
+    """A pydantic error location as the user wrote it: ``grid.top_k[0]``, without the tags pydantic adds for
+    the branches of a union (``str``, ``function-after[...]``, ``list[...]``)."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif str(part).startswith(("function-", "list[", "dict[", "literal[", "tuple[")) or part in (
+                "str", "int", "float", "bool", "none", "constrained-str", "constrained-int"):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out
 
 
 class ConfigError(EvalkitError):

@@ -33,6 +33,15 @@ class Silent:
         """A line the user should read (something set aside, something redone); silent here."""
 
 
+class Quiet(Silent):
+    """No progress bars (``--quiet``), but the notes a user must read still go to stderr."""
+
+    def note(self, message: str) -> None:
+        import sys
+
+        print(f"note: {message}", file=sys.stderr, flush=True)
+
+
 class RichProgress:
     def __init__(self, console=None):
         import sys

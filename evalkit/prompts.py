@@ -9,7 +9,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from evalkit.config import PromptItem, SweepConfig
-from evalkit.errors import ConfigError, first_error
+from evalkit.errors import ConfigError, first_error, shown, what_is
+from evalkit.inputs import read_regular
 
 
 @dataclass(frozen=True)
@@ -67,11 +68,22 @@ def load_prompts(config: SweepConfig) -> list[Prompt]:
         if text is None and messages is None:
             raise ConfigError(f"prompt {pid!r} has an image but no text: give it a 'prompt' or set prompts.question",
                               source=source, path=where)
+        for piece in (pid, text or "", *(c for _, c in messages or ()), *(item.references or ())):
+            _check_unicode(piece, pid, source, where)
         prompts.append(Prompt(id=pid, text=text, messages=messages, image=image and str(image),
                               image_sha256=image and sha256_of(image), references=tuple(item.references or ())))
     if not prompts:
         raise ConfigError("the prompt file has no prompts", source=source)
     return prompts
+
+
+def _check_unicode(text: str, pid: str, source: str, where: str) -> None:
+    """Text a tokenizer can encode: no lone surrogate (``\\ud800`` from JSON or YAML escapes)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ConfigError(f"prompt {pid!r} is not valid Unicode text: a lone surrogate (U+{ord(text[e.start]):04X}) at "
+                          f"character {e.start}", source=source, path=where) from None
 
 
 def _image(config: SweepConfig, item: PromptItem, pid: str, base: Path, source: str, where: str) -> Path | None:
@@ -114,15 +126,18 @@ def read_prompt_jsonl(path: Path):
     for number, text in read_jsonl_lines(path, "prompt file"):
         where = f"line {number}"
         try:
-            obj = json.loads(text)
+            obj = json.loads(text, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as e:
             raise ConfigError(f"invalid JSON: {e.msg} at column {e.colno}", source=source, path=where) from None
+        except RecursionError:
+            raise ConfigError("invalid JSON: nested too deeply", source=source, path=where) from None
+        except ValueError as e:  # a repeated key; a number of more than 4300 digits
+            why = "a number of more than 4300 digits" if "digits" in str(e) else str(e)[:120]
+            raise ConfigError(f"invalid JSON: {why}", source=source, path=where) from None
         if not isinstance(obj, dict):
-            raise ConfigError(f"expected a JSON object, got {type(obj).__name__}", source=source, path=where)
-        if "id" in obj and not isinstance(obj["id"], (str, int)):
-            raise ConfigError(f"'id' must be a string, got {obj['id']!r}", source=source, path=where)
-        if isinstance(obj.get("id"), int):
-            obj["id"] = str(obj["id"])
+            raise ConfigError(f"expected a JSON object, got {what_is(obj)}", source=source, path=where)
+        if "id" in obj and (not isinstance(obj["id"], (str, int)) or isinstance(obj["id"], bool)):
+            raise ConfigError(f"'id' must be a string, got {shown(obj['id'])}", source=source, path=where)
         try:
             yield where, PromptItem.model_validate(obj)
         except ValidationError as e:
@@ -130,18 +145,21 @@ def read_prompt_jsonl(path: Path):
             raise ConfigError(f"{field + ': ' if field else ''}{msg}", source=source, path=where) from None
 
 
+def _unique_keys(pairs: list) -> dict:
+    """A JSON object whose keys are all different (json.loads keeps the last of a repeated key silently)."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key {key!r} appears twice")
+        out[key] = value
+    return out
+
+
 def read_jsonl_lines(path: Path, what: str):
     """Yield ``(line number, text)`` for each non-blank line of a UTF-8 file (a byte order mark is skipped).
     Raises ConfigError naming the line."""
     source = str(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{what} not found", source=source) from None
-    except IsADirectoryError:
-        raise ConfigError(f"{what} is a directory", source=source) from None
-    except OSError as e:
-        raise ConfigError(f"cannot read {what}: {e.strerror}", source=source) from None
+    raw = read_regular(path, what)
     raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark, as some editors on Windows write
     for number, line in enumerate(raw.split(b"\n"), start=1):
         try:

@@ -20,6 +20,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from evalkit.errors import shown
+
 APPLICATION_ORDER = ("temperature", "top_k", "top_p", "min_p")
 
 
@@ -30,13 +32,13 @@ def _fmt(x: float) -> str:
 
 def _check_temperature(v: float) -> float:
     if not math.isfinite(v) or v < 0:
-        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {v}")
+        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {shown(v)}")
     return v
 
 
 def _check_top_p(v: float) -> float:
     if not math.isfinite(v) or not 0 < v <= 1:
-        raise ValueError(f"top_p must be in (0, 1] (1 means no filtering), got {v}")
+        raise ValueError(f"top_p must be in (0, 1] (1 means no filtering), got {shown(v)}")
     return v
 
 
@@ -45,16 +47,16 @@ TOP_K_MAX = 2**31 - 1  # a C int in every sampler; more than any vocabulary
 
 def _check_top_k(v: int) -> int:
     if v < 0:
-        raise ValueError(f"top_k must be >= 0 (0 means no filtering), got {v}")
+        raise ValueError(f"top_k must be >= 0 (0 means no filtering), got {shown(v)}")
     if v > TOP_K_MAX:
         raise ValueError(f"top_k must be at most {TOP_K_MAX} (any value above the vocabulary size filters nothing), "
-                         f"got {v}")
+                         f"got {shown(v)}")
     return v
 
 
 def _check_min_p(v: float) -> float:
     if not math.isfinite(v) or not 0 <= v < 1:
-        raise ValueError(f"min_p must be in [0, 1) (0 means no filtering), got {v}")
+        raise ValueError(f"min_p must be in [0, 1) (0 means no filtering), got {shown(v)}")
     return v
 
 
@@ -122,7 +124,7 @@ class ImageSetting(BaseModel):
     @model_validator(mode="after")
     def _eta_needs_ddim(self) -> ImageSetting:
         if self.eta and self.scheduler not in WITH_ETA:
-            raise ValueError(f"eta applies to the ddim scheduler only, not {self.scheduler!r}")
+            raise ValueError(f"eta applies to the ddim scheduler only, not {shown(self.scheduler)}")
         return self
 
     @property

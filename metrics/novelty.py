@@ -35,9 +35,16 @@ class NoveltyParams(BaseModel):
     @field_validator("corpus")
     @classmethod
     def _exists(cls, v: str | None) -> str | None:
-        if v is not None and not Path(v).is_file():
-            raise ValueError(f"corpus file not found: {v}")
-        return v
+        if v is None:
+            return v
+        path = Path(v).expanduser()
+        if not path.exists():
+            raise ValueError("no such corpus file")
+        if path.is_dir():
+            raise ValueError("a directory, not a corpus file")
+        if not path.is_file():
+            raise ValueError("not a regular file (a FIFO or a device), not a corpus file")
+        return str(path)
 
 
 class Novelty(Metric):

@@ -1,6 +1,7 @@
 """Every bad input of the README's table, through the CLI: exit 2, one line that matches the
 README, no traceback, no run directory."""
 
+import os
 import re
 from pathlib import Path
 
@@ -49,6 +50,22 @@ def make_case(case: str, tmp_path: Path, tiny_model: Path) -> tuple[list[str], P
     if case == "duplicate-key":
         path.write_text(yaml.safe_dump(config) + "samples_per_prompt: 2\nsamples_per_prompt: 3\n")
         return [str(path)], runs
+    if case == "config-fifo":
+        os.mkfifo(path)
+        return [str(path)], runs
+    if case in ("number-digits", "nested"):
+        extra_line = "seed: " + "9" * 5000 if case == "number-digits" else "x: " + "[" * 20000 + "]" * 20000
+        path.write_text(yaml.safe_dump({k: v for k, v in config.items() if k != "seed"}) + extra_line + "\n")
+        return [str(path)], runs
+    if case == "lone-surrogate":
+        path.write_text(yaml.safe_dump(config).replace("prompt: Write a short story.",
+                                                       'prompt: "Write \\ud800 a story."'))
+        return [str(path)], runs
+    if case == "not-gguf":
+        (tmp_path / "m").mkdir()
+        (tmp_path / "m" / "model.gguf").write_text("not a model")
+        path.write_text(yaml.safe_dump({**config, "model": {"id": str(tmp_path / "m"), "gguf_file": "model.gguf"}}))
+        return [str(path)], runs
     if case == "resume-locked":  # a stopped run that another writer holds
         stopped = tmp_path / "stopped"
         stopped.mkdir()
@@ -77,9 +94,12 @@ def make_case(case: str, tmp_path: Path, tiny_model: Path) -> tuple[list[str], P
         "samples": {"samples_per_prompt": 0},
         "seed-range": {"seed": 2**64},
         "infinite": {"ci": {"level": float("nan")}},
+        "bool-number": {"samples_per_prompt": True},
+        "index-special": {"index": "/dev/null"},
         "top-k-range": {"grid": {"top_k": [2**40]}},
         "resamples-range": {"ci": {"resamples": 10**9}},
-        "grid-size": {"grid": {"temperature": [i / 10 for i in range(100)], "top_p": [(i + 1) / 100 for i in range(100)],
+        "grid-size": {"grid": {"temperature": [i / 10 for i in range(100)],
+                               "top_p": [(i + 1) / 100 for i in range(100)],
                                "top_k": list(range(20))}},
         "sweep-size": {"samples_per_prompt": 100_000, "grid": {"temperature": [i / 10 for i in range(40)]}},
         "index-dir": {"index": str(tmp_path)},
@@ -119,7 +139,9 @@ def make_case(case: str, tmp_path: Path, tiny_model: Path) -> tuple[list[str], P
 
 
 CASES = ["invalid-yaml", "duplicate-key", "unknown-key", "wrong-type", "temperature", "top-p", "top-k", "min-p",
-         "samples", "seed-range", "infinite", "top-k-range", "resamples-range", "grid-size", "sweep-size", "index-dir",
+         "samples", "seed-range", "infinite", "bool-number", "config-fifo", "number-digits", "nested",
+         "lone-surrogate", "not-gguf", "index-special", "top-k-range", "resamples-range", "grid-size", "sweep-size",
+         "index-dir",
          "index-not-db", "cache-not-db", "fail-on-metric", "baseline-missing", "junit-dir", "resume-locked",
          "unknown-metric", "empty-prompts", "prompt-file-missing", "prompt-file-json", "prompt-file-utf8",
          "model-path", "model-hash", "prompt-too-long", "device", "output-dir", "image-metric", "prompt-image",

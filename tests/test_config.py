@@ -19,7 +19,7 @@ def errors_for(write_config, data, overrides=()):
         default_registry().create_all(config.metrics, source=config.source)
         load_prompts(config)
     message = str(info.value)
-    assert message.startswith(str(path)), message
+    assert message.startswith((str(path), "--set: ")), message  # a --set value is blamed on --set, not the file
     assert "\n" not in message
     return message
 
@@ -102,11 +102,14 @@ def test_overrides_are_parsed_as_yaml(write_config):
 
 
 @pytest.mark.parametrize("override, expected", [
-    ("samples_per_prompt", "--set expects KEY.PATH=VALUE, got 'samples_per_prompt'"),
-    ("grid..top_p=1", "--set expects KEY.PATH=VALUE"),
-    ("name.x=1", "--set name.x: 'name' is not a mapping"),
-    ("grid.temperature=[0.5, -2]", "grid.temperature[1]: temperature must be >= 0"),
-    ("grid.temperature=[0.5", "--set grid.temperature: cannot parse value"),
+    ("samples_per_prompt", "--set: expects KEY.PATH=VALUE, got 'samples_per_prompt'"),
+    ("grid..top_p=1", "--set: expects KEY.PATH=VALUE"),
+    ("name.x=1", "--set: name.x: 'name' is not a mapping"),
+    ("grid.temperature=[0.5, -2]", "--set: grid.temperature[1]: temperature must be >= 0"),
+    ("grid.temperature=[0.5", "--set: grid.temperature: cannot parse value '[0.5' as YAML"),
+    ("grdi.temperature=[0.5]", "--set: unknown key 'grdi' (did you mean 'grid'?)"),
+    ("grid={temperature: [1], temperature: [2]}", "--set: grid: cannot parse value '{temperature: [1], temperature: "
+                                                  "[2]}' as YAML: key 'temperature' appears twice"),
 ])
 def test_bad_overrides(write_config, override, expected):
     assert expected in errors_for(write_config, GOOD, [override])
@@ -149,7 +152,7 @@ def test_prompt_file_relative_to_config(write_config, tmp_path):
 
 @pytest.mark.parametrize("content, expected", [
     (b'{"id": "a", "prompt": "x"}\n{"id": "b", "prompt": \n', "line 2: invalid JSON"),
-    (b'{"id": "a", "prompt": "x"}\n\n[1, 2]\n', "line 3: expected a JSON object, got list"),
+    (b'{"id": "a", "prompt": "x"}\n\n[1, 2]\n', "line 3: expected a JSON object, got a list"),
     (b'{"id": "a", "prompt": "\xff\xfe"}\n', "line 1: not UTF-8"),
     (b'{"id": "a"}\n', "line 1: a prompt needs exactly one of 'prompt' or 'messages'"),
     (b'{"id": "a", "prompt": "x", "extra": 1}\n', "line 1: extra: Extra inputs are not permitted"),

@@ -39,6 +39,8 @@ DAMAGE = {
                                                                   "incomplete or damaged"),
     "summary-empty": (lambda d: (d / "summary.csv").write_text(""), "summary.csv: cannot be read (No columns to "
                                                                      "parse from file)"),
+    "summary-columns": (lambda d: (d / "summary.csv").write_text("x,y\n1,2\n"),
+                        "summary.csv: no setting_id, metric, mean, ci_low, ci_high column: the file is damaged"),
     "manifest-not-json": (lambda d: (d / "manifest.json").write_text('{"run_id": '), "manifest.json: not JSON ("),
     "manifest-fields": (lambda d: (d / "manifest.json").write_text('{"run_id": "x"}'),
                         "manifest.json: name: Field required: not the manifest of a run"),
@@ -111,6 +113,21 @@ def test_a_damaged_part_is_set_aside_and_its_samples_made_again(tiny_model, tmp_
     frame = lambda run: run.samples[COMPARE].assign(token_ids=run.samples["token_ids"].map(list)).sort_values(  # noqa
         ["setting_id", "prompt_id", "sample_index"]).reset_index(drop=True)
     pd.testing.assert_frame_equal(frame(resumed), frame(complete))
+
+
+def test_parts_that_are_a_file_and_lost_prompts_on_resume(tiny_model, tmp_path, complete):
+    run_dir = stopped_run(base_config(tiny_model, tmp_path / "runs", batch_size=1), after=5)
+    (run_dir / "prompts.jsonl").unlink()  # lost: written again from the config and the model
+    shutil.rmtree(run_dir / "parts")
+    (run_dir / "parts").write_text("x")
+    result = CliRunner().invoke(app, ["run", "--resume", str(run_dir)])
+    assert result.exit_code == 2 and result.stderr.strip() == (
+        f"error: {run_dir / 'parts'}: not a folder (the run directory is damaged): move it away, and --resume makes "
+        "the samples it held again"), result.output
+    (run_dir / "parts").unlink()
+    resumed = evalkit.run_sweep(None, resume=run_dir, progress=False, cache=False)
+    assert resumed.manifest.status == "complete" and len(resumed.prompts) == 3
+    assert (run_dir / "prompts.jsonl").read_bytes() == (complete.path / "prompts.jsonl").read_bytes()
 
 
 def test_an_edited_config_is_refused_on_resume(tiny_model, tmp_path):

@@ -205,7 +205,10 @@ class Rule:
         if not m:
             raise EvalkitError(f"--fail-on: {text!r} is not METRIC:+TOLERANCE or METRIC:-TOLERANCE "
                                f"(for example 'self_bleu[n=4]:+0.02')")
-        return cls(m["metric"], float(m["tol"]), m["tol"].startswith("+"))
+        tolerance = float(m["tol"])
+        if not np.isfinite(tolerance):
+            raise EvalkitError(f"--fail-on: the tolerance of {text.strip()[:80]!r} is not a finite number")
+        return cls(m["metric"], tolerance, m["tol"].startswith("+"))
 
     def __str__(self) -> str:
         return f"{self.metric}:{'+' if self.rise_is_bad else '-'}{abs(self.tolerance):g}"

@@ -9,16 +9,21 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from evalkit.config.schema import SweepConfig
-from evalkit.errors import ConfigError, shown
+from evalkit.errors import ConfigError, field_path, shown
 
 SECRET_FIELDS = ("api_key_env",)  # a wrong value here may be the secret itself: never echoed
 
 
-def config_error(error: ValidationError, source: str) -> ConfigError:
-    """Every problem of the config, one line each (the first error of each field), so one run shows them all."""
+def config_error(error: ValidationError, source: str, overridden: list[str] = ()) -> ConfigError:
+    """Every problem of the config, one line each (the first error of each field), so one run shows them all.
+    A problem in a field that ``--set`` gave (``overridden``: its key paths) is said of ``--set``, not the file."""
     errors, seen = [], set()
     for entry in error.errors():
         one = _one(entry, source)
+        full = ".".join(p for p in (one.path, _unknown_key(entry)) if p)
+        if full and any(full == k or full.startswith((k + ".", k + "[")) or k.startswith(full + ".")
+                        for k in overridden):
+            one = ConfigError(one.detail, source="--set", path=one.path)
         if one.path not in seen:
             seen.add(one.path)
             errors.append(one)
@@ -27,6 +32,10 @@ def config_error(error: ValidationError, source: str) -> ConfigError:
     combined = ConfigError(errors[0].detail, source=source, path=errors[0].path)
     combined.args = ("\n".join(str(e) for e in errors),)
     return combined
+
+
+def _unknown_key(entry: dict) -> str | None:
+    return str(entry["loc"][-1]) if entry["type"] == "extra_forbidden" else None
 
 
 def _one(first: dict, source: str) -> ConfigError:
@@ -47,20 +56,13 @@ def _one(first: dict, source: str) -> ConfigError:
         if sep and head in _fields_at(loc):  # a model's own check naming one of its fields: "gguf_file: ..."
             path, msg = f"{path}.{head}" if path else head, rest
         if "got " not in msg and first["type"] != "missing" and not path.endswith(SECRET_FIELDS):
+            msg = msg.rstrip(".")
             msg += f", got {_short(value)}"
     return ConfigError(msg, source=source, path=path or None)
 
 
 def _loc_to_path(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif str(part).startswith(("function-", "list[", "dict[", "str", "literal[")) or part in ("bool", "int"):
-            continue  # union branch tags that pydantic adds to the location
-        else:
-            out += ("." if out else "") + str(part)
-    return out
+    return field_path(loc)
 
 
 def _fields_at(loc: tuple) -> list[str]:

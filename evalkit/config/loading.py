@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,10 @@ from pydantic import ValidationError
 
 from evalkit.config.errors import config_error
 from evalkit.config.schema import MetricSpec, SweepConfig
-from evalkit.errors import ConfigError, EvalkitError
+from evalkit.errors import ConfigError, EvalkitError, shown, what_is
+from evalkit.inputs import read_regular
+
+MAX_CONFIG_BYTES = 16 * 2**20
 
 
 
@@ -32,14 +34,14 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> SweepCo
     """Read, override and validate a YAML sweep config. Raises ConfigError."""
     path = Path(path)
     source = str(path)
+    raw = read_regular(path, "config file")
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file is {len(raw)} bytes, more than {MAX_CONFIG_BYTES}: put prompts in a prompt "
+                          "file (prompts: {file: ...})", source=source)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError("config file not found", source=source) from None
+        text = raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(f"config file is not UTF-8 (byte {e.start})", source=source) from None
-    except OSError as e:
-        raise ConfigError(f"cannot read config file: {e.strerror}", source=source) from None
     data = parse_yaml(text, source)
     return config_from_dict(data, source=source, base_dir=path.resolve().parent, overrides=overrides)
 
@@ -50,8 +52,13 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen: dict = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: its keys are defaults, not repeats
+                continue
             key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, str | int | float | bool) and key in seen:
+            if not isinstance(key, str):
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"a key must be a name, got {_a(key)}", key_node.start_mark)
+            if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} appears twice (first at line {seen[key] + 1})", key_node.start_mark)
             seen[key] = key_node.start_mark.line
@@ -66,7 +73,12 @@ def parse_yaml(text: str, source: str) -> dict[str, Any]:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
         raise ConfigError(f"invalid YAML at {where}: {e.problem}", source=source) from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"invalid YAML: {e}", source=source) from None
+        raise ConfigError(f"invalid YAML: {str(e).splitlines()[0]}", source=source) from None
+    except RecursionError:
+        raise ConfigError("invalid YAML: nested too deeply", source=source) from None
+    except ValueError as e:  # a number of more than 4300 digits
+        why = "a number of more than 4300 digits" if "digits" in str(e) else str(e)[:120]
+        raise ConfigError(f"invalid YAML: {why}", source=source) from None
     if data is None:
         raise ConfigError("the file is empty: a sweep config is a YAML mapping with at least name and prompts",
                           source=source)
@@ -78,8 +90,7 @@ def parse_yaml(text: str, source: str) -> dict[str, Any]:
 
 def _a(value: Any) -> str:
     """What a YAML value is, in the user's words."""
-    kinds = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "true/false"}
-    return kinds.get(type(value), type(value).__name__)
+    return what_is(value)
 
 
 def config_from_dict(
@@ -93,7 +104,7 @@ def config_from_dict(
     try:
         config = SweepConfig.model_validate(data)
     except ValidationError as e:
-        raise config_error(e, source) from None
+        raise config_error(e, source, [o.partition("=")[0].strip() for o in overrides or []]) from None
     config._source = source
     config._base_dir = Path(base_dir)
     return config
@@ -111,11 +122,13 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> 
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key or any(not part for part in key.split(".")):
-            raise ConfigError(f"--set expects KEY.PATH=VALUE, got {item!r}", source=source)
+            raise ConfigError(f"expects KEY.PATH=VALUE, got {shown(item)}", path="--set")
         try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            raise ConfigError(f"--set {key}: cannot parse value {raw!r} as YAML", source=source) from None
+            value = yaml.load(raw, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+        except (yaml.YAMLError, ValueError, RecursionError) as e:
+            why = str(getattr(e, "problem", None) or "").strip()
+            raise ConfigError(f"cannot parse value {shown(raw)} as YAML{': ' + why if why else ''}", source="--set",
+                              path=key) from None
         node = data
         parts = key.split(".")
         for part in parts[:-1]:
@@ -123,7 +136,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> 
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {key}: '{part}' is not a mapping", source=source)
+                raise ConfigError(f"'{part}' is not a mapping", source="--set", path=key)
             node = child
         node[parts[-1]] = value
     return data

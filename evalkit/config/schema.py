@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from evalkit.errors import shown
 from evalkit.settings import SCHEDULERS, ImageSetting, MinP, Setting, Temperature, TopK, TopP
 
 DEFAULT_METRICS = ("distinct_1", "distinct_2", "mean_length")
@@ -33,8 +34,40 @@ BATCH_MAX = 65_536
 SETTINGS_MAX = 100_000  # settings in one grid (the product of its lists)
 
 
+def wants_number(annotation: Any) -> bool:
+    """Whether a field's type is a number (or a list of them), and not also true/false."""
+    if annotation in (int, float):
+        return True
+    if annotation is bool:
+        return False
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is Annotated:
+        return wants_number(args[0])
+    return any(wants_number(a) for a in args) and bool not in args
+
+
+def bools_as_numbers(model: type[BaseModel], data: Any) -> str | None:
+    """The first field of ``data`` where true/false stands for a number (pydantic would read it as 1/0)."""
+    if not isinstance(data, dict):
+        return None
+    for name, value in data.items():
+        field = model.model_fields.get(name) if isinstance(name, str) else None
+        values = value if isinstance(value, list) else [value]
+        if field is not None and wants_number(field.annotation) and any(isinstance(v, bool) for v in values):
+            return name
+    return None
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # every number finite
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, data: Any) -> Any:
+        name = bools_as_numbers(cls, data)
+        if name is not None:
+            raise ValueError(f"{name}: a number is needed, not true/false, got {shown(data[name])}")
+        return data
 
 
 class ModelConfig(_Strict):
@@ -45,9 +78,9 @@ class ModelConfig(_Strict):
     backend: Literal["hf", "vlm", "diffusers", "openai"] = "hf"
     # "default" (embedded SmolLM2-135M-Instruct), a hub id, a local directory or a .gguf file;
     # openai: the served model's name, as the server's GET /models lists it
-    id: str = "default"
-    gguf_file: str | None = None  # GGUF file name inside the directory or hub repo named by `id`
-    revision: str | None = None  # hub revision (branch, tag or commit)
+    id: str = Field("default", min_length=1)
+    gguf_file: str | None = Field(None, min_length=1)  # GGUF file name inside the directory or hub repo named by `id`
+    revision: str | None = Field(None, min_length=1)  # hub revision (branch, tag or commit)
     sha256: str | None = None  # expected sha256 of the GGUF file (for a directory: of its weight files,
     # as the manifest records it); a mismatch is refused
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: float32 on CPU, bfloat16 on CUDA
@@ -68,18 +101,22 @@ class ModelConfig(_Strict):
             return v
         from urllib.parse import urlsplit
 
+        if "@" in v:  # user:password@host, whatever the password holds (#, ?, /): never parsed, never echoed
+            raise ValueError("base_url must not hold credentials (user:password@): name an environment variable "
+                             f"in api_key_env instead, got {shown(_without_credentials(v))}")
         parts = urlsplit(v)
         try:
-            parts.port  # noqa: B018 (a port that is not a number raises here)
+            parts.port  # noqa: B018 (a port that is not a number, or out of range, raises here)
         except ValueError:
-            raise ValueError(f"base_url has a port that is not a number, got {_without_credentials(v)!r}") from None
+            raise ValueError(f"base_url has a port that is not a number from 0 to 65535, got "
+                             f"{shown(_without_credentials(v))}") from None
         if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in v):
-            raise ValueError(f"base_url must be an http:// or https:// URL, got {_without_credentials(v)!r}")
+            raise ValueError(f"base_url must be an http:// or https:// URL, got {shown(_without_credentials(v))}")
         if parts.username is not None or parts.password is not None:
             raise ValueError("base_url must not hold credentials (user:password@): name an environment variable "
-                             f"in api_key_env instead, got {_without_credentials(v)!r}")
+                             f"in api_key_env instead, got {shown(_without_credentials(v))}")
         if parts.query or parts.fragment:
-            raise ValueError(f"base_url must not have a query or fragment, got {_without_credentials(v)!r}")
+            raise ValueError(f"base_url must not have a query or fragment, got {shown(_without_credentials(v))}")
         return v.rstrip("/")
 
     @field_validator("api_key_env")
@@ -102,19 +139,19 @@ class ModelConfig(_Strict):
             local = [f for f in LOCAL_MODEL_FIELDS if _changed(self, f)]
             if local:
                 raise ValueError(f"{local[0]}: a served model (backend openai) is loaded by its server, not by "
-                                 f"evalkit; remove {local[0]}, got {getattr(self, local[0])!r}")
+                                 f"evalkit; remove {local[0]}, got {shown(getattr(self, local[0]))}")
         else:
             served = [f for f in SERVED_MODEL_FIELDS if _changed(self, f)]
             if served:
                 raise ValueError(f"{served[0]}: only a served model (backend openai) has {served[0]}; "
-                                 f"this one is backend {self.backend!r}, got {served[0]} set")
+                                 f"this one is backend {shown(self.backend)}, got {served[0]} set")
         return self
 
     @field_validator("sha256")
     @classmethod
     def _hex(cls, v: str | None) -> str | None:
         if v is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", v):
-            raise ValueError(f"sha256 must be 64 hexadecimal characters, got {v!r}")
+            raise ValueError(f"sha256 must be 64 hexadecimal characters, got {shown(v)}")
         return v.lower() if v else v
 
 
@@ -124,9 +161,12 @@ def _changed(model: BaseModel, name: str) -> bool:
 
 
 def _without_credentials(url: str) -> str:
-    """``url`` for error messages: any user:password@ masked (up to the last @ before the path), no query."""
-    url = re.sub(r"//.*@", "//***@", url.split("?", 1)[0].split("#", 1)[0])
-    return url
+    """``url`` for error messages: everything up to its last @ masked (a password may hold any character),
+    no query or fragment."""
+    if "@" in url:
+        head, _, rest = url.partition("//")
+        url = f"{head}//***@{url.rsplit('@', 1)[1]}" if rest else "***@" + url.rsplit("@", 1)[1]
+    return url.split("?", 1)[0].split("#", 1)[0]
 
 
 class Message(_Strict):
@@ -151,6 +191,8 @@ class PromptItem(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("id"), int) and not isinstance(data["id"], bool):
+            return {**data, "id": str(data["id"])}  # `id: 5` is the id "5", in a config as in a JSONL file
         return {"prompt": data} if isinstance(data, str) else data
 
     @model_validator(mode="after")
@@ -165,6 +207,8 @@ class PromptItem(_Strict):
             raise ValueError("references must be a non-empty list of non-empty captions")
         if self.prompt is not None and not self.prompt.strip():
             raise ValueError("prompt text is empty")
+        if self.messages is not None and (not self.messages or all(not m.content.strip() for m in self.messages)):
+            raise ValueError("messages are empty: at least one needs some text")
         if self.messages is not None and not self.messages:
             raise ValueError("messages is empty")
         return self
@@ -174,7 +218,7 @@ class PromptsConfig(_Strict):
     """Inline prompts (a list) or a JSONL file with ``id`` and ``prompt`` (or ``messages``) per line."""
 
     items: list[PromptItem] | None = None
-    file: str | None = None  # JSONL, relative to the config file
+    file: str | None = Field(None, min_length=1)  # JSONL, relative to the config file
     chat_template: bool | Literal["auto"] = "auto"  # auto: apply the model's chat template when it has one
     system_prompt: str | None = None  # prepended as a system message (or as text when no template is used)
     question: str | None = None  # vlm sweeps: the text asked of every image prompt that has none of its own
@@ -243,8 +287,8 @@ class GridConfig(_Strict):
         for name in self.scheduler or []:
             if name not in SCHEDULERS:
                 hint = difflib.get_close_matches(name, list(SCHEDULERS), n=1)
-                raise ValueError(f"grid.scheduler: unknown scheduler, got {name!r}" + (
-                    f" (did you mean {hint[0]!r}?)" if hint else f" (known: {', '.join(SCHEDULERS)})"))
+                raise ValueError(f"grid.scheduler: unknown scheduler, got {shown(name)}" + (
+                    f" (did you mean {shown(hint[0])}?)" if hint else f" (known: {', '.join(SCHEDULERS)})"))
         out = [ImageSetting(guidance_scale=g, num_inference_steps=n, scheduler=sch, eta=e if sch == "ddim" else 0.0)
                for g, n, sch, e in itertools.product(self.guidance_scale or [7.5], self.num_inference_steps or [30],
                                                       self.scheduler or ["ddim"], self.eta or [0.0])]
@@ -288,7 +332,8 @@ class ExecutorConfig(_Strict):
     """Where generation runs: in this process (local), or on Ray actors that each load the model once."""
 
     kind: Literal["local", "ray"] = "local"
-    address: str | None = None  # ray: "auto", "ray://host:10001" or host:port; none: a local Ray instance
+    # ray: "auto", "ray://host:10001" or host:port; none: a local Ray instance
+    address: str | None = Field(None, min_length=1)
     workers: int = Field(1, ge=1, le=4096)  # ray: actors, each with its own copy of the model
     gpus_per_worker: float = Field(0.0, ge=0, le=1024)  # ray: 0 on CPU
     cpus_per_worker: float = Field(1.0, gt=0, le=4096)  # ray
@@ -317,12 +362,12 @@ class SweepConfig(_Strict):
     stop: list[str] = Field(default_factory=list)  # stop strings: a sample ends before the first one
     metrics: list[MetricSpec] = Field(default_factory=lambda: [MetricSpec(name=m) for m in DEFAULT_METRICS])
     ci: CIConfig = Field(default_factory=CIConfig)
-    output_dir: str = "runs"  # run directories go here, relative to the working directory
+    output_dir: str = Field("runs", min_length=1)  # run directories go here, relative to the working directory
     image: ImageOptions = Field(default_factory=ImageOptions)  # backend diffusers only
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)  # where generation runs
     report: bool = True  # write report.html into the run directory at the end (`evalkit report` does it later)
     # run index (SQLite) that records the run; default $EVALKIT_INDEX, else <output_dir>/index.sqlite
-    index: str | None = None
+    index: str | None = Field(None, min_length=1)
 
     @model_validator(mode="before")
     @classmethod
@@ -339,13 +384,13 @@ class SweepConfig(_Strict):
                              "'default' is the embedded text model, got 'default'")
         if self.model.backend == "openai" and self.batch_size != "auto":
             raise ValueError(f"batch_size: a served model's server batches requests itself; set model.concurrency "
-                             f"(requests in flight) instead, got {self.batch_size!r}")
+                             f"(requests in flight) instead, got {shown(self.batch_size)}")
         if self.model.backend != "vlm" and self.prompts.question is not None:
             raise ValueError(f"prompts.question: only a vlm sweep asks a question of its images, got "
-                             f"{self.prompts.question!r} for backend {self.model.backend!r}")
+                             f"{shown(self.prompts.question)} for backend {shown(self.model.backend)}")
         if self.model.backend == "vlm" and (self.model.gguf_file or self.model.id.endswith(".gguf")):
             raise ValueError(f"model.id: a vlm sweep reads a transformers model directory or hub id, not GGUF, "
-                             f"got {self.model.gguf_file or self.model.id!r}")
+                             f"got {shown(self.model.gguf_file or self.model.id)}")
         images = self.model.backend == "diffusers"
         wrong = GridConfig.TEXT_AXES if images else GridConfig.IMAGE_AXES
         for axis in wrong:
@@ -354,7 +399,7 @@ class SweepConfig(_Strict):
                     self.model.backend, "a text")
                 axes = ", ".join(GridConfig.IMAGE_AXES if images else GridConfig.TEXT_AXES[:4])
                 raise ValueError(f"grid.{axis}: {kind} sweep has no {axis} axis (its axes: {axes}), "
-                                 f"got {getattr(self.grid, axis)!r}")
+                                 f"got {shown(getattr(self.grid, axis))}")
         if images:
             self.grid.expand_images()  # unknown scheduler names are refused here
         return self
@@ -370,7 +415,7 @@ class SweepConfig(_Strict):
     def _batch_size(cls, v: Any) -> int | str:
         if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= BATCH_MAX):
             return v
-        raise ValueError(f"batch_size must be a whole number from 1 to {BATCH_MAX}, or 'auto', got {v!r}")
+        raise ValueError(f"batch_size must be a whole number from 1 to {BATCH_MAX}, or 'auto', got {shown(v)}")
 
     @field_validator("stop")
     @classmethod

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from evalkit.config import ModelConfig, SweepConfig
-from evalkit.errors import ConfigError, EvalkitError
+from evalkit.errors import ConfigError, EvalkitError, shown
 from evalkit.generation import gguf
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
@@ -65,6 +65,10 @@ def _locate(config: SweepConfig) -> ModelSource:
     mc: ModelConfig = config.model
     where = dict(source=config.source, path="model.id")
     if mc.id == "default":
+        for name in ("gguf_file", "revision"):
+            if getattr(mc, name):
+                raise ConfigError(f"the embedded default model is one file of its own: {name} does not apply, got "
+                                  f"{shown(getattr(mc, name))}", source=config.source, path=f"model.{name}")
         expected = mc.sha256 or gguf.DEFAULT_SHA256
         return ModelSource("embedded", None, None, gguf.verify(gguf.default_gguf_path(), expected))
     path = config.resolve_path(mc.id)
@@ -75,11 +79,13 @@ def _locate(config: SweepConfig) -> ModelSource:
         if path.is_file():
             if path.suffix != ".gguf":
                 raise ConfigError(f"model file must be a .gguf file or a directory, got {path}", **where)
+            _gguf_magic(path, config.source, "model.id")
             return ModelSource("gguf", path, None, gguf.verify(path, mc.sha256))
         if mc.gguf_file:
             file = path / mc.gguf_file
             if not file.is_file():
                 raise ConfigError(f"GGUF file does not exist: {file}", source=config.source, path="model.gguf_file")
+            _gguf_magic(file, config.source, "model.gguf_file")
             return ModelSource("gguf", file, None, gguf.verify(file, mc.sha256))
         pipeline = mc.backend == "diffusers"  # a diffusers pipeline: model_index.json and one folder per part
         marker = "model_index.json" if pipeline else "config.json"
@@ -100,6 +106,15 @@ def _locate(config: SweepConfig) -> ModelSource:
             raise ConfigError(f"cannot fetch {mc.gguf_file} from {mc.id}: {type(e).__name__}", **where) from None
         return ModelSource("gguf", file, None, gguf.verify(file, mc.sha256))
     return ModelSource("hub", None, mc.id, None)
+
+
+def _gguf_magic(file: Path, source: str, field: str) -> None:
+    """A GGUF file starts with the bytes ``GGUF``: anything else is refused before it is hashed or parsed."""
+    with open(file, "rb") as f:
+        head = f.read(4)
+    if head != b"GGUF":
+        raise ConfigError(f"{file} is not a GGUF file (it does not start with the bytes 'GGUF')", source=source,
+                          path=field)
 
 
 def _weights_hash(directory: Path, recursive: bool = False) -> str | None:

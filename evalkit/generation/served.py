@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from evalkit.config import SweepConfig
-from evalkit.errors import ConfigError, EvalkitError
+from evalkit.errors import ConfigError, EvalkitError, shown
 from evalkit.generation.base import ModelInfo, PreparedPrompt, ProgressFn, SampleRecord, WorkUnit
 from evalkit.generation.served_client import Endpoint, ServerError, run_async
 from evalkit.generation.served_protocol import SEED_MODULUS, parse_choice, truncated_entropy
@@ -74,9 +74,10 @@ class ServedBackend:
         entries = [m for m in data.get("data", []) if isinstance(m, dict)] if isinstance(data.get("data"), list) else []
         names = [str(m.get("id")) for m in entries]
         if self.model_id not in names:
-            served = ", ".join(repr(n) for n in names[:20]) or "none"
-            raise ConfigError(f"{self.model_id!r} is not served by {self.endpoint.base_url} (served: {served})",
-                              source=config.source, path="model.id")
+            served = ", ".join(shown(self.endpoint.masked(n, limit=80)) for n in names[:20]) or "none"
+            more = f" and {len(names) - 20} more" if len(names) > 20 else ""
+            raise ConfigError(f"{shown(self.model_id)} is not served by {self.endpoint.base_url} (served: {served}"
+                              f"{more})", source=config.source, path="model.id")
         entry = entries[names.index(self.model_id)]
         return {k: v for k, v in entry.items() if isinstance(v, (str, int, float, bool)) or v is None}
 

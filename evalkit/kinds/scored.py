@@ -11,10 +11,12 @@ are ignored.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from evalkit.config.schema import bools_as_numbers
 from evalkit.errors import ConfigError, first_error
 from evalkit.kinds.base import RunKind
 from evalkit.prompts import read_jsonl_lines
@@ -39,9 +41,17 @@ class GenerationRow(BaseModel):
     top_p: TopP = 1.0
     top_k: TopK = 0
     min_p: MinP = 0.0
-    sample_index: int | None = None
-    image: str | None = None  # the image the text describes (a path relative to the file)
-    references: list[str] | None = None  # its reference captions
+    sample_index: int | None = Field(None, ge=0, le=2**31 - 1)
+    image: str | None = Field(None, min_length=1)  # the image the text describes (a path relative to the file)
+    references: list[str] | None = Field(None, min_length=1)  # its reference captions
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, data: Any) -> Any:
+        name = bools_as_numbers(cls, data)
+        if name is not None:
+            raise ValueError(f"{name}: a number is needed, not true/false")
+        return data
 
     @model_validator(mode="after")
     def _prompt(self) -> GenerationRow:
@@ -61,7 +71,7 @@ def read_generations(path: Path) -> pd.DataFrame:
         except ValidationError as e:
             field, msg, err = first_error(e)
             if err["type"].startswith("json"):
-                msg = f"invalid JSON: {msg}"
+                msg = f"invalid JSON: {msg.removeprefix('Invalid JSON: ')}"
             raise ConfigError(f"{field + ': ' if field else ''}{msg}", source=source, path=where) from None
         setting = Setting(temperature=row.temperature, top_p=row.top_p, top_k=row.top_k, min_p=row.min_p)
         pid = str(row.prompt_id) if row.prompt_id is not None else row.prompt
@@ -78,6 +88,13 @@ def read_generations(path: Path) -> pd.DataFrame:
         line = int(samples.loc[samples["prompt_image"].isna().idxmax(), "_line"])
         raise ConfigError("no image, while other lines name one: every line names the image it describes",
                           source=source, path=f"line {line}")
+    if "prompt" in samples:  # one prompt text per prompt id
+        texts = samples.groupby("prompt_id", sort=False)["prompt"].transform("first")
+        other = samples["prompt"] != texts
+        if other.any():
+            bad = samples[other].iloc[0]
+            raise ConfigError(f"prompt {bad['prompt_id']!r} has another prompt text than on its first line",
+                              source=source, path=f"line {int(bad['_line'])}")
     for column in ("prompt_image", "references") if images else ():
         per_prompt = samples.groupby("prompt_id", sort=False)[column].transform("first")
         other = samples[column] != per_prompt
@@ -101,4 +118,11 @@ def _image(path: Path, name: str, where: str) -> str:
     image = (path.parent / Path(name).expanduser()).resolve()
     if not image.is_file():
         raise ConfigError(f"image not found: {image}", source=str(path), path=where)
+    from PIL import Image
+
+    try:
+        with Image.open(image) as im:
+            im.verify()
+    except Exception as e:  # PIL raises several types for a file that is not an image
+        raise ConfigError(f"not a readable image ({type(e).__name__}): {image}", source=str(path), path=where) from None
     return str(image)

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import sqlite3
+import tempfile
 from contextlib import closing
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,12 +16,14 @@ from typing import Any
 import pandas as pd
 
 from evalkit.errors import EvalkitError
+from evalkit.inputs import check_path_text
 
 
 def check_writable(output_dir: Path, source: str | None = None, field: str = "output_dir") -> None:
     """Refuse an output directory that cannot be created or written, without creating anything."""
     from evalkit.errors import ConfigError
 
+    check_path_text(output_dir, field, source)
     probe = output_dir
     while not probe.exists():
         if probe.parent == probe:
@@ -28,8 +31,12 @@ def check_writable(output_dir: Path, source: str | None = None, field: str = "ou
         probe = probe.parent
     if probe.exists() and not probe.is_dir():
         raise ConfigError(f"{probe} exists and is not a directory", source=source, path=field)
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"{output_dir} is not writable", source=source, path=field)
+    try:  # os.access says yes to root everywhere, and knows nothing of /proc or a read-only mount: try it
+        with tempfile.TemporaryFile(dir=probe, prefix=".evalkit-probe-"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"{output_dir} is not writable ({e.strerror or type(e).__name__})", source=source,
+                          path=field) from None
 
 
 def check_database(path: Path, source: str | None = None, field: str = "index") -> None:
@@ -38,13 +45,18 @@ def check_database(path: Path, source: str | None = None, field: str = "index") 
     from evalkit.errors import ConfigError
 
     path = Path(path).expanduser()
+    check_path_text(path, field, source)
     if path.is_dir():
         raise ConfigError(f"{path} is a directory, not a database file", source=source, path=field)
+    if path.exists() and not path.is_file():  # a FIFO would block SQLite's open, beyond Ctrl-C's reach
+        raise ConfigError(f"{path} is not a regular file (a FIFO or a device), not a database file", source=source,
+                          path=field)
     if not path.exists():
         check_writable(path.parent, source, field)
         return
     try:
-        with closing(sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)) as db:
+        uri = path.resolve().as_uri() + "?mode=ro&immutable=1"  # immutable: leaves no -wal or -shm file behind
+        with closing(sqlite3.connect(uri, uri=True)) as db:
             db.execute("PRAGMA schema_version")
     except sqlite3.DatabaseError as e:
         raise ConfigError(f"{path} is not an SQLite database ({e})", source=source, path=field) from None
@@ -69,12 +81,15 @@ def write_atomic(path: Path, data: bytes) -> None:
     """Write ``path`` whole or not at all, creating its missing folders; a folder in its place is refused
     in one line, and no temporary file is left behind."""
     path = Path(path).expanduser()
+    check_path_text(path)
     if path.is_dir():
         raise EvalkitError(f"{path} is a directory; give a file name")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise EvalkitError(f"cannot write {path}: a file is in the way of its folder") from None
+    except OSError as e:
+        raise EvalkitError(f"cannot write {path}: {e.strerror or type(e).__name__}") from None
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with open(tmp, "wb") as f:
@@ -82,6 +97,9 @@ def write_atomic(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise EvalkitError(f"cannot write {path}: {e.strerror or type(e).__name__}") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

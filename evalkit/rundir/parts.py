@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from evalkit.errors import EvalkitError
 from evalkit.rundir.files import fsync_dir
 
 PART_ROWS = 16  # flush after this many samples
@@ -50,12 +51,21 @@ class PartWriter:
         self.rows = []
 
 
+def check_parts_folder(run_dir: Path) -> Path:
+    folder = run_dir / "parts"
+    if folder.exists() and not folder.is_dir():
+        raise EvalkitError(f"{folder}: not a folder (the run directory is damaged): move it away, and --resume makes "
+                           "the samples it held again")
+    return folder
+
+
 def read_parts(run_dir: Path, columns: list[str], set_aside: list[str] | None = None) -> pd.DataFrame:
     """Every sample written so far (whole parts only; temporary files are ignored). A part that cannot be
     read, or lacks the run's columns, is renamed ``*.damaged`` and its name added to ``set_aside``: its
     samples are then missing, and a resumed run makes them again."""
+    folder = check_parts_folder(run_dir)
     frames = []
-    for f in sorted((run_dir / "parts").glob("part-*.parquet")):
+    for f in sorted(folder.glob("part-*.parquet")):
         try:
             frame = pd.read_parquet(f)
             if set(columns) - set(frame.columns):

@@ -71,16 +71,29 @@ class Run:
             raise DamagedRun(f"{path}: missing: the run directory is incomplete or damaged"
                              f"{_REDO}")
         try:
-            return read(path)
+            value = read(path)
         except DamagedRun:
             raise
         except Exception as e:  # a truncated table, text that is not JSON, YAML or UTF-8
             reason = " ".join(str(e).split())[:200] or type(e).__name__
             raise DamagedRun(f"{path}: cannot be read ({reason}): the file is damaged"
                              f"{_REDO}") from None
+        missing = [c for c in REQUIRED.get(name, ()) if c not in value]
+        if missing:
+            raise DamagedRun(f"{path}: no {', '.join(missing)} column: the file is damaged{_REDO}")
+        return value
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
+
+
+REQUIRED = {  # the columns every reader of a table relies on
+    "samples.parquet": ("prompt_id", "setting_id", "sample_index", "text"),
+    "scores.parquet": ("setting_id", "prompt_id", "metric", "value"),
+    "sample_scores.parquet": ("setting_id", "prompt_id", "metric", "value"),
+    "summary.csv": ("setting_id", "metric", "mean", "ci_low", "ci_high"),
+    "prompts.jsonl": ("id", "prompt"),
+}
 
 
 class DamagedRun(EvalkitError):

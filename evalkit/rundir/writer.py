@@ -74,7 +74,9 @@ class RunWriter:
     def check_prompts(self, lines: list[dict[str, Any]]) -> None:
         """On --resume: the prompts must be those the run started with (a prompt file may have been edited)."""
         path = self.path / "prompts.jsonl"
-        if path.is_file() and path.read_bytes() != prompts_jsonl(lines):
+        if not path.is_file():  # lost: it follows from the config and the model, so it is written again
+            self.write_prompts(lines)
+        elif path.read_bytes() != prompts_jsonl(lines):
             raise EvalkitError(f"--resume: the prompts differ from those in {path} (the prompt file was edited "
                                "since the run started?): a resumed run must be the same sweep; start a new run")
 

@@ -5,12 +5,14 @@ names get a "did you mean". Built-ins come from ``evalkit_metrics.BUILTINS``.
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
 from evalkit.config import MetricSpec
+from evalkit.config.schema import bools_as_numbers
 from evalkit.errors import ConfigError, EvalkitError, first_error, shown
 from evalkit.scoring.metric import Metric
 
@@ -50,15 +52,22 @@ class Registry:
         if clash:
             raise ConfigError(f"{spec.name!r} fixes {clash[0]}={entry.fixed[clash[0]]}; use 'distinct_n' style "
                               f"family names to set it", source=source, path=where)
+        boolean = bools_as_numbers(entry.cls.Params, spec.params)
+        if boolean is not None:
+            raise ConfigError(f"a number is needed, not true/false, got {shown(spec.params[boolean])}", source=source,
+                              path=f"{where}.{boolean}")
         try:
             params = entry.cls.Params.model_validate({**spec.params, **entry.fixed})
         except ValidationError as e:
             field, msg, err = first_error(e)
+            value = err.get("input")
             if err["type"] == "extra_forbidden":
                 known = ", ".join(entry.cls.Params.model_fields) or "none"
                 msg = f"unknown parameter (parameters of {spec.name}: {known})"
-            raise ConfigError(f"{msg}, got {shown(err.get('input'))}", source=source,
-                              path=f"{where}.{field}" if field else where) from None
+            elif isinstance(value, float) and not math.isfinite(value):
+                msg = "Input should be a finite number"
+            got = "" if "got " in msg else f", got {shown(value)}"
+            raise ConfigError(f"{msg}{got}", source=source, path=f"{where}.{field}" if field else where) from None
         return entry.cls(params)
 
     def create_all(self, specs: list[MetricSpec], source: str | None = None) -> list[Metric]:

@@ -1,0 +1,48 @@
+"""Reading what a user points evalkit at (configs, prompt files, files of generations, corpora): a regular
+file or one clear line. A FIFO or a device (``/dev/zero``) would block or never end; a path that is not
+valid UTF-8 cannot be recorded in a run's manifest."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from evalkit.errors import ConfigError
+
+
+def check_path_text(path: str | Path, field: str | None = None, source: str | None = None) -> None:
+    """Refuse a path whose name is not valid UTF-8 (bytes that a manifest, an index or a report cannot hold)."""
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fspath(path).encode("utf-8", "backslashreplace").decode("ascii", "replace")
+        raise ConfigError(f"the path {shown!r} is not valid UTF-8: rename it", source=source, path=field) from None
+
+
+def read_regular(path: Path, what: str, *, source: str | None = None, field: str | None = None) -> bytes:
+    """The bytes of a regular file; a missing file, a folder, a FIFO or a device is refused in one line."""
+    where = dict(source=source or str(path), path=field)
+    check_path_text(path, field, source or str(path))
+    if not os.fspath(path):
+        raise ConfigError(f"{what}: the path is empty", **where)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found", **where) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {what}: {e.strerror}", **where) from None
+    if path.is_dir():
+        raise ConfigError(f"{what} is a directory", **where)
+    if not path.is_file():
+        kind = "a FIFO" if os.path.exists(path) and _is_fifo(mode) else "a device or other special file"
+        raise ConfigError(f"{what} is {kind}, not a regular file", **where)
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read {what}: {e.strerror}", **where) from None
+
+
+def _is_fifo(mode: int) -> bool:
+    import stat
+
+    return stat.S_ISFIFO(mode)

@@ -1,0 +1,226 @@
+"""Hostile and odd inputs found by an adversarial pass: each is one line and exit 2 (never a crash, a hang, a
+secret shown, or a run directory half-written), found before any model loads."""
+
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from evalkit.cli import app
+
+from conftest import base_config, write_jsonl
+
+
+def one_line(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and "Traceback" not in result.output, (result.exit_code,
+                                                                                             result.output)
+    assert len(lines[0]) < 400, lines[0]
+    return lines[0]
+
+
+def run_config(tmp_path, text: str, *args: str) -> str:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text, encoding="utf-8")
+    line = one_line(CliRunner().invoke(app, ["run", str(path), *args]))
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").glob("2*")), "a run directory was made"
+    return line
+
+
+def config_text(tiny_model, tmp_path, **changes) -> str:
+    return yaml.safe_dump({**base_config(tiny_model, tmp_path / "runs"), **changes}, allow_unicode=True)
+
+
+def test_a_number_of_thousands_of_digits(tiny_model, tmp_path):
+    text = config_text(tiny_model, tmp_path).replace("seed: 1", "seed: " + "9" * 5000)
+    assert run_config(tmp_path, text).endswith("invalid YAML: a number of more than 4300 digits")
+
+
+def test_yaml_nested_too_deeply(tiny_model, tmp_path):
+    text = config_text(tiny_model, tmp_path) + "x: " + "[" * 20000 + "]" * 20000 + "\n"
+    assert run_config(tmp_path, text).endswith("invalid YAML: nested too deeply")
+
+
+def test_a_key_that_is_not_a_name(tiny_model, tmp_path):
+    text = config_text(tiny_model, tmp_path) + "? [a, b]\n: 1\n"
+    assert "a key must be a name, got a list" in run_config(tmp_path, text)
+
+
+def test_an_alias_bomb_under_batch_size_is_cut_short(tiny_model, tmp_path):
+    value = "&a0 [" + ", ".join(["x"] * 10) + "]"
+    for i in range(1, 9):  # 10^9 strings, each level ten aliases of the one before
+        value = f"&a{i} [{value}, " + ", ".join([f"*a{i - 1}"] * 9) + "]"
+    text = config_text(tiny_model, tmp_path, batch_size=1).replace("batch_size: 1", f"batch_size: {value}")
+    line = run_config(tmp_path, text)
+    assert "batch_size" in line and "..." in line
+
+
+@pytest.mark.parametrize("where", ["config", "prompt file", "index", "sample cache"])
+def test_a_fifo_is_refused_not_waited_on(where, tiny_model, tmp_path, monkeypatch):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    if where == "config":
+        line = one_line(CliRunner().invoke(app, ["run", str(fifo)]))
+        assert line == f"error: {fifo}: config file is a FIFO, not a regular file"
+        return
+    changes = {"prompt file": {"prompts": {"file": str(fifo)}}, "index": {"index": str(fifo)}}.get(where, {})
+    if where == "sample cache":
+        monkeypatch.setenv("EVALKIT_SAMPLE_CACHE", str(fifo))
+    line = run_config(tmp_path, config_text(tiny_model, tmp_path, **changes))
+    assert "FIFO" in line and "not a regular file" in line
+
+
+def test_a_device_is_not_a_config():
+    assert one_line(CliRunner().invoke(app, ["run", "/dev/zero"])) == (
+        "error: /dev/zero: config file is a device or other special file, not a regular file")
+
+
+def test_a_lone_surrogate_in_a_prompt(tiny_model, tmp_path):
+    text = config_text(tiny_model, tmp_path).replace("Write a short story.", "Write \\ud800 a story.")
+    text = text.replace("prompt: Write \\ud800 a story.", 'prompt: "Write \\ud800 a story."')
+    line = run_config(tmp_path, text, "--plan")
+    assert line.endswith("prompt 'en' is not valid Unicode text: a lone surrogate (U+D800) at character 6")
+
+
+def test_a_file_that_is_not_gguf(tiny_model, tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "model.gguf").write_text("not a model")
+    line = run_config(tmp_path, config_text(tiny_model, tmp_path, model={"id": str(folder),
+                                                                         "gguf_file": "model.gguf"}))
+    assert line.endswith(f"model.gguf_file: {folder / 'model.gguf'} is not a GGUF file (it does not start with the "
+                         "bytes 'GGUF')")
+
+
+def test_a_config_name_that_is_not_utf8(tiny_model, tmp_path):
+    path = os.fsdecode(os.fsencode(tmp_path) + b"/bad\xff.yaml")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(config_text(tiny_model, tmp_path))
+    line = one_line(CliRunner().invoke(app, ["run", path]))
+    assert "is not valid UTF-8: rename it" in line
+
+
+class ModelsServer:
+    """GET /models on 127.0.0.1 answering with the model ids given (as a misconfigured server might)."""
+
+    def __init__(self, ids: list[str]):
+        body = json.dumps({"data": [{"id": i} for i in ids]}).encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_key_a_server_lists_as_a_model_is_masked(tiny_model, tmp_path, monkeypatch):
+    secret = "sk-evalkit-test-SECRET-12345"
+    monkeypatch.setenv("EVALKIT_TEST_KEY", secret)
+    with ModelsServer([secret, "other", "x" * 100_000]) as url:
+        line = run_config(tmp_path, config_text(tiny_model, tmp_path, model={
+            "backend": "openai", "base_url": url, "id": "m", "api_key_env": "EVALKIT_TEST_KEY"}))
+    assert secret not in line and "'***'" in line and "'other'" in line and len(line) < 400
+
+
+@pytest.mark.parametrize("url", ["http://u:sk-SUPER#SECRET-12345@127.0.0.1:9/v1",
+                                 "http://u:sk-SUPER?SECRET-12345@127.0.0.1:9/v1",
+                                 "http://u:sk-SUPER/SECRET-12345@127.0.0.1:9/v1"])
+def test_credentials_in_base_url_never_shown(url, tiny_model, tmp_path):
+    line = run_config(tmp_path, config_text(tiny_model, tmp_path, model={"backend": "openai", "base_url": url,
+                                                                         "id": "m"}))
+    assert "SECRET" not in line and "sk-SUPER" not in line and "must not hold credentials" in line
+
+
+def test_an_unwritable_place(tmp_path):
+    data = write_jsonl(tmp_path / "g.jsonl", [{"prompt_id": "a", "text": "one two"}])
+    line = one_line(CliRunner().invoke(app, ["score", str(data), "-o", "/proc/evalkit-test/out"]))
+    assert line.startswith("error: -o: /proc") and "is not writable" in line
+
+
+def test_index_on_dev_null_is_refused_up_front(tiny_model, tmp_path):
+    line = run_config(tmp_path, config_text(tiny_model, tmp_path, index="/dev/null"))
+    assert line.endswith("index: /dev/null is not a regular file (a FIFO or a device), not a database file")
+
+
+def test_a_baseline_of_another_kind_is_refused_before_the_sweep(tiny_model, tmp_path):
+    data = write_jsonl(tmp_path / "g.jsonl", [{"prompt_id": "a", "text": "one two"}])
+    assert CliRunner().invoke(app, ["score", str(data), "-o", str(tmp_path / "scored")]).exit_code == 0
+    line = run_config(tmp_path, config_text(tiny_model, tmp_path), "--baseline", str(tmp_path / "scored"))
+    assert line.startswith("error: --baseline: this sweep would not be comparable with") and "kind differs" in line
+
+
+def test_runs_lists_scored_and_model_runs_together(tmp_path, monkeypatch):
+    from evalkit.index import RunIndex
+
+    monkeypatch.setenv("EVALKIT_INDEX", str(tmp_path / "index.sqlite"))
+    data = write_jsonl(tmp_path / "g.jsonl", [{"prompt_id": "a", "text": "one two"}])
+    assert CliRunner().invoke(app, ["score", str(data), "-o", str(tmp_path / "scored")]).exit_code == 0
+    with RunIndex(tmp_path / "index.sqlite") as db:
+        db.db.execute("INSERT INTO runs (run_id, name, path, kind, status, model_id, model_hash, started_at, seed, "
+                      "n_samples, protocol, metric_info, recorded_at) VALUES ('r2', 'x', '/r2', 'text', 'complete', "
+                      "'m', 'abcdef0123456789', '2026-01-02T00:00:00Z', 1, 5, '{}', '{}', '2026-01-02T00:00:00Z')")
+    result = CliRunner().invoke(app, ["runs"])
+    assert result.exit_code == 0, result.output
+    assert "abcdef012345" in result.stdout and "scored" in result.stdout
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"samples_per_prompt": True}, "samples_per_prompt: a number is needed, not true/false, got true"),
+    ({"grid": {"top_k": [True]}}, "grid.top_k: a number is needed, not true/false, got [true]"),
+    ({"metrics": [{"name": "distinct_n", "n": True}]}, "metrics[0].n: a number is needed, not true/false, got true"),
+    ({"name": "2024-01-01"}, None),
+])
+def test_true_false_is_not_a_number(change, message, tiny_model, tmp_path):
+    text = config_text(tiny_model, tmp_path, **change)
+    if message is None:  # a date as a name: said as the user wrote it
+        text = text.replace("name: '2024-01-01'", "name: 2024-01-01")
+        message = "name: Input should be a valid string, got 2024-01-01"
+    assert run_config(tmp_path, text, "--plan").endswith(message)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--bogus"], "error: No such option: --bogus (evalkit run --help)"),
+    (["compare", "a", "b", "--alpha", "0"], "error: Invalid value for '--alpha': Input should be greater than or "
+                                            "equal to 0.000001 (evalkit compare --help)"),
+    (["nope"], "error: No such command 'nope'. (evalkit --help)"),
+])
+def test_usage_errors_are_one_line(args, message, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "evalkit", *args], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and done.stderr.strip() == message, done.stderr
+
+
+def test_an_infinite_tolerance_is_refused(tmp_path):
+    line = one_line(CliRunner().invoke(app, ["compare", "a", "b", "--fail-on", "distinct_1:+1e999"]))
+    assert line == "error: --fail-on: the tolerance of 'distinct_1:+1e999' is not a finite number"
+
+
+def test_home_in_an_output_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    data = write_jsonl(tmp_path / "g.jsonl", [{"prompt_id": "a", "text": "one two"}])
+    result = CliRunner().invoke(app, ["score", str(data), "-o", "~/scored"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "home" / "scored" / "manifest.json").is_file() and not (tmp_path / "~").exists()
