@@ -16,7 +16,9 @@ from evalkit.kinds.scored import SCORED, SCORED_CAPTIONS, read_generations
 from evalkit.progress import RichProgress, Silent
 from evalkit.prompts import sha256_of
 from evalkit.rundir import Manifest, Run, RunWriter, SettingRecord, load_run
-from evalkit.rundir.files import check_writable
+from evalkit.index import TABLES, index_path
+from evalkit.inputs import check_path_text
+from evalkit.rundir.files import check_database, check_writable
 from evalkit.rundir.lock import RunLock
 from evalkit.rundir.parts import check_parts_folder
 from evalkit.rundir.manifest import ci_info, git_info, utc_now
@@ -66,6 +68,7 @@ def score_file(path: str | Path, metric_names: list[str], output: str | Path, *,
     yet, or be empty): the same tables as a run, so ``evalkit.load_run`` reads it like any run, and the
     run index records it (``index``, else $EVALKIT_INDEX, else ``index.sqlite`` beside ``output``)."""
     path, output = Path(path).expanduser(), Path(output).expanduser()
+    check_path_text(output, "-o")
     source = str(path)
     if not metric_names:
         raise ConfigError("name at least one metric", path="--metrics")
@@ -80,6 +83,7 @@ def score_file(path: str | Path, metric_names: list[str], output: str | Path, *,
         raise EvalkitError(f"-o: {output} exists and is not an empty directory")
     parent = output.parent if output.parent != Path("") else Path(".")
     check_writable(parent, field="-o")
+    check_database(index_path(index, parent), field="index", tables=TABLES)  # before anything is scored or written
     settings = list(dict.fromkeys(Setting(**{k: r[k] for k in ("temperature", "top_p", "top_k", "min_p")})
                                   for r in samples.to_dict("records")))
     ui = RichProgress() if progress else Silent()
@@ -88,7 +92,7 @@ def score_file(path: str | Path, metric_names: list[str], output: str | Path, *,
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
         writer = RunWriter(tmp, Manifest(
-            kind=kind.name, run_id=output.name, name=name or path.stem, started_at=utc_now(), git=git_info(),
+            kind=kind.name, run_id=output.name, name=name or _name_of(path), started_at=utc_now(), git=git_info(),
             config_source=source, config_as_given={"file": str(path.resolve()), "metrics": metric_names},
             model=ModelInfo(backend="external", id="external", source=str(path.resolve())), device="n/a", seed=seed,
             sampling_order=list(APPLICATION_ORDER),
@@ -116,8 +120,16 @@ def score_file(path: str | Path, metric_names: list[str], output: str | Path, *,
     return load_run(output)
 
 
+def _name_of(path: Path) -> str:
+    """A run name from a file's name: the characters a sweep's name may have (letters, digits, . _ -)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).strip("-._")[:80] or "scored"
+
+
 def _resume_config(run_dir: Path, held: ExitStack) -> SweepConfig:
     """The config of a stopped run, whose lock ``held`` then holds: a second writer is refused here."""
+    check_path_text(run_dir, "--resume")
     if not (run_dir / "manifest.json").is_file() or not (run_dir / "config.yaml").is_file():
         raise EvalkitError(f"--resume: {run_dir} is not a run directory")
     held.enter_context(RunLock(run_dir))

@@ -20,13 +20,22 @@ from rich.table import Table
 import evalkit
 from evalkit.compare import Rule
 from evalkit.config import preset_path
-from evalkit.errors import EvalkitError, Terminated
+from evalkit.errors import EvalkitError, Terminated, shown
 from evalkit.numbers import count, fmt
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Measure what sampling settings do to a generative model.")
 out = Console()
 err = Console(stderr=True)
+
+
+def printable(text: str) -> str:
+    """``text`` as one line a terminal shows as it is: control characters (a newline or an escape sequence in a
+    file name) written as escapes."""
+    import unicodedata
+
+    return "".join(c if unicodedata.category(c) != "Cc" else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
 
 
 def _ui(quiet: bool):
@@ -152,7 +161,7 @@ def report(
 
     def body():
         from evalkit.report import write_report
-        from evalkit.rundir.files import check_writable
+        from evalkit.rundir.files import check_not_an_input, check_writable
 
         for run_dir in runs:  # the runs are named first: `evalkit report FILE` is about FILE, not -o
             evalkit.load_run(run_dir).manifest  # noqa: B018
@@ -162,6 +171,7 @@ def report(
                 f"{runs[0].resolve().name}_vs_{runs[-1].resolve().name}.html")
         if target.is_dir():
             raise EvalkitError(f"-o: {target} is a directory; give a file name")
+        check_not_an_input(target, "-o", runs)
         check_writable(target.parent, field="-o")
         written = write_report(runs, target)
         out.print(f"report: [bold]{escape(str(written))}[/]", highlight=False, soft_wrap=True)
@@ -234,11 +244,14 @@ def compare(
         from evalkit.index import index_path
 
         if format_ not in ("text", "markdown", "json", "html"):
-            raise EvalkitError(f"--format: {format_!r} is not text, markdown, json or html")
+            raise EvalkitError(f"--format: {shown(format_)} is not text, markdown, json or html")
         rules = [Rule.parse(r) for r in fail_on or []]
         where = index_path(index)
         a = load_side(base, where if where.is_file() else None, what="BASE")
         b = load_side(new, where if where.is_file() else None, what="NEW")
+        for target, field in ((output, "-o"), (junit, "--junit")):  # checked before anything is printed
+            if target is not None:
+                _check_output(target.expanduser(), field, [r.path for r in (a, b) if r.path is not None], where)
         return _compare(a, b, rules, metric, format_, output, junit, alpha)
 
     _exit(_guard(body, debug))
@@ -259,11 +272,12 @@ def history(
     def body():
         from evalkit.history import load_history, write_history_html
         from evalkit.index import RunIndex, index_path
-        from evalkit.rundir.files import check_writable
+        from evalkit.rundir.files import check_not_an_input, check_writable
 
         target = (output or Path("reports") / f"history-{name}.html").expanduser()
         if target.is_dir():
             raise EvalkitError(f"-o: {target} is a directory; give a file name")
+        check_not_an_input(target, "-o", index=index_path(index))
         check_writable(target.parent, field="-o")
         with RunIndex(index_path(index), create=False) as db:
             h = load_history(db, name, metric)
@@ -323,24 +337,35 @@ def _compare(a, b, rules, metrics, format_, output, junit, alpha) -> int:
     return 1 if violations else 0
 
 
+def _check_output(target: Path, field: str, runs: list, index: Path | None) -> None:
+    """An output file named on the command line: not a folder, not one of the command's inputs, writable."""
+    from evalkit.rundir.files import check_not_an_input, check_writable
+
+    if target.is_dir():
+        raise EvalkitError(f"{field}: {target} is a directory; give a file name")
+    check_not_an_input(target, field, runs, index)
+    check_writable(target.parent, field=field)
+
+
 def _check_gate(config, baseline: str, rules, junit: Path | None) -> None:
     """Before the sweep: every --fail-on rule names a metric the sweep scores, the baseline can be found,
     and the JUnit file can be written; a mistake here is found in a second, not after the run."""
     from evalkit.compare import load_side, matches
-    from evalkit.index import RunIndex, index_path
+    from evalkit.index import TABLES, RunIndex, index_path
     from evalkit.kinds import kind_of
     from evalkit.prompts import load_prompts
-    from evalkit.rundir.files import check_database, check_writable
+    from evalkit.rundir.files import check_database
     from evalkit.rundir.protocol import FIELDS, differences
     from evalkit.scoring.registry import default_registry
 
     ids = [m.id for m in default_registry().create_all(config.metrics, source=config.source)]
     for rule in rules:
         if not any(matches(rule.metric, i) for i in ids):
-            raise EvalkitError(f"--fail-on: {rule.metric!r} matches no metric this sweep scores ({', '.join(ids)})")
+            raise EvalkitError(f"--fail-on: {shown(rule.metric)} matches no metric this sweep scores "
+                               f"({', '.join(ids)})")
     where, base = index_path(config.index, config.output_dir), None
     if baseline == "latest":
-        check_database(where, field="index")
+        check_database(where, field="index", tables=TABLES)
         if where.is_file():
             with RunIndex(where) as db:
                 latest = db.latest(config.name)
@@ -356,10 +381,7 @@ def _check_gate(config, baseline: str, rules, junit: Path | None) -> None:
             raise EvalkitError(f"--baseline: this sweep would not be comparable with {base.label}: "
                                f"{'; '.join(problems)}")
     if junit is not None:
-        junit = junit.expanduser()
-        if junit.is_dir():
-            raise EvalkitError(f"--junit: {junit} is a directory; give a file name")
-        check_writable(junit.parent, field="--junit")
+        _check_output(junit.expanduser(), "--junit", [base.path] if base is not None and base.path else [], where)
 
 
 def _gate_on_baseline(result, baseline: str, rules, junit) -> int:
@@ -403,18 +425,18 @@ def _guard(body, debug: bool):
     except EvalkitError as e:
         if debug:
             raise
-        for line in str(e).splitlines() or [""]:  # several problems of one config: one line each
-            err.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+        for line in getattr(e, "lines", None) or [str(e)]:  # several problems of one config: one line each
+            err.print(f"[bold red]error:[/] {escape(printable(line))}", highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
     except KeyboardInterrupt as e:
-        err.print(str(e) or "interrupted", highlight=False, soft_wrap=True)
+        err.print(printable(str(e)) or "interrupted", highlight=False, soft_wrap=True)
         raise typer.Exit(getattr(e, "exit_code", 130)) from None
     except (typer.Exit, typer.Abort, _CLICK_ERROR):
         raise
     except Exception as e:  # a bug: never exit 1, which means "regression" to a gate
         if debug:
             raise
-        message = str(e).splitlines()[0][:300] if str(e) else "no message"
+        message = printable(str(e).splitlines()[0])[:300] if str(e).strip() else "no message"
         err.print(f"[bold red]error:[/] unexpected {type(e).__name__}: {escape(message)} (a bug in evalkit; "
                   "--debug shows the traceback)", highlight=False, soft_wrap=True)
         raise typer.Exit(CRASHED) from None

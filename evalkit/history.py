@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from evalkit.compare import RunData, compare_runs, matches
-from evalkit.errors import EvalkitError
+from evalkit.errors import EvalkitError, shown
 from evalkit.index import RunIndex
 from evalkit.rundir.protocol import differences
 
@@ -45,13 +45,14 @@ def load_history(index: RunIndex, name: str, metrics: list[str] | None = None, *
                  seed: int = 0) -> History:
     runs = index.runs(name=name, status="complete").reset_index(drop=True)
     if runs.empty:
-        raise EvalkitError(f"--name: no complete run named {name!r} in the run index {index.path}")
+        raise EvalkitError(f"--name: no complete run named {shown(name)} in the run index {index.path}")
     aggregates = index.aggregates(list(runs["run_id"]))
     known = list(dict.fromkeys(aggregates["metric"]))
     if metrics:
         for pattern in metrics:
             if not any(matches(pattern, m) for m in known):
-                raise EvalkitError(f"--metric: {pattern!r} matches no metric of {name!r} ({', '.join(known)})")
+                raise EvalkitError(f"--metric: {shown(pattern)} matches no metric of {shown(name)} "
+                                   f"({', '.join(known)})")
         chosen = [m for m in known if any(matches(p, m) for p in metrics)]
     else:
         chosen = known

@@ -42,6 +42,9 @@ CREATE TABLE IF NOT EXISTS scores (
     run_id TEXT NOT NULL, setting_id TEXT NOT NULL, prompt_id TEXT NOT NULL, metric TEXT NOT NULL, value REAL,
     PRIMARY KEY (run_id, setting_id, prompt_id, metric));
 """
+TABLES = {"runs": ("run_id", "name", "path", "kind", "status", "protocol", "metric_info"),
+          "aggregates": ("run_id", "setting_id", "metric", "mean"),
+          "scores": ("run_id", "setting_id", "metric", "value")}  # what a database must have to be taken as an index
 RETRY_SECONDS = 120  # how long a writer waits for others before giving up
 RUN_COLUMNS = ["run_id", "name", "status", "started_at", "ended_at", "model_id", "model_hash", "git_commit",
                "git_dirty", "config_hash", "n_samples", "seed", "path"]
@@ -62,7 +65,7 @@ class RunIndex:
         if not create and not self.path.is_file():
             raise EvalkitError(f"--index: no run index at {self.path} (runs are recorded there when they end; "
                                f"set EVALKIT_INDEX or --index to use another)")
-        check_database(self.path, field="index")
+        check_database(self.path, field="index", tables=TABLES)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         try:

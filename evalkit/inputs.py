@@ -10,13 +10,23 @@ from pathlib import Path
 from evalkit.errors import ConfigError
 
 
+MAX_NAME, MAX_PATH = 255, 4096  # bytes in one name and in a whole path (Linux)
+
+
 def check_path_text(path: str | Path, field: str | None = None, source: str | None = None) -> None:
-    """Refuse a path whose name is not valid UTF-8 (bytes that a manifest, an index or a report cannot hold)."""
+    """Refuse a path whose name is not valid UTF-8 (bytes that a manifest, an index or a report cannot hold),
+    or too long for the file system, or a symbolic link that leads nowhere (dangling, or a loop)."""
+    text = os.fspath(path)
     try:
-        os.fspath(path).encode("utf-8")
+        encoded = text.encode("utf-8")
     except UnicodeEncodeError:
-        shown = os.fspath(path).encode("utf-8", "backslashreplace").decode("ascii", "replace")
-        raise ConfigError(f"the path {shown!r} is not valid UTF-8: rename it", source=source, path=field) from None
+        shown = text.encode("utf-8", "backslashreplace").decode("ascii", "replace")
+        raise ConfigError(f"the path {shown[:80]!r} is not valid UTF-8: rename it", source=source, path=field) from None
+    if len(encoded) > MAX_PATH or any(len(part.encode("utf-8")) > MAX_NAME for part in Path(text).parts):
+        raise ConfigError(f"the path {text[:60]!r}... is too long (at most {MAX_NAME} bytes a name, {MAX_PATH} in "
+                          "all)", source=source, path=field)
+    if os.path.islink(text) and not os.path.exists(text):
+        raise ConfigError(f"{text} is a symbolic link to nothing (dangling, or a loop)", source=source, path=field)
 
 
 def read_regular(path: Path, what: str, *, source: str | None = None, field: str | None = None) -> bytes:

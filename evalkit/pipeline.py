@@ -17,16 +17,18 @@ from pathlib import Path
 import pandas as pd
 
 from evalkit.config import SweepConfig
-from evalkit.errors import ConfigError, EvalkitError
+from evalkit.errors import ConfigError, EvalkitError, shown
 from evalkit.executors import executor_for
 from evalkit.generation import WorkUnit
 from evalkit.generation.base import Generator, PreparedPrompt
+from evalkit.index import TABLES as INDEX_TABLES
 from evalkit.index import index_path
 from evalkit.kinds import RunKind, kind_of
 from evalkit.prompts import load_prompts
 from evalkit.rundir import Manifest, Run, RunWriter, SettingRecord
 from evalkit.rundir.files import check_database, check_writable
 from evalkit.rundir.manifest import Reused, ci_info, git_info, utc_now
+from evalkit.rundir.sample_cache import TABLES as CACHE_TABLES
 from evalkit.rundir.sample_cache import SampleCache, cache_path, model_identity, unit_key
 from evalkit.scoring import score_samples
 from evalkit.scoring.registry import default_registry, prepare_all
@@ -48,9 +50,9 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
     kind.check_prompts(prompts, config.source)
     check_size(config, settings, prompts)
     check_writable(Path(config.output_dir) if resume_dir is None else resume_dir, config.source)
-    check_database(index_path(config.index, config.output_dir), config.source, "index")
+    check_database(index_path(config.index, config.output_dir), config.source, "index", INDEX_TABLES)
     if cache:
-        check_database(cache_path(), None, "sample cache")
+        check_database(cache_path(), None, "sample cache", CACHE_TABLES)
     executor = executor_for(config)
     checked = executor.check()
     writer = None
@@ -105,6 +107,11 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
     if config.report:
         try:
             write_report(run.path, ui)
+        except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM while the report is drawn: the run itself is complete
+            stopped = Interrupted(run.path, getattr(e, "exit_code", 130))
+            stopped.args = (f"{'terminated' if stopped.exit_code == 143 else 'interrupted'} while writing the report; "
+                            f"the run is complete ({run.path}); write its report with: evalkit report {run.path}",)
+            raise stopped from None
         except Exception as e:  # the run is complete whatever happens to its report
             run.report_error = (f"the run is complete ({run.path}), but its report failed ({type(e).__name__}: "
                                 f"{str(e).splitlines()[0] if str(e) else 'no message'}); retry with: evalkit report "
@@ -192,8 +199,14 @@ def generate(writer: RunWriter, kind: RunKind, config: SweepConfig, generator: G
     """Every unit's sample, in grid order: from the run's parts or kept outputs, the sample cache, or the generator."""
     columns = list(kind.columns)
     set_aside: list[str] = []
-    done = {(r.prompt_id, r.setting_id, int(r.sample_index))
-            for r in writer.read_parts(columns, set_aside).itertuples()}
+    made_before = writer.read_parts(columns, set_aside)
+    texts = {u.prompt.prompt.id: u.prompt.prompt.display for u in units}
+    other = made_before[made_before["prompt"] != made_before["prompt_id"].map(texts)]
+    if len(other):  # the prompts changed under a stopped run (its prompts.jsonl lost, its prompt file edited)
+        raise EvalkitError(f"--resume: the samples made before for prompt {shown(other['prompt_id'].iloc[0])} answer "
+                           "another prompt (or one the sweep no longer has): a resumed run must be the same sweep; "
+                           "start a new run")
+    done = {(r.prompt_id, r.setting_id, int(r.sample_index)) for r in made_before.itertuples()}
     for name in set_aside:
         ui.note(f"{writer.path / 'parts' / name} is damaged: set aside as {name}.damaged; its samples are made again")
     parts = writer.parts(columns)

@@ -100,18 +100,36 @@ def _image(config: SweepConfig, item: PromptItem, pid: str, base: Path, source: 
         raise ConfigError(f"prompt {pid!r} has an image, which only a vision-language sweep reads "
                           f"(model.backend: vlm), got backend {config.model.backend!r}", source=source, path=where)
     path = Path(item.image).expanduser()
-    path = (path if path.is_absolute() else base / path).resolve()
-    if not path.is_file():
+    try:
+        path = (path if path.is_absolute() else base / path).resolve()
+    except (RuntimeError, OSError):  # a loop of symbolic links
+        raise ConfigError(f"image of prompt {pid!r} is a loop of symbolic links: {path}", source=source,
+                          path=where) from None
+    if not path.exists():
         raise ConfigError(f"image of prompt {pid!r} not found: {path}", source=source, path=where)
+    if not path.is_file():
+        raise ConfigError(f"image of prompt {pid!r} is not a regular file: {path}", source=source, path=where)
+    why = unreadable_image(path)
+    if why:
+        raise ConfigError(f"image of prompt {pid!r} is not a readable image ({why}): {path}", source=source,
+                          path=where)
+    return path
+
+
+def unreadable_image(path: Path) -> str | None:
+    """Why PIL cannot read the image at ``path``, in words; None when it can."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
             im.verify()
-    except Exception as e:  # PIL raises several types for a file that is not an image
-        raise ConfigError(f"image of prompt {pid!r} is not a readable image ({type(e).__name__}): {path}",
-                          source=source, path=where) from None
-    return path
+    except Image.DecompressionBombError:
+        return "too many pixels: a decompression bomb?"
+    except Image.UnidentifiedImageError:
+        return "not an image format PIL reads"
+    except Exception as e:  # a truncated or damaged file: PIL raises several types
+        return f"damaged: {' '.join(str(e).split())[:80] or 'cannot be decoded'}"
+    return None
 
 
 def sha256_of(path: Path) -> str:

@@ -135,7 +135,7 @@ def test_outputs_go_where_they_are_asked_to(tiny_model, tmp_path, write_config, 
     (tmp_path / "taken").mkdir()
     result = runner.invoke(app, ["compare", str(run_dir), str(run_dir), "-o", str(tmp_path / "taken")])
     assert result.exit_code == 2, result.output
-    assert result.stderr.strip() == f"error: {tmp_path / 'taken'} is a directory; give a file name"
+    assert result.stderr.strip() == f"error: -o: {tmp_path / 'taken'} is a directory; give a file name"
     assert list((tmp_path / "taken").iterdir()) == [] and not list(tmp_path.glob(".*.tmp"))
 
 

@@ -153,3 +153,16 @@ def test_an_edited_prompt_file_is_refused_on_resume(tiny_model, tmp_path):
     prompts.write_text('{"id": "a", "prompt": "Write a song."}\n{"id": "b", "prompt": "Name a bird."}\n')
     with pytest.raises(evalkit.EvalkitError, match="the prompts differ from those in .*prompts.jsonl"):
         evalkit.run_sweep(None, resume=run_dir, progress=False, cache=False)
+
+
+def test_a_lost_prompts_file_does_not_let_prompts_change_on_resume(tiny_model, tmp_path):
+    """prompts.jsonl gone and the prompt file edited: the samples made before answer another prompt, so the
+    resumed run is refused rather than mixing two prompts under one id."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"id": "a", "prompt": "Write a poem."}\n{"id": "b", "prompt": "Name a bird."}\n')
+    run_dir = stopped_run(base_config(tiny_model, tmp_path / "runs", prompts={"file": str(prompts)}, batch_size=1),
+                          after=4)
+    (run_dir / "prompts.jsonl").unlink()
+    prompts.write_text('{"id": "a", "prompt": "Write a song."}\n{"id": "b", "prompt": "Name a bird."}\n')
+    with pytest.raises(evalkit.EvalkitError, match="the samples made before for prompt 'a' answer another prompt"):
+        evalkit.run_sweep(None, resume=run_dir, progress=False, cache=False)

@@ -85,7 +85,8 @@ def test_a_lone_surrogate_in_a_prompt(tiny_model, tmp_path):
     text = config_text(tiny_model, tmp_path).replace("Write a short story.", "Write \\ud800 a story.")
     text = text.replace("prompt: Write \\ud800 a story.", 'prompt: "Write \\ud800 a story."')
     line = run_config(tmp_path, text, "--plan")
-    assert line.endswith("prompt 'en' is not valid Unicode text: a lone surrogate (U+D800) at character 6")
+    assert line.endswith("prompts.items[0].prompt: not valid Unicode text (a lone surrogate, as from an escape such "
+                         "as \\ud800), got 'Write \\ud800 a story.'")
 
 
 def test_a_file_that_is_not_gguf(tiny_model, tmp_path):
@@ -224,3 +225,151 @@ def test_home_in_an_output_path(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["score", str(data), "-o", "~/scored"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "home" / "scored" / "manifest.json").is_file() and not (tmp_path / "~").exists()
+
+
+# ---------------------------------------------------------------------------- a second pass
+
+
+@pytest.fixture
+def scored_run(tmp_path):
+    data = write_jsonl(tmp_path / "g.jsonl", [{"prompt_id": p, "temperature": t, "text": f"{p} text {t} more words"}
+                                              for p in ("a", "b") for t in (0.5, 1.0)])
+    assert CliRunner().invoke(app, ["score", str(data), "-o", str(tmp_path / "scored")]).exit_code == 0
+    return tmp_path / "scored"
+
+
+def test_an_output_that_is_a_fifo_stays_one(scored_run, tmp_path):
+    fifo = tmp_path / "out.html"
+    os.mkfifo(fifo)
+    line = one_line(CliRunner().invoke(app, ["report", str(scored_run), "-o", str(fifo)]))
+    assert line == f"error: {fifo} is not a regular file (a device or a FIFO); give a file name"
+    assert fifo.is_fifo()
+
+
+@pytest.mark.parametrize("command", ["report", "compare-o", "compare-junit", "history"])
+def test_an_output_never_overwrites_an_input(command, scored_run, tmp_path):
+    samples = scored_run / "samples.parquet"
+    before = samples.read_bytes()
+    index = tmp_path / "index.sqlite"
+    args = {"report": ["report", str(scored_run), "-o", str(samples)],
+            "compare-o": ["compare", str(scored_run), str(scored_run), "-o", str(samples)],
+            "compare-junit": ["compare", str(scored_run), str(scored_run), "--junit", str(scored_run / "config.yaml")],
+            "history": ["history", "--name", "g", "--index", str(index), "-o", str(index)]}[command]
+    line = one_line(CliRunner().invoke(app, args))
+    assert ("inside the run directory" in line) or ("is the run index this command reads" in line), line
+    assert samples.read_bytes() == before
+
+
+def test_explicit_settings_count_toward_the_limit(tiny_model, tmp_path):
+    settings = [{"temperature": round(0.001 * i, 3)} for i in range(1, 100_002)]
+    line = run_config(tmp_path, config_text(tiny_model, tmp_path, grid={"settings": settings}), "--plan")
+    assert "grid.settings" in line and "100000" in line
+
+
+@pytest.mark.parametrize("field", ["output_dir", "index"])
+def test_a_dangling_link_is_refused_up_front(field, tiny_model, tmp_path):
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere" / "x")
+    target = str(tmp_path / "link") if field == "output_dir" else str(tmp_path / "link")
+    line = run_config(tmp_path, config_text(tiny_model, tmp_path, **{field: target}))
+    assert "is a symbolic link to nothing (dangling, or a loop)" in line
+
+
+def test_a_name_too_long_for_the_file_system(tiny_model, tmp_path):
+    line = run_config(tmp_path, config_text(tiny_model, tmp_path, output_dir=str(tmp_path / ("b" * 300))))
+    assert "is too long (at most 255 bytes a name, 4096 in all)" in line
+
+
+def test_a_gguf_file_without_tensors(tiny_model, tmp_path):
+    import struct
+
+    key, value = b"general.architecture", b"llama"
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "m.gguf").write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", len(key)) + key
+                                    + struct.pack("<I", 8) + struct.pack("<Q", len(value)) + value)
+    line = run_config(tmp_path, config_text(tiny_model, tmp_path, model={"id": str(folder), "gguf_file": "m.gguf"}))
+    assert line.endswith("is a GGUF file with no tensors: not a model")
+
+
+def test_a_lone_surrogate_in_the_system_prompt_and_stop(tiny_model, tmp_path):
+    text = config_text(tiny_model, tmp_path, stop=["END"]).replace("- END", '- "\\udc80"')
+    assert "stop: not valid Unicode text" in run_config(tmp_path, text, "--plan")
+
+
+def test_an_api_key_a_header_cannot_carry(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("EVALKIT_TEST_KEY", "sk-ÄSECRET\nmore")
+    line = run_config(tmp_path, config_text(tiny_model, tmp_path, model={
+        "backend": "openai", "base_url": "http://127.0.0.1:9/v1", "id": "m", "api_key_env": "EVALKIT_TEST_KEY"}))
+    assert "holds characters an HTTP header cannot carry" in line and "SECRET" not in line
+
+
+@pytest.mark.parametrize("choice", [
+    {"text": "hi", "finish_reason": {"weird": 1}},
+    {"text": "a \ud800", "finish_reason": "stop"},
+    {"text": "hi", "finish_reason": "stop", "logprobs": {"token_logprobs": [float("nan")]}},
+    {"text": "hi", "finish_reason": "stop", "logprobs": {"token_logprobs": [5.0]}},
+    {"text": "hi", "finish_reason": "stop", "logprobs": {"content": [{"token": "h", "logprob": float("-inf")}]}},
+])
+def test_a_garbled_reply_is_not_a_completion(choice):
+    from evalkit.generation.served_client import ServerError
+    from evalkit.generation.served_protocol import parse_choice
+
+    with pytest.raises(ServerError, match="is not a completion") as info:
+        parse_choice({"choices": [choice]}, "completions", "http://127.0.0.1:9/v1")
+    assert info.value.retryable
+
+
+def test_an_index_of_another_schema(tiny_model, tmp_path):
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "other.sqlite") as db:
+        db.execute("CREATE TABLE runs (x)")
+    line = run_config(tmp_path, config_text(tiny_model, tmp_path, index=str(tmp_path / "other.sqlite")))
+    assert "has a table 'runs' without the columns" in line
+
+
+def test_score_checks_its_index_before_writing(tmp_path, monkeypatch):
+    monkeypatch.setenv("EVALKIT_INDEX", str(tmp_path))
+    data = write_jsonl(tmp_path / "g.jsonl", [{"prompt_id": "a", "text": "one two"}])
+    line = one_line(CliRunner().invoke(app, ["score", str(data), "-o", str(tmp_path / "out")]))
+    assert "is a directory, not a database file" in line and not (tmp_path / "out").exists()
+
+
+def test_compare_of_runs_with_no_setting_in_common(tmp_path):
+    for name, t in (("one", 0.5), ("two", 1.0)):
+        data = write_jsonl(tmp_path / f"{name}.jsonl", [{"prompt_id": "a", "temperature": t, "text": "x y z"}])
+        assert CliRunner().invoke(app, ["score", str(data), "-o", str(tmp_path / name)]).exit_code == 0
+    result = CliRunner().invoke(app, ["compare", str(tmp_path / "one"), str(tmp_path / "two"), "--metric",
+                                      "distinct_1"])
+    assert result.exit_code == 0, result.output
+    gate = one_line(CliRunner().invoke(app, ["compare", str(tmp_path / "one"), str(tmp_path / "two"), "--fail-on",
+                                             "distinct_1:-0.1"]))
+    assert gate.startswith("error: --fail-on: nothing to gate: the runs share no setting")
+
+
+def test_control_characters_in_a_path_are_shown_escaped(tmp_path):
+    line = one_line(CliRunner().invoke(app, ["run", str(tmp_path / "missing\nfile\x1b[2J.yaml")]))
+    assert "\x1b" not in line and "missing\\nfile\\x1b[2J.yaml: config file not found" in line
+
+
+def test_a_long_value_is_cut_in_every_option():
+    for args in (["compare", "a", "b", "--fail-on", "x" * 50_000], ["run", "--preset", "y" * 50_000]):
+        assert len(one_line(CliRunner().invoke(app, args))) < 300
+
+
+def test_a_signal_while_the_report_is_written_says_the_run_is_complete(tiny_model, tmp_path, monkeypatch):
+    import evalkit
+    from evalkit import pipeline
+    from evalkit.config import config_from_dict
+
+    def stopped(run_dir, ui):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "write_report", stopped)
+    config = config_from_dict(base_config(tiny_model, tmp_path / "runs", report=True, samples_per_prompt=1))
+    with pytest.raises(KeyboardInterrupt) as info:
+        evalkit.run_sweep(config, progress=False)
+    (run_dir,) = (tmp_path / "runs").glob("2*")
+    assert str(info.value) == (f"interrupted while writing the report; the run is complete ({run_dir}); write its "
+                               f"report with: evalkit report {run_dir}")
+    assert evalkit.load_run(run_dir).manifest.status == "complete"

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from evalkit.errors import EvalkitError
+from evalkit.errors import EvalkitError, shown
+from evalkit.inputs import check_path_text
 from evalkit.rundir.protocol import differences, protocol
 from evalkit.scoring import bootstrap_ci
 from evalkit.seeds import derive_seed
@@ -59,6 +60,7 @@ class RunData:
 
 def load_side(ref: str | Path, index_file: Path | None = None, *, what: str = "run") -> RunData:
     """A run directory, or a run id looked up in the run index."""
+    check_path_text(ref, what)
     path = Path(ref)
     if (path / "manifest.json").is_file():
         run = load_run(path)
@@ -150,12 +152,13 @@ def compare_runs(base: RunData, new: RunData, *, metrics: list[str] | None = Non
     not_compared = _unshared(base, new)
     keys = ["setting_id", "prompt_id", "metric"]
     both = base.scores[keys + ["value"]].merge(new.scores[keys + ["value"]], on=keys, suffixes=("_base", "_new"))
-    if metrics:
+    if metrics:  # patterns are checked against the metrics both runs have, not against the settings they share
+        shared = [m for m in dict.fromkeys(new.scores["metric"]) if m in set(base.scores["metric"])]
         for pattern in metrics:
-            if not any(matches(pattern, m) for m in both["metric"].unique()):
-                known = ", ".join(dict.fromkeys(both["metric"]))
-                raise EvalkitError(f"{metrics_from}: {pattern!r} matches no metric both runs have ({known})")
-        both = both[both["metric"].map(lambda m: any(matches(p, m) for p in metrics))]
+            if not any(matches(pattern, m) for m in shared):
+                known = ", ".join(shared) or "none"
+                raise EvalkitError(f"{metrics_from}: {shown(pattern)} matches no metric both runs have ({known})")
+        both = both[both["metric"].map(lambda m: any(matches(p, m) for p in metrics)).astype(bool)]
     both = both[np.isfinite(both["value_base"]) & np.isfinite(both["value_new"])]
     rows, diffs = [], []
     for (sid, metric), df in both.groupby(["setting_id", "metric"], sort=False):
@@ -203,11 +206,11 @@ class Rule:
     def parse(cls, text: str) -> Rule:
         m = RULE.match(text.strip())
         if not m:
-            raise EvalkitError(f"--fail-on: {text!r} is not METRIC:+TOLERANCE or METRIC:-TOLERANCE "
+            raise EvalkitError(f"--fail-on: {shown(text)} is not METRIC:+TOLERANCE or METRIC:-TOLERANCE "
                                f"(for example 'self_bleu[n=4]:+0.02')")
         tolerance = float(m["tol"])
         if not np.isfinite(tolerance):
-            raise EvalkitError(f"--fail-on: the tolerance of {text.strip()[:80]!r} is not a finite number")
+            raise EvalkitError(f"--fail-on: the tolerance of {shown(text.strip()[:80])} is not a finite number")
         return cls(m["metric"], tolerance, m["tol"].startswith("+"))
 
     def __str__(self) -> str:
@@ -221,11 +224,14 @@ class Rule:
 def gate(comparison: Comparison, rules: list[Rule]) -> list[tuple[Rule, object]]:
     """(rule, row) for each significant change beyond its tolerance in the bad direction."""
     metrics = list(dict.fromkeys(comparison.table["metric"]))
+    if rules and not metrics:
+        raise EvalkitError("--fail-on: nothing to gate: the runs share no setting and prompt with a defined value ("
+                           f"{'; '.join(comparison.not_compared)[:200] or 'no values in common'})")
     out = []
     for rule in rules:
         hit = [m for m in metrics if matches(rule.metric, m)]
         if not hit:
-            raise EvalkitError(f"--fail-on: {rule.metric!r} matches no metric compared ({', '.join(metrics)})")
+            raise EvalkitError(f"--fail-on: {shown(rule.metric)} matches no metric compared ({', '.join(metrics)})")
         rows = comparison.table[comparison.table["metric"].isin(hit)]
         out.extend((rule, r) for r in rows.itertuples() if rule.violated_by(r))
     return out

@@ -31,6 +31,7 @@ def config_error(error: ValidationError, source: str, overridden: list[str] = ()
         return errors[0]
     combined = ConfigError(errors[0].detail, source=source, path=errors[0].path)
     combined.args = ("\n".join(str(e) for e in errors),)
+    combined.lines = [str(e) for e in errors]
     return combined
 
 

@@ -26,7 +26,7 @@ def preset_names() -> list[str]:
 
 def preset_path(name: str) -> Path:
     if name not in preset_names():
-        raise EvalkitError(f"--preset: unknown preset {name!r} (presets: {', '.join(preset_names())})")
+        raise EvalkitError(f"--preset: unknown preset {shown(name)} (presets: {', '.join(preset_names())})")
     return Path(str(resources.files("evalkit_presets") / f"{name}.yaml"))
 
 
@@ -173,13 +173,14 @@ def metric_spec(text: str) -> MetricSpec:
     params: dict[str, object] = {}
     if bracket:
         if not rest.endswith("]"):
-            raise ConfigError(f"expected NAME[KEY=VALUE,...], got {text!r}", path="--metrics")
+            raise ConfigError(f"expected NAME[KEY=VALUE,...], got {shown(text)}", path="--metrics")
         for part in filter(None, rest[:-1].split(",")):
             key, eq, value = (x.strip() for x in part.partition("="))
             if not eq or not key:
-                raise ConfigError(f"expected KEY=VALUE inside the brackets of {text!r}, got {part!r}", path="--metrics")
+                raise ConfigError(f"expected KEY=VALUE inside the brackets of {shown(text)}, got {shown(part)}",
+                                  path="--metrics")
             if key in params:
-                raise ConfigError(f"parameter {key!r} appears twice in {text!r}", path="--metrics")
+                raise ConfigError(f"parameter {shown(key)} appears twice in {shown(text)}", path="--metrics")
             params[key] = _number(value)
     return MetricSpec(name=name.strip(), params=params)
 

@@ -58,6 +58,14 @@ def bools_as_numbers(model: type[BaseModel], data: Any) -> str | None:
     return None
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # every number finite
 
@@ -67,6 +75,11 @@ class _Strict(BaseModel):
         name = bools_as_numbers(cls, data)
         if name is not None:
             raise ValueError(f"{name}: a number is needed, not true/false, got {shown(data[name])}")
+        for name, value in data.items() if isinstance(data, dict) else ():
+            for text in (value if isinstance(value, list) else [value])[:10_000]:
+                if isinstance(text, str) and not _encodable(text):
+                    raise ValueError(f"{name}: not valid Unicode text (a lone surrogate, as from an escape such as "
+                                     f"\\ud800), got {shown(text)}")
         return data
 
 
@@ -244,7 +257,7 @@ class GridConfig(_Strict):
     top_p: list[TopP] | None = None  # default [1.0]
     top_k: list[TopK] | None = None  # default [0]
     min_p: list[MinP] | None = None  # default [0.0]
-    settings: list[Setting] | None = None  # explicit points, added after the product
+    settings: list[Setting] | None = Field(None, max_length=SETTINGS_MAX)  # explicit points, after the product
     # text-to-image axes (backend diffusers); eta applies to ddim only and is 0 for other schedulers
     guidance_scale: list[Annotated[float, Field(ge=0, le=100)]] | None = None  # default [7.5]
     num_inference_steps: list[Annotated[int, Field(ge=1, le=1000)]] | None = None  # default [30]
@@ -267,7 +280,8 @@ class GridConfig(_Strict):
         """Refused before the lists are multiplied out, not by running out of memory."""
         for axes in ((self.temperature, self.top_p, self.top_k, self.min_p),
                      (self.guidance_scale, self.num_inference_steps, self.scheduler, self.eta)):
-            size = math.prod(len(a) for a in axes if a)
+            size = math.prod(len(a) for a in axes if a) + (len(self.settings or []) if axes[0] is self.temperature
+                                                            else 0)
             if size > SETTINGS_MAX:
                 raise ValueError(f"the lists make {size} settings, more than {SETTINGS_MAX}: sweep fewer values")
         return self

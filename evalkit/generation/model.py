@@ -109,12 +109,22 @@ def _locate(config: SweepConfig) -> ModelSource:
 
 
 def _gguf_magic(file: Path, source: str, field: str) -> None:
-    """A GGUF file starts with the bytes ``GGUF``: anything else is refused before it is hashed or parsed."""
+    """A GGUF file starts with the bytes ``GGUF`` and has a readable header and some tensors: anything else is
+    refused before a loader parses it."""
     with open(file, "rb") as f:
         head = f.read(4)
     if head != b"GGUF":
         raise ConfigError(f"{file} is not a GGUF file (it does not start with the bytes 'GGUF')", source=source,
                           path=field)
+    from gguf import GGUFReader
+
+    try:  # the header and tensor table, read before a loader trusts them (a bogus count allocates without end)
+        tensors = len(GGUFReader(file).tensors)
+    except Exception as e:  # the gguf package raises several types for a damaged file
+        raise ConfigError(f"{file} is a damaged GGUF file ({' '.join(str(e).split())[:100] or type(e).__name__})",
+                          source=source, path=field) from None
+    if tensors == 0:
+        raise ConfigError(f"{file} is a GGUF file with no tensors: not a model", source=source, path=field)
 
 
 def _weights_hash(directory: Path, recursive: bool = False) -> str | None:

@@ -277,8 +277,8 @@ class ServedBackend:
                 stats["entropy_model_top"] = [truncated_entropy(t, self.logprobs) for t in tops]
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
         n_tokens = usage.get("completion_tokens")
-        if not isinstance(n_tokens, int):
-            n_tokens = len(choice.logprobs[0]) if choice.logprobs is not None else 0
+        if not isinstance(n_tokens, int) or isinstance(n_tokens, bool) or not 0 <= n_tokens < 2**31:
+            n_tokens = len(choice.logprobs[0]) if choice.logprobs is not None else 0  # absent or garbled
         return SampleRecord(unit=unit, text=text, finish_reason=finish, stats=stats, num_tokens=n_tokens)
 
 
@@ -340,6 +340,9 @@ def api_key(config: SweepConfig) -> str | None:
     if not key:
         raise ConfigError(f"the environment variable {name} is not set (it should hold the API key)",
                           source=config.source, path="model.api_key_env")
+    if not all(0x21 <= ord(c) <= 0x7E for c in key):  # an HTTP header carries visible ASCII only
+        raise ConfigError(f"the API key in {name} holds characters an HTTP header cannot carry (non-ASCII, spaces "
+                          "or line breaks): check the variable", source=config.source, path="model.api_key_env")
     return key
 
 

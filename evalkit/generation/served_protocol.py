@@ -35,13 +35,25 @@ def parse_choice(data: dict, api: str, url: str) -> Choice:
     try:
         choice = data["choices"][0]
         text = (choice["message"].get("content") or "") if api == "chat" else choice["text"]
-        if not isinstance(text, str):
+        if not isinstance(text, str) or not isinstance(choice.get("finish_reason"), str | None):
+            raise TypeError
+        text.encode("utf-8")  # a lone surrogate (a JSON escape such as \ud800) is no text
+        if not isinstance(choice.get("stop_reason"), str | int | None) or isinstance(choice.get("stop_reason"), bool):
             raise TypeError
         logprobs = _logprobs(choice.get("logprobs") or None)
-    except (KeyError, IndexError, TypeError, AttributeError, ValueError):
-        raise ServerError(f"the reply from {url} is not a completion (no choices[0] with text and well-formed "
-                          "logprobs)", retryable=True) from None
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError, OverflowError):
+        raise ServerError(f"the reply from {url} is not a completion (no choices[0] with text, a finish reason and "
+                          "well-formed logprobs)", retryable=True) from None
     return Choice(text, choice.get("finish_reason"), choice.get("stop_reason"), logprobs)
+
+
+def _logprob(value, chosen: bool) -> float:
+    """A log-probability as the server gave it: at most 0 (up to rounding), finite for a chosen token, -inf
+    allowed in a top list (a token the server rules out)."""
+    v = float(value)
+    if math.isnan(v) or v > 1e-3 or (chosen and math.isinf(v)) or v == math.inf:
+        raise ValueError(f"not a log-probability: {v}")
+    return v
 
 
 def _logprobs(lp) -> tuple[list[float], list[list[float]]] | None:
@@ -49,12 +61,12 @@ def _logprobs(lp) -> tuple[list[float], list[list[float]]] | None:
         return None
     if lp.get("content") is not None:  # a list of {token, logprob, top_logprobs: [{token, logprob}]}
         content = lp["content"]
-        return ([float(t["logprob"]) for t in content],
-                [[float(x["logprob"]) for x in (t.get("top_logprobs") or [])] for t in content])
+        return ([_logprob(t["logprob"], True) for t in content],
+                [[_logprob(x["logprob"], False) for x in (t.get("top_logprobs") or [])] for t in content])
     if lp.get("token_logprobs") is None:
         return None
-    chosen = [float(v) for v in lp["token_logprobs"]]
-    tops = [[float(v) for v in (t or {}).values()] for t in (lp.get("top_logprobs") or [])]
+    chosen = [_logprob(v, True) for v in lp["token_logprobs"]]
+    tops = [[_logprob(v, False) for v in (t or {}).values()] for t in (lp.get("top_logprobs") or [])]
     return chosen, (tops + [[] for _ in range(len(chosen) - len(tops))])[: len(chosen)]
 
 

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from evalkit.config.schema import bools_as_numbers
 from evalkit.errors import ConfigError, first_error
 from evalkit.kinds.base import RunKind
-from evalkit.prompts import read_jsonl_lines
+from evalkit.prompts import read_jsonl_lines, unreadable_image
 from evalkit.rundir.columns import BASE_SAMPLE_COLUMNS, VLM_COLUMNS
 from evalkit.scoring.metric import VLM_NEEDS
 from evalkit.settings import MinP, Setting, Temperature, TopK, TopP
@@ -115,14 +115,15 @@ def read_generations(path: Path) -> pd.DataFrame:
 
 
 def _image(path: Path, name: str, where: str) -> str:
-    image = (path.parent / Path(name).expanduser()).resolve()
-    if not image.is_file():
-        raise ConfigError(f"image not found: {image}", source=str(path), path=where)
-    from PIL import Image
-
     try:
-        with Image.open(image) as im:
-            im.verify()
-    except Exception as e:  # PIL raises several types for a file that is not an image
-        raise ConfigError(f"not a readable image ({type(e).__name__}): {image}", source=str(path), path=where) from None
+        image = (path.parent / Path(name).expanduser()).resolve()
+    except (RuntimeError, OSError):  # a loop of symbolic links
+        raise ConfigError(f"image is a loop of symbolic links: {name}", source=str(path), path=where) from None
+    if not image.exists():
+        raise ConfigError(f"image not found: {image}", source=str(path), path=where)
+    if not image.is_file():
+        raise ConfigError(f"image is not a regular file: {image}", source=str(path), path=where)
+    why = unreadable_image(image)
+    if why:
+        raise ConfigError(f"not a readable image ({why}): {image}", source=str(path), path=where)
     return str(image)

@@ -26,6 +26,9 @@ def check_writable(output_dir: Path, source: str | None = None, field: str = "ou
     check_path_text(output_dir, field, source)
     probe = output_dir
     while not probe.exists():
+        if probe.is_symlink():  # a link to nothing further up: mkdir would fail there
+            raise ConfigError(f"{probe} is a symbolic link to nothing (dangling, or a loop)", source=source,
+                              path=field)
         if probe.parent == probe:
             break
         probe = probe.parent
@@ -39,7 +42,21 @@ def check_writable(output_dir: Path, source: str | None = None, field: str = "ou
                           path=field) from None
 
 
-def check_database(path: Path, source: str | None = None, field: str = "index") -> None:
+def check_not_an_input(target: Path, field: str, runs: list = (), index: Path | None = None) -> None:
+    """Refuse an output that would overwrite what the command reads: a file of a run it reads (its
+    report.html excepted) or the run index."""
+    resolved = Path(target).expanduser().resolve()
+    if index is not None and resolved == Path(index).expanduser().resolve():
+        raise EvalkitError(f"{field}: {target} is the run index this command reads; give another file")
+    for run in runs:
+        run = Path(run).resolve()
+        if resolved.is_relative_to(run) and resolved != run / "report.html":
+            raise EvalkitError(f"{field}: {target} is inside the run directory {run}, which this command reads; "
+                               "give a file elsewhere")
+
+
+def check_database(path: Path, source: str | None = None, field: str = "index",
+                   tables: dict[str, tuple[str, ...]] | None = None) -> None:
     """Refuse, up front, an SQLite file (run index, sample cache) that a run could not open or create at its end:
     a folder in its place, a file that is not a database, or nowhere writable to make it."""
     from evalkit.errors import ConfigError
@@ -58,6 +75,11 @@ def check_database(path: Path, source: str | None = None, field: str = "index") 
         uri = path.resolve().as_uri() + "?mode=ro&immutable=1"  # immutable: leaves no -wal or -shm file behind
         with closing(sqlite3.connect(uri, uri=True)) as db:
             db.execute("PRAGMA schema_version")
+            for table, needed in (tables or {}).items():  # a table of that name made by something else
+                have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                if have and set(needed) - have:
+                    raise ConfigError(f"{path} has a table '{table}' without the columns {', '.join(needed)}: it is "
+                                      f"some other database", source=source, path=field)
     except sqlite3.DatabaseError as e:
         raise ConfigError(f"{path} is not an SQLite database ({e})", source=source, path=field) from None
     if not os.access(path, os.W_OK):
@@ -84,6 +106,8 @@ def write_atomic(path: Path, data: bytes) -> None:
     check_path_text(path)
     if path.is_dir():
         raise EvalkitError(f"{path} is a directory; give a file name")
+    if path.exists() and not path.is_file():  # a device or a FIFO: renaming over it would replace it
+        raise EvalkitError(f"{path} is not a regular file (a device or a FIFO); give a file name")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):

@@ -24,6 +24,9 @@ class RunLock:
         self.fd: int | None = None
 
     def acquire(self) -> RunLock:
+        if self.path.is_symlink() or (self.path.exists() and not self.path.is_file()):
+            raise EvalkitError(f"{self.what}: {self.path} is not a regular file (the run directory is damaged): "
+                               "remove it if no evalkit process writes this run")
         for _ in range(100):
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)

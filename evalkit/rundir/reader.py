@@ -26,6 +26,7 @@ import pandas as pd
 import yaml
 
 from evalkit.errors import EvalkitError
+from evalkit.inputs import check_path_text
 from evalkit.rundir.manifest import Manifest
 
 
@@ -127,6 +128,7 @@ def _config(path: Path) -> dict[str, Any]:
 
 
 def load_run(path: str | Path) -> Run:
+    check_path_text(path)
     path = Path(path)
     if not (path / "manifest.json").is_file():
         raise EvalkitError(f"{path}: not a run directory (no manifest.json)")

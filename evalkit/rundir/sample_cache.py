@@ -49,10 +49,13 @@ def unit_key(model_id: str, unit: WorkUnit, decides: list) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+TABLES = {"samples": ("key", "value")}
+
+
 class SampleCache:
     def __init__(self, path: Path | None = None):
         self.path = path or cache_path()
-        check_database(self.path, field="sample cache")
+        check_database(self.path, field="sample cache", tables=TABLES)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=30)
         try:
