@@ -33,6 +33,10 @@ def _render(value, budget: list[int]) -> str:
         text = value.isoformat()
     elif isinstance(value, int) and abs(value) > 10**60:  # repr would need its thousands of digits
         text = f"a number of {len(str(abs(value))) if abs(value) < 10**4000 else 'over 4000'} digits"
+    elif isinstance(value, (bytes, bytearray)):
+        text = f"binary data ({len(value)} bytes)"
+    elif isinstance(value, (set, frozenset)):
+        text = f"a set of {len(value)}"
     elif isinstance(value, (list, tuple, dict)):
         items = value.items() if isinstance(value, dict) else value
         opening, closing = ("{", "}") if isinstance(value, dict) else ("[", "]")
