@@ -132,8 +132,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> 
         node = data
         parts = key.split(".")
         if any(part.isdigit() for part in parts):
-            raise ConfigError("a list is set whole, not by index: give the whole list, as in grid.temperature=[0.5,1.0]",
-                              source="--set", path=key[:80])
+            raise ConfigError("a list is set whole, not by index: give the whole list, as in "
+                              "grid.temperature=[0.5,1.0]", source="--set", path=key[:80])
         for part in parts[:-1]:
             child = node.get(part)
             if child is None:
