@@ -33,7 +33,7 @@ def _fmt(x: float) -> str:
 def _check_temperature(v: float) -> float:
     if not math.isfinite(v) or v < 0:
         raise ValueError(f"temperature must be >= 0 (0 means greedy), got {shown(v)}")
-    return v
+    return v + 0.0  # -0.0 is 0.0 (and its setting id t0, not t-0)
 
 
 def _check_top_p(v: float) -> float:

@@ -83,8 +83,11 @@ def _locate(config: SweepConfig) -> ModelSource:
             return ModelSource("gguf", path, None, gguf.verify(path, mc.sha256))
         if mc.gguf_file:
             file = path / mc.gguf_file
-            if not file.is_file():
+            if not file.exists():
                 raise ConfigError(f"GGUF file does not exist: {file}", source=config.source, path="model.gguf_file")
+            if not file.is_file():
+                raise ConfigError(f"GGUF file is not a regular file: {file}", source=config.source,
+                                  path="model.gguf_file")
             _gguf_magic(file, config.source, "model.gguf_file")
             return ModelSource("gguf", file, None, gguf.verify(file, mc.sha256))
         pipeline = mc.backend == "diffusers"  # a diffusers pipeline: model_index.json and one folder per part
