@@ -1,6 +1,6 @@
 """Reading what a user points evalkit at (configs, prompt files, files of generations, corpora): a regular
-file or one clear line. A FIFO or a device (``/dev/zero``) would block or never end; a path that is not
-valid UTF-8 cannot be recorded in a run's manifest."""
+file, or a pipe (``evalkit run <(make-config)``), or one clear line. A device (``/dev/zero``) would never
+end; a path that is not valid UTF-8 cannot be recorded in a run's manifest."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def check_path_text(path: str | Path, field: str | None = None, source: str | No
 
 
 def read_regular(path: Path, what: str, *, source: str | None = None, field: str | None = None) -> bytes:
-    """The bytes of a regular file; a missing file, a folder, a FIFO or a device is refused in one line."""
+    """The bytes of a regular file or a pipe; a missing file, a folder or a device is refused in one line."""
     where = dict(source=source or str(path), path=field)
     check_path_text(path, field, source or str(path))
     if not os.fspath(path):
@@ -43,9 +43,8 @@ def read_regular(path: Path, what: str, *, source: str | None = None, field: str
         raise ConfigError(f"cannot read {what}: {e.strerror}", **where) from None
     if path.is_dir():
         raise ConfigError(f"{what} is a directory", **where)
-    if not path.is_file():
-        kind = "a FIFO" if os.path.exists(path) and _is_fifo(mode) else "a device or other special file"
-        raise ConfigError(f"{what} is {kind}, not a regular file", **where)
+    if not path.is_file() and not _is_fifo(mode):
+        raise ConfigError(f"{what} is a device or other special file, not a regular file", **where)
     try:
         return path.read_bytes()
     except OSError as e:

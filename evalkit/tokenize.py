@@ -91,6 +91,11 @@ def sample_tokens(group, tok: str) -> list[list]:
     return [list(_split(tok, text)) for text in group.texts]
 
 
-@functools.lru_cache(maxsize=4096)  # groups are scored one at a time, by every metric in turn
+def forget() -> None:
+    """Drop the memoized splits: called after each group is scored, so only one group's texts are held."""
+    _split.cache_clear()
+
+
+@functools.lru_cache(maxsize=None)  # emptied after each group (forget), so it holds one group's texts
 def _split(tok: str, text: str) -> tuple[str, ...]:
     return tuple(get(tok)(text))

@@ -61,15 +61,29 @@ def test_an_alias_bomb_under_batch_size_is_cut_short(tiny_model, tmp_path):
     assert "batch_size" in line and "..." in line
 
 
-@pytest.mark.parametrize("where", ["config", "prompt file", "index", "sample cache"])
-def test_a_fifo_is_refused_not_waited_on(where, tiny_model, tmp_path, monkeypatch):
+def test_a_config_from_a_pipe_is_read(tiny_model, tmp_path):
+    """`evalkit run <(make-config)`: a pipe is read like a file."""
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    if where == "config":
-        line = one_line(CliRunner().invoke(app, ["run", str(fifo)]))
-        assert line == f"error: {fifo}: config file is a FIFO, not a regular file"
-        return
-    changes = {"prompt file": {"prompts": {"file": str(fifo)}}, "index": {"index": str(fifo)}}.get(where, {})
+    text = config_text(tiny_model, tmp_path)
+
+    def write():
+        with open(fifo, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    result = CliRunner().invoke(app, ["run", "--plan", str(fifo)])
+    writer.join(timeout=30)
+    assert result.exit_code == 0 and "samples" in result.stdout, result.output
+
+
+@pytest.mark.parametrize("where", ["index", "sample cache"])
+def test_a_fifo_is_refused_not_waited_on(where, tiny_model, tmp_path, monkeypatch):
+    """SQLite would wait on a FIFO beyond Ctrl-C's reach."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    changes = {"index": {"index": str(fifo)}}.get(where, {})
     if where == "sample cache":
         monkeypatch.setenv("EVALKIT_SAMPLE_CACHE", str(fifo))
     line = run_config(tmp_path, config_text(tiny_model, tmp_path, **changes))
@@ -373,3 +387,35 @@ def test_a_signal_while_the_report_is_written_says_the_run_is_complete(tiny_mode
     assert str(info.value) == (f"interrupted while writing the report; the run is complete ({run_dir}); write its "
                                f"report with: evalkit report {run_dir}")
     assert evalkit.load_run(run_dir).manifest.status == "complete"
+
+
+def test_a_file_system_without_flock_runs_unlocked(tmp_path, monkeypatch):
+    """NFS mounted nolock, Lustre, some FUSE: flock fails with ENOSYS; the run goes on as before locks existed."""
+    import errno
+    import fcntl
+
+    from evalkit.rundir.lock import RunLock
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    lock = RunLock(tmp_path).acquire()
+    assert lock.unsupported and lock.fd is None
+    lock.release()
+
+
+def test_a_prompt_text_given_on_its_first_line_only(tmp_path):
+    data = write_jsonl(tmp_path / "g.jsonl", [{"prompt_id": "a", "prompt": "Write a poem.", "text": "one two"},
+                                              {"prompt_id": "a", "text": "three four"},
+                                              {"prompt_id": "b", "text": "five six"}])
+    result = CliRunner().invoke(app, ["score", str(data), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    import evalkit
+
+    samples = evalkit.load_run(tmp_path / "out").samples
+    assert list(samples["prompt"]) == ["Write a poem.", "Write a poem.", "b"]
+    (tmp_path / "g2.jsonl").write_text('{"prompt_id": "a", "prompt": "x", "text": "t"}\n'
+                                       '{"prompt_id": "a", "prompt": "y", "text": "u"}\n')
+    line = one_line(CliRunner().invoke(app, ["score", str(tmp_path / "g2.jsonl"), "-o", str(tmp_path / "o2")]))
+    assert line.endswith("line 2: prompt 'a' has another prompt text than on the first line that gives one")

@@ -8,6 +8,7 @@ working directory. Every error names the file, the field path and the bad value.
 from __future__ import annotations
 
 import difflib
+import functools
 import itertools
 import math
 import os
@@ -50,12 +51,17 @@ def bools_as_numbers(model: type[BaseModel], data: Any) -> str | None:
     """The first field of ``data`` where true/false stands for a number (pydantic would read it as 1/0)."""
     if not isinstance(data, dict):
         return None
+    numeric = _numeric_fields(model)
     for name, value in data.items():
-        field = model.model_fields.get(name) if isinstance(name, str) else None
         values = value if isinstance(value, list) else [value]
-        if field is not None and wants_number(field.annotation) and any(isinstance(v, bool) for v in values):
+        if name in numeric and any(isinstance(v, bool) for v in values):
             return name
     return None
+
+
+@functools.cache
+def _numeric_fields(model: type[BaseModel]) -> frozenset[str]:
+    return frozenset(name for name, f in model.model_fields.items() if wants_number(f.annotation))
 
 
 def _encodable(text: str) -> bool:

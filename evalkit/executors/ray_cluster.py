@@ -241,9 +241,16 @@ class RayExecutor:
         if ex.address and ex.address != "auto":
             _reachable(ex.address, self.config.source)
         self.started_ray = True  # shut down on the way out, however far init gets
+        import signal
+        import threading
+
+        main = threading.current_thread() is threading.main_thread()
+        on_term = signal.getsignal(signal.SIGTERM) if main else None
         try:
             ray.init(address=ex.address or "local", include_dashboard=False, log_to_driver=False,
                      logging_level=logging.ERROR, namespace=NAMESPACE)
+            if main and on_term is not None:  # Ray installs its own (sys.exit): SIGTERM stays a clean stop
+                signal.signal(signal.SIGTERM, on_term)
         except (ConnectionError, RuntimeError, ValueError) as e:
             where = ex.address or "a local instance"
             raise ConfigError(f"cannot reach Ray at {where}: {str(e).splitlines()[0] if str(e) else type(e).__name__}",

@@ -79,8 +79,7 @@ def _locate(config: SweepConfig) -> ModelSource:
         if path.is_file():
             if path.suffix != ".gguf":
                 raise ConfigError(f"model file must be a .gguf file or a directory, got {path}", **where)
-            _gguf_magic(path, config.source, "model.id")
-            return ModelSource("gguf", path, None, gguf.verify(path, mc.sha256))
+            return ModelSource("gguf", path, None, _checked_gguf(path, mc.sha256, config.source, "model.id"))
         if mc.gguf_file:
             file = path / mc.gguf_file
             if not file.exists():
@@ -88,8 +87,7 @@ def _locate(config: SweepConfig) -> ModelSource:
             if not file.is_file():
                 raise ConfigError(f"GGUF file is not a regular file: {file}", source=config.source,
                                   path="model.gguf_file")
-            _gguf_magic(file, config.source, "model.gguf_file")
-            return ModelSource("gguf", file, None, gguf.verify(file, mc.sha256))
+            return ModelSource("gguf", file, None, _checked_gguf(file, mc.sha256, config.source, "model.gguf_file"))
         pipeline = mc.backend == "diffusers"  # a diffusers pipeline: model_index.json and one folder per part
         marker = "model_index.json" if pipeline else "config.json"
         if not (path / marker).is_file():
@@ -111,14 +109,21 @@ def _locate(config: SweepConfig) -> ModelSource:
     return ModelSource("hub", None, mc.id, None)
 
 
-def _gguf_magic(file: Path, source: str, field: str) -> None:
-    """A GGUF file starts with the bytes ``GGUF`` and has a readable header and some tensors: anything else is
-    refused before a loader parses it."""
+def _checked_gguf(file: Path, sha256: str | None, source: str, field: str):
+    """The GGUF file, verified: it starts with the bytes ``GGUF``; before its first conversion (the only time a
+    loader parses it) its header and tensor table are read, so a damaged file is refused in one line."""
     with open(file, "rb") as f:
         head = f.read(4)
     if head != b"GGUF":
         raise ConfigError(f"{file} is not a GGUF file (it does not start with the bytes 'GGUF')", source=source,
                           path=field)
+    verified = gguf.verify(file, sha256)
+    if not gguf.converted_dir(verified).is_dir():
+        _gguf_tensors(file, source, field)
+    return verified
+
+
+def _gguf_tensors(file: Path, source: str, field: str) -> None:
     from gguf import GGUFReader
 
     try:  # the header and tensor table, read before a loader trusts them (a bogus count allocates without end)

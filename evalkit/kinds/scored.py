@@ -17,7 +17,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from evalkit.config.schema import bools_as_numbers
-from evalkit.errors import ConfigError, first_error
+from evalkit.errors import ConfigError, first_error, shown
 from evalkit.kinds.base import RunKind
 from evalkit.prompts import read_jsonl_lines, unreadable_image
 from evalkit.rundir.columns import BASE_SAMPLE_COLUMNS, VLM_COLUMNS
@@ -79,7 +79,8 @@ def read_generations(path: Path) -> pd.DataFrame:
         rows.append({"prompt_id": pid, "prompt": row.prompt if row.prompt is not None else pid,
                      "setting_id": setting.id, **setting.params(), "sample_index": row.sample_index, "seed": None,
                      "text": row.text, "num_new_tokens": None, "finish_reason": None, "token_ids": [],
-                     "prompt_image": image, "references": tuple(row.references or ()), "_line": number})
+                     "prompt_image": image, "references": tuple(row.references or ()), "_line": number,
+                     "_prompt_given": row.prompt is not None})
     if not rows:
         raise ConfigError("the file has no generations", source=source)
     samples = pd.DataFrame(rows)
@@ -88,13 +89,15 @@ def read_generations(path: Path) -> pd.DataFrame:
         line = int(samples.loc[samples["prompt_image"].isna().idxmax(), "_line"])
         raise ConfigError("no image, while other lines name one: every line names the image it describes",
                           source=source, path=f"line {line}")
-    if "prompt" in samples:  # one prompt text per prompt id
-        texts = samples.groupby("prompt_id", sort=False)["prompt"].transform("first")
-        other = samples["prompt"] != texts
-        if other.any():
-            bad = samples[other].iloc[0]
-            raise ConfigError(f"prompt {bad['prompt_id']!r} has another prompt text than on its first line",
-                              source=source, path=f"line {int(bad['_line'])}")
+    given = samples[samples["_prompt_given"]]  # one prompt text per prompt id, where lines give one
+    first = given.groupby("prompt_id", sort=False)["prompt"].first()
+    other = given[given["prompt"] != given["prompt_id"].map(first)]
+    if len(other):
+        bad = other.iloc[0]
+        raise ConfigError(f"prompt {shown(bad['prompt_id'])} has another prompt text than on the first line that "
+                          "gives one", source=source, path=f"line {int(bad['_line'])}")
+    samples["prompt"] = samples["prompt_id"].map(first).where(samples["prompt_id"].isin(first.index),
+                                                              samples["prompt"])
     for column in ("prompt_image", "references") if images else ():
         per_prompt = samples.groupby("prompt_id", sort=False)[column].transform("first")
         other = samples[column] != per_prompt
@@ -109,7 +112,7 @@ def read_generations(path: Path) -> pd.DataFrame:
     if dup.any():
         line = int(samples.loc[dup.idxmax(), "_line"])
         raise ConfigError("duplicate sample_index within its prompt and setting", source=source, path=f"line {line}")
-    samples = samples.drop(columns="_line").assign(references=samples["references"].map(list))
+    samples = samples.drop(columns=["_line", "_prompt_given"]).assign(references=samples["references"].map(list))
     columns = BASE_SAMPLE_COLUMNS + (VLM_COLUMNS if images else [])
     return samples.astype({"num_new_tokens": "Int64", "seed": "Int64"})[columns]
 

@@ -71,17 +71,19 @@ def check_database(path: Path, source: str | None = None, field: str = "index",
     if not path.exists():
         check_writable(path.parent, source, field)
         return
-    try:
-        uri = path.resolve().as_uri() + "?mode=ro&immutable=1"  # immutable: leaves no -wal or -shm file behind
-        with closing(sqlite3.connect(uri, uri=True)) as db:
-            db.execute("PRAGMA schema_version")
-            for table, needed in (tables or {}).items():  # a table of that name made by something else
-                have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-                if have and set(needed) - have:
-                    raise ConfigError(f"{path} has a table '{table}' without the columns {', '.join(needed)}: it is "
-                                      f"some other database", source=source, path=field)
-    except sqlite3.DatabaseError as e:
-        raise ConfigError(f"{path} is not an SQLite database ({e})", source=source, path=field) from None
+    with open(path, "rb") as f:
+        header = f.read(16)
+    if header and header != b"SQLite format 3\x00":  # an empty file becomes a database on first use
+        raise ConfigError(f"{path} is not an SQLite database (file is not a database)", source=source, path=field)
+    try:  # immutable: no lock taken and no -wal or -shm file left behind
+        with closing(sqlite3.connect(path.resolve().as_uri() + "?mode=ro&immutable=1", uri=True)) as db:
+            found = {t: {row[1] for row in db.execute(f"PRAGMA table_info({t})")} for t in tables or {}}
+    except sqlite3.DatabaseError:  # a read torn by a writer at work (a shared index): its tables are checked later
+        found = {}
+    for table, have in found.items():  # a table of that name made by something else
+        if have and set(tables[table]) - have:
+            raise ConfigError(f"{path} has a table '{table}' without the columns {', '.join(tables[table])}: it is "
+                              f"some other database", source=source, path=field)
     if not os.access(path, os.W_OK):
         raise ConfigError(f"{path} is not writable", source=source, path=field)
 

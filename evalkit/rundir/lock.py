@@ -8,6 +8,7 @@ a writer that locked a file which was removed meanwhile tries again on the new o
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from pathlib import Path
@@ -22,6 +23,7 @@ class RunLock:
         self.path = Path(run_dir) / LOCK_NAME
         self.what = what
         self.fd: int | None = None
+        self.unsupported = False  # the file system has no flock
 
     def acquire(self) -> RunLock:
         if self.path.is_symlink() or (self.path.exists() and not self.path.is_file()):
@@ -40,6 +42,12 @@ class RunLock:
                 by = f"process {holder}" if holder else "another process"
                 raise EvalkitError(f"{self.what}: {self.path.parent} is being written by {by}; wait for it to "
                                    "end, or stop it and resume then") from None
+            except OSError as e:
+                os.close(fd)
+                if e.errno in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP):  # NFS without locks, Lustre, FUSE
+                    self.unsupported = True  # the run goes on unlocked, as before locks existed
+                    return self
+                raise EvalkitError(f"{self.what}: cannot lock {self.path.parent} ({e.strerror})") from None
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:

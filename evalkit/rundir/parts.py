@@ -27,7 +27,7 @@ class PartWriter:
         self.folder.mkdir(exist_ok=True)
         self.columns = columns
         self.rows: list[dict] = []
-        numbers = [int(p.name[5:11]) for p in self.folder.glob("part-*.parquet") if p.name[5:11].isdigit()]
+        numbers = [int(p.name[5:11]) for p in self.folder.glob("part-*.parquet*") if p.name[5:11].isdigit()]
         self.count = max(numbers, default=-1) + 1  # after every part there is (a set-aside one leaves a gap)
         self.last = time.monotonic()
 
@@ -70,10 +70,10 @@ def read_parts(run_dir: Path, columns: list[str], set_aside: list[str] | None = 
             frame = pd.read_parquet(f)
             if set(columns) - set(frame.columns):
                 raise ValueError("columns missing")
-        except Exception:
-            if set_aside is None:
+        except ValueError:  # not Parquet, cut short (pyarrow's ArrowInvalid), or without the run's columns;
+            if set_aside is None:  # a file that cannot be opened (permissions, no file handles) is no damage
                 raise
-            f.rename(f.with_name(f.name + ".damaged"))
+            f.rename(f.with_name(f.name + ".damaged"))  # its number is never written again (see PartWriter)
             set_aside.append(f.name)
             continue
         frames.append(frame)

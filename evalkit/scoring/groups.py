@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from evalkit import tokenize
 from evalkit.generation.base import STAT_COLUMNS
 from evalkit.scoring.aggregate import aggregate
 from evalkit.scoring.metric import Group, Metric
@@ -55,6 +56,7 @@ def score_groups(groups: list[Group], metrics: list[Metric],
             for i, v in enumerate(s.per_sample or ()):
                 sample_rows.append({"setting_id": g.setting.id, "prompt_id": g.prompt_id, "sample_index": i,
                                     "metric": m.id, "value": float(v)})
+        tokenize.forget()  # a group's texts were split once for all its metrics; the next group's are others
         advance(1)
     scores = pd.DataFrame(rows, columns=["setting_id", "prompt_id", "metric", "value", "reason"])
     sample_scores = pd.DataFrame(sample_rows, columns=["setting_id", "prompt_id", "sample_index", "metric", "value"])
