@@ -161,7 +161,6 @@ def report(
 
     def body():
         from evalkit.report import write_report
-        from evalkit.rundir.files import check_not_an_input, check_writable
 
         for run_dir in runs:  # the runs are named first: `evalkit report FILE` is about FILE, not -o
             evalkit.load_run(run_dir).manifest  # noqa: B018
@@ -169,10 +168,7 @@ def report(
         if target is None:
             target = runs[0] / "report.html" if len(runs) == 1 else Path("reports") / (
                 f"{runs[0].resolve().name}_vs_{runs[-1].resolve().name}.html")
-        if target.is_dir():
-            raise EvalkitError(f"-o: {target} is a directory; give a file name")
-        check_not_an_input(target, "-o", runs)
-        check_writable(target.parent, field="-o")
+        _check_output(target, "-o", runs, None)
         written = write_report(runs, target)
         out.print(f"report: [bold]{escape(str(written))}[/]", highlight=False, soft_wrap=True)
 
@@ -272,13 +268,9 @@ def history(
     def body():
         from evalkit.history import load_history, write_history_html
         from evalkit.index import RunIndex, index_path
-        from evalkit.rundir.files import check_not_an_input, check_writable
 
         target = (output or Path("reports") / f"history-{name}.html").expanduser()
-        if target.is_dir():
-            raise EvalkitError(f"-o: {target} is a directory; give a file name")
-        check_not_an_input(target, "-o", index=index_path(index))
-        check_writable(target.parent, field="-o")
+        _check_output(target, "-o", [], index_path(index))
         with RunIndex(index_path(index), create=False) as db:
             h = load_history(db, name, metric)
         for m in h.metrics:

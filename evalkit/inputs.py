@@ -5,6 +5,7 @@ end; a path that is not valid UTF-8 cannot be recorded in a run's manifest."""
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from evalkit.errors import ConfigError
@@ -43,15 +44,9 @@ def read_regular(path: Path, what: str, *, source: str | None = None, field: str
         raise ConfigError(f"cannot read {what}: {e.strerror}", **where) from None
     if path.is_dir():
         raise ConfigError(f"{what} is a directory", **where)
-    if not path.is_file() and not _is_fifo(mode):
+    if not path.is_file() and not stat.S_ISFIFO(mode):
         raise ConfigError(f"{what} is a device or other special file, not a regular file", **where)
     try:
         return path.read_bytes()
     except OSError as e:
         raise ConfigError(f"cannot read {what}: {e.strerror}", **where) from None
-
-
-def _is_fifo(mode: int) -> bool:
-    import stat
-
-    return stat.S_ISFIFO(mode)

@@ -68,22 +68,11 @@ def load_prompts(config: SweepConfig) -> list[Prompt]:
         if text is None and messages is None:
             raise ConfigError(f"prompt {pid!r} has an image but no text: give it a 'prompt' or set prompts.question",
                               source=source, path=where)
-        for piece in (pid, text or "", *(c for _, c in messages or ()), *(item.references or ())):
-            _check_unicode(piece, pid, source, where)
         prompts.append(Prompt(id=pid, text=text, messages=messages, image=image and str(image),
                               image_sha256=image and sha256_of(image), references=tuple(item.references or ())))
     if not prompts:
         raise ConfigError("the prompt file has no prompts", source=source)
     return prompts
-
-
-def _check_unicode(text: str, pid: str, source: str, where: str) -> None:
-    """Text a tokenizer can encode: no lone surrogate (``\\ud800`` from JSON or YAML escapes)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise ConfigError(f"prompt {pid!r} is not valid Unicode text: a lone surrogate (U+{ord(text[e.start]):04X}) at "
-                          f"character {e.start}", source=source, path=where) from None
 
 
 def _image(config: SweepConfig, item: PromptItem, pid: str, base: Path, source: str, where: str) -> Path | None:

@@ -57,7 +57,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             if not isinstance(key, str):
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"a key must be a name, got {_a(key)}", key_node.start_mark)
+                    None, None, f"a key must be a name, got {what_is(key)}", key_node.start_mark)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} appears twice (first at line {seen[key] + 1})", key_node.start_mark)
@@ -84,13 +84,9 @@ def parse_yaml(text: str, source: str) -> dict[str, Any]:
                           source=source)
     if not isinstance(data, dict):
         raise ConfigError(f"expected a mapping of keys at the top level (name: ..., prompts: ...), got "
-                          f"{_a(data)}", source=source)
+                          f"{what_is(data)}", source=source)
     return data
 
-
-def _a(value: Any) -> str:
-    """What a YAML value is, in the user's words."""
-    return what_is(value)
 
 
 def config_from_dict(
@@ -161,13 +157,10 @@ def metric_list(value: str) -> list[str]:
             break
         current += char
     if depth != 0:
-        raise ConfigError(f"unbalanced brackets in {_cut(value)}: expected NAME[KEY=VALUE,...],NAME,...",
+        raise ConfigError(f"unbalanced brackets in {shown(value, 83)}: expected NAME[KEY=VALUE,...],NAME,...",
                           path="--metrics")
     return [m.strip() for m in [*items, current] if m.strip()]
 
-
-def _cut(value: str, limit: int = 80) -> str:
-    return repr(value) if len(value) <= limit else repr(value[:limit]) + "..."
 
 
 def metric_spec(text: str) -> MetricSpec:

@@ -47,6 +47,13 @@ def wants_number(annotation: Any) -> bool:
     return any(wants_number(a) for a in args) and bool not in args
 
 
+def refuse_bools_as_numbers(model: type[BaseModel], data: Any) -> None:
+    """Raise (in a pydantic validator) where true/false stands for a number in ``data``."""
+    name = bools_as_numbers(model, data)
+    if name is not None:
+        raise ValueError(f"{name}: a number is needed, not true/false, got {shown(data[name])}")
+
+
 def bools_as_numbers(model: type[BaseModel], data: Any) -> str | None:
     """The first field of ``data`` where true/false stands for a number (pydantic would read it as 1/0)."""
     if not isinstance(data, dict):
@@ -77,10 +84,8 @@ class _Strict(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _no_bool_numbers(cls, data: Any) -> Any:
-        name = bools_as_numbers(cls, data)
-        if name is not None:
-            raise ValueError(f"{name}: a number is needed, not true/false, got {shown(data[name])}")
+    def _plain_values(cls, data: Any) -> Any:
+        refuse_bools_as_numbers(cls, data)
         for name, value in data.items() if isinstance(data, dict) else ():
             for text in (value if isinstance(value, list) else [value])[:10_000]:
                 if isinstance(text, str) and not _encodable(text):

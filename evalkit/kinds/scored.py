@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from evalkit.config.schema import bools_as_numbers
+from evalkit.config.schema import refuse_bools_as_numbers
 from evalkit.errors import ConfigError, first_error, shown
 from evalkit.kinds.base import RunKind
 from evalkit.prompts import read_jsonl_lines, unreadable_image
@@ -48,9 +48,7 @@ class GenerationRow(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _no_bool_numbers(cls, data: Any) -> Any:
-        name = bools_as_numbers(cls, data)
-        if name is not None:
-            raise ValueError(f"{name}: a number is needed, not true/false")
+        refuse_bools_as_numbers(cls, data)
         return data
 
     @model_validator(mode="after")
