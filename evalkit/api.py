@@ -23,7 +23,7 @@ from evalkit.rundir.lock import RunLock
 from evalkit.rundir.parts import check_parts_folder
 from evalkit.rundir.manifest import ci_info, git_info, utc_now
 from evalkit.scoring import score_samples
-from evalkit.scoring.registry import default_registry, prepare_all
+from evalkit.scoring.registry import default_registry, prepare_all, require_checks
 from evalkit.settings import APPLICATION_ORDER, Setting
 from evalkit.generation.base import ModelInfo
 
@@ -74,10 +74,11 @@ def score_file(path: str | Path, metric_names: list[str], output: str | Path, *,
         raise ConfigError("name at least one metric", path="--metrics")
     specs = [metric_spec(m) for m in metric_names if m.strip()]
     metrics = default_registry().create_all(specs, source="--metrics")
-    samples = read_generations(path)
+    samples, checks = read_generations(path)
     images = "prompt_image" in samples
     kind = SCORED_CAPTIONS if images else SCORED
     kind.check_metrics(metrics, None, where="--metrics")
+    require_checks(metrics, checks.values(), where="--metrics")
     prepare_all(metrics, source="--metrics")
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise EvalkitError(f"-o: {output} exists and is not an empty directory")
@@ -105,8 +106,13 @@ def score_file(path: str | Path, metric_names: list[str], output: str | Path, *,
             kept = {src: writer.keep_prompt_image(src, sha256_of(Path(src))) for src in set(samples["prompt_image"])}
             samples = samples.assign(prompt_image=samples["prompt_image"].map(kept))
         writer.write_samples(samples)
+        if checks:  # what judged the samples stays with the scores
+            first = samples.drop_duplicates("prompt_id")
+            writer.write_prompts([{"id": pid, "prompt": text, **({"checks": checks[pid].as_json()} if pid in checks
+                                                                  else {})}
+                                  for pid, text in zip(first["prompt_id"], first["prompt"])])
         writer.write_scores(*score_samples(tmp, samples, settings, metrics, level=level, resamples=resamples,
-                                           seed=seed, ui=ui))
+                                           seed=seed, ui=ui, checks=checks))
         writer.write_config({"name": writer.manifest.name, "scored_from": str(path.resolve()),
                              "metrics": [m.id for m in metrics], "seed": seed,
                              "ci": {"level": level, "resamples": resamples}})

@@ -31,7 +31,7 @@ from evalkit.rundir.manifest import Reused, ci_info, git_info, utc_now
 from evalkit.rundir.sample_cache import TABLES as CACHE_TABLES
 from evalkit.rundir.sample_cache import SampleCache, cache_path, model_identity, unit_key
 from evalkit.scoring import score_samples
-from evalkit.scoring.registry import default_registry, prepare_all
+from evalkit.scoring.registry import default_registry, prepare_all, require_checks
 from evalkit.seeds import derive_seed
 
 CACHE_BATCH = 64  # fresh samples written to the sample cache together
@@ -48,6 +48,8 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
     prepare_all(metrics, source=config.source)
     prompts = load_prompts(config)
     kind.check_prompts(prompts, config.source)
+    checks = {p.id: p.checks for p in prompts if p.checks is not None}
+    require_checks(metrics, checks.values(), config.source)
     check_size(config, settings, prompts)
     check_writable(Path(config.output_dir) if resume_dir is None else resume_dir, config.source)
     check_database(index_path(config.index, config.output_dir), config.source, "index", INDEX_TABLES)
@@ -97,7 +99,7 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
             writer.write_samples(samples)
             started = time.perf_counter()
             writer.write_scores(*score_samples(writer.path, samples, settings, metrics, level=config.ci.level,
-                                               resamples=config.ci.resamples, seed=config.seed, ui=ui))
+                                               resamples=config.ci.resamples, seed=config.seed, ui=ui, checks=checks))
             timings["score_s"] = round(time.perf_counter() - started, 3)
             run = writer.complete(n_samples=len(samples), timings=timings, reused=reused)
     finally:
@@ -171,6 +173,7 @@ def describe(config: SweepConfig) -> list[tuple[str, str]]:
     kind.check_metrics(metrics, config.source)
     prompts = load_prompts(config)
     kind.check_prompts(prompts, config.source)
+    require_checks(metrics, [p.checks for p in prompts if p.checks is not None], config.source)
     units = check_size(config, settings, prompts)
     lines = [("settings", str(len(settings))), (kind.noun, str(len(prompts))),
              ("samples per prompt and setting", str(config.samples_per_prompt)), ("samples", str(units))]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from evalkit.checks import Checks, make_checks
 from evalkit.config import PromptItem, SweepConfig
 from evalkit.errors import ConfigError, first_error, shown, what_is
 from evalkit.inputs import read_regular
@@ -23,6 +24,7 @@ class Prompt:
     image: str | None = None  # absolute path of the image (vision-language sweeps)
     image_sha256: str | None = None  # of the image file's bytes: part of what identifies the prompt
     references: tuple[str, ...] = ()  # reference captions of the image
+    checks: Checks | None = None  # its answer or tests (evalkit.checks)
 
     @property
     def display(self) -> str:
@@ -50,7 +52,7 @@ def load_prompts(config: SweepConfig) -> list[Prompt]:
         base = config.resolve_path(".")
     else:
         path = config.resolve_path(pc.file or "")
-        items = list(read_prompt_jsonl(path))
+        items = list(read_prompt_jsonl(path, pc.format))
         source = str(path)
         base = path.parent
     prompts: list[Prompt] = []
@@ -68,8 +70,14 @@ def load_prompts(config: SweepConfig) -> list[Prompt]:
         if text is None and messages is None:
             raise ConfigError(f"prompt {pid!r} has an image but no text: give it a 'prompt' or set prompts.question",
                               source=source, path=where)
+        try:
+            checks = make_checks(item.answer, item.answer_format, item.answer_pattern, item.tests, item.entry_point,
+                                 item.code_prefix)
+        except ValueError as e:
+            raise ConfigError(f"prompt {pid!r}: {e}", source=source, path=where) from None
         prompts.append(Prompt(id=pid, text=text, messages=messages, image=image and str(image),
-                              image_sha256=image and sha256_of(image), references=tuple(item.references or ())))
+                              image_sha256=image and sha256_of(image), references=tuple(item.references or ()),
+                              checks=checks))
     if not prompts:
         raise ConfigError("the prompt file has no prompts", source=source)
     return prompts
@@ -127,8 +135,9 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def read_prompt_jsonl(path: Path):
-    """Yield ``("line N", PromptItem)`` for each non-blank line of a JSONL prompt file."""
+def read_prompt_jsonl(path: Path, fmt: str = "evalkit"):
+    """Yield ``("line N", PromptItem)`` for each non-blank line of a JSONL prompt file whose lines are in
+    format ``fmt`` (evalkit's prompt items, or HumanEval's or GSM8K's fields: see :func:`from_format`)."""
     source = str(path)
     for number, text in read_jsonl_lines(path, "prompt file"):
         where = f"line {number}"
@@ -143,6 +152,8 @@ def read_prompt_jsonl(path: Path):
             raise ConfigError(f"invalid JSON: {why}", source=source, path=where) from None
         if not isinstance(obj, dict):
             raise ConfigError(f"expected a JSON object, got {what_is(obj)}", source=source, path=where)
+        if fmt != "evalkit":
+            obj = from_format(obj, fmt, source, where)
         if "id" in obj and (not isinstance(obj["id"], (str, int)) or isinstance(obj["id"], bool)):
             raise ConfigError(f"'id' must be a string, got {shown(obj['id'])}", source=source, path=where)
         try:
@@ -150,6 +161,35 @@ def read_prompt_jsonl(path: Path):
         except ValidationError as e:
             field, msg, _ = first_error(e)
             raise ConfigError(f"{field + ': ' if field else ''}{msg}", source=source, path=where) from None
+
+
+FORMAT_FIELDS = {"humaneval": ("task_id", "prompt", "test", "entry_point"), "gsm8k": ("question", "answer")}
+
+
+def from_format(obj: dict, fmt: str, source: str, where: str) -> dict:
+    """A prompt item from a line of a public data set's JSONL (other fields are ignored):
+
+    - HumanEval (task_id, prompt, test, entry_point): the prompt is the code to complete; it is also
+      the ``code_prefix`` of the program that runs the tests;
+    - GSM8K (question, answer): the answer is the number after the last ``####`` of its solution."""
+    need = FORMAT_FIELDS[fmt]
+    missing = [k for k in need if k not in obj]
+    if missing:
+        raise ConfigError(f"a {fmt} line needs {', '.join(need)}; missing {', '.join(missing)}", source=source,
+                          path=where)
+    wrong = next((k for k in need if not isinstance(obj[k], str) and not (k == "task_id" and isinstance(obj[k], int))),
+                 None)
+    if wrong:
+        raise ConfigError(f"'{wrong}' must be a string, got {shown(obj[wrong])}", source=source, path=where)
+    if fmt == "humaneval":
+        return {"id": str(obj["task_id"]), "prompt": obj["prompt"], "tests": obj["test"],
+                "entry_point": obj["entry_point"], "code_prefix": obj["prompt"]}
+    solution = obj["answer"]
+    if "####" not in solution:
+        raise ConfigError("a gsm8k answer ends in '#### N' (the final number), got "
+                          f"{shown(solution[-40:])}", source=source, path=where)
+    out = {"prompt": obj["question"], "answer": solution.rsplit("####", 1)[1].strip(), "answer_format": "number"}
+    return {**out, "id": obj["id"]} if "id" in obj else out
 
 
 def _unique_keys(pairs: list) -> dict:

@@ -5,12 +5,14 @@ package would collide with other distributions that ship one). The registry in
 :mod:`evalkit.scoring.registry` reads ``BUILTINS``; nothing is discovered by scanning.
 """
 
+from evalkit_metrics.answers import Accuracy, MajorityVote
 from evalkit_metrics.clip import ClipImageDiversity, ClipScore, ClipVendi, RefClipScore
 from evalkit_metrics.distinct import DistinctN
 from evalkit_metrics.length import MeanLength
 from evalkit_metrics.lexical import MATTR, MTLD, TTR
 from evalkit_metrics.ngram_entropy import EntN
 from evalkit_metrics.novelty import Novelty
+from evalkit_metrics.pass_at_k import PassAtK
 from evalkit_metrics.repetition import RepL, SeqRepN
 from evalkit_metrics.self_bleu import SelfBleu
 from evalkit_metrics.semantic import Relevance, SemanticDiversity, Vendi
@@ -42,8 +44,12 @@ BUILTINS = {
     "ref_clip_score": (RefClipScore, {}),
     "clip_image_diversity": (ClipImageDiversity, {}),
     "clip_vendi": (ClipVendi, {}),
+    "accuracy": (Accuracy, {}),
+    "majority_vote": (MajorityVote, {}),
+    "pass_at_k": (PassAtK, {}),
+    **{f"pass_at_{k}": (PassAtK, {"k": k}) for k in (1, 5, 10, 100)},
 }
 
 __all__ = ["BUILTINS", "MATTR", "MTLD", "NLL", "TTR", "DistinctN", "EntN", "MeanLength", "Perplexity", "SelfBleu",
            "SeqRepN", "RepL", "TokenEntropy", "SemanticDiversity", "Vendi", "Relevance", "Novelty",
-           "ClipScore", "ClipImageDiversity", "ClipVendi"]
+           "ClipScore", "ClipImageDiversity", "ClipVendi", "Accuracy", "MajorityVote", "PassAtK"]

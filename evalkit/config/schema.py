@@ -204,6 +204,8 @@ class PromptItem(_Strict):
     For a vision-language sweep (backend ``vlm``) a prompt also names an ``image`` (a path relative
     to the config file, or to the JSONL file it is read from) and optionally ``references``,
     reference captions for RefCLIPScore. Its text may be left out when ``prompts.question`` is set.
+    Checks judge a sample's correctness (see :mod:`evalkit.checks`): ``answer`` (with ``answer_format``
+    and ``answer_pattern``), or ``tests`` with ``entry_point`` (and ``code_prefix``) for code.
     """
 
     id: str | None = None
@@ -211,6 +213,13 @@ class PromptItem(_Strict):
     messages: list[Message] | None = None
     image: str | None = None  # image file (vlm sweeps)
     references: list[str] | None = None  # reference captions of the image (vlm sweeps)
+    # checks (evalkit.checks): validated with the prompt's id when the prompts are loaded
+    answer: str | int | float | None = None  # the reference answer
+    answer_format: Literal["number", "choice", "exact", "regex"] | None = None  # default: number for a number
+    answer_pattern: str | None = None  # answer_format regex: extracts the sample's answer (its group, or the match)
+    tests: str | None = None  # Python test code (asserts, or a HumanEval-style `def check(candidate)`)
+    entry_point: str | None = None  # the function the tests call
+    code_prefix: str | None = None  # code put before the sample's (HumanEval: the prompt)
 
     @model_validator(mode="before")
     @classmethod
@@ -243,6 +252,9 @@ class PromptsConfig(_Strict):
 
     items: list[PromptItem] | None = None
     file: str | None = Field(None, min_length=1)  # JSONL, relative to the config file
+    # how the file's lines read: evalkit's prompt items, HumanEval (task_id, prompt, test, entry_point)
+    # or GSM8K (question, answer ending in "#### N")
+    format: Literal["evalkit", "humaneval", "gsm8k"] = "evalkit"
     chat_template: bool | Literal["auto"] = "auto"  # auto: apply the model's chat template when it has one
     system_prompt: str | None = None  # prepended as a system message (or as text when no template is used)
     question: str | None = None  # vlm sweeps: the text asked of every image prompt that has none of its own
@@ -258,6 +270,8 @@ class PromptsConfig(_Strict):
             raise ValueError("give prompts either inline (a list) or as 'file', not both or neither")
         if self.items is not None and not self.items:
             raise ValueError("the prompt list is empty")
+        if self.format != "evalkit" and self.file is None:
+            raise ValueError(f"format {self.format} reads a prompt file: give 'file'")
         return self
 
 

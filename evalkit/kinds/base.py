@@ -66,8 +66,9 @@ class RunKind:
 
     def prompt_line(self, p: PreparedPrompt, writer: RunWriter) -> dict[str, Any]:
         """The prompt's line in prompts.jsonl."""
+        checks = {"checks": p.prompt.checks.as_json()} if p.prompt.checks else {}
         return {"id": p.prompt.id, "prompt": p.prompt.display, "rendered": p.rendered, "n_tokens": len(p.token_ids),
-                "chat_template": p.chat_template}
+                "chat_template": p.chat_template, **checks}
 
     def row(self, unit: WorkUnit, result: dict[str, Any], writer: RunWriter, config: SweepConfig) -> dict[str, Any]:
         """A samples row from a record's cacheable form (:meth:`cached`)."""

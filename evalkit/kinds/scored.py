@@ -4,8 +4,10 @@ Each line of the file is one sample: ``text`` (required), the prompt as ``prompt
 ``prompt`` (at least one), optionally the setting it was sampled with (``temperature``,
 ``top_p``, ``top_k``, ``min_p``; defaults 1, 1, 0, 0) and ``sample_index`` (else the order
 within its group). Captions of images add ``image`` (a path relative to the file) and may add
-``references`` (reference captions); every row of a prompt names the same image. Other fields
-are ignored.
+``references`` (reference captions); every row of a prompt names the same image. Rows may carry
+their prompt's checks (``answer``, ``answer_format``, ``answer_pattern``, ``tests``, ``entry_point``,
+``code_prefix``: see :mod:`evalkit.checks`), the same on every row of a prompt that gives them. Other
+fields are ignored.
 """
 
 from __future__ import annotations
@@ -16,15 +18,16 @@ from typing import Any
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from evalkit.checks import Checks, make_checks
 from evalkit.config.schema import refuse_bools_as_numbers
 from evalkit.errors import ConfigError, first_error, shown
 from evalkit.kinds.base import RunKind
 from evalkit.prompts import read_jsonl_lines, unreadable_image
 from evalkit.rundir.columns import BASE_SAMPLE_COLUMNS, VLM_COLUMNS
-from evalkit.scoring.metric import VLM_NEEDS
+from evalkit.scoring.metric import CHECK_NEEDS, VLM_NEEDS
 from evalkit.settings import MinP, Setting, Temperature, TopK, TopP
 
-TEXT_ONLY_NEEDS = frozenset({"texts", "prompts"})
+TEXT_ONLY_NEEDS = frozenset({"texts", "prompts"}) | CHECK_NEEDS
 SCORED = RunKind(name="scored", what="a file of texts", verb="have", columns=tuple(BASE_SAMPLE_COLUMNS),
                  needs=TEXT_ONLY_NEEDS)
 SCORED_CAPTIONS = RunKind(name="scored", what="a file of texts with images", verb="have",
@@ -44,6 +47,12 @@ class GenerationRow(BaseModel):
     sample_index: int | None = Field(None, ge=0, le=2**31 - 1)
     image: str | None = Field(None, min_length=1)  # the image the text describes (a path relative to the file)
     references: list[str] | None = Field(None, min_length=1)  # its reference captions
+    answer: str | int | float | None = None  # checks of its prompt (evalkit.checks)
+    answer_format: str | None = None
+    answer_pattern: str | None = None
+    tests: str | None = None
+    entry_point: str | None = None
+    code_prefix: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -58,10 +67,12 @@ class GenerationRow(BaseModel):
         return self
 
 
-def read_generations(path: Path) -> pd.DataFrame:
-    """The file as a samples table (sample-index order within each group). Raises ConfigError naming the line."""
+def read_generations(path: Path) -> tuple[pd.DataFrame, dict[str, Checks]]:
+    """The file as a samples table (sample-index order within each group), and the checks its rows carry by
+    prompt id. Raises ConfigError naming the line."""
     source = str(path)
     rows = []
+    checks: dict[str, tuple[Checks, int]] = {}
     for number, text in read_jsonl_lines(path, "file"):
         where = f"line {number}"
         try:
@@ -74,6 +85,16 @@ def read_generations(path: Path) -> pd.DataFrame:
         setting = Setting(temperature=row.temperature, top_p=row.top_p, top_k=row.top_k, min_p=row.min_p)
         pid = str(row.prompt_id) if row.prompt_id is not None else row.prompt
         image = _image(path, row.image, where) if row.image is not None else None
+        try:
+            check = make_checks(row.answer, row.answer_format, row.answer_pattern, row.tests, row.entry_point,
+                                row.code_prefix)
+        except ValueError as e:
+            raise ConfigError(f"prompt {shown(pid)}: {e}", source=source, path=where) from None
+        if check is not None:
+            first = checks.setdefault(pid, (check, number))
+            if first[0] != check:
+                raise ConfigError(f"prompt {shown(pid)} has other checks (answer, tests) than on line {first[1]}",
+                                  source=source, path=where)
         rows.append({"prompt_id": pid, "prompt": row.prompt if row.prompt is not None else pid,
                      "setting_id": setting.id, **setting.params(), "sample_index": row.sample_index, "seed": None,
                      "text": row.text, "num_new_tokens": None, "finish_reason": None, "token_ids": [],
@@ -112,7 +133,7 @@ def read_generations(path: Path) -> pd.DataFrame:
         raise ConfigError("duplicate sample_index within its prompt and setting", source=source, path=f"line {line}")
     samples = samples.drop(columns=["_line", "_prompt_given"]).assign(references=samples["references"].map(list))
     columns = BASE_SAMPLE_COLUMNS + (VLM_COLUMNS if images else [])
-    return samples.astype({"num_new_tokens": "Int64", "seed": "Int64"})[columns]
+    return samples.astype({"num_new_tokens": "Int64", "seed": "Int64"})[columns], {p: c for p, (c, _) in checks.items()}
 
 
 def _image(path: Path, name: str, where: str) -> str:

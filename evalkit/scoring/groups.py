@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from evalkit import tokenize
+from evalkit.checks import Checks
 from evalkit.generation.base import STAT_COLUMNS
 from evalkit.scoring.aggregate import aggregate
 from evalkit.scoring.metric import Group, Metric
@@ -20,10 +21,12 @@ from evalkit.settings import ImageSetting, Setting
 
 
 
-def groups_of(samples: pd.DataFrame, setting_type: type | None = None) -> list[Group]:
+def groups_of(samples: pd.DataFrame, setting_type: type | None = None,
+              checks: dict[str, Checks] | None = None) -> list[Group]:
     """One Group per (prompt, setting), samples in sample-index order, prompts in first-seen order; settings of
-    ``setting_type`` (default: the type whose parameters the samples' columns hold)."""
+    ``setting_type`` (default: the type whose parameters the samples' columns hold); ``checks`` by prompt id."""
     out = []
+    checks = checks or {}
     ordered = samples.sort_values("sample_index", kind="stable")
     make = setting_type or (ImageSetting if set(ImageSetting.model_fields) <= set(samples.columns) else Setting)
     for (pid, sid), df in ordered.groupby(["prompt_id", "setting_id"], sort=False):
@@ -38,7 +41,8 @@ def groups_of(samples: pd.DataFrame, setting_type: type | None = None) -> list[G
                          if "token_ids" in df else (),
                          num_tokens=tuple(int(n) for n in df["num_new_tokens"])
                          if "num_new_tokens" in df and df["num_new_tokens"].notna().all() else (),
-                         stats=stats, images=images, prompt_image=prompt_image, references=references))
+                         stats=stats, images=images, prompt_image=prompt_image, references=references,
+                         checks=checks.get(str(pid))))
     return out
 
 
@@ -64,12 +68,14 @@ def score_groups(groups: list[Group], metrics: list[Metric],
 
 
 def score_samples(run_dir: Path, samples: pd.DataFrame, settings: list, metrics: list[Metric], *, level: float,
-                  resamples: int, seed: int, ui) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(scores, sample_scores, summary) of every group of ``samples`` (image paths relative to ``run_dir``)."""
+                  resamples: int, seed: int, ui, checks: dict[str, Checks] | None = None
+                  ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(scores, sample_scores, summary) of every group of ``samples`` (image paths relative to ``run_dir``),
+    with the prompts' ``checks`` by prompt id."""
     for column in ("image_path", "prompt_image"):  # stored relative to the run directory
         if column in samples:
             samples = samples.assign(**{column: [str(Path(run_dir) / p) for p in samples[column]]})
-    groups = groups_of(samples, type(settings[0]) if settings else Setting)
+    groups = groups_of(samples, type(settings[0]) if settings else Setting, checks)
     with ui.phase("scoring", total=len(groups)) as phase:
         scores, sample_scores = score_groups(groups, metrics, advance=phase.advance)
     return scores, sample_scores, aggregate(scores, settings, level=level, resamples=resamples, seed=seed)

@@ -16,15 +16,17 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from evalkit.checks import Checks
 from evalkit.settings import Setting
 
 # token_counts: each sample's number of new model tokens; token_stats: the engine's full per-token statistics
 # (both distributions); model_logprobs: the chosen token's log-probability under the model; top_logprobs: the
-# top-N log-probabilities a server returns
+# top-N log-probabilities a server returns; answers, tests: the prompts' checks (evalkit.checks)
 NEEDS = frozenset({"texts", "token_ids", "token_counts", "token_stats", "model_logprobs", "top_logprobs", "prompts",
-                   "images", "prompt_images", "references"})
-TEXT_NEEDS = frozenset({"texts", "token_ids", "token_counts", "token_stats", "model_logprobs", "prompts"})
-SERVED_NEEDS = frozenset({"texts", "token_counts", "model_logprobs", "top_logprobs", "prompts"})
+                   "images", "prompt_images", "references", "answers", "tests"})
+CHECK_NEEDS = frozenset({"answers", "tests"})  # what prompts with checks offer (every kind whose samples are texts)
+TEXT_NEEDS = frozenset({"texts", "token_ids", "token_counts", "token_stats", "model_logprobs", "prompts"}) | CHECK_NEEDS
+SERVED_NEEDS = frozenset({"texts", "token_counts", "model_logprobs", "top_logprobs", "prompts"}) | CHECK_NEEDS
 VLM_NEEDS = frozenset({"prompt_images", "references"})  # what image-to-text samples add: the image, its captions
 IMAGE_NEEDS = frozenset({"images", "prompts"})  # what a text-to-image sample offers
 
@@ -45,6 +47,7 @@ class Group:
     images: tuple[str, ...] = ()  # image file of each sample (image sweeps); empty for text
     prompt_image: str | None = None  # the image the samples answer (vision-language sweeps)
     references: tuple[str, ...] = ()  # reference captions of that image
+    checks: Checks | None = None  # the prompt's answer or tests, where it carries them
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,17 @@ def prepare_all(metrics: list[Metric], source: str | None = None) -> None:
             raise ConfigError(str(e), source=source, path=f"metrics[{i}]") from None
 
 
+def require_checks(metrics: list[Metric], checks, source: str | None = None, where: str = "metrics[{}]") -> None:
+    """Refuse a metric that judges answers or runs tests where no prompt carries any."""
+    checks = list(checks)
+    offered = {"answers": any(c.answer is not None for c in checks), "tests": any(c.tests is not None for c in checks)}
+    for i, m in enumerate(metrics):
+        for need, what in (("answers", "an answer"), ("tests", "tests")):
+            if need in m.requires() and not offered[need]:
+                raise ConfigError(f"{m.id} needs prompts with {what}, and no prompt has {what}", source=source,
+                                  path=where.format(i))
+
+
 ENTRY_POINT_GROUP = "evalkit.metrics"
 
 

@@ -1,0 +1,151 @@
+"""Checks: what a prompt carries to judge a sample's correctness (a reference answer, or tests for code).
+
+A prompt (inline, JSONL, or a row of ``evalkit score``) may carry:
+
+- ``answer``: the reference answer, with ``answer_format``: ``number`` (compared as a number: 1,000 =
+  1000 = 1000.0), ``choice`` (one letter, A to Z), ``exact`` (text, compared after normalizing case,
+  spaces, quotes and final punctuation) or ``regex`` (``answer_pattern`` extracts the model's answer: its
+  first group, or the whole match; compared as ``exact``). The format defaults to ``number`` when the
+  answer is a number (``answer: 42``), else ``exact``.
+- ``tests``: Python test code for a code prompt, with ``entry_point`` (the function the tests call) and
+  optionally ``code_prefix`` (code put before the sample's, as HumanEval puts its prompt).
+
+How a sample's answer and code are extracted is in :mod:`evalkit_metrics.answers` and
+:mod:`evalkit_metrics.pass_at_k`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from typing import Literal
+
+AnswerFormat = Literal["number", "choice", "exact", "regex"]
+FORMATS = ("number", "choice", "exact", "regex")
+
+
+@dataclass(frozen=True)
+class Checks:
+    answer: str | None = None
+    answer_format: AnswerFormat = "exact"
+    answer_pattern: str | None = None
+    tests: str | None = None
+    entry_point: str | None = None
+    code_prefix: str = ""
+
+    def as_json(self) -> dict:
+        """The fields that are set (what a run's prompts.jsonl keeps)."""
+        return {k: v for k, v in asdict(self).items()
+                if v not in (None, "") and not (k == "answer_format" and self.answer is None)}
+
+
+def make_checks(answer: str | int | float | None = None, answer_format: str | None = None,
+                answer_pattern: str | None = None, tests: str | None = None, entry_point: str | None = None,
+                code_prefix: str | None = None) -> Checks | None:
+    """Validated checks (None when none is given). Raises ValueError saying what is wrong."""
+    if answer is None and tests is None:
+        for name, value in (("answer_format", answer_format), ("answer_pattern", answer_pattern),
+                            ("entry_point", entry_point), ("code_prefix", code_prefix)):
+            if value is not None:
+                raise ValueError(f"{name} is given without {'tests' if name in ('entry_point', 'code_prefix') else 'an answer'}")
+        return None
+    if isinstance(answer, bool):
+        raise ValueError(f"answer must be text or a number, got {str(answer).lower()}")
+    fmt = answer_format or ("number" if isinstance(answer, (int, float)) else "exact")
+    if fmt not in FORMATS:
+        raise ValueError(f"answer_format must be one of {', '.join(FORMATS)}, got {answer_format!r}")
+    text = None if answer is None else _answer_text(answer)
+    if text is not None:
+        _check_answer(text, fmt, answer_pattern)
+    elif answer_format is not None or answer_pattern is not None:
+        raise ValueError("answer_format and answer_pattern need an answer")
+    if tests is not None:
+        _check_tests(tests, entry_point)
+    elif entry_point is not None or code_prefix is not None:
+        raise ValueError("entry_point and code_prefix need tests")
+    return Checks(answer=text, answer_format=fmt, answer_pattern=answer_pattern, tests=tests,
+                  entry_point=entry_point, code_prefix=code_prefix or "")
+
+
+def _answer_text(answer: str | int | float) -> str:
+    if isinstance(answer, float) and answer != answer or answer in (float("inf"), float("-inf")):
+        raise ValueError(f"answer must be a finite number, got {answer}")
+    text = str(answer).strip()
+    if not text:
+        raise ValueError("answer is empty")
+    return text
+
+
+def _check_answer(text: str, fmt: str, pattern: str | None) -> None:
+    if fmt == "regex":
+        if not pattern:
+            raise ValueError("answer_format regex needs an answer_pattern (a regular expression)")
+        try:
+            compiled = re.compile(pattern)
+        except re.error as e:
+            raise ValueError(f"answer_pattern is not a regular expression ({e})") from None
+        if compiled.groups > 1:
+            raise ValueError(f"answer_pattern has {compiled.groups} groups: give at most one (the answer)")
+    elif pattern is not None:
+        raise ValueError(f"answer_pattern is only read with answer_format regex, not {fmt}")
+    if fmt == "number" and parse_number(text) is None:
+        raise ValueError(f"answer {text[:60]!r} is not a number (answer_format: number)")
+    if fmt == "choice" and not re.fullmatch(r"\(?[A-Za-z]\)?\.?", text):
+        raise ValueError(f"answer {text[:60]!r} is not one letter (answer_format: choice)")
+
+
+def _check_tests(tests: str, entry_point: str | None) -> None:
+    if not tests.strip():
+        raise ValueError("tests are empty")
+    if entry_point is None:
+        raise ValueError("tests need an entry_point: the name of the function they test")
+    if not entry_point.isidentifier():
+        raise ValueError(f"entry_point must be a Python name, got {entry_point[:60]!r}")
+    try:
+        compile(tests, "tests", "exec")
+    except SyntaxError as e:
+        raise ValueError(f"tests do not compile (line {e.lineno}: {e.msg})") from None
+    except ValueError as e:  # a NUL byte
+        raise ValueError(f"tests do not compile ({e})") from None
+
+
+# ---------------------------------------------------------------------------- numbers
+
+_MINUS = "-\u2212"  # ASCII hyphen-minus, Unicode minus sign
+NUMBER = re.compile(r"[-+\u2212]?\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?%?|[-+\u2212]?\$?\.\d+%?")
+_FRAC = re.compile(r"\\d?frac\{\s*([-+]?\d+)\s*\}\{\s*(\d+)\s*\}")
+
+
+def parse_number(text: str) -> Fraction | None:
+    """The exact value of a number written in ``text`` alone, or None: an optional sign, ``$``, thousands
+    separated by commas (``1,234``), a decimal point, a fraction ``3/4`` or ``\\frac{3}{4}``, a trailing ``%``
+    or period; LaTeX ``$...$`` and ``\\!``/``\\,`` spacing are ignored."""
+    t = text.strip().strip("$").replace("\\!", "").replace("\\,", "").replace("\\ ", "").strip()
+    t = t.removesuffix(".").strip()
+    m = _FRAC.fullmatch(t)
+    if m:
+        den = int(m.group(2))
+        return Fraction(int(m.group(1)), den) if den else None
+    if not NUMBER.fullmatch(t):
+        return None
+    return number_value(t)
+
+
+def number_value(token: str) -> Fraction | None:
+    """The value of a token that :data:`NUMBER` matched."""
+    t = token.replace(",", "").replace("$", "").removesuffix("%")
+    sign = -1 if t[:1] in _MINUS else 1
+    t = t.lstrip("+" + _MINUS)
+    if "/" in t:
+        num, den = t.split("/")
+        return sign * Fraction(int(num), int(den)) if int(den) else None
+    return sign * Fraction(t)
+
+
+def show_number(value: Fraction) -> str:
+    """A canonical spelling: ``42``, ``-0.5``, ``1/3`` (what majority vote counts)."""
+    if value.denominator == 1:
+        return str(value.numerator)
+    decimal = value.numerator / value.denominator
+    return repr(decimal) if Fraction(repr(decimal)) == value else f"{value.numerator}/{value.denominator}"

@@ -1,0 +1,189 @@
+"""Answer accuracy and majority vote: is a sample's final answer the prompt's reference answer?
+
+The final answer is extracted from a sample's text by these rules (``extract=strict|flexible``):
+
+1. A *marked* answer, the last one in the text: the content of the last ``\\boxed{...}`` (braces
+   balanced); else the text after the last ``####`` (GSM8K); else the rest of the line after the last
+   "answer is" or "answer:" (any case: "The answer is 42", "Final answer: B").
+2. Read under the prompt's ``answer_format``: ``number`` takes the first number of the marked span
+   (1,234.5, -3, $40, 3/4, \\frac{3}{4}, 50%; a trailing period is not a decimal point) and compares
+   values exactly (42 = 42.0 = 42.00); ``choice`` takes the first standalone letter, alone or in
+   parentheses; ``exact`` takes the whole span; ``regex`` ignores markers and takes the last match of
+   ``answer_pattern`` (its group, or the whole match). Text is compared after normalizing: case folded,
+   spaces collapsed, surrounding quotes, ``*`` and a final ``.``, ``!`` or ``?`` removed.
+3. Without a marker, ``strict`` takes the whole text only when it is the answer alone ("42.", "(B)");
+   ``flexible`` takes the last number in the text (as lm-evaluation-harness's GSM8K "flexible-extract"),
+   the last parenthesised letter "(B)", or for ``exact`` the whole text.
+
+A sample with no extractable answer is wrong. Majority vote (self-consistency, Wang et al. 2023) votes
+over the samples that have an answer (numbers by value); a tie goes to the answer that appeared first
+in sample-index order; a group in which no sample has an answer scores 0.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from evalkit.checks import NUMBER, Checks, number_value, parse_number, show_number
+from evalkit.scoring.metric import Group, Metric, Score
+
+Extract = Literal["flexible", "strict"]
+_MARKER = re.compile(r"####|answer\s*(?:is|:)", re.IGNORECASE)
+_CHOICE = re.compile(r"(?<![A-Za-z])\(?([A-Z])\)?(?![A-Za-z])")
+_LONE_CHOICE = re.compile(r"\s*\(?([A-Za-z])\)?[.:]?\s*")
+
+
+def boxed(text: str) -> str | None:
+    """The content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), braces balanced; None when there is none."""
+    start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
+    if start < 0:
+        return None
+    i = text.index("{", start) + 1
+    depth = 1
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i:j]
+    return None  # unclosed
+
+
+def marked(text: str) -> str | None:
+    """The marked final answer's span (rule 1), or None."""
+    box = boxed(text)
+    if box is not None:
+        return box
+    hashes = text.rfind("####")
+    if hashes >= 0:
+        return text[hashes + 4:].strip().split("\n", 1)[0]
+    last = None
+    for last in _MARKER.finditer(text):
+        pass
+    if last is None:
+        return None
+    return text[last.end():].strip().split("\n", 1)[0]
+
+
+def normalize(text: str) -> str:
+    """Case folded, spaces collapsed, surrounding quotes and ``*`` and a final ``.``, ``!`` or ``?`` removed."""
+    t, before = " ".join(text.split()), None
+    while t != before:
+        before, t = t, t.strip(" *`\"'\u201c\u201d\u2018\u2019").rstrip(".!?")
+    return t.casefold()
+
+
+def extract(text: str, checks: Checks, mode: Extract = "flexible") -> str | None:
+    """The sample's final answer in canonical form (numbers as ``show_number``), or None when there is none."""
+    fmt = checks.answer_format
+    if fmt == "regex":
+        matches = list(re.finditer(checks.answer_pattern or "", text))
+        if not matches:
+            return None
+        m = matches[-1]
+        return normalize(m.group(1) if m.re.groups else m.group(0))
+    span = marked(text)
+    if fmt == "number":
+        if span is not None:
+            value = _first_number(span)
+        elif mode == "flexible":
+            found = [number_value(m.group(0)) for m in NUMBER.finditer(text)]
+            found = [v for v in found if v is not None]
+            value = found[-1] if found else None
+        else:
+            value = parse_number(text)
+        return None if value is None else show_number(value)
+    if fmt == "choice":
+        if span is not None:
+            m = _CHOICE.search(span.strip())
+            return m.group(1) if m else None
+        lone = _LONE_CHOICE.fullmatch(text)
+        if lone:
+            return lone.group(1).upper()
+        if mode == "flexible":
+            found = re.findall(r"\(([A-Z])\)", text)
+            return found[-1] if found else None
+        return None
+    answer = normalize(span if span is not None else text)
+    return answer or None
+
+
+def _first_number(span: str):
+    whole = parse_number(span)
+    if whole is not None:
+        return whole
+    m = NUMBER.search(span)
+    return number_value(m.group(0)) if m else None
+
+
+def reference(checks: Checks) -> str:
+    """The prompt's answer in the same canonical form as :func:`extract`."""
+    fmt = checks.answer_format
+    if fmt == "number":
+        return show_number(parse_number(checks.answer))
+    if fmt == "choice":
+        return _LONE_CHOICE.fullmatch(checks.answer).group(1).upper()
+    return normalize(checks.answer)
+
+
+def correct(text: str, checks: Checks, mode: Extract = "flexible") -> bool:
+    return extract(text, checks, mode) == reference(checks)
+
+
+def majority(answers: list[str | None]) -> str | None:
+    """The most frequent answer (None never votes); a tie goes to the one that appeared first."""
+    counts = Counter(a for a in answers if a is not None)
+    if not counts:
+        return None
+    top = max(counts.values())
+    return next(a for a in answers if a is not None and counts[a] == top)
+
+
+class ExtractParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    extract: Extract = "flexible"
+
+
+def _no_answer(group: Group) -> str | None:
+    if group.checks is None or group.checks.answer is None:
+        return f"prompt {group.prompt_id!r} has no answer"
+    return None
+
+
+class Accuracy(Metric):
+    name = "accuracy"
+    kind = "quality"
+    definition = "share of a group's samples whose extracted final answer equals the prompt's answer"
+    reference = ("final-answer accuracy, as in GSM8K (Cobbe et al. 2021) and the min-p paper (Nguyen et al. 2024); "
+                 "extraction rules in evalkit_metrics.answers")
+    Params = ExtractParams
+    needs = frozenset({"texts", "answers"})
+
+    def compute(self, group: Group) -> Score:
+        why = _no_answer(group)
+        if why:
+            return Score.undefined(why)
+        ref = reference(group.checks)
+        per_sample = tuple(float(extract(t, group.checks, self.params.extract) == ref) for t in group.texts)
+        return Score.mean_of(per_sample, "no samples")
+
+
+class MajorityVote(Metric):
+    name = "majority_vote"
+    kind = "quality"
+    definition = ("1 when the most frequent extracted answer of a group (ties: the first to appear) equals the "
+                  "prompt's answer, else 0")
+    reference = "self-consistency: Wang et al. 2023, Self-Consistency Improves Chain of Thought Reasoning in LLMs"
+    Params = ExtractParams
+    needs = frozenset({"texts", "answers"})
+
+    def compute(self, group: Group) -> Score:
+        why = _no_answer(group)
+        if why:
+            return Score.undefined(why)
+        if not group.texts:
+            return Score.undefined("no samples")
+        vote = majority([extract(t, group.checks, self.params.extract) for t in group.texts])
+        return Score(float(vote == reference(group.checks)))

@@ -1,0 +1,109 @@
+"""pass@k (Chen et al. 2021, "Evaluating Large Language Models Trained on Code"): the chance that at
+least one of k samples drawn without replacement from a group's n samples passes the prompt's tests.
+
+Unbiased estimator: 1 - C(n-c, k) / C(n, k) with c the samples that pass, computed as the product
+1 - prod_{i=n-c+1..n} (1 - k/i) (the paper's numerically stable form); 1 when n - c < k; undefined
+when k > n.
+
+A sample's code is the first fenced code block of its text (```` ``` ```` or ```` ```python ````), else the
+whole text. The program run is: the prompt's ``code_prefix``, the code, the prompt's ``tests``, and
+``check(entry_point)`` when the tests define a function ``check`` (HumanEval's convention); a sample
+passes when that program runs to its end inside :mod:`evalkit.sandbox` within ``timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from evalkit.checks import Checks
+from evalkit.sandbox import Limits, Sandbox
+from evalkit.scoring.metric import Group, Metric, Score
+
+_FENCE = re.compile(r"```[^\n`]*\n(.*?)(?:```|\Z)", re.DOTALL)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased estimator of pass@k from n samples of which c pass (requires 1 <= k <= n, 0 <= c <= n)."""
+    if not 1 <= k <= n or not 0 <= c <= n:
+        raise ValueError(f"pass@k needs 1 <= k <= n and 0 <= c <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    prod = 1.0
+    for i in range(n - c + 1, n + 1):
+        prod *= 1.0 - k / i
+    return 1.0 - prod
+
+
+def extract_code(text: str) -> str:
+    """The first fenced code block of ``text`` (an unclosed fence runs to the end), else the whole text."""
+    m = _FENCE.search(text)
+    return m.group(1) if m else text
+
+
+def _defines_check(tests: str) -> bool:
+    try:
+        tree = ast.parse(tests)
+    except SyntaxError:
+        return False
+    return any(isinstance(node, ast.FunctionDef) and node.name == "check" for node in tree.body)
+
+
+def program(text: str, checks: Checks) -> str:
+    """The program that tests one sample."""
+    call = f"\n\ncheck({checks.entry_point})\n" if _defines_check(checks.tests or "") else "\n"
+    prefix = checks.code_prefix + ("\n" if checks.code_prefix and not checks.code_prefix.endswith("\n") else "")
+    return f"{prefix}{extract_code(text)}\n\n{checks.tests}{call}"
+
+
+class PassAtKParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    k: int = Field(1, ge=1, le=10_000)
+    timeout: float = Field(3.0, gt=0, le=600)  # wall-clock seconds per sample's program
+
+
+class PassAtK(Metric):
+    name = "pass_at_k"
+    kind = "quality"
+    definition = ("chance that at least one of k samples of a group passes the prompt's tests: "
+                  "1 - C(n-c, k)/C(n, k), c of n samples passing (sandboxed, 1 GiB, timeout in the id)")
+    reference = "Chen et al. 2021, Evaluating Large Language Models Trained on Code (the unbiased estimator)"
+    Params = PassAtKParams
+    needs = frozenset({"texts", "tests"})
+
+    def __init__(self, params: BaseModel | None = None):
+        super().__init__(params)
+        self.sandbox = Sandbox(Limits(timeout=self.params.timeout))
+        self._passed: dict[tuple[str, str], tuple[float, ...]] = {}
+
+    @property
+    def base_name(self) -> str:
+        return f"pass_at_{self.params.k}"
+
+    def signature(self) -> dict[str, object]:
+        return {"timeout": f"{self.params.timeout:g}"}
+
+    def prepare(self) -> None:
+        self.sandbox.check()
+
+    def prepare_groups(self, groups: list[Group]) -> None:
+        """Run every group's programs together (the sandbox runs them in parallel and each distinct one once)."""
+        tested = [g for g in groups if g.checks is not None and g.checks.tests is not None]
+        programs = [program(t, g.checks) for g in tested for t in g.texts]
+        outcomes = iter(self.sandbox.run_many(programs))
+        self._passed = {(g.prompt_id, g.setting.id): tuple(float(next(outcomes).passed) for _ in g.texts)
+                        for g in tested}
+
+    def compute(self, group: Group) -> Score:
+        if group.checks is None or group.checks.tests is None:
+            return Score.undefined(f"prompt {group.prompt_id!r} has no tests")
+        passed = self._passed.get((group.prompt_id, group.setting.id))
+        if passed is None:
+            passed = tuple(float(o.passed) for o in self.sandbox.run_many([program(t, group.checks)
+                                                                           for t in group.texts]))
+        n, k = len(passed), self.params.k
+        if k > n:
+            return Score.undefined(f"pass@{k} needs at least {k} samples per prompt and setting, got {n}", passed)
+        return Score(pass_at_k(n, int(sum(passed)), k), per_sample=passed)

@@ -1,0 +1,149 @@
+"""Answer extraction, accuracy, majority vote and the pass@k estimator, against hand computations."""
+
+import math
+from fractions import Fraction
+
+import pytest
+
+from evalkit.checks import Checks, make_checks, parse_number
+from evalkit.scoring.metric import Group
+from evalkit.settings import Setting
+from evalkit_metrics.answers import Accuracy, MajorityVote, extract, majority
+from evalkit_metrics.pass_at_k import extract_code, pass_at_k, program
+
+NUMBER = make_checks(answer=42)
+
+
+@pytest.mark.parametrize("text, value", [
+    ("42", 42), ("-7", -7), ("\u22127", -7), ("+3", 3), ("1,234", 1234), ("1,234,567.5", Fraction(2469135, 2)),
+    ("$1,000", 1000), ("42.", 42), ("42.0", 42), ("0.5", Fraction(1, 2)), (".5", Fraction(1, 2)), ("3/4", Fraction(3, 4)),
+    ("\\frac{3}{4}", Fraction(3, 4)), ("\\dfrac{-1}{2}", Fraction(-1, 2)), ("50%", 50), ("$42$", 42), ("10\\,000", 10000),
+    ("abc", None), ("1,23", None), ("", None), ("4 2", None), ("1/0", None),
+])
+def test_parse_number(text, value):
+    assert parse_number(text) == value
+
+
+@pytest.mark.parametrize("text, mode, expected", [
+    # GSM8K's marker, "the answer is", \boxed{} (the last marker wins over numbers after it)
+    ("She has 3 apples, then 5 more. #### 8", "strict", "8"),
+    ("So 6 * 7 = 42.\nThe answer is 42.", "strict", "42"),
+    ("The answer is: -12", "flexible", "-12"),
+    ("Final answer: $1,200.", "strict", "1200"),
+    ("We get \\boxed{\\frac{84}{2}} so 21 is wrong", "strict", "42"),
+    ("\\boxed{42} and later \\boxed{41}", "strict", "41"),
+    ("\\boxed{{42}}", "strict", "42"),
+    ("The answer is 42 apples, not 43", "strict", "42"),
+    # no marker: strict takes the text only when it is the answer alone; flexible takes the last number
+    ("42.", "strict", "42"),
+    ("It is 40, or maybe 42.", "strict", None),
+    ("It is 40, or maybe 42.", "flexible", "42"),
+    ("Costs went from 1,000 to 2,500.", "flexible", "2500"),
+    ("no numbers here", "flexible", None),
+    ("-3.50", "strict", "-3.5"),
+])
+def test_number_extraction(text, mode, expected):
+    assert extract(text, NUMBER, mode) == expected
+
+
+@pytest.mark.parametrize("text, mode, expected", [
+    ("The answer is (B).", "strict", "B"), ("Answer: C", "strict", "C"), ("(D)", "strict", "D"), ("a.", "strict", "A"),
+    ("I pick (A) over (C) in the end", "flexible", "C"), ("I pick (A) over (C) in the end", "strict", None),
+    ("\\boxed{E}", "strict", "E"), ("A cat sat", "flexible", None),
+])
+def test_choice_extraction(text, mode, expected):
+    assert extract(text, make_checks(answer="B", answer_format="choice"), mode) == expected
+
+
+def test_exact_and_regex_extraction():
+    exact = make_checks(answer="Paris")
+    assert extract("The answer is **Paris**.", exact) == "paris"
+    assert extract("  paris!  ", exact) == "paris"
+    assert extract("Paris, France", exact) == "paris, france"
+    regex = make_checks(answer="yes", answer_format="regex", answer_pattern=r"verdict: (\w+)")
+    assert extract("verdict: no ... verdict: Yes", regex) == "yes"
+    assert extract("nothing", regex) is None
+    whole = make_checks(answer="ab12", answer_format="regex", answer_pattern=r"[a-z]+\d+")
+    assert extract("id ab12.", whole) == "ab12"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"answer": "forty"}, None),  # exact by default for text
+    ({"answer": "forty", "answer_format": "number"}, "is not a number"),
+    ({"answer": "BB", "answer_format": "choice"}, "is not one letter"),
+    ({"answer": "x", "answer_format": "regex"}, "needs an answer_pattern"),
+    ({"answer": "x", "answer_format": "regex", "answer_pattern": "(a)(b)"}, "at most one"),
+    ({"answer": "x", "answer_format": "regex", "answer_pattern": "("}, "not a regular expression"),
+    ({"answer": "x", "answer_pattern": "a"}, "only read with answer_format regex"),
+    ({"answer": "  "}, "answer is empty"),
+    ({"answer": True}, "text or a number"),
+    ({"answer": "x", "answer_format": "roman"}, "must be one of"),
+    ({"tests": "assert f(1) == 1"}, "need an entry_point"),
+    ({"tests": "assert f(1) ==", "entry_point": "f"}, r"do not compile \(line 1"),
+    ({"tests": "assert True", "entry_point": "not a name"}, "must be a Python name"),
+    ({"entry_point": "f"}, "without tests"),
+    ({"answer_format": "number"}, "without an answer"),
+])
+def test_bad_checks(kwargs, message):
+    if message is None:
+        assert make_checks(**kwargs).answer_format == "exact"
+        return
+    with pytest.raises(ValueError, match=message):
+        make_checks(**kwargs)
+
+
+def group(texts, checks, pid="p"):
+    return Group(prompt_id=pid, prompt="q", setting=Setting(temperature=1.0), texts=tuple(texts), token_ids=(),
+                 checks=checks)
+
+
+def test_accuracy_per_sample_and_mean():
+    g = group(["#### 1,000", "The answer is 1000.0", "I think 999", "1000", "nothing"], make_checks(answer="1000", answer_format="number"))
+    s = Accuracy(Accuracy.Params()).compute(g)
+    assert s.per_sample == (1.0, 1.0, 0.0, 1.0, 0.0) and s.value == pytest.approx(0.6)
+    strict = Accuracy(Accuracy.Params(extract="strict")).compute(group(["It is 40 or 1000"], make_checks(answer=1000)))
+    assert strict.value == 0.0
+    undefined = Accuracy(Accuracy.Params()).compute(group(["1"], None))
+    assert math.isnan(undefined.value) and "has no answer" in undefined.reason
+
+
+def test_majority_vote_counts_values_and_breaks_ties_by_first_appearance():
+    assert majority(["42", None, "41", "41", None, None]) == "41"  # no answer never votes
+    assert majority(["7", "8", "8", "7"]) == "7"  # tie: the first to appear
+    assert majority([None, None]) is None
+    mv = MajorityVote(MajorityVote.Params())
+    # 42, 42.0 and "#### 42" are one answer (numbers vote by value): 3 votes against two for 41
+    assert mv.compute(group(["42", "41", "The answer is 42.0", "41", "#### 42"], NUMBER)).value == 1.0
+    assert mv.compute(group(["41", "42", "41"], NUMBER)).value == 0.0
+    assert mv.compute(group(["no", "idea"], NUMBER)).value == 0.0  # no sample has an answer: wrong
+
+
+def direct_pass_at_k(n, c, k):
+    """1 - C(n-c, k) / C(n, k), exactly (math.comb is 0 when k > n - c)."""
+    return float(1 - Fraction(math.comb(n - c, k), math.comb(n, k)))
+
+
+@pytest.mark.parametrize("n, c, k", [(1, 0, 1), (1, 1, 1), (5, 0, 5), (5, 5, 5), (5, 2, 5), (10, 3, 1), (10, 3, 5),
+                                     (10, 0, 1), (10, 10, 1), (20, 1, 10), (200, 13, 1), (200, 13, 10), (200, 13, 100),
+                                     (200, 199, 2), (1000, 7, 500)])
+def test_pass_at_k_equals_the_direct_computation(n, c, k):
+    assert pass_at_k(n, c, k) == pytest.approx(direct_pass_at_k(n, c, k), rel=1e-12, abs=1e-15)
+
+
+def test_pass_at_1_is_the_pass_rate_and_bad_arguments_raise():
+    assert pass_at_k(8, 3, 1) == pytest.approx(3 / 8)
+    for n, c, k in ((3, 1, 4), (3, 4, 1), (3, 1, 0)):
+        with pytest.raises(ValueError):
+            pass_at_k(n, c, k)
+
+
+def test_code_extraction_and_program():
+    assert extract_code("Here:\n```python\ndef f():\n    return 1\n```\nand ```x```") == "def f():\n    return 1\n"
+    assert extract_code("```\nunclosed = 1\n") == "unclosed = 1\n"
+    assert extract_code("def f(): return 2") == "def f(): return 2"
+    he = Checks(tests="def check(candidate):\n    assert candidate(2) == 3\n", entry_point="inc",
+                code_prefix="def inc(x):\n    \"\"\"x + 1\"\"\"\n")
+    p = program("    return x + 1\n", he)
+    assert p.startswith(he.code_prefix + "    return x + 1") and p.rstrip().endswith("check(inc)")
+    plain = Checks(tests="assert inc(2) == 3", entry_point="inc")
+    assert "check(" not in program("def inc(x): return x + 1", plain)
