@@ -11,7 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from evalkit.config.errors import config_error
-from evalkit.config.schema import MetricSpec, SweepConfig
+from evalkit.config.schema import MetricSpec, SweepConfig, split_metric
 from evalkit.errors import ConfigError, EvalkitError, shown, what_is
 from evalkit.inputs import read_regular
 
@@ -165,26 +165,8 @@ def metric_list(value: str) -> list[str]:
 
 def metric_spec(text: str) -> MetricSpec:
     """``name`` or ``name[key=value,...]``; values that read as numbers are numbers."""
-    name, bracket, rest = text.strip().partition("[")
-    params: dict[str, object] = {}
-    if bracket:
-        if not rest.endswith("]"):
-            raise ConfigError(f"expected NAME[KEY=VALUE,...], got {shown(text)}", path="--metrics")
-        for part in filter(None, rest[:-1].split(",")):
-            key, eq, value = (x.strip() for x in part.partition("="))
-            if not eq or not key:
-                raise ConfigError(f"expected KEY=VALUE inside the brackets of {shown(text)}, got {shown(part)}",
-                                  path="--metrics")
-            if key in params:
-                raise ConfigError(f"parameter {shown(key)} appears twice in {shown(text)}", path="--metrics")
-            params[key] = _number(value)
-    return MetricSpec(name=name.strip(), params=params)
-
-
-def _number(value: str) -> object:
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return value
+    try:
+        name, params = split_metric(text)
+    except ValueError as e:
+        raise ConfigError(str(e), path="--metrics") from None
+    return MetricSpec(name=name, params=params)

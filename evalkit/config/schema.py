@@ -343,8 +343,36 @@ class ImageOptions(_Strict):
     batch_size: int = Field(4, ge=1, le=1024)
 
 
+def split_metric(text: str) -> tuple[str, dict[str, object]]:
+    """(name, params) of ``name`` or ``name[key=value,...]``; values that read as numbers are numbers.
+    Raises ValueError."""
+    name, bracket, rest = text.strip().partition("[")
+    params: dict[str, object] = {}
+    if bracket:
+        if not rest.endswith("]"):
+            raise ValueError(f"expected NAME[KEY=VALUE,...], got {shown(text)}")
+        for part in filter(None, rest[:-1].split(",")):
+            key, eq, value = (x.strip() for x in part.partition("="))
+            if not eq or not key:
+                raise ValueError(f"expected KEY=VALUE inside the brackets of {shown(text)}, got {shown(part)}")
+            if key in params:
+                raise ValueError(f"parameter {shown(key)} appears twice in {shown(text)}")
+            params[key] = _number(value)
+    return name.strip(), params
+
+
+def _number(value: str) -> object:
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
 class MetricSpec(_Strict):
-    """A metric by registry name, with its parameters (``{name: distinct_n, n: 3}`` or ``distinct_2``)."""
+    """A metric by registry name, with its parameters (``{name: distinct_n, n: 3}``, ``distinct_2`` or
+    ``distinct_n[n=3]``, as on the command line)."""
 
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
@@ -352,6 +380,9 @@ class MetricSpec(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, str) and "[" in data:
+            name, params = split_metric(data)
+            return {"name": name, "params": params}
         if isinstance(data, str):
             return {"name": data}
         if isinstance(data, dict) and "params" not in data:
