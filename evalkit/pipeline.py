@@ -45,11 +45,11 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
     settings = config.settings()
     metrics = default_registry().create_all(config.metrics, source=config.source)
     kind.check_metrics(metrics, config.source)
-    prepare_all(metrics, source=config.source)
     prompts = load_prompts(config)
     kind.check_prompts(prompts, config.source)
     checks = {p.id: p.checks for p in prompts if p.checks is not None}
     require_checks(metrics, checks.values(), config.source)
+    prepare_all(metrics, source=config.source)  # loads embedders, probes the sandbox: after the cheap checks
     check_size(config, settings, prompts)
     check_writable(Path(config.output_dir) if resume_dir is None else resume_dir, config.source)
     check_database(index_path(config.index, config.output_dir), config.source, "index", INDEX_TABLES)

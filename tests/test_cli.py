@@ -65,7 +65,7 @@ def test_config_or_preset_and_unknown_preset():
     assert result.exit_code == 2 and "give a config file or --preset NAME" in result.stderr
     result = runner.invoke(app, ["run", "--preset", "poetry"])
     assert result.exit_code == 2
-    assert "unknown preset 'poetry' (presets: brainstorm, chat, code, creative, qa)" in result.stderr
+    assert "unknown preset 'poetry' (presets: brainstorm, chat, code, creative, math, qa)" in result.stderr
 
 
 def test_presets_are_valid_configs_on_the_default_model():

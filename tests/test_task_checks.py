@@ -173,3 +173,25 @@ def test_score_rows_of_one_prompt_must_agree_on_checks(tmp_path):
         score_file(write_jsonl(tmp_path / "g.jsonl", rows), ["accuracy"], tmp_path / "o", progress=False)
     assert not (tmp_path / "o").exists()
 
+
+
+def test_the_report_draws_pass_at_k_against_temperature(tmp_path, sandboxed):
+    from evalkit.report import write_report
+
+    rows = []
+    for t, right in ((0.2, (1, 1, 0, 0)), (0.8, (1, 0, 0, 0)), (1.2, (0, 0, 0, 1))):
+        for i, ok in enumerate(right):
+            rows.append({"prompt_id": "c", "prompt": "inc", "temperature": t, "sample_index": i, "tests":
+                         "assert inc(1) == 2", "entry_point": "inc", "text": f"def inc(x): return x + {1 if ok else 2}"})
+    run = score_file(write_jsonl(tmp_path / "g.jsonl", rows), ["pass_at_k[k=1]", "pass_at_k[k=3]"], tmp_path / "o",
+                     progress=False)
+    means = run.summary.set_index(["setting_id", "metric"])["mean"]
+    assert means[("t0.2-p1", "pass_at_1[timeout=3]")] == 0.5 and means[("t0.2-p1", "pass_at_3[timeout=3]")] == 1.0
+    assert means[("t1.2-p1", "pass_at_3[timeout=3]")] == pytest.approx(pass_at_k(4, 1, 3)) == 0.75
+    html = write_report([run.path], tmp_path / "r.html").read_text()
+    section = html[html.index('<section id="pass-at-k">'):]
+    section = section[:section.index("</section>")]
+    assert "<svg" in section and "k=1" in section and "k=3" in section
+    no_code = score_file(write_jsonl(tmp_path / "n.jsonl", [{"prompt_id": "a", "text": "x y"}]), ["distinct_1"],
+                         tmp_path / "n", progress=False)
+    assert 'id="pass-at-k"' not in write_report([no_code.path], tmp_path / "n.html").read_text()

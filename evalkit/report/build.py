@@ -7,14 +7,17 @@ escaped by the template or carried as JSON and set with ``textContent`` in the p
 from __future__ import annotations
 
 import math
+import re
 from importlib import resources
 from pathlib import Path
 
 import jinja2
+import pandas as pd
 from markupsafe import Markup, escape
 
 from evalkit.version import __version__
 from evalkit.numbers import fmt
+from evalkit.kinds.base import Axes
 from evalkit.report import charts
 from evalkit.report.data import ENTROPY, RunView, deltas, load_views, script_json
 from evalkit.rundir.files import write_atomic
@@ -58,7 +61,25 @@ def chart_set(view: RunView) -> dict:
         entropy = charts.lines(e[e["metric"] == "entropy_sampling"], {}, f"{view.key}e", view.level,
                                ylabel="entropy per token (nats)", reference=e[e["metric"] == "entropy_model"],
                                reference_label="model, T=1")
-    return {"metrics": per_metric, "pairs": pairs, "xs": xs, "ys": ys, "entropy": entropy}
+    return {"metrics": per_metric, "pairs": pairs, "xs": xs, "ys": ys, "entropy": entropy,
+            "pass_at_k": pass_at_k_chart(view)}
+
+
+PASS_AT = re.compile(r"pass_at_(\d+)(\[.*\])?")
+
+
+def pass_at_k_chart(view: RunView) -> str | None:
+    """pass@k against temperature, one line per k (Chen et al. 2021, Fig. 5: the best temperature rises with k);
+    None where the run has no pass@k or no temperature axis."""
+    found = [(m, PASS_AT.fullmatch(m)) for m in view.metrics]
+    found = [(m, int(match.group(1))) for m, match in found if match]
+    if not found or view.axes.x != "temperature":
+        return None
+    rows = pd.concat([view.metric_rows(m).assign(k=k) for m, k in found], ignore_index=True)
+    if rows.empty or rows["mean"].isna().all():
+        return None
+    axes = Axes(x="temperature", y="k", panels=(view.axes.y, *view.axes.panels))
+    return charts.lines(rows, view.info(found[0][0]), f"{view.key}k", view.level, ylabel="pass@k", axes=axes)
 
 
 def summary_table(view: RunView) -> dict:
@@ -124,7 +145,7 @@ def render_report(run_dirs: list[str | Path]) -> str:
     wide = {m for c in chart_sets.values() for m, per in c["metrics"].items() if per["wide"]}
     return env.get_template("report.html.j2").render(
         title=", ".join(dict.fromkeys(v.manifest.name for v in views)),
-        views=views, charts=chart_sets, wide=wide,
+        views=views, charts=chart_sets, wide=wide, pass_at_k=any(c["pass_at_k"] for c in chart_sets.values()),
         text_runs=any(not v.images for v in views), tables=[summary_table(v) for v in views],
         deltas=[delta_table(views[0], v) for v in views[1:]], metric_names=names, entropy_help=ENTROPY,
         data=script_json({"runs": [v.browser_data() for v in views]}), version=__version__,
