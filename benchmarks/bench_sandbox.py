@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import site
 import subprocess
 import sys
 import time
@@ -48,10 +49,11 @@ def in_process(programs: list[str]) -> int:
 
 def plain_subprocess(programs: list[str], limits: Limits, workers: int) -> int:
     args = [str(v) for v in (limits.cpu, limits.memory, limits.processes, limits.files, limits.file_size)]
+    args += [d for d in site.getsitepackages() if os.path.isdir(d)]
 
     def one(program: str) -> bool:
         try:
-            done = subprocess.run([sys.executable, "-I", "-c", WRAPPER, *args], input=b"t\n" + program.encode(),
+            done = subprocess.run([sys.executable, "-I", "-S", "-c", WRAPPER, *args], input=b"t\n" + program.encode(),
                                   capture_output=True, timeout=limits.timeout + 0.5, env={})
         except subprocess.TimeoutExpired:
             return False

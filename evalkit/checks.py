@@ -48,7 +48,8 @@ def make_checks(answer: str | int | float | None = None, answer_format: str | No
         for name, value in (("answer_format", answer_format), ("answer_pattern", answer_pattern),
                             ("entry_point", entry_point), ("code_prefix", code_prefix)):
             if value is not None:
-                raise ValueError(f"{name} is given without {'tests' if name in ('entry_point', 'code_prefix') else 'an answer'}")
+                needed = "tests" if name in ("entry_point", "code_prefix") else "an answer"
+                raise ValueError(f"{name} is given without {needed}")
         return None
     if isinstance(answer, bool):
         raise ValueError(f"answer must be text or a number, got {str(answer).lower()}")

@@ -44,11 +44,13 @@ from evalkit.errors import EvalkitError
 NOBODY = 65534
 TAIL = 4096  # bytes of a program's output kept for its outcome's detail
 
-# Runs inside the sandbox (``python -I -c WRAPPER``): reads the token and the program from stdin,
-# sets the limits, runs the program as a module named __candidate__ (``if __name__ == "__main__"``
-# blocks do not run), and writes the token only when the program ran to its end.
+# Runs inside the sandbox (``python -I -S -c WRAPPER LIMITS... SITE_DIRS...``): puts the environment's
+# site-packages on the path (without running their .pth hooks: a third of a start-up), reads the token
+# and the program from stdin, sets the limits, runs the program as a module named __candidate__
+# (``if __name__ == "__main__"`` blocks do not run), and writes the token only when it ran to its end.
 WRAPPER = r"""
 import os, resource, sys
+sys.path.extend(sys.argv[6:])
 data = sys.stdin.buffer.read()
 os.dup2(os.open("/dev/null", os.O_RDONLY), 0)
 token, _, program = data.partition(b"\n")
@@ -98,7 +100,7 @@ class Outcome:
     before its end, a limit) or ``timeout`` (killed at the wall-clock limit); ``detail`` is the last line
     of its output (the exception) for a failure."""
 
-    status: Literal["passed", "failed", "timeout"]
+    status: Literal["passed", "failed", "timeout"]  # timeout: the wall-clock or the CPU-time limit
     detail: str = ""
 
     @property
@@ -164,10 +166,10 @@ class Sandbox:
     def _run(self, program: str) -> Outcome:
         token = secrets.token_hex(16)
         lim = self.limits
-        args = [str(v) for v in (lim.cpu, lim.memory, lim.processes, lim.files, lim.file_size)]
+        args = [str(v) for v in (lim.cpu, lim.memory, lim.processes, lim.files, lim.file_size)] + _site_dirs()
         with tempfile.TemporaryFile() as out:
             try:
-                proc = subprocess.Popen([*command(lim), "-I", "-c", WRAPPER, *args], stdin=subprocess.PIPE,
+                proc = subprocess.Popen([*command(lim), "-I", "-S", "-c", WRAPPER, *args], stdin=subprocess.PIPE,
                                         stdout=out, stderr=subprocess.STDOUT, env={}, start_new_session=True)
             except OSError as e:
                 return Outcome("failed", f"could not start bwrap: {e.strerror or e}")
@@ -194,7 +196,8 @@ class Sandbox:
             return Outcome("passed")
         signal_number = -proc.returncode if proc.returncode < 0 else proc.returncode - 128  # bwrap: 128 + signal
         if 0 < signal_number < 65 and (proc.returncode < 0 or not lines or lines[-1] != token):
-            return Outcome("failed", _killed_by(signal_number, lim))
+            why = _killed_by(signal_number, lim)
+            return Outcome("timeout" if why.startswith("CPU time") else "failed", why)
         last = lines[-1] if lines else f"exit status {proc.returncode}"
         return Outcome("failed", last[:300] if proc.returncode else f"exited before its end ({last[:200]})")
 
@@ -254,6 +257,12 @@ def command(limits: Limits) -> list[str]:
             "--unshare-cgroup-try", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", *common, *mounts, "--",
             shutil.which("setpriv") or "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
             "--inh-caps=-all", "--bounding-set=-all", "--", sys.executable]
+
+
+def _site_dirs() -> list[str]:
+    import site
+
+    return [d for d in site.getsitepackages() if os.path.isdir(d)]
 
 
 def _interpreter_paths() -> list[str]:

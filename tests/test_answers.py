@@ -16,8 +16,9 @@ NUMBER = make_checks(answer=42)
 
 @pytest.mark.parametrize("text, value", [
     ("42", 42), ("-7", -7), ("\u22127", -7), ("+3", 3), ("1,234", 1234), ("1,234,567.5", Fraction(2469135, 2)),
-    ("$1,000", 1000), ("42.", 42), ("42.0", 42), ("0.5", Fraction(1, 2)), (".5", Fraction(1, 2)), ("3/4", Fraction(3, 4)),
-    ("\\frac{3}{4}", Fraction(3, 4)), ("\\dfrac{-1}{2}", Fraction(-1, 2)), ("50%", 50), ("$42$", 42), ("10\\,000", 10000),
+    ("$1,000", 1000), ("42.", 42), ("42.0", 42), ("0.5", Fraction(1, 2)), (".5", Fraction(1, 2)),
+    ("3/4", Fraction(3, 4)), ("\\frac{3}{4}", Fraction(3, 4)), ("\\dfrac{-1}{2}", Fraction(-1, 2)), ("50%", 50),
+    ("$42$", 42), ("10\\,000", 10000),
     ("abc", None), ("1,23", None), ("", None), ("4 2", None), ("1/0", None),
 ])
 def test_parse_number(text, value):
@@ -98,7 +99,8 @@ def group(texts, checks, pid="p"):
 
 
 def test_accuracy_per_sample_and_mean():
-    g = group(["#### 1,000", "The answer is 1000.0", "I think 999", "1000", "nothing"], make_checks(answer="1000", answer_format="number"))
+    g = group(["#### 1,000", "The answer is 1000.0", "I think 999", "1000", "nothing"],
+              make_checks(answer="1000", answer_format="number"))
     s = Accuracy(Accuracy.Params()).compute(g)
     assert s.per_sample == (1.0, 1.0, 0.0, 1.0, 0.0) and s.value == pytest.approx(0.6)
     strict = Accuracy(Accuracy.Params(extract="strict")).compute(group(["It is 40 or 1000"], make_checks(answer=1000)))

@@ -117,7 +117,8 @@ def make_case(case: str, tmp_path: Path, tiny_model: Path) -> tuple[list[str], P
                          "prompts": [{"id": "cat", "image": "missing.png", "prompt": "What is it?"}]},
         "tests-compile": {"prompts": [{"id": "add", "prompt": "Write add(a, b).", "entry_point": "add",
                                        "tests": "assert add(1, 2) == 3\nassert add(2, 2) =="}]},
-        "tests-entry-point": {"prompts": [{"id": "add", "prompt": "Write add(a, b).", "tests": "assert add(1, 2) == 3"}]},
+        "tests-entry-point": {"prompts": [{"id": "add", "prompt": "Write add(a, b).",
+                                           "tests": "assert add(1, 2) == 3"}]},
         "answer-format": {"prompts": [{"id": "sum", "prompt": "1 + 2?", "answer": "three", "answer_format": "number"}]},
         "code-metric": {"metrics": ["distinct_1", "pass_at_k[k=1]"]},
         "ray-workers": {"executor": {"kind": "ray", "workers": 0}},
@@ -148,7 +149,8 @@ CASES = ["invalid-yaml", "duplicate-key", "unknown-key", "wrong-type", "temperat
          "index-not-db", "cache-not-db", "fail-on-metric", "baseline-missing", "junit-dir", "resume-locked",
          "unknown-metric", "empty-prompts", "prompt-file-missing", "prompt-file-json", "prompt-file-utf8",
          "model-path", "model-hash", "prompt-too-long", "device", "output-dir", "image-metric", "prompt-image",
-         "tests-compile", "tests-entry-point", "answer-format", "code-metric", "vlm-model", "served-credentials", "served-key", "served-entropy", "served-unreachable",
+         "tests-compile", "tests-entry-point", "answer-format", "code-metric", "vlm-model", "served-credentials",
+         "served-key", "served-entropy", "served-unreachable",
          "ray-workers", "ray-address"]
 
 

@@ -74,8 +74,8 @@ def test_a_fork_bomb_is_contained(sandbox, host):
     bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
     assert not sandbox.run(bomb + "# 1").passed
     # the limit on processes holds inside: a program sees its forks refused long before the machine's limit
-    probe = ("import os, time\nn = 0\ntry:\n    while n < 1000:\n        if os.fork() == 0:\n            time.sleep(30)\n"
-             "        n += 1\nexcept OSError:\n    pass\nassert n < 1000, n\n")
+    probe = ("import os, time\nn = 0\ntry:\n    while n < 1000:\n        if os.fork() == 0:\n"
+             "            time.sleep(30)\n        n += 1\nexcept OSError:\n    pass\nassert n < 1000, n\n")
     assert sandbox.run(probe).passed
 
 

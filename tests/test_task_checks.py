@@ -65,7 +65,8 @@ def test_score_file_with_answers_and_tests(tmp_path, sandboxed):
     assert scores[("m", "majority_vote[extract=flexible]")] == 1.0
     # a prompt without the check has no value, with a reason
     reasons = run.scores.set_index(["prompt_id", "metric"])["reason"]
-    assert math.isnan(scores[("m", "pass_at_1[timeout=2]")]) and "has no tests" in reasons[("m", "pass_at_1[timeout=2]")]
+    assert math.isnan(scores[("m", "pass_at_1[timeout=2]")])
+    assert "has no tests" in reasons[("m", "pass_at_1[timeout=2]")]
     assert "has no answer" in reasons[("add", "accuracy[extract=flexible]")]
     # per-sample passes are kept; the checks that judged them stay with the scores
     per = run.sample_scores[run.sample_scores["metric"] == "pass_at_1[timeout=2]"]
@@ -122,7 +123,8 @@ def test_humaneval_and_gsm8k_files(tmp_path):
     he = write_jsonl(tmp_path / "he.jsonl", [{"task_id": "HumanEval/0", "prompt": HE_PREFIX, "test": HE_TEST,
                                               "entry_point": "add", "canonical_solution": "    return a + b\n"}])
     gsm = write_jsonl(tmp_path / "gsm.jsonl", [
-        {"question": "Tom has 3 boxes of 400 pens. How many pens?", "answer": "3 * 400 = <<3*400=1200>>1200\n#### 1,200"},
+        {"question": "Tom has 3 boxes of 400 pens. How many pens?",
+         "answer": "3 * 400 = <<3*400=1200>>1200\n#### 1,200"},
         {"question": "It is 5 degrees below zero.", "answer": "#### -5"}])
     p = load_prompts(config_from_dict({"name": "t", "prompts": {"file": str(he), "format": "humaneval"}}))
     assert p[0].id == "HumanEval/0" and p[0].text == HE_PREFIX
@@ -131,8 +133,8 @@ def test_humaneval_and_gsm8k_files(tmp_path):
     assert [q.id for q in g] == ["p0", "p1"] and [q.checks.answer for q in g] == ["1,200", "-5"]
     assert correct("So 1200 pens.", g[0].checks) and correct("The answer is -5.", g[1].checks)
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"task_id": "X/1", "prompt": "def f():", "entry_point": "f"}])
-    with pytest.raises(ConfigError, match=r"bad.jsonl: line 1: a humaneval line needs task_id, prompt, test, entry_point; "
-                                          r"missing test$"):
+    with pytest.raises(ConfigError, match=r"bad.jsonl: line 1: a humaneval line needs task_id, prompt, test, "
+                                          r"entry_point; missing test$"):
         load_prompts(config_from_dict({"name": "t", "prompts": {"file": str(bad), "format": "humaneval"}}))
     no_hashes = write_jsonl(tmp_path / "nh.jsonl", [{"question": "q", "answer": "just 5"}])
     with pytest.raises(ConfigError, match="line 1: a gsm8k answer ends in '#### N'"):
@@ -148,15 +150,16 @@ def test_humaneval_and_gsm8k_files(tmp_path):
      "prompts.items[0]: prompt 'nan': answer 'lots' is not a number (answer_format: number)"),
 ])
 def test_bad_checks_are_refused_at_the_start_naming_the_prompt(prompt, message, tmp_path, write_config):
-    path = write_config({"name": "t", "prompts": [prompt], "metrics": ["distinct_1"], "output_dir": str(tmp_path / "runs")})
+    path = write_config({"name": "t", "prompts": [prompt], "metrics": ["distinct_1"],
+                         "output_dir": str(tmp_path / "runs")})
     result = CliRunner().invoke(app, ["run", str(path)])
     assert result.exit_code == 2 and result.output.strip() == f"error: {path}: {message}"
     assert not (tmp_path / "runs").exists()
 
 
 def test_a_code_metric_without_tests_is_refused_naming_the_metric(tmp_path, write_config):
-    path = write_config({"name": "t", "prompts": [{"prompt": "x", "answer": 1}], "metrics": ["accuracy", "pass_at_k[k=1]"],
-                         "output_dir": str(tmp_path / "runs")})
+    path = write_config({"name": "t", "prompts": [{"prompt": "x", "answer": 1}],
+                         "metrics": ["accuracy", "pass_at_k[k=1]"], "output_dir": str(tmp_path / "runs")})
     result = CliRunner().invoke(app, ["run", str(path)])
     assert result.exit_code == 2
     assert result.output.strip() == (f"error: {path}: metrics[1]: pass_at_1[timeout=3] needs prompts with tests, and "
@@ -181,8 +184,9 @@ def test_the_report_draws_pass_at_k_against_temperature(tmp_path, sandboxed):
     rows = []
     for t, right in ((0.2, (1, 1, 0, 0)), (0.8, (1, 0, 0, 0)), (1.2, (0, 0, 0, 1))):
         for i, ok in enumerate(right):
-            rows.append({"prompt_id": "c", "prompt": "inc", "temperature": t, "sample_index": i, "tests":
-                         "assert inc(1) == 2", "entry_point": "inc", "text": f"def inc(x): return x + {1 if ok else 2}"})
+            rows.append({"prompt_id": "c", "prompt": "inc", "temperature": t, "sample_index": i,
+                         "tests": "assert inc(1) == 2", "entry_point": "inc",
+                         "text": f"def inc(x): return x + {1 if ok else 2}"})
     run = score_file(write_jsonl(tmp_path / "g.jsonl", rows), ["pass_at_k[k=1]", "pass_at_k[k=3]"], tmp_path / "o",
                      progress=False)
     means = run.summary.set_index(["setting_id", "metric"])["mean"]
