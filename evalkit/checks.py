@@ -17,7 +17,7 @@ How a sample's answer and code are extracted is in :mod:`evalkit_metrics.answers
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
 from typing import Literal
 
@@ -33,6 +33,13 @@ class Checks:
     tests: str | None = None
     entry_point: str | None = None
     code_prefix: str = ""
+
+    def same_as(self, other: Checks) -> bool:
+        """The same checks, a numeric answer compared by value (42, "42.0")."""
+        if self.answer_format == other.answer_format == "number" and self.answer and other.answer:
+            return (parse_number(self.answer) == parse_number(other.answer)
+                    and replace(self, answer=None) == replace(other, answer=None))
+        return self == other
 
     def as_json(self) -> dict:
         """The fields that are set (what a run's prompts.jsonl keeps)."""
@@ -62,7 +69,7 @@ def make_checks(answer: str | int | float | None = None, answer_format: str | No
     elif answer_format is not None or answer_pattern is not None:
         raise ValueError("answer_format and answer_pattern need an answer")
     if tests is not None:
-        _check_tests(tests, entry_point)
+        _check_tests(tests, entry_point, code_prefix)
     elif entry_point is not None or code_prefix is not None:
         raise ValueError("entry_point and code_prefix need tests")
     return Checks(answer=text, answer_format=fmt, answer_pattern=answer_pattern, tests=tests,
@@ -72,6 +79,10 @@ def make_checks(answer: str | int | float | None = None, answer_format: str | No
 def _answer_text(answer: str | int | float) -> str:
     if isinstance(answer, float) and answer != answer or answer in (float("inf"), float("-inf")):
         raise ValueError(f"answer must be a finite number, got {answer}")
+    if isinstance(answer, float):  # 1e-07 as 0.0000001: numbers are written out in full
+        from decimal import Decimal
+
+        return format(Decimal(repr(answer)), "f")
     text = str(answer).strip()
     if not text:
         raise ValueError("answer is empty")
@@ -96,45 +107,85 @@ def _check_answer(text: str, fmt: str, pattern: str | None) -> None:
         raise ValueError(f"answer {text[:60]!r} is not one letter (answer_format: choice)")
 
 
-def _check_tests(tests: str, entry_point: str | None) -> None:
+def _check_tests(tests: str, entry_point: str | None, code_prefix: str | None) -> None:
+    import ast
+    import keyword
+
     if not tests.strip():
         raise ValueError("tests are empty")
     if entry_point is None:
         raise ValueError("tests need an entry_point: the name of the function they test")
-    if not entry_point.isidentifier():
+    if not entry_point.isidentifier() or keyword.iskeyword(entry_point):
         raise ValueError(f"entry_point must be a Python name, got {entry_point[:60]!r}")
+    tree = _parsed(tests, "tests")
+    if code_prefix is not None:
+        _parsed(code_prefix, "code_prefix")
+    check = next((n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == "check"),
+                 None)
+    if check is not None:
+        if not check.args.args and not check.args.posonlyargs and check.args.vararg is None:
+            raise ValueError("tests define check() without a parameter: HumanEval's check(candidate) is called with "
+                             "the entry point")
+    elif not any(_runs(node) for node in tree.body):
+        raise ValueError("tests run nothing at the top level (only definitions, imports or a __main__ block): give "
+                         "asserts, such as assert f(1) == 2, or HumanEval's def check(candidate)")
+
+
+def _parsed(code: str, what: str):
+    import ast
+
     try:
-        compile(tests, "tests", "exec")
+        return ast.parse(code, what)
     except SyntaxError as e:
-        raise ValueError(f"tests do not compile (line {e.lineno}: {e.msg})") from None
+        raise ValueError(f"{what} do{'es' if what == 'code_prefix' else ''} not compile (line {e.lineno}: {e.msg})") \
+            from None
     except ValueError as e:  # a NUL byte
-        raise ValueError(f"tests do not compile ({e})") from None
+        raise ValueError(f"{what} do{'es' if what == 'code_prefix' else ''} not compile ({e})") from None
+
+
+def _runs(node) -> bool:
+    """Whether a top-level statement of the tests runs something when the program runs: not a definition,
+    an import, a docstring or an ``if __name__ == "__main__":`` block (the program is not ``__main__``)."""
+    import ast
+
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Import, ast.ImportFrom, ast.Pass)):
+        return False
+    if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+        return False
+    if isinstance(node, ast.If) and "__name__" in ast.unparse(node.test):
+        return any(_runs(n) for n in node.orelse)
+    return True
 
 
 # ---------------------------------------------------------------------------- numbers
 
 _MINUS = "-\u2212"  # ASCII hyphen-minus, Unicode minus sign
-NUMBER = re.compile(r"[-+\u2212]?\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?%?|[-+\u2212]?\$?\.\d+%?")
-_FRAC = re.compile(r"\\d?frac\{\s*([-+]?\d+)\s*\}\{\s*(\d+)\s*\}")
+# \frac{3}{4}, \dfrac{-1}{2}, -\frac12 (LaTeX's one-digit shorthand); then plain numbers
+_FRAC_TEXT = r"[-+\u2212]?\\[dt]?frac(?:\{\s*[-+\u2212]?\d+\s*\}\{\s*\d+\s*\}|\d\d)"
+_PLAIN = r"[-+\u2212]?\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?%?|[-+\u2212]?\$?\.\d+%?"
+NUMBER = re.compile(f"{_FRAC_TEXT}|{_PLAIN}")
+_FRAC = re.compile(r"([-+\u2212]?)\\[dt]?frac(?:\{\s*([-+\u2212]?\d+)\s*\}\{\s*(\d+)\s*\}|(\d)(\d))")
 
 
 def parse_number(text: str) -> Fraction | None:
     """The exact value of a number written in ``text`` alone, or None: an optional sign, ``$``, thousands
     separated by commas (``1,234``), a decimal point, a fraction ``3/4`` or ``\\frac{3}{4}``, a trailing ``%``
     or period; LaTeX ``$...$`` and ``\\!``/``\\,`` spacing are ignored."""
-    t = text.strip().strip("$").replace("\\!", "").replace("\\,", "").replace("\\ ", "").strip()
-    t = t.removesuffix(".").strip()
-    m = _FRAC.fullmatch(t)
-    if m:
-        den = int(m.group(2))
-        return Fraction(int(m.group(1)), den) if den else None
+    t = text.strip().strip("$").replace("\\!", "").replace("\\,", "").replace("\\ ", "").replace("{,}", ",")
+    t = t.strip().removesuffix(".").strip()
     if not NUMBER.fullmatch(t):
         return None
     return number_value(t)
 
 
 def number_value(token: str) -> Fraction | None:
-    """The value of a token that :data:`NUMBER` matched."""
+    """The value of a token that :data:`NUMBER` matched (None for a zero denominator)."""
+    m = _FRAC.fullmatch(token)
+    if m:
+        num, den = (m.group(2), m.group(3)) if m.group(2) is not None else (m.group(4), m.group(5))
+        sign = -1 if m.group(1) and m.group(1) in _MINUS else 1
+        num = num.replace("\u2212", "-")
+        return sign * Fraction(int(num), int(den)) if int(den) else None
     t = token.replace(",", "").replace("$", "").removesuffix("%")
     sign = -1 if t[:1] in _MINUS else 1
     t = t.lstrip("+" + _MINUS)

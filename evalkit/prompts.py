@@ -177,8 +177,8 @@ def from_format(obj: dict, fmt: str, source: str, where: str) -> dict:
     if missing:
         raise ConfigError(f"a {fmt} line needs {', '.join(need)}; missing {', '.join(missing)}", source=source,
                           path=where)
-    wrong = next((k for k in need if not isinstance(obj[k], str) and not (k == "task_id" and isinstance(obj[k], int))),
-                 None)
+    wrong = next((k for k in need if not isinstance(obj[k], str)
+                  and not (k == "task_id" and isinstance(obj[k], int) and not isinstance(obj[k], bool))), None)
     if wrong:
         raise ConfigError(f"'{wrong}' must be a string, got {shown(obj[wrong])}", source=source, path=where)
     if fmt == "humaneval":

@@ -2,22 +2,25 @@
 
 Generated code is untrusted. Each program runs under bubblewrap (``bwrap``, Debian's ``bubblewrap``):
 
-- the whole file system read-only, with a fresh, size-capped tmpfs as ``/tmp``, which is also the
-  working directory and HOME (the only place it can write; gone when it ends);
+- a file system of its own, read-only, that holds only the system's programs and libraries
+  (``/usr``, ``/lib``...), a few files of ``/etc``, and the interpreter with its environment: no
+  ``/home``, ``/root``, ``/run`` or ``/var``, so no one's files and no host service's Unix socket;
+  a fresh, size-capped tmpfs as ``/tmp``, which is also the working directory and HOME, and a small
+  ``/dev/shm`` are the only places it can write (gone when it ends);
 - its own network namespace (no network: not even the host's loopback), PID namespace (every
   process it starts dies with it), IPC and UTS namespaces, a new session, and an empty environment
   (no API keys: only HOME, PATH and LANG are set);
-- as an unprivileged user: the caller's own where that is not root, ``nobody`` (65534) where it is,
-  so that the process limit holds (the kernel exempts root from it); directories on the way to the
-  interpreter that ``nobody`` may not enter (``/root``) are replaced by an empty tmpfs with only the
-  interpreter bound back;
-- resource limits set before the program's first line runs: CPU seconds, address space, processes,
-  open files, file size, no core files; stdin is ``/dev/null``; stdout and stderr go to one file,
-  of which the last :data:`TAIL` bytes are read;
-- a wall-clock limit, after which its process group (and with it the namespace) is killed.
+- as an unprivileged user: the caller where that is not root (in a user namespace of its own); under
+  root, a user id of its own per program running at once, so that the process limit holds (the kernel
+  exempts root from it) and no program's processes count against another's;
+- resource limits set before the program's first line runs: CPU seconds, address space (per process),
+  processes and threads, open files, file size, no core files; stdin is ``/dev/null``; stdout and
+  stderr go to one file, of which the last :data:`TAIL` bytes are read;
+- a wall-clock limit, after which the namespace's first process (and with it every other) is killed.
 
-A program passes when it runs to its end: the wrapper then writes a random token after the
-program's output, which an exit (``sys.exit(0)``, ``os._exit(0)``) before the end never writes.
+A program passes when it runs to its end: a parent process, which the program cannot reach, writes a
+random token after the program's output once the program said it finished and exited cleanly, so an
+exit (``sys.exit(0)``, ``os._exit(0)``) before the end does not pass, nor does printing what it reads.
 Outcomes are cached in the process by (program hash, limits): identical candidates (greedy decoding
 repeats itself) run once.
 """
@@ -29,10 +32,10 @@ import math
 import os
 import secrets
 import shutil
-import stat
 import subprocess
 import sys
 import tempfile
+import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,13 +44,19 @@ from typing import Literal
 
 from evalkit.errors import EvalkitError
 
-NOBODY = 65534
+MAX_WORKERS = 64
+# Under root, each program runs as a user of its own, so that no program's processes count against
+# another's limit: SLOT_UIDS + 100 x (this process's id mod 10^6) + its worker slot (no account needed).
+SLOT_UIDS = 1_800_000_000
 TAIL = 4096  # bytes of a program's output kept for its outcome's detail
+SHM_SIZE = 8 << 20  # bytes of its /dev/shm (the rest of /dev is read-only)
 
 # Runs inside the sandbox (``python -I -S -c WRAPPER LIMITS... SITE_DIRS...``): puts the environment's
 # site-packages on the path (without running their .pth hooks: a third of a start-up), reads the token
-# and the program from stdin, sets the limits, runs the program as a module named __candidate__
-# (``if __name__ == "__main__"`` blocks do not run), and writes the token only when it ran to its end.
+# and the program from stdin, sets the limits, and forks: the child forgets the token and runs the
+# program as a module named __candidate__ (``if __name__ == "__main__"`` blocks do not run), then says
+# "done" on a pipe; the parent, which the program cannot reach, writes the token only after "done"
+# and a clean exit, so no exit before the program's end (and no reading of the token) passes.
 WRAPPER = r"""
 import os, resource, sys
 sys.path.extend(sys.argv[6:])
@@ -55,25 +64,51 @@ data = sys.stdin.buffer.read()
 os.dup2(os.open("/dev/null", os.O_RDONLY), 0)
 token, _, program = data.partition(b"\n")
 cpu, memory, processes, files, file_size = (int(v) for v in sys.argv[1:6])
+done_r, done_w = os.pipe()
+high = __import__("fcntl").fcntl(done_w, __import__("fcntl").F_DUPFD, 1000 + os.getpid() % 1000)
+os.close(done_w)
+done_w = high  # beyond the open-file limit: no file the program opens gets a number near it
 for limit, value in ((resource.RLIMIT_CPU, (cpu, cpu + 1)), (resource.RLIMIT_AS, (memory, memory)),
                      (resource.RLIMIT_NPROC, (processes, processes)), (resource.RLIMIT_NOFILE, (files, files)),
                      (resource.RLIMIT_FSIZE, (file_size, file_size)), (resource.RLIMIT_CORE, (0, 0))):
     resource.setrlimit(limit, value)
-del data, cpu, memory, processes, files, file_size, limit, value
+del data, cpu, memory, processes, files, file_size, limit, value, high
+child = os.fork()
+if child == 0:
+    os.close(done_r)
+    del token
+
+    def _run(code, done):
+        try:
+            exec(compile(code, "candidate.py", "exec"), {"__name__": "__candidate__", "__builtins__": __builtins__})
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.write(done, b"1")
+        except BaseException as e:
+            try:
+                sys.stderr.write("\n%s: %s\n" % (type(e).__name__, str(e)[:300]))
+                sys.stderr.flush()
+            finally:
+                os._exit(1)
+        os._exit(0)
+
+    _run(program, done_w)
+os.close(done_w)
+del program
+_, status = os.waitpid(child, 0)
+os.set_blocking(done_r, False)  # what the program left running may hold the pipe open: never wait on it
 try:
-    exec(compile(program, "candidate.py", "exec"), {"__name__": "__candidate__", "__builtins__": __builtins__})
-except BaseException as e:
-    try:
-        sys.stderr.write("\n%s: %s\n" % (type(e).__name__, str(e)[:300]))
-        sys.stderr.flush()
-    finally:
-        os._exit(1)
-try:
-    sys.stdout.flush()
-    sys.stderr.flush()
-finally:
+    finished = os.read(done_r, 1) == b"1"
+except BlockingIOError:
+    finished = False
+if finished and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
     os.write(1, b"\n" + token + b"\n")
     os._exit(0)
+if os.WIFSIGNALED(status):
+    os._exit(128 + os.WTERMSIG(status))
+if not finished and os.WEXITSTATUS(status) == 0:
+    os.write(2, b"\nexited before its end (exit status 0)\n")
+os._exit(os.WEXITSTATUS(status) or 1)
 """
 
 
@@ -121,7 +156,7 @@ class Sandbox:
 
     def __init__(self, limits: Limits | None = None, workers: int | None = None):
         self.limits = limits or Limits()
-        self.workers = max(1, workers or os.cpu_count() or 1)
+        self.workers = min(MAX_WORKERS, max(1, workers or os.cpu_count() or 1))
 
     def check(self) -> None:
         """Raise :class:`SandboxUnavailable` saying why, where no sandbox can be made (checked once per process)."""
@@ -139,7 +174,7 @@ class Sandbox:
             return "bwrap not found (install bubblewrap: apt install bubblewrap)"
         if os.geteuid() == 0 and shutil.which("setpriv") is None:
             return "setpriv not found (util-linux), which runs programs as nobody when evalkit runs as root"
-        outcome = self._run(f"print({1 + 1})")
+        outcome = self._run(f"print({1 + 1})", 0)
         if not outcome.passed:
             return f"bwrap could not start a program ({outcome.detail or outcome.status})"
         return None
@@ -154,8 +189,19 @@ class Sandbox:
         with Sandbox._cache_lock:
             todo = {k: p for k, p in zip(keys, programs) if k not in Sandbox._cache}
         if todo:
+            slots: queue.SimpleQueue[int] = queue.SimpleQueue()  # a user id per program running at once (root)
+            for slot in range(self.workers):
+                slots.put(slot)
+
+            def run_in_a_slot(program: str) -> Outcome:
+                slot = slots.get()
+                try:
+                    return self._run(program, slot)
+                finally:
+                    slots.put(slot)
+
             with ThreadPoolExecutor(max_workers=min(self.workers, len(todo))) as pool:
-                outcomes = dict(zip(todo, pool.map(self._run, todo.values())))
+                outcomes = dict(zip(todo, pool.map(run_in_a_slot, todo.values())))
             with Sandbox._cache_lock:
                 Sandbox._cache.update(outcomes)
         with Sandbox._cache_lock:
@@ -163,13 +209,13 @@ class Sandbox:
 
     # ------------------------------------------------------------------ one program
 
-    def _run(self, program: str) -> Outcome:
+    def _run(self, program: str, slot: int) -> Outcome:
         token = secrets.token_hex(16)
         lim = self.limits
         args = [str(v) for v in (lim.cpu, lim.memory, lim.processes, lim.files, lim.file_size)] + _site_dirs()
         with tempfile.TemporaryFile() as out:
             try:
-                proc = subprocess.Popen([*command(lim), "-I", "-S", "-c", WRAPPER, *args], stdin=subprocess.PIPE,
+                proc = subprocess.Popen([*command(lim, slot), "-I", "-S", "-c", WRAPPER, *args], stdin=subprocess.PIPE,
                                         stdout=out, stderr=subprocess.STDOUT, env={}, start_new_session=True)
             except OSError as e:
                 return Outcome("failed", f"could not start bwrap: {e.strerror or e}")
@@ -239,23 +285,43 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def command(limits: Limits) -> list[str]:
+# What the program sees of the host, read-only: the system's programs and libraries, the few files of
+# /etc that the C library and Python read, and the interpreter with its environment (added by command()).
+# No /home, /root, /run or /var: no one's files, and no host service's Unix socket.
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+ETC_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime", "/etc/passwd",
+             "/etc/group", "/etc/nsswitch.conf", "/etc/hosts", "/etc/alternatives")
+
+
+def command(limits: Limits, slot: int = 0) -> list[str]:
     """The bwrap command line up to the interpreter (its arguments follow)."""
-    mounts = ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-              "--size", str(limits.tmp_size), "--perms", "1777", "--tmpfs", "/tmp"]
-    env = ["--clearenv", "--setenv", "HOME", "/tmp", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8"]
-    common = ["--die-with-parent", "--new-session", *env, "--chdir", "/tmp"]
-    if os.geteuid() != 0:
-        return [shutil.which("bwrap") or "bwrap", "--unshare-all", *common, *mounts, "--", sys.executable]
-    # root: no user namespace (the kernel would still count its processes as root's, which no limit binds);
-    # bwrap keeps only the right to change user, and setpriv drops to nobody with no capabilities left
-    for hidden, needed in _hidden_from_nobody(_interpreter_paths()).items():
-        mounts += ["--perms", "0755", "--tmpfs", hidden]
-        for path in needed:
+    mounts: list[str] = []
+    made: set[str] = set()
+    for path in (*SYSTEM_DIRS, *ETC_FILES, *_interpreter_paths()):
+        if not os.path.lexists(path):
+            continue
+        for parent in reversed(Path(path).parents[:-1]):  # bwrap would make them for root only (0700)
+            if str(parent) not in made:
+                made.add(str(parent))
+                mounts += ["--perms", "0755", "--dir", str(parent)]
+        if os.path.islink(path) and path in SYSTEM_DIRS:  # /bin -> usr/bin on a merged /usr
+            mounts += ["--symlink", os.readlink(path), path]
+        else:
             mounts += ["--ro-bind", path, path]
-    return [shutil.which("bwrap") or "bwrap", "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-            "--unshare-cgroup-try", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", *common, *mounts, "--",
-            shutil.which("setpriv") or "setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+    mounts += ["--dev", "/dev", "--size", str(SHM_SIZE), "--perms", "1777", "--tmpfs", "/dev/shm",
+               "--remount-ro", "/dev", "--proc", "/proc",
+               "--size", str(limits.tmp_size), "--perms", "1777", "--tmpfs", "/tmp"]
+    env = ["--clearenv", "--setenv", "HOME", "/tmp", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8"]
+    common = ["--die-with-parent", "--new-session", *env, *mounts, "--chdir", "/tmp"]
+    bwrap = shutil.which("bwrap") or "bwrap"
+    if os.geteuid() != 0:
+        return [bwrap, "--unshare-all", *common, "--", sys.executable]
+    # root: no user namespace (the kernel would count its processes as root's, which no limit binds);
+    # bwrap keeps only the right to change user, and setpriv drops to the slot's user with no capabilities
+    uid = SLOT_UIDS + 100 * (os.getpid() % 1_000_000) + slot
+    return [bwrap, "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+            "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", *common, "--",
+            shutil.which("setpriv") or "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
             "--inh-caps=-all", "--bounding-set=-all", "--", sys.executable]
 
 
@@ -266,24 +332,14 @@ def _site_dirs() -> list[str]:
 
 
 def _interpreter_paths() -> list[str]:
-    """What the interpreter needs: its installation, and the virtual environment it runs in."""
-    paths = {os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix),
-             os.path.dirname(os.path.realpath(sys.executable)), os.path.dirname(os.path.abspath(sys.executable))}
-    return sorted(paths)
-
-
-def _hidden_from_nobody(paths: list[str]) -> dict[str, list[str]]:
-    """{the outermost directory on the way to a path that others may not enter: the paths under it}."""
-    hidden: dict[str, list[str]] = {}
-    for path in paths:
-        parts = Path(path).parts
-        for i in range(2, len(parts) + 1):
-            ancestor = str(Path(*parts[:i]))
-            try:
-                mode = os.stat(ancestor).st_mode
-            except OSError:
-                break
-            if stat.S_ISDIR(mode) and not mode & stat.S_IXOTH:
-                hidden.setdefault(ancestor, []).append(path)
-                break
-    return {h: sorted(set(ps)) for h, ps in hidden.items()}
+    """What the interpreter needs beyond the system's directories: its installation, the virtual
+    environment it runs in, and that environment's site-packages (outermost first, nested ones left out)."""
+    paths = {os.path.realpath(sys.base_prefix), os.path.realpath(sys.prefix), os.path.abspath(sys.prefix),
+             os.path.dirname(os.path.realpath(sys.executable)), os.path.dirname(os.path.abspath(sys.executable)),
+             *_site_dirs()}
+    kept: list[str] = []
+    for path in sorted(p for p in paths if os.path.isdir(p)):
+        if not any(path.startswith(k.rstrip("/") + "/") or path == k for k in kept) and \
+                not any(path == d or path.startswith(d + "/") for d in SYSTEM_DIRS):
+            kept.append(path)
+    return kept

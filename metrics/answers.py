@@ -4,13 +4,14 @@ The final answer is extracted from a sample's text by these rules (``extract=str
 
 1. A *marked* answer, the last one in the text: the content of the last ``\\boxed{...}`` (braces
    balanced); else the text after the last ``####`` (GSM8K); else the rest of the line after the last
-   "answer is" or "answer:" (any case: "The answer is 42", "Final answer: B").
+   "answer is", "answer is:" or "answer:" (any case: "The answer is 42", "Final answer: B").
 2. Read under the prompt's ``answer_format``: ``number`` takes the first number of the marked span
-   (1,234.5, -3, $40, 3/4, \\frac{3}{4}, 50%; a trailing period is not a decimal point) and compares
-   values exactly (42 = 42.0 = 42.00); ``choice`` takes the first standalone letter, alone or in
-   parentheses; ``exact`` takes the whole span; ``regex`` ignores markers and takes the last match of
-   ``answer_pattern`` (its group, or the whole match). Text is compared after normalizing: case folded,
-   spaces collapsed, surrounding quotes, ``*`` and a final ``.``, ``!`` or ``?`` removed.
+   (1,234.5, 1{,}000, -3, $40, 3/4, -\\frac{3}{4}, \\frac12, 50%; a trailing period is not a decimal
+   point) and compares values exactly (42 = 42.0 = 42.00); ``choice`` takes the letter the span names
+   (:func:`choice_in`: in parentheses, alone, leading, or closing the span; any case); ``exact`` takes
+   the whole span; ``regex`` ignores markers and takes the last match of ``answer_pattern`` (its group,
+   or the whole match; a group that took nothing is no answer). Text is compared after normalizing: case
+   folded, spaces collapsed, surrounding quotes, ``*`` and a final ``.``, ``!`` or ``?`` removed.
 3. Without a marker, ``strict`` takes the whole text only when it is the answer alone ("42.", "(B)");
    ``flexible`` takes the last number in the text (as lm-evaluation-harness's GSM8K "flexible-extract"),
    the last parenthesised letter "(B)", or for ``exact`` the whole text.
@@ -32,9 +33,11 @@ from evalkit.checks import NUMBER, Checks, number_value, parse_number, show_numb
 from evalkit.scoring.metric import Group, Metric, Score
 
 Extract = Literal["flexible", "strict"]
-_MARKER = re.compile(r"####|answer\s*(?:is|:)", re.IGNORECASE)
-_CHOICE = re.compile(r"(?<![A-Za-z])\(?([A-Z])\)?(?![A-Za-z])")
-_LONE_CHOICE = re.compile(r"\s*\(?([A-Za-z])\)?[.:]?\s*")
+_MARKER = re.compile(r"answer\s*(?:is\b\s*:?|:)", re.IGNORECASE)
+_PAREN_CHOICE = re.compile(r"\(([A-Za-z])\)|(?<![A-Za-z(])([A-Za-z])\)")
+_LONE_CHOICE = re.compile(r"\s*\(?([A-Za-z])\)?[.:!]?\s*")
+_LEADING_CHOICE = re.compile(r"\s*([B-HJ-Z])(?![A-Za-z])")  # "C is right" (not the words I and A)
+_CLOSING_CHOICE = re.compile(r"(?<![A-Za-z])([A-Z])(?![A-Za-z])(?!\s+[a-z])")  # "it is C", "C." (not "A cat")
 
 
 def boxed(text: str) -> str | None:
@@ -83,7 +86,8 @@ def extract(text: str, checks: Checks, mode: Extract = "flexible") -> str | None
         if not matches:
             return None
         m = matches[-1]
-        return normalize(m.group(1) if m.re.groups else m.group(0))
+        found = m.group(1) if m.re.groups else m.group(0)
+        return normalize(found) or None if found is not None else None  # an optional group that took nothing
     span = marked(text)
     if fmt == "number":
         if span is not None:
@@ -97,17 +101,27 @@ def extract(text: str, checks: Checks, mode: Extract = "flexible") -> str | None
         return None if value is None else show_number(value)
     if fmt == "choice":
         if span is not None:
-            m = _CHOICE.search(span.strip())
-            return m.group(1) if m else None
+            return choice_in(span)
         lone = _LONE_CHOICE.fullmatch(text)
         if lone:
             return lone.group(1).upper()
         if mode == "flexible":
-            found = re.findall(r"\(([A-Z])\)", text)
-            return found[-1] if found else None
+            found = [a or b for a, b in _PAREN_CHOICE.findall(text)]
+            return found[-1].upper() if found else None
         return None
     answer = normalize(span if span is not None else text)
     return answer or None
+
+
+def choice_in(span: str) -> str | None:
+    """The letter a marked span names: the first in parentheses ("(b)", "b)"), else the span's lone letter
+    ("c."), else its first word when that is a capital letter other than I and A ("C is right"), else its
+    last capital letter that no lowercase word follows ("I think it is C")."""
+    m = _PAREN_CHOICE.search(span) or _LONE_CHOICE.fullmatch(span) or _LEADING_CHOICE.match(span)
+    if m:
+        return next(g for g in m.groups() if g).upper()
+    found = _CLOSING_CHOICE.findall(span)
+    return found[-1] if found else None
 
 
 def _first_number(span: str):

@@ -18,7 +18,9 @@ NUMBER = make_checks(answer=42)
     ("42", 42), ("-7", -7), ("\u22127", -7), ("+3", 3), ("1,234", 1234), ("1,234,567.5", Fraction(2469135, 2)),
     ("$1,000", 1000), ("42.", 42), ("42.0", 42), ("0.5", Fraction(1, 2)), (".5", Fraction(1, 2)),
     ("3/4", Fraction(3, 4)), ("\\frac{3}{4}", Fraction(3, 4)), ("\\dfrac{-1}{2}", Fraction(-1, 2)), ("50%", 50),
-    ("$42$", 42), ("10\\,000", 10000),
+    ("$42$", 42), ("10\\,000", 10000), ("1{,}000", 1000), ("-\\frac{1}{2}", Fraction(-1, 2)),
+    ("\\frac12", Fraction(1, 2)),
+    ("\u2212\\tfrac{3}{4}", Fraction(-3, 4)),
     ("abc", None), ("1,23", None), ("", None), ("4 2", None), ("1/0", None),
 ])
 def test_parse_number(text, value):
@@ -42,6 +44,12 @@ def test_parse_number(text, value):
     ("Costs went from 1,000 to 2,500.", "flexible", "2500"),
     ("no numbers here", "flexible", None),
     ("-3.50", "strict", "-3.5"),
+    ("\\boxed{-\\frac{84}{2}}", "strict", "-42"),
+    ("#### -\\frac{84}{2}", "strict", "-42"),
+    ("so $-\\frac{84}{2}$", "flexible", "-42"),
+    ("\\boxed{1{,}042}", "strict", "1042"),
+    ("The answer is: 42", "strict", "42"),
+    ("The answer isn't 41; it is 42.", "flexible", "42"),
 ])
 def test_number_extraction(text, mode, expected):
     assert extract(text, NUMBER, mode) == expected
@@ -51,6 +59,9 @@ def test_number_extraction(text, mode, expected):
     ("The answer is (B).", "strict", "B"), ("Answer: C", "strict", "C"), ("(D)", "strict", "D"), ("a.", "strict", "A"),
     ("I pick (A) over (C) in the end", "flexible", "C"), ("I pick (A) over (C) in the end", "strict", None),
     ("\\boxed{E}", "strict", "E"), ("A cat sat", "flexible", None),
+    ("The answer is (b).", "strict", "B"), ("The answer is c.", "strict", "C"),
+    ("Answer: I believe it is C", "strict", "C"),
+    ("Answer: C is right", "strict", "C"), ("Answer: it is A.", "strict", "A"), ("Answer: b) Canberra", "strict", "B"),
 ])
 def test_choice_extraction(text, mode, expected):
     assert extract(text, make_checks(answer="B", answer_format="choice"), mode) == expected
@@ -61,11 +72,14 @@ def test_exact_and_regex_extraction():
     assert extract("The answer is **Paris**.", exact) == "paris"
     assert extract("  paris!  ", exact) == "paris"
     assert extract("Paris, France", exact) == "paris, france"
+    assert extract("The answer is: Canberra.", exact) == "canberra"
     regex = make_checks(answer="yes", answer_format="regex", answer_pattern=r"verdict: (\w+)")
     assert extract("verdict: no ... verdict: Yes", regex) == "yes"
     assert extract("nothing", regex) is None
     whole = make_checks(answer="ab12", answer_format="regex", answer_pattern=r"[a-z]+\d+")
     assert extract("id ab12.", whole) == "ab12"
+    optional = make_checks(answer="no", answer_format="regex", answer_pattern=r"verdict:\s*(yes|no)?")
+    assert extract("verdict: maybe", optional) is None and extract("verdict: no.", optional) == "no"
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -84,6 +98,12 @@ def test_exact_and_regex_extraction():
     ({"tests": "assert True", "entry_point": "not a name"}, "must be a Python name"),
     ({"entry_point": "f"}, "without tests"),
     ({"answer_format": "number"}, "without an answer"),
+    ({"tests": "assert True", "entry_point": "class"}, "must be a Python name"),
+    ({"tests": "def check():\n    assert True", "entry_point": "f"}, r"check\(\) without a parameter"),
+    ({"tests": "def test_f():\n    assert f(1) == 1", "entry_point": "f"}, "tests run nothing at the top level"),
+    ({"tests": "import unittest\nclass T(unittest.TestCase):\n    def test(self):\n        assert f()\n"
+               "if __name__ == '__main__':\n    unittest.main()", "entry_point": "f"}, "tests run nothing"),
+    ({"tests": "assert f(1) == 1", "entry_point": "f", "code_prefix": "def f(:"}, "code_prefix does not compile"),
 ])
 def test_bad_checks(kwargs, message):
     if message is None:
@@ -91,6 +111,13 @@ def test_bad_checks(kwargs, message):
         return
     with pytest.raises(ValueError, match=message):
         make_checks(**kwargs)
+
+
+def test_checks_compare_numeric_answers_by_value_and_write_floats_out():
+    assert make_checks(answer=0.0000001).answer == "0.0000001"
+    assert make_checks(answer=42).same_as(make_checks(answer="42.0", answer_format="number"))
+    assert not make_checks(answer=42).same_as(make_checks(answer=43))
+    assert not make_checks(answer="42").same_as(make_checks(answer=42))  # text against a number
 
 
 def group(texts, checks, pid="p"):

@@ -15,9 +15,14 @@ import pytest
 from evalkit.sandbox import Limits, Sandbox, SandboxUnavailable
 
 
+# an odd file-size limit that only this module's sandbox has: it is in the command line of every process
+# the sandbox starts (and of every process those fork), which is how the leak check finds them
+MARK = 16_777_259
+
+
 @pytest.fixture(scope="module")
 def sandbox():
-    box = Sandbox(Limits(timeout=2.0))
+    box = Sandbox(Limits(timeout=2.0, file_size=MARK))
     try:
         box.check()
     except SandboxUnavailable as e:
@@ -27,16 +32,16 @@ def sandbox():
     return box
 
 
-def other_namespace_processes() -> set[int]:
-    """Live processes in another PID namespace than this one's (what a sandbox would leave behind if it leaked;
-    a zombie, dead and waiting for its parent to read its status, holds nothing)."""
-    ours = os.readlink("/proc/self/ns/pid")
+def sandboxed_processes() -> set[int]:
+    """Live processes that this module's sandbox started (what it would leave behind if it leaked; a zombie,
+    dead and waiting for its parent to read its status, holds nothing)."""
+    mark = b"\0" + str(MARK).encode() + b"\0"
     found = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                if os.readlink(entry / "ns" / "pid") != ours and state != "Z":
+                if mark in (entry / "cmdline").read_bytes() and state != "Z":
                     found.add(int(entry.name))
             except (OSError, IndexError):
                 pass
@@ -49,10 +54,10 @@ def host(tmp_path):
     and the host can still start processes and allocate memory."""
     precious = tmp_path / "precious.txt"
     precious.write_text("keep me")
-    before = other_namespace_processes()
+    assert not sandboxed_processes()
     yield precious
     assert precious.read_text() == "keep me"
-    assert other_namespace_processes() <= before
+    assert not sandboxed_processes()
     assert subprocess.run(["true"]).returncode == 0
     assert len(bytearray(50 << 20)) == 50 << 20
 
@@ -120,6 +125,39 @@ def test_the_environment_is_not_inherited(sandbox, host, monkeypatch):
     assert "sk-not-for-candidates" not in leak.detail and "HOME" in leak.detail
 
 
+def test_no_host_files_or_sockets(sandbox, host, tmp_path):
+    """Only the system's directories, a few /etc files and the interpreter are there: no home directories,
+    no /run or /var with their Unix sockets (a connection to one would cross any network namespace)."""
+    sock_path = Path("/var/tmp") / f"evalkit-test-{os.getpid()}.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(sock_path))
+    server.listen()
+    try:
+        for code in (f"import socket\nsocket.socket(socket.AF_UNIX).connect({str(sock_path)!r})",
+                     "import os\nos.listdir('/home')", "import os\nos.listdir('/run')", "open('/etc/shadow')",
+                     "import os\nos.listdir('/root/.ssh')" if os.path.isdir("/root/.ssh") else "open('/root/x', 'w')"):
+            assert not sandbox.run(code).passed, code
+        assert sandbox.run("import os, sys\nassert os.path.isdir('/usr/lib') and os.path.isdir(sys.prefix)").passed
+    finally:
+        server.close()
+        sock_path.unlink()
+
+
+def test_shared_memory_is_capped_and_dev_is_read_only(sandbox, host):
+    assert not sandbox.run("open('/dev/shm/big', 'wb').write(b'x' * (64 << 20))").passed
+    assert not sandbox.run("open('/dev/evalkit', 'w')").passed
+
+
+def test_programs_running_at_once_do_not_share_the_process_limit(host):
+    # one program holds 12 of its 16 processes while another starts 12 of its own: under root, were both
+    # the same user, the second would be refused
+    box = Sandbox(Limits(timeout=5.0, file_size=MARK), workers=2)
+    hog = ("import os, time\nkids = []\nfor _ in range(12):\n    pid = os.fork()\n    if pid == 0:\n"
+           "        time.sleep(3)\n        os._exit(0)\n    kids.append(pid)\nfor k in kids:\n    os.waitpid(k, 0)\n")
+    outcomes = box.run_many([hog + "# a", hog + "# b"])
+    assert all(o.passed for o in outcomes), outcomes
+
+
 def test_no_network(sandbox, host):
     server = socket.create_server(("127.0.0.1", 0))
     server.settimeout(3)
@@ -143,7 +181,11 @@ def _accept(server):
 
 
 def test_an_early_exit_or_closed_stdin_does_not_pass(sandbox, host):
-    for code in ("import sys\nsys.exit(0)\nassert False", "import os\nos._exit(0)\nassert False", "input()"):
+    for code in ("import sys\nsys.exit(0)\nassert False", "import os\nos._exit(0)\nassert False", "input()",
+                 # the token that marks a pass is not within the program's reach
+                 "import __main__, os\nos.write(1, b'\\n' + getattr(__main__, 'token', b'x') + b'\\n')\nos._exit(0)",
+                 "import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, b'1\\n')\n    except OSError:\n"
+                 "        pass\nos._exit(0)"):
         assert not sandbox.run(code).passed, code
     # a __main__ block of the candidate does not run (it is not the main program)
     assert sandbox.run("if __name__ == '__main__':\n    raise SystemExit(1)\nassert True").passed
@@ -157,7 +199,7 @@ def test_large_output_is_capped(sandbox, host):
 def test_outcomes_are_cached_by_program_and_limits(sandbox, host, monkeypatch):
     ran = []
     real = Sandbox._run
-    monkeypatch.setattr(Sandbox, "_run", lambda self, program: ran.append(program) or real(self, program))
+    monkeypatch.setattr(Sandbox, "_run", lambda self, program, slot: ran.append(program) or real(self, program, slot))
     a, b = "assert 1 == 1  # cached a", "assert 2 == 3  # cached b"
     outcomes = sandbox.run_many([a, b, a])
     assert [o.passed for o in outcomes] == [True, False, True] and sorted(ran) == sorted([a, b])

@@ -92,7 +92,7 @@ def read_generations(path: Path) -> tuple[pd.DataFrame, dict[str, Checks]]:
             raise ConfigError(f"prompt {shown(pid)}: {e}", source=source, path=where) from None
         if check is not None:
             first = checks.setdefault(pid, (check, number))
-            if first[0] != check:
+            if not first[0].same_as(check):
                 raise ConfigError(f"prompt {shown(pid)} has other checks (answer, tests) than on line {first[1]}",
                                   source=source, path=where)
         rows.append({"prompt_id": pid, "prompt": row.prompt if row.prompt is not None else pid,

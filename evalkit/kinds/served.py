@@ -20,8 +20,7 @@ from evalkit.scoring.metric import SERVED_NEEDS
 class Served(RunKind):
     def prompt_line(self, p: PreparedPrompt, writer: RunWriter) -> dict[str, Any]:
         """The prompt as sent (raw text, or the chat messages as JSON); its tokens are the server's."""
-        return {"id": p.prompt.id, "prompt": p.prompt.display, "rendered": p.rendered, "n_tokens": None,
-                "chat_template": p.chat_template}
+        return {**super().prompt_line(p, writer), "n_tokens": None}
 
     def decides(self, unit: WorkUnit, config: SweepConfig, eos: list[int]) -> list:
         """No local token ids: the prompt as sent is part of the key (the endpoint, model, server fingerprint
