@@ -295,8 +295,9 @@ ETC_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/l
 
 def command(limits: Limits, slot: int = 0) -> list[str]:
     """The bwrap command line up to the interpreter (its arguments follow)."""
-    mounts: list[str] = []
-    made: set[str] = set()
+    # its /tmp first: an interpreter or environment under the host's /tmp is bound on top of it, read-only
+    mounts = ["--size", str(limits.tmp_size), "--perms", "1777", "--tmpfs", "/tmp"]
+    made = {"/tmp"}
     for path in (*SYSTEM_DIRS, *ETC_FILES, *_interpreter_paths()):
         if not os.path.lexists(path):
             continue
@@ -309,8 +310,7 @@ def command(limits: Limits, slot: int = 0) -> list[str]:
         else:
             mounts += ["--ro-bind", path, path]
     mounts += ["--dev", "/dev", "--size", str(SHM_SIZE), "--perms", "1777", "--tmpfs", "/dev/shm",
-               "--remount-ro", "/dev", "--proc", "/proc",
-               "--size", str(limits.tmp_size), "--perms", "1777", "--tmpfs", "/tmp"]
+               "--remount-ro", "/dev", "--proc", "/proc"]
     env = ["--clearenv", "--setenv", "HOME", "/tmp", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8"]
     common = ["--die-with-parent", "--new-session", *env, *mounts, "--chdir", "/tmp"]
     bwrap = shutil.which("bwrap") or "bwrap"
