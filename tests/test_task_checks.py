@@ -199,3 +199,12 @@ def test_the_report_draws_pass_at_k_against_temperature(tmp_path, sandboxed):
     no_code = score_file(write_jsonl(tmp_path / "n.jsonl", [{"prompt_id": "a", "text": "x y"}]), ["distinct_1"],
                          tmp_path / "n", progress=False)
     assert 'id="pass-at-k"' not in write_report([no_code.path], tmp_path / "n.html").read_text()
+
+
+def test_a_text_to_image_sweep_refuses_checks():
+    from evalkit.kinds import TEXT_TO_IMAGE
+
+    config = config_from_dict({"name": "t", "model": {"backend": "diffusers", "id": "some/model"},
+                               "prompts": [{"id": "cat", "prompt": "a cat", "answer": 1}]})
+    with pytest.raises(ConfigError, match="prompt 'cat' has an answer or tests, which judge texts"):
+        TEXT_TO_IMAGE.check_prompts(load_prompts(config), config.source)

@@ -55,6 +55,9 @@ class TextToImage(RunKind):
             if p.messages is not None:
                 raise ConfigError(f"prompt {p.id!r}: a text-to-image prompt is plain text, not chat messages",
                                   source=source, path="prompts")
+            if p.checks is not None:
+                raise ConfigError(f"prompt {p.id!r} has an answer or tests, which judge texts: a text-to-image "
+                                  "sweep makes images", source=source, path="prompts")
 
     def recovered(self, unit: WorkUnit, config: SweepConfig, writer: RunWriter) -> dict[str, Any] | None:
         path = image_path(unit.prompt.prompt.id, unit.setting.id, unit.sample_index)
