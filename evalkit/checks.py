@@ -120,8 +120,9 @@ def _check_tests(tests: str, entry_point: str | None, code_prefix: str | None) -
     tree = _parsed(tests, "tests")
     if code_prefix is not None:
         _parsed(code_prefix, "code_prefix")
-    check = next((n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == "check"),
-                 None)
+    if any(isinstance(n, ast.AsyncFunctionDef) and n.name == "check" for n in tree.body):
+        raise ValueError("tests define async def check(candidate): it would never run; make it a plain def")
+    check = check_function(tree)
     if check is not None:
         if not check.args.args and not check.args.posonlyargs and check.args.vararg is None:
             raise ValueError("tests define check() without a parameter: HumanEval's check(candidate) is called with "
@@ -143,18 +144,26 @@ def _parsed(code: str, what: str):
         raise ValueError(f"{what} do{'es' if what == 'code_prefix' else ''} not compile ({e})") from None
 
 
-def _runs(node) -> bool:
-    """Whether a top-level statement of the tests runs something when the program runs: not a definition,
-    an import, a docstring or an ``if __name__ == "__main__":`` block (the program is not ``__main__``)."""
+def check_function(tree):
+    """HumanEval's ``def check(candidate)`` at the top level of parsed tests, or None (one rule for the
+    validation here and for the program that calls it)."""
     import ast
 
-    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Import, ast.ImportFrom, ast.Pass)):
-        return False
-    if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
-        return False
+    return next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "check"), None)
+
+
+def _runs(node) -> bool:
+    """Whether a top-level statement of the tests asserts or calls something when the program runs (outside
+    definitions, and outside an ``if __name__ == "__main__":`` block: the program is not ``__main__``)."""
+    import ast
+
     if isinstance(node, ast.If) and "__name__" in ast.unparse(node.test):
         return any(_runs(n) for n in node.orelse)
-    return True
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+        return False
+    if isinstance(node, (ast.Assert, ast.Call, ast.Raise)):
+        return True
+    return any(_runs(child) for child in ast.iter_child_nodes(node))
 
 
 # ---------------------------------------------------------------------------- numbers
@@ -178,8 +187,14 @@ def parse_number(text: str) -> Fraction | None:
     return number_value(t)
 
 
+MAX_NUMBER = 100  # characters: a longer run of digits is no number (degenerate samples repeat digits)
+
+
 def number_value(token: str) -> Fraction | None:
-    """The value of a token that :data:`NUMBER` matched (None for a zero denominator)."""
+    """The value of a token that :data:`NUMBER` matched (None for a zero denominator or a run of more than
+    :data:`MAX_NUMBER` characters)."""
+    if len(token) > MAX_NUMBER:
+        return None
     m = _FRAC.fullmatch(token)
     if m:
         num, den = (m.group(2), m.group(3)) if m.group(2) is not None else (m.group(4), m.group(5))
@@ -199,5 +214,8 @@ def show_number(value: Fraction) -> str:
     """A canonical spelling: ``42``, ``-0.5``, ``1/3`` (what majority vote counts)."""
     if value.denominator == 1:
         return str(value.numerator)
-    decimal = value.numerator / value.denominator
+    try:
+        decimal = value.numerator / value.denominator
+    except OverflowError:
+        return f"{value.numerator}/{value.denominator}"
     return repr(decimal) if Fraction(repr(decimal)) == value else f"{value.numerator}/{value.denominator}"

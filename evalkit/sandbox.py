@@ -27,6 +27,7 @@ repeats itself) run once.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -79,10 +80,19 @@ if child == 0:
     del token
 
     def _run(code, done):
+        import types
+
+        module = types.ModuleType("__candidate__")  # importable by name: dataclasses, pickle and typing look it up
+        module.__file__ = "candidate.py"
+        sys.modules["__candidate__"] = module
+        sys.argv = ["candidate.py"]
         try:
-            exec(compile(code, "candidate.py", "exec"), {"__name__": "__candidate__", "__builtins__": __builtins__})
-            sys.stdout.flush()
-            sys.stderr.flush()
+            exec(compile(code, "candidate.py", "exec"), module.__dict__)
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (ValueError, OSError):  # the program closed it
+                    pass
             os.write(done, b"1")
         except BaseException as e:
             try:
@@ -173,7 +183,11 @@ class Sandbox:
         if shutil.which("bwrap") is None:
             return "bwrap not found (install bubblewrap: apt install bubblewrap)"
         if os.geteuid() == 0 and shutil.which("setpriv") is None:
-            return "setpriv not found (util-linux), which runs programs as nobody when evalkit runs as root"
+            return "setpriv not found (util-linux), which runs programs as users of their own when evalkit runs as root"
+        try:
+            seccomp_filter()
+        except Exception as e:  # pyseccomp missing, or libseccomp.so.2 not found
+            return f"no seccomp filter could be made (libseccomp: {type(e).__name__}: {str(e)[:120]})"
         outcome = self._run(f"print({1 + 1})", 0)
         if not outcome.passed:
             return f"bwrap could not start a program ({outcome.detail or outcome.status})"
@@ -213,30 +227,39 @@ class Sandbox:
         token = secrets.token_hex(16)
         lim = self.limits
         args = [str(v) for v in (lim.cpu, lim.memory, lim.processes, lim.files, lim.file_size)] + _site_dirs()
-        with tempfile.TemporaryFile() as out:
+        filter_r, filter_w = os.pipe()  # the seccomp filter, read by bwrap (a few hundred bytes: fits the pipe)
+        os.write(filter_w, seccomp_filter())
+        os.close(filter_w)
+        try:
+            proc = subprocess.Popen([*command(lim, slot, seccomp_fd=filter_r), "-I", "-S", "-c", WRAPPER, *args],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={},
+                                    start_new_session=True, pass_fds=(filter_r,))
+        except OSError as e:
+            return Outcome("failed", f"could not start bwrap: {e.strerror or e}")
+        finally:
+            os.close(filter_r)
+        # its output comes through a pipe, of which only the last TAIL bytes are kept: it fills no disk
+        kept = bytearray()
+        reader = threading.Thread(target=_keep_tail, args=(proc.stdout, kept), daemon=True)
+        reader.start()
+        timed_out = False
+        try:
             try:
-                proc = subprocess.Popen([*command(lim, slot), "-I", "-S", "-c", WRAPPER, *args], stdin=subprocess.PIPE,
-                                        stdout=out, stderr=subprocess.STDOUT, env={}, start_new_session=True)
-            except OSError as e:
-                return Outcome("failed", f"could not start bwrap: {e.strerror or e}")
-            timed_out = False
+                proc.stdin.write(token.encode() + b"\n" + program.encode("utf-8", "surrogatepass"))
+                proc.stdin.close()
+            except BrokenPipeError:  # it ended before reading its program
+                pass
             try:
-                try:
-                    proc.stdin.write(token.encode() + b"\n" + program.encode("utf-8", "surrogatepass"))
-                    proc.stdin.close()
-                except BrokenPipeError:  # it ended before reading its program
-                    pass
-                try:
-                    proc.wait(timeout=lim.timeout + 0.5)  # + bwrap's and the interpreter's start
-                except subprocess.TimeoutExpired:
-                    timed_out = True
-            finally:
-                _kill_group(proc)
-            if timed_out:
-                return Outcome("timeout", f"still running after {lim.timeout:g} s")
-            size = out.seek(0, os.SEEK_END)
-            out.seek(max(0, size - TAIL))
-            tail = out.read().decode("utf-8", "replace")
+                proc.wait(timeout=lim.timeout + 0.5)  # + bwrap's and the interpreter's start
+            except subprocess.TimeoutExpired:
+                timed_out = True
+        finally:
+            _kill_group(proc)
+            reader.join(timeout=5)
+            proc.stdout.close()
+        if timed_out:
+            return Outcome("timeout", f"still running after {lim.timeout:g} s")
+        tail = bytes(kept).decode("utf-8", "replace")
         lines = [line for line in tail.splitlines() if line.strip()]
         if proc.returncode == 0 and lines and lines[-1] == token:
             return Outcome("passed")
@@ -259,11 +282,21 @@ def _killed_by(number: int, limits: Limits) -> str:
             "SIGKILL": "killed", "SIGSEGV": "crashed (SIGSEGV)"}.get(name, f"killed by {name}")
 
 
+def _keep_tail(stream, kept: bytearray) -> None:
+    """Read ``stream`` to its end, keeping its last :data:`TAIL` bytes in ``kept``."""
+    while chunk := stream.read1(65536):
+        kept += chunk
+        del kept[:-TAIL]
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
-    """End what is left of a program: bwrap's child (the PID namespace's first process: every process in the
-    namespace dies with it), then, should bwrap not end with it, the whole process group; bwrap is reaped."""
+    """End what is left of a program still running: bwrap's child (the PID namespace's first process: every
+    process in the namespace dies with it), then, should bwrap not end with it, its process group. A bwrap
+    that ended is only reaped (its process id may be another's already)."""
     import signal
 
+    if proc.poll() is not None:
+        return
     if proc.poll() is None:
         try:
             children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
@@ -276,10 +309,11 @@ def _kill_group(proc: subprocess.Popen) -> None:
                 pass
         try:
             proc.wait(timeout=2)
+            return
         except subprocess.TimeoutExpired:
             pass
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)  # bwrap is not reaped yet: the group is still its own
     except (ProcessLookupError, PermissionError):
         pass
     proc.wait()
@@ -293,8 +327,8 @@ ETC_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/l
              "/etc/group", "/etc/nsswitch.conf", "/etc/hosts", "/etc/alternatives")
 
 
-def command(limits: Limits, slot: int = 0) -> list[str]:
-    """The bwrap command line up to the interpreter (its arguments follow)."""
+def command(limits: Limits, slot: int = 0, seccomp_fd: int | None = None) -> list[str]:
+    """The bwrap command line up to the interpreter (its arguments follow); ``seccomp_fd`` holds the filter."""
     # its /tmp first: an interpreter or environment under the host's /tmp is bound on top of it, read-only
     mounts = ["--size", str(limits.tmp_size), "--perms", "1777", "--tmpfs", "/tmp"]
     made = {"/tmp"}
@@ -312,17 +346,69 @@ def command(limits: Limits, slot: int = 0) -> list[str]:
     mounts += ["--dev", "/dev", "--size", str(SHM_SIZE), "--perms", "1777", "--tmpfs", "/dev/shm",
                "--remount-ro", "/dev", "--proc", "/proc"]
     env = ["--clearenv", "--setenv", "HOME", "/tmp", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8"]
-    common = ["--die-with-parent", "--new-session", *env, *mounts, "--chdir", "/tmp"]
+    common = ["--die-with-parent", "--new-session", *env, *mounts, "--chdir", "/tmp",
+              *(["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else [])]
     bwrap = shutil.which("bwrap") or "bwrap"
     if os.geteuid() != 0:
         return [bwrap, "--unshare-all", *common, "--", sys.executable]
     # root: no user namespace (the kernel would count its processes as root's, which no limit binds);
     # bwrap keeps only the right to change user, and setpriv drops to the slot's user with no capabilities
-    uid = SLOT_UIDS + 100 * (os.getpid() % 1_000_000) + slot
+    uid = SLOT_UIDS + 100 * uid_block() + slot
     return [bwrap, "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
             "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", *common, "--",
             shutil.which("setpriv") or "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
             "--inh-caps=-all", "--bounding-set=-all", "--", sys.executable]
+
+
+# System calls a program is refused (EPERM), beyond what its namespaces and limits already bar: System V
+# shared memory (its segments count against no limit of the process), the kernel's keyrings (the caller's
+# secrets), reading or tracing other processes' memory, and kernel interfaces no test needs.
+DENIED_SYSCALLS = ("shmget", "shmat", "keyctl", "add_key", "request_key", "ptrace", "process_vm_readv",
+                   "process_vm_writev", "perf_event_open", "bpf", "userfaultfd", "io_uring_setup", "io_uring_enter",
+                   "io_uring_register", "kexec_load", "init_module", "finit_module", "fanotify_init", "mount",
+                   "umount2", "pivot_root", "unshare", "setns", "open_by_handle_at", "name_to_handle_at")
+
+
+@functools.cache
+def seccomp_filter() -> bytes:
+    """The compiled seccomp filter (BPF) that bwrap installs before the interpreter starts (libseccomp)."""
+    import errno
+
+    import pyseccomp
+
+    f = pyseccomp.SyscallFilter(defaction=pyseccomp.ALLOW)
+    for name in DENIED_SYSCALLS:
+        try:
+            f.add_rule(pyseccomp.ERRNO(errno.EPERM), name)
+        except (ValueError, OSError):  # not a system call of this architecture
+            pass
+    with tempfile.TemporaryFile() as out:
+        f.export_bpf(out)
+        out.seek(0)
+        return out.read()
+
+
+@functools.cache
+def uid_block() -> int:
+    """Under root: a block of 100 user ids that no other evalkit process on this machine holds (a lock held
+    for this process's life), so that two evaluators' programs never share a process count."""
+    import fcntl
+
+    folder = Path(tempfile.gettempdir()) / f"evalkit-sandbox-uids-{os.geteuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    for block in range(100_000):
+        fd = os.open(folder / f"{block}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        _held.append(fd)  # kept open: the lock lasts as long as this process
+        return block
+    raise SandboxUnavailable("every block of sandbox user ids is held by another evalkit process")
+
+
+_held: list[int] = []
 
 
 def _site_dirs() -> list[str]:

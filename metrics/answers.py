@@ -8,13 +8,14 @@ The final answer is extracted from a sample's text by these rules (``extract=str
 2. Read under the prompt's ``answer_format``: ``number`` takes the first number of the marked span
    (1,234.5, 1{,}000, -3, $40, 3/4, -\\frac{3}{4}, \\frac12, 50%; a trailing period is not a decimal
    point) and compares values exactly (42 = 42.0 = 42.00); ``choice`` takes the letter the span names
-   (:func:`choice_in`: in parentheses, alone, leading, or closing the span; any case); ``exact`` takes
+   (:func:`choice_in`: alone, leading, in parentheses, or closing the span); ``exact`` takes
    the whole span; ``regex`` ignores markers and takes the last match of ``answer_pattern`` (its group,
    or the whole match; a group that took nothing is no answer). Text is compared after normalizing: case
    folded, spaces collapsed, surrounding quotes, ``*`` and a final ``.``, ``!`` or ``?`` removed.
 3. Without a marker, ``strict`` takes the whole text only when it is the answer alone ("42.", "(B)");
    ``flexible`` takes the last number in the text (as lm-evaluation-harness's GSM8K "flexible-extract"),
-   the last parenthesised letter "(B)", or for ``exact`` the whole text.
+   the last capital letter in parentheses "(B)", or for ``exact`` the whole text. A number of more than
+   100 characters is no answer (degenerate samples repeat digits).
 
 A sample with no extractable answer is wrong. Majority vote (self-consistency, Wang et al. 2023) votes
 over the samples that have an answer (numbers by value); a tie goes to the answer that appeared first
@@ -34,9 +35,10 @@ from evalkit.scoring.metric import Group, Metric, Score
 
 Extract = Literal["flexible", "strict"]
 _MARKER = re.compile(r"answer\s*(?:is\b\s*:?|:)", re.IGNORECASE)
-_PAREN_CHOICE = re.compile(r"\(([A-Za-z])\)|(?<![A-Za-z(])([A-Za-z])\)")
 _LONE_CHOICE = re.compile(r"\s*\(?([A-Za-z])\)?[.:!]?\s*")
-_LEADING_CHOICE = re.compile(r"\s*([B-HJ-Z])(?![A-Za-z])")  # "C is right" (not the words I and A)
+# at the start of a marked span: "(b)", "b)", "C is right" (a capital other than the words I and A)
+_LEADING_CHOICE = re.compile(r"\s*(?:\(([A-Za-z])\)|([A-Za-z])\)|([B-HJ-Z])(?![A-Za-z]))")
+_PAREN_CHOICE = re.compile(r"\(([A-Z])\)")  # "(C)" anywhere (a capital: f(x) is no choice)
 _CLOSING_CHOICE = re.compile(r"(?<![A-Za-z])([A-Z])(?![A-Za-z])(?!\s+[a-z])")  # "it is C", "C." (not "A cat")
 
 
@@ -106,18 +108,19 @@ def extract(text: str, checks: Checks, mode: Extract = "flexible") -> str | None
         if lone:
             return lone.group(1).upper()
         if mode == "flexible":
-            found = [a or b for a, b in _PAREN_CHOICE.findall(text)]
-            return found[-1].upper() if found else None
+            found = _PAREN_CHOICE.findall(text)
+            return found[-1] if found else None
         return None
     answer = normalize(span if span is not None else text)
     return answer or None
 
 
 def choice_in(span: str) -> str | None:
-    """The letter a marked span names: the first in parentheses ("(b)", "b)"), else the span's lone letter
-    ("c."), else its first word when that is a capital letter other than I and A ("C is right"), else its
-    last capital letter that no lowercase word follows ("I think it is C")."""
-    m = _PAREN_CHOICE.search(span) or _LONE_CHOICE.fullmatch(span) or _LEADING_CHOICE.match(span)
+    """The letter a marked span names: the span's lone letter ("c."); else the letter it starts with, in
+    parentheses ("(b)", "b)") or a capital other than the words I and A ("C is right", "B, not (C)");
+    else its first capital in parentheses ("I pick (C)"); else its last capital letter that no lowercase
+    word follows ("I think it is C")."""
+    m = _LONE_CHOICE.fullmatch(span) or _LEADING_CHOICE.match(span) or _PAREN_CHOICE.search(span)
     if m:
         return next(g for g in m.groups() if g).upper()
     found = _CLOSING_CHOICE.findall(span)

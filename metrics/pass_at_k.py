@@ -18,7 +18,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from evalkit.checks import Checks
+from evalkit.checks import Checks, check_function
 from evalkit.sandbox import Limits, Sandbox
 from evalkit.scoring.metric import Group, Metric, Score
 
@@ -45,10 +45,9 @@ def extract_code(text: str) -> str:
 
 def _defines_check(tests: str) -> bool:
     try:
-        tree = ast.parse(tests)
+        return check_function(ast.parse(tests)) is not None
     except SyntaxError:
         return False
-    return any(isinstance(node, ast.FunctionDef) and node.name == "check" for node in tree.body)
 
 
 def program(text: str, checks: Checks) -> str:

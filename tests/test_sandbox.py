@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from evalkit.sandbox import Limits, Sandbox, SandboxUnavailable
+from evalkit.sandbox import Limits, Outcome, Sandbox, SandboxUnavailable
 
 
 # an odd file-size limit that only this module's sandbox has: it is in the command line of every process
@@ -191,9 +191,30 @@ def test_an_early_exit_or_closed_stdin_does_not_pass(sandbox, host):
     assert sandbox.run("if __name__ == '__main__':\n    raise SystemExit(1)\nassert True").passed
 
 
-def test_large_output_is_capped(sandbox, host):
-    outcome = sandbox.run("import sys\nfor _ in range(10 ** 6):\n    sys.stdout.write('x' * 1000)")
-    assert not outcome.passed and len(outcome.detail) <= 300
+def test_large_output_is_read_through_and_only_its_end_kept(sandbox, host):
+    outcome = sandbox.run("import sys\nfor _ in range(2000):\n    sys.stdout.write('x' * 100_000)\n"
+                          "assert False, 'the end'")
+    assert outcome == Outcome("failed", "AssertionError: the end")
+    # a file is still capped
+    assert not sandbox.run("open('big', 'wb').write(b'x' * (20 << 20))").passed
+
+
+def test_system_v_shared_memory_and_keyrings_are_refused(sandbox, host):
+    shm = ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+           "assert libc.shmget(0, 1 << 20, 0o1600) == -1 and ctypes.get_errno() == 1")
+    import pyseccomp
+
+    keyctl = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, "keyctl")
+    keys = ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+            f"assert libc.syscall({keyctl}, 0, -3, 0) == -1 and ctypes.get_errno() == 1  # keyctl(GET_KEYRING_ID, @s)")
+    assert sandbox.run(shm).passed and sandbox.run(keys).passed
+
+
+def test_programs_see_themselves_as_a_module(sandbox, host):
+    code = ("from __future__ import annotations\nimport dataclasses, pickle, sys\n"
+            "@dataclasses.dataclass\nclass P:\n    x: int\n"
+            "assert pickle.loads(pickle.dumps(P(1))) == P(1) and sys.argv == ['candidate.py']\nsys.stdout.close()")
+    assert sandbox.run(code).passed
 
 
 def test_outcomes_are_cached_by_program_and_limits(sandbox, host, monkeypatch):
