@@ -19,7 +19,7 @@ from rich.table import Table
 
 import evalkit
 from evalkit.compare import Rule
-from evalkit.config import preset_path
+from evalkit.config import preset_names, preset_path
 from evalkit.errors import EvalkitError, Terminated, shown
 from evalkit.numbers import count, fmt
 
@@ -66,7 +66,7 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
 def run(
     config: Annotated[Path | None, typer.Argument(help="Sweep config (YAML).", show_default=False)] = None,
     preset: Annotated[str | None, typer.Option(help="Run a bundled preset instead: " + "|".join(
-        ["code", "qa", "chat", "creative", "brainstorm"]))] = None,
+        preset_names()))] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", metavar="FIELD=VALUE",
                                                    help="Override a field: grid.temperature=[0.5,1.0]")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue a stopped run in this run directory.",
@@ -457,8 +457,9 @@ def _print_summary(result: evalkit.Run) -> None:
     table = Table(title=f"{escape(result.manifest.name)}: mean over prompts [{level}% bootstrap CI]",
                   caption=escape("; ".join(metrics) + more))
     table.add_column("setting")
-    for m in metrics:
-        table.add_column(escape(m.split("[")[0]), justify="right")
+    bases = [m.split("[")[0] for m in metrics]
+    for m, base in zip(metrics, bases):  # the full id where two variants of one metric would look alike
+        table.add_column(escape(m if bases.count(base) > 1 else base), justify="right")
     for sid, df in summary.groupby("setting_id", sort=False):
         by_metric = df.set_index("metric")
         cells = []

@@ -208,3 +208,13 @@ def test_a_text_to_image_sweep_refuses_checks():
                                "prompts": [{"id": "cat", "prompt": "a cat", "answer": 1}]})
     with pytest.raises(ConfigError, match="prompt 'cat' has an answer or tests, which judge texts"):
         TEXT_TO_IMAGE.check_prompts(load_prompts(config), config.source)
+
+
+def test_the_summary_table_tells_two_variants_of_one_metric_apart(tmp_path):
+    rows = [{"prompt_id": "q", "prompt": "2+2?", "answer": 4, "text": t} for t in ("It is 4 or 5", "4")]
+    result = CliRunner().invoke(app, ["score", str(write_jsonl(tmp_path / "g.jsonl", rows)), "--metrics",
+                                      "accuracy,accuracy[extract=strict],majority_vote", "-o", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    header = next(line for line in result.output.splitlines() if "setting" in line)
+    assert "accuracy[extract=flexible]" in header and "accuracy[extract=strict]" in header
+    assert "majority_vote[" not in header and "majority_vote" in header
