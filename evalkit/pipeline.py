@@ -182,6 +182,10 @@ def describe(config: SweepConfig) -> list[tuple[str, str]]:
         lines += module.plan_lines(config, settings, prompts, units)
     elif "num_new_tokens" in kind.columns:
         lines.append(("new tokens, at most", str(units * config.max_new_tokens)))
+    if any("tests" in m.requires() for m in metrics):
+        tested = sum(p.checks is not None and p.checks.tests is not None for p in prompts)
+        lines.append(("programs run in the sandbox, at most",
+                      str(tested * len(settings) * config.samples_per_prompt)))
     ex = config.executor
     if ex.kind == "ray":
         lines.append(("executor", f"Ray at {ex.address or 'a new local instance'}: {ex.workers} worker"

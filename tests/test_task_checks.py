@@ -218,3 +218,12 @@ def test_the_summary_table_tells_two_variants_of_one_metric_apart(tmp_path):
     header = next(line for line in result.output.splitlines() if "setting" in line)
     assert "accuracy[extract=flexible]" in header and "accuracy[extract=strict]" in header
     assert "majority_vote[" not in header and "majority_vote" in header
+
+
+def test_the_plan_counts_the_programs_to_run():
+    from evalkit.api import plan_sweep
+
+    config = config_from_dict({"name": "t", "samples_per_prompt": 3, "grid": {"temperature": [0.2, 0.8]},
+                               "prompts": [{"id": "a", "prompt": "x", "tests": "assert f() == 1", "entry_point": "f"},
+                                           {"id": "b", "prompt": "y"}], "metrics": ["pass_at_k[k=2]"]})
+    assert dict(plan_sweep(config))["programs run in the sandbox, at most"] == "6"  # 1 prompt x 2 settings x 3
