@@ -16,6 +16,8 @@ How a sample's answer and code are extracted is in :mod:`evalkit_metrics.answers
 
 from __future__ import annotations
 
+import ast
+import keyword
 import re
 from dataclasses import asdict, dataclass, replace
 from fractions import Fraction
@@ -45,6 +47,14 @@ class Checks:
         """The fields that are set (what a run's prompts.jsonl keeps)."""
         return {k: v for k, v in asdict(self).items()
                 if v not in (None, "") and not (k == "answer_format" and self.answer is None)}
+
+
+CHECK_FIELDS = ("answer", "answer_format", "answer_pattern", "tests", "entry_point", "code_prefix")
+
+
+def checks_of(item) -> Checks | None:
+    """The validated checks of a prompt item or a score row (an object with the :data:`CHECK_FIELDS`)."""
+    return make_checks(**{name: getattr(item, name) for name in CHECK_FIELDS})
 
 
 def make_checks(answer: str | int | float | None = None, answer_format: str | None = None,
@@ -108,9 +118,6 @@ def _check_answer(text: str, fmt: str, pattern: str | None) -> None:
 
 
 def _check_tests(tests: str, entry_point: str | None, code_prefix: str | None) -> None:
-    import ast
-    import keyword
-
     if not tests.strip():
         raise ValueError("tests are empty")
     if entry_point is None:
@@ -132,31 +139,25 @@ def _check_tests(tests: str, entry_point: str | None, code_prefix: str | None) -
                          "asserts, such as assert f(1) == 2, or HumanEval's def check(candidate)")
 
 
-def _parsed(code: str, what: str):
-    import ast
-
+def _parsed(code: str, what: str) -> ast.Module:
+    verb = "does" if what == "code_prefix" else "do"
     try:
         return ast.parse(code, what)
     except SyntaxError as e:
-        raise ValueError(f"{what} do{'es' if what == 'code_prefix' else ''} not compile (line {e.lineno}: {e.msg})") \
-            from None
+        raise ValueError(f"{what} {verb} not compile (line {e.lineno}: {e.msg})") from None
     except ValueError as e:  # a NUL byte
-        raise ValueError(f"{what} do{'es' if what == 'code_prefix' else ''} not compile ({e})") from None
+        raise ValueError(f"{what} {verb} not compile ({e})") from None
 
 
-def check_function(tree):
+def check_function(tree: ast.Module) -> ast.FunctionDef | None:
     """HumanEval's ``def check(candidate)`` at the top level of parsed tests, or None (one rule for the
     validation here and for the program that calls it)."""
-    import ast
-
     return next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "check"), None)
 
 
 def _runs(node) -> bool:
     """Whether a top-level statement of the tests asserts or calls something when the program runs (outside
     definitions, and outside an ``if __name__ == "__main__":`` block: the program is not ``__main__``)."""
-    import ast
-
     if isinstance(node, ast.If) and "__name__" in ast.unparse(node.test):
         return any(_runs(n) for n in node.orelse)
     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):

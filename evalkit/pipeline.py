@@ -40,17 +40,10 @@ CACHE_BATCH = 64  # fresh samples written to the sample cache together
 def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path | None = None,
               overrides: list[str] | None = None, as_given: dict | None = None, resolved: dict | None = None) -> Run:
     """Run (or continue, with ``resume_dir``) the sweep ``config`` describes; the finished run."""
-    kind = kind_of(config)
     # check: nothing is loaded or written yet
-    settings = config.settings()
-    metrics = default_registry().create_all(config.metrics, source=config.source)
-    kind.check_metrics(metrics, config.source)
-    prompts = load_prompts(config)
-    kind.check_prompts(prompts, config.source)
+    kind, settings, metrics, prompts, _ = checked_inputs(config)
     checks = {p.id: p.checks for p in prompts if p.checks is not None}
-    require_checks(metrics, checks.values(), config.source)
     prepare_all(metrics, source=config.source)  # loads embedders, probes the sandbox: after the cheap checks
-    check_size(config, settings, prompts)
     check_writable(Path(config.output_dir) if resume_dir is None else resume_dir, config.source)
     check_database(index_path(config.index, config.output_dir), config.source, "index", INDEX_TABLES)
     if cache:
@@ -121,6 +114,19 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
     return run
 
 
+def checked_inputs(config: SweepConfig) -> tuple[RunKind, list, list, list, int]:
+    """(kind, settings, metrics, prompts, samples) of ``config``, each checked against the others, with nothing
+    loaded: the start that a run and its --plan share."""
+    kind = kind_of(config)
+    settings = config.settings()
+    metrics = default_registry().create_all(config.metrics, source=config.source)
+    kind.check_metrics(metrics, config.source)
+    prompts = load_prompts(config)
+    kind.check_prompts(prompts, config.source)
+    require_checks(metrics, [p.checks for p in prompts if p.checks is not None], config.source)
+    return kind, settings, metrics, prompts, check_size(config, settings, prompts)
+
+
 MAX_SAMPLES = 10_000_000  # in one run: a work unit each, and a row of the samples table
 
 
@@ -167,14 +173,7 @@ def describe(config: SweepConfig) -> list[tuple[str, str]]:
 
     from evalkit.generation import BACKENDS
 
-    kind = kind_of(config)
-    settings = config.settings()
-    metrics = default_registry().create_all(config.metrics, source=config.source)
-    kind.check_metrics(metrics, config.source)
-    prompts = load_prompts(config)
-    kind.check_prompts(prompts, config.source)
-    require_checks(metrics, [p.checks for p in prompts if p.checks is not None], config.source)
-    units = check_size(config, settings, prompts)
+    kind, settings, metrics, prompts, units = checked_inputs(config)
     lines = [("settings", str(len(settings))), (kind.noun, str(len(prompts))),
              ("samples per prompt and setting", str(config.samples_per_prompt)), ("samples", str(units))]
     module = importlib.import_module(BACKENDS[config.model.backend])

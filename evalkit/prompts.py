@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from evalkit.checks import Checks, make_checks
+from evalkit.checks import Checks, checks_of
 from evalkit.config import PromptItem, SweepConfig
 from evalkit.errors import ConfigError, first_error, shown, what_is
 from evalkit.inputs import read_regular
@@ -71,8 +71,7 @@ def load_prompts(config: SweepConfig) -> list[Prompt]:
             raise ConfigError(f"prompt {pid!r} has an image but no text: give it a 'prompt' or set prompts.question",
                               source=source, path=where)
         try:
-            checks = make_checks(item.answer, item.answer_format, item.answer_pattern, item.tests, item.entry_point,
-                                 item.code_prefix)
+            checks = checks_of(item)
         except ValueError as e:
             raise ConfigError(f"prompt {pid!r}: {e}", source=source, path=where) from None
         prompts.append(Prompt(id=pid, text=text, messages=messages, image=image and str(image),

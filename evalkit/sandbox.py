@@ -33,6 +33,7 @@ import math
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -264,16 +265,13 @@ class Sandbox:
         if proc.returncode == 0 and lines and lines[-1] == token:
             return Outcome("passed")
         signal_number = -proc.returncode if proc.returncode < 0 else proc.returncode - 128  # bwrap: 128 + signal
-        if 0 < signal_number < 65 and (proc.returncode < 0 or not lines or lines[-1] != token):
+        if 0 < signal_number < 65:
             why = _killed_by(signal_number, lim)
             return Outcome("timeout" if why.startswith("CPU time") else "failed", why)
-        last = lines[-1] if lines else f"exit status {proc.returncode}"
-        return Outcome("failed", last[:300] if proc.returncode else f"exited before its end ({last[:200]})")
+        return Outcome("failed", (lines[-1] if lines else f"exit status {proc.returncode}")[:300])
 
 
 def _killed_by(number: int, limits: Limits) -> str:
-    import signal
-
     try:
         name = signal.Signals(number).name
     except ValueError:
@@ -293,25 +291,22 @@ def _kill_group(proc: subprocess.Popen) -> None:
     """End what is left of a program still running: bwrap's child (the PID namespace's first process: every
     process in the namespace dies with it), then, should bwrap not end with it, its process group. A bwrap
     that ended is only reaped (its process id may be another's already)."""
-    import signal
-
     if proc.poll() is not None:
         return
-    if proc.poll() is None:
+    try:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    except OSError:
+        children = []
+    for child in children:
         try:
-            children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-        except OSError:
-            children = []
-        for child in children:
-            try:
-                os.kill(int(child), signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        try:
-            proc.wait(timeout=2)
-            return
-        except subprocess.TimeoutExpired:
+            os.kill(int(child), signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
             pass
+    try:
+        proc.wait(timeout=2)
+        return
+    except subprocess.TimeoutExpired:
+        pass
     try:
         os.killpg(proc.pid, signal.SIGKILL)  # bwrap is not reaped yet: the group is still its own
     except (ProcessLookupError, PermissionError):
@@ -329,8 +324,26 @@ ETC_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/l
 
 def command(limits: Limits, slot: int = 0, seccomp_fd: int | None = None) -> list[str]:
     """The bwrap command line up to the interpreter (its arguments follow); ``seccomp_fd`` holds the filter."""
+    env = ["--clearenv", "--setenv", "HOME", "/tmp", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8"]
+    common = ["--die-with-parent", "--new-session", *env, *_mounts(limits.tmp_size), "--chdir", "/tmp",
+              *(["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else [])]
+    bwrap = shutil.which("bwrap") or "bwrap"
+    if os.geteuid() != 0:
+        return [bwrap, "--unshare-all", *common, "--", sys.executable]
+    # root: no user namespace (the kernel would count its processes as root's, which no limit binds);
+    # bwrap keeps only the right to change user, and setpriv drops to the slot's user with no capabilities
+    uid = SLOT_UIDS + 100 * uid_block() + slot
+    return [bwrap, "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+            "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", *common, "--",
+            shutil.which("setpriv") or "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+            "--inh-caps=-all", "--bounding-set=-all", "--", sys.executable]
+
+
+@functools.cache
+def _mounts(tmp_size: int) -> tuple[str, ...]:
+    """bwrap's arguments that build the program's file system (the same for every program of a process)."""
     # its /tmp first: an interpreter or environment under the host's /tmp is bound on top of it, read-only
-    mounts = ["--size", str(limits.tmp_size), "--perms", "1777", "--tmpfs", "/tmp"]
+    mounts = ["--size", str(tmp_size), "--perms", "1777", "--tmpfs", "/tmp"]
     made = {"/tmp"}
     for path in (*SYSTEM_DIRS, *ETC_FILES, *_interpreter_paths()):
         if not os.path.lexists(path):
@@ -345,19 +358,7 @@ def command(limits: Limits, slot: int = 0, seccomp_fd: int | None = None) -> lis
             mounts += ["--ro-bind", path, path]
     mounts += ["--dev", "/dev", "--size", str(SHM_SIZE), "--perms", "1777", "--tmpfs", "/dev/shm",
                "--remount-ro", "/dev", "--proc", "/proc"]
-    env = ["--clearenv", "--setenv", "HOME", "/tmp", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8"]
-    common = ["--die-with-parent", "--new-session", *env, *mounts, "--chdir", "/tmp",
-              *(["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else [])]
-    bwrap = shutil.which("bwrap") or "bwrap"
-    if os.geteuid() != 0:
-        return [bwrap, "--unshare-all", *common, "--", sys.executable]
-    # root: no user namespace (the kernel would count its processes as root's, which no limit binds);
-    # bwrap keeps only the right to change user, and setpriv drops to the slot's user with no capabilities
-    uid = SLOT_UIDS + 100 * uid_block() + slot
-    return [bwrap, "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-            "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", *common, "--",
-            shutil.which("setpriv") or "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
-            "--inh-caps=-all", "--bounding-set=-all", "--", sys.executable]
+    return tuple(mounts)
 
 
 # System calls a program is refused (EPERM), beyond what its namespaces and limits already bar: System V
@@ -411,6 +412,7 @@ def uid_block() -> int:
 _held: list[int] = []
 
 
+@functools.cache
 def _site_dirs() -> list[str]:
     import site
 

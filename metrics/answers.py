@@ -24,6 +24,7 @@ in sample-index order; a group in which no sample has an answer scores 0.
 
 from __future__ import annotations
 
+import abc
 import re
 from collections import Counter
 from typing import Literal
@@ -163,44 +164,41 @@ class ExtractParams(BaseModel):
     extract: Extract = "flexible"
 
 
-def _no_answer(group: Group) -> str | None:
-    if group.checks is None or group.checks.answer is None:
-        return f"prompt {group.prompt_id!r} has no answer"
-    return None
+class _AnswerMetric(Metric):
+    """What accuracy and majority vote share: each sample's extracted answer against the prompt's."""
 
-
-class Accuracy(Metric):
-    name = "accuracy"
     kind = "quality"
+    Params = ExtractParams
+    needs = frozenset({"texts", "answers"})
+
+    def compute(self, group: Group) -> Score:
+        if group.checks is None or group.checks.answer is None:
+            return Score.undefined(f"prompt {group.prompt_id!r} has no answer")
+        if not group.texts:
+            return Score.undefined("no samples")
+        answers = [extract(t, group.checks, self.params.extract) for t in group.texts]
+        return self.judge(answers, reference(group.checks))
+
+    @abc.abstractmethod
+    def judge(self, answers: list[str | None], ref: str) -> Score:
+        """The group's score from its samples' answers (None: no answer) and the reference."""
+
+
+class Accuracy(_AnswerMetric):
+    name = "accuracy"
     definition = "share of a group's samples whose extracted final answer equals the prompt's answer"
     reference = ("final-answer accuracy, as in GSM8K (Cobbe et al. 2021) and the min-p paper (Nguyen et al. 2024); "
                  "extraction rules in evalkit_metrics.answers")
-    Params = ExtractParams
-    needs = frozenset({"texts", "answers"})
 
-    def compute(self, group: Group) -> Score:
-        why = _no_answer(group)
-        if why:
-            return Score.undefined(why)
-        ref = reference(group.checks)
-        per_sample = tuple(float(extract(t, group.checks, self.params.extract) == ref) for t in group.texts)
-        return Score.mean_of(per_sample, "no samples")
+    def judge(self, answers: list[str | None], ref: str) -> Score:
+        return Score.mean_of([float(a == ref) for a in answers], "no samples")
 
 
-class MajorityVote(Metric):
+class MajorityVote(_AnswerMetric):
     name = "majority_vote"
-    kind = "quality"
     definition = ("1 when the most frequent extracted answer of a group (ties: the first to appear) equals the "
                   "prompt's answer, else 0")
     reference = "self-consistency: Wang et al. 2023, Self-Consistency Improves Chain of Thought Reasoning in LLMs"
-    Params = ExtractParams
-    needs = frozenset({"texts", "answers"})
 
-    def compute(self, group: Group) -> Score:
-        why = _no_answer(group)
-        if why:
-            return Score.undefined(why)
-        if not group.texts:
-            return Score.undefined("no samples")
-        vote = majority([extract(t, group.checks, self.params.extract) for t in group.texts])
-        return Score(float(vote == reference(group.checks)))
+    def judge(self, answers: list[str | None], ref: str) -> Score:
+        return Score(float(majority(answers) == ref))

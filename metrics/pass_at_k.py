@@ -14,6 +14,7 @@ passes when that program runs to its end inside :mod:`evalkit.sandbox` within ``
 from __future__ import annotations
 
 import ast
+import functools
 import re
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -43,7 +44,9 @@ def extract_code(text: str) -> str:
     return m.group(1) if m else text
 
 
+@functools.lru_cache(maxsize=1024)
 def _defines_check(tests: str) -> bool:
+    """Whether the tests define HumanEval's check (parsed once per tests, not once per sample)."""
     try:
         return check_function(ast.parse(tests)) is not None
     except SyntaxError:
@@ -89,19 +92,18 @@ class PassAtK(Metric):
 
     def prepare_groups(self, groups: list[Group]) -> None:
         """Run every group's programs together (the sandbox runs them in parallel and each distinct one once)."""
-        tested = [g for g in groups if g.checks is not None and g.checks.tests is not None]
-        programs = [program(t, g.checks) for g in tested for t in g.texts]
-        outcomes = iter(self.sandbox.run_many(programs))
-        self._passed = {(g.prompt_id, g.setting.id): tuple(float(next(outcomes).passed) for _ in g.texts)
-                        for g in tested}
+        self._passed = self._passes([g for g in groups if g.checks is not None and g.checks.tests is not None])
+
+    def _passes(self, groups: list[Group]) -> dict[tuple[str, str], tuple[float, ...]]:
+        """Each sample's pass (1.0) or fail (0.0), by (prompt, setting)."""
+        outcomes = iter(self.sandbox.run_many([program(t, g.checks) for g in groups for t in g.texts]))
+        return {(g.prompt_id, g.setting.id): tuple(float(next(outcomes).passed) for _ in g.texts) for g in groups}
 
     def compute(self, group: Group) -> Score:
         if group.checks is None or group.checks.tests is None:
             return Score.undefined(f"prompt {group.prompt_id!r} has no tests")
-        passed = self._passed.get((group.prompt_id, group.setting.id))
-        if passed is None:
-            passed = tuple(float(o.passed) for o in self.sandbox.run_many([program(t, group.checks)
-                                                                           for t in group.texts]))
+        key = (group.prompt_id, group.setting.id)
+        passed = self._passed[key] if key in self._passed else self._passes([group])[key]
         n, k = len(passed), self.params.k
         if k > n:
             return Score.undefined(f"pass@{k} needs at least {k} samples per prompt and setting, got {n}", passed)

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from evalkit.checks import Checks, make_checks
+from evalkit.checks import Checks, checks_of
 from evalkit.config.schema import refuse_bools_as_numbers
 from evalkit.errors import ConfigError, first_error, shown
 from evalkit.kinds.base import RunKind
@@ -86,8 +86,7 @@ def read_generations(path: Path) -> tuple[pd.DataFrame, dict[str, Checks]]:
         pid = str(row.prompt_id) if row.prompt_id is not None else row.prompt
         image = _image(path, row.image, where) if row.image is not None else None
         try:
-            check = make_checks(row.answer, row.answer_format, row.answer_pattern, row.tests, row.entry_point,
-                                row.code_prefix)
+            check = checks_of(row)
         except ValueError as e:
             raise ConfigError(f"prompt {shown(pid)}: {e}", source=source, path=where) from None
         if check is not None:
