@@ -23,6 +23,8 @@ from evalkit.rundir.lock import RunLock
 from evalkit.rundir.parts import check_parts_folder
 from evalkit.rundir.manifest import ci_info, git_info, utc_now
 from evalkit.scoring import score_samples
+from evalkit.references import load_references
+from evalkit.scoring.references import reference_values, require_references
 from evalkit.scoring.registry import default_registry, prepare_all, require_checks
 from evalkit.settings import APPLICATION_ORDER, Setting
 from evalkit.generation.base import ModelInfo
@@ -63,10 +65,11 @@ def plan_sweep(config: SweepConfig | str | Path, *, overrides: list[str] | None 
 
 def score_file(path: str | Path, metric_names: list[str], output: str | Path, *, seed: int = 0, level: float = 0.95,
                resamples: int = 2000, name: str | None = None, progress: bool = True,
-               index: str | Path | None = None) -> Run:
+               index: str | Path | None = None, references: str | Path | None = None) -> Run:
     """Score a JSONL file of generations (see :mod:`evalkit.kinds.scored`) into ``output`` (which must not exist
     yet, or be empty): the same tables as a run, so ``evalkit.load_run`` reads it like any run, and the
-    run index records it (``index``, else $EVALKIT_INDEX, else ``index.sqlite`` beside ``output``)."""
+    run index records it (``index``, else $EVALKIT_INDEX, else ``index.sqlite`` beside ``output``); ``references``: a
+    JSONL file of reference texts (see :mod:`evalkit.references`) for the metrics that compare with them."""
     path, output = Path(path).expanduser(), Path(output).expanduser()
     check_path_text(output, "-o")
     source = str(path)
@@ -79,6 +82,12 @@ def score_file(path: str | Path, metric_names: list[str], output: str | Path, *,
     kind = SCORED_CAPTIONS if images else SCORED
     kind.check_metrics(metrics, None, where="--metrics")
     require_checks(metrics, checks.values(), where="--metrics")
+    reference_set = None
+    if references is not None:
+        check_path_text(Path(references), "--references")
+        reference_set = load_references(Path(references), set(samples["prompt_id"]), images=False,
+                                        field="--references")
+    require_references(metrics, reference_set, where="--metrics", field="--references")
     prepare_all(metrics, source="--metrics")
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise EvalkitError(f"-o: {output} exists and is not an empty directory")
@@ -112,7 +121,12 @@ def score_file(path: str | Path, metric_names: list[str], output: str | Path, *,
                                                                   else {})}
                                   for pid, text in zip(first["prompt_id"], first["prompt"])])
         writer.write_scores(*score_samples(tmp, samples, settings, metrics, level=level, resamples=resamples,
-                                           seed=seed, ui=ui, checks=checks))
+                                           seed=seed, ui=ui, checks=checks, references=reference_set))
+        if reference_set is not None:
+            first = samples.drop_duplicates("prompt_id")
+            writer.manifest.references = {**reference_set.info(), "values": reference_values(
+                metrics, reference_set, dict(zip(first["prompt_id"], first["prompt"])), settings[0])}
+            writer.write_manifest()
         writer.write_config({"name": writer.manifest.name, "scored_from": str(path.resolve()),
                              "metrics": [m.id for m in metrics], "seed": seed,
                              "ci": {"level": level, "resamples": resamples}})

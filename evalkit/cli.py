@@ -131,6 +131,9 @@ def score(
     output: Annotated[Path, typer.Option("-o", "--output", help="Directory to write (must not exist or be empty).",
                                          show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Bootstrap seed.", min=0, max=2**63 - 1)] = 0,
+    references: Annotated[Path, typer.Option("--references", help="JSONL of reference texts (text, and prompt_id "
+                                             "where one belongs to a prompt) for mauve, zipf, ... and the human "
+                                             "row.", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
 ) -> None:
@@ -142,7 +145,7 @@ def score(
 
         if output is None:
             raise EvalkitError("-o: give the directory to write the scores into")
-        result = score_file(file, metric_list(metrics), output, seed=seed, progress=not quiet)
+        result = score_file(file, metric_list(metrics), output, seed=seed, progress=not quiet, references=references)
         _print_summary(result)
 
     _guard(body, debug)

@@ -31,6 +31,8 @@ from evalkit.rundir.manifest import Reused, ci_info, git_info, utc_now
 from evalkit.rundir.sample_cache import TABLES as CACHE_TABLES
 from evalkit.rundir.sample_cache import SampleCache, cache_path, model_identity, unit_key
 from evalkit.scoring import score_samples
+from evalkit.references import ReferenceSet, load_references
+from evalkit.scoring.references import reference_values, require_references
 from evalkit.scoring.registry import default_registry, prepare_all, require_checks
 from evalkit.seeds import derive_seed
 
@@ -41,7 +43,7 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
               overrides: list[str] | None = None, as_given: dict | None = None, resolved: dict | None = None) -> Run:
     """Run (or continue, with ``resume_dir``) the sweep ``config`` describes; the finished run."""
     # check: nothing is loaded or written yet
-    kind, settings, metrics, prompts, _ = checked_inputs(config)
+    kind, settings, metrics, prompts, _, references = checked_inputs(config)
     checks = {p.id: p.checks for p in prompts if p.checks is not None}
     prepare_all(metrics, source=config.source)  # loads embedders, probes the sandbox: after the cheap checks
     check_writable(Path(config.output_dir) if resume_dir is None else resume_dir, config.source)
@@ -92,7 +94,12 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
             writer.write_samples(samples)
             started = time.perf_counter()
             writer.write_scores(*score_samples(writer.path, samples, settings, metrics, level=config.ci.level,
-                                               resamples=config.ci.resamples, seed=config.seed, ui=ui, checks=checks))
+                                               resamples=config.ci.resamples, seed=config.seed, ui=ui, checks=checks,
+                                               references=references))
+            if references is not None:
+                writer.manifest.references = {**references.info(), "values": reference_values(
+                    metrics, references, {p.prompt.id: p.prompt.display for p in prepared}, settings[0])}
+                writer.write_manifest()
             timings["score_s"] = round(time.perf_counter() - started, 3)
             run = writer.complete(n_samples=len(samples), timings=timings, reused=reused)
     finally:
@@ -114,9 +121,9 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
     return run
 
 
-def checked_inputs(config: SweepConfig) -> tuple[RunKind, list, list, list, int]:
-    """(kind, settings, metrics, prompts, samples) of ``config``, each checked against the others, with nothing
-    loaded: the start that a run and its --plan share."""
+def checked_inputs(config: SweepConfig) -> tuple[RunKind, list, list, list, int, ReferenceSet | None]:
+    """(kind, settings, metrics, prompts, samples, references) of ``config``, each checked against the others,
+    with nothing loaded: the start that a run and its --plan share."""
     kind = kind_of(config)
     settings = config.settings()
     metrics = default_registry().create_all(config.metrics, source=config.source)
@@ -124,7 +131,13 @@ def checked_inputs(config: SweepConfig) -> tuple[RunKind, list, list, list, int]
     prompts = load_prompts(config)
     kind.check_prompts(prompts, config.source)
     require_checks(metrics, [p.checks for p in prompts if p.checks is not None], config.source)
-    return kind, settings, metrics, prompts, check_size(config, settings, prompts)
+    references = None
+    if config.references is not None:
+        references = load_references(config.resolve_path(config.references.file), [p.id for p in prompts],
+                                     images="reference_images" in kind.needs, field="references.file",
+                                     config_source=config.source)
+    require_references(metrics, references, config.source)
+    return kind, settings, metrics, prompts, check_size(config, settings, prompts), references
 
 
 MAX_SAMPLES = 10_000_000  # in one run: a work unit each, and a row of the samples table
@@ -173,7 +186,7 @@ def describe(config: SweepConfig) -> list[tuple[str, str]]:
 
     from evalkit.generation import BACKENDS
 
-    kind, settings, metrics, prompts, units = checked_inputs(config)
+    kind, settings, metrics, prompts, units, references = checked_inputs(config)
     lines = [("settings", str(len(settings))), (kind.noun, str(len(prompts))),
              ("samples per prompt and setting", str(config.samples_per_prompt)), ("samples", str(units))]
     module = importlib.import_module(BACKENDS[config.model.backend])
@@ -190,6 +203,10 @@ def describe(config: SweepConfig) -> list[tuple[str, str]]:
         lines.append(("executor", f"Ray at {ex.address or 'a new local instance'}: {ex.workers} worker"
                                   f"{'s' if ex.workers > 1 else ''} x {ex.gpus_per_worker:g} GPU, "
                                   f"{ex.cpus_per_worker:g} CPU"))
+    if references is not None:
+        info = references.info()
+        lines.append(("references", f"{info['per_prompt']} {info['kind']} for {info['prompts']} prompts, "
+                                    f"{info['corpus']} in the corpus ({references.source})"))
     lines.append(("metrics", ", ".join(m.id for m in metrics)))
     return lines
 

@@ -73,3 +73,44 @@ class RepL(Metric):
     def compute(self, group: Group) -> Score:
         values = [rep_l(tokens, self.params.l) for tokens in tokenize.sample_tokens(group, self.params.tok)]
         return Score.mean_of(values, "no sample of the group has two tokens")
+
+
+LOOP_MAX_LEN = 90  # the longest phrase tested (Holtzman et al.'s code)
+LOOP_MIN_LEN = 3  # a loop of a shorter phrase ...
+LOOP_MIN_SHORT_REPEATS = 51  # ... counts only when it repeats at least this often
+
+
+def ends_in_loop(tokens: list, max_len: int = LOOP_MAX_LEN) -> bool:
+    """Whether the tokens end in a repeating loop: of the phrase lengths n = 1..max_len, take the one whose
+    last n tokens repeat back-to-back most often at the end (the shortest such n on ties); it is a loop
+    when that phrase occurs at least twice in a row and is at least 3 tokens long, or occurs 51 times or more."""
+    rev = list(reversed(tokens))
+    best_n, best_repeats = 0, 0
+    for n in range(1, min(max_len, len(rev)) + 1):
+        phrase, repeats = rev[:n], 1
+        while rev[n * repeats:n * (repeats + 1)] == phrase:
+            repeats += 1
+        if repeats > best_repeats:
+            best_n, best_repeats = n, repeats
+    return best_repeats > 1 and (best_n >= LOOP_MIN_LEN or best_repeats >= LOOP_MIN_SHORT_REPEATS)
+
+
+class LoopParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    tok: tokenize.Tok = "words"
+
+
+class Repetition(Metric):
+    name = "repetition"
+    kind = "diversity"
+    direction = -1
+    definition = ("share of samples that end in a repeating loop (a phrase of 3 to 90 tokens repeated at least "
+                  "twice back-to-back at the end, or a shorter one at least 51 times)")
+    reference = "Holtzman et al. 2020, The Curious Case of Neural Text Degeneration (ari-holtzman/degen repetition.py)"
+    Params = LoopParams
+
+    def compute(self, group: Group) -> Score:
+        loops = tuple(float(ends_in_loop(t)) for t in tokenize.sample_tokens(group, self.params.tok))
+        if not loops:
+            return Score.undefined("the group has no samples")
+        return Score(sum(loops) / len(loops), per_sample=loops)

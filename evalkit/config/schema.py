@@ -391,6 +391,19 @@ class MetricSpec(_Strict):
         return data
 
 
+class ReferencesConfig(_Strict):
+    """Reference outputs the samples are compared with (human text, reference images): a JSONL file, relative
+    to the config, with ``text`` or ``image`` on each line, and ``prompt_id`` on lines that belong to one
+    prompt (the others form one corpus for the whole run). See :mod:`evalkit.references`."""
+
+    file: str = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"file": data} if isinstance(data, str) else data
+
+
 class CIConfig(_Strict):
     """Bootstrap confidence intervals over prompts (percentile method, seeded from the run seed)."""
 
@@ -438,6 +451,7 @@ class SweepConfig(_Strict):
     report: bool = True  # write report.html into the run directory at the end (`evalkit report` does it later)
     # run index (SQLite) that records the run; default $EVALKIT_INDEX, else <output_dir>/index.sqlite
     index: str | None = Field(None, min_length=1)
+    references: ReferencesConfig | None = None  # reference outputs for mauve, zipf, clip_fid, ... (and human rows)
 
     @model_validator(mode="before")
     @classmethod

@@ -27,7 +27,7 @@ from evalkit.rundir.columns import BASE_SAMPLE_COLUMNS, VLM_COLUMNS
 from evalkit.scoring.metric import CHECK_NEEDS, VLM_NEEDS
 from evalkit.settings import MinP, Setting, Temperature, TopK, TopP
 
-TEXT_ONLY_NEEDS = frozenset({"texts", "prompts"}) | CHECK_NEEDS
+TEXT_ONLY_NEEDS = frozenset({"texts", "prompts", "reference_texts"}) | CHECK_NEEDS
 SCORED = RunKind(name="scored", what="a file of texts", verb="have", columns=tuple(BASE_SAMPLE_COLUMNS),
                  needs=TEXT_ONLY_NEEDS)
 SCORED_CAPTIONS = RunKind(name="scored", what="a file of texts with images", verb="have",

@@ -98,6 +98,8 @@ class Manifest(BaseModel):
     timings: Timings = Field(default_factory=Timings)
     samples_reused: Reused = Field(default_factory=lambda: Reused(from_parts=0, from_cache=0, generated=0))
     executor: dict[str, Any] = Field(default_factory=dict)  # where generation ran (local, or Ray: workers, retries)
+    # the references the samples were compared with (file, sha256, counts) and each metric's value on them
+    references: dict[str, Any] | None = None
     # what must be equal for two runs' numbers to be compared (evalkit.rundir.protocol); set when complete
     protocol: dict[str, Any] | None = None
 

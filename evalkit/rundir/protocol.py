@@ -26,6 +26,8 @@ def compute_protocol(run: Run) -> dict[str, Any]:
     prompts_config = config.get("prompts") if isinstance(config.get("prompts"), dict) else {}
     out["chat_template"] = prompts_config.get("chat_template")
     out["system_prompt"] = prompts_config.get("system_prompt")
+    if manifest.references:  # values against other references are other numbers
+        out["references"] = manifest.references.get("sha256")
     if (run.path / "prompts.jsonl").is_file():
         prompts = run.prompts
         out["prompts"] = dict(zip(prompts["id"].astype(str), prompts["prompt"].astype(str)))

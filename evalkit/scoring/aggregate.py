@@ -23,14 +23,29 @@ def bootstrap_ci(values: np.ndarray, *, level: float, resamples: int, seed: int)
     return float(low), float(high)
 
 
+POOLED = "*"  # the prompt id of a pooled metric's value: all the setting's prompts together
+
+
 def aggregate(scores: pd.DataFrame, settings: list[Setting], *, level: float, resamples: int,
-              seed: int) -> pd.DataFrame:
+              seed: int, pooled: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per setting and metric, over the prompts' group values: mean, bootstrap CI, standard deviation
-    (ddof=1), prompts scored and prompts whose value is undefined (NaN, skipped)."""
+    (ddof=1), prompts scored and prompts whose value is undefined (NaN, skipped). A pooled metric's row
+    (prompt id :data:`POOLED`) is its value, with the CI and prompt count of ``pooled``
+    (:func:`evalkit.scoring.groups.pooled_intervals`)."""
     params = {s.id: s.params() for s in settings}
+    intervals = {} if pooled is None else {(r.setting_id, r.metric): r for r in pooled.itertuples()}
     rows = []
     for (sid, metric), df in scores.groupby(["setting_id", "metric"], sort=False):
         vals = df["value"].to_numpy(dtype=float)
+        if len(df) == 1 and df["prompt_id"].iloc[0] == POOLED:
+            ci = intervals.get((sid, metric))
+            n = int(ci.n_prompts) if ci is not None else 0
+            defined = bool(np.isfinite(vals[0]))
+            rows.append({"setting_id": sid, **params[sid], "metric": metric, "mean": float(vals[0]),
+                         "ci_low": ci.ci_low if ci is not None else float("nan"),
+                         "ci_high": ci.ci_high if ci is not None else float("nan"), "std": float("nan"),
+                         "n_prompts": n if defined else 0, "n_undefined": 0 if defined else n})
+            continue
         ok = vals[~np.isnan(vals)]
         low, high = bootstrap_ci(ok, level=level, resamples=resamples, seed=derive_seed(seed, "ci", sid, metric))
         rows.append({"setting_id": sid, **params[sid], "metric": metric,

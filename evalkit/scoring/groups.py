@@ -10,21 +10,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from evalkit import tokenize
 from evalkit.checks import Checks
 from evalkit.generation.base import STAT_COLUMNS
-from evalkit.scoring.aggregate import aggregate
+from evalkit.references import ReferenceSet
+from evalkit.scoring.aggregate import POOLED, aggregate
 from evalkit.scoring.metric import Group, Metric
+from evalkit.seeds import derive_seed
 from evalkit.settings import ImageSetting, Setting
 
 
 
 def groups_of(samples: pd.DataFrame, setting_type: type | None = None,
-              checks: dict[str, Checks] | None = None) -> list[Group]:
+              checks: dict[str, Checks] | None = None, references: ReferenceSet | None = None) -> list[Group]:
     """One Group per (prompt, setting), samples in sample-index order, prompts in first-seen order; settings of
-    ``setting_type`` (default: the type whose parameters the samples' columns hold); ``checks`` by prompt id."""
+    ``setting_type`` (default: the type whose parameters the samples' columns hold); ``checks`` by prompt id;
+    ``references``: the run's, given to every group."""
     out = []
     checks = checks or {}
     ordered = samples.sort_values("sample_index", kind="stable")
@@ -35,25 +39,42 @@ def groups_of(samples: pd.DataFrame, setting_type: type | None = None,
         stats = {c: tuple(tuple(float(v) for v in vals) for vals in df[c]) for c in STAT_COLUMNS if c in df}
         images = tuple(str(p) for p in df["image_path"]) if "image_path" in df else ()
         prompt_image = str(first["prompt_image"]) if "prompt_image" in df else None
-        references = tuple(str(r) for r in first["references"]) if "references" in df else ()
+        captions = tuple(str(r) for r in first["references"]) if "references" in df else ()
         out.append(Group(prompt_id=str(pid), prompt=str(first["prompt"]), setting=setting,
                          texts=tuple(df["text"]), token_ids=tuple(tuple(int(t) for t in ids) for ids in df["token_ids"])
                          if "token_ids" in df else (),
                          num_tokens=tuple(int(n) for n in df["num_new_tokens"])
                          if "num_new_tokens" in df and df["num_new_tokens"].notna().all() else (),
-                         stats=stats, images=images, prompt_image=prompt_image, references=references,
-                         checks=checks.get(str(pid))))
+                         stats=stats, images=images, prompt_image=prompt_image, references=captions,
+                         checks=checks.get(str(pid)), reference_set=references))
+    return out
+
+
+def by_setting(groups: list[Group]) -> dict[str, list[Group]]:
+    """The groups of each setting (its prompts), settings in first-seen order."""
+    out: dict[str, list[Group]] = {}
+    for g in groups:
+        out.setdefault(g.setting.id, []).append(g)
     return out
 
 
 def score_groups(groups: list[Group], metrics: list[Metric],
                  advance: Callable[[int], None] = lambda n: None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(scores, sample_scores): group values and, where a metric gives them, per-sample values."""
+    """(scores, sample_scores): group values and, where a metric gives them, per-sample values. A pooled
+    metric has one row per setting, with prompt id :data:`POOLED`."""
     rows, sample_rows = [], []
     for m in metrics:
         m.prepare_groups(groups)
+    for sid, setting_groups in by_setting(groups).items():
+        for m in metrics:
+            if m.pooled:
+                s = m.compute_pooled(setting_groups)
+                rows.append({"setting_id": sid, "prompt_id": POOLED, "metric": m.id, "value": float(s.value),
+                             "reason": s.reason})
     for g in groups:
         for m in metrics:
+            if m.pooled:
+                continue
             s = m.compute(g)
             rows.append({"setting_id": g.setting.id, "prompt_id": g.prompt_id, "metric": m.id,
                          "value": float(s.value), "reason": s.reason})
@@ -68,14 +89,48 @@ def score_groups(groups: list[Group], metrics: list[Metric],
 
 
 def score_samples(run_dir: Path, samples: pd.DataFrame, settings: list, metrics: list[Metric], *, level: float,
-                  resamples: int, seed: int, ui, checks: dict[str, Checks] | None = None
-                  ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+                  resamples: int, seed: int, ui, checks: dict[str, Checks] | None = None,
+                  references: ReferenceSet | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(scores, sample_scores, summary) of every group of ``samples`` (image paths relative to ``run_dir``),
-    with the prompts' ``checks`` by prompt id."""
+    with the prompts' ``checks`` by prompt id and the run's ``references``."""
     for column in ("image_path", "prompt_image"):  # stored relative to the run directory
         if column in samples:
             samples = samples.assign(**{column: [str(Path(run_dir) / p) for p in samples[column]]})
-    groups = groups_of(samples, type(settings[0]) if settings else Setting, checks)
+    groups = groups_of(samples, type(settings[0]) if settings else Setting, checks, references)
     with ui.phase("scoring", total=len(groups)) as phase:
         scores, sample_scores = score_groups(groups, metrics, advance=phase.advance)
-    return scores, sample_scores, aggregate(scores, settings, level=level, resamples=resamples, seed=seed)
+    pooled = [m for m in metrics if m.pooled]
+    intervals = None
+    if pooled:
+        with ui.phase("pooled intervals", total=len(pooled)) as phase:
+            intervals = pooled_intervals(groups, pooled, scores, level=level, resamples=resamples, seed=seed,
+                                         advance=phase.advance)
+    return scores, sample_scores, aggregate(scores, settings, level=level, resamples=resamples, seed=seed,
+                                            pooled=intervals)
+
+
+def pooled_intervals(groups: list[Group], metrics: list[Metric], scores: pd.DataFrame, *, level: float,
+                     resamples: int, seed: int, advance: Callable[[int], None] = lambda n: None) -> pd.DataFrame:
+    """Per setting and pooled metric: a percentile bootstrap CI that resamples the setting's prompts (with
+    replacement) and recomputes the pooled value (at most the metric's ``max_resamples`` times), and the
+    number of prompts pooled."""
+    rows = []
+    values = {(r.setting_id, r.metric): r.value for r in scores[scores["prompt_id"] == POOLED].itertuples()}
+    for m in metrics:
+        n_resamples = min(resamples, m.max_resamples or resamples)
+        for sid, setting_groups in by_setting(groups).items():
+            low = high = float("nan")
+            n = len(setting_groups)
+            if n >= 2 and np.isfinite(values.get((sid, m.id), np.nan)):
+                rng = np.random.default_rng(derive_seed(seed, "ci", sid, m.id))
+                draws = [m.compute_pooled([setting_groups[i] for i in rng.integers(0, n, size=n)]).value
+                         for _ in range(n_resamples)]
+                draws = np.asarray(draws, dtype=float)
+                draws = draws[np.isfinite(draws)]
+                if draws.size:
+                    alpha = (1 - level) / 2
+                    low, high = (float(v) for v in np.quantile(draws, [alpha, 1 - alpha]))
+            rows.append({"setting_id": sid, "metric": m.id, "ci_low": low, "ci_high": high, "n_prompts": n,
+                         "resamples": n_resamples})
+        advance(1)
+    return pd.DataFrame(rows, columns=["setting_id", "metric", "ci_low", "ci_high", "n_prompts", "resamples"])

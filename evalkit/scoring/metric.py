@@ -17,18 +17,25 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict
 
 from evalkit.checks import Checks
+from evalkit.references import ReferenceSet
 from evalkit.settings import Setting
 
 # token_counts: each sample's number of new model tokens; token_stats: the engine's full per-token statistics
 # (both distributions); model_logprobs: the chosen token's log-probability under the model; top_logprobs: the
-# top-N log-probabilities a server returns; answers, tests: the prompts' checks (evalkit.checks)
+# top-N log-probabilities a server returns; answers, tests: the prompts' checks (evalkit.checks);
+# reference_texts, reference_images: a run's references (evalkit.references)
 NEEDS = frozenset({"texts", "token_ids", "token_counts", "token_stats", "model_logprobs", "top_logprobs", "prompts",
-                   "images", "prompt_images", "references", "answers", "tests"})
+                   "images", "prompt_images", "references", "answers", "tests", "reference_texts",
+                   "reference_images"})
 CHECK_NEEDS = frozenset({"answers", "tests"})  # what prompts with checks offer (every kind whose samples are texts)
-TEXT_NEEDS = frozenset({"texts", "token_ids", "token_counts", "token_stats", "model_logprobs", "prompts"}) | CHECK_NEEDS
-SERVED_NEEDS = frozenset({"texts", "token_counts", "model_logprobs", "top_logprobs", "prompts"}) | CHECK_NEEDS
+# what a references section can offer (whether it does is checked against the run's references)
+REFERENCE_NEEDS = frozenset({"reference_texts", "reference_images"})
+TEXT_NEEDS = (frozenset({"texts", "token_ids", "token_counts", "token_stats", "model_logprobs", "prompts",
+                         "reference_texts"}) | CHECK_NEEDS)
+SERVED_NEEDS = frozenset({"texts", "token_counts", "model_logprobs", "top_logprobs", "prompts", "reference_texts"}) | \
+    CHECK_NEEDS
 VLM_NEEDS = frozenset({"prompt_images", "references"})  # what image-to-text samples add: the image, its captions
-IMAGE_NEEDS = frozenset({"images", "prompts"})  # what a text-to-image sample offers
+IMAGE_NEEDS = frozenset({"images", "prompts", "reference_images"})  # what a text-to-image sample offers
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,7 @@ class Group:
     prompt_image: str | None = None  # the image the samples answer (vision-language sweeps)
     references: tuple[str, ...] = ()  # reference captions of that image
     checks: Checks | None = None  # the prompt's answer or tests, where it carries them
+    reference_set: ReferenceSet | None = None  # the run's references (texts or images), where it has some
 
 
 @dataclass(frozen=True)
@@ -120,6 +128,24 @@ class Metric(abc.ABC):
 
     def prepare_groups(self, groups: list[Group]) -> None:
         """Work shared by all groups of a run, done once before ``compute`` (batched embedding)."""
+
+    # A pooled metric has one value per setting, over all its prompts' samples (MAUVE, Zipf's coefficient,
+    # FID): it writes ``compute_pooled``; its confidence interval resamples prompts and recomputes it, at most
+    # ``max_resamples`` times where each computation is costly.
+    max_resamples: ClassVar[int | None] = None
+
+    @property
+    def pooled(self) -> bool:
+        """Whether the metric pools the prompts of a setting (one value per setting, not per group)."""
+        return False
+
+    def compute_pooled(self, groups: list[Group]) -> Score:
+        """The value of the samples of all ``groups`` (the prompts of one setting) taken together."""
+        raise NotImplementedError(f"{self.id} has no pooled value")
+
+    # Whether the references get a value of this metric too (the human row of a report): metrics that read
+    # only what references offer (texts or images, and prompts) have one unless they set this False.
+    reference_row: ClassVar[bool] = True
 
     # ------------------------------------------------------------------ derived
 

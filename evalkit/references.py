@@ -1,0 +1,127 @@
+"""Reference outputs: what a run's samples are compared with (human continuations, reference images).
+
+A references file is JSONL, one reference per line: ``text`` (a reference text) or ``image`` (a path
+relative to the file), and ``prompt_id`` where the reference belongs to one prompt. Lines without a
+prompt id form one corpus for the whole run. A file holds texts or images, not both. Checked when it is
+read, one line per problem: an empty file, a line that is not JSON or has neither text nor image, a
+prompt id that is not one of the run's prompts, an image that cannot be read.
+
+Metrics that compare a setting's samples with the references (``mauve``, ``clip_fid``, ...) pool the
+references of the setting's prompts and the corpus; metrics that can be computed on the references
+themselves (``zipf``, ``repetition``, ``self_bleu``, ...) give the reference value a report draws as the
+human row (see :func:`evalkit.scoring.references.reference_values`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from evalkit.errors import ConfigError, first_error, shown
+from evalkit.prompts import read_jsonl_lines, unreadable_image
+
+MAX_REFERENCES = 1_000_000
+
+
+class ReferenceRow(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    prompt_id: str | int | None = None
+    text: str | None = None
+    image: str | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ReferenceRow:
+        if (self.text is None) == (self.image is None):
+            raise ValueError("a reference line needs exactly one of 'text' or 'image'")
+        if self.text is not None and not self.text.strip():
+            raise ValueError("the reference text is empty")
+        return self
+
+
+@dataclass(frozen=True, eq=False)
+class ReferenceSet:
+    """A run's references: per prompt (by prompt id) and a corpus for the whole run; texts, or image paths."""
+
+    source: str  # the file they were read from
+    sha256: str  # of that file: two runs compared with other references are not comparable
+    images: bool  # image paths (True) or texts
+    by_prompt: dict[str, tuple[str, ...]]
+    corpus: tuple[str, ...]
+
+    @property
+    def what(self) -> str:
+        return "images" if self.images else "texts"
+
+    def pooled(self, prompt_ids: Iterable[str]) -> list[str]:
+        """The references of these prompts (each prompt once, in the order given) and the corpus."""
+        out: list[str] = []
+        for pid in dict.fromkeys(prompt_ids):
+            out.extend(self.by_prompt.get(pid, ()))
+        return out + list(self.corpus)
+
+    def info(self) -> dict[str, Any]:
+        """What a manifest records of them."""
+        return {"file": self.source, "sha256": self.sha256, "kind": self.what,
+                "per_prompt": sum(len(v) for v in self.by_prompt.values()), "prompts": len(self.by_prompt),
+                "corpus": len(self.corpus)}
+
+
+def load_references(path: Path, prompt_ids: Iterable[str] | None, *, images: bool, field: str = "references",
+                    config_source: str | None = None) -> ReferenceSet:
+    """The references in ``path`` (JSONL), checked: ``prompt_ids`` are the run's prompts (None: any id is
+    taken); ``images``: whether the run compares images (else texts). Raises ConfigError naming the line."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"references file not found: {path}", source=config_source, path=field)
+    source = str(path)
+    known = set(prompt_ids) if prompt_ids is not None else None
+    by_prompt: dict[str, list[str]] = {}
+    corpus: list[str] = []
+    first_kind: tuple[str, int] | None = None
+    for number, line in read_jsonl_lines(path, "references file"):
+        where = f"line {number}"
+        try:
+            row = ReferenceRow.model_validate_json(line)
+        except ValidationError as e:
+            name, msg, err = first_error(e)
+            if err["type"].startswith("json"):
+                msg = f"invalid JSON: {msg.removeprefix('Invalid JSON: ')}"
+            raise ConfigError(f"{name + ': ' if name else ''}{msg}", source=source, path=where) from None
+        kind = "image" if row.image is not None else "text"
+        if first_kind is None:
+            first_kind = (kind, number)
+        elif kind != first_kind[0]:
+            raise ConfigError(f"a reference {kind}, while line {first_kind[1]} has a reference {first_kind[0]}: a "
+                              "references file holds texts or images, not both", source=source, path=where)
+        pid = str(row.prompt_id) if row.prompt_id is not None else None
+        if pid is not None and known is not None and pid not in known:
+            some = ", ".join(sorted(known)[:5]) + (", ..." if len(known) > 5 else "")
+            raise ConfigError(f"prompt_id {shown(pid)} is not a prompt of the run (its prompts: {some})",
+                              source=source, path=where)
+        if row.image is not None:
+            image = (path.parent / row.image).expanduser()
+            if not image.is_file():
+                raise ConfigError(f"image not found: {image}", source=source, path=where)
+            why = unreadable_image(image)
+            if why:
+                raise ConfigError(f"image {image} cannot be read: {why}", source=source, path=where)
+            value = str(image.resolve())
+        else:
+            value = row.text
+        (by_prompt.setdefault(pid, []) if pid is not None else corpus).append(value)
+        if len(corpus) + sum(map(len, by_prompt.values())) > MAX_REFERENCES:
+            raise ConfigError(f"more than {MAX_REFERENCES} references: use a sample of them", source=source,
+                              path=where)
+    if first_kind is None:
+        raise ConfigError("the references file has no references", source=source)
+    if (first_kind[0] == "image") != images:
+        want, got = ("images", "texts") if images else ("texts", "images")
+        raise ConfigError(f"the references are {got}, and this run's samples are compared with {want}",
+                          source=config_source or source, path=field)
+    return ReferenceSet(source=str(path.resolve()), sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+                        images=images, by_prompt={k: tuple(v) for k, v in by_prompt.items()}, corpus=tuple(corpus))

@@ -1,0 +1,92 @@
+"""MAUVE (Pillutla et al., NeurIPS 2021, "MAUVE: Measuring the Gap Between Neural Text and Human Text
+using Divergence Frontiers"), computed by the ``mauve-text`` package on features evalkit makes.
+
+p is the references (human text), q the samples: ``mauve.compute_mauve(p_features=..., q_features=...)``
+quantizes both with k-means on their PCA-reduced features (``buckets`` clusters; ``auto``: a tenth of
+the smaller side), and takes the area under the divergence curve. The features are sentence embeddings
+(``emb``: all-MiniLM-L6-v2 by default, offline), not the paper's GPT-2-large last-token hidden states:
+absolute values differ from the paper's (a 384-dimensional sentence-similarity space clusters texts by
+topic and paraphrase, GPT-2-large's by the continuation a language model expects), so compare settings
+within one featurizer, never with published numbers. With ``scope=setting`` (the default) the samples
+of all the setting's prompts are pooled against the references of those prompts and the corpus; with
+``scope=prompt`` each prompt's samples are compared with its own references.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from evalkit.errors import EvalkitError
+from evalkit.scoring.metric import Group, Metric, Score
+from evalkit_metrics.semantic import DEFAULT_EMBEDDER, embed, load_embedder
+
+MIN_TEXTS = 10  # on each side: fewer make a quantization of one or two clusters, and a meaningless value
+
+
+class MauveParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    emb: str = DEFAULT_EMBEDDER  # the featurizer: a sentence-transformers model id or directory
+    scope: Literal["setting", "prompt"] = "setting"
+    buckets: int | Literal["auto"] = "auto"  # k-means clusters (mauve-text's num_buckets)
+    scaling: float = Field(5.0, gt=0, le=1000)  # mauve_scaling_factor
+    explained_var: float = Field(0.9, gt=0, le=1)  # kmeans_explained_var: PCA keeps this share of the variance
+    seed: int = Field(25, ge=0, le=2**31 - 1)  # the k-means seed (mauve-text's default)
+
+
+def mauve_value(p: np.ndarray, q: np.ndarray, params: MauveParams) -> float:
+    """``mauve.compute_mauve`` on features p (references) and q (samples) with the metric's parameters."""
+    import mauve
+
+    out = mauve.compute_mauve(p_features=p, q_features=q, num_buckets=params.buckets,
+                              mauve_scaling_factor=params.scaling, kmeans_explained_var=params.explained_var,
+                              seed=params.seed, verbose=False)
+    return float(out.mauve)
+
+
+class Mauve(Metric):
+    name = "mauve"
+    kind = "quality"
+    definition = ("MAUVE between the samples and the references (area under the divergence frontier of their "
+                  "k-means-quantized embeddings; 1: indistinguishable)")
+    reference = "Pillutla et al. 2021, MAUVE (computed by the mauve-text package)"
+    Params = MauveParams
+    needs = frozenset({"texts", "reference_texts"})
+    max_resamples = 50  # each value clusters both sides again
+    reference_row = False  # the references against themselves: 1 by definition
+
+    def signature(self) -> dict[str, object]:
+        p = self.params
+        return {"emb": p.emb, "scope": p.scope, "buckets": p.buckets, "scaling": f"{p.scaling:g}",
+                "explained_var": f"{p.explained_var:g}", "seed": p.seed}
+
+    def prepare(self) -> None:
+        try:
+            import mauve  # noqa: F401
+        except ImportError:
+            raise EvalkitError("mauve needs the mauve-text package: pip install mauve-text faiss-cpu") from None
+        load_embedder(self.params.emb)
+
+    @property
+    def pooled(self) -> bool:
+        return self.params.scope == "setting"
+
+    def prepare_groups(self, groups: list[Group]) -> None:
+        references = groups[0].reference_set if groups else None
+        pooled = references.pooled(g.prompt_id for g in groups) if references is not None else []
+        embed(self.params.emb, [t for g in groups for t in g.texts] + pooled)  # one batched pass
+
+    def compute_pooled(self, groups: list[Group]) -> Score:
+        references = groups[0].reference_set if groups else None
+        samples = [t for g in groups for t in g.texts]
+        refs = references.pooled(g.prompt_id for g in groups) if references is not None else []
+        if len(samples) < MIN_TEXTS or len(refs) < MIN_TEXTS:
+            where = "per prompt" if not self.pooled else "pooled over the setting's prompts"
+            return Score.undefined(f"MAUVE needs at least {MIN_TEXTS} samples and {MIN_TEXTS} references "
+                                   f"({where}), got {len(samples)} and {len(refs)}")
+        return Score(mauve_value(embed(self.params.emb, refs), embed(self.params.emb, samples), self.params))
+
+    def compute(self, group: Group) -> Score:
+        return self.compute_pooled([group])
