@@ -36,7 +36,7 @@ def frechet_distance(real: np.ndarray, fake: np.ndarray) -> float:
 
     mu_r, mu_f = real.mean(axis=0), fake.mean(axis=0)
     s_r, s_f = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)
-    root, _ = linalg.sqrtm(s_r @ s_f, disp=False)
+    root = linalg.sqrtm(s_r @ s_f)
     if not np.isfinite(root).all():  # nearly singular product: the usual regularisation of FID code
         eps = np.eye(s_r.shape[0]) * 1e-6
         root = linalg.sqrtm((s_r + eps) @ (s_f + eps))

@@ -35,14 +35,19 @@ def chart_set(view: RunView) -> dict:
         if rows["mean"].isna().all():  # nothing to draw: say why instead of empty axes
             per_metric[metric] = {"undefined": True, "wide": False}
             continue
+        human = view.human(metric)
         per_metric[metric] = {
-            "heatmap": charts.heatmap(rows, view.info(metric), f"{view.key}h{i}", view.level, axes=view.axes),
+            "heatmap": charts.heatmap(rows, view.info(metric), f"{view.key}h{i}", view.level, axes=view.axes,
+                                      human=human),
             "lines": charts.lines(rows, view.info(metric), f"{view.key}l{i}", view.level, ylabel=metric.split("[")[0],
-                                  axes=view.axes),
+                                  axes=view.axes, human=human),
+            "human": human,
             "wide": len(charts.facets(rows, view.axes)) > 1,  # small multiples take the page's full width
             "undefined": False,
         }
-    xs = view.by_kind("diversity") or view.metrics
+    # x: diversity, and distances to the references (CLIPScore against FID over the guidance scale)
+    xs = [m for m in view.metrics if view.info(m)["kind"] == "diversity" or view.info(m).get("against_references")]
+    xs = xs or view.metrics
     ys = view.by_kind("quality") or [m for m in view.metrics if m not in xs] or view.metrics
     pairs = []
     for x in xs:
@@ -50,8 +55,10 @@ def chart_set(view: RunView) -> dict:
             if x == y:
                 continue
             both, front = charts.tradeoff_points(view.metric_rows(x), view.metric_rows(y), view.info(x), view.info(y))
+            hx, hy = view.human(x), view.human(y)
             svg = charts.tradeoff(both, front, x, y, view.info(x), view.info(y), f"{view.key}t{len(pairs)}",
-                                  label_all=len(view.settings) <= MAX_LABELLED)
+                                  label_all=len(view.settings) <= MAX_LABELLED,
+                                  human=(hx, hy) if hx is not None and hy is not None else None)
             on_front = [{"setting": r.setting_id, "x": fmt(r.mean_x), "y": fmt(r.mean_y)}
                         for r in both.iloc[front].itertuples()]
             pairs.append({"x": x, "y": y, "svg": svg, "front": on_front, "n": len(both)})
@@ -143,7 +150,10 @@ def render_report(run_dirs: list[str | Path]) -> str:
     names = list(dict.fromkeys(m for v in views for m in v.metrics))
     chart_sets = {v.key: chart_set(v) for v in views}
     wide = {m for c in chart_sets.values() for m, per in c["metrics"].items() if per["wide"]}
+    tests = {v.key: v.decoding_test for v in views}
     return env.get_template("report.html.j2").render(
+        human=any(v.human_likeness for v in views), decoding_tests=tests,
+        has_decoding_test=any(t is not None and not t.empty for t in tests.values()),
         title=", ".join(dict.fromkeys(v.manifest.name for v in views)),
         views=views, charts=chart_sets, wide=wide, pass_at_k=any(c["pass_at_k"] for c in chart_sets.values()),
         text_runs=any(not v.images for v in views), tables=[summary_table(v) for v in views],

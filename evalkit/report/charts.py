@@ -57,8 +57,10 @@ def tooltip(row, level: int) -> str:
     return f"{row.setting_id}: {fmt(row.mean)}{ci}"
 
 
-def heatmap(rows: pd.DataFrame, info: dict, prefix: str, level: int, axes: Axes = TEXT_AXES) -> str:
-    """Mean over axes.x (columns) x axes.y (rows), the value written in each cell."""
+def heatmap(rows: pd.DataFrame, info: dict, prefix: str, level: int, axes: Axes = TEXT_AXES,
+            human: float | None = None) -> str:
+    """Mean over axes.x (columns) x axes.y (rows), the value written in each cell; ``human``: the value on the
+    references, marked on the colour bar."""
     temps, tops = sorted(rows[axes.x].unique()), sorted(rows[axes.y].unique())
     panels = facets(rows, axes)
     finite = rows["mean"][np.isfinite(rows["mean"])]
@@ -100,6 +102,11 @@ def heatmap(rows: pd.DataFrame, info: dict, prefix: str, level: int, axes: Axes 
                 ax.set_title(title)
         bar = fig.colorbar(ScalarMappable(norm, cmap), ax=list(panes), fraction=0.04, pad=0.02, aspect=12)
         bar.ax.tick_params(labelsize=7)
+        if human is not None and norm.vmin <= human <= norm.vmax:
+            bar.ax.axhline(human, color="#d62728", linewidth=2)
+            bar.ax.annotate("refs", (1.0, norm(human)), xycoords=("axes fraction", "axes fraction"),
+                            xytext=(-14, 0), textcoords="offset points", fontsize=6.5, color="#d62728",
+                            va="center", ha="right")
         if info.get("kind") in SEEN_AS:
             bar.set_label(f"{SEEN_AS[info['kind']]} →" if info.get("direction", 1) > 0 else
                           f"← {SEEN_AS[info['kind']]}", fontsize=7.5)
@@ -107,8 +114,9 @@ def heatmap(rows: pd.DataFrame, info: dict, prefix: str, level: int, axes: Axes 
 
 
 def lines(rows: pd.DataFrame, info: dict, prefix: str, level: int, ylabel: str, reference: pd.DataFrame | None = None,
-          reference_label: str = "", axes: Axes = TEXT_AXES) -> str:
-    """Mean against axes.x, one line per axes.y value with its CI band; ``reference`` rows are drawn dashed."""
+          reference_label: str = "", axes: Axes = TEXT_AXES, human: float | None = None) -> str:
+    """Mean against axes.x, one line per axes.y value with its CI band; ``reference`` rows are drawn dashed;
+    ``human``: the value on the references, a dotted horizontal line."""
     panels = facets(rows, axes)
     ref_panels = dict(facets(reference, axes)) if reference is not None else {}
     titles = {}
@@ -126,6 +134,8 @@ def lines(rows: pd.DataFrame, info: dict, prefix: str, level: int, ylabel: str, 
                     gid = f"m{len(titles)}"
                     ax.plot([getattr(r, axes.x)], [r.mean], "o", color=colors[p], markersize=4, gid=gid)
                     titles[gid] = tooltip(r, level)
+            if human is not None:
+                ax.axhline(human, color="#444", linestyle=":", linewidth=1.2, label="references")
             if title in ref_panels:
                 for p, line in ref_panels[title].sort_values(axes.x).groupby(axes.y, sort=True):
                     ax.plot(line[axes.x], line["mean"], color=colors.get(p, "gray"), linestyle="--",
@@ -164,8 +174,9 @@ def tradeoff_points(xrows: pd.DataFrame, yrows: pd.DataFrame, xinfo: dict, yinfo
 
 
 def tradeoff(both: pd.DataFrame, front: np.ndarray, xname: str, yname: str, xinfo: dict, yinfo: dict,
-             prefix: str, label_all: bool) -> str:
-    """One point per setting (CI whiskers), the Pareto front drawn and its settings labelled."""
+             prefix: str, label_all: bool, human: tuple[float, float] | None = None) -> str:
+    """One point per setting (CI whiskers), the Pareto front drawn and its settings labelled; ``human``: the
+    references' (x, y), a star."""
     x, y = both["mean_x"].to_numpy(), both["mean_y"].to_numpy()
     titles = {}
     with rc_context(STYLE):
@@ -189,6 +200,11 @@ def tradeoff(both: pd.DataFrame, front: np.ndarray, xname: str, yname: str, xinf
             if i in labelled:
                 ax.annotate(r.setting_id, (x[i], y[i]), xytext=(4, 4), textcoords="offset points", fontsize=7,
                             color="#333" if i in on_front else "#777")
+        if human is not None:
+            ax.plot([human[0]], [human[1]], "*", markersize=12, color="#444", zorder=4, label="references")
+            titles_gid = f"s{len(x)}"
+            ax.lines[-1].set_gid(titles_gid)
+            titles[titles_gid] = f"references: {xname} {fmt(human[0])}, {yname} {fmt(human[1])}"
         if log_scaled(xinfo, x):
             ax.set_xscale("log")
         if log_scaled(yinfo, y):
@@ -196,7 +212,7 @@ def tradeoff(both: pd.DataFrame, front: np.ndarray, xname: str, yname: str, xinf
         ax.set_xlabel(_axis_label(xname, xinfo))
         ax.set_ylabel(_axis_label(yname, yinfo))
         ax.grid(color="#ececec", linewidth=0.6)
-        if len(front) > 1:
+        if len(front) > 1 or human is not None:
             ax.legend(loc="best")
         return render(fig, prefix, titles)
 

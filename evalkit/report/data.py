@@ -22,6 +22,7 @@ from evalkit.kinds.base import Axes
 from evalkit.report.charts import show_param
 from evalkit.settings import Setting
 from evalkit.scoring import aggregate
+from evalkit.scoring.decoding_test import run_decoding_test
 from evalkit.rundir.reader import Run
 from evalkit.rundir.reader import load_run
 
@@ -78,6 +79,40 @@ class RunView:
     def info(self, metric: str) -> dict:
         return {"kind": "descriptive", "direction": 1, "scale": "linear", "definition": "",
                 **self.manifest.metric_info.get(metric, {})}
+
+    def human(self, metric: str) -> float | None:
+        """The metric's value on the run's references (the human row), where it has one."""
+        value = ((self.manifest.references or {}).get("values") or {}).get(metric, {}).get("value")
+        return None if value is None else float(value)
+
+    @cached_property
+    def human_likeness(self) -> dict | None:
+        """Settings ranked by closeness to the references (Holtzman et al. 2020 read Table 1 so): per metric
+        with a reference value, each setting's |value - reference| and its rank (1: closest), and the mean
+        rank over those metrics; None where no metric has a reference value."""
+        metrics = [m for m in self.metrics if self.human(m) is not None]
+        if not metrics:
+            return None
+        table = self.summary.pivot_table(index="setting_id", columns="metric", values="mean", sort=False,
+                                         dropna=False)
+        gaps = pd.DataFrame({m: (table[m] - self.human(m)).abs() if m in table else np.nan for m in metrics},
+                            index=[s.id for s in self.settings])
+        ranks = gaps.rank(method="min")
+        mean_rank = ranks.mean(axis=1, skipna=True)
+        rows = []
+        for sid in mean_rank.sort_values(kind="stable").index:
+            cells = [{"value": table.loc[sid, m] if m in table and sid in table.index else math.nan,
+                      "gap": gaps.loc[sid, m], "rank": ranks.loc[sid, m]} for m in metrics]
+            rows.append({"setting": sid, "cells": cells, "mean_rank": mean_rank.loc[sid]})
+        refs = self.manifest.references
+        return {"metrics": metrics, "human": [self.human(m) for m in metrics], "rows": rows,
+                "source": f"{refs['per_prompt']} {refs['kind']} of {refs['prompts']} prompts and {refs['corpus']} "
+                          f"in a corpus, from {Path(refs['file']).name}"}
+
+    @cached_property
+    def decoding_test(self) -> pd.DataFrame | None:
+        """Spearman's rho between temperature and each diversity metric (None under three temperatures)."""
+        return run_decoding_test(self.run)
 
     def metric_rows(self, metric: str) -> pd.DataFrame:
         return self.summary[self.summary["metric"] == metric].reset_index(drop=True)

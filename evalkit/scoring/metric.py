@@ -165,7 +165,12 @@ class Metric(abc.ABC):
 
     def info(self) -> dict[str, object]:
         """What a report needs to read the number (kept in the run's manifest)."""
-        return {"kind": self.kind, "direction": self.direction, "scale": self.scale, "definition": self.definition}
+        info = {"kind": self.kind, "direction": self.direction, "scale": self.scale, "definition": self.definition}
+        if self.pooled:
+            info["pooled"] = True  # one value per setting over its prompts (no per-prompt values to pair)
+        if self.requires() & REFERENCE_NEEDS:
+            info["against_references"] = True  # a distance to the references (MAUVE, FID): a trade-off axis
+        return info
 
     def requires(self) -> frozenset[str]:
         """What a run must offer this configured metric: ``needs``, and token ids when it tokenizes with

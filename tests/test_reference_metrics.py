@@ -1,0 +1,394 @@
+"""Reference data and the metrics that read it: references files, zipf, repetition (ends in a loop),
+MAUVE against a direct mauve-text call, pooled metrics' intervals, the human row, and the decoding test."""
+
+import json
+import math
+import subprocess
+import sys
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+import evalkit
+from evalkit.config import MetricSpec, config_from_dict
+from evalkit.errors import ConfigError, EvalkitError
+from evalkit.references import load_references
+from evalkit.scoring.aggregate import POOLED
+from evalkit.scoring.decoding_test import decoding_test, verdict
+from evalkit.scoring.groups import score_groups
+from evalkit.scoring.metric import Group
+from evalkit.scoring.registry import default_registry
+from evalkit.settings import Setting
+from evalkit_metrics.repetition import ends_in_loop
+from evalkit_metrics.semantic import embed
+from evalkit_metrics.zipf import zipf_coefficient
+
+from conftest import base_config, write_jsonl
+
+WORDS = ("the cat sat on a mat while dogs ran over hills and rivers under bright skies near old towns "
+         "a quiet morning light fell across the long road").split()
+
+
+def metric(name, **params):
+    return default_registry().create(MetricSpec(name=name, params=params))
+
+
+def group(texts, pid="p0", setting=Setting(), refs=None):
+    return Group(prompt_id=pid, prompt=f"prompt {pid}", setting=setting, texts=tuple(texts), token_ids=(),
+                 reference_set=refs)
+
+
+def random_texts(rng, n, vocab=len(WORDS), length=(8, 20)):
+    return [" ".join(rng.choice(WORDS[:vocab], size=rng.integers(*length))) for _ in range(n)]
+
+
+# ------------------------------------------------------------------------------------------ zipf
+
+
+def degen_zipf(token_lists, n=5000):
+    """Holtzman et al.'s definition as their script computes it: linregress of log count on log rank."""
+    counts = Counter(t for tokens in token_lists for t in tokens)
+    ys = np.array(sorted(counts.values(), reverse=True)[:n])
+    xs = np.arange(1, len(ys) + 1)
+    return -stats.linregress(np.log(xs), np.log(ys)).slope
+
+
+def test_zipf_matches_the_papers_regression():
+    rng = np.random.default_rng(0)
+    texts = [" ".join(f"w{int(z)}" for z in rng.zipf(1.6, size=200)) for _ in range(12)]
+    m = metric("zipf")
+    groups = [group(texts[i:i + 4], pid=f"p{i}") for i in range(0, 12, 4)]
+    value = m.compute_pooled(groups).value
+    assert value == pytest.approx(degen_zipf([t.split() for t in texts]), rel=1e-12)
+    assert m.pooled and m.id == "zipf[tok=words,max_rank=5000,scope=setting]"
+    small = metric("zipf", max_rank=10)  # only the 10 most frequent tokens are fitted
+    assert small.compute_pooled(groups).value == pytest.approx(degen_zipf([t.split() for t in texts], 10), rel=1e-12)
+    per_prompt = metric("zipf", scope="prompt")
+    assert not per_prompt.pooled
+    assert per_prompt.compute(groups[0]).value == pytest.approx(degen_zipf([t.split() for t in texts[:4]]))
+
+
+def test_zipf_of_a_perfect_power_law_is_its_exponent():
+    counts = Counter({f"t{r}": round(1e6 / r ** 1.25) for r in range(1, 60)})
+    assert zipf_coefficient(counts, 5000) == pytest.approx(1.25, abs=1e-3)
+
+
+def test_zipf_needs_two_distinct_tokens():
+    score = metric("zipf").compute_pooled([group(["same same same"])])
+    assert math.isnan(score.value) and "two distinct tokens" in score.reason
+
+
+# ------------------------------------------------------------------------------------ repetition
+
+
+def degen_loop(tokens, max_n=90):
+    """Holtzman et al.'s repetition test, restated: the phrase length with most back-to-back repeats at the
+    end (first on ties); a loop when repeated and 3+ tokens long, or repeated more than 50 times."""
+    rev = tokens[::-1]
+    repeats = []
+    for n in range(1, max_n + 1):
+        k = 1
+        while len(rev[n * k:n * (k + 1)]) == n and rev[n * k:n * (k + 1)] == rev[:n]:
+            k += 1
+        repeats.append(k)
+    best = int(np.argmax(repeats))
+    return repeats[best] > 1 and (best + 1 >= 3 or repeats[best] > 50)
+
+
+@pytest.mark.parametrize("text,loop", [
+    ("a b c a b c", True),  # a 3-token phrase twice
+    ("x y z a b c a b c a b c", True),
+    ("a b a b a b a b", False),  # a 2-token phrase: too short unless repeated more than 50 times
+    ("a " * 50, False),
+    ("a " * 51, True),
+    ("the cat sat on the mat", False),
+    ("", False),
+])
+def test_loop_examples(text, loop):
+    assert ends_in_loop(text.split()) is loop
+    if text:
+        assert degen_loop(text.split()) is loop
+
+
+def test_loops_match_the_papers_definition_on_random_sequences():
+    rng = np.random.default_rng(3)
+    for _ in range(400):
+        head = list(rng.integers(0, 4, size=rng.integers(0, 12)))
+        phrase = list(rng.integers(0, 3, size=rng.integers(1, 6)))
+        tokens = head + phrase * int(rng.integers(1, 5)) + list(rng.integers(0, 3, size=rng.integers(0, 2)))
+        assert ends_in_loop(tokens) == degen_loop(tokens), tokens
+
+
+def test_repetition_is_the_share_of_looping_samples():
+    s = metric("repetition").compute(group(["a b c a b c", "one two three", "go on go on go on x y z x y z"]))
+    assert s.per_sample == (1.0, 0.0, 1.0) and s.value == pytest.approx(2 / 3)
+
+
+# ------------------------------------------------------------------------------------ references
+
+
+def refs_file(tmp_path, rows, name="refs.jsonl"):
+    return write_jsonl(tmp_path / name, rows)
+
+
+def test_references_per_prompt_and_corpus(tmp_path):
+    path = refs_file(tmp_path, [{"prompt_id": "a", "text": "one"}, {"text": "corpus one"},
+                                {"prompt_id": 7, "text": "two"}, {"prompt_id": "a", "text": "three"}])
+    refs = load_references(path, ["a", "7", "b"], images=False)
+    assert refs.by_prompt == {"a": ("one", "three"), "7": ("two",)}
+    assert refs.corpus == ("corpus one",)
+    assert refs.pooled(["7", "a", "a", "b"]) == ["two", "one", "three", "corpus one"]
+    assert refs.info()["per_prompt"] == 3 and refs.info()["corpus"] == 1 and len(refs.sha256) == 64
+
+
+@pytest.mark.parametrize("rows,message,line", [
+    ([], "has no references", None),
+    ([{"text": "ok"}, {"prompt_id": "zz", "text": "x"}], "prompt_id 'zz' is not a prompt of the run", 2),
+    ([{"text": "ok"}, {"prompt_id": "a"}], "exactly one of 'text' or 'image'", 2),
+    ([{"text": "   "}], "reference text is empty", 1),
+    ([{"text": "ok"}, {"image": "missing.png"}], "a reference image, while line 1 has a reference text", 2),
+])
+def test_bad_references_are_refused_naming_the_line(tmp_path, rows, message, line):
+    path = refs_file(tmp_path, rows)
+    with pytest.raises(ConfigError) as e:
+        load_references(path, ["a"], images=False)
+    text = str(e.value)
+    assert message in text and "\n" not in text
+    if line:
+        assert f"line {line}" in text
+
+
+def test_bad_json_and_unreadable_images_are_refused(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{"text": \n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="line 2.*invalid JSON"):
+        load_references(bad, None, images=False)
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    path = refs_file(tmp_path, [{"image": "broken.png"}])
+    with pytest.raises(ConfigError, match="line 1: image .*broken.png cannot be read"):
+        load_references(path, None, images=True)
+    texts = refs_file(tmp_path, [{"text": "x"}], "texts.jsonl")
+    with pytest.raises(ConfigError, match="the references are texts, and this run's samples are compared with images"):
+        load_references(texts, None, images=True)
+
+
+def test_a_metric_that_needs_references_is_refused_without_them(tiny_model, tmp_path):
+    config = config_from_dict(base_config(tiny_model, tmp_path / "runs", metrics=["mauve"]))
+    with pytest.raises(ConfigError, match=r"metrics\[0\].*compares the samples with reference texts, and the run "
+                                          r"has none: add references: a JSONL file"):
+        evalkit.plan_sweep(config)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_reference_file_naming_unknown_prompts_fails_the_start(tiny_model, tmp_path):
+    refs = refs_file(tmp_path, [{"prompt_id": "nope", "text": "x"}])
+    config = config_from_dict(base_config(tiny_model, tmp_path / "runs", metrics=["zipf"],
+                                          references=str(refs)))
+    with pytest.raises(ConfigError, match="line 1: prompt_id 'nope' is not a prompt of the run"):
+        evalkit.run_sweep(config, progress=False)
+    assert not (tmp_path / "runs").exists()
+
+
+# ------------------------------------------------------------------------------------------ MAUVE
+
+
+def test_mauve_equals_a_direct_mauve_text_call(tmp_path):
+    import mauve
+
+    rng = np.random.default_rng(5)
+    refs_path = refs_file(tmp_path, [{"prompt_id": f"p{i % 4}", "text": t}
+                                     for i, t in enumerate(random_texts(rng, 24))] +
+                          [{"text": t} for t in random_texts(rng, 8)])
+    refs = load_references(refs_path, [f"p{i}" for i in range(4)], images=False)
+    groups = [group(random_texts(rng, 5, vocab=10), pid=f"p{i}", refs=refs) for i in range(4)]
+    m = metric("mauve")
+    m.prepare_groups(groups)
+    value = m.compute_pooled(groups).value
+    samples = [t for g in groups for t in g.texts]
+    direct = mauve.compute_mauve(p_features=embed("all-MiniLM-L6-v2", refs.pooled(g.prompt_id for g in groups)),
+                                 q_features=embed("all-MiniLM-L6-v2", samples), verbose=False).mauve
+    assert value == pytest.approx(direct, abs=1e-12)
+    assert 0 < value <= 1
+    assert m.id == "mauve[emb=all-MiniLM-L6-v2,scope=setting,buckets=auto,scaling=5,explained_var=0.9,seed=25]"
+    other = metric("mauve", scaling=2, buckets=3)  # the package's parameters reach it
+    direct = mauve.compute_mauve(p_features=embed("all-MiniLM-L6-v2", refs.pooled(g.prompt_id for g in groups)),
+                                 q_features=embed("all-MiniLM-L6-v2", samples), mauve_scaling_factor=2,
+                                 num_buckets=3, verbose=False).mauve
+    assert other.compute_pooled(groups).value == pytest.approx(direct, abs=1e-12)
+
+
+def test_mauve_says_what_it_needs():
+    refs = type("R", (), {"pooled": lambda self, ids: ["a b"] * 30})()
+    score = metric("mauve").compute_pooled([group(["x y"] * 4, refs=refs)])
+    assert math.isnan(score.value)
+    assert "MAUVE needs at least 10 samples and 10 references (pooled over the setting's prompts), got 4 and 30" \
+        == score.reason
+
+
+# ----------------------------------------------------------------------- pooled metrics in a scored file
+
+
+def scored_file(tmp_path, temperatures=(0.5, 1.0), prompts=6, samples=4, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for t in temperatures:
+        for p in range(prompts):
+            for text in random_texts(rng, samples, vocab=int(4 + 12 * t)):
+                rows.append({"prompt_id": f"p{p}", "prompt": f"prompt {p}", "temperature": t, "text": text})
+    return write_jsonl(tmp_path / "gen.jsonl", rows)
+
+
+def test_pooled_metrics_and_the_human_row_in_a_scored_file(tmp_path):
+    rng = np.random.default_rng(1)
+    per_prompt = {f"p{p}": random_texts(rng, 3) for p in range(6)}
+    corpus = random_texts(rng, 10)
+    refs = refs_file(tmp_path, [{"prompt_id": p, "text": t} for p, ts in per_prompt.items() for t in ts] +
+                     [{"text": t} for t in corpus])
+    run = evalkit.score_file(scored_file(tmp_path), ["zipf", "distinct_2", "repetition", "mauve"], tmp_path / "out",
+                             progress=False, references=refs, resamples=200)
+    scores, summary = run.scores, run.summary
+    zipf_rows = scores[scores["metric"].str.startswith("zipf")]
+    assert set(zipf_rows["prompt_id"]) == {POOLED} and len(zipf_rows) == 2  # one per setting
+    samples = run.samples
+    for sid, df in samples.groupby("setting_id"):
+        value = zipf_rows.set_index("setting_id").loc[sid, "value"]
+        assert value == pytest.approx(degen_zipf([t.split() for t in df["text"]]), rel=1e-12)
+        row = summary[(summary["setting_id"] == sid) & summary["metric"].str.startswith("zipf")].iloc[0]
+        assert row["mean"] == pytest.approx(value) and row["n_prompts"] == 6
+        assert row["ci_low"] < row["ci_high"]
+    # the human row: each metric on the references (per prompt, then the mean; pooled: all of them)
+    values = run.manifest.references["values"]
+    zipf_id = next(m for m in values if m.startswith("zipf"))
+    all_refs = [t for ts in per_prompt.values() for t in ts] + corpus
+    assert values[zipf_id]["value"] == pytest.approx(degen_zipf([t.split() for t in all_refs]), rel=1e-12)
+    assert values[zipf_id]["n"] == len(all_refs)
+    d2 = metric("distinct_2")
+    expected = np.mean([d2.compute(group(ts)).value for ts in per_prompt.values()])
+    assert values["distinct_2[tok=words]"]["value"] == pytest.approx(expected)
+    assert not any(m.startswith("mauve") for m in values)  # MAUVE of the references with themselves is 1
+    assert run.manifest.references["sha256"] and run.manifest.protocol["references"] == run.manifest.references[
+        "sha256"]
+
+
+def test_pooled_intervals_are_seeded_and_resample_prompts(tmp_path):
+    path = scored_file(tmp_path)
+    a = evalkit.score_file(path, ["zipf"], tmp_path / "a", progress=False, resamples=300, seed=4).summary
+    b = evalkit.score_file(path, ["zipf"], tmp_path / "b", progress=False, resamples=300, seed=4).summary
+    c = evalkit.score_file(path, ["zipf"], tmp_path / "c", progress=False, resamples=300, seed=5).summary
+    assert a[["ci_low", "ci_high"]].equals(b[["ci_low", "ci_high"]])
+    assert not a[["ci_low", "ci_high"]].equals(c[["ci_low", "ci_high"]])
+
+
+def test_score_command_takes_references(tmp_path):
+    refs = refs_file(tmp_path, [{"text": t} for t in random_texts(np.random.default_rng(2), 12)])
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "evalkit", "score", str(scored_file(tmp_path)), "--metrics",
+                           "zipf,repetition", "--references", str(refs), "-o", str(out), "-q"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["references"]["corpus"] == 12
+    # repetition is per prompt: a corpus alone gives it no reference value, and says why
+    rep = manifest["references"]["values"]["repetition[tok=words]"]
+    assert rep["value"] is None and "only a corpus" in rep["reason"]
+    missing = subprocess.run([sys.executable, "-m", "evalkit", "score", str(scored_file(tmp_path)), "--metrics",
+                              "mauve", "-o", str(tmp_path / "x")], capture_output=True, text=True)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [
+        "error: --metrics: mauve[emb=all-MiniLM-L6-v2,scope=setting,buckets=auto,scaling=5,explained_var=0.9,"
+        "seed=25] compares the samples with reference texts, and the run has none: add --references a JSONL file "
+        "of reference texts"]
+
+
+# ----------------------------------------------------------------------------------- decoding test
+
+
+def scores_table(values: dict[tuple[str, str], float], metric_id: str) -> pd.DataFrame:
+    return pd.DataFrame([{"setting_id": s, "prompt_id": p, "metric": metric_id, "value": v}
+                         for (s, p), v in values.items()])
+
+
+TEMPS = {"a": 0.2, "b": 0.7, "c": 1.0, "d": 1.5}
+
+
+def test_decoding_test_reads_spearman_per_prompt():
+    rng = np.random.default_rng(0)
+    rising = {(s, f"p{i}"): t + rng.normal(0, 0.2) for i in range(10) for s, t in TEMPS.items()}
+    falling = {k: -v for k, v in rising.items()}
+    noise = {(s, f"p{i}"): rng.normal() for i in range(10) for s in TEMPS}
+    scores = pd.concat([scores_table(rising, "up"), scores_table(falling, "down"), scores_table(noise, "noise"),
+                        scores_table(rising, "bleu")])
+    info = {"up": {"kind": "diversity", "direction": 1}, "down": {"kind": "diversity", "direction": 1},
+            "noise": {"kind": "diversity", "direction": 1}, "bleu": {"kind": "diversity", "direction": -1},
+            "quality": {"kind": "quality", "direction": 1}}
+    result = decoding_test(scores, TEMPS, info, resamples=500).set_index("metric")
+    expected_up = np.mean([stats.spearmanr(list(TEMPS.values()), [rising[(s, f"p{i}")] for s in TEMPS]).statistic
+                           for i in range(10)])
+    assert result.loc["up", "rho"] == pytest.approx(expected_up)
+    assert result.loc["up", "verdict"] == "ok" and result.loc["up", "n_prompts"] == 10
+    assert result.loc["down", "verdict"] == "wrong sign"
+    assert result.loc["bleu", "verdict"] == "wrong sign"  # rises with temperature, but should fall
+    assert result.loc["noise", "verdict"] in ("weak", "wrong sign")
+    assert "quality" not in result.index  # only diversity metrics are tested
+
+
+def test_decoding_test_needs_three_temperatures_and_varying_values():
+    assert decoding_test(scores_table({("a", "p"): 1.0, ("b", "p"): 2.0}, "m"), {"a": 0.5, "b": 1.0},
+                         {"m": {"kind": "diversity"}}) is None
+    flat = scores_table({(s, "p"): 1.0 for s in TEMPS}, "m")
+    result = decoding_test(flat, TEMPS, {"m": {"kind": "diversity", "direction": 1}})
+    assert result.iloc[0]["verdict"] == "undefined"
+    pooled = scores_table({(s, POOLED): -t for s, t in TEMPS.items()}, "z")
+    row = decoding_test(pooled, TEMPS, {"z": {"kind": "diversity", "direction": -1}}).iloc[0]
+    assert row["rho"] == pytest.approx(-1.0) and row["verdict"] == "ok" and math.isnan(row["ci_low"])
+
+
+def test_verdict_thresholds():
+    assert verdict(0.8, 0.6, 0.9, 1) == "ok"
+    assert verdict(0.8, -0.1, 0.9, 1) == "weak"
+    assert verdict(0.3, 0.1, 0.5, 1) == "weak"
+    assert verdict(-0.8, -0.9, -0.6, -1) == "ok"
+    assert verdict(0.2, 0.1, 0.3, -1) == "wrong sign"
+
+
+def test_metrics_check_command(tmp_path):
+    run = evalkit.score_file(scored_file(tmp_path, temperatures=(0.3, 0.7, 1.0, 1.5), prompts=5),
+                             ["distinct_2", "self_bleu", "ttr"], tmp_path / "out", progress=False)
+    done = subprocess.run([sys.executable, "-m", "evalkit", "metrics", "--check", str(run.path)],
+                          capture_output=True, text=True, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = [line for line in done.stdout.splitlines() if "distinct_2" in line or "self_bleu" in line]
+    assert len(lines) == 2 and all(" ok " in line for line in lines)
+    two = evalkit.score_file(scored_file(tmp_path / "..", temperatures=(0.5, 1.0)), ["distinct_2"],
+                             tmp_path / "two", progress=False)
+    refused = subprocess.run([sys.executable, "-m", "evalkit", "metrics", "--check", str(two.path)],
+                             capture_output=True, text=True)
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == f"error: --check: {two.path} has 2 temperatures; the decoding test needs at least 3"
+
+
+def test_report_shows_the_human_row_and_the_decoding_test(tmp_path):
+    rng = np.random.default_rng(4)
+    refs = refs_file(tmp_path, [{"prompt_id": f"p{p}", "text": t} for p in range(5) for t in random_texts(rng, 4)])
+    run = evalkit.score_file(scored_file(tmp_path, temperatures=(0.3, 0.7, 1.0, 1.5), prompts=5),
+                             ["distinct_2", "zipf", "self_bleu"], tmp_path / "out", progress=False, references=refs)
+    from evalkit.report import write_report
+    from evalkit.report.data import load_views
+
+    view = load_views([run.path])[0]
+    table = view.human_likeness
+    assert table["metrics"] == [m for m in run.manifest.metrics]  # every one of these has a reference value
+    gaps = [[c["gap"] for c in r["cells"]] for r in table["rows"]]
+    mean_ranks = [r["mean_rank"] for r in table["rows"]]
+    assert mean_ranks == sorted(mean_ranks)
+    summary = run.summary.set_index(["setting_id", "metric"])
+    first = table["rows"][0]
+    for m, c in zip(table["metrics"], first["cells"]):
+        assert c["gap"] == pytest.approx(abs(summary.loc[(first["setting"], m), "mean"] - view.human(m)))
+    assert all(np.isfinite(g).all() for g in gaps)
+    html = write_report([run.path], tmp_path / "r.html").read_text()
+    assert 'id="human"' in html and 'id="metric-checks"' in html
+    assert html.count(">references<") >= 1 and "verdict-" in html
