@@ -18,7 +18,7 @@ from evalkit.errors import ConfigError, EvalkitError
 from evalkit.references import load_references
 from evalkit.scoring.aggregate import POOLED
 from evalkit.scoring.decoding_test import decoding_test, verdict
-from evalkit.scoring.groups import score_groups
+from evalkit.scoring.groups import pooled_intervals, score_groups
 from evalkit.scoring.metric import Group
 from evalkit.scoring.registry import default_registry
 from evalkit.settings import Setting
@@ -224,7 +224,7 @@ def test_mauve_says_what_it_needs():
     refs = type("R", (), {"pooled": lambda self, ids: ["a b"] * 30})()
     score = metric("mauve").compute_pooled([group(["x y"] * 4, refs=refs)])
     assert math.isnan(score.value)
-    assert "MAUVE needs at least 10 samples and 10 references (pooled over the setting's prompts), got 4 and 30" \
+    assert "MAUVE needs at least 20 samples and 20 references (pooled over the setting's prompts), got 4 and 30" \
         == score.reason
 
 
@@ -273,13 +273,32 @@ def test_pooled_metrics_and_the_human_row_in_a_scored_file(tmp_path):
         "sha256"]
 
 
-def test_pooled_intervals_are_seeded_and_resample_prompts(tmp_path):
-    path = scored_file(tmp_path)
-    a = evalkit.score_file(path, ["zipf"], tmp_path / "a", progress=False, resamples=300, seed=4).summary
-    b = evalkit.score_file(path, ["zipf"], tmp_path / "b", progress=False, resamples=300, seed=4).summary
-    c = evalkit.score_file(path, ["zipf"], tmp_path / "c", progress=False, resamples=300, seed=5).summary
-    assert a[["ci_low", "ci_high"]].equals(b[["ci_low", "ci_high"]])
-    assert not a[["ci_low", "ci_high"]].equals(c[["ci_low", "ci_high"]])
+def test_a_pooled_interval_is_the_leave_one_prompt_out_jackknife():
+    rng = np.random.default_rng(6)
+    groups = [group(random_texts(rng, 3, vocab=int(rng.integers(5, 30))), pid=f"p{i}") for i in range(7)]
+    m = metric("zipf")
+    scores, _ = score_groups(groups, [m])
+    value = scores["value"].iloc[0]
+    table = pooled_intervals(groups, [m], scores, level=0.9, seed=0)
+    left_out = np.array([m.compute_pooled(groups[:i] + groups[i + 1:]).value for i in range(7)])
+    se = math.sqrt(6 / 7 * ((left_out - left_out.mean()) ** 2).sum())
+    half = stats.t.ppf(0.95, 6) * se
+    row = table.iloc[0]
+    assert row["blocks"] == 7 and row["n_prompts"] == 7
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((value - half, value + half), rel=1e-12)
+
+
+def test_pooled_intervals_group_many_prompts_into_seeded_blocks():
+    rng = np.random.default_rng(7)
+    groups = [group(random_texts(rng, 2, vocab=int(rng.integers(5, 30))), pid=f"p{i}") for i in range(45)]
+    m = metric("zipf")
+    scores, _ = score_groups(groups, [m])
+    a, b, c = (pooled_intervals(groups, [m], scores, level=0.95, seed=s) for s in (1, 1, 2))
+    assert a["blocks"].iloc[0] == 20
+    assert a.equals(b) and not a[["ci_low"]].equals(c[["ci_low"]])
+    value = scores["value"].iloc[0]
+    assert a["ci_low"].iloc[0] < value < a["ci_high"].iloc[0]
+    assert metric("mauve", ci_blocks=0).interval_blocks == 0  # MAUVE's interval can be skipped
 
 
 def test_score_command_takes_references(tmp_path):

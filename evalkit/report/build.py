@@ -153,6 +153,7 @@ def render_report(run_dirs: list[str | Path]) -> str:
     tests = {v.key: v.decoding_test for v in views}
     return env.get_template("report.html.j2").render(
         human=any(v.human_likeness for v in views), decoding_tests=tests,
+        pooled_metrics=[m.split("[")[0] for m in names if any(v.info(m).get("pooled") for v in views)],
         has_decoding_test=any(t is not None and not t.empty for t in tests.values()),
         title=", ".join(dict.fromkeys(v.manifest.name for v in views)),
         views=views, charts=chart_sets, wide=wide, pass_at_k=any(c["pass_at_k"] for c in chart_sets.values()),

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -103,34 +105,40 @@ def score_samples(run_dir: Path, samples: pd.DataFrame, settings: list, metrics:
     intervals = None
     if pooled:
         with ui.phase("pooled intervals", total=len(pooled)) as phase:
-            intervals = pooled_intervals(groups, pooled, scores, level=level, resamples=resamples, seed=seed,
-                                         advance=phase.advance)
+            intervals = pooled_intervals(groups, pooled, scores, level=level, seed=seed, advance=phase.advance)
     return scores, sample_scores, aggregate(scores, settings, level=level, resamples=resamples, seed=seed,
                                             pooled=intervals)
 
 
 def pooled_intervals(groups: list[Group], metrics: list[Metric], scores: pd.DataFrame, *, level: float,
-                     resamples: int, seed: int, advance: Callable[[int], None] = lambda n: None) -> pd.DataFrame:
-    """Per setting and pooled metric: a percentile bootstrap CI that resamples the setting's prompts (with
-    replacement) and recomputes the pooled value (at most the metric's ``max_resamples`` times), and the
-    number of prompts pooled."""
+                     seed: int, advance: Callable[[int], None] = lambda n: None) -> pd.DataFrame:
+    """Per setting and pooled metric: a delete-a-group jackknife interval over prompts, and the number of
+    prompts pooled. The setting's prompts are split at random (seeded) into G = min(prompts, the metric's
+    ``interval_blocks``) blocks; the value is recomputed G times, each without one block; the standard error is
+    sqrt((G-1)/G * sum (v_g - mean v)^2) and the interval the value -/+ Student's t(G-1) quantile times it.
+    Not a bootstrap: resampling prompts with replacement duplicates texts, which shifts statistics of a pooled
+    corpus (Zipf's coefficient, MAUVE's clusters) so that the bootstrap interval may not even hold the value."""
+    from scipy.stats import t as student_t
+
     rows = []
     values = {(r.setting_id, r.metric): r.value for r in scores[scores["prompt_id"] == POOLED].itertuples()}
     for m in metrics:
-        n_resamples = min(resamples, m.max_resamples or resamples)
         for sid, setting_groups in by_setting(groups).items():
             low = high = float("nan")
             n = len(setting_groups)
-            if n >= 2 and np.isfinite(values.get((sid, m.id), np.nan)):
+            blocks = min(n, m.interval_blocks)
+            value = values.get((sid, m.id), np.nan)
+            if blocks >= 2 and np.isfinite(value):
                 rng = np.random.default_rng(derive_seed(seed, "ci", sid, m.id))
-                draws = [m.compute_pooled([setting_groups[i] for i in rng.integers(0, n, size=n)]).value
-                         for _ in range(n_resamples)]
-                draws = np.asarray(draws, dtype=float)
-                draws = draws[np.isfinite(draws)]
-                if draws.size:
-                    alpha = (1 - level) / 2
-                    low, high = (float(v) for v in np.quantile(draws, [alpha, 1 - alpha]))
+                parts = np.array_split(rng.permutation(n), blocks)
+                left_out = [m.compute_pooled([g for i, g in enumerate(setting_groups) if i not in set(part)]).value
+                            for part in parts]
+                v = np.asarray(left_out, dtype=float)
+                if np.isfinite(v).all():
+                    se = math.sqrt((blocks - 1) / blocks * float(((v - v.mean()) ** 2).sum()))
+                    half = float(student_t.ppf((1 + level) / 2, blocks - 1)) * se
+                    low, high = value - half, value + half
             rows.append({"setting_id": sid, "metric": m.id, "ci_low": low, "ci_high": high, "n_prompts": n,
-                         "resamples": n_resamples})
+                         "blocks": blocks})
         advance(1)
-    return pd.DataFrame(rows, columns=["setting_id", "metric", "ci_low", "ci_high", "n_prompts", "resamples"])
+    return pd.DataFrame(rows, columns=["setting_id", "metric", "ci_low", "ci_high", "n_prompts", "blocks"])

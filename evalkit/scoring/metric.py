@@ -130,9 +130,10 @@ class Metric(abc.ABC):
         """Work shared by all groups of a run, done once before ``compute`` (batched embedding)."""
 
     # A pooled metric has one value per setting, over all its prompts' samples (MAUVE, Zipf's coefficient,
-    # FID): it writes ``compute_pooled``; its confidence interval resamples prompts and recomputes it, at most
-    # ``max_resamples`` times where each computation is costly.
-    max_resamples: ClassVar[int | None] = None
+    # FID): it writes ``compute_pooled``; its interval is a delete-a-group jackknife over prompts that
+    # recomputes the value once per block, with at most ``interval_blocks`` blocks
+    # (evalkit.scoring.groups.pooled_intervals).
+    interval_blocks: ClassVar[int] = 20
 
     @property
     def pooled(self) -> bool:
@@ -168,6 +169,7 @@ class Metric(abc.ABC):
         info = {"kind": self.kind, "direction": self.direction, "scale": self.scale, "definition": self.definition}
         if self.pooled:
             info["pooled"] = True  # one value per setting over its prompts (no per-prompt values to pair)
+            info["interval"] = "delete-a-group jackknife over prompts"
         if self.requires() & REFERENCE_NEEDS:
             info["against_references"] = True  # a distance to the references (MAUVE, FID): a trade-off axis
         return info
