@@ -126,6 +126,7 @@ class ClipFid(_Reference):
     definition = "Fréchet distance between Gaussians fitted to the CLIP embeddings of the images and the references"
     reference = "Heusel et al. 2017 (FID); Kynkäänniemi et al. 2023 (on CLIP features)"
     why = "more than the embedding's dimensions, or the covariance is singular"
+    bounds = (0.0, float("inf"))
 
     def needed(self, dims: int) -> int:
         return dims + 1
@@ -150,6 +151,7 @@ class Cmmd(_Reference):
     kind = "quality"
     direction = -1
     definition = "1000 x squared MMD (Gaussian kernel, sigma 10, biased) between image and reference CLIP embeddings"
+    bounds = (0.0, float("inf"))
     reference = "Jayasumana et al. 2024, Rethinking FID: Towards a Better Evaluation Metric for Image Generation"
 
     def distance(self, real, fake):
@@ -184,6 +186,7 @@ class _Prdc(_Reference):
 class ClipPrecision(_Prdc):
     name = "clip_precision"
     stat = "precision"
+    bounds = (0.0, 1.0)
     kind = "quality"
     definition = "share of generated images inside some reference image's k-NN ball (CLIP embeddings)"
     reference = "Kynkäänniemi et al. 2019, Improved Precision and Recall Metric for Assessing Generative Models"
@@ -192,6 +195,7 @@ class ClipPrecision(_Prdc):
 class ClipRecall(_Prdc):
     name = "clip_recall"
     stat = "recall"
+    bounds = (0.0, 1.0)
     kind = "diversity"
     definition = "share of reference images inside some generated image's k-NN ball (CLIP embeddings)"
     reference = "Kynkäänniemi et al. 2019, Improved Precision and Recall Metric for Assessing Generative Models"
@@ -200,6 +204,7 @@ class ClipRecall(_Prdc):
 class ClipDensity(_Prdc):
     name = "clip_density"
     stat = "density"
+    bounds = (0.0, float("inf"))
     kind = "quality"
     definition = "mean count of reference k-NN balls holding a generated image, divided by k (CLIP embeddings)"
     reference = "Naeem et al. 2020, Reliable Fidelity and Diversity Metrics for Generative Models (density)"
@@ -208,6 +213,7 @@ class ClipDensity(_Prdc):
 class ClipCoverage(_Prdc):
     name = "clip_coverage"
     stat = "coverage"
+    bounds = (0.0, 1.0)
     kind = "diversity"
     definition = "share of reference images whose k-NN ball holds a generated image (CLIP embeddings)"
     reference = "Naeem et al. 2020, Reliable Fidelity and Diversity Metrics for Generative Models (coverage)"

@@ -80,6 +80,7 @@ class Mauve(Metric):
     def interval_blocks(self) -> int:
         return self.params.ci_blocks
     reference_row = False  # the references against themselves: 1 by definition
+    bounds = (0.0, 1.0)
 
     def signature(self) -> dict[str, object]:
         p = self.params

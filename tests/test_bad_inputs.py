@@ -121,6 +121,8 @@ def make_case(case: str, tmp_path: Path, tiny_model: Path) -> tuple[list[str], P
                                            "tests": "assert add(1, 2) == 3"}]},
         "answer-format": {"prompts": [{"id": "sum", "prompt": "1 + 2?", "answer": "three", "answer_format": "number"}]},
         "code-metric": {"metrics": ["distinct_1", "pass_at_k[k=1]"]},
+        "reference-metric": {"metrics": ["distinct_1", "mauve"]},
+        "reference-prompt": {"metrics": ["zipf"], "references": "refs.jsonl"},
         "ray-workers": {"executor": {"kind": "ray", "workers": 0}},
         "ray-address": {"executor": {"kind": "ray", "address": f"127.0.0.1:{closed_port()}"}},
         "served-credentials": {"model": {"backend": "openai", "base_url": "http://user:secret@127.0.0.1:9/v1",
@@ -138,6 +140,7 @@ def make_case(case: str, tmp_path: Path, tiny_model: Path) -> tuple[list[str], P
     (tmp_path / "bad.jsonl").write_text('{"id": "a", "prompt": "x"}\n{"id": "b", "prompt": \n')
     (tmp_path / "latin1.jsonl").write_bytes('{"id": "a", "prompt": "caf\u00e9"}\n'.encode("latin-1"))
     (tmp_path / "a-file").write_text("not a directory")
+    (tmp_path / "refs.jsonl").write_text('{"prompt_id": "en", "text": "x"}\n{"prompt_id": "fr", "text": "y"}\n')
     path.write_text(yaml.safe_dump({**config, **changes}, allow_unicode=True))
     return [str(path), *extra], runs
 
@@ -149,7 +152,7 @@ CASES = ["invalid-yaml", "duplicate-key", "unknown-key", "wrong-type", "temperat
          "index-not-db", "cache-not-db", "fail-on-metric", "baseline-missing", "junit-dir", "resume-locked",
          "unknown-metric", "empty-prompts", "prompt-file-missing", "prompt-file-json", "prompt-file-utf8",
          "model-path", "model-hash", "prompt-too-long", "device", "output-dir", "image-metric", "prompt-image",
-         "tests-compile", "tests-entry-point", "answer-format", "code-metric", "vlm-model", "served-credentials",
+         "tests-compile", "tests-entry-point", "answer-format", "code-metric", "reference-metric", "reference-prompt", "vlm-model", "served-credentials",
          "served-key", "served-entropy", "served-unreachable",
          "ray-workers", "ray-address"]
 

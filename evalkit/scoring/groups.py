@@ -137,7 +137,7 @@ def pooled_intervals(groups: list[Group], metrics: list[Metric], scores: pd.Data
                 if np.isfinite(v).all():
                     se = math.sqrt((blocks - 1) / blocks * float(((v - v.mean()) ** 2).sum()))
                     half = float(student_t.ppf((1 + level) / 2, blocks - 1)) * se
-                    low, high = value - half, value + half
+                    low, high = max(value - half, m.bounds[0]), min(value + half, m.bounds[1])
             rows.append({"setting_id": sid, "metric": m.id, "ci_low": low, "ci_high": high, "n_prompts": n,
                          "blocks": blocks})
         advance(1)

@@ -134,6 +134,7 @@ class Metric(abc.ABC):
     # recomputes the value once per block, with at most ``interval_blocks`` blocks
     # (evalkit.scoring.groups.pooled_intervals).
     interval_blocks: ClassVar[int] = 20
+    bounds: ClassVar[tuple[float, float]] = (-math.inf, math.inf)  # the values it can take (intervals are clipped)
 
     @property
     def pooled(self) -> bool:
