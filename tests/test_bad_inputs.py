@@ -152,7 +152,8 @@ CASES = ["invalid-yaml", "duplicate-key", "unknown-key", "wrong-type", "temperat
          "index-not-db", "cache-not-db", "fail-on-metric", "baseline-missing", "junit-dir", "resume-locked",
          "unknown-metric", "empty-prompts", "prompt-file-missing", "prompt-file-json", "prompt-file-utf8",
          "model-path", "model-hash", "prompt-too-long", "device", "output-dir", "image-metric", "prompt-image",
-         "tests-compile", "tests-entry-point", "answer-format", "code-metric", "reference-metric", "reference-prompt", "vlm-model", "served-credentials",
+         "tests-compile", "tests-entry-point", "answer-format", "code-metric", "reference-metric",
+         "reference-prompt", "vlm-model", "served-credentials",
          "served-key", "served-entropy", "served-unreachable",
          "ray-workers", "ray-address"]
 

@@ -14,7 +14,7 @@ from scipy import stats
 
 import evalkit
 from evalkit.config import MetricSpec, config_from_dict
-from evalkit.errors import ConfigError, EvalkitError
+from evalkit.errors import ConfigError
 from evalkit.references import load_references
 from evalkit.scoring.aggregate import POOLED
 from evalkit.scoring.decoding_test import decoding_test, verdict
@@ -386,7 +386,8 @@ def test_metrics_check_command(tmp_path):
     refused = subprocess.run([sys.executable, "-m", "evalkit", "metrics", "--check", str(two.path)],
                              capture_output=True, text=True)
     assert refused.returncode == 2
-    assert refused.stderr.strip() == f"error: --check: {two.path} has 2 temperatures; the decoding test needs at least 3"
+    assert refused.stderr.strip() == (f"error: --check: {two.path} has 2 temperatures; the decoding test needs "
+                                      "at least 3")
 
 
 def test_report_shows_the_human_row_and_the_decoding_test(tmp_path):
