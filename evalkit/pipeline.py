@@ -90,6 +90,7 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
                                        ui, cache, executor)
             timings["generate_s"] = round(time.perf_counter() - started, 3)
             writer.manifest.executor = executor.record()
+            ref_logprobs = reference_logprobs(generator, references, prepared, metrics, ui)
             executor.close()  # the workers are freed before scoring
             writer.write_samples(samples)
             started = time.perf_counter()
@@ -98,7 +99,8 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
                                                references=references))
             if references is not None:
                 writer.manifest.references = {**references.info(), "values": reference_values(
-                    metrics, references, {p.prompt.id: p.prompt.display for p in prepared}, settings[0])}
+                    metrics, references, {p.prompt.id: p.prompt.display for p in prepared}, settings[0],
+                    ref_logprobs)}
                 writer.write_manifest()
             timings["score_s"] = round(time.perf_counter() - started, 3)
             run = writer.complete(n_samples=len(samples), timings=timings, reused=reused)
@@ -138,6 +140,23 @@ def checked_inputs(config: SweepConfig) -> tuple[RunKind, list, list, list, int,
                                      config_source=config.source)
     require_references(metrics, references, config.source)
     return kind, settings, metrics, prompts, check_size(config, settings, prompts), references
+
+
+def reference_logprobs(generator: Generator, references: ReferenceSet | None, prepared: list[PreparedPrompt],
+                       metrics: list, ui) -> dict[str, list[tuple[float, ...]]] | None:
+    """Each per-prompt reference text's per-token log-probabilities under the model, by prompt id, where a
+    metric reads them (nll, perplexity) and the model is loaded here (a local transformers model); else None."""
+    score = getattr(generator, "score_continuations", None)
+    if (references is None or references.images or not references.by_prompt or score is None
+            or not any("model_logprobs" in m.requires() for m in metrics)):
+        return None
+    by_id = {p.prompt.id: p for p in prepared}
+    out = {}
+    with ui.phase("references under the model", total=len(references.by_prompt)) as phase:
+        for pid, texts in references.by_prompt.items():
+            out[pid] = score(by_id[pid], list(texts))
+            phase.advance(1)
+    return out
 
 
 MAX_SAMPLES = 10_000_000  # in one run: a work unit each, and a row of the samples table

@@ -412,3 +412,48 @@ def test_report_shows_the_human_row_and_the_decoding_test(tmp_path):
     html = write_report([run.path], tmp_path / "r.html").read_text()
     assert 'id="human"' in html and 'id="metric-checks"' in html
     assert html.count(">references<") >= 1 and "verdict-" in html
+
+
+# ------------------------------------------------------------------ references under the model (perplexity)
+
+
+def test_perplexity_of_the_references_under_a_local_model(tiny_model, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    refs = refs_file(tmp_path, [{"prompt_id": "en", "text": "Once upon a time there was a cat."},
+                                {"prompt_id": "en", "text": "The end."},
+                                {"prompt_id": "zh", "text": "秋天的早晨很安静。"},
+                                {"text": "a corpus line has no prompt, so no log-probabilities"}])
+    config = config_from_dict(base_config(tiny_model, tmp_path / "runs", references=str(refs),
+                                          grid={"temperature": [1.0]}, samples_per_prompt=2, max_new_tokens=4,
+                                          metrics=["nll", "perplexity", "distinct_1"]))
+    run = evalkit.run_sweep(config, progress=False)
+    values = run.manifest.references["values"]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    prompts = run.prompts.set_index("id")
+    per_prompt = {}
+    for pid, texts in (("en", ["Once upon a time there was a cat.", "The end."]), ("zh", ["秋天的早晨很安静。"])):
+        prompt_ids = tokenizer(prompts.loc[pid, "rendered"], add_special_tokens=False)["input_ids"]
+        nlls = []
+        for text in texts:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            with torch.inference_mode():
+                logits = model(input_ids=torch.tensor([prompt_ids + ids])).logits[0].double()
+            logp = torch.log_softmax(logits[len(prompt_ids) - 1:-1], dim=-1)
+            nlls.append(-logp.gather(1, torch.tensor(ids)[:, None])[:, 0].numpy())
+        per_prompt[pid] = nlls
+    expected_nll = np.mean([np.mean([n.mean() for n in nlls]) for nlls in per_prompt.values()])
+    assert values["nll[dist=model]"]["value"] == pytest.approx(expected_nll, rel=1e-5)
+    ppl = metric("perplexity")
+    expected_ppl = np.mean([ppl.reduce([list(n) for n in nlls]).value for nlls in per_prompt.values()])
+    assert values["perplexity[dist=model]"]["value"] == pytest.approx(expected_ppl, rel=1e-5)
+    assert values["nll[dist=model]"]["n"] == 2  # two prompts have references
+
+
+def test_references_of_a_scored_file_have_no_perplexity(tmp_path):
+    refs = refs_file(tmp_path, [{"prompt_id": "p0", "text": "x y z"}])
+    run = evalkit.score_file(scored_file(tmp_path), ["distinct_1"], tmp_path / "out", progress=False,
+                             references=refs)
+    assert list(run.manifest.references["values"]) == ["distinct_1[tok=words]"]

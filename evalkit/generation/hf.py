@@ -76,6 +76,32 @@ class HFTextBackend(EngineBackend):
             out.append(PreparedPrompt(prompt=p, rendered=rendered, token_ids=tuple(ids), chat_template=use_template))
         return out
 
+    # ------------------------------------------------------------------ references
+
+    def score_continuations(self, prompt: PreparedPrompt, texts: list[str]) -> list[tuple[float, ...]]:
+        """Each text's per-token log-probabilities under the model as a continuation of ``prompt`` (teacher
+        forcing: log p(token | the prompt and the text's earlier tokens), temperature 1, unfiltered: the
+        engine's ``logprob_model``). A text beyond the model's context is cut to fit after the prompt."""
+        import torch
+
+        from evalkit.generation.sampling import distribution
+
+        context = getattr(self.model.config, "max_position_embeddings", None) or 1 << 30
+        start = len(prompt.token_ids)
+        out = []
+        for text in texts:
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][:max(0, context - start)]
+            if not ids:
+                out.append(())
+                continue
+            x = torch.tensor([list(prompt.token_ids) + ids], device=self.info.device)
+            with torch.inference_mode():
+                z = self.model(input_ids=x).logits[0, start - 1:-1].float()
+                _, lse, _ = distribution(z)
+                logp = (z.gather(1, x[0, start:, None]) - lse)[:, 0].double()
+            out.append(tuple(float(v) for v in logp.cpu()))
+        return out
+
 
 def load(config: SweepConfig, source: ModelSource, device: str, status=lambda msg: None) -> HFTextBackend:
     return HFTextBackend(config, source, device, status=status)

@@ -21,9 +21,12 @@ from evalkit.settings import ImageSetting, Setting
 CORPUS = "(corpus)"  # the prompt id of the corpus's group
 
 
-def offered(references: ReferenceSet) -> frozenset[str]:
-    """What references offer a metric, scored as samples."""
-    return frozenset({"images", "prompts"} if references.images else {"texts", "prompts"})
+def offered(references: ReferenceSet, logprobs: dict | None = None) -> frozenset[str]:
+    """What references offer a metric, scored as samples (their log-probabilities under the model where the
+    run computed them)."""
+    if references.images:
+        return frozenset({"images", "prompts"})
+    return frozenset({"texts", "prompts"} | ({"model_logprobs"} if logprobs else set()))
 
 
 def require_references(metrics: list[Metric], references: ReferenceSet | None, source: str | None = None,
@@ -41,12 +44,16 @@ def require_references(metrics: list[Metric], references: ReferenceSet | None, s
                                   f"{references.what}", source=source, path=where.format(i))
 
 
-def reference_groups(references: ReferenceSet, prompts: dict[str, str], setting: Setting | ImageSetting
-                     ) -> tuple[list[Group], Group | None]:
-    """(one group per prompt with references, the corpus's group or None), their samples the references."""
+def reference_groups(references: ReferenceSet, prompts: dict[str, str], setting: Setting | ImageSetting,
+                     logprobs: dict[str, list[tuple[float, ...]]] | None = None) -> tuple[list[Group], Group | None]:
+    """(one group per prompt with references, the corpus's group or None), their samples the references, with
+    each reference's per-token log-probabilities under the model by prompt id where ``logprobs`` has them."""
     def group(pid: str, prompt: str, items: tuple[str, ...]) -> Group:
+        lp = (logprobs or {}).get(pid)
+        stats = {"logprob_model": tuple(tuple(v) for v in lp)} if lp is not None else {}
         return Group(prompt_id=pid, prompt=prompt, setting=setting, texts=() if references.images else items,
-                     token_ids=(), images=items if references.images else (), reference_set=references)
+                     token_ids=(), images=items if references.images else (), reference_set=references,
+                     stats=stats, num_tokens=tuple(len(v) for v in lp) if lp is not None else ())
 
     per_prompt = [group(pid, prompts.get(pid, pid), refs) for pid, refs in references.by_prompt.items()]
     corpus = group(CORPUS, "", references.corpus) if references.corpus else None
@@ -54,11 +61,13 @@ def reference_groups(references: ReferenceSet, prompts: dict[str, str], setting:
 
 
 def reference_values(metrics: list[Metric], references: ReferenceSet, prompts: dict[str, str],
-                     setting: Setting | ImageSetting) -> dict[str, dict[str, object]]:
+                     setting: Setting | ImageSetting, logprobs: dict[str, list[tuple[float, ...]]] | None = None
+                     ) -> dict[str, dict[str, object]]:
     """metric id -> {"value", "reason", "n"} for each metric that has a reference value (``prompts``: the
-    run's prompt texts by id); n counts the references (pooled) or the prompts (per group) it is over."""
-    per_prompt, corpus = reference_groups(references, prompts, setting)
-    can = offered(references)
+    run's prompt texts by id; ``logprobs``: the references' log-probabilities under the model by prompt id,
+    for nll and perplexity); n counts the references (pooled) or the prompts (per group) it is over."""
+    per_prompt, corpus = reference_groups(references, prompts, setting, logprobs)
+    can = offered(references, logprobs)
     out: dict[str, dict[str, object]] = {}
     for m in metrics:
         if not m.reference_row or not m.requires() <= can:
