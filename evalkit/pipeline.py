@@ -91,12 +91,13 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
             timings["generate_s"] = round(time.perf_counter() - started, 3)
             writer.manifest.executor = executor.record()
             ref_logprobs = reference_logprobs(generator, references, prepared, metrics, ui)
+            features = model_features(generator, samples, references, prepared, metrics, ui)
             executor.close()  # the workers are freed before scoring
             writer.write_samples(samples)
             started = time.perf_counter()
             writer.write_scores(*score_samples(writer.path, samples, settings, metrics, level=config.ci.level,
                                                resamples=config.ci.resamples, seed=config.seed, ui=ui, checks=checks,
-                                               references=references))
+                                               references=references, features=features))
             if references is not None:
                 writer.manifest.references = {**references.info(), "values": reference_values(
                     metrics, references, {p.prompt.id: p.prompt.display for p in prepared}, settings[0],
@@ -139,6 +140,11 @@ def checked_inputs(config: SweepConfig) -> tuple[RunKind, list, list, list, int,
                                      images="reference_images" in kind.needs, field="references.file",
                                      config_source=config.source)
     require_references(metrics, references, config.source)
+    for i, m in enumerate(metrics):
+        if "model_features" in m.requires() and config.executor.kind != "local":
+            raise ConfigError(f"{m.id} reads the model's hidden states, which a {config.executor.kind} run does not "
+                              "return: use executor: local, or a sentence embedder (emb=all-MiniLM-L6-v2)",
+                              source=config.source, path=f"metrics[{i}]")
     return kind, settings, metrics, prompts, check_size(config, settings, prompts), references
 
 
@@ -156,6 +162,30 @@ def reference_logprobs(generator: Generator, references: ReferenceSet | None, pr
         for pid, texts in references.by_prompt.items():
             out[pid] = score(by_id[pid], list(texts))
             phase.advance(1)
+    return out
+
+
+def model_features(generator: Generator, samples: pd.DataFrame, references: ReferenceSet | None,
+                   prepared: list[PreparedPrompt], metrics: list, ui) -> dict[tuple[str, str], object] | None:
+    """The model's features of every sample and reference text by (prompt id, text) ("" for the corpus),
+    where a metric reads them (``mauve[emb=model]``); None otherwise."""
+    if not any("model_features" in m.requires() for m in metrics):
+        return None
+    by_id = {p.prompt.id: p for p in prepared}
+    todo: dict[str, list[str]] = {}
+    for pid, text in zip(samples["prompt_id"].astype(str), samples["text"]):
+        todo.setdefault(pid, []).append(text)
+    if references is not None and not references.images:
+        for pid, texts in references.by_prompt.items():
+            todo.setdefault(pid, []).extend(texts)
+        todo.setdefault("", []).extend(references.corpus)
+    out: dict[tuple[str, str], object] = {}
+    with ui.phase("hidden states of the texts", total=sum(len(set(v)) for v in todo.values())) as phase:
+        for pid, texts in todo.items():
+            unique = list(dict.fromkeys(texts))
+            for text, vector in zip(unique, generator.embed_continuations(by_id.get(pid), unique)):
+                out[(pid, text)] = vector
+            phase.advance(len(unique))
     return out
 
 

@@ -26,12 +26,15 @@ from evalkit.errors import EvalkitError
 from evalkit.scoring.metric import Group, Metric, Score
 from evalkit_metrics.semantic import DEFAULT_EMBEDDER, embed, load_embedder
 
+MODEL = "model"  # emb=model: the swept model's own hidden states
 MIN_TEXTS = 20  # on each side: fewer make a quantization of one or two clusters, and a meaningless value
 
 
 class MauveParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    emb: str = DEFAULT_EMBEDDER  # the featurizer: a sentence-transformers model id or directory
+    # the featurizer: a sentence-transformers model id or directory, or "model": the swept model's final hidden
+    # state at each text's last token, the text read as a continuation of its prompt (local transformers models)
+    emb: str = DEFAULT_EMBEDDER
     scope: Literal["setting", "prompt"] = "setting"
     buckets: int | Literal["auto"] = "auto"  # k-means clusters (mauve-text's num_buckets)
     scaling: float = Field(5.0, gt=0, le=1000)  # mauve_scaling_factor
@@ -67,6 +70,16 @@ def _native_stderr_silenced():
         os.close(saved)
 
 
+def model_features(groups: list[Group], references) -> tuple[np.ndarray, np.ndarray]:
+    """(references, samples) features from the run's store of the model's hidden states."""
+    store = groups[0].features
+    if store is None:
+        raise EvalkitError("mauve[emb=model] needs the model's hidden states, which this run did not compute")
+    refs = [store[(pid, t)] for pid in dict.fromkeys(g.prompt_id for g in groups)
+            for t in references.by_prompt.get(pid, ())] + [store[("", t)] for t in references.corpus]
+    return np.stack(refs), np.stack([store[(g.prompt_id, t)] for g in groups for t in g.texts])
+
+
 class Mauve(Metric):
     name = "mauve"
     kind = "quality"
@@ -74,7 +87,11 @@ class Mauve(Metric):
                   "k-means-quantized embeddings; 1: indistinguishable)")
     reference = "Pillutla et al. 2021, MAUVE (computed by the mauve-text package)"
     Params = MauveParams
-    needs = frozenset({"texts", "reference_texts"})
+
+    @property
+    def needs(self) -> frozenset[str]:  # type: ignore[override]
+        own = {"model_features"} if self.params.emb == MODEL else set()
+        return frozenset({"texts", "reference_texts", *own})
 
     @property
     def interval_blocks(self) -> int:
@@ -92,13 +109,16 @@ class Mauve(Metric):
             import mauve  # noqa: F401
         except ImportError:
             raise EvalkitError("mauve needs the mauve-text package: pip install mauve-text faiss-cpu") from None
-        load_embedder(self.params.emb)
+        if self.params.emb != MODEL:
+            load_embedder(self.params.emb)
 
     @property
     def pooled(self) -> bool:
         return self.params.scope == "setting"
 
     def prepare_groups(self, groups: list[Group]) -> None:
+        if self.params.emb == MODEL:
+            return  # the pipeline computed the model's features
         references = groups[0].reference_set if groups else None
         pooled = references.pooled(g.prompt_id for g in groups) if references is not None else []
         embed(self.params.emb, [t for g in groups for t in g.texts] + pooled)  # one batched pass
@@ -111,7 +131,11 @@ class Mauve(Metric):
             where = "per prompt" if not self.pooled else "pooled over the setting's prompts"
             return Score.undefined(f"MAUVE needs at least {MIN_TEXTS} samples and {MIN_TEXTS} references "
                                    f"({where}), got {len(samples)} and {len(refs)}")
-        return Score(mauve_value(embed(self.params.emb, refs), embed(self.params.emb, samples), self.params))
+        if self.params.emb == MODEL:
+            p, q = model_features(groups, references)
+        else:
+            p, q = embed(self.params.emb, refs), embed(self.params.emb, samples)
+        return Score(mauve_value(p, q, self.params))
 
     def compute(self, group: Group) -> Score:
         return self.compute_pooled([group])

@@ -457,3 +457,54 @@ def test_references_of_a_scored_file_have_no_perplexity(tmp_path):
     run = evalkit.score_file(scored_file(tmp_path), ["distinct_1"], tmp_path / "out", progress=False,
                              references=refs)
     assert list(run.manifest.references["values"]) == ["distinct_1[tok=words]"]
+
+
+def test_mauve_on_the_models_own_hidden_states(tiny_model, tmp_path):
+    import mauve
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    rng = np.random.default_rng(8)
+    prompt_ids = ["en", "zh", "p2"]
+    refs = refs_file(tmp_path, [{"prompt_id": pid, "text": t} for pid in prompt_ids
+                                for t in random_texts(rng, 8, length=(3, 8))] +
+                     [{"text": t} for t in random_texts(rng, 4, length=(3, 8))])
+    config = config_from_dict(base_config(tiny_model, tmp_path / "runs", references=str(refs),
+                                          grid={"temperature": [1.0]}, samples_per_prompt=8, max_new_tokens=6,
+                                          metrics=[{"name": "mauve", "emb": "model", "ci_blocks": 0}]))
+    run = evalkit.run_sweep(config, progress=False)
+    value = run.scores["value"].iloc[0]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    rendered = run.prompts.set_index("id")["rendered"]
+
+    def last_state(ids):
+        with torch.inference_mode():
+            return model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[-1][0, -1].double()
+
+    def feature(pid, text):
+        if pid is None:
+            return last_state(tokenizer(text)["input_ids"]).numpy()
+        head = tokenizer(rendered[pid], add_special_tokens=False)["input_ids"]
+        return last_state(head + tokenizer(text, add_special_tokens=False)["input_ids"]).numpy()
+
+    ref_rows = [json.loads(line) for line in refs.read_text().splitlines()]
+    p = np.stack([feature(r.get("prompt_id"), r["text"]) for r in ref_rows])
+    samples = run.samples
+    order = samples.set_index("prompt_id").loc[prompt_ids].reset_index()  # groups in prompt order
+    q = np.stack([feature(pid, t) for pid, t in zip(order["prompt_id"], order["text"])])
+    direct = mauve.compute_mauve(p_features=p, q_features=q, verbose=False).mauve
+    assert value == pytest.approx(direct, abs=1e-6)
+    assert run.summary["ci_low"].isna().all()  # ci_blocks=0: no interval
+
+
+def test_mauve_on_model_features_is_refused_where_there_is_no_local_model(tiny_model, tmp_path):
+    refs = refs_file(tmp_path, [{"text": "x"}])
+    ray = base_config(tiny_model, tmp_path / "runs", references=str(refs), metrics=["mauve[emb=model]"],
+                      executor={"kind": "ray", "workers": 1})
+    with pytest.raises(ConfigError, match=r"metrics\[0\]: mauve\[emb=model,.*\] reads the model's hidden states, "
+                                          r"which a ray run does not return: use executor: local"):
+        evalkit.plan_sweep(config_from_dict(ray))
+    with pytest.raises(ConfigError, match="needs model_features, which a file of texts does not have"):
+        evalkit.score_file(scored_file(tmp_path), ["mauve[emb=model]"], tmp_path / "out", progress=False,
+                           references=refs)

@@ -102,6 +102,25 @@ class HFTextBackend(EngineBackend):
             out.append(tuple(float(v) for v in logp.cpu()))
         return out
 
+    def embed_continuations(self, prompt: PreparedPrompt | None, texts: list[str]):
+        """The model's final-layer hidden state at the last token of each text read as a continuation of
+        ``prompt`` (None: the text alone, after the tokenizer's own start tokens), float64 [texts, hidden]:
+        the features MAUVE's paper takes from GPT-2-large, from this model."""
+        import numpy as np
+        import torch
+
+        context = getattr(self.model.config, "max_position_embeddings", None) or 1 << 30
+        head = list(prompt.token_ids) if prompt is not None else []
+        out = []
+        for text in texts:
+            ids = self.tokenizer(text, add_special_tokens=prompt is None)["input_ids"]
+            ids = (head + ids)[:context] or [self.pad_id]
+            with torch.inference_mode():
+                hidden = self.model(input_ids=torch.tensor([ids], device=self.info.device),
+                                    output_hidden_states=True).hidden_states[-1][0, -1]
+            out.append(hidden.double().cpu().numpy())
+        return np.stack(out) if out else np.zeros((0, self.model.config.hidden_size))
+
 
 def load(config: SweepConfig, source: ModelSource, device: str, status=lambda msg: None) -> HFTextBackend:
     return HFTextBackend(config, source, device, status=status)

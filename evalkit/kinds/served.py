@@ -32,4 +32,6 @@ SERVED = Served(name="text", what="a served-model sweep", columns=tuple(COLUMNS[
                 sampling_order=("the server's own order",),  # llama.cpp, for one, applies temperature last
                 hints=(("token_stats", "a server returns top-N logprobs: token_entropy with top: 20 is their "
                                        "lower bound, nll and perplexity take dist: model"),
-                       ("token_ids", "the server's token ids are not returned: use tok: words")))
+                       ("token_ids", "the server's token ids are not returned: use tok: words"),
+                       ("model_features", "a server returns no hidden states: use a sentence embedder, "
+                                          "emb: all-MiniLM-L6-v2")))

@@ -7,4 +7,5 @@ from evalkit.kinds.base import RunKind
 from evalkit.rundir.columns import COLUMNS
 from evalkit.scoring.metric import TEXT_NEEDS
 
-TEXT = RunKind(name="text", what="a text sweep", columns=tuple(COLUMNS["text"]), needs=TEXT_NEEDS)
+# model_features: the transformers model is loaded in the process (executor: local; a Ray run is refused it)
+TEXT = RunKind(name="text", what="a text sweep", columns=tuple(COLUMNS["text"]), needs=TEXT_NEEDS | {"model_features"})

@@ -27,7 +27,8 @@ from evalkit.settings import ImageSetting, Setting
 
 
 def groups_of(samples: pd.DataFrame, setting_type: type | None = None,
-              checks: dict[str, Checks] | None = None, references: ReferenceSet | None = None) -> list[Group]:
+              checks: dict[str, Checks] | None = None, references: ReferenceSet | None = None,
+              features: dict | None = None) -> list[Group]:
     """One Group per (prompt, setting), samples in sample-index order, prompts in first-seen order; settings of
     ``setting_type`` (default: the type whose parameters the samples' columns hold); ``checks`` by prompt id;
     ``references``: the run's, given to every group."""
@@ -48,7 +49,7 @@ def groups_of(samples: pd.DataFrame, setting_type: type | None = None,
                          num_tokens=tuple(int(n) for n in df["num_new_tokens"])
                          if "num_new_tokens" in df and df["num_new_tokens"].notna().all() else (),
                          stats=stats, images=images, prompt_image=prompt_image, references=captions,
-                         checks=checks.get(str(pid)), reference_set=references))
+                         checks=checks.get(str(pid)), reference_set=references, features=features))
     return out
 
 
@@ -92,13 +93,14 @@ def score_groups(groups: list[Group], metrics: list[Metric],
 
 def score_samples(run_dir: Path, samples: pd.DataFrame, settings: list, metrics: list[Metric], *, level: float,
                   resamples: int, seed: int, ui, checks: dict[str, Checks] | None = None,
-                  references: ReferenceSet | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+                  references: ReferenceSet | None = None, features: dict | None = None
+                  ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(scores, sample_scores, summary) of every group of ``samples`` (image paths relative to ``run_dir``),
     with the prompts' ``checks`` by prompt id and the run's ``references``."""
     for column in ("image_path", "prompt_image"):  # stored relative to the run directory
         if column in samples:
             samples = samples.assign(**{column: [str(Path(run_dir) / p) for p in samples[column]]})
-    groups = groups_of(samples, type(settings[0]) if settings else Setting, checks, references)
+    groups = groups_of(samples, type(settings[0]) if settings else Setting, checks, references, features)
     with ui.phase("scoring", total=len(groups)) as phase:
         scores, sample_scores = score_groups(groups, metrics, advance=phase.advance)
     pooled = [m for m in metrics if m.pooled]

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from evalkit.checks import Checks
@@ -23,10 +25,11 @@ from evalkit.settings import Setting
 # token_counts: each sample's number of new model tokens; token_stats: the engine's full per-token statistics
 # (both distributions); model_logprobs: the chosen token's log-probability under the model; top_logprobs: the
 # top-N log-probabilities a server returns; answers, tests: the prompts' checks (evalkit.checks);
-# reference_texts, reference_images: a run's references (evalkit.references)
+# reference_texts, reference_images: a run's references (evalkit.references); model_features: the model's final
+# hidden state of each text (samples and references), where the model runs in the process
 NEEDS = frozenset({"texts", "token_ids", "token_counts", "token_stats", "model_logprobs", "top_logprobs", "prompts",
                    "images", "prompt_images", "references", "answers", "tests", "reference_texts",
-                   "reference_images"})
+                   "reference_images", "model_features"})
 CHECK_NEEDS = frozenset({"answers", "tests"})  # what prompts with checks offer (every kind whose samples are texts)
 # what a references section can offer (whether it does is checked against the run's references)
 REFERENCE_NEEDS = frozenset({"reference_texts", "reference_images"})
@@ -56,6 +59,9 @@ class Group:
     references: tuple[str, ...] = ()  # reference captions of that image
     checks: Checks | None = None  # the prompt's answer or tests, where it carries them
     reference_set: ReferenceSet | None = None  # the run's references (texts or images), where it has some
+    # the model's features of the run's texts by (prompt id, text), samples and references alike ("" for the
+    # corpus): shared by every group; None unless a metric asked for them
+    features: Mapping[tuple[str, str], np.ndarray] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
