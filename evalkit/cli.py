@@ -493,12 +493,16 @@ def _print_summary(result: evalkit.Run) -> None:
     from evalkit.kinds import kind_named
 
     summary = result.summary
-    every = list(dict.fromkeys(summary["metric"]))
+    present = list(dict.fromkeys(summary["metric"]))
+    every = [m for m in result.manifest.metrics if m in present] + [m for m in present
+                                                                     if m not in result.manifest.metrics]
     metrics = every[:TABLE_METRICS]
     level = int(round(result.manifest.ci["level"] * 100))
     more = f"; {len(every) - len(metrics)} more in summary.csv" if len(every) > len(metrics) else ""
+    pooled = [m.split("[")[0] for m in metrics if result.manifest.metric_info.get(m, {}).get("pooled")]
+    note = (f" ({', '.join(pooled)}: one value over all prompts, jackknife interval)" if pooled else "")
     table = Table(title=f"{escape(result.manifest.name)}: mean over prompts [{level}% bootstrap CI]",
-                  caption=escape("; ".join(metrics) + more))
+                  caption=escape("; ".join(metrics) + more + note))
     table.add_column("setting")
     bases = [m.split("[")[0] for m in metrics]
     for m, base in zip(metrics, bases):  # the full id where two variants of one metric would look alike

@@ -66,6 +66,8 @@ def heatmap(rows: pd.DataFrame, info: dict, prefix: str, level: int, axes: Axes 
     finite = rows["mean"][np.isfinite(rows["mean"])]
     scale = LogNorm if log_scaled(info, finite) else Normalize
     lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+    if human is not None and np.isfinite(human) and (scale is Normalize or human > 0):  # the mark fits the bar
+        lo, hi = min(lo, human), max(hi, human)
     norm = scale(lo, hi) if lo < hi else Normalize(lo - 1, hi + 1)  # one value (one setting): mid-scale
     cmap = "viridis" if info.get("direction", 1) > 0 else "viridis_r"
     titles = {}
@@ -102,7 +104,7 @@ def heatmap(rows: pd.DataFrame, info: dict, prefix: str, level: int, axes: Axes 
                 ax.set_title(title)
         bar = fig.colorbar(ScalarMappable(norm, cmap), ax=list(panes), fraction=0.04, pad=0.02, aspect=12)
         bar.ax.tick_params(labelsize=7)
-        if human is not None and norm.vmin <= human <= norm.vmax:
+        if human is not None and np.isfinite(human) and norm.vmin <= human <= norm.vmax:
             bar.ax.axhline(human, color="#d62728", linewidth=2)
             bar.ax.annotate("refs", (1.0, norm(human)), xycoords=("axes fraction", "axes fraction"),
                             xytext=(-14, 0), textcoords="offset points", fontsize=6.5, color="#d62728",
