@@ -178,6 +178,8 @@ def _resolved(config: SweepConfig) -> dict:
     for item in data["prompts"]["items"] or []:  # inline image prompts (a prompt file's images follow the file)
         if item.get("image"):
             item["image"] = str(config.resolve_path(item["image"]).resolve())
+    if config.references is not None:
+        data["references"]["file"] = str(config.resolve_path(config.references.file).resolve())
     model_path = config.resolve_path(config.model.id)
     if config.model.id != "default" and model_path.exists():
         data["model"]["id"] = str(model_path.resolve())

@@ -40,6 +40,8 @@ class Prompt:
         return msgs
 
 
+POOLED = "*"  # the prompt id of a value pooled over all prompts of a setting (no prompt may have it)
+
 def load_prompts(config: SweepConfig) -> list[Prompt]:
     """The config's prompts, validated, ids unique. Raises ConfigError naming the file and line.
 
@@ -63,6 +65,9 @@ def load_prompts(config: SweepConfig) -> list[Prompt]:
             raise ConfigError("prompt id is empty", source=source, path=where)
         if pid in seen:
             raise ConfigError(f"duplicate prompt id {pid!r} (also at {seen[pid]})", source=source, path=where)
+        if pid == POOLED:
+            raise ConfigError(f"prompt id {POOLED!r} is reserved: it names values pooled over all prompts",
+                              source=source, path=where)
         seen[pid] = where
         messages = tuple((m.role, m.content) for m in item.messages) if item.messages else None
         image = _image(config, item, pid, base, source, where)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evalkit.errors import ConfigError, first_error, shown
 from evalkit.prompts import read_jsonl_lines, unreadable_image
@@ -33,6 +33,13 @@ class ReferenceRow(BaseModel):
     prompt_id: str | int | None = None
     text: str | None = None
     image: str | None = Field(None, min_length=1)
+
+    @field_validator("prompt_id", mode="before")
+    @classmethod
+    def _no_bool(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError(f"prompt_id must be a string or a whole number, not true/false, got {shown(v)}")
+        return v
 
     @model_validator(mode="after")
     def _one_of(self) -> ReferenceRow:
@@ -98,6 +105,10 @@ def load_references(path: Path, prompt_ids: Iterable[str] | None, *, images: boo
         elif kind != first_kind[0]:
             raise ConfigError(f"a reference {kind}, while line {first_kind[1]} has a reference {first_kind[0]}: a "
                               "references file holds texts or images, not both", source=source, path=where)
+        if (kind == "image") != images:
+            want, got = ("images", "texts") if images else ("texts", "images")
+            raise ConfigError(f"the references are {got}, and this run's samples are compared with {want}",
+                              source=source, path=where)
         pid = str(row.prompt_id) if row.prompt_id is not None else None
         if pid is not None and known is not None and pid not in known:
             some = ", ".join(sorted(known)[:5]) + (", ..." if len(known) > 5 else "")
@@ -119,9 +130,23 @@ def load_references(path: Path, prompt_ids: Iterable[str] | None, *, images: boo
                               path=where)
     if first_kind is None:
         raise ConfigError("the references file has no references", source=source)
-    if (first_kind[0] == "image") != images:
-        want, got = ("images", "texts") if images else ("texts", "images")
-        raise ConfigError(f"the references are {got}, and this run's samples are compared with {want}",
-                          source=config_source or source, path=field)
-    return ReferenceSet(source=str(path.resolve()), sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
-                        images=images, by_prompt={k: tuple(v) for k, v in by_prompt.items()}, corpus=tuple(corpus))
+    frozen = {k: tuple(v) for k, v in by_prompt.items()}
+    return ReferenceSet(source=str(path.resolve()), sha256=content_hash(frozen, tuple(corpus), images),
+                        images=images, by_prompt=frozen, corpus=tuple(corpus))
+
+
+def content_hash(by_prompt: dict[str, tuple[str, ...]], corpus: tuple[str, ...], images: bool) -> str:
+    """sha256 of what the references are (texts, or the images' bytes), not of the file's layout: a byte
+    order mark, blank lines, another order of the lines or other image file names give the same hash."""
+    def digests(items: tuple[str, ...]) -> list[bytes]:
+        return sorted(hashlib.sha256(Path(x).read_bytes() if images else x.encode("utf-8")).digest() for x in items)
+
+    digest = hashlib.sha256(b"images" if images else b"texts")
+    for pid in sorted(by_prompt):
+        digest.update(b"P" + hashlib.sha256(pid.encode("utf-8")).digest())
+        for d in digests(by_prompt[pid]):
+            digest.update(d)
+    digest.update(b"C")
+    for d in digests(corpus):
+        digest.update(d)
+    return digest.hexdigest()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import contextmanager
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -36,7 +36,7 @@ class MauveParams(BaseModel):
     # state at each text's last token, the text read as a continuation of its prompt (local transformers models)
     emb: str = DEFAULT_EMBEDDER
     scope: Literal["setting", "prompt"] = "setting"
-    buckets: int | Literal["auto"] = "auto"  # k-means clusters (mauve-text's num_buckets)
+    buckets: Annotated[int, Field(ge=2, le=100_000)] | Literal["auto"] = "auto"  # k-means clusters (num_buckets)
     scaling: float = Field(5.0, gt=0, le=1000)  # mauve_scaling_factor
     explained_var: float = Field(0.9, gt=0, le=1)  # kmeans_explained_var: PCA keeps this share of the variance
     seed: int = Field(25, ge=0, le=2**31 - 1)  # the k-means seed (mauve-text's default)
@@ -70,13 +70,14 @@ def _native_stderr_silenced():
         os.close(saved)
 
 
-def model_features(groups: list[Group], references) -> tuple[np.ndarray, np.ndarray]:
-    """(references, samples) features from the run's store of the model's hidden states."""
+def model_features(groups: list[Group], references, corpus: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(references, samples) features from the run's store of the model's hidden states (the corpus's too
+    where ``corpus``)."""
     store = groups[0].features
     if store is None:
         raise EvalkitError("mauve[emb=model] needs the model's hidden states, which this run did not compute")
     refs = [store[(pid, t)] for pid in dict.fromkeys(g.prompt_id for g in groups)
-            for t in references.by_prompt.get(pid, ())] + [store[("", t)] for t in references.corpus]
+            for t in references.by_prompt.get(pid, ())] + [store[("", t)] for t in references.corpus if corpus]
     return np.stack(refs), np.stack([store[(g.prompt_id, t)] for g in groups for t in g.texts])
 
 
@@ -120,22 +121,35 @@ class Mauve(Metric):
         if self.params.emb == MODEL:
             return  # the pipeline computed the model's features
         references = groups[0].reference_set if groups else None
-        pooled = references.pooled(g.prompt_id for g in groups) if references is not None else []
-        embed(self.params.emb, [t for g in groups for t in g.texts] + pooled)  # one batched pass
+        refs = [] if references is None else self.references_of(groups, references) if self.pooled else [
+            t for g in groups for t in references.by_prompt.get(g.prompt_id, ())]
+        embed(self.params.emb, [t for g in groups for t in g.texts] + refs)  # one batched pass
 
     def compute_pooled(self, groups: list[Group]) -> Score:
         references = groups[0].reference_set if groups else None
         samples = [t for g in groups for t in g.texts]
-        refs = references.pooled(g.prompt_id for g in groups) if references is not None else []
+        refs = self.references_of(groups, references)
         if len(samples) < MIN_TEXTS or len(refs) < MIN_TEXTS:
             where = "per prompt" if not self.pooled else "pooled over the setting's prompts"
             return Score.undefined(f"MAUVE needs at least {MIN_TEXTS} samples and {MIN_TEXTS} references "
                                    f"({where}), got {len(samples)} and {len(refs)}")
+        buckets = self.params.buckets
+        if buckets != "auto" and buckets > min(len(samples), len(refs)):
+            return Score.undefined(f"mauve[buckets={buckets}] needs at least {buckets} texts on each side, got "
+                                   f"{len(samples)} samples and {len(refs)} references")
         if self.params.emb == MODEL:
-            p, q = model_features(groups, references)
+            p, q = model_features(groups, references, corpus=self.pooled)
         else:
             p, q = embed(self.params.emb, refs), embed(self.params.emb, samples)
         return Score(mauve_value(p, q, self.params))
+
+    def references_of(self, groups: list[Group], references) -> list[str]:
+        """Pooled: the references of the groups' prompts and the corpus; per prompt: the prompt's own."""
+        if references is None:
+            return []
+        if self.pooled:
+            return references.pooled(g.prompt_id for g in groups)
+        return list(references.by_prompt.get(groups[0].prompt_id, ()))
 
     def compute(self, group: Group) -> Score:
         return self.compute_pooled([group])

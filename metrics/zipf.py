@@ -47,6 +47,7 @@ class Zipf(Metric):
                   "frequent tokens of the samples (pooled over a setting's prompts unless scope=prompt)")
     reference = "Holtzman et al. 2020, The Curious Case of Neural Text Degeneration (ari-holtzman/degen zipf.py)"
     Params = ZipfParams
+    bounds = (0.0, float("inf"))  # frequencies fall with rank
 
     @property
     def pooled(self) -> bool:

@@ -14,7 +14,7 @@ from scipy import stats
 
 import evalkit
 from evalkit.config import MetricSpec, config_from_dict
-from evalkit.errors import ConfigError
+from evalkit.errors import ConfigError, EvalkitError
 from evalkit.references import load_references
 from evalkit.scoring.aggregate import POOLED
 from evalkit.scoring.decoding_test import decoding_test, verdict
@@ -238,6 +238,7 @@ def scored_file(tmp_path, temperatures=(0.5, 1.0), prompts=6, samples=4, seed=0)
         for p in range(prompts):
             for text in random_texts(rng, samples, vocab=int(4 + 12 * t)):
                 rows.append({"prompt_id": f"p{p}", "prompt": f"prompt {p}", "temperature": t, "text": text})
+    tmp_path.mkdir(parents=True, exist_ok=True)
     return write_jsonl(tmp_path / "gen.jsonl", rows)
 
 
@@ -508,3 +509,135 @@ def test_mauve_on_model_features_is_refused_where_there_is_no_local_model(tiny_m
     with pytest.raises(ConfigError, match="needs model_features, which a file of texts does not have"):
         evalkit.score_file(scored_file(tmp_path), ["mauve[emb=model]"], tmp_path / "out", progress=False,
                            references=refs)
+
+
+# ------------------------------------------------------------------------------ edges found in review
+
+
+def test_a_run_with_relative_references_resumes(tiny_model, tmp_path, monkeypatch):
+    folder = tmp_path / "cfg"
+    folder.mkdir()
+    refs_file(folder, [{"prompt_id": "en", "text": "one two three four"}])
+    config = base_config(tiny_model, tmp_path / "runs", references="refs.jsonl", grid={"temperature": [1.0]},
+                         samples_per_prompt=2, max_new_tokens=4, metrics=["distinct_1", "zipf"])
+    path = folder / "sweep.yaml"
+    path.write_text(json.dumps(config))
+    monkeypatch.chdir(tmp_path)
+    run = evalkit.run_sweep(path, progress=False)
+    manifest = json.loads((run.path / "manifest.json").read_text())
+    manifest["status"] = "interrupted"
+    (run.path / "manifest.json").write_text(json.dumps(manifest))
+    resumed = evalkit.run_sweep(None, resume=run.path, progress=False)
+    assert resumed.manifest.status == "complete"
+    assert resumed.manifest.references["file"] == str((folder / "refs.jsonl").resolve())
+
+
+def test_mauve_buckets_are_checked():
+    with pytest.raises(ConfigError, match=r"metrics\.buckets"):
+        metric("mauve", buckets=1)
+    refs = type("R", (), {"pooled": lambda self, ids: ["a b c"] * 25})()
+    score = metric("mauve", buckets=30).compute_pooled([group(["x y"] * 22, refs=refs)])
+    assert math.isnan(score.value)
+    assert score.reason == "mauve[buckets=30] needs at least 30 texts on each side, got 22 samples and 25 references"
+
+
+def test_mauve_per_prompt_reads_only_that_prompts_references(tmp_path):
+    rng = np.random.default_rng(9)
+    path = refs_file(tmp_path, [{"prompt_id": "p0", "text": t} for t in random_texts(rng, 21)] +
+                     [{"text": t} for t in random_texts(rng, 30, vocab=5)])
+    refs = load_references(path, ["p0"], images=False)
+    g = group(random_texts(rng, 22), pid="p0", refs=refs)
+    m = metric("mauve", scope="prompt")
+    m.prepare_groups([g])
+    assert m.references_of([g], refs) == list(refs.by_prompt["p0"])
+    import mauve
+
+    direct = mauve.compute_mauve(p_features=embed("all-MiniLM-L6-v2", list(refs.by_prompt["p0"])),
+                                 q_features=embed("all-MiniLM-L6-v2", list(g.texts)), verbose=False).mauve
+    assert m.compute(g).value == pytest.approx(direct, abs=1e-12)
+
+
+def test_the_pooled_marker_is_no_prompt_id(tmp_path, tiny_model):
+    star = write_jsonl(tmp_path / "star.jsonl", [{"prompt_id": "*", "text": "a b"}])
+    with pytest.raises(ConfigError, match=r"line 1: prompt '\*' is reserved"):
+        evalkit.score_file(star, ["distinct_1"], tmp_path / "out", progress=False)
+    config = base_config(tiny_model, tmp_path / "runs", prompts=[{"id": "*", "prompt": "hi"}])
+    with pytest.raises(ConfigError, match=r"prompts.items\[0\]: prompt id '\*' is reserved"):
+        evalkit.plan_sweep(config_from_dict(config))
+
+
+def test_reference_lines_are_checked_one_by_one(tmp_path):
+    with pytest.raises(ConfigError, match="line 1: prompt_id: prompt_id must be a string or a whole number, not "
+                                          "true/false, got true"):
+        load_references(refs_file(tmp_path, [{"prompt_id": True, "text": "x"}]), None, images=False)
+    (tmp_path / "pic.png").write_bytes(b"")
+    with pytest.raises(ConfigError, match="line 1: the references are images, and this run's samples are compared "
+                                          "with texts"):
+        load_references(refs_file(tmp_path, [{"image": "pic.png"}], "i.jsonl"), None, images=False)
+
+
+def test_the_references_hash_is_of_their_content(tmp_path):
+    rows = [{"prompt_id": "a", "text": "one"}, {"text": "two"}, {"prompt_id": "a", "text": "three"}]
+    a = load_references(refs_file(tmp_path, rows, "a.jsonl"), None, images=False)
+    other = tmp_path / "b.jsonl"
+    other.write_bytes(b"\xef\xbb\xbf\n" + b"\n\n".join(json.dumps(r).encode() for r in reversed(rows)) + b"\n")
+    b = load_references(other, None, images=False)
+    c = load_references(refs_file(tmp_path, rows[:2], "c.jsonl"), None, images=False)
+    assert a.sha256 == b.sha256 != c.sha256
+
+
+def test_zipf_intervals_stay_non_negative():
+    groups = [group(["a b c d e f g h"], pid="p0"), group(["a a a a b"], pid="p1"), group(["x y"], pid="p2")]
+    m = metric("zipf")
+    scores, _ = score_groups(groups, [m])
+    assert pooled_intervals(groups, [m], scores, level=0.95, seed=0)["ci_low"].iloc[0] >= 0
+
+
+def test_the_human_row_says_why_a_metric_has_no_value(tmp_path):
+    refs = refs_file(tmp_path, [{"prompt_id": "p0", "text": "x y z"}])
+    run = evalkit.score_file(scored_file(tmp_path), ["zipf", "zipf[tok=chars]"], tmp_path / "out", progress=False,
+                             references=refs)
+    values = run.manifest.references["values"]
+    assert values["zipf[tok=chars,max_rank=5000,scope=setting]"]["value"] is not None
+    from evalkit.scoring.references import reference_values
+    from evalkit.references import load_references as load
+
+    out = reference_values([metric("zipf", tok="model")], load(refs, None, images=False), {}, Setting())
+    assert out["zipf[tok=model,max_rank=5000,scope=setting]"] == {
+        "value": None, "n": 0, "reason": "zipf[tok=model,max_rank=5000,scope=setting] needs token_ids, which the "
+                                         "references do not have"}
+
+
+def test_compare_shows_pooled_changes_untested_and_leaves_out_other_references(tmp_path):
+    from evalkit.compare.stats import Rule, compare_runs, gate, load_side
+
+    rng = np.random.default_rng(10)
+    refs_a = refs_file(tmp_path, [{"text": t} for t in random_texts(rng, 24)], "a.jsonl")
+    refs_b = refs_file(tmp_path, [{"text": t} for t in random_texts(rng, 24, vocab=8)], "b.jsonl")
+    metrics = ["distinct_2", "zipf", "mauve[ci_blocks=2]"]
+    a = evalkit.score_file(scored_file(tmp_path / "x", seed=1), metrics, tmp_path / "a", progress=False,
+                           references=refs_a)
+    b = evalkit.score_file(scored_file(tmp_path / "y", seed=2), metrics, tmp_path / "b", progress=False,
+                           references=refs_b)
+    c = compare_runs(load_side(a.path), load_side(b.path), permutations=1000)
+    table = c.table
+    assert set(table["metric"]) == {"distinct_2[tok=words]", "zipf[tok=words,max_rank=5000,scope=setting]"}
+    assert any("metrics against references not compared" in n and "mauve" in n for n in c.not_compared)
+    zipf = table[table["metric"].str.startswith("zipf")]
+    assert zipf["p"].isna().all() and zipf["p_adjusted"].isna().all() and not zipf["significant"].any()
+    assert table[table["metric"].str.startswith("distinct")]["p"].notna().all()
+    with pytest.raises(EvalkitError, match="--fail-on: 'zipf' matches only pooled metrics"):
+        gate(c, [Rule.parse("zipf:+0.1")])
+    same = evalkit.score_file(scored_file(tmp_path / "z", seed=3), metrics, tmp_path / "c", progress=False,
+                              references=refs_a)
+    assert any(m.startswith("mauve") for m in compare_runs(load_side(a.path), load_side(same.path),
+                                                           permutations=1000).table["metric"])
+
+
+def test_the_sample_browser_leaves_pooled_metrics_out(tmp_path):
+    from evalkit.report.data import load_views
+
+    run = evalkit.score_file(scored_file(tmp_path), ["distinct_2", "zipf"], tmp_path / "out", progress=False)
+    data = load_views([run.path])[0].browser_data()
+    assert data["metrics"] == ["distinct_2[tok=words]"]
+    assert all(v[0] is not None for per_prompt in data["scores"] for v in per_prompt)

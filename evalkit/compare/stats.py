@@ -12,7 +12,10 @@ prompts both scored give:
 
 Runs whose prompts, length limit, samples per prompt, stop strings or chat settings differ
 are not comparable (see :mod:`evalkit.rundir.protocol`); settings or metric definitions only one run
-has are listed, not compared.
+has are listed, not compared. A pooled metric (one value per setting over its prompts: MAUVE, Zipf's
+coefficient) has no per-prompt pairs: its change is shown without a test (p is NaN, outside the Holm
+family), and a gate rule that only such metrics match is refused. Metrics measured against references
+(MAUVE, FID) are compared only when both runs used the same references.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from evalkit.errors import EvalkitError, shown
 from evalkit.inputs import check_path_text
 from evalkit.rundir.protocol import differences, protocol
 from evalkit.scoring import bootstrap_ci
+from evalkit.scoring.aggregate import POOLED
 from evalkit.seeds import derive_seed
 from evalkit.rundir.reader import Run
 from evalkit.rundir.reader import load_run
@@ -139,6 +143,7 @@ class Comparison:
     not_compared: list[str] = field(default_factory=list)  # settings / metric definitions only one run has
     protocol_differences: list[str] = field(default_factory=list)  # empty unless compared with strict=False
     alpha: float = 0.05
+    pooled: list[str] = field(default_factory=list)  # metrics with one value per setting: changes shown, not tested
 
 
 def compare_runs(base: RunData, new: RunData, *, metrics: list[str] | None = None, alpha: float = 0.05,
@@ -152,6 +157,14 @@ def compare_runs(base: RunData, new: RunData, *, metrics: list[str] | None = Non
     not_compared = _unshared(base, new)
     keys = ["setting_id", "prompt_id", "metric"]
     both = base.scores[keys + ["value"]].merge(new.scores[keys + ["value"]], on=keys, suffixes=("_base", "_new"))
+    if base.protocol.get("references") != new.protocol.get("references"):
+        against = sorted({m for m in both["metric"] if base.info(m).get("against_references")
+                          or new.info(m).get("against_references")})
+        if against:
+            both = both[~both["metric"].isin(against)]
+            not_compared.append(f"metrics against references not compared, the runs used other references: "
+                                f"{', '.join(against)}")
+    pooled = sorted(set(both.loc[both["prompt_id"] == POOLED, "metric"]))
     if metrics:  # patterns are checked against the metrics both runs have, not against the settings they share
         shared = [m for m in dict.fromkeys(new.scores["metric"]) if m in set(base.scores["metric"])]
         for pattern in metrics:
@@ -170,9 +183,10 @@ def compare_runs(base: RunData, new: RunData, *, metrics: list[str] | None = Non
         diffs.append(diff)
     table = pd.DataFrame(rows, columns=[c for c in DELTA_COLUMNS if c not in ("p", "p_adjusted", "significant")])
     table["p"] = sign_flip_pvalues(diffs, permutations=permutations, seed=seed)
+    table.loc[table["metric"].isin(pooled), "p"] = np.nan  # one value per setting: nothing to pair
     table["p_adjusted"] = holm(table["p"].to_numpy())
     table["significant"] = table["p_adjusted"] < alpha
-    return Comparison(base, new, table[DELTA_COLUMNS], not_compared, problems, alpha)
+    return Comparison(base, new, table[DELTA_COLUMNS], not_compared, problems, alpha, pooled)
 
 
 def _unshared(base: RunData, new: RunData) -> list[str]:
@@ -232,6 +246,9 @@ def gate(comparison: Comparison, rules: list[Rule]) -> list[tuple[Rule, object]]
         hit = [m for m in metrics if matches(rule.metric, m)]
         if not hit:
             raise EvalkitError(f"--fail-on: {shown(rule.metric)} matches no metric compared ({', '.join(metrics)})")
+        if all(m in comparison.pooled for m in hit):
+            raise EvalkitError(f"--fail-on: {shown(rule.metric)} matches only pooled metrics (one value per setting "
+                               f"over its prompts: {', '.join(hit)}), which have no paired test to gate on")
         rows = comparison.table[comparison.table["metric"].isin(hit)]
         out.extend((rule, r) for r in rows.itertuples() if rule.violated_by(r))
     return out

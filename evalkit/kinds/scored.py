@@ -22,7 +22,7 @@ from evalkit.checks import Checks, checks_of
 from evalkit.config.schema import refuse_bools_as_numbers
 from evalkit.errors import ConfigError, first_error, shown
 from evalkit.kinds.base import RunKind
-from evalkit.prompts import read_jsonl_lines, unreadable_image
+from evalkit.prompts import POOLED, read_jsonl_lines, unreadable_image
 from evalkit.rundir.columns import BASE_SAMPLE_COLUMNS, VLM_COLUMNS
 from evalkit.scoring.metric import CHECK_NEEDS, VLM_NEEDS
 from evalkit.settings import MinP, Setting, Temperature, TopK, TopP
@@ -84,6 +84,9 @@ def read_generations(path: Path) -> tuple[pd.DataFrame, dict[str, Checks]]:
             raise ConfigError(f"{field + ': ' if field else ''}{msg}", source=source, path=where) from None
         setting = Setting(temperature=row.temperature, top_p=row.top_p, top_k=row.top_k, min_p=row.min_p)
         pid = str(row.prompt_id) if row.prompt_id is not None else row.prompt
+        if pid == POOLED:
+            raise ConfigError(f"prompt {POOLED!r} is reserved: it names values pooled over all prompts (use another "
+                              "prompt_id)", source=source, path=where)
         image = _image(path, row.image, where) if row.image is not None else None
         try:
             check = checks_of(row)

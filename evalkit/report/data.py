@@ -212,8 +212,9 @@ class RunView:
                 shown = inline.per_group is None or k < inline.per_group
                 row.append(thumbnails.thumbnail(self.run.path / image, inline.side) if shown else str(image))
             texts[pi[p]][si[s]].append(row)
-        values = [[[None] * len(self.metrics) for _ in settings] for _ in prompts]
-        mi = {m: i for i, m in enumerate(self.metrics)}
+        metrics = [m for m in self.metrics if not self.info(m).get("pooled")]  # per-group values only
+        values = [[[None] * len(metrics) for _ in settings] for _ in prompts]
+        mi = {m: i for i, m in enumerate(metrics)}
         scores = self.run.scores
         for p, s, m, v in zip(scores["prompt_id"].astype(str), scores["setting_id"], scores["metric"], scores["value"]):
             if p in pi and s in si and m in mi:
@@ -226,7 +227,7 @@ class RunView:
         else:
             listed = [[p, prompt_text[p]] for p in prompts]
         return {"label": self.label, "prompts": listed, "settings": settings,
-                "metrics": self.metrics, "samples": texts, "scores": values}
+                "metrics": metrics, "samples": texts, "scores": values}
 
 
 def load_views(paths: list[str | Path]) -> list[RunView]:

@@ -45,6 +45,8 @@ def differences(base: dict[str, Any], new: dict[str, Any]) -> list[str]:
     for key in sorted(set(base) | set(new)):
         a, b = base.get(key), new.get(key)
         if a == b or (key == "kind" and "sweep" in (a, b) and "scored" not in (a, b)):
+            continue
+        if key == "references":  # only metrics against references depend on them: compare leaves those out
             continue  # schema 2 called every sweep "sweep"; its protocol in an older index still does
         if key in ("prompts", "prompt_images") and isinstance(a, dict) and isinstance(b, dict):
             only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from evalkit.prompts import POOLED  # the prompt id of a pooled metric's value (no prompt may have it)
 from evalkit.seeds import derive_seed
 from evalkit.settings import Setting
 
@@ -23,7 +24,6 @@ def bootstrap_ci(values: np.ndarray, *, level: float, resamples: int, seed: int)
     return float(low), float(high)
 
 
-POOLED = "*"  # the prompt id of a pooled metric's value: all the setting's prompts together
 
 
 def aggregate(scores: pd.DataFrame, settings: list[Setting], *, level: float, resamples: int,

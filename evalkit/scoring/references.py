@@ -70,7 +70,12 @@ def reference_values(metrics: list[Metric], references: ReferenceSet, prompts: d
     can = offered(references, logprobs)
     out: dict[str, dict[str, object]] = {}
     for m in metrics:
-        if not m.reference_row or not m.requires() <= can:
+        if not m.reference_row:
+            continue  # compares with the references itself
+        missing = m.requires() - can
+        if missing:
+            out[m.id] = {"value": None, "n": 0, "reason": f"{m.id} needs {', '.join(sorted(missing))}, which the "
+                                                          "references do not have"}
             continue
         if m.pooled:
             groups = per_prompt + ([corpus] if corpus is not None else [])
