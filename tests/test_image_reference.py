@@ -167,3 +167,8 @@ def test_a_text_to_image_sweep_against_reference_images(tiny_sd, clip_and_images
     assert list(values) == [next(m for m in run.manifest.metrics if m.startswith("clip_score"))]
     html = (run.path / "report.html").read_text()
     assert 'id="human"' in html
+    # CLIPScore against the distances to the references over the guidance scale: a trade-off pair each
+    clip_score = next(m for m in run.manifest.metrics if m.startswith("clip_score"))
+    for name in ("clip_kid", "cmmd"):
+        x = next(m for m in run.manifest.metrics if m.startswith(name))
+        assert f'data-x="{x}" data-y="{clip_score}"' in html
