@@ -441,13 +441,15 @@ def _check_metrics(run_dir: Path) -> int:
     for column in ("metric", "expected", "rho", "CI", "prompts", "verdict"):
         table.add_column(column, justify="left" if column in ("metric", "verdict") else "right",
                          overflow="fold")
-    for r in result.itertuples():
+    bases = [m.split("[")[0] for m in result["metric"]]
+    for r, base in zip(result.itertuples(), bases):
         ci = "" if math.isnan(r.ci_low) else f"[{r.ci_low:+.2f}, {r.ci_high:+.2f}]"
         style = {"ok": "green", "weak": "yellow", "wrong sign": "red"}.get(r.verdict, "")
-        table.add_row(escape(r.metric), "rises" if r.direction > 0 else "falls",
+        table.add_row(escape(base if bases.count(base) == 1 else r.metric), "rises" if r.direction > 0 else "falls",
                       "n/a" if math.isnan(r.rho) else f"{r.rho:+.2f}", ci,
                       "pooled" if r.n_prompts == 0 and not math.isnan(r.rho) else str(r.n_prompts),
                       f"[{style}]{r.verdict}[/]" if style else r.verdict)
+    table.caption = escape("; ".join(result["metric"]))
     out.print(table)
     out.print(f"ok: the direction-signed rho is at least {STRONG} and its CI stays above 0; weak: below {STRONG} "
               "or its CI reaches 0; wrong sign: the metric moves against temperature.", highlight=False)

@@ -380,7 +380,8 @@ def test_metrics_check_command(tmp_path):
     done = subprocess.run([sys.executable, "-m", "evalkit", "metrics", "--check", str(run.path)],
                           capture_output=True, text=True, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stdout + done.stderr
-    lines = [line for line in done.stdout.splitlines() if "distinct_2" in line or "self_bleu" in line]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("│") and ("distinct_2" in line
+                                                                                    or "self_bleu" in line)]
     assert len(lines) == 2 and all(" ok " in line for line in lines)
     two = evalkit.score_file(scored_file(tmp_path / "..", temperatures=(0.5, 1.0)), ["distinct_2"],
                              tmp_path / "two", progress=False)
