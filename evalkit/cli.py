@@ -353,11 +353,17 @@ def _check_gate(config, baseline: str, rules, junit: Path | None) -> None:
     from evalkit.rundir.protocol import FIELDS, differences
     from evalkit.scoring.registry import default_registry
 
-    ids = [m.id for m in default_registry().create_all(config.metrics, source=config.source)]
+    created = default_registry().create_all(config.metrics, source=config.source)
+    ids = [m.id for m in created]
     for rule in rules:
-        if not any(matches(rule.metric, i) for i in ids):
+        hit = [m for m in created if matches(rule.metric, m.id)]
+        if not hit:
             raise EvalkitError(f"--fail-on: {shown(rule.metric)} matches no metric this sweep scores "
                                f"({', '.join(ids)})")
+        if all(m.pooled for m in hit):
+            raise EvalkitError(f"--fail-on: {shown(rule.metric)} matches only pooled metrics (one value per setting "
+                               f"over its prompts: {', '.join(m.id for m in hit)}), which have no paired test to "
+                               "gate on")
     where, base = index_path(config.index, config.output_dir), None
     if baseline == "latest":
         check_database(where, field="index", tables=TABLES)
@@ -451,8 +457,9 @@ def _check_metrics(run_dir: Path) -> int:
                       f"[{style}]{r.verdict}[/]" if style else r.verdict)
     table.caption = escape("; ".join(result["metric"]))
     out.print(table)
-    out.print(f"ok: the direction-signed rho is at least {STRONG} and its CI stays above 0; weak: below {STRONG} "
-              "or its CI reaches 0; wrong sign: the metric moves against temperature.", highlight=False)
+    out.print(f"ok: the direction-signed rho is at least {STRONG} and its CI stays above 0; wrong sign: its CI lies "
+              f"below 0 (pooled: rho -{STRONG} or less), the metric moves against temperature; weak: between.",
+              highlight=False)
     return 1 if (result["verdict"] == "wrong sign").any() else 0
 
 

@@ -38,7 +38,7 @@ class ReferenceRow(BaseModel):
     @classmethod
     def _no_bool(cls, v: Any) -> Any:
         if isinstance(v, bool):
-            raise ValueError(f"prompt_id must be a string or a whole number, not true/false, got {shown(v)}")
+            raise ValueError(f"a string or a whole number is needed, not true/false, got {shown(v)}")
         return v
 
     @model_validator(mode="after")
@@ -83,6 +83,8 @@ def load_references(path: Path, prompt_ids: Iterable[str] | None, *, images: boo
     """The references in ``path`` (JSONL), checked: ``prompt_ids`` are the run's prompts (None: any id is
     taken); ``images``: whether the run compares images (else texts). Raises ConfigError naming the line."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory, not a references file (JSONL)", source=config_source, path=field)
     if not path.is_file():
         raise ConfigError(f"references file not found: {path}", source=config_source, path=field)
     source = str(path)

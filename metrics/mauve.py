@@ -153,3 +153,12 @@ class Mauve(Metric):
 
     def compute(self, group: Group) -> Score:
         return self.compute_pooled([group])
+
+    def for_interval(self, groups: list[Group]) -> Mauve:
+        """With ``buckets=auto`` the cluster count follows the data's size (a tenth of the smaller side, at least
+        2): the parts of the jackknife use the whole data's count, so that they differ in data, not in clusters."""
+        if self.params.buckets != "auto":
+            return self
+        references = groups[0].reference_set if groups else None
+        n = min(sum(len(g.texts) for g in groups), len(self.references_of(groups, references)))
+        return Mauve(self.params.model_copy(update={"buckets": max(2, int(round(n / 10)))}))

@@ -29,7 +29,7 @@ def zipf_coefficient(counts: Counter, max_rank: int) -> float:
         return float("nan")
     x, y = np.log(np.arange(1, freqs.size + 1)), np.log(freqs)
     slope = np.polyfit(x, y, 1)[0]
-    return float(-slope)
+    return float(-slope) + 0.0  # no -0.0
 
 
 class ZipfParams(BaseModel):

@@ -372,6 +372,9 @@ def test_verdict_thresholds():
     assert verdict(0.3, 0.1, 0.5, 1) == "weak"
     assert verdict(-0.8, -0.9, -0.6, -1) == "ok"
     assert verdict(0.2, 0.1, 0.3, -1) == "wrong sign"
+    assert verdict(-0.1, -0.4, 0.2, 1) == "weak"  # noise: its interval reaches 0 either way
+    nan = float("nan")
+    assert verdict(-0.3, nan, nan, 1) == "weak" and verdict(-0.6, nan, nan, 1) == "wrong sign"  # pooled
 
 
 def test_metrics_check_command(tmp_path):
@@ -568,7 +571,7 @@ def test_the_pooled_marker_is_no_prompt_id(tmp_path, tiny_model):
 
 
 def test_reference_lines_are_checked_one_by_one(tmp_path):
-    with pytest.raises(ConfigError, match="line 1: prompt_id: prompt_id must be a string or a whole number, not "
+    with pytest.raises(ConfigError, match="line 1: prompt_id: a string or a whole number is needed, not "
                                           "true/false, got true"):
         load_references(refs_file(tmp_path, [{"prompt_id": True, "text": "x"}]), None, images=False)
     (tmp_path / "pic.png").write_bytes(b"")
@@ -623,7 +626,7 @@ def test_compare_shows_pooled_changes_untested_and_leaves_out_other_references(t
     c = compare_runs(load_side(a.path), load_side(b.path), permutations=1000)
     table = c.table
     assert set(table["metric"]) == {"distinct_2[tok=words]", "zipf[tok=words,max_rank=5000,scope=setting]"}
-    assert any("metrics against references not compared" in n and "mauve" in n for n in c.not_compared)
+    assert any("metrics against references, which differ between the runs: mauve" in n for n in c.not_compared)
     zipf = table[table["metric"].str.startswith("zipf")]
     assert zipf["p"].isna().all() and zipf["p_adjusted"].isna().all() and not zipf["significant"].any()
     assert table[table["metric"].str.startswith("distinct")]["p"].notna().all()
@@ -642,3 +645,56 @@ def test_the_sample_browser_leaves_pooled_metrics_out(tmp_path):
     data = load_views([run.path])[0].browser_data()
     assert data["metrics"] == ["distinct_2[tok=words]"]
     assert all(v[0] is not None for per_prompt in data["scores"] for v in per_prompt)
+
+
+def test_a_nightly_gate_on_pooled_metrics_is_refused_before_the_sweep(tiny_model, tmp_path, write_config):
+    path = write_config(base_config(tiny_model, tmp_path / "runs", metrics=["distinct_1", "zipf"]))
+    done = subprocess.run([sys.executable, "-m", "evalkit", "run", str(path), "--baseline", "latest", "--fail-on",
+                           "zipf:+0.1"], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: --fail-on: 'zipf' matches only pooled metrics (one value per setting over its prompts: "
+        "zipf[tok=words,max_rank=5000,scope=setting]), which have no paired test to gate on"]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_compare_output_says_which_changes_were_not_tested(tmp_path):
+    from evalkit.compare.format import headline, junit
+    from evalkit.compare.stats import Rule, compare_runs, load_side
+
+    a = evalkit.score_file(scored_file(tmp_path / "x", seed=1), ["distinct_2", "zipf"], tmp_path / "a",
+                           progress=False)
+    b = evalkit.score_file(scored_file(tmp_path / "y", seed=2), ["distinct_2", "zipf"], tmp_path / "b",
+                           progress=False)
+    c = compare_runs(load_side(a.path), load_side(b.path), permutations=1000)
+    lines = headline(c, [])
+    assert ": 2 setting x metric changes tested, " in lines[0]  # distinct_2 in two settings; zipf apart
+    assert lines[1] == ("not tested: 2 changes of pooled metrics (one value per setting, no per-prompt pairs): "
+                        "zipf[tok=words,max_rank=5000,scope=setting]")
+    xml = junit(c, [Rule.parse("distinct_2:-0.5"), Rule.parse("zipf:+0.5")], []).decode()
+    assert 'tests="2"' in xml and "zipf" not in xml  # the pooled metric has no test case
+
+
+def test_mauve_intervals_keep_the_whole_datas_cluster_count(tmp_path):
+    rng = np.random.default_rng(11)
+    refs = load_references(refs_file(tmp_path, [{"text": t} for t in random_texts(rng, 34)]), None, images=False)
+    groups = [group(random_texts(rng, 6), pid=f"p{i}", refs=refs) for i in range(5)]
+    fixed = metric("mauve").for_interval(groups)
+    assert fixed.params.buckets == 3  # round(min(30, 34) / 10), as mauve-text's auto; parts keep it
+    assert metric("mauve", buckets=4).for_interval(groups).params.buckets == 4
+
+
+def test_report_of_metrics_against_references_opens_on_a_pair_and_names_missing_human_values(tmp_path):
+    from evalkit.report import write_report
+
+    rng = np.random.default_rng(12)
+    refs = refs_file(tmp_path, [{"text": t} for t in random_texts(rng, 24)])
+    run = evalkit.score_file(scored_file(tmp_path), ["mauve[ci_blocks=0]", "zipf", "repetition"], tmp_path / "out",
+                             progress=False, references=refs)
+    html = write_report([run.path], tmp_path / "r.html").read_text()
+    mauve_id = next(m for m in run.manifest.metrics if m.startswith("mauve"))
+    zipf_id = next(m for m in run.manifest.metrics if m.startswith("zipf"))
+    assert f'<option value="{zipf_id}" selected>' in html and f'<option value="{mauve_id}" selected>' in html
+    assert f'data-x="{zipf_id}" data-y="{mauve_id}"' in html
+    assert ("No reference value: <code>repetition[tok=words]</code> (repetition[tok=words] is computed per "
+            "prompt") in html

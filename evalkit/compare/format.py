@@ -11,6 +11,8 @@ from evalkit.numbers import fmt
 
 
 def _cell(r, info: dict) -> str:
+    if math.isnan(r.p):  # a pooled metric: not tested
+        return f"{r.delta:+.3g} (untested)"
     if not r.significant:
         mark = ""
     elif info.get("kind") == "descriptive":
@@ -32,8 +34,12 @@ def _grid(c: Comparison) -> tuple[list[str], list[tuple[str, list[str]]]]:
 
 def headline(c: Comparison, violations: list) -> list[str]:
     n_sig = int(c.table["significant"].sum())
-    lines = [f"{c.new.label} against {c.base.label}: {len(c.table)} setting x metric changes, {n_sig} significant "
-             f"(paired permutation test, Holm-adjusted, alpha {c.alpha:g})"]
+    untested = int(c.table["metric"].isin(c.pooled).sum())
+    lines = [f"{c.new.label} against {c.base.label}: {len(c.table) - untested} setting x metric changes tested, "
+             f"{n_sig} significant (paired permutation test, Holm-adjusted, alpha {c.alpha:g})"]
+    if untested:
+        lines.append(f"not tested: {untested} changes of pooled metrics (one value per setting, no per-prompt "
+                     f"pairs): {', '.join(c.pooled)}")
     lines += [f"not compared: {p}" for p in c.not_compared]
     if violations:
         lines.append(f"REGRESSION: {len(violations)} change(s) beyond tolerance:")
@@ -91,7 +97,7 @@ def junit(c: Comparison, rules: list[Rule], violations: list) -> bytes:
     count = 0
     for rule in rules:
         for r in c.table.itertuples():
-            if not matches(rule.metric, r.metric):
+            if not matches(rule.metric, r.metric) or r.metric in c.pooled:  # pooled: no test, so no test case
                 continue
             count += 1
             case = ET.SubElement(suite, "testcase", classname=f"{c.new.name}.{r.setting_id}",

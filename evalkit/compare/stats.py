@@ -162,8 +162,7 @@ def compare_runs(base: RunData, new: RunData, *, metrics: list[str] | None = Non
                           or new.info(m).get("against_references")})
         if against:
             both = both[~both["metric"].isin(against)]
-            not_compared.append(f"metrics against references not compared, the runs used other references: "
-                                f"{', '.join(against)}")
+            not_compared.append(f"metrics against references, which differ between the runs: {', '.join(against)}")
     pooled = sorted(set(both.loc[both["prompt_id"] == POOLED, "metric"]))
     if metrics:  # patterns are checked against the metrics both runs have, not against the settings they share
         shared = [m for m in dict.fromkeys(new.scores["metric"]) if m in set(base.scores["metric"])]
@@ -184,6 +183,7 @@ def compare_runs(base: RunData, new: RunData, *, metrics: list[str] | None = Non
     table = pd.DataFrame(rows, columns=[c for c in DELTA_COLUMNS if c not in ("p", "p_adjusted", "significant")])
     table["p"] = sign_flip_pvalues(diffs, permutations=permutations, seed=seed)
     table.loc[table["metric"].isin(pooled), "p"] = np.nan  # one value per setting: nothing to pair
+    table.loc[table["metric"].isin(pooled), "n_prompts"] = 0  # not paired by prompt
     table["p_adjusted"] = holm(table["p"].to_numpy())
     table["significant"] = table["p_adjusted"] < alpha
     return Comparison(base, new, table[DELTA_COLUMNS], not_compared, problems, alpha, pooled)

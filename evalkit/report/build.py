@@ -45,10 +45,13 @@ def chart_set(view: RunView) -> dict:
             "wide": len(charts.facets(rows, view.axes)) > 1,  # small multiples take the page's full width
             "undefined": False,
         }
-    # x: diversity, and distances to the references (CLIPScore against FID over the guidance scale)
+    # x: diversity, and distances to the references (CLIPScore against FID over the guidance scale); y: quality,
+    # other than those distances where there is any
     xs = [m for m in view.metrics if view.info(m)["kind"] == "diversity" or view.info(m).get("against_references")]
     xs = xs or view.metrics
-    ys = view.by_kind("quality") or [m for m in view.metrics if m not in xs] or view.metrics
+    quality = view.by_kind("quality")
+    ys = ([m for m in quality if not view.info(m).get("against_references")] or quality
+          or [m for m in view.metrics if m not in xs] or view.metrics)
     pairs = []
     for x in xs:
         for y in ys:
@@ -120,6 +123,11 @@ def delta_table(base: RunView, new: RunView) -> dict:
             if r is None:
                 cells.append({"text": "–", "ci": "", "cls": "na", "value": math.nan})
                 continue
+            if m in comparison.pooled:
+                cells.append({"text": f"{r.delta:+.3g}", "ci": "untested", "cls": "same", "value": r.delta,
+                              "title": f"{s.id} {m}: {fmt(r.base)} -> {fmt(r.new)}; pooled over the prompts (one value "
+                                       "per setting), so not tested"})
+                continue
             good = r.delta * base.info(m)["direction"] > 0
             cls = ("better" if good else "worse") if r.significant and base.info(m)["kind"] != "descriptive" else (
                 "changed" if r.significant else "same")
@@ -146,6 +154,7 @@ def render_report(run_dirs: list[str | Path]) -> str:
                              autoescape=True, undefined=jinja2.StrictUndefined)
     env.filters["fmt"] = fmt
     env.filters["nolink"] = nolink
+    env.globals["short"] = lambda metric: metric.split("[")[0]
     asset = resources.files("evalkit.report") / "templates"
     names = list(dict.fromkeys(m for v in views for m in v.metrics))
     chart_sets = {v.key: chart_set(v) for v in views}

@@ -105,7 +105,10 @@ class RunView:
                       "gap": gaps.loc[sid, m], "rank": ranks.loc[sid, m]} for m in metrics]
             rows.append({"setting": sid, "cells": cells, "mean_rank": mean_rank.loc[sid]})
         refs = self.manifest.references
-        return {"metrics": metrics, "human": [self.human(m) for m in metrics], "rows": rows,
+        values = refs.get("values") or {}
+        missing = [(m, values[m].get("reason") or "undefined") for m in self.metrics
+                   if m in values and values[m].get("value") is None]
+        return {"metrics": metrics, "human": [self.human(m) for m in metrics], "rows": rows, "missing": missing,
                 "source": f"{refs['per_prompt']} {refs['kind']} of {refs['prompts']} prompts and {refs['corpus']} "
                           f"in a corpus, from {Path(refs['file']).name}"}
 

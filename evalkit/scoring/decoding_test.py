@@ -10,8 +10,9 @@ value per setting) gets one rho over the settings and no CI. The sign is read ag
 direction (self-BLEU should fall as temperature rises), and each metric is flagged:
 
 - ``ok``: the direction-signed mean rho is at least 0.5 and its CI stays above 0;
-- ``weak``: the signed rho is positive but below 0.5, or its CI reaches 0;
-- ``wrong sign``: the signed rho is negative;
+- ``wrong sign``: the signed rho's CI lies below 0 (a pooled metric, without a CI: the signed rho is
+  -0.5 or less): the metric moves against temperature;
+- ``weak``: anything between (a CI that reaches 0 either way, a small rho);
 - ``undefined``: no prompt has three temperatures with defined, not all equal values.
 """
 
@@ -73,10 +74,12 @@ def verdict(rho: float, low: float, high: float, direction: int) -> str:
     if math.isnan(rho):
         return "undefined"
     signed = rho * direction
-    if signed < 0:
+    if math.isnan(low):  # a pooled metric: one rho, no interval
+        return "ok" if signed >= STRONG else "wrong sign" if signed <= -STRONG else "weak"
+    lo, hi = sorted((low * direction, high * direction))
+    if hi < 0:
         return "wrong sign"
-    reaches_zero = not math.isnan(low) and min(low * direction, high * direction) <= 0
-    return "weak" if signed < STRONG or reaches_zero else "ok"
+    return "ok" if signed >= STRONG and lo > 0 else "weak"
 
 
 def run_decoding_test(run) -> pd.DataFrame | None:

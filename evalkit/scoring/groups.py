@@ -133,7 +133,8 @@ def pooled_intervals(groups: list[Group], metrics: list[Metric], scores: pd.Data
             if blocks >= 2 and np.isfinite(value):
                 rng = np.random.default_rng(derive_seed(seed, "ci", sid, m.id))
                 parts = np.array_split(rng.permutation(n), blocks)
-                left_out = [m.compute_pooled([g for i, g in enumerate(setting_groups) if i not in set(part)]).value
+                fixed = m.for_interval(setting_groups)
+                left_out = [fixed.compute_pooled([g for i, g in enumerate(setting_groups) if i not in set(part)]).value
                             for part in parts]
                 v = np.asarray(left_out, dtype=float)
                 if np.isfinite(v).all():

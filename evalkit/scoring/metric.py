@@ -151,6 +151,11 @@ class Metric(abc.ABC):
         """The value of the samples of all ``groups`` (the prompts of one setting) taken together."""
         raise NotImplementedError(f"{self.id} has no pooled value")
 
+    def for_interval(self, groups: list[Group]) -> Metric:
+        """The metric that recomputes the value of ``groups`` on parts of them for its interval: itself, or one
+        with a setting that depends on the data's size fixed at the whole data's (MAUVE's cluster count)."""
+        return self
+
     # Whether the references get a value of this metric too (the human row of a report): metrics that read
     # only what references offer (texts or images, and prompts) have one unless they set this False.
     reference_row: ClassVar[bool] = True
