@@ -32,7 +32,7 @@ from evalkit.rundir.sample_cache import TABLES as CACHE_TABLES
 from evalkit.rundir.sample_cache import SampleCache, cache_path, model_identity, unit_key
 from evalkit.scoring import score_samples
 from evalkit.references import ReferenceSet, load_references
-from evalkit.scoring.references import reference_values, require_references
+from evalkit.scoring.references import CORPUS, reference_values, require_references
 from evalkit.scoring.registry import default_registry, prepare_all, require_checks
 from evalkit.seeds import derive_seed
 
@@ -91,6 +91,7 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
             timings["generate_s"] = round(time.perf_counter() - started, 3)
             writer.manifest.executor = executor.record()
             ref_logprobs = reference_logprobs(generator, references, prepared, metrics, ui)
+            ref_token_ids = reference_token_ids(generator, references, metrics)
             features = model_features(generator, samples, references, prepared, metrics, ui)
             executor.close()  # the workers are freed before scoring
             writer.write_samples(samples)
@@ -101,7 +102,7 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
             if references is not None:
                 writer.manifest.references = {**references.info(), "values": reference_values(
                     metrics, references, {p.prompt.id: p.prompt.display for p in prepared}, settings[0],
-                    ref_logprobs)}
+                    ref_logprobs, ref_token_ids)}
                 writer.write_manifest()
             timings["score_s"] = round(time.perf_counter() - started, 3)
             run = writer.complete(n_samples=len(samples), timings=timings, reused=reused)
@@ -162,6 +163,20 @@ def reference_logprobs(generator: Generator, references: ReferenceSet | None, pr
         for pid, texts in references.by_prompt.items():
             out[pid] = score(by_id[pid], list(texts))
             phase.advance(1)
+    return out
+
+
+def reference_token_ids(generator: Generator, references: ReferenceSet | None, metrics: list
+                        ) -> dict[str, list[tuple[int, ...]]] | None:
+    """The model's token ids of each reference text, by prompt id (the corpus's under CORPUS), where a metric
+    counts model tokens (tok=model) and the model's tokenizer is loaded here; else None."""
+    tokenize = getattr(generator, "tokenize_texts", None)
+    if (references is None or references.images or tokenize is None
+            or not any("token_ids" in m.requires() for m in metrics)):
+        return None
+    out = {pid: tokenize(list(texts)) for pid, texts in references.by_prompt.items()}
+    if references.corpus:
+        out[CORPUS] = tokenize(list(references.corpus))
     return out
 
 

@@ -698,3 +698,25 @@ def test_report_of_metrics_against_references_opens_on_a_pair_and_names_missing_
     assert f'data-x="{zipf_id}" data-y="{mauve_id}"' in html
     assert ("No reference value: <code>repetition[tok=words]</code> (repetition[tok=words] is computed per "
             "prompt") in html
+
+
+def test_references_in_model_tokens_where_the_tokenizer_is_loaded(tiny_model, tmp_path):
+    from transformers import AutoTokenizer
+
+    texts = {"en": ["Once upon a time there was a cat.", "The cat sat."], "zh": ["秋天的早晨很安静。"]}
+    corpus = ["A corpus line, in model tokens too."]
+    refs = refs_file(tmp_path, [{"prompt_id": p, "text": t} for p, ts in texts.items() for t in ts] +
+                     [{"text": t} for t in corpus])
+    config = config_from_dict(base_config(tiny_model, tmp_path / "runs", references=str(refs),
+                                          grid={"temperature": [1.0]}, samples_per_prompt=2, max_new_tokens=4,
+                                          metrics=["zipf[tok=model]", "distinct_1[tok=model]"]))
+    values = evalkit.run_sweep(config, progress=False).manifest.references["values"]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    ids = {p: [tokenizer(t, add_special_tokens=False)["input_ids"] for t in ts] for p, ts in texts.items()}
+    every = [x for ts in ids.values() for x in ts] + [tokenizer(t, add_special_tokens=False)["input_ids"]
+                                                      for t in corpus]
+    assert values["zipf[tok=model,max_rank=5000,scope=setting]"]["value"] == pytest.approx(degen_zipf(every))
+    d1 = metric("distinct_1", tok="model")
+    expected = np.mean([d1.compute(Group(prompt_id=p, prompt="", setting=Setting(), texts=tuple(texts[p]),
+                                         token_ids=tuple(tuple(x) for x in ids[p]))).value for p in texts])
+    assert values["distinct_1[tok=model]"]["value"] == pytest.approx(expected)

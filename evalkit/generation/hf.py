@@ -102,6 +102,10 @@ class HFTextBackend(EngineBackend):
             out.append(tuple(float(v) for v in logp.cpu()))
         return out
 
+    def tokenize_texts(self, texts: list[str]) -> list[tuple[int, ...]]:
+        """The model's token ids of each text, without special tokens (as a sample's new tokens are)."""
+        return [tuple(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+
     def embed_continuations(self, prompt: PreparedPrompt | None, texts: list[str]):
         """The model's final-layer hidden state at the last token of each text read as a continuation of
         ``prompt`` (None: the text alone, after the tokenizer's own start tokens), float64 [texts, hidden]:

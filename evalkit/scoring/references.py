@@ -21,12 +21,13 @@ from evalkit.settings import ImageSetting, Setting
 CORPUS = "(corpus)"  # the prompt id of the corpus's group
 
 
-def offered(references: ReferenceSet, logprobs: dict | None = None) -> frozenset[str]:
-    """What references offer a metric, scored as samples (their log-probabilities under the model where the
-    run computed them)."""
+def offered(references: ReferenceSet, logprobs: dict | None = None, token_ids: dict | None = None) -> frozenset[str]:
+    """What references offer a metric, scored as samples (their log-probabilities under the model and their
+    model token ids where the run computed them)."""
     if references.images:
         return frozenset({"images", "prompts"})
-    return frozenset({"texts", "prompts"} | ({"model_logprobs"} if logprobs else set()))
+    return frozenset({"texts", "prompts"} | ({"model_logprobs"} if logprobs else set())
+                     | ({"token_ids"} if token_ids else set()))
 
 
 def require_references(metrics: list[Metric], references: ReferenceSet | None, source: str | None = None,
@@ -45,14 +46,17 @@ def require_references(metrics: list[Metric], references: ReferenceSet | None, s
 
 
 def reference_groups(references: ReferenceSet, prompts: dict[str, str], setting: Setting | ImageSetting,
-                     logprobs: dict[str, list[tuple[float, ...]]] | None = None) -> tuple[list[Group], Group | None]:
+                     logprobs: dict[str, list[tuple[float, ...]]] | None = None,
+                     token_ids: dict[str, list[tuple[int, ...]]] | None = None) -> tuple[list[Group], Group | None]:
     """(one group per prompt with references, the corpus's group or None), their samples the references, with
-    each reference's per-token log-probabilities under the model by prompt id where ``logprobs`` has them."""
+    each reference's per-token log-probabilities under the model by prompt id where ``logprobs`` has them, and
+    its model token ids by prompt id (:data:`CORPUS` for the corpus) where ``token_ids`` has them."""
     def group(pid: str, prompt: str, items: tuple[str, ...]) -> Group:
         lp = (logprobs or {}).get(pid)
         stats = {"logprob_model": tuple(tuple(v) for v in lp)} if lp is not None else {}
+        ids = tuple(tuple(v) for v in (token_ids or {}).get(pid, ()))
         return Group(prompt_id=pid, prompt=prompt, setting=setting, texts=() if references.images else items,
-                     token_ids=(), images=items if references.images else (), reference_set=references,
+                     token_ids=ids, images=items if references.images else (), reference_set=references,
                      stats=stats, num_tokens=tuple(len(v) for v in lp) if lp is not None else ())
 
     per_prompt = [group(pid, prompts.get(pid, pid), refs) for pid, refs in references.by_prompt.items()]
@@ -61,13 +65,14 @@ def reference_groups(references: ReferenceSet, prompts: dict[str, str], setting:
 
 
 def reference_values(metrics: list[Metric], references: ReferenceSet, prompts: dict[str, str],
-                     setting: Setting | ImageSetting, logprobs: dict[str, list[tuple[float, ...]]] | None = None
-                     ) -> dict[str, dict[str, object]]:
+                     setting: Setting | ImageSetting, logprobs: dict[str, list[tuple[float, ...]]] | None = None,
+                     token_ids: dict[str, list[tuple[int, ...]]] | None = None) -> dict[str, dict[str, object]]:
     """metric id -> {"value", "reason", "n"} for each metric that has a reference value (``prompts``: the
     run's prompt texts by id; ``logprobs``: the references' log-probabilities under the model by prompt id,
-    for nll and perplexity); n counts the references (pooled) or the prompts (per group) it is over."""
-    per_prompt, corpus = reference_groups(references, prompts, setting, logprobs)
-    can = offered(references, logprobs)
+    for nll and perplexity; ``token_ids``: their model token ids, for tok=model); n counts the references
+    (pooled) or the prompts (per group) it is over."""
+    per_prompt, corpus = reference_groups(references, prompts, setting, logprobs, token_ids)
+    can = offered(references, logprobs, token_ids)
     out: dict[str, dict[str, object]] = {}
     for m in metrics:
         if not m.reference_row:
