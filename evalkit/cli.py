@@ -346,6 +346,7 @@ def _check_gate(config, baseline: str, rules, junit: Path | None) -> None:
     """Before the sweep: every --fail-on rule names a metric the sweep scores, the baseline can be found,
     and the JUnit file can be written; a mistake here is found in a second, not after the run."""
     from evalkit.compare import load_side, matches
+    from evalkit.compare.stats import pooled_rule
     from evalkit.index import TABLES, RunIndex, index_path
     from evalkit.kinds import kind_of
     from evalkit.prompts import load_prompts
@@ -361,9 +362,7 @@ def _check_gate(config, baseline: str, rules, junit: Path | None) -> None:
             raise EvalkitError(f"--fail-on: {shown(rule.metric)} matches no metric this sweep scores "
                                f"({', '.join(ids)})")
         if all(m.pooled for m in hit):
-            raise EvalkitError(f"--fail-on: {shown(rule.metric)} matches only pooled metrics (one value per setting "
-                               f"over its prompts: {', '.join(m.id for m in hit)}), which have no paired test to "
-                               "gate on")
+            raise pooled_rule(rule, [m.id for m in hit])
     where, base = index_path(config.index, config.output_dir), None
     if baseline == "latest":
         check_database(where, field="index", tables=TABLES)

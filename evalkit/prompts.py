@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from evalkit.checks import Checks, checks_of
 from evalkit.config import PromptItem, SweepConfig
@@ -219,3 +219,17 @@ def read_jsonl_lines(path: Path, what: str):
             raise ConfigError(f"not UTF-8 (byte {e.start} of the line)", source=source, path=f"line {number}") from None
         if text.strip():
             yield number, text
+
+
+def read_jsonl_rows(path: Path, what: str, model: type[BaseModel]):
+    """Yield ``(line number, row)`` for each non-blank line of a JSONL file, validated as ``model``. Raises
+    ConfigError naming the line (and the field)."""
+    for number, text in read_jsonl_lines(path, what):
+        try:
+            yield number, model.model_validate_json(text)
+        except ValidationError as e:
+            field, msg, err = first_error(e)
+            if err["type"].startswith("json"):
+                msg = f"invalid JSON: {msg.removeprefix('Invalid JSON: ')}"
+            raise ConfigError(f"{field + ': ' if field else ''}{msg}", source=str(path),
+                              path=f"line {number}") from None

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from evalkit.errors import ConfigError, first_error, shown
-from evalkit.prompts import read_jsonl_lines, unreadable_image
+from evalkit.errors import ConfigError, shown
+from evalkit.prompts import read_jsonl_rows, unreadable_image
 
 MAX_REFERENCES = 1_000_000
 
@@ -64,12 +64,15 @@ class ReferenceSet:
     def what(self) -> str:
         return "images" if self.images else "texts"
 
+    def keyed(self, prompt_ids: Iterable[str], corpus: bool = True) -> list[tuple[str, str]]:
+        """(prompt id, reference) of these prompts' references (each prompt once, in the order given), then of
+        the corpus (prompt id ""), unless ``corpus`` is False."""
+        out = [(pid, r) for pid in dict.fromkeys(prompt_ids) for r in self.by_prompt.get(pid, ())]
+        return out + [("", r) for r in self.corpus] if corpus else out
+
     def pooled(self, prompt_ids: Iterable[str]) -> list[str]:
         """The references of these prompts (each prompt once, in the order given) and the corpus."""
-        out: list[str] = []
-        for pid in dict.fromkeys(prompt_ids):
-            out.extend(self.by_prompt.get(pid, ()))
-        return out + list(self.corpus)
+        return [r for _, r in self.keyed(prompt_ids)]
 
     def info(self) -> dict[str, Any]:
         """What a manifest records of them."""
@@ -92,15 +95,8 @@ def load_references(path: Path, prompt_ids: Iterable[str] | None, *, images: boo
     by_prompt: dict[str, list[str]] = {}
     corpus: list[str] = []
     first_kind: tuple[str, int] | None = None
-    for number, line in read_jsonl_lines(path, "references file"):
+    for number, row in read_jsonl_rows(path, "references file", ReferenceRow):
         where = f"line {number}"
-        try:
-            row = ReferenceRow.model_validate_json(line)
-        except ValidationError as e:
-            name, msg, err = first_error(e)
-            if err["type"].startswith("json"):
-                msg = f"invalid JSON: {msg.removeprefix('Invalid JSON: ')}"
-            raise ConfigError(f"{name + ': ' if name else ''}{msg}", source=source, path=where) from None
         kind = "image" if row.image is not None else "text"
         if first_kind is None:
             first_kind = (kind, number)

@@ -24,7 +24,7 @@ import functools
 import numpy as np
 from pydantic import ConfigDict, Field
 
-from evalkit.scoring.metric import Group, Score
+from evalkit.scoring.metric import Group, PooledMetric, Score
 from evalkit_metrics.clip import ClipParams, _Clip, image_embeddings
 
 CMMD_SIGMA = 10.0
@@ -79,13 +79,9 @@ def prdc(real: np.ndarray, fake: np.ndarray, k: int) -> dict[str, float]:
             "coverage": float((d.min(axis=1) < r_real).mean())}
 
 
-class _Reference(_Clip):
+class _Reference(_Clip, PooledMetric):
     needs = frozenset({"images", "reference_images"})
     reference_row = False  # the references against themselves: 0 or 1 by definition
-
-    @property
-    def pooled(self) -> bool:
-        return True
 
     def features(self, groups: list[Group]) -> tuple[np.ndarray, np.ndarray]:
         """(reference, generated) embeddings of the setting's images."""
@@ -98,9 +94,6 @@ class _Reference(_Clip):
     def prepare_groups(self, groups: list[Group]) -> None:
         if groups:
             self.features(groups)  # every image is embedded once
-
-    def compute(self, group: Group) -> Score:
-        return self.compute_pooled([group])
 
     def compute_pooled(self, groups: list[Group]) -> Score:
         real, fake = self.features(groups)

@@ -23,7 +23,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from evalkit.errors import EvalkitError
-from evalkit.scoring.metric import Group, Metric, Score
+from evalkit.references import ReferenceSet
+from evalkit.scoring.metric import Group, PooledMetric, Score
 from evalkit_metrics.semantic import DEFAULT_EMBEDDER, embed, load_embedder
 
 MODEL = "model"  # emb=model: the swept model's own hidden states
@@ -70,18 +71,7 @@ def _native_stderr_silenced():
         os.close(saved)
 
 
-def model_features(groups: list[Group], references, corpus: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(references, samples) features from the run's store of the model's hidden states (the corpus's too
-    where ``corpus``)."""
-    store = groups[0].features
-    if store is None:
-        raise EvalkitError("mauve[emb=model] needs the model's hidden states, which this run did not compute")
-    refs = [store[(pid, t)] for pid in dict.fromkeys(g.prompt_id for g in groups)
-            for t in references.by_prompt.get(pid, ())] + [store[("", t)] for t in references.corpus if corpus]
-    return np.stack(refs), np.stack([store[(g.prompt_id, t)] for g in groups for t in g.texts])
-
-
-class Mauve(Metric):
+class Mauve(PooledMetric):
     name = "mauve"
     kind = "quality"
     definition = ("MAUVE between the samples and the references (area under the divergence frontier of their "
@@ -89,16 +79,17 @@ class Mauve(Metric):
     reference = "Pillutla et al. 2021, MAUVE (computed by the mauve-text package)"
     Params = MauveParams
 
+    reference_row = False  # the references against themselves: 1 by definition
+    bounds = (0.0, 1.0)
+
     @property
     def needs(self) -> frozenset[str]:  # type: ignore[override]
         own = {"model_features"} if self.params.emb == MODEL else set()
         return frozenset({"texts", "reference_texts", *own})
 
     @property
-    def interval_blocks(self) -> int:
+    def interval_blocks(self) -> int:  # type: ignore[override]
         return self.params.ci_blocks
-    reference_row = False  # the references against themselves: 1 by definition
-    bounds = (0.0, 1.0)
 
     def signature(self) -> dict[str, object]:
         p = self.params
@@ -113,22 +104,30 @@ class Mauve(Metric):
         if self.params.emb != MODEL:
             load_embedder(self.params.emb)
 
-    @property
-    def pooled(self) -> bool:
-        return self.params.scope == "setting"
-
     def prepare_groups(self, groups: list[Group]) -> None:
-        if self.params.emb == MODEL:
+        if self.params.emb == MODEL or not groups:
             return  # the pipeline computed the model's features
-        references = groups[0].reference_set if groups else None
-        refs = [] if references is None else self.references_of(groups, references) if self.pooled else [
-            t for g in groups for t in references.by_prompt.get(g.prompt_id, ())]
+        references = groups[0].reference_set
+        refs = references.pooled(g.prompt_id for g in groups) if references is not None else []
         embed(self.params.emb, [t for g in groups for t in g.texts] + refs)  # one batched pass
 
+    def references_of(self, groups: list[Group], references: ReferenceSet | None = None) -> list[str]:
+        """The reference texts the groups are compared with (see :meth:`keyed_references`)."""
+        return [t for _, t in self.keyed_references(groups, references)]
+
+    def keyed_references(self, groups: list[Group], references: ReferenceSet | None = None
+                         ) -> list[tuple[str, str]]:
+        """(prompt id, reference) the groups are compared with: pooled, the references of their prompts and the
+        corpus (prompt id ""); per prompt, the prompt's own. ``references``: the groups' by default."""
+        if references is None:
+            references = groups[0].reference_set if groups else None
+        if references is None:
+            return []
+        return references.keyed((g.prompt_id for g in groups), corpus=self.pooled)
+
     def compute_pooled(self, groups: list[Group]) -> Score:
-        references = groups[0].reference_set if groups else None
-        samples = [t for g in groups for t in g.texts]
-        refs = self.references_of(groups, references)
+        samples = [(g.prompt_id, t) for g in groups for t in g.texts]
+        refs = self.keyed_references(groups)
         if len(samples) < MIN_TEXTS or len(refs) < MIN_TEXTS:
             where = "per prompt" if not self.pooled else "pooled over the setting's prompts"
             return Score.undefined(f"MAUVE needs at least {MIN_TEXTS} samples and {MIN_TEXTS} references "
@@ -137,28 +136,22 @@ class Mauve(Metric):
         if buckets != "auto" and buckets > min(len(samples), len(refs)):
             return Score.undefined(f"mauve[buckets={buckets}] needs at least {buckets} texts on each side, got "
                                    f"{len(samples)} samples and {len(refs)} references")
-        if self.params.emb == MODEL:
-            p, q = model_features(groups, references, corpus=self.pooled)
-        else:
-            p, q = embed(self.params.emb, refs), embed(self.params.emb, samples)
-        return Score(mauve_value(p, q, self.params))
+        return Score(mauve_value(self.features(groups, refs), self.features(groups, samples), self.params))
 
-    def references_of(self, groups: list[Group], references) -> list[str]:
-        """Pooled: the references of the groups' prompts and the corpus; per prompt: the prompt's own."""
-        if references is None:
-            return []
-        if self.pooled:
-            return references.pooled(g.prompt_id for g in groups)
-        return list(references.by_prompt.get(groups[0].prompt_id, ()))
-
-    def compute(self, group: Group) -> Score:
-        return self.compute_pooled([group])
+    def features(self, groups: list[Group], texts: list[tuple[str, str]]) -> np.ndarray:
+        """The features of (prompt id, text) pairs: sentence embeddings of the texts, or the model's hidden states
+        the run computed (emb=model)."""
+        if self.params.emb != MODEL:
+            return embed(self.params.emb, [t for _, t in texts])
+        store = groups[0].features
+        if store is None:
+            raise EvalkitError("mauve[emb=model] needs the model's hidden states, which this run did not compute")
+        return np.stack([store[key] for key in texts])
 
     def for_interval(self, groups: list[Group]) -> Mauve:
         """With ``buckets=auto`` the cluster count follows the data's size (a tenth of the smaller side, at least
         2): the parts of the jackknife use the whole data's count, so that they differ in data, not in clusters."""
         if self.params.buckets != "auto":
             return self
-        references = groups[0].reference_set if groups else None
-        n = min(sum(len(g.texts) for g in groups), len(self.references_of(groups, references)))
+        n = min(sum(len(g.texts) for g in groups), len(self.references_of(groups)))
         return Mauve(self.params.model_copy(update={"buckets": max(2, int(round(n / 10)))}))

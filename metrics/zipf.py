@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from evalkit import tokenize
-from evalkit.scoring.metric import Group, Metric, Score
+from evalkit.scoring.metric import Group, PooledMetric, Score
 
 
 def zipf_coefficient(counts: Counter, max_rank: int) -> float:
@@ -39,7 +39,7 @@ class ZipfParams(BaseModel):
     scope: Literal["setting", "prompt"] = "setting"  # pool the setting's prompts, or one value per prompt
 
 
-class Zipf(Metric):
+class Zipf(PooledMetric):
     name = "zipf"
     kind = "diversity"
     direction = -1
@@ -48,10 +48,6 @@ class Zipf(Metric):
     reference = "Holtzman et al. 2020, The Curious Case of Neural Text Degeneration (ari-holtzman/degen zipf.py)"
     Params = ZipfParams
     bounds = (0.0, float("inf"))  # frequencies fall with rank
-
-    @property
-    def pooled(self) -> bool:
-        return self.params.scope == "setting"
 
     def compute_pooled(self, groups: list[Group]) -> Score:
         counts: Counter = Counter()
@@ -63,6 +59,3 @@ class Zipf(Metric):
         if np.isnan(value):
             return Score.undefined(f"Zipf's coefficient needs at least two distinct tokens, got {len(counts)}")
         return Score(value)
-
-    def compute(self, group: Group) -> Score:
-        return self.compute_pooled([group])

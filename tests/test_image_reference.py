@@ -22,11 +22,9 @@ from evalkit_metrics.clip import image_embeddings
 from evalkit_metrics.image_reference import cmmd, frechet_distance, kid, prdc
 
 from conftest import write_jsonl
-from tiny_diffusion import t2i_config
+from tiny_diffusion import TINY_CLIP, t2i_config
 
-TINY = {"embed_dim": 8,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 16},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+TINY = {**TINY_CLIP, "embed_dim": 8}  # 8 dimensions: CLIP-FID is defined from 9 images a side
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from scipy import stats
 import evalkit
 from evalkit.config import MetricSpec, config_from_dict
 from evalkit.errors import ConfigError, EvalkitError
-from evalkit.references import load_references
+from evalkit.references import ReferenceSet, load_references
 from evalkit.scoring.aggregate import POOLED
 from evalkit.scoring.decoding_test import decoding_test, verdict
 from evalkit.scoring.groups import pooled_intervals, score_groups
@@ -39,6 +39,11 @@ def metric(name, **params):
 def group(texts, pid="p0", setting=Setting(), refs=None):
     return Group(prompt_id=pid, prompt=f"prompt {pid}", setting=setting, texts=tuple(texts), token_ids=(),
                  reference_set=refs)
+
+
+def corpus_of(texts):
+    """References that are a corpus only."""
+    return ReferenceSet(source="", sha256="", images=False, by_prompt={}, corpus=tuple(texts))
 
 
 def random_texts(rng, n, vocab=len(WORDS), length=(8, 20)):
@@ -221,7 +226,7 @@ def test_mauve_equals_a_direct_mauve_text_call(tmp_path):
 
 
 def test_mauve_says_what_it_needs():
-    refs = type("R", (), {"pooled": lambda self, ids: ["a b"] * 30})()
+    refs = corpus_of(["a b"] * 30)
     score = metric("mauve").compute_pooled([group(["x y"] * 4, refs=refs)])
     assert math.isnan(score.value)
     assert "MAUVE needs at least 20 samples and 20 references (pooled over the setting's prompts), got 4 and 30" \
@@ -539,7 +544,7 @@ def test_a_run_with_relative_references_resumes(tiny_model, tmp_path, monkeypatc
 def test_mauve_buckets_are_checked():
     with pytest.raises(ConfigError, match=r"metrics\.buckets"):
         metric("mauve", buckets=1)
-    refs = type("R", (), {"pooled": lambda self, ids: ["a b c"] * 25})()
+    refs = corpus_of(["a b c"] * 25)
     score = metric("mauve", buckets=30).compute_pooled([group(["x y"] * 22, refs=refs)])
     assert math.isnan(score.value)
     assert score.reason == "mauve[buckets=30] needs at least 30 texts on each side, got 22 samples and 25 references"
@@ -604,7 +609,7 @@ def test_the_human_row_says_why_a_metric_has_no_value(tmp_path):
     values = run.manifest.references["values"]
     assert values["zipf[tok=chars,max_rank=5000,scope=setting]"]["value"] is not None
     from evalkit.scoring.references import reference_values
-    from evalkit.references import load_references as load
+    from evalkit.references import ReferenceSet, load_references as load
 
     out = reference_values([metric("zipf", tok="model")], load(refs, None, images=False), {}, Setting())
     assert out["zipf[tok=model,max_rank=5000,scope=setting]"] == {

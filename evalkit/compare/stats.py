@@ -235,6 +235,12 @@ class Rule:
         return bool(row.significant) and beyond
 
 
+def pooled_rule(rule: Rule, pooled: list[str]) -> EvalkitError:
+    """The refusal of a rule that matches only pooled metrics (one value per setting: no paired test)."""
+    return EvalkitError(f"--fail-on: {shown(rule.metric)} matches only pooled metrics (one value per setting over its "
+                        f"prompts: {', '.join(pooled)}), which have no paired test to gate on")
+
+
 def gate(comparison: Comparison, rules: list[Rule]) -> list[tuple[Rule, object]]:
     """(rule, row) for each significant change beyond its tolerance in the bad direction."""
     metrics = list(dict.fromkeys(comparison.table["metric"]))
@@ -247,8 +253,7 @@ def gate(comparison: Comparison, rules: list[Rule]) -> list[tuple[Rule, object]]
         if not hit:
             raise EvalkitError(f"--fail-on: {shown(rule.metric)} matches no metric compared ({', '.join(metrics)})")
         if all(m in comparison.pooled for m in hit):
-            raise EvalkitError(f"--fail-on: {shown(rule.metric)} matches only pooled metrics (one value per setting "
-                               f"over its prompts: {', '.join(hit)}), which have no paired test to gate on")
+            raise pooled_rule(rule, hit)
         rows = comparison.table[comparison.table["metric"].isin(hit)]
         out.extend((rule, r) for r in rows.itertuples() if rule.violated_by(r))
     return out

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from evalkit.checks import Checks, checks_of
 from evalkit.config.schema import refuse_bools_as_numbers
-from evalkit.errors import ConfigError, first_error, shown
+from evalkit.errors import ConfigError, shown
 from evalkit.kinds.base import RunKind
-from evalkit.prompts import POOLED, read_jsonl_lines, unreadable_image
+from evalkit.prompts import POOLED, read_jsonl_rows, unreadable_image
 from evalkit.rundir.columns import BASE_SAMPLE_COLUMNS, VLM_COLUMNS
 from evalkit.scoring.metric import CHECK_NEEDS, VLM_NEEDS
 from evalkit.settings import MinP, Setting, Temperature, TopK, TopP
@@ -73,15 +73,8 @@ def read_generations(path: Path) -> tuple[pd.DataFrame, dict[str, Checks]]:
     source = str(path)
     rows = []
     checks: dict[str, tuple[Checks, int]] = {}
-    for number, text in read_jsonl_lines(path, "file"):
+    for number, row in read_jsonl_rows(path, "file", GenerationRow):
         where = f"line {number}"
-        try:
-            row = GenerationRow.model_validate_json(text)
-        except ValidationError as e:
-            field, msg, err = first_error(e)
-            if err["type"].startswith("json"):
-                msg = f"invalid JSON: {msg.removeprefix('Invalid JSON: ')}"
-            raise ConfigError(f"{field + ': ' if field else ''}{msg}", source=source, path=where) from None
         setting = Setting(temperature=row.temperature, top_p=row.top_p, top_k=row.top_k, min_p=row.min_p)
         pid = str(row.prompt_id) if row.prompt_id is not None else row.prompt
         if pid == POOLED:

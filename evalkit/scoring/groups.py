@@ -124,8 +124,9 @@ def pooled_intervals(groups: list[Group], metrics: list[Metric], scores: pd.Data
 
     rows = []
     values = {(r.setting_id, r.metric): r.value for r in scores[scores["prompt_id"] == POOLED].itertuples()}
+    settings = by_setting(groups)
     for m in metrics:
-        for sid, setting_groups in by_setting(groups).items():
+        for sid, setting_groups in settings.items():
             low = high = float("nan")
             n = len(setting_groups)
             blocks = min(n, m.interval_blocks)
@@ -134,8 +135,8 @@ def pooled_intervals(groups: list[Group], metrics: list[Metric], scores: pd.Data
                 rng = np.random.default_rng(derive_seed(seed, "ci", sid, m.id))
                 parts = np.array_split(rng.permutation(n), blocks)
                 fixed = m.for_interval(setting_groups)
-                left_out = [fixed.compute_pooled([g for i, g in enumerate(setting_groups) if i not in set(part)]).value
-                            for part in parts]
+                left_out = [fixed.compute_pooled([g for i, g in enumerate(setting_groups) if i not in dropped]).value
+                            for dropped in map(set, parts)]
                 v = np.asarray(left_out, dtype=float)
                 if np.isfinite(v).all():
                     se = math.sqrt((blocks - 1) / blocks * float(((v - v.mean()) ** 2).sum()))

@@ -135,26 +135,13 @@ class Metric(abc.ABC):
     def prepare_groups(self, groups: list[Group]) -> None:
         """Work shared by all groups of a run, done once before ``compute`` (batched embedding)."""
 
-    # A pooled metric has one value per setting, over all its prompts' samples (MAUVE, Zipf's coefficient,
-    # FID): it writes ``compute_pooled``; its interval is a delete-a-group jackknife over prompts that
-    # recomputes the value once per block, with at most ``interval_blocks`` blocks
-    # (evalkit.scoring.groups.pooled_intervals).
-    interval_blocks: ClassVar[int] = 20
     bounds: ClassVar[tuple[float, float]] = (-math.inf, math.inf)  # the values it can take (intervals are clipped)
 
     @property
     def pooled(self) -> bool:
-        """Whether the metric pools the prompts of a setting (one value per setting, not per group)."""
+        """Whether the metric pools the prompts of a setting (one value per setting, not per group): see
+        :class:`PooledMetric`."""
         return False
-
-    def compute_pooled(self, groups: list[Group]) -> Score:
-        """The value of the samples of all ``groups`` (the prompts of one setting) taken together."""
-        raise NotImplementedError(f"{self.id} has no pooled value")
-
-    def for_interval(self, groups: list[Group]) -> Metric:
-        """The metric that recomputes the value of ``groups`` on parts of them for its interval: itself, or one
-        with a setting that depends on the data's size fixed at the whole data's (MAUVE's cluster count)."""
-        return self
 
     # Whether the references get a value of this metric too (the human row of a report): metrics that read
     # only what references offer (texts or images, and prompts) have one unless they set this False.
@@ -191,3 +178,29 @@ class Metric(abc.ABC):
         the model's own tokens (``tok=model``)."""
         extra = {"token_ids"} if getattr(self.params, "tok", None) == "model" else set()
         return frozenset(self.needs) | extra
+
+
+class PooledMetric(Metric):
+    """A metric of a whole set of samples (MAUVE, Zipf's coefficient, FID): it writes ``compute_pooled``, and has
+    one value per setting over all its prompts' samples. One with a ``scope`` parameter is computed per group
+    instead where ``scope=prompt`` (the same computation on one prompt's samples). Its interval is a
+    delete-a-group jackknife over prompts that recomputes the value once per block, with at most
+    ``interval_blocks`` blocks (:func:`evalkit.scoring.groups.pooled_intervals`)."""
+
+    interval_blocks: ClassVar[int] = 20
+
+    @property
+    def pooled(self) -> bool:
+        return getattr(self.params, "scope", "setting") == "setting"
+
+    @abc.abstractmethod
+    def compute_pooled(self, groups: list[Group]) -> Score:
+        """The value of the samples of all ``groups`` (the prompts of one setting) taken together."""
+
+    def compute(self, group: Group) -> Score:
+        return self.compute_pooled([group])
+
+    def for_interval(self, groups: list[Group]) -> PooledMetric:
+        """The metric that recomputes the value of ``groups`` on parts of them for its interval: itself, or one
+        with a setting that depends on the data's size fixed at the whole data's (MAUVE's cluster count)."""
+        return self
