@@ -609,9 +609,8 @@ def test_the_human_row_says_why_a_metric_has_no_value(tmp_path):
     values = run.manifest.references["values"]
     assert values["zipf[tok=chars,max_rank=5000,scope=setting]"]["value"] is not None
     from evalkit.scoring.references import reference_values
-    from evalkit.references import ReferenceSet, load_references as load
 
-    out = reference_values([metric("zipf", tok="model")], load(refs, None, images=False), {}, Setting())
+    out = reference_values([metric("zipf", tok="model")], load_references(refs, None, images=False), {}, Setting())
     assert out["zipf[tok=model,max_rank=5000,scope=setting]"] == {
         "value": None, "n": 0, "reason": "zipf[tok=model,max_rank=5000,scope=setting] needs token_ids, which the "
                                          "references do not have"}
