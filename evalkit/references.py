@@ -88,7 +88,7 @@ def load_references(path: Path, prompt_ids: Iterable[str] | None, *, images: boo
     path = Path(path).expanduser()
     if path.is_dir():
         raise ConfigError(f"{path} is a directory, not a references file (JSONL)", source=config_source, path=field)
-    if not path.is_file():
+    if not path.exists():  # a device or a FIFO is said so when the file is read
         raise ConfigError(f"references file not found: {path}", source=config_source, path=field)
     source = str(path)
     known = set(prompt_ids) if prompt_ids is not None else None

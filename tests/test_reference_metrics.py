@@ -724,3 +724,12 @@ def test_references_in_model_tokens_where_the_tokenizer_is_loaded(tiny_model, tm
     expected = np.mean([d1.compute(Group(prompt_id=p, prompt="", setting=Setting(), texts=tuple(texts[p]),
                                          token_ids=tuple(tuple(x) for x in ids[p]))).value for p in texts])
     assert values["distinct_1[tok=model]"]["value"] == pytest.approx(expected)
+
+
+def test_a_references_path_that_is_no_regular_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"is a directory, not a references file \(JSONL\)"):
+        load_references(tmp_path, None, images=False)
+    with pytest.raises(ConfigError, match="^/dev/zero: references file is a device or other special file"):
+        load_references("/dev/zero", None, images=False)
+    with pytest.raises(ConfigError, match="references file not found: .*missing.jsonl"):
+        load_references(tmp_path / "missing.jsonl", None, images=False)
