@@ -10,7 +10,8 @@ Conventions follow transformers ``GenerationConfig`` and vLLM ``SamplingParams``
 - ``min_p`` in [0, 1); 0 means no min-p filtering.
 
 When several are active they apply in transformers' order:
-temperature, then top-k, then top-p, then min-p.
+temperature, then top-k, then top-p, then min-p. vLLM's sampler applies min-p right after the
+temperature (:data:`VLLM_ORDER`): with top-p and min-p in one setting its distribution differs.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from evalkit.errors import shown
 
 APPLICATION_ORDER = ("temperature", "top_k", "top_p", "min_p")
+# vllm.v1.sample.sampler.Sampler: temperature, the argmax-invariant logits processors (min-p), then top-k and top-p.
+# top-k commutes with min-p (both keep a token by its own rank or ratio), top-p does not: it renormalizes.
+VLLM_ORDER = ("temperature", "min_p", "top_k", "top_p")
 
 
 def _fmt(x: float) -> str:

@@ -41,6 +41,8 @@ def headline(c: Comparison, violations: list) -> list[str]:
         lines.append(f"not tested: {untested} changes of pooled metrics (one value per setting, no per-prompt "
                      f"pairs): {', '.join(c.pooled)}")
     lines += [f"not compared: {p}" for p in c.not_compared]
+    if c.cross_engine:
+        lines.append(c.cross_engine)
     if violations:
         lines.append(f"REGRESSION: {len(violations)} change(s) beyond tolerance:")
         lines += [f"  {r.setting_id} {r.metric}: {fmt(r.base)} -> {fmt(r.new)} ({r.delta:+.4g}, "
@@ -66,6 +68,7 @@ def as_json(c: Comparison, violations: list) -> str:
 
     return json.dumps({
         "base": c.base.label, "new": c.new.label, "alpha": c.alpha, "not_compared": c.not_compared,
+        "cross_engine": c.cross_engine,
         "changes": [{k: clean(v.item() if hasattr(v, "item") else v) for k, v in row.items()}
                     for row in c.table.to_dict("records")],
         "regressions": [{"rule": str(rule), "setting_id": r.setting_id, "metric": r.metric, "delta": r.delta}

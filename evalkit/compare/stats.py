@@ -30,7 +30,7 @@ import pandas as pd
 
 from evalkit.errors import EvalkitError, shown
 from evalkit.inputs import check_path_text
-from evalkit.rundir.protocol import differences, protocol
+from evalkit.rundir.protocol import cross_engine, differences, protocol
 from evalkit.scoring import bootstrap_ci
 from evalkit.scoring.aggregate import POOLED
 from evalkit.seeds import derive_seed
@@ -144,6 +144,7 @@ class Comparison:
     protocol_differences: list[str] = field(default_factory=list)  # empty unless compared with strict=False
     alpha: float = 0.05
     pooled: list[str] = field(default_factory=list)  # metrics with one value per setting: changes shown, not tested
+    cross_engine: str | None = None  # the note when the runs were sampled by different engines
 
 
 def compare_runs(base: RunData, new: RunData, *, metrics: list[str] | None = None, alpha: float = 0.05,
@@ -186,7 +187,8 @@ def compare_runs(base: RunData, new: RunData, *, metrics: list[str] | None = Non
     table.loc[table["metric"].isin(pooled), "n_prompts"] = 0  # not paired by prompt
     table["p_adjusted"] = holm(table["p"].to_numpy())
     table["significant"] = table["p_adjusted"] < alpha
-    return Comparison(base, new, table[DELTA_COLUMNS], not_compared, problems, alpha, pooled)
+    return Comparison(base, new, table[DELTA_COLUMNS], not_compared, problems, alpha, pooled,
+                      cross_engine(base.protocol, new.protocol))
 
 
 def _unshared(base: RunData, new: RunData) -> list[str]:

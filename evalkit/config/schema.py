@@ -24,10 +24,19 @@ from evalkit.settings import SCHEDULERS, ImageSetting, MinP, Setting, Temperatur
 
 DEFAULT_METRICS = ("distinct_1", "distinct_2", "mean_length")
 # what a sweep makes, by model.backend: the run kind's name (see evalkit.kinds)
-KIND_OF_BACKEND = {"hf": "text", "vlm": "image-to-text", "diffusers": "text-to-image", "openai": "text"}
+KIND_OF_BACKEND = {"hf": "text", "vlm": "image-to-text", "diffusers": "text-to-image", "openai": "text", "vllm": "text"}
 # fields that only a model loaded into evalkit's process has (not a served one)
 LOCAL_MODEL_FIELDS = ("gguf_file", "revision", "sha256", "dtype", "device")
 SERVED_MODEL_FIELDS = ("base_url", "api", "api_key_env", "concurrency", "timeout_s", "max_retries", "backoff_s")
+VLLM_MODEL_FIELDS = ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len", "engine_args")
+# vLLM engine arguments that evalkit sets from the config itself (the field to use instead, or why)
+VLLM_OWN_ARGS = {"model": "model.id", "tokenizer": "model.id", "revision": "model.revision",
+                 "tokenizer_revision": "model.revision", "dtype": "model.dtype",
+                 "tensor_parallel_size": "model.tensor_parallel_size",
+                 "gpu_memory_utilization": "model.gpu_memory_utilization", "max_model_len": "model.max_model_len",
+                 "seed": "the run's seed", "max_logprobs": "the metrics (evalkit asks for what they need)",
+                 "logprobs_mode": "evalkit (logprob_model is the raw model distribution)",
+                 "generation_config": "evalkit (every sampling knob is sent explicitly)"}
 
 
 SEED_MAX = 2**63 - 1  # a signed 64-bit integer: the run index stores it
@@ -99,7 +108,8 @@ class ModelConfig(_Strict):
 
     # hf: transformers causal LM; vlm: transformers image-text-to-text model (captions, visual questions);
     # diffusers: a diffusers text-to-image pipeline; openai: a model behind an OpenAI-compatible server
-    backend: Literal["hf", "vlm", "diffusers", "openai"] = "hf"
+    # vllm: a transformers causal LM run by vLLM's engine in this process (its sampler, paged attention)
+    backend: Literal["hf", "vlm", "diffusers", "openai", "vllm"] = "hf"
     # "default" (embedded SmolLM2-135M-Instruct), a hub id, a local directory or a .gguf file;
     # openai: the served model's name, as the server's GET /models lists it
     id: str = Field("default", min_length=1)
@@ -117,6 +127,21 @@ class ModelConfig(_Strict):
     timeout_s: float = Field(120.0, gt=0, le=86_400)  # per request
     max_retries: int = Field(6, ge=0, le=100)  # on 429, 5xx, dropped connections, timeouts and garbled replies
     backoff_s: float = Field(1.0, ge=0, le=3600)  # the first retry's wait; doubles with each retry (Retry-After wins)
+    # backend vllm
+    tensor_parallel_size: int = Field(1, ge=1, le=1024)  # GPUs one model is split over
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)  # share of each GPU's memory vLLM may take
+    max_model_len: int | None = Field(None, ge=1, le=1 << 24)  # context vLLM plans its KV cache for; none: the model's
+    engine_args: dict[str, Any] = Field(default_factory=dict)  # more vllm.EngineArgs (enforce_eager, max_num_seqs, ...)
+
+    @field_validator("engine_args")
+    @classmethod
+    def _engine_args(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for name in v:
+            if name in VLLM_OWN_ARGS:
+                raise ValueError(f"{name} is set by {VLLM_OWN_ARGS[name]}, not through engine_args, got {name} set")
+            if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+                raise ValueError(f"engine_args names vllm.EngineArgs fields (lower_case_names), got {shown(name)}")
+        return v
 
     @field_validator("base_url")
     @classmethod
@@ -169,6 +194,11 @@ class ModelConfig(_Strict):
             if served:
                 raise ValueError(f"{served[0]}: only a served model (backend openai) has {served[0]}; "
                                  f"this one is backend {shown(self.backend)}, got {served[0]} set")
+        if self.backend != "vllm":
+            engine = [f for f in VLLM_MODEL_FIELDS if _changed(self, f)]
+            if engine:
+                raise ValueError(f"{engine[0]}: only a vLLM model (backend vllm) has {engine[0]}; "
+                                 f"this one is backend {shown(self.backend)}, got {engine[0]} set")
         return self
 
     @field_validator("sha256")
@@ -462,13 +492,16 @@ class SweepConfig(_Strict):
 
     @model_validator(mode="after")
     def _axes_match_backend(self) -> SweepConfig:
-        if self.model.backend != "hf" and self.model.id == "default":
+        if self.model.backend not in ("hf", "vllm") and self.model.id == "default":
             what = "a vision-language model" if self.model.backend == "vlm" else "a diffusers pipeline"
             raise ValueError(f"model.id: a {self.model.backend} sweep needs {what} (a local directory or hub id); "
                              "'default' is the embedded text model, got 'default'")
         if self.model.backend == "openai" and self.batch_size != "auto":
             raise ValueError(f"batch_size: a served model's server batches requests itself; set model.concurrency "
                              f"(requests in flight) instead, got {shown(self.batch_size)}")
+        if self.model.backend == "vllm" and self.batch_size != "auto":
+            raise ValueError(f"batch_size: vLLM schedules its own batches; set model.engine_args.max_num_seqs "
+                             f"(sequences per step) instead, got {shown(self.batch_size)}")
         if self.model.backend != "vlm" and self.prompts.question is not None:
             raise ValueError(f"prompts.question: only a vlm sweep asks a question of its images, got "
                              f"{shown(self.prompts.question)} for backend {shown(self.model.backend)}")

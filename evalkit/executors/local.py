@@ -38,4 +38,8 @@ class LocalExecutor:
         return {"kind": "local"}
 
     def close(self) -> None:
-        pass
+        """Free the generator where it holds more than memory (vLLM's engine processes)."""
+        generator, self.generator = self.generator, None
+        close = getattr(generator, "close", None)
+        if close is not None:
+            close()

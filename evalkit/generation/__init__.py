@@ -19,6 +19,7 @@ BACKENDS = {
     "vlm": "evalkit.generation.vlm",  # transformers image-text-to-text model, decoded by evalkit's engine
     "diffusers": "evalkit.generation.diffusers",  # diffusers text-to-image pipeline
     "openai": "evalkit.generation.served",  # a model behind an OpenAI-compatible server
+    "vllm": "evalkit.generation.vllm_engine",  # a transformers causal LM decoded by vLLM's engine in this process
 }
 
 

@@ -70,7 +70,7 @@ class ModelInfo(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    backend: str = "hf"  # hf | vlm | diffusers | openai | external (texts scored by `evalkit score`)
+    backend: str = "hf"  # hf | vlm | diffusers | openai | vllm | external (texts scored by `evalkit score`)
     id: str  # as the user named it
     source: str | None = None  # "embedded" | "gguf" | "local" | "hub"; a scored run: the file
     path: str | None = None  # where the weights were read from
@@ -90,6 +90,10 @@ class ModelInfo(BaseModel):
     # is sent with every request, system fingerprint), and one id over base_url, model, fingerprint and knobs
     server: dict[str, Any] = {}
     endpoint_id: str | None = None
+    # another engine than evalkit's samples in this process (backend vllm): its name and version, e.g. "vllm 0.32.0";
+    # its random streams are its own, so its samples are not token for token those of evalkit's engine
+    engine: str | None = None
+    engine_info: dict[str, Any] = {}  # what that engine was started with (its arguments, scheduler limits)
 
     def __getitem__(self, name: str) -> Any:
         return getattr(self, name)
@@ -97,6 +101,13 @@ class ModelInfo(BaseModel):
     def get(self, name: str, default: Any = None) -> Any:
         value = getattr(self, name, None)
         return default if value is None else value
+
+    @property
+    def engine_name(self) -> str:
+        """Which engine sampled: evalkit's own, another in this process (vLLM), a server's, or none (scored)."""
+        if self.engine:
+            return self.engine
+        return {"openai": "server", "external": "none"}.get(self.backend, "evalkit")
 
     @property
     def weights_id(self) -> str | None:

@@ -95,14 +95,31 @@ def scale(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
 
 def filter_dense(scaled: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """top-k, top-p, min-p over the whole vocabulary (transformers' algorithm, row-wise parameters)."""
-    neg_inf = float("-inf")
-    vocab = scaled.shape[-1]
+    return filter_ordered(scaled, params, APPLICATION_ORDER[1:])
+
+
+def filter_ordered(scaled: torch.Tensor, params: SamplingParams, order: tuple[str, ...]) -> torch.Tensor:
+    """The filters named in ``order`` ("top_k", "top_p", "min_p"; "temperature" is skipped: ``scaled`` has it),
+    applied in that order over the whole vocabulary: evalkit's order, or another engine's
+    (:data:`evalkit.settings.VLLM_ORDER`) to compute the distribution that engine samples from."""
     out = scaled
-    k = params.top_k.clamp(max=vocab)
+    for name in order:
+        if name != "temperature":
+            out = _FILTERS[name](out, params)
+    return out
+
+
+def _top_k(out: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    k = params.top_k.clamp(max=out.shape[-1])
     if bool((k > 0).any()):
         kth = torch.topk(out, int(k.max()), dim=-1).values.gather(1, (k.clamp(min=1) - 1)[:, None])
-        out = out.masked_fill((k[:, None] > 0) & (out < kth), neg_inf)
+        out = out.masked_fill((k[:, None] > 0) & (out < kth), float("-inf"))
+    return out
+
+
+def _top_p(out: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     if bool((params.top_p < 1).any()):
+        vocab = out.shape[-1]
         # Stable ascending sort: among equal logits the higher token id comes first, i.e. is dropped first.
         order = torch.sort(out.flip(-1), dim=-1, stable=True).indices
         order = vocab - 1 - order
@@ -111,12 +128,19 @@ def filter_dense(scaled: torch.Tensor, params: SamplingParams) -> torch.Tensor:
         drop_sorted = cum <= (1 - params.top_p).float()[:, None]
         drop_sorted[:, -1] = False
         drop = torch.zeros_like(drop_sorted).scatter_(1, order, drop_sorted)
-        out = out.masked_fill(drop & (params.top_p < 1)[:, None], neg_inf)
+        out = out.masked_fill(drop & (params.top_p < 1)[:, None], float("-inf"))
+    return out
+
+
+def _min_p(out: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     if bool((params.min_p > 0).any()):
         probs = out.softmax(dim=-1)
         drop = probs < params.min_p[:, None] * probs.amax(dim=-1, keepdim=True)
-        out = out.masked_fill(drop & (params.min_p > 0)[:, None], neg_inf)
+        out = out.masked_fill(drop & (params.min_p > 0)[:, None], float("-inf"))
     return out
+
+
+_FILTERS = {"top_k": _top_k, "top_p": _top_p, "min_p": _min_p}
 
 
 def _filter_candidates(scaled: torch.Tensor, params: SamplingParams, size: int, row_probs: torch.Tensor):

@@ -6,6 +6,7 @@ a samples row (and a cache entry).
 | --- | --- | --- |
 | ``text`` | a text model (``model.backend: hf``) | a text with its tokens and per-token statistics |
 | ``text`` (served) | a model behind a server (``openai``) | a text with the statistics its logprobs give |
+| ``text`` (vLLM) | a text model run by vLLM (``vllm``) | a text with its tokens and what vLLM's logprobs give |
 | ``image-to-text`` | a vision-language model (``vlm``) | a caption or answer of the prompt's image |
 | ``text-to-image`` | a diffusers pipeline (``diffusers``) | a PNG file in ``images/`` |
 | ``scored`` | ``evalkit score FILE`` | a text made elsewhere (with the image it describes, if any) |
@@ -20,13 +21,14 @@ from evalkit.kinds.scored import SCORED, SCORED_CAPTIONS
 from evalkit.kinds.served import SERVED
 from evalkit.kinds.text import TEXT
 from evalkit.kinds.text_to_image import TEXT_TO_IMAGE
+from evalkit.kinds.vllm import VLLM
 
 KINDS: dict[str, RunKind] = {k.name: k for k in (TEXT, IMAGE_TO_TEXT, TEXT_TO_IMAGE, SCORED)}
 
-__all__ = ["IMAGE_TO_TEXT", "KINDS", "SCORED", "SCORED_CAPTIONS", "SERVED", "TEXT", "TEXT_TO_IMAGE", "RunKind",
+__all__ = ["IMAGE_TO_TEXT", "KINDS", "SCORED", "SCORED_CAPTIONS", "SERVED", "TEXT", "TEXT_TO_IMAGE", "VLLM", "RunKind",
            "kind_named", "kind_of"]
 # a backend whose runs are of a known kind but offer metrics other things than its usual maker's
-BY_BACKEND: dict[str, RunKind] = {"openai": SERVED}
+BY_BACKEND: dict[str, RunKind] = {"openai": SERVED, "vllm": VLLM}
 
 
 def kind_of(config: SweepConfig) -> RunKind:

@@ -132,8 +132,13 @@ class RunView:
                                   f"{server.get('reported_model')}, "
                                   + (f"fingerprint {fingerprint})" if fingerprint else "no fingerprint)")),
                     ("engine", "the server's own sampler, one request per sample with its derived seed")]
-        return [("model file" if model.get("sha256") else "revision", str(ident)[:16] if ident else "n/a"),
-                ("device", f"{self.manifest.device}, {model.get('dtype', 'n/a')}")]
+        where = [("model file" if model.get("sha256") else "revision", str(ident)[:16] if ident else "n/a"),
+                 ("device", f"{self.manifest.device}, {model.get('dtype', 'n/a')}")]
+        if model.get("engine"):  # another engine than evalkit's sampled (vLLM)
+            order = ", ".join(self.manifest.sampling_order or [])
+            where.append(("engine", f"{model.get('engine')}: its own sampler and random streams ({order}), one "
+                                    "request per sample with its derived seed; not token for token evalkit's engine"))
+        return where
 
     @cached_property
     def entropy(self) -> pd.DataFrame | None:

@@ -1,7 +1,8 @@
 """What must be equal for two runs' numbers to be compared: the prompts (and the images of an
 image-to-text sweep, by content), the length limit, samples per prompt, stop strings, the chat
 template choice and system prompt. The model, the
-seed and the machine may differ: telling their effect apart is what a comparison is for."""
+seed, the machine and the engine that sampled may differ: telling their effect apart is what a comparison
+is for (a comparison across engines, evalkit's and vLLM's, is marked as one: ``engine``)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def protocol(run: Run) -> dict[str, Any]:
 
 def compute_protocol(run: Run) -> dict[str, Any]:
     config, manifest = run.config, run.manifest
-    out: dict[str, Any] = {"kind": manifest.kind, **{f: config.get(f) for f in FIELDS}}
+    out: dict[str, Any] = {"kind": manifest.kind, "engine": manifest.model.engine_name,
+                           **{f: config.get(f) for f in FIELDS}}
     prompts_config = config.get("prompts") if isinstance(config.get("prompts"), dict) else {}
     out["chat_template"] = prompts_config.get("chat_template")
     out["system_prompt"] = prompts_config.get("system_prompt")
@@ -46,7 +48,9 @@ def differences(base: dict[str, Any], new: dict[str, Any]) -> list[str]:
         a, b = base.get(key), new.get(key)
         if a == b or (key == "kind" and "sweep" in (a, b) and "scored" not in (a, b)):
             continue
-        if key == "references":  # only metrics against references depend on them: compare leaves those out
+        # only metrics against references depend on them: compare leaves those out; another engine is allowed,
+        # and marked (see cross_engine)
+        if key in ("references", "engine"):
             continue  # schema 2 called every sweep "sweep"; its protocol in an older index still does
         if key in ("prompts", "prompt_images") and isinstance(a, dict) and isinstance(b, dict):
             only_a, only_b = sorted(set(a) - set(b)), sorted(set(b) - set(a))
@@ -59,6 +63,17 @@ def differences(base: dict[str, Any], new: dict[str, Any]) -> list[str]:
         else:
             out.append(f"{key} differs: {json.dumps(a, ensure_ascii=False)} vs {json.dumps(b, ensure_ascii=False)}")
     return out
+
+
+def cross_engine(base: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """A note when two runs were sampled by different engines (evalkit's, a vLLM version, a server): their
+    random streams (and vLLM's filter order) differ, so their differences include the engines'. None when the
+    engines are the same, or one is not known (a run recorded before engines were)."""
+    a, b = base.get("engine"), new.get("engine")
+    if not a or not b or a == b or "none" in (a, b):
+        return None
+    return (f"cross-engine comparison: base sampled by {a}, new by {b} (other random streams, and vLLM applies "
+            "min_p before top_p): the changes include the engines' difference")
 
 
 def config_hash(run: Run) -> str:

