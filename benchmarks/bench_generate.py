@@ -13,14 +13,21 @@ of ``--repeats`` runs. Also printed: the share of a decode step at batch 64 spen
 sampling transforms (checks, warp, draw, statistics) against the model's forward pass, timed
 by the engine itself over a decode of the grid.
 
-    python benchmarks/bench_generate.py [--repeats 3] [--device auto] [--large]
+With ``--vllm PYTHON`` (the interpreter of vLLM's environment, e.g. ``.venv-vllm/bin/python``) it races
+evalkit's engine against vLLM instead, on the cases of ``bench_vllm.py`` (the grid above, many samples
+per prompt, long prompts): the engine is timed here, vLLM in its own environment, one after the other.
+
+    python benchmarks/bench_generate.py [--repeats 3] [--device auto] [--large] [--vllm .venv-vllm/bin/python]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import time
+from pathlib import Path
 
 import torch
 
@@ -65,7 +72,12 @@ def main() -> None:
     parser.add_argument("--baseline-groups", type=int, default=None,
                         help="time the baselines on the first N (prompt, setting) groups only: their rate does "
                              "not depend on how many groups they run")
+    parser.add_argument("--vllm", metavar="PYTHON", default=None,
+                        help="race the engine against vLLM, run by this interpreter (vLLM's own environment)")
     args = parser.parse_args()
+    if args.vllm:
+        versus_vllm(args)
+        return
     grid = LARGE if args.large else SMALL
     prompts = [{"id": f"p{i}", "prompt": PROMPTS[i]} for i in range(grid["prompts"])]
     config = config_from_dict({"name": "bench", "prompts": prompts, "max_new_tokens": args.max_new_tokens,
@@ -77,6 +89,44 @@ def main() -> None:
     units = race(backend, prepared, config.settings(), grid["samples"], n_new, args.repeats,
                  baseline_groups=args.baseline_groups, header=backend.info.id)
     print(sampling_share(backend, units, n_new))
+
+
+def versus_vllm(args) -> None:
+    """evalkit's engine (here) and vLLM (in its environment) on the cases of bench_vllm.py: rates, ratios."""
+    from bench_vllm import CASES, case_config, prepared_units, timed
+
+    rows = {}
+    backend = None
+    for case in CASES:
+        config = config_from_dict(case_config(case, backend="hf", model=args.model, device=args.device,
+                                              max_new_tokens=args.max_new_tokens))
+        backend = backend or load_backend(config)
+        prepared, units = prepared_units(backend, config)
+        batch = backend.batch_size("auto", prepared, args.max_new_tokens)
+        tokens, seconds = timed(backend, units, args.max_new_tokens, batch, args.repeats)
+        rows[case] = {"engine": (tokens, seconds), "samples": len(units), "prompt_tokens": len(prepared[0].token_ids)}
+        print(f"  evalkit engine  {case:<13} {tokens / seconds:8.1f} tokens/s ({seconds:.1f} s)", flush=True)
+    script = Path(__file__).with_name("bench_vllm.py")
+    out = subprocess.run([args.vllm, str(script), "--repeats", str(args.repeats), "--model", args.model,
+                          "--device", args.device, "--max-new-tokens", str(args.max_new_tokens)],
+                         stdout=subprocess.PIPE, text=True, check=True)
+    for line in out.stdout.splitlines():
+        if line.startswith("{"):
+            r = json.loads(line)
+            rows[r["case"]]["vllm"] = (r["tokens"], r["seconds"])
+            engine_name, load_s = r["engine"], r["load_s"]
+            print(f"  {engine_name:<15} {r['case']:<13} {r['tokens'] / r['seconds']:8.1f} tokens/s "
+                  f"({r['seconds']:.1f} s)", flush=True)
+    print(f"\nevalkit engine against {engine_name} on {backend.info.device} ({backend.info.dtype}), "
+          f"{backend.info.id}, {args.max_new_tokens} new tokens, median of {args.repeats} (vLLM loaded in {load_s} s, "
+          f"not counted)")
+    print(f"  {'case':<13} {'samples':>7} {'prompt tok':>10} {'engine tok/s':>12} {'vLLM tok/s':>10} "
+          f"{'engine/vLLM':>11} {'vLLM/engine':>11}")
+    for case, r in rows.items():
+        e = r["engine"][0] / r["engine"][1]
+        v = r["vllm"][0] / r["vllm"][1]
+        print(f"  {case:<13} {r['samples']:>7} {r['prompt_tokens']:>10} {e:>12.1f} {v:>10.1f} {e / v:>10.2f}x "
+              f"{v / e:>10.2f}x")
 
 
 def race(backend, prepared, settings, samples: int, n_new: int, repeats: int, *, baseline_groups: int | None = None,

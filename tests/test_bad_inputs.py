@@ -1,6 +1,7 @@
 """Every bad input of the README's table, through the CLI: exit 2, one line that matches the
 README, no traceback, no run directory."""
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -133,6 +134,8 @@ def make_case(case: str, tmp_path: Path, tiny_model: Path) -> tuple[list[str], P
                            "metrics": ["distinct_1", "token_entropy"]},
         "served-unreachable": {"model": {"backend": "openai", "base_url": f"http://127.0.0.1:{closed_port()}/v1",
                                          "id": "smollm2"}},
+        "vllm-missing": {"model": {"backend": "vllm", "id": str(tiny_model)}},
+        "vllm-engine-args": {"model": {"backend": "vllm", "id": str(tiny_model), "engine_args": {"seed": 7}}},
         "vlm-model": {"model": {"backend": "vlm", "id": str(tiny_model)},
                       "prompts": [{"id": "house", "image": str(ROOT / "configs/images/house.png"),
                                    "prompt": "What is it?"}]},
@@ -154,7 +157,7 @@ CASES = ["invalid-yaml", "duplicate-key", "unknown-key", "wrong-type", "temperat
          "model-path", "model-hash", "prompt-too-long", "device", "output-dir", "image-metric", "prompt-image",
          "tests-compile", "tests-entry-point", "answer-format", "code-metric", "reference-metric",
          "reference-prompt", "vlm-model", "served-credentials",
-         "served-key", "served-entropy", "served-unreachable",
+         "served-key", "served-entropy", "served-unreachable", "vllm-missing", "vllm-engine-args",
          "ray-workers", "ray-address"]
 
 
@@ -174,6 +177,8 @@ def test_bad_input(case, tmp_path, tiny_model):
         pytest.skip("this machine has a GPU")
     if case.startswith("ray-") and case != "ray-workers":
         pytest.importorskip("ray")
+    if case == "vllm-missing" and importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
     try:
         args, runs = make_case(case, tmp_path, tiny_model)
         result = CliRunner().invoke(app, ["run", *args])

@@ -499,6 +499,11 @@ class SweepConfig(_Strict):
         if self.model.backend == "openai" and self.batch_size != "auto":
             raise ValueError(f"batch_size: a served model's server batches requests itself; set model.concurrency "
                              f"(requests in flight) instead, got {shown(self.batch_size)}")
+        if (self.model.backend == "vllm" and self.executor.kind == "ray"
+                and 0 < self.executor.gpus_per_worker < self.model.tensor_parallel_size):
+            raise ValueError(f"executor.gpus_per_worker: each Ray worker runs one vLLM engine over "
+                             f"model.tensor_parallel_size={self.model.tensor_parallel_size} GPUs, so it needs as "
+                             f"many, got {shown(self.executor.gpus_per_worker)}")
         if self.model.backend == "vllm" and self.batch_size != "auto":
             raise ValueError(f"batch_size: vLLM schedules its own batches; set model.engine_args.max_num_seqs "
                              f"(sequences per step) instead, got {shown(self.batch_size)}")

@@ -29,7 +29,7 @@ def check_model(config: SweepConfig, device: bool = True):
     resolved where the model loads (a Ray worker on another machine): None."""
     module = importlib.import_module(BACKENDS[config.model.backend])
     if hasattr(module, "check_model"):
-        return module.check_model(config)
+        return module.check_model(config, device=device)
     from evalkit.generation.model import locate_model, resolve_device
 
     return locate_model(config), resolve_device(config.model.device, config.source) if device else None

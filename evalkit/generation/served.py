@@ -346,8 +346,9 @@ def api_key(config: SweepConfig) -> str | None:
     return key
 
 
-def check_model(config: SweepConfig) -> tuple[None, str]:
-    """Before connecting: the key's variable is set (the server itself is asked when the backend loads)."""
+def check_model(config: SweepConfig, device: bool = True) -> tuple[None, str]:
+    """Before connecting: the key's variable is set (the server itself is asked when the backend loads); the
+    device is the server's, wherever the check runs."""
     api_key(config)
     return None, "server"
 

