@@ -314,6 +314,6 @@ def test_a_vllm_sweep_end_to_end(tmp_path):
     assert m.model.engine in report and "not token for token" in report
 
     again = evalkit.run_sweep(config_from_dict(config), progress=False, cache=True)
-    assert again.manifest.reused == {"from_parts": 0, "from_cache": len(samples), "generated": 0}
+    assert again.manifest.samples_reused == {"from_parts": 0, "from_cache": len(samples), "generated": 0}
     cols = ["prompt_id", "setting_id", "sample_index", "text"]
     assert again.samples[cols].equals(samples[cols])

@@ -211,7 +211,8 @@ class ModelConfig(_Strict):
 
 def _changed(model: BaseModel, name: str) -> bool:
     """Whether a field was given a value other than its default (a resolved config lists every field)."""
-    return name in model.model_fields_set and getattr(model, name) != type(model).model_fields[name].default
+    default = type(model).model_fields[name].get_default(call_default_factory=True)
+    return name in model.model_fields_set and getattr(model, name) != default
 
 
 def _without_credentials(url: str) -> str:

@@ -134,10 +134,12 @@ class RunView:
                     ("engine", "the server's own sampler, one request per sample with its derived seed")]
         where = [("model file" if model.get("sha256") else "revision", str(ident)[:16] if ident else "n/a"),
                  ("device", f"{self.manifest.device}, {model.get('dtype', 'n/a')}")]
+        order = ", ".join(self.manifest.sampling_order or [])
         if model.get("engine"):  # another engine than evalkit's sampled (vLLM)
-            order = ", ".join(self.manifest.sampling_order or [])
             where.append(("engine", f"{model.get('engine')}: its own sampler and random streams ({order}), one "
                                     "request per sample with its derived seed; not token for token evalkit's engine"))
+        elif model.get("backend") in ("hf", "vlm", None):
+            where.append(("engine", f"evalkit's ({order}), one random stream per sample from its derived seed"))
         return where
 
     @cached_property
