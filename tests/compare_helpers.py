@@ -35,7 +35,8 @@ def noisy_scores(rng: np.random.Generator, n_prompts: int = 20, noise: float = 0
 
 
 def fake_run(root: Path, name: str, scores: pd.DataFrame, *, started_at: str = "2026-11-01T00:00:00Z",
-             max_new_tokens: int = 32, settings=SETTINGS, prompt_text: str = "Prompt {}") -> Path:
+             max_new_tokens: int = 32, settings=SETTINGS, prompt_text: str = "Prompt {}",
+             model: ModelInfo | None = None) -> Path:
     """A complete run directory with these scores (and one sample per group, for the report)."""
     prompts = list(dict.fromkeys(scores["prompt_id"]))
     summary = aggregate(scores, settings, level=0.95, resamples=200, seed=0)
@@ -44,7 +45,8 @@ def fake_run(root: Path, name: str, scores: pd.DataFrame, *, started_at: str = "
                              "finish_reason": "eos", "token_ids": [1, 2]} for s in settings for p in prompts])
     writer = RunWriter.create(root, Manifest(
         run_id="", name=name, started_at=started_at,
-        config_source="test", config_as_given={}, model=ModelInfo(id="test-model", sha256="ab" * 32, dtype="float32"),
+        config_source="test", config_as_given={},
+        model=model or ModelInfo(id="test-model", sha256="ab" * 32, dtype="float32"),
         device="cpu", seed=0, sampling_order=[], settings=[SettingRecord(id=s.id, params=s.params(), generation={})
                                                            for s in settings],
         n_prompts=len(prompts), batch_size=1, metrics=list(dict.fromkeys(scores["metric"])),

@@ -162,6 +162,28 @@ def test_gate_exit_codes_and_junit(pair, tmp_path):
     assert result.exit_code == 0, result.output
 
 
+def test_a_comparison_across_engines_is_allowed_and_marked(tmp_path):
+    """An evalkit run against a vLLM run of the same protocol: compared, and every format says across which
+    engines; two runs of one engine say nothing of it."""
+    from evalkit.generation.base import ModelInfo
+
+    rng = np.random.default_rng(3)
+    base = fake_run(tmp_path / "runs", "nightly", noisy_scores(rng), started_at="2026-11-01T00:00:00Z")
+    vllm = ModelInfo(backend="vllm", id="test-model", sha256="ab" * 32, dtype="float32", engine="vllm 0.32.0")
+    new = fake_run(tmp_path / "runs", "nightly", noisy_scores(rng), started_at="2026-11-02T00:00:00Z", model=vllm)
+    cli = CliRunner()
+    text = cli.invoke(app, ["compare", str(base), str(new)])
+    assert text.exit_code == 0, text.output
+    assert "cross-engine comparison: base sampled by evalkit, new by vllm 0.32.0" in " ".join(text.output.split())
+    as_json = cli.invoke(app, ["compare", str(base), str(new), "--format", "json"])
+    assert "vllm 0.32.0" in json.loads(as_json.output)["cross_engine"]
+    html = tmp_path / "engines.html"
+    assert cli.invoke(app, ["compare", str(base), str(new), "--format", "html", "-o", str(html)]).exit_code == 0
+    assert "cross-engine comparison: base sampled by evalkit, new by vllm 0.32.0" in html.read_text(encoding="utf-8")
+    same = cli.invoke(app, ["compare", str(base), str(base), "--format", "json"])
+    assert json.loads(same.output)["cross_engine"] is None
+
+
 def test_compare_formats(pair, tmp_path):
     base, new = pair
     cli = CliRunner()

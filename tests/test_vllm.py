@@ -131,7 +131,10 @@ def engine(tmp_path_factory):
     from evalkit.prompts import load_prompts
 
     config = config_from_dict(vllm_config(tmp_path_factory.mktemp("engine"), prompts={"items": [
-        {"id": "colour", "prompt": "My favourite colour is"}, {"id": "sea", "prompt": "The sea is"}],
+        {"id": "colour", "prompt": "My favourite colour is"}, {"id": "sea", "prompt": "The sea is"},
+        {"id": "long", "prompt": "The lighthouse keeper climbed the spiral stairs every evening, counting the steps, "
+                                 "checking the lamp and writing the weather into a worn notebook before the ships "
+                                 "came past the rocks. One night the lamp went out, and"}],
         "chat_template": False}))
     backend = load_backend(config, checked=check_model(config))
     prepared = backend.prepare(load_prompts(config), chat_template=False, system_prompt=None, max_new_tokens=24)
@@ -148,17 +151,23 @@ def _units(prompt, setting, n, seed0=0):
             for i in range(n)]
 
 
-def _model_logits(backend, token_ids):
-    """The model's next-token logits after ``token_ids``, from transformers on the same checkpoint (float32)."""
+def _hf_model(backend):
+    """transformers' model on the checkpoint vLLM runs (float32), loaded once."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = getattr(_model_logits, "model", None)
-    if model is None:
-        model = _model_logits.model = AutoModelForCausalLM.from_pretrained(
+    if not hasattr(_hf_model, "model"):
+        _hf_model.model = AutoModelForCausalLM.from_pretrained(
             backend.llm.llm_engine.vllm_config.model_config.model, dtype=torch.float32).eval()
+    return _hf_model.model
+
+
+def _model_logits(backend, token_ids):
+    """The model's next-token logits after ``token_ids``, from transformers on the same checkpoint."""
+    import torch
+
     with torch.inference_mode():
-        return model(torch.tensor([list(token_ids)])).logits[0, -1].float()
+        return _hf_model(backend)(torch.tensor([list(token_ids)])).logits[0, -1].float()
 
 
 @needs_vllm
@@ -250,6 +259,37 @@ def test_greedy_samples_stops_and_finish_reasons_are_recorded_like_the_engines(e
 
 
 @needs_vllm
+def test_reference_texts_are_scored_by_the_models_own_log_probabilities(engine):
+    """The references' perplexity under the model (vLLM's prompt logprobs) equals teacher forcing with
+    transformers on the same checkpoint; an empty text has no tokens to score."""
+    import torch
+
+    backend, prompts = engine
+    prompt = prompts["sea"]
+    texts = [" calm and blue today.", "", " a mirror of the sky, grey at dawn"]
+    got = backend.score_continuations(prompt, texts)
+    assert got[1] == ()
+    for text, logprobs in zip(texts, got):
+        ids = backend.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not ids:
+            continue
+        with torch.inference_mode():
+            z = _hf_model(backend)(torch.tensor([list(prompt.token_ids) + ids])).logits[0].double()
+        start = len(prompt.token_ids)
+        expected = torch.log_softmax(z[start - 1:-1], -1).gather(1, torch.tensor(ids)[:, None])[:, 0]
+        assert logprobs == pytest.approx(expected.tolist(), abs=2e-3)
+
+
+@needs_vllm
+def test_a_top_k_beyond_the_vocabulary_filters_nothing(engine):
+    from evalkit.settings import Setting
+
+    backend, _ = engine
+    assert backend.params(Setting(top_k=10**9), 4, seed=1).top_k == -1
+    assert backend.params(Setting(top_k=40), 4, seed=1).top_k == 40
+
+
+@needs_vllm
 def test_a_samples_seed_decides_it_whatever_the_batch_around_it(engine):
     """Per-request seeds: the same unit gives the same sample alone, among others, and in another order."""
     from evalkit.settings import Setting
@@ -262,6 +302,22 @@ def test_a_samples_seed_decides_it_whatever_the_batch_around_it(engine):
     alone = {r.unit.key: r.token_ids for r in backend.generate(units[3:4], max_new_tokens=12, batch_size=0)}
     assert together == reversed_ and alone[units[3].key] == together[units[3].key]
     assert len(set(together.values())) > 6  # the seeds differ, and so do the samples
+
+
+@needs_vllm
+def test_more_prompt_tokens_than_one_step_takes_do_not_break_seeded_sampling(engine):
+    """160 seeded requests of a 40-odd-token prompt: more prefill than one step's token budget (4096), which vLLM on
+    the CPU must not split (a split prefill rewinds the seeded generator, which a CPU generator cannot do)."""
+    from evalkit.settings import Setting
+
+    backend, prompts = engine
+    prompt = prompts["long"]
+    assert 160 * len(prompt.token_ids) > backend.info.engine_info["max_num_batched_tokens"]
+    units = _units(prompt, Setting(temperature=1.0), 160)
+    records = list(backend.generate(units, max_new_tokens=4, batch_size=0))
+    assert len(records) == 160 and all(r.token_ids for r in records)
+    again = {r.unit.key: r.token_ids for r in backend.generate(units[::7], max_new_tokens=4, batch_size=0)}
+    assert again == {r.unit.key: r.token_ids for r in records if r.unit.key in again}
 
 
 @needs_vllm

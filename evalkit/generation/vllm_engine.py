@@ -123,6 +123,8 @@ class VLLMBackend(HFTextBackend):
                 "max_logprobs": -1, "logprobs_mode": "raw_logprobs", "generation_config": "vllm",
                 **({"revision": mc.revision, "tokenizer_revision": mc.revision} if load_kwargs else {}),
                 **({"max_model_len": mc.max_model_len} if mc.max_model_len else {}), **mc.engine_args}
+        if device == "cpu":
+            args.update(_whole_prefills(config, model_config))
         status(f"starting vLLM {vllm.__version__} (its first start on a machine compiles the model)")
         try:
             self.llm = vllm.LLM(**args)
@@ -140,6 +142,7 @@ class VLLMBackend(HFTextBackend):
                               "more)", source=config.source, path="model") from None
         engine_config = self.llm.llm_engine.vllm_config
         scheduler = engine_config.scheduler_config
+        self.vocab_size = int(engine_config.model_config.get_vocab_size())
         self.max_num_seqs = int(scheduler.max_num_seqs)
         self.window = max(4 * self.max_num_seqs, 256)
         self.info = ModelInfo(
@@ -157,6 +160,7 @@ class VLLMBackend(HFTextBackend):
                          "max_num_seqs": self.max_num_seqs,
                          "max_num_batched_tokens": int(scheduler.max_num_batched_tokens),
                          "enforce_eager": bool(engine_config.model_config.enforce_eager),
+                         "chunked_prefill": bool(scheduler.enable_chunked_prefill),
                          **({"cpu_kv_cache_gib": os.environ["VLLM_CPU_KVCACHE_SPACE"]} if device == "cpu" else {}),
                          "order": list(VLLM_ORDER)})
 
@@ -169,7 +173,8 @@ class VLLMBackend(HFTextBackend):
 
         logprobs = self.logprobs if logprobs is None else logprobs
         return SamplingParams(
-            n=1, temperature=setting.temperature, top_p=setting.top_p, top_k=setting.top_k or -1,
+            n=1, temperature=setting.temperature, top_p=setting.top_p,
+            top_k=setting.top_k if 0 < setting.top_k < self.vocab_size else -1,  # at least the vocabulary: off
             min_p=setting.min_p, seed=seed, max_tokens=max_new_tokens, stop=list(stop) or None,
             stop_token_ids=list(self.eos_ids), ignore_eos=False, repetition_penalty=1.0, presence_penalty=0.0,
             frequency_penalty=0.0, min_tokens=0, logprobs=logprobs or None, skip_special_tokens=True, detokenize=True)
@@ -314,6 +319,20 @@ class VLLMBackend(HFTextBackend):
         llm, self.llm = getattr(self, "llm", None), None
         if llm is not None:
             llm.llm_engine.engine_core.shutdown()
+
+
+def _whole_prefills(config: SweepConfig, model_config) -> dict[str, Any]:
+    """On the CPU, engine arguments that keep every prompt's prefill in one step: when vLLM splits a prefill
+    (chunked prefill) it rewinds the request's seeded generator, which a CPU generator cannot do (the worker
+    dies with "CPU Generator does not use offset"). Its token budget per step must then hold a whole context."""
+    args = config.model.engine_args
+    if args.get("enable_chunked_prefill"):
+        raise ConfigError("enable_chunked_prefill: vLLM on the CPU cannot split the prefill of a seeded request (its "
+                          "CPU generator cannot rewind: 'CPU Generator does not use offset'); leave it out",
+                          source=config.source, path="model.engine_args")
+    context = config.model.max_model_len or getattr(model_config.get_text_config(), "max_position_embeddings", 0)
+    return {"enable_chunked_prefill": False,
+            "max_num_batched_tokens": max(int(args.get("max_num_batched_tokens") or 4096), int(context or 0))}
 
 
 def _quiet_vllm() -> None:

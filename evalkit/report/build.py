@@ -139,7 +139,8 @@ def delta_table(base: RunView, new: RunView) -> dict:
             rows.append({"setting": s.id, "cells": cells})
     return {"base": base.label, "new": new.label, "metrics": metrics, "rows": rows,
             "n_significant": int(d["significant"].sum()), "n": len(d), "alpha": comparison.alpha,
-            "problems": comparison.protocol_differences + comparison.not_compared}
+            "problems": comparison.protocol_differences + comparison.not_compared
+            + ([comparison.cross_engine] if comparison.cross_engine else [])}
 
 
 def nolink(text: str) -> Markup:
