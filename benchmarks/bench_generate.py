@@ -109,7 +109,10 @@ def versus_vllm(args) -> None:
     script = Path(__file__).with_name("bench_vllm.py")
     out = subprocess.run([args.vllm, str(script), "--repeats", str(args.repeats), "--model", args.model,
                           "--device", args.device, "--max-new-tokens", str(args.max_new_tokens)],
-                         stdout=subprocess.PIPE, text=True, check=True)
+                         stdout=subprocess.PIPE, text=True)
+    if out.returncode:
+        raise SystemExit(f"bench_vllm.py failed (exit {out.returncode}); the end of its output:\n"
+                         + "\n".join(out.stdout.splitlines()[-30:]))
     for line in out.stdout.splitlines():
         if line.startswith("{"):
             r = json.loads(line)
