@@ -113,6 +113,7 @@ def versus_vllm(args) -> None:
     if out.returncode:
         raise SystemExit(f"bench_vllm.py failed (exit {out.returncode}); the end of its output:\n"
                          + "\n".join(out.stdout.splitlines()[-30:]))
+    engine_name, load_s = None, None
     for line in out.stdout.splitlines():
         if line.startswith("{"):
             r = json.loads(line)
@@ -120,6 +121,9 @@ def versus_vllm(args) -> None:
             engine_name, load_s = r["engine"], r["load_s"]
             print(f"  {engine_name:<15} {r['case']:<13} {r['tokens'] / r['seconds']:8.1f} tokens/s "
                   f"({r['seconds']:.1f} s)", flush=True)
+    if any("vllm" not in r for r in rows.values()):
+        raise SystemExit("bench_vllm.py gave no rate for some cases: " + ", ".join(c for c, r in rows.items()
+                                                                              if "vllm" not in r))
     print(f"\nevalkit engine against {engine_name} on {backend.info.device} ({backend.info.dtype}), "
           f"{backend.info.id}, {args.max_new_tokens} new tokens, median of {args.repeats} (vLLM loaded in {load_s} s, "
           f"not counted)")

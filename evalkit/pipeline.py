@@ -74,6 +74,10 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
                 what = ("another endpoint, server or set of knobs" if generator.info.endpoint_id
                         else "other model weights")
                 raise EvalkitError(f"--resume: {resume_dir} was made with {what} than {config.model.id!r} has now")
+            if writer.manifest.model.engine_name != generator.info.engine_name:  # evalkit's, or a vLLM version
+                raise EvalkitError(f"--resume: {resume_dir} was sampled by {writer.manifest.model.engine_name}, and "
+                                   f"this run would sample by {generator.info.engine_name}: its samples would mix two "
+                                   "engines")
         else:
             writer = RunWriter.create(Path(config.output_dir), _manifest(
                 config, kind, generator, settings, metrics, len(prepared), batch_size, overrides, as_given or {}))

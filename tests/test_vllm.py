@@ -121,6 +121,24 @@ def test_what_vllm_cannot_run_is_refused_in_one_line(tmp_path, model, fragment, 
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
+def test_the_sample_cache_keys_vllm_samples_by_engine_arguments_and_logprobs():
+    """Samples cached without logprobs (or with the top 5) never serve a run that reads them (or the top 20);
+    another vLLM version or other engine arguments are other samples; evalkit's own keys are as before."""
+    from evalkit.generation.base import ModelInfo
+    from evalkit.rundir.sample_cache import model_identity
+
+    hf = ModelInfo(id="m", sha256="ab" * 32, dtype="float32", device="cpu", threads=2)
+    assert json.loads(model_identity(hf)) == ["ab" * 32, "float32", "cpu", 2]
+    ids = set()
+    for engine, info in [("vllm 0.32.0", {"args": {"dtype": "float32"}, "logprobs": 0}),
+                         ("vllm 0.32.0", {"args": {"dtype": "float32"}, "logprobs": 5}),
+                         ("vllm 0.32.0", {"args": {"dtype": "float32"}, "logprobs": 20}),
+                         ("vllm 0.32.0", {"args": {"dtype": "float32", "enforce_eager": True}, "logprobs": 0}),
+                         ("vllm 0.33.0", {"args": {"dtype": "float32"}, "logprobs": 0})]:
+        ids.add(model_identity(hf.model_copy(update={"backend": "vllm", "engine": engine, "engine_info": info})))
+    assert len(ids) == 5 and model_identity(hf) not in ids
+
+
 # ---------------------------------------------------------------------------- a real engine
 
 @pytest.fixture(scope="module")
@@ -349,7 +367,8 @@ def test_a_vllm_sweep_end_to_end(tmp_path):
     m = run.manifest
     assert m.status == "complete" and m.model.backend == "vllm" and m.model.engine.startswith("vllm ")
     assert m.sampling_order == list(VLLM_ORDER) and m.protocol["engine"] == m.model.engine
-    assert json.loads(model_identity(m.model))[-1] == m.model.engine
+    engine, started = json.loads(model_identity(m.model))[-2:]
+    assert engine == m.model.engine and started["logprobs"] == 5 and started["args"]["dtype"] == "float32"
     generation = {s.id: s.generation for s in m.settings}
     assert generation["t0-p0.9"]["greedy"] and not generation["t1-p0.9"]["greedy"]
     low = generation["t0.005-p0.9"]

