@@ -17,7 +17,7 @@ import pandas as pd
 from evalkit.compare import RunData, compare_runs, matches
 from evalkit.errors import EvalkitError, shown
 from evalkit.index import RunIndex
-from evalkit.rundir.protocol import differences
+from evalkit.rundir.protocol import cross_engine, differences
 
 
 @dataclass
@@ -66,7 +66,9 @@ def load_history(index: RunIndex, name: str, metrics: list[str] | None = None, *
         sides.append(RunData(run_id, name, index.scores(run_id), json.loads(row["protocol"]), run_info))
     history = History(name, runs, aggregates, chosen, info)
     for before, after in zip(sides, sides[1:]):
-        problems = differences(before.protocol, after.protocol)
+        # another protocol, or another engine (evalkit's, vLLM's): a break in the line, not a regression
+        engines = cross_engine(before.protocol, after.protocol)
+        problems = differences(before.protocol, after.protocol) + ([engines] if engines else [])
         if problems:
             history.breaks[after.label] = "; ".join(problems)
             continue

@@ -180,6 +180,10 @@ def test_a_comparison_across_engines_is_allowed_and_marked(tmp_path):
     html = tmp_path / "engines.html"
     assert cli.invoke(app, ["compare", str(base), str(new), "--format", "html", "-o", str(html)]).exit_code == 0
     assert "cross-engine comparison: base sampled by evalkit, new by vllm 0.32.0" in html.read_text(encoding="utf-8")
+    junit = tmp_path / "engines.xml"
+    cli.invoke(app, ["compare", str(base), str(new), "--fail-on", "distinct_2:-0.5", "--junit", str(junit)])
+    [prop] = ET.parse(junit).getroot().iter("property")
+    assert prop.get("name") == "cross_engine" and "vllm 0.32.0" in prop.get("value")
     same = cli.invoke(app, ["compare", str(base), str(base), "--format", "json"])
     assert json.loads(same.output)["cross_engine"] is None
 

@@ -35,6 +35,24 @@ def nightly_runs(root: Path, drop_on: int | None = None, n: int = 4) -> list[Pat
     return out
 
 
+def test_history_breaks_where_the_engine_changes(tmp_path):
+    """A nightly job that moves from evalkit's engine to vLLM: the run where it moved is a break in the line
+    (said why), not a regression, even where its numbers moved."""
+    from evalkit.generation.base import ModelInfo
+
+    paths = nightly_runs(tmp_path / "runs", n=2)
+    vllm = ModelInfo(backend="vllm", id="test-model", sha256="ab" * 32, dtype="float32", engine="vllm 0.32.0")
+    shift = {(SETTINGS[3].id, "distinct_2[tok=words]"): -0.2}
+    moved = fake_run(tmp_path / "runs", "nightly", noisy_scores(np.random.default_rng(5), shift=shift),
+                     started_at="2026-11-03T02:00:00Z", model=vllm)
+    with RunIndex(tmp_path / "index.sqlite") as index:
+        for p in [*paths, moved]:
+            index.record(load_run(p))
+        history = load_history(index, "nightly")
+    assert list(history.breaks) == [moved.name] and "cross-engine comparison" in history.breaks[moved.name]
+    assert history.regressions == set()
+
+
 def test_record_and_list(tmp_path):
     paths = nightly_runs(tmp_path / "runs", n=2)
     other = fake_run(tmp_path / "runs", "other", noisy_scores(np.random.default_rng(1)))

@@ -139,6 +139,21 @@ def test_the_sample_cache_keys_vllm_samples_by_engine_arguments_and_logprobs():
     assert len(ids) == 5 and model_identity(hf) not in ids
 
 
+@needs_vllm
+def test_evalkits_engine_is_refused_in_vllms_environment(tmp_path):
+    """vLLM pins a transformers older than evalkit's engine needs: backend hf is refused there in one line,
+    before anything loads, instead of failing at its first decode step."""
+    import evalkit
+    from evalkit.config import config_from_dict
+    from evalkit.errors import ConfigError
+
+    config = vllm_config(tmp_path / "runs", model={"id": "default"})
+    with pytest.raises(ConfigError) as e:
+        evalkit.run_sweep(config_from_dict(config), progress=False)
+    assert "needs transformers >= 5.24" in str(e.value) and e.value.path == "model.backend"
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
 # ---------------------------------------------------------------------------- a real engine
 
 @pytest.fixture(scope="module")

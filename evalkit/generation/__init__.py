@@ -22,6 +22,9 @@ BACKENDS = {
     "vllm": "evalkit.generation.vllm_engine",  # a transformers causal LM decoded by vLLM's engine in this process
 }
 
+# decoded by evalkit's engine, which passes the KV cache as transformers >= 5.24 names it
+ENGINE_BACKENDS = ("hf", "vlm")
+
 
 def check_model(config: SweepConfig, device: bool = True):
     """Everything about the model that can be checked before loading it: (source, device). A backend module
@@ -30,8 +33,10 @@ def check_model(config: SweepConfig, device: bool = True):
     module = importlib.import_module(BACKENDS[config.model.backend])
     if hasattr(module, "check_model"):
         return module.check_model(config, device=device)
-    from evalkit.generation.model import locate_model, resolve_device
+    from evalkit.generation.model import check_transformers, locate_model, resolve_device
 
+    if config.model.backend in ENGINE_BACKENDS:
+        check_transformers(config)
     return locate_model(config), resolve_device(config.model.device, config.source) if device else None
 
 

@@ -147,6 +147,24 @@ def _weights_hash(directory: Path, recursive: bool = False) -> str | None:
     return h.hexdigest()
 
 
+ENGINE_TRANSFORMERS = (5, 24)  # the first transformers that names the KV cache `cache` (evalkit's engine passes it)
+
+
+def check_transformers(config: SweepConfig) -> None:
+    """Refuse, before loading, a transformers too old for evalkit's engine (vLLM's environment pins an older one)."""
+    import re
+
+    import transformers
+
+    found = tuple(int(x) for x in re.findall(r"\d+", transformers.__version__)[:2])
+    if found < ENGINE_TRANSFORMERS:
+        need = ".".join(map(str, ENGINE_TRANSFORMERS))
+        raise ConfigError(f"backend {config.model.backend} decodes with evalkit's engine, which needs transformers >= "
+                          f"{need}, and this environment has {transformers.__version__} (vLLM's environment pins an "
+                          "older one): run it in evalkit's main environment", source=config.source,
+                          path="model.backend")
+
+
 def quiet_libraries() -> None:
     """evalkit draws its own progress bars; silence the libraries' bars and advice."""
     import transformers
