@@ -147,7 +147,7 @@ def test_evalkits_engine_is_refused_in_vllms_environment(tmp_path):
     from evalkit.config import config_from_dict
     from evalkit.errors import ConfigError
 
-    config = vllm_config(tmp_path / "runs", model={"id": "default"})
+    config = vllm_config(tmp_path / "runs", model={"id": "default"}, metrics=["distinct_2"])
     with pytest.raises(ConfigError) as e:
         evalkit.run_sweep(config_from_dict(config), progress=False)
     assert "needs transformers >= 5.24" in str(e.value) and e.value.path == "model.backend"
