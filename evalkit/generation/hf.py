@@ -8,9 +8,7 @@ default top_k) can change a setting.
 from __future__ import annotations
 
 import time
-from typing import Any
 
-from evalkit.generation import gguf
 from evalkit.generation.base import PreparedPrompt
 from evalkit.generation.decoding import EngineBackend
 from evalkit.config import SweepConfig
@@ -29,15 +27,7 @@ class HFTextBackend(EngineBackend):
         mc = config.model
         self._source = config.source
         dtype = resolve_dtype(mc.dtype, device)
-        converted_now = False
-        if source.gguf is not None:
-            status("checking the converted-model cache")
-            if not gguf.converted_dir(source.gguf).is_dir():
-                status("converting the GGUF file (one time; cached for later runs)")
-            load_from, converted_now = gguf.ensure_converted(source.gguf)
-            load_kwargs: dict[str, Any] = {}
-        else:
-            load_from, load_kwargs = source.load_args(mc.revision)
+        load_from, load_kwargs, converted_now = source.checkpoint(mc.revision, status)
         status("loading the model")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(load_from, **load_kwargs)

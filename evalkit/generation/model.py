@@ -48,6 +48,17 @@ class ModelSource:
         where = str(self.path) if self.path else self.hub_id
         return where, ({"revision": revision} if self.kind == "hub" and revision else {})
 
+    def checkpoint(self, revision: str | None, status=lambda msg: None) -> tuple[str, dict[str, Any], bool]:
+        """(where a transformers checkpoint is, ``from_pretrained`` keyword arguments, whether a GGUF file was
+        converted now): a GGUF file is de-quantized once into the cache, others load as they are."""
+        if self.gguf is None:
+            return (*self.load_args(revision), False)
+        status("checking the converted-model cache")
+        if not gguf.converted_dir(self.gguf).is_dir():
+            status("converting the GGUF file (one time; cached for later runs)")
+        where, converted_now = gguf.ensure_converted(self.gguf)
+        return str(where), {}, converted_now
+
 
 def locate_model(config: SweepConfig) -> ModelSource:
     """Resolve ``model.id`` to a local file, directory or hub id. Raises on a missing path or bad hash."""

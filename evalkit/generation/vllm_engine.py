@@ -29,7 +29,6 @@ from typing import Any
 
 from evalkit.config import SweepConfig
 from evalkit.errors import ConfigError, EvalkitError, shown
-from evalkit.generation import gguf
 from evalkit.generation.base import ModelInfo, PreparedPrompt, ProgressFn, SampleRecord, WorkUnit
 from evalkit.generation.decoding import cpu_threads
 from evalkit.generation.hf import HFTextBackend
@@ -98,16 +97,7 @@ class VLLMBackend(HFTextBackend):
         self.window = 0  # requests in the engine at once (set once the engine is up)
         self.logprobs = 0
         self._ids = itertools.count()
-        converted_now = False
-        if source.gguf is not None:
-            status("checking the converted-model cache")
-            if not gguf.converted_dir(source.gguf).is_dir():
-                status("converting the GGUF file (one time; cached for later runs)")
-            load_from, converted_now = gguf.ensure_converted(source.gguf)
-            load_kwargs: dict[str, Any] = {}
-        else:
-            load_from, load_kwargs = source.load_args(mc.revision)
-        load_from = str(load_from)
+        load_from, load_kwargs, converted_now = source.checkpoint(mc.revision, status)
         status("reading the tokenizer")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(load_from, **load_kwargs)
