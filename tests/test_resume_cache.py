@@ -119,6 +119,29 @@ def test_resume_refuses_a_complete_run(uninterrupted):
         evalkit.run_sweep(None, resume=uninterrupted.path, progress=False)
 
 
+def test_a_run_stopped_while_it_scores_resumes_without_sampling_again(tiny_model, tmp_path, monkeypatch,
+                                                                     uninterrupted):
+    """samples.parquet is written before scoring, but the parts stay until the run is complete: Ctrl-C
+    during scoring loses no sample, and --resume (without the sample cache) makes none again."""
+    from evalkit import pipeline
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "score_samples", stopped)
+    out = tmp_path / "runs"
+    with pytest.raises(KeyboardInterrupt):
+        evalkit.run_sweep(config_from_dict(slow_config(tiny_model, out)), progress=False, cache=False)
+    (run_dir,) = (m.parent for m in out.glob("*/manifest.json"))
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "interrupted"
+    monkeypatch.undo()
+    resumed = evalkit.run_sweep(None, resume=run_dir, progress=False, cache=False)
+    assert resumed.manifest.samples_reused["generated"] == 0
+    assert resumed.manifest.samples_reused["from_parts"] == len(uninterrupted.samples)
+    pd.testing.assert_frame_equal(frame(resumed), frame(uninterrupted))
+    assert not (run_dir / "parts").exists()
+
+
 def test_cache_generates_only_new_settings(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setenv("EVALKIT_SAMPLE_CACHE", str(tmp_path / "cache.sqlite"))
     first = evalkit.run_sweep(config_from_dict(base_config(tiny_model, tmp_path, grid={"temperature": [0.7]})),

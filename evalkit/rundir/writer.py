@@ -98,9 +98,9 @@ class RunWriter:
         return read_parts(self.path, columns, set_aside)
 
     def write_samples(self, samples: pd.DataFrame) -> None:
-        """The whole samples table; the parts it was assembled from are removed."""
+        """The whole samples table. The parts it was assembled from stay until the run is complete: a run
+        stopped while it scores is resumed from them."""
         files.write_table(self.path / "samples.parquet", samples)
-        shutil.rmtree(self.path / "parts", ignore_errors=True)
 
     def write_scores(self, scores: pd.DataFrame, sample_scores: pd.DataFrame, summary: pd.DataFrame) -> None:
         files.write_table(self.path / "scores.parquet", scores)
@@ -119,6 +119,7 @@ class RunWriter:
         m.status, m.ended_at = "complete", ended_at or utc_now()
         m.protocol = compute_protocol(Run(self.path))  # reads the config, the prompts and the kind
         self.write_manifest()
+        shutil.rmtree(self.path / "parts", ignore_errors=True)  # samples.parquet holds them all now
         return Run(self.path)
 
     def fail(self, error: BaseException) -> None:
