@@ -106,9 +106,23 @@ class LlamaServer:
             return json.loads(r.read())
 
 
+def leaked(reply: dict, credentials: str) -> bytes:
+    """``reply`` with ``credentials`` in every field a server fills in itself: the model listing, the reported
+    model and fingerprint, and the generated text."""
+    for entry in reply.get("data") or []:
+        entry["owned_by"] = f"owner {credentials}"
+    if "choices" in reply:
+        reply["model"] = f"{reply.get('model')} {credentials}"
+        reply["system_fingerprint"] = f"fp {credentials}"
+        for choice in reply["choices"]:
+            if "text" in choice:
+                choice["text"] += f" {credentials}"
+    return json.dumps(reply).encode()
+
+
 class FaultProxy:
     """Forwards to ``upstream`` (host, port); ``script(n, method, path, body)`` may return an action for
-    the n-th request (counted from 1): ("status", code, headers), "echo-key", "disconnect", "garbage",
+    the n-th request (counted from 1): ("status", code, headers), "echo-key", "leak-key", "disconnect", "garbage",
     "truncated", "huge", ("slow", seconds), ("drop", field) or ("reject", field). Every request is logged."""
 
     def __init__(self, upstream_port: int, script=None):
@@ -173,6 +187,8 @@ class FaultProxy:
                         self._reply(400, json.dumps({"error": {"message": f"unknown field {action[1]}"}}).encode())
                         return
                     status, headers, payload = proxy.forward(method, self.path, body, self.headers)
+                    if kind == "leak-key" and status == 200:  # a server that quotes the credentials in its replies
+                        payload = leaked(json.loads(payload), self.headers.get("Authorization", ""))
                     if kind == "truncated":
                         self.send_response(status)
                         self.send_header("Content-Type", "application/json")

@@ -288,13 +288,21 @@ def test_the_api_key_is_written_nowhere(llama_server, tmp_path, monkeypatch, wri
     with FaultProxy(llama_server.port, scripted(lambda n, k: ("status", 503, {}) if k else None)) as proxy:
         with pytest.raises(EvalkitError):
             sweep(served_config(proxy.base_url, runs, model={"max_retries": 0}))
+    with FaultProxy(llama_server.port, lambda n, m, p, body: "leak-key") as proxy:  # every reply quotes the key
+        leaky = sweep(served_config(proxy.base_url, tmp_path / "leaky", report=True,
+                                    metrics=["distinct_1", {"name": "token_entropy", "top": 1}]))
+    assert leaky.manifest.model.server["reported_model"].endswith("Bearer ***")
+    assert leaky.samples["text"].str.endswith(" Bearer ***").all()
+    summary = leaky.summary
+    entropy = summary[summary["metric"] == "token_entropy[dist=model,top=1]"]["mean"]
+    assert len(entropy) == 2 and (entropy > 0).all()  # top=1: -p log p of the most likely token, not NaN
     with FaultProxy(llama_server.port, lambda n, m, p, body: "echo-key") as proxy:  # a reply that quotes the key
         path = write_config(served_config(proxy.base_url, tmp_path / "refused"))
         result = CliRunner().invoke(app, ["run", str(path), "-q"])
     assert result.exit_code == 2 and "invalid credentials: Bearer ***" in result.stderr, result.output
     assert key not in result.output
     files = [p for p in tmp_path.rglob("*") if p.is_file() and "llama-server" not in p.name]
-    assert {"report.html", "index.sqlite", "samples.sqlite", "config.yaml"} <= {p.name for p in files}
+    assert {"report.html", "index.sqlite", "samples.sqlite", "config.yaml", "manifest.json"} <= {p.name for p in files}
     for path in files:
         assert key.encode() not in path.read_bytes(), path
     assert "EVALKIT_TEST_API_KEY" in (next(runs.glob("*/config.yaml"))).read_text()  # the variable's name only

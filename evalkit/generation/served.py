@@ -79,7 +79,7 @@ class ServedBackend:
             raise ConfigError(f"{shown(self.model_id)} is not served by {self.endpoint.base_url} (served: {served}"
                               f"{more})", source=config.source, path="model.id")
         entry = entries[names.index(self.model_id)]
-        return {k: v for k, v in entry.items() if isinstance(v, (str, int, float, bool)) or v is None}
+        return self.endpoint.scrub({k: v for k, v in entry.items() if isinstance(v, (str, int, float, bool)) or v is None})
 
     def _start_error(self, e: ServerError, config: SweepConfig) -> EvalkitError:
         base = self.endpoint.base_url
@@ -256,12 +256,12 @@ class ServedBackend:
 
     def record(self, unit: WorkUnit, data: dict, choice, stop: tuple[str, ...]) -> SampleRecord:
         """A sample from a reply and its parsed first choice."""
-        fingerprint = data.get("system_fingerprint")
+        fingerprint = self.endpoint.scrub(data.get("system_fingerprint"))
         expected = self.info.server.get("system_fingerprint")
         if fingerprint and expected and fingerprint != expected:
             raise EvalkitError(f"the server's system_fingerprint changed from {expected!r} to {fingerprint!r} during "
                                "the run: its samples would mix two deployments")
-        text, finish = choice.text, choice.finish_reason
+        text, finish = self.endpoint.scrub(choice.text), choice.finish_reason
         cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
         if cut >= 0:
             text, finish = text[:cut], "stop"
@@ -272,9 +272,8 @@ class ServedBackend:
         stats: dict[str, list] = {}
         if self.logprobs and choice.logprobs is not None:
             chosen, tops = choice.logprobs
-            stats["logprob_model"] = chosen
-            if self.logprobs > 1:
-                stats["entropy_model_top"] = [truncated_entropy(t, self.logprobs) for t in tops]
+            stats["logprob_model"] = chosen  # and top=1 too: -p log p of the most likely token, the weakest bound
+            stats["entropy_model_top"] = [truncated_entropy(t, self.logprobs) for t in tops]
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
         n_tokens = usage.get("completion_tokens")
         if not isinstance(n_tokens, int) or isinstance(n_tokens, bool) or not 0 <= n_tokens < 2**31:

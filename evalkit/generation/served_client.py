@@ -60,6 +60,17 @@ class Endpoint:
                                                      max_keepalive_connections=connections),
                                  follow_redirects=False, trust_env=False)
 
+    def scrub(self, value):
+        """``value`` (a string, or a list or mapping of them, from a server's reply) with every copy of the
+        API key masked: what a server says is stored and shown, and a careless server may quote the key."""
+        if isinstance(value, str):
+            return value.replace(self.api_key, "***") if self.api_key else value
+        if isinstance(value, dict):
+            return {self.scrub(k): self.scrub(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.scrub(v) for v in value]
+        return value
+
     def masked(self, text: str, limit: int = 200) -> str:
         """``text`` with the API key masked, squeezed to one line of at most ``limit`` characters."""
         if self.api_key:

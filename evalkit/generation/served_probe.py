@@ -114,8 +114,8 @@ async def _probe(backend, settings: list[Setting], prompts: list[PreparedPrompt]
                     raise
                 first = await _plain(send, neutral, logprobs, refuse, base)
                 found.sent, found.not_sent = await _accepted(send, neutral, OPTIONAL_KNOBS)
-            found.fingerprint = first.get("system_fingerprint")
-            found.reported_model = first.get("model")
+            found.fingerprint = backend.endpoint.scrub(first.get("system_fingerprint"))
+            found.reported_model = backend.endpoint.scrub(first.get("model"))
             if logprobs:
                 _check_logprobs(parse_choice(first, backend.api, url), logprobs, refuse, base)
             if any(not s.greedy for s in settings):

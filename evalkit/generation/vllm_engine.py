@@ -288,10 +288,9 @@ class VLLMBackend(HFTextBackend):
         if self.logprobs and completion.logprobs is not None:
             positions = completion.logprobs[:len(ids)]
             stats["logprob_model"] = [float(top[t].logprob) for t, top in zip(ids, positions)]
-            if self.logprobs > 1:
-                stats["entropy_model_top"] = [
-                    truncated_entropy([v.logprob for v in top.values() if v.rank is not None
-                                       and v.rank <= self.logprobs], self.logprobs) for top in positions]
+            stats["entropy_model_top"] = [  # top=1 too: -p log p of the most likely token, the weakest bound
+                truncated_entropy([v.logprob for v in top.values() if v.rank is not None
+                                   and v.rank <= self.logprobs], self.logprobs) for top in positions]
         return SampleRecord(unit=unit, token_ids=tuple(ids), text=text, finish_reason=finish, stats=stats,
                             num_tokens=len(ids))
 
