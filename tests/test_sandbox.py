@@ -89,6 +89,18 @@ def test_unbounded_allocation_fails(sandbox, host):
     assert not outcome.passed and "MemoryError" in outcome.detail
 
 
+def test_a_programs_memory_is_bounded_across_its_processes(sandbox, host):
+    # memory files count against no process limit: refused; the program's children share its process limit,
+    # so its memory is at most its processes' address space together (the budget the workers are sized by)
+    outcome = sandbox.run("import os\nos.memfd_create('hoard')")
+    assert not outcome.passed and "PermissionError" in outcome.detail
+    limits = Limits()
+    assert limits.budget == limits.memory * limits.processes + limits.tmp_size + (8 << 20) <= 5 << 30
+    tight = Sandbox(limits, workers=None)
+    available = next(int(line.split()[1]) * 1024 for line in open("/proc/meminfo") if line.startswith("MemAvailable"))
+    assert 1 <= tight.workers <= max(1, available // limits.budget)
+
+
 def test_writes_and_deletes_outside_its_directory_fail(sandbox, host, visible):
     # the host's /tmp is hidden (the program has its own); elsewhere the file system is read-only
     target = visible / "written.txt"
@@ -149,10 +161,10 @@ def test_shared_memory_is_capped_and_dev_is_read_only(sandbox, host):
 
 
 def test_programs_running_at_once_do_not_share_the_process_limit(host):
-    # one program holds 12 of its 16 processes while another starts 12 of its own: under root, were both
+    # one program holds 6 of its 8 processes while another starts 6 of its own: under root, were both
     # the same user, the second would be refused
     box = Sandbox(Limits(timeout=5.0, file_size=MARK), workers=2)
-    hog = ("import os, time\nkids = []\nfor _ in range(12):\n    pid = os.fork()\n    if pid == 0:\n"
+    hog = ("import os, time\nkids = []\nfor _ in range(6):\n    pid = os.fork()\n    if pid == 0:\n"
            "        time.sleep(3)\n        os._exit(0)\n    kids.append(pid)\nfor k in kids:\n    os.waitpid(k, 0)\n")
     outcomes = box.run_many([hog + "# a", hog + "# b"])
     assert all(o.passed for o in outcomes), outcomes
