@@ -50,6 +50,14 @@ def test_parse_number(text, value):
     ("\\boxed{1{,}042}", "strict", "1042"),
     ("The answer is: 42", "strict", "42"),
     ("The answer isn't 41; it is 42.", "flexible", "42"),
+    # a Markdown heading is no GSM8K marker; the last marker in the text wins, whichever kind
+    ("#### Step 1: add\n#### Step 2: total\nThe answer is 42.", "strict", "42"),
+    ("#### Step 2\nSo the answer is 42.", "strict", "42"),
+    ("The answer is 41.\n#### 42", "strict", "42"),
+    ("#### Notes\nnothing to add", "strict", None),
+    # a worked sum: its result, not its first term
+    ("The answer is: 12 - 5 + 35 = 42", "strict", "42"),
+    ("To find the answer: 50 - 8 = 42.", "strict", "42"),
 ])
 def test_number_extraction(text, mode, expected):
     assert extract(text, NUMBER, mode) == expected
@@ -62,6 +70,9 @@ def test_number_extraction(text, mode, expected):
     ("The answer is (b).", "strict", "B"), ("The answer is c.", "strict", "C"),
     ("Answer: I believe it is C", "strict", "C"),
     ("Answer: C is right", "strict", "C"), ("Answer: it is A.", "strict", "A"), ("Answer: b) Canberra", "strict", "B"),
+    # A is a choice like any other: leading the span, before a reason or another letter
+    ("The answer is A because Sydney is big.", "strict", "A"), ("The answer is A, not B.", "strict", "A"),
+    ("The answer is B because Canberra.", "strict", "B"), ("Answer: I think it is D", "strict", "D"),
 ])
 def test_choice_extraction(text, mode, expected):
     assert extract(text, make_checks(answer="B", answer_format="choice"), mode) == expected
