@@ -360,12 +360,20 @@ def test_decoding_test_reads_spearman_per_prompt():
     assert "quality" not in result.index  # only diversity metrics are tested
 
 
-def test_decoding_test_needs_three_temperatures_and_varying_values():
+def test_decoding_test_needs_three_temperatures_and_counts_a_flat_metric_as_not_moving():
     assert decoding_test(scores_table({("a", "p"): 1.0, ("b", "p"): 2.0}, "m"), {"a": 0.5, "b": 1.0},
                          {"m": {"kind": "diversity"}}) is None
+    info = {"m": {"kind": "diversity", "direction": 1}}
     flat = scores_table({(s, "p"): 1.0 for s in TEMPS}, "m")
-    result = decoding_test(flat, TEMPS, {"m": {"kind": "diversity", "direction": 1}})
-    assert result.iloc[0]["verdict"] == "undefined"
+    row = decoding_test(flat, TEMPS, info).iloc[0]
+    assert row["rho"] == 0.0 and row["verdict"] == "weak"
+    # flat on 9 prompts of 10, rising on one: the metric mostly does not move, which is no pass
+    mostly_flat = scores_table({**{(s, f"p{i}"): 1.0 for i in range(9) for s in TEMPS},
+                                **{(s, "p9"): t for s, t in TEMPS.items()}}, "m")
+    row = decoding_test(mostly_flat, TEMPS, info, resamples=500).iloc[0]
+    assert row["rho"] == pytest.approx(0.1) and row["n_prompts"] == 10 and row["verdict"] == "weak"
+    undefined = scores_table({(s, "p"): math.nan for s in TEMPS}, "m")
+    assert decoding_test(undefined, TEMPS, info).iloc[0]["verdict"] == "undefined"
     pooled = scores_table({(s, POOLED): -t for s, t in TEMPS.items()}, "z")
     row = decoding_test(pooled, TEMPS, {"z": {"kind": "diversity", "direction": -1}}).iloc[0]
     assert row["rho"] == pytest.approx(-1.0) and row["verdict"] == "ok" and math.isnan(row["ci_low"])

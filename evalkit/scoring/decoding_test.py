@@ -5,7 +5,8 @@ Raising the temperature makes samples more diverse, so a diversity metric that d
 measures something else. For each diversity metric of a run with at least three temperatures: per
 prompt, Spearman's rho between the settings' temperatures and the metric's values (ties get average
 ranks; other knobs that vary are pooled, so a grid that varies temperature alone gives the cleanest
-test), then the mean over prompts with a percentile bootstrap CI over prompts. A pooled metric (one
+test; a prompt on which the metric takes one value at every temperature counts as rho 0: it did not
+move), then the mean over prompts with a percentile bootstrap CI over prompts. A pooled metric (one
 value per setting) gets one rho over the settings and no CI. The sign is read against the metric's
 direction (self-BLEU should fall as temperature rises), and each metric is flagged:
 
@@ -13,7 +14,7 @@ direction (self-BLEU should fall as temperature rises), and each metric is flagg
 - ``wrong sign``: the signed rho's CI lies below 0 (a pooled metric, without a CI: the signed rho is
   -0.5 or less): the metric moves against temperature;
 - ``weak``: anything between (a CI that reaches 0 either way, a small rho);
-- ``undefined``: no prompt has three temperatures with defined, not all equal values.
+- ``undefined``: no prompt has the metric defined at three temperatures.
 """
 
 from __future__ import annotations
@@ -57,9 +58,8 @@ def decoding_test(scores: pd.DataFrame, temperatures: dict[str, float], metric_i
             x = prompt["setting_id"].map(temperatures).to_numpy(dtype=float)
             if np.unique(x).size < MIN_TEMPERATURES:
                 continue
-            rho = spearman(x, prompt["value"].to_numpy(dtype=float))
-            if not math.isnan(rho):
-                rhos.append(rho)
+            y = prompt["value"].to_numpy(dtype=float)
+            rhos.append(0.0 if np.unique(y).size < 2 else spearman(x, y))  # a metric that does not move: rho 0
         rhos = np.asarray(rhos)
         pooled = bool(len(df)) and (df["prompt_id"] == POOLED).all()
         rho = float(rhos.mean()) if rhos.size else math.nan
