@@ -20,7 +20,9 @@ from evalkit.version import __version__
 from evalkit.config import KIND_OF_BACKEND
 from evalkit.generation.base import ModelInfo
 
-PACKAGES = ("torch", "transformers", "tokenizers", "numpy", "pandas", "pyarrow", "pydantic", "nltk", "regex")
+# the libraries whose versions can change a sample or a metric's value (MAUVE's k-means: mauve-text and faiss)
+PACKAGES = ("torch", "transformers", "tokenizers", "diffusers", "numpy", "scipy", "scikit-learn", "pandas", "pyarrow",
+            "pydantic", "nltk", "regex", "sentence-transformers", "open_clip_torch", "mauve-text", "faiss-cpu")
 RunKindName = Literal["text", "image-to-text", "text-to-image", "scored"]
 
 
