@@ -123,7 +123,7 @@ def leaked(reply: dict, credentials: str) -> bytes:
 class FaultProxy:
     """Forwards to ``upstream`` (host, port); ``script(n, method, path, body)`` may return an action for
     the n-th request (counted from 1): ("status", code, headers), "echo-key", "leak-key", "disconnect", "garbage",
-    "truncated", "huge", ("slow", seconds), ("drop", field) or ("reject", field). Every request is logged."""
+    "truncated", "huge", ("slow", seconds), ("drop", field), ("reject", field) or ("fingerprint", text). Every request is logged."""
 
     def __init__(self, upstream_port: int, script=None):
         self.upstream_port = upstream_port
@@ -189,6 +189,8 @@ class FaultProxy:
                     status, headers, payload = proxy.forward(method, self.path, body, self.headers)
                     if kind == "leak-key" and status == 200:  # a server that quotes the credentials in its replies
                         payload = leaked(json.loads(payload), self.headers.get("Authorization", ""))
+                    if kind == "fingerprint" and status == 200 and method == "POST":  # as vLLM's and OpenAI's do
+                        payload = json.dumps({**json.loads(payload), "system_fingerprint": action[1]}).encode()
                     if kind == "truncated":
                         self.send_response(status)
                         self.send_header("Content-Type", "application/json")

@@ -145,6 +145,21 @@ def test_sample_cache_is_keyed_by_the_endpoint(llama_server, reference, tmp_path
     assert texts(third) == texts(reference)
 
 
+def test_a_server_that_names_no_weights_is_cached_with_a_note(llama_server, tmp_path, write_config):
+    # llama.cpp gives no system_fingerprint and no root: the cache cannot see a change of weights, and says so
+    result = CliRunner().invoke(app, ["run", str(write_config(served_config(llama_server.base_url, tmp_path / "a"))),
+                                      "-q"])
+    assert result.exit_code == 0, result.output
+    assert f"note: {llama_server.base_url} gives no fingerprint or weights for 'smollm2'" in result.stderr
+    with FaultProxy(llama_server.port, lambda n, m, p, body: ("fingerprint", "fp-7")) as proxy:
+        result = CliRunner().invoke(app, ["run", str(write_config(served_config(proxy.base_url, tmp_path / "b"))),
+                                          "-q"])
+    assert result.exit_code == 0, result.output
+    assert "note:" not in result.stderr
+    assert evalkit.load_run(next((tmp_path / "b").glob("*/manifest.json")).parent).manifest.model.server[
+        "system_fingerprint"] == "fp-7"
+
+
 def test_a_server_killed_mid_run_leaves_a_run_that_resumes_to_the_same_samples(llama_server, reference, tmp_path):
     own = LlamaServer(tmp_path, llama_server.api_key).start()
     try:

@@ -137,6 +137,7 @@ class ServedBackend:
                     "root": self.info.server["listed"].get("root"),  # vLLM: the weights behind the name
                     "fingerprint": found.fingerprint, "sent": self.sent, "logprobs": logprobs}
         self.info.endpoint_id = "served:" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+        self.info.server["names_its_weights"] = bool(found.fingerprint or identity["root"])
 
     # ------------------------------------------------------------------ requests
 
