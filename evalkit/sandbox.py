@@ -14,7 +14,8 @@ Generated code is untrusted. Each program runs under bubblewrap (``bwrap``, Debi
   root, a user id of its own per program running at once, so that the process limit holds (the kernel
   exempts root from it) and no program's processes count against another's;
 - resource limits set before the program's first line runs: CPU seconds, address space (per process),
-  processes and threads (together a bound on the program's memory), open files, file size, no core files; stdin is ``/dev/null``; stdout and
+  processes and threads (together a bound on the program's memory), open files, file size, no core files;
+  stdin is ``/dev/null``; stdout and
   stderr go to one file, of which the last :data:`TAIL` bytes are read;
 - a wall-clock limit, after which the namespace's first process (and with it every other) is killed.
 
@@ -371,10 +372,10 @@ def _mounts(tmp_size: int) -> tuple[str, ...]:
 
 
 # System calls a program is refused (EPERM), beyond what its namespaces and limits already bar: System V
-# shared memory and memory files (memfd: their pages count against no limit of the process), the kernel's keyrings (the caller's
-# secrets), reading or tracing other processes' memory, and kernel interfaces no test needs.
-DENIED_SYSCALLS = ("shmget", "shmat", "memfd_create", "memfd_secret", "keyctl", "add_key", "request_key", "ptrace", "process_vm_readv",
-                   "process_vm_writev", "perf_event_open", "bpf", "userfaultfd", "io_uring_setup", "io_uring_enter",
+# shared memory and memory files (memfd: their pages count against no limit of the process), the kernel's
+# keyrings (the caller's secrets), reading or tracing other processes' memory, and kernel interfaces no test needs.
+DENIED_SYSCALLS = ("shmget", "shmat", "memfd_create", "memfd_secret", "keyctl", "add_key", "request_key", "ptrace",
+                   "process_vm_readv", "process_vm_writev", "perf_event_open", "bpf", "userfaultfd", "io_uring_setup", "io_uring_enter",
                    "io_uring_register", "kexec_load", "init_module", "finit_module", "fanotify_init", "mount",
                    "umount2", "pivot_root", "unshare", "setns", "open_by_handle_at", "name_to_handle_at")
 

@@ -122,8 +122,9 @@ def leaked(reply: dict, credentials: str) -> bytes:
 
 class FaultProxy:
     """Forwards to ``upstream`` (host, port); ``script(n, method, path, body)`` may return an action for
-    the n-th request (counted from 1): ("status", code, headers), "echo-key", "leak-key", "disconnect", "garbage",
-    "truncated", "huge", ("slow", seconds), ("drop", field), ("reject", field) or ("fingerprint", text). Every request is logged."""
+    the n-th request (counted from 1): ("status", code, headers), "echo-key", "leak-key", "disconnect",
+    "garbage", "truncated", "huge", ("slow", seconds), ("drop", field), ("reject", field) or ("fingerprint",
+    text). Every request is logged."""
 
     def __init__(self, upstream_port: int, script=None):
         self.upstream_port = upstream_port

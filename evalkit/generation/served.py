@@ -79,7 +79,8 @@ class ServedBackend:
             raise ConfigError(f"{shown(self.model_id)} is not served by {self.endpoint.base_url} (served: {served}"
                               f"{more})", source=config.source, path="model.id")
         entry = entries[names.index(self.model_id)]
-        return self.endpoint.scrub({k: v for k, v in entry.items() if isinstance(v, (str, int, float, bool)) or v is None})
+        scalars = {k: v for k, v in entry.items() if isinstance(v, (str, int, float, bool)) or v is None}
+        return self.endpoint.scrub(scalars)
 
     def _start_error(self, e: ServerError, config: SweepConfig) -> EvalkitError:
         base = self.endpoint.base_url
