@@ -4,7 +4,7 @@ Text (:class:`Setting`): temperature, top-p, top-k, min-p.
 
 Conventions follow transformers ``GenerationConfig`` and vLLM ``SamplingParams``:
 
-- ``temperature`` >= 0; 0 means greedy decoding (argmax), the other filters are then moot.
+- ``temperature`` 0, or between 1e-6 and 1e4; 0 means greedy decoding (argmax), the other filters are then moot.
 - ``top_p`` in (0, 1]; 1.0 means no nucleus filtering.
 - ``top_k`` >= 0; 0 means no top-k filtering.
 - ``min_p`` in [0, 1); 0 means no min-p filtering.
@@ -34,9 +34,17 @@ def _fmt(x: float) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
+# Beyond these the logits divided by the temperature leave float32's range (tiny), or every token is equally
+# likely long before (huge): a value outside is a typo, refused before it costs a sweep.
+TEMPERATURE_MIN, TEMPERATURE_MAX = 1e-6, 1e4
+
+
 def _check_temperature(v: float) -> float:
     if not math.isfinite(v) or v < 0:
-        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {shown(v)}")
+        raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {shown(v)}")
+    if v != 0 and not TEMPERATURE_MIN <= v <= TEMPERATURE_MAX:
+        raise ValueError(f"temperature must be 0 (greedy) or between {TEMPERATURE_MIN:g} and {TEMPERATURE_MAX:g}, "
+                         f"got {shown(v)}")
     return v + 0.0  # -0.0 is 0.0 (and its setting id t0, not t-0)
 
 

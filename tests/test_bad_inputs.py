@@ -207,3 +207,17 @@ def test_every_config_error_is_shown_one_line_each(tmp_path, tiny_model):
         f"error: {path}: grid: unknown key 'temprature' (did you mean 'temperature'?)",
         f"error: {path}: samples_per_prompt: Input should be greater than or equal to 1, got 0",
     ]
+
+
+@pytest.mark.parametrize("where", ["file", "under-a-file"])
+def test_a_model_cache_that_is_not_a_folder_is_one_line(where, tmp_path, tiny_model, monkeypatch):
+    """$EVALKIT_CACHE (where the embedded model's conversion is kept) naming a file, or a path under one."""
+    blocker = tmp_path / "cache-file"
+    blocker.write_text("x")
+    monkeypatch.setenv("EVALKIT_CACHE", str(blocker if where == "file" else blocker / "evalkit"))
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({**base_config(tiny_model, tmp_path / "runs"), "model": "default"}))
+    result = CliRunner().invoke(app, ["run", str(path), "-q"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == f"error: $EVALKIT_CACHE: {blocker} is not a folder; point EVALKIT_CACHE at a folder"
+    assert not (tmp_path / "runs").exists()

@@ -25,7 +25,7 @@ def errors_for(write_config, data, overrides=()):
 
 
 @pytest.mark.parametrize("change, expected", [
-    ({"grid": {"temperature": [0.5, -1]}}, "grid.temperature[1]: temperature must be >= 0 (0 means greedy), got -1"),
+    ({"grid": {"temperature": [0.5, -1]}}, "grid.temperature[1]: temperature must be a finite number >= 0 (0 means greedy), got -1"),
     ({"grid": {"top_p": [0]}}, "grid.top_p[0]: top_p must be in (0, 1]"),
     ({"grid": {"top_p": [1.01]}}, "grid.top_p[0]: top_p must be in (0, 1] (1 means no filtering), got 1.01"),
     ({"grid": {"top_k": [-3]}}, "grid.top_k[0]: top_k must be >= 0 (0 means no filtering), got -3"),
@@ -105,7 +105,7 @@ def test_overrides_are_parsed_as_yaml(write_config):
     ("samples_per_prompt", "--set: expects KEY.PATH=VALUE, got 'samples_per_prompt'"),
     ("grid..top_p=1", "--set: expects KEY.PATH=VALUE"),
     ("name.x=1", "--set: name.x: 'name' is not a mapping"),
-    ("grid.temperature=[0.5, -2]", "--set: grid.temperature[1]: temperature must be >= 0"),
+    ("grid.temperature=[0.5, -2]", "--set: grid.temperature[1]: temperature must be a finite number >= 0"),
     ("grid.temperature=[0.5", "--set: grid.temperature: cannot parse value '[0.5' as YAML"),
     ("grdi.temperature=[0.5]", "--set: unknown key 'grdi' (did you mean 'grid'?)"),
     ("grid={temperature: [1], temperature: [2]}", "--set: grid: cannot parse value '{temperature: [1], temperature: "

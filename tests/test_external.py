@@ -58,7 +58,7 @@ def test_cli_score(tmp_path):
     ('{"prompt_id": "a", "text": "x"}\n{"prompt_id": "a", "text": \n', "line 2: invalid JSON"),
     ('{"prompt_id": "a"}\n', "line 1: text: Field required"),
     ('{"text": "x"}\n', "line 1: a row needs 'prompt_id' or 'prompt'"),
-    ('{"prompt_id": "a", "text": "x", "temperature": -1}\n', "line 1: temperature: temperature must be >= 0"),
+    ('{"prompt_id": "a", "text": "x", "temperature": -1}\n', "line 1: temperature: temperature must be a finite number >= 0"),
     ('{"prompt_id": "a", "text": "x", "sample_index": 0}\n{"prompt_id": "a", "text": "y", "sample_index": 0}\n',
      "line 2: duplicate sample_index"),
     ("\n\n", "the file has no generations"),

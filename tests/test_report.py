@@ -150,6 +150,23 @@ def test_report_command(run, tmp_path, monkeypatch):
     assert (tmp_path / "reports" / f"{run.path.name}_vs_{run.path.name}.html").is_file()
 
 
+def test_infinite_values_are_shown_as_no_value(run, tmp_path):
+    """A metric that overflowed (inf in scores.parquet, as an edited or older run may hold) is no value in the
+    page's data (JSON has no inf), not a crash."""
+    import shutil
+
+    import pandas as pd
+
+    copy = tmp_path / run.path.name
+    shutil.copytree(run.path, copy)
+    scores = pd.read_parquet(copy / "scores.parquet")
+    scores.loc[scores.index[:3], "value"] = [float("inf"), float("-inf"), float("inf")]
+    scores.to_parquet(copy / "scores.parquet", index=False)
+    result = CliRunner().invoke(app, ["report", str(copy), "-o", str(tmp_path / "r.html")])
+    assert result.exit_code == 0, result.output
+    assert "Infinity" not in (tmp_path / "r.html").read_text(encoding="utf-8")
+
+
 def test_report_refuses_what_is_not_a_complete_run(run, tmp_path):
     cli = CliRunner()
     result = cli.invoke(app, ["report", str(tmp_path)])

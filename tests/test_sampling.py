@@ -17,8 +17,11 @@ def test_setting_ids(params, expected):
 
 
 @pytest.mark.parametrize("params, message", [
-    ({"temperature": -0.1}, "temperature must be >= 0 (0 means greedy), got -0.1"),
-    ({"temperature": float("inf")}, "temperature must be >= 0"),
+    ({"temperature": -0.1}, "temperature must be a finite number >= 0 (0 means greedy), got -0.1"),
+    ({"temperature": float("inf")}, "temperature must be a finite number >= 0 (0 means greedy), got inf"),
+    # tiny temperatures overflow float32 logits, huge ones are uniform sampling long before: typos
+    ({"temperature": 1e-45}, "temperature must be 0 (greedy) or between 1e-06 and 10000, got 1e-45"),
+    ({"temperature": 1e308}, "temperature must be 0 (greedy) or between 1e-06 and 10000, got 1e+308"),
     ({"top_p": 0.0}, "top_p must be in (0, 1]"),
     ({"top_p": 1.5}, "top_p must be in (0, 1] (1 means no filtering), got 1.5"),
     ({"top_k": -1}, "top_k must be >= 0"),

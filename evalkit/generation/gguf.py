@@ -38,9 +38,13 @@ class GGUFSource:
 def cache_dir() -> Path:
     """evalkit's cache: ``$EVALKIT_CACHE``, else ``$XDG_CACHE_HOME/evalkit``, else ``~/.cache/evalkit``."""
     if os.environ.get("EVALKIT_CACHE"):
-        return Path(os.environ["EVALKIT_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "evalkit"
+        path, named = Path(os.environ["EVALKIT_CACHE"]).expanduser(), "$EVALKIT_CACHE"
+    else:
+        path, named = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "evalkit", "evalkit's cache"
+    blocked = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise EvalkitError(f"{named}: {blocked} is not a folder; point EVALKIT_CACHE at a folder")
+    return path
 
 
 def default_gguf_path() -> Path:

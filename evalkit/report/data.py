@@ -228,7 +228,7 @@ class RunView:
         scores = self.run.scores
         for p, s, m, v in zip(scores["prompt_id"].astype(str), scores["setting_id"], scores["metric"], scores["value"]):
             if p in pi and s in si and m in mi:
-                values[pi[p]][si[s]][mi[m]] = None if math.isnan(v) else float(v)
+                values[pi[p]][si[s]][mi[m]] = float(v) if math.isfinite(v) else None  # JSON has no inf
         first = samples.groupby(samples["prompt_id"].astype(str), sort=False).first()
         if "prompt_image" in samples:  # image-to-text: [id, question, image thumbnail, reference captions]
             side = self.image_plan.side
