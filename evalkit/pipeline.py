@@ -319,6 +319,9 @@ def generate(writer: RunWriter, kind: RunKind, config: SweepConfig, generator: G
     eos = generator.info.eos_token_ids
     keys = {u.key: unit_key(model_id, u, kind.decides(u, config, eos)) for u in todo} if cache else {}
     hits = cache.get_many(list(keys.values())) if cache else {}
+    noted = cache.problem if cache else None
+    if noted:
+        ui.note(noted)
     from_cache = [u for u in todo if keys.get(u.key) in hits]
     to_make = [u for u in todo if keys.get(u.key) not in hits]
     before = len(done) + kept + len(from_cache)
@@ -350,6 +353,8 @@ def generate(writer: RunWriter, kind: RunKind, config: SweepConfig, generator: G
         if cache:
             cache.put_many(fresh)
             cache.close()
+            if cache.problem and not noted:  # found damaged while it was written
+                ui.note(cache.problem)
     position = {u.key: i for i, u in enumerate(units)}
     samples = writer.read_parts(columns)
     order = [position[(r.prompt_id, r.setting_id, int(r.sample_index))] for r in samples.itertuples()]

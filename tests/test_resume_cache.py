@@ -190,6 +190,32 @@ def test_cache_keys_hold_the_dtype_device_and_cpu_threads(tiny_model, tmp_path, 
     assert other.manifest.samples_reused["from_cache"] == 0 and other.manifest.model["threads"] == threads + 1
 
 
+def test_a_cache_found_damaged_past_its_header_is_set_aside_with_a_note(tiny_model, tmp_path, monkeypatch):
+    """The up-front check reads the header; a file damaged further in (cut short) is found when it is opened:
+    the run makes its samples without it, and says so, rather than failing after its directory exists."""
+    from evalkit.progress import Silent
+
+    class Notes(Silent):
+        said: list[str] = []
+
+        def note(self, message):
+            self.said.append(message)
+
+    cache = tmp_path / "cache.sqlite"
+    monkeypatch.setenv("EVALKIT_SAMPLE_CACHE", str(cache))
+    config = base_config(tiny_model, tmp_path / "runs", grid={"temperature": [0.7, 1.3]}, max_new_tokens=40)
+    first = evalkit.run_sweep(config_from_dict(config), progress=False)
+    size = cache.stat().st_size
+    assert size > 8192
+    with open(cache, "r+b") as f:
+        f.truncate(4096)  # the header and the first page only
+    ui = Notes()
+    again = evalkit.run_sweep(config_from_dict(config), progress=ui)
+    assert again.manifest.status == "complete" and again.manifest.samples_reused["generated"] == len(first.samples)
+    assert len(ui.said) == 1 and ui.said[0].startswith(f"the sample cache {cache} cannot be read (")
+    pd.testing.assert_frame_equal(frame(again), frame(first))
+
+
 def test_nan_logits_stop_the_run_and_keep_samples(tiny_model, tmp_path, monkeypatch):
     from transformers import LlamaForCausalLM
 

@@ -15,11 +15,11 @@ import hashlib
 import json
 import os
 import sqlite3
+from contextlib import contextmanager
 from pathlib import Path
 
 from evalkit.generation.base import WorkUnit
 from evalkit.generation.gguf import cache_dir
-from evalkit.errors import EvalkitError
 from evalkit.rundir.files import check_database
 
 ENGINE_VERSION = "2"  # bump when the engine's output for the same inputs changes (2: the key holds dtype,
@@ -57,33 +57,48 @@ TABLES = {"samples": ("key", "value")}
 
 
 class SampleCache:
+    """The cache of samples. Its file is checked before a run starts (:func:`check_database`); one that turns out
+    damaged beyond its header only when it is read is set aside for the run (``problem`` says why, for a note):
+    a sample cache saves time, and a run never fails for it."""
+
     def __init__(self, path: Path | None = None):
         self.path = path or cache_path()
         check_database(self.path, field="sample cache", tables=TABLES)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, timeout=30)
-        try:
+        self.problem: str | None = None
+        self.db: sqlite3.Connection | None = sqlite3.connect(self.path, timeout=30)
+        with self._guarded():
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("CREATE TABLE IF NOT EXISTS samples (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             self.db.commit()
-        except sqlite3.DatabaseError as e:
-            self.db.close()
-            raise EvalkitError(f"sample cache: {self.path} cannot be used as a sample cache ({e})") from None
+
+    @contextmanager
+    def _guarded(self):
+        try:
+            yield
+        except (sqlite3.DatabaseError, ValueError) as e:  # a damaged file, or a value that is not JSON
+            self.problem = (f"the sample cache {self.path} cannot be read ({e}): this run makes its samples without "
+                            "it; move the file away to start a new cache")
+            self.close()
 
     def get_many(self, keys: list[str]) -> dict[str, dict]:
-        out = {}
-        for i in range(0, len(keys), 500):
-            chunk = keys[i:i + 500]
-            rows = self.db.execute(f"SELECT key, value FROM samples WHERE key IN ({','.join('?' * len(chunk))})",
-                                   chunk).fetchall()
-            out.update({k: json.loads(v) for k, v in rows})
-        return out
+        out: dict[str, dict] = {}
+        with self._guarded():
+            for i in range(0, len(keys) if self.db else 0, 500):
+                chunk = keys[i:i + 500]
+                rows = self.db.execute(f"SELECT key, value FROM samples WHERE key IN ({','.join('?' * len(chunk))})",
+                                       chunk).fetchall()
+                out.update({k: json.loads(v) for k, v in rows})
+        return out if self.db else {}
 
     def put_many(self, items: list[tuple[str, dict]]) -> None:
-        if items:
-            self.db.executemany("INSERT OR REPLACE INTO samples (key, value) VALUES (?, ?)",
-                                [(k, json.dumps(v)) for k, v in items])
-            self.db.commit()
+        if items and self.db:
+            with self._guarded():
+                self.db.executemany("INSERT OR REPLACE INTO samples (key, value) VALUES (?, ?)",
+                                    [(k, json.dumps(v)) for k, v in items])
+                self.db.commit()
 
     def close(self) -> None:
-        self.db.close()
+        if self.db is not None:
+            self.db.close()
+            self.db = None
