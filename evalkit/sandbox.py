@@ -375,8 +375,8 @@ def _mounts(tmp_size: int) -> tuple[str, ...]:
 # shared memory and memory files (memfd: their pages count against no limit of the process), the kernel's
 # keyrings (the caller's secrets), reading or tracing other processes' memory, and kernel interfaces no test needs.
 DENIED_SYSCALLS = ("shmget", "shmat", "memfd_create", "memfd_secret", "keyctl", "add_key", "request_key", "ptrace",
-                   "process_vm_readv", "process_vm_writev", "perf_event_open", "bpf", "userfaultfd", "io_uring_setup", "io_uring_enter",
-                   "io_uring_register", "kexec_load", "init_module", "finit_module", "fanotify_init", "mount",
+                   "process_vm_readv", "process_vm_writev", "perf_event_open", "bpf", "userfaultfd", "io_uring_setup",
+                   "io_uring_enter", "io_uring_register", "kexec_load", "init_module", "finit_module", "fanotify_init", "mount",
                    "umount2", "pivot_root", "unshare", "setns", "open_by_handle_at", "name_to_handle_at")
 
 

@@ -25,7 +25,8 @@ def errors_for(write_config, data, overrides=()):
 
 
 @pytest.mark.parametrize("change, expected", [
-    ({"grid": {"temperature": [0.5, -1]}}, "grid.temperature[1]: temperature must be a finite number >= 0 (0 means greedy), got -1"),
+    ({"grid": {"temperature": [0.5, -1]}},
+     "grid.temperature[1]: temperature must be a finite number >= 0 (0 means greedy), got -1"),
     ({"grid": {"top_p": [0]}}, "grid.top_p[0]: top_p must be in (0, 1]"),
     ({"grid": {"top_p": [1.01]}}, "grid.top_p[0]: top_p must be in (0, 1] (1 means no filtering), got 1.01"),
     ({"grid": {"top_k": [-3]}}, "grid.top_k[0]: top_k must be >= 0 (0 means no filtering), got -3"),
