@@ -221,10 +221,45 @@ def read_jsonl_lines(path: Path, what: str):
             yield number, text
 
 
+class _Repeated(ValueError):
+    pass
+
+
+def _check_json_line(text: str, source: str, where: str) -> None:
+    """What a row's validation cannot see: a key given twice (JSON parsers keep the last silently) and a lone
+    surrogate escape (\\ud800) in a text. A line that is no JSON is left to the validation's message."""
+    def unique(pairs: list) -> dict:
+        try:
+            return _unique_keys(pairs)
+        except ValueError as e:
+            raise _Repeated(str(e)) from None
+
+    try:
+        obj = json.loads(text, object_pairs_hook=unique)
+    except _Repeated as e:
+        raise ConfigError(str(e), source=source, path=where) from None
+    except ValueError:
+        return
+    for key, value in obj.items() if isinstance(obj, dict) else ():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and not _encodable(item):
+                raise ConfigError(f"{key}: not valid Unicode text (a lone surrogate, as from an escape such as "
+                                  f"\\ud800), got {shown(item)}", source=source, path=where)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def read_jsonl_rows(path: Path, what: str, model: type[BaseModel]):
     """Yield ``(line number, row)`` for each non-blank line of a JSONL file, validated as ``model``. Raises
     ConfigError naming the line (and the field)."""
     for number, text in read_jsonl_lines(path, what):
+        _check_json_line(text, str(path), f"line {number}")
         try:
             yield number, model.model_validate_json(text)
         except ValidationError as e:

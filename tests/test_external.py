@@ -63,6 +63,10 @@ def test_cli_score(tmp_path):
     ('{"prompt_id": "a", "text": "x", "sample_index": 0}\n{"prompt_id": "a", "text": "y", "sample_index": 0}\n',
      "line 2: duplicate sample_index"),
     ("\n\n", "the file has no generations"),
+    ('{"prompt_id": "a", "text": "x", "text": "y"}\n', "line 1: key 'text' appears twice"),
+    ('{"prompt_id": "a", "text": "x \\ud800"}\n', r"line 1: text: not valid Unicode text \(a lone surrogate"),
+    ('{"prompt_id": "a", "text": "x", "temperature": NaN}\n',
+     "line 1: temperature: temperature must be a finite number >= 0"),
 ])
 def test_bad_files(tmp_path, content, message):
     path = tmp_path / "g.jsonl"
