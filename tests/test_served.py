@@ -436,3 +436,20 @@ def test_a_sweep_from_inside_a_running_event_loop(llama_server, reference, tmp_p
         return sweep(served_config(llama_server.base_url, tmp_path / "runs"))
 
     assert texts(asyncio.run(from_a_notebook())) == texts(reference)
+
+
+def test_plan_counts_every_ray_workers_check_and_requests_in_flight(tmp_path, write_config):
+    """With Ray each worker checks the server and keeps its own requests in flight: the plan counts them all."""
+    config = served_config("http://127.0.0.1:9/v1", tmp_path / "runs", executor={"kind": "ray", "workers": 3})
+    one = dict(line.split("  ", 1) for line in CliRunner().invoke(
+        app, ["run", str(write_config(served_config("http://127.0.0.1:9/v1", tmp_path / "runs"))), "--plan"]
+    ).stdout.splitlines())
+    result = CliRunner().invoke(app, ["run", str(write_config(config)), "--plan"])
+    assert result.exit_code == 0, result.output
+    three = dict(line.split("  ", 1) for line in result.stdout.splitlines())
+    assert three["requests"].strip() == "8 (one per sample), at most 12 in flight (3 workers, each its own)"
+    check_one, check_three = (int(d["capability check"].split()[2]) for d in (one, three))
+    assert check_three == 3 * check_one
+    sample_tokens = 8 * 12
+    assert int(three["completion tokens, at most"]) - sample_tokens == 3 * (
+        int(one["completion tokens, at most"]) - sample_tokens)

@@ -323,11 +323,14 @@ def plan_lines(config: SweepConfig, settings: list[Setting], prompts: list[Promp
 
     system = len(config.prompts.system_prompt or "")
     chars = sum(len(p.display) + system for p in prompts) * len(settings) * config.samples_per_prompt
-    check_tokens = 3 * config.max_new_tokens + (MAX_PROBE_REQUESTS - 3) * PROBE_TOKENS  # 3 as long as the sweep's
+    # every Ray worker checks the server and sends its own requests in flight
+    workers = config.executor.workers if config.executor.kind == "ray" else 1
+    each = f" ({workers} workers, each its own)" if workers > 1 else ""
+    check_tokens = workers * (3 * config.max_new_tokens + (MAX_PROBE_REQUESTS - 3) * PROBE_TOKENS)  # 3 as long
     return [("endpoint", f"{config.model.base_url} ({config.model.api}, model {config.model.id!r})"),
-            ("requests", f"{units} (one per sample), at most {config.model.concurrency} in flight"),
-            ("capability check", f"at most {MAX_PROBE_REQUESTS} requests, {check_tokens} tokens in all, "
-                                 "and GET /models"),
+            ("requests", f"{units} (one per sample), at most {workers * config.model.concurrency} in flight{each}"),
+            ("capability check", f"at most {workers * MAX_PROBE_REQUESTS} requests, {check_tokens} tokens in all, "
+                                 f"and GET /models{each}"),
             ("completion tokens, at most", str(units * config.max_new_tokens + check_tokens)),
             ("prompt characters sent, about", str(chars))]
 
