@@ -59,6 +59,8 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
         started = time.perf_counter()
         with ui.phase("loading") as phase:
             generator = executor.load(checked, status=lambda msg: phase.update(status=msg))
+            for line in executor.notes:
+                ui.note(line)
             prepared = generator.prepare(prompts, chat_template=config.prompts.chat_template,
                                          system_prompt=config.prompts.system_prompt,
                                          max_new_tokens=config.max_new_tokens)

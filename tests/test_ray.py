@@ -77,8 +77,25 @@ def same_run(a: evalkit.Run, b: evalkit.Run) -> None:
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_ray_runs_equal_a_local_run(ray_cluster, tiny_model, local_run, tmp_path, workers):
-    run = sweep(config(tiny_model, tmp_path, workers=workers))
+    import torch
+
+    from evalkit.progress import Silent
+
+    class Notes(Silent):
+        def __init__(self):
+            self.said = []
+
+        def note(self, message):
+            self.said.append(message)
+
+    ui = Notes()
+    run = sweep(config(tiny_model, tmp_path, workers=workers), progress=ui)
     same_run(local_run, run)
+    # one CPU thread a worker, as many as the machine's in a local run: said (a larger model's float sums differ)
+    local = torch.get_num_threads()
+    assert ui.said == ([] if local == 1 else [
+        f"the Ray workers run 1 CPU thread each and a local run {local}: float sums differ with the count, so a "
+        "few samples may differ from a local run's (executor.cpus_per_worker sets it)"])
     ex = run.manifest.executor
     assert ex["kind"] == "ray" and ex["workers"] == workers and ex["shards"] == 9 and ex["workers_lost"] == 0
     assert ex["threads_per_worker"] == 1 and ex["address"].rpartition(":")[2].isdigit()  # the GCS, host:port

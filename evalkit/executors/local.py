@@ -19,6 +19,7 @@ class LocalExecutor:
     def __init__(self, config: SweepConfig):
         self.config = config
         self.generator: Generator | None = None
+        self.notes: list[str] = []  # what the user should read once the model is loaded (none here)
 
     def check(self) -> tuple:
         """The model located and hashed, the device resolved: nothing loaded yet."""

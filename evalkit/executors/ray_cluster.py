@@ -196,6 +196,7 @@ class RayExecutor:
         self.started_ray = False
         self.counts = {"shards": 0, "shards_retried": 0, "workers_lost": 0}
         self.threads: int | None = None  # torch's CPU threads in a worker
+        self.notes: list[str] = []  # what the user should read once the workers are loaded
 
     def check(self) -> tuple:
         """The model located and hashed here; the device is resolved by each worker, where it loads."""
@@ -219,6 +220,13 @@ class RayExecutor:
         same_everywhere([_get(ray, a.info.remote()) for a in self.actors])
         generator = RemoteGenerator(self.actors, ray)
         self.threads = _get(ray, self.actors[0].threads.remote())
+        if generator.info.device == "cpu" and self.config.model.backend != "openai":
+            import torch
+
+            if self.threads != torch.get_num_threads():  # a matrix product's float sums split by thread
+                self.notes.append(f"the Ray workers run {self.threads} CPU thread{'s' if self.threads > 1 else ''} "
+                                  f"each and a local run {torch.get_num_threads()}: float sums differ with the count, "
+                                  "so a few samples may differ from a local run's (executor.cpus_per_worker sets it)")
         return generator
 
     def _worker_config(self) -> SweepConfig:
