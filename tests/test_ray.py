@@ -198,9 +198,9 @@ def test_refusals_at_the_start(ray_cluster, tiny_model, tmp_path, write_config, 
     assert refused(config(tiny_model, runs, workers=0)).endswith(
         "executor.workers: Input should be greater than or equal to 1, got 0")
     assert refused(config(tiny_model, runs, workers=2, gpus_per_worker=1)).endswith(
-        "executor.gpus_per_worker: 2 workers x 1 GPU each need 2 GPUs; the Ray cluster has 0")
+        "executor.gpus_per_worker: 2 workers need 1 GPU each, 2 GPUs in all; the Ray cluster has 0")
     assert refused(config(tiny_model, runs, workers=3)).endswith(
-        "executor.cpus_per_worker: 3 workers x 1 CPU each need 3 CPUs; the Ray cluster has 2")
+        "executor.cpus_per_worker: 3 workers need 1 CPU each, 3 CPUs in all; the Ray cluster has 2")
     assert refused(base_config(tiny_model, runs, executor={"workers": 2})).endswith(
         "executor.workers: only a ray executor has workers; this one is local, got workers set")
     monkeypatch.setitem(sys.modules, "ray", None)  # as where Ray is not installed
