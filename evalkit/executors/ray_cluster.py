@@ -271,9 +271,11 @@ class RayExecutor:
             need, have = per * ex.workers, float(total.get(what, 0))
             if need > have:
                 field = "gpus_per_worker" if what == "GPU" else "cpus_per_worker"
-                one = "1 worker needs" if ex.workers == 1 else f"{ex.workers} workers need"
-                raise ConfigError(f"{one} {per:g} {what} each, {need:g} {what}{'s' if need != 1 else ''} in all; the "
-                                  f"Ray cluster has {have:g}", source=self.config.source, path=f"executor.{field}")
+                plural = "s" if need != 1 else ""
+                asked = (f"1 worker needs {need:g} {what}{plural}" if ex.workers == 1 else
+                         f"{ex.workers} workers need {per:g} {what} each, {need:g} {what}{plural} in all")
+                raise ConfigError(f"{asked}; the Ray cluster has {have:g}", source=self.config.source,
+                                  path=f"executor.{field}")
 
     def run(self, units: list[WorkUnit], *, max_new_tokens: int, batch_size: int, stop: tuple[str, ...],
             progress: Callable[[int, int | str], None]) -> Iterator[SampleRecord]:
