@@ -5,7 +5,8 @@ device, model path and hash) is checked before loading it, and the run directory
 only once the model is loaded and every prompt is accepted: a failed start leaves nothing behind.
 Samples come from the run's own parts (``--resume``), from outputs it kept (images), from the
 sample cache, or from the generator through an executor; the pipeline alone writes them, through
-:class:`~evalkit.rundir.RunWriter`.
+:class:`~evalkit.rundir.RunWriter`. The plan and check steps are :mod:`evalkit.plan`; a file of samples made
+elsewhere (:mod:`evalkit.scored_pipeline`) shares the checks of the metrics and the end (:func:`score_and_complete`).
 """
 
 from __future__ import annotations
@@ -17,23 +18,23 @@ from pathlib import Path
 import pandas as pd
 
 from evalkit.config import SweepConfig
-from evalkit.errors import ConfigError, EvalkitError, shown
+from evalkit.errors import EvalkitError, shown
 from evalkit.executors import executor_for
 from evalkit.generation import WorkUnit
 from evalkit.generation.base import Generator, PreparedPrompt
 from evalkit.index import TABLES as INDEX_TABLES
 from evalkit.index import index_path
-from evalkit.kinds import RunKind, kind_of
-from evalkit.prompts import load_prompts
+from evalkit.kinds import RunKind
+from evalkit.plan import checked_inputs, logprobs_wanted
 from evalkit.rundir import Manifest, Run, RunWriter, SettingRecord
 from evalkit.rundir.files import check_database, check_writable
 from evalkit.rundir.manifest import Reused, ci_info, git_info, utc_now
 from evalkit.rundir.sample_cache import TABLES as CACHE_TABLES
 from evalkit.rundir.sample_cache import SampleCache, cache_path, model_identity, unit_key
 from evalkit.scoring import score_samples
-from evalkit.references import ReferenceSet, load_references
-from evalkit.scoring.references import CORPUS, reference_values, require_references
-from evalkit.scoring.registry import default_registry, prepare_all, require_checks
+from evalkit.references import ReferenceSet
+from evalkit.scoring.references import CORPUS, reference_values
+from evalkit.scoring.registry import prepare_all
 from evalkit.seeds import derive_seed
 
 CACHE_BATCH = 64  # fresh samples written to the sample cache together
@@ -100,18 +101,11 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
             ref_token_ids = reference_token_ids(generator, references, metrics)
             features = model_features(generator, samples, references, prepared, metrics, ui)
             executor.close()  # the workers are freed before scoring
-            writer.write_samples(samples)
-            started = time.perf_counter()
-            writer.write_scores(*score_samples(writer.path, samples, settings, metrics, level=config.ci.level,
-                                               resamples=config.ci.resamples, seed=config.seed, ui=ui, checks=checks,
-                                               references=references, features=features))
-            if references is not None:
-                writer.manifest.references = {**references.info(), "values": reference_values(
-                    metrics, references, {p.prompt.id: p.prompt.display for p in prepared}, settings[0],
-                    ref_logprobs, ref_token_ids)}
-                writer.write_manifest()
-            timings["score_s"] = round(time.perf_counter() - started, 3)
-            run = writer.complete(n_samples=len(samples), timings=timings, reused=reused)
+            run = score_and_complete(writer, samples, settings, metrics, level=config.ci.level,
+                                     resamples=config.ci.resamples, seed=config.seed, ui=ui, checks=checks,
+                                     references=references, prompts={p.prompt.id: p.prompt.display for p in prepared},
+                                     features=features, ref_logprobs=ref_logprobs, ref_token_ids=ref_token_ids,
+                                     timings=timings, reused=reused)
     finally:
         executor.close()
         if writer is not None:
@@ -131,28 +125,25 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
     return run
 
 
-def checked_inputs(config: SweepConfig) -> tuple[RunKind, list, list, list, int, ReferenceSet | None]:
-    """(kind, settings, metrics, prompts, samples, references) of ``config``, each checked against the others,
-    with nothing loaded: the start that a run and its --plan share."""
-    kind = kind_of(config)
-    settings = config.settings()
-    metrics = default_registry().create_all(config.metrics, source=config.source)
-    kind.check_metrics(metrics, config.source)
-    prompts = load_prompts(config)
-    kind.check_prompts(prompts, config.source)
-    require_checks(metrics, [p.checks for p in prompts if p.checks is not None], config.source)
-    references = None
-    if config.references is not None:
-        references = load_references(config.resolve_path(config.references.file), [p.id for p in prompts],
-                                     images="reference_images" in kind.needs, field="references.file",
-                                     config_source=config.source)
-    require_references(metrics, references, config.source)
-    for i, m in enumerate(metrics):
-        if "model_features" in m.requires() and config.executor.kind != "local":
-            raise ConfigError(f"{m.id} reads the model's hidden states, which a {config.executor.kind} run does not "
-                              "return: use executor: local, or a sentence embedder (emb=all-MiniLM-L6-v2)",
-                              source=config.source, path=f"metrics[{i}]")
-    return kind, settings, metrics, prompts, check_size(config, settings, prompts), references
+def score_and_complete(writer: RunWriter, samples: pd.DataFrame, settings: list, metrics: list, *, level: float,
+                       resamples: int, seed: int, ui, checks: dict, references: ReferenceSet | None,
+                       prompts: dict[str, str], features: dict | None = None, ref_logprobs: dict | None = None,
+                       ref_token_ids: dict | None = None, timings: dict[str, float] | None = None,
+                       reused: Reused | None = None) -> Run:
+    """The end that a sweep and a scored file share: the samples table written and scored (scores, per-sample
+    scores, summary), the references' own values in the manifest (``prompts``: the prompt texts by id), and the
+    run complete. With ``timings``, the seconds scoring took are its ``score_s``."""
+    writer.write_samples(samples)
+    started = time.perf_counter()
+    writer.write_scores(*score_samples(writer.path, samples, settings, metrics, level=level, resamples=resamples,
+                                       seed=seed, ui=ui, checks=checks, references=references, features=features))
+    if references is not None:
+        writer.manifest.references = {**references.info(), "values": reference_values(
+            metrics, references, prompts, settings[0], ref_logprobs, ref_token_ids)}
+        writer.write_manifest()
+    if timings is not None:
+        timings["score_s"] = round(time.perf_counter() - started, 3)
+    return writer.complete(n_samples=len(samples), timings=timings, reused=reused)
 
 
 def reference_logprobs(generator: Generator, references: ReferenceSet | None, prepared: list[PreparedPrompt],
@@ -210,31 +201,6 @@ def model_features(generator: Generator, samples: pd.DataFrame, references: Refe
     return out
 
 
-MAX_SAMPLES = 10_000_000  # in one run: a work unit each, and a row of the samples table
-
-
-def check_size(config: SweepConfig, settings: list, prompts: list) -> int:
-    """The samples a run would make; refused up front beyond :data:`MAX_SAMPLES`."""
-    units = len(settings) * len(prompts) * config.samples_per_prompt
-    if units > MAX_SAMPLES:
-        raise ConfigError(f"{len(settings)} settings x {len(prompts)} prompts x {config.samples_per_prompt} make "
-                          f"{units} samples, more than {MAX_SAMPLES} in one run: split the sweep",
-                          source=config.source, path="samples_per_prompt")
-    return units
-
-
-def logprobs_wanted(metrics: list, source: str | None = None) -> int:
-    """Top log-probabilities per token that the metrics need from a served model: the ``top`` of the metrics
-    that need top_logprobs (one value per run), 1 when only the chosen tokens' are needed, else 0."""
-    tops = {m.params.top for m in metrics if "top_logprobs" in m.requires()}
-    if len(tops) > 1:
-        raise ConfigError(f"metrics ask for top={' and top='.join(str(t) for t in sorted(tops))}: a run keeps one "
-                          "set of top logprobs, so use one value", source=source, path="metrics")
-    if tops:
-        return tops.pop()
-    return 1 if any("model_logprobs" in m.requires() for m in metrics) else 0
-
-
 def _manifest(config: SweepConfig, kind: RunKind, generator: Generator, settings: list, metrics: list, n_prompts: int,
               batch_size: int, overrides: list[str] | None, as_given: dict) -> Manifest:
     return Manifest(
@@ -247,38 +213,6 @@ def _manifest(config: SweepConfig, kind: RunKind, generator: Generator, settings
         n_prompts=n_prompts, metrics=[m.id for m in metrics], metric_info={m.id: m.info() for m in metrics},
         batch_size=batch_size, stop=list(config.stop),
         ci=ci_info(config.ci.level, config.ci.resamples, config.seed))
-
-
-def describe(config: SweepConfig) -> list[tuple[str, str]]:
-    """What a run of ``config`` would make and send, before anything is loaded, sent or written (``--plan``):
-    (label, value) lines. Samples that the sample cache or a resumed run already holds are not made again."""
-    import importlib
-
-    from evalkit.generation import BACKENDS
-
-    kind, settings, metrics, prompts, units, references = checked_inputs(config)
-    lines = [("settings", str(len(settings))), (kind.noun, str(len(prompts))),
-             ("samples per prompt and setting", str(config.samples_per_prompt)), ("samples", str(units))]
-    module = importlib.import_module(BACKENDS[config.model.backend])
-    if hasattr(module, "plan_lines"):
-        lines += module.plan_lines(config, settings, prompts, units)
-    elif "num_new_tokens" in kind.columns:
-        lines.append(("new tokens, at most", str(units * config.max_new_tokens)))
-    if any("tests" in m.requires() for m in metrics):
-        tested = sum(p.checks is not None and p.checks.tests is not None for p in prompts)
-        lines.append(("programs run in the sandbox, at most",
-                      str(tested * len(settings) * config.samples_per_prompt)))
-    ex = config.executor
-    if ex.kind == "ray":
-        lines.append(("executor", f"Ray at {ex.address or 'a new local instance'}: {ex.workers} worker"
-                                  f"{'s' if ex.workers > 1 else ''} x {ex.gpus_per_worker:g} GPU, "
-                                  f"{ex.cpus_per_worker:g} CPU"))
-    if references is not None:
-        info = references.info()
-        lines.append(("references", f"{info['per_prompt']} {info['kind']} for {info['prompts']} prompts, "
-                                    f"{info['corpus']} in the corpus ({references.source})"))
-    lines.append(("metrics", ", ".join(m.id for m in metrics)))
-    return lines
 
 
 def plan(config: SweepConfig, prompts: list[PreparedPrompt], settings: list) -> list[WorkUnit]:
