@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from evalkit.compare import RunData, compare_runs, matches
+from evalkit.compare.stats import check_pattern
 from evalkit.errors import EvalkitError, shown
 from evalkit.index import RunIndex
 from evalkit.rundir.protocol import cross_engine, differences
@@ -50,6 +51,7 @@ def load_history(index: RunIndex, name: str, metrics: list[str] | None = None, *
     known = list(dict.fromkeys(aggregates["metric"]))
     if metrics:
         for pattern in metrics:
+            check_pattern(pattern, "--metric")
             if not any(matches(pattern, m) for m in known):
                 raise EvalkitError(f"--metric: {shown(pattern)} matches no metric of {shown(name)} "
                                    f"({', '.join(known)})")

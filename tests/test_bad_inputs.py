@@ -74,7 +74,8 @@ def make_case(case: str, tmp_path: Path, tiny_model: Path) -> tuple[list[str], P
         return ["--resume", str(stopped)], runs
     gate = {"fail-on-metric": ["--baseline", "latest", "--fail-on", "self_bleu:+0.01"],
             "baseline-missing": ["--baseline", "20990101T000000Z-nope"],
-            "junit-dir": ["--baseline", "latest", "--junit", str(tmp_path)]}
+            "junit-dir": ["--baseline", "latest", "--junit", str(tmp_path)],
+            "junit-device": ["--baseline", "latest", "--junit", "/dev/null"]}
     if case in gate:
         path.write_text(yaml.safe_dump(config))
         return [str(path), *gate[case]], runs
@@ -152,7 +153,8 @@ CASES = ["invalid-yaml", "duplicate-key", "unknown-key", "wrong-type", "temperat
          "samples", "seed-range", "infinite", "bool-number", "config-device", "number-digits", "nested",
          "lone-surrogate", "not-gguf", "index-special", "top-k-range", "resamples-range", "grid-size", "sweep-size",
          "index-dir",
-         "index-not-db", "cache-not-db", "fail-on-metric", "baseline-missing", "junit-dir", "resume-locked",
+         "index-not-db", "cache-not-db", "fail-on-metric", "baseline-missing", "junit-dir", "junit-device",
+         "resume-locked",
          "unknown-metric", "empty-prompts", "prompt-file-missing", "prompt-file-json", "prompt-file-utf8",
          "model-path", "model-hash", "prompt-too-long", "device", "output-dir", "image-metric", "prompt-image",
          "tests-compile", "tests-entry-point", "answer-format", "code-metric", "reference-metric",

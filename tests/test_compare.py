@@ -75,7 +75,8 @@ def test_rule_parsing(text, metric, tolerance):
     assert (rule.metric, rule.tolerance) == (metric, tolerance)
 
 
-@pytest.mark.parametrize("text", ["self_bleu:0.02", "self_bleu", ":+1", "self_bleu:+x", "a b:+1"])
+@pytest.mark.parametrize("text", ["self_bleu:0.02", "self_bleu", ":+1", "self_bleu:+x", "a b:+1",
+                                  "self_bleu[n=4,n=4]:+0.02", "self_bleu[n=4:+0.02"])
 def test_bad_rules_are_refused(text):
     with pytest.raises(EvalkitError, match="--fail-on"):
         Rule.parse(text)
@@ -220,6 +221,9 @@ def test_compare_refuses_what_it_cannot_compare(pair, tmp_path):
     for args, message in [(["--fail-on", "nope:+1"], "'nope' matches no metric"),
                           (["--fail-on", "self_bleu"], "is not METRIC:+TOLERANCE"),
                           (["--metric", "mtld"], "'mtld' matches no metric"),
+                          (["--metric", "self_bleu[n=4"], "--metric: expected NAME[KEY=VALUE,...]"),
+                          (["--metric", "self_bleu[n=4,n=4]"], "--metric: parameter 'n' appears twice"),
+                          (["--fail-on", "self_bleu[n=4,n=4]:+0.1"], "--fail-on: parameter 'n' appears twice"),
                           (["--format", "pdf"], "--format")]:
         result = cli.invoke(app, ["compare", str(base), str(base), *args])
         assert result.exit_code == 2 and message in result.output, (args, result.output)

@@ -127,6 +127,9 @@ def test_history_marks_the_regression(tmp_path):
     assert "://" not in html and "REGRESSION" in html and 'class="num regression"' in html
     result = CliRunner().invoke(app, ["history", "--name", "weekly", "--index", str(index_file)])
     assert result.exit_code == 2 and "no complete run named 'weekly'" in result.output
+    result = CliRunner().invoke(app, ["history", "--name", "nightly", "--index", str(index_file), "--metric",
+                                      "self_bleu[n=4"])
+    assert result.exit_code == 2 and "--metric: expected NAME[KEY=VALUE,...]" in result.output, result.output
 
 
 def test_nightly_loop_end_to_end(tiny_model, tmp_path, monkeypatch):

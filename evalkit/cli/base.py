@@ -62,6 +62,8 @@ def _check_output(target: Path, field: str, runs: list, index: Path | None) -> N
 
     if target.is_dir():
         raise EvalkitError(f"{field}: {target} is a directory; give a file name")
+    if target.exists() and not target.is_file():  # writing would replace a device or a FIFO
+        raise EvalkitError(f"{field}: {target} is not a regular file (a device or a FIFO); give a file name")
     check_not_an_input(target, field, runs, index)
     check_writable(target.parent, field=field)
 

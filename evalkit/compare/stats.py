@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from evalkit.config.schema import split_metric
 from evalkit.errors import EvalkitError, shown
 from evalkit.inputs import check_path_text
 from evalkit.rundir.protocol import cross_engine, differences, protocol
@@ -87,6 +88,14 @@ def load_side(ref: str | Path, index_file: Path | None = None, *, what: str = "r
             raise EvalkitError(f"{what}: run {ref} is {row['status']}, not complete")
         return RunData(row["run_id"], row["name"], index.scores(row["run_id"]), json.loads(row["protocol"]),
                        json.loads(row["metric_info"]), Path(row["path"]), row["started_at"])
+
+
+def check_pattern(pattern: str, field: str) -> None:
+    """A metric named on the command line is written as in a config: balanced brackets, each parameter once."""
+    try:
+        split_metric(pattern)
+    except ValueError as e:
+        raise EvalkitError(f"{field}: {e}") from None
 
 
 def matches(pattern: str, metric_id: str) -> bool:
@@ -168,6 +177,7 @@ def compare_runs(base: RunData, new: RunData, *, metrics: list[str] | None = Non
     if metrics:  # patterns are checked against the metrics both runs have, not against the settings they share
         shared = [m for m in dict.fromkeys(new.scores["metric"]) if m in set(base.scores["metric"])]
         for pattern in metrics:
+            check_pattern(pattern, metrics_from)
             if not any(matches(pattern, m) for m in shared):
                 known = ", ".join(shared) or "none"
                 raise EvalkitError(f"{metrics_from}: {shown(pattern)} matches no metric both runs have ({known})")
@@ -224,6 +234,7 @@ class Rule:
         if not m:
             raise EvalkitError(f"--fail-on: {shown(text)} is not METRIC:+TOLERANCE or METRIC:-TOLERANCE "
                                f"(for example 'self_bleu[n=4]:+0.02')")
+        check_pattern(m["metric"], "--fail-on")
         tolerance = float(m["tol"])
         if not np.isfinite(tolerance):
             raise EvalkitError(f"--fail-on: the tolerance of {shown(text.strip()[:80])} is not a finite number")
