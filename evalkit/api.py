@@ -67,8 +67,11 @@ def score_file(path: str | Path, metric_names: list[str], output: str | Path, *,
 def _resume_config(run_dir: Path, held: ExitStack) -> SweepConfig:
     """The config of a stopped run, whose lock ``held`` then holds: a second writer is refused here."""
     check_path_text(run_dir, "--resume")
-    if not (run_dir / "manifest.json").is_file() or not (run_dir / "config.yaml").is_file():
+    if not (run_dir / "manifest.json").is_file():
         raise EvalkitError(f"--resume: {run_dir} is not a run directory")
+    if not (run_dir / "config.yaml").is_file():
+        raise EvalkitError(f"--resume: {run_dir / 'config.yaml'} is missing: the run's config is needed to continue it "
+                           "(put it back, or start a new run)")
     held.enter_context(RunLock(run_dir))
     manifest = load_run(run_dir).manifest
     if manifest.status == "complete":

@@ -62,10 +62,10 @@ def index_path(index: str | Path | None = None, output_dir: str | Path = "runs")
 class RunIndex:
     def __init__(self, path: str | Path, *, create: bool = True):
         self.path = Path(path)
-        if not create and not self.path.is_file():
+        if not create and not self.path.exists():
             raise EvalkitError(f"--index: no run index at {self.path} (runs are recorded there when they end; "
                                f"set EVALKIT_INDEX or --index to use another)")
-        check_database(self.path, field="index", tables=TABLES)
+        check_database(self.path, field="index" if create else "--index", tables=TABLES)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         try:

@@ -143,6 +143,11 @@ def test_an_edited_config_is_refused_on_resume(tiny_model, tmp_path):
                                      "edited config")
     assert (run_dir / "manifest.json").read_text() == before
     assert json.loads(before)["status"] == "interrupted"
+    (run_dir / "config.yaml").unlink()
+    result = CliRunner().invoke(app, ["run", "--resume", str(run_dir)])
+    assert result.exit_code == 2 and result.stderr.strip() == (
+        f"error: --resume: {run_dir / 'config.yaml'} is missing: the run's config is needed to continue it (put it "
+        "back, or start a new run)")
 
 
 def test_an_edited_prompt_file_is_refused_on_resume(tiny_model, tmp_path):

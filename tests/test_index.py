@@ -130,6 +130,10 @@ def test_history_marks_the_regression(tmp_path):
     result = CliRunner().invoke(app, ["history", "--name", "nightly", "--index", str(index_file), "--metric",
                                       "self_bleu[n=4"])
     assert result.exit_code == 2 and "--metric: expected NAME[KEY=VALUE,...]" in result.output, result.output
+    for where, said in ((tmp_path, "is a directory, not a database file"),
+                        (Path("/dev/null"), "is not a regular file (a FIFO or a device), not a database file")):
+        result = CliRunner().invoke(app, ["runs", "--index", str(where)])
+        assert result.exit_code == 2 and result.stderr.strip() == f"error: --index: {where} {said}", result.output
 
 
 def test_nightly_loop_end_to_end(tiny_model, tmp_path, monkeypatch):
