@@ -11,6 +11,7 @@ elsewhere (:mod:`evalkit.scored_pipeline`) shares the checks of the metrics and 
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -48,7 +49,9 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
     checks = {p.id: p.checks for p in prompts if p.checks is not None}
     prepare_all(metrics, source=config.source)  # loads embedders, probes the sandbox: after the cheap checks
     check_writable(Path(config.output_dir) if resume_dir is None else resume_dir, config.source)
-    check_database(index_path(config.index, config.output_dir), config.source, "index", INDEX_TABLES)
+    from_env = config.index is None and bool(os.environ.get("EVALKIT_INDEX"))  # then it is not the config's doing
+    check_database(index_path(config.index, config.output_dir), None if from_env else config.source,
+                   "$EVALKIT_INDEX" if from_env else "index", INDEX_TABLES)
     if cache:
         check_database(cache_path(), None, "sample cache", CACHE_TABLES)
     executor = executor_for(config)

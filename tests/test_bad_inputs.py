@@ -79,6 +79,10 @@ def make_case(case: str, tmp_path: Path, tiny_model: Path) -> tuple[list[str], P
     if case in gate:
         path.write_text(yaml.safe_dump(config))
         return [str(path), *gate[case]], runs
+    if case == "index-env":
+        MONKEY.setenv("EVALKIT_INDEX", str(tmp_path))
+        path.write_text(yaml.safe_dump(config))
+        return [str(path)], runs
     if case == "cache-not-db":
         (tmp_path / "cache.sqlite").write_text("not a database, just text\n" * 10)
         MONKEY.setenv("EVALKIT_SAMPLE_CACHE", str(tmp_path / "cache.sqlite"))
@@ -153,7 +157,7 @@ CASES = ["invalid-yaml", "duplicate-key", "unknown-key", "wrong-type", "temperat
          "samples", "seed-range", "infinite", "bool-number", "config-device", "number-digits", "nested",
          "lone-surrogate", "not-gguf", "index-special", "top-k-range", "resamples-range", "grid-size", "sweep-size",
          "index-dir",
-         "index-not-db", "cache-not-db", "fail-on-metric", "baseline-missing", "junit-dir", "junit-device",
+         "index-not-db", "index-env", "cache-not-db", "fail-on-metric", "baseline-missing", "junit-dir", "junit-device",
          "resume-locked",
          "unknown-metric", "empty-prompts", "prompt-file-missing", "prompt-file-json", "prompt-file-utf8",
          "model-path", "model-hash", "prompt-too-long", "device", "output-dir", "image-metric", "prompt-image",
