@@ -202,7 +202,8 @@ def test_bad_input(case, tmp_path, tiny_model):
 
 def test_every_config_error_is_shown_one_line_each(tmp_path, tiny_model):
     """A missing field and a typo: both said in one run, not one per run."""
-    config = base_config(tiny_model, tmp_path / "runs", grid={"temprature": [0.7]}, samples_per_prompt=0)
+    config = base_config(tiny_model, tmp_path / "runs", grid={"temprature": [0.7], "topp": [0.9]},
+                         samples_per_prompt=0)
     del config["prompts"]
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -211,6 +212,7 @@ def test_every_config_error_is_shown_one_line_each(tmp_path, tiny_model):
     assert result.stderr.strip().splitlines() == [
         f"error: {path}: prompts: Field required",
         f"error: {path}: grid: unknown key 'temprature' (did you mean 'temperature'?)",
+        f"error: {path}: grid: unknown key 'topp' (did you mean 'top_p'?)",  # every unknown key of a section
         f"error: {path}: samples_per_prompt: Input should be greater than or equal to 1, got 0",
     ]
 

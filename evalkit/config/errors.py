@@ -24,8 +24,8 @@ def config_error(error: ValidationError, source: str, overridden: list[str] = ()
         if full and any(full == k or full.startswith((k + ".", k + "[")) or k.startswith(full + ".")
                         for k in overridden):
             one = ConfigError(one.detail, source="--set", path=one.path)
-        if one.path not in seen:
-            seen.add(one.path)
+        if full not in seen:  # each unknown key of a section is a problem of its own
+            seen.add(full)
             errors.append(one)
     if len(errors) == 1:
         return errors[0]
