@@ -148,7 +148,8 @@ def read_prompt_jsonl(path: Path, fmt: str = "evalkit"):
         try:
             obj = json.loads(text, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as e:
-            raise ConfigError(f"invalid JSON: {e.msg} at column {e.colno}", source=source, path=where) from None
+            at = "" if e.msg.endswith(" at") else " at"  # "Unterminated string starting at": not "at at"
+            raise ConfigError(f"invalid JSON: {e.msg}{at} column {e.colno}", source=source, path=where) from None
         except RecursionError:
             raise ConfigError("invalid JSON: nested too deeply", source=source, path=where) from None
         except ValueError as e:  # a repeated key; a number of more than 4300 digits
