@@ -153,7 +153,7 @@ def test_prompt_file_relative_to_config(write_config, tmp_path):
 
 @pytest.mark.parametrize("content, expected", [
     (b'{"id": "a", "prompt": "x"}\n{"id": "b", "prompt": \n', "line 2: invalid JSON"),
-    (b'{"id": "a", "prompt": "x\n', r"line 1: invalid JSON: Unterminated string starting at column 23$"),
+    (b'{"id": "a", "prompt": "x\n', "line 1: invalid JSON: Unterminated string starting at column 23"),
     (b'{"id": "a", "prompt": "x"}\n\n[1, 2]\n', "line 3: expected a JSON object, got a list"),
     (b'{"id": "a", "prompt": "\xff\xfe"}\n', "line 1: not UTF-8"),
     (b'{"id": "a"}\n', "line 1: a prompt needs exactly one of 'prompt' or 'messages'"),
