@@ -4,12 +4,12 @@ pipeline (:mod:`evalkit.pipeline`); the command line is a thin layer over these 
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from evalkit import pipeline, scored_pipeline
 from evalkit.config import SweepConfig, load_config, parse_yaml
-from evalkit.errors import EvalkitError
+from evalkit.errors import ConfigError, EvalkitError
 from evalkit.inputs import check_path_text
 from evalkit.plan import describe
 from evalkit.progress import RichProgress, Silent
@@ -40,8 +40,9 @@ def run_sweep(config: SweepConfig | str | Path | None, *, overrides: list[str] |
         if check is not None:
             check(config)
         ui = RichProgress() if progress is True else (Silent() if progress is False else progress)
-        return pipeline.run_sweep(config, ui=ui, cache=cache, resume_dir=resume_dir, overrides=overrides,
-                                  as_given=_as_given(config), resolved=_resolved(config))
+        with _said_of_set(config, overrides):
+            return pipeline.run_sweep(config, ui=ui, cache=cache, resume_dir=resume_dir, overrides=overrides,
+                                      as_given=_as_given(config), resolved=_resolved(config))
 
 
 def plan_sweep(config: SweepConfig | str | Path, *, overrides: list[str] | None = None) -> list[tuple[str, str]]:
@@ -49,7 +50,23 @@ def plan_sweep(config: SweepConfig | str | Path, *, overrides: list[str] | None 
     (label, value) lines, with nothing loaded, sent or written."""
     if not isinstance(config, SweepConfig):
         config = load_config(config, overrides)
-    return describe(config)
+    with _said_of_set(config, overrides):
+        return describe(config)
+
+
+@contextmanager
+def _said_of_set(config: SweepConfig, overrides: list[str] | None):
+    """A problem found after loading (a metric, a prompt, a path) in a value that ``--set`` gave is said of
+    ``--set``, as the config's own validation does, not of the file that never held it."""
+    keys = [o.partition("=")[0].strip() for o in overrides or []]
+    try:
+        yield
+    except ConfigError as e:
+        path = e.path or ""
+        if keys and e.source == config.source and path and any(
+                path == k or path.startswith((k + ".", k + "[")) for k in keys):
+            raise ConfigError(e.detail, source="--set", path=e.path) from None
+        raise
 
 
 def score_file(path: str | Path, metric_names: list[str], output: str | Path, *, seed: int = 0, level: float = 0.95,

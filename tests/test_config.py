@@ -116,6 +116,21 @@ def test_bad_overrides(write_config, override, expected):
     assert expected in errors_for(write_config, GOOD, [override])
 
 
+@pytest.mark.parametrize("override, expected", [
+    ("metrics=[self_blue]", "error: --set: metrics[0]: unknown metric 'self_blue' (did you mean 'self_bleu'?)"),
+    ("prompts=[{id: a, prompt: x}, {id: a, prompt: y}]",
+     "error: --set: prompts.items[1]: duplicate prompt id 'a' (also at prompts.items[0])"),
+])
+def test_problems_found_after_loading_are_said_of_set(write_config, override, expected):
+    """A metric or prompt that --set gave is blamed on --set when it is checked after loading, too."""
+    from typer.testing import CliRunner
+
+    from evalkit.cli import app
+
+    result = CliRunner().invoke(app, ["run", str(write_config(GOOD)), "--plan", "--set", override])
+    assert result.exit_code == 2 and result.stderr.strip() == expected, result.output
+
+
 def test_overrides_reach_below_shorthands(write_config):
     path = write_config({**GOOD, "model": "default", "prompts": ["a", "b"]})
     config = load_config(path, ["model.device=cpu", "prompts.system_prompt=Be brief."])
