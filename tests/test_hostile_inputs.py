@@ -256,7 +256,7 @@ def test_an_output_that_is_a_fifo_stays_one(scored_run, tmp_path):
     fifo = tmp_path / "out.html"
     os.mkfifo(fifo)
     line = one_line(CliRunner().invoke(app, ["report", str(scored_run), "-o", str(fifo)]))
-    assert line == f"error: {fifo} is not a regular file (a device or a FIFO); give a file name"
+    assert line == f"error: -o: {fifo} is not a regular file (a device or a FIFO); give a file name"
     assert fifo.is_fifo()
 
 

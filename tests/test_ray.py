@@ -20,6 +20,7 @@ import evalkit
 from evalkit.cli import app
 from evalkit.config import config_from_dict
 from evalkit.errors import EvalkitError
+from evalkit.progress import Silent
 
 from conftest import base_config
 
@@ -79,8 +80,6 @@ def same_run(a: evalkit.Run, b: evalkit.Run) -> None:
 def test_ray_runs_equal_a_local_run(ray_cluster, tiny_model, local_run, tmp_path, workers):
     import torch
 
-    from evalkit.progress import Silent
-
     class Notes(Silent):
         def __init__(self):
             self.said = []
@@ -111,7 +110,7 @@ def worker(ray, suffix: str):
     return ray.get_actor(names[0], namespace="evalkit")
 
 
-class KillWorkers:
+class KillWorkers(Silent):
     """A progress display that kills Ray workers when the first sample arrives (what a crash or an
     out-of-memory kill does to them)."""
 
