@@ -252,15 +252,16 @@ def generate(writer: RunWriter, kind: RunKind, config: SweepConfig, generator: G
             kept += 1
     model_id = model_identity(generator.info)
     cache = SampleCache() if use_cache and model_id else None
-    if cache and generator.info.server.get("names_its_weights") is False:
-        ui.note(f"{generator.info.path} gives no fingerprint or weights for {shown(generator.info.id)}: the sample "
-                "cache takes it for the model it served before under that name (--no-cache after changing it)")
     eos = generator.info.eos_token_ids
     keys = {u.key: unit_key(model_id, u, kind.decides(u, config, eos)) for u in todo} if cache else {}
     hits = cache.get_many(list(keys.values())) if cache else {}
     noted = cache.problem if cache else None
     if noted:
         ui.note(noted)
+    if hits and generator.info.server.get("names_its_weights") is False:
+        ui.note(f"{len(hits)} samples from the sample cache: {generator.info.path} gives no fingerprint or weights for "
+                f"{shown(generator.info.id)}, so they are taken for the model it served before under that name "
+                "(--no-cache after changing it)")
     from_cache = [u for u in todo if keys.get(u.key) in hits]
     to_make = [u for u in todo if keys.get(u.key) not in hits]
     before = len(done) + kept + len(from_cache)

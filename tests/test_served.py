@@ -147,10 +147,14 @@ def test_sample_cache_is_keyed_by_the_endpoint(llama_server, reference, tmp_path
 
 def test_a_server_that_names_no_weights_is_cached_with_a_note(llama_server, tmp_path, write_config):
     # llama.cpp gives no system_fingerprint and no root: the cache cannot see a change of weights, and says so
-    result = CliRunner().invoke(app, ["run", str(write_config(served_config(llama_server.base_url, tmp_path / "a"))),
-                                      "-q"])
+    # when it hands out samples
+    path = write_config(served_config(llama_server.base_url, tmp_path / "a"))
+    first = CliRunner().invoke(app, ["run", str(path), "-q"])
+    assert first.exit_code == 0 and "note:" not in first.stderr, first.output
+    result = CliRunner().invoke(app, ["run", str(path), "-q"])
     assert result.exit_code == 0, result.output
-    assert f"note: {llama_server.base_url} gives no fingerprint or weights for 'smollm2'" in result.stderr
+    assert (f"note: 8 samples from the sample cache: {llama_server.base_url} gives no fingerprint or weights for "
+            "'smollm2'") in result.stderr
     with FaultProxy(llama_server.port, lambda n, m, p, body: ("fingerprint", "fp-7")) as proxy:
         result = CliRunner().invoke(app, ["run", str(write_config(served_config(proxy.base_url, tmp_path / "b"))),
                                           "-q"])
