@@ -86,6 +86,12 @@ def test_every_knob_and_a_seed_per_sample_are_sent_and_recorded(llama_server, tm
     assert m.model["server"]["seed_reproducible"] is True
     generation = {s.id: s.generation for s in m.settings}
     assert generation["t0.8-p1-k20-m0.1"]["top_k"] == 20 and generation["t0.8-p1"]["min_p"] == 0.0
+    # the manifest holds exactly what a setting's requests carry, but for the prompt and the seed
+    by_knobs = {(b["top_k"], b["min_p"]): b for b in bodies}
+    for sid, (k, p) in {"t0.8-p1": (0, 0.0), "t0.8-p1-k20": (20, 0.0), "t0.8-p1-m0.1": (0, 0.1),
+                        "t0.8-p1-k20-m0.1": (20, 0.1)}.items():
+        sent = {key: v for key, v in by_knobs[(k, p)].items() if key not in ("model", "prompt", "seed")}
+        assert {key: v for key, v in generation[sid].items() if key not in ("engine", "endpoint", "seed")} == sent
     ids = set(run.scores["metric"])
     assert {"nll[dist=model]", "token_entropy[dist=model,top=5]"} <= ids
 

@@ -152,12 +152,13 @@ class ServedBackend:
             body["prompt"] = prompt.rendered
         body.update(self.knobs(setting, max_tokens, stop, optional))
         body["seed"] = seed % SEED_MODULUS
-        logprobs = self.logprobs if logprobs is None else logprobs
-        if logprobs and self.api == "chat":
-            body.update(logprobs=True, top_logprobs=logprobs)
-        elif logprobs:
-            body["logprobs"] = logprobs
+        body.update(self._logprob_fields(self.logprobs if logprobs is None else logprobs))
         return body
+
+    def _logprob_fields(self, logprobs: int) -> dict[str, Any]:
+        if not logprobs:
+            return {}
+        return {"logprobs": True, "top_logprobs": logprobs} if self.api == "chat" else {"logprobs": logprobs}
 
     def knobs(self, setting: Setting, max_tokens: int, stop: tuple[str, ...] = (),
               optional: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -177,8 +178,8 @@ class ServedBackend:
     def generation_params(self, setting: Setting, max_new_tokens: int) -> dict[str, Any]:
         """Exactly what each request of ``setting`` carries besides its prompt and seed."""
         return {"engine": "openai-compatible server", "endpoint": self.endpoint.base_url + self.path,
-                **self.knobs(setting, max_new_tokens), "seed": "the sample's derived seed mod 2**31",
-                **({"logprobs": self.logprobs} if self.logprobs else {})}
+                **self.knobs(setting, max_new_tokens, self.stop), "seed": "the sample's derived seed mod 2**31",
+                **self._logprob_fields(self.logprobs)}
 
     def batch_size(self, requested: int | str, prompts: list[PreparedPrompt], max_new_tokens: int) -> int:
         return self.concurrency  # requests in flight
