@@ -239,7 +239,7 @@ class SweepConfig(_Strict):
         if self.model.backend == "vlm" and (self.model.gguf_file or self.model.id.endswith(".gguf")):
             raise ValueError(f"model.id: a vlm sweep reads a transformers model directory or hub id, not GGUF, "
                              f"got {shown(self.model.gguf_file or self.model.id)}")
-        images = self.model.backend == "diffusers"
+        images = self.kind == "text-to-image"
         wrong = GridConfig.TEXT_AXES if images else GridConfig.IMAGE_AXES
         for axis in wrong:
             if getattr(self.grid, axis) is not None:
@@ -293,7 +293,7 @@ class SweepConfig(_Strict):
         return KIND_OF_BACKEND[self.model.backend]
 
     def settings(self) -> list[Setting] | list[ImageSetting]:
-        return self.grid.expand_images() if self.model.backend == "diffusers" else self.grid.expand()
+        return self.grid.expand_images() if self.kind == "text-to-image" else self.grid.expand()
 
     def resolve_path(self, path: str) -> Path:
         p = Path(path).expanduser()
