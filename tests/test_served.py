@@ -151,9 +151,10 @@ def test_sample_cache_is_keyed_by_the_endpoint(llama_server, reference, tmp_path
     assert texts(third) == texts(reference)
 
 
-def test_a_server_that_names_no_weights_is_cached_with_a_note(llama_server, tmp_path, write_config):
+def test_a_server_that_names_no_weights_is_cached_with_a_note(llama_server, tmp_path, write_config, monkeypatch):
     # llama.cpp gives no system_fingerprint and no root: the cache cannot see a change of weights, and says so
     # when it hands out samples
+    monkeypatch.setenv("EVALKIT_SAMPLE_CACHE", str(tmp_path / "cache.sqlite"))  # empty: other tests fill the shared one
     path = write_config(served_config(llama_server.base_url, tmp_path / "a"))
     first = CliRunner().invoke(app, ["run", str(path), "-q"])
     assert first.exit_code == 0 and "note:" not in first.stderr, first.output
