@@ -239,13 +239,18 @@ def _check_json_line(text: str, source: str, where: str) -> None:
         obj = json.loads(text, object_pairs_hook=unique)
     except _Repeated as e:
         raise ConfigError(str(e), source=source, path=where) from None
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deeply: the validation says so
         return
-    for key, value in obj.items() if isinstance(obj, dict) else ():
-        for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, str) and not _encodable(item):
-                raise ConfigError(f"{key}: not valid Unicode text (a lone surrogate, as from an escape such as "
-                                  f"\\ud800), got {shown(item)}", source=source, path=where)
+    todo = [(str(k), v) for k, v in obj.items()] if isinstance(obj, dict) else []
+    while todo:  # every text, however deep (iteratively: the nesting may be deep)
+        key, value = todo.pop()
+        if isinstance(value, str) and not _encodable(value):
+            raise ConfigError(f"{key}: not valid Unicode text (a lone surrogate, as from an escape such as "
+                              f"\\ud800), got {shown(value)}", source=source, path=where)
+        if isinstance(value, dict):
+            todo += [(key, v) for v in value.values()]
+        elif isinstance(value, list):
+            todo += [(key, v) for v in value]
 
 
 def _encodable(text: str) -> bool:

@@ -2,12 +2,12 @@
 
 The final answer is extracted from a sample's text by these rules (``extract=strict|flexible``):
 
-1. A *marked* answer: the content of the last ``\\boxed{...}`` (braces balanced); else the rest of the
-   line after the last marker in the text, where a marker is ``####`` (GSM8K's; not a Markdown heading:
-   ``#### Step 2`` has a word after it) or "answer is", "answer is:", "answer:" (any case: "The answer
-   is 42", "Final answer: B").
+1. A *marked* answer, the last one in the text: the content of the last ``\\boxed{...}`` (braces
+   balanced); else the text after the last ``####`` (GSM8K's; not a Markdown heading such as ``#### Step
+   2``, where a word follows it); else the rest of the line after the last "answer is", "answer is:" or
+   "answer:" (any case: "The answer is 42", "Final answer: B").
 2. Read under the prompt's ``answer_format``: ``number`` takes the first number of the marked span, or
-   where the span works a sum out ("12 - 5 + 9 = 16") the first number after its last ``=``
+   where the span opens with a sum worked out ("12 - 5 + 9 = 16") the number after its ``=``
    (1,234.5, 1{,}000, -3, $40, 3/4, -\\frac{3}{4}, \\frac12, 50%; a trailing period is not a decimal
    point) and compares values exactly (42 = 42.0 = 42.00); ``choice`` takes the letter the span names
    (:func:`choice_in`: alone, leading, in parentheses, or closing the span); ``exact`` takes
@@ -40,8 +40,12 @@ Extract = Literal["flexible", "strict"]
 _MARKER = re.compile(r"answer\s*(?:is\b\s*:?|:)", re.IGNORECASE)
 _LONE_CHOICE = re.compile(r"\s*\(?([A-Za-z])\)?[.:!]?\s*")
 _HASHES = re.compile(r"####(?![ \t]*[A-Za-z]{2})")  # GSM8K's marker; "#### Step 2" is a Markdown heading
-# at the start of a marked span: "(b)", "b)", "C is right", "A, not B" (a capital, but not the word I: "I think")
-_LEADING_CHOICE = re.compile(r"\s*(?:\(([A-Za-z])\)|([A-Za-z])\)|(?!I\s+[a-z])([A-Z])(?![A-Za-z]))")
+# at the start of a marked span: "(b)", "b)", "C is right", "A, not B", "A because ..." (a capital other than the
+# word I; A only where no word follows it but a reason: "A lot depends" and "A cat" are the article)
+_LEADING_CHOICE = re.compile(r"\s*(?:\(([A-Za-z])\)|([A-Za-z])\)|([B-HJ-Z])(?![A-Za-z])|"
+                             r"(A)(?![A-Za-z])(?!\s+[a-z])|(A)(?=\s+(?:because|since|as|is|was)\b))")
+# a sum worked out at the start of a marked span: "12 - 5 + 9 = 16"
+_WORKED = re.compile(r"\s*-?\$?[\d.,]+(?:\s*[-+*/\u00d7\u00f7x]\s*-?\$?[\d.,]+)+\s*=(?!=)")
 _PAREN_CHOICE = re.compile(r"\(([A-Z])\)")  # "(C)" anywhere (a capital: f(x) is no choice)
 _CLOSING_CHOICE = re.compile(r"(?<![A-Za-z])([A-Z])(?![A-Za-z])(?!\s+[a-z])")  # "it is C", "C." (not "A cat")
 
@@ -65,10 +69,13 @@ def marked(text: str) -> str | None:
     box = boxed(text)
     if box is not None:
         return box
-    end = max((m.end() for m in (*_HASHES.finditer(text), *_MARKER.finditer(text))), default=None)
-    if end is None:
-        return None
-    return text[end:].strip().split("\n", 1)[0]
+    for marker in (_HASHES, _MARKER):  # GSM8K's marker first, then "the answer is"
+        last = None
+        for last in marker.finditer(text):
+            pass
+        if last is not None:
+            return text[last.end():].strip().split("\n", 1)[0]
+    return None
 
 
 def normalize(text: str) -> str:
@@ -116,7 +123,8 @@ def extract(text: str, checks: Checks, mode: Extract = "flexible") -> str | None
 
 def choice_in(span: str) -> str | None:
     """The letter a marked span names: the span's lone letter ("c."); else the letter it starts with, in
-    parentheses ("(b)", "b)") or a capital other than the word I ("C is right", "A, not B", "B, not (C)");
+    parentheses ("(b)", "b)") or a capital other than the word I ("C is right", "B, not (C)"; A where no word
+    follows it but a reason: "A, not B", "A because ..."; "A lot" is the article);
     else its first capital in parentheses ("I pick (C)"); else its last capital letter that no lowercase
     word follows ("I think it is C")."""
     m = _LONE_CHOICE.fullmatch(span) or _LEADING_CHOICE.match(span) or _PAREN_CHOICE.search(span)
@@ -130,8 +138,8 @@ def _first_number(span: str):
     whole = parse_number(span)
     if whole is not None:
         return whole
-    worked = span.rfind("=")  # "12 - 5 + 9 = 16": the result, not the sum's first term
-    m = (worked >= 0 and NUMBER.search(span, worked)) or NUMBER.search(span)
+    worked = _WORKED.match(span)  # "12 - 5 + 9 = 16": the result, not the sum's first term
+    m = (worked and NUMBER.search(span, worked.end())) or NUMBER.search(span)
     return number_value(m.group(0)) if m else None
 
 

@@ -55,9 +55,12 @@ def test_parse_number(text, value):
     ("#### Step 2\nSo the answer is 42.", "strict", "42"),
     ("The answer is 41.\n#### 42", "strict", "42"),
     ("#### Notes\nnothing to add", "strict", None),
-    # a worked sum: its result, not its first term
+    # a worked sum: its result, not its first term; an = elsewhere is no sum
     ("The answer is: 12 - 5 + 35 = 42", "strict", "42"),
     ("To find the answer: 50 - 8 = 42.", "strict", "42"),
+    ("The answer is 42 (since x=3)", "strict", "42"), ("The answer is 42 (x >= 5)", "strict", "42"),
+    # GSM8K's marker goes first, whatever follows it
+    ("#### 42\nThe answer is below", "strict", "42"),
 ])
 def test_number_extraction(text, mode, expected):
     assert extract(text, NUMBER, mode) == expected
@@ -73,6 +76,7 @@ def test_number_extraction(text, mode, expected):
     # A is a choice like any other: leading the span, before a reason or another letter
     ("The answer is A because Sydney is big.", "strict", "A"), ("The answer is A, not B.", "strict", "A"),
     ("The answer is B because Canberra.", "strict", "B"), ("Answer: I think it is D", "strict", "D"),
+    ("Answer: A lot depends, but B", "strict", "B"), ("Answer: A is right", "strict", "A"),
 ])
 def test_choice_extraction(text, mode, expected):
     assert extract(text, make_checks(answer="B", answer_format="choice"), mode) == expected

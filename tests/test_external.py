@@ -65,6 +65,9 @@ def test_cli_score(tmp_path):
     ("\n\n", "the file has no generations"),
     ('{"prompt_id": "a", "text": "x", "text": "y"}\n', "line 1: key 'text' appears twice"),
     ('{"prompt_id": "a", "text": "x \\ud800"}\n', r"line 1: text: not valid Unicode text \(a lone surrogate"),
+    ('{"prompt_id": "a", "text": "x", "references": [{"deep": "\\ud800"}]}\n',
+     r"line 1: references: not valid Unicode text \(a lone surrogate"),
+    ('{"prompt_id": "a", "text": ' + "[" * 100_000 + "]" * 100_000 + '}\n', "line 1: "),
     ('{"prompt_id": "a", "text": "x", "temperature": NaN}\n',
      "line 1: temperature: temperature must be a finite number >= 0"),
 ])

@@ -464,3 +464,15 @@ def test_plan_counts_every_ray_workers_check_and_requests_in_flight(tmp_path, wr
     sample_tokens = 8 * 12
     assert int(three["completion tokens, at most"]) - sample_tokens == 3 * (
         int(one["completion tokens, at most"]) - sample_tokens)
+
+
+def test_a_placeholder_key_is_not_masked_in_generated_text():
+    """A short key is a placeholder (vLLM's users set EMPTY): masking it would change the model's words; what a
+    server says about itself is masked whatever the key."""
+    from evalkit.generation.served_client import SECRET_LENGTH, Endpoint
+
+    placeholder = Endpoint("http://127.0.0.1:9/v1", "EMPTY", 10, 0, 0.1)
+    assert placeholder.scrub("The list is EMPTY.", generated=True) == "The list is EMPTY."
+    assert placeholder.scrub({"owned_by": "EMPTY"}) == {"owned_by": "***"}
+    secret = "sk-" + "x" * (SECRET_LENGTH - 3)
+    assert Endpoint("http://127.0.0.1:9/v1", secret, 10, 0, 0.1).scrub(f"a {secret} b", generated=True) == "a *** b"

@@ -264,7 +264,7 @@ class ServedBackend:
         if fingerprint and expected and fingerprint != expected:
             raise EvalkitError(f"the server's system_fingerprint changed from {expected!r} to {fingerprint!r} during "
                                "the run: its samples would mix two deployments")
-        text, finish = self.endpoint.scrub(choice.text), choice.finish_reason
+        text, finish = self.endpoint.scrub(choice.text, generated=True), self.endpoint.scrub(choice.finish_reason)
         cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
         if cut >= 0:
             text, finish = text[:cut], "stop"

@@ -38,6 +38,9 @@ class ServerError(EvalkitError):
         self.detail: str | None = None  # the server's own words (key masked)
 
 
+SECRET_LENGTH = 16  # an API key this long or longer is taken for a secret in generated text (see Endpoint.scrub)
+
+
 @dataclass
 class Endpoint:
     base_url: str
@@ -60,11 +63,15 @@ class Endpoint:
                                                      max_keepalive_connections=connections),
                                  follow_redirects=False, trust_env=False)
 
-    def scrub(self, value):
+    def scrub(self, value, generated: bool = False):
         """``value`` (a string, or a list or mapping of them, from a server's reply) with every copy of the
-        API key masked: what a server says is stored and shown, and a careless server may quote the key."""
+        API key masked: what a server says is stored and shown, and a careless server may quote the key.
+        ``generated`` text is masked only for a key of :data:`SECRET_LENGTH` characters or more: a short one
+        is a placeholder (vLLM's users set EMPTY or dummy), and masking it would change the model's words."""
         if isinstance(value, str):
-            return value.replace(self.api_key, "***") if self.api_key else value
+            if not self.api_key or (generated and len(self.api_key) < SECRET_LENGTH):
+                return value
+            return value.replace(self.api_key, "***")
         if isinstance(value, dict):
             return {self.scrub(k): self.scrub(v) for k, v in value.items()}
         if isinstance(value, list):
