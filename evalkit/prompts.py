@@ -10,6 +10,7 @@ from pydantic import BaseModel, ValidationError
 
 from evalkit.checks import Checks, checks_of
 from evalkit.config import PromptItem, SweepConfig
+from evalkit.config.base import LONE_SURROGATE, encodable
 from evalkit.errors import ConfigError, first_error, shown, what_is
 from evalkit.inputs import read_regular
 
@@ -197,12 +198,16 @@ def from_format(obj: dict, fmt: str, source: str, where: str) -> dict:
     return {**out, "id": obj["id"]} if "id" in obj else out
 
 
+class RepeatedKey(ValueError):
+    """A key given twice in one JSON object."""
+
+
 def _unique_keys(pairs: list) -> dict:
     """A JSON object whose keys are all different (json.loads keeps the last of a repeated key silently)."""
     out: dict = {}
     for key, value in pairs:
         if key in out:
-            raise ValueError(f"key {key!r} appears twice")
+            raise RepeatedKey(f"key {key!r} appears twice")
         out[key] = value
     return out
 
@@ -222,43 +227,24 @@ def read_jsonl_lines(path: Path, what: str):
             yield number, text
 
 
-class _Repeated(ValueError):
-    pass
-
-
 def _check_json_line(text: str, source: str, where: str) -> None:
     """What a row's validation cannot see: a key given twice (JSON parsers keep the last silently) and a lone
     surrogate escape (\\ud800) in a text. A line that is no JSON is left to the validation's message."""
-    def unique(pairs: list) -> dict:
-        try:
-            return _unique_keys(pairs)
-        except ValueError as e:
-            raise _Repeated(str(e)) from None
-
     try:
-        obj = json.loads(text, object_pairs_hook=unique)
-    except _Repeated as e:
+        obj = json.loads(text, object_pairs_hook=_unique_keys)
+    except RepeatedKey as e:
         raise ConfigError(str(e), source=source, path=where) from None
     except (ValueError, RecursionError):  # not JSON, or nested too deeply: the validation says so
         return
     todo = [(str(k), v) for k, v in obj.items()] if isinstance(obj, dict) else []
     while todo:  # every text, however deep (iteratively: the nesting may be deep)
         key, value = todo.pop()
-        if isinstance(value, str) and not _encodable(value):
-            raise ConfigError(f"{key}: not valid Unicode text (a lone surrogate, as from an escape such as "
-                              f"\\ud800), got {shown(value)}", source=source, path=where)
+        if isinstance(value, str) and not encodable(value):
+            raise ConfigError(f"{key}: {LONE_SURROGATE}, got {shown(value)}", source=source, path=where)
         if isinstance(value, dict):
             todo += [(key, v) for v in value.values()]
         elif isinstance(value, list):
             todo += [(key, v) for v in value]
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def read_jsonl_rows(path: Path, what: str, model: type[BaseModel]):

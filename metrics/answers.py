@@ -43,7 +43,7 @@ _HASHES = re.compile(r"####(?![ \t]*[A-Za-z]{2})")  # GSM8K's marker; "#### Step
 # at the start of a marked span: "(b)", "b)", "C is right", "A, not B", "A because ..." (a capital other than the
 # word I; A only where no word follows it but a reason: "A lot depends" and "A cat" are the article)
 _LEADING_CHOICE = re.compile(r"\s*(?:\(([A-Za-z])\)|([A-Za-z])\)|([B-HJ-Z])(?![A-Za-z])|"
-                             r"(A)(?![A-Za-z])(?!\s+[a-z])|(A)(?=\s+(?:because|since|as|is|was)\b))")
+                             r"(A)(?![A-Za-z])(?:(?!\s+[a-z])|(?=\s+(?:because|since|as|is|was)\b)))")
 # a sum worked out at the start of a marked span: "12 - 5 + 9 = 16"
 _WORKED = re.compile(r"\s*-?\$?[\d.,]+(?:\s*[-+*/\u00d7\u00f7x]\s*-?\$?[\d.,]+)+\s*=(?!=)")
 _PAREN_CHOICE = re.compile(r"\(([A-Z])\)")  # "(C)" anywhere (a capital: f(x) is no choice)

@@ -48,7 +48,11 @@ def _numeric_fields(model: type[BaseModel]) -> frozenset[str]:
     return frozenset(name for name, f in model.model_fields.items() if wants_number(f.annotation))
 
 
-def _encodable(text: str) -> bool:
+LONE_SURROGATE = "not valid Unicode text (a lone surrogate, as from an escape such as \\ud800)"
+
+
+def encodable(text: str) -> bool:
+    """Whether ``text`` is valid Unicode (no lone surrogate, as a JSON or YAML escape such as \\ud800 makes)."""
     try:
         text.encode("utf-8")
         return True
@@ -65,9 +69,8 @@ class _Strict(BaseModel):
         refuse_bools_as_numbers(cls, data)
         for name, value in data.items() if isinstance(data, dict) else ():
             for text in (value if isinstance(value, list) else [value])[:10_000]:
-                if isinstance(text, str) and not _encodable(text):
-                    raise ValueError(f"{name}: not valid Unicode text (a lone surrogate, as from an escape such as "
-                                     f"\\ud800), got {shown(text)}")
+                if isinstance(text, str) and not encodable(text):
+                    raise ValueError(f"{name}: {LONE_SURROGATE}, got {shown(text)}")
         return data
 
 

@@ -80,9 +80,7 @@ class Endpoint:
 
     def masked(self, text: str, limit: int = 200) -> str:
         """``text`` with the API key masked, squeezed to one line of at most ``limit`` characters."""
-        if self.api_key:
-            text = text.replace(self.api_key, "***")
-        text = " ".join(text.split())
+        text = " ".join(self.scrub(text).split())
         return text if len(text) <= limit else text[: limit - 3] + "..."
 
     async def call(self, client, method: str, path: str, body: dict | None = None, *, max_bytes: int = 8 << 20,

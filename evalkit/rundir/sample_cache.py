@@ -82,14 +82,17 @@ class SampleCache:
             self.close()
 
     def get_many(self, keys: list[str]) -> dict[str, dict]:
+        """The cached samples of ``keys``; none from a cache set aside (before, or while reading them)."""
         out: dict[str, dict] = {}
+        if self.db is None:
+            return out
         with self._guarded():
-            for i in range(0, len(keys) if self.db else 0, 500):
+            for i in range(0, len(keys), 500):
                 chunk = keys[i:i + 500]
                 rows = self.db.execute(f"SELECT key, value FROM samples WHERE key IN ({','.join('?' * len(chunk))})",
                                        chunk).fetchall()
                 out.update({k: json.loads(v) for k, v in rows})
-        return out if self.db else {}
+        return out if self.db is not None else {}
 
     def put_many(self, items: list[tuple[str, dict]]) -> None:
         if items and self.db:
