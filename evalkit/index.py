@@ -62,7 +62,7 @@ def index_path(index: str | Path | None = None, output_dir: str | Path = "runs")
 class RunIndex:
     def __init__(self, path: str | Path, *, create: bool = True):
         self.path = Path(path)
-        if not create and not self.path.exists():
+        if not create and (not self.path.exists() or (self.path.is_file() and self.path.stat().st_size == 0)):
             raise EvalkitError(f"--index: no run index at {self.path} (runs are recorded there when they end; "
                                f"set EVALKIT_INDEX or --index to use another)")
         check_database(self.path, field="index" if create else "--index", tables=TABLES)

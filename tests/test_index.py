@@ -134,6 +134,11 @@ def test_history_marks_the_regression(tmp_path):
                         (Path("/dev/null"), "is not a regular file (a FIFO or a device), not a database file")):
         result = CliRunner().invoke(app, ["runs", "--index", str(where)])
         assert result.exit_code == 2 and result.stderr.strip() == f"error: --index: {where} {said}", result.output
+    empty = tmp_path / "empty.jsonl"  # a command that reads the index never makes one of an empty file
+    empty.touch()
+    result = CliRunner().invoke(app, ["runs", "--index", str(empty)])
+    assert result.exit_code == 2 and f"--index: no run index at {empty}" in result.stderr, result.output
+    assert empty.stat().st_size == 0
 
 
 def test_nightly_loop_end_to_end(tiny_model, tmp_path, monkeypatch):
