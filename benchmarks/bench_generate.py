@@ -82,7 +82,8 @@ def main() -> None:
     prompts = [{"id": f"p{i}", "prompt": PROMPTS[i]} for i in range(grid["prompts"])]
     config = config_from_dict({"name": "bench", "prompts": prompts, "max_new_tokens": args.max_new_tokens,
                                "grid": {"temperature": grid["temperature"], "top_p": grid["top_p"]},
-                               "samples_per_prompt": grid["samples"], "model": {"id": args.model, "device": args.device}})
+                               "samples_per_prompt": grid["samples"],
+                               "model": {"id": args.model, "device": args.device}})
     backend = load_backend(config)
     n_new = args.max_new_tokens
     prepared = backend.prepare(load_prompts(config), chat_template="auto", system_prompt=None, max_new_tokens=n_new)

@@ -121,3 +121,12 @@ def _resolved(config: SweepConfig) -> dict:
     if config.model.id != "default" and model_path.exists():
         data["model"]["id"] = str(model_path.resolve())
     return data
+
+
+def backends() -> list[dict]:
+    """What every backend is and can do, one dict each (``evalkit backends``): its kind, engine, whether it runs
+    remotely, the sampling knobs it honours (a setting that sets another is refused before a run), the chain
+    orders it applies (``auto``: its own, ``own_order``), and the metric inputs its samples supply."""
+    from evalkit.generation import all_specs
+
+    return [spec.as_row() for spec in all_specs()]

@@ -21,7 +21,7 @@ import pandas as pd
 from evalkit.config import SweepConfig
 from evalkit.errors import EvalkitError, shown
 from evalkit.executors import executor_for
-from evalkit.generation import WorkUnit
+from evalkit.generation import Abilities, WorkUnit
 from evalkit.generation.base import Generator, PreparedPrompt
 from evalkit.index import TABLES as INDEX_TABLES
 from evalkit.index import index_path
@@ -100,9 +100,9 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
                                        ui, cache, executor)
             timings["generate_s"] = round(time.perf_counter() - started, 3)
             writer.manifest.executor = executor.record()
-            ref_logprobs = reference_logprobs(generator, references, prepared, metrics, ui)
-            ref_token_ids = reference_token_ids(generator, references, metrics)
-            features = model_features(generator, samples, references, prepared, metrics, ui)
+            ref_logprobs = reference_logprobs(executor.abilities, references, prepared, metrics, ui)
+            ref_token_ids = reference_token_ids(executor.abilities, references, metrics)
+            features = model_features(executor.abilities, samples, references, prepared, metrics, ui)
             executor.close()  # the workers are freed before scoring
             run = score_and_complete(writer, samples, settings, metrics, level=config.ci.level,
                                      resamples=config.ci.resamples, seed=config.seed, ui=ui, checks=checks,
@@ -149,11 +149,11 @@ def score_and_complete(writer: RunWriter, samples: pd.DataFrame, settings: list,
     return writer.complete(n_samples=len(samples), timings=timings, reused=reused)
 
 
-def reference_logprobs(generator: Generator, references: ReferenceSet | None, prepared: list[PreparedPrompt],
+def reference_logprobs(abilities: Abilities, references: ReferenceSet | None, prepared: list[PreparedPrompt],
                        metrics: list, ui) -> dict[str, list[tuple[float, ...]]] | None:
     """Each per-prompt reference text's per-token log-probabilities under the model, by prompt id, where a
     metric reads them (nll, perplexity) and the model is loaded here (a local transformers model); else None."""
-    score = getattr(generator, "score_continuations", None)
+    score = abilities.score_continuations
     if (references is None or references.images or not references.by_prompt or score is None
             or not any("model_logprobs" in m.requires() for m in metrics)):
         return None
@@ -166,11 +166,11 @@ def reference_logprobs(generator: Generator, references: ReferenceSet | None, pr
     return out
 
 
-def reference_token_ids(generator: Generator, references: ReferenceSet | None, metrics: list
+def reference_token_ids(abilities: Abilities, references: ReferenceSet | None, metrics: list
                         ) -> dict[str, list[tuple[int, ...]]] | None:
     """The model's token ids of each reference text, by prompt id (the corpus's under CORPUS), where a metric
     counts model tokens (tok=model) and the model's tokenizer is loaded here; else None."""
-    tokenize = getattr(generator, "tokenize_texts", None)
+    tokenize = abilities.tokenize_texts
     if (references is None or references.images or tokenize is None
             or not any("token_ids" in m.requires() for m in metrics)):
         return None
@@ -180,11 +180,12 @@ def reference_token_ids(generator: Generator, references: ReferenceSet | None, m
     return out
 
 
-def model_features(generator: Generator, samples: pd.DataFrame, references: ReferenceSet | None,
+def model_features(abilities: Abilities, samples: pd.DataFrame, references: ReferenceSet | None,
                    prepared: list[PreparedPrompt], metrics: list, ui) -> dict[tuple[str, str], object] | None:
     """The model's features of every sample and reference text by (prompt id, text) ("" for the corpus),
-    where a metric reads them (``mauve[emb=model]``); None otherwise."""
-    if not any("model_features" in m.requires() for m in metrics):
+    where a metric reads them (``mauve[emb=model]``) and the model is loaded here; None otherwise."""
+    embed = abilities.embed_continuations
+    if embed is None or not any("model_features" in m.requires() for m in metrics):
         return None
     by_id = {p.prompt.id: p for p in prepared}
     todo: dict[str, list[str]] = {}
@@ -198,7 +199,7 @@ def model_features(generator: Generator, samples: pd.DataFrame, references: Refe
     with ui.phase("hidden states of the texts", total=sum(len(set(v)) for v in todo.values())) as phase:
         for pid, texts in todo.items():
             unique = list(dict.fromkeys(texts))
-            for text, vector in zip(unique, generator.embed_continuations(by_id.get(pid), unique)):
+            for text, vector in zip(unique, embed(by_id.get(pid), unique)):
                 out[(pid, text)] = vector
             phase.advance(len(unique))
     return out

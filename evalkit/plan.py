@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 
 from evalkit.config import SweepConfig
 from evalkit.errors import ConfigError
+from evalkit.generation import all_specs, spec_of
 from evalkit.kinds import RunKind, kind_of
 from evalkit.prompts import load_prompts
 from evalkit.references import ReferenceSet, load_references
@@ -20,6 +21,7 @@ def checked_inputs(config: SweepConfig) -> tuple[RunKind, list, list, list, int,
     with nothing loaded: the start that a run and its --plan share."""
     kind = kind_of(config)
     settings = config.settings()
+    check_honoured(config, settings)
     metrics = default_registry().create_all(config.metrics, source=config.source)
     kind.check_metrics(metrics, config.source)
     prompts = load_prompts(config)
@@ -40,6 +42,23 @@ def checked_inputs(config: SweepConfig) -> tuple[RunKind, list, list, list, int,
                               "return: use executor: local, or a sentence embedder (emb=all-MiniLM-L6-v2)",
                               source=config.source, path=f"metrics[{i}]")
     return kind, settings, metrics, prompts, check_size(config, settings, prompts), references
+
+
+def check_honoured(config: SweepConfig, settings: list) -> None:
+    """Refuse a setting that sets a knob, or names a chain order, that the backend does not honour: one line naming
+    the backend, the knob and the backends that do honour it. Nothing is silently left out of a setting."""
+    specs = all_specs()
+    spec = next(s for s in specs if s.name == config.model.backend)
+    for setting in settings:
+        refused = spec.refusal(setting)
+        if refused is None:
+            continue
+        knob, what = refused
+        others = [s.name for s in specs if s.kind == spec.kind and s.refusal(setting) is None]
+        where = f"grid.{knob}" if getattr(config.grid, knob, None) is not None else "grid.settings"
+        raise ConfigError(f"backend {spec.name} does not honour {what}, which setting {setting.id} sets; "
+                          + (f"backends that do: {', '.join(others)}" if others else "no backend does")
+                          + " (evalkit backends lists each one's knobs)", source=config.source, path=where)
 
 
 def checked_metrics(metrics: list, checks: Iterable, references: Callable[[], ReferenceSet | None], *,
@@ -81,16 +100,12 @@ def logprobs_wanted(metrics: list, source: str | None = None) -> int:
 def describe(config: SweepConfig) -> list[tuple[str, str]]:
     """What a run of ``config`` would make and send, before anything is loaded, sent or written (``--plan``):
     (label, value) lines. Samples that the sample cache or a resumed run already holds are not made again."""
-    import importlib
-
-    from evalkit.generation import BACKENDS
-
     kind, settings, metrics, prompts, units, references = checked_inputs(config)
     lines = [("settings", str(len(settings))), (kind.noun, str(len(prompts))),
              ("samples per prompt and setting", str(config.samples_per_prompt)), ("samples", str(units))]
-    module = importlib.import_module(BACKENDS[config.model.backend])
-    if hasattr(module, "plan_lines"):
-        lines += module.plan_lines(config, settings, prompts, units)
+    spec = spec_of(config.model.backend)
+    if spec.plan_lines is not None:
+        lines += spec.plan_lines(config, settings, prompts, units)
     elif "num_new_tokens" in kind.columns:
         lines.append(("new tokens, at most", str(units * config.max_new_tokens)))
     if any("tests" in m.requires() for m in metrics):

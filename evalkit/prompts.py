@@ -35,7 +35,8 @@ class Prompt:
         return "\n".join(f"{role}: {content}" for role, content in self.messages or ())
 
     def chat(self, system_prompt: str | None) -> list[dict[str, str]]:
-        msgs = [{"role": r, "content": c} for r, c in self.messages] if self.messages else [{"role": "user", "content": self.text or ""}]
+        msgs = ([{"role": r, "content": c} for r, c in self.messages] if self.messages
+                else [{"role": "user", "content": self.text or ""}])
         if system_prompt is not None and not any(m["role"] == "system" for m in msgs):
             msgs.insert(0, {"role": "system", "content": system_prompt})
         return msgs

@@ -1,6 +1,6 @@
 """The points of a grid: one validated, immutable object per setting, for each kind of sweep.
 
-Text (:class:`Setting`): temperature, top-p, top-k, min-p.
+Text (:class:`Setting`): temperature, top-p, top-k, min-p, and the order of the chain that applies them.
 
 Conventions follow transformers ``GenerationConfig`` and vLLM ``SamplingParams``:
 
@@ -9,24 +9,38 @@ Conventions follow transformers ``GenerationConfig`` and vLLM ``SamplingParams``
 - ``top_k`` >= 0; 0 means no top-k filtering.
 - ``min_p`` in [0, 1); 0 means no min-p filtering.
 
-When several are active they apply in transformers' order:
-temperature, then top-k, then top-p, then min-p. vLLM's sampler applies min-p right after the
-temperature (:data:`VLLM_ORDER`): with top-p and min-p in one setting its distribution differs.
+- ``order``: the chain order, by name (:data:`ORDERS`); ``auto`` (the default) is the backend's own order.
+
+When several are active they apply in the setting's chain order. ``transformers`` (evalkit's engine's own):
+temperature, then top-k, then top-p, then min-p. ``vllm``: vLLM's sampler applies min-p right after the
+temperature, before top-k and top-p: with top-p and min-p in one setting its distribution differs. A backend
+honours some orders only (``evalkit backends`` lists them); a setting that names one it does not apply is
+refused before the run starts.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from evalkit.errors import shown
 
-APPLICATION_ORDER = ("temperature", "top_k", "top_p", "min_p")
-# vllm.v1.sample.sampler.Sampler: temperature, the argmax-invariant logits processors (min-p), then top-k and top-p.
-# top-k commutes with min-p (both keep a token by its own rank or ratio), top-p does not: it renormalizes.
-VLLM_ORDER = ("temperature", "min_p", "top_k", "top_p")
+# The chain orders, by name: the knobs of a text setting in the order an engine applies them. A new knob is a
+# field of Setting and its place in each order here (and one transform in evalkit.generation.sampling).
+ORDERS: dict[str, tuple[str, ...]] = {
+    # transformers' logits warpers (TemperatureLogitsWarper, TopK, TopP, MinP): evalkit's engine's own order
+    "transformers": ("temperature", "top_k", "top_p", "min_p"),
+    # vllm.v1.sample.sampler.Sampler: temperature, the argmax-invariant logits processors (min-p), then top-k and
+    # top-p. top-k commutes with min-p (both keep a token by its own rank or ratio), top-p does not: it renormalizes.
+    "vllm": ("temperature", "min_p", "top_k", "top_p"),
+}
+AUTO_ORDER = "auto"  # a setting's order when it names none: the backend's own
+OrderName = Literal["auto", "transformers", "vllm"]
+APPLICATION_ORDER = ORDERS["transformers"]
+VLLM_ORDER = ORDERS["vllm"]
+CORE_KNOBS = ("temperature", "top_p", "top_k", "min_p")  # the knobs every setting's record names, set or not
 
 
 def _fmt(x: float) -> str:
@@ -78,15 +92,37 @@ TopK = Annotated[int, AfterValidator(_check_top_k)]
 MinP = Annotated[float, AfterValidator(_check_min_p)]
 
 
-class Setting(BaseModel):
-    """One point of the text sampling grid. Immutable and hashable, with a stable short id."""
+class _Knobs(BaseModel):
+    """What every kind of setting shares: its knobs are its fields, each with its neutral value as default."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    CORE: ClassVar[tuple[str, ...]] = ()  # knobs every cache key names, set or not
+
+    def params(self) -> dict[str, float | int | str]:
+        """Every knob's value (the samples table's setting columns)."""
+        return {name: getattr(self, name) for name in type(self).model_fields}
+
+    def set_knobs(self) -> list[str]:
+        """The knobs this setting sets away from their neutral value (temperature: away from 1), in field order."""
+        return [name for name, f in type(self).model_fields.items() if getattr(self, name) != f.default]
+
+    def key_params(self) -> dict[str, float | int | str]:
+        """What identifies the setting in a sample cache key: the core knobs, and any other knob that is set (so
+        that a knob added to evalkit changes no key of a setting that does not use it)."""
+        set_ = set(self.set_knobs())
+        return {k: v for k, v in self.params().items() if k in self.CORE or k in set_}
+
+
+class Setting(_Knobs):
+    """One point of the text sampling grid. Immutable and hashable, with a stable short id."""
+
+    CORE: ClassVar[tuple[str, ...]] = CORE_KNOBS
 
     temperature: Temperature = 1.0  # >= 0; 0 = greedy
     top_p: TopP = 1.0  # (0, 1]; 1 = off
     top_k: TopK = 0  # >= 0; 0 = off
     min_p: MinP = 0.0  # [0, 1); 0 = off
+    order: OrderName = AUTO_ORDER  # the chain order (ORDERS); auto = the backend's own
 
     @property
     def greedy(self) -> bool:
@@ -94,16 +130,19 @@ class Setting(BaseModel):
 
     @property
     def id(self) -> str:
-        """Stable short id such as ``t0.7-p0.9`` (``-k40``, ``-m0.05`` only when active)."""
+        """Stable short id such as ``t0.7-p0.9`` (``-k40``, ``-m0.05``, ``-ovllm`` only when active)."""
         parts = [f"t{_fmt(self.temperature)}", f"p{_fmt(self.top_p)}"]
         if self.top_k:
             parts.append(f"k{self.top_k}")
         if self.min_p:
             parts.append(f"m{_fmt(self.min_p)}")
+        if self.order != AUTO_ORDER:
+            parts.append(f"o{self.order}")
         return "-".join(parts)
 
-    def params(self) -> dict[str, float | int]:
-        return {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k, "min_p": self.min_p}
+    def chain(self, backend_order: str) -> tuple[str, ...]:
+        """The knobs in the order they apply, with ``auto`` read as ``backend_order``."""
+        return ORDERS[backend_order if self.order == AUTO_ORDER else self.order]
 
     def __str__(self) -> str:
         return self.id
@@ -125,8 +164,8 @@ SCHEDULERS = {
 WITH_ETA = {"ddim"}
 
 
-class ImageSetting(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class ImageSetting(_Knobs):
+    CORE: ClassVar[tuple[str, ...]] = ("guidance_scale", "num_inference_steps", "scheduler", "eta")
 
     guidance_scale: float = Field(7.5, ge=0, le=100, allow_inf_nan=False)  # classifier-free guidance; <= 1: off
     num_inference_steps: int = Field(30, ge=1, le=1000)
@@ -146,10 +185,6 @@ class ImageSetting(BaseModel):
         if self.eta:
             parts.append(f"e{self.eta:g}")
         return "-".join(parts)
-
-    def params(self) -> dict[str, float | int | str]:
-        return {"guidance_scale": self.guidance_scale, "num_inference_steps": self.num_inference_steps,
-                "scheduler": self.scheduler, "eta": self.eta}
 
     def __str__(self) -> str:
         return self.id

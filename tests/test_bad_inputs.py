@@ -18,9 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def readme_table() -> dict[str, str]:
-    """case -> message, from the README's bad-input table."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = text[text.index("### Bad inputs"):]
+    """case -> message, from the bad-input table of docs/sweeps.md (the README links it)."""
+    text = (ROOT / "docs" / "sweeps.md").read_text(encoding="utf-8")
+    section = text[text.index("## Bad inputs"):]
     rows = re.findall(r"^\| `([a-z0-9-]+)` \| .*? \| `(error: .*?)` \|$", section, re.M)
     return dict(rows)
 

@@ -19,7 +19,8 @@ def test_default_model_file_is_verified():
 def test_default_model_sweep_and_cache(tmp_path):
     data = {
         "name": "smoke",
-        "prompts": [{"id": "en", "prompt": "Say hello in one short sentence."}, {"id": "zh", "prompt": "用一句话说你好。"}],
+        "prompts": [{"id": "en", "prompt": "Say hello in one short sentence."},
+                    {"id": "zh", "prompt": "用一句话说你好。"}],
         "grid": {"temperature": [0.0, 1.0], "top_p": [0.9]},
         "samples_per_prompt": 2,
         "max_new_tokens": 24,

@@ -140,7 +140,8 @@ def test_nan_logits_name_prompt_setting_and_step(backend):
 
     hook = backend.model.register_forward_hook(poison)
     try:
-        with pytest.raises(DecodeError, match=r"NaN logits for prompt 'en', setting t0.7-p0.9, sample 0, at decode step 2"):
+        with pytest.raises(DecodeError,
+                           match=r"NaN logits for prompt 'en', setting t0.7-p0.9, sample 0, at decode step 2"):
             list(backend.generate(units_for(backend, [SETTINGS[1]]), max_new_tokens=12, batch_size=64))
     finally:
         hook.remove()

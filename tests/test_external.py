@@ -82,7 +82,8 @@ def test_bad_files(tmp_path, content, message):
 
 def test_metrics_that_need_the_model_are_refused(tmp_path):
     path = write_rows(tmp_path / "g.jsonl", [{"prompt": "q", "text": "a"}])
-    for name, needs in (("mean_length", "token_counts"), ("perplexity", "model_logprobs"), ("token_entropy", "token_stats")):
+    for name, needs in (("mean_length", "token_counts"), ("perplexity", "model_logprobs"),
+                        ("token_entropy", "token_stats")):
         with pytest.raises(ConfigError, match=f"needs {needs}, which a file of texts does not have"):
             score_file(path, [name], tmp_path / "out", progress=False)
 

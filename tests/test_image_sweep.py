@@ -141,7 +141,8 @@ def test_images_beyond_the_budget_are_named_not_inlined(run, monkeypatch, tmp_pa
     rows = [row for per_prompt in data["samples"] for per_setting in per_prompt for row in per_setting]
     inline = [row[3] for row in rows if row[3].startswith("data:image/jpeg;base64,")]
     named = [row[3] for row in rows if not row[3].startswith("data:")]
-    assert len(inline) == 16 and len(named) == 8 and all(n.startswith("images/") and n.endswith("-002.png") for n in named)
+    assert len(inline) == 16 and len(named) == 8
+    assert all(n.startswith("images/") and n.endswith("-002.png") for n in named)
     assert "the first 2 of each group as thumbnails of at most 48 px" in html
 
 

@@ -1,4 +1,4 @@
-"""The import structure the README's layout describes: no cycles, and a config loads without torch."""
+"""The import structure docs/development.md's layout describes: no cycles, and a config loads without torch."""
 
 import subprocess
 import sys

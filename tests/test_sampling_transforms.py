@@ -5,28 +5,30 @@ import pytest
 import torch
 from transformers import MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from evalkit.settings import Setting
+from evalkit.settings import ORDERS, Setting
 
-from evalkit.generation.sampling import CANDIDATES, SamplingParams, check_logits, warp
+from evalkit.generation.sampling import CANDIDATES, RowParams, check_logits, warp
 
 
-def oracle(row: torch.Tensor, s: Setting) -> torch.Tensor:
-    """transformers' warpers, in generate's order, on one row with scalar parameters."""
+def oracle(row: torch.Tensor, s: Setting, order: str = "transformers") -> torch.Tensor:
+    """transformers' warpers, in generate's order (or another named order: the same warpers composed as that
+    engine composes its samplers), on one row with scalar parameters."""
     scores = row[None].clone()
     ids = torch.zeros((1, 1), dtype=torch.long)
-    scores = TemperatureLogitsWarper(s.temperature)(ids, scores)
-    if s.top_k:
-        scores = TopKLogitsWarper(top_k=s.top_k)(ids, scores)
-    if s.top_p < 1:
-        scores = TopPLogitsWarper(top_p=s.top_p)(ids, scores)
-    if s.min_p:
-        scores = MinPLogitsWarper(min_p=s.min_p)(ids, scores)
+    warpers = {"temperature": lambda: TemperatureLogitsWarper(s.temperature),
+               "top_k": lambda: TopKLogitsWarper(top_k=s.top_k) if s.top_k else None,
+               "top_p": lambda: TopPLogitsWarper(top_p=s.top_p) if s.top_p < 1 else None,
+               "min_p": lambda: MinPLogitsWarper(min_p=s.min_p) if s.min_p else None}
+    for name in ORDERS[order]:
+        warper = warpers[name]()
+        if warper is not None:
+            scores = warper(ids, scores)
     return scores[0]
 
 
 def dense(logits: torch.Tensor, settings: list[Setting], candidates=CANDIDATES) -> torch.Tensor:
     out = torch.empty_like(logits)
-    for rows, part in warp(logits, SamplingParams.from_settings(settings), candidates):
+    for rows, part in warp(logits, RowParams.from_settings(settings), candidates):
         out[rows] = part.dense(logits.shape[-1])
     return out
 
@@ -95,12 +97,35 @@ def test_each_row_matches_transformers(vocab, seed):
     assert exact_rows >= 30  # the rest are the tie rows (kinds 3 and 5), checked above
 
 
+@pytest.mark.parametrize("vocab, seed", [(7, 0), (300, 1), (3000, 2), (3000, 3)])
+def test_rows_of_each_order_match_transformers_warpers_composed_in_that_order(vocab, seed):
+    """One batch, rows of every named order (auto: the engine's own, transformers'): each row gets its own chain."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = random_rows(gen, 48, vocab)
+    orders = list(ORDERS) + ["auto"]
+    both = {"top_p": 0.5, "min_p": 0.6}  # in every other row top-p and min-p both cut: the orders' sets differ
+    settings = [Setting(**{**random_setting(gen, vocab).params(), **(both if i % 2 else {}),
+                           "order": orders[i % len(orders)]}) for i in range(48)]
+    ours = dense(logits, settings)
+    differ = 0
+    for r, s in enumerate(settings):
+        order = "transformers" if s.order == "auto" else s.order
+        theirs = oracle(logits[r], s, order)
+        if torch.equal(ours[r].isfinite(), theirs.isfinite()):
+            torch.testing.assert_close(ours[r].softmax(-1), theirs.softmax(-1), atol=1e-6, rtol=0)
+        else:
+            assert tied_at_boundary(logits[r] / s.temperature, ours[r], theirs), (r, s)
+        other = oracle(logits[r], s, "vllm" if order == "transformers" else "transformers")
+        differ += not torch.equal(theirs.isfinite(), other.isfinite())
+    assert differ >= 1  # the two orders do differ on some of these rows, so the check above could fail
+
+
 def test_candidate_and_dense_paths_agree():
     gen = torch.Generator().manual_seed(9)
     vocab = 5000
     logits = random_rows(gen, 64, vocab)
     settings = [random_setting(gen, vocab) for _ in range(64)]
-    parts = warp(logits, SamplingParams.from_settings(settings))
+    parts = warp(logits, RowParams.from_settings(settings))
     sizes = {p.logits.shape[-1] for _, p in parts if p.index is not None}
     assert {64, 1024} <= sizes  # both candidate stages are exercised, and the dense path below
     fast = dense(logits, settings)
@@ -122,7 +147,7 @@ def test_rows_with_disabled_transforms_are_untouched():
 
 def test_greedy_rows_share_the_batch():
     logits = torch.tensor([[0.0, 3.0, 1.0], [0.0, 3.0, 1.0]])
-    parts = warp(logits, SamplingParams.from_settings([Setting(temperature=0), Setting(temperature=1.0)]))
+    parts = warp(logits, RowParams.from_settings([Setting(temperature=0), Setting(temperature=1.0)]))
     by_row = {int(r): p for rows, p in parts for r in rows}
     assert by_row[0].index.tolist() == [[1]]
     assert by_row[1].index is None
@@ -157,7 +182,7 @@ def test_sampled_frequencies_match_the_filtered_distribution(setting, candidates
     row = torch.randn(vocab, generator=torch.Generator().manual_seed(3)) * 2
     expected = oracle(row, setting).softmax(-1).double()
     logits = row.expand(n, vocab)
-    params = SamplingParams.from_settings([setting] * n)
+    params = RowParams.from_settings([setting] * n)
     u = torch.from_numpy(uniforms(np.arange(n, dtype=np.uint64) + 12345, step=0))
     draw = sample(warp(logits, params, candidates), u, n)
     counts = torch.bincount(draw.tokens, minlength=vocab).double()

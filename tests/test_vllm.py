@@ -211,7 +211,7 @@ def test_first_token_frequencies_follow_vllms_filter_order(engine):
     import numpy as np
     from scipy.stats import chisquare
 
-    from evalkit.generation.sampling import SamplingParams, filter_ordered, scale
+    from evalkit.generation.sampling import RowParams, filter_ordered, scale
     from evalkit.settings import APPLICATION_ORDER, VLLM_ORDER, Setting
 
     backend, prompts = engine
@@ -224,7 +224,7 @@ def test_first_token_frequencies_follow_vllms_filter_order(engine):
         records = list(backend.generate(_units(prompt, setting, n), max_new_tokens=1, batch_size=0))
         assert len(records) == n and all(len(r.token_ids) == 1 for r in records)
         first = np.array([r.token_ids[0] for r in records])
-        params = SamplingParams.from_settings([setting])
+        params = RowParams.from_settings([setting])
         fits = {}
         for name, order in (("vllm", VLLM_ORDER), ("evalkit", APPLICATION_ORDER)):
             p = filter_ordered(scale(z, params), params, order).softmax(-1)[0].double().numpy()

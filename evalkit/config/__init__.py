@@ -7,9 +7,11 @@ package imports neither torch nor any model library.
 
 from evalkit.config.loading import (apply_overrides, config_from_dict, load_config, metric_list, metric_spec,
                                     parse_yaml, preset_names, preset_path)
-from evalkit.config.schema import (DEFAULT_METRICS, KIND_OF_BACKEND, CIConfig, GridConfig, ImageOptions, Message,
+from evalkit.config.model import DiffusersModel, HFModel, OpenAIModel, VLLMModel, VLMModel
+from evalkit.config.schema import (BACKEND_NAMES, DEFAULT_METRICS, MODELS, CIConfig, GridConfig, ImageOptions, Message,
                                    MetricSpec, ModelConfig, PromptItem, PromptsConfig, SweepConfig)
 
-__all__ = ["DEFAULT_METRICS", "KIND_OF_BACKEND", "CIConfig", "GridConfig", "ImageOptions", "Message", "MetricSpec",
+__all__ = ["BACKEND_NAMES", "DEFAULT_METRICS", "MODELS", "DiffusersModel", "HFModel", "OpenAIModel", "VLLMModel",
+           "VLMModel", "CIConfig", "GridConfig", "ImageOptions", "Message", "MetricSpec",
            "ModelConfig", "PromptItem", "PromptsConfig", "SweepConfig", "apply_overrides", "config_from_dict",
            "load_config", "metric_list", "metric_spec", "parse_yaml", "preset_names", "preset_path"]

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from evalkit.config.schema import SweepConfig
+from evalkit.config.schema import BACKEND_NAMES, MODELS, SweepConfig
 from evalkit.errors import ConfigError, field_path, shown
 
 SECRET_FIELDS = ("api_key_env",)  # a wrong value here may be the secret itself: never echoed
@@ -40,26 +40,36 @@ def _unknown_key(entry: dict) -> str | None:
 
 
 def _one(first: dict, source: str) -> ConfigError:
-    loc = tuple(first["loc"])
+    tagged = tuple(first["loc"])
+    loc = _untagged(tagged)
     path = _loc_to_path(loc)
     value = first.get("input")
     if first["type"] == "extra_forbidden":
         name = str(loc[-1])
-        known = _fields_at(loc[:-1])
+        known = _fields_at(tagged[:-1])
         hint = difflib.get_close_matches(name, known, n=1)
-        msg = f"unknown key {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else f" (valid keys: {', '.join(known)})")
+        msg = f"unknown key {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint
+                                         else f" (valid keys: {', '.join(known)})")
         path = _loc_to_path(loc[:-1]) or None
     else:
         msg = first["msg"].removeprefix("Value error, ")
         if first["type"] in ("model_type", "dict_type"):  # "a valid dictionary or instance of GridConfig"
             msg = "should be a mapping of keys (key: value, one per line or in {...})"
+        if first["type"] == "backend":  # the model section's union: no member has this backend
+            path, value = f"{path}.backend", value.get("backend") if isinstance(value, dict) else value
         head, sep, rest = msg.partition(": ")
-        if sep and head in _fields_at(loc):  # a model's own check naming one of its fields: "gguf_file: ..."
+        # a model's own check naming one of its fields ("gguf_file: ..."; the model section: any backend's field)
+        if sep and (head in _fields_at(tagged) or (path == "model" and any(head in m.model_fields for m in MODELS))):
             path, msg = f"{path}.{head}" if path else head, rest
         if "got " not in msg and first["type"] != "missing" and not path.endswith(SECRET_FIELDS):
             msg = msg.rstrip(".")
             msg += f", got {_short(value)}"
     return ConfigError(msg, source=source, path=path or None)
+
+
+def _untagged(loc: tuple) -> tuple:
+    """``loc`` without the tag pydantic adds for the member of the model section's union (its backend)."""
+    return tuple(p for i, p in enumerate(loc) if not (i and loc[i - 1] == "model" and p in BACKEND_NAMES))
 
 
 def _loc_to_path(loc: tuple) -> str:
@@ -71,6 +81,10 @@ def _fields_at(loc: tuple) -> list[str]:
     model: type[BaseModel] | None = SweepConfig
     for part in loc:
         if isinstance(part, int) or model is None:
+            continue
+        member = {m.BACKEND: m for m in MODELS}.get(str(part)) if issubclass(model, MODELS) else None
+        if member is not None:  # the union's tag: the backend's own section
+            model = member
             continue
         field = model.model_fields.get(str(part))
         if field is None:

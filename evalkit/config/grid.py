@@ -9,58 +9,57 @@ import math
 import typing
 from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, create_model, field_validator, model_validator
 
 from evalkit.config.base import _Strict
 from evalkit.errors import shown
-from evalkit.settings import SCHEDULERS, ImageSetting, MinP, Setting, Temperature, TopK, TopP
+from evalkit.settings import SCHEDULERS, ImageSetting, Setting
 
 SETTINGS_MAX = 100_000  # settings in one grid (the product of its lists)
 
 
-class GridConfig(_Strict):
-    """Lists whose cartesian product is the grid, and/or an explicit list of settings."""
+def _axis(field) -> object:
+    """A grid axis: a list of the knob's values, each validated as the setting validates it."""
+    item = Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
+    return (list[item] | None, None)
 
-    temperature: list[Temperature] | None = None  # default [1.0] when only lists are given
-    top_p: list[TopP] | None = None  # default [1.0]
-    top_k: list[TopK] | None = None  # default [0]
-    min_p: list[MinP] | None = None  # default [0.0]
-    settings: list[Setting] | None = Field(None, max_length=SETTINGS_MAX)  # explicit points, after the product
-    # text-to-image axes (backend diffusers); eta applies to ddim only and is 0 for other schedulers
-    guidance_scale: list[Annotated[float, Field(ge=0, le=100)]] | None = None  # default [7.5]
-    num_inference_steps: list[Annotated[int, Field(ge=1, le=1000)]] | None = None  # default [30]
-    scheduler: list[str] | None = None  # default ["ddim"]; ddim, euler, euler_a, dpmpp_2m, pndm, lms
-    eta: list[Annotated[float, Field(ge=0, le=1)]] | None = None  # default [0.0]
 
-    TEXT_AXES: typing.ClassVar = ("temperature", "top_p", "top_k", "min_p", "settings")
+class _Grid(_Strict):
+    """Lists whose cartesian product is the grid, and/or an explicit list of settings. The text axes are the
+    fields of :class:`~evalkit.settings.Setting` (one list each, default: the knob's neutral value); a new
+    knob of the setting is an axis here with nothing to add."""
+
+    KNOB_AXES: typing.ClassVar = tuple(Setting.model_fields)  # temperature, top_p, top_k, min_p, order, ...
+    TEXT_AXES: typing.ClassVar = (*KNOB_AXES, "settings")
     IMAGE_AXES: typing.ClassVar = ("guidance_scale", "num_inference_steps", "scheduler", "eta")
 
-    @field_validator("temperature", "top_p", "top_k", "min_p", "settings", "guidance_scale", "num_inference_steps",
-                     "scheduler", "eta")
+    @field_validator("*")
     @classmethod
     def _non_empty(cls, v: list | None) -> list | None:
         if v is not None and not v:
             raise ValueError("list is empty")
         return v
 
+    def _knob_lists(self) -> list[list | None]:
+        return [getattr(self, name) for name in self.KNOB_AXES]
+
     @model_validator(mode="after")
-    def _not_too_many(self) -> GridConfig:
+    def _not_too_many(self) -> _Grid:
         """Refused before the lists are multiplied out, not by running out of memory."""
-        for axes in ((self.temperature, self.top_p, self.top_k, self.min_p),
-                     (self.guidance_scale, self.num_inference_steps, self.scheduler, self.eta)):
-            size = math.prod(len(a) for a in axes if a) + (len(self.settings or []) if axes[0] is self.temperature
-                                                            else 0)
+        for axes, explicit in ((self._knob_lists(), len(self.settings or [])),
+                               ([self.guidance_scale, self.num_inference_steps, self.scheduler, self.eta], 0)):
+            size = math.prod(len(a) for a in axes if a) + explicit
             if size > SETTINGS_MAX:
                 raise ValueError(f"the lists make {size} settings, more than {SETTINGS_MAX}: sweep fewer values")
         return self
 
     def expand(self) -> list[Setting]:
         """The grid's settings in a stable order, duplicates removed."""
-        axes = (self.temperature, self.top_p, self.top_k, self.min_p)
+        axes = self._knob_lists()
         out: list[Setting] = []
         if any(a is not None for a in axes) or self.settings is None:
-            t, p, k, m = (a if a is not None else [d] for a, d in zip(axes, (1.0, 1.0, 0, 0.0)))
-            out += [Setting(temperature=a, top_p=b, top_k=c, min_p=d) for a, b, c, d in itertools.product(t, p, k, m)]
+            lists = [a if a is not None else [Setting.model_fields[n].default] for a, n in zip(axes, self.KNOB_AXES)]
+            out += [Setting(**dict(zip(self.KNOB_AXES, values))) for values in itertools.product(*lists)]
         out += self.settings or []
         return list(dict.fromkeys(out))
 
@@ -75,6 +74,17 @@ class GridConfig(_Strict):
                for g, n, sch, e in itertools.product(self.guidance_scale or [7.5], self.num_inference_steps or [30],
                                                       self.scheduler or ["ddim"], self.eta or [0.0])]
         return list(dict.fromkeys(out))
+
+
+GridConfig = create_model(
+    "GridConfig", __base__=_Grid, __module__=__name__,
+    **{name: _axis(f) for name, f in Setting.model_fields.items()},  # the text axes, in the setting's field order
+    settings=(list[Setting] | None, Field(None, max_length=SETTINGS_MAX)),  # explicit points, after the product
+    # text-to-image axes (backend diffusers); eta applies to ddim only and is 0 for other schedulers
+    guidance_scale=(list[Annotated[float, Field(ge=0, le=100)]] | None, None),  # default [7.5]
+    num_inference_steps=(list[Annotated[int, Field(ge=1, le=1000)]] | None, None),  # default [30]
+    scheduler=(list[str] | None, None),  # default ["ddim"]; ddim, euler, euler_a, dpmpp_2m, pndm, lms
+    eta=(list[Annotated[float, Field(ge=0, le=1)]] | None, None))  # default [0.0]
 
 
 class ImageOptions(_Strict):

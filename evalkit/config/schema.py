@@ -18,19 +18,18 @@ from pydantic import Field, field_validator, model_validator
 
 from evalkit.config.base import _Strict, bools_as_numbers, refuse_bools_as_numbers, wants_number
 from evalkit.config.grid import SETTINGS_MAX, GridConfig, ImageOptions
-from evalkit.config.model import (LOCAL_MODEL_FIELDS, SERVED_MODEL_FIELDS, VLLM_MODEL_FIELDS, VLLM_OWN_ARGS,
-                                  ExecutorConfig, ModelConfig)
+from evalkit.config.model import (BACKEND_NAMES, MODELS, VLLM_OWN_ARGS, DiffusersModel, ExecutorConfig, HFModel,
+                                  ModelConfig, OpenAIModel, VLLMModel, VLMModel)
 from evalkit.errors import shown
 from evalkit.settings import ImageSetting, Setting
 
-__all__ = ["BATCH_MAX", "DEFAULT_METRICS", "KIND_OF_BACKEND", "LOCAL_MODEL_FIELDS", "SEED_MAX", "SERVED_MODEL_FIELDS",
-           "SETTINGS_MAX", "VLLM_MODEL_FIELDS", "VLLM_OWN_ARGS", "CIConfig", "ExecutorConfig", "GridConfig",
-           "ImageOptions", "Message", "MetricSpec", "ModelConfig", "PromptItem", "PromptsConfig", "ReferencesConfig",
+__all__ = ["BACKEND_NAMES", "BATCH_MAX", "DEFAULT_METRICS", "MODELS", "SEED_MAX", "SETTINGS_MAX", "VLLM_OWN_ARGS",
+           "CIConfig", "DiffusersModel", "ExecutorConfig", "GridConfig", "HFModel", "ImageOptions", "Message",
+           "MetricSpec", "ModelConfig", "OpenAIModel", "VLLMModel", "VLMModel", "PromptItem", "PromptsConfig",
+           "ReferencesConfig",
            "SweepConfig", "bools_as_numbers", "refuse_bools_as_numbers", "split_metric", "wants_number"]
 
 DEFAULT_METRICS = ("distinct_1", "distinct_2", "mean_length")
-# what a sweep makes, by model.backend: the run kind's name (see evalkit.kinds)
-KIND_OF_BACKEND = {"hf": "text", "vlm": "image-to-text", "diffusers": "text-to-image", "openai": "text", "vllm": "text"}
 
 
 SEED_MAX = 2**63 - 1  # a signed 64-bit integer: the run index stores it
@@ -191,7 +190,7 @@ class SweepConfig(_Strict):
     """The whole sweep: a model, prompts, a grid of settings, samples and metrics."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=80)
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: ModelConfig = Field(default_factory=HFModel)  # one section class per backend (evalkit.config.model)
     prompts: PromptsConfig
     grid: GridConfig = Field(default_factory=GridConfig)
     samples_per_prompt: int = Field(4, ge=1, le=100_000)  # samples per prompt per setting
@@ -218,34 +217,14 @@ class SweepConfig(_Strict):
 
     @model_validator(mode="after")
     def _axes_match_backend(self) -> SweepConfig:
-        if self.model.backend not in ("hf", "vllm") and self.model.id == "default":
-            what = "a vision-language model" if self.model.backend == "vlm" else "a diffusers pipeline"
-            raise ValueError(f"model.id: a {self.model.backend} sweep needs {what} (a local directory or hub id); "
-                             "'default' is the embedded text model, got 'default'")
-        if self.model.backend == "openai" and self.batch_size != "auto":
-            raise ValueError(f"batch_size: a served model's server batches requests itself; set model.concurrency "
-                             f"(requests in flight) instead, got {shown(self.batch_size)}")
-        if (self.model.backend == "vllm" and self.executor.kind == "ray"
-                and 0 < self.executor.gpus_per_worker < self.model.tensor_parallel_size):
-            raise ValueError(f"executor.gpus_per_worker: each Ray worker runs one vLLM engine over "
-                             f"model.tensor_parallel_size={self.model.tensor_parallel_size} GPUs, so it needs as "
-                             f"many, got {shown(self.executor.gpus_per_worker)}")
-        if self.model.backend == "vllm" and self.batch_size != "auto":
-            raise ValueError(f"batch_size: vLLM schedules its own batches; set model.engine_args.max_num_seqs "
-                             f"(sequences per step) instead, got {shown(self.batch_size)}")
-        if self.model.backend != "vlm" and self.prompts.question is not None:
-            raise ValueError(f"prompts.question: only a vlm sweep asks a question of its images, got "
-                             f"{shown(self.prompts.question)} for backend {shown(self.model.backend)}")
-        if self.model.backend == "vlm" and (self.model.gguf_file or self.model.id.endswith(".gguf")):
-            raise ValueError(f"model.id: a vlm sweep reads a transformers model directory or hub id, not GGUF, "
-                             f"got {shown(self.model.gguf_file or self.model.id)}")
+        self.model.check_sweep(self)
         images = self.kind == "text-to-image"
         wrong = GridConfig.TEXT_AXES if images else GridConfig.IMAGE_AXES
         for axis in wrong:
             if getattr(self.grid, axis) is not None:
-                kind = {"diffusers": "a diffusers (text-to-image)", "vlm": "an image-to-text"}.get(
-                    self.model.backend, "a text")
-                axes = ", ".join(GridConfig.IMAGE_AXES if images else GridConfig.TEXT_AXES[:4])
+                kind = {"text-to-image": "a diffusers (text-to-image)", "image-to-text": "an image-to-text"}.get(
+                    self.kind, "a text")
+                axes = ", ".join(GridConfig.IMAGE_AXES if images else GridConfig.KNOB_AXES)
                 raise ValueError(f"grid.{axis}: {kind} sweep has no {axis} axis (its axes: {axes}), "
                                  f"got {shown(getattr(self.grid, axis))}")
         if images:
@@ -290,7 +269,7 @@ class SweepConfig(_Strict):
     @property
     def kind(self) -> str:
         """The run kind's name: text, image-to-text or text-to-image."""
-        return KIND_OF_BACKEND[self.model.backend]
+        return self.model.KIND
 
     def settings(self) -> list[Setting] | list[ImageSetting]:
         return self.grid.expand_images() if self.kind == "text-to-image" else self.grid.expand()

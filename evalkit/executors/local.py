@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from evalkit.config import SweepConfig
-from evalkit.generation import check_model, load_backend
+from evalkit.generation import Abilities, check_model, load_backend
 from evalkit.generation.base import Generator, SampleRecord, WorkUnit
 
 
@@ -19,6 +19,7 @@ class LocalExecutor:
     def __init__(self, config: SweepConfig):
         self.config = config
         self.generator: Generator | None = None
+        self.abilities = Abilities()  # what the loaded generator can do besides generating (checked at load)
         self.notes: list[str] = []  # what the user should read once the model is loaded (none here)
 
     def check(self) -> tuple:
@@ -27,6 +28,7 @@ class LocalExecutor:
 
     def load(self, checked: tuple, status: Callable[[str], None] = lambda msg: None) -> Generator:
         self.generator = load_backend(self.config, status=status, checked=checked)
+        self.abilities = Abilities.of(self.generator)
         return self.generator
 
     def run(self, units: list[WorkUnit], *, max_new_tokens: int, batch_size: int, stop: tuple[str, ...],
@@ -40,7 +42,6 @@ class LocalExecutor:
 
     def close(self) -> None:
         """Free the generator where it holds more than memory (vLLM's engine processes)."""
-        generator, self.generator = self.generator, None
-        close = getattr(generator, "close", None)
+        close, self.generator, self.abilities = self.abilities.close, None, Abilities()
         if close is not None:
             close()

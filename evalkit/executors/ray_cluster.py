@@ -29,7 +29,7 @@ from typing import Any
 
 from evalkit.config import SweepConfig
 from evalkit.errors import ConfigError, EvalkitError
-from evalkit.generation import check_model, load_backend
+from evalkit.generation import Abilities, check_model, load_backend, spec_of
 from evalkit.generation.base import Generator, ModelInfo, PreparedPrompt, SampleRecord, WorkUnit
 
 NAMESPACE = "evalkit"  # actors are named evalkit-<run>-worker-<i> in this namespace
@@ -197,6 +197,8 @@ class RayExecutor:
         self.counts = {"shards": 0, "shards_retried": 0, "workers_lost": 0}
         self.threads: int | None = None  # torch's CPU threads in a worker
         self.notes: list[str] = []  # what the user should read once the workers are loaded
+        # the workers' models score, tokenize and embed nothing for the driver: a Ray run has no optional abilities
+        self.abilities = Abilities()
 
     def check(self) -> tuple:
         """The model located and hashed here; the device is resolved by each worker, where it loads."""
@@ -220,7 +222,7 @@ class RayExecutor:
         same_everywhere([_get(ray, a.info.remote()) for a in self.actors])
         generator = RemoteGenerator(self.actors, ray)
         self.threads = _get(ray, self.actors[0].threads.remote())
-        if generator.info.device == "cpu" and self.config.model.backend != "openai":
+        if generator.info.device == "cpu" and not spec_of(self.config.model.backend).remote:
             import torch
 
             if self.threads != torch.get_num_threads():  # a matrix product's float sums split by thread
@@ -233,7 +235,7 @@ class RayExecutor:
         """The config the workers load: with no GPU given to them, on the CPU (Ray does not hide a node's GPUs
         from an actor that asked for none)."""
         config, ex = self.config, self.config.executor
-        if ex.gpus_per_worker or config.model.backend == "openai":
+        if ex.gpus_per_worker or spec_of(config.model.backend).remote:
             return config
         if config.model.device == "cuda":
             raise ConfigError("model.device cuda needs GPUs for the Ray workers: set executor.gpus_per_worker",

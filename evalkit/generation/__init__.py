@@ -1,6 +1,7 @@
-"""Generators behind one interface (:class:`~evalkit.generation.base.Generator`), found by
-``model.backend`` in one registry. A new backend is one module with a ``load`` function and one
-line here; nothing heavy (torch, transformers) is imported until a backend loads."""
+"""Generators behind one interface (:class:`~evalkit.generation.base.Generator`), each backend one declared
+:class:`~evalkit.generation.spec.BackendSpec` found by ``model.backend`` in one registry. A new backend is one
+module that declares its ``SPEC`` and one line here; nothing heavy (torch, transformers) is imported until a
+backend loads."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from collections.abc import Callable
 
 from evalkit.config import SweepConfig
 from evalkit.generation.base import Generator, ModelInfo, PreparedPrompt, SampleRecord, WorkUnit
+from evalkit.generation.spec import Abilities, BackendSpec
 
-__all__ = ["BACKENDS", "Generator", "ModelInfo", "PreparedPrompt", "SampleRecord", "WorkUnit", "check_model",
-           "load_backend"]
+__all__ = ["BACKENDS", "Abilities", "BackendSpec", "Generator", "ModelInfo", "PreparedPrompt", "SampleRecord",
+           "WorkUnit", "all_specs", "check_model", "load_backend", "spec_of"]
 
-# model.backend -> the module whose load(config, source, device, status) returns a Generator
+# model.backend -> the module that declares its SPEC
 BACKENDS = {
     "hf": "evalkit.generation.hf",  # transformers causal LM, decoded by evalkit's engine
     "vlm": "evalkit.generation.vlm",  # transformers image-text-to-text model, decoded by evalkit's engine
@@ -22,31 +24,31 @@ BACKENDS = {
     "vllm": "evalkit.generation.vllm_engine",  # a transformers causal LM decoded by vLLM's engine in this process
 }
 
-# decoded by evalkit's engine, which passes the KV cache as transformers >= 5.24 names it
-ENGINE_BACKENDS = ("hf", "vlm")
+
+def spec_of(backend: str) -> BackendSpec:
+    """The spec of ``model.backend``'s backend."""
+    spec = importlib.import_module(BACKENDS[backend]).SPEC
+    assert spec.name == backend and spec.config.BACKEND == backend, f"{BACKENDS[backend]} declares {spec.name}"
+    return spec
+
+
+def all_specs() -> list[BackendSpec]:
+    return [spec_of(name) for name in BACKENDS]
 
 
 def check_model(config: SweepConfig, device: bool = True):
-    """Everything about the model that can be checked before loading it: (source, device). A backend module
-    may check it its own way, with a ``check_model`` function. ``device=False`` leaves the device to be
-    resolved where the model loads (a Ray worker on another machine): None."""
-    module = importlib.import_module(BACKENDS[config.model.backend])
-    if hasattr(module, "check_model"):
-        return module.check_model(config, device=device)
-    from evalkit.generation.model import check_transformers, locate_model, resolve_device
-
-    if config.model.backend in ENGINE_BACKENDS:
-        check_transformers(config)
-    return locate_model(config), resolve_device(config.model.device, config.source) if device else None
+    """Everything about the model that can be checked before loading it: (source, device). ``device=False`` leaves
+    the device to be resolved where the model loads (a Ray worker on another machine): None."""
+    return spec_of(config.model.backend).check_model(config, device=device)
 
 
 def load_backend(config: SweepConfig, status: Callable[[str], None] = lambda msg: None,
                  checked=None) -> Generator:
     """Load the model's generator; ``checked`` is what :func:`check_model` returned, if it ran already."""
-    source, device = checked if checked is not None else check_model(config)
+    spec = spec_of(config.model.backend)
+    source, device = checked if checked is not None else spec.check_model(config)
     if device is None:
         from evalkit.generation.model import resolve_device
 
         device = resolve_device(config.model.device, config.source)
-    module = importlib.import_module(BACKENDS[config.model.backend])
-    return module.load(config, source, device, status=status)
+    return spec.load(config, source, device, status=status)

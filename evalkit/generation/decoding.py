@@ -13,13 +13,21 @@ from collections.abc import Iterator
 from typing import Any
 
 from evalkit.generation.base import ModelInfo, PreparedPrompt, ProgressFn, SampleRecord, WorkUnit
-from evalkit.generation.engine import Engine
 from evalkit.errors import ConfigError
-from evalkit.settings import APPLICATION_ORDER, Setting
+from evalkit.settings import APPLICATION_ORDER, ORDERS, Setting
 
 # Special tokens that end a turn or a text in common chat formats (used when the model has them).
 END_TOKENS = ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>", "<|end|>",
               "<|return|>", "</s>")
+
+
+# What evalkit's engine honours (hf and vlm declare it): every knob of a text setting, in every named chain order,
+# each a transform of evalkit.generation.sampling; "auto" is transformers' order.
+ENGINE_KNOBS = frozenset(Setting.model_fields)
+ENGINE_ORDERS = tuple(ORDERS)
+ENGINE_OWN_ORDER = APPLICATION_ORDER
+# what its samples supply metrics besides the texts: tokens, per-token statistics of both distributions
+ENGINE_SUPPLIES = frozenset({"token_ids", "token_counts", "token_stats", "model_logprobs"})
 
 
 def cpu_threads(device: str) -> int | None:
@@ -29,10 +37,10 @@ def cpu_threads(device: str) -> int | None:
     return torch.get_num_threads() if device == "cpu" else None
 
 
-class EngineBackend:
-    # One prompt per decode wave, with its extra model inputs (pixel values, image grids) at prefill and
-    # the model's own prefill positions (see evalkit.generation.engine): vision-language models
-    per_prompt_waves = False
+class TokenizedBackend:
+    """What a backend that tokenizes prompts with the model's own tokenizer shares (evalkit's engine, vLLM):
+    the end and padding tokens, the chat template's use, and the prompt's fit in the context."""
+
     info: ModelInfo
     eos_ids: list[int]
     pad_id: int
@@ -55,19 +63,6 @@ class EngineBackend:
         return {k: v for k, v in generation_config.to_diff_dict().items()
                 if k not in ("bos_token_id", "eos_token_id", "pad_token_id", "transformers_version")}
 
-    def _model_info(self, *, backend: str, model_id: str, source, path: str, dtype, device: str, started: float,
-                    ignored: dict[str, Any], has_chat_template: bool, **extra: Any) -> ModelInfo:
-        """What was loaded, for the manifest (``self.model`` and ``self.eos_ids`` are set)."""
-        ctx = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
-        return ModelInfo(
-            backend=backend, id=model_id, source=source.kind, path=path,
-            revision=getattr(self.model.config, "_commit_hash", None) if source.kind == "hub" else None,
-            sha256=source.sha256, dtype=str(dtype).removeprefix("torch."), device=device,
-            context_length=int(ctx) if ctx else None, eos_token_ids=self.eos_ids, has_chat_template=has_chat_template,
-            rng="evalkit engine: one splitmix64 stream per sample, a function of (sample seed, step) only",
-            load_seconds=round(time.perf_counter() - started, 3), ignored_generation_defaults=ignored,
-            threads=cpu_threads(device), **extra)
-
     def _use_template(self, chat_template: bool | str) -> bool:
         """Whether prompts go through the chat template ("auto": when the model has one); refuses a missing one."""
         use = self.info.has_chat_template if chat_template == "auto" else bool(chat_template)
@@ -87,6 +82,27 @@ class EngineBackend:
             raise ConfigError(f"prompt {prompt_id!r} is empty after tokenization", source=self._source,
                               path="prompts")
 
+class EngineBackend(TokenizedBackend):
+    """A backend whose samples evalkit's engine decodes (:mod:`evalkit.generation.engine`) from a transformers
+    model's forward pass (``self.model``)."""
+
+    # One prompt per decode wave, with its extra model inputs (pixel values, image grids) at prefill and
+    # the model's own prefill positions (see evalkit.generation.engine): vision-language models
+    per_prompt_waves = False
+
+    def _model_info(self, *, backend: str, model_id: str, source, path: str, dtype, device: str, started: float,
+                    ignored: dict[str, Any], has_chat_template: bool, **extra: Any) -> ModelInfo:
+        """What was loaded, for the manifest (``self.model`` and ``self.eos_ids`` are set)."""
+        ctx = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        return ModelInfo(
+            backend=backend, id=model_id, source=source.kind, path=path,
+            revision=getattr(self.model.config, "_commit_hash", None) if source.kind == "hub" else None,
+            sha256=source.sha256, dtype=str(dtype).removeprefix("torch."), device=device,
+            context_length=int(ctx) if ctx else None, eos_token_ids=self.eos_ids, has_chat_template=has_chat_template,
+            rng="evalkit engine: one splitmix64 stream per sample, a function of (sample seed, step) only",
+            load_seconds=round(time.perf_counter() - started, 3), ignored_generation_defaults=ignored,
+            threads=cpu_threads(device), **extra)
+
     def check(self, settings: list, prompts: list[PreparedPrompt], **options: Any) -> None:
         """Every setting of the grid is evalkit's to apply: nothing to check."""
 
@@ -96,7 +112,7 @@ class EngineBackend:
             "engine": "evalkit",
             "greedy": setting.greedy,
             **setting.params(),
-            "order": list(APPLICATION_ORDER),
+            "order": list(setting.chain("transformers")),
             "max_new_tokens": max_new_tokens,
             "eos_token_ids": self.eos_ids,
         }
@@ -125,6 +141,8 @@ class EngineBackend:
 
     def generate(self, units: list[WorkUnit], *, max_new_tokens: int, batch_size: int,
                  stop: tuple[str, ...] = (), progress: ProgressFn | None = None) -> Iterator[SampleRecord]:
+        from evalkit.generation.engine import Engine
+
         engine = Engine(self.model, eos_ids=self.eos_ids, pad_id=self.pad_id, device=self.info.device,
                         decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
                         per_prompt_waves=self.per_prompt_waves)

@@ -17,12 +17,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from evalkit.config import ImageOptions, SweepConfig
+from evalkit.config import DiffusersModel, ImageOptions, SweepConfig
 from evalkit.errors import EvalkitError
 from evalkit.generation.base import ModelInfo, PreparedPrompt, ProgressFn, SampleRecord, WorkUnit
-from evalkit.generation.model import ModelSource, quiet_libraries, resolve_dtype
+from evalkit.generation.model import ModelSource, check_local_model, quiet_libraries, resolve_dtype
+from evalkit.generation.spec import BackendSpec
 from evalkit.prompts import Prompt
 from evalkit.settings import SCHEDULERS, WITH_ETA, ImageSetting
 
@@ -31,6 +30,7 @@ class DiffusersBackend:
                  options: ImageOptions | None = None, info: dict[str, Any] | None = None,
                  load_kwargs: dict[str, Any] | None = None):
         import diffusers
+        import torch
 
         started = time.perf_counter()
         self.device = device
@@ -97,18 +97,26 @@ class DiffusersBackend:
                 if progress:
                     progress(done, 0)
 
-    @torch.inference_mode()
     def images(self, prompt: str, setting: ImageSetting, seeds: Sequence[int], *, width: int, height: int,
                negative_prompt: str | None = None):
         """One PIL image per seed, for ``prompt`` under ``setting``."""
-        self._use_scheduler(setting.scheduler)
+        import torch
+
+        call = pipeline_call(setting)
+        self._use_scheduler(call.pop("scheduler"))
         generators = [torch.Generator(device="cpu").manual_seed(int(s) % 2**63) for s in seeds]
-        kwargs = {"eta": setting.eta} if setting.scheduler in WITH_ETA else {}
-        result = self.pipe(prompt=[prompt] * len(seeds), negative_prompt=[negative_prompt] * len(seeds)
-                           if negative_prompt else None, num_inference_steps=setting.num_inference_steps,
-                           guidance_scale=setting.guidance_scale, width=width, height=height, generator=generators,
-                           output_type="pil", **kwargs)
+        with torch.inference_mode():
+            result = self.pipe(prompt=[prompt] * len(seeds), negative_prompt=[negative_prompt] * len(seeds)
+                               if negative_prompt else None, width=width, height=height, generator=generators,
+                               output_type="pil", **call)
         return list(result.images)
+
+
+def pipeline_call(setting: ImageSetting) -> dict[str, Any]:
+    """What a setting makes of a pipeline call: the scheduler (by evalkit's name), and the call's own arguments."""
+    eta = {"eta": setting.eta} if setting.scheduler in WITH_ETA else {}
+    return {"scheduler": setting.scheduler, "num_inference_steps": setting.num_inference_steps,
+            "guidance_scale": setting.guidance_scale, **eta}
 
 
 def load(config: SweepConfig, source: ModelSource, device: str, status=lambda msg: None) -> DiffusersBackend:
@@ -117,3 +125,11 @@ def load(config: SweepConfig, source: ModelSource, device: str, status=lambda ms
     return DiffusersBackend(where, device=device, dtype=config.model.dtype, options=config.image,
                             info={"id": config.model.id, "source": source.kind, "sha256": source.sha256,
                                   "revision": config.model.revision}, load_kwargs=load_kwargs)
+
+
+SPEC = BackendSpec(
+    name="diffusers", config=DiffusersModel, what="a text-to-image sweep",
+    summary="a diffusers text-to-image pipeline (a local directory or hub id)",
+    needs=frozenset({"images"}), knobs=frozenset(ImageSetting.model_fields), orders=(),
+    own_order=tuple(ImageSetting.model_fields), engine="diffusers", remote=False, load=load,
+    check_model=check_local_model)

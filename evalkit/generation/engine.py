@@ -29,7 +29,7 @@ import torch
 
 from evalkit.generation.base import ENGINE_STAT_COLUMNS, WorkUnit
 from evalkit.errors import EvalkitError
-from evalkit.generation.sampling import SamplingParams, check_logits, distribution, sample, warp
+from evalkit.generation.sampling import RowParams, check_logits, distribution, sample, warp
 from evalkit.seeds import uniforms
 
 
@@ -120,7 +120,7 @@ class Engine:
         del out
 
         rows = [_Row(u) for u in wave]
-        params = SamplingParams.from_settings([u.setting for u in wave], device)
+        params = RowParams.from_settings([u.setting for u in wave], device)
         seeds = np.array([u.seed for u in wave], dtype=np.uint64)
         for step in range(max_new_tokens):
             on_step(step + 1)

@@ -9,15 +9,48 @@ from __future__ import annotations
 
 import time
 
-from evalkit.generation.base import PreparedPrompt
-from evalkit.generation.decoding import EngineBackend
-from evalkit.config import SweepConfig
-from evalkit.generation.model import ModelSource, quiet_libraries, resolve_dtype
+from evalkit.config import HFModel, SweepConfig
 from evalkit.errors import ConfigError
+from evalkit.generation.base import PreparedPrompt
+from evalkit.generation.decoding import (ENGINE_KNOBS, ENGINE_ORDERS, ENGINE_OWN_ORDER, ENGINE_SUPPLIES, EngineBackend,
+                                         TokenizedBackend)
+from evalkit.generation.model import ModelSource, check_engine_model, quiet_libraries, resolve_dtype
+from evalkit.generation.spec import BackendSpec
 from evalkit.prompts import Prompt
 
-class HFTextBackend(EngineBackend):
-    """A transformers causal LM behind the TextBackend interface."""
+
+class TransformersText(TokenizedBackend):
+    """Prompts and texts through a transformers model's own tokenizer and chat template (``self.tokenizer``):
+    shared by this backend and vLLM's, so that both engines see the same prompt tokens."""
+
+    tokenizer: object
+
+    def prepare(self, prompts: list[Prompt], *, chat_template: bool | str, system_prompt: str | None,
+                max_new_tokens: int) -> list[PreparedPrompt]:
+        use_template = self._use_template(chat_template)
+        out = []
+        for p in prompts:
+            if use_template:
+                rendered = self.tokenizer.apply_chat_template(p.chat(system_prompt), tokenize=False,
+                                                              add_generation_prompt=True)
+                ids = self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
+            else:
+                if p.messages is not None:
+                    raise ConfigError(f"prompt {p.id!r} is chat messages, but no chat template is applied",
+                                      source=self._source, path="prompts")
+                rendered = f"{system_prompt}\n\n{p.text}" if system_prompt else (p.text or "")
+                ids = self.tokenizer(rendered)["input_ids"]
+            self._check_fits(p.id, len(ids), max_new_tokens)
+            out.append(PreparedPrompt(prompt=p, rendered=rendered, token_ids=tuple(ids), chat_template=use_template))
+        return out
+
+    def tokenize_texts(self, texts: list[str]) -> list[tuple[int, ...]]:
+        """The model's token ids of each text, without special tokens (as a sample's new tokens are)."""
+        return [tuple(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+
+
+class HFTextBackend(TransformersText, EngineBackend):
+    """A transformers causal LM, decoded by evalkit's engine."""
 
     def __init__(self, config: SweepConfig, source: ModelSource, device: str, status=lambda msg: None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -45,27 +78,6 @@ class HFTextBackend(EngineBackend):
             path=str(source.gguf.path if source.gguf else (source.path or source.hub_id)),
             has_chat_template=bool(getattr(self.tokenizer, "chat_template", None)), converted_now=converted_now)
 
-    # ------------------------------------------------------------------ prompts
-
-    def prepare(self, prompts: list[Prompt], *, chat_template: bool | str, system_prompt: str | None,
-                max_new_tokens: int) -> list[PreparedPrompt]:
-        use_template = self._use_template(chat_template)
-        out = []
-        for p in prompts:
-            if use_template:
-                rendered = self.tokenizer.apply_chat_template(p.chat(system_prompt), tokenize=False,
-                                                              add_generation_prompt=True)
-                ids = self.tokenizer(rendered, add_special_tokens=False)["input_ids"]
-            else:
-                if p.messages is not None:
-                    raise ConfigError(f"prompt {p.id!r} is chat messages, but no chat template is applied",
-                                      source=self._source, path="prompts")
-                rendered = f"{system_prompt}\n\n{p.text}" if system_prompt else (p.text or "")
-                ids = self.tokenizer(rendered)["input_ids"]
-            self._check_fits(p.id, len(ids), max_new_tokens)
-            out.append(PreparedPrompt(prompt=p, rendered=rendered, token_ids=tuple(ids), chat_template=use_template))
-        return out
-
     # ------------------------------------------------------------------ references
 
     def score_continuations(self, prompt: PreparedPrompt, texts: list[str]) -> list[tuple[float, ...]]:
@@ -92,10 +104,6 @@ class HFTextBackend(EngineBackend):
             out.append(tuple(float(v) for v in logp.cpu()))
         return out
 
-    def tokenize_texts(self, texts: list[str]) -> list[tuple[int, ...]]:
-        """The model's token ids of each text, without special tokens (as a sample's new tokens are)."""
-        return [tuple(self.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
-
     def embed_continuations(self, prompt: PreparedPrompt | None, texts: list[str]):
         """The model's final-layer hidden state at the last token of each text read as a continuation of
         ``prompt`` (None: the text alone, after the tokenizer's own start tokens), float64 [texts, hidden]:
@@ -118,3 +126,10 @@ class HFTextBackend(EngineBackend):
 
 def load(config: SweepConfig, source: ModelSource, device: str, status=lambda msg: None) -> HFTextBackend:
     return HFTextBackend(config, source, device, status=status)
+
+
+SPEC = BackendSpec(
+    name="hf", config=HFModel, what="a text sweep",
+    summary="a transformers causal LM (hub id, directory or GGUF), decoded by evalkit's engine",
+    needs=ENGINE_SUPPLIES | {"model_features"}, knobs=ENGINE_KNOBS, orders=ENGINE_ORDERS,
+    own_order=ENGINE_OWN_ORDER, engine="evalkit", remote=False, load=load, check_model=check_engine_model)

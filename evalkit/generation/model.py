@@ -99,7 +99,7 @@ def _locate(config: SweepConfig) -> ModelSource:
                 raise ConfigError(f"GGUF file is not a regular file: {file}", source=config.source,
                                   path="model.gguf_file")
             return ModelSource("gguf", file, None, _checked_gguf(file, mc.sha256, config.source, "model.gguf_file"))
-        pipeline = mc.backend == "diffusers"  # a diffusers pipeline: model_index.json and one folder per part
+        pipeline = mc.PIPELINE  # a diffusers pipeline: model_index.json and one folder per part
         marker = "model_index.json" if pipeline else "config.json"
         if not (path / marker).is_file():
             what = "diffusers pipeline" if pipeline else "transformers model"
@@ -174,6 +174,18 @@ def check_transformers(config: SweepConfig) -> None:
                           f"{need}, and this environment has {transformers.__version__} (vLLM's environment pins an "
                           "older one): run it in evalkit's main environment", source=config.source,
                           path="model.backend")
+
+
+def check_local_model(config: SweepConfig, device: bool = True) -> tuple[ModelSource, str | None]:
+    """Before loading a model whose weights evalkit reads: the model found (and hashed), and (``device``: here, not
+    on a Ray worker, which resolves it where it loads) the device resolved."""
+    return locate_model(config), resolve_device(config.model.device, config.source) if device else None
+
+
+def check_engine_model(config: SweepConfig, device: bool = True) -> tuple[ModelSource, str | None]:
+    """:func:`check_local_model`, for a model decoded by evalkit's engine (which needs a recent transformers)."""
+    check_transformers(config)
+    return check_local_model(config, device)
 
 
 def quiet_libraries() -> None:

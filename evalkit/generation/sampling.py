@@ -1,63 +1,80 @@
 """Sampling as batched tensor transforms with per-row parameters (one decode serves many settings).
 
-The settings themselves live in :mod:`evalkit.settings`.
+The settings themselves live in :mod:`evalkit.settings`; each knob of a setting is one named transform here
+(:data:`TRANSFORMS`), and each row applies its setting's knobs in its setting's chain order
+(:data:`evalkit.settings.ORDERS`): a new knob is one field of the setting and one transform.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-from evalkit.settings import APPLICATION_ORDER, Setting  # noqa: F401  (re-exported for the engine's callers)
+from evalkit.settings import APPLICATION_ORDER, AUTO_ORDER, ORDERS, Setting
 
 # --------------------------------------------------------------------------- batched transforms
 #
 # Each row of a [batch, vocab] logits tensor has its own setting. The transforms follow
 # transformers' warpers exactly (TemperatureLogitsWarper, TopKLogitsWarper,
-# TopPLogitsWarper, MinPLogitsWarper, min_tokens_to_keep=1), in that order:
+# TopPLogitsWarper, MinPLogitsWarper, min_tokens_to_keep=1):
 #
 # - temperature: logits / T (greedy rows, T = 0, are decided by argmax of the raw logits);
 # - top-k: keep the tokens whose logit is >= the k-th largest (ties with it are kept);
-# - top-p: with p_i the softmax after top-k and tokens ordered by logit, drop a token when
+# - top-p: with p_i the softmax of the row as it reaches top-p and tokens ordered by logit, drop a token when
 #   the probability mass of the tokens ranked below it, itself included, is <= 1 - top_p;
 #   equivalently keep it when the mass ranked strictly above it is < top_p. The top token is
 #   always kept. Among tokens whose logits tie exactly at the boundary, transformers' sort
 #   keeps an unspecified subset; evalkit keeps the lowest token ids (a stable order);
-# - min-p: with p_i the softmax after top-p, drop tokens with p_i < min_p * max_i p_i.
+# - min-p: with p_i the softmax of the row as it reaches min-p, drop tokens with p_i < min_p * max_i p_i.
 #
-# Only the top of the distribution can survive truncation, so rows that truncate are
-# computed on their top-K candidates (torch.topk), with K grown until the kept set is
-# provably inside the candidates; rows that do not truncate, or whose kept set does not
-# fit, are computed densely over the whole vocabulary. The candidate path sums probability
-# mass in another order than transformers' sorted cumulative sum (last-bit differences), so
-# a row whose top-p or min-p decision lies within MARGIN of its cut is computed densely too.
+# In transformers' order (temperature, top-k, top-p, min-p) only the top of the distribution can survive
+# truncation, so rows that truncate are computed on their top-K candidates (torch.topk), with K grown until
+# the kept set is provably inside the candidates; rows that do not truncate, or whose kept set does not
+# fit, are computed densely over the whole vocabulary, as are the rows of another order (vLLM's). The
+# candidate path sums probability mass in another order than transformers' sorted cumulative sum (last-bit
+# differences), so a row whose top-p or min-p decision lies within MARGIN of its cut is computed densely too.
 
 
 CANDIDATES = (64, 1024, 8192)  # candidate-list sizes tried before the dense path
 MARGIN = 1e-6  # top-p / min-p decisions this close to the cut are left to the dense path
+ENGINE_ORDER = "transformers"  # what a setting's order "auto" means in evalkit's engine
+ORDER_CODES = {name: i for i, name in enumerate(ORDERS)}  # a row's order, as a number in RowParams.order
 
 
-class SamplingParams:
-    """Per-row parameter tensors, each of shape [batch].
+@dataclass(frozen=True)
+class Transform:
+    """One knob of a text setting as a batched transform: ``apply(logits [rows, vocab], params)`` -> logits with
+    the tokens it removes at -inf (or rescaled, for the temperature); ``dtype`` of its per-row tensor."""
+
+    apply: Callable[[torch.Tensor, RowParams], torch.Tensor]
+    dtype: torch.dtype
+
+
+class RowParams:
+    """Per-row parameter tensors, each of shape [batch]: one per knob of :data:`TRANSFORMS` (an attribute of the
+    knob's name), and ``order``, each row's chain order (:data:`ORDER_CODES`).
 
     top_p is kept in float64 so that ``1 - top_p`` is formed as transformers forms it
     (in Python floats) before the float32 comparison.
     """
 
-    def __init__(self, temperature, top_k, top_p, min_p):
-        self.temperature, self.top_k, self.top_p, self.min_p = temperature, top_k, top_p, min_p
+    def __init__(self, knobs: dict[str, torch.Tensor], order: torch.Tensor):
+        self.knobs, self.order = knobs, order
+        for name, tensor in knobs.items():
+            setattr(self, name, tensor)
 
     @classmethod
-    def from_settings(cls, settings: list[Setting], device: torch.device | str = "cpu") -> SamplingParams:
-        return cls(
-            torch.tensor([s.temperature for s in settings], dtype=torch.float32, device=device),
-            torch.tensor([s.top_k for s in settings], dtype=torch.long, device=device),
-            torch.tensor([s.top_p for s in settings], dtype=torch.float64, device=device),
-            torch.tensor([s.min_p for s in settings], dtype=torch.float32, device=device),
-        )
+    def from_settings(cls, settings: list[Setting], device: torch.device | str = "cpu") -> RowParams:
+        knobs = {name: torch.tensor([getattr(s, name) for s in settings], dtype=t.dtype, device=device)
+                 for name, t in TRANSFORMS.items()}
+        order = torch.tensor([ORDER_CODES[ENGINE_ORDER if s.order == AUTO_ORDER else s.order] for s in settings],
+                             dtype=torch.long, device=device)
+        return cls(knobs, order)
 
-    def __getitem__(self, rows) -> SamplingParams:
-        return SamplingParams(self.temperature[rows], self.top_k[rows], self.top_p[rows], self.min_p[rows])
+    def __getitem__(self, rows) -> RowParams:
+        return RowParams({name: t[rows] for name, t in self.knobs.items()}, self.order[rows])
 
     @property
     def greedy(self) -> torch.Tensor:
@@ -87,29 +104,37 @@ class Warped:
         return out.scatter_(1, self.index, self.logits)
 
 
-def scale(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+def scale(logits: torch.Tensor, params: RowParams) -> torch.Tensor:
     """Temperature: logits / T, in float32; greedy rows are left unscaled."""
     t = torch.where(params.greedy, torch.ones_like(params.temperature), params.temperature)
     return logits.float() / t[:, None]
 
 
-def filter_dense(scaled: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+def filter_dense(scaled: torch.Tensor, params: RowParams) -> torch.Tensor:
     """top-k, top-p, min-p over the whole vocabulary (transformers' algorithm, row-wise parameters)."""
-    return filter_ordered(scaled, params, APPLICATION_ORDER[1:])
+    return filter_ordered(scaled, params, APPLICATION_ORDER)
 
 
-def filter_ordered(scaled: torch.Tensor, params: SamplingParams, order: tuple[str, ...]) -> torch.Tensor:
-    """The filters named in ``order`` ("top_k", "top_p", "min_p"; "temperature" is skipped: ``scaled`` has it),
-    applied in that order over the whole vocabulary: evalkit's order, or another engine's
-    (:data:`evalkit.settings.VLLM_ORDER`) to compute the distribution that engine samples from."""
+def filter_ordered(scaled: torch.Tensor, params: RowParams, order: tuple[str, ...]) -> torch.Tensor:
+    """The transforms named in ``order`` but the temperature (``scaled`` has it), applied in that order over the
+    whole vocabulary: evalkit's order, or another engine's (:data:`evalkit.settings.ORDERS`)."""
     out = scaled
     for name in order:
         if name != "temperature":
-            out = _FILTERS[name](out, params)
+            out = TRANSFORMS[name].apply(out, params)
     return out
 
 
-def _top_k(out: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+def apply_chain(logits: torch.Tensor, params: RowParams, order: tuple[str, ...]) -> torch.Tensor:
+    """Every transform of ``order``, the temperature included, over the whole vocabulary: the logits that a row
+    of that order samples from (greedy rows are left unscaled)."""
+    out = logits.float()
+    for name in order:
+        out = TRANSFORMS[name].apply(out, params)
+    return out
+
+
+def _top_k(out: torch.Tensor, params: RowParams) -> torch.Tensor:
     k = params.top_k.clamp(max=out.shape[-1])
     if bool((k > 0).any()):
         kth = torch.topk(out, int(k.max()), dim=-1).values.gather(1, (k.clamp(min=1) - 1)[:, None])
@@ -117,7 +142,7 @@ def _top_k(out: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     return out
 
 
-def _top_p(out: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+def _top_p(out: torch.Tensor, params: RowParams) -> torch.Tensor:
     if bool((params.top_p < 1).any()):
         vocab = out.shape[-1]
         # Stable ascending sort: among equal logits the higher token id comes first, i.e. is dropped first.
@@ -132,7 +157,7 @@ def _top_p(out: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     return out
 
 
-def _min_p(out: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+def _min_p(out: torch.Tensor, params: RowParams) -> torch.Tensor:
     if bool((params.min_p > 0).any()):
         probs = out.softmax(dim=-1)
         drop = probs < params.min_p[:, None] * probs.amax(dim=-1, keepdim=True)
@@ -140,10 +165,16 @@ def _min_p(out: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     return out
 
 
-_FILTERS = {"top_k": _top_k, "top_p": _top_p, "min_p": _min_p}
+# Every knob of a text setting but its order, as a transform: the engine honours a knob that is here.
+TRANSFORMS: dict[str, Transform] = {
+    "temperature": Transform(scale, torch.float32),
+    "top_k": Transform(_top_k, torch.long),
+    "top_p": Transform(_top_p, torch.float64),
+    "min_p": Transform(_min_p, torch.float32),
+}
 
 
-def _filter_candidates(scaled: torch.Tensor, params: SamplingParams, size: int, row_probs: torch.Tensor):
+def _filter_candidates(scaled: torch.Tensor, params: RowParams, size: int, row_probs: torch.Tensor):
     """The same filters on each row's top-``size`` candidates (sorted by logit, descending).
 
     ``row_probs`` is the softmax of each whole scaled row (used by top-p when top-k is off).
@@ -197,13 +228,14 @@ def _filter_candidates(scaled: torch.Tensor, params: SamplingParams, size: int, 
     return vals, idx, fits
 
 
-def warp(logits: torch.Tensor, params: SamplingParams,
+def warp(logits: torch.Tensor, params: RowParams,
          candidates: tuple[int, ...] = CANDIDATES) -> list[tuple[torch.Tensor, Warped]]:
     """Each row's sampling distribution, as (row indices, Warped) parts covering every row once.
 
     Greedy rows become a point mass on the argmax of the raw logits; rows that truncate
-    nothing keep the whole softmax; truncating rows go through the candidate lists, and
-    through the dense path when their kept set does not fit.
+    nothing keep the whole softmax (whatever their order: the temperature alone scales them); truncating rows of
+    transformers' order go through the candidate lists, and through the dense path when their kept set does not
+    fit; truncating rows of another order go through their chain, densely.
     """
     vocab = logits.shape[-1]
     device = logits.device
@@ -218,7 +250,12 @@ def warp(logits: torch.Tensor, params: SamplingParams,
     plain = rows[~greedy & ~trunc]
     if plain.numel():
         parts.append((plain, Warped(scale(logits[plain], params[plain]), None)))
-    todo = rows[trunc]
+    fast = trunc & (params.order == ORDER_CODES[ENGINE_ORDER])
+    for name, code in ORDER_CODES.items():
+        other = rows[trunc & ~fast & (params.order == code)]
+        if other.numel():
+            parts.append((other, Warped(apply_chain(logits[other], params[other], ORDERS[name]), None)))
+    todo = rows[fast]
     if todo.numel() == 0:
         return parts
     sub = params[todo]
@@ -244,7 +281,8 @@ def check_logits(logits: torch.Tensor) -> torch.Tensor:
     if not bool(bad.any()):
         return bad
     rows = logits[bad]
-    bad[bad.clone()] = torch.isnan(rows).any(dim=-1) | torch.isposinf(rows).any(dim=-1) | torch.isneginf(rows).all(dim=-1)
+    bad[bad.clone()] = (torch.isnan(rows).any(dim=-1) | torch.isposinf(rows).any(dim=-1)
+                        | torch.isneginf(rows).all(dim=-1))
     return bad
 
 

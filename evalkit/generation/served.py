@@ -23,11 +23,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from evalkit.config import SweepConfig
+from evalkit.config import OpenAIModel, SweepConfig
 from evalkit.errors import ConfigError, EvalkitError, shown
 from evalkit.generation.base import ModelInfo, PreparedPrompt, ProgressFn, SampleRecord, WorkUnit
 from evalkit.generation.served_client import Endpoint, ServerError, run_async
 from evalkit.generation.served_protocol import SEED_MODULUS, parse_choice, truncated_entropy
+from evalkit.generation.spec import BackendSpec
 from evalkit.prompts import Prompt
 from evalkit.settings import Setting
 
@@ -163,16 +164,13 @@ class ServedBackend:
     def knobs(self, setting: Setting, max_tokens: int, stop: tuple[str, ...] = (),
               optional: dict[str, Any] | None = None) -> dict[str, Any]:
         """The sampling fields of a request for ``setting`` (without prompt and seed)."""
-        out: dict[str, Any] = {"max_tokens": max_tokens, "temperature": setting.temperature, "top_p": setting.top_p,
-                               "n": 1, "stream": False}
+        out: dict[str, Any] = {"max_tokens": max_tokens, **request_knobs(setting, optional=False), "n": 1,
+                               "stream": False}
         if stop:
             out["stop"] = list(stop)
         for name, value in (self.sent if optional is None else optional).items():
             out[name] = value
-        if setting.top_k:
-            out["top_k"] = setting.top_k
-        if setting.min_p:
-            out["min_p"] = setting.min_p
+        out.update(request_knobs(setting, optional=True))  # a knob the grid sets wins over its neutral value
         return out
 
     def generation_params(self, setting: Setting, max_new_tokens: int) -> dict[str, Any]:
@@ -317,6 +315,23 @@ def _in_thread(items: Iterator) -> Iterator:
         thread.join()
 
 
+# The sampling knobs a request carries, by Setting field: the request field and whether it is sent only when set
+# (a server that has no such field refuses it even at its neutral value; the capability check finds which).
+REQUEST_KNOBS = {"temperature": ("temperature", False), "top_p": ("top_p", False), "top_k": ("top_k", True),
+                 "min_p": ("min_p", True)}
+
+
+def request_knobs(setting: Setting, optional: bool) -> dict[str, Any]:
+    """The request fields of ``setting``'s knobs (:data:`REQUEST_KNOBS`): those always sent, or (``optional``) the
+    optional ones that the setting sets."""
+    out = {}
+    for knob, (name, only_when_set) in REQUEST_KNOBS.items():
+        value = getattr(setting, knob)
+        if only_when_set == optional and not (only_when_set and value == type(setting).model_fields[knob].default):
+            out[name] = value
+    return out
+
+
 def plan_lines(config: SweepConfig, settings: list[Setting], prompts: list[Prompt],
                units: int) -> list[tuple[str, str]]:
     """The cost of a served sweep before anything is sent (``evalkit run --plan``)."""
@@ -360,3 +375,16 @@ def check_model(config: SweepConfig, device: bool = True) -> tuple[None, str]:
 
 def load(config: SweepConfig, source=None, device: str = "server", status=lambda msg: None) -> ServedBackend:
     return ServedBackend(config, status=status)
+
+
+SPEC = BackendSpec(
+    name="openai", config=OpenAIModel, what="a served-model sweep",
+    summary="a model behind an OpenAI-compatible server (llama.cpp, vLLM, SGLang, TGI, hosted APIs)",
+    needs=frozenset({"token_counts", "model_logprobs", "top_logprobs"}), knobs=frozenset(REQUEST_KNOBS), orders=(),
+    own_order=("the server's own order",),  # llama.cpp, for one, applies temperature last
+    engine="the server", remote=True, load=load, check_model=check_model, plan_lines=plan_lines,
+    hints=(("token_stats", "a server returns top-N logprobs: token_entropy with top: 20 is their lower bound, nll and "
+                           "perplexity take dist: model"),
+           ("token_ids", "the server's token ids are not returned: use tok: words"),
+           ("model_features", "a server returns no hidden states: use a sentence embedder, emb: all-MiniLM-L6-v2")),
+    notes={"order": "the server applies its own chain (llama.cpp: temperature last); evalkit cannot choose it"})

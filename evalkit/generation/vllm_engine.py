@@ -27,13 +27,14 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from evalkit.config import SweepConfig
+from evalkit.config import SweepConfig, VLLMModel
 from evalkit.errors import ConfigError, EvalkitError, shown
 from evalkit.generation.base import ModelInfo, PreparedPrompt, ProgressFn, SampleRecord, WorkUnit
 from evalkit.generation.decoding import cpu_threads
-from evalkit.generation.hf import HFTextBackend
+from evalkit.generation.hf import TransformersText
 from evalkit.generation.model import ModelSource, locate_model, quiet_libraries, resolve_device, resolve_dtype
 from evalkit.generation.served_protocol import truncated_entropy
+from evalkit.generation.spec import BackendSpec
 from evalkit.settings import VLLM_ORDER, Setting
 
 # vLLM pins its own torch and transformers (older than evalkit's): it lives in an environment of its own
@@ -80,7 +81,7 @@ def device_for(config: SweepConfig) -> str:
     return device
 
 
-class VLLMBackend(HFTextBackend):
+class VLLMBackend(TransformersText):
     """vLLM's engine behind the :class:`~evalkit.generation.base.Generator` interface; prompts and reference
     texts go through the model's tokenizer as in the ``hf`` backend (whose methods for them it shares)."""
 
@@ -170,10 +171,9 @@ class VLLMBackend(HFTextBackend):
         logprobs = self.logprobs if logprobs is None else logprobs
         return SamplingParams(
             output_kind=RequestOutputKind.FINAL_ONLY,  # a request's output once, when it is finished
-            n=1, temperature=setting.temperature, top_p=setting.top_p,
-            top_k=setting.top_k if 0 < setting.top_k < self.vocab_size else -1,  # at least the vocabulary: off
-            min_p=setting.min_p, seed=seed, max_tokens=max_new_tokens, stop=list(stop) or None,
-            stop_token_ids=list(self.eos_ids), ignore_eos=False, repetition_penalty=1.0, presence_penalty=0.0,
+            n=1, **engine_knobs(setting, self.vocab_size), seed=seed, max_tokens=max_new_tokens,
+            stop=list(stop) or None, stop_token_ids=list(self.eos_ids), ignore_eos=False, repetition_penalty=1.0,
+            presence_penalty=0.0,
             frequency_penalty=0.0, min_tokens=0, skip_special_tokens=True, detokenize=True,
             # 0: the chosen token's log-probability alone; N: and the top N
             logprobs=None if not logprobs else 0 if logprobs == 1 else logprobs)
@@ -323,6 +323,13 @@ class VLLMBackend(HFTextBackend):
             llm.llm_engine.engine_core.shutdown()
 
 
+def engine_knobs(setting: Setting, vocab_size: int) -> dict[str, Any]:
+    """The ``SamplingParams`` fields of ``setting``'s knobs (its order is vLLM's own: the only one it applies)."""
+    return {"temperature": setting.temperature, "top_p": setting.top_p,
+            "top_k": setting.top_k if 0 < setting.top_k < vocab_size else -1,  # at least the vocabulary: off
+            "min_p": setting.min_p}
+
+
 def _whole_prefills(config: SweepConfig, model_config) -> dict[str, Any]:
     """On the CPU, engine arguments that keep every prompt's prefill in one step: when vLLM splits a prefill
     (chunked prefill) it rewinds the request's seeded generator, which a CPU generator cannot do (the worker
@@ -368,3 +375,17 @@ def load(config: SweepConfig, source: ModelSource, device: str, status=lambda ms
     """vLLM's engine on the checked model (on a Ray worker, the device is checked here, where it loads)."""
     return VLLMBackend(config, source, device_for(config), status=status)
 
+
+
+SPEC = BackendSpec(
+    name="vllm", config=VLLMModel, what="a vLLM sweep",
+    summary="a transformers causal LM decoded by vLLM's engine in this process (its sampler, paged attention)",
+    needs=frozenset({"token_ids", "token_counts", "model_logprobs", "top_logprobs"}),
+    knobs=frozenset({"temperature", "top_p", "top_k", "min_p", "order"}), orders=("vllm",), own_order=VLLM_ORDER,
+    engine="vllm", remote=False,
+    load=load, check_model=check_model,
+    hints=(("token_stats", "vLLM returns top-N logprobs: token_entropy with top: 20 is their lower bound, nll and "
+                           "perplexity take dist: model"),
+           ("model_features", "vLLM's generate returns no hidden states: use a sentence embedder, "
+                              "emb: all-MiniLM-L6-v2")),
+    notes={"temperature": "vLLM samples greedily below 1e-5 and raises a temperature under 0.01 to 0.01"})

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import re
 import time
+from evalkit.config import SweepConfig, VLMModel
 from evalkit.generation.base import PreparedPrompt
-from evalkit.generation.decoding import EngineBackend
-from evalkit.generation.model import ModelSource, quiet_libraries, resolve_dtype
-from evalkit.config import SweepConfig
+from evalkit.generation.decoding import ENGINE_KNOBS, ENGINE_ORDERS, ENGINE_OWN_ORDER, ENGINE_SUPPLIES, EngineBackend
+from evalkit.generation.model import ModelSource, check_engine_model, quiet_libraries, resolve_dtype
+from evalkit.generation.spec import BackendSpec
 from evalkit.errors import ConfigError
 from evalkit.prompts import Prompt
 
@@ -101,3 +102,10 @@ def conversation(prompt: Prompt, system_prompt: str | None, source: str | None =
 
 def load(config: SweepConfig, source: ModelSource, device: str, status=lambda msg: None) -> VLMBackend:
     return VLMBackend(config, source, device, status=status)
+
+
+SPEC = BackendSpec(
+    name="vlm", config=VLMModel, what="a vision-language sweep",
+    summary="a transformers image-text-to-text model (captions, visual questions), decoded by evalkit's engine",
+    needs=ENGINE_SUPPLIES, knobs=ENGINE_KNOBS, orders=ENGINE_ORDERS, own_order=ENGINE_OWN_ORDER, engine="evalkit",
+    remote=False, load=load, check_model=check_engine_model)

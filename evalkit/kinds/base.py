@@ -48,7 +48,8 @@ class RunKind:
         return tuple(self.setting_type.model_fields)
 
     def setting(self, params: dict[str, Any]) -> Setting | ImageSetting:
-        return self.setting_type(**{k: params[k] for k in self.axes})
+        """The setting a record's parameters name (a knob a run made before it existed is at its neutral value)."""
+        return self.setting_type(**{k: params[k] for k in self.axes if k in params})
 
     def check_metrics(self, metrics: list[Metric], source: str | None, where: str = "metrics[{}]") -> None:
         """Refuse a metric that needs what this kind's samples do not offer."""
@@ -65,9 +66,10 @@ class RunKind:
         """What the kind refuses in the prompts before anything is loaded (beyond the schema)."""
 
     def prompt_line(self, p: PreparedPrompt, writer: RunWriter) -> dict[str, Any]:
-        """The prompt's line in prompts.jsonl."""
+        """The prompt's line in prompts.jsonl (a prompt sent as text to a server has no tokens of evalkit's)."""
         checks = {"checks": p.prompt.checks.as_json()} if p.prompt.checks else {}
-        return {"id": p.prompt.id, "prompt": p.prompt.display, "rendered": p.rendered, "n_tokens": len(p.token_ids),
+        return {"id": p.prompt.id, "prompt": p.prompt.display, "rendered": p.rendered,
+                "n_tokens": len(p.token_ids) if p.token_ids else None,
                 "chat_template": p.chat_template, **checks}
 
     def row(self, unit: WorkUnit, result: dict[str, Any], writer: RunWriter, config: SweepConfig) -> dict[str, Any]:
@@ -88,7 +90,11 @@ class RunKind:
                 **counted, **{name: record.stats.get(name, []) for name in self.stat_columns}}
 
     def decides(self, unit: WorkUnit, config: SweepConfig, eos: list[int]) -> list:
-        """What decides a unit's output besides its prompt tokens, setting and seed (part of its cache key)."""
+        """What decides a unit's output besides its prompt tokens, setting and seed (part of its cache key). A prompt
+        without tokens of evalkit's (sent as text to a server) is decided by its text as sent; the endpoint, model,
+        server fingerprint and the knobs sent with every request are in the model id of the key."""
+        if not unit.prompt.token_ids:
+            return [config.max_new_tokens, list(config.stop), unit.prompt.rendered]
         return [config.max_new_tokens, list(config.stop), eos]
 
     def recovered(self, unit: WorkUnit, config: SweepConfig, writer: RunWriter) -> dict[str, Any] | None:

@@ -13,7 +13,8 @@ from evalkit.kinds.base import RunKind
 from evalkit.rundir.columns import COLUMNS
 from evalkit.rundir.files import prompt_image_name
 from evalkit.rundir.writer import RunWriter
-from evalkit.scoring.metric import TEXT_NEEDS, VLM_NEEDS
+from evalkit.kinds.text import TEXT_BASE_NEEDS
+from evalkit.scoring.metric import VLM_NEEDS
 
 
 @dataclass(frozen=True)
@@ -31,4 +32,4 @@ class ImageToText(RunKind):
 
 
 IMAGE_TO_TEXT = ImageToText(name="image-to-text", what="a vision-language sweep",
-                            columns=tuple(COLUMNS["image-to-text"]), needs=TEXT_NEEDS | VLM_NEEDS, noun="images")
+                            columns=tuple(COLUMNS["image-to-text"]), needs=TEXT_BASE_NEEDS | VLM_NEEDS, noun="images")

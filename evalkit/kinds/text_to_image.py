@@ -18,7 +18,6 @@ from evalkit.generation.base import PreparedPrompt, SampleRecord, WorkUnit
 from evalkit.kinds.base import Axes, RunKind, unit_fields
 from evalkit.rundir.columns import COLUMNS, IMAGE_SETTING
 from evalkit.rundir.writer import RunWriter
-from evalkit.scoring.metric import IMAGE_NEEDS
 from evalkit.settings import ImageSetting
 
 
@@ -66,6 +65,6 @@ class TextToImage(RunKind):
 
 TEXT_TO_IMAGE = TextToImage(name="text-to-image", what="a text-to-image sweep",
                             columns=tuple(COLUMNS["text-to-image"]),
-                            needs=IMAGE_NEEDS, setting_type=ImageSetting,
+                            needs=frozenset({"prompts", "reference_images"}), setting_type=ImageSetting,
                             sampling_order=tuple(IMAGE_SETTING),
                             report_axes=Axes("guidance_scale", "num_inference_steps", ("scheduler", "eta")))

@@ -17,7 +17,7 @@ from typing_extensions import TypedDict
 from pydantic import BaseModel, Field, model_validator
 
 from evalkit.version import __version__
-from evalkit.config import KIND_OF_BACKEND
+from evalkit.config import MODELS
 from evalkit.generation.base import ModelInfo
 
 # the libraries whose versions can change a sample or a metric's value (MAUVE's k-means: mauve-text and faiss)
@@ -111,7 +111,7 @@ class Manifest(BaseModel):
         """Schema 2 named every sweep ``kind: sweep``: its kind follows from the backend."""
         if isinstance(data, dict) and data.get("kind") == "sweep":
             model = data.get("model") or {}
-            data = {**data, "kind": KIND_OF_BACKEND.get(model.get("backend", "hf"), "text")}
+            data = {**data, "kind": {m.BACKEND: m.KIND for m in MODELS}.get(model.get("backend", "hf"), "text")}
         model = data.get("model") if isinstance(data, dict) else None
         if isinstance(model, dict) and data.get("kind") == "scored" and "backend" not in model:
             data = {**data, "model": {**model, "backend": "external"}}

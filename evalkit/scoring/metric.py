@@ -33,12 +33,8 @@ NEEDS = frozenset({"texts", "token_ids", "token_counts", "token_stats", "model_l
 CHECK_NEEDS = frozenset({"answers", "tests"})  # what prompts with checks offer (every kind whose samples are texts)
 # what a references section can offer (whether it does is checked against the run's references)
 REFERENCE_NEEDS = frozenset({"reference_texts", "reference_images"})
-TEXT_NEEDS = (frozenset({"texts", "token_ids", "token_counts", "token_stats", "model_logprobs", "prompts",
-                         "reference_texts"}) | CHECK_NEEDS)
-SERVED_NEEDS = frozenset({"texts", "token_counts", "model_logprobs", "top_logprobs", "prompts", "reference_texts"}) | \
-    CHECK_NEEDS
 VLM_NEEDS = frozenset({"prompt_images", "references"})  # what image-to-text samples add: the image, its captions
-IMAGE_NEEDS = frozenset({"images", "prompts", "reference_images"})  # what a text-to-image sample offers
+# what a run's samples offer is its kind's (evalkit.kinds) and its backend's (BackendSpec.needs, evalkit backends)
 
 
 @dataclass(frozen=True)

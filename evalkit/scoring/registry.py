@@ -124,7 +124,8 @@ def default_registry() -> Registry:
         try:
             cls = ep.load()
         except Exception as e:  # a broken plugin is the user's to fix: say which one
-            raise EvalkitError(f"metric plugin {ep.name!r} ({ep.value}) failed to load: {type(e).__name__}: {e}") from None
+            raise EvalkitError(f"metric plugin {ep.name!r} ({ep.value}) failed to load: "
+                               f"{type(e).__name__}: {e}") from None
         if not (isinstance(cls, type) and issubclass(cls, Metric)):
             raise EvalkitError(f"metric plugin {ep.name!r} ({ep.value}) is not a Metric subclass")
         if ep.name in registry.names():

@@ -1,0 +1,180 @@
+"""Backends as declared specs (evalkit.generation.spec and its registry): every backend honours a knob of its
+setting (shown by the knob's effect on its samples or on what it sends) or refuses it before the run, and
+`evalkit backends` shows what each one declares."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from evalkit.cli import app
+from evalkit.config import config_from_dict
+from evalkit.errors import ConfigError
+from evalkit.generation import BACKENDS, WorkUnit, all_specs, load_backend, spec_of
+from evalkit.plan import checked_inputs
+from evalkit.prompts import load_prompts
+from evalkit.settings import ORDERS, ImageSetting, Setting
+
+from conftest import base_config
+
+# For each knob of a setting: (a setting, the same setting with the knob set), chosen so that a backend that
+# applies the knob samples differently (or sends something else). A field of Setting or ImageSetting that is
+# missing here fails test_every_knob_is_classified: a new knob must say how its effect is shown.
+TEXT_EXAMPLES = {
+    "temperature": ({"temperature": 1.0}, {"temperature": 0.0}),
+    "top_p": ({"temperature": 1.5}, {"temperature": 1.5, "top_p": 0.05}),
+    "top_k": ({"temperature": 1.5}, {"temperature": 1.5, "top_k": 1}),
+    "min_p": ({"temperature": 1.5}, {"temperature": 1.5, "min_p": 0.9}),
+    # top-p then min-p keeps the tokens near the top (min-p); min-p then top-p keeps about half of them
+    "order": ({"temperature": 1.5, "top_p": 0.5, "min_p": 0.8, "order": "transformers"},
+              {"temperature": 1.5, "top_p": 0.5, "min_p": 0.8, "order": "vllm"}),
+}
+IMAGE_EXAMPLES = {
+    "guidance_scale": ({}, {"guidance_scale": 2.0}),
+    "num_inference_steps": ({}, {"num_inference_steps": 5}),
+    "scheduler": ({}, {"scheduler": "euler"}),
+    "eta": ({"scheduler": "ddim"}, {"scheduler": "ddim", "eta": 0.5}),
+}
+
+
+def test_every_knob_is_classified():
+    assert set(TEXT_EXAMPLES) == set(Setting.model_fields), "a knob of Setting has no example: add it to TEXT_EXAMPLES"
+    assert set(IMAGE_EXAMPLES) == set(ImageSetting.model_fields), "a knob of ImageSetting has no example"
+    for spec in all_specs():
+        fields = ImageSetting.model_fields if spec.kind == "text-to-image" else Setting.model_fields
+        assert spec.knobs <= set(fields), f"{spec.name} claims knobs its setting does not have"
+        assert set(spec.orders) <= set(ORDERS)
+
+
+def test_registry_lists_each_backend_once_with_its_own_config_section():
+    specs = all_specs()
+    assert [s.name for s in specs] == list(BACKENDS)
+    assert len({s.config for s in specs}) == len(specs)
+    assert {s.name: s.kind for s in specs} == {"hf": "text", "vlm": "image-to-text", "diffusers": "text-to-image",
+                                               "openai": "text", "vllm": "text"}
+    assert [s.name for s in specs if s.remote] == ["openai"]
+
+
+# ------------------------------------------------------------------ the honour-or-refuse matrix
+
+
+@pytest.fixture(scope="module")
+def engine_backend(tiny_model, tmp_path_factory):
+    config = config_from_dict(base_config(tiny_model, tmp_path_factory.mktemp("unused")))
+    backend = load_backend(config)
+    backend.prepared = backend.prepare(load_prompts(config), chat_template="auto", system_prompt=None,
+                                       max_new_tokens=8)
+    return backend
+
+
+def engine_samples(backend, setting: Setting) -> list:
+    units = [WorkUnit(p, setting, i, 1000 + i) for p in backend.prepared for i in range(6)]
+    out = backend.generate(units, max_new_tokens=8, batch_size=64)
+    return sorted((r.unit.prompt.prompt.id, r.unit.sample_index, r.token_ids, tuple(r.stats["n_kept"]),
+                   tuple(round(x, 5) for x in r.stats["logprob_sampling"])) for r in out)
+
+
+def served_request(setting) -> dict:
+    from evalkit.generation.served import request_knobs
+
+    return {**request_knobs(setting, optional=False), **request_knobs(setting, optional=True)}
+
+
+def effect(spec, knob: str, base, changed, engine_backend) -> bool:
+    """Whether the backend does something else for ``changed`` than for ``base``: its samples (evalkit's engine),
+    the request it sends (a server), the parameters it hands its engine (vLLM) or its pipeline (diffusers)."""
+    if spec.engine == "evalkit":
+        from evalkit.generation.decoding import EngineBackend
+
+        # vlm decodes through the same engine as hf: the tiny text model shows both
+        assert type(engine_backend).generate is EngineBackend.generate
+        return engine_samples(engine_backend, base) != engine_samples(engine_backend, changed)
+    if spec.name == "openai":
+        return served_request(base) != served_request(changed)
+    if spec.name == "vllm":
+        from evalkit.generation.vllm_engine import engine_knobs
+
+        if knob == "order":  # vLLM's sampler has one order, its own: a setting naming it gets exactly that
+            return changed.chain("vllm") == ORDERS["vllm"] == spec.own_order and changed.order in spec.orders
+        return engine_knobs(base, 49152) != engine_knobs(changed, 49152)
+    if spec.name == "diffusers":
+        from evalkit.generation.diffusers import pipeline_call
+
+        return pipeline_call(base) != pipeline_call(changed)
+    raise AssertionError(f"no way to show the effect of a knob on backend {spec.name}: add one here")
+
+
+def refused(spec, knob: str, changed, tmp_path) -> str:
+    config = {"name": "t", "prompts": ["a"], "grid": {"settings": [changed.params()]}, "model": {"backend": spec.name}}
+    config["model"].update({"openai": {"id": "m", "base_url": "http://127.0.0.1:9/v1"}}.get(spec.name, {}))
+    with pytest.raises(ConfigError) as e:
+        checked_inputs(config_from_dict(config, source="c.yaml"))
+    return str(e.value)
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_every_backend_honours_or_refuses_every_knob(backend, engine_backend, tmp_path):
+    spec = spec_of(backend)
+    images = spec.kind == "text-to-image"
+    setting_type, examples = (ImageSetting, IMAGE_EXAMPLES) if images else (Setting, TEXT_EXAMPLES)
+    for knob in setting_type.model_fields:
+        base, changed = (setting_type(**params) for params in examples[knob])
+        honoured = knob in spec.knobs and (knob != "order" or changed.order in spec.orders)
+        if honoured:
+            assert effect(spec, knob, base, changed, engine_backend), f"{backend} claims {knob} but ignores it"
+        elif not images:
+            message = refused(spec, knob, changed, tmp_path)
+            assert f"backend {backend} does not honour {knob}" in message and "\n" not in message
+            assert "backends that do: " in message
+
+
+def test_engine_backends_apply_every_named_order(engine_backend):
+    """Each order the engine declares gives its own samples where the orders' distributions differ."""
+    seen = {order: engine_samples(engine_backend, Setting(**{**TEXT_EXAMPLES["order"][0], "order": order}))
+            for order in spec_of("hf").orders}
+    assert len({repr(v) for v in seen.values()}) == len(seen)
+    auto = engine_samples(engine_backend, Setting(**{**TEXT_EXAMPLES["order"][0], "order": "auto"}))
+    assert auto == seen["transformers"]  # auto is the engine's own order
+
+
+def test_a_refused_knob_names_the_backend_the_knob_and_those_that_honour_it():
+    config = config_from_dict({"name": "t", "prompts": ["a"], "grid": {"temperature": [0.7], "order": ["vllm"]},
+                               "model": {"backend": "openai", "id": "m", "base_url": "http://127.0.0.1:9/v1"}},
+                              source="c.yaml")
+    with pytest.raises(ConfigError) as e:
+        checked_inputs(config)
+    assert str(e.value) == ("c.yaml: grid.order: backend openai does not honour order 'vllm' (it applies its own "
+                            "only), which setting t0.7-p1-ovllm sets; backends that do: hf, vllm (evalkit backends "
+                            "lists each one's knobs)")
+
+
+def test_plan_refuses_what_a_backend_does_not_honour(tmp_path, write_config):
+    path = write_config({"name": "t", "prompts": ["a"], "output_dir": str(tmp_path / "runs"),
+                         "model": {"backend": "vllm"}, "grid": {"settings": [{"top_p": 0.9, "order": "transformers"}]}})
+    result = CliRunner().invoke(app, ["run", str(path), "--plan"])
+    assert result.exit_code == 2
+    assert "grid.settings: backend vllm does not honour order 'transformers' (it applies vllm)" in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+# ------------------------------------------------------------------ evalkit backends
+
+
+def test_backends_command_prints_every_backend():
+    result = CliRunner().invoke(app, ["backends"])
+    assert result.exit_code == 0, result.output
+    for name in BACKENDS:
+        assert f"│ {name} " in result.output
+    assert "transformers, vllm" in result.output and "model_features" in result.output
+
+
+def test_backends_json_parses_and_matches_the_specs():
+    result = CliRunner().invoke(app, ["backends", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {row["backend"]: row for row in json.loads(result.output)}
+    assert list(rows) == list(BACKENDS)
+    assert rows["openai"]["orders"] == ["auto"] and rows["openai"]["remote"] is True
+    assert rows["hf"]["orders"] == ["auto", "transformers", "vllm"] and "order" in rows["hf"]["knobs"]
+    assert rows["vllm"]["own_order"] == list(ORDERS["vllm"])
+    assert "token_stats" in rows["hf"]["metric_inputs"] and "token_stats" not in rows["openai"]["metric_inputs"]
+    assert rows["diffusers"]["knobs"] == list(ImageSetting.model_fields) and rows["diffusers"]["orders"] == []
