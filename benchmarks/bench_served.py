@@ -36,7 +36,7 @@ from pathlib import Path
 from evalkit.config import load_config
 from evalkit.generation import load_backend
 from evalkit.generation.gguf import default_gguf_path
-from evalkit.generation.served_protocol import OPTIONAL_KNOBS, SEED_MODULUS
+from evalkit.generation.served.protocol import OPTIONAL_KNOBS, SEED_MODULUS
 from evalkit.pipeline import plan
 from evalkit.prompts import load_prompts
 

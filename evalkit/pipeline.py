@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 from contextlib import closing, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -31,14 +32,55 @@ from evalkit.rundir import Manifest, Run, RunWriter, SettingRecord
 from evalkit.rundir.files import check_database, check_writable
 from evalkit.rundir.manifest import Reused, ci_info, git_info, utc_now
 from evalkit.rundir.sample_cache import TABLES as CACHE_TABLES
-from evalkit.rundir.sample_cache import SampleCache, cache_path, model_identity, unit_key
+from evalkit.rundir.sample_cache import CachedGeneration, SampleCache, cache_path, model_identity, unit_key
 from evalkit.scoring import score_samples
 from evalkit.references import ReferenceSet
 from evalkit.scoring.references import CORPUS, reference_values
 from evalkit.scoring.registry import prepare_all
 from evalkit.seeds import derive_seed
 
-CACHE_BATCH = 64  # fresh samples written to the sample cache together
+
+
+@dataclass
+class Sweep:
+    """What the generation step of one sweep works with: the config and its kind, the run directory's writer, the
+    executor and the generator it loaded, the rows per step, whether the sample cache is used, and the UI."""
+
+    config: SweepConfig
+    kind: RunKind
+    writer: RunWriter
+    executor: object  # evalkit.executors: check, load, run, close, abilities
+    generator: Generator
+    batch_size: int
+    use_cache: bool
+    ui: object
+
+    def cached_generation(self) -> CachedGeneration:
+        """The executor's generation behind the sample cache (none when the cache is off or the weights unknown)."""
+        model_id = model_identity(self.generator.info)
+        cache = SampleCache() if self.use_cache and model_id else None
+        eos = self.generator.info.eos_token_ids
+        return CachedGeneration(cache, lambda u: unit_key(model_id, u, self.kind.decides(u, self.config, eos)),
+                                self.kind.cached)
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """What scoring a run's samples takes, a sweep's or a scored file's: its settings and metrics, the bootstrap's
+    level, resamples and seed, the prompts' checks and texts (by id), the references, and what the model gave for
+    them where it is loaded here (hidden states, reference log-probabilities and token ids)."""
+
+    settings: list
+    metrics: list
+    level: float
+    resamples: int
+    seed: int
+    checks: dict
+    references: ReferenceSet | None
+    prompts: dict[str, str]
+    features: dict | None = None
+    ref_logprobs: dict | None = None
+    ref_token_ids: dict | None = None
 
 
 def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path | None = None,
@@ -96,19 +138,17 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
                 writer.check_prompts([kind.prompt_line(p, writer) for p in prepared])
             writer.write_manifest()
             started = time.perf_counter()
-            samples, reused = generate(writer, kind, config, generator, plan(config, prepared, settings), batch_size,
-                                       ui, cache, executor)
+            sweep = Sweep(config, kind, writer, executor, generator, batch_size, cache, ui)
+            samples, reused = generate(sweep, plan(config, prepared, settings))
             timings["generate_s"] = round(time.perf_counter() - started, 3)
             writer.manifest.executor = executor.record()
             ref_logprobs = reference_logprobs(executor.abilities, references, prepared, metrics, ui)
             ref_token_ids = reference_token_ids(executor.abilities, references, metrics)
             features = model_features(executor.abilities, samples, references, prepared, metrics, ui)
             executor.close()  # the workers are freed before scoring
-            run = score_and_complete(writer, samples, settings, metrics, level=config.ci.level,
-                                     resamples=config.ci.resamples, seed=config.seed, ui=ui, checks=checks,
-                                     references=references, prompts={p.prompt.id: p.prompt.display for p in prepared},
-                                     features=features, ref_logprobs=ref_logprobs, ref_token_ids=ref_token_ids,
-                                     timings=timings, reused=reused)
+            scoring = Scoring(settings, metrics, config.ci.level, config.ci.resamples, config.seed, checks, references,
+                              {p.prompt.id: p.prompt.display for p in prepared}, features, ref_logprobs, ref_token_ids)
+            run = score_and_complete(writer, samples, scoring, ui, timings=timings, reused=reused)
     finally:
         executor.close()
         if writer is not None:
@@ -128,21 +168,20 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
     return run
 
 
-def score_and_complete(writer: RunWriter, samples: pd.DataFrame, settings: list, metrics: list, *, level: float,
-                       resamples: int, seed: int, ui, checks: dict, references: ReferenceSet | None,
-                       prompts: dict[str, str], features: dict | None = None, ref_logprobs: dict | None = None,
-                       ref_token_ids: dict | None = None, timings: dict[str, float] | None = None,
-                       reused: Reused | None = None) -> Run:
+def score_and_complete(writer: RunWriter, samples: pd.DataFrame, scoring: Scoring, ui, *,
+                       timings: dict[str, float] | None = None, reused: Reused | None = None) -> Run:
     """The end that a sweep and a scored file share: the samples table written and scored (scores, per-sample
-    scores, summary), the references' own values in the manifest (``prompts``: the prompt texts by id), and the
-    run complete. With ``timings``, the seconds scoring took are its ``score_s``."""
+    scores, summary), the references' own values in the manifest, and the run complete. With ``timings``, the
+    seconds scoring took are its ``score_s``."""
+    s = scoring
     writer.write_samples(samples)
     started = time.perf_counter()
-    writer.write_scores(*score_samples(writer.path, samples, settings, metrics, level=level, resamples=resamples,
-                                       seed=seed, ui=ui, checks=checks, references=references, features=features))
-    if references is not None:
-        writer.manifest.references = {**references.info(), "values": reference_values(
-            metrics, references, prompts, settings[0], ref_logprobs, ref_token_ids)}
+    writer.write_scores(*score_samples(writer.path, samples, s.settings, s.metrics, level=s.level,
+                                       resamples=s.resamples, seed=s.seed, ui=ui, checks=s.checks,
+                                       references=s.references, features=s.features))
+    if s.references is not None:
+        writer.manifest.references = {**s.references.info(), "values": reference_values(
+            s.metrics, s.references, s.prompts, s.settings[0], s.ref_logprobs, s.ref_token_ids)}
         writer.write_manifest()
     if timings is not None:
         timings["score_s"] = round(time.perf_counter() - started, 3)
@@ -225,9 +264,9 @@ def plan(config: SweepConfig, prompts: list[PreparedPrompt], settings: list) -> 
             for s in settings for p in prompts for i in range(config.samples_per_prompt)]
 
 
-def generate(writer: RunWriter, kind: RunKind, config: SweepConfig, generator: Generator, units: list[WorkUnit],
-             batch_size: int, ui, use_cache: bool, executor) -> tuple[pd.DataFrame, Reused]:
+def generate(sweep: Sweep, units: list[WorkUnit]) -> tuple[pd.DataFrame, Reused]:
     """Every unit's sample, in grid order: from the run's parts or kept outputs, the sample cache, or the generator."""
+    writer, kind, config, ui = sweep.writer, sweep.kind, sweep.config, sweep.ui
     columns = list(kind.columns)
     set_aside: list[str] = []
     made_before = writer.read_parts(columns, set_aside)
@@ -251,51 +290,35 @@ def generate(writer: RunWriter, kind: RunKind, config: SweepConfig, generator: G
         else:
             parts.add(row)
             kept += 1
-    model_id = model_identity(generator.info)
-    cache = SampleCache() if use_cache and model_id else None
-    eos = generator.info.eos_token_ids
-    keys = {u.key: unit_key(model_id, u, kind.decides(u, config, eos)) for u in todo} if cache else {}
-    hits = cache.get_many(list(keys.values())) if cache else {}
-    noted = cache.problem if cache else None
-    if noted:
-        ui.note(noted)
-    if hits and generator.info.server.get("names_its_weights") is False:
-        ui.note(f"{len(hits)} samples from the sample cache: {generator.info.path} gives no fingerprint or weights for "
-                f"{shown(generator.info.id)}, so they are taken for the model it served before under that name "
+    cached = sweep.cached_generation()
+    from_cache, to_make = cached.split(todo)
+    if note := cached.note():
+        ui.note(note)
+    info = sweep.generator.info
+    if from_cache and info.server.get("names_its_weights") is False:
+        ui.note(f"{len(from_cache)} samples from the sample cache: {info.path} gives no fingerprint or weights for "
+                f"{shown(info.id)}, so they are taken for the model it served before under that name "
                 "(--no-cache after changing it)")
-    from_cache = [u for u in todo if keys.get(u.key) in hits]
-    to_make = [u for u in todo if keys.get(u.key) not in hits]
     before = len(done) + kept + len(from_cache)
-    fresh: list[tuple[str, dict]] = []
     try:
         with ui.phase("generating", total=len(units)) as phase:
             phase.update(completed=len(done) + kept)
-            for u in from_cache:
-                parts.add(kind.row(u, hits[keys[u.key]], writer, config))
+            for u, result in from_cache:
+                parts.add(kind.row(u, result, writer, config))
             phase.update(completed=before)
-            made = 0
-            records = executor.run(
-                to_make, max_new_tokens=config.max_new_tokens, batch_size=batch_size, stop=tuple(config.stop),
+            records = sweep.executor.run(
+                to_make, max_new_tokens=config.max_new_tokens, batch_size=sweep.batch_size, stop=tuple(config.stop),
                 progress=lambda n, s: phase.update(completed=before + n,
                                                    status=f"step {s}" if isinstance(s, int) else s))
             with closing(records):  # closed at once on an error: a backend stops its work in flight
-                for record in records:
-                    result = kind.cached(record)
-                    parts.add(kind.row(record.unit, result, writer, config))
-                    if cache:
-                        fresh.append((keys[record.unit.key], result))
-                        if len(fresh) >= CACHE_BATCH:  # images are large: do not hold a whole sweep's in memory
-                            cache.put_many(fresh)
-                            fresh.clear()
-                    made += 1
+                for made, (unit, result) in enumerate(cached.through(records), 1):
+                    parts.add(kind.row(unit, result, writer, config))
                     phase.update(completed=before + made)
     finally:
         parts.flush()
-        if cache:
-            cache.put_many(fresh)
-            cache.close()
-            if cache.problem and not noted:  # found damaged while it was written
-                ui.note(cache.problem)
+        cached.close()
+        if note := cached.note():  # found damaged while it was written
+            ui.note(note)
     position = {u.key: i for i, u in enumerate(units)}
     samples = writer.read_parts(columns)
     order = [position[(r.prompt_id, r.setting_id, int(r.sample_index))] for r in samples.itertuples()]

@@ -16,7 +16,7 @@ from evalkit.generation.base import ModelInfo
 from evalkit.index import TABLES, index_path
 from evalkit.inputs import check_path_text
 from evalkit.kinds.scored import SCORED, SCORED_CAPTIONS, read_generations
-from evalkit.pipeline import record_in_index, score_and_complete
+from evalkit.pipeline import Scoring, record_in_index, score_and_complete
 from evalkit.plan import checked_metrics
 from evalkit.prompts import sha256_of
 from evalkit.references import ReferenceSet, load_references
@@ -56,7 +56,7 @@ def score_file(path: Path, metric_names: list[str], output: Path, *, seed: int, 
     parent = output.parent if output.parent != Path("") else Path(".")
     check_writable(parent, field="-o")
     check_database(index_path(index, parent), field="index", tables=TABLES)  # before anything is scored or written
-    settings = list(dict.fromkeys(Setting(**{k: r[k] for k in ("temperature", "top_p", "top_k", "min_p")})
+    settings = list(dict.fromkeys(Setting(**{k: r[k] for k in Setting.model_fields})
                                   for r in samples.to_dict("records")))
 
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -83,9 +83,9 @@ def score_file(path: Path, metric_names: list[str], output: Path, *, seed: int, 
         writer.write_config({"name": writer.manifest.name, "scored_from": str(path.resolve()),
                              "metrics": [m.id for m in metrics], "seed": seed,
                              "ci": {"level": level, "resamples": resamples}})
-        score_and_complete(writer, samples, settings, metrics, level=level, resamples=resamples, seed=seed, ui=ui,
-                           checks=checks, references=reference_set,
-                           prompts=dict(zip(first["prompt_id"], first["prompt"])) if reference_set is not None else {})
+        prompts = dict(zip(first["prompt_id"], first["prompt"])) if reference_set is not None else {}
+        score_and_complete(writer, samples, Scoring(settings, metrics, level, resamples, seed, checks, reference_set,
+                                                    prompts), ui)
         if output.exists():
             output.rmdir()
         tmp.rename(output)

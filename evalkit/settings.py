@@ -113,6 +113,16 @@ class _Knobs(BaseModel):
         return {k: v for k, v in self.params().items() if k in self.CORE or k in set_}
 
 
+def shown_knobs(settings: list) -> list[str]:
+    """The knobs a table of ``settings`` shows (summary.csv, the report): the core ones, and each other knob that
+    some setting sets (a grid that uses no chain order has no order column)."""
+    if not settings:
+        return list(Setting.CORE)
+    kind = type(settings[0])
+    used = {k for s in settings for k in s.set_knobs()}
+    return [k for k in kind.model_fields if k in kind.CORE or k in used]
+
+
 class Setting(_Knobs):
     """One point of the text sampling grid. Immutable and hashable, with a stable short id."""
 

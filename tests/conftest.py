@@ -56,6 +56,25 @@ def build_tiny_model(directory: Path, *, chat_template: bool = True, context: in
     return directory
 
 
+# What a test module needs, by module: its markers (see pyproject.toml); server, ray, browser and vllm tests are slow.
+MODULE_MARKERS = {"test_served": ("server",), "test_ray": ("ray",), "test_report_browser": ("browser",),
+                  "test_sandbox": ("sandbox",), "test_vllm": ("vllm",), "test_default_model": ("slow",)}
+SLOW_MARKERS = {"server", "ray", "browser", "vllm"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Markers by module and by fixture (a test that starts llama.cpp's server is a server test wherever it is)."""
+    for item in items:
+        names = set(MODULE_MARKERS.get(item.module.__name__.rpartition(".")[2], ()))
+        if "llama_server" in getattr(item, "fixturenames", ()):
+            names.add("server")
+        names |= {m.name for m in item.iter_markers()}
+        if names & SLOW_MARKERS:
+            names.add("slow")
+        for name in sorted(names - {m.name for m in item.iter_markers()}):
+            item.add_marker(getattr(pytest.mark, name))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def sample_cache(tmp_path_factory):
     """Every test's sample cache is a fresh file, never the user's."""

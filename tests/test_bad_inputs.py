@@ -131,6 +131,10 @@ def make_case(case: str, tmp_path: Path, tiny_model: Path) -> tuple[list[str], P
         "reference-prompt": {"metrics": ["zipf"], "references": "refs.jsonl"},
         "ray-workers": {"executor": {"kind": "ray", "workers": 0}},
         "ray-address": {"executor": {"kind": "ray", "address": f"127.0.0.1:{closed_port()}"}},
+        "unhonoured-knob": {"model": {"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "id": "smollm2"},
+                            "grid": {"order": ["vllm"]}},
+        "unknown-backend": {"model": {"backend": "hff"}},
+        "other-backends-field": {"model": {"backend": "hf", "base_url": "http://127.0.0.1:9/v1"}},
         "served-credentials": {"model": {"backend": "openai", "base_url": "http://user:secret@127.0.0.1:9/v1",
                                          "id": "smollm2"}},
         "served-key": {"model": {"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "id": "smollm2",
@@ -164,6 +168,7 @@ CASES = ["invalid-yaml", "duplicate-key", "unknown-key", "wrong-type", "temperat
          "tests-compile", "tests-entry-point", "answer-format", "code-metric", "reference-metric",
          "reference-prompt", "vlm-model", "served-credentials",
          "served-key", "served-entropy", "served-unreachable", "vllm-missing", "vllm-engine-args",
+         "unhonoured-knob", "unknown-backend", "other-backends-field",
          "ray-workers", "ray-address"]
 
 

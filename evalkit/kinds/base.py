@@ -39,7 +39,7 @@ class RunKind:
     noun: str = "prompts"  # what its prompts are called in summaries
     verb: str = "make"  # "{metric} needs X, which {what} does not {verb}"
     sampling_order: tuple[str, ...] = APPLICATION_ORDER  # the order in which the setting's parameters apply
-    report_axes: Axes = Axes("temperature", "top_p", ("top_k", "min_p"))
+    report_axes: Axes = Axes("temperature", "top_p", ("top_k", "min_p", "order"))
     hints: tuple[tuple[str, str], ...] = ()  # (need, what to use instead) for a metric this kind cannot serve
 
     @property

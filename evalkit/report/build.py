@@ -105,7 +105,7 @@ def summary_table(view: RunView) -> dict:
             cells.append({"value": mean, "text": fmt(mean),
                           "ci": "" if math.isnan(low) else f"[{fmt(low)}, {fmt(high)}]"})
         params = [(k, v, "off" if k in ("top_k", "min_p") and not v else charts.show_param(v))
-                  for k, v in setting.params().items()]
+                  for k, v in setting.params().items() if k in view.param_names]
         rows.append({"run": view.label, "setting": setting.id, "params": params, "cells": cells})
     return {"metrics": view.metrics, "rows": rows, "params": view.param_names}
 

@@ -20,7 +20,7 @@ from evalkit.report import thumbnails
 from evalkit.kinds import TEXT_TO_IMAGE, RunKind, kind_named
 from evalkit.kinds.base import Axes
 from evalkit.report.charts import show_param
-from evalkit.settings import Setting
+from evalkit.settings import Setting, shown_knobs
 from evalkit.scoring import aggregate
 from evalkit.scoring.decoding_test import run_decoding_test
 from evalkit.rundir.reader import Run
@@ -66,7 +66,7 @@ class RunView:
 
     @property
     def param_names(self) -> list[str]:
-        return list(self.settings[0].params()) if self.settings else []
+        return shown_knobs(self.settings) if self.settings else []
 
     @cached_property
     def summary(self) -> pd.DataFrame:

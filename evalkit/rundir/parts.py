@@ -16,6 +16,7 @@ import pandas as pd
 
 from evalkit.errors import EvalkitError
 from evalkit.rundir.files import fsync_dir
+from evalkit.settings import Setting
 
 PART_ROWS = 16  # flush after this many samples
 PART_SECONDS = 10.0  # or after this long
@@ -59,6 +60,13 @@ def check_parts_folder(run_dir: Path) -> Path:
     return folder
 
 
+def with_new_knobs(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """``frame`` with the setting knobs it was written without (by an evalkit that did not have them) at their
+    neutral value: a run stopped before a knob was added resumes."""
+    missing = {c: f.default for c, f in Setting.model_fields.items() if c in columns and c not in frame.columns}
+    return frame.assign(**missing) if missing else frame
+
+
 def read_parts(run_dir: Path, columns: list[str], set_aside: list[str] | None = None) -> pd.DataFrame:
     """Every sample written so far (whole parts only; temporary files are ignored). A part that cannot be
     read, or lacks the run's columns, is renamed ``*.damaged`` and its name added to ``set_aside``: its
@@ -67,7 +75,7 @@ def read_parts(run_dir: Path, columns: list[str], set_aside: list[str] | None = 
     frames = []
     for f in sorted(folder.glob("part-*.parquet")):
         try:
-            frame = pd.read_parquet(f)
+            frame = with_new_knobs(pd.read_parquet(f), columns)
             if set(columns) - set(frame.columns):
                 raise ValueError("columns missing")
         except ValueError:  # not Parquet, cut short (pyarrow's ArrowInvalid), or without the run's columns;

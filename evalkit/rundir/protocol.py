@@ -21,24 +21,38 @@ def protocol(run: Run) -> dict[str, Any]:
     return run.manifest.protocol if run.manifest.protocol is not None else compute_protocol(run)
 
 
-def compute_protocol(run: Run) -> dict[str, Any]:
-    config, manifest = run.config, run.manifest
-    out: dict[str, Any] = {"kind": manifest.kind, "engine": manifest.model.engine_name,
+def build_protocol(kind: str, config: dict[str, Any], prompts: dict[str, str], *, engine: str | None = None,
+                   prompt_images: dict[str, str] | None = None, references: str | None = None) -> dict[str, Any]:
+    """The protocol of a run of ``kind`` made by the resolved ``config`` (a run's config.yaml) over ``prompts``
+    (id -> text): what a finished run records and what a gate plans before its run (``engine``, images and
+    references where known)."""
+    out: dict[str, Any] = {"kind": kind, **({"engine": engine} if engine is not None else {}),
                            **{f: config.get(f) for f in FIELDS}}
     prompts_config = config.get("prompts") if isinstance(config.get("prompts"), dict) else {}
     out["chat_template"] = prompts_config.get("chat_template")
     out["system_prompt"] = prompts_config.get("system_prompt")
-    if manifest.references:  # values against other references are other numbers
-        out["references"] = manifest.references.get("sha256")
+    if references:  # values against other references are other numbers
+        out["references"] = references
+    out["prompts"] = prompts
+    if prompt_images is not None:
+        out["prompt_images"] = prompt_images
+    return out
+
+
+def compute_protocol(run: Run) -> dict[str, Any]:
+    """A run's protocol, read off its files."""
+    manifest, images = run.manifest, None
     if (run.path / "prompts.jsonl").is_file():
-        prompts = run.prompts
-        out["prompts"] = dict(zip(prompts["id"].astype(str), prompts["prompt"].astype(str)))
-        if "image_sha256" in prompts:
-            out["prompt_images"] = dict(zip(prompts["id"].astype(str), prompts["image_sha256"].astype(str)))
+        table = run.prompts
+        prompts = dict(zip(table["id"].astype(str), table["prompt"].astype(str)))
+        if "image_sha256" in table:
+            images = dict(zip(table["id"].astype(str), table["image_sha256"].astype(str)))
     else:
         samples = run.samples
-        out["prompts"] = dict(zip(samples["prompt_id"].astype(str), samples["prompt"].astype(str)))
-    return out
+        prompts = dict(zip(samples["prompt_id"].astype(str), samples["prompt"].astype(str)))
+    return build_protocol(manifest.kind, run.config, prompts, engine=manifest.model.engine_name,
+                          prompt_images=images,
+                          references=manifest.references.get("sha256") if manifest.references else None)
 
 
 def differences(base: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -15,10 +15,11 @@ import hashlib
 import json
 import os
 import sqlite3
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from evalkit.generation.base import WorkUnit
+from evalkit.generation.base import SampleRecord, WorkUnit
 from evalkit.generation.gguf import cache_dir
 from evalkit.rundir.files import check_database
 
@@ -45,7 +46,7 @@ def model_identity(info) -> str | None:
 def unit_key(model_id: str, unit: WorkUnit, decides: list) -> str:
     """The unit's key: the weights, the prompt's tokens, the setting, seed and index, and ``decides``: what
     else decides the output (text: max_new_tokens, stop strings, end tokens; images: text, size, batch)."""
-    key = [ENGINE_VERSION, model_id, list(unit.prompt.token_ids), unit.setting.params(), unit.seed,
+    key = [ENGINE_VERSION, model_id, list(unit.prompt.token_ids), unit.setting.key_params(), unit.seed,
            unit.sample_index, *decides]
     if unit.prompt.prompt.image_sha256:  # the image's pixels are not in the token ids
         key.append(unit.prompt.prompt.image_sha256)
@@ -105,3 +106,54 @@ class SampleCache:
         if self.db is not None:
             self.db.close()
             self.db = None
+
+
+class CachedGeneration:
+    """Any generation behind the sample cache, as a wrapper (it knows nothing of the backend or executor):
+    :meth:`split` answers the units it holds and leaves the others to make; :meth:`through` passes the records
+    made for those on, each in its cacheable form, and keeps them (``BATCH`` at a time: images are large).
+    ``key`` is a unit's cache key, ``keep`` a record's cacheable form; with no cache (None) it only passes on."""
+
+    BATCH = 64  # fresh samples written to the cache together
+
+    def __init__(self, cache: SampleCache | None, key: Callable[[WorkUnit], str],
+                 keep: Callable[[SampleRecord], dict]):
+        self.cache, self.key, self.keep = cache, key, keep
+        self._fresh: list[tuple[str, dict]] = []
+        self._said = False
+
+    def split(self, units: list[WorkUnit]) -> tuple[list[tuple[WorkUnit, dict]], list[WorkUnit]]:
+        """(the units the cache holds, each with its cached form; the units still to make), in ``units``' order."""
+        if self.cache is None:
+            return [], list(units)
+        keys = {u.key: self.key(u) for u in units}
+        hits = self.cache.get_many(list(keys.values()))
+        return ([(u, hits[keys[u.key]]) for u in units if keys[u.key] in hits],
+                [u for u in units if keys[u.key] not in hits])
+
+    def through(self, records: Iterator[SampleRecord]) -> Iterator[tuple[WorkUnit, dict]]:
+        """Each record as (its unit, its cacheable form), kept in the cache on the way."""
+        for record in records:
+            result = self.keep(record)
+            if self.cache is not None:
+                self._fresh.append((self.key(record.unit), result))
+                if len(self._fresh) >= self.BATCH:
+                    self._flush()
+            yield record.unit, result
+
+    def _flush(self) -> None:
+        self.cache.put_many(self._fresh)
+        self._fresh.clear()
+
+    def note(self) -> str | None:
+        """Once: why the cache was set aside (damaged when it was opened, read or written), for the user."""
+        if self.cache is None or not self.cache.problem or self._said:
+            return None
+        self._said = True
+        return self.cache.problem
+
+    def close(self) -> None:
+        """Keep what is left and close the cache."""
+        if self.cache is not None:
+            self._flush()
+            self.cache.close()

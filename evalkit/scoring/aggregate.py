@@ -9,7 +9,7 @@ import pandas as pd
 
 from evalkit.prompts import POOLED  # the prompt id of a pooled metric's value (no prompt may have it)
 from evalkit.seeds import derive_seed
-from evalkit.settings import Setting
+from evalkit.settings import Setting, shown_knobs
 
 
 def bootstrap_ci(values: np.ndarray, *, level: float, resamples: int, seed: int) -> tuple[float, float]:
@@ -52,7 +52,7 @@ def aggregate(scores: pd.DataFrame, settings: list[Setting], *, level: float, re
                      "mean": float(ok.mean()) if ok.size else float("nan"), "ci_low": low, "ci_high": high,
                      "std": float(ok.std(ddof=1)) if ok.size > 1 else float("nan"),
                      "n_prompts": int(ok.size), "n_undefined": int(vals.size - ok.size)})
-    setting_columns = list((settings[0] if settings else Setting()).params())
+    setting_columns = shown_knobs(settings)
     columns = ["setting_id", *setting_columns, "metric", "mean", "ci_low", "ci_high", "std", "n_prompts",
                "n_undefined"]
     return pd.DataFrame(rows, columns=columns)

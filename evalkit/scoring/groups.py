@@ -38,7 +38,7 @@ def groups_of(samples: pd.DataFrame, setting_type: type | None = None,
     make = setting_type or (ImageSetting if set(ImageSetting.model_fields) <= set(samples.columns) else Setting)
     for (pid, sid), df in ordered.groupby(["prompt_id", "setting_id"], sort=False):
         first = df.iloc[0]
-        setting = make(**{c: first[c] for c in make.model_fields})
+        setting = make(**{c: first[c] for c in make.model_fields if c in first})  # a knob newer than the run: neutral
         stats = {c: tuple(tuple(float(v) for v in vals) for vals in df[c]) for c in STAT_COLUMNS if c in df}
         images = tuple(str(p) for p in df["image_path"]) if "image_path" in df else ()
         prompt_image = str(first["prompt_image"]) if "prompt_image" in df else None

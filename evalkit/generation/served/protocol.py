@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from evalkit.generation.served_client import ServerError
+from evalkit.generation.served.client import ServerError
 
 SEED_MODULUS = 2**31  # a request's seed: the sample's derived seed mod 2**31 (a signed 32-bit int everywhere)
 # sent at a neutral value where the server takes one (the capability check finds out which, trying them

@@ -27,8 +27,8 @@ from typing import Any
 
 from evalkit.errors import ConfigError
 from evalkit.generation.base import PreparedPrompt
-from evalkit.generation.served_client import ServerError, run_async
-from evalkit.generation.served_protocol import OPTIONAL_KNOBS, parse_choice
+from evalkit.generation.served.client import ServerError, run_async
+from evalkit.generation.served.protocol import OPTIONAL_KNOBS, parse_choice
 from evalkit.settings import Setting
 
 PROBE_SEEDS = 6

@@ -7,7 +7,7 @@
   their neutral values (llama.cpp applies ``repeat_penalty`` 1.1, ``top_k`` 40 and ``min_p`` 0.05 by
   default; vLLM applies the model's generation_config.json). ``n`` is always 1: with ``n > 1`` the
   choices of one request share its seed, and a sample would depend on the request it was grouped in.
-- Before any sample, a capability check (:mod:`evalkit.generation.served_probe`) refuses a server that
+- Before any sample, a capability check (:mod:`evalkit.generation.served.probe`) refuses a server that
   rejects or ignores a knob the grid sets.
 - Token statistics come from the logprobs the server returns: the chosen token's log-probability, and
   from the top-N log-probabilities a truncated entropy (``token_entropy[dist=model,top=N]``).
@@ -26,8 +26,8 @@ from typing import Any
 from evalkit.config import OpenAIModel, SweepConfig
 from evalkit.errors import ConfigError, EvalkitError, shown
 from evalkit.generation.base import ModelInfo, PreparedPrompt, ProgressFn, SampleRecord, WorkUnit
-from evalkit.generation.served_client import Endpoint, ServerError, run_async
-from evalkit.generation.served_protocol import SEED_MODULUS, parse_choice, truncated_entropy
+from evalkit.generation.served.client import Endpoint, ServerError, run_async
+from evalkit.generation.served.protocol import SEED_MODULUS, parse_choice, truncated_entropy
 from evalkit.generation.spec import BackendSpec
 from evalkit.prompts import Prompt
 from evalkit.settings import Setting
@@ -127,7 +127,7 @@ class ServedBackend:
               max_new_tokens: int = 0, status=lambda msg: None) -> None:
         """Find which knobs the server takes and honours before any sample is made; refuse a server that
         rejects or ignores one that the grid sets, or gives no logprobs when the metrics need them."""
-        from evalkit.generation.served_probe import probe
+        from evalkit.generation.served.probe import probe
 
         self.logprobs = logprobs
         status(f"checking which sampling knobs {self.endpoint.base_url} honours")
@@ -335,7 +335,7 @@ def request_knobs(setting: Setting, optional: bool) -> dict[str, Any]:
 def plan_lines(config: SweepConfig, settings: list[Setting], prompts: list[Prompt],
                units: int) -> list[tuple[str, str]]:
     """The cost of a served sweep before anything is sent (``evalkit run --plan``)."""
-    from evalkit.generation.served_probe import MAX_PROBE_REQUESTS, PROBE_TOKENS
+    from evalkit.generation.served.probe import MAX_PROBE_REQUESTS, PROBE_TOKENS
 
     system = len(config.prompts.system_prompt or "")
     chars = sum(len(p.display) + system for p in prompts) * len(settings) * config.samples_per_prompt
