@@ -58,7 +58,12 @@ def build_tiny_model(directory: Path, *, chat_template: bool = True, context: in
 
 # What a test module needs, by module: its markers (see pyproject.toml); server, ray, browser and vllm tests are slow.
 MODULE_MARKERS = {"test_served": ("server",), "test_ray": ("ray",), "test_report_browser": ("browser",),
-                  "test_sandbox": ("sandbox",), "test_vllm": ("vllm",), "test_default_model": ("slow",)}
+                  "test_sandbox": ("sandbox",), "test_task_checks": ("sandbox",), "test_vllm": ("vllm",),
+                  "test_default_model": ("slow",),
+                  "test_resume_cache": ("slow",),  # runs stopped part way in a child process, then resumed
+                  "test_vlm_sweep": ("slow",),  # four tiny vision-language models built and run
+                  # a tiny Stable Diffusion pipeline built and run
+                  "test_image_sweep": ("slow",), "test_image_reference": ("slow",), "test_diffusers_backend": ("slow",)}
 SLOW_MARKERS = {"server", "ray", "browser", "vllm"}
 
 

@@ -82,6 +82,7 @@ def test_bad_rules_are_refused(text):
         Rule.parse(text)
 
 
+@pytest.mark.slow
 def test_same_model_other_seed_raises_no_alarm_in_95_of_100_trials():
     alarms = 0
     for trial in range(100):

@@ -202,3 +202,56 @@ def test_a_metric_parameter_given_twice_is_refused():
 
     with pytest.raises(ConfigError, match=r"^--metrics: parameter 'n' appears twice in 'self_bleu\[n=4,n=5\]'$"):
         metric_spec("self_bleu[n=4,n=5]")
+
+
+# ------------------------------------------------------------------ the model section: one class per backend
+
+SERVED = {"backend": "openai", "id": "m", "base_url": "http://127.0.0.1:9/v1"}
+
+
+@pytest.mark.parametrize("model, expected", [
+    ({"backend": "hf", "base_url": "http://127.0.0.1:9/v1"},
+     "model.base_url: only a served model (backend openai) has base_url; this one is backend 'hf', got base_url set"),
+    ({"backend": "vlm", "id": "x", "tensor_parallel_size": 2},
+     "model.tensor_parallel_size: only a vLLM model (backend vllm) has tensor_parallel_size; this one is backend "
+     "'vlm', got tensor_parallel_size set"),
+    ({**SERVED, "dtype": "float16"},
+     "model.dtype: a served model (backend openai) is loaded by its server, not by evalkit; remove dtype, "
+     "got 'float16'"),
+    ({"backend": "hff"}, "model.backend: backend must be one of hf, vlm, diffusers, openai, vllm, got 'hff'"),
+    ({"backend": "diffusers"}, "model.id: a diffusers sweep needs a diffusers pipeline (a local directory or hub id)"),
+    ({**SERVED, "concurency": 4}, "model: unknown key 'concurency' (did you mean 'concurrency'?)"),
+    ({"backend": "hf", "dtyp": "float32"}, "model: unknown key 'dtyp' (did you mean 'dtype'?)"),
+])
+def test_each_backend_has_its_own_fields(write_config, model, expected):
+    message = errors_for(write_config, {**GOOD, "model": model})
+    assert expected in message and "\n" not in message
+
+
+def test_each_backend_gets_its_own_section_and_kind(write_config):
+    cases = {"hf": ({}, "HFModel", "text"), "openai": (SERVED, "OpenAIModel", "text"),
+             "vllm": ({"backend": "vllm"}, "VLLMModel", "text"),
+             "vlm": ({"backend": "vlm", "id": "x"}, "VLMModel", "image-to-text"),
+             "diffusers": ({"backend": "diffusers", "id": "x"}, "DiffusersModel", "text-to-image")}
+    for backend, (model, cls, kind) in cases.items():
+        data = {**GOOD, "model": model} if backend != "diffusers" else {"name": "t", "prompts": ["a"], "model": model}
+        config = load_config(write_config(data))
+        assert (type(config.model).__name__, config.kind, config.model.backend) == (cls, kind, backend)
+
+
+def test_a_resolved_config_of_the_flat_model_section_still_loads(write_config):
+    """An older resolved config.yaml lists every backend's field at its default: such a run resumes and compares."""
+    flat = {"backend": "hf", "id": "default", "gguf_file": None, "revision": None, "sha256": None, "dtype": "auto",
+            "device": "auto", "base_url": None, "api": "completions", "api_key_env": None, "concurrency": 8,
+            "timeout_s": 120.0, "max_retries": 6, "backoff_s": 1.0, "tensor_parallel_size": 1,
+            "gpu_memory_utilization": 0.9, "max_model_len": None, "engine_args": {}}
+    config = load_config(write_config({**GOOD, "model": flat}))
+    assert type(config.model).__name__ == "HFModel" and "base_url" not in config.model.model_dump()
+    served = load_config(write_config({**GOOD, "model": {**flat, **SERVED, "gguf_file": None, "dtype": "auto"}}))
+    assert served.model.base_url == "http://127.0.0.1:9/v1" and "dtype" not in served.model.model_dump()
+
+
+def test_a_set_backend_changes_the_section(write_config):
+    path = write_config({**GOOD, "model": {"id": "m"}})
+    config = load_config(path, ["model.backend=openai", "model.base_url=http://127.0.0.1:9/v1"])
+    assert type(config.model).__name__ == "OpenAIModel"

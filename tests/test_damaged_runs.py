@@ -96,6 +96,7 @@ def stopped_run(config: dict, after: int):
     return run_dir
 
 
+@pytest.mark.slow
 def test_a_damaged_part_is_set_aside_and_its_samples_made_again(tiny_model, tmp_path, complete, monkeypatch):
     monkeypatch.setattr("evalkit.rundir.parts.PART_ROWS", 4)
     run_dir = stopped_run(base_config(tiny_model, tmp_path / "runs", batch_size=1), after=13)
@@ -115,6 +116,7 @@ def test_a_damaged_part_is_set_aside_and_its_samples_made_again(tiny_model, tmp_
     pd.testing.assert_frame_equal(frame(resumed), frame(complete))
 
 
+@pytest.mark.slow
 def test_parts_that_are_a_file_and_lost_prompts_on_resume(tiny_model, tmp_path, complete):
     run_dir = stopped_run(base_config(tiny_model, tmp_path / "runs", batch_size=1), after=5)
     (run_dir / "prompts.jsonl").unlink()  # lost: written again from the config and the model

@@ -32,6 +32,7 @@ def test_tokenizer_built_from_open_clips_vocabulary_matches_open_clip(tmp_path, 
     assert ours == theirs
 
 
+@pytest.mark.slow
 def test_same_seed_and_setting_give_the_same_image_at_any_place_in_the_batch(backend):
     setting = ImageSetting(guidance_scale=5.0, num_inference_steps=3)
     four = pixels(backend.images("a cat", setting, [11, 12, 13, 14], width=32, height=32))
@@ -43,6 +44,7 @@ def test_same_seed_and_setting_give_the_same_image_at_any_place_in_the_batch(bac
 
 @pytest.mark.parametrize("other", [dict(guidance_scale=1.0), dict(num_inference_steps=5), dict(scheduler="euler_a"),
                                    dict(eta=1.0)])
+@pytest.mark.slow
 def test_each_setting_changes_the_image(backend, other):
     base = ImageSetting(guidance_scale=5.0, num_inference_steps=3)
     changed = base.model_copy(update=other)

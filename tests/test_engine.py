@@ -44,6 +44,7 @@ def test_every_unit_once(backend):
     assert len(result) == len(units) == 3 * 5 * 3
 
 
+@pytest.mark.slow
 def test_samples_do_not_depend_on_batch_size_or_other_settings(backend):
     units = units_for(backend, SETTINGS)
     reference = generate(backend, units, 64)
@@ -108,6 +109,7 @@ def test_token_statistics(backend):
             assert all(hs <= math.log(20) + 1e-5 for hs in g.stats["entropy_sampling"])
 
 
+@pytest.mark.slow
 def test_out_of_memory_halves_the_batch_and_loses_nothing(backend):
     units = units_for(backend, SETTINGS)
     reference = generate(backend, units, 64)

@@ -274,6 +274,7 @@ def test_an_output_never_overwrites_an_input(command, scored_run, tmp_path):
     assert samples.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_explicit_settings_count_toward_the_limit(tiny_model, tmp_path):
     settings = [{"temperature": round(0.001 * i, 3)} for i in range(1, 100_002)]
     line = run_config(tmp_path, config_text(tiny_model, tmp_path, grid={"settings": settings}), "--plan")

@@ -146,6 +146,7 @@ def test_images_beyond_the_budget_are_named_not_inlined(run, monkeypatch, tmp_pa
     assert "the first 2 of each group as thumbnails of at most 48 px" in html
 
 
+@pytest.mark.slow
 def test_a_second_run_takes_its_images_from_the_sample_cache(run, tiny_sd, tmp_path, monkeypatch):
     pipeline, clip = tiny_sd
     monkeypatch.setenv("EVALKIT_SAMPLE_CACHE", str(tmp_path / "cache.sqlite"))

@@ -90,6 +90,7 @@ with RunIndex(sys.argv[1]) as index:
 """
 
 
+@pytest.mark.slow
 def test_two_writers_at_once_lose_nothing(tmp_path):
     rng = np.random.default_rng(0)
     paths = [fake_run(tmp_path / "runs", f"job{i % 2}", noisy_scores(rng, n_prompts=5)) for i in range(40)]

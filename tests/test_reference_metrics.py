@@ -200,6 +200,7 @@ def test_a_reference_file_naming_unknown_prompts_fails_the_start(tiny_model, tmp
 # ------------------------------------------------------------------------------------------ MAUVE
 
 
+@pytest.mark.slow
 def test_mauve_equals_a_direct_mauve_text_call(tmp_path):
     import mauve
 
@@ -247,6 +248,7 @@ def scored_file(tmp_path, temperatures=(0.5, 1.0), prompts=6, samples=4, seed=0)
     return write_jsonl(tmp_path / "gen.jsonl", rows)
 
 
+@pytest.mark.slow
 def test_pooled_metrics_and_the_human_row_in_a_scored_file(tmp_path):
     rng = np.random.default_rng(1)
     per_prompt = {f"p{p}": random_texts(rng, 3) for p in range(6)}

@@ -91,6 +91,7 @@ def test_hostile_text_is_escaped_and_carried_verbatim(tmp_path):
     assert data["prompts"][0][1] == "<i>prompt</i> 0 </script>"
 
 
+@pytest.mark.slow
 def test_a_url_in_the_config_is_shown_without_being_a_link(tiny_model, tmp_path):
     run = tiny_run(tiny_model, tmp_path / "runs", name="url", stop=["https://example.com"])
     html = (run.path / "report.html").read_text(encoding="utf-8")
@@ -122,6 +123,7 @@ def test_inline_svg_prefixes_ids_and_drops_namespaces():
     assert '<g id="f0-cell" clip-path="url(#f0-c1)"><title>t0.7: 0.5 &lt;1&gt;</title>' in out
 
 
+@pytest.mark.slow
 def test_multi_run_report_shows_the_changes(tiny_model, tmp_path):
     first = tiny_run(tiny_model, tmp_path / "a")
     second = tiny_run(tiny_model, tmp_path / "b", seed=2)
@@ -139,6 +141,7 @@ def test_multi_run_report_shows_the_changes(tiny_model, tmp_path):
     assert [r["label"] for r in data["runs"]] == [first.path.name, second.path.name]
 
 
+@pytest.mark.slow
 def test_report_command(run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cli = CliRunner()
@@ -181,6 +184,7 @@ def test_report_refuses_what_is_not_a_complete_run(run, tmp_path):
     assert not (tmp_path / "x.html").exists()
 
 
+@pytest.mark.slow
 def test_undefined_metrics_and_small_multiples(tiny_model, tmp_path):
     """One sample per prompt (self-BLEU undefined everywhere), greedy rows, and top_k varying."""
     run = tiny_run(tiny_model, tmp_path / "runs", samples_per_prompt=1,

@@ -29,7 +29,7 @@ def test_run_directory_contents(tiny_run):
 def test_samples_table(tiny_run):
     s = tiny_run.samples
     assert len(s) == 3 * 6 * 3  # prompts x settings x samples
-    assert list(s.columns) == ["prompt_id", "prompt", "setting_id", "temperature", "top_p", "top_k", "min_p",
+    assert list(s.columns) == ["prompt_id", "prompt", "setting_id", "temperature", "top_p", "top_k", "min_p", "order",
                                "sample_index", "seed", "text", "num_new_tokens", "finish_reason", "token_ids",
                                "logprob_model", "logprob_sampling", "entropy_model", "entropy_sampling", "n_kept",
                                "entropy_model_top"]

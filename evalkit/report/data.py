@@ -138,7 +138,7 @@ class RunView:
         if model.get("engine"):  # another engine than evalkit's sampled (vLLM)
             where.append(("engine", f"{model.get('engine')}: its own sampler and random streams ({order}), one "
                                     "request per sample with its derived seed; not token for token evalkit's engine"))
-        elif model.get("backend") in ("hf", "vlm", None):
+        elif model.get("backend") in ("hf", "vlm", None):  # a recorded run's backend (None: before backends)
             where.append(("engine", f"evalkit's ({order}), one random stream per sample from its derived seed"))
         return where
 

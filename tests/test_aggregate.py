@@ -1,3 +1,5 @@
+"""Aggregation (evalkit.scoring.aggregate): per-setting means with seeded bootstrap intervals."""
+
 import math
 
 import numpy as np
