@@ -40,7 +40,6 @@ from evalkit.scoring.registry import prepare_all
 from evalkit.seeds import derive_seed
 
 
-
 @dataclass
 class Sweep:
     """What the generation step of one sweep works with: the config and its kind, the run directory's writer, the

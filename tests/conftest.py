@@ -56,15 +56,16 @@ def build_tiny_model(directory: Path, *, chat_template: bool = True, context: in
     return directory
 
 
-# What a test module needs, by module: its markers (see pyproject.toml); server, ray, browser and vllm tests are slow.
+# What a test module needs, by module: its markers (see pyproject.toml); server, ray, browser, sandbox and vllm tests
+# are slow.
 MODULE_MARKERS = {"test_served": ("server",), "test_ray": ("ray",), "test_report_browser": ("browser",),
-                  "test_sandbox": ("sandbox",), "test_task_checks": ("sandbox",), "test_vllm": ("vllm",),
+                  "test_sandbox": ("sandbox",), "test_vllm": ("vllm",),
                   "test_default_model": ("slow",),
                   "test_resume_cache": ("slow",),  # runs stopped part way in a child process, then resumed
                   "test_vlm_sweep": ("slow",),  # four tiny vision-language models built and run
                   # a tiny Stable Diffusion pipeline built and run
                   "test_image_sweep": ("slow",), "test_image_reference": ("slow",), "test_diffusers_backend": ("slow",)}
-SLOW_MARKERS = {"server", "ray", "browser", "vllm"}
+SLOW_MARKERS = {"server", "ray", "browser", "sandbox", "vllm"}
 
 
 def pytest_collection_modifyitems(config, items):

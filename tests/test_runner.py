@@ -149,3 +149,33 @@ def test_unwritable_output_dir(tiny_model, tmp_path):
 def test_load_run_refuses_other_directories(tmp_path):
     with pytest.raises(EvalkitError, match="not a run directory"):
         evalkit.load_run(tmp_path)
+
+
+def test_a_run_made_before_chain_orders_existed_still_reads_reports_and_compares(tiny_run, tmp_path):
+    """A run directory written before a knob existed (no `order` column, no `order` in the manifest's settings or
+    config) loads with the knob at its neutral value, gets a report, and compares with a run made now."""
+    import shutil
+
+    from evalkit.compare import RunData, compare_runs
+    from evalkit.report import write_report
+
+    old = tmp_path / "old-run"
+    shutil.copytree(tiny_run.path, old)
+    samples = pd.read_parquet(old / "samples.parquet").drop(columns=["order"])
+    samples.to_parquet(old / "samples.parquet", index=False)
+    manifest = json.loads((old / "manifest.json").read_text())
+    for s in manifest["settings"]:
+        del s["params"]["order"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    config = yaml.safe_load((old / "config.yaml").read_text())
+    del config["grid"]["order"]
+    config["model"].update({"base_url": None, "concurrency": 8, "tensor_parallel_size": 1})  # the flat section
+    (old / "config.yaml").write_text(yaml.safe_dump(config))
+
+    run = evalkit.load_run(old)
+    assert "order" not in run.samples and [s.id for s in run.manifest.settings] == [
+        s.id for s in tiny_run.manifest.settings]
+    write_report([old], tmp_path / "report.html")
+    assert "t0.7-p0.8" in (tmp_path / "report.html").read_text(encoding="utf-8")
+    result = compare_runs(RunData.from_run(run), RunData.from_run(tiny_run), permutations=200, resamples=200)
+    assert result.protocol_differences == [] and result.not_compared == [] and len(result.table) > 0
