@@ -119,3 +119,26 @@ class Terminated(KeyboardInterrupt):
 
     def __init__(self, message: str = "terminated"):
         super().__init__(message)
+
+
+# A Ctrl-C or SIGTERM, once received, stays asked for until the process ends. Python raises a signal handler's
+# exception wherever the main thread is; inside a finalizer (a __del__, a weakref callback) it is printed as
+# "Exception ignored" and lost, and the run would go on. The command's handler (:func:`stop_on_signal`) records it,
+# and :func:`raise_if_stopped`, called at every step of a run's progress, raises it again there.
+_STOPS: list[int] = []
+
+
+def stop_on_signal(signum: int, frame=None) -> None:
+    """The command's handler of SIGINT and SIGTERM: stop like Ctrl-C (SIGTERM: exit code 143), and remember it."""
+    import signal
+
+    _STOPS.append(signum)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def raise_if_stopped() -> None:
+    """Raise the stop a signal asked for, if one was asked for (a run's safe points call this)."""
+    if _STOPS:
+        import signal
+
+        raise Terminated() if _STOPS[0] == signal.SIGTERM else KeyboardInterrupt()

@@ -5,12 +5,10 @@ import sys
 
 
 def main() -> None:
-    from evalkit.errors import Terminated
+    from evalkit.errors import stop_on_signal
 
-    def terminate(signum, frame):
-        raise Terminated()
-
-    signal.signal(signal.SIGTERM, terminate)  # stopped like Ctrl-C from the first instant
+    signal.signal(signal.SIGTERM, stop_on_signal)  # stopped like Ctrl-C from the first instant
+    signal.signal(signal.SIGINT, stop_on_signal)  # and a Ctrl-C that lands in a finalizer is raised again
     try:
         from evalkit.cli import main as cli
     except KeyboardInterrupt as e:

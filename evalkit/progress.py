@@ -7,16 +7,23 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+from evalkit.errors import raise_if_stopped
+
 
 class Phase:
+    """One phase's progress. Every step of it is a safe point where a stop that a signal asked for is raised (see
+    :func:`evalkit.errors.raise_if_stopped`), whether or not a bar is drawn."""
+
     def __init__(self, progress=None, task=None):
         self._progress, self._task = progress, task
 
     def advance(self, n: int = 1) -> None:
+        raise_if_stopped()
         if self._progress is not None:
             self._progress.advance(self._task, n)
 
     def update(self, *, completed: int | None = None, status: str | None = None) -> None:
+        raise_if_stopped()
         if self._progress is not None:
             kwargs = {"completed": completed} if completed is not None else {}
             if status is not None:

@@ -26,8 +26,29 @@ def slow_config(tiny_model, out):
     return base_config(tiny_model, out, samples_per_prompt=6, max_new_tokens=24, batch_size=1)
 
 
-def start(config_path, cwd, env):
-    return subprocess.Popen([sys.executable, "-m", "evalkit", "run", str(config_path), "--no-cache", "-q"],
+# The command, with its run held (asleep, as a slow decode step would be) once it has written HOLD_AFTER parts, until
+# the test's signal arrives: a run on a loaded machine cannot finish between the test seeing the parts and the signal.
+HOLD_AFTER = 2
+HELD_RUN = f"""
+import sys, time
+from evalkit.rundir import parts
+flush, held = parts.PartWriter.flush, []
+def flush_then_hold(self):
+    flush(self)
+    if not held and self.count >= {HOLD_AFTER}:
+        held.append(True)
+        while True:
+            time.sleep(0.05)
+parts.PartWriter.flush = flush_then_hold
+sys.argv = ["evalkit", *sys.argv[1:]]
+from evalkit.launch import main
+main()
+"""
+
+
+def start(config_path, cwd, env, held: bool = False):
+    command = ["-c", HELD_RUN] if held else ["-m", "evalkit"]
+    return subprocess.Popen([sys.executable, *command, "run", str(config_path), "--no-cache", "-q"],
                             cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -59,8 +80,8 @@ def test_stopped_run_resumes_to_the_same_samples(how, tiny_model, tmp_path, unin
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(slow_config(tiny_model, out)))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = start(path, tmp_path, env)
-    run_dir = wait_for_parts(out)
+    proc = start(path, tmp_path, env, held=True)
+    run_dir = wait_for_parts(out, minimum=HOLD_AFTER)
     proc.send_signal({"kill": signal.SIGKILL, "ctrl-c": signal.SIGINT, "sigterm": signal.SIGTERM}[how])
     _, stderr = proc.communicate(timeout=60)
     manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -242,3 +263,31 @@ def test_nan_logits_stop_the_run_and_keep_samples(tiny_model, tmp_path, monkeypa
     monkeypatch.setattr(LlamaForCausalLM, "forward", forward)
     resumed = evalkit.run_sweep(None, resume=run_dir, progress=False, cache=False)
     assert resumed.manifest.status == "complete"
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_a_stop_that_lands_in_a_finalizer_still_stops_the_run(how):
+    """Python prints and drops an exception raised inside a __del__: a Ctrl-C that arrives there would be lost. The
+    command's handler remembers it, and the run's next step raises it again."""
+    code = f"""
+import gc, signal, sys
+from evalkit.errors import stop_on_signal
+from evalkit.progress import Phase
+
+class Finalized:
+    def __del__(self):
+        stop_on_signal(signal.{'SIGINT' if how == 'ctrl-c' else 'SIGTERM'})  # the signal arrives here
+
+Finalized()
+gc.collect()
+print("went on", flush=True)
+try:
+    Phase().update(completed=1)
+except KeyboardInterrupt as e:
+    print("stopped", type(e).__name__, getattr(e, "exit_code", 130))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "Exception ignored" in done.stderr  # Python did drop it where it was raised
+    expected = "KeyboardInterrupt 130" if how == "ctrl-c" else "Terminated 143"
+    assert done.stdout.splitlines() == ["went on", f"stopped {expected}"]

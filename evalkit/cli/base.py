@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 import evalkit
-from evalkit.errors import EvalkitError, Terminated
+from evalkit.errors import EvalkitError, stop_on_signal
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Measure what sampling settings do to a generative model.")
@@ -100,12 +100,10 @@ REPORT_FAILED = 3  # the run is complete but its report could not be written (1:
 CRASHED = 4  # an unexpected error: a bug
 
 
-def _terminate(signum, frame) -> None:
-    raise Terminated()
-
-
 def main() -> None:
-    signal.signal(signal.SIGTERM, _terminate)  # stopped like Ctrl-C: a run is marked interrupted, not left running
+    # stopped like Ctrl-C: a run is marked interrupted, not left running; a stop lost in a finalizer is raised again
+    signal.signal(signal.SIGTERM, stop_on_signal)
+    signal.signal(signal.SIGINT, stop_on_signal)
     try:
         code = app(prog_name="evalkit", standalone_mode=False)
     except KeyboardInterrupt as e:  # between commands' guards (start-up)
