@@ -126,7 +126,10 @@ def _resolved(config: SweepConfig) -> dict:
 def backends() -> list[dict]:
     """What every backend is and can do, one dict each (``evalkit backends``): its kind, engine, whether it runs
     remotely, the sampling knobs it honours (a setting that sets another is refused before a run), the chain
-    orders it applies (``auto``: its own, ``own_order``), and the metric inputs its samples supply."""
+    orders it applies (``auto``: its own, ``own_order``), and the metric inputs its samples offer: its kind's (texts,
+    prompts, checks, references) and those it supplies itself (``supplied``: token ids, per-token statistics, ...)."""
     from evalkit.generation import all_specs
+    from evalkit.kinds import KINDS
 
-    return [spec.as_row() for spec in all_specs()]
+    return [{**row, "metric_inputs": sorted(KINDS[spec.kind].needs | spec.needs), "supplied": row["metric_inputs"]}
+            for spec, row in ((spec, spec.as_row()) for spec in all_specs())]

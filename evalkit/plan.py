@@ -55,7 +55,8 @@ def check_honoured(config: SweepConfig, settings: list) -> None:
             continue
         knob, what = refused
         others = [s.name for s in specs if s.kind == spec.kind and s.refusal(setting) is None]
-        where = f"grid.{knob}" if getattr(config.grid, knob, None) is not None else "grid.settings"
+        explicit = list(config.grid.settings or [])
+        where = f"grid.settings[{explicit.index(setting)}]" if setting in explicit else f"grid.{knob}"
         raise ConfigError(f"backend {spec.name} does not honour {what}, which setting {setting.id} sets; "
                           + (f"backends that do: {', '.join(others)}" if others else "no backend does")
                           + " (evalkit backends lists each one's knobs)", source=config.source, path=where)

@@ -75,9 +75,13 @@ def engine_samples(backend, setting: Setting) -> list:
 
 
 def served_request(setting) -> dict:
-    from evalkit.generation.served import request_knobs
+    """The sampling fields of a request, built by the served backend's own method (the neutral values the
+    capability check found a server to take are sent with every request)."""
+    from types import SimpleNamespace
 
-    return {**request_knobs(setting, optional=False), **request_knobs(setting, optional=True)}
+    from evalkit.generation.served import ServedBackend
+
+    return ServedBackend.knobs(SimpleNamespace(sent={"top_k": -1, "min_p": 0.0}), setting, 16)
 
 
 def effect(spec, knob: str, base, changed, engine_backend) -> bool:
@@ -94,8 +98,6 @@ def effect(spec, knob: str, base, changed, engine_backend) -> bool:
     if spec.name == "vllm":
         from evalkit.generation.vllm_engine import engine_knobs
 
-        if knob == "order":  # vLLM's sampler has one order, its own: a setting naming it gets exactly that
-            return changed.chain("vllm") == ORDERS["vllm"] == spec.own_order and changed.order in spec.orders
         return engine_knobs(base, 49152) != engine_knobs(changed, 49152)
     if spec.name == "diffusers":
         from evalkit.generation.diffusers import pipeline_call
@@ -112,6 +114,27 @@ def refused(spec, knob: str, changed, tmp_path) -> str:
     return str(e.value)
 
 
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "diffusers"])
+def test_every_order_a_backend_does_not_apply_is_refused(backend, tmp_path):
+    spec = spec_of(backend)
+    for order in ORDERS:
+        setting = Setting(**{**TEXT_EXAMPLES["order"][0], "order": order})
+        if order in spec.orders:
+            assert spec.refusal(setting) is None
+        else:
+            assert f"backend {backend} does not honour order '{order}'" in refused(spec, "order", setting, tmp_path)
+
+
+def test_the_capability_check_tests_every_knob_a_server_is_sent():
+    from evalkit.generation.served import REQUEST_KNOBS
+    from evalkit.generation.served.probe import EXTREMES, grid_sets
+
+    assert set(EXTREMES) == set(REQUEST_KNOBS) == spec_of("openai").knobs
+    for knob, (base, changed) in TEXT_EXAMPLES.items():
+        if knob in REQUEST_KNOBS:
+            assert knob in grid_sets([Setting(**changed)]) and knob not in grid_sets([Setting(**base)])
+
+
 @pytest.mark.parametrize("backend", list(BACKENDS))
 def test_every_backend_honours_or_refuses_every_knob(backend, engine_backend, tmp_path):
     spec = spec_of(backend)
@@ -120,6 +143,11 @@ def test_every_backend_honours_or_refuses_every_knob(backend, engine_backend, tm
     for knob in setting_type.model_fields:
         base, changed = (setting_type(**params) for params in examples[knob])
         honoured = knob in spec.knobs and (knob != "order" or changed.order in spec.orders)
+        if knob == "order" and spec.name == "vllm":
+            # vLLM's sampler has one order, its own, which `order: vllm` names: it is checked against vLLM's sampler
+            # in tests/test_vllm.py (chi-square, vLLM's environment); every other order is refused (below)
+            assert spec.own_order == ORDERS["vllm"] and spec.orders == ("vllm",)
+            continue
         if honoured:
             assert effect(spec, knob, base, changed, engine_backend), f"{backend} claims {knob} but ignores it"
         elif not images:
@@ -153,7 +181,7 @@ def test_plan_refuses_what_a_backend_does_not_honour(tmp_path, write_config):
                          "model": {"backend": "vllm"}, "grid": {"settings": [{"top_p": 0.9, "order": "transformers"}]}})
     result = CliRunner().invoke(app, ["run", str(path), "--plan"])
     assert result.exit_code == 2
-    assert "grid.settings: backend vllm does not honour order 'transformers' (it applies vllm)" in result.output
+    assert "grid.settings[0]: backend vllm does not honour order 'transformers' (it applies vllm)" in result.output
     assert not (tmp_path / "runs").exists()
 
 
@@ -177,4 +205,6 @@ def test_backends_json_parses_and_matches_the_specs():
     assert rows["hf"]["orders"] == ["auto", "transformers", "vllm"] and "order" in rows["hf"]["knobs"]
     assert rows["vllm"]["own_order"] == list(ORDERS["vllm"])
     assert "token_stats" in rows["hf"]["metric_inputs"] and "token_stats" not in rows["openai"]["metric_inputs"]
+    assert {"texts", "answers", "tests"} <= set(rows["openai"]["metric_inputs"])
+    assert {"prompt_images", "references"} <= set(rows["vlm"]["metric_inputs"]) - set(rows["vlm"]["supplied"])
     assert rows["diffusers"]["knobs"] == list(ImageSetting.model_fields) and rows["diffusers"]["orders"] == []

@@ -255,3 +255,9 @@ def test_a_set_backend_changes_the_section(write_config):
     path = write_config({**GOOD, "model": {"id": "m"}})
     config = load_config(path, ["model.backend=openai", "model.base_url=http://127.0.0.1:9/v1"])
     assert type(config.model).__name__ == "OpenAIModel"
+
+
+@pytest.mark.parametrize("model", [42, None, [1], True])
+def test_a_model_section_that_is_not_a_mapping_is_said_to_be_one(write_config, model):
+    assert errors_for(write_config, {**GOOD, "model": model}).split(": ", 1)[1].startswith(
+        "model: should be a mapping of keys")

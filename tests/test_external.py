@@ -54,6 +54,19 @@ def test_cli_score(tmp_path):
     assert run.scores[run.scores.metric == "distinct_1[tok=words]"].set_index("prompt_id").value["q"] == 4 / 6
 
 
+def test_rows_of_two_chain_orders_are_two_settings(tmp_path):
+    """Every knob of a setting is read from a scored file's lines: the same temperature in two orders is two
+    settings, never one."""
+    path = write_rows(tmp_path / "g.jsonl", [{"prompt": "q", "temperature": 0.7, "text": "a b"},
+                                            {"prompt": "q", "temperature": 0.7, "order": "vllm", "text": "a c"}])
+    result = CliRunner().invoke(app, ["score", str(path), "--metrics", "distinct_1", "-o", str(tmp_path / "out"),
+                                      "-q"])
+    assert result.exit_code == 0, result.output
+    run = evalkit.load_run(tmp_path / "out")
+    assert sorted(run.samples.setting_id) == ["t0.7-p1", "t0.7-p1-ovllm"]
+    assert sorted(s.params["order"] for s in run.manifest.settings) == ["auto", "vllm"]
+
+
 @pytest.mark.parametrize("content, message", [
     ('{"prompt_id": "a", "text": "x"}\n{"prompt_id": "a", "text": \n', "line 2: invalid JSON"),
     ('{"prompt_id": "a"}\n', "line 1: text: Field required"),

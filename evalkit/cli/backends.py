@@ -26,14 +26,17 @@ def list_backends(
         print(json.dumps(rows, indent=2))
         return
     table = Table(title="backends (model.backend)", show_lines=True)
-    for column in ("backend", "makes", "sampled by", "knobs honoured", "chain orders", "metric inputs supplied"):
+    for column in ("backend", "makes", "sampled by", "knobs honoured", "chain orders", "metric inputs it supplies"):
         table.add_column(column, overflow="fold")
     for row in rows:
         orders = ", ".join(f"{o} ({' > '.join(row['own_order'])})" if o == "auto" else o for o in row["orders"])
         table.add_row(escape(row["backend"]), escape(row["kind"]),
                       escape(row["engine"] + (" (remote)" if row["remote"] else "")),
-                      escape(", ".join(row["knobs"])), escape(orders), escape(", ".join(row["metric_inputs"])))
+                      escape(", ".join(row["knobs"])), escape(orders), escape(", ".join(row["supplied"])))
     _print_table(table)
+    out.print("Besides what a backend supplies, every text sample offers texts, prompts, answers, tests and reference "
+              "texts; an image-to-text one its image and captions; a text-to-image one its prompt and reference "
+              "images (--json: metric_inputs, all of them).", highlight=False, soft_wrap=True)
     for row in rows:
         for knob, note in row["notes"].items():
             out.print(f"{escape(row['backend'])}, {escape(knob)}: {escape(note)}", highlight=False)

@@ -55,8 +55,10 @@ def _one(first: dict, source: str) -> ConfigError:
         msg = first["msg"].removeprefix("Value error, ")
         if first["type"] in ("model_type", "dict_type"):  # "a valid dictionary or instance of GridConfig"
             msg = "should be a mapping of keys (key: value, one per line or in {...})"
-        if first["type"] == "backend":  # the model section's union: no member has this backend
-            path, value = f"{path}.backend", value.get("backend") if isinstance(value, dict) else value
+        if first["type"] == "backend" and not isinstance(value, dict):  # not a section at all
+            msg = "should be a mapping of keys (key: value, one per line or in {...})"
+        elif first["type"] == "backend":  # the model section's union: no member has this backend
+            path, value = f"{path}.backend", value.get("backend")
         head, sep, rest = msg.partition(": ")
         # a model's own check naming one of its fields ("gguf_file: ..."; the model section: any backend's field)
         if sep and (head in _fields_at(tagged) or (path == "model" and any(head in m.model_fields for m in MODELS))):

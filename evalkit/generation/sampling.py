@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from evalkit.errors import EvalkitError
 from evalkit.settings import APPLICATION_ORDER, AUTO_ORDER, ORDERS, Setting
 
 # --------------------------------------------------------------------------- batched transforms
@@ -46,10 +47,14 @@ ORDER_CODES = {name: i for i, name in enumerate(ORDERS)}  # a row's order, as a 
 @dataclass(frozen=True)
 class Transform:
     """One knob of a text setting as a batched transform: ``apply(logits [rows, vocab], params)`` -> logits with
-    the tokens it removes at -inf (or rescaled, for the temperature); ``dtype`` of its per-row tensor."""
+    the tokens it removes at -inf (or rescaled, for the temperature); ``dtype`` of its per-row tensor; ``active``
+    (a filter's): the rows where it can change the distribution, ``(params, vocab)`` -> bool [rows]; ``candidates``:
+    whether the top-K candidate path of transformers' order computes it (else its rows go the dense way)."""
 
     apply: Callable[[torch.Tensor, RowParams], torch.Tensor]
     dtype: torch.dtype
+    active: Callable[[RowParams, int], torch.Tensor] | None = None
+    candidates: bool = False
 
 
 class RowParams:
@@ -67,6 +72,10 @@ class RowParams:
 
     @classmethod
     def from_settings(cls, settings: list[Setting], device: torch.device | str = "cpu") -> RowParams:
+        for s in settings:  # a knob with no transform is never dropped: refused (tests/test_backends.py finds it)
+            missing = [k for k in s.set_knobs() if k != "order" and k not in TRANSFORMS]
+            if missing:
+                raise EvalkitError(f"evalkit's engine has no transform for {missing[0]}, which setting {s.id} sets")
         knobs = {name: torch.tensor([getattr(s, name) for s in settings], dtype=t.dtype, device=device)
                  for name, t in TRANSFORMS.items()}
         order = torch.tensor([ORDER_CODES[ENGINE_ORDER if s.order == AUTO_ORDER else s.order] for s in settings],
@@ -82,7 +91,18 @@ class RowParams:
 
     def truncates(self, vocab: int) -> torch.Tensor:
         """Rows where some filter can remove tokens."""
-        return ((self.top_k > 0) & (self.top_k < vocab)) | (self.top_p < 1) | (self.min_p > 0)
+        return self._active(vocab, lambda t: True)
+
+    def beyond_candidates(self, vocab: int) -> torch.Tensor:
+        """Rows with a filter that the candidate path does not compute."""
+        return self._active(vocab, lambda t: not t.candidates)
+
+    def _active(self, vocab: int, which: Callable[[Transform], bool]) -> torch.Tensor:
+        out = torch.zeros_like(self.order, dtype=torch.bool)
+        for t in TRANSFORMS.values():
+            if t.active is not None and which(t):
+                out |= t.active(self, vocab)
+        return out
 
 
 class Warped:
@@ -168,9 +188,9 @@ def _min_p(out: torch.Tensor, params: RowParams) -> torch.Tensor:
 # Every knob of a text setting but its order, as a transform: the engine honours a knob that is here.
 TRANSFORMS: dict[str, Transform] = {
     "temperature": Transform(scale, torch.float32),
-    "top_k": Transform(_top_k, torch.long),
-    "top_p": Transform(_top_p, torch.float64),
-    "min_p": Transform(_min_p, torch.float32),
+    "top_k": Transform(_top_k, torch.long, lambda p, vocab: (p.top_k > 0) & (p.top_k < vocab), candidates=True),
+    "top_p": Transform(_top_p, torch.float64, lambda p, vocab: p.top_p < 1, candidates=True),
+    "min_p": Transform(_min_p, torch.float32, lambda p, vocab: p.min_p > 0, candidates=True),
 }
 
 
@@ -235,7 +255,8 @@ def warp(logits: torch.Tensor, params: RowParams,
     Greedy rows become a point mass on the argmax of the raw logits; rows that truncate
     nothing keep the whole softmax (whatever their order: the temperature alone scales them); truncating rows of
     transformers' order go through the candidate lists, and through the dense path when their kept set does not
-    fit; truncating rows of another order go through their chain, densely.
+    fit; truncating rows of another order, or with a filter the candidate path does not compute, go through their
+    chain, densely.
     """
     vocab = logits.shape[-1]
     device = logits.device
@@ -250,7 +271,7 @@ def warp(logits: torch.Tensor, params: RowParams,
     plain = rows[~greedy & ~trunc]
     if plain.numel():
         parts.append((plain, Warped(scale(logits[plain], params[plain]), None)))
-    fast = trunc & (params.order == ORDER_CODES[ENGINE_ORDER])
+    fast = trunc & (params.order == ORDER_CODES[ENGINE_ORDER]) & ~params.beyond_candidates(vocab)
     for name, code in ORDER_CODES.items():
         other = rows[trunc & ~fast & (params.order == code)]
         if other.numel():

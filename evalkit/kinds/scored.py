@@ -13,10 +13,10 @@ fields are ignored.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from evalkit.checks import Checks, checks_of
 from evalkit.config.schema import refuse_bools_as_numbers
@@ -25,7 +25,7 @@ from evalkit.kinds.base import RunKind
 from evalkit.prompts import POOLED, read_jsonl_rows, unreadable_image
 from evalkit.rundir.columns import BASE_SAMPLE_COLUMNS, VLM_COLUMNS
 from evalkit.scoring.metric import CHECK_NEEDS, VLM_NEEDS
-from evalkit.settings import MinP, Setting, Temperature, TopK, TopP
+from evalkit.settings import Setting
 
 TEXT_ONLY_NEEDS = frozenset({"texts", "prompts", "reference_texts"}) | CHECK_NEEDS
 SCORED = RunKind(name="scored", what="a file of texts", verb="have", columns=tuple(BASE_SAMPLE_COLUMNS),
@@ -34,16 +34,14 @@ SCORED_CAPTIONS = RunKind(name="scored", what="a file of texts with images", ver
                           columns=tuple(BASE_SAMPLE_COLUMNS + VLM_COLUMNS), needs=TEXT_ONLY_NEEDS | VLM_NEEDS)
 
 
-class GenerationRow(BaseModel):
+class _GenerationRow(BaseModel):
+    """One line of a scored file; its setting's knobs are :data:`GenerationRow`'s fields (each of Setting's)."""
+
     model_config = ConfigDict(extra="ignore")
 
     text: str
     prompt_id: str | int | None = None
     prompt: str | None = None
-    temperature: Temperature = 1.0
-    top_p: TopP = 1.0
-    top_k: TopK = 0
-    min_p: MinP = 0.0
     sample_index: int | None = Field(None, ge=0, le=2**31 - 1)
     image: str | None = Field(None, min_length=1)  # the image the text describes (a path relative to the file)
     references: list[str] | None = Field(None, min_length=1)  # its reference captions
@@ -61,10 +59,17 @@ class GenerationRow(BaseModel):
         return data
 
     @model_validator(mode="after")
-    def _prompt(self) -> GenerationRow:
+    def _prompt(self) -> _GenerationRow:
         if self.prompt_id is None and self.prompt is None:
             raise ValueError("a row needs 'prompt_id' or 'prompt'")
         return self
+
+
+# a line's setting: every knob of Setting, validated as a setting validates it, at its neutral value when not given
+GenerationRow = create_model(
+    "GenerationRow", __base__=_GenerationRow, __module__=__name__,
+    **{name: (Annotated[f.annotation, *f.metadata] if f.metadata else f.annotation, f.default)
+       for name, f in Setting.model_fields.items()})
 
 
 def read_generations(path: Path) -> tuple[pd.DataFrame, dict[str, Checks]]:
@@ -75,7 +80,7 @@ def read_generations(path: Path) -> tuple[pd.DataFrame, dict[str, Checks]]:
     checks: dict[str, tuple[Checks, int]] = {}
     for number, row in read_jsonl_rows(path, "file", GenerationRow):
         where = f"line {number}"
-        setting = Setting(temperature=row.temperature, top_p=row.top_p, top_k=row.top_k, min_p=row.min_p)
+        setting = Setting(**{k: getattr(row, k) for k in Setting.model_fields})
         pid = str(row.prompt_id) if row.prompt_id is not None else row.prompt
         if pid == POOLED:
             raise ConfigError(f"prompt {POOLED!r} is reserved: it names values pooled over all prompts (use another "

@@ -135,6 +135,9 @@ class RunView:
         where = [("model file" if model.get("sha256") else "revision", str(ident)[:16] if ident else "n/a"),
                  ("device", f"{self.manifest.device}, {model.get('dtype', 'n/a')}")]
         order = ", ".join(self.manifest.sampling_order or [])
+        named = sorted({str(s.params.get("order")) for s in self.manifest.settings} - {"auto", "None"})
+        if named:  # settings that name their chain order apply it
+            order += f"; settings with order {', '.join(named)}: that order"
         if model.get("engine"):  # another engine than evalkit's sampled (vLLM)
             where.append(("engine", f"{model.get('engine')}: its own sampler and random streams ({order}), one "
                                     "request per sample with its derived seed; not token for token evalkit's engine"))

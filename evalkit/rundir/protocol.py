@@ -86,7 +86,8 @@ def cross_engine(base: dict[str, Any], new: dict[str, Any]) -> str | None:
     a, b = base.get("engine"), new.get("engine")
     if not a or not b or a == b or "none" in (a, b):
         return None
-    order = ", and vLLM applies min_p before top_p" if "vllm" in f"{a} {b}" else ""
+    order = (", and vLLM's chain applies min_p before top_p, as evalkit's does only for settings that name order: vllm"
+             if "vllm" in f"{a} {b}" else "")
     return (f"cross-engine comparison: base sampled by {a}, new by {b} (other random streams{order}): the changes "
             "include the engines' difference")
 

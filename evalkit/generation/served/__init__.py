@@ -317,7 +317,9 @@ def _in_thread(items: Iterator) -> Iterator:
 
 # The sampling knobs a request carries, by Setting field: the request field and whether it is sent only when set
 # (a server that has no such field refuses it even at its neutral value; the capability check finds which).
-REQUEST_KNOBS = {"temperature": ("temperature", False), "top_p": ("top_p", False), "top_k": ("top_k", True),
+# Each has its extreme in evalkit.generation.served.probe.EXTREMES: the capability check tests that the server applies
+# it (tests/test_backends.py checks that every knob has one).
+REQUEST_KNOBS = {"temperature": ("temperature", False), "top_k": ("top_k", True), "top_p": ("top_p", False),
                  "min_p": ("min_p", True)}
 
 

@@ -62,11 +62,13 @@ class Found:
 
 
 def grid_sets(settings: list[Setting]) -> list[str]:
-    """The knobs that some setting of the grid sets away from their neutral value (temperature: away from 1)."""
+    """The request's knobs that some setting of the grid sets away from their neutral value (temperature: away from
+    1; the others in a setting that samples), in the order of ``REQUEST_KNOBS``."""
+    from evalkit.generation.served import REQUEST_KNOBS
+
     sampled = [s for s in settings if not s.greedy]
-    return [k for k, on in (("temperature", any(s.temperature != 1 for s in settings)),
-                            ("top_k", any(s.top_k for s in sampled)), ("top_p", any(s.top_p < 1 for s in sampled)),
-                            ("min_p", any(s.min_p for s in sampled))) if on]
+    return [k for k in REQUEST_KNOBS
+            if any(k in s.set_knobs() for s in (settings if k == "temperature" else sampled))]
 
 
 def probe(backend, settings: list[Setting], prompts: list[PreparedPrompt], *, logprobs: int, max_new_tokens: int,
