@@ -17,7 +17,10 @@ With ``--vllm PYTHON`` (the interpreter of vLLM's environment, e.g. ``.venv-vllm
 evalkit's engine against vLLM instead, on the cases of ``bench_vllm.py`` (the grid above, many samples
 per prompt, long prompts): the engine is timed here, vLLM in its own environment, one after the other.
 
-    python benchmarks/bench_generate.py [--repeats 3] [--device auto] [--large] [--vllm .venv-vllm/bin/python]
+``--smoke``: the smallest grid (2 settings x 2 samples x 1 prompt, 4 new tokens, 1 run, 1 thread), the same code
+path and the same lines; with ``--vllm``, the smallest cases of ``bench_vllm.py --smoke``.
+
+    python benchmarks/bench_generate.py [--repeats 3] [--device auto] [--large] [--vllm .venv-vllm/bin/python] [--smoke]
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine import print_load, print_machine, smoke_threads
 
 from evalkit.generation import WorkUnit, load_backend
 from evalkit.config import config_from_dict
@@ -44,6 +48,8 @@ PROMPTS = ["Describe the ocean in one sentence.", "Give one tip for learning to 
            "Invent a name for a new planet.", "Summarize the plot of Cinderella.", "What is your favorite season?"]
 SMALL = dict(temperature=[0.3, 0.7, 1.0], top_p=[0.9, 1.0], samples=8, prompts=4)
 LARGE = dict(temperature=[0.3, 0.7, 1.0, 1.3], top_p=[0.8, 0.95, 1.0], samples=16, prompts=16)
+SMOKE = dict(temperature=[0.7, 1.0], top_p=[1.0], samples=2, prompts=1)
+SMOKE_NEW_TOKENS = 4
 
 
 def median_rate(fn, repeats: int) -> tuple[float, float]:
@@ -74,11 +80,18 @@ def main() -> None:
                              "not depend on how many groups they run")
     parser.add_argument("--vllm", metavar="PYTHON", default=None,
                         help="race the engine against vLLM, run by this interpreter (vLLM's own environment)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="the smallest grid, 4 new tokens, 1 run: checks that the benchmark runs")
     args = parser.parse_args()
+    if args.smoke:
+        args.repeats, args.max_new_tokens = 1, SMOKE_NEW_TOKENS
+        smoke_threads()
+    print_machine()  # with --vllm, bench_vllm.py prints vLLM's environment (its torch, transformers and vLLM)
     if args.vllm:
         versus_vllm(args)
+        print_load()
         return
-    grid = LARGE if args.large else SMALL
+    grid = SMOKE if args.smoke else LARGE if args.large else SMALL
     prompts = [{"id": f"p{i}", "prompt": PROMPTS[i]} for i in range(grid["prompts"])]
     config = config_from_dict({"name": "bench", "prompts": prompts, "max_new_tokens": args.max_new_tokens,
                                "grid": {"temperature": grid["temperature"], "top_p": grid["top_p"]},
@@ -90,6 +103,7 @@ def main() -> None:
     units = race(backend, prepared, config.settings(), grid["samples"], n_new, args.repeats,
                  baseline_groups=args.baseline_groups, header=backend.info.id)
     print(sampling_share(backend, units, n_new))
+    print_load()
 
 
 def versus_vllm(args) -> None:
@@ -100,7 +114,7 @@ def versus_vllm(args) -> None:
     backend = None
     for case in CASES:
         config = config_from_dict(case_config(case, backend="hf", model=args.model, device=args.device,
-                                              max_new_tokens=args.max_new_tokens))
+                                              max_new_tokens=args.max_new_tokens, smoke=args.smoke))
         backend = backend or load_backend(config)
         prepared, units = prepared_units(backend, config)
         batch = backend.batch_size("auto", prepared, args.max_new_tokens)
@@ -109,14 +123,16 @@ def versus_vllm(args) -> None:
         print(f"  evalkit engine  {case:<13} {tokens / seconds:8.1f} tokens/s ({seconds:.1f} s)", flush=True)
     script = Path(__file__).with_name("bench_vllm.py")
     out = subprocess.run([args.vllm, str(script), "--repeats", str(args.repeats), "--model", args.model,
-                          "--device", args.device, "--max-new-tokens", str(args.max_new_tokens)],
-                         stdout=subprocess.PIPE, text=True)
+                          "--device", args.device, "--max-new-tokens", str(args.max_new_tokens),
+                          *(["--smoke"] if args.smoke else [])], stdout=subprocess.PIPE, text=True)
     if out.returncode:
         raise SystemExit(f"bench_vllm.py failed (exit {out.returncode}); the end of its output:\n"
                          + "\n".join(out.stdout.splitlines()[-30:]))
     engine_name, load_s = None, None
     for line in out.stdout.splitlines():
-        if line.startswith("{"):
+        if line.startswith(("machine:", "versions:", "load average:")):  # bench_vllm.py's, in vLLM's environment
+            print(f"  vLLM's environment: {line}", flush=True)
+        elif line.startswith("{"):
             r = json.loads(line)
             rows[r["case"]]["vllm"] = (r["tokens"], r["seconds"])
             engine_name, load_s = r["engine"], r["load_s"]

@@ -1,14 +1,19 @@
 """Text metrics: evalkit's self-BLEU against nltk's loop (same definition), the lexical
 metrics on 10,000 samples and the semantic ones on 1,000, measured in one run.
 
-    python benchmarks/bench_metrics.py
+``--smoke``: self-BLEU on 20 and 40 samples (200 for evalkit alone), the lexical metrics on 200 samples and the
+semantic ones on 50, 1 thread: the same code path and the same lines.
+
+    python benchmarks/bench_metrics.py [--smoke]
 """
 
 from __future__ import annotations
 
+import argparse
 import random
 import time
 
+from machine import print_load, print_machine, smoke_threads
 from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 
 from evalkit.config import MetricSpec
@@ -19,6 +24,8 @@ from evalkit.scoring import score_groups
 from evalkit_metrics.self_bleu import self_bleu
 
 WORDS = [f"w{i}" for i in range(300)]
+FULL = dict(nltk=(100, 400), alone=4000, lexical=10_000, semantic=1000)
+SMOKE = dict(nltk=(20, 40), alone=200, lexical=200, semantic=50)
 
 
 def corpus(rng: random.Random, n: int) -> list[list[str]]:
@@ -38,22 +45,29 @@ def nltk_self_bleu(samples):
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="the smallest sizes: checks that the benchmark runs")
+    smoke = parser.parse_args().smoke
+    size = SMOKE if smoke else FULL
+    if smoke:
+        smoke_threads()
+    print_machine("nltk", "sentence-transformers")
     rng = random.Random(0)
     print("self-BLEU-4 (method1), samples of 30-50 tokens over 300 word types")
-    for n in (100, 400):
+    for n in size["nltk"]:
         samples = corpus(rng, n)
         t_ours, ours = timed(lambda: self_bleu(samples, 4))
         t_nltk, theirs = timed(lambda: nltk_self_bleu(samples))
         diff = max(abs(a - b) for a, b in zip(ours, theirs))
         print(f"  N={n:5d}: nltk {t_nltk:8.3f} s  evalkit {t_ours:7.4f} s  ratio {t_nltk / t_ours:7.1f}x  "
               f"max |difference| {diff:.1e}")
-    samples = corpus(rng, 4000)
+    samples = corpus(rng, size["alone"])
     t_ours, _ = timed(lambda: self_bleu(samples, 4))
-    print(f"  N= 4000: evalkit {t_ours:.3f} s (nltk not run: its loop is quadratic)")
+    print(f"  N={size['alone']:5d}: evalkit {t_ours:.3f} s (nltk not run: its loop is quadratic)")
 
-    texts = [" ".join(s) for s in corpus(rng, 10_000)]
+    texts = [" ".join(s) for s in corpus(rng, size["lexical"])]
     registry = default_registry()
-    print("lexical metrics on 10,000 samples (one group per 10 samples)")
+    print(f"lexical metrics on {len(texts):,} samples (one group per 10 samples)")
     groups = [Group(prompt_id=str(i), prompt="", setting=Setting(), texts=tuple(texts[i:i + 10]),
                     token_ids=tuple(() for _ in texts[i:i + 10])) for i in range(0, len(texts), 10)]
     total = 0.0
@@ -64,14 +78,16 @@ def main() -> None:
         print(f"  {metric.id:32s} {elapsed:6.3f} s")
     print(f"  all lexical metrics: {total:.3f} s")
 
-    sentences = [" ".join(rng.choice(WORDS[:50]) for _ in range(rng.randint(8, 20))) for _ in range(1000)]
+    n = size["semantic"]
+    sentences = [" ".join(rng.choice(WORDS[:50]) for _ in range(rng.randint(8, 20))) for _ in range(n)]
     sem_groups = [Group(prompt_id=str(i), prompt="a prompt", setting=Setting(), texts=tuple(sentences[i:i + 10]),
-                        token_ids=tuple(() for _ in range(10))) for i in range(0, 1000, 10)]
-    print("semantic metrics on 1,000 samples, all-MiniLM-L6-v2 on CPU (embedder loaded first)")
+                        token_ids=tuple(() for _ in range(10))) for i in range(0, n, 10)]
+    print(f"semantic metrics on {n:,} samples, all-MiniLM-L6-v2 on CPU (embedder loaded first)")
     for name in ("semantic_diversity", "vendi"):
         metric = registry.create(MetricSpec(name=name))
         elapsed, _ = timed(lambda: score_groups(sem_groups, [metric]))
         print(f"  {metric.id:40s} {elapsed:6.3f} s (texts already embedded are reused)")
+    print_load()
 
 
 if __name__ == "__main__":

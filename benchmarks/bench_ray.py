@@ -12,7 +12,10 @@ Also measured: the driver's write rate, records per second through the run write
 this grid, written again and again): the ceiling of a Ray sweep, since the driver alone writes. With a
 per-worker rate r and a write rate w, N workers scale as min(N r, w) samples/s.
 
-    python benchmarks/bench_ray.py [--prompts 2] [--samples 4] [--max-new-tokens 24] [--workers 2] [--gpus]
+``--smoke``: 2 of the quickstart's settings (temperature 0.3 and 1.3 at top_p 0.95), 1 prompt, 2 samples, 4
+tokens, the write rate over 0.3 s: the same code path and the same lines.
+
+    python benchmarks/bench_ray.py [--prompts 2] [--samples 4] [--max-new-tokens 24] [--workers 2] [--gpus] [--smoke]
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
+from machine import print_load, print_machine
 
 import evalkit
 from evalkit.config import config_from_dict, load_config
@@ -33,6 +38,7 @@ from evalkit.rundir.columns import COLUMNS
 from evalkit.rundir.parts import PartWriter
 
 ROOT = Path(__file__).resolve().parents[1]
+SMOKE_GRID = {"temperature": [0.3, 1.3], "top_p": [0.95]}  # 2 of the quickstart's settings
 
 
 def main() -> None:
@@ -43,7 +49,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--gpus", action="store_true", help="one GPU per worker (and the local run on CUDA)")
     parser.add_argument("--model", default="default")
+    parser.add_argument("--smoke", action="store_true", help="2 settings, 1 prompt, 2 samples, 4 tokens")
     args = parser.parse_args()
+    if args.smoke:
+        args.prompts, args.samples, args.max_new_tokens = 1, 2, 4
+    write_seconds = 0.3 if args.smoke else 3.0
+    print_machine("ray")
 
     import ray
 
@@ -51,12 +62,13 @@ def main() -> None:
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     quick = load_config(ROOT / "configs" / "quickstart.yaml")
     items = [{"id": p.id, "prompt": p.text} for p in load_prompts(quick)[: args.prompts]]
+    grid = SMOKE_GRID if args.smoke else quick.grid.model_dump(exclude_none=True)
     out = Path(tempfile.mkdtemp(prefix="bench-ray-"))
 
     def run(executor: dict) -> evalkit.Run:
         return evalkit.run_sweep(config_from_dict({
             "name": "bench-ray", "model": {"id": args.model}, "prompts": items,
-            "grid": quick.grid.model_dump(exclude_none=True), "samples_per_prompt": args.samples,
+            "grid": grid, "samples_per_prompt": args.samples,
             "max_new_tokens": args.max_new_tokens, "metrics": ["distinct_1"], "report": False,
             "output_dir": str(out), "executor": executor}), progress=False, cache=False)
 
@@ -69,8 +81,8 @@ def main() -> None:
     base = runs[0][1]
     n = len(base.samples)
     base_rate = base.samples["num_new_tokens"].sum() / base.manifest.timings["generate_s"]
-    print(f"grid: {n} samples ({args.prompts} prompts x 12 settings x {args.samples}), {args.max_new_tokens} tokens "
-          f"at most, model {args.model}, {cpus} CPUs")
+    print(f"grid: {n} samples ({args.prompts} prompts x {len(base.manifest.settings)} settings x {args.samples}), "
+          f"{args.max_new_tokens} tokens at most, model {args.model}, {cpus} CPUs")
     for name, r in runs:
         t = r.manifest.timings
         rate = r.samples["num_new_tokens"].sum() / t["generate_s"]
@@ -85,7 +97,7 @@ def main() -> None:
         writer = PartWriter(Path(tmp), list(COLUMNS["text"]))
         started = time.perf_counter()
         written = 0
-        while time.perf_counter() - started < 3.0:
+        while time.perf_counter() - started < write_seconds:
             for row in rows:
                 writer.add(row)
             written += len(rows)
@@ -95,7 +107,9 @@ def main() -> None:
     print(f"driver write rate: {rate:,.0f} samples/s through the parts; one worker here makes {per_worker:.1f} "
           f"samples/s, so the driver would be the ceiling from about {rate / per_worker:,.0f} such workers")
     ray.shutdown()
+    shutil.rmtree(out, ignore_errors=True)
     pd.set_option("display.width", 120)
+    print_load()
 
 
 if __name__ == "__main__":

@@ -3,15 +3,20 @@ cost of its jackknife interval), and CLIP-FID, KID, CMMD and precision/recall/de
 500 vs 500 image embeddings of CLIP ViT-B-32's size (512), each against a reference implementation of the
 same definition in the same run (torchmetrics, prdc).
 
-    python benchmarks/bench_references.py
+``--smoke``: MAUVE on 100 vs 100 texts, the image metrics on 100 vs 100 embeddings, 1 thread: the same code path
+and the same lines.
+
+    python benchmarks/bench_references.py [--smoke]
 """
 
 from __future__ import annotations
 
+import argparse
 import random
 import time
 
 import numpy as np
+from machine import SMOKE_THREADS, print_load, print_machine
 
 from evalkit_metrics.image_reference import cmmd, frechet_distance, kid, prdc
 from evalkit_metrics.mauve import MauveParams, mauve_value
@@ -37,32 +42,44 @@ def features(rng: np.random.Generator, n: int, d: int, shift: float) -> np.ndarr
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+FULL = dict(texts=1000, images=500)
+SMOKE = dict(texts=100, images=100)
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="100 vs 100 texts and embeddings")
+    smoke = parser.parse_args().smoke
+    size = SMOKE if smoke else FULL
     import torch
+
+    torch.set_num_threads(SMOKE_THREADS if smoke else 2)
+    print_machine("sentence-transformers", "mauve-text", "torchmetrics", "prdc")
     from prdc import compute_prdc
     from torchmetrics.image.fid import _compute_fid
     from torchmetrics.image.kid import poly_mmd
 
-    torch.set_num_threads(2)
     rng = random.Random(0)
-    refs, samples = texts(rng, 1000, len(WORDS)), texts(rng, 1000, 30)
+    n = size["texts"]
+    refs, samples = texts(rng, n, len(WORDS)), texts(rng, n, 30)
     load_embedder("all-MiniLM-L6-v2")
     t_embed, _ = timed(lambda: (embed("all-MiniLM-L6-v2", refs), embed("all-MiniLM-L6-v2", samples)))
     p, q = embed("all-MiniLM-L6-v2", refs), embed("all-MiniLM-L6-v2", samples)
     params = MauveParams()
     t_mauve, value = timed(lambda: mauve_value(p, q, params))
-    print("MAUVE, 1,000 samples vs 1,000 references (all-MiniLM-L6-v2 features, 384-d)")
-    print(f"  embedding 2,000 texts: {t_embed:6.2f} s")
-    print(f"  MAUVE (mauve-text, buckets auto = 100): {t_mauve:6.2f} s  (value {value:.3f}); "
+    print(f"MAUVE, {n:,} samples vs {n:,} references (all-MiniLM-L6-v2 features, 384-d)")
+    print(f"  embedding {2 * n:,} texts: {t_embed:6.2f} s")
+    print(f"  MAUVE (mauve-text, buckets auto = {n // 10}): {t_mauve:6.2f} s  (value {value:.3f}); "
           f"ratio to embedding {t_mauve / t_embed:.2f}x")
-    keep = np.random.default_rng(0).permutation(1000)[:950]  # one jackknife block of 20 left out
+    keep = np.random.default_rng(0).permutation(n)[:n - n // 20]  # one jackknife block of 20 left out
     t_block, _ = timed(lambda: mauve_value(p, q[keep], params))
     print(f"  its interval (20 jackknife blocks, each without 5% of the samples): {20 * t_block:6.2f} s, "
           f"{20 * t_block / t_mauve:.0f}x one value; embedding is not repeated")
 
     g = np.random.default_rng(1)
-    real, fake = features(g, 500, 512, 0.0), features(g, 500, 512, 0.05)
-    print("image metrics, 500 vs 500 embeddings of 512 dimensions (CLIP ViT-B-32's size)")
+    m = size["images"]
+    real, fake = features(g, m, 512, 0.0), features(g, m, 512, 0.05)
+    print(f"image metrics, {m} vs {m} embeddings of 512 dimensions (CLIP ViT-B-32's size)")
     t_ours, ours = timed(lambda: frechet_distance(real, fake))
     tr, tf = torch.tensor(real), torch.tensor(fake)
     t_tm, theirs = timed(lambda: _compute_fid(tr.mean(0), torch.cov(tr.T), tf.mean(0), torch.cov(tf.T)).item())
@@ -82,6 +99,7 @@ def main() -> None:
     diff = max(abs(ours[k] - theirs[k]) for k in ours)
     print(f"  precision/recall/density/coverage (k=5): evalkit {t_ours:6.3f} s  prdc {t_ref:6.3f} s  "
           f"ratio {t_ref / t_ours:5.2f}x  max |difference| {diff:.1e}")
+    print_load()
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ through evalkit's sandbox, against the same programs run without one, in the sam
 Prints candidates/s for each and the sandbox's overhead per candidate over a plain subprocess. Timing-out
 candidates are run only under the two subprocess modes (an in-process loop cannot be stopped).
 
-    python benchmarks/bench_sandbox.py [--n 1000] [--timeouts 10] [--timeout 1]
+``--smoke``: 20 candidates, 1 of them looping against a 0.5 s limit: the same code path and the same lines.
+
+    python benchmarks/bench_sandbox.py [--n 1000] [--timeouts 10] [--timeout 1] [--smoke]
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+
+from machine import print_load, print_machine
 
 from evalkit.sandbox import WRAPPER, Limits, Sandbox
 
@@ -68,7 +72,11 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--timeouts", type=int, default=10)
     ap.add_argument("--timeout", type=float, default=1.0)
+    ap.add_argument("--smoke", action="store_true", help="20 candidates, 1 loop, a 0.5 s limit")
     a = ap.parse_args()
+    if a.smoke:
+        a.n, a.timeouts, a.timeout = 20, 1, 0.5
+    print_machine()
     workers = os.cpu_count() or 1
     limits = Limits(timeout=a.timeout)
     programs = candidates(a.n, a.timeouts)
@@ -98,6 +106,7 @@ def main() -> None:
     per = (t_box - t_plain) * workers / a.n
     print(f"sandbox / plain subprocess time: {t_box / t_plain:.2f}x; overhead {per * 1000:.1f} ms of a worker's time "
           f"per candidate")
+    print_load()
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
 """evalkit's served-model client against llama-cpp-python in-process, on the same grid and seeds.
 
 The quickstart's grid (12 settings: temperature x top_p) on ``--prompts`` of its prompts, ``--samples``
-samples each, ``--max-new-tokens`` tokens, the embedded SmolLM2 GGUF on 2 threads:
+samples each, ``--max-new-tokens`` tokens, the embedded SmolLM2 GGUF on ``--threads`` threads (2):
 
 - in-process: llama-cpp-python's ``Llama.create_completion`` in this process, one call per sample in
   grid order, with the sample's seed and every knob (what evalkit sends to the server), the model
-  built as the server builds it (``logits_all``, which logprobs need, 2 threads);
+  built as the server builds it (``logits_all``, which logprobs need, the same threads);
 - plain HTTP: the same requests to llama.cpp's server (``python -m llama_cpp.server``, started here
   on 127.0.0.1), one at a time, with urllib: the server's own cost, without evalkit's client;
 - evalkit: the same requests through evalkit's client, at each ``--concurrency``. The capability
@@ -17,12 +17,17 @@ ones (the same seed gives the same text, up to llama.cpp reusing a cached prompt
 llama.cpp's server decodes one request at a time, so concurrency only overlaps HTTP and JSON here; on
 vLLM or SGLang, which batch requests, it is what fills the GPU.
 
-    python benchmarks/bench_served.py [--prompts 3] [--samples 2] [--max-new-tokens 24] [--concurrency 1 4 8]
+``--smoke``: 2 of the quickstart's settings (temperature 0.3 and 1.3 at top_p 0.95), 1 prompt, 2 samples, 4
+tokens, concurrency 1 and 2, 1 thread: the same code path and the same lines. (llama.cpp's threads wait for each
+other at every step, spinning: on 2 cores shared with anything else, 2 threads can take seconds per token.)
+
+    python benchmarks/bench_served.py [--prompts 3] [--samples 2] [--max-new-tokens 24] [--concurrency 1 4 8] [--smoke]
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import socket
@@ -33,6 +38,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from machine import SMOKE_THREADS, print_load, print_machine
+
 from evalkit.config import load_config
 from evalkit.generation import load_backend
 from evalkit.generation.gguf import default_gguf_path
@@ -42,6 +49,7 @@ from evalkit.prompts import load_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY_ENV = "EVALKIT_BENCH_KEY"
+SMOKE_GRID = {"temperature": [0.3, 1.3], "top_p": [0.95]}  # 2 of the quickstart's settings
 
 
 def free_port() -> int:
@@ -50,11 +58,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int, key: str, log: Path) -> subprocess.Popen:
+def start_server(port: int, key: str, log: Path, threads: int = 2) -> subprocess.Popen:
     process = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", str(default_gguf_path()), "--model_alias", "smollm2",
-         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024", "--n_threads", "2", "--n_threads_batch", "2",
-         "--api_key", key],
+         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024", "--n_threads", str(threads),
+         "--n_threads_batch", str(threads), "--api_key", key],
         stdout=open(log, "wb"), stderr=subprocess.STDOUT)
     for _ in range(480):
         try:
@@ -76,7 +84,13 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=2)
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--threads", type=int, default=2, help="llama.cpp's threads, in the server and in-process")
+    parser.add_argument("--smoke", action="store_true", help="2 settings, 1 prompt, 2 samples, 4 tokens, 1 thread")
     args = parser.parse_args()
+    if args.smoke:
+        args.prompts, args.samples, args.max_new_tokens, args.concurrency = 1, 2, 4, [1, 2]
+        args.threads = SMOKE_THREADS
+    print_machine("llama-cpp-python")
 
     from llama_cpp import Llama
 
@@ -85,12 +99,13 @@ def main() -> None:
     port = free_port()
     quick = load_config(ROOT / "configs" / "quickstart.yaml")
     items = [{"id": p.id, "prompt": p.text} for p in load_prompts(quick)[: args.prompts]]
+    grid = SMOKE_GRID if args.smoke else quick.grid.model_dump(exclude_none=True)
 
     def config(concurrency: int):
         from evalkit.config import config_from_dict
 
         return config_from_dict({
-            "name": "bench-served", "prompts": items, "grid": quick.grid.model_dump(exclude_none=True),
+            "name": "bench-served", "prompts": items, "grid": grid,
             "samples_per_prompt": args.samples, "max_new_tokens": args.max_new_tokens, "metrics": ["distinct_1"],
             "model": {"backend": "openai", "base_url": f"http://127.0.0.1:{port}/v1", "id": "smollm2",
                       "api_key_env": KEY_ENV, "concurrency": concurrency}})
@@ -101,11 +116,11 @@ def main() -> None:
           f"{len(settings) * len(items) * args.samples} samples of at most {args.max_new_tokens} tokens")
 
     # baseline: in-process, sequential
-    llm = Llama(model_path=str(default_gguf_path()), n_ctx=1024, n_threads=2, n_threads_batch=2, logits_all=True,
-                verbose=False)
+    llm = Llama(model_path=str(default_gguf_path()), n_ctx=1024, n_threads=args.threads, n_threads_batch=args.threads,
+                logits_all=True, verbose=False)
     units = None
     with tempfile.TemporaryDirectory() as tmp:
-        server = start_server(port, key, Path(tmp) / "server.log")
+        server = start_server(port, key, Path(tmp) / "server.log", args.threads)
         try:
             results = []
             for concurrency in args.concurrency:
@@ -121,7 +136,6 @@ def main() -> None:
                 elapsed = time.perf_counter() - started
                 tokens = sum(r.num_tokens for r in records)
                 results.append((concurrency, tokens / elapsed, check_s, {r.unit.key: r.text for r in records}))
-            # what evalkit sends that llama-cpp-python's create_completion takes (repetition_penalty is vLLM's)
             started = time.perf_counter()
             tokens = 0
             for u in units:
@@ -133,7 +147,9 @@ def main() -> None:
                 with urllib.request.urlopen(request, timeout=120) as r:
                     tokens += json.loads(r.read())["usage"]["completion_tokens"]
             plain_rate = tokens / (time.perf_counter() - started)
-            sent = {k: v[0] for k, v in OPTIONAL_KNOBS.items() if k != "repetition_penalty"}
+            # what evalkit sends that llama-cpp-python's create_completion takes (not vLLM's repetition_penalty, ...)
+            takes = inspect.signature(llm.create_completion).parameters
+            sent = {k: v[0] for k, v in OPTIONAL_KNOBS.items() if k in takes}
             started = time.perf_counter()
             tokens, baseline = 0, {}
             for u in units:
@@ -156,6 +172,7 @@ def main() -> None:
         print(f"evalkit client, concurrency {concurrency:2d}:          {rate:6.1f} tokens/s  "
               f"{rate / plain_rate:.3f} of plain HTTP, {rate / base_rate:.3f} of in-process; "
               f"{same}/{len(baseline)} samples equal in-process; capability check {check_s:.1f} s")
+    print_load()
 
 
 if __name__ == "__main__":

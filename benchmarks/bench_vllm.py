@@ -12,7 +12,10 @@ Cases (seed 0, every sample its own derived seed; throughput counts new tokens, 
 - ``many-samples``: 1 setting x 64 samples x 2 prompts: where a shared prompt prefill pays most;
 - ``long-prompts``: 2 settings x 4 samples x 4 prompts of about 400 tokens: where prefill dominates.
 
-    .venv-vllm/bin/python benchmarks/bench_vllm.py [--cases grid,many-samples] [--repeats 1] [--model default]
+``--smoke``: the smallest of each case (1 or 2 prompts, 1 to 4 samples, 4 new tokens), vLLM in eager mode (no
+torch.compile warm-up), the same code path and the same lines.
+
+    .venv-vllm/bin/python benchmarks/bench_vllm.py [--cases grid,many-samples] [--repeats 1] [--model default] [--smoke]
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import os
 import statistics
 import time
 
+from machine import print_load, print_machine
+
 PROMPTS = ["Describe the ocean in one sentence.", "Give one tip for learning to cook.", "用一句话描述秋天的早晨。",
            "Write the opening line of a mystery novel."]
 PASSAGE = ("The lighthouse keeper climbed the spiral stairs every evening, counting the steps, checking the lamp, "
@@ -32,13 +37,22 @@ CASES = {
     "many-samples": dict(temperature=[1.0], top_p=[0.95], samples=64, prompts=2, long=False),
     "long-prompts": dict(temperature=[0.7, 1.0], top_p=[0.95], samples=4, prompts=4, long=True),
 }
+SMOKE = {  # the smallest of each case
+    "grid": dict(temperature=[0.7, 1.0], top_p=[1.0], samples=2, prompts=1, long=False),
+    "many-samples": dict(temperature=[1.0], top_p=[0.95], samples=4, prompts=1, long=False),
+    "long-prompts": dict(temperature=[1.0], top_p=[0.95], samples=1, prompts=1, long=True),
+}
+SMOKE_NEW_TOKENS = 4
 
 
-def case_config(case: str, *, backend: str, model: str, device: str, max_new_tokens: int) -> dict:
-    """The sweep config of ``case`` for ``backend`` (hf: evalkit's engine; vllm)."""
-    c = CASES[case]
+def case_config(case: str, *, backend: str, model: str, device: str, max_new_tokens: int, smoke: bool = False) -> dict:
+    """The sweep config of ``case`` for ``backend`` (hf: evalkit's engine; vllm); ``smoke``: its smallest size, and
+    vLLM without torch.compile."""
+    c = (SMOKE if smoke else CASES)[case]
     texts = [(PASSAGE * 12 + "\n\nSummarize the passage above: " if c["long"] else "") + p for p in PROMPTS]
     model_config = {"id": model, "backend": backend, **({"max_model_len": 1024} if backend == "vllm" else {})}
+    if backend == "vllm" and smoke:
+        model_config["engine_args"] = {"enforce_eager": True}
     if device != "auto":
         model_config["device"] = device
     return {"name": f"bench-{case}", "model": model_config,
@@ -79,8 +93,12 @@ def main() -> None:
     parser.add_argument("--model", default="default")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--smoke", action="store_true", help="the smallest cases, 4 new tokens, eager mode")
     args = parser.parse_args()
+    if args.smoke:
+        args.repeats, args.max_new_tokens = 1, SMOKE_NEW_TOKENS
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    print_machine("vllm")
 
     from evalkit.config import config_from_dict
     from evalkit.generation import check_model, load_backend
@@ -88,7 +106,7 @@ def main() -> None:
     backend = None
     for case in args.cases.split(","):
         config = config_from_dict(case_config(case, backend="vllm", model=args.model, device=args.device,
-                                              max_new_tokens=args.max_new_tokens))
+                                              max_new_tokens=args.max_new_tokens, smoke=args.smoke))
         if backend is None:
             started = time.perf_counter()
             backend = load_backend(config, checked=check_model(config))
@@ -101,6 +119,7 @@ def main() -> None:
                           "load_s": round(load_s, 1), "prompt_tokens": len(prepared[0].token_ids)}), flush=True)
     if backend is not None:
         backend.close()
+    print_load()
 
 
 if __name__ == "__main__":

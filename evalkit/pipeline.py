@@ -126,7 +126,7 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
                                    f"this run would sample by {generator.info.engine_name}: its samples would mix two "
                                    "engines")
         else:
-            writer = RunWriter.create(Path(config.output_dir), _manifest(
+            writer = RunWriter.create(Path(config.output_dir), new_manifest(
                 config, kind, generator, settings, metrics, len(prepared), batch_size, overrides, as_given or {}))
         writer.manifest.executor = executor.record()  # a failed run says where it ran too
         with recorded(config, writer):
@@ -243,8 +243,9 @@ def model_features(abilities: Abilities, samples: pd.DataFrame, references: Refe
     return out
 
 
-def _manifest(config: SweepConfig, kind: RunKind, generator: Generator, settings: list, metrics: list, n_prompts: int,
-              batch_size: int, overrides: list[str] | None, as_given: dict) -> Manifest:
+def new_manifest(config: SweepConfig, kind: RunKind, generator: Generator, settings: list, metrics: list,
+                 n_prompts: int, batch_size: int, overrides: list[str] | None, as_given: dict) -> Manifest:
+    """The manifest a new run of ``config`` starts with (a benchmark's synthetic run takes it too)."""
     return Manifest(
         kind=kind.name, run_id="", name=config.name, started_at=utc_now(), git=git_info(),
         config_source=config.source, config_as_given=as_given, overrides=list(overrides or []),

@@ -126,7 +126,7 @@ def test_every_order_a_backend_does_not_apply_is_refused(backend, tmp_path):
 
 
 def test_the_capability_check_tests_every_knob_a_server_is_sent():
-    from evalkit.generation.served import REQUEST_KNOBS
+    from evalkit.generation.served.protocol import REQUEST_KNOBS
     from evalkit.generation.served.probe import EXTREMES, grid_sets
 
     assert set(EXTREMES) == set(REQUEST_KNOBS) == spec_of("openai").knobs

@@ -27,7 +27,8 @@ from evalkit.config import OpenAIModel, SweepConfig
 from evalkit.errors import ConfigError, EvalkitError, shown
 from evalkit.generation.base import ModelInfo, PreparedPrompt, ProgressFn, SampleRecord, WorkUnit
 from evalkit.generation.served.client import Endpoint, ServerError, run_async
-from evalkit.generation.served.protocol import SEED_MODULUS, parse_choice, truncated_entropy
+from evalkit.generation.served.protocol import (REQUEST_KNOBS, SEED_MODULUS, parse_choice, request_knobs,
+                                                truncated_entropy)
 from evalkit.generation.spec import BackendSpec
 from evalkit.prompts import Prompt
 from evalkit.settings import Setting
@@ -313,25 +314,6 @@ def _in_thread(items: Iterator) -> Iterator:
     finally:
         stop.set()
         thread.join()
-
-
-# The sampling knobs a request carries, by Setting field: the request field and whether it is sent only when set
-# (a server that has no such field refuses it even at its neutral value; the capability check finds which).
-# Each has its extreme in evalkit.generation.served.probe.EXTREMES: the capability check tests that the server applies
-# it (tests/test_backends.py checks that every knob has one).
-REQUEST_KNOBS = {"temperature": ("temperature", False), "top_k": ("top_k", True), "top_p": ("top_p", False),
-                 "min_p": ("min_p", True)}
-
-
-def request_knobs(setting: Setting, optional: bool) -> dict[str, Any]:
-    """The request fields of ``setting``'s knobs (:data:`REQUEST_KNOBS`): those always sent, or (``optional``) the
-    optional ones that the setting sets."""
-    out = {}
-    for knob, (name, only_when_set) in REQUEST_KNOBS.items():
-        value = getattr(setting, knob)
-        if only_when_set == optional and not (only_when_set and value == type(setting).model_fields[knob].default):
-            out[name] = value
-    return out
 
 
 def plan_lines(config: SweepConfig, settings: list[Setting], prompts: list[Prompt],

@@ -28,7 +28,7 @@ from typing import Any
 from evalkit.errors import ConfigError
 from evalkit.generation.base import PreparedPrompt
 from evalkit.generation.served.client import ServerError, run_async
-from evalkit.generation.served.protocol import OPTIONAL_KNOBS, parse_choice
+from evalkit.generation.served.protocol import OPTIONAL_KNOBS, REQUEST_KNOBS, parse_choice
 from evalkit.settings import Setting
 
 PROBE_SEEDS = 6
@@ -64,8 +64,6 @@ class Found:
 def grid_sets(settings: list[Setting]) -> list[str]:
     """The request's knobs that some setting of the grid sets away from their neutral value (temperature: away from
     1; the others in a setting that samples), in the order of ``REQUEST_KNOBS``."""
-    from evalkit.generation.served import REQUEST_KNOBS
-
     sampled = [s for s in settings if not s.greedy]
     return [k for k in REQUEST_KNOBS
             if any(k in s.set_knobs() for s in (settings if k == "temperature" else sampled))]

@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from evalkit.generation.served.client import ServerError
+from evalkit.settings import Setting
 
 SEED_MODULUS = 2**31  # a request's seed: the sample's derived seed mod 2**31 (a signed 32-bit int everywhere)
 # sent at a neutral value where the server takes one (the capability check finds out which, trying them
@@ -77,3 +78,20 @@ def truncated_entropy(top_logprobs: list[float], n: int) -> float:
     return -sum(math.exp(v) * v for v in best) if best else math.nan
 
 
+# The sampling knobs a request carries, by Setting field: the request field and whether it is sent only when set
+# (a server that has no such field refuses it even at its neutral value; the capability check finds which).
+# Each has its extreme in evalkit.generation.served.probe.EXTREMES: the capability check tests that the server applies
+# it (tests/test_backends.py checks that every knob has one).
+REQUEST_KNOBS = {"temperature": ("temperature", False), "top_k": ("top_k", True), "top_p": ("top_p", False),
+                 "min_p": ("min_p", True)}
+
+
+def request_knobs(setting: Setting, optional: bool) -> dict[str, Any]:
+    """The request fields of ``setting``'s knobs (:data:`REQUEST_KNOBS`): those always sent, or (``optional``) the
+    optional ones that the setting sets."""
+    out = {}
+    for knob, (name, only_when_set) in REQUEST_KNOBS.items():
+        value = getattr(setting, knob)
+        if only_when_set == optional and not (only_when_set and value == type(setting).model_fields[knob].default):
+            out[name] = value
+    return out
