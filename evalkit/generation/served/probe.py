@@ -34,9 +34,9 @@ from evalkit.settings import Setting
 PROBE_SEEDS = 6
 PROBE_TOKENS = 8
 PROBE_TEMPERATURE = 2.0
-# the knob's value that leaves only the most likely token (a server that honours it decodes greedily)
-EXTREMES = {"temperature": {"temperature": 0.0}, "top_k": {"top_k": 1}, "top_p": {"top_p": 0.001},
-            "min_p": {"min_p": 0.999}}
+# the knob's value that leaves only the most likely token (a server that honours it decodes greedily), as the
+# setting field and the value (REQUEST_KNOBS)
+EXTREMES = {knob: {knob: extreme} for knob, (_, _, extreme) in REQUEST_KNOBS.items()}
 # how a server refuses a field it does not take: 400 or 422, or 500 (llama-cpp-python's validation errors)
 REFUSED = frozenset({400, 422, 500})
 ONCE = frozenset({500})  # a 500 may be a blip: asked once more before it counts as a refusal

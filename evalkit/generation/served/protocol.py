@@ -78,19 +78,19 @@ def truncated_entropy(top_logprobs: list[float], n: int) -> float:
     return -sum(math.exp(v) * v for v in best) if best else math.nan
 
 
-# The sampling knobs a request carries, by Setting field: the request field and whether it is sent only when set
-# (a server that has no such field refuses it even at its neutral value; the capability check finds which).
-# Each has its extreme in evalkit.generation.served.probe.EXTREMES: the capability check tests that the server applies
-# it (tests/test_backends.py checks that every knob has one).
-REQUEST_KNOBS = {"temperature": ("temperature", False), "top_k": ("top_k", True), "top_p": ("top_p", False),
-                 "min_p": ("min_p", True)}
+# The sampling knobs a request carries, by Setting field: the request field, whether it is sent only when set (a
+# server that has no such field refuses it even at its neutral value; the capability check finds which), and its
+# extreme: the value that leaves only the most likely token, which the capability check sends to see that the server
+# applies the knob (a server that honours it decodes greedily; evalkit.generation.served.probe).
+REQUEST_KNOBS = {"temperature": ("temperature", False, 0.0), "top_k": ("top_k", True, 1),
+                 "top_p": ("top_p", False, 0.001), "min_p": ("min_p", True, 0.999)}
 
 
 def request_knobs(setting: Setting, optional: bool) -> dict[str, Any]:
     """The request fields of ``setting``'s knobs (:data:`REQUEST_KNOBS`): those always sent, or (``optional``) the
     optional ones that the setting sets."""
     out = {}
-    for knob, (name, only_when_set) in REQUEST_KNOBS.items():
+    for knob, (name, only_when_set, _) in REQUEST_KNOBS.items():
         value = getattr(setting, knob)
         if only_when_set == optional and not (only_when_set and value == type(setting).model_fields[knob].default):
             out[name] = value
