@@ -47,8 +47,7 @@ def checked_inputs(config: SweepConfig) -> tuple[RunKind, list, list, list, int,
 def check_honoured(config: SweepConfig, settings: list) -> None:
     """Refuse a setting that sets a knob, or names a chain order, that the backend does not honour: one line naming
     the backend, the knob and the backends that do honour it. Nothing is silently left out of a setting."""
-    specs = all_specs()
-    spec = next(s for s in specs if s.name == config.model.backend)
+    spec, specs = spec_of(config.model.backend), all_specs()
     for setting in settings:
         refused = spec.refusal(setting)
         if refused is None:

@@ -113,6 +113,13 @@ class _Knobs(BaseModel):
         return {k: v for k, v in self.params().items() if k in self.CORE or k in set_}
 
 
+def knob_type(name: str) -> object:
+    """The type of Setting's knob ``name`` with its validators, for a model that reads the knob elsewhere (a grid
+    axis, a scored file's line): a value there is checked as a setting checks it."""
+    field = Setting.model_fields[name]
+    return Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
+
+
 def shown_knobs(settings: list) -> list[str]:
     """The knobs a table of ``settings`` shows (summary.csv, the report): the core ones, and each other knob that
     some setting sets (a grid that uses no chain order has no order column)."""

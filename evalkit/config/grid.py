@@ -13,15 +13,11 @@ from pydantic import Field, create_model, field_validator, model_validator
 
 from evalkit.config.base import _Strict
 from evalkit.errors import shown
-from evalkit.settings import SCHEDULERS, ImageSetting, Setting
+from evalkit.settings import SCHEDULERS, ImageSetting, Setting, knob_type
 
 SETTINGS_MAX = 100_000  # settings in one grid (the product of its lists)
 
 
-def _axis(field) -> object:
-    """A grid axis: a list of the knob's values, each validated as the setting validates it."""
-    item = Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
-    return (list[item] | None, None)
 
 
 class _Grid(_Strict):
@@ -78,7 +74,8 @@ class _Grid(_Strict):
 
 GridConfig = create_model(
     "GridConfig", __base__=_Grid, __module__=__name__,
-    **{name: _axis(f) for name, f in Setting.model_fields.items()},  # the text axes, in the setting's field order
+    # the text axes, in the setting's field order: a list of the knob's values, each checked as a setting checks it
+    **{name: (list[knob_type(name)] | None, None) for name in Setting.model_fields},
     settings=(list[Setting] | None, Field(None, max_length=SETTINGS_MAX)),  # explicit points, after the product
     # text-to-image axes (backend diffusers); eta applies to ddim only and is 0 for other schedulers
     guidance_scale=(list[Annotated[float, Field(ge=0, le=100)]] | None, None),  # default [7.5]

@@ -13,7 +13,7 @@ fields are ignored.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
@@ -25,7 +25,7 @@ from evalkit.kinds.base import RunKind
 from evalkit.prompts import POOLED, read_jsonl_rows, unreadable_image
 from evalkit.rundir.columns import BASE_SAMPLE_COLUMNS, VLM_COLUMNS
 from evalkit.scoring.metric import CHECK_NEEDS, VLM_NEEDS
-from evalkit.settings import Setting
+from evalkit.settings import Setting, knob_type
 
 TEXT_ONLY_NEEDS = frozenset({"texts", "prompts", "reference_texts"}) | CHECK_NEEDS
 SCORED = RunKind(name="scored", what="a file of texts", verb="have", columns=tuple(BASE_SAMPLE_COLUMNS),
@@ -68,8 +68,7 @@ class _GenerationRow(BaseModel):
 # a line's setting: every knob of Setting, validated as a setting validates it, at its neutral value when not given
 GenerationRow = create_model(
     "GenerationRow", __base__=_GenerationRow, __module__=__name__,
-    **{name: (Annotated[f.annotation, *f.metadata] if f.metadata else f.annotation, f.default)
-       for name, f in Setting.model_fields.items()})
+    **{name: (knob_type(name), f.default) for name, f in Setting.model_fields.items()})
 
 
 def read_generations(path: Path) -> tuple[pd.DataFrame, dict[str, Checks]]:

@@ -64,7 +64,7 @@ class RunView:
     def settings(self) -> list[Setting] | list[ImageSetting]:
         return [self.kind.setting(s.params) for s in self.manifest.settings]
 
-    @property
+    @cached_property
     def param_names(self) -> list[str]:
         return shown_knobs(self.settings) if self.settings else []
 
