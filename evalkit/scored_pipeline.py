@@ -24,7 +24,7 @@ from evalkit.rundir import Manifest, Run, RunWriter, SettingRecord, load_run
 from evalkit.rundir.files import check_database, check_writable
 from evalkit.rundir.manifest import ci_info, git_info, utc_now
 from evalkit.scoring.registry import default_registry, prepare_all
-from evalkit.settings import APPLICATION_ORDER, Setting
+from evalkit.settings import APPLICATION_ORDER, chain_labels, Setting
 
 
 def score_file(path: Path, metric_names: list[str], output: Path, *, seed: int, level: float, resamples: int,
@@ -66,7 +66,7 @@ def score_file(path: Path, metric_names: list[str], output: Path, *, seed: int, 
             kind=kind.name, run_id=output.name, name=name or _name_of(path), started_at=utc_now(), git=git_info(),
             config_source=source, config_as_given={"file": str(path.resolve()), "metrics": metric_names},
             model=ModelInfo(backend="external", id="external", source=str(path.resolve())), device="n/a", seed=seed,
-            sampling_order=list(APPLICATION_ORDER),
+            sampling_order=list(chain_labels(APPLICATION_ORDER)),
             settings=[SettingRecord(id=s.id, params=s.params(), generation={}) for s in settings],
             n_prompts=int(samples["prompt_id"].nunique()), batch_size=0,
             metrics=[m.id for m in metrics], metric_info={m.id: m.info() for m in metrics},

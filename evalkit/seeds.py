@@ -25,12 +25,19 @@ def _mix(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-def uniforms(seeds: np.ndarray, step: int) -> np.ndarray:
+_STREAM = np.uint64(0xD1B54A32D192ED03)
+
+
+def uniforms(seeds: np.ndarray, step: int, stream: int = 0) -> np.ndarray:
     """One uniform in [0, 1) per seed for decode step ``step`` (counter-based, splitmix64).
 
     A sample's random numbers are a function of its own seed and the step only, so they do
-    not depend on the batch it was decoded in.
+    not depend on the batch it was decoded in. ``stream`` > 0 names another stream of the same seed (a sampler's
+    own chance, such as XTC's): the seed is mixed with the stream's number first; stream 0 is the draw's.
     """
     with np.errstate(over="ignore"):
-        z = _mix(seeds.astype(np.uint64) + _GOLDEN * np.uint64(step + 1))
+        base = seeds.astype(np.uint64)
+        if stream:
+            base = _mix(base ^ (_STREAM * np.uint64(stream)))
+        z = _mix(base + _GOLDEN * np.uint64(step + 1))
     return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))

@@ -1,51 +1,116 @@
 """The points of a grid: one validated, immutable object per setting, for each kind of sweep.
 
-Text (:class:`Setting`): temperature, top-p, top-k, min-p, and the order of the chain that applies them.
-
-Conventions follow transformers ``GenerationConfig`` and vLLM ``SamplingParams``:
+Text (:class:`Setting`): every sampler people compare, as knobs, and the order of the chain that applies them.
+Conventions follow transformers ``GenerationConfig``, vLLM ``SamplingParams`` and llama.cpp's ``common_params``;
+each knob has a neutral ("off") value, its default:
 
 - ``temperature`` 0, or between 1e-6 and 1e4; 0 means greedy decoding (argmax), the other filters are then moot.
-- ``top_p`` in (0, 1]; 1.0 means no nucleus filtering.
-- ``top_k`` >= 0; 0 means no top-k filtering.
-- ``min_p`` in [0, 1); 0 means no min-p filtering.
+- ``top_p`` in (0, 1]; ``typical_p`` in (0, 1]: 1 means off.
+- ``top_k`` >= 0; ``min_p``, ``epsilon_cutoff``, ``eta_cutoff`` in [0, 1); ``top_n_sigma`` >= 0: 0 means off.
+- ``xtc_probability`` in [0, 1] (0: off) with ``xtc_threshold`` in (0, 0.5].
+- ``dry_multiplier`` >= 0 (0: off) with ``dry_base`` >= 1, ``dry_allowed_length`` >= 0, ``dry_penalty_last_n``
+  (-1: the whole context, else >= 1) and ``dry_sequence_breakers`` (non-empty strings).
+- ``mirostat`` 0 (off), 1 or 2, with ``mirostat_tau`` > 0 and ``mirostat_eta`` > 0; it replaces the truncation
+  samplers (as in llama.cpp), so it takes no other knob but the temperature.
+- ``repetition_penalty`` > 0 (1: off); ``presence_penalty``, ``frequency_penalty`` in [-2, 2] (0: off);
+  ``penalty_scope``: which tokens the penalties count: ``auto`` (each engine's own), ``prompt+output``,
+  ``output``, or an integer N, the last N tokens of prompt and output.
+- ``no_repeat_ngram_size`` >= 0 and ``min_tokens`` >= 0: 0 means off.
+- ``order``: the chain order, by name (:data:`ORDERS`) or as an explicit list of stages; ``auto`` (the default)
+  is the backend's own order.
 
-- ``order``: the chain order, by name (:data:`ORDERS`); ``auto`` (the default) is the backend's own order.
+A knob that only qualifies another (``xtc_threshold`` of ``xtc_probability``, the ``dry_*`` of
+``dry_multiplier``, ``mirostat_tau``/``_eta`` of ``mirostat``, ``penalty_scope`` of the penalties) is refused
+when the knob it qualifies is off; a grid's lists leave it at its default in the points where that knob is off.
 
-When several are active they apply in the setting's chain order. ``transformers`` (evalkit's engine's own):
-temperature, then top-k, then top-p, then min-p. ``vllm``: vLLM's sampler applies min-p right after the
-temperature, before top-k and top-p: with top-p and min-p in one setting its distribution differs. A backend
-honours some orders only (``evalkit backends`` lists them); a setting that names one it does not apply is
-refused before the run starts.
+The chain: a list of stages, each one knob (its main knob: ``xtc_probability`` for XTC, ``dry_multiplier`` for
+DRY, ``mirostat``) or a list of filters computed jointly on the same distribution (SGLang's top-k/top-p/min-p
+kernel). Every engine applies its own order (:data:`ORDERS`); transformers and vLLM divide by the temperature
+before truncating, llama.cpp truncates first and divides last; vLLM applies min-p before top-k and top-p;
+SGLang computes top-k, top-p and min-p on one distribution. A named order holds the knobs its engine has; a
+setting that sets a knob its order lacks is refused, naming the orders that have it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from evalkit.errors import shown
 
-# The chain orders, by name: the knobs of a text setting in the order an engine applies them. A new knob is a
-# field of Setting and its place in each order here (and one transform in evalkit.generation.sampling).
-ORDERS: dict[str, tuple[str, ...]] = {
-    # transformers' logits warpers (TemperatureLogitsWarper, TopK, TopP, MinP): evalkit's engine's own order
-    "transformers": ("temperature", "top_k", "top_p", "min_p"),
-    # vllm.v1.sample.sampler.Sampler: temperature, the argmax-invariant logits processors (min-p), then top-k and
-    # top-p. top-k commutes with min-p (both keep a token by its own rank or ratio), top-p does not: it renormalizes.
-    "vllm": ("temperature", "min_p", "top_k", "top_p"),
+Stage = tuple[str, ...]  # knobs applied together: one knob, or filters computed jointly on one distribution
+Chain = tuple[Stage, ...]
+
+
+def _chain(*stages: str | tuple[str, ...]) -> Chain:
+    return tuple((s,) if isinstance(s, str) else tuple(s) for s in stages)
+
+
+# The chain orders, by name: the stages of a text setting in the order an engine applies them, holding exactly the
+# knobs that engine has. A new knob is a field of Setting, its place in each order that has it, and one transform
+# in evalkit.generation.sampling.
+ORDERS: dict[str, Chain] = {
+    # transformers' GenerationMixin._get_logits_processor: processors (repetition penalty, no-repeat n-grams, min new
+    # tokens), then the warpers: temperature, top-k, top-p, min-p, typical, epsilon, eta. evalkit's engine's own.
+    "transformers": _chain("repetition_penalty", "no_repeat_ngram_size", "min_tokens", "temperature", "top_k",
+                           "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff"),
+    # vllm.v1.sample.sampler.Sampler: the logits processors that can change the argmax (min tokens), the penalties,
+    # the temperature, the argmax-invariant processors (min-p), then top-k and top-p. top-k commutes with min-p
+    # (both keep a token by its own rank or ratio), top-p does not: it renormalizes.
+    "vllm": _chain("min_tokens", "repetition_penalty", "frequency_penalty", "presence_penalty", "temperature",
+                   "min_p", "top_k", "top_p"),
+    # llama.cpp's common_params_sampling default chain: penalties, DRY, top-n-sigma, top-k, typical, top-p, min-p,
+    # XTC, temperature, then the draw (mirostat replaces the truncation samplers: temperature, then mirostat).
+    "llama_cpp": _chain("repetition_penalty", "frequency_penalty", "presence_penalty", "dry_multiplier",
+                        "top_n_sigma", "top_k", "typical_p", "top_p", "min_p", "xtc_probability", "temperature",
+                        "mirostat"),
+    # SGLang: penalties before the temperature, then one kernel that computes top-k, top-p and min-p on the same
+    # (temperature-scaled) probabilities: top-p is not renormalized after top-k.
+    "sglang": _chain("min_tokens", "repetition_penalty", "frequency_penalty", "presence_penalty", "temperature",
+                     ("top_k", "top_p", "min_p")),
 }
 AUTO_ORDER = "auto"  # a setting's order when it names none: the backend's own
-OrderName = Literal["auto", "transformers", "vllm"]
+OrderName = Literal["auto", "transformers", "vllm", "llama_cpp", "sglang"]
 APPLICATION_ORDER = ORDERS["transformers"]
 VLLM_ORDER = ORDERS["vllm"]
 CORE_KNOBS = ("temperature", "top_p", "top_k", "min_p")  # the knobs every setting's record names, set or not
 
+# A knob that only qualifies another: refused when that one is off.
+QUALIFIES: dict[str, tuple[str, ...]] = {
+    "xtc_threshold": ("xtc_probability",),
+    "dry_base": ("dry_multiplier",), "dry_allowed_length": ("dry_multiplier",),
+    "dry_penalty_last_n": ("dry_multiplier",), "dry_sequence_breakers": ("dry_multiplier",),
+    "mirostat_tau": ("mirostat",), "mirostat_eta": ("mirostat",),
+    "penalty_scope": ("repetition_penalty", "presence_penalty", "frequency_penalty"),
+}
+STAGE_KNOBS = frozenset(k for chain in ORDERS.values() for stage in chain for k in stage)  # what a stage names
+PENALTIES = ("repetition_penalty", "presence_penalty", "frequency_penalty")
+# The scope each order's engine gives a penalty when penalty_scope is auto (llama.cpp: penalty_last_n = 64).
+AUTO_SCOPE: dict[str, dict[str, str | int]] = {
+    "transformers": {"repetition_penalty": "prompt+output"},
+    "vllm": {"repetition_penalty": "prompt+output", "presence_penalty": "output", "frequency_penalty": "output"},
+    "sglang": {"repetition_penalty": "prompt+output", "presence_penalty": "output", "frequency_penalty": "output"},
+    "llama_cpp": {k: 64 for k in PENALTIES},
+    "explicit": {"repetition_penalty": "prompt+output", "presence_penalty": "output", "frequency_penalty": "output"},
+}
+
 
 def _fmt(x: float) -> str:
     text = repr(float(x))
-    return text[:-2] if text.endswith(".0") else text
+    text = text[:-2] if text.endswith(".0") else text
+    return "m" + text[1:] if text.startswith("-") else text  # a minus would read as the id's separator
+
+
+def _finite(name: str, v: float, low: float, high: float, what: str, low_open=False, high_open=False) -> float:
+    ok = math.isfinite(v) and (low < v if low_open else low <= v) and (v < high if high_open else v <= high)
+    if not ok:
+        lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+        span = f"{lo}{low:g}, {high:g}{hi}" if math.isfinite(high) else (f"> {low:g}" if low_open else f">= {low:g}")
+        raise ValueError(f"{name} must be {'in ' if math.isfinite(high) else ''}{span} ({what}), got {shown(v)}")
+    return v + 0.0
 
 
 # Beyond these the logits divided by the temperature leave float32's range (tiny), or every token is equally
@@ -71,6 +136,16 @@ def _check_top_p(v: float) -> float:
 TOP_K_MAX = 2**31 - 1  # a C int in every sampler; more than any vocabulary
 
 
+def _count(name: str, off: str, low: int = 0):
+    def check(v: int) -> int:
+        if v < low:
+            raise ValueError(f"{name} must be >= {low} ({off}), got {shown(v)}")
+        if v > TOP_K_MAX:
+            raise ValueError(f"{name} must be at most {TOP_K_MAX}, got {shown(v)}")
+        return v
+    return check
+
+
 def _check_top_k(v: int) -> int:
     if v < 0:
         raise ValueError(f"top_k must be >= 0 (0 means no filtering), got {shown(v)}")
@@ -86,10 +161,65 @@ def _check_min_p(v: float) -> float:
     return v
 
 
+def _unit(name: str, off: str, *, low_open=False, high_open=True, low=0.0, high=1.0):
+    return AfterValidator(lambda v: _finite(name, v, low, high, off, low_open, high_open))
+
+
+def _check_mirostat(v: int) -> int:
+    if v not in (0, 1, 2):
+        raise ValueError(f"mirostat must be 0 (off), 1 or 2 (its version), got {shown(v)}")
+    return v
+
+
+def _check_dry_last_n(v: int) -> int:
+    if v == 0 or v < -1 or v > TOP_K_MAX:
+        raise ValueError(f"dry_penalty_last_n must be -1 (the whole context) or a count >= 1 (to switch DRY off, set "
+                         f"dry_multiplier 0), got {shown(v)}")
+    return v
+
+
+def _check_breakers(v: tuple[str, ...]) -> tuple[str, ...]:
+    if any(not b for b in v):
+        raise ValueError("dry_sequence_breakers must be non-empty strings, got an empty one")
+    return tuple(v)
+
+
+def _check_scope(v: str | int) -> str | int:
+    if isinstance(v, bool) or (isinstance(v, int) and not 1 <= v <= TOP_K_MAX):
+        raise ValueError(f"penalty_scope must be auto, prompt+output, output, or a token count >= 1 (the last N "
+                         f"tokens), got {shown(v)}")
+    return v
+
+
+def _check_order(v: str | tuple) -> str | Chain:
+    if isinstance(v, str):
+        return v
+    stages = _chain(*v)
+    seen: list[str] = []
+    for stage in stages:
+        for knob in stage:
+            if knob not in STAGE_KNOBS:
+                raise ValueError(f"order: {shown(knob)} is not a stage of the chain (stages: "
+                                 f"{', '.join(sorted(STAGE_KNOBS))})")
+            if knob in seen:
+                raise ValueError(f"order: {knob} is listed twice")
+            seen.append(knob)
+        if len(stage) > 1 and not set(stage) <= JOINT_FILTERS:
+            raise ValueError(f"order: only filters can share a stage ({', '.join(sorted(JOINT_FILTERS))}), got "
+                             f"{list(stage)}")
+    if not stages:
+        raise ValueError("order: an explicit order lists at least one stage")
+    return stages
+
+
+JOINT_FILTERS = frozenset({"top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "top_n_sigma"})
+
 Temperature = Annotated[float, AfterValidator(_check_temperature)]
 TopP = Annotated[float, AfterValidator(_check_top_p)]
 TopK = Annotated[int, AfterValidator(_check_top_k)]
 MinP = Annotated[float, AfterValidator(_check_min_p)]
+OrderList = tuple[Union[str, tuple[str, ...]], ...]
+DEFAULT_BREAKERS = ("\n", ":", '"', "*")  # llama.cpp's
 
 
 class _Knobs(BaseModel):
@@ -130,6 +260,26 @@ def shown_knobs(settings: list) -> list[str]:
     return [k for k in kind.model_fields if k in kind.CORE or k in used]
 
 
+# Each knob's part of a setting id, beyond the core four: a short tag and its value (shown only when set).
+ID_TAGS = {"typical_p": "ty", "epsilon_cutoff": "ep", "eta_cutoff": "et", "top_n_sigma": "ns",
+           "xtc_probability": "xp", "xtc_threshold": "xt", "dry_multiplier": "dm", "dry_base": "db",
+           "dry_allowed_length": "dl", "dry_penalty_last_n": "dn", "dry_sequence_breakers": "ds",
+           "mirostat": "mi", "mirostat_tau": "mtau", "mirostat_eta": "meta", "repetition_penalty": "rp",
+           "presence_penalty": "pp", "frequency_penalty": "fp", "penalty_scope": "ps",
+           "no_repeat_ngram_size": "nr", "min_tokens": "mn"}
+_STAGE_TAGS = {"temperature": "t", "top_p": "p", "top_k": "k", "min_p": "m", **ID_TAGS}
+
+
+def _id_value(name: str, v) -> str:
+    if name == "dry_sequence_breakers":
+        return hashlib.blake2b("\x1f".join(v).encode(), digest_size=3).hexdigest()
+    if name == "penalty_scope":
+        return {"prompt+output": "all", "output": "out"}.get(v, str(v))
+    if name == "dry_penalty_last_n" and v == -1:
+        return "all"
+    return _fmt(v) if isinstance(v, float) else str(v)
+
+
 class Setting(_Knobs):
     """One point of the text sampling grid. Immutable and hashable, with a stable short id."""
 
@@ -139,7 +289,65 @@ class Setting(_Knobs):
     top_p: TopP = 1.0  # (0, 1]; 1 = off
     top_k: TopK = 0  # >= 0; 0 = off
     min_p: MinP = 0.0  # [0, 1); 0 = off
-    order: OrderName = AUTO_ORDER  # the chain order (ORDERS); auto = the backend's own
+    order: Union[OrderName, OrderList] = AUTO_ORDER  # the chain order (ORDERS, or stages); auto = the backend's own
+    typical_p: Annotated[float, _unit("typical_p", "1 means off", low_open=True, high_open=False)] = 1.0
+    epsilon_cutoff: Annotated[float, _unit("epsilon_cutoff", "0 means off")] = 0.0
+    eta_cutoff: Annotated[float, _unit("eta_cutoff", "0 means off")] = 0.0
+    top_n_sigma: Annotated[float, _unit("top_n_sigma", "0 means off", high=math.inf, high_open=False)] = 0.0
+    xtc_probability: Annotated[float, _unit("xtc_probability", "0 means off", high_open=False)] = 0.0
+    xtc_threshold: Annotated[float, _unit("xtc_threshold", "above 0.5 XTC removes nothing", low_open=True,
+                                          high=0.5, high_open=False)] = 0.1
+    dry_multiplier: Annotated[float, _unit("dry_multiplier", "0 means off", high=math.inf, high_open=False)] = 0.0
+    dry_base: Annotated[float, _unit("dry_base", "the penalty's growth per repeated token", low=1.0,
+                                     high=math.inf, high_open=False)] = 1.75
+    dry_allowed_length: Annotated[int, AfterValidator(_count("dry_allowed_length", "repeats this long are free"))] = 2
+    dry_penalty_last_n: Annotated[int, AfterValidator(_check_dry_last_n)] = -1
+    dry_sequence_breakers: Annotated[tuple[str, ...], AfterValidator(_check_breakers)] = DEFAULT_BREAKERS
+    mirostat: Annotated[int, AfterValidator(_check_mirostat)] = 0
+    mirostat_tau: Annotated[float, _unit("mirostat_tau", "the target surprise in bits", low_open=True,
+                                         high=math.inf, high_open=False)] = 5.0
+    mirostat_eta: Annotated[float, _unit("mirostat_eta", "the learning rate", low_open=True, high_open=False)] = 0.1
+    repetition_penalty: Annotated[float, _unit("repetition_penalty", "1 means off", low_open=True, high=math.inf,
+                                               high_open=False)] = 1.0
+    presence_penalty: Annotated[float, _unit("presence_penalty", "0 means off", low=-2.0, high=2.0,
+                                             high_open=False)] = 0.0
+    frequency_penalty: Annotated[float, _unit("frequency_penalty", "0 means off", low=-2.0, high=2.0,
+                                              high_open=False)] = 0.0
+    penalty_scope: Annotated[Union[Literal["auto", "prompt+output", "output"], int],
+                             AfterValidator(_check_scope)] = "auto"
+    no_repeat_ngram_size: Annotated[int, AfterValidator(_count("no_repeat_ngram_size", "0 means off"))] = 0
+    min_tokens: Annotated[int, AfterValidator(_count("min_tokens", "0 means off"))] = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _order_list(cls, data):
+        if isinstance(data, dict) and isinstance(data.get("order"), list):  # YAML lists: a stage list
+            data = {**data, "order": _check_order(tuple(tuple(s) if isinstance(s, list) else s
+                                                        for s in data["order"]))}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Setting:
+        if not isinstance(self.order, str):
+            object.__setattr__(self, "order", _check_order(self.order))
+        for knob, qualified in QUALIFIES.items():
+            if knob in self.set_knobs() and not any(k in self.set_knobs() for k in qualified):
+                raise ValueError(f"{knob} applies only when {' or '.join(qualified)} is set, and it is not")
+        if self.mirostat:
+            other = [k for k in self.set_knobs() if k not in ("temperature", "order", "mirostat", "mirostat_tau",
+                                                               "mirostat_eta")]
+            if other:
+                raise ValueError(f"mirostat replaces the truncation samplers (as in llama.cpp): it takes no {other[0]}")
+        if not isinstance(self.order, str):
+            listed = {k for stage in self.order for k in stage}
+            missing = [k for k in self.stage_knobs() if k not in listed]
+            if missing:
+                raise ValueError(f"order lists no stage for {missing[0]}, which this setting sets")
+        return self
+
+    def stage_knobs(self) -> list[str]:
+        """The chain stages this setting activates (the temperature only when it is not 1)."""
+        return [k for k in self.set_knobs() if k in STAGE_KNOBS]
 
     @property
     def greedy(self) -> bool:
@@ -147,22 +355,55 @@ class Setting(_Knobs):
 
     @property
     def id(self) -> str:
-        """Stable short id such as ``t0.7-p0.9`` (``-k40``, ``-m0.05``, ``-ovllm`` only when active)."""
+        """Stable short id such as ``t0.7-p0.9`` (``-k40``, ``-m0.05``, ``-ovllm``, and a tag per other knob, only
+        when set: ``-ty0.9``, ``-rp1.1``, ...)."""
         parts = [f"t{_fmt(self.temperature)}", f"p{_fmt(self.top_p)}"]
         if self.top_k:
             parts.append(f"k{self.top_k}")
         if self.min_p:
             parts.append(f"m{_fmt(self.min_p)}")
         if self.order != AUTO_ORDER:
-            parts.append(f"o{self.order}")
+            parts.append("o" + (self.order if isinstance(self.order, str) else
+                                "_".join("".join(_STAGE_TAGS[k] for k in stage) for stage in self.order)))
+        set_ = set(self.set_knobs())
+        parts += [f"{tag}{_id_value(name, getattr(self, name))}" for name, tag in ID_TAGS.items() if name in set_]
         return "-".join(parts)
 
-    def chain(self, backend_order: str) -> tuple[str, ...]:
-        """The knobs in the order they apply, with ``auto`` read as ``backend_order``."""
+    def chain(self, backend_order: str) -> Chain:
+        """The stages in the order they apply, with ``auto`` read as ``backend_order``."""
+        if isinstance(self.order, tuple):
+            return self.order
         return ORDERS[backend_order if self.order == AUTO_ORDER else self.order]
+
+    def order_name(self, backend_order: str) -> str:
+        """The named order that applies (``explicit`` for a list of stages)."""
+        if isinstance(self.order, tuple):
+            return "explicit"
+        return backend_order if self.order == AUTO_ORDER else self.order
+
+    def scope(self, penalty: str, backend_order: str) -> str | int:
+        """Which tokens ``penalty`` counts: ``prompt+output``, ``output`` or N (the last N of prompt and output)."""
+        if self.penalty_scope != "auto":
+            return self.penalty_scope
+        return AUTO_SCOPE[self.order_name(backend_order)].get(penalty, "prompt+output")
+
+    def missing_in_order(self, backend_order: str) -> str | None:
+        """The first knob this setting sets that its chain has no stage for (None: the chain has them all)."""
+        listed = {k for stage in self.chain(backend_order) for k in stage}
+        return next((k for k in self.stage_knobs() if k not in listed), None)
 
     def __str__(self) -> str:
         return self.id
+
+
+def chain_labels(chain: Chain) -> tuple[str, ...]:
+    """A chain as the manifest and ``evalkit backends`` write it: one name per stage, a joint stage's joined by +."""
+    return tuple("+".join(stage) for stage in chain)
+
+
+def orders_with(knob: str) -> list[str]:
+    """The named orders that have a stage for ``knob``."""
+    return [name for name, chain in ORDERS.items() if any(knob in stage for stage in chain)]
 
 
 # --------------------------------------------------------------------------- text-to-image

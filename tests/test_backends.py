@@ -13,13 +13,16 @@ from evalkit.errors import ConfigError
 from evalkit.generation import BACKENDS, WorkUnit, all_specs, load_backend, spec_of
 from evalkit.plan import checked_inputs
 from evalkit.prompts import load_prompts
-from evalkit.settings import ORDERS, ImageSetting, Setting
+from evalkit.settings import ORDERS, ImageSetting, Setting, chain_labels
 
 from conftest import base_config
 
 # For each knob of a setting: (a setting, the same setting with the knob set), chosen so that a backend that
 # applies the knob samples differently (or sends something else). A field of Setting or ImageSetting that is
 # missing here fails test_every_knob_is_classified: a new knob must say how its effect is shown.
+LLAMA = {"temperature": 1.5, "order": "llama_cpp"}
+VLLM = {"temperature": 1.5, "order": "vllm"}
+DRY = {"dry_multiplier": 3.0, "dry_allowed_length": 1}
 TEXT_EXAMPLES = {
     "temperature": ({"temperature": 1.0}, {"temperature": 0.0}),
     "top_p": ({"temperature": 1.5}, {"temperature": 1.5, "top_p": 0.05}),
@@ -28,6 +31,30 @@ TEXT_EXAMPLES = {
     # top-p then min-p keeps the tokens near the top (min-p); min-p then top-p keeps about half of them
     "order": ({"temperature": 1.5, "top_p": 0.5, "min_p": 0.8, "order": "transformers"},
               {"temperature": 1.5, "top_p": 0.5, "min_p": 0.8, "order": "vllm"}),
+    "typical_p": ({"temperature": 1.5}, {"temperature": 1.5, "typical_p": 0.2}),
+    "epsilon_cutoff": ({"temperature": 1.5}, {"temperature": 1.5, "epsilon_cutoff": 0.05}),
+    "eta_cutoff": ({"temperature": 1.5}, {"temperature": 1.5, "eta_cutoff": 0.9}),
+    # llama.cpp's samplers exist in its order only (the served backend sends them to a llama.cpp server)
+    "top_n_sigma": (LLAMA, {**LLAMA, "top_n_sigma": 0.5}),
+    "xtc_probability": (LLAMA, {**LLAMA, "xtc_probability": 1.0, "xtc_threshold": 0.001}),
+    "xtc_threshold": ({**LLAMA, "xtc_probability": 1.0}, {**LLAMA, "xtc_probability": 1.0, "xtc_threshold": 0.001}),
+    "dry_multiplier": (LLAMA, {**LLAMA, **DRY}),
+    "dry_base": ({**LLAMA, **DRY}, {**LLAMA, **DRY, "dry_base": 4.0}),
+    "dry_allowed_length": ({**LLAMA, **DRY}, {**LLAMA, **DRY, "dry_allowed_length": 0}),
+    "dry_penalty_last_n": ({**LLAMA, **DRY}, {**LLAMA, **DRY, "dry_penalty_last_n": 2}),
+    "dry_sequence_breakers": ({**LLAMA, **DRY}, {**LLAMA, **DRY, "dry_sequence_breakers": ["a", "e", " "]}),
+    "mirostat": (LLAMA, {**LLAMA, "mirostat": 2, "mirostat_tau": 1.0}),
+    "mirostat_tau": ({**LLAMA, "mirostat": 2}, {**LLAMA, "mirostat": 2, "mirostat_tau": 1.0}),
+    "mirostat_eta": ({**LLAMA, "mirostat": 2, "mirostat_tau": 1.0},
+                     {**LLAMA, "mirostat": 2, "mirostat_tau": 1.0, "mirostat_eta": 1.0}),
+    "repetition_penalty": ({"temperature": 1.5}, {"temperature": 1.5, "repetition_penalty": 5.0}),
+    "presence_penalty": (VLLM, {**VLLM, "presence_penalty": 2.0}),
+    "frequency_penalty": (VLLM, {**VLLM, "frequency_penalty": 2.0}),
+    "penalty_scope": ({"temperature": 1.5, "repetition_penalty": 5.0},
+                      {"temperature": 1.5, "repetition_penalty": 5.0, "penalty_scope": "output"}),
+    "no_repeat_ngram_size": ({"temperature": 1.5}, {"temperature": 1.5, "no_repeat_ngram_size": 1}),
+    # the end tokens leave the kept set until min_tokens are out (the samples' n_kept shows it)
+    "min_tokens": ({"temperature": 1.5}, {"temperature": 1.5, "min_tokens": 8}),
 }
 IMAGE_EXAMPLES = {
     "guidance_scale": ({}, {"guidance_scale": 2.0}),
@@ -146,7 +173,7 @@ def test_every_backend_honours_or_refuses_every_knob(backend, engine_backend, tm
         if knob == "order" and spec.name == "vllm":
             # vLLM's sampler has one order, its own, which `order: vllm` names: it is checked against vLLM's sampler
             # in tests/test_vllm.py (chi-square, vLLM's environment); every other order is refused (below)
-            assert spec.own_order == ORDERS["vllm"] and spec.orders == ("vllm",)
+            assert spec.own_order == chain_labels(ORDERS["vllm"]) and spec.orders == ("vllm",)
             continue
         if honoured:
             assert effect(spec, knob, base, changed, engine_backend), f"{backend} claims {knob} but ignores it"
@@ -202,8 +229,8 @@ def test_backends_json_parses_and_matches_the_specs():
     rows = {row["backend"]: row for row in json.loads(result.output)}
     assert list(rows) == list(BACKENDS)
     assert rows["openai"]["orders"] == ["auto"] and rows["openai"]["remote"] is True
-    assert rows["hf"]["orders"] == ["auto", "transformers", "vllm"] and "order" in rows["hf"]["knobs"]
-    assert rows["vllm"]["own_order"] == list(ORDERS["vllm"])
+    assert rows["hf"]["orders"] == ["auto", *ORDERS] and "order" in rows["hf"]["knobs"]
+    assert rows["vllm"]["own_order"] == list(chain_labels(ORDERS["vllm"]))
     assert "token_stats" in rows["hf"]["metric_inputs"] and "token_stats" not in rows["openai"]["metric_inputs"]
     assert {"texts", "answers", "tests"} <= set(rows["openai"]["metric_inputs"])
     assert {"prompt_images", "references"} <= set(rows["vlm"]["metric_inputs"]) - set(rows["vlm"]["supplied"])

@@ -19,10 +19,16 @@ def oracle(row: torch.Tensor, s: Setting, order: str = "transformers") -> torch.
                "top_k": lambda: TopKLogitsWarper(top_k=s.top_k) if s.top_k else None,
                "top_p": lambda: TopPLogitsWarper(top_p=s.top_p) if s.top_p < 1 else None,
                "min_p": lambda: MinPLogitsWarper(min_p=s.min_p) if s.min_p else None}
-    for name in ORDERS[order]:
-        warper = warpers[name]()
-        if warper is not None:
-            scores = warper(ids, scores)
+    for stage in ORDERS[order]:
+        stage = [name for name in stage if name in warpers]  # the core knobs' stages: these settings set no other
+        made = [w for w in (warpers[name]() for name in stage) if w is not None]
+        if len(made) == 1:
+            scores = made[0](ids, scores)
+        elif made:  # a joint stage (SGLang's top-k/top-p/min-p): each filter on the same scores, what any removes
+            removed = torch.zeros_like(scores, dtype=torch.bool)
+            for w in made:
+                removed |= w(ids, scores.clone()).isneginf() & ~scores.isneginf()
+            scores = scores.masked_fill(removed, float("-inf"))
     return scores[0]
 
 

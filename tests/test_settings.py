@@ -4,7 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from evalkit.config import GridConfig
-from evalkit.settings import APPLICATION_ORDER, ORDERS, ImageSetting, Setting, shown_knobs
+from evalkit.settings import APPLICATION_ORDER, CORE_KNOBS, ORDERS, ImageSetting, Setting, shown_knobs
 
 
 @pytest.mark.parametrize("params, expected", [
@@ -48,7 +48,8 @@ def test_setting_is_immutable_and_hashable():
 
 
 def test_application_order_is_transformers_order():
-    assert APPLICATION_ORDER == ("temperature", "top_k", "top_p", "min_p")
+    core = [stage for stage in APPLICATION_ORDER if stage[0] in ("temperature", "top_k", "top_p", "min_p")]
+    assert core == [("temperature",), ("top_k",), ("top_p",), ("min_p",)]
 
 
 def test_grid_is_the_cartesian_product_in_order():
@@ -94,12 +95,17 @@ def test_entropy_is_exact_on_peaked_and_flat_rows_of_a_large_vocabulary():
         assert lse[row, 0].item() == pytest.approx(float(np.logaddexp.reduce(z)), rel=1e-7)
 
 
-def test_orders_name_every_knob_once_and_auto_is_the_backends_own():
+def test_orders_name_each_knob_once_and_auto_is_the_backends_own():
     for name, order in ORDERS.items():
-        assert sorted(order) == sorted(k for k in Setting.model_fields if k != "order"), name
-    assert ORDERS["vllm"] == ("temperature", "min_p", "top_k", "top_p")
+        knobs = [k for stage in order for k in stage]
+        assert len(knobs) == len(set(knobs)) and set(knobs) <= set(Setting.model_fields), name
+        assert {"temperature", "top_k", "top_p", "min_p"} <= set(knobs), name
+    assert [s for s in ORDERS["vllm"] if s[0] in CORE_KNOBS] == [("temperature",), ("min_p",), ("top_k",), ("top_p",)]
+    llama = [s[0] for s in ORDERS["llama_cpp"]]  # temperature last of the truncation samplers, before the draw
+    assert llama.index("temperature") > max(llama.index(k) for k in ("top_k", "top_p", "min_p", "typical_p"))
+    assert ("top_k", "top_p", "min_p") in ORDERS["sglang"]  # one joint stage
     assert Setting().chain("vllm") == ORDERS["vllm"] and Setting(order="vllm").chain("transformers") == ORDERS["vllm"]
-    with pytest.raises(ValidationError, match="'auto', 'transformers' or 'vllm'"):
+    with pytest.raises(ValidationError, match="'auto', 'transformers', 'vllm', 'llama_cpp' or 'sglang'"):
         Setting(order="llama.cpp")
 
 

@@ -14,18 +14,38 @@ from typing import Any
 
 from evalkit.generation.base import ModelInfo, PreparedPrompt, ProgressFn, SampleRecord, WorkUnit
 from evalkit.errors import ConfigError
-from evalkit.settings import APPLICATION_ORDER, ORDERS, Setting
+from evalkit.settings import ORDERS, Setting, chain_labels
+
+def _engine_knobs() -> set[str]:
+    from evalkit.settings import QUALIFIES, STAGE_KNOBS
+
+    stages = {k for k in STAGE_KNOBS if _has_transform(k)}
+    return ({k for k in Setting.model_fields if k not in STAGE_KNOBS and k not in QUALIFIES} | stages
+            | {k for k, on in QUALIFIES.items() if any(q in stages for q in on)})
+
+
+def _has_transform(knob: str) -> bool:
+    # the registry of transforms imports torch; which stages it has is read from its modules' tables cheaply
+    # enough, but a spec must load without torch: the stages without one are listed here, and tests/test_backends.py
+    # checks this list against evalkit.generation.sampling.TRANSFORMS
+    return knob not in ENGINE_LACKS
+
+
+ENGINE_LACKS = frozenset({"dry_multiplier"})  # stages evalkit's engine does not compute yet
+
 
 # Special tokens that end a turn or a text in common chat formats (used when the model has them).
 END_TOKENS = ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>", "<|end|>",
               "<|return|>", "</s>")
 
 
-# What evalkit's engine honours (hf and vlm declare it): every knob of a text setting, in every named chain order,
-# each a transform of evalkit.generation.sampling; "auto" is transformers' order.
-ENGINE_KNOBS = frozenset(Setting.model_fields)
+# What evalkit's engine honours (hf and vlm declare it): every knob of a text setting whose stage has a transform in
+# evalkit.generation.sampling (and the knobs that qualify it), in every named chain order and any explicit one;
+# "auto" is transformers' order.
+ENGINE_KNOBS = frozenset(_engine_knobs())
 ENGINE_ORDERS = tuple(ORDERS)
-ENGINE_OWN_ORDER = APPLICATION_ORDER
+ENGINE_ORDER_NAME = "transformers"
+ENGINE_OWN_ORDER = chain_labels(ORDERS[ENGINE_ORDER_NAME])
 # what its samples supply metrics besides the texts: tokens, per-token statistics of both distributions
 ENGINE_SUPPLIES = frozenset({"token_ids", "token_counts", "token_stats", "model_logprobs"})
 
@@ -112,7 +132,7 @@ class EngineBackend(TokenizedBackend):
             "engine": "evalkit",
             "greedy": setting.greedy,
             **setting.params(),
-            "order": list(setting.chain("transformers")),
+            "order": list(chain_labels(setting.chain(ENGINE_ORDER_NAME))),
             "max_new_tokens": max_new_tokens,
             "eos_token_ids": self.eos_ids,
         }

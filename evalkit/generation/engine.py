@@ -120,7 +120,9 @@ class Engine:
         del out
 
         rows = [_Row(u) for u in wave]
-        params = RowParams.from_settings([u.setting for u in wave], device)
+        params = RowParams.from_settings([u.setting for u in wave], device,
+                                         prompts=[list(u.prompt.token_ids) for u in wave], eos=sorted(self.eos))
+        xtc_rows = bool((params.xtc_probability > 0).any())
         seeds = np.array([u.seed for u in wave], dtype=np.uint64)
         for step in range(max_new_tokens):
             on_step(step + 1)
@@ -129,8 +131,11 @@ class Engine:
             z = logits.float()
             _, lse, model_entropy = distribution(z)
             u = torch.from_numpy(uniforms(seeds, step)).to(device)
+            if xtc_rows:  # XTC's chance: another stream of the sample's own seed
+                params.u_xtc = torch.from_numpy(uniforms(seeds, step, stream=1)).to(device)
             draw = sample(warp(logits, params), u, len(rows))
             chosen = draw.tokens
+            params.advance(chosen, draw.logprob)
             # one device-to-host copy per step for the tokens and all their statistics
             host = torch.stack([chosen.double(), (z.gather(1, chosen[:, None]) - lse)[:, 0].double(),
                                 draw.logprob.double(), model_entropy.double(), draw.entropy.double(),

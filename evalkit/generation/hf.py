@@ -132,4 +132,5 @@ SPEC = BackendSpec(
     name="hf", config=HFModel, what="a text sweep",
     summary="a transformers causal LM (hub id, directory or GGUF), decoded by evalkit's engine",
     needs=ENGINE_SUPPLIES | {"model_features"}, knobs=ENGINE_KNOBS, orders=ENGINE_ORDERS,
-    own_order=ENGINE_OWN_ORDER, engine="evalkit", remote=False, load=load, check_model=check_engine_model)
+    own_order=ENGINE_OWN_ORDER, order_name="transformers", explicit_orders=True, engine="evalkit", remote=False,
+    load=load, check_model=check_engine_model)

@@ -7,13 +7,13 @@ The settings themselves live in :mod:`evalkit.settings`; each knob of a setting 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import torch
 
 from evalkit.errors import EvalkitError
-from evalkit.settings import APPLICATION_ORDER, AUTO_ORDER, ORDERS, Setting
+from evalkit.generation.samplers import cutoffs, dry, mirostat, penalties, xtc
+from evalkit.generation.samplers.base import Transform
+from evalkit.generation.samplers.penalties import SCOPE_ALL, SCOPE_OUTPUT
+from evalkit.settings import ORDERS, PENALTIES, Setting, _chain
 
 # --------------------------------------------------------------------------- batched transforms
 #
@@ -41,66 +41,118 @@ from evalkit.settings import APPLICATION_ORDER, AUTO_ORDER, ORDERS, Setting
 CANDIDATES = (64, 1024, 8192)  # candidate-list sizes tried before the dense path
 MARGIN = 1e-6  # top-p / min-p decisions this close to the cut are left to the dense path
 ENGINE_ORDER = "transformers"  # what a setting's order "auto" means in evalkit's engine
-ORDER_CODES = {name: i for i, name in enumerate(ORDERS)}  # a row's order, as a number in RowParams.order
-
-
-@dataclass(frozen=True)
-class Transform:
-    """One knob of a text setting as a batched transform: ``apply(logits [rows, vocab], params)`` -> logits with
-    the tokens it removes at -inf (or rescaled, for the temperature); ``dtype`` of its per-row tensor; ``active``
-    (a filter's): the rows where it can change the distribution, ``(params, vocab)`` -> bool [rows]; ``candidates``:
-    whether the top-K candidate path of transformers' order computes it (else its rows go the dense way)."""
-
-    apply: Callable[[torch.Tensor, RowParams], torch.Tensor]
-    dtype: torch.dtype
-    active: Callable[[RowParams, int], torch.Tensor] | None = None
-    candidates: bool = False
+CANDIDATE_KNOBS = frozenset({"temperature", "top_k", "top_p", "min_p"})  # what the candidate path computes
+SCOPE_CODES = {"prompt+output": SCOPE_ALL, "output": SCOPE_OUTPUT}  # a penalty's scope as a row's number (N: N)
+# The knobs that only qualify a stage, as per-row tensors its transform reads.
+QUALIFIER_DTYPES = {"xtc_threshold": torch.float32, "dry_base": torch.float32, "dry_allowed_length": torch.long,
+                    "dry_penalty_last_n": torch.long, "mirostat_tau": torch.float32, "mirostat_eta": torch.float32}
 
 
 class RowParams:
-    """Per-row parameter tensors, each of shape [batch]: one per knob of :data:`TRANSFORMS` (an attribute of the
-    knob's name), and ``order``, each row's chain order (:data:`ORDER_CODES`).
+    """Per-row tensors, each of shape [batch]: one per knob of :data:`TRANSFORMS` and :data:`QUALIFIER_DTYPES` (an
+    attribute of the knob's name), each penalty's scope (``scope_<penalty>``, :data:`SCOPE_CODES`), and ``order``,
+    each row's chain as an index into ``chains``. The decode state: ``history`` (each row's prompt and output tokens,
+    left-padded with -1, [batch, length]; empty unless a stage reads it), ``n_out`` (output tokens so far, the same
+    for every row of a wave), ``mu`` (mirostat's), ``u_xtc`` (XTC's chance this step), ``eos`` (end tokens).
 
     top_p is kept in float64 so that ``1 - top_p`` is formed as transformers forms it
     (in Python floats) before the float32 comparison.
     """
 
-    def __init__(self, knobs: dict[str, torch.Tensor], order: torch.Tensor):
-        self.knobs, self.order = knobs, order
-        for name, tensor in knobs.items():
+    ROWWISE_STATE = ("history", "mu", "u_xtc")
+
+    def __init__(self, rowwise: dict[str, torch.Tensor], chains: list, n_out: int = 0, eos: torch.Tensor | None = None):
+        self.rowwise, self.chains, self.n_out = rowwise, chains, n_out
+        self.eos = eos if eos is not None else torch.zeros(0, dtype=torch.long)
+        for name, tensor in rowwise.items():
             setattr(self, name, tensor)
 
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if name in getattr(self, "rowwise", {}):
+            self.rowwise[name] = value
+
     @classmethod
-    def from_settings(cls, settings: list[Setting], device: torch.device | str = "cpu") -> RowParams:
-        for s in settings:  # a knob with no transform is never dropped: refused (tests/test_backends.py finds it)
-            missing = [k for k in s.set_knobs() if k != "order" and k not in TRANSFORMS]
+    def from_settings(cls, settings: list[Setting], device: torch.device | str = "cpu", *,
+                      prompts: list[list[int]] | None = None, eos: list[int] = ()) -> RowParams:
+        """The rows' parameters, ``prompts`` their prompt tokens (the penalties' history), ``eos`` the end tokens."""
+        chains: list = []
+        codes = []
+        for s in settings:  # a knob with no transform, or no stage in the row's chain, is refused, never dropped
+            missing = [k for k in s.stage_knobs() if k not in TRANSFORMS]
             if missing:
                 raise EvalkitError(f"evalkit's engine has no transform for {missing[0]}, which setting {s.id} sets")
-        knobs = {name: torch.tensor([getattr(s, name) for s in settings], dtype=t.dtype, device=device)
-                 for name, t in TRANSFORMS.items()}
-        order = torch.tensor([ORDER_CODES[ENGINE_ORDER if s.order == AUTO_ORDER else s.order] for s in settings],
-                             dtype=torch.long, device=device)
-        return cls(knobs, order)
+            absent = s.missing_in_order(ENGINE_ORDER)
+            if absent:
+                raise EvalkitError(f"setting {s.id} sets {absent}, which its chain order has no stage for")
+            chain = s.chain(ENGINE_ORDER)
+            if chain not in chains:
+                chains.append(chain)
+            codes.append(chains.index(chain))
+        rowwise = {name: torch.tensor([getattr(s, name) for s in settings], dtype=t.dtype, device=device)
+                   for name, t in TRANSFORMS.items()}
+        rowwise |= {name: torch.tensor([getattr(s, name) for s in settings], dtype=dtype, device=device)
+                    for name, dtype in QUALIFIER_DTYPES.items()}
+        for penalty in PENALTIES:
+            rowwise[f"scope_{penalty}"] = torch.tensor(
+                [SCOPE_CODES.get(s.scope(penalty, ENGINE_ORDER), s.scope(penalty, ENGINE_ORDER)) for s in settings],
+                dtype=torch.long, device=device)
+        rowwise["order"] = torch.tensor(codes, dtype=torch.long, device=device)
+        rowwise["mu"] = torch.tensor([2 * s.mirostat_tau for s in settings], dtype=torch.float32, device=device)
+        rowwise["u_xtc"] = torch.ones(len(settings), dtype=torch.float64, device=device)
+        history = torch.zeros((len(settings), 0), dtype=torch.long, device=device)
+        if prompts is not None and any(TRANSFORMS[k].needs_history for s in settings for k in s.stage_knobs()):
+            width = max((len(p) for p in prompts), default=0)
+            history = torch.full((len(settings), width), -1, dtype=torch.long)
+            for i, p in enumerate(prompts):
+                if p:
+                    history[i, width - len(p):] = torch.tensor(p)
+            history = history.to(device)
+        rowwise["history"] = history
+        out = cls(rowwise, chains, 0, torch.tensor(sorted(set(eos)), dtype=torch.long, device=device))
+        out.keeps_history = bool(history.shape[1]) or (prompts is not None and out.needs_history())
+        for t in TRANSFORMS.values():
+            if t.prepare is not None:
+                t.prepare(out, settings)
+        return out
 
     def __getitem__(self, rows) -> RowParams:
-        return RowParams({name: t[rows] for name, t in self.knobs.items()}, self.order[rows])
+        out = RowParams({name: t[rows] for name, t in self.rowwise.items()}, self.chains, self.n_out, self.eos)
+        for name, value in self.__dict__.items():  # what a transform prepared that is not per row
+            if name not in out.__dict__:
+                object.__setattr__(out, name, value)
+        return out
+
+    def advance(self, tokens: torch.Tensor, logprob: torch.Tensor) -> None:
+        """After a draw: each row's state moves on (its history grows by its token, mirostat's mu is updated)."""
+        for t in TRANSFORMS.values():
+            if t.update is not None:
+                t.update(self, tokens, logprob)
+        if getattr(self, "keeps_history", False):
+            self.history = torch.cat([self.history, tokens[:, None].to(self.history.dtype)], dim=1)
+        self.n_out += 1
+
+    def needs_history(self) -> bool:
+        """Whether some row has a stage that reads its tokens (penalties, n-grams, DRY)."""
+        return any(bool(t.active(self, 1 << 62).any()) for t in TRANSFORMS.values()
+                   if t.needs_history and t.active is not None)
 
     @property
     def greedy(self) -> torch.Tensor:
         return self.temperature == 0
 
     def truncates(self, vocab: int) -> torch.Tensor:
-        """Rows where some filter can remove tokens."""
-        return self._active(vocab, lambda t: True)
+        """Rows where some stage but the temperature can change the distribution."""
+        return self._active(vocab, lambda name: True)
 
     def beyond_candidates(self, vocab: int) -> torch.Tensor:
-        """Rows with a filter that the candidate path does not compute."""
-        return self._active(vocab, lambda t: not t.candidates)
+        """Rows with an active stage that the candidate path does not compute."""
+        return self._active(vocab, lambda name: name not in CANDIDATE_KNOBS)
 
-    def _active(self, vocab: int, which: Callable[[Transform], bool]) -> torch.Tensor:
+    def _active(self, vocab: int, which) -> torch.Tensor:
         out = torch.zeros_like(self.order, dtype=torch.bool)
-        for t in TRANSFORMS.values():
-            if t.active is not None and which(t):
+        for name, t in TRANSFORMS.items():
+            if t.active is not None and which(name):
                 out |= t.active(self, vocab)
         return out
 
@@ -132,26 +184,38 @@ def scale(logits: torch.Tensor, params: RowParams) -> torch.Tensor:
 
 def filter_dense(scaled: torch.Tensor, params: RowParams) -> torch.Tensor:
     """top-k, top-p, min-p over the whole vocabulary (transformers' algorithm, row-wise parameters)."""
-    return filter_ordered(scaled, params, APPLICATION_ORDER)
+    return filter_ordered(scaled, params, _chain("top_k", "top_p", "min_p"))
 
 
-def filter_ordered(scaled: torch.Tensor, params: RowParams, order: tuple[str, ...]) -> torch.Tensor:
-    """The transforms named in ``order`` but the temperature (``scaled`` has it), applied in that order over the
-    whole vocabulary: evalkit's order, or another engine's (:data:`evalkit.settings.ORDERS`)."""
-    out = scaled
-    for name in order:
-        if name != "temperature":
-            out = TRANSFORMS[name].apply(out, params)
-    return out
+def filter_ordered(scaled: torch.Tensor, params: RowParams, order) -> torch.Tensor:
+    """The stages of ``order`` but the temperature (``scaled`` has it), applied in that order over the whole
+    vocabulary: evalkit's order, or another engine's (:data:`evalkit.settings.ORDERS`)."""
+    return apply_chain(scaled, params, tuple(s for s in _chain(*order) if s != ("temperature",)))
 
 
-def apply_chain(logits: torch.Tensor, params: RowParams, order: tuple[str, ...]) -> torch.Tensor:
-    """Every transform of ``order``, the temperature included, over the whole vocabulary: the logits that a row
-    of that order samples from (greedy rows are left unscaled)."""
+def apply_chain(logits: torch.Tensor, params: RowParams, order) -> torch.Tensor:
+    """Every stage of ``order``, the temperature included, over the whole vocabulary: the logits that a row of that
+    order samples from (greedy rows are left unscaled). A stage of several filters computes each on the same input
+    and removes what any of them removes (SGLang's joint top-k/top-p/min-p)."""
     out = logits.float()
-    for name in order:
-        out = TRANSFORMS[name].apply(out, params)
+    for stage in _chain(*order):
+        stage = tuple(k for k in stage if k in TRANSFORMS)  # a stage without one is set by no row (from_settings)
+        if not stage:
+            continue
+        if len(stage) == 1:
+            out = TRANSFORMS[stage[0]].apply(out, params)
+            continue
+        removed = torch.zeros_like(out, dtype=torch.bool)
+        for name in stage:
+            removed |= TRANSFORMS[name].apply(out, params).isneginf() & ~out.isneginf()
+        out = out.masked_fill(removed, float("-inf"))
     return out
+
+
+def before_temperature(chain) -> tuple:
+    """The stages a chain applies before the temperature (what a greedy row's argmax sees)."""
+    stages = _chain(*chain)
+    return stages[: stages.index(("temperature",))] if ("temperature",) in stages else stages
 
 
 def _top_k(out: torch.Tensor, params: RowParams) -> torch.Tensor:
@@ -185,12 +249,14 @@ def _min_p(out: torch.Tensor, params: RowParams) -> torch.Tensor:
     return out
 
 
-# Every knob of a text setting but its order, as a transform: the engine honours a knob that is here.
+# Every stage of a text setting's chain, as a transform: the engine honours a knob that is here.
 TRANSFORMS: dict[str, Transform] = {
     "temperature": Transform(scale, torch.float32),
-    "top_k": Transform(_top_k, torch.long, lambda p, vocab: (p.top_k > 0) & (p.top_k < vocab), candidates=True),
-    "top_p": Transform(_top_p, torch.float64, lambda p, vocab: p.top_p < 1, candidates=True),
-    "min_p": Transform(_min_p, torch.float32, lambda p, vocab: p.min_p > 0, candidates=True),
+    "top_k": Transform(_top_k, torch.long, lambda p, vocab: (p.top_k > 0) & (p.top_k < vocab), candidates=True,
+                       filter=True),
+    "top_p": Transform(_top_p, torch.float64, lambda p, vocab: p.top_p < 1, candidates=True, filter=True),
+    "min_p": Transform(_min_p, torch.float32, lambda p, vocab: p.min_p > 0, candidates=True, filter=True),
+    **cutoffs.TRANSFORMS, **penalties.TRANSFORMS, **xtc.TRANSFORMS, **mirostat.TRANSFORMS, **dry.TRANSFORMS,
 }
 
 
@@ -252,30 +318,38 @@ def warp(logits: torch.Tensor, params: RowParams,
          candidates: tuple[int, ...] = CANDIDATES) -> list[tuple[torch.Tensor, Warped]]:
     """Each row's sampling distribution, as (row indices, Warped) parts covering every row once.
 
-    Greedy rows become a point mass on the argmax of the raw logits; rows that truncate
-    nothing keep the whole softmax (whatever their order: the temperature alone scales them); truncating rows of
-    transformers' order go through the candidate lists, and through the dense path when their kept set does not
-    fit; truncating rows of another order, or with a filter the candidate path does not compute, go through their
-    chain, densely.
+    Greedy rows become a point mass on the argmax of the logits as they reach the temperature (the raw logits,
+    or those the stages before it left: penalties); rows whose stages change nothing but the temperature keep the
+    whole softmax (whatever their order); rows of transformers' order whose stages the candidate path computes
+    (top-k, top-p, min-p) go through the candidate lists, and through the dense path when their kept set does not
+    fit; the other rows go through their chain, densely, grouped by chain.
     """
     vocab = logits.shape[-1]
     device = logits.device
     rows = torch.arange(logits.shape[0], device=device)
     greedy = params.greedy
-    trunc = params.truncates(vocab) & ~greedy
+    shaped = params.truncates(vocab)
+    trunc = shaped & ~greedy
     parts: list[tuple[torch.Tensor, Warped]] = []
-    if bool(greedy.any()):
-        g = rows[greedy]
-        top = logits[g].argmax(dim=-1, keepdim=True)
-        parts.append((g, Warped(torch.zeros(top.shape, dtype=torch.float32, device=device), top)))
+    for code, chain in enumerate(params.chains):
+        g = rows[greedy & (params.order == code)]
+        if g.numel():
+            z = logits[g]
+            early = before_temperature(chain)
+            if early and bool(shaped[g].any()):
+                z = apply_chain(z, params[g], early)
+            top = z.argmax(dim=-1, keepdim=True)
+            parts.append((g, Warped(torch.zeros(top.shape, dtype=torch.float32, device=device), top)))
     plain = rows[~greedy & ~trunc]
     if plain.numel():
         parts.append((plain, Warped(scale(logits[plain], params[plain]), None)))
-    fast = trunc & (params.order == ORDER_CODES[ENGINE_ORDER]) & ~params.beyond_candidates(vocab)
-    for name, code in ORDER_CODES.items():
+    engine = ORDERS[ENGINE_ORDER]
+    fast_code = params.chains.index(engine) if engine in params.chains else -1
+    fast = trunc & (params.order == fast_code) & ~params.beyond_candidates(vocab)
+    for code, chain in enumerate(params.chains):
         other = rows[trunc & ~fast & (params.order == code)]
         if other.numel():
-            parts.append((other, Warped(apply_chain(logits[other], params[other], ORDERS[name]), None)))
+            parts.append((other, Warped(apply_chain(logits[other], params[other], chain), None)))
     todo = rows[fast]
     if todo.numel() == 0:
         return parts

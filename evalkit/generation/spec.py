@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from evalkit.errors import shown
-from evalkit.settings import AUTO_ORDER
+from evalkit.settings import AUTO_ORDER, orders_with
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class BackendSpec:
     needs: frozenset[str]  # what its samples offer metrics (evalkit.scoring.metric.NEEDS)
     knobs: frozenset[str]  # the fields of its kind's setting that it honours (the others it refuses)
     orders: tuple[str, ...]  # the named chain orders it applies (evalkit.settings.ORDERS); "auto" is always its own
-    own_order: tuple[str, ...]  # what "auto" means: the knobs in the order it applies them (the manifest records it)
+    own_order: tuple[str, ...]  # what "auto" means: the stages in the order it applies them (the manifest records it)
     engine: str  # who samples: "evalkit", "vllm", "the server", "diffusers"
     remote: bool  # the model runs elsewhere (a server): nothing is loaded here, the device is the server's
     load: Callable[..., Any]  # load(config, source, device, status) -> Generator
@@ -34,6 +34,8 @@ class BackendSpec:
     plan_lines: Callable[..., list[tuple[str, str]]] | None = None  # extra lines of --plan (config, settings, ...)
     hints: tuple[tuple[str, str], ...] = ()  # (need, what to use instead) for a metric it cannot serve
     notes: dict[str, str] = field(default_factory=dict)  # knob -> how this backend applies it (`evalkit backends`)
+    order_name: str | None = None  # its own order's name (ORDERS): a setting's knob must have a stage there
+    explicit_orders: bool = False  # it applies an explicit list of stages too (evalkit's engine)
 
     @property
     def kind(self) -> str:
@@ -45,11 +47,20 @@ class BackendSpec:
         every one (a knob at its neutral value is not set)."""
         for knob in setting.set_knobs():
             if knob == "order":
-                if setting.order not in self.orders:
-                    applies = f"it applies {', '.join(self.orders)}" if self.orders else "it applies its own only"
+                applies = f"it applies {', '.join(self.orders)}" if self.orders else "it applies its own only"
+                if isinstance(setting.order, tuple) and not self.explicit_orders:
+                    return knob, f"an explicit order of stages ({applies})"
+                if isinstance(setting.order, str) and setting.order not in self.orders:
                     return knob, f"order {shown(setting.order)} ({applies})"
             elif knob not in self.knobs:
                 return knob, knob
+        if self.order_name is not None and hasattr(setting, "missing_in_order"):
+            absent = setting.missing_in_order(self.order_name)
+            if absent is not None:
+                named = setting.order_name(self.order_name)
+                have = [o for o in orders_with(absent) if o in self.orders]
+                return absent, (f"{absent} in the {named} order, which has no stage for it" + (
+                    f" (set order: {' or '.join(have)})" if have else ""))
         return None
 
     def as_row(self) -> dict[str, Any]:

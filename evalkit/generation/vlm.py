@@ -108,4 +108,4 @@ SPEC = BackendSpec(
     name="vlm", config=VLMModel, what="a vision-language sweep",
     summary="a transformers image-text-to-text model (captions, visual questions), decoded by evalkit's engine",
     needs=ENGINE_SUPPLIES, knobs=ENGINE_KNOBS, orders=ENGINE_ORDERS, own_order=ENGINE_OWN_ORDER, engine="evalkit",
-    remote=False, load=load, check_model=check_engine_model)
+    order_name="transformers", explicit_orders=True, remote=False, load=load, check_model=check_engine_model)

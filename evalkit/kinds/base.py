@@ -10,7 +10,7 @@ from evalkit.errors import ConfigError
 from evalkit.generation.base import STAT_COLUMNS, PreparedPrompt, SampleRecord, WorkUnit
 from evalkit.rundir.writer import RunWriter
 from evalkit.scoring.metric import Metric
-from evalkit.settings import APPLICATION_ORDER, ImageSetting, Setting
+from evalkit.settings import APPLICATION_ORDER, chain_labels, ImageSetting, Setting
 
 
 def unit_fields(unit: WorkUnit) -> dict[str, Any]:
@@ -38,7 +38,7 @@ class RunKind:
     setting_type: type = Setting
     noun: str = "prompts"  # what its prompts are called in summaries
     verb: str = "make"  # "{metric} needs X, which {what} does not {verb}"
-    sampling_order: tuple[str, ...] = APPLICATION_ORDER  # the order in which the setting's parameters apply
+    sampling_order: tuple[str, ...] = chain_labels(APPLICATION_ORDER)  # the order in which the setting's parameters apply
     report_axes: Axes = Axes("temperature", "top_p", ("top_k", "min_p", "order"))
     hints: tuple[tuple[str, str], ...] = ()  # (need, what to use instead) for a metric this kind cannot serve
 

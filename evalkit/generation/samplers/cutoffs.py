@@ -1,0 +1,80 @@
+"""Truncation by the distribution's shape: typical, epsilon and eta sampling as transformers computes them
+(``TypicalLogitsWarper``, ``EpsilonLogitsWarper``, ``EtaLogitsWarper``, ``min_tokens_to_keep=1``), and top-n-sigma as
+llama.cpp does (``llama_sampler_top_n_sigma``). Each keeps at least the most likely token."""
+
+from __future__ import annotations
+
+import torch
+
+from evalkit.generation.samplers.base import NEG_INF, Transform
+
+
+def _keep_top(out: torch.Tensor) -> torch.Tensor:
+    """The row's most likely token(s): a filter never removes the token with the largest logit."""
+    return out >= out.amax(dim=-1, keepdim=True)
+
+
+def typical(out: torch.Tensor, params) -> torch.Tensor:
+    """Locally typical sampling (Meister et al. 2023): tokens ordered by |-log p - H|, kept while the mass of the
+    tokens before them is < typical_p, and every token tied with the last one kept."""
+    on = params.typical_p < 1
+    if not bool(on.any()):
+        return out
+    logp = torch.log_softmax(out, dim=-1)
+    p = logp.exp()
+    ent = -(logp * p).nansum(-1, keepdim=True)
+    shifted = (-logp - ent).abs()
+    ss, si = torch.sort(shifted, dim=-1)
+    cum = out.gather(-1, si).softmax(dim=-1).cumsum(dim=-1)
+    last = (cum < params.typical_p[:, None]).sum(dim=1).clamp(max=ss.shape[-1] - 1)
+    remove_sorted = ss > ss.gather(1, last[:, None])
+    remove_sorted[:, :1] = False
+    remove = remove_sorted.scatter(1, si, remove_sorted)
+    return out.masked_fill(remove & on[:, None], NEG_INF)
+
+
+def epsilon(out: torch.Tensor, params) -> torch.Tensor:
+    """Epsilon sampling (Hewitt et al. 2022): tokens with probability < epsilon_cutoff removed."""
+    on = params.epsilon_cutoff > 0
+    if not bool(on.any()):
+        return out
+    drop = (out.softmax(dim=-1) < params.epsilon_cutoff[:, None]) & ~_keep_top(out)
+    return out.masked_fill(drop & on[:, None], NEG_INF)
+
+
+def eta(out: torch.Tensor, params) -> torch.Tensor:
+    """Eta sampling (Hewitt et al. 2022): the cutoff min(eta, sqrt(eta) exp(-H)), H the row's entropy."""
+    on = params.eta_cutoff > 0
+    if not bool(on.any()):
+        return out
+    probs = out.softmax(dim=-1)
+    entropy = torch.distributions.Categorical(logits=out).entropy()
+    e = params.eta_cutoff
+    cut = torch.minimum(e, torch.sqrt(e) * torch.exp(-entropy))[:, None]
+    drop = (probs < cut) & ~_keep_top(out)
+    return out.masked_fill(drop & on[:, None], NEG_INF)
+
+
+def top_n_sigma(out: torch.Tensor, params) -> torch.Tensor:
+    """Top-n-sigma (Tang et al. 2024): over the finite logits, those below max - n * std removed (std over the
+    finite logits, population form). It does not depend on the temperature: both sides scale alike."""
+    n = params.top_n_sigma
+    on = n > 0
+    if not bool(on.any()):
+        return out
+    finite = out.isfinite()
+    count = finite.sum(dim=-1, keepdim=True).clamp(min=1)
+    z = torch.where(finite, out, torch.zeros_like(out))
+    mean = z.sum(dim=-1, keepdim=True) / count
+    var = torch.where(finite, (out - mean) ** 2, torch.zeros_like(out)).sum(dim=-1, keepdim=True) / count
+    cut = out.amax(dim=-1, keepdim=True) - n[:, None] * var.sqrt()
+    drop = out < cut
+    return out.masked_fill(drop & (on & (finite.sum(dim=-1) > 1))[:, None], NEG_INF)
+
+
+TRANSFORMS = {
+    "typical_p": Transform(typical, torch.float32, lambda p, vocab: p.typical_p < 1, filter=True),
+    "epsilon_cutoff": Transform(epsilon, torch.float32, lambda p, vocab: p.epsilon_cutoff > 0, filter=True),
+    "eta_cutoff": Transform(eta, torch.float32, lambda p, vocab: p.eta_cutoff > 0, filter=True),
+    "top_n_sigma": Transform(top_n_sigma, torch.float32, lambda p, vocab: p.top_n_sigma > 0, filter=True),
+}
