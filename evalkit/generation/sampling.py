@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from evalkit.errors import EvalkitError
-from evalkit.generation.samplers import cutoffs, dry, mirostat, penalties, xtc
+from evalkit.generation.samplers import cutoffs, dry, mirostat, penalties, sigma, xtc
 from evalkit.generation.samplers.base import Transform
 from evalkit.generation.samplers.penalties import SCOPE_ALL, SCOPE_OUTPUT
 from evalkit.settings import ORDERS, PENALTIES, Setting, _chain
@@ -256,7 +256,7 @@ TRANSFORMS: dict[str, Transform] = {
                        filter=True),
     "top_p": Transform(_top_p, torch.float64, lambda p, vocab: p.top_p < 1, candidates=True, filter=True),
     "min_p": Transform(_min_p, torch.float32, lambda p, vocab: p.min_p > 0, candidates=True, filter=True),
-    **cutoffs.TRANSFORMS, **penalties.TRANSFORMS, **xtc.TRANSFORMS, **mirostat.TRANSFORMS, **dry.TRANSFORMS,
+    **cutoffs.TRANSFORMS, **sigma.TRANSFORMS, **penalties.TRANSFORMS, **xtc.TRANSFORMS, **mirostat.TRANSFORMS, **dry.TRANSFORMS,
 }
 
 

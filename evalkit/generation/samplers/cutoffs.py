@@ -1,6 +1,6 @@
 """Truncation by the distribution's shape: typical, epsilon and eta sampling as transformers computes them
-(``TypicalLogitsWarper``, ``EpsilonLogitsWarper``, ``EtaLogitsWarper``, ``min_tokens_to_keep=1``), and top-n-sigma as
-llama.cpp does (``llama_sampler_top_n_sigma``). Each keeps at least the most likely token."""
+(``TypicalLogitsWarper``, ``EpsilonLogitsWarper``, ``EtaLogitsWarper``, ``min_tokens_to_keep=1``). Each keeps at
+least the most likely token."""
 
 from __future__ import annotations
 
@@ -55,26 +55,8 @@ def eta(out: torch.Tensor, params) -> torch.Tensor:
     return out.masked_fill(drop & on[:, None], NEG_INF)
 
 
-def top_n_sigma(out: torch.Tensor, params) -> torch.Tensor:
-    """Top-n-sigma (Tang et al. 2024): over the finite logits, those below max - n * std removed (std over the
-    finite logits, population form). It does not depend on the temperature: both sides scale alike."""
-    n = params.top_n_sigma
-    on = n > 0
-    if not bool(on.any()):
-        return out
-    finite = out.isfinite()
-    count = finite.sum(dim=-1, keepdim=True).clamp(min=1)
-    z = torch.where(finite, out, torch.zeros_like(out))
-    mean = z.sum(dim=-1, keepdim=True) / count
-    var = torch.where(finite, (out - mean) ** 2, torch.zeros_like(out)).sum(dim=-1, keepdim=True) / count
-    cut = out.amax(dim=-1, keepdim=True) - n[:, None] * var.sqrt()
-    drop = out < cut
-    return out.masked_fill(drop & (on & (finite.sum(dim=-1) > 1))[:, None], NEG_INF)
-
-
 TRANSFORMS = {
     "typical_p": Transform(typical, torch.float32, lambda p, vocab: p.typical_p < 1, filter=True),
     "epsilon_cutoff": Transform(epsilon, torch.float32, lambda p, vocab: p.epsilon_cutoff > 0, filter=True),
     "eta_cutoff": Transform(eta, torch.float32, lambda p, vocab: p.eta_cutoff > 0, filter=True),
-    "top_n_sigma": Transform(top_n_sigma, torch.float32, lambda p, vocab: p.top_n_sigma > 0, filter=True),
 }
