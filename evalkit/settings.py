@@ -34,10 +34,11 @@ setting that sets a knob its order lacks is refused, naming the orders that have
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from typing import Annotated, ClassVar, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from evalkit.errors import shown
 
@@ -184,6 +185,29 @@ def _check_breakers(v: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(v)
 
 
+def _read_order(v):
+    """An order as written: a name, a line of stages (``top_k+top_p > temperature``, as params() writes it), or a
+    list of stages (YAML)."""
+    if isinstance(v, str) and v not in ORDER_NAMES:
+        return parse_order(v)
+    if isinstance(v, list | tuple):
+        return _check_order(tuple(tuple(s) if isinstance(s, list | tuple) else s for s in v))
+    return v
+
+
+def _read_scope(v):
+    return int(v) if isinstance(v, str) and v.isdigit() else v  # "64", as params() writes it
+
+
+def _read_breakers(v):
+    if isinstance(v, str):  # the JSON list params() writes
+        try:
+            v = json.loads(v)
+        except ValueError:
+            raise ValueError(f"dry_sequence_breakers must be a list of strings, got {shown(v)}") from None
+    return v
+
+
 def _check_scope(v: str | int) -> str | int:
     if isinstance(v, bool) or (isinstance(v, int) and not 1 <= v <= TOP_K_MAX):
         raise ValueError(f"penalty_scope must be auto, prompt+output, output, or a token count >= 1 (the last N "
@@ -210,6 +234,22 @@ def _check_order(v: str | tuple) -> str | Chain:
     if not stages:
         raise ValueError("order: an explicit order lists at least one stage")
     return stages
+
+
+ORDER_NAMES = ("auto", *ORDERS)
+
+
+def order_text(order: str | Chain) -> str:
+    """An order as one line: its name, or its stages joined by " > " (a joint stage's filters by "+")."""
+    return order if isinstance(order, str) else " > ".join(chain_labels(order))
+
+
+def parse_order(text: str) -> Chain:
+    """The stages of an order written as one line (``top_k+top_p > temperature``); refused when it names no stage."""
+    stages = [tuple(k.strip() for k in stage.split("+")) for stage in text.split(">")]
+    if len(stages) == 1 and len(stages[0]) == 1 and stages[0][0] not in STAGE_KNOBS:
+        raise ValueError(f"order must be one of {', '.join(ORDER_NAMES)} or a list of stages, got {shown(text)}")
+    return _check_order(tuple(stages))
 
 
 JOINT_FILTERS = frozenset({"top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "top_n_sigma"})
@@ -289,7 +329,7 @@ class Setting(_Knobs):
     top_p: TopP = 1.0  # (0, 1]; 1 = off
     top_k: TopK = 0  # >= 0; 0 = off
     min_p: MinP = 0.0  # [0, 1); 0 = off
-    order: Union[OrderName, OrderList] = AUTO_ORDER  # the chain order (ORDERS, or stages); auto = the backend's own
+    order: Annotated[Union[OrderName, OrderList], BeforeValidator(_read_order)] = AUTO_ORDER  # ORDERS, or stages
     typical_p: Annotated[float, _unit("typical_p", "1 means off", low_open=True, high_open=False)] = 1.0
     epsilon_cutoff: Annotated[float, _unit("epsilon_cutoff", "0 means off")] = 0.0
     eta_cutoff: Annotated[float, _unit("eta_cutoff", "0 means off")] = 0.0
@@ -302,7 +342,8 @@ class Setting(_Knobs):
                                      high=math.inf, high_open=False)] = 1.75
     dry_allowed_length: Annotated[int, AfterValidator(_count("dry_allowed_length", "repeats this long are free"))] = 2
     dry_penalty_last_n: Annotated[int, AfterValidator(_check_dry_last_n)] = -1
-    dry_sequence_breakers: Annotated[tuple[str, ...], AfterValidator(_check_breakers)] = DEFAULT_BREAKERS
+    dry_sequence_breakers: Annotated[tuple[str, ...], BeforeValidator(_read_breakers),
+                                     AfterValidator(_check_breakers)] = DEFAULT_BREAKERS
     mirostat: Annotated[int, AfterValidator(_check_mirostat)] = 0
     mirostat_tau: Annotated[float, _unit("mirostat_tau", "the target surprise in bits", low_open=True,
                                          high=math.inf, high_open=False)] = 5.0
@@ -313,23 +354,13 @@ class Setting(_Knobs):
                                              high_open=False)] = 0.0
     frequency_penalty: Annotated[float, _unit("frequency_penalty", "0 means off", low=-2.0, high=2.0,
                                               high_open=False)] = 0.0
-    penalty_scope: Annotated[Union[Literal["auto", "prompt+output", "output"], int],
+    penalty_scope: Annotated[Union[Literal["auto", "prompt+output", "output"], int], BeforeValidator(_read_scope),
                              AfterValidator(_check_scope)] = "auto"
     no_repeat_ngram_size: Annotated[int, AfterValidator(_count("no_repeat_ngram_size", "0 means off"))] = 0
     min_tokens: Annotated[int, AfterValidator(_count("min_tokens", "0 means off"))] = 0
 
-    @model_validator(mode="before")
-    @classmethod
-    def _order_list(cls, data):
-        if isinstance(data, dict) and isinstance(data.get("order"), list):  # YAML lists: a stage list
-            data = {**data, "order": _check_order(tuple(tuple(s) if isinstance(s, list) else s
-                                                        for s in data["order"]))}
-        return data
-
     @model_validator(mode="after")
     def _consistent(self) -> Setting:
-        if not isinstance(self.order, str):
-            object.__setattr__(self, "order", _check_order(self.order))
         for knob, qualified in QUALIFIES.items():
             if knob in self.set_knobs() and not any(k in self.set_knobs() for k in qualified):
                 raise ValueError(f"{knob} applies only when {' or '.join(qualified)} is set, and it is not")
@@ -344,6 +375,16 @@ class Setting(_Knobs):
             if missing:
                 raise ValueError(f"order lists no stage for {missing[0]}, which this setting sets")
         return self
+
+    def params(self) -> dict[str, float | int | str]:
+        """Every knob's value as a scalar (the samples table's setting columns, the manifest): an explicit order as
+        its stages joined (``top_k+top_p > temperature``), the penalty scope as text, the DRY sequence breakers as a
+        JSON list. A Setting reads each form back."""
+        out = super().params()
+        out["order"] = order_text(self.order)
+        out["penalty_scope"] = str(self.penalty_scope)
+        out["dry_sequence_breakers"] = json.dumps(list(self.dry_sequence_breakers), ensure_ascii=False)
+        return out
 
     def stage_knobs(self) -> list[str]:
         """The chain stages this setting activates (the temperature only when it is not 1)."""

@@ -9,6 +9,7 @@ import yaml
 import evalkit
 from evalkit.config import config_from_dict
 from evalkit.errors import ConfigError, EvalkitError
+from evalkit.settings import APPLICATION_ORDER, Setting, chain_labels
 
 from conftest import base_config
 
@@ -29,8 +30,7 @@ def test_run_directory_contents(tiny_run):
 def test_samples_table(tiny_run):
     s = tiny_run.samples
     assert len(s) == 3 * 6 * 3  # prompts x settings x samples
-    assert list(s.columns) == ["prompt_id", "prompt", "setting_id", "temperature", "top_p", "top_k", "min_p", "order",
-                               "sample_index", "seed", "text", "num_new_tokens", "finish_reason", "token_ids",
+    assert list(s.columns) == ["prompt_id", "prompt", "setting_id", *Setting.model_fields, "sample_index", "seed", "text", "num_new_tokens", "finish_reason", "token_ids",
                                "logprob_model", "logprob_sampling", "entropy_model", "entropy_sampling", "n_kept",
                                "entropy_model_top"]
     assert list(dict.fromkeys(s.setting_id)) == ["t0-p0.8", "t0-p1", "t0.7-p0.8", "t0.7-p1", "t1.3-p0.8", "t1.3-p1"]
@@ -86,9 +86,11 @@ def test_manifest_records_what_ran(tiny_run, tiny_model):
     gen = {s.id: s.generation for s in m.settings}
     assert gen["t0-p1"]["greedy"] is True and gen["t0.7-p0.8"]["greedy"] is False
     assert gen["t0.7-p0.8"]["top_p"] == 0.8 and gen["t0.7-p0.8"]["top_k"] == 0
-    assert gen["t0.7-p0.8"]["order"] == ["temperature", "top_k", "top_p", "min_p"]
+    assert gen["t0.7-p0.8"]["order"] == list(chain_labels(APPLICATION_ORDER))
     assert m.batch_size == 64 and m.model["rng"].startswith("evalkit engine")
-    assert m.sampling_order == ["temperature", "top_k", "top_p", "min_p"]
+    assert m.sampling_order == list(chain_labels(APPLICATION_ORDER))
+    core = [k for k in m.sampling_order if k in ("temperature", "top_k", "top_p", "min_p")]
+    assert core == ["temperature", "top_k", "top_p", "min_p"]
     resolved = yaml.safe_load((tiny_run.path / "config.yaml").read_text())
     assert resolved["model"]["id"] == str(tiny_model) and resolved["samples_per_prompt"] == 3
     evalkit.load_config(tiny_run.path / "config.yaml")  # the resolved config loads again

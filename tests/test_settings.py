@@ -1,5 +1,7 @@
 """Settings (evalkit.settings) and the grid that makes them: ids, domains, chain orders, the knobs a setting sets."""
 
+import re
+
 import pytest
 from pydantic import ValidationError
 
@@ -105,7 +107,7 @@ def test_orders_name_each_knob_once_and_auto_is_the_backends_own():
     assert llama.index("temperature") > max(llama.index(k) for k in ("top_k", "top_p", "min_p", "typical_p"))
     assert ("top_k", "top_p", "min_p") in ORDERS["sglang"]  # one joint stage
     assert Setting().chain("vllm") == ORDERS["vllm"] and Setting(order="vllm").chain("transformers") == ORDERS["vllm"]
-    with pytest.raises(ValidationError, match="'auto', 'transformers', 'vllm', 'llama_cpp' or 'sglang'"):
+    with pytest.raises(ValidationError, match="one of auto, transformers, vllm, llama_cpp, sglang or a list of stages"):
         Setting(order="llama.cpp")
 
 
@@ -124,3 +126,105 @@ def test_grid_order_axis_multiplies_like_the_others():
     g = GridConfig(temperature=[0.5, 1.0], min_p=[0.1], order=["transformers", "vllm"])
     assert [s.id for s in g.expand()] == ["t0.5-p1-m0.1-otransformers", "t0.5-p1-m0.1-ovllm",
                                           "t1-p1-m0.1-otransformers", "t1-p1-m0.1-ovllm"]
+
+
+# ------------------------------------------------------------------ the sampler knobs of issue 28
+
+NEW_KNOBS_ON = {"typical_p": 0.9, "epsilon_cutoff": 3e-4, "eta_cutoff": 2e-3, "top_n_sigma": 1.5,
+                "xtc_probability": 0.5, "repetition_penalty": 1.2, "presence_penalty": 0.5, "frequency_penalty": -0.5,
+                "no_repeat_ngram_size": 3, "min_tokens": 4, "dry_multiplier": 0.8, "mirostat": 2}
+
+
+@pytest.mark.parametrize("knob, value", sorted(NEW_KNOBS_ON.items()))
+def test_each_new_knob_is_off_by_default_and_named_in_the_id_only_when_set(knob, value):
+    assert knob not in Setting().set_knobs() and Setting().id == "t1-p1"
+    s = Setting(**{knob: value, "order": [knob, "temperature"]})
+    assert knob in s.set_knobs() and knob in s.stage_knobs()
+    assert len(s.id.split("-")) == 4  # t, p, the explicit order, the knob's own tag
+    assert Setting(**s.params()) == s  # what the samples table and the manifest write reads back
+
+
+@pytest.mark.parametrize("knob, bad, says", [
+    ("typical_p", 0.0, "typical_p must be in (0, 1]"), ("typical_p", 1.5, "typical_p must be in (0, 1]"),
+    ("epsilon_cutoff", 1.0, "epsilon_cutoff must be in [0, 1)"), ("eta_cutoff", -0.1, "eta_cutoff must be in [0, 1)"),
+    ("top_n_sigma", -1.0, "top_n_sigma must be >= 0"), ("top_n_sigma", float("inf"), "top_n_sigma must be >= 0"),
+    ("xtc_probability", 1.5, "xtc_probability must be in [0, 1]"),
+    ("repetition_penalty", 0.0, "repetition_penalty must be > 0"),
+    ("presence_penalty", 2.5, "presence_penalty must be in [-2, 2]"),
+    ("frequency_penalty", float("nan"), "frequency_penalty must be in [-2, 2]"),
+    ("no_repeat_ngram_size", -1, "no_repeat_ngram_size must be >= 0"), ("min_tokens", -2, "min_tokens must be >= 0"),
+    ("mirostat", 3, "mirostat must be 0 (off), 1 or 2"), ("dry_multiplier", -1.0, "dry_multiplier must be >= 0"),
+])
+def test_each_new_knob_refuses_values_outside_its_domain(knob, bad, says):
+    with pytest.raises(ValidationError, match=re.escape(says)):
+        Setting(**{knob: bad})
+
+
+def test_a_qualifying_knob_needs_the_knob_it_qualifies():
+    for knob, value in [("xtc_threshold", 0.2), ("dry_base", 2.0), ("dry_allowed_length", 3),
+                        ("dry_penalty_last_n", 32), ("dry_sequence_breakers", ["\n"]), ("mirostat_tau", 3.0),
+                        ("mirostat_eta", 0.5), ("penalty_scope", "output")]:
+        with pytest.raises(ValidationError, match=f"{knob} applies only when"):
+            Setting(**{knob: value})
+    assert Setting(xtc_probability=0.5, xtc_threshold=0.2, order="llama_cpp").id == "t1-p1-ollama_cpp-xp0.5-xt0.2"
+    assert Setting(repetition_penalty=1.1, penalty_scope=64).scope("repetition_penalty", "transformers") == 64
+    with pytest.raises(ValidationError, match="xtc_threshold must be in"):
+        Setting(xtc_probability=0.5, xtc_threshold=0.6)  # above 0.5 no two tokens pass it: XTC would do nothing
+    with pytest.raises(ValidationError, match="dry_penalty_last_n must be -1"):
+        Setting(dry_multiplier=0.8, dry_penalty_last_n=0)
+
+
+def test_mirostat_takes_no_truncation_knob():
+    assert Setting(mirostat=2, temperature=0.8, mirostat_tau=4.0, order="llama_cpp").chain("transformers")[-1] == (
+        "mirostat",)
+    with pytest.raises(ValidationError, match="mirostat replaces the truncation samplers .* it takes no top_k"):
+        Setting(mirostat=1, top_k=40)
+
+
+def test_penalty_scope_auto_is_each_engines_own():
+    s = Setting(repetition_penalty=1.1, presence_penalty=0.5, frequency_penalty=0.5)
+    assert s.scope("repetition_penalty", "transformers") == "prompt+output"
+    assert s.scope("presence_penalty", "vllm") == "output" and s.scope("repetition_penalty", "vllm") == "prompt+output"
+    assert s.scope("frequency_penalty", "llama_cpp") == 64  # llama.cpp's penalty_last_n
+    assert Setting(repetition_penalty=1.1, penalty_scope="output").scope("repetition_penalty", "llama_cpp") == "output"
+    with pytest.raises(ValidationError, match="penalty_scope must be auto, prompt.output, output, or a token count"):
+        Setting(repetition_penalty=1.1, penalty_scope=0)
+
+
+def test_an_explicit_order_is_a_list_of_stages_written_and_read_as_one_line():
+    s = Setting(top_k=40, top_p=0.9, temperature=0.7, order=[["top_k", "top_p"], "temperature"])
+    assert s.chain("transformers") == (("top_k", "top_p"), ("temperature",))
+    assert s.params()["order"] == "top_k+top_p > temperature" and s.id == "t0.7-p0.9-k40-okp_t"
+    assert Setting(**s.params()) == s and Setting(top_k=40, top_p=0.9, temperature=0.7,
+                                                  order="top_k+top_p > temperature") == s
+    with pytest.raises(ValidationError, match="order lists no stage for top_p"):
+        Setting(top_p=0.9, order=["top_k", "temperature"])
+    with pytest.raises(ValidationError, match="top_k is listed twice"):
+        Setting(order=["top_k", "top_k"])
+    with pytest.raises(ValidationError, match="only filters can share a stage"):
+        Setting(order=[["temperature", "top_k"]])
+    with pytest.raises(ValidationError, match="'top_q' is not a stage of the chain"):
+        Setting(order=["top_q"])
+
+
+def test_a_named_order_lacking_a_knob_is_said_with_the_orders_that_have_it():
+    from evalkit.settings import orders_with
+
+    assert Setting(top_n_sigma=1.0).missing_in_order("transformers") == "top_n_sigma"
+    assert Setting(top_n_sigma=1.0, order="llama_cpp").missing_in_order("transformers") is None
+    assert orders_with("typical_p") == ["transformers", "llama_cpp"] and orders_with("min_tokens") == [
+        "transformers", "vllm", "sglang"]
+
+
+def test_the_ids_of_the_core_knobs_are_unchanged():
+    assert [Setting(**p).id for p in ({}, {"temperature": 0.7, "top_p": 0.9}, {"top_k": 40, "min_p": 0.05},
+                                      {"temperature": 0, "order": "vllm"})] == [
+        "t1-p1", "t0.7-p0.9", "t1-p1-k40-m0.05", "t0-p1-ovllm"]
+
+
+def test_a_grid_leaves_qualifying_knobs_at_their_default_where_their_knob_is_off():
+    grid = GridConfig(xtc_probability=[0, 0.5], xtc_threshold=[0.1, 0.2], order=["llama_cpp"])
+    assert [s.id for s in grid.expand()] == ["t1-p1-ollama_cpp", "t1-p1-ollama_cpp-xp0.5",
+                                             "t1-p1-ollama_cpp-xp0.5-xt0.2"]
+    with pytest.raises(ValidationError, match="xtc_threshold applies only when xtc_probability is set, and no list"):
+        GridConfig(xtc_threshold=[0.2])

@@ -13,11 +13,20 @@ from pydantic import Field, create_model, field_validator, model_validator
 
 from evalkit.config.base import _Strict
 from evalkit.errors import shown
-from evalkit.settings import SCHEDULERS, ImageSetting, Setting, knob_type
+from evalkit.settings import QUALIFIES, SCHEDULERS, ImageSetting, Setting, knob_type
 
 SETTINGS_MAX = 100_000  # settings in one grid (the product of its lists)
 
 
+
+
+def _qualified(point: dict) -> dict:
+    """``point`` with each qualifying knob at its default where the knob it qualifies is off."""
+    fields = Setting.model_fields
+    for knob, qualified in QUALIFIES.items():
+        if all(point[q] == fields[q].default for q in qualified):
+            point[knob] = fields[knob].default
+    return point
 
 
 class _Grid(_Strict):
@@ -49,13 +58,26 @@ class _Grid(_Strict):
                 raise ValueError(f"the lists make {size} settings, more than {SETTINGS_MAX}: sweep fewer values")
         return self
 
+    @model_validator(mode="after")
+    def _qualifiers_have_their_knob(self) -> _Grid:
+        """A list of a knob that qualifies another (xtc_threshold, dry_base, ...) needs a list of that one with a
+        value that switches it on: else no point of the grid would apply it."""
+        for knob, qualified in QUALIFIES.items():
+            if getattr(self, knob) is None:
+                continue
+            if not any(v != Setting.model_fields[q].default for q in qualified for v in getattr(self, q) or []):
+                raise ValueError(f"{knob} applies only when {' or '.join(qualified)} is set, and no list of the grid "
+                                 f"sets it")
+        return self
+
     def expand(self) -> list[Setting]:
-        """The grid's settings in a stable order, duplicates removed."""
+        """The grid's settings in a stable order, duplicates removed. In a point where a knob is off, the knobs that
+        qualify it (:data:`evalkit.settings.QUALIFIES`) are at their default: one point, not one per value."""
         axes = self._knob_lists()
         out: list[Setting] = []
         if any(a is not None for a in axes) or self.settings is None:
             lists = [a if a is not None else [Setting.model_fields[n].default] for a, n in zip(axes, self.KNOB_AXES)]
-            out += [Setting(**dict(zip(self.KNOB_AXES, values))) for values in itertools.product(*lists)]
+            out += [Setting(**_qualified(dict(zip(self.KNOB_AXES, values)))) for values in itertools.product(*lists)]
         out += self.settings or []
         return list(dict.fromkeys(out))
 
