@@ -30,7 +30,8 @@ def test_run_directory_contents(tiny_run):
 def test_samples_table(tiny_run):
     s = tiny_run.samples
     assert len(s) == 3 * 6 * 3  # prompts x settings x samples
-    assert list(s.columns) == ["prompt_id", "prompt", "setting_id", *Setting.model_fields, "sample_index", "seed", "text", "num_new_tokens", "finish_reason", "token_ids",
+    assert list(s.columns) == ["prompt_id", "prompt", "setting_id", *Setting.model_fields, "sample_index", "seed",
+                               "text", "num_new_tokens", "finish_reason", "token_ids",
                                "logprob_model", "logprob_sampling", "entropy_model", "entropy_sampling", "n_kept",
                                "entropy_model_top"]
     assert list(dict.fromkeys(s.setting_id)) == ["t0-p0.8", "t0-p1", "t0.7-p0.8", "t0.7-p1", "t1.3-p0.8", "t1.3-p1"]

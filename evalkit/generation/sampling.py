@@ -74,8 +74,10 @@ class RowParams:
 
     @classmethod
     def from_settings(cls, settings: list[Setting], device: torch.device | str = "cpu", *,
-                      prompts: list[list[int]] | None = None, eos: list[int] = ()) -> RowParams:
-        """The rows' parameters, ``prompts`` their prompt tokens (the penalties' history), ``eos`` the end tokens."""
+                      prompts: list[list[int]] | None = None, eos: list[int] = (),
+                      vocabulary: dry.Vocabulary | None = None) -> RowParams:
+        """The rows' parameters, ``prompts`` their prompt tokens (the penalties' history), ``eos`` the end tokens,
+        ``vocabulary`` the tokenizer's (DRY's sequence breakers)."""
         chains: list = []
         codes = []
         for s in settings:  # a knob with no transform, or no stage in the row's chain, is refused, never dropped
@@ -111,6 +113,7 @@ class RowParams:
         rowwise["history"] = history
         out = cls(rowwise, chains, 0, torch.tensor(sorted(set(eos)), dtype=torch.long, device=device))
         out.keeps_history = bool(history.shape[1]) or (prompts is not None and out.needs_history())
+        out.vocabulary = vocabulary
         for t in TRANSFORMS.values():
             if t.prepare is not None:
                 t.prepare(out, settings)
@@ -256,7 +259,8 @@ TRANSFORMS: dict[str, Transform] = {
                        filter=True),
     "top_p": Transform(_top_p, torch.float64, lambda p, vocab: p.top_p < 1, candidates=True, filter=True),
     "min_p": Transform(_min_p, torch.float32, lambda p, vocab: p.min_p > 0, candidates=True, filter=True),
-    **cutoffs.TRANSFORMS, **sigma.TRANSFORMS, **penalties.TRANSFORMS, **xtc.TRANSFORMS, **mirostat.TRANSFORMS, **dry.TRANSFORMS,
+    **cutoffs.TRANSFORMS, **sigma.TRANSFORMS, **penalties.TRANSFORMS, **xtc.TRANSFORMS, **mirostat.TRANSFORMS,
+    **dry.TRANSFORMS,
 }
 
 

@@ -38,7 +38,7 @@ class RunKind:
     setting_type: type = Setting
     noun: str = "prompts"  # what its prompts are called in summaries
     verb: str = "make"  # "{metric} needs X, which {what} does not {verb}"
-    sampling_order: tuple[str, ...] = chain_labels(APPLICATION_ORDER)  # the order in which the setting's parameters apply
+    sampling_order: tuple[str, ...] = chain_labels(APPLICATION_ORDER)  # the stages, in the order they apply
     report_axes: Axes = Axes("temperature", "top_p", ("top_k", "min_p", "order"))
     hints: tuple[tuple[str, str], ...] = ()  # (need, what to use instead) for a metric this kind cannot serve
 
