@@ -56,6 +56,9 @@ def check_honoured(config: SweepConfig, settings: list) -> None:
         others = [s.name for s in specs if s.kind == spec.kind and s.refusal(setting) is None]
         explicit = list(config.grid.settings or [])
         where = f"grid.settings[{explicit.index(setting)}]" if setting in explicit else f"grid.{knob}"
+        if knob in spec.knobs and knob != "order":  # a knob it has, in an order without a stage for it
+            raise ConfigError(f"backend {spec.name} does not honour {what}, which setting {setting.id} sets",
+                              source=config.source, path=where)
         raise ConfigError(f"backend {spec.name} does not honour {what}, which setting {setting.id} sets; "
                           + (f"backends that do: {', '.join(others)}" if others else "no backend does")
                           + " (evalkit backends lists each one's knobs)", source=config.source, path=where)

@@ -94,6 +94,10 @@ def make_case(case: str, tmp_path: Path, tiny_model: Path) -> tuple[list[str], P
         "temperature": {"grid": {"temperature": [-0.5]}},
         "top-p": {"grid": {"top_p": [1.5]}},
         "top-k": {"grid": {"top_k": [-1]}},
+        "order-stage": {"grid": {"top_n_sigma": [1.0]}},
+        "order-list": {"grid": {"settings": [{"top_p": 0.9, "order": ["top_k", "temperature"]}]}},
+        "qualifier": {"grid": {"xtc_threshold": [0.2]}},
+        "no-setting": {"grid": {"mirostat": [2], "top_k": [40], "order": ["llama_cpp"]}},
         "min-p": {"grid": {"min_p": [1.0]}},
         "samples": {"samples_per_prompt": 0},
         "seed-range": {"seed": 2**64},
@@ -168,7 +172,8 @@ CASES = ["invalid-yaml", "duplicate-key", "unknown-key", "wrong-type", "temperat
          "tests-compile", "tests-entry-point", "answer-format", "code-metric", "reference-metric",
          "reference-prompt", "vlm-model", "served-credentials",
          "served-key", "served-entropy", "served-unreachable", "vllm-missing", "vllm-engine-args",
-         "unhonoured-knob", "unknown-backend", "other-backends-field",
+         "unhonoured-knob", "order-stage", "order-list", "qualifier", "no-setting", "unknown-backend",
+         "other-backends-field",
          "ray-workers", "ray-address"]
 
 

@@ -9,7 +9,7 @@ import math
 import typing
 from typing import Annotated
 
-from pydantic import Field, create_model, field_validator, model_validator
+from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
 from evalkit.config.base import _Strict
 from evalkit.errors import shown
@@ -18,6 +18,18 @@ from evalkit.settings import QUALIFIES, SCHEDULERS, ImageSetting, Setting, knob_
 SETTINGS_MAX = 100_000  # settings in one grid (the product of its lists)
 
 
+
+
+def _point(point: dict) -> Setting:
+    """One point of the product as a Setting; a combination no setting can be (mirostat with top_k) is refused in
+    one line naming the lists' values that make it (ValueError)."""
+    try:
+        return Setting(**point)
+    except ValidationError as e:
+        fields = Setting.model_fields
+        values = ", ".join(f"{k} {shown(v)}" for k, v in point.items() if v != fields[k].default)
+        why = str(e.errors()[0]["msg"]).removeprefix("Value error, ")
+        raise ValueError(f"the grid's lists combine {values}, which is no setting: {why}") from None
 
 
 def _qualified(point: dict) -> dict:
@@ -77,7 +89,7 @@ class _Grid(_Strict):
         out: list[Setting] = []
         if any(a is not None for a in axes) or self.settings is None:
             lists = [a if a is not None else [Setting.model_fields[n].default] for a, n in zip(axes, self.KNOB_AXES)]
-            out += [Setting(**_qualified(dict(zip(self.KNOB_AXES, values)))) for values in itertools.product(*lists)]
+            out += [_point(_qualified(dict(zip(self.KNOB_AXES, values)))) for values in itertools.product(*lists)]
         out += self.settings or []
         return list(dict.fromkeys(out))
 

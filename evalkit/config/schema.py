@@ -20,7 +20,7 @@ from evalkit.config.base import _Strict, bools_as_numbers, refuse_bools_as_numbe
 from evalkit.config.grid import SETTINGS_MAX, GridConfig, ImageOptions
 from evalkit.config.model import (BACKEND_NAMES, MODELS, VLLM_OWN_ARGS, DiffusersModel, ExecutorConfig, HFModel,
                                   ModelConfig, OpenAIModel, VLLMModel, VLMModel)
-from evalkit.errors import shown
+from evalkit.errors import ConfigError, shown
 from evalkit.settings import ImageSetting, Setting
 
 __all__ = ["BACKEND_NAMES", "BATCH_MAX", "DEFAULT_METRICS", "MODELS", "SEED_MAX", "SETTINGS_MAX", "VLLM_OWN_ARGS",
@@ -272,7 +272,12 @@ class SweepConfig(_Strict):
         return self.model.KIND
 
     def settings(self) -> list[Setting] | list[ImageSetting]:
-        return self.grid.expand_images() if self.kind == "text-to-image" else self.grid.expand()
+        if self.kind == "text-to-image":
+            return self.grid.expand_images()
+        try:
+            return self.grid.expand()
+        except ValueError as e:  # a point of the grid's product that is no setting
+            raise ConfigError(str(e), source=self.source, path="grid") from None
 
     def resolve_path(self, path: str) -> Path:
         p = Path(path).expanduser()
