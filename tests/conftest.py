@@ -61,6 +61,7 @@ def build_tiny_model(directory: Path, *, chat_template: bool = True, context: in
 MODULE_MARKERS = {"test_served": ("server",), "test_ray": ("ray",), "test_report_browser": ("browser",),
                   "test_sandbox": ("sandbox",), "test_vllm": ("vllm",),
                   "test_default_model": ("slow",),
+                  "test_sampler_sweep": ("slow",),  # three sweeps over every engine order's samplers
                   "test_resume_cache": ("slow",),  # runs stopped part way in a child process, then resumed
                   "test_vlm_sweep": ("slow",),  # four tiny vision-language models built and run
                   # a tiny Stable Diffusion pipeline built and run
