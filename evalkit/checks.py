@@ -35,6 +35,10 @@ class Checks:
     tests: str | None = None
     entry_point: str | None = None
     code_prefix: str = ""
+    # the samples continue the prompt as raw text (completion mode: no chat template applied), so a sample's code is
+    # its whole text and a ``` in it (in a docstring or a comment) is code, not Markdown; set by the pipeline from
+    # how the prompt was rendered, never by a prompt
+    completion: bool = False
 
     def same_as(self, other: Checks) -> bool:
         """The same checks, a numeric answer compared by value (42, "42.0")."""
@@ -44,9 +48,9 @@ class Checks:
         return self == other
 
     def as_json(self) -> dict:
-        """The fields that are set (what a run's prompts.jsonl keeps)."""
+        """The fields that are set (what a run's prompts.jsonl keeps; completion mode is its ``chat_template``)."""
         return {k: v for k, v in asdict(self).items()
-                if v not in (None, "") and not (k == "answer_format" and self.answer is None)}
+                if v not in (None, "") and k != "completion" and not (k == "answer_format" and self.answer is None)}
 
 
 CHECK_FIELDS = ("answer", "answer_format", "answer_pattern", "tests", "entry_point", "code_prefix")
@@ -103,9 +107,11 @@ def _check_answer(text: str, fmt: str, pattern: str | None) -> None:
     if fmt == "regex":
         if not pattern:
             raise ValueError("answer_format regex needs an answer_pattern (a regular expression)")
+        import regex  # the engine that searches it (evalkit_metrics.answers): one with a time limit
+
         try:
-            compiled = re.compile(pattern)
-        except re.error as e:
+            compiled = regex.compile(pattern)
+        except regex.error as e:
             raise ValueError(f"answer_pattern is not a regular expression ({e})") from None
         if compiled.groups > 1:
             raise ValueError(f"answer_pattern has {compiled.groups} groups: give at most one (the answer)")

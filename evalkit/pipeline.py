@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -145,6 +145,8 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
             ref_token_ids = reference_token_ids(executor.abilities, references, metrics)
             features = model_features(executor.abilities, samples, references, prepared, metrics, ui)
             executor.close()  # the workers are freed before scoring
+            raw = {p.prompt.id for p in prepared if not p.chat_template}  # completion mode: the text is the code
+            checks = {pid: replace(c, completion=True) if pid in raw else c for pid, c in checks.items()}
             scoring = Scoring(settings, metrics, config.ci.level, config.ci.resamples, config.seed, checks, references,
                               {p.prompt.id: p.prompt.display for p in prepared}, features, ref_logprobs, ref_token_ids)
             run = score_and_complete(writer, samples, scoring, ui, timings=timings, reused=reused)

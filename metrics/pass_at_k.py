@@ -6,9 +6,11 @@ Unbiased estimator: 1 - C(n-c, k) / C(n, k) with c the samples that pass, comput
 when k > n.
 
 A sample's code is the first fenced code block of its text (```` ``` ```` or ```` ```python ````), else the
-whole text. The program run is: the prompt's ``code_prefix``, the code, the prompt's ``tests``, and
-``check(entry_point)`` when the tests define a function ``check`` (HumanEval's convention); a sample
-passes when that program runs to its end inside :mod:`evalkit.sandbox` within ``timeout`` seconds.
+whole text; in completion mode (no chat template: the sample continues the prompt's code) the whole text, since
+a fence there (in a docstring or a comment) is code, not Markdown. The program run is: the prompt's
+``code_prefix``, the code, the prompt's ``tests``, and ``check(entry_point)`` when the tests define a function
+``check`` (HumanEval's convention); a sample passes when that program runs to its end inside
+:mod:`evalkit.sandbox` within ``timeout`` seconds.
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ def program(text: str, checks: Checks) -> str:
     """The program that tests one sample."""
     call = f"\n\ncheck({checks.entry_point})\n" if _defines_check(checks.tests or "") else "\n"
     prefix = checks.code_prefix + ("\n" if checks.code_prefix and not checks.code_prefix.endswith("\n") else "")
-    return f"{prefix}{extract_code(text)}\n\n{checks.tests}{call}"
+    code = text if checks.completion else extract_code(text)  # completion mode: fences in it are code
+    return f"{prefix}{code}\n\n{checks.tests}{call}"
 
 
 class PassAtKParams(BaseModel):

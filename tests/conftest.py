@@ -59,7 +59,7 @@ def build_tiny_model(directory: Path, *, chat_template: bool = True, context: in
 # What a test module needs, by module: its markers (see pyproject.toml); server, ray, browser, sandbox and vllm tests
 # are slow.
 MODULE_MARKERS = {"test_served": ("server",), "test_ray": ("ray",), "test_report_browser": ("browser",),
-                  "test_sandbox": ("sandbox",), "test_vllm": ("vllm",),
+                  "test_sandbox": ("sandbox",), "test_humaneval": ("sandbox",), "test_vllm": ("vllm",),
                   "test_default_model": ("slow",),
                   "test_sampler_sweep": ("slow",),  # three sweeps over every engine order's samplers
                   "test_resume_cache": ("slow",),  # runs stopped part way in a child process, then resumed

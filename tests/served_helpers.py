@@ -1,7 +1,8 @@
 """Real servers for the served-model tests, on 127.0.0.1 only: llama.cpp's server (llama-cpp-python)
 serving the embedded SmolLM2 GGUF, and a small proxy in front of it that forwards every request
 and, when a test's script says so, answers instead: 429 with Retry-After, 5xx, a dropped connection,
-a reply that is not JSON, is cut short or is huge, a slow reply, or a request with a field removed."""
+a reply that is not JSON, is cut short or is huge, a slow reply, a request with a field removed, or a
+model listing that says another kind of server."""
 
 from __future__ import annotations
 
@@ -123,8 +124,9 @@ def leaked(reply: dict, credentials: str) -> bytes:
 class FaultProxy:
     """Forwards to ``upstream`` (host, port); ``script(n, method, path, body)`` may return an action for
     the n-th request (counted from 1): ("status", code, headers), "echo-key", "leak-key", "disconnect",
-    "garbage", "truncated", "huge", ("slow", seconds), ("drop", field), ("reject", field) or ("fingerprint",
-    text). Every request is logged."""
+    "garbage", "truncated", "huge", ("slow", seconds), ("drop", field), ("reject", field), ("fingerprint",
+    text) or ("owned_by", text): GET /models says the models are owned by ``text`` (as llama.cpp's server says
+    "llamacpp" and vLLM's "vllm"). Every request is logged."""
 
     def __init__(self, upstream_port: int, script=None):
         self.upstream_port = upstream_port
@@ -192,6 +194,10 @@ class FaultProxy:
                         payload = leaked(json.loads(payload), self.headers.get("Authorization", ""))
                     if kind == "fingerprint" and status == 200 and method == "POST":  # as vLLM's and OpenAI's do
                         payload = json.dumps({**json.loads(payload), "system_fingerprint": action[1]}).encode()
+                    if kind == "owned_by" and status == 200 and method == "GET":
+                        listing = json.loads(payload)
+                        listing["data"] = [{**m, "owned_by": action[1]} for m in listing["data"]]
+                        payload = json.dumps(listing).encode()
                     if kind == "truncated":
                         self.send_response(status)
                         self.send_header("Content-Type", "application/json")

@@ -8,6 +8,7 @@ import pytest
 from evalkit.checks import Checks, make_checks, parse_number
 from evalkit.scoring.metric import Group
 from evalkit.settings import Setting
+from evalkit_metrics import answers
 from evalkit_metrics.answers import Accuracy, MajorityVote, extract, majority
 from evalkit_metrics.pass_at_k import extract_code, pass_at_k, program
 
@@ -61,6 +62,8 @@ def test_parse_number(text, value):
     ("The answer is 42 (since x=3)", "strict", "42"), ("The answer is 42 (x >= 5)", "strict", "42"),
     # GSM8K's marker goes first, whatever follows it
     ("#### 42\nThe answer is below", "strict", "42"),
+    # "answer:" alone on its line: the next non-empty line (as docs/tasks.md says), and only that line
+    ("Answer:\n\n42\n43", "strict", "42"),
 ])
 def test_number_extraction(text, mode, expected):
     assert extract(text, NUMBER, mode) == expected
@@ -77,6 +80,16 @@ def test_number_extraction(text, mode, expected):
     ("The answer is A because Sydney is big.", "strict", "A"), ("The answer is A, not B.", "strict", "A"),
     ("The answer is B because Canberra.", "strict", "B"), ("Answer: I think it is D", "strict", "D"),
     ("Answer: A lot depends, but B", "strict", "B"), ("Answer: A is right", "strict", "A"),
+    # without a marker, flexible takes a bare letter alone too (as strict does), not a letter inside a sentence
+    ("B", "flexible", "B"), ("b.", "flexible", "B"), ("I think B", "flexible", None),
+    # a hedge names no answer: the letter taken is one of alternatives the span joins ("A or B" scored 1 for B)
+    ("The answer is A or B", "flexible", None), ("The answer is B or C.", "strict", None),
+    ("Answer: (a) or (b)", "flexible", None), ("The answer is either A or B", "flexible", None),
+    ("Answer: A, B or C", "flexible", None), ("Answer: B/C", "flexible", None), ("Answer: A & B", "flexible", None),
+    ("The answer is A or maybe B", "flexible", None), ("The answer is (B) and (C)", "flexible", None),
+    # other letters beside the answer are no hedge
+    ("The answer is B. A and C are wrong.", "strict", "B"), ("Answer: A and C are both wrong, so B", "strict", "B"),
+    ("The answer is B, not (C)", "strict", "B"), ("The answer is (B) or, in other words, B", "strict", "B"),
 ])
 def test_choice_extraction(text, mode, expected):
     assert extract(text, make_checks(answer="B", answer_format="choice"), mode) == expected
@@ -95,6 +108,24 @@ def test_exact_and_regex_extraction():
     assert extract("id ab12.", whole) == "ab12"
     optional = make_checks(answer="no", answer_format="regex", answer_pattern=r"verdict:\s*(yes|no)?")
     assert extract("verdict: maybe", optional) is None and extract("verdict: no.", optional) == "no"
+
+
+def test_a_pattern_that_backtracks_catastrophically_gives_up_with_its_reason(monkeypatch):
+    # (a|aa)+$ on 32 a's and a "!" takes about a Fibonacci(32) of steps: seconds of CPU time, 100 times the limit
+    # set here (the limit counts CPU time, so a loaded machine does not trip it early)
+    monkeypatch.setattr(answers, "PATTERN_CPU_S", 0.02)
+    slow = make_checks(answer="a", answer_format="regex", answer_pattern=r"(a|aa)+$")
+    accuracy = Accuracy(Accuracy.Params())
+    s = accuracy.compute(group(["a", "a" * 32 + "!", "a"], slow))
+    assert math.isnan(s.value) and "answer_pattern '(a|aa)+$' gave up after 0.02 s of CPU time" in s.reason
+    assert "prompt 'p'" in s.reason and "\n" not in s.reason
+    # the pattern is not searched again: another prompt's group with it is unscored for the same reason, at once
+    again = accuracy.compute(group(["a"], slow, pid="q"))
+    assert math.isnan(again.value) and again.reason == s.reason
+    assert math.isnan(MajorityVote(MajorityVote.Params()).compute(group(["a" * 32 + "!"], slow)).value)
+    # the pattern: nested repeats that the regex engine matches without backtracking (no answer, at once)
+    nested = make_checks(answer="a", answer_format="regex", answer_pattern=r"(a+)+$")
+    assert extract("a" * 34 + "!", nested) is None and extract("xaaa", nested) == "aaa"
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -22,7 +22,9 @@ from conftest import base_config
 # missing here fails test_every_knob_is_classified: a new knob must say how its effect is shown.
 LLAMA = {"temperature": 1.5, "order": "llama_cpp"}
 VLLM = {"temperature": 1.5, "order": "vllm"}
-DRY = {"dry_multiplier": 3.0, "dry_allowed_length": 1}
+# every repeat counts, and no breaker ("@") occurs in the prompts: their repeats (the chat template's) count from the
+# first step, so the 8-token samples show each DRY knob
+DRY = {"dry_multiplier": 0.5, "dry_allowed_length": 0, "dry_sequence_breakers": ["@"]}
 TEXT_EXAMPLES = {
     "temperature": ({"temperature": 1.0}, {"temperature": 0.0}),
     "top_p": ({"temperature": 1.5}, {"temperature": 1.5, "top_p": 0.05}),
@@ -40,7 +42,7 @@ TEXT_EXAMPLES = {
     "xtc_threshold": ({**LLAMA, "xtc_probability": 1.0}, {**LLAMA, "xtc_probability": 1.0, "xtc_threshold": 0.001}),
     "dry_multiplier": (LLAMA, {**LLAMA, **DRY}),
     "dry_base": ({**LLAMA, **DRY}, {**LLAMA, **DRY, "dry_base": 4.0}),
-    "dry_allowed_length": ({**LLAMA, **DRY}, {**LLAMA, **DRY, "dry_allowed_length": 0}),
+    "dry_allowed_length": ({**LLAMA, **DRY}, {**LLAMA, **DRY, "dry_allowed_length": 2}),
     "dry_penalty_last_n": ({**LLAMA, **DRY}, {**LLAMA, **DRY, "dry_penalty_last_n": 2}),
     "dry_sequence_breakers": ({**LLAMA, **DRY}, {**LLAMA, **DRY, "dry_sequence_breakers": ["a", "e", " "]}),
     "mirostat": (LLAMA, {**LLAMA, "mirostat": 2, "mirostat_tau": 1.0}),
@@ -102,13 +104,23 @@ def engine_samples(backend, setting: Setting) -> list:
 
 
 def served_request(setting) -> dict:
-    """The sampling fields of a request, built by the served backend's own method (the neutral values the
-    capability check found a server to take are sent with every request)."""
+    """The sampling fields of a request on each kind of server, built by the served backend's own method (the
+    neutral values the capability check found a server to take are sent with every request); None where that kind
+    of server does not apply the setting (the capability check refuses it there)."""
     from types import SimpleNamespace
 
     from evalkit.generation.served import ServedBackend
+    from evalkit.generation.served.protocol import KINDS
 
-    return ServedBackend.knobs(SimpleNamespace(sent={"top_k": -1, "min_p": 0.0}), setting, 16)
+    backend = SimpleNamespace(sent={"top_k": -1, "min_p": 0.0})
+    return {name: None if kind.refusal(setting) else ServedBackend.knobs(backend, setting, 16, kind=kind)
+            for name, kind in KINDS.items()}
+
+
+# The served backend's examples where TEXT_EXAMPLES' cannot show its effect: no server counts a repetition
+# penalty over the output only (the plan refuses that scope), llama.cpp's counts it over the last N tokens.
+SERVED_EXAMPLES = {"penalty_scope": ({"temperature": 1.5, "repetition_penalty": 5.0},
+                                     {"temperature": 1.5, "repetition_penalty": 5.0, "penalty_scope": 32})}
 
 
 def effect(spec, knob: str, base, changed, engine_backend) -> bool:
@@ -120,11 +132,20 @@ def effect(spec, knob: str, base, changed, engine_backend) -> bool:
         # vlm decodes through the same engine as hf: the tiny text model shows both
         assert type(engine_backend).generate is EngineBackend.generate
         return engine_samples(engine_backend, base) != engine_samples(engine_backend, changed)
-    if spec.name == "openai":
-        return served_request(base) != served_request(changed)
+    if spec.name == "openai":  # some kind of server is sent something else (and takes the changed setting)
+        before, after = served_request(base), served_request(changed)
+        return any(after[kind] is not None and after[kind] != before[kind] for kind in after)
     if spec.name == "vllm":
         from evalkit.generation.vllm_engine import engine_knobs
 
+        if knob == "penalty_scope":
+            # vLLM has one scope per penalty (what auto means in its order): the example's other scope is refused
+            # before the run, in one line, and an explicit scope equal to vLLM's own is taken as auto is
+            why = spec.refusal(changed)
+            assert why is not None and why[0] == knob and "leave penalty_scope auto" in why[1], why
+            own = Setting(**{**base.params(), "penalty_scope": "prompt+output"})  # the example: repetition
+            assert spec.refusal(own) is None and engine_knobs(own, 49152) == engine_knobs(base, 49152)
+            return True
         return engine_knobs(base, 49152) != engine_knobs(changed, 49152)
     if spec.name == "diffusers":
         from evalkit.generation.diffusers import pipeline_call
@@ -153,13 +174,21 @@ def test_every_order_a_backend_does_not_apply_is_refused(backend, tmp_path):
 
 
 def test_the_capability_check_tests_every_knob_a_server_is_sent():
-    from evalkit.generation.served.protocol import REQUEST_KNOBS
-    from evalkit.generation.served.probe import EXTREMES, grid_sets
+    from evalkit.generation.served.probe import PROBES, grid_sets, probes
+    from evalkit.generation.served.protocol import KINDS, REQUEST_KNOBS
 
-    assert set(EXTREMES) == set(REQUEST_KNOBS) == spec_of("openai").knobs
-    for knob, (base, changed) in TEXT_EXAMPLES.items():
-        if knob in REQUEST_KNOBS:
-            assert knob in grid_sets([Setting(**changed)]) and knob not in grid_sets([Setting(**base)])
+    sent = {knob for kind in KINDS.values() for knob in kind.fields} | {"penalty_scope"}  # vLLM's: no field
+    assert set(PROBES) == set(REQUEST_KNOBS) == sent == spec_of("openai").knobs - {"order"}
+    for knob in REQUEST_KNOBS:  # the check probes a knob where the grid sets it, with requests the kinds take
+        pair = [Setting(**params) for params in SERVED_EXAMPLES.get(knob, TEXT_EXAMPLES[knob])]
+        assert any(knob in setting.set_knobs() for setting in pair)
+        for setting in pair:
+            assert (knob in grid_sets([setting])) == (knob in setting.set_knobs())
+        assert probes(knob, pair), f"nothing shows that a server applies {knob}"
+        for p in probes(knob, pair):
+            for kind in KINDS.values():
+                if knob in kind.fields:
+                    assert kind.refusal(p.built(p.setting)) is None and kind.refusal(p.built(p.against)) is None
 
 
 @pytest.mark.parametrize("backend", list(BACKENDS))
@@ -167,6 +196,8 @@ def test_every_backend_honours_or_refuses_every_knob(backend, engine_backend, tm
     spec = spec_of(backend)
     images = spec.kind == "text-to-image"
     setting_type, examples = (ImageSetting, IMAGE_EXAMPLES) if images else (Setting, TEXT_EXAMPLES)
+    if spec.name == "openai":
+        examples = {**examples, **SERVED_EXAMPLES}
     for knob in setting_type.model_fields:
         base, changed = (setting_type(**params) for params in examples[knob])
         honoured = knob in spec.knobs and (knob != "order" or changed.order in spec.orders)
@@ -174,6 +205,20 @@ def test_every_backend_honours_or_refuses_every_knob(backend, engine_backend, tm
             # vLLM's sampler has one order, its own, which `order: vllm` names: it is checked against vLLM's sampler
             # in tests/test_vllm.py (chi-square, vLLM's environment); every other order is refused (below)
             assert spec.own_order == chain_labels(ORDERS["vllm"]) and spec.orders == ("vllm",)
+            continue
+        if knob == "order" and spec.name == "openai":
+            # a server applies its own order, which no request field changes: a setting that names llama.cpp's or
+            # vLLM's passes the plan, and the capability check refuses it where the server applies another
+            # (tests/test_served.py); every other order is refused by the plan (below)
+            from evalkit.generation.served.protocol import KINDS
+
+            assert spec.orders == ("llama_cpp", "vllm") and spec.order_name is None
+            assert served_request(changed)["vllm"] is not None and served_request(changed)["llama.cpp"] is None
+            assert KINDS["other"].refusal(changed) == ("order", "order 'vllm' (an OpenAI-compatible server of "
+                                                                "unknown kind applies its own order, which evalkit "
+                                                                "cannot name)")
+            message = refused(spec, knob, base, tmp_path)
+            assert "backend openai does not honour order 'transformers' (it applies llama_cpp, vllm)" in message
             continue
         if honoured:
             assert effect(spec, knob, base, changed, engine_backend), f"{backend} claims {knob} but ignores it"
@@ -193,14 +238,14 @@ def test_engine_backends_apply_every_named_order(engine_backend):
 
 
 def test_a_refused_knob_names_the_backend_the_knob_and_those_that_honour_it():
-    config = config_from_dict({"name": "t", "prompts": ["a"], "grid": {"temperature": [0.7], "order": ["vllm"]},
+    config = config_from_dict({"name": "t", "prompts": ["a"], "grid": {"temperature": [0.7], "order": ["sglang"]},
                                "model": {"backend": "openai", "id": "m", "base_url": "http://127.0.0.1:9/v1"}},
                               source="c.yaml")
     with pytest.raises(ConfigError) as e:
         checked_inputs(config)
-    assert str(e.value) == ("c.yaml: grid.order: backend openai does not honour order 'vllm' (it applies its own "
-                            "only), which setting t0.7-p1-ovllm sets; backends that do: hf, vllm (evalkit backends "
-                            "lists each one's knobs)")
+    assert str(e.value) == ("c.yaml: grid.order: backend openai does not honour order 'sglang' (it applies "
+                            "llama_cpp, vllm), which setting t0.7-p1-osglang sets; backends that do: hf (evalkit "
+                            "backends lists each one's knobs)")
 
 
 def test_plan_refuses_what_a_backend_does_not_honour(tmp_path, write_config):
@@ -228,7 +273,7 @@ def test_backends_json_parses_and_matches_the_specs():
     assert result.exit_code == 0, result.output
     rows = {row["backend"]: row for row in json.loads(result.output)}
     assert list(rows) == list(BACKENDS)
-    assert rows["openai"]["orders"] == ["auto"] and rows["openai"]["remote"] is True
+    assert rows["openai"]["orders"] == ["auto", "llama_cpp", "vllm"] and rows["openai"]["remote"] is True
     assert rows["hf"]["orders"] == ["auto", *ORDERS] and "order" in rows["hf"]["knobs"]
     assert rows["vllm"]["own_order"] == list(chain_labels(ORDERS["vllm"]))
     assert "token_stats" in rows["hf"]["metric_inputs"] and "token_stats" not in rows["openai"]["metric_inputs"]

@@ -47,7 +47,7 @@ def test_cli_score(tmp_path):
                                       str(tmp_path / "out"), "-q"])
     assert result.exit_code == 0, result.output
     run = evalkit.load_run(tmp_path / "out")
-    assert set(run.samples.setting_id) == {"t1-p1", "t0.5-p1"}
+    assert set(run.samples.setting_id) == {"unknown", "t0.5-p1"}  # prompt q's lines name no setting
     bleu = run.scores[(run.scores.metric == "self_bleu[n=4,smooth=method1,tok=words]")].set_index("prompt_id").value
     # two identical 2-token samples: p1 = p2 = 1, no 3- or 4-grams: method1 gives 0.1 each
     assert bleu["2"] == pytest.approx((1 * 1 * 0.1 * 0.1) ** 0.25, abs=1e-15)
@@ -65,6 +65,31 @@ def test_rows_of_two_chain_orders_are_two_settings(tmp_path):
     run = evalkit.load_run(tmp_path / "out")
     assert sorted(run.samples.setting_id) == ["t0.7-p1", "t0.7-p1-ovllm"]
     assert sorted(s.params["order"] for s in run.manifest.settings) == ["auto", "vllm"]
+
+
+def test_lines_without_a_setting_have_an_unknown_one_not_an_invented_one(tmp_path):
+    """A line that gives no knob was sampled with a setting nobody said: it is ``unknown`` with null knobs in every
+    table, no parameters in the manifest, and so in the report; a line that gives temperature 1 is t1-p1."""
+    from evalkit.report.build import render_report
+
+    path = write_rows(tmp_path / "g.jsonl", [{"prompt": "q", "text": "a b c"}, {"prompt": "q", "text": "a b d"},
+                                            {"prompt": "q", "temperature": 1, "text": "a a"},
+                                            {"prompt": "q", "temperature": 0.5, "top_k": 40, "text": "b b"}])
+    run = score_file(path, ["distinct_1"], tmp_path / "out", progress=False)
+    samples = run.samples.set_index("text")
+    assert list(samples.setting_id) == ["unknown", "unknown", "t1-p1", "t0.5-p1-k40"]
+    unknown = samples.loc["a b c"]
+    assert unknown[["temperature", "top_p", "top_k", "min_p", "order"]].isna().all()
+    assert samples.loc["b b", "top_k"] == 40 and samples.loc["a a", "temperature"] == 1.0
+    assert {s.id: s.params for s in run.manifest.settings}["unknown"] == {}
+    summary = run.summary.set_index("setting_id")
+    assert summary.loc["unknown", ["temperature", "top_p"]].isna().all()
+    assert summary.loc["unknown", "mean"] == pytest.approx(4 / 6)  # scored: only the setting is unknown
+    render_report([run.path])  # a table of known and unknown knobs
+    alone = score_file(write_rows(tmp_path / "u.jsonl", [{"prompt": "q", "text": "a b"}]), ["distinct_1"],
+                       tmp_path / "alone", progress=False)
+    html = render_report([alone.path])
+    assert "unknown" in html and "t1-p1" not in html and "temperature: 1" not in html
 
 
 @pytest.mark.parametrize("content, message", [

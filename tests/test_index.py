@@ -167,6 +167,37 @@ def test_nightly_loop_end_to_end(tiny_model, tmp_path, monkeypatch):
     assert bad.exit_code == 2 and "--fail-on and --junit need --baseline" in bad.output
 
 
+def test_a_run_resumed_from_another_directory_stays_in_its_own_index(tiny_model, tmp_path, monkeypatch):
+    """output_dir (and index) are relative to the working directory where the run started: its config.yaml keeps
+    them absolute, so --resume from elsewhere records the run in the index beside it, not in a new one there."""
+    import evalkit
+    from evalkit import pipeline
+    from evalkit.config import config_from_dict
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.delenv("EVALKIT_INDEX", raising=False)
+    started, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    started.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(started)
+    config = base_config(tiny_model, "runs", samples_per_prompt=1, max_new_tokens=2, grid={"temperature": [1.0]},
+                         metrics=["distinct_1"])
+    with monkeypatch.context() as stop_while_scoring:
+        stop_while_scoring.setattr(pipeline, "score_samples", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            evalkit.run_sweep(config_from_dict(config), progress=False, cache=False)
+    (run_dir,) = (m.parent for m in (started / "runs").glob("*/manifest.json"))
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["output_dir"] == str(started / "runs")
+    monkeypatch.chdir(elsewhere)
+    resumed = evalkit.run_sweep(None, resume=run_dir, progress=False, cache=False)
+    assert resumed.manifest.status == "complete" and list(elsewhere.iterdir()) == []
+    with RunIndex(started / "runs" / "index.sqlite", create=False) as index:
+        runs = index.runs()
+        assert list(runs["run_id"]) == [resumed.manifest.run_id] and list(runs["status"]) == ["complete"]
+
+
 def test_nightly_config_is_valid():
     from evalkit.config import load_config
 

@@ -119,3 +119,16 @@ def test_named_repository_paths_exist():
             if not (ROOT / name.rstrip(".")).exists():
                 missing.append(f"{path.relative_to(ROOT)}: {name}")
     assert missing == []
+
+
+def test_the_readme_says_what_the_test_command_skips_without_the_system_programs():
+    """The sandbox and browser tests skip silently outside CI: the README names the system programs .ci/run installs
+    and every EVALKIT_REQUIRE_* variable it sets to turn such a skip into a failure."""
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    installed = re.search(r"apt-get install -y -qq ([^>]+)>", ci).group(1).split()
+    required = re.findall(r"export (EVALKIT_REQUIRE_\w+)=1", ci)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    intro = readme[:readme.index(readme_commands()[1])]  # the text before the test command
+    assert {"bubblewrap", "chromium"} <= set(installed) and len(required) >= 2
+    for name in ["bubblewrap", "chromium", *required]:
+        assert name in intro, name

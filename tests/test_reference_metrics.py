@@ -392,6 +392,21 @@ def test_verdict_thresholds():
     assert verdict(-0.3, nan, nan, 1) == "weak" and verdict(-0.6, nan, nan, 1) == "wrong sign"  # pooled
 
 
+def test_a_rho_on_the_threshold_passes_whatever_its_last_bit():
+    # ranks (1, 3, 5, 2, 4) against five temperatures: rho = 1 - 6 * 10 / 120 = 1/2 exactly, which scipy gives as
+    # 0.49999999999999994 (flagged weak before the thresholds had a tolerance)
+    temps = dict(zip("abcde", (0.2, 0.5, 0.7, 1.0, 1.5)))
+    half = stats.spearmanr(list(temps.values()), [1, 3, 5, 2, 4]).statistic
+    assert half != 0.5 and half == pytest.approx(0.5)
+    nan = float("nan")
+    assert verdict(half, nan, nan, 1) == "ok" and verdict(-half, nan, nan, 1) == "wrong sign"
+    assert verdict(-half, nan, nan, -1) == "ok" and verdict(half, 0.1, 0.9, 1) == "ok"
+    pooled = scores_table({(s, POOLED): v for s, v in zip(temps, (1, 3, 5, 2, 4))}, "z")
+    row = decoding_test(pooled, temps, {"z": {"kind": "diversity", "direction": 1}}).iloc[0]
+    assert row["rho"] == half and row["verdict"] == "ok"
+    assert verdict(0.5 - 1e-6, nan, nan, 1) == "weak"  # a rho below 1/2 is still below it
+
+
 def test_metrics_check_command(tmp_path):
     run = evalkit.score_file(scored_file(tmp_path, temperatures=(0.3, 0.7, 1.0, 1.5), prompts=5),
                              ["distinct_2", "self_bleu", "ttr"], tmp_path / "out", progress=False)

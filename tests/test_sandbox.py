@@ -91,11 +91,12 @@ def test_unbounded_allocation_fails(sandbox, host):
 
 def test_a_programs_memory_is_bounded_across_its_processes(sandbox, host):
     # memory files count against no process limit: refused; the program's children share its process limit,
-    # so its memory is at most its processes' address space together (the budget the workers are sized by)
+    # so its memory is at most its processes' address space together, and the harness's process that runs its
+    # tests (the budget the workers are sized by)
     outcome = sandbox.run("import os\nos.memfd_create('hoard')")
     assert not outcome.passed and "PermissionError" in outcome.detail
     limits = Limits()
-    assert limits.budget == limits.memory * limits.processes + limits.tmp_size + (8 << 20) <= 5 << 30
+    assert limits.budget == limits.memory * (limits.processes + 1) + limits.tmp_size + (8 << 20) <= 5 << 30
     tight = Sandbox(limits, workers=None)
     available = next(int(line.split()[1]) * 1024 for line in open("/proc/meminfo") if line.startswith("MemAvailable"))
     assert 1 <= tight.workers <= max(1, available // limits.budget)
@@ -232,7 +233,7 @@ def test_programs_see_themselves_as_a_module(sandbox, host):
 def test_outcomes_are_cached_by_program_and_limits(sandbox, host, monkeypatch):
     ran = []
     real = Sandbox._run
-    monkeypatch.setattr(Sandbox, "_run", lambda self, program, slot: ran.append(program) or real(self, program, slot))
+    monkeypatch.setattr(Sandbox, "_run", lambda self, program, slot: ran.append(program.code) or real(self, program, slot))
     a, b = "assert 1 == 1  # cached a", "assert 2 == 3  # cached b"
     outcomes = sandbox.run_many([a, b, a])
     assert [o.passed for o in outcomes] == [True, False, True] and sorted(ran) == sorted([a, b])

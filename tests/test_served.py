@@ -13,7 +13,7 @@ import evalkit
 from evalkit.cli import app
 from evalkit.config import config_from_dict
 from evalkit.errors import EvalkitError
-from evalkit.generation.served.probe import PROBE_SEEDS
+from evalkit.generation.served.probe import PROBE_SEEDS, PROBE_TEXT
 
 from conftest import served_config
 from served_helpers import FaultProxy, LlamaServer, free_port
@@ -303,6 +303,198 @@ def test_a_knob_the_server_ignores_or_rejects_is_refused_before_any_sample(llama
             line = _start_failure(tmp_path, write_config, served_config(proxy.base_url, tmp_path / "runs", grid=grid))
         assert f"model: {proxy.base_url} {expected}" in line and "the grid sets" in line, line
         assert not sample_posts(proxy, 12)  # not one sample was asked for
+
+
+# ---------------------------------------------------------------------- the knobs of each kind of server
+
+def posing_as(owner: str, then=None):
+    """A proxy script: GET /models says the models are owned by ``owner`` (llama.cpp's server says "llamacpp",
+    vLLM's "vllm"); every other request goes by ``then(n, method, path, body)``."""
+    return lambda n, m, p, body: ("owned_by", owner) if m == "GET" else (then(n, m, p, body) if then else None)
+
+
+def generation_of(run, bodies: list[dict]) -> dict[str, dict]:
+    """Each setting's sample requests, by setting id, without prompt, model and seed (what the manifest holds)."""
+    setting_of = {int(r.seed) % SEED_MODULUS: r.setting_id for r in run.samples.itertuples()}
+    out: dict[str, dict] = {}
+    for b in bodies:
+        knobs = {k: v for k, v in b.items() if k not in ("model", "prompt", "seed")}
+        assert out.setdefault(setting_of[b["seed"]], knobs) == knobs  # every request of a setting alike
+    return out
+
+
+PENALTY_GRID = {"settings": [
+    {"temperature": 0.8}, {"temperature": 0.8, "repetition_penalty": 1.3},
+    {"temperature": 0.8, "presence_penalty": 0.5}, {"temperature": 0.8, "frequency_penalty": 0.5, "order": "llama_cpp"},
+    {"temperature": 0.0, "repetition_penalty": 1.3},
+    {"temperature": 1.0, "mirostat": 2, "mirostat_tau": 3.0, "mirostat_eta": 0.2}]}
+
+
+def test_penalties_and_mirostat_go_to_llama_cpp_python_under_its_names(llama_server, tmp_path):
+    config = served_config("", tmp_path / "runs", grid=PENALTY_GRID, samples_per_prompt=1)
+    with FaultProxy(llama_server.port) as proxy:
+        config["model"]["base_url"] = proxy.base_url
+        run = sweep(config)
+    server = run.manifest.model["server"]
+    assert server["kind"] == "llama-cpp-python" and server["order"] == "llama_cpp"
+    assert server["order_check"] == ("the llama_cpp order: min-p before the temperature (6 requests with "
+                                     "temperature=10000, min_p=0.999 gave one text)")
+    assert server["honoured"] == ["temperature", "mirostat", "mirostat_tau", "mirostat_eta", "repetition_penalty",
+                                  "presence_penalty", "frequency_penalty"]
+    assert "generated tokens" in server["auto_penalty_scope"]
+    sent = generation_of(run, sample_posts(proxy, 12))
+    assert len(sent) == 6
+    own = {"t0.8-p1-rp1.3": {"repeat_penalty": 1.3}, "t0.8-p1-pp0.5": {"presence_penalty": 0.5},
+           "t0.8-p1-ollama_cpp-fp0.5": {"frequency_penalty": 0.5},
+           "t0-p1-rp1.3": {"repeat_penalty": 1.3, "temperature": 0.0},
+           "t1-p1-mi2-mtau3-meta0.2": {"mirostat_mode": 2, "mirostat_tau": 3.0, "mirostat_eta": 0.2,
+                                       "temperature": 1.0}}
+    for sid, fields in own.items():  # each under llama-cpp-python's name, beside the others at their neutral values
+        assert {k: sent[sid][k] for k in fields} == fields, sid
+        assert {k: v for k, v in sent[sid].items() if k not in fields} == {
+            k: v for k, v in sent["t0.8-p1"].items() if k not in fields}, sid
+    assert "repetition_penalty" not in own and sent["t0.8-p1"]["repeat_penalty"] == 1.0  # llama.cpp's default: 1.1
+    for s in run.manifest.settings:  # the manifest holds exactly what the requests carry
+        assert {k: v for k, v in s.generation.items() if k not in ("engine", "endpoint", "seed")} == sent[s.id]
+    # the check showed each knob applied: a penalty moves the greedy text of a repetitive prompt
+    probes = [body for *_, body, _ in proxy.posts() if body.get("prompt") == PROBE_TEXT]
+    assert {(b.get("repeat_penalty"), b.get("presence_penalty"), b.get("frequency_penalty")) for b in probes} >= {
+        (2.0, 0.0, 0.0), (1.0, 2.0, 0.0), (1.0, 0.0, 2.0), (1.0, 0.0, 0.0)}
+    assert all(b["temperature"] == 0.0 and b["max_tokens"] == 16 for b in probes)
+
+
+def test_what_llama_cpp_python_has_no_field_for_is_refused_before_any_request(llama_server, tmp_path, write_config):
+    refused = {
+        "typical_p": ({"typical_p": 0.5}, "typical_p (llama-cpp-python's server has no request field for it; "
+                                          "llama.cpp's server takes typical_p), which setting t0.8-p1-ty0.5 sets"),
+        "top_n_sigma": ({"top_n_sigma": 1.0}, "top_n_sigma (llama-cpp-python's server has no request field"),
+        "xtc": ({"xtc_probability": 0.5}, "xtc_probability (llama-cpp-python's server has no request field"),
+        "dry": ({"dry_multiplier": 0.8}, "dry_multiplier (llama-cpp-python's server has no request field"),
+        "min_tokens": ({"min_tokens": 4}, "min_tokens (llama-cpp-python's server has no request field for it; a "
+                                          "vLLM server takes min_tokens)"),
+        "a window": ({"repetition_penalty": 1.2, "penalty_scope": 32},
+                     "penalty_scope 32 (llama-cpp-python's server counts its penalties over the last "
+                     "--last_n_tokens_size generated tokens (64 unless the server was started with another), which no "
+                     "request field changes: leave penalty_scope auto)"),
+        "vLLM's order": ({"order": "vllm"}, "order 'vllm' (llama-cpp-python's server applies the llama_cpp order), "
+                                            "which setting t0.8-p1-ovllm sets"),
+    }
+    for name, (knobs, message) in refused.items():
+        with FaultProxy(llama_server.port) as proxy:
+            grid = {"settings": [{"temperature": 0.8}, {"temperature": 0.8, **knobs}]}
+            line = _start_failure(tmp_path, write_config, served_config(proxy.base_url, tmp_path / "runs", grid=grid))
+        assert line.startswith(f"error: sweep.yaml: grid: {proxy.base_url} does not honour "), (name, line)
+        assert message in line, (name, line)
+        assert proxy.posts() == [], name  # refused from its /models entry: not one request
+
+
+def test_a_knob_the_server_drops_is_refused(llama_server, tmp_path, write_config):
+    """The check sees a knob that does not reach the server (as a server that does not know the field would)."""
+    for grid, dropped, expected in (
+            ({"temperature": [0.8], "repetition_penalty": [1.0, 1.3]}, "repeat_penalty",
+             "ignores repetition_penalty: with repeat_penalty=2 the greedy text of a repetitive prompt is the one it "
+             "gives without it, and the grid sets repetition_penalty"),
+            ({"temperature": [0.8], "frequency_penalty": [0.0, 0.5]}, "frequency_penalty",
+             "ignores frequency_penalty: with frequency_penalty=2 the greedy text"),
+            ({"settings": [{"mirostat": 2, "mirostat_tau": 3.0}]}, "mirostat_mode",
+             "ignores mirostat: 6 requests with mirostat_mode=2, mirostat_tau=0.5, mirostat_eta=0.001 gave"),
+            ({"settings": [{"mirostat": 1, "mirostat_tau": 3.0, "mirostat_eta": 0.5}]}, "mirostat_eta",
+             "ignores mirostat_eta: 6 requests with mirostat_mode=1, mirostat_tau=0.5, mirostat_eta=1 gave one text "
+             "(it lets more than one token through)")):
+        with FaultProxy(llama_server.port, lambda n, m, p, body, f=dropped: ("drop", f) if body else None) as proxy:
+            line = _start_failure(tmp_path, write_config, served_config(proxy.base_url, tmp_path / "runs", grid=grid))
+        assert f"model: {proxy.base_url} {expected}" in line, line
+        assert not sample_posts(proxy, 12)
+
+
+def test_mirostat_with_a_temperature_is_refused_where_the_server_drops_the_temperature(llama_server, tmp_path,
+                                                                                        write_config):
+    # llama-cpp-python's chain with mirostat has no temperature stage; llama.cpp's applies it before mirostat
+    grid = {"settings": [{"temperature": 1.0, "mirostat": 2}, {"temperature": 0.7, "mirostat": 2}]}
+    with FaultProxy(llama_server.port) as proxy:
+        line = _start_failure(tmp_path, write_config, served_config(proxy.base_url, tmp_path / "runs", grid=grid))
+    assert (f"model: {proxy.base_url} ignores temperature with mirostat: 6 requests with mirostat_mode=2, "
+            "mirostat_tau=0.5, mirostat_eta=1, temperature=0.01 gave") in line, line
+    assert not sample_posts(proxy, 12)
+
+
+def test_a_llama_cpp_server_gets_llama_cpps_names_and_the_check_sees_what_it_ignores(llama_server, tmp_path,
+                                                                                     write_config):
+    """Behind a proxy whose /models says llama.cpp's server, llama-cpp-python is sent llama.cpp's fields: it takes
+    the penalty (the same name), and the check finds that it ignores the samplers it has no field for."""
+    config = served_config("", tmp_path / "ok", grid={"temperature": [0.8], "repetition_penalty": [1.0, 1.3]})
+    with FaultProxy(llama_server.port, posing_as("llamacpp")) as proxy:
+        config["model"]["base_url"] = proxy.base_url
+        run = sweep(config)
+    server = run.manifest.model["server"]
+    assert server["kind"] == "llama.cpp" and server["order"] == "llama_cpp"
+    assert server["honoured"] == ["temperature", "repetition_penalty"]
+    sent = generation_of(run, sample_posts(proxy, 12))
+    assert sent["t0.8-p1-rp1.3"]["repeat_penalty"] == 1.3 and sent["t0.8-p1-rp1.3"]["repeat_last_n"] == 64
+    assert "repeat_last_n" not in sent["t0.8-p1"]  # no penalty, no window
+    ignored = {  # what llama-cpp-python drops without a word
+        "typical_p": ({"typical_p": 0.5}, "ignores typical_p: 6 requests with typical_p=0.001 gave",
+                      {"typical_p": 0.001}),
+        "top_n_sigma": ({"top_n_sigma": 1.0}, "ignores top_n_sigma: 6 requests with top_n_sigma=0.001 gave",
+                        {"top_n_sigma": 0.001}),
+        "xtc": ({"xtc_probability": 0.5, "xtc_threshold": 0.2},
+                "ignores xtc_probability: 6 requests with top_k=2, xtc_probability=1, xtc_threshold=0.001 gave",
+                {"top_k": 2, "xtc_probability": 1.0, "xtc_threshold": 0.001}),
+        "dry": ({"dry_multiplier": 0.8, "dry_sequence_breakers": ["\n"]},
+                "ignores dry_multiplier: with dry_multiplier=1 the greedy text of a repetitive prompt is the one it "
+                "gives without it", {"dry_multiplier": 1.0, "dry_base": 1.75, "dry_allowed_length": 2,
+                                     "dry_penalty_last_n": -1, "dry_sequence_breakers": ["\n", ":", '"', "*"]}),
+        "a window": ({"repetition_penalty": 1.2, "penalty_scope": 16},
+                     "ignores penalty_scope: with repeat_penalty=2, repeat_last_n=1 the greedy text of a repetitive "
+                     "prompt is the one it gives with repeat_penalty=2", {"repeat_penalty": 2.0, "repeat_last_n": 1}),
+    }
+    for name, (knobs, message, probe_fields) in ignored.items():
+        grid = {"settings": [{"temperature": 0.8, **knobs}]}
+        with FaultProxy(llama_server.port, posing_as("llamacpp")) as proxy:
+            line = _start_failure(tmp_path, write_config, served_config(proxy.base_url, tmp_path / "runs", grid=grid))
+        assert f"model: {proxy.base_url} {message}" in line, (name, line)
+        bodies = [body for *_, body, _ in proxy.posts()]
+        assert any(all(b.get(k) == v for k, v in probe_fields.items()) for b in bodies), name  # sent, by its name
+        assert not sample_posts(proxy, 12)
+
+
+def test_a_server_whose_order_is_not_its_kinds_is_taken_for_an_unknown_one(llama_server, tmp_path, write_config):
+    """A /models entry that says vLLM, in front of llama.cpp's sampler (min-p before the temperature, where vLLM
+    applies it after): not vLLM's order, so no order is named for it, and what only vLLM takes is refused."""
+    config = served_config("", tmp_path / "ok")
+    with FaultProxy(llama_server.port, posing_as("vllm")) as proxy:
+        config["model"]["base_url"] = proxy.base_url
+        run = sweep(config)
+    server = run.manifest.model["server"]
+    assert server["kind"] == "other" and server["order"] is None
+    assert server["order_check"] == ("not the vllm order a vLLM server applies: min-p before the temperature (6 "
+                                     "requests with temperature=10000, min_p=0.999 gave one text); taken for a "
+                                     "server of unknown kind")
+    note = ("(its /models entry says a vLLM server, but it applies min-p before the temperature (6 requests with "
+            "temperature=10000, min_p=0.999 gave one text))")
+    for knobs, message in (({"order": "vllm"}, "order 'vllm' (an OpenAI-compatible server of unknown kind applies "
+                                               "its own order, which evalkit cannot name)"),
+                           ({"min_tokens": 4}, "min_tokens (an OpenAI-compatible server of unknown kind has no "
+                                               "request field for it; a vLLM server takes min_tokens)")):
+        grid = {"settings": [{"temperature": 0.8, **knobs}]}
+        with FaultProxy(llama_server.port, posing_as("vllm")) as proxy:
+            line = _start_failure(tmp_path, write_config, served_config(proxy.base_url, tmp_path / "runs", grid=grid))
+        assert f"grid: {proxy.base_url} does not honour {message}, which setting" in line and line.endswith(note), line
+        assert not sample_posts(proxy, 12)
+
+
+def test_penalties_are_checked_over_the_chat_api_too(llama_server, tmp_path):
+    config = served_config("", tmp_path / "runs", model={"api": "chat"}, grid={"temperature": [0.8],
+                                                                              "presence_penalty": [0.0, 0.5]},
+                           prompts=[{"id": "q", "prompt": "Name a colour."}])
+    with FaultProxy(llama_server.port) as proxy:
+        config["model"]["base_url"] = proxy.base_url
+        run = sweep(config)
+    assert run.manifest.model["server"]["honoured"] == ["temperature", "presence_penalty"]
+    probes = [body for *_, body, _ in proxy.posts() if body.get("messages") == [{"role": "user",
+                                                                                 "content": PROBE_TEXT}]]
+    assert {b["presence_penalty"] for b in probes} == {0.0, 2.0}
+    assert all(p.endswith("/v1/chat/completions") for _, _, p, _, _ in proxy.posts())
 
 
 def test_the_api_key_is_written_nowhere(llama_server, tmp_path, monkeypatch, write_config):

@@ -119,6 +119,47 @@ def test_a_sweep_with_checks_scores_its_own_samples(tiny_model, tmp_path, sandbo
     assert kept[2]["checks"]["tests"] == "assert inc(1) == 2"
 
 
+# a completion whose docstring shows a fenced example: in completion mode it is code, fences and all
+FENCED_DOCSTRING = '    """Add.\n\n    ```python\n    >>> add(1, 2)\n    ```\n    """\n    return a + b\n'
+
+
+def test_fences_in_completion_mode_code_are_code_not_markup(tmp_path, sandboxed):
+    from dataclasses import replace
+
+    from evalkit.checks import make_checks
+    from evalkit_metrics.pass_at_k import program
+
+    he = make_checks(tests=HE_TEST, entry_point="add", code_prefix=HE_PREFIX)
+    completion = replace(he, completion=True)
+    assert FENCED_DOCSTRING in program(FENCED_DOCSTRING, completion)
+    assert program(FENCED_DOCSTRING, he).count(">>> add") == 1  # chat mode: the fenced block is the code
+    passed = [o.passed for o in Sandbox().run_many([program(FENCED_DOCSTRING, completion),
+                                                    program(FENCED_DOCSTRING, he)])]
+    assert passed == [True, False]
+    assert completion.as_json() == he.as_json()  # prompts.jsonl keeps the prompt's checks; chat_template says the mode
+
+
+@pytest.mark.parametrize("chat_template, completion", [(False, True), ("auto", False)])
+def test_a_sweep_scores_code_by_how_its_prompts_were_rendered(tiny_model, tmp_path, monkeypatch, chat_template,
+                                                               completion):
+    import evalkit.pipeline
+
+    seen = {}
+    score = evalkit.pipeline.score_and_complete
+    monkeypatch.setattr(evalkit.pipeline, "score_and_complete",
+                        lambda writer, samples, scoring, ui, **kw: seen.update(scoring.checks) or
+                        score(writer, samples, scoring, ui, **kw))
+    prompts = {"items": [{"id": "he", "prompt": HE_PREFIX, "tests": HE_TEST, "entry_point": "add",
+                          "code_prefix": HE_PREFIX}, {"id": "n", "prompt": "2+2?", "answer": 4}],
+               "chat_template": chat_template}
+    config = base_config(tiny_model, tmp_path / "runs", prompts=prompts, samples_per_prompt=1, max_new_tokens=2,
+                         grid={"temperature": [1.0]}, metrics=["accuracy"])
+    run = evalkit.run_sweep(config_from_dict(config), progress=False)
+    assert {pid: c.completion for pid, c in seen.items()} == {"he": completion, "n": completion}
+    kept = [json.loads(line) for line in (run.path / "prompts.jsonl").read_text().splitlines()]
+    assert [p["chat_template"] for p in kept] == [not completion] * 2 and "completion" not in kept[0]["checks"]
+
+
 def test_humaneval_and_gsm8k_files(tmp_path):
     he = write_jsonl(tmp_path / "he.jsonl", [{"task_id": "HumanEval/0", "prompt": HE_PREFIX, "test": HE_TEST,
                                               "entry_point": "add", "canonical_solution": "    return a + b\n"}])

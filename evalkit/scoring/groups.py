@@ -28,17 +28,20 @@ from evalkit.settings import ImageSetting, Setting
 
 def groups_of(samples: pd.DataFrame, setting_type: type | None = None,
               checks: dict[str, Checks] | None = None, references: ReferenceSet | None = None,
-              features: dict | None = None) -> list[Group]:
+              features: dict | None = None, settings: list | None = None) -> list[Group]:
     """One Group per (prompt, setting), samples in sample-index order, prompts in first-seen order; settings of
-    ``setting_type`` (default: the type whose parameters the samples' columns hold); ``checks`` by prompt id;
+    ``setting_type`` (default: the type whose parameters the samples' columns hold), or the one of ``settings``
+    with the samples' setting id (a setting its columns do not give: ``unknown``); ``checks`` by prompt id;
     ``references``: the run's, given to every group."""
     out = []
+    known = {s.id: s for s in settings or ()}
     checks = checks or {}
     ordered = samples.sort_values("sample_index", kind="stable")
     make = setting_type or (ImageSetting if set(ImageSetting.model_fields) <= set(samples.columns) else Setting)
     for (pid, sid), df in ordered.groupby(["prompt_id", "setting_id"], sort=False):
         first = df.iloc[0]
-        setting = make(**{c: first[c] for c in make.model_fields if c in first})  # a knob newer than the run: neutral
+        setting = known[sid] if sid in known else make(**{c: first[c] for c in make.model_fields
+                                                            if c in first})  # a knob newer than the run: neutral
         stats = {c: tuple(tuple(float(v) for v in vals) for vals in df[c]) for c in STAT_COLUMNS if c in df}
         images = tuple(str(p) for p in df["image_path"]) if "image_path" in df else ()
         prompt_image = str(first["prompt_image"]) if "prompt_image" in df else None
@@ -100,7 +103,7 @@ def score_samples(run_dir: Path, samples: pd.DataFrame, settings: list, metrics:
     for column in ("image_path", "prompt_image"):  # stored relative to the run directory
         if column in samples:
             samples = samples.assign(**{column: [str(Path(run_dir) / p) for p in samples[column]]})
-    groups = groups_of(samples, type(settings[0]) if settings else Setting, checks, references, features)
+    groups = groups_of(samples, type(settings[0]) if settings else Setting, checks, references, features, settings)
     with ui.phase("scoring", total=len(groups)) as phase:
         scores, sample_scores = score_groups(groups, metrics, advance=phase.advance)
     pooled = [m for m in metrics if m.pooled]

@@ -5,7 +5,11 @@ renormalized distribution.
 
 - v2: tokens whose surprise -log2 p exceeds mu are removed (the most likely one always stays);
 - v1: the Zipf exponent s is estimated from the top m = 100 probabilities, then top-k with
-  k = ((s - 1) 2^mu / (1 - N^-(s - 1)))^(1/s), N the vocabulary size.
+  k = max(1, int(((s - 1) 2^mu / (1 - N^-(s - 1)))^(1/s))), N the vocabulary size: exactly k tokens are kept, as
+  llama.cpp keeps them (among tokens tied at the cut, llama.cpp's sort leaves the choice unspecified; evalkit keeps
+  the lowest token ids). A k that is not a number, infinite or at least 2^31 keeps one token, as llama.cpp does on
+  x86-64: it converts k to int unchecked (undefined in C++; x86 gives INT_MIN, then max(k, 1) = 1; on ARM the
+  conversion saturates and every token is kept). mu grows past 31 when tau is more surprise than the model reaches.
 """
 
 from __future__ import annotations
@@ -17,31 +21,52 @@ import torch
 from evalkit.generation.samplers.base import NEG_INF, Transform
 
 M = 100  # llama.cpp's common sampler: the top tokens the Zipf estimate uses
+INT_LIMIT = 2.0**31  # a float k from here on is no int: llama.cpp's conversion gives INT_MIN on x86-64
 
 
-def mirostat(out: torch.Tensor, params) -> torch.Tensor:
-    version = params.mirostat
-    if not bool((version > 0).any()):
-        return out
-    probs = out.softmax(dim=-1)
-    mu = params.mu[:, None]
-    keep2 = (-torch.log2(probs) <= mu) | (probs >= probs.amax(dim=-1, keepdim=True))
-    out2 = out.masked_fill(~keep2, NEG_INF)
-    if not bool((version == 1).any()):
-        return torch.where((version == 2)[:, None], out2, out)
-    vocab = out.shape[-1]
+def zipf_k(probs: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    """[rows] mirostat v1's k: s estimated by least squares from the ratios of the top m probabilities,
+    t_i = log((i + 2) / (i + 1)), b_i = log(p_i / p_(i+1)), s = sum t b / sum t^2 (float64 over float32 probabilities),
+    k = max(1, int(...)) with llama.cpp's int on x86-64 (1 for what no int holds), at most the vocabulary."""
+    vocab = probs.shape[-1]
     m = min(M, vocab)
     top = torch.topk(probs, m, dim=-1).values.double()
-    i = torch.arange(m - 1, device=out.device, dtype=torch.float64)
+    i = torch.arange(m - 1, device=probs.device, dtype=torch.float64)
     t = torch.log((i + 2) / (i + 1))
     b = torch.log(top[:, :-1] / top[:, 1:])
     s_hat = (t * b).sum(dim=-1) / (t * t).sum()
     eps = s_hat - 1
-    k = ((eps * torch.pow(2.0, params.mu.double())) / (1 - torch.pow(float(vocab), -eps))) ** (1 / s_hat)
-    k = torch.nan_to_num(k, nan=1.0, posinf=float(vocab)).clamp(min=1, max=vocab).floor().long()
-    kth = torch.topk(out, int(k.max()), dim=-1).values.gather(1, (k - 1)[:, None])
-    out1 = out.masked_fill(out < kth, NEG_INF)
-    return torch.where((version == 1)[:, None], out1, torch.where((version == 2)[:, None], out2, out))
+    k = ((eps * torch.pow(2.0, mu.double())) / (1 - torch.pow(float(vocab), -eps))) ** (1 / s_hat)
+    k = torch.where(k.isfinite() & (k < INT_LIMIT), k, torch.ones_like(k))
+    return k.clamp(min=1, max=vocab).floor().long()
+
+
+def keep_top(out: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Exactly ``k[r]`` tokens of each row: the largest logits, the lowest token ids first among ties."""
+    order = torch.sort(out, dim=-1, descending=True, stable=True).indices
+    ranks = torch.arange(out.shape[-1], device=out.device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(1, order, ranks)
+    return out.masked_fill(rank >= k[:, None], NEG_INF)
+
+
+def below_surprise(out: torch.Tensor, probs: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    """Mirostat v2's truncation: tokens with -log2 p > mu removed, the most likely ones always kept."""
+    keep = (-torch.log2(probs) <= mu[:, None]) | (probs >= probs.amax(dim=-1, keepdim=True))
+    return out.masked_fill(~keep, NEG_INF)
+
+
+def mirostat(out: torch.Tensor, params) -> torch.Tensor:
+    """Each mirostat row truncated by its version's rule at its current mu (rows with mirostat 0 untouched)."""
+    version = params.mirostat
+    if not bool((version > 0).any()):
+        return out
+    probs = out.softmax(dim=-1)
+    result = torch.where((version == 2)[:, None], below_surprise(out, probs, params.mu), out)
+    v1 = version == 1
+    if bool(v1.any()):
+        k = torch.where(v1, zipf_k(probs, params.mu), torch.full_like(version, out.shape[-1]))
+        result = torch.where(v1[:, None], keep_top(out, k), result)
+    return result
 
 
 def update(params, tokens: torch.Tensor, logprob: torch.Tensor) -> None:

@@ -25,7 +25,23 @@ SCOPE_ALL, SCOPE_OUTPUT = -1, 0  # a row's scope code; N > 0: the last N tokens
 
 
 def counts(params, scope: torch.Tensor, vocab: int) -> torch.Tensor:
-    """[rows, vocab] how often each token occurs in each row's scope (float32)."""
+    """[rows, vocab] how often each token occurs in each row's scope (float32). Computed once per step and scope:
+    the penalties whose scopes agree share it (kept on ``params`` with the history it counted, which
+    ``params.advance`` replaces)."""
+    history = params.history
+    cache = params.__dict__.get("_counts")
+    if cache is None or cache[0] is not history or cache[1] != (params.n_out, vocab):
+        cache = (history, (params.n_out, vocab), [])
+        params._counts = cache
+    for known, value in cache[2]:
+        if known is scope or torch.equal(known, scope):
+            return value
+    value = _count(params, scope, vocab)
+    cache[2].append((scope, value))
+    return value
+
+
+def _count(params, scope: torch.Tensor, vocab: int) -> torch.Tensor:
     history = params.history
     rows, length = history.shape
     pos = torch.arange(length, device=history.device)[None, :]

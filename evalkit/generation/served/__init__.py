@@ -7,8 +7,12 @@
   their neutral values (llama.cpp applies ``repeat_penalty`` 1.1, ``top_k`` 40 and ``min_p`` 0.05 by
   default; vLLM applies the model's generation_config.json). ``n`` is always 1: with ``n > 1`` the
   choices of one request share its seed, and a sample would depend on the request it was grouped in.
+- Each knob a setting sets goes under the name the kind of server has for it (llama.cpp's server,
+  llama-cpp-python's, vLLM's, or one of unknown kind: :data:`~evalkit.generation.served.protocol.REQUEST_KNOBS`);
+  the server applies its own chain order (llama.cpp's for a llama.cpp server, vLLM's for a vLLM server, one
+  evalkit cannot name for the others), and a setting that names another is refused.
 - Before any sample, a capability check (:mod:`evalkit.generation.served.probe`) refuses a server that
-  rejects or ignores a knob the grid sets.
+  rejects or ignores a knob the grid sets, and finds the order it applies.
 - Token statistics come from the logprobs the server returns: the chosen token's log-probability, and
   from the top-N log-probabilities a truncated entropy (``token_entropy[dist=model,top=N]``).
 """
@@ -27,11 +31,11 @@ from evalkit.config import OpenAIModel, SweepConfig
 from evalkit.errors import ConfigError, EvalkitError, shown
 from evalkit.generation.base import ModelInfo, PreparedPrompt, ProgressFn, SampleRecord, WorkUnit
 from evalkit.generation.served.client import Endpoint, ServerError, run_async
-from evalkit.generation.served.protocol import (REQUEST_KNOBS, SEED_MODULUS, parse_choice, request_knobs,
-                                                truncated_entropy)
+from evalkit.generation.served.protocol import (KINDS, REQUEST_KNOBS, SEED_MODULUS, ServerKind, kind_of,
+                                                parse_choice, truncated_entropy)
 from evalkit.generation.spec import BackendSpec
 from evalkit.prompts import Prompt
-from evalkit.settings import Setting
+from evalkit.settings import AUTO_ORDER, Setting
 
 REPLY_BYTES = 4 << 20  # a reply may hold this much, plus per token:
 REPLY_BYTES_PER_TOKEN = 4096
@@ -56,6 +60,7 @@ class ServedBackend:
         self.sent: dict[str, Any] = {}  # optional knob -> value, set by check()
         self.not_sent: dict[str, str] = {}  # optional knob -> why not
         self.logprobs = 0  # top logprobs asked for per token (0: none)
+        self.kind = kind_of(listing)  # the kind of server its /models entry says (check() confirms its order)
         self.info = ModelInfo(
             backend="openai", id=mc.id, source="served", path=mc.base_url, device="server",
             context_length=listing.get("max_model_len"), has_chat_template=self.api == "chat",
@@ -134,25 +139,27 @@ class ServedBackend:
         status(f"checking which sampling knobs {self.endpoint.base_url} honours")
         found = probe(self, settings, prompts, logprobs=logprobs, max_new_tokens=max_new_tokens or 1,
                       source=self._source)
-        self.sent, self.not_sent = found.sent, found.not_sent
+        self.sent, self.not_sent, self.kind = found.sent, found.not_sent, found.kind
         self.info.server.update(found.record())
         identity = {"base_url": self.endpoint.base_url, "model": self.model_id, "api": self.api,
                     "root": self.info.server["listed"].get("root"),  # vLLM: the weights behind the name
-                    "fingerprint": found.fingerprint, "sent": self.sent, "logprobs": logprobs}
+                    "fingerprint": found.fingerprint, "sent": self.sent, "logprobs": logprobs,
+                    "kind": self.kind.name}
         self.info.endpoint_id = "served:" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
         self.info.server["names_its_weights"] = bool(found.fingerprint or identity["root"])
 
     # ------------------------------------------------------------------ requests
 
     def body(self, prompt: PreparedPrompt, setting: Setting, seed: int, max_tokens: int,
-             stop: tuple[str, ...] = (), optional: dict[str, Any] | None = None, logprobs: int | None = None) -> dict:
-        """One request's body: the prompt, every sampling knob, the seed."""
+             stop: tuple[str, ...] = (), optional: dict[str, Any] | None = None, logprobs: int | None = None,
+             kind: ServerKind | None = None) -> dict:
+        """One request's body: the prompt, every sampling knob (under ``kind``'s names: the server's), the seed."""
         body: dict[str, Any] = {"model": self.model_id}
         if self.api == "chat":
             body["messages"] = json.loads(prompt.rendered)
         else:
             body["prompt"] = prompt.rendered
-        body.update(self.knobs(setting, max_tokens, stop, optional))
+        body.update(self.knobs(setting, max_tokens, stop, optional, kind))
         body["seed"] = seed % SEED_MODULUS
         body.update(self._logprob_fields(self.logprobs if logprobs is None else logprobs))
         return body
@@ -163,15 +170,14 @@ class ServedBackend:
         return {"logprobs": True, "top_logprobs": logprobs} if self.api == "chat" else {"logprobs": logprobs}
 
     def knobs(self, setting: Setting, max_tokens: int, stop: tuple[str, ...] = (),
-              optional: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The sampling fields of a request for ``setting`` (without prompt and seed)."""
-        out: dict[str, Any] = {"max_tokens": max_tokens, **request_knobs(setting, optional=False), "n": 1,
-                               "stream": False}
+              optional: dict[str, Any] | None = None, kind: ServerKind | None = None) -> dict[str, Any]:
+        """The sampling fields of a request for ``setting`` (without prompt and seed): the optional knobs at their
+        neutral values, and the setting's own under the names of ``kind`` of server (the server's)."""
+        out: dict[str, Any] = {"max_tokens": max_tokens, "n": 1, "stream": False}
         if stop:
             out["stop"] = list(stop)
-        for name, value in (self.sent if optional is None else optional).items():
-            out[name] = value
-        out.update(request_knobs(setting, optional=True))  # a knob the grid sets wins over its neutral value
+        out.update(self.sent if optional is None else optional)
+        out.update((kind or self.kind).request(setting))  # a knob the grid sets wins over its neutral value
         return out
 
     def generation_params(self, setting: Setting, max_new_tokens: int) -> dict[str, Any]:
@@ -319,17 +325,17 @@ def _in_thread(items: Iterator) -> Iterator:
 def plan_lines(config: SweepConfig, settings: list[Setting], prompts: list[Prompt],
                units: int) -> list[tuple[str, str]]:
     """The cost of a served sweep before anything is sent (``evalkit run --plan``)."""
-    from evalkit.generation.served.probe import MAX_PROBE_REQUESTS, PROBE_TOKENS
+    from evalkit.generation.served.probe import budget
 
     system = len(config.prompts.system_prompt or "")
     chars = sum(len(p.display) + system for p in prompts) * len(settings) * config.samples_per_prompt
     # every Ray worker checks the server and sends its own requests in flight
     workers = config.executor.workers if config.executor.kind == "ray" else 1
     each = f" ({workers} workers, each its own)" if workers > 1 else ""
-    check_tokens = workers * (3 * config.max_new_tokens + (MAX_PROBE_REQUESTS - 3) * PROBE_TOKENS)  # 3 as long
+    check_requests, check_tokens = (workers * n for n in budget(settings, config.max_new_tokens))
     return [("endpoint", f"{config.model.base_url} ({config.model.api}, model {config.model.id!r})"),
             ("requests", f"{units} (one per sample), at most {workers * config.model.concurrency} in flight{each}"),
-            ("capability check", f"at most {workers * MAX_PROBE_REQUESTS} requests, {check_tokens} tokens in all, "
+            ("capability check", f"at most {check_requests} requests, {check_tokens} tokens in all, "
                                  f"and GET /models{each}"),
             ("completion tokens, at most", str(units * config.max_new_tokens + check_tokens)),
             ("prompt characters sent, about", str(chars))]
@@ -361,14 +367,43 @@ def load(config: SweepConfig, source=None, device: str = "server", status=lambda
     return ServedBackend(config, status=status)
 
 
-SPEC = BackendSpec(
+class ServedSpec(BackendSpec):
+    """The served backend's spec. What a setting can be sent depends on the kind of server, which is known when the
+    server is asked (the capability check); before, the plan refuses what no kind of server applies: a knob none has
+    a field for, an order no kind applies (an explicit list of stages, transformers', SGLang's), a knob the named
+    order's server has no field for, a penalty scope no server can be sent."""
+
+    def refusal(self, setting: Any) -> tuple[str, str] | None:
+        refused = super().refusal(setting)
+        if refused is not None or not isinstance(setting, Setting):
+            return refused
+        if setting.order != AUTO_ORDER:
+            return NAMED[setting.order].refusal(setting)
+        every = [k.refusal(setting) for k in KINDS.values()]
+        if all(every):
+            knob, why = every[0]
+            return knob, f"{why}, nor does any other kind of server evalkit knows apply this setting"
+        return None
+
+
+NAMED = {"llama_cpp": KINDS["llama.cpp"], "vllm": KINDS["vllm"]}  # for a named order: the server that applies it
+
+SPEC = ServedSpec(
     name="openai", config=OpenAIModel, what="a served-model sweep",
     summary="a model behind an OpenAI-compatible server (llama.cpp, vLLM, SGLang, TGI, hosted APIs)",
-    needs=frozenset({"token_counts", "model_logprobs", "top_logprobs"}), knobs=frozenset(REQUEST_KNOBS), orders=(),
-    own_order=("the server's own order",),  # llama.cpp, for one, applies temperature last
+    needs=frozenset({"token_counts", "model_logprobs", "top_logprobs"}),
+    knobs=frozenset(REQUEST_KNOBS) | {"order"}, orders=tuple(NAMED),
+    own_order=("the server's own (llama_cpp on a llama.cpp server, vllm on a vLLM server: model.server.order)",),
     engine="the server", remote=True, load=load, check_model=check_model, plan_lines=plan_lines,
     hints=(("token_stats", "a server returns top-N logprobs: token_entropy with top: 20 is their lower bound, nll and "
                            "perplexity take dist: model"),
            ("token_ids", "the server's token ids are not returned: use tok: words"),
            ("model_features", "a server returns no hidden states: use a sentence embedder, emb: all-MiniLM-L6-v2")),
-    notes={"order": "the server applies its own chain (llama.cpp: temperature last); evalkit cannot choose it"})
+    notes={"order": "the server applies its own chain: llama_cpp on a llama.cpp server, vllm on a vLLM server (the "
+                    "capability check confirms it); a setting that names another is refused",
+           "typical_p": "llama.cpp's server only (as are top_n_sigma, XTC and DRY)",
+           "mirostat": "llama.cpp's server (mirostat), llama-cpp-python's (mirostat_mode, no temperature with it)",
+           "repetition_penalty": "repeat_penalty on llama.cpp's servers, repetition_penalty elsewhere",
+           "penalty_scope": "llama.cpp's server: a count of last tokens (repeat_last_n), prompt+output or auto; "
+                            "vLLM: its own scope (auto); other servers: auto",
+           "min_tokens": "a vLLM server only"})
