@@ -74,9 +74,9 @@ EVERY_KNOB = [
     dict(temperature=0.8, top_k=50, top_p=0.95, min_p=0.02, min_tokens=2, repetition_penalty=1.1, presence_penalty=0.3,
          frequency_penalty=0.3, order="sglang"),
 ]
-# evalkit's knob -> transformers generate's argument, and the neutral value sent when the knob is off (a model's
-# generation defaults are never used: every argument is explicit)
-HF_GENERATE = {"temperature": ("temperature", None), "top_p": ("top_p", None), "top_k": ("top_k", 0),
+# evalkit's knob -> transformers generate's argument, and the value sent when the knob is off (None: no processor; a
+# model's generation defaults are never used: every argument is explicit)
+HF_GENERATE = {"temperature": ("temperature", 1.0), "top_p": ("top_p", 1.0), "top_k": ("top_k", 0),
                "min_p": ("min_p", None), "typical_p": ("typical_p", 1.0), "epsilon_cutoff": ("epsilon_cutoff", 0.0),
                "eta_cutoff": ("eta_cutoff", 0.0), "repetition_penalty": ("repetition_penalty", 1.0),
                "no_repeat_ngram_size": ("no_repeat_ngram_size", 0), "min_tokens": ("min_new_tokens", 0)}
@@ -191,7 +191,7 @@ def generate_kwargs(setting: Setting) -> dict:
     missing = [k for k in setting.set_knobs() if k not in HF_GENERATE and k != "order"]
     if missing or setting.order not in ("auto", "transformers"):
         raise SystemExit(f"transformers generate has no {missing[0] if missing else 'order but its own'}")
-    return {name: getattr(setting, knob) if knob in setting.set_knobs() or off is None else off
+    return {name: getattr(setting, knob) if knob in setting.set_knobs() else off
             for knob, (name, off) in HF_GENERATE.items()}
 
 

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from machine import print_load, print_machine
 
-from evalkit.sandbox import WRAPPER, Limits, Sandbox
+from evalkit.sandbox import Limits, Program, Sandbox, wrapper
 
 
 def candidates(n: int, timeouts: int) -> list[str]:
@@ -57,8 +57,9 @@ def plain_subprocess(programs: list[str], limits: Limits, workers: int) -> int:
 
     def one(program: str) -> bool:
         try:
-            done = subprocess.run([sys.executable, "-I", "-S", "-c", WRAPPER, *args], input=b"t\n" + program.encode(),
-                                  capture_output=True, timeout=limits.timeout + 0.5, env={})
+            done = subprocess.run([sys.executable, "-I", "-S", "-c", wrapper(), *args],
+                                  input=Program(program).stdin("t"), capture_output=True,
+                                  timeout=limits.timeout + 0.5, env={})
         except subprocess.TimeoutExpired:
             return False
         return done.returncode == 0

@@ -118,6 +118,11 @@ def _check_answer(text: str, fmt: str, pattern: str | None) -> None:
     elif pattern is not None:
         raise ValueError(f"answer_pattern is only read with answer_format regex, not {fmt}")
     if fmt == "number" and parse_number(text) is None:
+        token = _number_token(text)
+        if token is not None and len(token) > MAX_NUMBER:  # a number, but longer than extraction reads
+            raise ValueError(f"answer is a number of {len(token)} characters, and numbers of more than {MAX_NUMBER} "
+                             "are not read (a sample's longer run of digits is no answer), so no sample could match "
+                             "it: compare it as text (answer_format: exact)")
         raise ValueError(f"answer {text[:60]!r} is not a number (answer_format: number)")
     if fmt == "choice" and not re.fullmatch(r"\(?[A-Za-z]\)?\.?", text):
         raise ValueError(f"answer {text[:60]!r} is not one letter (answer_format: choice)")
@@ -187,11 +192,15 @@ def parse_number(text: str) -> Fraction | None:
     """The exact value of a number written in ``text`` alone, or None: an optional sign, ``$``, thousands
     separated by commas (``1,234``), a decimal point, a fraction ``3/4`` or ``\\frac{3}{4}``, a trailing ``%``
     or period; LaTeX ``$...$`` and ``\\!``/``\\,`` spacing are ignored."""
+    t = _number_token(text)
+    return None if t is None else number_value(t)
+
+
+def _number_token(text: str) -> str | None:
+    """``text`` as one :data:`NUMBER` token (LaTeX and spacing dropped, as :func:`parse_number` reads it), or None."""
     t = text.strip().strip("$").replace("\\!", "").replace("\\,", "").replace("\\ ", "").replace("{,}", ",")
     t = t.strip().removesuffix(".").strip()
-    if not NUMBER.fullmatch(t):
-        return None
-    return number_value(t)
+    return t if NUMBER.fullmatch(t) else None
 
 
 MAX_NUMBER = 100  # characters: a longer run of digits is no number (degenerate samples repeat digits)

@@ -83,7 +83,9 @@ def ordered_samples(run: Run, settings: list[str]) -> pd.DataFrame:
     """The samples of these settings in the order of the settings, the run's prompts and the sample index."""
     samples = run.samples
     samples = samples[samples["setting_id"].isin(settings)]
-    prompt_order = {pid: i for i, pid in enumerate(run.prompts["id"])}
+    prompts = _prompts(run)
+    ids = prompts["id"] if prompts is not None else samples["prompt_id"].unique()  # a scored file's: as they come
+    prompt_order = {pid: i for i, pid in enumerate(ids)}
     setting_order = {sid: i for i, sid in enumerate(settings)}
     keys = pd.DataFrame({"s": samples["setting_id"].map(setting_order),
                          "p": samples["prompt_id"].map(prompt_order).fillna(len(prompt_order)),
@@ -93,14 +95,19 @@ def ordered_samples(run: Run, settings: list[str]) -> pd.DataFrame:
 
 def completions(run: Run, samples: pd.DataFrame) -> Iterator[tuple[str, str]]:
     """(task id, completion) of each sample: its text in completion mode, else the code pass@k reads from it."""
-    prompts = run.prompts
+    prompts = _prompts(run)
     templated = (dict(zip(prompts["id"], prompts["chat_template"].fillna(True).astype(bool)))
-                 if "chat_template" in prompts else {})
+                 if prompts is not None and "chat_template" in prompts else {})
     from evalkit_metrics.pass_at_k import extract_code
 
     for pid, text in zip(samples["prompt_id"], samples["text"]):
         # a chat reply, or a text made elsewhere (a scored file): the code inside it
         yield str(pid), extract_code(text) if templated.get(pid, True) else text
+
+
+def _prompts(run: Run) -> pd.DataFrame | None:
+    """The run's prompts.jsonl; None for a scored file's run, which has none (its prompts come with its texts)."""
+    return run.prompts if (run.path / "prompts.jsonl").is_file() else None
 
 
 def _line(row: dict, knobs: dict[str, dict]) -> dict:

@@ -30,8 +30,11 @@ repeats itself) run once.
 
 from __future__ import annotations
 
+import binascii
+import functools
 import hashlib
 import json
+import marshal
 import math
 import os
 import secrets
@@ -41,6 +44,7 @@ import subprocess
 import sys
 import queue
 import threading
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,11 +59,18 @@ SLOT_UIDS = 1_800_000_000
 TAIL = 4096  # bytes of a program's output kept (the verdict is its last line)
 TAMPERED = "tampers with the harness: "  # how a tampering sample's reason starts (sample_scores.parquet)
 
-# Runs inside the sandbox (``python -I -S -c WRAPPER CPU MEMORY PROCESSES FILES FILE_SIZE SITE_DIRS...``):
-# evalkit/sandbox_harness.py, whose docstring says how its three processes keep the verdict out of the
-# program's reach. It puts the environment's site-packages on the path without running their .pth hooks
-# (a third of a start-up).
-WRAPPER = (Path(__file__).parent / "sandbox_harness.py").read_text(encoding="utf-8")
+
+
+@functools.cache
+def wrapper() -> str:
+    """What runs inside the sandbox (``python -I -S -c WRAPPER CPU MEMORY PROCESSES FILES FILE_SIZE SITE_DIRS...``):
+    :mod:`evalkit.sandbox_harness`, whose docstring says how its three processes keep the verdict out of the
+    program's reach, compiled here once (compiling it in every sandbox would cost more than the rest of its start).
+    It puts the environment's site-packages on the path without running their .pth hooks (a third of a start-up)."""
+    source = (Path(__file__).parent / "sandbox_harness.py").read_text(encoding="utf-8")
+    code = compile(source, "sandbox_harness.py", "exec", optimize=2, dont_inherit=True)
+    packed = binascii.b2a_base64(zlib.compress(marshal.dumps(code), 9), newline=False).decode()
+    return f"import binascii, marshal, zlib; exec(marshal.loads(zlib.decompress(binascii.a2b_base64({packed!r}))))"
 
 
 @dataclass(frozen=True)
@@ -92,10 +103,9 @@ class Limits:
 
     @property
     def budget(self) -> int:
-        """The most memory one program can hold: each of its processes' address space (and the harness's process
-        that runs its tests), its /tmp and /dev/shm (memfd_create and System V shared memory, which no limit would
-        count, are refused)."""
-        return self.memory * (self.processes + 1) + self.tmp_size + SHM_SIZE
+        """The most memory one program can hold: each of its processes' address space, its /tmp and /dev/shm
+        (memfd_create and System V shared memory, which no limit would count, are refused)."""
+        return self.memory * self.processes + self.tmp_size + SHM_SIZE
 
     @property
     def cpu(self) -> int:
@@ -201,7 +211,7 @@ class Sandbox:
         os.write(filter_w, seccomp_filter())
         os.close(filter_w)
         try:
-            proc = subprocess.Popen([*command(lim, slot, seccomp_fd=filter_r), "-I", "-S", "-c", WRAPPER, *args],
+            proc = subprocess.Popen([*command(lim, slot, seccomp_fd=filter_r), "-I", "-S", "-c", wrapper(), *args],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={},
                                     start_new_session=True, pass_fds=(filter_r,))
         except OSError as e:

@@ -1,25 +1,25 @@
-"""What runs inside the code sandbox (:mod:`evalkit.sandbox`): three processes, so that the verdict comes from
-where the candidate's code cannot reach.
+"""What runs inside the code sandbox (:mod:`evalkit.sandbox`): two processes, so that the verdict comes from where
+the candidate's code cannot reach.
 
-Started as ``python -I -S -c SOURCE CPU MEMORY PROCESSES FILES FILE_SIZE SITE_DIRS...`` with a token and a job
+Started as ``python -I -S -c WRAPPER CPU MEMORY PROCESSES FILES FILE_SIZE SITE_DIRS...`` with a token and a job
 (JSON: ``prefix``, ``code``, ``tests``, ``entry_point``) on stdin:
 
-- the *supervisor* (this process) makes itself unreachable (``PR_SET_DUMPABLE`` 0: no process of its user may
-  open its ``/proc/<pid>/mem``, ``environ``, ``maps`` or ``fd``, nor trace it), sets the limits and forks the
-  *candidate* process before it reads stdin, so that no secret is ever in that process's memory; then it reads
-  the job and forks the *tests* process, unreachable as well;
-- the candidate process runs the prefix and the code as the module ``__candidate__``, then serves the tests
-  process's requests on a pair of pipes (call this function of yours, get this attribute, compare these two of
-  your objects...);
-- the tests process never runs the candidate's code: it runs the prompt's prefix and the tests, with the
-  candidate's names bound to plain data (rebuilt from bytes, so Python's own types compare it) or to proxies
-  (:class:`Remote`) whose every use is a request; it reports to the supervisor on a pipe that only they hold;
-- the supervisor, once every other process is dead, writes the token and the verdict as the last line.
+- the *supervisor* (the first process) puts itself out of reach (``PR_SET_DUMPABLE`` 0: no process of its user
+  may open its ``/proc/<pid>/mem``, ``environ``, ``maps`` or ``fd``, nor trace it; the program has no capability),
+  sets the limits and forks the *candidate* process before it reads stdin, so that neither the token nor the tests
+  are ever in that process's memory;
+- the candidate process runs the prefix and the code as the module ``__candidate__``, says which names it
+  defines, then serves the supervisor's requests on a pair of pipes (call this function of yours, get this
+  attribute, compare these two of your objects...);
+- the supervisor never runs the candidate's code: it runs the prompt's prefix and the tests itself, with the
+  candidate's names bound to plain data (rebuilt from JSON, so that Python's own types compare it) or to proxies
+  (:class:`Remote`) whose every use is a request; a tests' value never reaches an object of the candidate's in a
+  comparison. Once the tests ended, it kills every other process and writes the token and the verdict (JSON) as
+  the last line of the output.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -30,7 +30,7 @@ TEXT = 300  # characters of a message kept in a verdict
 EXACT = 1 << 53  # integers below this go as JSON numbers, larger ones as hexadecimal text
 PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = 4, 36
 
-# Standard-library modules that the tests process imports itself where the candidate's module binds them
+# Standard-library modules that the supervisor imports itself (for the tests) where the candidate's module binds them
 # under their own name (``import math``): what the tests call is then Python's, not the candidate's.
 # Any other module of the candidate's reaches the tests as a proxy.
 OWN_MODULES = frozenset({"abc", "array", "bisect", "calendar", "cmath", "collections", "copy", "dataclasses",
@@ -45,9 +45,44 @@ VALUE_CLASSES = frozenset({("collections", "OrderedDict"), ("collections", "defa
 MUTABLE = (list, dict, set, bytearray)  # arguments whose changes by a call are copied back to the caller's
 # what the candidate's process may ask of the objects the tests passed it (a key function, a callback)
 FOR_THE_CANDIDATE = frozenset({"call", "repr", "str", "bool", "hash", "eq", "ne"})
-PROTOCOL = "writes to the harness's pipe (a message the tests' process did not ask for or cannot read)"
+PROTOCOL = "writes to the harness's pipe (a message the harness did not ask for or cannot read)"
 EQUAL_TO_ANYTHING = "returns an object that says it equals anything (its __eq__)"
 EXITS = "exits (status 0) before its tests end"
+
+
+def _codec():
+    """JSON's own C scanner and encoder, without the json package (which imports re: a fifth of a start-up)."""
+    try:
+        import _json
+    except ImportError:  # not CPython
+        import json
+
+        return (lambda value: json.dumps(value, separators=(",", ":"))), json.loads
+
+    class Context:
+        strict, object_hook, object_pairs_hook, parse_float, parse_int = True, None, None, float, int
+        parse_constant = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}.__getitem__
+
+    def refuse(value):
+        raise TypeError(f"{type(value).__name__} is not JSON")
+
+    scan = _json.make_scanner(Context)
+    encode = _json.make_encoder(None, refuse, _json.encode_basestring_ascii, None, ":", ",", False, False, True)
+
+    def loads(text):
+        text = text.decode("ascii") if isinstance(text, bytes) else text
+        try:
+            value, end = scan(text, 0)
+        except StopIteration:
+            raise ValueError("not JSON") from None
+        if end != len(text):
+            raise ValueError("more than one JSON value")
+        return value
+
+    return (lambda value: "".join(encode(value, 0))), loads
+
+
+dumps, loads = _codec()
 
 
 class Stop(BaseException):
@@ -58,14 +93,14 @@ _PEER: Peer | None = None  # the one peer of this process
 
 
 class Peer:
-    """One end of the pipes between the candidate's process and the tests' process: values cross as JSON, by
-    value when they are plain data, else by reference (the receiver gets a :class:`Remote`)."""
+    """One end of the pipes between the candidate's process and the supervisor (which runs the tests): values
+    cross as JSON, by value when they are plain data, else by reference (the receiver gets a :class:`Remote`)."""
 
     def __init__(self, read_fd: int, write_fd: int, serves_all: bool):
         global _PEER
         _PEER = self
         self.r, self.w = read_fd, write_fd
-        self.serves_all = serves_all  # the candidate's process: any request; the tests': FOR_THE_CANDIDATE only
+        self.serves_all = serves_all  # the candidate's process: any request; the supervisor: FOR_THE_CANDIDATE
         self.pid = os.getpid()
         self.mine: dict[int, object] = {}  # what this process sent by reference, by id
         self.my_ids: dict[int, int] = {}  # id(object) -> its id in ``mine``
@@ -91,7 +126,7 @@ class Peer:
             self.tamper.append(what)
 
     def send(self, message) -> None:
-        data = json.dumps(message, separators=(",", ":")).encode()
+        data = dumps(message).encode()
         if len(data) > MAX_FRAME:
             raise ValueError(f"a value of {len(data) >> 20} MiB is more than crosses the sandbox's pipe")
         view = memoryview(len(data).to_bytes(8, "big") + data)
@@ -107,7 +142,7 @@ class Peer:
             raise self.fail("sent a message larger than the harness reads", tamper=PROTOCOL)
         body = self._read(n)
         try:
-            message = json.loads(body)
+            message = loads(body)
         except (ValueError, RecursionError):
             raise self.fail("sent what the harness cannot read", tamper=PROTOCOL) from None
         if type(message) is not list or not message or type(message[0]) is not str:
@@ -174,7 +209,7 @@ class Peer:
         return result
 
     def serve(self, message: list) -> None:
-        """Answer one request of the other process's (the candidate's process: any; the tests': FOR_THE_CANDIDATE
+        """Answer one request of the other process's (the candidate's process: any; the supervisor: FOR_THE_CANDIDATE
         on what the tests sent it)."""
         try:
             _, op, raw = message
@@ -182,7 +217,7 @@ class Peer:
                 raise TypeError(op)
             if not self.serves_all and (op not in FOR_THE_CANDIDATE or not raw or type(raw[0]) is not list
                                         or raw[0][:1] != ["y"]):
-                raise self.fail(f"asked the tests' process for {str(op)[:40]!r}", tamper=PROTOCOL)
+                raise self.fail(f"asked the harness for {str(op)[:40]!r}", tamper=PROTOCOL)
             operands = [self.decode(x) for x in raw]
         except Stop:
             raise
@@ -701,17 +736,17 @@ for _op in BINARY:
 
 
 def _ops() -> dict:
-    """What the candidate's process does for the tests' process (the operations a :class:`Remote` asks for)."""
-    import copy
+    """What the candidate's process does for the supervisor (the operations a :class:`Remote` asks for)."""
+    import _operator as operator  # not operator, copy or signal: they import a tenth of a start-up
     import math
-    import operator
 
     ops = {"getattr": getattr, "setattr": setattr, "delattr": delattr, "getitem": operator.getitem,
            "setitem": operator.setitem, "delitem": operator.delitem, "len": len, "iter": iter, "next": next,
            "reversed": reversed, "bool": bool, "hash": hash, "str": str, "repr": repr, "format": format,
            "bytes": bytes, "dir": dir, "round": round, "enter": lambda o: o.__enter__(),
            "exit": lambda o, *exc: o.__exit__(*exc), "isinstance_of": lambda cls, o: isinstance(o, cls),
-           "issubclass_of": lambda cls, c: issubclass(c, cls), "copy": copy.copy, "deepcopy": copy.deepcopy,
+           "issubclass_of": lambda cls, c: issubclass(c, cls), "copy": lambda o: __import__("copy").copy(o),
+           "deepcopy": lambda o: __import__("copy").deepcopy(o),
            "contains": operator.contains,
            "int": int, "float": float, "complex": complex, "index": operator.index, "trunc": math.trunc,
            "floor": math.floor, "ceil": math.ceil, "abs": abs, "divmod": divmod, "pow": pow}
@@ -805,27 +840,23 @@ def _of_candidate(value) -> bool:
 
 watch: Watch | None = None
 
-# ---------------------------------------------------------------------------- the three processes
+# ---------------------------------------------------------------------------- the two processes
 
 
 def supervise(argv: list[str]) -> None:
     """The first process: see the module's docstring. Writes ``\\n TOKEN VERDICT-JSON \\n`` last and exits."""
-    import ctypes
+    import _signal
     import resource
-    import signal
 
     cpu, memory, processes, files, file_size = (int(v) for v in argv[:5])
     sys.path.extend(argv[5:])
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 or libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+    if _prctl(PR_SET_DUMPABLE, 0) != 0 or _prctl(PR_SET_CHILD_SUBREAPER, 1) != 0:
         os.write(2, b"\nthe harness could not put itself out of the program's reach (prctl)\n")
         os._exit(70)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
     for limit, value in ((resource.RLIMIT_CPU, (cpu, cpu + 1)), (resource.RLIMIT_AS, (memory, memory)),
-                         # + 1: the tests' process is the harness's, not the program's
-                         (resource.RLIMIT_NPROC, (processes + 1, processes + 1)),
-                         (resource.RLIMIT_NOFILE, (files, files)), (resource.RLIMIT_FSIZE, (file_size, file_size)),
-                         (resource.RLIMIT_CORE, (0, 0))):
+                         (resource.RLIMIT_NPROC, (processes, processes)), (resource.RLIMIT_NOFILE, (files, files)),
+                         (resource.RLIMIT_FSIZE, (file_size, file_size)), (resource.RLIMIT_CORE, (0, 0))):
         resource.setrlimit(limit, value)
     code_r, code_w = os.pipe()
     to_tests_r, to_tests_w = os.pipe()
@@ -842,34 +873,72 @@ def supervise(argv: list[str]) -> None:
     os.dup2(null, 0)
     os.close(null)
     token, _, job = data.partition(b"\n")
-    job = json.loads(job)
-    report_r, report_w = os.pipe()
-    tests = os.fork()
-    if tests == 0:
-        os.close(report_r)
-        os.close(code_w)
-        run_tests(to_tests_r, to_candidate_w, report_w, job)
-    for fd in (to_tests_r, to_candidate_w, report_w):
-        os.close(fd)
+    job = loads(job)
     prefix = job["prefix"] + ("\n" if job["prefix"] and not job["prefix"].endswith("\n") else "")
     try:
         os.write(code_w, (prefix + job["code"]).encode("utf-8", "surrogatepass"))
     except OSError:  # the candidate's process is gone already: its status says why
         pass
     os.close(code_w)
-    report = _read_all(report_r)
-    verdict = _verdict(report, tests, candidate)
-    try:
-        os.kill(-1, signal.SIGKILL)  # every other process of the sandbox (not itself, not its init)
-    except ProcessLookupError:  # none is left
-        pass
-    while True:  # and wait for them all (a subreaper: the program's orphans are its children)
-        try:
-            os.wait()
-        except ChildProcessError:
-            break
-    os.write(1, b"\n" + token + b" " + json.dumps(verdict).encode() + b"\n")
+    verdict = run_tests(to_tests_r, to_candidate_w, job, candidate)
+    _end_descendants(_signal.SIGKILL)
+    os.write(1, b"\n" + token + b" " + dumps(verdict).encode() + b"\n")
     os._exit(0 if verdict["passed"] else 1)
+
+
+def _prctl(option: int, value: int) -> int:
+    """prctl(2) through _ctypes (the ctypes package costs a tenth of a start-up), else ctypes."""
+    try:
+        import _ctypes
+
+        class Int(_ctypes._SimpleCData):
+            _type_ = "i"
+
+        class Function(_ctypes.CFuncPtr):
+            _flags_, _restype_ = _ctypes.FUNCFLAG_CDECL, Int
+
+        class Libc:
+            _handle = _ctypes.dlopen(None, 0)
+
+        prctl = Function(("prctl", Libc))
+    except Exception:
+        import ctypes
+
+        prctl = ctypes.CDLL(None).prctl
+    return prctl(option, value, 0, 0, 0)
+
+
+def _end_descendants(kill: int) -> None:
+    """Kill every process below this one and reap it: a subreaper, it is the parent of the program's orphans, so
+    that what it kills leaves it more children until there is none (only ever its own descendants: never
+    ``kill(-1)``, which outside a PID namespace of its own would reach every process of its user)."""
+    me = os.getpid()
+    while True:
+        for pid in _children(me):
+            try:
+                os.kill(pid, kill)
+            except ProcessLookupError:
+                pass
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:  # a kernel without it: every process whose parent this is
+        found = []
+        for entry in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+        return found
 
 
 def _read_all(fd: int) -> bytes:
@@ -879,35 +948,9 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _verdict(report: bytes, tests: int, candidate: int) -> dict:
-    """What the tests' process reported, with what became of the processes that ended early."""
-    verdict = {"passed": False, "detail": "", "tamper": [], "signal": None}
-    if not report:  # the tests' process died
-        _, status = os.waitpid(tests, 0)
-        if os.WIFSIGNALED(status):
-            verdict["signal"] = os.WTERMSIG(status)
-        verdict["detail"] = "the tests' process ended without a verdict"
-        return verdict
-    os.waitpid(tests, 0)
-    result = json.loads(report)
-    verdict.update(passed=result["passed"], detail=result["detail"], tamper=result["tamper"])
-    if result["ended"]:  # the candidate's process ended while the tests waited for it
-        _, status = os.waitpid(candidate, 0)
-        if os.WIFSIGNALED(status):
-            verdict["signal"] = os.WTERMSIG(status)
-        elif os.WEXITSTATUS(status) == 0:
-            verdict["detail"] = "exited before its end (exit status 0)"
-            verdict["tamper"] = [*verdict["tamper"], EXITS][:10]
-        else:
-            verdict["detail"] = f"exit status {os.WEXITSTATUS(status)}"
-    if verdict["tamper"]:
-        verdict["passed"] = False
-    return verdict
-
-
 def run_candidate(code_r: int, to_tests: int, from_tests: int) -> None:
     """The candidate's process: run the module, say what it defines, then serve the tests' requests."""
-    import signal
+    import _signal
     import types
 
     global watch
@@ -919,7 +962,7 @@ def run_candidate(code_r: int, to_tests: int, from_tests: int) -> None:
                 os.close(fd)
             except OSError:
                 pass
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    _signal.signal(_signal.SIGINT, _signal.default_int_handler)
     code = _read_all(code_r).decode("utf-8", "surrogatepass")
     os.close(code_r)
     peer = Peer(from_tests, to_tests, serves_all=True)
@@ -969,7 +1012,7 @@ def _names(peer: Peer, namespace: dict) -> list:
             encoded = peer.encode(value)
             if type(encoded) is list and encoded[0] in ("m", "k") and encoded[-1].rpartition(".")[2] != name:
                 encoded = ["o", peer.export(value)]
-            elif type(encoded) is list and len(json.dumps(encoded)) > BIG_GLOBAL:
+            elif type(encoded) is list and len(dumps(encoded)) > BIG_GLOBAL:
                 encoded = ["o", peer.export(value)]
         except Exception:
             encoded = ["o", peer.export(value)]
@@ -977,28 +1020,37 @@ def _names(peer: Peer, namespace: dict) -> list:
     return out
 
 
-def run_tests(from_candidate: int, to_candidate: int, report_w: int, job: dict) -> None:
-    """The tests' process: the prefix and the tests, with the candidate's names; reports to the supervisor."""
+def run_tests(from_candidate: int, to_candidate: int, job: dict, candidate: int) -> dict:
+    """The prefix and the tests, here, with the candidate's names; the verdict, with what became of the candidate's
+    process where it ended before the tests did."""
     peer = Peer(from_candidate, to_candidate, serves_all=False)
-    result = {"passed": False, "detail": "", "tamper": [], "ended": False}
+    verdict = {"passed": False, "detail": "", "tamper": [], "signal": None}
     try:
         _test(peer, job)
-        result["passed"] = True
+        verdict["passed"] = True
     except BaseException as e:
         if not peer.broken:
-            result["detail"] = _describe(e)
+            verdict["detail"] = _describe(e)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except BaseException:
             pass
     if peer.broken:
-        result.update(passed=False, detail=peer.broken, ended=peer.ended)
-    result["tamper"] = peer.tamper
+        verdict.update(passed=False, detail=peer.broken)
+    if peer.ended:  # it closed its pipe: it exited (or closed it on purpose, and is waited for until killed)
+        _, status = os.waitpid(candidate, 0)
+        if os.WIFSIGNALED(status):
+            verdict["signal"] = os.WTERMSIG(status)
+        elif os.WEXITSTATUS(status) == 0:
+            verdict["detail"] = "exited before its end (exit status 0)"
+            peer.flag(EXITS)
+        else:
+            verdict["detail"] = f"exit status {os.WEXITSTATUS(status)}"
+    verdict["tamper"] = peer.tamper
     if peer.tamper:
-        result["passed"] = False
-    os.write(report_w, json.dumps(result).encode())
-    os._exit(0)
+        verdict["passed"] = False
+    return verdict
 
 
 def _test(peer: Peer, job: dict) -> None:

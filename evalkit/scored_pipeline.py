@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 import shutil
-import tempfile
+import uuid
 from pathlib import Path
 
 from evalkit.config import metric_spec
@@ -62,7 +62,9 @@ def score_file(path: Path, metric_names: list[str], output: Path, *, seed: int, 
                                   for r in samples.to_dict("records")))
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    # made as a run directory is (the umask's mode; mkdtemp's would be 0700, kept by the rename)
+    tmp = output.parent / f".{output.name}.{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()
     try:
         writer = RunWriter(tmp, Manifest(
             kind=kind.name, run_id=output.name, name=name or _name_of(path), started_at=utc_now(), git=git_info(),

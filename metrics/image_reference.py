@@ -7,7 +7,9 @@ references of those prompts and the corpus.
   Covariances with n - 1; undefined unless each side has more images than the embedding has dimensions
   (otherwise the covariance is singular and the value means little).
 - clip_kid: the unbiased estimate of the squared MMD with the cubic kernel k(x, y) = (x.y / d + 1)^3
-  (Bińkowski et al. 2018), over the whole sets (torchmetrics averages it over random subsets).
+  (Bińkowski et al. 2018), over the whole sets, for sets of any sizes m and n (the within-set sums over
+  m(m-1) and n(n-1), the cross sum over mn); torchmetrics' ``poly_mmd`` is the equal-size case (every sum
+  over the first set's size), and torchmetrics' KID averages it over random subsets of one size.
 - cmmd: the squared MMD with a Gaussian kernel exp(-||x - y||^2 / (2 sigma^2)), sigma = 10, times 1000,
   the biased estimate over all pairs, diagonal included (Jayasumana et al. 2024, "Rethinking FID").
 - clip_precision, clip_recall, clip_density, clip_coverage (Kynkäänniemi et al. 2019; Naeem et al. 2020):
@@ -43,7 +45,8 @@ def frechet_distance(real: np.ndarray, fake: np.ndarray) -> float:
 
 
 def kid(real: np.ndarray, fake: np.ndarray) -> float:
-    """Unbiased squared MMD with the cubic polynomial kernel (x.y/d + 1)^3."""
+    """Unbiased squared MMD with the cubic polynomial kernel (x.y/d + 1)^3, for sets of any sizes (torchmetrics'
+    ``poly_mmd`` gives the same only where they are equal)."""
     d = real.shape[1]
     k_rr, k_ff, k_rf = ((a @ b.T / d + 1) ** 3 for a, b in ((real, real), (fake, fake), (real, fake)))
     m, n = len(real), len(fake)

@@ -7,10 +7,12 @@ when k > n.
 
 A sample's code is the first fenced code block of its text (```` ``` ```` or ```` ```python ````), else the
 whole text; in completion mode (no chat template: the sample continues the prompt's code) the whole text, since
-a fence there (in a docstring or a comment) is code, not Markdown. The program run is: the prompt's
-``code_prefix``, the code, the prompt's ``tests``, and ``check(entry_point)`` when the tests define a function
-``check`` (HumanEval's convention); a sample passes when that program runs to its end inside
-:mod:`evalkit.sandbox` within ``timeout`` seconds.
+a fence there (in a docstring or a comment) is code, not Markdown. What runs is the prompt's ``code_prefix`` and
+the code, as the candidate's module, then the prompt's ``tests`` and ``check(entry_point)`` when the tests define a
+function ``check`` (HumanEval's convention), in another process that the candidate's code cannot reach (see
+:mod:`evalkit.sandbox`); a sample passes when its tests run to their end within ``timeout`` seconds. A sample
+whose program is seen tampering with the harness fails, with the reason in its per-sample row
+(``sample_scores.parquet``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import re
 from pydantic import BaseModel, ConfigDict, Field
 
 from evalkit.checks import Checks, check_function
-from evalkit.sandbox import Limits, Sandbox
+from evalkit.sandbox import Limits, Outcome, Program, Sandbox
 from evalkit.scoring.metric import Group, Metric, Score
 
 _FENCE = re.compile(r"```[^\n`]*\n(.*?)(?:```|\Z)", re.DOTALL)
@@ -55,12 +57,12 @@ def _defines_check(tests: str) -> bool:
         return False
 
 
-def program(text: str, checks: Checks) -> str:
-    """The program that tests one sample."""
+def program(text: str, checks: Checks) -> Program:
+    """What tests one sample: its code after the prompt's prefix, then the tests (and HumanEval's check call)."""
     call = f"\n\ncheck({checks.entry_point})\n" if _defines_check(checks.tests or "") else "\n"
-    prefix = checks.code_prefix + ("\n" if checks.code_prefix and not checks.code_prefix.endswith("\n") else "")
     code = text if checks.completion else extract_code(text)  # completion mode: fences in it are code
-    return f"{prefix}{code}\n\n{checks.tests}{call}"
+    return Program(code=code, tests=f"{checks.tests}{call}", prefix=checks.code_prefix,
+                   entry_point=checks.entry_point or "")
 
 
 class PassAtKParams(BaseModel):
@@ -81,7 +83,7 @@ class PassAtK(Metric):
     def __init__(self, params: BaseModel | None = None):
         super().__init__(params)
         self.sandbox = Sandbox(Limits(timeout=self.params.timeout))
-        self._passed: dict[tuple[str, str], tuple[float, ...]] = {}
+        self._outcomes: dict[tuple[str, str], tuple[Outcome, ...]] = {}
 
     @property
     def base_name(self) -> str:
@@ -95,19 +97,23 @@ class PassAtK(Metric):
 
     def prepare_groups(self, groups: list[Group]) -> None:
         """Run every group's programs together (the sandbox runs them in parallel and each distinct one once)."""
-        self._passed = self._passes([g for g in groups if g.checks is not None and g.checks.tests is not None])
+        self._outcomes = self._run([g for g in groups if g.checks is not None and g.checks.tests is not None])
 
-    def _passes(self, groups: list[Group]) -> dict[tuple[str, str], tuple[float, ...]]:
-        """Each sample's pass (1.0) or fail (0.0), by (prompt, setting)."""
+    def _run(self, groups: list[Group]) -> dict[tuple[str, str], tuple[Outcome, ...]]:
+        """Each sample's outcome, by (prompt, setting)."""
         outcomes = iter(self.sandbox.run_many([program(t, g.checks) for g in groups for t in g.texts]))
-        return {(g.prompt_id, g.setting.id): tuple(float(next(outcomes).passed) for _ in g.texts) for g in groups}
+        return {(g.prompt_id, g.setting.id): tuple(next(outcomes) for _ in g.texts) for g in groups}
 
     def compute(self, group: Group) -> Score:
         if group.checks is None or group.checks.tests is None:
             return Score.undefined(f"prompt {group.prompt_id!r} has no tests")
         key = (group.prompt_id, group.setting.id)
-        passed = self._passed[key] if key in self._passed else self._passes([group])[key]
+        outcomes = self._outcomes[key] if key in self._outcomes else self._run([group])[key]
+        passed = tuple(float(o.passed) for o in outcomes)
+        reasons = tuple(o.reason for o in outcomes)  # a tampering sample's (None for any other)
+        reasons = reasons if any(reasons) else None
         n, k = len(passed), self.params.k
         if k > n:
-            return Score.undefined(f"pass@{k} needs at least {k} samples per prompt and setting, got {n}", passed)
-        return Score(pass_at_k(n, int(sum(passed)), k), per_sample=passed)
+            return Score(float("nan"), f"pass@{k} needs at least {k} samples per prompt and setting, got {n}",
+                         passed, reasons)
+        return Score(pass_at_k(n, int(sum(passed)), k), per_sample=passed, per_sample_reasons=reasons)

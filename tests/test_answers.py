@@ -132,6 +132,10 @@ def test_a_pattern_that_backtracks_catastrophically_gives_up_with_its_reason(mon
     ({"answer": "forty"}, None),  # exact by default for text
     ({"answer": "forty", "answer_format": "number"}, "is not a number"),
     ({"answer": "BB", "answer_format": "choice"}, "is not one letter"),
+    # a number longer than extraction reads is a number still: said so, and how to compare it instead
+    ({"answer": "9" * 5000, "answer_format": "number"},
+     r"^answer is a number of 5000 characters, and numbers of more than 100 are not read .* \(answer_format: exact\)$"),
+    ({"answer": int("7" * 200)}, "answer is a number of 200 characters"),
     ({"answer": "x", "answer_format": "regex"}, "needs an answer_pattern"),
     ({"answer": "x", "answer_format": "regex", "answer_pattern": "(a)(b)"}, "at most one"),
     ({"answer": "x", "answer_format": "regex", "answer_pattern": "("}, "not a regular expression"),

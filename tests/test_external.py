@@ -145,3 +145,19 @@ def test_a_scored_file_is_recorded_in_the_run_index(tmp_path, monkeypatch):
         runs = db.runs()
         assert list(runs["run_id"]) == [scored.manifest.run_id] and list(runs["status"]) == ["complete"]
         assert set(db.scores(scored.manifest.run_id)["metric"]) == {"distinct_1[tok=words]"}
+
+
+def test_the_scores_folder_has_the_mode_of_any_new_folder(tmp_path):
+    """It is written in a temporary folder and renamed into place: that folder is made as a run directory is (the
+    umask's mode), not mkdtemp's 0700, which the rename would keep."""
+    import os
+    import stat
+
+    path = write_rows(tmp_path / "g.jsonl", [{"prompt": "q", "text": "a b"}])
+    umask = os.umask(0o022)
+    try:
+        run = score_file(path, ["distinct_1"], tmp_path / "out", progress=False)
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(run.path.stat().st_mode) == 0o755
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left

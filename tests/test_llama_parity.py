@@ -494,6 +494,36 @@ def test_dry_chained_with_penalties_and_filters_matches_llama_cpp(vocab):
         assert_same_row(ours[r], llama_row(s, logits[r], vocab, prompts[r]), what=(r, s.id))
 
 
+def test_breaker_sequences_by_hand():
+    """llama.cpp's rule on a vocabulary of six pieces: a piece that contains the breaker is one by itself; a piece
+    whose end is the breaker's start is a head, followed by the tokens of the breaker's rest (one tail per place the
+    breaker's start is found)."""
+    from evalkit.generation.samplers.dry import breaker_sequences
+
+    pieces = [b"a", b"x\n\n", b"\n", b"\n\nUser!", b"User", b"Us"]
+    tokens = {b"User": [4], b"\nUser": [2, 4]}
+    assert breaker_sequences(pieces, tokens.__getitem__, "\n\nUser") == {
+        (): {3},  # contains it
+        (4,): {1},  # "x\n\n" ends with "\n\n": "User" follows
+        (2, 4): {1, 2},  # "x\n\n" and "\n" end with "\n": "\nUser" follows
+    }
+    assert breaker_sequences(pieces, tokens.__getitem__, "s") == {(): {3, 4, 5}}
+
+
+def test_vocabulary_of_a_transformers_tokenizer():
+    """Each token's text as the tokenizer decodes it alone (special tokens written out), texts encoded without
+    special tokens."""
+    from conftest import bpe_tokenizer
+
+    tokenizer = bpe_tokenizer()
+    vocabulary = Vocabulary.of_tokenizer(tokenizer)
+    pieces = vocabulary.pieces()
+    assert len(pieces) == len(tokenizer)
+    assert pieces[tokenizer.eos_token_id] == b"<|im_end|>"
+    assert all(pieces[i] == tokenizer.decode([i]).encode() for i in range(0, len(tokenizer), 7))
+    assert vocabulary.encode(b" the sky") == tokenizer.encode(" the sky", add_special_tokens=False)
+
+
 def test_dry_needs_the_vocabulary():
     from evalkit.errors import EvalkitError
 

@@ -76,6 +76,20 @@ def test_help_texts_are_whole():
         assert "<bool>" not in result.output and "--no-debug" not in result.output
 
 
+def test_no_help_text_shows_a_python_type():
+    """typer writes a variadic argument's type as its annotation (<list[Path]>): no command's help shows one."""
+    import typer
+
+    commands = typer.main.get_command(app).commands
+    assert "report" in commands
+    for name in commands:
+        result = CliRunner().invoke(app, [name, "--help"], terminal_width=200)
+        assert result.exit_code == 0, (name, result.output)
+        assert "<list[" not in result.output and "Path]" not in result.output, (name, result.output)
+    usage = CliRunner().invoke(app, ["report", "--help"], terminal_width=200).output
+    assert "RUN_DIR" in usage.splitlines()[0] and "one run directory (RUN_DIR), or of several" in usage
+
+
 def test_tables_are_not_cut_in_a_log(tmp_path):
     """Piped output (CI logs) keeps every cell whole, however long."""
     from evalkit.index import RunIndex

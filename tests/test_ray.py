@@ -198,8 +198,16 @@ def test_refusals_at_the_start(ray_cluster, tiny_model, tmp_path, write_config, 
         "executor.workers: Input should be greater than or equal to 1, got 0")
     assert refused(config(tiny_model, runs, workers=2, gpus_per_worker=1)).endswith(
         "executor.gpus_per_worker: 2 workers need 1 GPU each, 2 GPUs in all; the Ray cluster has 0")
+    # one worker fits, three do not: the number of workers is what to change, not the CPUs of each
     assert refused(config(tiny_model, runs, workers=3)).endswith(
-        "executor.cpus_per_worker: 3 workers need 1 CPU each, 3 CPUs in all; the Ray cluster has 2")
+        "executor.workers: 3 workers need 1 CPU each, 3 CPUs in all; the Ray cluster has 2")
+    assert refused(config(tiny_model, runs, workers=1, cpus_per_worker=3)).endswith(
+        "executor.cpus_per_worker: 1 worker needs 3 CPUs; the Ray cluster has 2")
+    # a number given by --set is said of --set, not of the file that never held it
+    result = CliRunner().invoke(app, ["run", str(write_config(config(tiny_model, runs, workers=1))), "-q",
+                                      "--set", "executor.workers=1000"])
+    assert result.exit_code == 2 and result.stderr.strip() == (
+        "error: --set: executor.workers: 1000 workers need 1 CPU each, 1000 CPUs in all; the Ray cluster has 2")
     assert refused(base_config(tiny_model, runs, executor={"workers": 2})).endswith(
         "executor.workers: only a ray executor has workers; this one is local, got workers set")
     monkeypatch.setitem(sys.modules, "ray", None)  # as where Ray is not installed
@@ -238,6 +246,28 @@ def test_a_served_model_on_ray_workers(ray_cluster, llama_server, tmp_path):
     assert texts[0] == texts[1]
     assert spread.manifest.model["endpoint_id"] == local.manifest.model["endpoint_id"] is not None
     assert spread.manifest.model["server"]["sent_with_every_request"]["top_k"] == 0
+
+
+def test_a_shard_past_its_retries_names_its_workers_in_the_right_number():
+    from collections import deque
+    from types import SimpleNamespace
+
+    from evalkit.executors.ray_cluster import RayExecutor
+
+    def lost_on(max_retries: int, losses: int) -> str:
+        ex = RayExecutor.__new__(RayExecutor)  # no Ray needed: _lost reads the config, the actors and the counts
+        ex.config = SimpleNamespace(executor=SimpleNamespace(max_retries=max_retries))
+        ex.ray = SimpleNamespace(kill=lambda actor: None)
+        ex.alive, ex.counts = ["a", "b", "c"], {"workers_lost": 0, "shards_retried": 0}
+        shard = [SimpleNamespace(prompt=SimpleNamespace(prompt=SimpleNamespace(id="p")))]
+        tries = {id(shard): 0}
+        with pytest.raises(EvalkitError) as stopped:
+            for actor in ex.alive[:losses]:
+                ex._lost(actor, shard, tries, deque(), RuntimeError("died"))
+        return str(stopped.value)
+
+    assert lost_on(0, 1).startswith("the shard from prompt 'p' (1 samples) failed on 1 Ray worker (executor.")
+    assert " failed on 2 Ray workers (executor.max_retries 1)" in lost_on(1, 2)
 
 
 def test_shards_are_the_local_waves():

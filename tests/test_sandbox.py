@@ -91,12 +91,11 @@ def test_unbounded_allocation_fails(sandbox, host):
 
 def test_a_programs_memory_is_bounded_across_its_processes(sandbox, host):
     # memory files count against no process limit: refused; the program's children share its process limit,
-    # so its memory is at most its processes' address space together, and the harness's process that runs its
-    # tests (the budget the workers are sized by)
+    # so its memory is at most its processes' address space together (the budget the workers are sized by)
     outcome = sandbox.run("import os\nos.memfd_create('hoard')")
     assert not outcome.passed and "PermissionError" in outcome.detail
     limits = Limits()
-    assert limits.budget == limits.memory * (limits.processes + 1) + limits.tmp_size + (8 << 20) <= 5 << 30
+    assert limits.budget == limits.memory * limits.processes + limits.tmp_size + (8 << 20) <= 5 << 30
     tight = Sandbox(limits, workers=None)
     available = next(int(line.split()[1]) * 1024 for line in open("/proc/meminfo") if line.startswith("MemAvailable"))
     assert 1 <= tight.workers <= max(1, available // limits.budget)

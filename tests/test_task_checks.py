@@ -131,8 +131,8 @@ def test_fences_in_completion_mode_code_are_code_not_markup(tmp_path, sandboxed)
 
     he = make_checks(tests=HE_TEST, entry_point="add", code_prefix=HE_PREFIX)
     completion = replace(he, completion=True)
-    assert FENCED_DOCSTRING in program(FENCED_DOCSTRING, completion)
-    assert program(FENCED_DOCSTRING, he).count(">>> add") == 1  # chat mode: the fenced block is the code
+    assert FENCED_DOCSTRING in program(FENCED_DOCSTRING, completion).code
+    assert program(FENCED_DOCSTRING, he).code.count(">>> add") == 1  # chat mode: the fenced block is the code
     passed = [o.passed for o in Sandbox().run_many([program(FENCED_DOCSTRING, completion),
                                                     program(FENCED_DOCSTRING, he)])]
     assert passed == [True, False]

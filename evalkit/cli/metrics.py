@@ -29,8 +29,11 @@ def list_metrics(
     for entry in default_registry().entries():
         fields = entry.cls.Params.model_fields
         params = ", ".join(f"{k}={f.default}" for k, f in fields.items() if k not in entry.fixed) or "none"
-        output = entry.cls(entry.cls.Params.model_validate(entry.fixed)).id
-        out.print(f"[bold]{escape(entry.name)}[/]  ->  {escape(output)}", highlight=False)
+        metric = entry.cls(entry.cls.Params.model_validate(entry.fixed))
+        # what the id names beyond the parameters (ent_n's log=e): part of the definition, not settable
+        fixed = ", ".join(f"{k}={v}" for k, v in metric.signature().items() if k not in fields)
+        params += f"; fixed: {fixed}" if fixed else ""
+        out.print(f"[bold]{escape(entry.name)}[/]  ->  {escape(metric.id)}", highlight=False)
         out.print(f"    {escape(entry.cls.definition)}", highlight=False)
         out.print(f"    parameters: {escape(params)}; reference: {escape(entry.cls.reference)}", highlight=False)
 

@@ -18,14 +18,14 @@ from evalkit.numbers import count, fmt
 
 @app.command()
 def report(
-    runs: Annotated[list[Path], typer.Argument(help="Run directories; the first is the base the others are "
-                                                    "compared with.", show_default=False)],
+    # said in the docstring: typer lists a variadic argument with its Python annotation (<list[Path]>)
+    runs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR", hidden=True, show_default=False)],
     output: Annotated[Path | None, typer.Option("-o", "--output", help="HTML file to write (default: RUN_DIR/"
                                                 "report.html for one run, reports/BASE_vs_NEW.html for several).",
                                                 show_default=False)] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
 ) -> None:
-    """Write the HTML report of one run, or of several runs compared with the first."""
+    """Write the HTML report of one run directory (RUN_DIR), or of several compared with the first (the base)."""
 
     def body():
         from evalkit.report import write_report

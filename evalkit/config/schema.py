@@ -110,6 +110,13 @@ class PromptsConfig(_Strict):
     def _shorthand(cls, data: Any) -> Any:
         return {"items": data} if isinstance(data, list) else data
 
+    @field_validator("file")
+    @classmethod
+    def _package(cls, v: str | None) -> str | None:
+        if v is not None and v.startswith(PACKAGE_PREFIX):
+            package_file(v)  # of the form package:NAME/PATH, and NAME is installed
+        return v
+
     @model_validator(mode="after")
     def _one_of(self) -> PromptsConfig:
         if (self.items is None) == (self.file is None):
@@ -286,6 +293,10 @@ class SweepConfig(_Strict):
         """``path`` relative to the config file's directory, or inside an installed package (``package:NAME/PATH``;
         ``field`` names the field in its errors)."""
         if path.startswith(PACKAGE_PREFIX):
-            return package_file(path, self.source, field)
+            try:
+                return package_file(path)
+            except ValueError as e:
+                said = str(e) if "got " in str(e) else f"{e}, got {shown(path)}"
+                raise ConfigError(said, source=self.source, path=field) from None
         p = Path(path).expanduser()
         return p if p.is_absolute() else (self._base_dir / p)

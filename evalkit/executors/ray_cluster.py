@@ -272,7 +272,8 @@ class RayExecutor:
         for what, per in (("GPU", ex.gpus_per_worker), ("CPU", ex.cpus_per_worker)):
             need, have = per * ex.workers, float(total.get(what, 0))
             if need > have:
-                field = "gpus_per_worker" if what == "GPU" else "cpus_per_worker"
+                # the number that does not fit: one worker's own need, or else the number of workers
+                field = ("gpus_per_worker" if what == "GPU" else "cpus_per_worker") if per > have else "workers"
                 plural = "s" if need != 1 else ""
                 asked = (f"1 worker needs {need:g} {what}{plural}" if ex.workers == 1 else
                          f"{ex.workers} workers need {per:g} {what} each, {need:g} {what}{plural} in all")
@@ -333,7 +334,8 @@ class RayExecutor:
         what = f"the shard from prompt {u.prompt.prompt.id!r} ({len(shard)} samples)"
         tries[id(shard)] += 1
         if tries[id(shard)] > self.config.executor.max_retries:
-            raise EvalkitError(f"{what} failed on {tries[id(shard)]} Ray workers (executor.max_retries "
+            workers = f"{tries[id(shard)]} Ray worker{'s' if tries[id(shard)] > 1 else ''}"
+            raise EvalkitError(f"{what} failed on {workers} (executor.max_retries "
                                f"{self.config.executor.max_retries}); the samples made so far are kept")
         if not self.alive:
             raise EvalkitError(f"every Ray worker died ({type(error).__name__}); {what} and others are unfinished, "

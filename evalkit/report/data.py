@@ -25,6 +25,7 @@ from evalkit.scoring import aggregate
 from evalkit.scoring.decoding_test import run_decoding_test
 from evalkit.rundir.reader import Run
 from evalkit.rundir.reader import load_run
+from evalkit.sandbox import TAMPERED
 
 ENTROPY = {"entropy_sampling": "sampling distribution (after temperature and truncation)",
            "entropy_model": "model distribution (temperature 1, unfiltered)"}
@@ -193,7 +194,21 @@ class RunView:
                  ("confidence", f"{self.level}% {m.ci['method']}, {m.ci['resamples']} resamples, seed {m.ci['seed']}")]
         if self.image_plan is not None:
             facts.append(("images", self.image_plan.describe()))
+        if self.tampering is not None:
+            facts.append(("tampering", f"{self.tampering} samples whose program tampers with the tests' harness "
+                                       "(failed by pass@k; what each did: sample_scores.parquet)"))
         return facts
+
+    @cached_property
+    def tampering(self) -> int | None:
+        """How many samples' programs were seen tampering with the code sandbox's harness (None: no pass@k)."""
+        if not any(m.startswith("pass_at_") for m in self.metrics):
+            return None
+        per = self.run.sample_scores
+        if "reason" not in per:  # a run scored before reasons were kept
+            return 0
+        seen = per[per["reason"].fillna("").astype(str).str.startswith(TAMPERED)]
+        return len(seen.drop_duplicates(["setting_id", "prompt_id", "sample_index"]))
 
     @cached_property
     def image_plan(self) -> thumbnails.Plan | None:

@@ -84,13 +84,15 @@ def score_groups(groups: list[Group], metrics: list[Metric],
             s = m.compute(g)
             rows.append({"setting_id": g.setting.id, "prompt_id": g.prompt_id, "metric": m.id,
                          "value": float(s.value), "reason": s.reason})
+            why = s.per_sample_reasons or ()
             for i, v in enumerate(s.per_sample or ()):
                 sample_rows.append({"setting_id": g.setting.id, "prompt_id": g.prompt_id, "sample_index": i,
-                                    "metric": m.id, "value": float(v)})
+                                    "metric": m.id, "value": float(v), "reason": why[i] if i < len(why) else None})
         tokenize.forget()  # a group's texts were split once for all its metrics; the next group's are others
         advance(1)
     scores = pd.DataFrame(rows, columns=["setting_id", "prompt_id", "metric", "value", "reason"])
-    sample_scores = pd.DataFrame(sample_rows, columns=["setting_id", "prompt_id", "sample_index", "metric", "value"])
+    sample_scores = pd.DataFrame(sample_rows, columns=["setting_id", "prompt_id", "sample_index", "metric", "value",
+                                                       "reason"])
     return scores, sample_scores
 
 

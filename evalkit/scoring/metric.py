@@ -67,6 +67,7 @@ class Score:
     value: float
     reason: str | None = None
     per_sample: tuple[float, ...] | None = None
+    per_sample_reasons: tuple[str | None, ...] | None = None  # why a sample's value is what it is, where one says
 
     def __post_init__(self):
         if math.isnan(self.value) and not self.reason:

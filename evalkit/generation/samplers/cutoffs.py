@@ -1,8 +1,16 @@
 """Truncation by the distribution's shape: typical, epsilon and eta sampling as transformers computes them
 (``TypicalLogitsWarper``, ``EpsilonLogitsWarper``, ``EtaLogitsWarper``, ``min_tokens_to_keep=1``). Each keeps at
-least the most likely token."""
+least the most likely token.
+
+Typical and eta read the row's entropy, a sum over the vocabulary. torch's CPU reductions sum each row of a batch
+in one pass, but split a lone row longer than 32768 entries among threads: the last bits of a row's entropy, and so
+which token sits at its cut, would depend on whether other rows share its batch. A lone row is computed as a batch
+of two (itself twice), so that every row gets the result it gets in any batch, and the one transformers' warpers
+give a batch of two rows or more (tests/test_transformers_parity.py)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -14,23 +22,34 @@ def _keep_top(out: torch.Tensor) -> torch.Tensor:
     return out >= out.amax(dim=-1, keepdim=True)
 
 
-def typical(out: torch.Tensor, params) -> torch.Tensor:
-    """Locally typical sampling (Meister et al. 2023): tokens ordered by |-log p - H|, kept while the mass of the
-    tokens before them is < typical_p, and every token tied with the last one kept."""
-    on = params.typical_p < 1
-    if not bool(on.any()):
-        return out
+def _as_in_a_batch(f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], out: torch.Tensor,
+                   knob: torch.Tensor) -> torch.Tensor:
+    """``f(out, knob)``, a lone row computed as a batch of two (see the module's docstring)."""
+    if out.shape[0] != 1:
+        return f(out, knob)
+    return f(torch.cat([out, out]), knob.repeat(2))[:1]
+
+
+def _typical(out: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
     logp = torch.log_softmax(out, dim=-1)
     p = logp.exp()
     ent = -(logp * p).nansum(-1, keepdim=True)
     shifted = (-logp - ent).abs()
     ss, si = torch.sort(shifted, dim=-1)
     cum = out.gather(-1, si).softmax(dim=-1).cumsum(dim=-1)
-    last = (cum < params.typical_p[:, None]).sum(dim=1).clamp(max=ss.shape[-1] - 1)
+    last = (cum < mass[:, None]).sum(dim=1).clamp(max=ss.shape[-1] - 1)
     remove_sorted = ss > ss.gather(1, last[:, None])
     remove_sorted[:, :1] = False
     remove = remove_sorted.scatter(1, si, remove_sorted)
-    return out.masked_fill(remove & on[:, None], NEG_INF)
+    return out.masked_fill(remove & (mass < 1)[:, None], NEG_INF)
+
+
+def typical(out: torch.Tensor, params) -> torch.Tensor:
+    """Locally typical sampling (Meister et al. 2023): tokens ordered by |-log p - H|, kept while the mass of the
+    tokens before them is < typical_p, and every token tied with the last one kept."""
+    if not bool((params.typical_p < 1).any()):
+        return out
+    return _as_in_a_batch(_typical, out, params.typical_p)
 
 
 def epsilon(out: torch.Tensor, params) -> torch.Tensor:
@@ -42,17 +61,19 @@ def epsilon(out: torch.Tensor, params) -> torch.Tensor:
     return out.masked_fill(drop & on[:, None], NEG_INF)
 
 
-def eta(out: torch.Tensor, params) -> torch.Tensor:
-    """Eta sampling (Hewitt et al. 2022): the cutoff min(eta, sqrt(eta) exp(-H)), H the row's entropy."""
-    on = params.eta_cutoff > 0
-    if not bool(on.any()):
-        return out
+def _eta(out: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
     probs = out.softmax(dim=-1)
-    entropy = torch.distributions.Categorical(logits=out).entropy()
-    e = params.eta_cutoff
+    entropy = torch.distributions.Categorical(logits=out, validate_args=False).entropy()
     cut = torch.minimum(e, torch.sqrt(e) * torch.exp(-entropy))[:, None]
     drop = (probs < cut) & ~_keep_top(out)
-    return out.masked_fill(drop & on[:, None], NEG_INF)
+    return out.masked_fill(drop & (e > 0)[:, None], NEG_INF)
+
+
+def eta(out: torch.Tensor, params) -> torch.Tensor:
+    """Eta sampling (Hewitt et al. 2022): the cutoff min(eta, sqrt(eta) exp(-H)), H the row's entropy."""
+    if not bool((params.eta_cutoff > 0).any()):
+        return out
+    return _as_in_a_batch(_eta, out, params.eta_cutoff)
 
 
 TRANSFORMS = {

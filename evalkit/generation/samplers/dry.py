@@ -276,7 +276,7 @@ def dry(out: torch.Tensor, params) -> torch.Tensor:
         return out
     start = window_start(params)
     limit = restart_limit(history, start, params.dry_breakers, params.dry_set)
-    lengths = repeat_lengths(history, start, length_cap(params, limit))
+    lengths = repeat_lengths(history, start, torch.where(on, length_cap(params, limit), 0))
     allowed = params.dry_allowed_length
     longest = longest_repeat(history, lengths, start, allowed, out.shape[-1])
     rows, tokens = ((longest >= allowed[:, None]) & on[:, None]).nonzero(as_tuple=True)
