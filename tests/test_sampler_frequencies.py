@@ -10,6 +10,7 @@ from scipy import stats
 
 from evalkit.config import config_from_dict
 from evalkit.generation import WorkUnit, load_backend
+from evalkit.generation.samplers.dry import Vocabulary
 from evalkit.generation.sampling import RowParams, apply_chain
 from evalkit.prompts import load_prompts
 from evalkit.seeds import derive_seed
@@ -36,7 +37,7 @@ CASES = {
                          "penalty_scope": 8},
     "no_repeat_ngram_size": {"temperature": 1.2, "no_repeat_ngram_size": 1},
     "min_tokens": {"temperature": 1.2, "min_tokens": 2},
-    "dry": {**LLAMA, "dry_multiplier": 5.0, "dry_allowed_length": 0},
+    "dry": {**LLAMA, "dry_multiplier": 5.0, "dry_allowed_length": 0, "dry_sequence_breakers": ["@"]},
     "sglang_joint": {"temperature": 1.2, "top_k": 30, "top_p": 0.5, "order": "sglang"},
     "explicit": {"temperature": 1.2, "top_k": 40, "typical_p": 0.7, "repetition_penalty": 2.0,
                  "order": ["top_k", "repetition_penalty", "temperature", "typical_p"]},
@@ -69,7 +70,8 @@ def expected(backend, setting: Setting, prompt) -> np.ndarray:
     its step with and without the exclusion, by its probability)."""
     with torch.inference_mode():
         logits = backend.model(input_ids=torch.tensor([prompt.token_ids])).logits[0, -1].float()[None]
-    params = RowParams.from_settings([setting], prompts=[list(prompt.token_ids)], eos=backend.eos_ids)
+    params = RowParams.from_settings([setting], prompts=[list(prompt.token_ids)], eos=backend.eos_ids,
+                                     vocabulary=Vocabulary.of_tokenizer(backend.tokenizer))
     chain = setting.chain("transformers")
     if setting.xtc_probability:
         params.u_xtc = torch.zeros(1, dtype=torch.float64)

@@ -7,7 +7,7 @@ from transformers import MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWa
 
 from evalkit.settings import ORDERS, Setting
 
-from evalkit.generation.sampling import CANDIDATES, RowParams, check_logits, warp
+from evalkit.generation.sampling import CANDIDATES, EXACT_K_ORDERS, RowParams, check_logits, warp
 
 
 def oracle(row: torch.Tensor, s: Setting, order: str = "transformers") -> torch.Tensor:
@@ -16,7 +16,8 @@ def oracle(row: torch.Tensor, s: Setting, order: str = "transformers") -> torch.
     scores = row[None].clone()
     ids = torch.zeros((1, 1), dtype=torch.long)
     warpers = {"temperature": lambda: TemperatureLogitsWarper(s.temperature),
-               "top_k": lambda: TopKLogitsWarper(top_k=s.top_k) if s.top_k else None,
+               "top_k": lambda: (exactly_k(s.top_k) if order in EXACT_K_ORDERS else TopKLogitsWarper(top_k=s.top_k))
+               if s.top_k else None,
                "top_p": lambda: TopPLogitsWarper(top_p=s.top_p) if s.top_p < 1 else None,
                "min_p": lambda: MinPLogitsWarper(min_p=s.min_p) if s.min_p else None}
     for stage in ORDERS[order]:
@@ -30,6 +31,16 @@ def oracle(row: torch.Tensor, s: Setting, order: str = "transformers") -> torch.
                 removed |= w(ids, scores.clone()).isneginf() & ~scores.isneginf()
             scores = scores.masked_fill(removed, float("-inf"))
     return scores[0]
+
+
+def exactly_k(k: int):
+    """llama.cpp's and SGLang's top-k: exactly k tokens, the lowest ids among those tied with the k-th."""
+    def keep(ids, scores):
+        order = torch.sort(-scores[0], stable=True).indices[:k]
+        out = torch.full_like(scores, float("-inf"))
+        out[0, order] = scores[0, order]
+        return out
+    return keep
 
 
 def dense(logits: torch.Tensor, settings: list[Setting], candidates=CANDIDATES) -> torch.Tensor:

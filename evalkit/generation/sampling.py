@@ -41,6 +41,7 @@ from evalkit.settings import ORDERS, PENALTIES, Setting, _chain
 CANDIDATES = (64, 1024, 8192)  # candidate-list sizes tried before the dense path
 MARGIN = 1e-6  # top-p / min-p decisions this close to the cut are left to the dense path
 ENGINE_ORDER = "transformers"  # what a setting's order "auto" means in evalkit's engine
+EXACT_K_ORDERS = ("llama_cpp", "sglang")  # whose top-k keeps exactly k tokens among ties (not every tied one)
 CANDIDATE_KNOBS = frozenset({"temperature", "top_k", "top_p", "min_p"})  # what the candidate path computes
 SCOPE_CODES = {"prompt+output": SCOPE_ALL, "output": SCOPE_OUTPUT}  # a penalty's scope as a row's number (N: N)
 # The knobs that only qualify a stage, as per-row tensors its transform reads.
@@ -100,6 +101,8 @@ class RowParams:
                 [SCOPE_CODES.get(s.scope(penalty, ENGINE_ORDER), s.scope(penalty, ENGINE_ORDER)) for s in settings],
                 dtype=torch.long, device=device)
         rowwise["order"] = torch.tensor(codes, dtype=torch.long, device=device)
+        rowwise["exact_k"] = torch.tensor([s.order_name(ENGINE_ORDER) in EXACT_K_ORDERS for s in settings],
+                                          dtype=torch.bool, device=device)
         rowwise["mu"] = torch.tensor([2 * s.mirostat_tau for s in settings], dtype=torch.float32, device=device)
         rowwise["u_xtc"] = torch.ones(len(settings), dtype=torch.float64, device=device)
         history = torch.zeros((len(settings), 0), dtype=torch.long, device=device)
@@ -222,11 +225,20 @@ def before_temperature(chain) -> tuple:
 
 
 def _top_k(out: torch.Tensor, params: RowParams) -> torch.Tensor:
+    """Keep the k tokens with the largest logits. Among tokens tied with the k-th: transformers and vLLM keep them
+    all; llama.cpp and SGLang keep exactly k (evalkit: the lowest token ids), on rows of their orders (``exact_k``)."""
     k = params.top_k.clamp(max=out.shape[-1])
-    if bool((k > 0).any()):
-        kth = torch.topk(out, int(k.max()), dim=-1).values.gather(1, (k.clamp(min=1) - 1)[:, None])
-        out = out.masked_fill((k[:, None] > 0) & (out < kth), float("-inf"))
-    return out
+    on = k > 0
+    if not bool(on.any()):
+        return out
+    kth = torch.topk(out, int(k.max()), dim=-1).values.gather(1, (k.clamp(min=1) - 1)[:, None])
+    drop = on[:, None] & (out < kth)
+    exact = params.rowwise.get("exact_k")
+    if exact is not None and bool((exact & on).any()):
+        tied = out == kth
+        room = k[:, None] - (out > kth).sum(dim=-1, keepdim=True)  # places left for tokens tied with the k-th
+        drop |= (exact & on)[:, None] & tied & (tied.cumsum(dim=-1) > room)
+    return out.masked_fill(drop, float("-inf"))
 
 
 def _top_p(out: torch.Tensor, params: RowParams) -> torch.Tensor:
