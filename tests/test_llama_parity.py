@@ -622,15 +622,16 @@ def test_top_k_keeps_exactly_k_among_ties_as_llama_cpp():
     assert np.isfinite(transformers).tolist() == [True, True, True, True, False]
 
 
-@pytest.mark.xfail(strict=True, reason="evalkit's typical (samplers/cutoffs.py, transformers' rule) keeps every "
-                   "token tied in |-log p - H| with the last one kept; llama.cpp keeps the shortest prefix (in its "
-                   "unspecified order) whose mass exceeds typical_p: the llama.cpp order needs its own typical rule")
 def test_typical_keeps_no_more_than_its_mass_among_ties_as_llama_cpp():
+    """llama.cpp keeps the shortest prefix (in its unspecified order among ties) whose mass exceeds typical_p;
+    transformers keeps every token tied in |-log p - H| with the last one kept."""
     logits = np.zeros((1, 10), dtype=np.float32)  # uniform: every token equally typical
     s = Setting(order=LLAMA, typical_p=0.5)
     ours = evalkit_rows(torch.from_numpy(logits), [s]).numpy()[0]
     theirs = llama_row(s, logits[0])
-    assert np.isfinite(ours).sum() == np.isfinite(theirs).sum()
+    assert np.isfinite(ours).sum() == np.isfinite(theirs).sum() == 6
+    transformers = evalkit_rows(torch.from_numpy(logits), [Setting(typical_p=0.5)]).numpy()[0]
+    assert np.isfinite(transformers).sum() == 10
 
 
 # --------------------------------------------------------------------------- draws: chi-square

@@ -41,7 +41,8 @@ from evalkit.settings import ORDERS, PENALTIES, Setting, _chain
 CANDIDATES = (64, 1024, 8192)  # candidate-list sizes tried before the dense path
 MARGIN = 1e-6  # top-p / min-p decisions this close to the cut are left to the dense path
 ENGINE_ORDER = "transformers"  # what a setting's order "auto" means in evalkit's engine
-EXACT_K_ORDERS = ("llama_cpp", "sglang")  # whose top-k keeps exactly k tokens among ties (not every tied one)
+# whose top-k keeps exactly k tokens among ties (not every tied one), and typical the shortest prefix past its mass
+EXACT_K_ORDERS = ("llama_cpp", "sglang")
 CANDIDATE_KNOBS = frozenset({"temperature", "top_k", "top_p", "min_p"})  # what the candidate path computes
 SCOPE_CODES = {"prompt+output": SCOPE_ALL, "output": SCOPE_OUTPUT}  # a penalty's scope as a row's number (N: N)
 # The knobs that only qualify a stage, as per-row tensors its transform reads.

@@ -30,15 +30,19 @@ def _as_in_a_batch(f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], out:
     return f(torch.cat([out, out]), knob.repeat(2))[:1]
 
 
-def _typical(out: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
+def _typical(out: torch.Tensor, mass: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
     logp = torch.log_softmax(out, dim=-1)
     p = logp.exp()
     ent = -(logp * p).nansum(-1, keepdim=True)
     shifted = (-logp - ent).abs()
-    ss, si = torch.sort(shifted, dim=-1)
+    ss, si = torch.sort(shifted, dim=-1, stable=True)
     cum = out.gather(-1, si).softmax(dim=-1).cumsum(dim=-1)
     last = (cum < mass[:, None]).sum(dim=1).clamp(max=ss.shape[-1] - 1)
     remove_sorted = ss > ss.gather(1, last[:, None])
+    # llama.cpp's rule: the shortest prefix (ties in sort order, evalkit: lowest ids first) whose mass exceeds it
+    count = ((cum <= mass[:, None]).sum(dim=1) + 1).clamp(max=ss.shape[-1])
+    beyond = torch.arange(ss.shape[-1], device=out.device)[None, :] >= count[:, None]
+    remove_sorted = torch.where(prefix[:, None], beyond, remove_sorted)
     remove_sorted[:, :1] = False
     remove = remove_sorted.scatter(1, si, remove_sorted)
     return out.masked_fill(remove & (mass < 1)[:, None], NEG_INF)
@@ -46,10 +50,15 @@ def _typical(out: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
 
 def typical(out: torch.Tensor, params) -> torch.Tensor:
     """Locally typical sampling (Meister et al. 2023): tokens ordered by |-log p - H|, kept while the mass of the
-    tokens before them is < typical_p, and every token tied with the last one kept."""
+    tokens before them is < typical_p (transformers: and every token tied with the last one kept; llama.cpp's
+    order, rows with ``exact_k``: kept until the mass passes typical_p, no more)."""
     if not bool((params.typical_p < 1).any()):
         return out
-    return _as_in_a_batch(_typical, out, params.typical_p)
+    prefix = params.rowwise.get("exact_k")
+    prefix = torch.zeros_like(params.typical_p, dtype=torch.bool) if prefix is None else prefix
+    if out.shape[0] != 1:
+        return _typical(out, params.typical_p, prefix)
+    return _typical(torch.cat([out, out]), params.typical_p.repeat(2), prefix.repeat(2))[:1]  # as in a batch
 
 
 def epsilon(out: torch.Tensor, params) -> torch.Tensor:

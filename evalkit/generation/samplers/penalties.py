@@ -1,5 +1,5 @@
-"""Penalties on what a row has already said, computed from its tokens on the device (one scatter-add per step, no
-loop over rows):
+"""Penalties on what a row has already said, computed from its tokens on the device (one scatter-add per step and
+scope, shared by the penalties that count the same tokens; no loop over rows):
 
 - ``repetition_penalty`` (Keskar et al. 2019, as transformers, vLLM and llama.cpp apply it): a token seen in the
   scope has its logit divided by the penalty when positive, multiplied when negative;
@@ -26,8 +26,8 @@ SCOPE_ALL, SCOPE_OUTPUT = -1, 0  # a row's scope code; N > 0: the last N tokens
 
 def counts(params, scope: torch.Tensor, vocab: int) -> torch.Tensor:
     """[rows, vocab] how often each token occurs in each row's scope (float32). Computed once per step and scope:
-    the penalties whose scopes agree share it (kept on ``params`` with the history it counted, which
-    ``params.advance`` replaces)."""
+    the penalties whose scopes agree share it (kept on ``params`` with the history it counted, until
+    ``params.advance`` moves the rows on: :func:`forget_counts`)."""
     history = params.history
     cache = params.__dict__.get("_counts")
     if cache is None or cache[0] is not history or cache[1] != (params.n_out, vocab):
@@ -39,6 +39,11 @@ def counts(params, scope: torch.Tensor, vocab: int) -> torch.Tensor:
     value = _count(params, scope, vocab)
     cache[2].append((scope, value))
     return value
+
+
+def forget_counts(params, tokens: torch.Tensor, logprob: torch.Tensor) -> None:
+    """After a draw: the step's counts are stale (and a [rows, vocab] tensor per scope is not kept for nothing)."""
+    params.__dict__.pop("_counts", None)
 
 
 def _count(params, scope: torch.Tensor, vocab: int) -> torch.Tensor:
@@ -111,11 +116,11 @@ def min_tokens(out: torch.Tensor, params) -> torch.Tensor:
 
 TRANSFORMS = {
     "repetition_penalty": Transform(repetition, torch.float32, lambda p, vocab: p.repetition_penalty != 1,
-                                    needs_history=True),
+                                    needs_history=True, update=forget_counts),
     "presence_penalty": Transform(presence, torch.float32, lambda p, vocab: p.presence_penalty != 0,
-                                  needs_history=True),
+                                  needs_history=True, update=forget_counts),
     "frequency_penalty": Transform(frequency, torch.float32, lambda p, vocab: p.frequency_penalty != 0,
-                                   needs_history=True),
+                                   needs_history=True, update=forget_counts),
     "no_repeat_ngram_size": Transform(no_repeat_ngram, torch.long, lambda p, vocab: p.no_repeat_ngram_size > 0,
                                       filter=True, needs_history=True),
     "min_tokens": Transform(min_tokens, torch.long, lambda p, vocab: p.n_out < p.min_tokens, filter=True,
