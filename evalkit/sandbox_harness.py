@@ -48,6 +48,7 @@ FOR_THE_CANDIDATE = frozenset({"call", "repr", "str", "bool", "hash", "eq", "ne"
 PROTOCOL = "writes to the harness's pipe (a message the harness did not ask for or cannot read)"
 EQUAL_TO_ANYTHING = "returns an object that says it equals anything (its __eq__)"
 EXITS = "exits (status 0) before its tests end"
+SWALLOWS = "its code compiles only with the tests after it (it would swallow them: a dangling decorator...)"
 
 
 def _codec():
@@ -143,7 +144,7 @@ class Peer:
         body = self._read(n)
         try:
             message = loads(body)
-        except (ValueError, RecursionError):
+        except Exception:  # not JSON (ValueError), too deep (RecursionError), or worse
             raise self.fail("sent what the harness cannot read", tamper=PROTOCOL) from None
         if type(message) is not list or not message or type(message[0]) is not str:
             raise self.fail("sent what the harness cannot read", tamper=PROTOCOL)
@@ -763,20 +764,21 @@ OPS = _ops()
 
 class Watch:
     """What the candidate's process can see of its program tampering with the harness: builtins or ``os``/``sys``
-    functions replaced, functions of its own put into other modules (an assert helper patched), another process's
-    ``/proc/<pid>/mem`` opened. Best effort: it runs in the candidate's own interpreter, which the program owns; the
-    verdict does not rest on it."""
+    functions replaced (then put back, for the harness's own sake), a trace function set, functions of its own put
+    into other modules (an assert helper patched), another process's ``/proc/<pid>/mem`` opened. Best effort: it runs
+    in the candidate's own interpreter, which the program owns; the verdict does not rest on it."""
 
     WATCHED = frozenset({"mem", "environ", "fd", "maps", "pagemap", "map_files", "root", "cwd", "task"})
 
     def __init__(self):
         import builtins
 
-        self.pid = os.getpid()
         self.seen: list[str] = []
-        self.builtins = dict(vars(builtins))
-        self.functions = {m: {k: v for k, v in vars(sys.modules[m]).items() if callable(v)}
-                          for m in ("os", "sys", "__main__")}
+        self.traced = False
+        self.now = vars(builtins)
+        self.builtins = dict(self.now)
+        self.dicts = {m: vars(sys.modules[m]) for m in ("os", "sys", "__main__")}
+        self.functions = {m: {k: v for k, v in d.items() if callable(v)} for m, d in self.dicts.items()}
         self.modules = dict(sys.modules)
         sys.addaudithook(self.audit)
 
@@ -792,24 +794,36 @@ class Watch:
                 and parts[3] in self.WATCHED:
             self.seen.append(f"opens {path} (another process's memory or files)")
 
-    def findings(self) -> list[str]:
-        import builtins
-
-        found = list(self.seen)
-        now = vars(builtins)
-        for name in sorted(set(self.builtins) | set(now)):
-            if name not in now:
-                found.append(f"deletes builtins.{name}")
-            elif name not in self.builtins or now[name] is not self.builtins[name]:
-                found.append(f"replaces builtins.{name}")
+    def put_back(self) -> list[str]:
+        """Put back what the program replaced in builtins, ``os``, ``sys``, the harness and ``sys.modules``, saying
+        what (without a builtin's name on the way: one of them may be the program's)."""
+        now, before = self.now, self.builtins
+        found = [f"replaces builtins.{k}" if k in before else f"adds builtins.{k}"
+                 for k in [k for k in now if k not in before or now[k] is not before[k]]]
+        found += [f"deletes builtins.{k}" for k in before if k not in now]
+        for k in [k for k in now if k not in before]:
+            del now[k]
+        now.update(before)
         for module, functions in self.functions.items():
+            current = self.dicts[module]
             for name, f in functions.items():
-                if getattr(sys.modules.get(module), name, None) is not f:
+                if current.get(name) is not f:
                     found.append(f"replaces {'the harness' if module == '__main__' else module}.{name}")
+                    current[name] = f
         for name, module in self.modules.items():
-            if name in sys.modules and sys.modules[name] is not module:
+            if sys.modules.get(name, module) is not module:
                 found.append(f"replaces sys.modules[{name!r}]")
-        found += _planted(skip={"builtins", *self.functions})
+                sys.modules[name] = module
+        return found
+
+    def findings(self) -> list[str]:
+        found = self.put_back() + self.seen
+        if self.traced or sys.gettrace() is not None or sys.getprofile() is not None:
+            found.append("sets a trace or profile function (sys.settrace, sys.setprofile)")
+        try:
+            found += _planted(skip={"builtins", *self.functions})
+        except Exception:  # a module of the program's that cannot be looked at: what was found so far
+            pass
         return list(dict.fromkeys(found))[:10]
 
 
@@ -820,15 +834,14 @@ def _planted(skip: set[str]) -> list[str]:
         if name in skip or name == "__candidate__" or module is None:
             continue
         try:
-            items = list(vars(module).items())
-        except TypeError:
+            for attr, value in list(vars(module).items()):
+                if _of_candidate(value):
+                    found.append(f"puts its own function in {name}.{attr}")
+                elif isinstance(value, type) and value.__module__ == name:
+                    found += [f"puts its own function in {name}.{value.__qualname__}.{a}"
+                              for a, v in list(vars(value).items()) if _of_candidate(v)]
+        except Exception:  # not a module (a library's stand-in in sys.modules), or one that cannot be looked at
             continue
-        for attr, value in items:
-            if _of_candidate(value):
-                found.append(f"puts its own function in {name}.{attr}")
-            elif isinstance(value, type) and value.__module__ == name:
-                found += [f"puts its own function in {name}.{value.__qualname__}.{a}"
-                          for a, v in list(vars(value).items()) if _of_candidate(v)]
     return found
 
 
@@ -954,6 +967,7 @@ def run_candidate(code_r: int, to_tests: int, from_tests: int) -> None:
     import types
 
     global watch
+    _prctl(PR_SET_DUMPABLE, 1)  # its own /proc/self as any process's (the supervisor's flag stays off)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     for fd in range(3, 1024):
@@ -976,27 +990,39 @@ def run_candidate(code_r: int, to_tests: int, from_tests: int) -> None:
             exec(compile(code, "candidate.py", "exec"), module.__dict__)
         finally:
             del code
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (ValueError, OSError):  # the program closed it
-                pass
+        raised = None
     except BaseException as e:
-        peer.leave_if_forked()
+        raised = e
+    # here, in a frame that no trace function of the program's follows: stop any before the harness runs on
+    watch.traced = sys.gettrace() is not None or sys.getprofile() is not None
+    sys.settrace(None)
+    sys.setprofile(None)
+    peer.leave_if_forked()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (ValueError, OSError):  # the program closed it
+            pass
+    if raised is not None:
         try:
             try:
-                peer.send_raised(e)
-            except MemoryError:
+                peer.send(["failed", peer.exception(raised), watch.findings()])
+            except (MemoryError, ValueError):  # too large to say: its text alone, once its memory is free
                 module.__dict__.clear()
-                peer.send_raised(e)
+                text = peer.exception(raised)
+                peer.send(["failed", [text[0], None, ["l", [text[3]]], text[3]], watch.findings()])
         except Stop:
             pass
         os._exit(1)
-    peer.leave_if_forked()
     try:
-        peer.send(["ready", _names(peer, module.__dict__), watch.findings()])
+        findings = watch.findings()
+        peer.send(["ready", _names(peer, module.__dict__), findings])
         while True:
             peer.serve(peer.receive())
+            if sys.gettrace() is not None or sys.getprofile() is not None:
+                watch.traced = True
+                sys.settrace(None)
+                sys.setprofile(None)
     except Stop:
         os._exit(0)
 
@@ -1057,9 +1083,17 @@ def _test(peer: Peer, job: dict) -> None:
     import types
 
     hello = peer.receive()
-    if hello[0] == "raised" and len(hello) == 2:
-        raise peer.received_exception(hello[1])
-    if hello[0] != "ready" or len(hello) != 3 or type(hello[1]) is not list or type(hello[2]) is not list:
+    if hello[0] not in ("ready", "failed") or len(hello) != 3 or type(hello[2]) is not list \
+            or not all(type(f) is str for f in hello[2]):
+        raise peer.fail("said something other than hello", tamper=PROTOCOL)
+    for finding in hello[2]:
+        peer.flag(finding)
+    if hello[0] == "failed":  # its module raised
+        raised = peer.received_exception(hello[1])
+        if isinstance(raised, SyntaxError) and _swallows(job):
+            peer.flag(SWALLOWS)
+        raise raised
+    if type(hello[1]) is not list:
         raise peer.fail("said something other than hello", tamper=PROTOCOL)
     names = {}
     try:
@@ -1067,13 +1101,10 @@ def _test(peer: Peer, job: dict) -> None:
             if type(value) is list and value[:1] in (["m"], ["k"]) and _str(value[-1]).rpartition(".")[2] != name:
                 raise ValueError("a module or a class under another name")
             names[_str(name)] = peer.decode(value)
-        findings = [_str(f) for f in hello[2]]
     except Stop:
         raise
     except Exception:
         raise peer.fail("said hello in a way the harness cannot read", tamper=PROTOCOL) from None
-    for finding in findings:
-        peer.flag(finding)
     module = types.ModuleType("__tests__")
     sys.modules["__tests__"] = module
     sys.argv = ["candidate.py"]
@@ -1090,6 +1121,25 @@ def _test(peer: Peer, job: dict) -> None:
         raise peer.fail("answered the end of the tests in a way the harness cannot read", tamper=PROTOCOL)
     for finding in findings:
         peer.flag(finding)
+
+
+def _swallows(job: dict) -> bool:
+    """Whether code that does not compile alone compiles with the tests after it, as it was once run: it ends in
+    what would take the tests in (a dangling decorator that replaces ``check``, a string left open)."""
+    if not job["tests"].strip():
+        return False
+    prefix = job["prefix"] + ("\n" if job["prefix"] and not job["prefix"].endswith("\n") else "")
+    module = prefix + job["code"]
+    for source, compiles in ((module, False), (f"{module}\n\n{job['tests']}", True)):
+        try:
+            compile(source, "candidate.py", "exec", dont_inherit=True)
+        except (SyntaxError, ValueError):
+            if compiles:
+                return False
+        else:
+            if not compiles:  # it compiles alone: its SyntaxError came from code it ran
+                return False
+    return True
 
 
 def _run_prefix(prefix: str, entry_point: str, namespace: dict) -> set[str]:

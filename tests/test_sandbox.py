@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from evalkit.sandbox import Limits, Outcome, Sandbox, SandboxUnavailable
+from evalkit.sandbox import TAMPERED, Limits, Outcome, Program, Sandbox, SandboxUnavailable
 
 
 # an odd file-size limit that only this module's sandbox has: it is in the command line of every process
@@ -232,9 +232,186 @@ def test_programs_see_themselves_as_a_module(sandbox, host):
 def test_outcomes_are_cached_by_program_and_limits(sandbox, host, monkeypatch):
     ran = []
     real = Sandbox._run
-    monkeypatch.setattr(Sandbox, "_run", lambda self, program, slot: ran.append(program.code) or real(self, program, slot))
+    monkeypatch.setattr(Sandbox, "_run",
+                        lambda self, program, slot: ran.append(program.code) or real(self, program, slot))
     a, b = "assert 1 == 1  # cached a", "assert 2 == 3  # cached b"
     outcomes = sandbox.run_many([a, b, a])
     assert [o.passed for o in outcomes] == [True, False, True] and sorted(ran) == sorted([a, b])
     assert sandbox.run(a).passed and len(ran) == 2  # run before: not again
     assert Sandbox(Limits(timeout=2.5)).run(a).passed and len(ran) == 3  # other limits: another outcome
+
+
+# ---------------------------------------------------------------------------- the verdict is out of reach
+
+
+def test_the_harness_is_out_of_the_programs_reach(sandbox, host):
+    """The process that holds the token and the tests (the program's parent) cannot be opened by the program: not
+    its memory, maps, environment, file descriptors or working directory (opened through libc, under the harness's
+    own watch)."""
+    probe = ("import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nreached = []\nparent = os.getppid()\n"
+             "for what in ('mem', 'maps', 'environ', 'fd', 'cwd', f'task/{parent}/mem'):\n"
+             "    fd = libc.open(f'/proc/{parent}/{what}'.encode(), os.O_RDONLY)\n"
+             "    if fd >= 0 or ctypes.get_errno() not in (1, 13):\n"
+             "        reached.append((what, fd, ctypes.get_errno()))\n"
+             "assert not reached, reached\n")
+    outcome = sandbox.run(probe)
+    assert outcome.passed, outcome
+    # through Python's open: refused too, and seen
+    outcome = sandbox.run("import os\nopen(f'/proc/{os.getppid()}/mem', 'rb')")
+    assert not outcome.passed and "PermissionError" in outcome.detail
+    assert any("/mem (another process's" in t for t in outcome.tamper), outcome
+
+
+def test_neither_the_token_nor_the_tests_are_in_the_programs_memory(sandbox, host):
+    """The program's process is forked before the harness reads its input: a search of the program's own memory
+    finds no trace of the tests that follow it."""
+    import secrets
+
+    secret = "evalkit-secret-" + secrets.token_hex(16)
+    search = ("import re\nfound = []\nwith open('/proc/self/maps') as maps, open('/proc/self/mem', 'rb') as mem:\n"
+              "    for line in maps:\n"
+              "        span, perms = line.split()[:2]\n"
+              "        if not perms.startswith('r') or '[vvar' in line or '[vsyscall' in line:\n"
+              "            continue\n"
+              "        start, end = (int(x, 16) for x in span.split('-'))\n"
+              "        try:\n"
+              "            mem.seek(start)\n"
+              "            found += re.findall(rb'evalkit-secret-[0-9a-f]{32}', mem.read(end - start))\n"
+              "        except OSError:\n"
+              "            pass\n"
+              "assert not found, found\n"
+              "def f():\n    return 1\n")
+    roomy = Sandbox(Limits(timeout=10.0, file_size=MARK))  # reading all its memory takes a while on a busy machine
+    outcome = roomy.run(Program(search, f"# {secret}\nassert f() == 1  # {secret}\n", entry_point="f"))
+    assert outcome.passed, outcome
+
+
+GOOD = "def sort_it(xs):\n    return sorted(xs)\n"
+TESTS = ("def check(candidate):\n    assert candidate([3, 1, 2]) == [1, 2, 3]\n    assert candidate([]) == []\n\n"
+         "check(sort_it)\n")
+WRONG = "def sort_it(xs):\n    return xs\n"
+
+# writes "finished" on every file descriptor it may have: the harness's pipe among them
+PIPE = "import os\nfor fd in range(3, 2000):\n    try:\n        os.write(fd, b'1')\n    except OSError:\n        pass\n"
+# Ways to pass without passing, each on a wrong solution (the first three failed already under the harness that ran
+# the tests in the program's own process, the others passed there): what it does, its code, its tests (None: TESTS),
+# what the harness saw
+TRICKS = [
+    ("writes the finished pipe, goes on", PIPE + WRONG, None, "writes to the harness's pipe"),
+    ("exits early, with sys.exit(0)", "import sys\nsys.exit(0)\n" + WRONG, None, "exits (status 0)"),
+    ("exits early, in its function", "import os\ndef sort_it(xs):\n    os._exit(0)\n", None, "exits (status 0)"),
+    ("writes the finished pipe, exits early", PIPE + "os._exit(0)\n", None, "exits (status 0)"),
+    ("replaces os._exit to say finished", "import os\nexit = os._exit\ndef fake(code):\n"
+     + "".join("    " + line + "\n" for line in PIPE.splitlines()) + "    exit(0)\nos._exit = fake\n" + WRONG, None,
+     "replaces os._exit"),
+    ("returns an object equal to everything", "class Any:\n    def __eq__(self, other):\n        return True\n"
+     "def sort_it(xs):\n    return Any()\n", None, "says it equals anything"),
+    ("returns a list equal to everything", "class L(list):\n    def __eq__(self, other):\n        return True\n"
+     "def sort_it(xs):\n    return L(xs)\n", None, "says it equals anything"),
+    ("monkeypatches builtins", "import builtins\nbuiltins.len = lambda x: 3\ndef sort_it(xs):\n    return []\n",
+     "assert len(sort_it([3, 1, 2])) == 3\n", "replaces builtins.len"),
+    ("patches an assert helper", "import math\nmath.isclose = lambda *a, **k: True\ndef root(x):\n    return 0\n",
+     "assert math.isclose(root(2), 1.41421, rel_tol=1e-4)\n", "puts its own function in math.isclose"),
+    ("patches unittest's assertEqual", "import unittest\nunittest.TestCase.assertEqual = lambda *a, **k: None\n"
+     + WRONG, "import unittest\nunittest.TestCase().assertEqual(sort_it([2, 1]), [1, 2])\n", "assertEqual"),
+    ("wraps the tests in a dangling decorator", WRONG + "@(lambda f: lambda *a, **k: None)\n", None,
+     "compiles only with the tests after it"),
+    ("jumps over the tests' lines with a trace function",
+     "import sys\ndef skip(frame, event, arg):\n    if event == 'line' and frame.f_code.co_name == 'check':\n"
+     "        try:\n            frame.f_lineno = frame.f_lineno + 1\n        except ValueError:\n            pass\n"
+     "    return skip\nsys.settrace(skip)\n" + WRONG, None, "sets a trace"),
+]
+
+
+@pytest.mark.parametrize("code, tests, seen", [t[1:] for t in TRICKS], ids=[t[0] for t in TRICKS])
+def test_a_trick_does_not_pass_and_is_flagged(sandbox, host, code, tests, seen):
+    outcome = sandbox.run(Program(code, tests or TESTS, entry_point="sort_it"))
+    assert not outcome.passed, outcome
+    assert any(seen in t for t in outcome.tamper), outcome
+    assert outcome.reason.startswith(TAMPERED) and seen in outcome.reason
+
+
+def test_the_tests_run_where_the_program_cannot_reach(sandbox, host):
+    """The control of the tricks: the right solution passes, the wrong one fails, untouched; a helper of the
+    prompt's that the tests call is the prompt's, whatever the candidate defines under its name."""
+    assert sandbox.run(Program(GOOD, TESTS, entry_point="sort_it")).passed
+    assert sandbox.run(Program(WRONG, TESTS, entry_point="sort_it")) == Outcome("failed", "AssertionError")
+    prefix = ("def poly(xs, x):\n    return sum(c * x ** i for i, c in enumerate(xs))\n\n"
+              "def find_zero(xs):\n    \"\"\"x with poly(xs, x) == 0.\"\"\"\n")
+    tests = "def check(candidate):\n    assert abs(poly([1, 2], candidate([1, 2]))) < 1e-9\n\ncheck(find_zero)\n"
+    honest = sandbox.run(Program("def find_zero(xs):\n    return -xs[0] / xs[1]\n", tests, prefix, "find_zero"))
+    forged = sandbox.run(Program("def poly(xs, x):\n    return 0\n\ndef find_zero(xs):\n    return 7.0\n", tests,
+                                 prefix, "find_zero"))
+    assert honest.passed and not forged.passed
+    # an object of the candidate's never decides a comparison with the tests' values: an int subclass equal to 3
+    # is not 3 here, but two of its own objects compare by its own __eq__
+    assert not sandbox.run(Program("class I(int):\n    pass\ndef f():\n    return I(3)\n", "assert f() == 3\n")).passed
+    assert sandbox.run(Program("class P:\n    def __init__(self, x):\n        self.x = x\n"
+                               "    def __eq__(self, o):\n        return self.x == o.x\n",
+                               "assert P(1) == P(1) and P(1) != P(2)\n")).passed
+
+
+# programs whose tests use what a test can: all must pass across the harness's pipe
+HONEST = [
+    ("a completion of the prompt's stub", Program("    return a + b\n", "assert add(2, 3) == 5\n",
+                                                  'def add(a, b):\n    """Add."""\n', "add")),
+    ("a callback and a key function", Program("def apply(f, x, key=None):\n    return sorted(f(x), key=key)\n",
+                                              "assert apply(lambda v: [v, 1], 3, key=lambda v: -v) == [3, 1]\n"
+                                              "assert apply(list, 'ba', key=str.upper) == ['a', 'b']\n")),
+    ("a class and its methods", Program("class Stack:\n    def __init__(self):\n        self.items = []\n"
+                                        "    def push(self, x):\n        self.items.append(x)\n"
+                                        "    def pop(self):\n        return self.items.pop()\n"
+                                        "    def __len__(self):\n        return len(self.items)\n"
+                                        "    def __contains__(self, x):\n        return x in self.items\n",
+                                        "s = Stack()\ns.push(1)\ns.push(2)\nassert s.pop() == 2 and len(s) == 1\n"
+                                        "assert 1 in s and 5 not in s and isinstance(s, Stack) and s.items == [1]\n")),
+    ("exceptions, the candidate's own too", Program(
+        "class Bad(ValueError):\n    pass\ndef f(x):\n    if x < 0:\n        raise Bad('negative')\n    return {}[x]\n",
+        "try:\n    f(-1)\nexcept Bad as e:\n    assert str(e) == 'negative' and isinstance(e, ValueError)\n"
+        "else:\n    assert False\ntry:\n    f(1)\nexcept KeyError as e:\n    assert e.args == (1,)\n")),
+    ("generators and higher-order functions", Program(
+        "def gen(n):\n    yield from range(n)\ndef adder(n):\n    return lambda x: x + n\n",
+        "assert list(gen(3)) == [0, 1, 2] and sum(gen(4)) == 6 and adder(2)(3) == 5\n")),
+    ("values of every plain kind", Program(
+        "import collections, datetime, fractions\nP = collections.namedtuple('P', 'x y')\n"
+        "def f():\n    return [{1: (2.5, None, b'x', {3}, frozenset(), 1 + 2j, 2 ** 100)}, 'é', bytearray(b'a'),\n"
+        "            float('inf'), collections.Counter('aab'), collections.deque([1]), fractions.Fraction(1, 3),\n"
+        "            datetime.date(2020, 1, 2), P(1, 2)]\n",
+        "import collections, datetime, fractions, math\nv = f()\n"
+        "assert v[:4] == [{1: (2.5, None, b'x', {3}, frozenset(), 1 + 2j, 2 ** 100)}, 'é', bytearray(b'a'), math.inf]\n"
+        "assert v[4] == {'a': 2, 'b': 1} and list(v[5]) == [1] and v[6] == fractions.Fraction(1, 3)\n"
+        "assert v[7] == datetime.date(2020, 1, 2) and v[8] == (1, 2) and v[8].y == 2\n")),
+    ("lists changed in place", Program("def fill(xs, d):\n    xs.sort()\n    d['k'] = 1\n",
+                                       "xs, d = [2, 1], {}\nfill(xs, d=d)\nassert xs == [1, 2] and d == {'k': 1}\n")),
+    ("the candidate's imports and globals", Program("import math\nN = 10\ndef f(x):\n    return math.sqrt(x)\n",
+                                                    "assert N == 10 and math.isclose(f(2), 2 ** 0.5)\n")),
+]
+
+
+@pytest.mark.parametrize("program", [h[1] for h in HONEST], ids=[h[0] for h in HONEST])
+def test_honest_programs_pass_across_the_pipe(sandbox, host, program):
+    outcome = sandbox.run(program)
+    assert outcome == Outcome("passed"), outcome
+
+
+def test_pass_at_k_fails_a_tampering_sample_and_says_why(tmp_path, sandbox):
+    """The tamper reason of each sample in sample_scores.parquet, and their count in the report."""
+    import pandas as pd
+
+    from evalkit.api import score_file
+    from evalkit.report import write_report
+
+    from conftest import write_jsonl
+
+    rows = [{"prompt_id": "s", "prompt": "sort", "tests": TESTS, "entry_point": "sort_it", "text": GOOD},
+            {"prompt_id": "s", "text": TRICKS[5][1]},  # an object equal to everything
+            {"prompt_id": "s", "text": "import sys\nsys.exit(0)\n"}]
+    run = score_file(write_jsonl(tmp_path / "g.jsonl", rows), ["pass_at_k[k=1]", "pass_at_k[k=2]"], tmp_path / "o",
+                     progress=False)
+    per = run.sample_scores[run.sample_scores["metric"] == "pass_at_1[timeout=3]"].sort_values("sample_index")
+    assert per["value"].tolist() == [1.0, 0.0, 0.0]
+    reasons = per["reason"].tolist()
+    assert pd.isna(reasons[0]) and reasons[1].startswith(TAMPERED) and "equals anything" in reasons[1]
+    assert reasons[2].startswith(TAMPERED) and "exits (status 0)" in reasons[2]
+    html = write_report([run.path], tmp_path / "r.html").read_text()
+    assert "2 samples whose program tampers with the tests&#39; harness" in html
