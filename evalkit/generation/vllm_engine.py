@@ -359,8 +359,12 @@ def engine_knobs(setting: Setting, vocab_size: int) -> dict[str, Any]:
 
 
 def refusal(setting: Setting) -> tuple[str, str] | None:
-    """(knob, why) for what vLLM cannot apply in ``setting``: a knob it lacks, another order, or a penalty counted
-    over other tokens than vLLM counts it (``penalty_scope`` other than vLLM's own); None when it applies all."""
+    """(knob, why) for what vLLM cannot apply in ``setting``: a knob it lacks (named before the order, which could
+    not make vLLM apply it), another order, or a penalty counted over other tokens than vLLM counts it
+    (``penalty_scope`` other than vLLM's own); None when it applies all."""
+    lacks = next((k for k in setting.set_knobs() if k not in KNOBS), None)
+    if lacks is not None:
+        return lacks, lacks
     refused = BackendSpec.refusal(SPEC, setting)
     if refused is not None:
         return refused

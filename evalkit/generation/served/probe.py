@@ -17,7 +17,8 @@
 3. When the grid samples and the kind names an order: the order is checked, ``PROBE_SEEDS`` requests at
    temperature 10000 with min_p 0.999: one text means min-p applies before the temperature (llama.cpp's
    order), several after it (vLLM's). A server that does not do what its kind's order does is taken for
-   one of unknown kind (its order unnamed), and step 0 is done again for that kind.
+   one of unknown kind (its order unnamed), and step 0 is done again for that kind. One that rejects the
+   request keeps its kind's order, unchecked (vLLM takes no temperature above 2).
 4. For each knob the grid sets (temperature: away from 1; a filter that keeps the most likely token: in a
    setting that samples), its probes (:func:`probes`): requests with the knob at an extreme must give one
    text (``one``: it leaves one token, as ``top_k`` 1 does), several (``several``: a qualifier that lets
@@ -267,21 +268,23 @@ async def _check(backend, settings: list[Setting], prompts: list[PreparedPrompt]
 
 async def _order(found: Found, run, settings: list[Setting], base: str, source: str | None) -> None:
     """Check that the server applies its kind's order, as far as min-p and the temperature tell; a server that does
-    not is taken for one of unknown kind (and the settings are checked again for that kind)."""
+    not is taken for one of unknown kind (and the settings are checked again for that kind). A server that refuses
+    the check's temperature (vLLM takes none above 2) keeps its kind's order, unchecked."""
     claimed = found.kind
     chain = ORDERS[claimed.order]
     expected_first = chain.index(("min_p",)) < chain.index(("temperature",))
     setting = Setting(**ORDER_PROBE)
+    described = _described(claimed, setting, ORDER_PROBE)
     try:
         seen = await run(setting, ONE)
-        first = len(set(seen)) == 1
-        what = (f"min-p {'before' if first else 'after'} the temperature ({PROBE_SEEDS} requests with "
-                f"{_described(claimed, setting, ORDER_PROBE)} gave "
-                f"{'one text' if first else f'{len(set(seen))} different texts'})")
     except ServerError as e:
         if e.status not in REFUSED:
             raise
-        first, what = None, f"it refuses the order check's request ({e})"
+        found.order_check = f"the {claimed.order} order of {claimed.what}, not checked: it rejects {described} ({e})"
+        return
+    first = len(set(seen)) == 1
+    what = (f"min-p {'before' if first else 'after'} the temperature ({PROBE_SEEDS} requests with {described} gave "
+            f"{'one text' if first else f'{len(set(seen))} different texts'})")
     if first == expected_first:
         found.order_check = f"the {claimed.order} order: {what}"
         return
