@@ -28,8 +28,7 @@ from evalkit.rundir import Run, load_run
 FORMATS = ("jsonl", "humaneval")
 
 
-def export_run(run: str | Path | Run, fmt: str = "jsonl", output: str | Path | None = None,
-               settings: list[str] | None = None) -> int:
+def export_run(run: str | Path | Run, fmt: str, output: str | Path, settings: list[str] | None = None) -> int:
     """Write the run's samples in format ``fmt`` (:data:`FORMATS`) to ``output`` (replaced whole, never left half
     written); ``settings``: only these setting ids (humaneval: the one setting, needed where the run has several).
     Returns the number of lines. Raises EvalkitError."""

@@ -124,7 +124,7 @@ def test_the_humaneval_preset_is_chen_et_al_s_protocol_and_its_laptop_line_runs(
     assert line in (Path(__file__).parent.parent / "docs" / "tasks.md").read_text(encoding="utf-8")
     words = shlex.split(line)
     small = load_config(preset_path("humaneval"), [words[i + 1] for i, w in enumerate(words) if w == "--set"])
-    assert len(load_prompts(small)) == 20 and small.samples_per_prompt == 10 and len(small.settings()) == 2
+    assert len(load_prompts(small)) == 10 and small.samples_per_prompt == 10 and len(small.settings()) == 2
     assert [(m.name, m.params.get("k", 1)) for m in small.metrics] == [("pass_at_1", 1), ("pass_at_k", 10)]
 
 

@@ -109,6 +109,8 @@ def best_temperatures(view: RunView) -> list[dict]:
         return []
     best = []
     for k, per_k in rows.groupby("k", sort=True):
+        if per_k["mean"].nunique() < 2:  # every setting alike (all 0 for a model that solves nothing): none is best
+            continue
         top = per_k[per_k["mean"] == per_k["mean"].max()].sort_values("temperature")
         best.append({"k": int(k), "value": fmt(float(top["mean"].iloc[0])), "settings": list(top["setting_id"]),
                      "temperatures": sorted({charts.show_param(t) for t in top["temperature"]}, key=float)})
