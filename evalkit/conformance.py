@@ -329,6 +329,7 @@ class Report:
     cases: list[Case] = field(default_factory=list)
     seeds: list[SeedCheck] = field(default_factory=list)
     seconds: float = 0.0
+    reference: str = "the backend's own model"  # whose forward pass gave the expected distributions
 
     @property
     def failed(self) -> bool:
@@ -341,7 +342,8 @@ class Report:
         return out
 
     def as_dict(self) -> dict:
-        return {"backend": self.backend, "order": self.order, "draws": self.options.draws, "alpha": self.options.alpha,
+        return {"backend": self.backend, "order": self.order, "reference": self.reference,
+                "draws": self.options.draws, "alpha": self.options.alpha,
                 "seed": self.options.seed, "seed_mapping": "derive_seed(seed, 'conformance', setting id, context, i)",
                 "continuations": list(self.options.continuations), "failed": self.failed, "counts": self.counts(),
                 "cases": [c.as_dict() for c in self.cases], "seeds": [s.as_dict() for s in self.seeds],
@@ -366,8 +368,13 @@ def draw(generator, units: list, batch_size: int, on_done=lambda n: None) -> lis
     """One token per unit, in unit order (END where the backend ended the text at once)."""
     where = {id(u): i for i, u in enumerate(units)}  # a record carries its unit (WorkUnit.key formats the setting id)
     out: list[int | None] = [None] * len(units)
+    by_key = None  # a backend that hands back copies of the units: found by key (slower: a key formats an id)
     for n, record in enumerate(generator.generate(units, max_new_tokens=1, batch_size=batch_size), start=1):
-        out[where[id(record.unit)]] = record.token_ids[0] if record.token_ids else END
+        i = where.get(id(record.unit))
+        if i is None or units[i] is not record.unit:
+            by_key = by_key or {u.key: k for k, u in enumerate(units)}
+            i = by_key[record.unit.key]
+        out[i] = record.token_ids[0] if record.token_ids else END
         on_done(n)
     if None in out:
         missing = units[out.index(None)]
@@ -534,13 +541,11 @@ def load_reference(config, reference: str | None, generator) -> Reference:
     return Reference.of(load_backend(config_from_dict(data, source="--reference")))
 
 
-def run(path, *, overrides: list[str] | None = None, settings: list[str] | None = None, draws: int = 2000,
-        reference: str | None = None, ui=None) -> Report:
-    """``evalkit conformance``: load the config's backend, draw, test (see :func:`check`)."""
+def _inputs(path, overrides: list[str] | None, settings: list[str] | None, draws: int):
+    """(config, spec, settings) of a conformance check, every input checked with nothing loaded."""
     from evalkit.config import load_config
     from evalkit.errors import ConfigError
-    from evalkit.generation import load_backend, spec_of
-    from evalkit.prompts import load_prompts
+    from evalkit.generation import spec_of
 
     config = load_config(path, overrides)
     spec = spec_of(config.model.backend)
@@ -552,7 +557,29 @@ def run(path, *, overrides: list[str] | None = None, settings: list[str] | None 
                           "--reference model): use backend hf or vllm", source=config.source, path="model.backend")
     if draws < 10:
         raise EvalkitError(f"--draws: at least 10 draws per setting and context, got {draws}")
-    chosen = pick_settings(config, settings, spec)
+    return config, spec, pick_settings(config, settings, spec)
+
+
+def plan(path, *, overrides: list[str] | None = None, settings: list[str] | None = None,
+         draws: int = 2000) -> list[tuple[str, str]]:
+    """What a check would draw, as (label, value) lines, with nothing loaded."""
+    _, spec, chosen = _inputs(path, overrides, settings, draws)
+    rows = len(chosen) * len(CONTINUATIONS)
+    sampled = [s for s in chosen if not s.greedy]
+    seeds = 7 * SEED_PROBES if sampled else 0  # twice, one by one, and each among 3 neighbours
+    return [("backend", f"{spec.name} (order auto = {spec.order_name})"),
+            ("settings", ", ".join(s.id for s in chosen)),
+            ("contexts", ", ".join("prompt" if n == 0 else f"prompt+{n}" for n in CONTINUATIONS)),
+            ("draws", f"{rows} rows x {draws} = {rows * draws} single-token draws, and {seeds} for the seed checks")]
+
+
+def run(path, *, overrides: list[str] | None = None, settings: list[str] | None = None, draws: int = 2000,
+        reference: str | None = None, ui=None) -> Report:
+    """``evalkit conformance``: load the config's backend, draw, test (see :func:`check`)."""
+    from evalkit.generation import load_backend
+    from evalkit.prompts import load_prompts
+
+    config, spec, chosen = _inputs(path, overrides, settings, draws)
     prompt = load_prompts(config)[0]
     generator = load_backend(config)
     try:
@@ -563,8 +590,11 @@ def run(path, *, overrides: list[str] | None = None, settings: list[str] | None 
         batch = (min(draws, DRAW_BATCH) if config.batch_size == "auto"
                  else generator.batch_size(config.batch_size, [prepared], 1))
         options = Options(draws=draws, seed=config.seed, batch_size=batch)
-        return check(generator, ref, chosen, prepared, backend=spec.name, order=spec.order_name or "auto",
-                     options=options, ui=ui)
+        report = check(generator, ref, chosen, prepared, backend=spec.name, order=spec.order_name or "auto",
+                       options=options, ui=ui)
+        report.reference = reference or ("the backend's own model" if ref.model is getattr(generator, "model", None)
+                                         else str(config.model.id))
+        return report
     finally:
         close = getattr(generator, "close", None)
         if callable(close):

@@ -248,8 +248,8 @@ def test_the_command_exits_1_on_a_broken_engine(sharp_model, tmp_path, monkeypat
     monkeypatch.setattr(evalkit.generation, "load_backend",
                         lambda config, **kw: Broken(real(config, **kw), setting=lambda s: s.model_copy(
                             update={"top_p": 1.0})))
-    result = CliRunner().invoke(app, ["conformance", write(tmp_path, sharp_model), "--setting", "temperature=0.7,top_p=0.8",
-                                      "--draws", "300", "-q"])
+    result = CliRunner().invoke(app, ["conformance", write(tmp_path, sharp_model), "--setting",
+                                      "temperature=0.7,top_p=0.8", "--draws", "300", "-q"])
     assert result.exit_code == 1, result.output
     assert "0 pass, 3 fail" in result.output and "outside the support" in result.output
 
@@ -263,3 +263,24 @@ def test_the_command_refuses_bad_input_with_exit_2(sharp_model, tmp_path, args, 
     result = CliRunner().invoke(app, ["conformance", write(tmp_path, sharp_model), *args, "-q"])
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+def test_plan_counts_the_draws_and_loads_nothing(tmp_path):
+    config = base_config(tmp_path / "no-such-model", tmp_path / "out", grid={"temperature": [0.0, 0.7]})
+    import yaml
+
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    result = CliRunner().invoke(app, ["conformance", str(path), "--plan", "--draws", "100"])
+    assert result.exit_code == 0, result.output
+    assert "6 rows x 100 = 600 single-token draws, and 112 for the seed checks" in result.output
+
+
+def test_a_backend_without_its_own_model_is_checked_against_the_same_weights(sharp_model, engine, tmp_path):
+    """vLLM in process: the reference is the config's model through transformers (here: the hf backend's)."""
+    config = config_from_dict(base_config(sharp_model, tmp_path))
+    reference = cf.load_reference(config, None, object())
+    tokens = engine.prepared.token_ids
+    assert reference.model is not engine.model
+    assert np.array_equal(reference.expected(NUCLEUS, tokens, "transformers"),
+                          cf.Reference.of(engine).expected(NUCLEUS, tokens, "transformers"))

@@ -21,7 +21,8 @@ def _p(x: float | None) -> str:
 
 def print_report(report) -> None:
     table = Table(title=escape(f"conformance of backend {report.backend} (order auto = {report.order}): "
-                               f"{report.options.draws} draws per row, alpha {report.options.alpha:g}, Holm"),
+                               f"{report.options.draws} draws per row, alpha {report.options.alpha:g}, Holm; "
+                               f"expected: {report.reference}"),
                   caption="p: Holm-adjusted; distance: total variation of the draws from the expected distribution "
                           "(by chance: a conforming backend's, at these draws); control: the wrong chain the same "
                           "draws must reject")
@@ -57,6 +58,8 @@ def conformance(
     reference: Annotated[str | None, typer.Option("--reference", help="The transformers model whose forward pass "
                                                   "gives the expected distribution (default: the backend's own "
                                                   "model, or the config's model id).", show_default=False)] = None,
+    plan: Annotated[bool, typer.Option("--plan", help="Print what would be drawn (settings, contexts, draws), then "
+                                                  "stop: nothing is loaded.")] = False,
     json_file: Annotated[Path | None, typer.Option("--json", help="Also write every row and seed check as JSON here.",
                                                    show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
@@ -69,6 +72,14 @@ def conformance(
     def body():
         from evalkit.api import conformance as run_conformance
 
+        if plan:
+            from evalkit.conformance import plan as plan_conformance
+
+            lines = plan_conformance(config, overrides=set_ or [], settings=setting, draws=draws)
+            width = max(len(label) for label, _ in lines)
+            for label, value in lines:
+                out.print(f"{escape(label):<{width}}  {escape(value)}", highlight=False, soft_wrap=True)
+            return 0
         if json_file is not None:
             _check_output(json_file, "--json", [], None)
         report = run_conformance(config, overrides=set_ or [], settings=setting, draws=draws, reference=reference,
