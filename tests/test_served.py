@@ -668,3 +668,47 @@ def test_a_placeholder_key_is_not_masked_in_generated_text():
     assert placeholder.scrub({"owned_by": "EMPTY"}) == {"owned_by": "***"}
     secret = "sk-" + "x" * (SECRET_LENGTH - 3)
     assert Endpoint("http://127.0.0.1:9/v1", secret, 10, 0, 0.1).scrub(f"a {secret} b", generated=True) == "a *** b"
+
+
+def test_each_kind_of_server_is_told_by_its_listing_and_sent_its_own_names():
+    from evalkit.generation.served.protocol import KINDS, kind_of
+    from evalkit.settings import Setting
+
+    assert [kind_of({"owned_by": o}).name for o in ("llamacpp", "me", "vllm", "openai", None)] == [
+        "llama.cpp", "llama-cpp-python", "vllm", "other", "other"]
+    plain = {"temperature": 0.8, "top_p": 1.0}
+    sent = {  # (kind, setting) -> the request fields, or the start of the reason it is refused
+        ("llama.cpp", (("repetition_penalty", 1.2),)): {**plain, "repeat_penalty": 1.2, "repeat_last_n": 64},
+        ("llama.cpp", (("repetition_penalty", 1.2), ("penalty_scope", 32))): {**plain, "repeat_penalty": 1.2,
+                                                                               "repeat_last_n": 32},
+        ("llama.cpp", (("presence_penalty", 0.5), ("penalty_scope", "prompt+output"))): {
+            **plain, "presence_penalty": 0.5, "repeat_last_n": -1},
+        ("llama.cpp", (("presence_penalty", 0.5), ("penalty_scope", "output"))): "penalty_scope 'output' (llama.cpp",
+        ("llama.cpp", (("xtc_probability", 0.5),)): {**plain, "xtc_probability": 0.5, "xtc_threshold": 0.1},
+        ("llama.cpp", (("dry_multiplier", 0.8),)): {**plain, "dry_multiplier": 0.8, "dry_base": 1.75,
+                                                     "dry_allowed_length": 2, "dry_penalty_last_n": -1,
+                                                     "dry_sequence_breakers": ["\n", ":", '"', "*"]},
+        ("llama.cpp", (("typical_p", 0.9), ("top_n_sigma", 1.5))): {**plain, "typical_p": 0.9, "top_n_sigma": 1.5},
+        ("llama.cpp", (("mirostat", 1),)): {**plain, "mirostat": 1, "mirostat_tau": 5.0, "mirostat_eta": 0.1},
+        ("llama.cpp", (("min_tokens", 3),)): "min_tokens (llama.cpp's server has no request field",
+        ("llama-cpp-python", (("mirostat", 2),)): {**plain, "mirostat_mode": 2, "mirostat_tau": 5.0,
+                                                    "mirostat_eta": 0.1},
+        ("llama-cpp-python", (("repetition_penalty", 1.2),)): {**plain, "repeat_penalty": 1.2},
+        ("vllm", (("repetition_penalty", 1.2), ("min_tokens", 3))): {**plain, "repetition_penalty": 1.2,
+                                                                      "min_tokens": 3},
+        ("vllm", (("frequency_penalty", 0.5), ("penalty_scope", "output"))): {**plain, "frequency_penalty": 0.5},
+        ("vllm", (("repetition_penalty", 1.2), ("penalty_scope", "output"))): (
+            "penalty_scope 'output' for repetition_penalty (a vLLM server counts it over prompt+output"),
+        ("vllm", (("order", "llama_cpp"),)): "order 'llama_cpp' (a vLLM server applies the vllm order)",
+        ("other", (("top_k", 5), ("repetition_penalty", 1.2))): {**plain, "top_k": 5, "repetition_penalty": 1.2},
+        ("other", (("order", "vllm"),)): "order 'vllm' (an OpenAI-compatible server of unknown kind applies its own",
+    }
+    for (kind, knobs), expected in sent.items():
+        setting = Setting(temperature=0.8, **dict(knobs))
+        refused = KINDS[kind].refusal(setting)
+        if isinstance(expected, str):
+            assert refused is not None and refused[1].startswith(expected), (kind, knobs, refused)
+            with pytest.raises(ValueError):
+                KINDS[kind].request(setting)
+        else:
+            assert refused is None and KINDS[kind].request(setting) == expected, (kind, knobs)
