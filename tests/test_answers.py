@@ -223,6 +223,7 @@ def test_code_extraction_and_program():
     he = Checks(tests="def check(candidate):\n    assert candidate(2) == 3\n", entry_point="inc",
                 code_prefix="def inc(x):\n    \"\"\"x + 1\"\"\"\n")
     p = program("    return x + 1\n", he)
-    assert p.startswith(he.code_prefix + "    return x + 1") and p.rstrip().endswith("check(inc)")
+    assert p.prefix == he.code_prefix and p.code == "    return x + 1\n" and p.entry_point == "inc"
+    assert p.tests.startswith(he.tests) and p.tests.rstrip().endswith("check(inc)")
     plain = Checks(tests="assert inc(2) == 3", entry_point="inc")
-    assert "check(" not in program("def inc(x): return x + 1", plain)
+    assert "check(" not in program("def inc(x): return x + 1", plain).tests

@@ -809,13 +809,13 @@ def test_a_vllm_sweep_end_to_end(tmp_path):
     import evalkit
     from evalkit.config import config_from_dict
     from evalkit.rundir.sample_cache import model_identity
-    from evalkit.settings import VLLM_ORDER
+    from evalkit.settings import VLLM_ORDER, chain_labels
 
     config = vllm_config(tmp_path / "runs", report=True, grid={"temperature": [0.0, 0.005, 1.0], "top_p": [0.9]})
     run = evalkit.run_sweep(config_from_dict(config), progress=False, cache=True)
     m = run.manifest
     assert m.status == "complete" and m.model.backend == "vllm" and m.model.engine.startswith("vllm ")
-    assert m.sampling_order == list(VLLM_ORDER) and m.protocol["engine"] == m.model.engine
+    assert m.sampling_order == list(chain_labels(VLLM_ORDER)) and m.protocol["engine"] == m.model.engine
     engine, started = json.loads(model_identity(m.model))[-2:]
     assert engine == m.model.engine and started["logprobs"] == 5 and started["args"]["dtype"] == "float32"
     generation = {s.id: s.generation for s in m.settings}
