@@ -137,7 +137,7 @@ def make_case(case: str, tmp_path: Path, tiny_model: Path) -> tuple[list[str], P
         "ray-workers": {"executor": {"kind": "ray", "workers": 0}},
         "ray-address": {"executor": {"kind": "ray", "address": f"127.0.0.1:{closed_port()}"}},
         "unhonoured-knob": {"model": {"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "id": "smollm2"},
-                            "grid": {"order": ["vllm"]}},
+                            "grid": {"order": ["sglang"]}},
         "unknown-backend": {"model": {"backend": "hff"}},
         "other-backends-field": {"model": {"backend": "hf", "base_url": "http://127.0.0.1:9/v1"}},
         "served-credentials": {"model": {"backend": "openai", "base_url": "http://user:secret@127.0.0.1:9/v1",
