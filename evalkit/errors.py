@@ -14,6 +14,18 @@ class EvalkitError(Exception):
     exit_code = 2
 
 
+class Stopped(EvalkitError):
+    """A run that started and was then stopped by a fault outside it (a server that fails a sample's request for
+    good): what it made is kept and ``evalkit run --resume`` continues it, so it exits as an interrupted run does
+    (130), and the run adds the resume hint to its message (:meth:`resumable`)."""
+
+    exit_code = 130
+
+    def resumable(self, run_dir) -> None:
+        """Add ``resume with: ...`` for ``run_dir`` to the message."""
+        self.args = (f"{self.args[0] if self.args else 'stopped'}; resume with: evalkit run --resume {run_dir}",)
+
+
 def shown(value, limit: int = 60) -> str:
     """A value as echoed in an error message, as YAML or JSON would write it (null, true, a date as
     2024-01-01, [1, true]), cut to ``limit`` characters; a huge value (an alias bomb) is never walked whole."""

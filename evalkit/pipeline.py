@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from evalkit.config import SweepConfig
-from evalkit.errors import EvalkitError, shown
+from evalkit.errors import EvalkitError, Stopped, shown
 from evalkit.executors import executor_for
 from evalkit.generation import Abilities, WorkUnit
 from evalkit.generation.base import Generator, PreparedPrompt
@@ -343,6 +343,8 @@ def recorded(config: SweepConfig, writer: RunWriter):
     try:
         yield
     except BaseException as e:
+        if isinstance(e, Stopped):  # a fault outside the run (a server's): resumable, and the line says how
+            e.resumable(writer.path)
         writer.fail(e)
         record_in_index(writer.path, config.index, config.output_dir, quiet=True)
         if isinstance(e, KeyboardInterrupt):

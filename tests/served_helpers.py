@@ -124,12 +124,15 @@ def leaked(reply: dict, credentials: str) -> bytes:
 class FaultProxy:
     """Forwards to ``upstream`` (host, port); ``script(n, method, path, body)`` may return an action for
     the n-th request (counted from 1): ("status", code, headers), "echo-key", "leak-key", "disconnect",
-    "garbage", "truncated", "huge", ("slow", seconds), ("drop", field), ("reject", field), ("fingerprint",
+    "garbage", "truncated", "huge", "no-logprobs" (the reply without its logprobs), "empty" (an empty completion),
+    ("slow", seconds), ("drop", field), ("reject", field), ("fingerprint",
     text) or ("owned_by", text): GET /models says the models are owned by ``text`` (as llama.cpp's server says
-    "llamacpp" and vLLM's "vllm"). Every request is logged."""
+    "llamacpp" and vLLM's "vllm"). Every request is logged. With ``upstream_key`` the proxy takes any key and
+    forwards with that one (so a test can give evalkit a key of its choosing)."""
 
-    def __init__(self, upstream_port: int, script=None):
+    def __init__(self, upstream_port: int, script=None, upstream_key: str | None = None):
         self.upstream_port = upstream_port
+        self.upstream_key = upstream_key
         self.script = script or (lambda n, method, path, body: None)
         self.log: list[tuple[int, str, str, dict | None, object]] = []
         self.times: dict[int, float] = {}  # request number -> when it arrived (time.monotonic)
@@ -192,6 +195,15 @@ class FaultProxy:
                     status, headers, payload = proxy.forward(method, self.path, body, self.headers)
                     if kind == "leak-key" and status == 200:  # a server that quotes the credentials in its replies
                         payload = leaked(json.loads(payload), self.headers.get("Authorization", ""))
+                    if kind == "empty" and status == 200 and method == "POST":
+                        reply = json.loads(payload)
+                        reply["choices"] = [{**c, "text": "", "logprobs": None, "finish_reason": "stop"}
+                                            for c in reply["choices"]]
+                        payload = json.dumps(reply).encode()
+                    if kind == "no-logprobs" and status == 200 and method == "POST":
+                        reply = json.loads(payload)
+                        reply["choices"] = [{**c, "logprobs": None} for c in reply["choices"]]
+                        payload = json.dumps(reply).encode()
                     if kind == "fingerprint" and status == 200 and method == "POST":  # as vLLM's and OpenAI's do
                         payload = json.dumps({**json.loads(payload), "system_fingerprint": action[1]}).encode()
                     if kind == "owned_by" and status == 200 and method == "GET":
@@ -234,6 +246,8 @@ class FaultProxy:
         conn = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=120)
         try:
             send = {k: headers[k] for k in ("Authorization", "Content-Type") if headers.get(k)}
+            if self.upstream_key is not None:
+                send["Authorization"] = f"Bearer {self.upstream_key}"
             conn.request(method, path, body=json.dumps(body).encode() if body is not None else None, headers=send)
             r = conn.getresponse()
             return r.status, {"Content-Type": r.getheader("Content-Type", "application/json")}, r.read()

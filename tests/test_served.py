@@ -235,13 +235,46 @@ def test_transient_faults_are_retried_and_change_no_sample(llama_server, referen
             assert proxy.times[retry] - proxy.times[n] >= 0.95
 
 
+def test_a_long_retry_after_is_capped_at_the_timeout_and_shown_on_the_progress_line(llama_server, reference,
+                                                                                  tmp_path):
+    """A server asking for 100000 s: the retry waits timeout_s at most, and the progress line says so."""
+    from contextlib import contextmanager
+
+    from evalkit.progress import Phase, Silent
+
+    statuses: list[str] = []
+
+    class Recorded(Phase):
+        def update(self, *, completed=None, status=None):
+            if status is not None:
+                statuses.append(status)
+
+    class Recording(Silent):
+        @contextmanager
+        def phase(self, description, total=None):
+            yield Recorded()
+
+    rule = scripted(lambda n, k: ("status", 429, {"Retry-After": "100000"}) if k == 3 else None)
+    with FaultProxy(llama_server.port, rule) as proxy:
+        run = evalkit.run_sweep(config_from_dict(served_config(proxy.base_url, tmp_path / "runs",
+                                                               model={"timeout_s": 20})), progress=Recording())
+    assert texts(run) == texts(reference)
+    waits = [s for s in statuses if "Retry-After" in s]
+    assert len(waits) == 1, statuses
+    assert "Retry-After 100000 s capped at model.timeout_s 20 s" in waits[0], waits[0]
+    assert int(waits[0].split("waiting ")[1].split(" s")[0]) <= 22, waits[0]  # 20 s and at most 10% jitter
+
+
 FATAL = {
     "always 503": (lambda n, k: ("status", 503, {}) if k else None, {},
                    r"503 Service Unavailable: injected 503 \(after 2 retries\)"),
     "never JSON": (lambda n, k: "garbage" if k else None, {}, r"is not JSON \(30 bytes: '<html>502 proxy"),
     "huge reply": (lambda n, k: "huge" if k else None, {}, r"is larger than \d+ MiB"),
-    "timeout": (lambda n, k: ("slow", 8) if k else None, {"timeout_s": 5, "max_retries": 1},
-                r"no reply from http://127\.0\.0\.1:\d+/v1/completions within 5 s \(model\.timeout_s\) "
+    "logprobs vanish after the check": (lambda n, k: "no-logprobs" if k else None, {},
+                                        r"the reply from http://127\.0\.0\.1:\d+/v1/completions has no logprobs "
+                                        r"\(asked for 1, .*\(after 2 retries\)"),
+    "timeout": (lambda n, k: ("slow", 45) if k else None, {"timeout_s": 15, "max_retries": 1},  # 15 s: a loaded
+                r"no reply from http://127\.0\.0\.1:\d+/v1/completions within 15 s \(model\.timeout_s\) "  # machine
                 r"\(after 1 retry\)"),
 }
 
@@ -252,14 +285,32 @@ def test_lasting_faults_stop_with_one_line(llama_server, tmp_path, fault, write_
     with FaultProxy(llama_server.port, scripted(rule)) as proxy:
         path = write_config(served_config(proxy.base_url, tmp_path / "runs", model=model))
         result = CliRunner().invoke(app, ["run", str(path), "-q"])
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 130, result.output  # as an interrupted run: what it made is kept, it resumes
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.output, result.stderr
     assert lines[0].startswith("error: prompt '") and "setting t" in lines[0], lines[0]  # a sample's request
     run_dir = next((tmp_path / "runs").glob("2*"))
-    assert evalkit.load_run(run_dir).manifest.status == "failed"  # kept, resumable
+    assert lines[0].endswith(f"; resume with: evalkit run --resume {run_dir}"), lines[0]
+    run = evalkit.load_run(run_dir)
+    assert run.manifest.status == "failed"  # kept, resumable
+    assert "resume with" in run.manifest.error
     assert __import__("re").search(message, lines[0]), lines[0]
     assert llama_server.api_key not in result.output
+
+
+def test_a_reply_over_the_cap_leaves_no_task_pending(llama_server, tmp_path, caplog):
+    """Replies cut off at the size cap, four in flight: every reader is closed, none left for asyncio to destroy
+    ("Task was destroyed but it is pending!")."""
+    import gc
+    import logging
+
+    caplog.set_level(logging.ERROR, logger="asyncio")
+    for _ in range(2):
+        with FaultProxy(llama_server.port, scripted(lambda n, k: "huge" if k else None)) as proxy:
+            with pytest.raises(EvalkitError, match=r"is larger than \d+ MiB"):
+                sweep(served_config(proxy.base_url, tmp_path / "runs"))
+    gc.collect()
+    assert not [r for r in caplog.records if "destroyed" in r.getMessage()], caplog.text
 
 
 def _start_failure(tmp_path, write_config, config: dict, env: dict | None = None, monkeypatch=None) -> str:
@@ -303,6 +354,15 @@ def test_a_knob_the_server_ignores_or_rejects_is_refused_before_any_sample(llama
             line = _start_failure(tmp_path, write_config, served_config(proxy.base_url, tmp_path / "runs", grid=grid))
         assert f"model: {proxy.base_url} {expected}" in line and "the grid sets" in line, line
         assert not sample_posts(proxy, 12)  # not one sample was asked for
+
+
+def test_a_server_of_empty_completions_is_refused_for_that(llama_server, tmp_path, write_config):
+    for metrics in (["distinct_1", "nll"], ["distinct_1"]):  # with logprobs needed, and without
+        with FaultProxy(llama_server.port, lambda n, m, p, body: "empty" if body else None) as proxy:
+            line = _start_failure(tmp_path, write_config, served_config(proxy.base_url, tmp_path / "runs",
+                                                                        metrics=metrics))
+        assert __import__("re").search(f"model: {proxy.base_url} returns (an )?empty completion", line), line
+        assert "logprobs, which" not in line and "does not sample" not in line, line
 
 
 # ---------------------------------------------------------------------- the knobs of each kind of server
@@ -357,7 +417,8 @@ def test_penalties_and_mirostat_go_to_llama_cpp_python_under_its_names(llama_ser
     for s in run.manifest.settings:  # the manifest holds exactly what the requests carry
         assert {k: v for k, v in s.generation.items() if k not in ("engine", "endpoint", "seed")} == sent[s.id]
     # the check showed each knob applied: a penalty moves the greedy text of a repetitive prompt
-    probes = [body for *_, body, _ in proxy.posts() if body.get("prompt") == PROBE_TEXT]
+    probes = [body for *_, body, _ in proxy.posts()  # the greedy probes (not the reproducibility check's request)
+              if body.get("prompt") == PROBE_TEXT and body["temperature"] != 2.0]
     assert {(b.get("repeat_penalty"), b.get("presence_penalty"), b.get("frequency_penalty")) for b in probes} >= {
         (2.0, 0.0, 0.0), (1.0, 2.0, 0.0), (1.0, 0.0, 2.0), (1.0, 0.0, 0.0)}
     assert all(b["temperature"] == 0.0 and b["max_tokens"] == 16 for b in probes)
@@ -432,6 +493,14 @@ def test_a_llama_cpp_server_gets_llama_cpps_names_and_the_check_sees_what_it_ign
     sent = generation_of(run, sample_posts(proxy, 12))
     assert sent["t0.8-p1-rp1.3"]["repeat_penalty"] == 1.3 and sent["t0.8-p1-rp1.3"]["repeat_last_n"] == 64
     assert "repeat_last_n" not in sent["t0.8-p1"]  # no penalty, no window
+    posts = [body for *_, body, _ in proxy.posts()]
+    assert all(b["cache_prompt"] is False for b in posts)  # llama.cpp's server: no reuse of the last prompt's cache
+    assert sent["t0.8-p1"]["cache_prompt"] is False  # and the manifest says so
+    # the reproducibility check sends seed 1 again right after a request on another prompt (a prefix cache changed)
+    hot = [i for i, b in enumerate(posts) if b["temperature"] == 2.0 and b["max_tokens"] == 8 and "min_p" in b
+           and b["min_p"] == 0.0 and b.get("top_k") in (0, -1)]
+    again = max(i for i in hot if posts[i]["seed"] == 1 and posts[i]["prompt"] != PROBE_TEXT)
+    assert posts[again - 1]["prompt"] == PROBE_TEXT and isinstance(server["seed_reproducible"], bool)
     ignored = {  # what llama-cpp-python drops without a word
         "typical_p": ({"typical_p": 0.5}, "ignores typical_p: 6 requests with typical_p=0.001 gave",
                       {"typical_p": 0.001}),
@@ -608,10 +677,13 @@ def test_retry_after_in_seconds_or_as_a_date():
     import email.utils
     import time
 
-    from evalkit.generation.served.client import MAX_RETRY_AFTER_S, _retry_after
+    from evalkit.generation.served.client import Endpoint, ServerError, _retry_after
 
     assert _retry_after("2") == 2.0 and _retry_after("0.5") == 0.5 and _retry_after(None) is None
-    assert _retry_after("soon") is None and _retry_after("99999") == MAX_RETRY_AFTER_S
+    assert _retry_after("soon") is None and _retry_after("99999") == 99999.0 and _retry_after("nan") is None
+    asked = ServerError("429", 429, retryable=True)
+    asked.retry_after = _retry_after("100000")
+    assert Endpoint("http://127.0.0.1:9/v1", None, 7.0, 1, 0.1).retry_wait(asked) == 7.0  # capped at timeout_s
     when = email.utils.formatdate(time.time() + 30, usegmt=True)
     assert 25 < _retry_after(when) <= 31
 
@@ -658,16 +730,34 @@ def test_plan_counts_every_ray_workers_check_and_requests_in_flight(tmp_path, wr
         int(one["completion tokens, at most"]) - sample_tokens)
 
 
-def test_a_placeholder_key_is_not_masked_in_generated_text():
-    """A short key is a placeholder (vLLM's users set EMPTY): masking it would change the model's words; what a
-    server says about itself is masked whatever the key."""
+def test_a_placeholder_key_is_masked_nowhere_and_any_longer_key_everywhere():
+    """A key under 8 characters is a placeholder (vLLM's users set EMPTY): not a secret, masked nowhere (masking it
+    would change the model's words); from 8 characters on it is masked in all a server says, generated text too."""
     from evalkit.generation.served.client import SECRET_LENGTH, Endpoint
 
-    placeholder = Endpoint("http://127.0.0.1:9/v1", "EMPTY", 10, 0, 0.1)
-    assert placeholder.scrub("The list is EMPTY.", generated=True) == "The list is EMPTY."
-    assert placeholder.scrub({"owned_by": "EMPTY"}) == {"owned_by": "***"}
-    secret = "sk-" + "x" * (SECRET_LENGTH - 3)
-    assert Endpoint("http://127.0.0.1:9/v1", secret, 10, 0, 0.1).scrub(f"a {secret} b", generated=True) == "a *** b"
+    assert SECRET_LENGTH == 8
+    for placeholder in ("EMPTY", "dummy", "x" * (SECRET_LENGTH - 1)):
+        endpoint = Endpoint("http://127.0.0.1:9/v1", placeholder, 10, 0, 0.1)
+        assert endpoint.scrub(f"The list is {placeholder}.") == f"The list is {placeholder}."
+        assert endpoint.scrub({"owned_by": placeholder}) == {"owned_by": placeholder}
+    for secret in ("k" * SECRET_LENGTH, "sk-short-key", "sk-" + "x" * 40):
+        endpoint = Endpoint("http://127.0.0.1:9/v1", secret, 10, 0, 0.1)
+        assert endpoint.scrub(f"a {secret} b") == "a *** b"
+        assert endpoint.scrub({"owned_by": [secret]}) == {"owned_by": ["***"]}
+
+
+def test_a_short_key_that_the_server_echoes_is_stored_nowhere(llama_server, tmp_path, monkeypatch):
+    """A 12-character key, quoted by the server in its listing, its fingerprint and every generated text."""
+    key = "sk-short-key"
+    monkeypatch.setenv("EVALKIT_TEST_API_KEY", key)
+    monkeypatch.setenv("EVALKIT_INDEX", str(tmp_path / "index.sqlite"))
+    with FaultProxy(llama_server.port, lambda n, m, p, body: "leak-key", upstream_key=llama_server.api_key) as proxy:
+        run = sweep(served_config(proxy.base_url, tmp_path / "runs", report=True))
+    assert run.samples["text"].str.endswith(" Bearer ***").all()
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert {"report.html", "samples.parquet", "manifest.json"} <= {p.name for p in files}
+    for path in files:
+        assert key.encode() not in path.read_bytes(), path
 
 
 def test_each_kind_of_server_is_told_by_its_listing_and_sent_its_own_names():

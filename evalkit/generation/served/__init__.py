@@ -30,7 +30,7 @@ from typing import Any
 from evalkit.config import OpenAIModel, SweepConfig
 from evalkit.errors import ConfigError, EvalkitError, shown
 from evalkit.generation.base import ModelInfo, PreparedPrompt, ProgressFn, SampleRecord, WorkUnit
-from evalkit.generation.served.client import Endpoint, ServerError, run_async
+from evalkit.generation.served.client import Endpoint, SampleFailed, ServerError, run_async
 from evalkit.generation.served.protocol import (KINDS, REQUEST_KNOBS, SEED_MODULUS, ServerKind, kind_of,
                                                 parse_choice, truncated_entropy)
 from evalkit.generation.spec import BackendSpec
@@ -178,6 +178,7 @@ class ServedBackend:
             out["stop"] = list(stop)
         out.update(self.sent if optional is None else optional)
         out.update((kind or self.kind).request(setting))  # a knob the grid sets wins over its neutral value
+        out.update((kind or self.kind).fixed)  # llama.cpp: no reuse of the previous request's prompt cache
         return out
 
     def generation_params(self, setting: Setting, max_new_tokens: int) -> dict[str, Any]:
@@ -213,15 +214,25 @@ class ServedBackend:
         started, done, tokens, retries = time.perf_counter(), 0, 0, [0]
         cap = self.reply_cap(max_new_tokens)
 
+        def retried(e: ServerError, wait: float) -> None:
+            """Count a retry, and say on the progress line what is waited for (a long Retry-After too)."""
+            retries[0] += 1
+            if progress is not None:
+                why = f"{e.status}" if e.status else "no reply"
+                if e.retry_after and e.retry_after > self.endpoint.timeout_s:
+                    why += (f", Retry-After {e.retry_after:g} s capped at model.timeout_s "
+                            f"{self.endpoint.timeout_s:g} s")
+                progress(done, f"{retries[0]} retried; waiting {wait:.0f} s to retry ({why})")
+
         async def one(unit: WorkUnit) -> SampleRecord:
             body = self.body(unit.prompt, unit.setting, unit.seed, max_new_tokens, stop)
             try:  # a reply that is not a completion is retried like a garbled one
                 data, choice = await self.endpoint.call(
                     client, "POST", self.path, body, max_bytes=cap, parse=self.parse,
-                    on_retry=lambda e: retries.__setitem__(0, retries[0] + 1))
+                    on_retry=retried)
             except ServerError as e:
-                raise ServerError(f"prompt {unit.prompt.prompt.id!r}, setting {unit.setting.id}, sample "
-                                  f"{unit.sample_index}: {e}", e.status) from None
+                raise SampleFailed(f"prompt {unit.prompt.prompt.id!r}, setting {unit.setting.id}, sample "
+                                   f"{unit.sample_index}: {e}", e.status) from None
             return self.record(unit, data, choice, stop)
 
         def fill() -> None:
@@ -256,11 +267,25 @@ class ServedBackend:
             if pending:
                 loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             loop.run_until_complete(client.aclose())
+            loop.run_until_complete(loop.shutdown_asyncgens())  # as asyncio.run does: none is left pending
             loop.close()
 
     def parse(self, data: dict):
-        """(reply, its first choice); raises a retryable ServerError for a reply that is not a completion."""
-        return data, parse_choice(data, self.api, self.endpoint.base_url + self.path)
+        """(reply, its first choice); raises a retryable ServerError for a reply that is not a completion, or that
+        lacks the logprobs the metrics need (the capability check saw the server give them: a sample stored without
+        them would leave its prompt out of nll and the entropies without a word)."""
+        url = self.endpoint.base_url + self.path
+        choice = parse_choice(data, self.api, url)
+        if self.logprobs and choice.text:
+            chosen, tops = choice.logprobs if choice.logprobs is not None else ([], [])
+            if not chosen:
+                raise ServerError(f"the reply from {url} has no logprobs (asked for {self.logprobs}, which the metrics "
+                                  "need and the capability check saw it return)", retryable=True)
+            if self.logprobs > 1 and not any(tops):
+                raise ServerError(f"the reply from {url} has no top logprobs (asked for {self.logprobs}, which "
+                                  f"token_entropy[top={self.logprobs}] needs and the capability check saw it return)",
+                                  retryable=True)
+        return data, choice
 
     def record(self, unit: WorkUnit, data: dict, choice, stop: tuple[str, ...]) -> SampleRecord:
         """A sample from a reply and its parsed first choice."""
@@ -269,7 +294,7 @@ class ServedBackend:
         if fingerprint and expected and fingerprint != expected:
             raise EvalkitError(f"the server's system_fingerprint changed from {expected!r} to {fingerprint!r} during "
                                "the run: its samples would mix two deployments")
-        text, finish = self.endpoint.scrub(choice.text, generated=True), self.endpoint.scrub(choice.finish_reason)
+        text, finish = self.endpoint.scrub(choice.text), self.endpoint.scrub(choice.finish_reason)
         cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
         if cut >= 0:
             text, finish = text[:cut], "stop"

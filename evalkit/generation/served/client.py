@@ -8,7 +8,8 @@ connections, timeouts, garbled replies), cap how much of a reply it reads, and k
 huggingface_hub.
 
 The API key is only ever put in the ``Authorization`` header: no message of this module contains
-it, and any copy of it in a server's reply is masked before the reply is quoted.
+it, and any copy of it in a server's reply (generated text included) is masked before the reply is stored or
+quoted; a key under 8 characters is a placeholder (EMPTY), not a secret, and is masked nowhere.
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ import asyncio
 import concurrent.futures
 import email.utils
 import json
+import math
 import random
 import time
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
-from evalkit.errors import EvalkitError
+from evalkit.errors import EvalkitError, Stopped
 
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
-MAX_RETRY_AFTER_S = 600.0
+MAX_RETRY_AFTER_S = 600.0  # the longest exponential backoff (a Retry-After is capped at timeout_s)
 
 
 class ServerError(EvalkitError):
@@ -38,7 +41,15 @@ class ServerError(EvalkitError):
         self.detail: str | None = None  # the server's own words (key masked)
 
 
-SECRET_LENGTH = 16  # an API key this long or longer is taken for a secret in generated text (see Endpoint.scrub)
+# A key shorter than this is a placeholder, not a secret (vLLM's users set EMPTY or dummy, llama.cpp's examples
+# no-key): it is masked nowhere, since masking it would change the model's words. A key this long or longer is masked
+# everywhere, generated text included (see Endpoint.scrub).
+SECRET_LENGTH = 8
+
+
+class SampleFailed(ServerError, Stopped):
+    """A sample's request failed for good during a run: the run stops as an interrupted one (exit code 130) with
+    the resume hint, and keeps the samples it made."""
 
 
 @dataclass
@@ -63,13 +74,13 @@ class Endpoint:
                                                      max_keepalive_connections=connections),
                                  follow_redirects=False, trust_env=False)
 
-    def scrub(self, value, generated: bool = False):
+    def scrub(self, value):
         """``value`` (a string, or a list or mapping of them, from a server's reply) with every copy of the
-        API key masked: what a server says is stored and shown, and a careless server may quote the key.
-        ``generated`` text is masked only for a key of :data:`SECRET_LENGTH` characters or more: a short one
-        is a placeholder (vLLM's users set EMPTY or dummy), and masking it would change the model's words."""
+        API key masked: what a server says (its model listing, its errors, the generated text) is stored and
+        shown, and a careless server may quote the key. A key under :data:`SECRET_LENGTH` characters is a
+        placeholder (EMPTY, dummy), not a secret, and is left alone: masking it would change the model's words."""
         if isinstance(value, str):
-            if not self.api_key or (generated and len(self.api_key) < SECRET_LENGTH):
+            if not self.api_key or len(self.api_key) < SECRET_LENGTH:
                 return value
             return value.replace(self.api_key, "***")
         if isinstance(value, dict):
@@ -83,14 +94,19 @@ class Endpoint:
         text = " ".join(self.scrub(text).split())
         return text if len(text) <= limit else text[: limit - 3] + "..."
 
+    def retry_wait(self, e: ServerError) -> float:
+        """The wait a reply's Retry-After asks for, capped at ``timeout_s``: a server asking for a day would hold the
+        run that long with nothing on screen."""
+        return min(e.retry_after or 0.0, self.timeout_s)
+
     async def call(self, client, method: str, path: str, body: dict | None = None, *, max_bytes: int = 8 << 20,
                    retries: int | None = None, on_retry=None, once: frozenset[int] = frozenset(),
                    parse=None) -> dict:
         """The JSON reply of one request (``parse(data)`` of it, when given), retried on transient failures:
         429 and 5xx replies, dropped connections, timeouts, replies that are not JSON or that ``parse``
         refuses. Statuses in ``once`` are retried at most once (a refusal some servers send as a 500).
-        Waits grow exponentially from ``backoff_s`` (a Retry-After header can ask for longer). Raises
-        :class:`ServerError`."""
+        Waits grow exponentially from ``backoff_s`` (a Retry-After header can ask for longer, up to ``timeout_s``);
+        ``on_retry(error, wait)`` is told of each. Raises :class:`ServerError`."""
         retries = self.max_retries if retries is None else retries
         attempt = 0
         while True:
@@ -105,11 +121,11 @@ class Endpoint:
                     if attempt:
                         raise ServerError(f"{e} (after {attempt} retr{'y' if attempt == 1 else 'ies'})", e.status)
                     raise e
-                wait = min(self.backoff_s * 2 ** attempt, MAX_RETRY_AFTER_S)
-                wait = max(wait, e.retry_after or 0.0) * (1 + 0.1 * random.random())  # jitter: not all at once
+                wait = max(min(self.backoff_s * 2 ** attempt, MAX_RETRY_AFTER_S), self.retry_wait(e))
+                wait *= 1 + 0.1 * random.random()  # jitter: not all at once
                 attempt += 1
                 if on_retry is not None:
-                    on_retry(e)
+                    on_retry(e, wait)
                 await asyncio.sleep(wait)
 
     async def _once(self, client, method: str, path: str, body: dict | None, max_bytes: int) -> dict:
@@ -117,9 +133,9 @@ class Endpoint:
 
         url = self.base_url + path
         try:
-            async with client.stream(method, url, json=body) as response:
+            async with client.stream(method, url, json=body) as response, aclosing(response.aiter_bytes()) as body_:
                 chunks, size = [], 0
-                async for chunk in response.aiter_bytes():
+                async for chunk in body_:  # closed here when a reply is cut off, not left to the garbage collector
                     size += len(chunk)
                     if size > max_bytes:
                         raise ServerError(f"the reply to {method} {url} is larger than {max_bytes >> 20} MiB; "
@@ -185,7 +201,8 @@ def _error_text(raw: bytes) -> str:
 
 
 def _retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header (delay seconds or an HTTP date), capped; None if absent or bad."""
+    """Seconds to wait from a Retry-After header (delay seconds or an HTTP date), as the server asked (the caller caps
+    it: :meth:`Endpoint.retry_wait`); None if absent or bad."""
     if not value:
         return None
     try:
@@ -196,4 +213,4 @@ def _retry_after(value: str | None) -> float | None:
         except (TypeError, ValueError):
             return None
         seconds = when.timestamp() - time.time()
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+    return max(seconds, 0.0) if math.isfinite(seconds) else None

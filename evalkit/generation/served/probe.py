@@ -12,8 +12,10 @@
    (the server has no such knob, or it is off unless set). Logprobs that the metrics need and the server
    does not give are refused.
 2. When the grid samples: ``PROBE_SEEDS`` requests at temperature 2 with different seeds must give at
-   least two texts (else the server ignores temperature or seed: refused), and the first seed sent again
-   must give the first text again (recorded as ``seed_reproducible``; a hosted API may not promise it).
+   least two texts (else the server ignores temperature or seed: refused), and the first seed sent again, after a
+   request on another prompt (which changes a cached prompt prefix), must give the first text again (recorded as
+   ``seed_reproducible``; a hosted API may not promise it, llama-cpp-python's server reuses the previous request's
+   prefix).
 3. When the grid samples and the kind names an order: the order is checked, ``PROBE_SEEDS`` requests at
    temperature 10000 with min_p 0.999: one text means min-p applies before the temperature (llama.cpp's
    order), several after it (vLLM's). A server that does not do what its kind's order does is taken for
@@ -37,7 +39,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from evalkit.errors import ConfigError
+from evalkit.errors import ConfigError, shown
 from evalkit.generation.base import PreparedPrompt
 from evalkit.generation.served.client import ServerError, run_async
 from evalkit.generation.served.protocol import KINDS, OPTIONAL_KNOBS, OTHER, REQUEST_KNOBS, ServerKind, parse_choice
@@ -247,7 +249,15 @@ async def _check(backend, settings: list[Setting], prompts: list[PreparedPrompt]
                 _check_logprobs(parse_choice(first, backend.api, url), logprobs, refuse, base)
             if any(not s.greedy for s in settings):
                 hot = Setting(temperature=PROBE_TEMPERATURE)
-                sampled = await texts(hot, [*range(1, PROBE_SEEDS + 1), 1])
+                sampled = await texts(hot, range(1, PROBE_SEEDS + 1))
+                # the first seed again, after a request on another prompt: a server that reuses the previous
+                # request's cached prompt prefix (llama-cpp-python's) now computes the prompt afresh, as the first
+                # sample of a prompt in a run, or on a resume, does
+                await send(hot, 1, found.sent, on=repetitive)
+                sampled += await texts(hot, [1])
+                if not any(sampled):
+                    raise refuse(f"{base} returns empty completions: {PROBE_SEEDS} requests at temperature "
+                                 f"{PROBE_TEMPERATURE:g} gave no text (is its context full, or does it stop at once?)")
                 if len(set(sampled[:PROBE_SEEDS])) < 2:
                     raise refuse(f"{base} does not sample: {PROBE_SEEDS} requests at temperature "
                                  f"{PROBE_TEMPERATURE:g} with different seeds gave one text (does it ignore "
@@ -355,8 +365,8 @@ def budget(settings: list[Setting], max_new_tokens: int) -> tuple[int, int]:
             else:
                 seeded.add(p.built(p.setting).id)
     tries = sum(len(v) for v in OPTIONAL_KNOBS.values())
-    requests = 3 + tries + PROBE_SEEDS + 1 + len(seeded) * PROBE_SEEDS + len(greedy)
-    tokens = (3 * max_new_tokens + tries + (PROBE_SEEDS + 1 + len(seeded) * PROBE_SEEDS) * PROBE_TOKENS
+    requests = 3 + tries + PROBE_SEEDS + 2 + len(seeded) * PROBE_SEEDS + len(greedy)
+    tokens = (3 * max_new_tokens + tries + (PROBE_SEEDS + 2 + len(seeded) * PROBE_SEEDS) * PROBE_TOKENS
               + len(greedy) * MOVES_TOKENS)
     return requests, tokens
 
@@ -365,6 +375,10 @@ def budget(settings: list[Setting], max_new_tokens: int) -> tuple[int, int]:
 def _check_logprobs(choice, logprobs: int, refuse, base: str) -> None:
     """The reply carries the logprobs the metrics need: the chosen tokens', and the top N (at least somewhere:
     a server that keys its top logprobs by text may merge tokens that decode alike)."""
+    if not choice.text:
+        raise refuse(f"{base} returns an empty completion to the sweep's request (finish_reason "
+                     f"{shown(choice.finish_reason)}, no text, so no logprobs either): is its context full, or does "
+                     "it stop at once?")
     if choice.logprobs is None or not choice.logprobs[0]:
         raise refuse(f"{base} returns no logprobs, which the metrics need (nll, perplexity, token_entropy with "
                      "top=N)")

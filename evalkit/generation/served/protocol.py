@@ -134,6 +134,7 @@ class ServerKind:
     owned_by: str | None  # what its GET /models entries give as owned_by (how evalkit tells it)
     scopes: str  # which penalty_scope it can be sent: "window" (a count of last tokens), "own" (its own), "auto"
     auto_scope: str  # which tokens its penalties count when penalty_scope is auto (the manifest says so)
+    fixed: tuple[tuple[str, Any], ...] = ()  # request fields sent with every request (not knobs): cache reuse off
     fields: dict[str, str] = field(init=False, repr=False)  # knob -> request field, for each knob it honours
 
     def __post_init__(self) -> None:
@@ -215,8 +216,10 @@ def _elsewhere(knob: str) -> str:
 
 
 KINDS: dict[str, ServerKind] = {k.name: k for k in (
+    # cache_prompt false: llama.cpp's server would reuse the previous request's KV cache for the common prompt prefix,
+    # whose logits can differ from a fresh prompt's (so the same seed would not always give the same sample)
     ServerKind(LLAMA_CPP, "llama.cpp's server", "llama_cpp", "llamacpp", "window",
-               "the last 64 tokens of prompt and output (repeat_last_n 64, sent)"),
+               "the last 64 tokens of prompt and output (repeat_last_n 64, sent)", (("cache_prompt", False),)),
     ServerKind(LLAMA_CPP_PYTHON, "llama-cpp-python's server", "llama_cpp", "me", "auto",
                "the last --last_n_tokens_size generated tokens (64 unless the server was started with another)"),
     ServerKind(VLLM, "a vLLM server", "vllm", "vllm", "own",
