@@ -164,8 +164,12 @@ CALIBRATED: dict[str, tuple[int, tuple[float, float], dict]] = {
     "epsilon_cutoff": (-1, (0.0, 0.5), {}),
     "eta_cutoff": (-1, (0.0, 0.9), {}),
     "top_n_sigma": (+1, (0.01, 10.0), {"order": "llama_cpp"}),  # llama.cpp's knobs: evalkit's engine needs its order
-    "xtc_probability": (+1, (0.0, 1.0), {"min_p": 0.1, "order": "llama_cpp"}),  # XTC adds entropy to min-p's
+    "xtc_probability": (+1, (0.0, 1.0), {"order": "llama_cpp"}),  # XTC adds entropy to pure sampling's
 }
+# The families calibrated when none is named: each knob above, XTC at llama.cpp's usual probability and threshold
+# (0.5, 0.1) with the temperature setting the entropy (XTC's kept set does not depend on it: it comes first).
+DEFAULT_FAMILIES = [*({"knob": k} for k in CALIBRATED if k != "xtc_probability"),
+                    {"knob": "temperature", "fixed": {"xtc_probability": 0.5, "order": "llama_cpp"}}]
 
 
 @dataclass(frozen=True)
@@ -181,11 +185,24 @@ class Family:
     def direction(self) -> int:
         return CALIBRATED[self.knob][0]
 
+    @property
+    def name(self) -> str:
+        """The knob, and the rest of the setting where there is one: ``temperature (xtc_probability 0.5, ...)``."""
+        rest = ", ".join(f"{k} {v}" for k, v in self.fixed.items())
+        return f"{self.knob} ({rest})" if rest else self.knob
+
     def setting(self, value: float) -> Setting:
         """The family's setting at ``value``; at the knob's off value, without the knobs that only qualify it."""
         off = Setting.model_fields[self.knob].default
         fixed = {k: v for k, v in self.fixed.items() if not (value == off and self.knob in QUALIFIES.get(k, ()))}
         return Setting(**{**fixed, self.knob: value})
+
+    def midpoint(self, a: float, b: float) -> float | int:
+        """Between two values: their geometric mean where the range's ends are positive and an order of magnitude or
+        more apart (bisection on the log scale: top_k 1 to 400 takes as many steps near 1 as near 400), else the
+        arithmetic mean; rounded."""
+        log_scale = 0 < self.low and self.high >= 10 * self.low
+        return self.rounded(math.sqrt(a * b) if log_scale else (a + b) / 2)
 
     def rounded(self, value: float) -> float | int:
         """A value as tried and written: a whole number for top_k, else 4 significant digits."""
@@ -216,16 +233,17 @@ class Calibrated:
         f, (value, entropy) = self.family, self.best
         ends = sorted(t for t in self.tried[:2])
         if self.status == "out of reach":
-            return (f"{f.knob}: {self.target:g} nats is out of reach: the entropy goes from {ends[0][1]:.3f} "
+            return (f"{f.name}: {self.target:g} nats is out of reach: the entropy goes from {ends[0][1]:.3f} "
                     f"({f.knob} {ends[0][0]:g}) to {ends[-1][1]:.3f} ({f.knob} {ends[-1][0]:g}) on these prompts")
         if self.status == "not monotone":
-            return (f"{f.knob}: not monotone over {f.low:g} to {f.high:g} on these prompts: the entropy "
+            return (f"{f.name}: not monotone over {f.low:g} to {f.high:g} on these prompts: the entropy "
                     f"{'falls' if f.direction > 0 else 'rises'} from {ends[0][1]:.3f} to {ends[-1][1]:.3f}")
-        return (f"{f.knob}: {value:g} gives {entropy:.3f} nats ({self.status}, {len(self.tried)} values tried)")
+        return (f"{f.name}: {value:g} gives {entropy:.3f} nats ({self.status}, {len(self.tried)} values tried)")
 
     def as_dict(self) -> dict:
         s = self.setting
-        return {"knob": self.family.knob, "low": self.family.low, "high": self.family.high,
+        return {"family": self.family.name, "knob": self.family.knob, "low": self.family.low,
+                "high": self.family.high,
                 "fixed": self.family.fixed, "target": self.target, "status": self.status, "value": self.best[0],
                 "entropy": self.best[1], "setting": None if s is None else pasted(s),
                 "setting_id": None if s is None else s.id, "tried": [list(t) for t in self.tried]}
@@ -241,7 +259,8 @@ class Bisection:
     each step measures the midpoint of the bracket (``cold``: the end of lower entropy, ``hot``: the higher) and
     replaces the end on its side of the target, so the bracket always holds the target, even where the measured
     curve wiggles (another value changes which tokens are drawn, so the mean over a decode is monotone only on
-    average). It stops within ``tolerance``, when the midpoint rounds to an end, or after ``max_steps``."""
+    average). It stops within ``tolerance``, when the midpoint rounds to an end, or after ``max_steps``. The midpoint
+    is :meth:`Family.midpoint`'s."""
 
     def __init__(self, family: Family, target: float, tolerance: float, max_steps: int):
         self.family, self.target, self.tolerance, self.max_steps = family, target, tolerance, max_steps
@@ -258,7 +277,7 @@ class Bisection:
         elif not self.tried:
             self.asked = [f.rounded(f.low), f.rounded(f.high)]
         else:
-            mid = f.rounded((self.cold[0] + self.hot[0]) / 2)
+            mid = f.midpoint(self.cold[0], self.hot[0])
             if mid in (self.cold[0], self.hot[0]) or len(self.tried) - 2 >= self.max_steps:
                 self.status, self.asked = "closest", []
             else:
@@ -291,11 +310,11 @@ class Bisection:
         return Calibrated(self.family, self.target, self.status or "closest", self.tried)
 
 
-def families(section: list | None, source: str | None = None, path: str = "calibrate") -> list[Family]:
+def sampler_families(section: list | None, source: str | None = None, path: str = "calibrate") -> list[Family]:
     """The families a ``calibrate:`` section lists (``[{knob, range: [low, high], fixed: {...}}, ...]``; range and fixed
-    default to :data:`CALIBRATED`'s, fixed merged over them), or every family of :data:`CALIBRATED` (None)."""
+    default to :data:`CALIBRATED`'s, fixed merged over them), or :data:`DEFAULT_FAMILIES` (None)."""
     if section is None:
-        section = [{"knob": k} for k in CALIBRATED]
+        section = DEFAULT_FAMILIES
     if not isinstance(section, list) or not section:
         raise ConfigError(f"a non-empty list of families ({{knob: top_p, range: [0.1, 1.0]}}, ...), got "
                           f"{shown(section)}", source=source, path=path)
@@ -337,33 +356,12 @@ def calibrate(config: str | Path, entropy: float, knobs: list | None = None, *, 
     the sampling distribution: the mean over samples of each sample's mean ``entropy_sampling``, the number a run's
     ``token_entropy[dist=sampling]`` gives), found by :class:`Bisection` with evalkit's engine on the config's model,
     prompts, samples per prompt, max_new_tokens and seed. ``knobs``: the families (as a ``calibrate:`` section
-    lists them); None: the config's ``calibrate:`` section, else every family of :data:`CALIBRATED`. All families
+    lists them); None: the config's ``calibrate:`` section, else :data:`DEFAULT_FAMILIES`. All families
     are measured together, one decode per bisection step."""
-    from evalkit.config import config_from_dict
     from evalkit.executors import executor_for
-    from evalkit.generation import spec_of
     from evalkit.plan import checked_inputs
 
-    path = Path(config)
-    data = parse_yaml(_text_of(path), str(path))
-    section = data.pop("calibrate", None)
-    sweep = config_from_dict(data, source=str(path), base_dir=path.resolve().parent, overrides=overrides)
-    if not (math.isfinite(entropy) and entropy >= 0):
-        raise EvalkitError(f"--entropy: a mean entropy in nats, >= 0, got {shown(entropy)}")
-    if not (math.isfinite(tolerance) and tolerance > 0):
-        raise EvalkitError(f"--tolerance: a positive number of nats, got {shown(tolerance)}")
-    fams = families(knobs, path="--knob") if knobs is not None else families(section, str(path))
-    spec = spec_of(sweep.model.backend)
-    if "token_stats" not in spec.needs:
-        raise ConfigError(f"calibration measures the sampling distribution's entropy per token, which backend "
-                          f"{spec.name} does not give (evalkit's engine does: backend hf)", source=str(path),
-                          path="model.backend")
-    for f in fams:
-        for end in (f.low, f.high):
-            refused = spec.refusal(f.setting(f.rounded(end)))
-            if refused is not None:
-                raise ConfigError(f"backend {spec.name} does not honour {refused[1]}, which the {f.knob} family "
-                                  "sets", source=str(path), path="calibrate")
+    sweep, fams = _calibration_plan(Path(config), entropy, knobs, overrides, tolerance)
     _, _, _, prompts, _, _ = checked_inputs(sweep)
     ui = RichProgress() if progress is True else (Silent() if progress is False else progress)
     executor = executor_for(sweep)
@@ -386,6 +384,35 @@ def calibrate(config: str | Path, entropy: float, knobs: list | None = None, *, 
     finally:
         executor.close()
     return [b.result() for b in searches]
+
+
+def _calibration_plan(path: Path, entropy: float, knobs: list | None, overrides: list[str] | None,
+                      tolerance: float) -> tuple[SweepConfig, list[Family]]:
+    """The sweep (without its ``calibrate:`` section) and the families to calibrate, every check done that needs no
+    model: each family's ends are settings the backend honours."""
+    from evalkit.config import config_from_dict
+    from evalkit.generation import spec_of
+
+    data = parse_yaml(_text_of(path), str(path))
+    section = data.pop("calibrate", None)
+    sweep = config_from_dict(data, source=str(path), base_dir=path.resolve().parent, overrides=overrides)
+    if not (math.isfinite(entropy) and entropy >= 0):
+        raise EvalkitError(f"--entropy: a mean entropy in nats, >= 0, got {shown(entropy)}")
+    if not (math.isfinite(tolerance) and tolerance > 0):
+        raise EvalkitError(f"--tolerance: a positive number of nats, got {shown(tolerance)}")
+    fams = sampler_families(knobs, path="--knob") if knobs is not None else sampler_families(section, str(path))
+    spec = spec_of(sweep.model.backend)
+    if "token_stats" not in spec.needs:
+        raise ConfigError(f"calibration measures the sampling distribution's entropy per token, which backend "
+                          f"{spec.name} does not give (evalkit's engine does: backend hf)", source=str(path),
+                          path="model.backend")
+    for f in fams:
+        for end in (f.low, f.high):
+            refused = spec.refusal(f.setting(f.rounded(end)))
+            if refused is not None:
+                raise ConfigError(f"backend {spec.name} does not honour {refused[1]}, which the {f.knob} family "
+                                  "sets", source=str(path), path="calibrate")
+    return sweep, fams
 
 
 def _text_of(path: Path) -> str:

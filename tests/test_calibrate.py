@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 import evalkit
-from evalkit.api import Bisection, Family, calibrate, families
+from evalkit.api import Bisection, Family, calibrate, sampler_families
 from evalkit.cli import app
 
 from conftest import base_config
@@ -72,14 +72,27 @@ def test_a_target_the_range_cannot_reach_is_said_after_its_ends(knob, curve, tar
 
 
 def test_the_default_families_and_their_settings():
-    every = families(None)
-    assert [f.knob for f in every] == ["temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff",
-                                       "eta_cutoff", "top_n_sigma", "xtc_probability"]
-    sigma = next(f for f in every if f.knob == "top_n_sigma")
+    every = sampler_families(None)
+    assert [f.name for f in every] == ["temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff",
+                                       "eta_cutoff", "top_n_sigma (order llama_cpp)",
+                                       "temperature (xtc_probability 0.5, order llama_cpp)"]
+    sigma = every[7]
     assert sigma.setting(1.5).order == "llama_cpp"  # evalkit's engine applies top-n-sigma in llama.cpp's order
-    xtc = families([{"knob": "xtc_probability", "range": [0, 1], "fixed": {"xtc_threshold": 0.2}}])[0]
-    assert xtc.setting(0.0).set_knobs() == ["min_p", "order"]  # at its off value, XTC's threshold is left out
+    assert every[8].setting(0.7).id == "t0.7-p1-ollama_cpp-xp0.5"
+    xtc = sampler_families([{"knob": "xtc_probability", "range": [0, 1], "fixed": {"xtc_threshold": 0.2}}])[0]
+    assert xtc.setting(0.0).set_knobs() == ["order"]  # at its off value, XTC's threshold is left out
     assert xtc.setting(0.5).xtc_threshold == 0.2
+
+
+@pytest.mark.parametrize("knob, low, high, a, b, mid", [
+    ("top_k", 1, 400, 1, 400, 20),  # geometric: the ends are positive and 400x apart
+    ("top_n_sigma", 0.01, 10.0, 0.01, 10.0, 0.3162),
+    ("top_p", 0.01, 1.0, 0.01, 1.0, 0.1),
+    ("top_p", 0.5, 1.0, 0.5, 1.0, 0.75),  # arithmetic: 2x apart
+    ("min_p", 0.0, 0.9, 0.0, 0.9, 0.45),  # arithmetic: an end is 0
+])
+def test_the_midpoint_is_geometric_over_orders_of_magnitude(knob, low, high, a, b, mid):
+    assert Family(knob, low, high).midpoint(a, b) == mid
 
 
 def config(tiny_model, tmp_path, write_config, **extra):

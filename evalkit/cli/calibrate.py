@@ -80,13 +80,13 @@ def calibrate(
         results = run_calibration(config, entropy, families, overrides=set_ or [], tolerance=tolerance,
                                   max_steps=max_steps, progress=_ui(quiet))
         table = Table(title=f"calibrated to {entropy:g} nats per token (tolerance {tolerance:g})")
-        for column in ("knob", "value", "mean entropy", "outcome", "values tried"):
-            table.add_column(column, justify="left" if column in ("knob", "outcome") else "right")
+        for column in ("family", "value", "mean entropy", "outcome", "values tried"):
+            table.add_column(column, justify="left" if column in ("family", "outcome") else "right")
         for r in results:
             value, h = r.best
-            shown = r.setting is not None
-            table.add_row(r.family.knob, f"{value:g}" if shown else "-", f"{h:.3f}" if shown and math.isfinite(h)
-                          else "-", r.status, str(len(r.tried)))
+            shown = r.setting is not None and math.isfinite(h)
+            table.add_row(escape(r.family.name), f"{value:g}" if shown else "-", f"{h:.3f}" if shown else "-",
+                          r.status, str(len(r.tried)))
         _print_table(table)
         for r in results:
             out.print(escape(r.line()), highlight=False, soft_wrap=True)
@@ -95,7 +95,7 @@ def calibrate(
             if r.setting is not None:
                 entry = yaml.safe_dump(pasted(r.setting), default_flow_style=True, sort_keys=False,
                                        allow_unicode=True, width=10_000).strip()
-                out.print(escape(f"    - {entry:<48} # {r.family.knob}: {r.best[1]:.3f} nats"), highlight=False,
+                out.print(escape(f"    - {entry:<48} # {r.family.name}: {r.best[1]:.3f} nats"), highlight=False,
                           soft_wrap=True)
         if json_file is not None:
             json_file.write_text(json.dumps({"entropy": entropy, "tolerance": tolerance, "config": str(config),
