@@ -214,3 +214,18 @@ def served_config(base_url: str, output_dir: Path, **extra) -> dict:
         else:
             config[key] = value
     return config
+
+
+@pytest.fixture(scope="module")
+def sandboxed():
+    """Skip where bubblewrap's sandbox cannot run (a failure instead under EVALKIT_REQUIRE_SANDBOX=1)."""
+    import os
+
+    from evalkit.sandbox import Sandbox, SandboxUnavailable
+
+    try:
+        Sandbox().check()
+    except SandboxUnavailable as e:
+        if os.environ.get("EVALKIT_REQUIRE_SANDBOX") == "1":
+            raise RuntimeError(f"EVALKIT_REQUIRE_SANDBOX=1 but {e}") from None
+        pytest.skip(str(e))

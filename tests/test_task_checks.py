@@ -12,7 +12,7 @@ from evalkit.cli import app
 from evalkit.config import config_from_dict
 from evalkit.errors import ConfigError
 from evalkit.prompts import load_prompts
-from evalkit.sandbox import Sandbox, SandboxUnavailable
+from evalkit.sandbox import Sandbox
 from evalkit_metrics.answers import correct
 from evalkit_metrics.pass_at_k import pass_at_k
 
@@ -21,18 +21,6 @@ from conftest import base_config, write_jsonl
 ADD_TESTS = "assert add(1, 2) == 3\nassert add(-1, 1) == 0\n"
 HE_PREFIX = 'def add(a, b):\n    """Return a + b."""\n'
 HE_TEST = "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(0, 0) == 0\n"
-
-
-@pytest.fixture(scope="module")
-def sandboxed():
-    import os
-
-    try:
-        Sandbox().check()
-    except SandboxUnavailable as e:
-        if os.environ.get("EVALKIT_REQUIRE_SANDBOX") == "1":
-            raise RuntimeError(f"EVALKIT_REQUIRE_SANDBOX=1 but {e}") from None
-        pytest.skip(str(e))
 
 
 def test_score_file_with_answers_and_tests(tmp_path, sandboxed):
