@@ -1,4 +1,4 @@
-"""`evalkit calibrate` (evalkit.api.calibrate): bisection on a sampler's knob toward a mean sampling entropy.
+"""`evalkit calibrate` (evalkit.calibrate): bisection on a sampler's knob toward a mean sampling entropy.
 
 The bisection itself is tested on curves given in code (values found by hand); the command on the tiny model, where
 the calibrated setting's run must show the same entropy in its token_entropy[dist=sampling] column."""
@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 import evalkit
-from evalkit.api import Bisection, Family, calibrate, sampler_families
+from evalkit.calibrate import Bisection, Family, calibrate, pasted, sampler_families
 from evalkit.cli import app
 
 from conftest import base_config
@@ -105,7 +105,7 @@ def test_the_calibrated_settings_give_the_target_entropy_in_a_run(tiny_model, tm
     assert [r.status for r in results] == ["calibrated", "calibrated"]
     assert all(abs(r.best[1] - 3.0) <= 0.05 for r in results)
     # the run of those settings (same prompts, seed, samples) measures the same mean entropy, to float error
-    settings = [evalkit.api.pasted(r.setting) for r in results]
+    settings = [pasted(r.setting) for r in results]
     run = evalkit.run_sweep(path, overrides=[f"grid={json.dumps({'settings': settings})}",
                                              "metrics=[{name: token_entropy, dist: sampling}]"], progress=False,
                             cache=False)
@@ -162,3 +162,15 @@ def test_bad_input_is_one_line_and_exit_2(tiny_model, tmp_path, write_config, ar
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     assert "Traceback" not in result.output and not (tmp_path / "runs").exists()
+
+
+def test_a_sweep_with_a_calibrate_section_runs_and_the_section_is_checked(tiny_model, tmp_path, write_config):
+    from evalkit.api import plan_sweep
+    from evalkit.errors import ConfigError
+
+    good = config(tiny_model, tmp_path, write_config, calibrate=[{"knob": "top_p", "range": [0.2, 0.9]}])
+    assert dict(plan_sweep(good))  # the section is calibrate's; the sweep itself plans as without it
+    bad = config(tiny_model, tmp_path, write_config, calibrate=[{"knob": "top_q"}])
+    with pytest.raises(ConfigError, match="knob must be one of") as e:
+        plan_sweep(bad)
+    assert e.value.path.startswith("calibrate")

@@ -1,5 +1,5 @@
 """``evalkit calibrate``: each sampler family's knob at the value whose samples have a given mean entropy per token,
-printed as a ``grid.settings`` list to paste into a sweep (see :func:`evalkit.api.calibrate`)."""
+printed as a ``grid.settings`` list to paste into a sweep (see :mod:`evalkit.calibrate`)."""
 
 from __future__ import annotations
 
@@ -71,8 +71,8 @@ def calibrate(
     def body():
         import yaml
 
-        from evalkit.api import calibrate as run_calibration
-        from evalkit.api import pasted
+        from evalkit.calibrate import calibrate as run_calibration
+        from evalkit.calibrate import pasted
 
         if json_file is not None:
             _check_output(json_file, "--json", [], None)

@@ -217,6 +217,8 @@ class SweepConfig(_Strict):
     # run index (SQLite) that records the run; default $EVALKIT_INDEX, else <output_dir>/index.sqlite
     index: str | None = Field(None, min_length=1)
     references: ReferencesConfig | None = None  # reference outputs for mauve, zipf, clip_fid, ... (and human rows)
+    # the sampler families `evalkit calibrate` searches (evalkit.calibrate checks them for every command)
+    calibrate: list[Any] | None = None
 
     @model_validator(mode="before")
     @classmethod
