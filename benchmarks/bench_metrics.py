@@ -1,8 +1,10 @@
 """Text metrics: evalkit's self-BLEU against nltk's loop (same definition), the lexical
-metrics on 10,000 samples and the semantic ones on 1,000, measured in one run.
+metrics on 10,000 samples and the semantic ones on 1,000, measured in one run; then EAD, Vendi of order q, RKE
+and homogeneity on 10,000 samples with the embeddings aside (random unit vectors of 384 dimensions put in the
+embedding cache, so that the metrics' own code runs and no embedder does).
 
-``--smoke``: self-BLEU on 20 and 40 samples (200 for evalkit alone), the lexical metrics on 200 samples and the
-semantic ones on 50, 1 thread: the same code path and the same lines.
+``--smoke``: self-BLEU on 20 and 40 samples (200 for evalkit alone), the lexical metrics on 200 samples, the
+semantic ones on 50 and the embedding-aside ones on 200, 1 thread: the same code path and the same lines.
 
     python benchmarks/bench_metrics.py [--smoke]
 """
@@ -21,11 +23,14 @@ from evalkit.scoring.metric import Group
 from evalkit.scoring.registry import default_registry
 from evalkit.settings import Setting
 from evalkit.scoring import score_groups
+from evalkit_metrics import semantic
+from evalkit_metrics.homogeneity import runs_table, settings_table
 from evalkit_metrics.self_bleu import self_bleu
 
 WORDS = [f"w{i}" for i in range(300)]
-FULL = dict(nltk=(100, 400), alone=4000, lexical=10_000, semantic=1000)
-SMOKE = dict(nltk=(20, 40), alone=200, lexical=200, semantic=50)
+FULL = dict(nltk=(100, 400), alone=4000, lexical=10_000, semantic=1000, aside=10_000)
+SMOKE = dict(nltk=(20, 40), alone=200, lexical=200, semantic=50, aside=200)
+EMB = "random-384"  # the embedder name under which the benchmark's vectors are cached
 
 
 def corpus(rng: random.Random, n: int) -> list[list[str]]:
@@ -87,7 +92,45 @@ def main() -> None:
         metric = registry.create(MetricSpec(name=name))
         elapsed, _ = timed(lambda: score_groups(sem_groups, [metric]))
         print(f"  {metric.id:40s} {elapsed:6.3f} s (texts already embedded are reused)")
+    embeddings_aside(rng, size["aside"])
     print_load()
+
+
+def embeddings_aside(rng: random.Random, n: int) -> None:
+    """EAD, Vendi of order q, RKE and homogeneity on ``n`` samples: 10 settings x n/100 prompts x 10 samples, their
+    embeddings random unit vectors already in the cache."""
+    import numpy as np
+    import pandas as pd
+
+    texts = [f"{i} " + " ".join(rng.choice(WORDS) for _ in range(rng.randint(30, 50))) for i in range(n)]
+    x = np.random.default_rng(0).normal(size=(n + 1, 384))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    semantic._CACHE.update({(EMB, t): v for t, v in zip([*texts, "a prompt"], x)})
+    settings = [Setting(temperature=0.2 * (i + 1)) for i in range(10)]
+    groups = [Group(prompt_id=str(i // 100), prompt="a prompt", setting=settings[(i // 10) % 10],
+                    texts=tuple(texts[i:i + 10]), token_ids=tuple(() for _ in range(10))) for i in range(0, n, 10)]
+    registry = default_registry()
+    print(f"EAD, Vendi, RKE, homogeneity on {n:,} samples ({len(groups)} groups of 10; embeddings aside: cached "
+          "random unit vectors, 384 dimensions)")
+    for name in ("ead", f"vendi[emb={EMB}]", f"vendi[emb={EMB},q=2]", f"vendi[emb={EMB},q=inf]", f"rke[emb={EMB}]",
+                 f"homogeneity[emb={EMB}]"):
+        metric = registry.create(MetricSpec.model_validate(name))
+        elapsed, _ = timed(lambda: score_groups(groups, [metric]))
+        print(f"  {metric.id:40s} {elapsed:6.3f} s")
+    whole = x[:n]
+    side = min(n, 384)  # the smaller of the n x n kernel and the d x d matrix
+    for q in (1.0, 2.0, float("inf")):
+        elapsed, _ = timed(lambda: semantic.vendi(whole, q))
+        print(f"  vendi q={q:g} of one group of {n:,}: {elapsed:.3f} s (eigenvalues of a {side} x {side} matrix)")
+    elapsed, _ = timed(lambda: semantic.rke(whole))
+    print(f"  rke of one group of {n:,}: {elapsed:.3f} s")
+    frame = pd.DataFrame({"prompt_id": [g.prompt_id for g in groups for _ in g.texts],
+                          "setting_id": [g.setting.id for g in groups for _ in g.texts],
+                          "text": [t for g in groups for t in g.texts]})
+    elapsed, table = timed(lambda: settings_table(frame, EMB))
+    print(f"  homogeneity table, {len(settings)} x {len(settings)} settings: {elapsed:.3f} s ({len(table)} pairs)")
+    elapsed, _ = timed(lambda: runs_table(frame, frame, EMB))
+    print(f"  homogeneity across two runs: {elapsed:.3f} s")
 
 
 if __name__ == "__main__":
