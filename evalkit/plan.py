@@ -12,6 +12,8 @@ from evalkit.generation import all_specs, spec_of
 from evalkit.kinds import RunKind, kind_of
 from evalkit.prompts import load_prompts
 from evalkit.references import ReferenceSet, load_references
+from evalkit.scoring.judge import bind_judges
+from evalkit.scoring.judge import plan_lines as judge_plan_lines
 from evalkit.scoring.references import require_references
 from evalkit.scoring.registry import default_registry, require_checks
 
@@ -24,6 +26,7 @@ def checked_inputs(config: SweepConfig) -> tuple[RunKind, list, list, list, int,
     check_honoured(config, settings)
     metrics = default_registry().create_all(config.metrics, source=config.source)
     kind.check_metrics(metrics, config.source)
+    bind_judges(metrics, config, settings)  # judge_score: the config's judge: section and the metric's rubric
     prompts = load_prompts(config)
     kind.check_prompts(prompts, config.source)
 
@@ -124,5 +127,6 @@ def describe(config: SweepConfig) -> list[tuple[str, str]]:
         info = references.info()
         lines.append(("references", f"{info['per_prompt']} {info['kind']} for {info['prompts']} prompts, "
                                     f"{info['corpus']} in the corpus ({references.source})"))
+    lines += judge_plan_lines(metrics, config, prompts, settings, units)
     lines.append(("metrics", ", ".join(m.id for m in metrics)))
     return lines

@@ -19,6 +19,7 @@ from pydantic import Field, field_validator, model_validator
 
 from evalkit.config.base import _Strict, bools_as_numbers, refuse_bools_as_numbers, wants_number
 from evalkit.config.grid import SETTINGS_MAX, GridConfig, ImageOptions
+from evalkit.config.judge import JudgeConfig
 from evalkit.config.model import (BACKEND_NAMES, MODELS, VLLM_OWN_ARGS, DiffusersModel, ExecutorConfig, HFModel,
                                   ModelConfig, OpenAIModel, VLLMModel, VLMModel)
 from evalkit.config.packaged import PACKAGE_PREFIX, package_file
@@ -27,8 +28,8 @@ from evalkit.settings import ImageSetting, Setting
 
 __all__ = ["BACKEND_NAMES", "BATCH_MAX", "DEFAULT_METRICS", "MODELS", "SEED_MAX", "SETTINGS_MAX", "VLLM_OWN_ARGS",
            "CIConfig", "DiffusersModel", "ExecutorConfig", "GridConfig", "HFModel", "ImageOptions", "Message",
-           "MetricSpec", "ModelConfig", "OpenAIModel", "VLLMModel", "VLMModel", "PromptItem", "PromptsConfig",
-           "ReferencesConfig",
+           "JudgeConfig", "MetricSpec", "ModelConfig", "OpenAIModel", "VLLMModel", "VLMModel", "PromptItem",
+           "PromptsConfig", "ReferencesConfig",
            "SweepConfig", "bools_as_numbers", "refuse_bools_as_numbers", "split_metric", "wants_number"]
 
 DEFAULT_METRICS = ("distinct_1", "distinct_2", "mean_length")
@@ -217,6 +218,7 @@ class SweepConfig(_Strict):
     # run index (SQLite) that records the run; default $EVALKIT_INDEX, else <output_dir>/index.sqlite
     index: str | None = Field(None, min_length=1)
     references: ReferencesConfig | None = None  # reference outputs for mauve, zipf, clip_fid, ... (and human rows)
+    judge: JudgeConfig | None = None  # the model that rates samples for judge_score (docs/judge.md)
     # the sampler families `evalkit calibrate` searches (evalkit.calibrate checks them for every command)
     calibrate: list[Any] | None = None
 

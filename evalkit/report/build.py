@@ -20,6 +20,8 @@ from evalkit.numbers import fmt
 from evalkit.kinds.base import Axes
 from evalkit.report import charts
 from evalkit.report.data import ENTROPY, RunView, deltas, load_views, script_json
+from evalkit.report.homogeneity import homogeneity_section, metric_notes
+from evalkit.report.judge import judge_sections
 from evalkit.rundir.files import write_atomic
 
 MAX_LABELLED = 8  # trade-off charts label every setting up to this many, else only the Pareto front
@@ -186,8 +188,12 @@ def render_report(run_dirs: list[str | Path]) -> str:
     chart_sets = {v.key: chart_set(v) for v in views}
     wide = {m for c in chart_sets.values() for m, per in c["metrics"].items() if per["wide"]}
     tests = {v.key: v.decoding_test for v in views}
+    judges = {v.key: judge_sections(v) for v in views}
+    notes = {v.key: metric_notes(v) for v in views}
     return env.get_template("report.html.j2").render(
-        human=any(v.human_likeness for v in views), decoding_tests=tests,
+        homogeneity=homogeneity_section(views), notes=notes,
+        human=any(v.human_likeness for v in views), decoding_tests=tests, judges=judges,
+        has_judge=any(judges.values()),
         pooled_metrics=[m.split("[")[0] for m in names if any(v.info(m).get("pooled") for v in views)],
         has_decoding_test=any(t is not None and not t.empty for t in tests.values()),
         title=", ".join(dict.fromkeys(v.manifest.name for v in views)),

@@ -1,0 +1,399 @@
+"""judge_score: an LLM judge through the served backend's client, against a real llama.cpp server on 127.0.0.1
+(the tiny model is a poor judge, but the wiring, the parsing, the cache, the faults and the key handling are real),
+with the fault-injecting proxy of served_helpers in front of it where a test needs faults or counts requests.
+A llama.cpp grammar (judge.extra_body) makes the tiny model write a verdict where a test needs parsed ones."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+import evalkit
+from evalkit.cli import app
+from evalkit.config import config_from_dict
+from evalkit.config.judge import JudgeConfig
+from evalkit.errors import ConfigError, EvalkitError, Stopped
+from evalkit.scoring.judge import Judge, JudgeFailed
+from evalkit_metrics.judge import (JudgeScore, JudgeParams, both_orders, pair_prompt, parse_rating, parse_verdict,
+                                   score_prompt)
+
+from conftest import API_KEY_ENV
+from served_helpers import FaultProxy
+
+GRAMMAR = 'root ::= [a-zA-Z ,.]{0,20} "[[" [1-9] "]]"'  # llama.cpp: a short reason, then a rating the parser takes
+
+
+@pytest.fixture(autouse=True)
+def judge_cache(tmp_path, monkeypatch):
+    """Each test's judge cache and run index are its own."""
+    monkeypatch.setenv("EVALKIT_JUDGE_CACHE", str(tmp_path / "judge.sqlite"))
+    monkeypatch.setenv("EVALKIT_INDEX", str(tmp_path / "index.sqlite"))
+    return tmp_path / "judge.sqlite"
+
+
+def judged_config(model_url: str, judge_url: str, output_dir, judge: dict | None = None, **extra) -> dict:
+    """One prompt x 2 settings x 2 samples of the served SmolLM2, judged by the same model."""
+    config = {
+        "name": "judged",
+        "model": {"backend": "openai", "base_url": model_url, "id": "smollm2", "api_key_env": API_KEY_ENV,
+                  "concurrency": 2, "max_retries": 2, "backoff_s": 0.05, "timeout_s": 60},
+        "prompts": [{"id": "cook", "prompt": "One tip for learning to cook:"}],
+        "grid": {"temperature": [0.5, 1.5]},
+        "samples_per_prompt": 2,
+        "max_new_tokens": 8,
+        "seed": 3,
+        "metrics": ["distinct_1", "judge_score[rubric=advice]"],
+        "output_dir": str(output_dir),
+        "report": False,
+        "judge": {"base_url": judge_url, "id": "smollm2", "api_key_env": API_KEY_ENV, "max_tokens": 12,
+                  "concurrency": 2, "max_retries": 2, "backoff_s": 0.05, "timeout_s": 60,
+                  "extra_body": {"grammar": GRAMMAR}, **(judge or {})},
+    }
+    config.update(extra)
+    return config
+
+
+def sweep(config: dict, cache: bool = True) -> evalkit.Run:
+    return evalkit.run_sweep(config_from_dict(config), progress=False, cache=cache)
+
+
+def judge_posts(proxy: FaultProxy) -> list[dict]:
+    return [body for _, _, _, body, _ in proxy.posts()]
+
+
+JUDGE_ID = "judge_score[rubric=advice,judge=smollm2]"
+
+
+# ---------------------------------------------------------------------- parsing, without a server
+
+@pytest.mark.parametrize("reply, scale, expected", [
+    ("Helpful and specific. Rating: [[7]]", (1, 10), 7.0),
+    ("[[ 7 ]]", (1, 10), 7.0),
+    ("[[7.5]]", (1, 10), 7.5),
+    ("Rating: [[6]]. To repeat: [[6]]", (1, 10), 6.0),
+    ("The format is [[rating]]; mine: [[4]]", (1, 10), 4.0),  # the format's placeholder echoed is no rating
+    ("[[7]] or maybe [[8]]", (1, 10), None),  # two ratings: no guess between them
+    ("[[11]]", (1, 10), None),  # off the scale
+    ("[[0]]", (1, 10), None),
+    ("[[5]]", (1, 5), 5.0),
+    ("[[6]]", (1, 5), None),
+    ("Rating: 7/10", (1, 10), None),  # not the format asked for
+    ("[7]", (1, 10), None),
+    ("", (1, 10), None),
+    ("[[rating]]", (1, 10), None),
+])
+def test_a_rating_is_parsed_strictly(reply, scale, expected):
+    assert parse_rating(reply, scale) == expected
+
+
+@pytest.mark.parametrize("reply, expected", [
+    ("A is more specific. [[A]]", "A"), ("[[B]]", "B"), ("[[C]]", "C"), ("[[ A ]]", "A"),
+    ("[[A]] ... final: [[A]]", "A"), ("[[A]] or [[B]]", None), ("A is better", None), ("[A]", None), ("", None),
+    ("[[D]]", None),
+])
+def test_a_verdict_is_parsed_strictly(reply, expected):
+    assert parse_verdict(reply) == expected
+
+
+@pytest.mark.parametrize("sample_first, baseline_first, expected", [
+    ("A", "B", 1.0),  # picked in both orders: a win
+    ("B", "A", 0.0),  # the baseline picked in both orders: a loss
+    ("A", "A", 0.5),  # position A picked both times: position bias, a tie
+    ("B", "B", 0.5),
+    ("C", "B", 0.5), ("A", "C", 0.5), ("C", "C", 0.5),
+    (None, "B", None), ("A", None, None),  # unparsed: no value
+])
+def test_a_win_needs_both_orders(sample_first, baseline_first, expected):
+    assert both_orders(sample_first, baseline_first) == expected
+
+
+def test_prompts_carry_the_rubric_the_request_and_the_response():
+    system, user = score_prompt("Rate the story.", (1, 5), "Tell a story.", "Once there was <b>a fox</b>.")
+    assert "Rate the story." in system and "scale of 1 to 5" in system and "Rating: [[3]]" in system
+    assert "Tell a story." in user and "Once there was <b>a fox</b>." in user
+    system, user = pair_prompt("Rate it.", "Q?", "first answer", "second answer")
+    assert '"[[A]]" if assistant A is better' in system
+    assert user.index("first answer") < user.index("second answer")
+
+
+def test_the_metric_id_names_the_rubric_its_text_and_the_judge():
+    class Stub:
+        mode, baseline, model_id = "score", None, "judge-model"
+
+    m = JudgeScore(JudgeParams(rubric="story"))
+    assert m.id == "judge_score[rubric=story]"  # unbound: as listed
+    m.bind_judge(Stub(), {})
+    assert m.id == "judge_score[rubric=story,judge=judge-model]" and m.bounds == (1.0, 10.0)
+    own = JudgeScore(JudgeParams(rubric="mine"))
+    own.bind_judge(Stub(), {"mine": ("Rate the rhyme.", (1, 5))})
+    other = JudgeScore(JudgeParams(rubric="mine"))
+    other.bind_judge(Stub(), {"mine": ("Rate the rhythm.", (1, 5))})
+    assert own.id.startswith("judge_score[rubric=mine@") and own.id != other.id  # another text, another column
+    Stub.mode, Stub.baseline = "pairwise", "t0.7-p1"
+    pair = JudgeScore(JudgeParams(rubric="story"))
+    pair.bind_judge(Stub(), {})
+    assert pair.id == "judge_score[rubric=story,mode=pairwise,vs=t0.7-p1,judge=judge-model]"
+    assert pair.bounds == (0.0, 1.0)
+
+
+# ---------------------------------------------------------------------- bad configs, without a server
+
+def refused(tmp_path, metrics=None, judge: dict | None = None, drop_judge: bool = False) -> str:
+    from evalkit.plan import checked_inputs
+
+    config = judged_config("http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1", tmp_path / "runs", judge=judge)
+    if metrics is not None:
+        config["metrics"] = metrics
+    if drop_judge:
+        del config["judge"]
+    with pytest.raises(ConfigError) as e:
+        checked_inputs(config_from_dict(config, source="c.yaml", base_dir=tmp_path))
+    return str(e.value)
+
+
+def test_bad_judge_configs_are_one_line_naming_the_field(tmp_path, monkeypatch):
+    monkeypatch.setenv(API_KEY_ENV, "sk-test-key-0123456789")
+    assert refused(tmp_path, drop_judge=True) == (
+        "c.yaml: metrics[1]: judge_score[rubric=advice] needs a judge: section (the judging model's base_url and id; "
+        "see docs/judge.md)")
+    assert refused(tmp_path, metrics=["judge_score[rubric=stroy]"]).startswith(
+        "c.yaml: metrics[0].rubric: unknown rubric 'stroy' (did you mean 'story'?); built in: helpfulness, story,")
+    assert refused(tmp_path, metrics=["judge_score[rubric=mine]"], judge={"rubrics": {"mien": "Rate it."}}).endswith(
+        "the config's judge.rubrics: mien")
+    assert refused(tmp_path, judge={"temperature": 0.7, "seed": None}).startswith(
+        "c.yaml: judge.seed: a judge that samples (temperature 0.7) needs a fixed seed")
+    assert refused(tmp_path, judge={"extra_body": {"temperature": 1}}) == (
+        "c.yaml: judge.extra_body: temperature is set by evalkit from the judge's own fields, not through "
+        "extra_body, got temperature set")
+    assert refused(tmp_path, judge={"base_url": "http://user:pw@example.com/v1"}).startswith(
+        "c.yaml: judge.base_url: base_url must not hold credentials")
+    assert refused(tmp_path, judge={"mode": "pairwise", "baseline": "t9"}).startswith(
+        "c.yaml: judge.baseline: the baseline is none of the sweep's settings (t0.5-p1, t1.5-p1), got 't9'")
+    assert refused(tmp_path, metrics=["judge_score[rubric=mine]"],
+                   judge={"rubrics": {"mine": {"file": "nowhere.txt"}}}).startswith(
+        "c.yaml: judge.rubrics.mine.file: cannot read the rubric")
+    assert refused(tmp_path, judge={"rubrics": {"mine": {"text": "x", "file": "y"}}}) == (
+        "c.yaml: judge.rubrics.mine: a rubric needs exactly one of 'text' or 'file', got {'text': 'x', 'file': 'y'}")
+    assert refused(tmp_path, judge={"unknwon_knob": 1}).startswith("c.yaml: judge: unknown key 'unknwon_knob' (valid "
+                                                                    "keys: api, api_key_env, backoff_s, base_url,")
+    monkeypatch.delenv(API_KEY_ENV)
+    assert refused(tmp_path) == ("c.yaml: judge.api_key_env: the environment variable EVALKIT_TEST_API_KEY is not set "
+                                 "(it should hold the judge's API key)")
+
+
+def test_a_rubric_file_is_read_relative_to_the_config(tmp_path, monkeypatch):
+    from evalkit.plan import checked_inputs
+
+    monkeypatch.setenv(API_KEY_ENV, "sk-test-key-0123456789")
+    (tmp_path / "rubric.txt").write_text("Rate the recipe's clarity.\n", encoding="utf-8")
+    config = judged_config("http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1", tmp_path / "runs",
+                           judge={"rubrics": {"clarity": {"file": "rubric.txt", "scale": [1, 5]}}},
+                           metrics=["judge_score[rubric=clarity]"])
+    metrics = checked_inputs(config_from_dict(config, source=str(tmp_path / "c.yaml"), base_dir=tmp_path))[2]
+    assert metrics[0].rubric_text == "Rate the recipe's clarity." and metrics[0].rating_scale == (1, 5)
+
+
+# ---------------------------------------------------------------------- against the server
+
+def test_a_judged_sweep_reports_the_judge_on_the_quality_axis_and_a_rerun_asks_nothing(llama_server, tmp_path):
+    from evalkit.report.build import chart_set
+    from evalkit.report.data import RunView
+
+    with FaultProxy(llama_server.port) as proxy:
+        config = judged_config(llama_server.base_url, proxy.base_url, tmp_path / "runs", report=True)
+        run = sweep(config)
+        first = judge_posts(proxy)
+        again = sweep(config)
+        second = judge_posts(proxy)[len(first):]
+    assert len(first) == 4 and second == []  # one request per sample, then the cache: none
+    for body in first:  # every knob explicit
+        assert body["temperature"] == 0.0 and body["seed"] == 0 and body["max_tokens"] == 12 and body["top_p"] == 1.0
+        assert body["grammar"] == GRAMMAR and body["model"] == "smollm2" and body["n"] == 1
+        assert "Rate the response as advice" in body["messages"][0]["content"]
+        assert body["messages"][1]["content"].startswith("[Request]\nOne tip for learning to cook:")
+    per = run.sample_scores[run.sample_scores["metric"] == JUDGE_ID]
+    assert len(per) == 4 and per["value"].between(1, 9).all()
+    assert per["reason"].str.contains(r"\[\[[1-9]\]\]").all()  # the judge's own words, verdict included
+    assert list(again.sample_scores[again.sample_scores["metric"] == JUDGE_ID]["value"]) == list(per["value"])
+    judge = run.manifest.metric_info[JUDGE_ID]["judge"]
+    assert judge["id"] == "smollm2" and judge["base_url"] == proxy.base_url and judge["api"] == "chat"
+    assert judge["sent_with_every_request"] == {"model": "smollm2", "temperature": 0.0, "top_p": 1.0,
+                                                "max_tokens": 12, "n": 1, "stream": False, "seed": 0,
+                                                "grammar": GRAMMAR}
+    assert judge["api_key_env"] == API_KEY_ENV and judge["rubric"]["name"] == "advice"
+    assert judge["listed"]["id"] == "smollm2" and judge["server_kind"] == "llama-cpp-python"
+    charts = chart_set(RunView(run, "r0"))
+    assert JUDGE_ID in charts["ys"] and any(p["y"] == JUDGE_ID and p["n"] == 2 for p in charts["pairs"])
+    html = (run.path / "report.html").read_text(encoding="utf-8")
+    assert f'data-y="{JUDGE_ID}"' in html and '<section id="judge">' in html
+    assert "4 of 4 samples judged; <strong>0 unparsed</strong>" in html
+
+
+def test_replies_without_a_verdict_are_unparsed_and_counted_never_guessed(llama_server, tmp_path):
+    # the tiny model without a grammar seldom writes [[N]]; an empty reply never holds one
+    def script(n, method, path, body):
+        return "empty" if method == "POST" and n % 2 == 0 else None
+
+    with FaultProxy(llama_server.port, script) as proxy:
+        config = judged_config(llama_server.base_url, proxy.base_url, tmp_path / "runs", report=True,
+                               judge={"api": "completions", "extra_body": {}, "max_tokens": 6})
+        run = sweep(config)
+        prompts = [body["prompt"] for body in judge_posts(proxy)]
+    per = run.sample_scores[run.sample_scores["metric"] == JUDGE_ID]
+    unparsed = per["reason"].str.startswith("unparsed")
+    assert unparsed.sum() >= 2 and (per["value"].isna() == unparsed).all()  # no value exactly where no verdict
+    assert per[~unparsed]["reason"].str.contains(r"\[\[").all()
+    assert len(prompts) == 4 and all(p.endswith("[The End of the Assistant's Response]\n\n") for p in prompts)
+    html = (run.path / "report.html").read_text(encoding="utf-8")
+    assert f"{(~unparsed).sum()} of 4 samples judged; <strong>{unparsed.sum()} unparsed</strong>" in html
+    scores = run.scores[run.scores["metric"] == JUDGE_ID]
+    for r in scores.itertuples():  # a group with no parsed reply is NaN with the count, never a 0
+        assert not math.isnan(r.value) or "unparsed" in r.reason
+
+
+def direct_judge(url: str, **knobs) -> Judge:
+    config = JudgeConfig(base_url=url, id="smollm2", api_key_env=API_KEY_ENV, max_tokens=4, backoff_s=0.05,
+                         **{"max_retries": 2, "extra_body": {"grammar": GRAMMAR}, **knobs})
+    judge = Judge(config, "c.yaml", ["s"])
+    judge.connect()
+    return judge
+
+
+PROMPTS = [("Rate the answer on a scale of 1 to 9.", f"[Request]\nA tip?\n\n[Response]\nTip {i}.") for i in range(3)]
+
+
+def test_transient_faults_are_retried_and_change_no_verdict(llama_server, tmp_path):
+    want = direct_judge(llama_server.base_url, cache=False).replies(PROMPTS)
+    faults = {2: ("status", 500, {}), 3: ("status", 429, {"Retry-After": "0"}), 4: "disconnect", 5: "garbage",
+              6: ("slow", 3)}
+    with FaultProxy(llama_server.port, lambda n, method, path, body: faults.get(n)) as proxy:
+        judge = direct_judge(proxy.base_url, cache=False, concurrency=1, timeout_s=2, max_retries=6)
+        assert judge.replies(PROMPTS) == want
+    assert len(proxy.posts()) == 3 + 5 and judge.sent == 3
+
+
+def test_lasting_faults_stop_with_one_line_and_a_resumed_run_asks_only_the_rest(llama_server, tmp_path):
+    with FaultProxy(llama_server.port, lambda n, m, p, body: ("status", 500, {}) if m == "POST" else None) as proxy:
+        judge = direct_judge(proxy.base_url, max_retries=1)
+        with pytest.raises(JudgeFailed) as e:
+            judge.replies(PROMPTS[:1])
+    assert isinstance(e.value, Stopped) and "\n" not in str(e.value)
+    assert str(e.value).startswith(f"the judge ('smollm2' at {proxy.base_url}) failed: POST ")
+    assert "500" in str(e.value) and "(after 1 retry)" in str(e.value)
+    with FaultProxy(llama_server.port, lambda n, m, p, body: ("slow", 3) if m == "POST" else None) as proxy:
+        judge = direct_judge(proxy.base_url, max_retries=0, timeout_s=1)
+        with pytest.raises(JudgeFailed, match=r"within 1 s \(judge.timeout_s\)"):
+            judge.replies(PROMPTS[:1])
+    # a sweep whose judge fails part way: exit 130 with the resume hint; resumed, only what is missing is asked
+    state = {"ok": 2}
+
+    def script(n, method, path, body):
+        if method != "POST":
+            return None
+        state["ok"] -= 1
+        return None if state["ok"] >= 0 else ("status", 503, {})
+
+    config = judged_config(llama_server.base_url, "", tmp_path / "runs",
+                           judge={"max_retries": 0, "concurrency": 1})
+    with FaultProxy(llama_server.port, script) as proxy:
+        config["judge"]["base_url"] = proxy.base_url
+        with pytest.raises(Stopped) as stopped:
+            sweep(config)
+        assert "resume with: evalkit run --resume" in str(stopped.value)
+        run_dir = next((tmp_path / "runs").iterdir())
+        state["ok"] = 100
+        done = evalkit.run_sweep(None, resume=run_dir, progress=False, cache=True)
+    posts = [b for _, m, _, b, a in proxy.log if m == "POST"]
+    assert len(posts) == 2 + 1 + 2  # two judged, one refused, then the two the cache lacked
+    per = done.sample_scores[done.sample_scores["metric"] == JUDGE_ID]
+    assert per["value"].notna().all() and len(per) == 4
+
+
+def test_pairwise_asks_both_orders_and_records_both(llama_server, tmp_path):
+    with FaultProxy(llama_server.port) as proxy:
+        config = judged_config(llama_server.base_url, proxy.base_url, tmp_path / "runs",
+                               judge={"mode": "pairwise", "extra_body": {
+                                   "grammar": 'root ::= [a-zA-Z ,.]{0,10} "[[" [ABC] "]]"'}})
+        run = sweep(config)
+    bodies = judge_posts(proxy)
+    assert len(bodies) == 2 * 2  # the baseline's 2 samples are not sent; each other sample twice
+    users = [b["messages"][1]["content"] for b in bodies]
+    samples = run.samples.set_index(["setting_id", "sample_index"])["text"]
+    for i in range(2):
+        mine, base = samples[("t1.5-p1", i)], samples[("t0.5-p1", i)]
+        first = f"Assistant A's Response]\n{mine}\n"
+        second = f"Assistant A's Response]\n{base}\n"
+        assert sum(first in u for u in users) == 1 and sum(second in u for u in users) == 1
+    pid = "judge_score[rubric=advice,mode=pairwise,vs=t0.5-p1,judge=smollm2]"
+    per = run.sample_scores[run.sample_scores["metric"] == pid]
+    base = per[per["setting_id"] == "t0.5-p1"]
+    assert (base["value"] == 0.5).all() and base["reason"].str.startswith("the baseline setting itself").all()
+    other = per[per["setting_id"] == "t1.5-p1"]
+    assert other["value"].isin([0.0, 0.5, 1.0]).all()
+    assert other["reason"].str.contains("sample shown first: .*; baseline shown first: ").all()
+    assert run.manifest.metric_info[pid]["judge"]["baseline"] == "t0.5-p1"
+
+
+def test_plan_counts_the_judges_requests_and_tokens_and_sends_nothing(llama_server, tmp_path, write_config):
+    with FaultProxy(llama_server.port) as proxy:
+        path = write_config(judged_config(proxy.base_url, proxy.base_url, tmp_path / "runs",
+                                          metrics=["distinct_1", "judge_score[rubric=advice]",
+                                                   "judge_score[rubric=story]"]))
+        result = CliRunner().invoke(app, ["run", str(path), "--plan"])
+    assert result.exit_code == 0, result.output
+    lines = dict(line.split("  ", 1) for line in result.stdout.splitlines() if "  " in line)
+    assert lines["judge requests, at most"].strip().startswith("8 (2 rubrics; fewer where the judge cache holds a "
+                                                               "verdict), at most 2 in flight")
+    prompt_tokens, completion = lines["judge tokens, about"].strip().split(" prompt + at most ")
+    assert int(prompt_tokens) > 8 * 100 and completion == f"{8 * 12} completion"
+    assert proxy.log == [] and not (tmp_path / "runs").exists()
+
+
+def test_the_judges_key_is_written_nowhere(llama_server, tmp_path, monkeypatch, judge_cache):
+    key = llama_server.api_key
+    # every reply of the judge quotes the key (completions: in the text the judge's reasons are made of)
+    with FaultProxy(llama_server.port, lambda n, m, p, body: "leak-key") as proxy:
+        config = judged_config(llama_server.base_url, proxy.base_url, tmp_path / "runs", report=True,
+                               judge={"api": "completions"})
+        run = sweep(config)
+    per = run.sample_scores[run.sample_scores["metric"] == JUDGE_ID]
+    assert per["reason"].str.contains(r"Bearer \*\*\*").all()
+    assert run.manifest.metric_info[JUDGE_ID]["judge"]["listed"]["owned_by"] == "owner Bearer ***"
+    with FaultProxy(llama_server.port, lambda n, m, p, body: "echo-key") as proxy:  # a refusal quoting the key
+        config = judged_config(llama_server.base_url, proxy.base_url, tmp_path / "refused")
+        path = tmp_path / "refused.yaml"
+        import yaml
+
+        path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        result = CliRunner().invoke(app, ["run", str(path), "-q"])
+    assert result.exit_code == 2 and "invalid credentials: Bearer ***" in result.stderr, result.output
+    assert "judge.api_key_env" in result.stderr and key not in result.output
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert {"report.html", "manifest.json", "config.yaml", "judge.sqlite", "sample_scores.parquet"} <= {
+        p.name for p in files}
+    for path in files:
+        assert key.encode() not in path.read_bytes(), path
+
+
+def test_an_unknown_judge_model_or_an_unreachable_judge_is_one_line(llama_server, tmp_path, write_config):
+    path = write_config(judged_config(llama_server.base_url, llama_server.base_url, tmp_path / "runs",
+                                      judge={"id": "gpt-judge"}))
+    result = CliRunner().invoke(app, ["run", str(path), "-q"])
+    assert result.exit_code == 2 and result.stderr.strip().endswith(
+        "judge.id: 'gpt-judge' is not served by " + llama_server.base_url + " (served: 'smollm2')"), result.output
+    path = write_config(judged_config(llama_server.base_url, "http://127.0.0.1:9/v1", tmp_path / "runs"))
+    result = CliRunner().invoke(app, ["run", str(path), "-q"])
+    assert result.exit_code == 2 and "judge.base_url: cannot reach http://127.0.0.1:9/v1/models" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
+
+
+def test_evalkit_metrics_lists_the_judge_with_its_paper():
+    result = CliRunner().invoke(app, ["metrics"])
+    assert result.exit_code == 0 and "judge_score" in result.stdout and "Zheng et al. 2023" in result.stdout
+
+
+def test_a_metric_without_its_judge_is_refused_when_it_prepares():
+    with pytest.raises(EvalkitError, match="needs a judge: section"):
+        JudgeScore().prepare()
