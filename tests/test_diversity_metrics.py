@@ -405,3 +405,67 @@ def test_every_new_metric_is_listed_with_its_paper():
               "passing": "Shypula et al. 2025", "homogeneity": "Hivemind"}
     for name, paper in papers.items():
         assert paper in registry[name].cls.reference
+
+
+# ------------------------------------------------------------------------- in a report and in compare
+
+def scored_run(tmp_path, name, texts_of, metrics):
+    """A scored file: prompts p0, p1 under temperatures 0.5 and 1.0, the texts ``texts_of(prompt, t)``."""
+    import json
+
+    from evalkit.api import score_file
+
+    rows = [{"prompt_id": p, "prompt": "q", "temperature": t, "top_p": 1.0, "sample_index": i, "text": text}
+            for p in ("p0", "p1") for t in (0.5, 1.0) for i, text in enumerate(texts_of(p, t))]
+    path = tmp_path / f"{name}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return score_file(path, metrics, tmp_path / name, progress=False, index=tmp_path / "index.sqlite")
+
+
+@pytest.fixture
+def two_runs(tmp_path, vectors):
+    vectors.update({"q": np.array([1.0, 1, 1]), "x": np.array([1.0, 0, 0]), "y": np.array([0, 1.0, 0]),
+                    "z": np.array([0, 0, 1.0])})
+    metrics = ["vendi", "homogeneity", "distinct_1"]
+    base = scored_run(tmp_path, "base", lambda p, t: ["x", "y", "z"] if t == 1.0 else ["x", "x", "y"], metrics)
+    new = scored_run(tmp_path, "new", lambda p, t: ["x", "x", "x"], metrics)
+    return base, new
+
+
+def test_report_shows_homogeneity_and_the_notes(two_runs):
+    from evalkit.report.build import render_report
+
+    base, new = two_runs
+    scores = base.scores.set_index(["setting_id", "prompt_id", "metric"])
+    orthogonal = scores.xs("vendi[emb=all-MiniLM-L6-v2,q=1]", level="metric").loc[("t1-p1", "p0")]
+    assert orthogonal["value"] == pytest.approx(3.0) and orthogonal["reason"].startswith("not converged")
+    html = render_report([base.path, new.path])
+    assert "Homogeneity across settings and runs" in html and 'href="#homogeneity"' in html
+    # base: t0.5 {x, x, y} against t1.0 {x, y, z}: mean(a) = (2, 1, 0)/3, mean(b) = (1, 1, 1)/3: 1/3
+    assert '<td class="num" data-v="0.3333333333333333">' in html
+    assert "on 4 of 4 groups (not converged: 1.89" in html  # 1.89 of {x, x, y} is above 3/2 too
+
+
+def test_compare_with_homogeneity(two_runs):
+    from typer.testing import CliRunner
+
+    from evalkit.cli import app
+    from evalkit.compare import compare_runs, load_side
+    from evalkit.compare.format import as_json, as_markdown
+    from evalkit.compare.homogeneity import runs_homogeneity
+
+    base, new = two_runs
+    a, b = load_side(base.path), load_side(new.path)
+    c = compare_runs(a, b)
+    c.homogeneity, c.homogeneity_embedder = runs_homogeneity(a, b)
+    table = c.homogeneity.set_index("setting_id")
+    # t1.0: {x, y, z} against {x, x, x}: 1/3; within base 0, within new 1
+    assert table.loc["t1-p1", "across"] == pytest.approx(1 / 3)
+    assert table.loc["t1-p1", "within_base"] == pytest.approx(0.0)
+    assert table.loc["t1-p1", "within_new"] == pytest.approx(1.0)
+    assert table.loc["t0.5-p1", "across"] == pytest.approx(2 / 3) and table.loc["t0.5-p1", "n_prompts"] == 2
+    assert "| `t1-p1` | 0.333 | 0.000 | 1.000 | 2 |" in as_markdown(c, [])
+    assert '"embedder": "all-MiniLM-L6-v2"' in as_json(c, [])
+    result = CliRunner().invoke(app, ["compare", str(base.path), str(new.path), "--homogeneity"])
+    assert result.exit_code == 0, result.output
+    assert "homogeneity (embedder all-MiniLM-L6-v2)" in result.output

@@ -12,7 +12,7 @@ from rich.markup import escape
 from evalkit.cli.base import _check_output, _print_table, err, out
 from evalkit.errors import EvalkitError, shown
 
-def _compare(a, b, rules, metrics, format_, output, junit, alpha) -> int:
+def _compare(a, b, rules, metrics, format_, output, junit, alpha, homogeneity: bool = False) -> int:
     """Compare, print or write the result, write JUnit XML; the exit code of the gate."""
     output, junit = (p.expanduser() if p is not None else None for p in (output, junit))
     from evalkit.compare import format as compare_format
@@ -22,6 +22,10 @@ def _compare(a, b, rules, metrics, format_, output, junit, alpha) -> int:
     narrowed = metrics or [r.metric for r in rules] or None  # a gate tests only what it gates
     comparison = compare_runs(a, b, metrics=narrowed, alpha=alpha, metrics_from="--metric" if metrics else "--fail-on")
     violations = gate(comparison, rules)
+    if homogeneity:
+        from evalkit.compare.homogeneity import runs_homogeneity
+
+        comparison.homogeneity, comparison.homogeneity_embedder = runs_homogeneity(a, b)
     if format_ == "html":
         if a.path is None or b.path is None or not (a.path / "manifest.json").is_file():
             raise EvalkitError("--format html needs both run directories (the report is drawn from them)")
@@ -33,9 +37,13 @@ def _compare(a, b, rules, metrics, format_, output, junit, alpha) -> int:
         if output is not None:
             plain = Console(record=True, file=io.StringIO(), width=200)
             plain.print(compare_format.text_table(comparison))
+            if comparison.homogeneity is not None:
+                plain.print(compare_format.homogeneity_table(comparison))
             write_atomic(output, plain.export_text().encode("utf-8"))
         else:
             _print_table(compare_format.text_table(comparison))
+            if comparison.homogeneity is not None:
+                _print_table(compare_format.homogeneity_table(comparison))
     else:
         text = (compare_format.as_json if format_ == "json" else compare_format.as_markdown)(comparison, violations)
         if output is not None:

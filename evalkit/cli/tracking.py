@@ -98,6 +98,8 @@ def compare(
                        ] = None,
     junit: Annotated[Path | None, typer.Option(help="Write the gate as JUnit XML here.", show_default=False)] = None,
     alpha: Annotated[float, typer.Option(help="Family-wise significance level (Holm).", min=1e-6, max=0.5)] = 0.05,
+    homogeneity: Annotated[bool, typer.Option("--homogeneity", help="Also the mean embedding similarity between "
+                                              "the runs' samples per setting (embeds both runs' samples).")] = False,
     index: IndexOption = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
 ) -> None:
@@ -116,7 +118,7 @@ def compare(
         for target, field in ((output, "-o"), (junit, "--junit")):  # checked before anything is printed
             if target is not None:
                 _check_output(target.expanduser(), field, [r.path for r in (a, b) if r.path is not None], where)
-        return _compare(a, b, rules, metric, format_, output, junit, alpha)
+        return _compare(a, b, rules, metric, format_, output, junit, alpha, homogeneity)
 
     _exit(_guard(body, debug))
 

@@ -59,7 +59,29 @@ def as_markdown(c: Comparison, violations: list) -> str:
     out += [f"| `{sid}` | " + " | ".join(cells) + " |" for sid, cells in rows]
     out += ["", "Change of the mean (new - base); ↑ better or more diverse, ↓ worse or less diverse, * changed "
                 "(descriptive), where significant."]
+    if c.homogeneity is not None:
+        out += ["", f"**Homogeneity** ({HOMOGENEITY}; embedder `{c.homogeneity_embedder}`)", "",
+                "| setting | across the runs | within base | within new | prompts |",
+                "| --- | ---: | ---: | ---: | ---: |"]
+        out += [f"| `{r.setting_id}` | {fmt(r.across)} | {fmt(r.within_base)} | {fmt(r.within_new)} | {r.n_prompts} |"
+                for r in c.homogeneity.itertuples()]
     return "\n".join(out) + "\n"
+
+
+HOMOGENEITY = ("mean cosine similarity of sentence embeddings between the runs' samples of the same prompt, beside "
+               "each run's own over distinct pairs; mean over prompts")
+
+
+def homogeneity_table(c: Comparison):
+    """A rich Table of the runs' homogeneity per setting."""
+    from rich.table import Table
+
+    table = Table(title=f"homogeneity (embedder {c.homogeneity_embedder})", caption=HOMOGENEITY)
+    for column in ("setting", "across the runs", "within base", "within new", "prompts"):
+        table.add_column(column, justify="left" if column == "setting" else "right")
+    for r in c.homogeneity.itertuples():
+        table.add_row(r.setting_id, fmt(r.across), fmt(r.within_base), fmt(r.within_new), str(r.n_prompts))
+    return table
 
 
 def as_json(c: Comparison, violations: list) -> str:
@@ -73,6 +95,10 @@ def as_json(c: Comparison, violations: list) -> str:
                     for row in c.table.to_dict("records")],
         "regressions": [{"rule": str(rule), "setting_id": r.setting_id, "metric": r.metric, "delta": r.delta}
                         for rule, r in violations],
+        **({} if c.homogeneity is None else {
+            "homogeneity": {"embedder": c.homogeneity_embedder, "settings": [
+                {k: clean(v.item() if hasattr(v, "item") else v) for k, v in row.items()}
+                for row in c.homogeneity.to_dict("records")]}}),
     }, indent=2, ensure_ascii=False) + "\n"
 
 

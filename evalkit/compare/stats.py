@@ -154,6 +154,9 @@ class Comparison:
     alpha: float = 0.05
     pooled: list[str] = field(default_factory=list)  # metrics with one value per setting: changes shown, not tested
     cross_engine: str | None = None  # the note when the runs were sampled by different engines
+    # mean embedding similarity between the runs' samples per setting (evalkit.compare.homogeneity), where asked
+    homogeneity: pd.DataFrame | None = None
+    homogeneity_embedder: str | None = None
 
 
 def compare_runs(base: RunData, new: RunData, *, metrics: list[str] | None = None, alpha: float = 0.05,
