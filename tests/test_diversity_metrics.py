@@ -409,13 +409,14 @@ def test_every_new_metric_is_listed_with_its_paper():
 
 # ------------------------------------------------------------------------- in a report and in compare
 
-def scored_run(tmp_path, name, texts_of, metrics):
+def scored_run(tmp_path, name, texts_of, metrics, answer=None):
     """A scored file: prompts p0, p1 under temperatures 0.5 and 1.0, the texts ``texts_of(prompt, t)``."""
     import json
 
     from evalkit.api import score_file
 
-    rows = [{"prompt_id": p, "prompt": "q", "temperature": t, "top_p": 1.0, "sample_index": i, "text": text}
+    rows = [{"prompt_id": p, "prompt": "q", "temperature": t, "top_p": 1.0, "sample_index": i, "text": text,
+             **({"answer": answer} if answer is not None else {})}
             for p in ("p0", "p1") for t in (0.5, 1.0) for i, text in enumerate(texts_of(p, t))]
     path = tmp_path / f"{name}.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
@@ -469,3 +470,27 @@ def test_compare_with_homogeneity(two_runs):
     result = CliRunner().invoke(app, ["compare", str(base.path), str(new.path), "--homogeneity"])
     assert result.exit_code == 0, result.output
     assert "homogeneity (embedder all-MiniLM-L6-v2)" in result.output
+
+
+def test_a_scored_run_with_every_new_metric(tmp_path, vectors):
+    """Through the pipeline: ids in the manifest, per-sample rows, and what each reads from the prompts' checks."""
+    vectors.update({"q": np.array([1.0, 1, 1]), "4": np.array([1.0, 0, 0]), "the answer is 4": np.array([1.0, 0.1, 0]),
+                    "5": np.array([0, 1.0, 0])})
+    metrics = ["ead", "vendi[q=2]", "rke", "distinct_k", "utility_k", "effective[metric=distinct_1]", "passing",
+               "homogeneity", "distinct_k[check=embedding,threshold=0.99]"]
+    run = scored_run(tmp_path, "all", lambda p, t: ["4", "the answer is 4", "5"], metrics, answer=4)
+    values = run.scores.groupby("metric")["value"].mean()
+    assert set(values.index) == set(run.manifest.metrics) and len(values) == len(metrics)
+    assert values["distinct_k[check=exact]"] == 3
+    # cos("4", "the answer is 4") = 0.995: one class at 0.99
+    assert values["distinct_k[check=embedding,threshold=0.99,emb=all-MiniLM-L6-v2]"] == 2
+    assert values["passing[quality=accuracy[extract=flexible],min=1]"] == 2
+    effective = "effective[metric=distinct_1[tok=words],quality=accuracy[extract=flexible],min=1]"
+    assert values[effective] == pytest.approx(4 / 5)  # "4" and "the answer is 4": 4 types of 5 tokens
+    assert values["utility_k[check=exact,quality=accuracy[extract=flexible],p=0.8]"] == pytest.approx(
+        paper_utility([0, 1, 2], [1, 1, 0], 0.8))
+    assert values["homogeneity[emb=all-MiniLM-L6-v2]"] == pytest.approx(within(unit(np.stack(
+        [vectors["4"], vectors["the answer is 4"], vectors["5"]]))) * 2 / 3 + 1 / 3)
+    assert run.manifest.metric_info[effective]["kind"] == "diversity"
+    per = run.sample_scores[run.sample_scores["metric"].str.startswith("passing")]
+    assert sorted(per["value"]) == [0] * 4 + [1] * 8
