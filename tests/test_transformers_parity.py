@@ -378,8 +378,9 @@ def test_vllm_convention_penalties_before_temperature(vocab, seed):
 # --------------------------------------------------------------------------- 4. counts once per step
 
 
-def test_penalties_sharing_a_scope_count_once_per_step(monkeypatch):
-    """One scatter-add per scope and step: the three penalties of a row share it when their scopes agree."""
+def test_penalties_count_once_per_step_and_only_the_frequency_penalty_counts_densely(monkeypatch):
+    """The frequency penalty counts each row's tokens with one scatter-add per step (a second application in the same
+    step reuses it); the repetition and presence penalties gather and scatter over the history instead."""
     calls = []
     original = torch.Tensor.scatter_add_
 
@@ -389,10 +390,11 @@ def test_penalties_sharing_a_scope_count_once_per_step(monkeypatch):
 
     vocab = 50
     prompts, outputs = [[1, 2, 3, 3]] * 2, [[3, 4]] * 2
-    shared = [Setting(order="llama_cpp", repetition_penalty=1.3, presence_penalty=0.5, frequency_penalty=0.2)] * 2
-    split = [Setting(order="vllm", repetition_penalty=1.3, presence_penalty=0.5, frequency_penalty=0.2)] * 2
+    with_frequency = [Setting(order="llama_cpp", repetition_penalty=1.3, presence_penalty=0.5,
+                              frequency_penalty=0.2)] * 2
+    without = [Setting(order="vllm", repetition_penalty=1.3, presence_penalty=0.5)] * 2
     logits = torch.randn(2, vocab)
-    for settings, scatters in ((shared, 1), (split, 2)):  # llama.cpp: all three over the last 64; vLLM: two scopes
+    for settings, scatters in ((with_frequency, 1), (without, 0)):
         params = row_params(settings, prompts, outputs)
         chain = ORDERS[settings[0].order]
         monkeypatch.setattr(torch.Tensor, "scatter_add_", counted)
@@ -402,6 +404,7 @@ def test_penalties_sharing_a_scope_count_once_per_step(monkeypatch):
         again = apply_chain(logits, params, chain)  # the same step: nothing counted again
         assert len(calls) == scatters and torch.equal(first, again)
         monkeypatch.setattr(torch.Tensor, "scatter_add_", original)
+        assert not torch.equal(first[:, 3], logits[:, 3])  # a seen token is penalised
         params.advance(torch.tensor([7, 7]), torch.zeros(2))  # the next step counts afresh
         after = apply_chain(logits, params, chain)
         assert not torch.equal(after[:, 7], first[:, 7])

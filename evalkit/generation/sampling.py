@@ -362,7 +362,10 @@ def warp(logits: torch.Tensor, params: RowParams,
         parts.append((plain, Warped(scale(logits[plain], params[plain]), None)))
     engine = ORDERS[ENGINE_ORDER]
     fast_code = params.chains.index(engine) if engine in params.chains else -1
-    fast = trunc & (params.order == fast_code) & ~params.beyond_candidates(vocab)
+    early = before_temperature(engine)  # the processors (penalties, n-gram ban, min tokens): applied first, densely
+    early_knobs = {k for stage in early for k in stage}
+    fast = trunc & (params.order == fast_code) & ~params._active(
+        vocab, lambda name: name not in CANDIDATE_KNOBS and name not in early_knobs)
     for code, chain in enumerate(params.chains):
         other = rows[trunc & ~fast & (params.order == code)]
         if other.numel():
@@ -371,7 +374,16 @@ def warp(logits: torch.Tensor, params: RowParams,
     if todo.numel() == 0:
         return parts
     sub = params[todo]
-    scaled = scale(logits[todo], sub)
+    z = logits[todo]
+    if bool(sub._active(vocab, lambda name: name in early_knobs).any()):
+        z = apply_chain(z, sub, early)
+    scaled = scale(z, sub)
+    filtered = sub._active(vocab, lambda name: name in CANDIDATE_KNOBS)  # rows with a filter after the processors
+    if not bool(filtered.all()):
+        parts.append((todo[~filtered], Warped(scaled[~filtered], None)))
+        todo, sub, scaled = todo[filtered], sub[filtered], scaled[filtered]
+        if todo.numel() == 0:
+            return parts
     row_probs = torch.softmax(scaled, dim=-1)
     left = torch.arange(todo.numel(), device=device)  # positions in `todo` still to place
     for size in candidates:

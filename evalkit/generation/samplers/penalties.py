@@ -1,5 +1,6 @@
-"""Penalties on what a row has already said, computed from its tokens on the device (one scatter-add per step and
-scope, shared by the penalties that count the same tokens; no loop over rows):
+"""Penalties on what a row has already said, computed from its tokens on the device with no loop over rows: the
+repetition and presence penalties and the n-gram ban gather and scatter over each row's tokens (not over the
+vocabulary); the frequency penalty counts them with one scatter-add per step and scope:
 
 - ``repetition_penalty`` (Keskar et al. 2019, as transformers, vLLM and llama.cpp apply it): a token seen in the
   scope has its logit divided by the penalty when positive, multiplied when negative;
@@ -48,14 +49,40 @@ def forget_counts(params, tokens: torch.Tensor, logprob: torch.Tensor) -> None:
 
 def _count(params, scope: torch.Tensor, vocab: int) -> torch.Tensor:
     history = params.history
-    rows, length = history.shape
+    idx = torch.where(_scoped(params, scope), history, torch.full_like(history, vocab))
+    out = torch.zeros((history.shape[0], vocab + 1), dtype=torch.float32, device=history.device)
+    return out.scatter_add_(1, idx, torch.ones_like(idx, dtype=torch.float32))[:, :vocab]
+
+
+def _scoped(params, scope: torch.Tensor) -> torch.Tensor:
+    """[rows, length] whether each position of ``params.history`` holds a token in its row's scope."""
+    history = params.history
+    length = history.shape[1]
     pos = torch.arange(length, device=history.device)[None, :]
     scope = scope[:, None]
     in_scope = torch.where(scope == SCOPE_ALL, torch.ones_like(pos, dtype=torch.bool),
                            torch.where(scope == SCOPE_OUTPUT, pos >= length - params.n_out, pos >= length - scope))
-    idx = torch.where((history >= 0) & in_scope, history, torch.full_like(history, vocab))
-    out = torch.zeros((rows, vocab + 1), dtype=torch.float32, device=history.device)
-    return out.scatter_add_(1, idx, torch.ones_like(idx, dtype=torch.float32))[:, :vocab]
+    return (history >= 0) & in_scope
+
+
+def _on_seen(out: torch.Tensor, params, scope: torch.Tensor, on: torch.Tensor, shift, lower: torch.Tensor):
+    """Each token seen in its row's scope (rows ``on``) moved to ``shift(logit)``, which is below the logit on rows
+    ``lower`` and above it on the others. Sparse: a gather and a scatter over the history, not over the vocabulary;
+    a token seen several times gets the same value from each position (min or max reductions, so the scatter is
+    exact and its order does not matter), and positions out of scope offer a value that changes nothing."""
+    seen = _scoped(params, scope) & on[:, None]
+    if not bool(seen.any()):
+        return out
+    idx = params.history.clamp(min=0)
+    moved = shift(out.gather(1, idx))
+    out = out.clone()
+    down = seen & lower[:, None]
+    if bool(down.any()):
+        out.scatter_reduce_(1, idx, torch.where(down, moved, float("inf")), reduce="amin", include_self=True)
+    up = seen & ~lower[:, None]
+    if bool(up.any()):
+        out.scatter_reduce_(1, idx, torch.where(up, moved, NEG_INF), reduce="amax", include_self=True)
+    return out
 
 
 def repetition(out: torch.Tensor, params) -> torch.Tensor:
@@ -63,17 +90,17 @@ def repetition(out: torch.Tensor, params) -> torch.Tensor:
     on = penalty != 1
     if not bool(on.any()):
         return out
-    seen = (counts(params, params.scope_repetition_penalty, out.shape[-1]) > 0) & on[:, None]
-    p = penalty[:, None]
-    return torch.where(seen, torch.where(out < 0, out * p, out / p), out)
+    p = penalty[:, None]  # divides a positive logit, multiplies a negative one: lower when p > 1
+    return _on_seen(out, params, params.scope_repetition_penalty, on,
+                    lambda z: torch.where(z < 0, z * p, z / p), penalty > 1)
 
 
 def presence(out: torch.Tensor, params) -> torch.Tensor:
     on = params.presence_penalty != 0
     if not bool(on.any()):
         return out
-    seen = counts(params, params.scope_presence_penalty, out.shape[-1]) > 0
-    return out - torch.where(seen & on[:, None], params.presence_penalty[:, None], 0.0)
+    pen = params.presence_penalty[:, None]
+    return _on_seen(out, params, params.scope_presence_penalty, on, lambda z: z - pen, params.presence_penalty > 0)
 
 
 def frequency(out: torch.Tensor, params) -> torch.Tensor:
@@ -98,10 +125,9 @@ def no_repeat_ngram(out: torch.Tensor, params) -> torch.Tensor:
         prefix = history[:, length - n + 1:] if n > 1 else history[:, :0]
         match = (windows[..., : n - 1] == prefix[:, None, :]).all(dim=-1) & (windows >= 0).all(dim=-1)
         match &= (prefix >= 0).all(dim=-1, keepdim=True)
-        banned = torch.where(match, windows[..., n - 1], torch.full_like(windows[..., n - 1], out.shape[-1]))
-        mask = torch.zeros((out.shape[0], out.shape[-1] + 1), dtype=torch.bool, device=out.device)
-        mask.scatter_(1, banned, True)
-        out = out.masked_fill(mask[:, :-1] & rows[:, None], NEG_INF)
+        banned = torch.where(match & rows[:, None], NEG_INF, float("inf"))  # +inf: the scatter leaves it
+        out = out.clone()
+        out.scatter_reduce_(1, windows[..., n - 1].clamp(min=0), banned, reduce="amin", include_self=True)
     return out
 
 
