@@ -8,16 +8,21 @@ package would collide with other distributions that ship one). The registry in
 from evalkit_metrics.answers import Accuracy, MajorityVote
 from evalkit_metrics.clip import ClipImageDiversity, ClipScore, ClipVendi, RefClipScore
 from evalkit_metrics.distinct import DistinctN
+from evalkit_metrics.ead import EAD
+from evalkit_metrics.effective import Effective, Passing
+from evalkit_metrics.homogeneity import Homogeneity
 from evalkit_metrics.image_reference import ClipCoverage, ClipDensity, ClipFid, ClipKid, ClipPrecision, ClipRecall, Cmmd
+from evalkit_metrics.judge import JudgeScore
 from evalkit_metrics.length import MeanLength
 from evalkit_metrics.lexical import MATTR, MTLD, TTR
 from evalkit_metrics.mauve import Mauve
 from evalkit_metrics.ngram_entropy import EntN
 from evalkit_metrics.novelty import Novelty
+from evalkit_metrics.noveltybench import DistinctK, UtilityK
 from evalkit_metrics.pass_at_k import PassAtK
 from evalkit_metrics.repetition import RepL, Repetition, SeqRepN
 from evalkit_metrics.self_bleu import SelfBleu
-from evalkit_metrics.semantic import Relevance, SemanticDiversity, Vendi
+from evalkit_metrics.semantic import RKE, Relevance, SemanticDiversity, Vendi
 from evalkit_metrics.token_stats import NLL, Perplexity, TokenEntropy
 from evalkit_metrics.zipf import Zipf
 
@@ -52,6 +57,7 @@ BUILTINS = {
     "pass_at_k": (PassAtK, {}),
     **{f"pass_at_{k}": (PassAtK, {"k": k}) for k in (1, 5, 10, 100)},
     "mauve": (Mauve, {}),
+    "judge_score": (JudgeScore, {}),
     "zipf": (Zipf, {}),
     "repetition": (Repetition, {}),
     "clip_fid": (ClipFid, {}),
@@ -61,9 +67,17 @@ BUILTINS = {
     "clip_recall": (ClipRecall, {}),
     "clip_density": (ClipDensity, {}),
     "clip_coverage": (ClipCoverage, {}),
+    "ead": (EAD, {}),
+    "rke": (RKE, {}),
+    "distinct_k": (DistinctK, {}),
+    "utility_k": (UtilityK, {}),
+    "effective": (Effective, {}),
+    "passing": (Passing, {}),
+    "homogeneity": (Homogeneity, {}),
 }
 
 __all__ = ["BUILTINS", "MATTR", "MTLD", "NLL", "TTR", "DistinctN", "EntN", "MeanLength", "Perplexity", "SelfBleu",
-           "SeqRepN", "RepL", "TokenEntropy", "SemanticDiversity", "Vendi", "Relevance", "Novelty",
+           "SeqRepN", "RepL", "TokenEntropy", "SemanticDiversity", "Vendi", "Relevance", "Novelty", "JudgeScore",
            "ClipScore", "ClipImageDiversity", "ClipVendi", "Accuracy", "MajorityVote", "PassAtK", "Mauve", "Zipf",
-           "Repetition", "ClipFid", "ClipKid", "Cmmd", "ClipPrecision", "ClipRecall", "ClipDensity", "ClipCoverage"]
+           "Repetition", "ClipFid", "ClipKid", "Cmmd", "ClipPrecision", "ClipRecall", "ClipDensity", "ClipCoverage",
+           "EAD", "RKE", "DistinctK", "UtilityK", "Effective", "Passing", "Homogeneity"]
