@@ -266,3 +266,171 @@ class FaultProxy:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class SamplingServer:
+    """A small OpenAI-compatible server on 127.0.0.1 that samples from a reference's logits (``reference``: an
+    :class:`evalkit.conformance.core.Reference`, its forward pass cached) with a sampler of its own (numpy, written from
+    llama.cpp's and vLLM's descriptions, not evalkit's transforms), and with one deliberate ``fault``:
+
+    - ``top_p_one_more``: keeps one token too many at the top-p cut (where it keeps more than one);
+    - ``temperature_last``: applies the temperature after top-k and top-p while its listing claims vLLM's order
+      (temperature first; min-p stays after the temperature, so that the capability check's order probe passes);
+    - ``ignores_seed``: one generator for every request, whatever its seed;
+    - ``neighbours``: a seeded request's generator moved by the number of other requests in flight;
+    - ``processed_logprobs``: reports the processed distribution's logprobs where its kind reports the raw model's.
+
+    ``owned_by`` is what GET /models says (``me``: llama-cpp-python's server, order llama_cpp; ``vllm``: vLLM's).
+    Replies use the completions format of llama-cpp-python (logprobs keyed by text), and vLLM's ``token_id:N`` when
+    a request asks ``return_tokens_as_token_ids``; ``n`` choices come from one generator seeded once."""
+
+    LLAMA_CPP = ("top_k", "top_p", "min_p", "temperature")
+    VLLM = ("temperature", "min_p", "top_k", "top_p")
+    FAULTS = ("top_p_one_more", "temperature_last", "ignores_seed", "neighbours", "processed_logprobs")
+
+    def __init__(self, reference, fault: str | None = None, owned_by: str = "me"):
+        import numpy as np
+
+        assert fault is None or fault in self.FAULTS, fault
+        self.reference, self.fault, self.owned_by = reference, fault, owned_by
+        self.order = self.VLLM if owned_by == "vllm" else self.LLAMA_CPP
+        if fault == "temperature_last":
+            self.order = ("top_k", "top_p", "temperature", "min_p")
+        self.lock = threading.Lock()  # the reference's forward pass is one at a time
+        self.shared = np.random.default_rng(12345)  # unseeded requests (and every request, ignores_seed)
+        self.in_flight = 0
+        self.texts = reference.texts()
+        self.bodies: list[dict] = []  # every request's body, in order of arrival
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                listing = {"object": "list", "data": [{"id": MODEL_ALIAS, "object": "model",
+                                                       "owned_by": server.owned_by}]}
+                self._reply(200, listing)
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+                with server.lock:
+                    server.in_flight += 1
+                    server.bodies.append(body)
+                try:
+                    time.sleep(0.005)  # a request takes a while: others arrive meanwhile (what a batch is)
+                    self._reply(200, server.complete(body))
+                except Exception as e:  # noqa: BLE001 (the test reads the reply)
+                    self._reply(500, {"error": {"message": f"{type(e).__name__}: {e}"}})
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
+
+            def _reply(self, code: int, data: dict):
+                payload = json.dumps(data).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __enter__(self) -> SamplingServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    # ---------------------------------------------------------------- sampling
+
+    def probabilities(self, logits, knobs: dict):
+        """The distribution the server samples from: each knob in ``self.order`` (off at its neutral value)."""
+        import numpy as np
+
+        z = np.asarray(logits, dtype=np.float64).copy()
+        t = float(knobs.get("temperature", 1.0))
+        for stage in self.order:
+            if stage == "temperature":
+                z = z / t
+            elif stage == "top_k" and int(knobs.get("top_k") or 0) > 0:
+                k = int(knobs["top_k"])
+                z[np.argsort(-z, kind="stable")[k:]] = -np.inf
+            elif stage == "top_p" and float(knobs.get("top_p", 1.0)) < 1.0:
+                p = np.exp(z - z.max())
+                p /= p.sum()
+                order = np.argsort(-p, kind="stable")
+                keep = int(np.searchsorted(np.cumsum(p[order]), float(knobs["top_p"]))) + 1  # through the crossing
+                keep += self.fault == "top_p_one_more" and keep > 1  # (one kept stays one: the probe's top-p)
+                z[order[keep:]] = -np.inf
+            elif stage == "min_p" and float(knobs.get("min_p") or 0.0) > 0:
+                p = np.exp(z - z.max())
+                z[p < float(knobs["min_p"])] = -np.inf
+        p = np.exp(z - z.max())
+        return p / p.sum()
+
+    def generator(self, seed):
+        import numpy as np
+
+        if seed is None or self.fault == "ignores_seed":
+            return self.shared
+        if self.fault == "neighbours":
+            with self.lock:
+                others = self.in_flight - 1
+            return np.random.default_rng(int(seed) + others)
+        return np.random.default_rng(int(seed))
+
+    def logits(self, tokens: tuple[int, ...]):
+        with self.lock:
+            return self.reference.logits(tokens)[0].double().numpy()
+
+    def complete(self, body: dict) -> dict:
+        import numpy as np
+
+        rng = self.generator(body.get("seed"))
+        prompt = self.reference.encode(body["prompt"])
+        ids = bool(body.get("return_tokens_as_token_ids"))
+        choices, counted = [], 0
+        for index in range(int(body.get("n") or 1)):
+            tokens, lps, tops, finish = [], [], [], "length"
+            for _ in range(int(body.get("max_tokens") or 16)):
+                z = self.logits(tuple(prompt) + tuple(tokens))
+                raw = z - z.max() - np.log(np.exp(z - z.max()).sum())
+                if float(body.get("temperature", 1.0)) == 0.0:
+                    token, probs = int(np.argmax(z)), None
+                else:
+                    probs = self.probabilities(z, body)
+                    token = int(rng.choice(len(probs), p=probs))
+                processed = self.fault == "processed_logprobs" and probs is not None
+                shown = np.log(np.maximum(probs, 1e-300)) if processed else raw
+                if token in self.reference.eos_ids:
+                    finish = "stop"
+                    break
+                tokens.append(token)
+                key = (lambda i: f"token_id:{i}") if ids else (lambda i: self.texts[i])
+                lps.append(float(shown[token]))
+                best = [int(i) for i in np.argsort(-shown, kind="stable")[: int(body.get("logprobs") or 0)]]
+                tops.append({key(i): float(shown[i]) for i in best if shown[i] > -600})
+                tops[-1][key(token)] = float(shown[token])
+            text = self.reference.decode(tokens) if tokens else ""
+            logprobs = None
+            if body.get("logprobs"):
+                key = (lambda i: f"token_id:{i}") if ids else (lambda i: self.texts[i])
+                logprobs = {"tokens": [key(t) for t in tokens], "token_logprobs": lps, "top_logprobs": tops,
+                            "text_offset": list(range(len(tokens)))}
+            choices.append({"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish})
+            counted = counted if index else len(tokens)
+        return {"id": "cmpl-fault", "object": "text_completion", "model": MODEL_ALIAS, "choices": choices,
+                "usage": {"prompt_tokens": len(prompt), "completion_tokens": counted}}

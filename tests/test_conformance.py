@@ -15,7 +15,7 @@ import torch
 from scipy import stats
 from typer.testing import CliRunner
 
-from evalkit import conformance as cf
+from evalkit.conformance import core as cf
 from evalkit.cli import app
 from evalkit.config import config_from_dict
 from evalkit.generation import load_backend
@@ -86,13 +86,49 @@ def test_end_tokens_fold_into_one_category():
     assert cf.counts(np.array([0, cf.END, 2, cf.END]), 4).tolist() == [1, 0, 1, 2]
 
 
-def test_a_conforming_sampler_is_rejected_at_most_alpha_of_the_time():
-    """False alarms: 1,000 repetitions of 2,000 draws from a known distribution (Zipf over 60 tokens)."""
+REPETITIONS = 1000
+ZIPF = 1 / np.arange(1, 61) / (1 / np.arange(1, 61)).sum()  # Zipf over 60 tokens: chi-square over ~40 categories
+MARGIN = 3 * math.sqrt(cf.ALPHA * (1 - cf.ALPHA) / REPETITIONS)  # 3 standard errors of a rate alpha: 0.021
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("probs, test", [(ZIPF, "chi-square"), (np.array([0.55, 0.25, 0.15, 0.05]), "monte-carlo"),
+                                         (np.array([0.8, 0.2]), "binomial")])
+def test_a_conforming_sampler_is_rejected_at_most_alpha_of_the_time(probs, test):
+    """False alarms: 1,000 repetitions of 2,000 draws (the default) from a known distribution, each test."""
     rng = np.random.default_rng(7)
-    probs = 1 / np.arange(1, 61)
-    probs /= probs.sum()
-    rejected = sum(cf.fit(rng.multinomial(2000, probs).astype(float), probs).p_value < cf.ALPHA for _ in range(1000))
-    assert rejected / 1000 <= cf.ALPHA + 0.02  # 3 standard errors of 0.05 at 1,000 repetitions: 0.021
+    fits = [cf.fit(rng.multinomial(2000, probs).astype(float), probs) for _ in range(REPETITIONS)]
+    assert all(f.test.startswith(test) for f in fits)
+    assert sum(f.p_value < cf.ALPHA for f in fits) / REPETITIONS <= cf.ALPHA + MARGIN
+
+
+def test_a_conforming_backend_fails_a_report_of_six_rows_at_most_alpha_of_the_time():
+    """Holm over the rows: the chance that any row of a conforming backend fails stays at alpha."""
+    from evalkit.compare.stats import holm
+
+    rng = np.random.default_rng(11)
+    failed = sum((holm(np.array([cf.fit(rng.multinomial(2000, ZIPF).astype(float), ZIPF).p_value
+                                 for _ in range(6)])) < cf.ALPHA).any() for _ in range(REPETITIONS))
+    assert failed / REPETITIONS <= cf.ALPHA + MARGIN
+
+
+def test_power_against_a_total_variation_of_0_015():
+    """The top token 0.015 less likely, the rest scaled up: rarely caught at 2,000 draws, caught 80% of the time at
+    the draws that draws_needed names (about 24,000)."""
+    shifted = ZIPF.copy()
+    shifted[0] -= 0.015
+    shifted[1:] += 0.015 * ZIPF[1:] / ZIPF[1:].sum()
+    assert 0.5 * np.abs(shifted - ZIPF).sum() == pytest.approx(0.015)
+    rng = np.random.default_rng(5)
+
+    def power(n: int) -> float:
+        return float(np.mean([cf.fit(rng.multinomial(n, shifted).astype(float), ZIPF).p_value < cf.ALPHA
+                              for _ in range(REPETITIONS)]))
+
+    needed = cf.draws_needed(shifted, ZIPF, 2000, cf.ALPHA)
+    assert 20_000 < needed < 30_000
+    assert power(2000) < 0.15
+    assert 0.75 <= power(needed) <= 0.85
 
 
 def test_draws_needed_gives_the_power_it_promises():

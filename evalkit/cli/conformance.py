@@ -34,10 +34,20 @@ def print_report(report) -> None:
                       f"{c.chance:.3f}", escape(c.control or "-"), _p(c.control_adjusted),
                       f"[{colour}]{escape(c.verdict)}[/]")
     _print_table(table)
+    for c in report.cases:
+        if c.note:
+            out.print(f"{escape(c.setting)} {escape(c.context)}: {escape(c.note)}", highlight=False, soft_wrap=True)
     for s in report.seeds:
-        mark = "ok" if s.passed else "FAILED"
-        out.print(f"seeds, {escape(s.name)}: {s.equal}/{s.total} equal ({s.distinct} distinct tokens) {mark}",
+        mark = "not checked" if not s.total else "ok" if s.passed else "FAILED"
+        note = f": {s.note}" if s.note else ""
+        out.print(f"seeds, {escape(s.name)}: {s.equal}/{s.total} equal ({s.distinct} distinct) {mark}{escape(note)}",
                   highlight=False, soft_wrap=True)
+    for c in report.logprobs:
+        mark = "ok" if c.passed else "FAILED"
+        out.print(f"logprobs at {escape(c.setting)}, {escape(c.context)}: {escape(c.why())} (distance from the raw "
+                  f"model {c.distance_raw:.4f}, from the processed distribution {c.distance_processed:.4f}, sum "
+                  f"{c.total:.4f}) {mark}", highlight=False, soft_wrap=True)
+    out.print(f"seeds sent: {escape(report.seed_mapping)}", highlight=False, soft_wrap=True)
     n = report.counts()
     out.print(f"{n['pass']} pass, {n['fail']} fail, {n['inconclusive']} inconclusive of {len(report.cases)} "
               f"(setting x context) in {report.seconds:.1f} s", highlight=False, soft_wrap=True)
@@ -62,6 +72,8 @@ def conformance(
                                                   "stop: nothing is loaded.")] = False,
     json_file: Annotated[Path | None, typer.Option("--json", help="Also write every row and seed check as JSON here.",
                                                    show_default=False)] = None,
+    html_file: Annotated[Path | None, typer.Option("--html", help="Also write a page with observed vs expected bars "
+                                                   "for the worst rows here.", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
 ) -> None:
@@ -80,13 +92,18 @@ def conformance(
             for label, value in lines:
                 out.print(f"{escape(label):<{width}}  {escape(value)}", highlight=False, soft_wrap=True)
             return 0
-        if json_file is not None:
-            _check_output(json_file, "--json", [], None)
+        for path, flag in ((json_file, "--json"), (html_file, "--html")):
+            if path is not None:
+                _check_output(path, flag, [], None)
         report = run_conformance(config, overrides=set_ or [], settings=setting, draws=draws, reference=reference,
                                  progress=_ui(quiet))
         print_report(report)
         if json_file is not None:
             json_file.write_text(json.dumps(report.as_dict(), indent=2) + "\n", encoding="utf-8")
+        if html_file is not None:
+            from evalkit.conformance.page import page
+
+            html_file.write_text(page(report), encoding="utf-8")
         return 1 if report.failed else 0
 
     _exit(_guard(body, debug))

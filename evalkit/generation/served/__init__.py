@@ -1,8 +1,10 @@
 """The served backend (``model.backend: openai``): a model behind any OpenAI-compatible server
 (llama.cpp's server, vLLM, SGLang, TGI, a hosted API).
 
-- One request per sample, with the sample's own seed (its derived seed mod 2**31, which every server
-  takes) and every sampling knob in the body: ``temperature``, ``top_p``, ``max_tokens``, ``stop``, and,
+- One request per sample, with the sample's own seed (its whole derived seed on a vLLM server, as evalkit's
+  vLLM backend in process is given it; mod 2**31 elsewhere:
+  :func:`~evalkit.generation.served.protocol.request_seed`) and every sampling knob in the body: ``temperature``,
+  ``top_p``, ``max_tokens``, ``stop``, and,
   where the server takes them, ``top_k`` (-1 switches it off everywhere), ``min_p`` and the penalties at
   their neutral values (llama.cpp applies ``repeat_penalty`` 1.1, ``top_k`` 40 and ``min_p`` 0.05 by
   default; vLLM applies the model's generation_config.json). ``n`` is always 1: with ``n > 1`` the
@@ -31,8 +33,8 @@ from evalkit.config import OpenAIModel, SweepConfig
 from evalkit.errors import ConfigError, EvalkitError, shown
 from evalkit.generation.base import ModelInfo, PreparedPrompt, ProgressFn, SampleRecord, WorkUnit
 from evalkit.generation.served.client import Endpoint, SampleFailed, ServerError, run_async
-from evalkit.generation.served.protocol import (KINDS, REQUEST_KNOBS, SEED_MODULUS, ServerKind, kind_of,
-                                                parse_choice, truncated_entropy)
+from evalkit.generation.served.protocol import (KINDS, REQUEST_KNOBS, ServerKind, kind_of, parse_choice,
+                                                request_seed, seed_mapping, truncated_entropy)
 from evalkit.generation.spec import BackendSpec
 from evalkit.prompts import Prompt
 from evalkit.settings import AUTO_ORDER, Setting
@@ -64,7 +66,7 @@ class ServedBackend:
         self.info = ModelInfo(
             backend="openai", id=mc.id, source="served", path=mc.base_url, device="server",
             context_length=listing.get("max_model_len"), has_chat_template=self.api == "chat",
-            rng="the server's: one request per sample, seed = the sample's derived seed mod 2**31",
+            rng=_rng(self.kind),
             load_seconds=round(time.perf_counter() - started, 3),
             server={"base_url": mc.base_url, "api": self.api, "listed": listing})
 
@@ -140,6 +142,7 @@ class ServedBackend:
         found = probe(self, settings, prompts, logprobs=logprobs, max_new_tokens=max_new_tokens or 1,
                       source=self._source)
         self.sent, self.not_sent, self.kind = found.sent, found.not_sent, found.kind
+        self.info.rng = _rng(self.kind)
         self.info.server.update(found.record())
         identity = {"base_url": self.endpoint.base_url, "model": self.model_id, "api": self.api,
                     "root": self.info.server["listed"].get("root"),  # vLLM: the weights behind the name
@@ -160,7 +163,7 @@ class ServedBackend:
         else:
             body["prompt"] = prompt.rendered
         body.update(self.knobs(setting, max_tokens, stop, optional, kind))
-        body["seed"] = seed % SEED_MODULUS
+        body["seed"] = request_seed(seed, kind or self.kind)
         body.update(self._logprob_fields(self.logprobs if logprobs is None else logprobs))
         return body
 
@@ -184,7 +187,7 @@ class ServedBackend:
     def generation_params(self, setting: Setting, max_new_tokens: int) -> dict[str, Any]:
         """Exactly what each request of ``setting`` carries besides its prompt and seed."""
         return {"engine": "openai-compatible server", "endpoint": self.endpoint.base_url + self.path,
-                **self.knobs(setting, max_new_tokens, self.stop), "seed": "the sample's derived seed mod 2**31",
+                **self.knobs(setting, max_new_tokens, self.stop), "seed": seed_mapping(self.kind),
                 **self._logprob_fields(self.logprobs)}
 
     def batch_size(self, requested: int | str, prompts: list[PreparedPrompt], max_new_tokens: int) -> int:
@@ -312,6 +315,10 @@ class ServedBackend:
         if not isinstance(n_tokens, int) or isinstance(n_tokens, bool) or not 0 <= n_tokens < 2**31:
             n_tokens = len(choice.logprobs[0]) if choice.logprobs is not None else 0  # absent or garbled
         return SampleRecord(unit=unit, text=text, finish_reason=finish, stats=stats, num_tokens=n_tokens)
+
+
+def _rng(kind: ServerKind) -> str:
+    return f"the server's: one request per sample, seed = {seed_mapping(kind)}"
 
 
 def _in_thread(items: Iterator) -> Iterator:

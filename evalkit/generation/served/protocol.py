@@ -13,7 +13,7 @@ from evalkit.errors import shown
 from evalkit.generation.served.client import ServerError
 from evalkit.settings import AUTO_SCOPE, PENALTIES, QUALIFIES, Setting
 
-SEED_MODULUS = 2**31  # a request's seed: the sample's derived seed mod 2**31 (a signed 32-bit int everywhere)
+SEED_MODULUS = 2**31  # a request's seed on a server that takes 32 bits: the derived seed mod 2**31 (see request_seed)
 # sent at a neutral value where the server takes one (the capability check finds out which, trying them
 # in order), so that no server default shapes a sample: knobs outside the OpenAI schema, and the penalties.
 # top_k is off at 0 for llama.cpp and vLLM, at -1 for SGLang and older vLLM. The rest switch off what a
@@ -135,6 +135,7 @@ class ServerKind:
     scopes: str  # which penalty_scope it can be sent: "window" (a count of last tokens), "own" (its own), "auto"
     auto_scope: str  # which tokens its penalties count when penalty_scope is auto (the manifest says so)
     fixed: tuple[tuple[str, Any], ...] = ()  # request fields sent with every request (not knobs): cache reuse off
+    full_seed: bool = False  # takes a 64-bit seed: sent the sample's whole derived seed, as vLLM in process is
     fields: dict[str, str] = field(init=False, repr=False)  # knob -> request field, for each knob it honours
 
     def __post_init__(self) -> None:
@@ -208,6 +209,18 @@ class ServerKind:
         return value
 
 
+def request_seed(seed: int, kind: ServerKind) -> int:
+    """The seed a request carries for a sample's derived seed (63 bits): the whole seed where the kind of server takes
+    64-bit seeds (vLLM's, as evalkit's in-process vLLM backend is given it: the same seed gives the same sample), the
+    seed mod 2**31 elsewhere (llama.cpp's samplers take 32 bits; an unknown server may too)."""
+    return seed if kind.full_seed else seed % SEED_MODULUS
+
+
+def seed_mapping(kind: ServerKind) -> str:
+    """What the manifest says of :func:`request_seed` for ``kind``."""
+    return "the sample's derived seed" + ("" if kind.full_seed else " mod 2**31")
+
+
 def _elsewhere(knob: str) -> str:
     """Which kinds of server take ``knob``, and under what name (for a refusal)."""
     names = [f"{KINDS[kind].what} takes {name}" for kind, name in zip(SERVER_KINDS, REQUEST_KNOBS.get(knob, ()))
@@ -223,7 +236,8 @@ KINDS: dict[str, ServerKind] = {k.name: k for k in (
     ServerKind(LLAMA_CPP_PYTHON, "llama-cpp-python's server", "llama_cpp", "me", "auto",
                "the last --last_n_tokens_size generated tokens (64 unless the server was started with another)"),
     ServerKind(VLLM, "a vLLM server", "vllm", "vllm", "own",
-               "prompt and output for repetition_penalty, the output for presence and frequency penalties"),
+               "prompt and output for repetition_penalty, the output for presence and frequency penalties",
+               full_seed=True),
     ServerKind(OTHER, "an OpenAI-compatible server of unknown kind", None, None, "auto",
                "tokens of its own choosing"),
 )}

@@ -1,4 +1,5 @@
-"""``evalkit conformance``: does a backend sample from the distribution it claims?
+"""The check of ``evalkit conformance``: the statistics, the expected distribution, the draws of an in-process
+backend.
 
 For each setting and a few contexts (the first prompt, and the prompt followed by the reference model's greedy
 continuation of a few lengths), the backend makes N single-token draws with distinct seeds. The expected distribution
@@ -186,6 +187,26 @@ class Reference:
         """evalkit's engine's own model (a generator with ``model``, ``tokenizer`` and ``eos_ids``)."""
         return cls(generator.model, generator.tokenizer, generator.eos_ids)
 
+    def encode(self, text: str) -> tuple[int, ...]:
+        """The tokens of ``text`` as a server tokenizes a prompt (special tokens read, the model's own BOS)."""
+        return tuple(self.tokenizer(text)["input_ids"])
+
+    def decode(self, tokens) -> str:
+        return self.tokenizer.decode(list(tokens))
+
+    def texts(self) -> list[str]:
+        """Each token's text as a server returns it for a completion of that one token: special tokens as nothing,
+        a part of a UTF-8 character as nothing (U+FFFD dropped)."""
+        texts = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))], skip_special_tokens=True,
+                                            clean_up_tokenization_spaces=False)
+        return [t.replace("\ufffd", "") for t in texts]
+
+    def vocabulary(self):
+        """What DRY reads of the tokenizer (:class:`evalkit.generation.samplers.dry.Vocabulary`)."""
+        from evalkit.generation.samplers.dry import Vocabulary
+
+        return Vocabulary.of_tokenizer(self.tokenizer)
+
     def logits(self, tokens: tuple[int, ...]):
         """The next-token logits after ``tokens``, [1, vocab] float32 (kept: every control reads them again)."""
         if tokens not in self._logits:
@@ -215,12 +236,11 @@ class Reference:
         without the exclusion, by its probability."""
         import torch
 
-        from evalkit.generation.samplers.dry import Vocabulary
         from evalkit.generation.sampling import RowParams, apply_chain, before_temperature
 
         named = setting if setting.order != "auto" else setting.model_copy(update={"order": order})
         if self._vocabulary is None:
-            self._vocabulary = Vocabulary.of_tokenizer(self.tokenizer)
+            self._vocabulary = self.vocabulary()
         params = RowParams.from_settings([named], prompts=[list(tokens)], eos=self.eos_ids,
                                          vocabulary=self._vocabulary)
         chain = named.chain(order)
@@ -289,6 +309,8 @@ class Case:
     adjusted: float = float("nan")  # Holm-adjusted p-value
     control_adjusted: float = float("nan")
     verdict: str = ""
+    note: str = ""  # what the verdict should be read with (texts that stand for several tokens)
+    bars: list[tuple[str, float, float]] = field(default_factory=list)  # (category, observed share, expected)
 
     def as_dict(self) -> dict:
         return {"setting": self.setting, "context": self.context, "draws": self.draws, "test": self.fit.test,
@@ -298,7 +320,8 @@ class Case:
                 "control": self.control, "control_distance_tv": _num(self.control_distance),
                 "control_p_holm": _num(self.control_adjusted),
                 "control_test": self.control_fit.test if self.control_fit else None,
-                "draws_needed": self.needed, "verdict": self.verdict}
+                "draws_needed": self.needed, "verdict": self.verdict, "note": self.note or None,
+                "largest": [{"category": c, "observed": o, "expected": e} for c, o, e in self.bars]}
 
 
 def _num(x: float) -> float | None:
@@ -311,6 +334,7 @@ class SeedCheck:
     equal: int
     total: int
     distinct: int  # distinct tokens among the probes (1: the check shows nothing)
+    note: str = ""  # why it failed, or why nothing was checked (total 0)
 
     @property
     def passed(self) -> bool:
@@ -318,7 +342,7 @@ class SeedCheck:
 
     def as_dict(self) -> dict:
         return {"check": self.name, "equal": self.equal, "total": self.total, "distinct_tokens": self.distinct,
-                "passed": self.passed}
+                "passed": self.passed, "note": self.note or None}
 
 
 @dataclass
@@ -330,10 +354,13 @@ class Report:
     seeds: list[SeedCheck] = field(default_factory=list)
     seconds: float = 0.0
     reference: str = "the backend's own model"  # whose forward pass gave the expected distributions
+    logprobs: list = field(default_factory=list)  # evalkit.conformance.served.LogprobCheck, served models
+    seed_mapping: str = "the draw's derived seed, as the backend's samples get theirs"
 
     @property
     def failed(self) -> bool:
-        return any(c.verdict.startswith("fail") for c in self.cases) or any(not s.passed for s in self.seeds)
+        return (any(c.verdict.startswith("fail") for c in self.cases) or any(not s.passed for s in self.seeds)
+                or any(not c.passed for c in self.logprobs))
 
     def counts(self) -> dict[str, int]:
         out = {"pass": 0, "fail": 0, "inconclusive": 0}
@@ -344,9 +371,11 @@ class Report:
     def as_dict(self) -> dict:
         return {"backend": self.backend, "order": self.order, "reference": self.reference,
                 "draws": self.options.draws, "alpha": self.options.alpha,
-                "seed": self.options.seed, "seed_mapping": "derive_seed(seed, 'conformance', setting id, context, i)",
+                "seed": self.options.seed, "seeds_drawn": "derive_seed(seed, 'conformance', setting id, context, i)",
+                "seed_mapping": self.seed_mapping,
                 "continuations": list(self.options.continuations), "failed": self.failed, "counts": self.counts(),
                 "cases": [c.as_dict() for c in self.cases], "seeds": [s.as_dict() for s in self.seeds],
+                "logprobs": [c.as_dict() for c in self.logprobs],
                 "seconds": round(self.seconds, 3)}
 
 
@@ -359,7 +388,7 @@ def contexts(reference: Reference, prompt, lengths: tuple[int, ...]) -> list[Con
         tokens = tuple(prompt.token_ids) + text[:n]
         name = "prompt" if n == 0 else f"prompt+{n}"
         inner = dataclasses.replace(prompt.prompt, id=f"{prompt.prompt.id}@{name}")
-        shown = prompt.rendered + reference.tokenizer.decode(list(text[:n]))
+        shown = prompt.rendered + reference.decode(text[:n])
         out.append(Context(name, dataclasses.replace(prompt, prompt=inner, rendered=shown, token_ids=tokens), tokens))
     return out
 
@@ -390,16 +419,50 @@ def _units(settings: list[Setting], ctxs: list[Context], options: Options) -> li
             for c in ctxs for s in settings for i in range(options.draws)]
 
 
+BARS = 12  # categories shown per case (the largest expected or observed)
+
+
+class Categories:
+    """How draws are counted: by token (``classes`` None), or by groups of tokens, ``classes[i]`` the category of
+    the i-th entry of :func:`fold_end`'s layout (a served model returns text, and tokens of one text are one
+    category); ``labels`` name the categories."""
+
+    def __init__(self, classes: np.ndarray | None = None, labels: list[str] | None = None):
+        self.classes, self.labels = classes, labels
+
+    def project(self, probs: np.ndarray) -> np.ndarray:
+        if self.classes is None:
+            return probs
+        return np.bincount(self.classes, weights=probs, minlength=int(self.classes.max()) + 1)
+
+    def label(self, i: int, reference: Reference, size: int) -> str:
+        if self.labels is not None:
+            return self.labels[i] if i < len(self.labels) else "(a text no token of the reference makes)"
+        return "(end)" if i == size - 1 else repr(reference.decode([i]))
+
+
+def bars(observed: np.ndarray, expected: np.ndarray, label, n: int = BARS) -> list[tuple[str, float, float]]:
+    """The ``n`` categories with the largest expected or observed share: (label, observed share, expected)."""
+    share, probs = observed / max(observed.sum(), 1), expected / expected.sum()
+    top = np.argsort(-np.maximum(share, probs), kind="stable")[:n]
+    return [(label(int(i)), float(share[i]), float(probs[i])) for i in top if share[i] > 0 or probs[i] > 0]
+
+
 def _case(reference: Reference, setting: Setting, ctx: Context, tokens: np.ndarray, order: str, m: int,
-          alpha: float) -> Case:
-    expected = fold_end(reference.expected(setting, ctx.tokens, order), reference.eos_ids)
-    observed = counts(tokens, len(expected))
+          alpha: float, categories: Categories = Categories()) -> Case:
+    expected = categories.project(fold_end(reference.expected(setting, ctx.tokens, order), reference.eos_ids))
+    observed = counts(tokens, len(expected)) if categories.classes is None else np.bincount(
+        tokens, minlength=len(expected)).astype(float)
+    if len(observed) > len(expected):  # a category no token makes (a text the reference has no token for)
+        expected = np.append(expected, np.zeros(len(observed) - len(expected)))
     case = Case(setting.id, ctx.name, len(tokens), fit(observed, expected), tv_distance(observed, expected),
-                chance_distance(expected, len(tokens)))
+                chance_distance(expected, len(tokens)),
+                bars=bars(observed, expected, lambda i: categories.label(i, reference, len(expected))))
     wrong = []
     for label, other, o in controls(setting, order):
         try:
-            probs = fold_end(reference.expected(other, ctx.tokens, o), reference.eos_ids)
+            probs = categories.project(fold_end(reference.expected(other, ctx.tokens, o), reference.eos_ids))
+            probs = np.append(probs, np.zeros(len(expected) - len(probs)))
         except EvalkitError:  # a knob that chain cannot apply
             continue
         wrong.append((0.5 * float(np.abs(probs - expected).sum()), label, probs))
@@ -500,7 +563,7 @@ def pick_settings(config, wanted: list[str] | None, spec) -> list[Setting]:
     from evalkit.plan import check_honoured
 
     settings = config.settings()
-    check_honoured(config, settings)
+    check_honoured(config, [as_sent(s, spec) for s in settings])
     if not wanted:
         return settings
     by_id = {s.id: s for s in settings}
@@ -521,11 +584,19 @@ def pick_settings(config, wanted: list[str] | None, spec) -> list[Setting]:
         except (ValidationError, TypeError) as e:
             message = e.errors()[0]["msg"] if isinstance(e, ValidationError) else str(e)
             raise ConfigError(f"{text}: {message.removeprefix('Value error, ')}", path="--setting") from None
-        refused = spec.refusal(setting)
+        refused = spec.refusal(as_sent(setting, spec))
         if refused is not None:
             raise ConfigError(f"backend {spec.name} does not honour {refused[1]}", path="--setting")
         out.append(setting)
     return list({s.id: s for s in out}.values())
+
+
+def as_sent(setting: Setting, spec) -> Setting:
+    """What a backend is asked for: a served model applies its server's own order, so the order a setting names
+    is the one the check claims the server applies (the expected distribution's), not part of the request."""
+    if spec.remote and isinstance(setting.order, str) and setting.order != "auto":
+        return setting.model_copy(update={"order": "auto"})
+    return setting
 
 
 def load_reference(config, reference: str | None, generator) -> Reference:
@@ -552,9 +623,6 @@ def _inputs(path, overrides: list[str] | None, settings: list[str] | None, draws
     if spec.kind != "text":
         raise ConfigError(f"conformance tests a text backend's next-token draws; backend {spec.name} makes "
                           f"{spec.kind}", source=config.source, path="model.backend")
-    if spec.remote:
-        raise ConfigError("conformance of a served model is not built yet (it needs the server's tokens and a "
-                          "--reference model): use backend hf or vllm", source=config.source, path="model.backend")
     if draws < 10:
         raise EvalkitError(f"--draws: at least 10 draws per setting and context, got {draws}")
     return config, spec, pick_settings(config, settings, spec)
@@ -566,20 +634,24 @@ def plan(path, *, overrides: list[str] | None = None, settings: list[str] | None
     _, spec, chosen = _inputs(path, overrides, settings, draws)
     rows = len(chosen) * len(CONTINUATIONS)
     sampled = [s for s in chosen if not s.greedy]
-    seeds = 7 * SEED_PROBES if sampled else 0  # twice, one by one, and each among 3 neighbours
-    return [("backend", f"{spec.name} (order auto = {spec.order_name})"),
-            ("settings", ", ".join(s.id for s in chosen)),
-            ("contexts", ", ".join("prompt" if n == 0 else f"prompt+{n}" for n in CONTINUATIONS)),
-            ("draws", f"{rows} rows x {draws} = {rows * draws} single-token draws, and {seeds} for the seed checks")]
+    # twice, one by one, and each among 3 neighbours; served: among 4 (2 unseeded), and one request of n > 1 twice
+    seeds = (8 * SEED_PROBES + 2 if spec.remote else 7 * SEED_PROBES) if sampled else 0
+    lines = [("backend", f"{spec.name} (order auto = {spec.order_name})"),
+             ("settings", ", ".join(s.id for s in chosen)),
+             ("contexts", ", ".join("prompt" if n == 0 else f"prompt+{n}" for n in CONTINUATIONS)),
+             ("draws", f"{rows} rows x {draws} = {rows * draws} single-token draws, and {seeds} for the seed checks")]
+    if spec.remote:
+        extra = 2 * len(CONTINUATIONS) + 1  # top logprobs (or the logprobs check) per context, a greedy continuation
+        lines.append(("requests", f"{rows * draws + seeds} of one token, about {extra} more, and the capability "
+                                  "check's"))
+    return lines
 
 
-def run(path, *, overrides: list[str] | None = None, settings: list[str] | None = None, draws: int = 2000,
-        reference: str | None = None, ui=None) -> Report:
-    """``evalkit conformance``: load the config's backend, draw, test (see :func:`check`)."""
+def run_local(config, spec, chosen: list[Setting], *, draws: int, reference: str | None, ui=None) -> Report:
+    """A check of an in-process backend (evalkit's engine, vLLM): load it, draw, test (see :func:`check`)."""
     from evalkit.generation import load_backend
     from evalkit.prompts import load_prompts
 
-    config, spec, chosen = _inputs(path, overrides, settings, draws)
     prompt = load_prompts(config)[0]
     generator = load_backend(config)
     try:
