@@ -64,7 +64,7 @@ def _row(c) -> str:
 
 def page(report) -> str:
     """The page of a :class:`evalkit.conformance.core.Report`."""
-    css = (Path(__file__).parent / "report" / "templates" / "report.css").read_text(encoding="utf-8")
+    css = (Path(__file__).parent.parent / "report" / "templates" / "report.css").read_text(encoding="utf-8")
     n = report.counts()
     facts = [("backend", report.backend), ("order auto means", report.order), ("expected", report.reference),
              ("draws per row", report.options.draws), ("alpha", f"{report.options.alpha:g} (Holm)"),
