@@ -57,7 +57,7 @@ _VERDICT = re.compile(r"\[\[\s*([ABC])\s*\]\]")
 def score_prompt(rubric: str, scale: tuple[int, int], request: str, response: str) -> tuple[str, str]:
     """(system, user) messages asking for a rating of ``response`` to ``request``."""
     lo, hi = scale
-    return (SCORE_SYSTEM.format(rubric=rubric, lo=lo, hi=hi, example=(lo + hi + 1) // 2),
+    return (SCORE_SYSTEM.format(rubric=rubric, lo=lo, hi=hi, example=(lo + hi) // 2),
             SCORE_USER.format(request=request, response=response))
 
 

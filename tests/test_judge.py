@@ -203,6 +203,8 @@ def test_a_judged_sweep_reports_the_judge_on_the_quality_axis_and_a_rerun_asks_n
 
     with FaultProxy(llama_server.port) as proxy:
         config = judged_config(llama_server.base_url, proxy.base_url, tmp_path / "runs", report=True)
+        # the judge as another metric's quality bar: its verdicts come from the same requests (the judge cache)
+        config["metrics"].append("effective[metric=distinct_1,quality=judge_score[rubric=advice],min=1]")
         run = sweep(config)
         first = judge_posts(proxy)
         again = sweep(config)
@@ -217,6 +219,8 @@ def test_a_judged_sweep_reports_the_judge_on_the_quality_axis_and_a_rerun_asks_n
     assert len(per) == 4 and per["value"].between(1, 9).all()
     assert per["reason"].str.contains(r"\[\[[1-9]\]\]").all()  # the judge's own words, verdict included
     assert list(again.sample_scores[again.sample_scores["metric"] == JUDGE_ID]["value"]) == list(per["value"])
+    gated = run.sample_scores[run.sample_scores["metric"].str.startswith("effective[")]
+    assert len(gated) == 4 and (gated["value"] == 1).all()  # every parsed rating is at least 1
     judge = run.manifest.metric_info[JUDGE_ID]["judge"]
     assert judge["id"] == "smollm2" and judge["base_url"] == proxy.base_url and judge["api"] == "chat"
     assert judge["sent_with_every_request"] == {"model": "smollm2", "temperature": 0.0, "top_p": 1.0,
@@ -237,18 +241,25 @@ def test_replies_without_a_verdict_are_unparsed_and_counted_never_guessed(llama_
         return "empty" if method == "POST" and n % 2 == 0 else None
 
     with FaultProxy(llama_server.port, script) as proxy:
+        # a config's own rubric, as untrusted as the samples: the report escapes it
+        hostile = {"hostile": "Rate the advice. <script>window.__xss = 1</script>"}
         config = judged_config(llama_server.base_url, proxy.base_url, tmp_path / "runs", report=True,
-                               judge={"api": "completions", "extra_body": {}, "max_tokens": 6})
+                               judge={"api": "completions", "extra_body": {}, "max_tokens": 6, "rubrics": hostile},
+                               metrics=["distinct_1", "judge_score[rubric=hostile]"])
         run = sweep(config)
         prompts = [body["prompt"] for body in judge_posts(proxy)]
-    per = run.sample_scores[run.sample_scores["metric"] == JUDGE_ID]
+    jid = next(m for m in run.manifest.metrics if m.startswith("judge_score"))
+    assert jid.startswith("judge_score[rubric=hostile@") and jid.endswith(",judge=smollm2]")
+    per = run.sample_scores[run.sample_scores["metric"] == jid]
     unparsed = per["reason"].str.startswith("unparsed")
     assert unparsed.sum() >= 2 and (per["value"].isna() == unparsed).all()  # no value exactly where no verdict
     assert per[~unparsed]["reason"].str.contains(r"\[\[").all()
     assert len(prompts) == 4 and all(p.endswith("[The End of the Assistant's Response]\n\n") for p in prompts)
     html = (run.path / "report.html").read_text(encoding="utf-8")
     assert f"{(~unparsed).sum()} of 4 samples judged; <strong>{unparsed.sum()} unparsed</strong>" in html
-    scores = run.scores[run.scores["metric"] == JUDGE_ID]
+    assert "<script>window.__xss" not in html and "&lt;script&gt;window.__xss = 1&lt;/script&gt;" in html
+    assert all("<script>window.__xss = 1</script>" in p for p in prompts)  # the judge got the rubric as written
+    scores = run.scores[run.scores["metric"] == jid]
     for r in scores.itertuples():  # a group with no parsed reply is NaN with the count, never a 0
         assert not math.isnan(r.value) or "unparsed" in r.reason
 
@@ -387,6 +398,29 @@ def test_an_unknown_judge_model_or_an_unreachable_judge_is_one_line(llama_server
     result = CliRunner().invoke(app, ["run", str(path), "-q"])
     assert result.exit_code == 2 and "judge.base_url: cannot reach http://127.0.0.1:9/v1/models" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.server
+def test_bench_judge_smoke_run():
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from served_helpers import require_llama_cpp
+
+    require_llama_cpp()
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "benchmarks/bench_judge.py", "--smoke"], cwd=root, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    n = r"[\d,]+(?:\.\d+)?"
+    for pattern in [r"^judge: 4 samples, rubric helpfulness, chat, temperature 0, seed 0, at most 4 tokens",
+                    rf"^plain HTTP to the server, sequential: +{n} requests/s  \(rounds: {n} to {n}\)$",
+                    *(rf"^evalkit judge, concurrency +{c}: +{n} requests/s  {n} of plain HTTP; \d/4 replies parsed  "
+                      rf"\(rounds: {n} to {n}\)$" for c in (1, 2)),
+                    rf"^judge cache, a rerun: +{n} verdicts/s, 0 requests sent$"]:
+        assert re.search(pattern, done.stdout, re.MULTILINE), (pattern, done.stdout)
 
 
 def test_evalkit_metrics_lists_the_judge_with_its_paper():
