@@ -576,8 +576,15 @@ def test_the_api_key_is_written_nowhere(llama_server, tmp_path, monkeypatch, wri
         with pytest.raises(EvalkitError):
             sweep(served_config(proxy.base_url, runs, model={"max_retries": 0}))
     with FaultProxy(llama_server.port, lambda n, m, p, body: "leak-key") as proxy:  # every reply quotes the key
-        leaky = sweep(served_config(proxy.base_url, tmp_path / "leaky", report=True,
-                                    metrics=["distinct_1", {"name": "token_entropy", "top": 1}]))
+        # the judge too: the same key, its replies (the judge's reasons, stored and reported) quoting it
+        judge = {"base_url": proxy.base_url, "id": "smollm2", "api": "completions",
+                 "api_key_env": "EVALKIT_TEST_API_KEY", "max_tokens": 8,
+                 "extra_body": {"grammar": 'root ::= [a-z ]{0,8} "[[" [1-9] "]]"'}}
+        leaky = sweep(served_config(proxy.base_url, tmp_path / "leaky", report=True, judge=judge,
+                                    metrics=["distinct_1", {"name": "token_entropy", "top": 1},
+                                             "judge_score[rubric=advice]"]))
+    judged = leaky.sample_scores[leaky.sample_scores["metric"].str.startswith("judge_score")]
+    assert len(judged) == 8 and judged["reason"].str.endswith(" Bearer ***").all()
     assert leaky.manifest.model.server["reported_model"].endswith("Bearer ***")
     assert leaky.samples["text"].str.endswith(" Bearer ***").all()
     summary = leaky.summary
@@ -589,7 +596,8 @@ def test_the_api_key_is_written_nowhere(llama_server, tmp_path, monkeypatch, wri
     assert result.exit_code == 2 and "invalid credentials: Bearer ***" in result.stderr, result.output
     assert key not in result.output
     files = [p for p in tmp_path.rglob("*") if p.is_file() and "llama-server" not in p.name]
-    assert {"report.html", "index.sqlite", "samples.sqlite", "config.yaml", "manifest.json"} <= {p.name for p in files}
+    assert {"report.html", "index.sqlite", "samples.sqlite", "judge.sqlite", "config.yaml", "manifest.json"} <= {
+        p.name for p in files}
     for path in files:
         assert key.encode() not in path.read_bytes(), path
     assert "EVALKIT_TEST_API_KEY" in (next(runs.glob("*/config.yaml"))).read_text()  # the variable's name only
