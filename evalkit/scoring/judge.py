@@ -3,7 +3,8 @@ backend's client (:class:`~evalkit.generation.served.client.Endpoint`: retries, 
 size, the key only in the Authorization header and masked in every reply), with a cache of its verdicts.
 
 - Every request carries the judge's knobs explicitly: ``temperature``, ``top_p`` 1, ``seed`` (unless null),
-  ``max_tokens``, ``n`` 1, and ``extra_body`` as given.
+  ``max_tokens``, ``n`` 1, what the kind of server needs for the same reply to the same request (llama.cpp's
+  server: ``cache_prompt`` false, as for a sweep's samples), and ``extra_body`` as given.
 - The judge cache (SQLite, ``$EVALKIT_JUDGE_CACHE``, default ``judge.sqlite`` beside the sample cache) keys a
   reply by the judge's identity (model id, api, knobs, extra_body) and the exact messages sent (rubric, prompt
   templates, the request and the sample's text): the same sample is never judged twice by the same judge and
@@ -105,6 +106,8 @@ class Judge:
                                "n": 1, "stream": False}
         if c.seed is not None:
             out["seed"] = c.seed
+        if self.listed is not None:  # llama.cpp's server: no reuse of the previous request's prompt cache
+            out.update(kind_of(self.listed).fixed)
         return {**out, **c.extra_body}
 
     def identity(self) -> str:
