@@ -126,6 +126,9 @@ def _resolved(config: SweepConfig) -> dict:
             item["image"] = str(config.resolve_path(item["image"]).resolve())
     if config.references is not None:
         data["references"]["file"] = str(config.resolve_path(config.references.file).resolve())
+    for name, rubric in (config.judge.rubrics if config.judge is not None else {}).items():  # the judge's own
+        if rubric.file is not None:
+            data["judge"]["rubrics"][name]["file"] = str(config.resolve_path(rubric.file).resolve())
     model_path = config.resolve_path(config.model.id)
     if config.model.id != "default" and model_path.exists():
         data["model"]["id"] = str(model_path.resolve())

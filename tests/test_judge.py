@@ -191,8 +191,13 @@ def test_a_rubric_file_is_read_relative_to_the_config(tmp_path, monkeypatch):
     config = judged_config("http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1", tmp_path / "runs",
                            judge={"rubrics": {"clarity": {"file": "rubric.txt", "scale": [1, 5]}}},
                            metrics=["judge_score[rubric=clarity]"])
-    metrics = checked_inputs(config_from_dict(config, source=str(tmp_path / "c.yaml"), base_dir=tmp_path))[2]
+    loaded = config_from_dict(config, source=str(tmp_path / "c.yaml"), base_dir=tmp_path)
+    metrics = checked_inputs(loaded)[2]
     assert metrics[0].rubric_text == "Rate the recipe's clarity." and metrics[0].rating_scale == (1, 5)
+    from evalkit.api import _resolved
+
+    # the run directory's config.yaml names the file by its absolute path: a resumed run reads the same rubric
+    assert _resolved(loaded)["judge"]["rubrics"]["clarity"]["file"] == str((tmp_path / "rubric.txt").resolve())
 
 
 # ---------------------------------------------------------------------- against the server
