@@ -168,8 +168,8 @@ class JudgeScore(Metric):
 
     def prepare(self) -> None:
         if self.judge is None:
-            raise EvalkitError(f"{self.id} needs a judge: section in the config (the judging model's base_url and "
-                               "id; see docs/judge.md)")
+            raise EvalkitError(f"{self.id} needs a judge: section in a sweep config (the judging model's base_url and "
+                               "id; see docs/judge.md); a file scored with evalkit score has none")
         self.judge.connect()
 
     # ------------------------------------------------------------------ judging
