@@ -140,10 +140,10 @@ def test_the_metric_id_names_the_rubric_its_text_and_the_judge():
 
 # ---------------------------------------------------------------------- bad configs, without a server
 
-def refused(tmp_path, metrics=None, judge: dict | None = None, drop_judge: bool = False) -> str:
+def refused(tmp_path, metrics=None, judge: dict | None = None, drop_judge: bool = False, **extra) -> str:
     from evalkit.plan import checked_inputs
 
-    config = judged_config("http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1", tmp_path / "runs", judge=judge)
+    config = judged_config("http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1", tmp_path / "runs", judge=judge, **extra)
     if metrics is not None:
         config["metrics"] = metrics
     if drop_judge:
@@ -171,6 +171,12 @@ def test_bad_judge_configs_are_one_line_naming_the_field(tmp_path, monkeypatch):
         "c.yaml: judge.base_url: base_url must not hold credentials")
     assert refused(tmp_path, judge={"mode": "pairwise", "baseline": "t9"}).startswith(
         "c.yaml: judge.baseline: the baseline is none of the sweep's settings (t0.5-p1, t1.5-p1), got 't9'")
+    assert refused(tmp_path, judge={"baseline": "t0.5-p1"}) == (
+        "c.yaml: judge.baseline: only mode pairwise compares with a baseline; this judge's mode is score, got "
+        "'t0.5-p1'")
+    assert refused(tmp_path, judge={"mode": "pairwise"}, grid={"temperature": [0.7]}) == (
+        "c.yaml: judge.mode: pairwise compares each setting's samples with the baseline setting's, and the sweep has "
+        "1 setting: use mode score, or add settings")
     assert refused(tmp_path, metrics=["judge_score[rubric=mine]"],
                    judge={"rubrics": {"mine": {"file": "nowhere.txt"}}}).startswith(
         "c.yaml: judge.rubrics.mine.file: cannot read the rubric")

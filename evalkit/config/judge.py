@@ -89,6 +89,9 @@ class JudgeConfig(_Strict):
 
     @model_validator(mode="after")
     def _reproducible(self) -> JudgeConfig:
+        if self.baseline is not None and self.mode != "pairwise":
+            raise ValueError(f"baseline: only mode pairwise compares with a baseline; this judge's mode is "
+                             f"{self.mode}, got {shown(self.baseline)}")
         if self.temperature > 0 and self.seed is None:
             raise ValueError(f"seed: a judge that samples (temperature {self.temperature:g}) needs a fixed seed, "
                              "so that its verdicts can be had again; set one, or temperature 0, got null")

@@ -87,6 +87,10 @@ class Judge:
         self.config, self.source = config, source
         self.model_id, self.mode, self.api = config.id, config.mode, config.api
         self.baseline = config.baseline or (settings[0] if settings else None)
+        if config.mode == "pairwise" and len(settings) < 2:
+            raise ConfigError(f"pairwise compares each setting's samples with the baseline setting's, and the sweep "
+                              f"has {len(settings)} setting: use mode score, or add settings", source=source,
+                              path="judge.mode")
         if config.mode == "pairwise" and config.baseline is not None and config.baseline not in settings:
             raise ConfigError(f"the baseline is none of the sweep's settings ({', '.join(settings[:8])}"
                               f"{', ...' if len(settings) > 8 else ''}), got {shown(config.baseline)}",
