@@ -7,18 +7,15 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from evalkit.config import MetricSpec
 from evalkit.errors import ConfigError, EvalkitError
-from evalkit.scoring.metric import Group, Metric, Score
+from evalkit.scoring.metric import Group, Metric, Score, named_metric
 
 
 def build(text: str) -> Metric:
     """The metric that ``text`` names (``name`` or ``name[key=value,...]``); ValueError with the registry's
     message when there is none, for the caller's parameter validation."""
-    from evalkit.scoring.registry import default_registry
-
     try:
-        metric = default_registry().create(MetricSpec.model_validate(text), where=f"{text}")
+        metric = named_metric(text)
     except ConfigError as e:
         raise ValueError(f"{e.path}: {e.detail}" if e.path != text else e.detail) from None
     except (EvalkitError, ValueError) as e:

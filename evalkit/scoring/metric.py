@@ -19,6 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from evalkit.checks import Checks
+from evalkit.errors import EvalkitError
 from evalkit.references import ReferenceSet
 from evalkit.settings import Setting
 
@@ -201,3 +202,22 @@ class PooledMetric(Metric):
         """The metric that recomputes the value of ``groups`` on parts of them for its interval: itself, or one
         with a setting that depends on the data's size fixed at the whole data's (MAUVE's cluster count)."""
         return self
+
+
+# How a metric builds another that its parameters name (``effective[metric=distinct_2]``): the metric registry sets
+# it (evalkit.scoring.registry), so that a metric module builds metrics without importing the registry, which
+# imports the metric modules.
+_named_metric_factory = None
+
+
+def set_named_metric_factory(factory) -> None:
+    """``factory(text)`` -> the :class:`Metric` that ``text`` (``name`` or ``name[key=value,...]``) names."""
+    global _named_metric_factory
+    _named_metric_factory = factory
+
+
+def named_metric(text: str) -> Metric:
+    """The metric ``text`` names, built by the registry as if listed in a config's ``metrics:``."""
+    if _named_metric_factory is None:
+        raise EvalkitError(f"{text}: metrics are built by the registry (evalkit.scoring.registry), not loaded yet")
+    return _named_metric_factory(text)

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from evalkit.config import MetricSpec
 from evalkit.config.schema import bools_as_numbers
 from evalkit.errors import ConfigError, EvalkitError, first_error, shown
-from evalkit.scoring.metric import Metric
+from evalkit.scoring.metric import Metric, set_named_metric_factory
 
 
 @dataclass(frozen=True)
@@ -134,3 +134,10 @@ def default_registry() -> Registry:
             raise EvalkitError(f"metric plugin {ep.name!r} ({ep.value}) does not define {', '.join(cls.incomplete())}")
         registry.register(ep.name, cls)
     return registry
+
+
+def _named(text: str) -> Metric:
+    return default_registry().create(MetricSpec.model_validate(text), where=text)
+
+
+set_named_metric_factory(_named)
