@@ -492,6 +492,12 @@ def _verdicts(cases: list[Case], alpha: float) -> None:
             c.verdict = "pass"
 
 
+def hottest_first(settings: list[Setting]) -> list[Setting]:
+    """The settings, the one that keeps the most (highest temperature, then top-p) first: the seed checks' probes
+    use it, where draws differ the most (a seed ignored at temperature 0.3 may show nothing)."""
+    return sorted(settings, key=lambda s: (-s.temperature, -s.top_p))
+
+
 def check_seeds(generator, setting: Setting, ctxs: list[Context], others: list[Setting], options: Options
                 ) -> list[SeedCheck]:
     """The same seed twice gives the same token; a seeded draw gives the same token alone (a batch of one) and among
@@ -542,7 +548,7 @@ def check(generator, reference: Reference, settings: list[Setting], prompt, *, b
              for s in settings for c in ctxs]
     _verdicts(cases, options.alpha)
     report = Report(backend, order, options, cases)
-    sampled = [s for s in settings if not s.greedy]
+    sampled = hottest_first([s for s in settings if not s.greedy])
     if sampled:
         with ui.phase("checking seeds"):
             report.seeds = check_seeds(generator, sampled[0], ctxs, sampled[1:], options)
@@ -636,7 +642,8 @@ def plan(path, *, overrides: list[str] | None = None, settings: list[str] | None
     sampled = [s for s in chosen if not s.greedy]
     # twice, one by one, and each among 3 neighbours; served: among 4 (2 unseeded), and one request of n > 1 twice
     seeds = (8 * SEED_PROBES + 2 if spec.remote else 7 * SEED_PROBES) if sampled else 0
-    lines = [("backend", f"{spec.name} (order auto = {spec.order_name})"),
+    auto = spec.order_name or "the server's own: llama_cpp on llama.cpp's servers, vllm on vLLM's"
+    lines = [("backend", f"{spec.name} (order auto = {auto})"),
              ("settings", ", ".join(s.id for s in chosen)),
              ("contexts", ", ".join("prompt" if n == 0 else f"prompt+{n}" for n in CONTINUATIONS)),
              ("draws", f"{rows} rows x {draws} = {rows * draws} single-token draws, and {seeds} for the seed checks")]

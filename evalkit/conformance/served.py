@@ -422,7 +422,7 @@ def check(backend, reference: cf.Reference | None, settings: list[Setting], prom
         cases = _top_cases(sender, settings, ctxs, drawn, kind, m, options)
         name = f"the server's own top-{TOP_N} logprobs at temperature 1"
     report = cf.Report(f"openai ({kind.what})", kind.order or "its own", options, cases, reference=name)
-    sampled = [s for s in settings if not s.greedy]
+    sampled = cf.hottest_first([s for s in settings if not s.greedy])
     if sampled:
         with ui.phase("checking seeds"):
             report.seeds = check_seeds(sender, sampled[0], ctxs, sampled[1:], options)
