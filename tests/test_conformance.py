@@ -320,3 +320,17 @@ def test_a_backend_without_its_own_model_is_checked_against_the_same_weights(sha
     assert reference.model is not engine.model
     assert np.array_equal(reference.expected(NUCLEUS, tokens, "transformers"),
                           cf.Reference.of(engine).expected(NUCLEUS, tokens, "transformers"))
+
+
+def test_vllm_in_process_is_checked_against_its_weights_through_transformers_alone(sharp_model, engine, tmp_path):
+    """A backend with a tokenizer and end tokens but no transformers model (vLLM): the same weights through
+    transformers' own classes, which vLLM's environment has (evalkit's engine needs a newer transformers)."""
+    import types
+
+    config = config_from_dict(base_config(sharp_model, tmp_path))
+    reference = cf.load_reference(config, None, types.SimpleNamespace(tokenizer=engine.tokenizer,
+                                                                      eos_ids=engine.eos_ids))
+    tokens = engine.prepared.token_ids
+    assert reference.model is not engine.model and reference.tokenizer is engine.tokenizer
+    assert np.allclose(reference.expected(NUCLEUS, tokens, "vllm"), cf.Reference.of(engine).expected(
+        NUCLEUS, tokens, "vllm"), atol=1e-6)

@@ -613,9 +613,24 @@ def load_reference(config, reference: str | None, generator) -> Reference:
 
     if reference is None and hasattr(generator, "model") and hasattr(generator, "tokenizer"):
         return Reference.of(generator)
+    if reference is None and hasattr(generator, "tokenizer") and hasattr(generator, "eos_ids"):
+        return _same_weights(config, generator)
     data = {"name": "reference", "model": {"backend": "hf", "id": str(reference or config.model.id)},
             "prompts": ["-"], "report": False}
     return Reference.of(load_backend(config_from_dict(data, source="--reference")))
+
+
+def _same_weights(config, generator) -> Reference:
+    """The config's model through transformers alone (vLLM's environment pins a transformers older than evalkit's
+    engine needs), with the generator's tokenizer and end tokens."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from evalkit.generation.model import locate_model
+
+    where, kwargs, _ = locate_model(config).checkpoint(getattr(config.model, "revision", None))
+    model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, **kwargs).eval()
+    return Reference(model, generator.tokenizer, generator.eos_ids)
 
 
 def _inputs(path, overrides: list[str] | None, settings: list[str] | None, draws: int):
