@@ -115,8 +115,9 @@ class Engine:
         out = self._prefill(ids, mask, extra)
         offset = self._rope_delta() if self.per_prompt_waves else 0
         cache = out.cache  # transformers >= 5.24 names the KV cache `cache` (was `past_key_values`)
+        # one prefill, shared by every row of the prompt: the cache is expanded to the rows before the first decode
+        # step (the rows that finish at the first token, as single-token draws all do, never are)
         expand = torch.tensor([prompt_index[u.prompt.prompt.id] for u in wave], device=device)
-        cache.reorder_cache(expand)  # one prefill, shared by every row of the prompt
         logits = out.logits[:, -1, :][expand]
         mask = mask[expand]
         del out
@@ -160,10 +161,16 @@ class Engine:
                 return
             if len(keep) < len(rows):  # finished rows leave the batch
                 index = torch.tensor(keep, device=device)
-                cache.reorder_cache(index)
+                if expand is None:
+                    cache.reorder_cache(index)
+                else:
+                    expand = expand[index]
                 mask, chosen, params = mask[index], chosen[index], params[index]
                 rows, seeds = [rows[i] for i in keep], seeds[keep]
             started = self._clock() if self.profile else 0.0
+            if expand is not None:
+                cache.reorder_cache(expand)
+                expand = None
             mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=-1)
             out = self.model(input_ids=chosen[:, None], attention_mask=mask, cache=cache, use_cache=True,
                              position_ids=mask.sum(-1, keepdim=True) - 1 + offset)
