@@ -119,8 +119,12 @@ def test_a_faulty_server_is_caught_with_the_right_verdict(reference, gguf, key, 
         assert all("outside the support" in c.verdict for c in report.cases), shown
     elif caught == "cases":
         assert report.order == "vllm" and not distribution_ok, shown
-    else:
-        assert distribution_ok, shown  # the faults of seeds and logprobs leave the distribution alone
+    else:  # the faults of seeds and logprobs leave the distribution alone: no draw outside the support
+        assert not any("outside the support" in c.verdict for c in report.cases), shown
+        if caught not in ("same seed twice", "alone vs among batch neighbours"):
+            # seeded draws are a function of their seeds, so the test's p-value is fixed; where the fault breaks
+            # the seeds the draws are random, and a fit test rejects 5% of such runs by design: not asserted
+            assert distribution_ok, shown
     checks = {s.name.split(" (")[0].split(":")[0]: s.passed for s in report.seeds}
     if caught in ("same seed twice", "alone vs among batch neighbours"):
         assert not checks[caught], shown
