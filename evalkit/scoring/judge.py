@@ -135,16 +135,10 @@ class Judge:
         """Ask the server for its models (once): refuse an unreachable one, a bad key, a model it does not serve."""
         if self.listed is not None:
             return
-
-        async def get():
-            async with self.endpoint.client(1) as client:
-                return await self.endpoint.call(client, "GET", "/models", retries=0)
-
         try:
-            data = run_async(get())
+            entries = self.endpoint.listed_models()
         except ServerError as e:
             raise self._start_error(e) from None
-        entries = [m for m in data.get("data", []) if isinstance(m, dict)] if isinstance(data.get("data"), list) else []
         names = [str(m.get("id")) for m in entries]
         if self.model_id not in names:
             served = ", ".join(shown(self.endpoint.masked(n, limit=80)) for n in names[:20]) or "none"

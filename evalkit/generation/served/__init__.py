@@ -32,7 +32,7 @@ from typing import Any
 from evalkit.config import OpenAIModel, SweepConfig
 from evalkit.errors import ConfigError, EvalkitError, shown
 from evalkit.generation.base import ModelInfo, PreparedPrompt, ProgressFn, SampleRecord, WorkUnit
-from evalkit.generation.served.client import Endpoint, SampleFailed, ServerError, run_async
+from evalkit.generation.served.client import Endpoint, SampleFailed, ServerError
 from evalkit.generation.served.protocol import (KINDS, REQUEST_KNOBS, ServerKind, kind_of, parse_choice,
                                                 request_seed, seed_mapping, truncated_entropy)
 from evalkit.generation.spec import BackendSpec
@@ -72,15 +72,10 @@ class ServedBackend:
 
     def _models(self, config: SweepConfig) -> dict[str, Any]:
         """The served model's entry in GET /models; refuses an unreachable server or an unknown name."""
-        async def get():
-            async with self.endpoint.client(1) as client:
-                return await self.endpoint.call(client, "GET", "/models", retries=0)
-
         try:
-            data = run_async(get())
+            entries = self.endpoint.listed_models()
         except ServerError as e:
             raise self._start_error(e, config) from None
-        entries = [m for m in data.get("data", []) if isinstance(m, dict)] if isinstance(data.get("data"), list) else []
         names = [str(m.get("id")) for m in entries]
         if self.model_id not in names:
             served = ", ".join(shown(self.endpoint.masked(n, limit=80)) for n in names[:20]) or "none"

@@ -66,6 +66,15 @@ class Endpoint:
             h["Authorization"] = f"Bearer {self.api_key}"
         return h
 
+    def listed_models(self) -> list[dict]:
+        """The entries of the server's GET /models (one request, no retry); ServerError where it fails."""
+        async def get():
+            async with self.client(1) as client:
+                return await self.call(client, "GET", "/models", retries=0)
+
+        data = run_async(get())
+        return [m for m in data.get("data", []) if isinstance(m, dict)] if isinstance(data.get("data"), list) else []
+
     def client(self, connections: int):
         import httpx
 
