@@ -147,3 +147,26 @@ def test_nan_logits_name_prompt_setting_and_step(backend):
             list(backend.generate(units_for(backend, [SETTINGS[1]]), max_new_tokens=12, batch_size=64))
     finally:
         hook.remove()
+
+
+def test_the_first_step_is_warped_once_per_prompt_and_setting(backend, monkeypatch):
+    """Rows of one prompt and setting share the first step's distribution (XTC rows excepted: each draws its own
+    chance); every row's first token and statistics are those it gets in a batch of its own."""
+    import evalkit.generation.engine as engine_module
+
+    settings = [Setting(temperature=0.9, top_p=0.9), Setting(temperature=1.2, repetition_penalty=1.3, top_k=40),
+                Setting(temperature=1.0, xtc_probability=0.5, xtc_threshold=0.05, order="llama_cpp")]
+    prompt = backend.prepared[0]
+    units = [WorkUnit(prompt, s, i, derive_seed(11, s.id, i)) for s in settings for i in range(20)]
+    warped_rows = []
+    real_warp = engine_module.warp
+    monkeypatch.setattr(engine_module, "warp", lambda logits, params: (warped_rows.append(logits.shape[0]),
+                                                                        real_warp(logits, params))[1])
+    together = generate(backend, units, 64, max_new_tokens=1)
+    assert warped_rows == [1 + 1 + 20]  # one row per shared group, one per XTC row
+    alone = generate(backend, units, 1, max_new_tokens=1)
+    assert together.keys() == alone.keys()
+    for key, g in together.items():
+        assert g.token_ids == alone[key].token_ids, key
+        assert g.stats == alone[key].stats, key
+    assert len({g.token_ids[0] for k, g in together.items() if k[1] == settings[0].id if g.token_ids}) > 1

@@ -211,3 +211,24 @@ def test_sampled_frequencies_match_the_filtered_distribution(setting, candidates
     assert stat.pvalue > 0.001, stat
     # The recorded log-probability of each draw is that of its token under the filtered distribution.
     torch.testing.assert_close(draw.logprob[:100].double(), expected[draw.tokens[:100]].log(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("vocab", [300, 5000])  # one cumulative sum per row, and the 256-token blocks
+def test_rows_drawing_from_a_shared_distribution_get_what_their_own_copies_give(vocab):
+    """The engine's first step: rows of one prompt and setting share one warped distribution (``groups``); each
+    row's token and statistics are those it gets from its own copy of the logits."""
+    from evalkit.generation.sampling import sample
+    from evalkit.seeds import uniforms
+
+    gen = torch.Generator().manual_seed(21)
+    heads = random_rows(gen, 12, vocab)
+    settings = [random_setting(gen, vocab) for _ in range(12)]
+    groups = torch.randint(0, 12, (400,), generator=gen)
+    groups[:12] = torch.arange(12)  # every group has rows
+    u = torch.from_numpy(uniforms(np.arange(400, dtype=np.uint64) + 7, step=0))
+    shared = sample(warp(heads, RowParams.from_settings(settings)), u, 400, groups)
+    own = sample(warp(heads[groups], RowParams.from_settings([settings[g] for g in groups.tolist()])), u, 400)
+    for name in ("tokens", "logprob", "entropy", "kept"):
+        assert torch.equal(getattr(shared, name), getattr(own, name)), name
+    # rows of a group draw with their own uniforms
+    assert any(len(set(shared.tokens[groups == g].tolist())) > 1 for g in range(12))

@@ -45,7 +45,7 @@ MC_SEED = 0  # its seed
 CONTROL_TV = 0.01  # a control is the nearest wrong chain at least this far (total variation) from the expected one
 POWER = 0.8  # the power "how many draws would do" asks for
 SEED_PROBES = 16  # draws of the seed checks
-DRAW_BATCH = 512  # rows per decode wave with batch_size auto: one step each, the prefill shared by every row
+DRAW_BATCH = 4096  # rows per decode wave with batch_size auto: one step each, the prefill shared by every row
 END = -1  # a draw that ended the text (an end token: the backend returns no token)
 
 

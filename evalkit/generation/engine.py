@@ -118,30 +118,48 @@ class Engine:
         # one prefill, shared by every row of the prompt: the cache is expanded to the rows before the first decode
         # step (the rows that finish at the first token, as single-token draws all do, never are)
         expand = torch.tensor([prompt_index[u.prompt.prompt.id] for u in wave], device=device)
-        logits = out.logits[:, -1, :][expand]
         mask = mask[expand]
+        # the first step's distribution is the same for every row of a prompt and setting (the same logits, the
+        # same history): it is formed once per such group, and each row draws from it with its own uniform
+        # (rows with XTC each get their own group: its chance is drawn per row)
+        group_index: dict[tuple, int] = {}
+        group_of, heads = [], []
+        for i, u in enumerate(wave):
+            key = (prompt_index[u.prompt.prompt.id], id(u.setting)) if u.setting.xtc_probability <= 0 else (i,)
+            if key not in group_index:
+                group_index[key] = len(heads)
+                heads.append(i)
+            group_of.append(group_index[key])
+        groups = torch.tensor(group_of, device=device)
+        logits = out.logits[:, -1, :][expand[heads]]
         del out
 
         rows = [_Row(u) for u in wave]
-        params = RowParams.from_settings([u.setting for u in wave], device,
-                                         prompts=[list(u.prompt.token_ids) for u in wave], eos=sorted(self.eos),
-                                         vocabulary=self.vocabulary)
+        params = RowParams.from_settings([wave[i].setting for i in heads], device,
+                                         prompts=[list(wave[i].prompt.token_ids) for i in heads],
+                                         eos=sorted(self.eos), vocabulary=self.vocabulary)
         xtc_rows = bool((params.xtc_probability > 0).any())
         seeds = np.array([u.seed for u in wave], dtype=np.uint64)
         for step in range(max_new_tokens):
             on_step(step + 1)
             started = self._clock() if self.profile else 0.0
-            self._check(logits, rows, step)
+            self._check(logits, rows if groups is None else [rows[i] for i in heads], step)
             z = logits.float()
             _, lse, model_entropy = distribution(z)
             u = torch.from_numpy(uniforms(seeds, step)).to(device)
-            if xtc_rows:  # XTC's chance: another stream of the sample's own seed
-                params.u_xtc = torch.from_numpy(uniforms(seeds, step, stream=1)).to(device)
-            draw = sample(warp(logits, params), u, len(rows))
+            if xtc_rows:  # XTC's chance: another stream of the sample's own seed (XTC rows are groups of one)
+                xtc = seeds if groups is None else seeds[heads]
+                params.u_xtc = torch.from_numpy(uniforms(xtc, step, stream=1)).to(device)
+            draw = sample(warp(logits, params), u, len(rows), groups)
             chosen = draw.tokens
+            if groups is None:
+                model_logprob = (z.gather(1, chosen[:, None]) - lse)[:, 0]
+            else:  # from here on every row has its own state
+                model_logprob, model_entropy = z[groups, chosen] - lse[groups, 0], model_entropy[groups]
+                params, groups = params[groups], None
             params.advance(chosen, draw.logprob)
             # one device-to-host copy per step for the tokens and all their statistics
-            host = torch.stack([chosen.double(), (z.gather(1, chosen[:, None]) - lse)[:, 0].double(),
+            host = torch.stack([chosen.double(), model_logprob.double(),
                                 draw.logprob.double(), model_entropy.double(), draw.entropy.double(),
                                 draw.kept.double()]).cpu().tolist()
             tokens = [int(t) for t in host[0]]

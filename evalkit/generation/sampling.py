@@ -438,41 +438,58 @@ def distribution(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
 BLOCK = 256  # inverse-CDF sampling over a whole vocabulary goes through blocks of this many tokens
 
 
-def _inverse_cdf(probs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Index of the first token whose cumulative probability exceeds ``x * total`` (float64 sums)."""
+def _inverse_cdf(probs: torch.Tensor, x: torch.Tensor, of: torch.Tensor | None = None) -> torch.Tensor:
+    """Index of the first token whose cumulative probability exceeds ``x * total`` (float64 sums): draw i from row
+    ``of[i]`` of ``probs`` (``of`` None: row i). A row shared by several draws is summed once, and each draw gets
+    the same index it would get from its own copy of the row."""
     rows, vocab = probs.shape
+    of = torch.arange(rows, device=probs.device) if of is None else of
     if vocab <= 4 * BLOCK:
-        cdf = probs.double().cumsum(dim=-1)
+        cdf = probs.double().cumsum(dim=-1)[of]
         j = torch.searchsorted(cdf, (x * cdf[:, -1])[:, None], right=True)
         return j.clamp(max=vocab - 1)
     blocks = -(-vocab // BLOCK)
     padded = torch.nn.functional.pad(probs, (0, blocks * BLOCK - vocab)).view(rows, blocks, BLOCK)
-    block_cdf = padded.sum(dim=-1).double().cumsum(dim=-1)
+    block_cdf = padded.sum(dim=-1).double().cumsum(dim=-1)[of]
     target = x * block_cdf[:, -1]
     b = torch.searchsorted(block_cdf, target[:, None], right=True).clamp(max=blocks - 1)
     before = torch.where(b > 0, block_cdf.gather(1, (b - 1).clamp(min=0)), torch.zeros_like(target[:, None]))
-    inner = padded.gather(1, b[:, :, None].expand(rows, 1, BLOCK))[:, 0].double().cumsum(dim=-1)
+    inner = padded[of, b[:, 0]].double().cumsum(dim=-1)
     rest = torch.minimum(target[:, None] - before, inner[:, -1:] * (1 - 1e-12))  # stay on a token with mass
     k = torch.searchsorted(inner, rest, right=True).clamp(max=BLOCK - 1)
     return (b * BLOCK + k).clamp(max=vocab - 1)
 
 
-def sample(parts: list[tuple[torch.Tensor, Warped]], u: torch.Tensor, batch: int) -> Draw:
+def sample(parts: list[tuple[torch.Tensor, Warped]], u: torch.Tensor, batch: int,
+           groups: torch.Tensor | None = None) -> Draw:
     """Inverse-CDF sampling: row r takes the first token whose cumulative probability exceeds u[r].
 
     ``u`` holds one uniform in [0, 1) per row (float64), from the row's own random stream;
-    cumulative sums are taken in float64 so that tail tokens keep their probability.
+    cumulative sums are taken in float64 so that tail tokens keep their probability. With ``groups`` ([batch]),
+    ``parts`` cover groups of rows that share one distribution (rows of one prompt and setting at the first step),
+    row r drawing from group ``groups[r]``: each distribution is formed once, each row draws with its own uniform,
+    and the result is the one each row would get from its own copy.
     """
     device = u.device
     tokens = torch.empty(batch, dtype=torch.long, device=device)
     logprob = torch.empty(batch, dtype=torch.float32, device=device)
     entropy = torch.empty(batch, dtype=torch.float32, device=device)
     kept = torch.empty(batch, dtype=torch.long, device=device)
+    place = None if groups is None else torch.full((int(groups.max()) + 1,), -1, dtype=torch.long, device=device)
     for rows, part in parts:
         logits = part.logits.float()
-        probs, lse, entropy[rows] = distribution(logits)
-        j = _inverse_cdf(probs, u[rows])
-        tokens[rows] = j[:, 0] if part.index is None else part.index.gather(1, j)[:, 0]
-        logprob[rows] = (logits.gather(1, j) - lse)[:, 0]
-        kept[rows] = torch.count_nonzero(logits != float("-inf"), dim=-1)
+        probs, lse, ent = distribution(logits)
+        of = None
+        if place is not None:  # the rows of this part's groups, and each one's group within the part
+            place[rows] = torch.arange(rows.numel(), device=device)
+            local = place[groups]
+            rows = (local >= 0).nonzero()[:, 0]
+            of = local[rows]
+            place[:] = -1
+        j = _inverse_cdf(probs, u[rows], of)
+        at = torch.arange(logits.shape[0], device=device) if of is None else of
+        tokens[rows] = j[:, 0] if part.index is None else part.index[at].gather(1, j)[:, 0]
+        logprob[rows] = logits[at, j[:, 0]] - lse[at, 0]
+        entropy[rows] = ent[at]
+        kept[rows] = torch.count_nonzero(logits != float("-inf"), dim=-1)[at]
     return Draw(tokens, logprob, entropy, kept)
