@@ -35,6 +35,7 @@ from evalkit.rundir.sample_cache import TABLES as CACHE_TABLES
 from evalkit.rundir.sample_cache import CachedGeneration, SampleCache, cache_path, model_identity, unit_key
 from evalkit.scoring import score_samples
 from evalkit.references import ReferenceSet
+from evalkit.scoring.judge import judge_of
 from evalkit.scoring.references import CORPUS, reference_values
 from evalkit.scoring.registry import prepare_all
 from evalkit.seeds import derive_seed
@@ -180,6 +181,8 @@ def score_and_complete(writer: RunWriter, samples: pd.DataFrame, scoring: Scorin
     writer.write_scores(*score_samples(writer.path, samples, s.settings, s.metrics, level=s.level,
                                        resamples=s.resamples, seed=s.seed, ui=ui, checks=s.checks,
                                        references=s.references, features=s.features))
+    if (judge := judge_of(s.metrics)) is not None:
+        writer.manifest.judge = judge.usage()  # written with the complete manifest below
     if s.references is not None:
         writer.manifest.references = {**s.references.info(), "values": reference_values(
             s.metrics, s.references, s.prompts, s.settings[0], s.ref_logprobs, s.ref_token_ids)}

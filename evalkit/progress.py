@@ -22,10 +22,14 @@ class Phase:
         if self._progress is not None:
             self._progress.advance(self._task, n)
 
-    def update(self, *, completed: int | None = None, status: str | None = None) -> None:
+    def update(self, *, completed: int | None = None, status: str | None = None, total: int | None = None) -> None:
+        """Set what is done, the status line, or the total (a phase whose total was an upper bound ends at what
+        it did)."""
         raise_if_stopped()
         if self._progress is not None:
             kwargs = {"completed": completed} if completed is not None else {}
+            if total is not None:
+                kwargs["total"] = total
             if status is not None:
                 kwargs["status"] = status
             self._progress.update(self._task, **kwargs)

@@ -175,7 +175,8 @@ class JudgeScore(Metric):
     # ------------------------------------------------------------------ judging
 
     def prepare_groups(self, groups: list[Group]) -> None:
-        """Every sample's verdict, asked at once (the judge sends them concurrently; its cache answers some)."""
+        """Every sample's verdict, asked at once (the judge sends them concurrently; its cache answers some); a group
+        judged before is not asked again."""
         if self.judge is None:
             return
         if self.judge.mode == "pairwise":
@@ -183,7 +184,16 @@ class JudgeScore(Metric):
         else:
             self._rate(groups)
 
+    def judge_requests(self, groups: list[Group]) -> int:
+        """The verdicts :meth:`prepare_groups` asks for ``groups`` (the judging phase's total)."""
+        todo = [g for g in groups if (g.prompt_id, g.setting.id) not in self._results]
+        if self.judge.mode != "pairwise":
+            return sum(len(g.texts) for g in todo)
+        base = {g.prompt_id: len(g.texts) for g in groups if g.setting.id == self.judge.baseline}
+        return sum(2 * min(len(g.texts), base.get(g.prompt_id, 0)) for g in todo if g.setting.id != self.judge.baseline)
+
     def _rate(self, groups: list[Group]) -> None:
+        groups = [g for g in groups if (g.prompt_id, g.setting.id) not in self._results]  # judged once
         prompts = [score_prompt(self.rubric_text, self.rating_scale, g.prompt, t) for g in groups for t in g.texts]
         replies = iter(self.judge.replies(prompts))
         for g in groups:
@@ -198,6 +208,7 @@ class JudgeScore(Metric):
     def _pairwise(self, groups: list[Group]) -> None:
         baseline = self.judge.baseline
         base = {g.prompt_id: g for g in groups if g.setting.id == baseline}
+        groups = [g for g in groups if (g.prompt_id, g.setting.id) not in self._results]  # judged once
         asked, prompts = [], []
         for g in groups:
             other = base.get(g.prompt_id)

@@ -442,3 +442,284 @@ def test_evalkit_metrics_lists_the_judge_with_its_paper():
 def test_a_metric_without_its_judge_is_refused_when_it_prepares():
     with pytest.raises(EvalkitError, match="needs a judge: section"):
         JudgeScore().prepare()
+
+
+# ---------------------------------------------------------------------- NoveltyBench's equivalence by the judge
+
+class ScriptedJudge:
+    """An OpenAI-compatible judge on 127.0.0.1 whose replies the test writes: ``reply(system, user)`` gives the text;
+    every reply names a model and a system_fingerprint, as vLLM's and OpenAI's servers do. POSTs are logged."""
+
+    def __init__(self, reply, model: str = "judge-v1", fingerprint: str = "fp_scripted"):
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.posts: list[dict] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                self._send({"object": "list", "data": [{"id": "judge", "object": "model", "owned_by": "scripted"}]})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.posts.append(body)
+                system, user = (m["content"] for m in body["messages"])
+                self._send({"id": "c", "object": "chat.completion", "model": model, "system_fingerprint": fingerprint,
+                            "choices": [{"index": 0, "finish_reason": "stop",
+                                         "message": {"role": "assistant", "content": reply(system, user)}}]})
+
+            def _send(self, data: dict):
+                payload = json.dumps(data).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """The (response 1, response 2) of every equivalence request, in the order received."""
+        import re
+
+        found = [re.search(r"\[The Start of Response 1\]\n(.*)\n\[The End of Response 1\]\n\n"
+                           r"\[The Start of Response 2\]\n(.*)\n\[The End of Response 2\]",
+                           b["messages"][1]["content"], re.DOTALL) for b in self.posts]
+        return [m.groups() for m in found if m]
+
+    def __enter__(self) -> ScriptedJudge:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def last_word(text: str) -> str:
+    words = text.lower().replace(".", " ").replace("!", " ").split()
+    return words[-1] if words else ""
+
+
+def animal_judge(system: str, user: str) -> str:
+    """Two responses are the same when they end in the same word; one saying "mumble" gets no verdict; a rating
+    request gets 7."""
+    from evalkit_metrics.noveltybench import EQUIVALENCE_SYSTEM
+
+    if system != EQUIVALENCE_SYSTEM:
+        return "Fine advice. Rating: [[7]]"
+    a, b = user.split("[The Start of Response 1]\n")[1].split("\n[The End of Response 1]")[0], \
+        user.split("[The Start of Response 2]\n")[1].split("\n[The End of Response 2]")[0]
+    if "mumble" in a + b:
+        return "I cannot tell."
+    return "The same animal. [[no]]" if last_word(a) == last_word(b) else "Another animal. [[YES]]"
+
+
+class Recording:
+    """A UI that records each phase's name, total and last update (evalkit.progress.Silent's interface)."""
+
+    def __init__(self):
+        self.phases: list[dict] = []
+
+    def note(self, message: str) -> None:
+        pass
+
+    def phase(self, description: str, total: int | None = None):
+        from contextlib import contextmanager
+
+        from evalkit.progress import Phase
+
+        record = {"name": description, "total": total, "advanced": 0, "statuses": []}
+        self.phases.append(record)
+
+        class Recorded(Phase):
+            def advance(self, n: int = 1) -> None:
+                record["advanced"] += n
+
+            def update(self, *, completed=None, status=None, total=None):
+                record.update({k: v for k, v in {"completed": completed, "final_total": total}.items()
+                               if v is not None})
+                if status is not None:
+                    record["statuses"].append(status)
+
+        @contextmanager
+        def opened():
+            yield Recorded()
+
+        return opened()
+
+
+def scripted_metrics(url: str):
+    from evalkit.scoring.judge import judged
+    from evalkit.scoring.metric import named_metric
+    from evalkit.scoring.registry import default_registry
+
+    default_registry()
+    judge = Judge(JudgeConfig(base_url=url, id="judge", max_retries=0), "c.yaml", ["s"])
+    metrics = [named_metric("distinct_k[check=judge]"),
+               named_metric("utility_k[check=judge,quality=judge_score[rubric=advice]]")]
+    for _, m in judged(metrics):
+        m.bind_judge(judge, {})
+    for m in metrics:
+        m.prepare()
+    return judge, metrics
+
+
+ANIMALS = ("a cat", "A cat.", "a dog", "my cat!", "a bird", "the dog")  # classes 0 0 1 0 2 1
+
+
+def test_the_judge_check_partitions_as_its_replies_say_asks_each_pair_once_and_counts_no_verdict(tmp_path):
+    from evalkit.scoring.judge import judging
+    from evalkit.scoring.metric import Group
+    from evalkit.settings import Setting
+
+    groups = [Group(prompt_id="pets", prompt="Name a pet.", setting=Setting(), texts=ANIMALS, token_ids=()),
+              Group(prompt_id="mum", prompt="Name a pet.", setting=Setting(), texts=("one cat", "a mumble"),
+                    token_ids=())]
+    with ScriptedJudge(animal_judge) as server:
+        judge, (distinct, utility_k) = scripted_metrics(server.base_url)
+        assert distinct.id == "distinct_k[check=judge,judge=judge]"
+        assert utility_k.id == "utility_k[check=judge,judge=judge,quality=judge_score[rubric=advice,judge=judge],p=0.8]"
+        ui = Recording()
+        judging(groups, [distinct, utility_k], ui)
+        scores = [m.compute(g) for m in (distinct, utility_k) for g in groups]
+        first_posts = list(server.posts)
+        # a rerun: another judge, other metric objects, the same judge cache: nothing is sent
+        judge2, (distinct2, utility2) = scripted_metrics(server.base_url)
+        judging(groups, [distinct2, utility2], Recording())
+        again = [m.compute(g) for m in (distinct2, utility2) for g in groups]
+    # each sample against each earlier class's first sample until one is its equal, once for both metrics
+    asked = [(0, 1), (0, 2), (0, 3), (0, 4), (0, 5), (2, 4), (2, 5)]
+    assert sorted(server.pairs()) == sorted([(ANIMALS[i], ANIMALS[j]) for i, j in asked] + [("one cat", "a mumble")])
+    ratings = [b for b in first_posts if "Rating" in b["messages"][0]["content"]]
+    assert len(first_posts) == 8 + 8 and len(ratings) == 8 and len(server.posts) == 16
+    d_pets, d_mum, u_pets, u_mum = scores
+    assert d_pets.value == 3 and d_pets.per_sample == (1, 0, 1, 0, 1, 0)
+    p = 0.8  # NoveltyBench's patience; every sample rated 7; classes open at samples 0, 2 and 4
+    assert u_pets.value == pytest.approx((1 - p) / (1 - p ** 6) * 7 * (1 + p ** 2 + p ** 4))
+    for s in (d_mum, u_mum):  # the one pair without a verdict: no value, the reply counted, no guess
+        assert math.isnan(s.value) and s.reason.startswith("unparsed: 1 of the judge's 1 replies on this group's "
+                                                           "pairs held no verdict ([[yes]] or [[no]])")
+        assert "I cannot tell." in s.reason
+    assert [s.value for s in again[:1]] == [3] and math.isnan(again[1].value)
+    assert judge.usage()["requests"] == {"asked": 8 + 8 + 8, "sent": 16, "retried": 0, "from_cache": 0,
+                                         "repeated": 8}
+    assert judge.usage()["replies_by"] == {"model": {"judge-v1": 16}, "system_fingerprint": {"fp_scripted": 16}}
+    assert judge2.usage()["requests"] == {"asked": 24, "sent": 0, "retried": 0, "from_cache": 16, "repeated": 8}
+    assert judge2.usage()["replies_by"] == {"model": {"judge-v1": 16}, "system_fingerprint": {"fp_scripted": 16}}
+    (phase,) = ui.phases
+    # the bar's total: at most 15 + 1 pairs per metric and 8 ratings; it ends at the 24 verdicts had
+    assert phase["name"] == "judging" and phase["total"] == 16 + 16 + 8 and phase["advanced"] == 24
+    assert phase["final_total"] == phase["completed"] == 24
+    assert phase["statuses"][-1] == "16 sent, 0 from the judge cache"
+
+
+@pytest.mark.parametrize("reply, expected", [
+    ("Same idea. [[no]]", False), ("[[yes]]", True), ("[[ YES ]]", True), ("[[No]] ... [[no]]", False),
+    ("[[yes]] or [[no]]", None), ("yes", None), ("[yes]", None), ("", None), ("[[maybe]]", None),
+])
+def test_an_equivalence_verdict_is_parsed_strictly(reply, expected):
+    from evalkit_metrics.noveltybench import parse_different
+
+    assert parse_different(reply) == expected
+
+
+def test_a_judge_check_without_a_judge_section_is_refused_naming_the_metric(tmp_path, monkeypatch):
+    from evalkit.plan import checked_inputs
+
+    monkeypatch.setenv(API_KEY_ENV, "sk-test-key-0123456789")
+    assert refused(tmp_path, metrics=["distinct_1", "utility_k[check=judge,quality=distinct_1]"],
+                   drop_judge=True) == (
+        "c.yaml: metrics[1]: utility_k[check=judge,quality=distinct_1[tok=words],p=0.8] needs a judge: section (the "
+        "judging model's base_url and id; see docs/judge.md)")
+    config = judged_config("http://127.0.0.1:9/v1", "http://127.0.0.1:9/v1", tmp_path / "runs",
+                           metrics=["distinct_k", "utility_k[quality=distinct_1]"])
+    del config["judge"]
+    metrics = checked_inputs(config_from_dict(config, source="c.yaml", base_dir=tmp_path))[2]
+    assert [m.judge for m in metrics] == [None, None]  # other checks need no judge
+
+
+def test_a_judged_partition_in_a_sweep_records_the_judge_its_requests_and_the_judging_phase(llama_server, tmp_path):
+    with ScriptedJudge(animal_judge) as server:
+        config = judged_config(llama_server.base_url, server.base_url, tmp_path / "runs",
+                               judge={"id": "judge", "api_key_env": None, "extra_body": {}},
+                               metrics=["distinct_k[check=judge]"], samples_per_prompt=3)
+        ui = Recording()
+        run = evalkit.run_sweep(config_from_dict(config), progress=ui, cache=True)
+        sent = len(server.posts)
+        again = evalkit.run_sweep(config_from_dict(config), progress=Recording(), cache=True)
+        assert len(server.posts) == sent  # the judge cache: a rerun asks nothing
+    mid = "distinct_k[check=judge,judge=judge]"
+    samples = run.samples
+    expected = {}
+    for (sid, pid), g in samples.sort_values("sample_index").groupby(["setting_id", "prompt_id"]):
+        firsts = []  # the partition by hand: a sample's class is the first whose first sample ends as it does
+        for t in g["text"]:
+            if last_word(t) not in firsts:
+                firsts.append(last_word(t))
+        expected[sid] = len(firsts)
+    scores = run.scores[run.scores["metric"] == mid].set_index("setting_id")["value"].to_dict()
+    assert scores == expected and 2 * 2 <= sent <= 2 * 3  # k-1 to k(k-1)/2 pairs per group
+    judge = run.manifest.judge
+    assert judge["id"] == "judge" and judge["requests"] == {"asked": sent, "sent": sent, "retried": 0,
+                                                            "from_cache": 0, "repeated": 0}
+    assert judge["replies_by"] == {"model": {"judge-v1": sent}, "system_fingerprint": {"fp_scripted": sent}}
+    assert again.manifest.judge["requests"] == {"asked": sent, "sent": 0, "retried": 0, "from_cache": sent,
+                                                "repeated": 0}
+    info = run.manifest.metric_info[mid]["judge"]
+    assert info["asks"] == "equivalence" and info["prompts_version"] == "1" and len(info["prompt_sha256"]) == 64
+    phases = [p["name"] for p in ui.phases]
+    assert phases.index("generating") < phases.index("judging") < phases.index("scoring")
+    judging_phase = ui.phases[phases.index("judging")]
+    assert judging_phase["total"] == 2 * 3 and judging_phase["final_total"] == judging_phase["advanced"] == sent
+
+
+def test_the_judge_check_against_llama_cpp_with_a_grammar(llama_server, tmp_path):
+    grammar = 'root ::= [a-zA-Z ,.]{0,20} "[[" ("yes" | "no") "]]"'
+    with FaultProxy(llama_server.port) as proxy:
+        config = judged_config(llama_server.base_url, proxy.base_url, tmp_path / "runs",
+                               judge={"extra_body": {"grammar": grammar}}, samples_per_prompt=3,
+                               metrics=["distinct_k[check=judge]"])
+        run = sweep(config)
+        bodies = judge_posts(proxy)
+        sweep(config)
+        assert judge_posts(proxy) == bodies  # the rerun: nothing sent
+    assert 2 * 2 <= len(bodies) <= 2 * 3
+    for body in bodies:
+        assert body["grammar"] == grammar and body["temperature"] == 0.0 and body["seed"] == 0
+        assert "meaningfully different" in body["messages"][0]["content"]
+        assert body["messages"][1]["content"].startswith("[Request]\nOne tip for learning to cook:")
+    scores = run.scores[run.scores["metric"] == "distinct_k[check=judge,judge=smollm2]"]
+    assert len(scores) == 2 and scores["value"].between(1, 3).all()  # every reply held a verdict
+    judge = run.manifest.judge
+    assert judge["requests"]["sent"] == len(bodies) and sum(judge["replies_by"]["model"].values()) == len(bodies)
+    assert judge["sent_with_every_request"]["grammar"] == grammar
+
+
+def test_plan_counts_the_equivalence_pairs_as_an_upper_bound(llama_server, tmp_path, write_config):
+    with FaultProxy(llama_server.port) as proxy:
+        path = write_config(judged_config(proxy.base_url, proxy.base_url, tmp_path / "runs", samples_per_prompt=3,
+                                          metrics=["judge_score[rubric=advice]", "distinct_k[check=judge]",
+                                                   "utility_k[check=judge,quality=distinct_1]"]))
+        result = CliRunner().invoke(app, ["run", str(path), "--plan"])
+    assert result.exit_code == 0, result.output
+    lines = dict(line.split("  ", 1) for line in result.stdout.splitlines() if "  " in line)
+    # 2 groups of 3: 6 ratings; at most 3 pairs per group, asked once for both metrics
+    assert lines["judge requests, at most"].strip() == (
+        "12 (1 rubric: 6; equivalence of samples for distinct_k[check=judge,judge=smollm2], utility_k[check=judge,"
+        "judge=smollm2,quality=distinct_1[tok=words],p=0.8]: 6, an upper bound (k(k-1)/2 = 3 pairs per group of 3; "
+        "fewer as samples join a class); fewer where the judge cache holds a verdict), at most 2 in flight")
+    assert lines["judge tokens, about"].strip().endswith(f" prompt + at most {12 * 12} completion")
+    assert proxy.log == [] and not (tmp_path / "runs").exists()

@@ -20,7 +20,7 @@ def judge_sections(view: RunView) -> list[dict]:
     texts = {(str(r.setting_id), str(r.prompt_id), int(r.sample_index)): str(r.text) for r in samples.itertuples()}
     for metric in view.metrics:
         judge = view.info(metric).get("judge")
-        if not judge:
+        if not judge or judge.get("asks") == "equivalence":  # distinct_k[check=judge]: no ratings to show
             continue
         rows = per[per["metric"] == metric]
         reasons = rows["reason"].fillna("").astype(str) if "reason" in rows else None

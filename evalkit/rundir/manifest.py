@@ -96,6 +96,10 @@ class Manifest(BaseModel):
     n_samples: int = 0
     metrics: list[str]
     metric_info: dict[str, dict[str, Any]] = Field(default_factory=dict)  # id -> kind, direction, definition
+    # the judge, where a metric asks one (evalkit.scoring.judge.Judge.usage): its record as in metric_info, and what
+    # it did in this run: verdicts asked, requests sent and retried, cache hits, the model and system_fingerprint
+    # its replies named; set when scoring ends
+    judge: dict[str, Any] | None = None
     ci: CIInfo
     timings: Timings = Field(default_factory=Timings)
     samples_reused: Reused = Field(default_factory=lambda: Reused(from_parts=0, from_cache=0, generated=0))

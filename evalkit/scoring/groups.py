@@ -20,6 +20,7 @@ from evalkit.checks import Checks
 from evalkit.generation.base import STAT_COLUMNS
 from evalkit.references import ReferenceSet
 from evalkit.scoring.aggregate import POOLED, aggregate
+from evalkit.scoring.judge import judging
 from evalkit.scoring.metric import Group, Metric
 from evalkit.seeds import derive_seed
 from evalkit.settings import ImageSetting, Setting
@@ -106,6 +107,7 @@ def score_samples(run_dir: Path, samples: pd.DataFrame, settings: list, metrics:
         if column in samples:
             samples = samples.assign(**{column: [str(Path(run_dir) / p) for p in samples[column]]})
     groups = groups_of(samples, type(settings[0]) if settings else Setting, checks, references, features, settings)
+    judging(groups, metrics, ui)  # the judge's requests, in their own phase; scoring then reads the verdicts
     with ui.phase("scoring", total=len(groups)) as phase:
         scores, sample_scores = score_groups(groups, metrics, advance=phase.advance)
     pooled = [m for m in metrics if m.pooled]

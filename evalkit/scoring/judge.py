@@ -20,8 +20,9 @@ import hashlib
 import json
 import os
 import sqlite3
+from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from evalkit.config import SweepConfig
 from evalkit.config.judge import JudgeConfig
@@ -35,6 +36,7 @@ JUDGE_VERSION = "1"  # bump when what decides a verdict besides the identity and
 REPLY_BYTES = 1 << 20  # a judge's reply may hold this much, plus per token:
 REPLY_BYTES_PER_TOKEN = 4096
 CHARS_PER_TOKEN = 4  # --plan's estimate of tokens from characters
+EQUIVALENCE_TEMPLATE_CHARS = 700  # --plan: the equivalence prompt around a pair (evalkit_metrics.noveltybench)
 
 
 class JudgeFailed(ServerError, Stopped):
@@ -50,6 +52,15 @@ def judge_cache_path() -> Path:
     return (Path(samples).expanduser().parent if samples else cache_dir()) / "judge.sqlite"
 
 
+class Reply(NamedTuple):
+    """A judge's reply: its text, and the ``model`` and ``system_fingerprint`` fields of the server's reply (None
+    where the server sent none), key masked."""
+
+    text: str
+    model: str | None = None
+    fingerprint: str | None = None
+
+
 class JudgeCache:
     """Replies by key, in SQLite (WAL: several runs may share it)."""
 
@@ -60,21 +71,26 @@ class JudgeCache:
             self.db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("CREATE TABLE IF NOT EXISTS verdicts (key TEXT PRIMARY KEY, reply TEXT NOT NULL)")
+            columns = {row[1] for row in self.db.execute("PRAGMA table_info(verdicts)")}
+            for column in ("model", "fingerprint"):  # what the server said made the reply (a cache of before: none)
+                if column not in columns:
+                    self.db.execute(f"ALTER TABLE verdicts ADD COLUMN {column} TEXT")
         except sqlite3.DatabaseError as e:
             raise EvalkitError(f"the judge cache {path} cannot be used ({e}): move it away, or set judge.cache: "
                                "false") from None
 
-    def get(self, keys: list[str]) -> dict[str, str]:
-        out: dict[str, str] = {}
+    def get(self, keys: list[str]) -> dict[str, Reply]:
+        out: dict[str, Reply] = {}
         for i in range(0, len(keys), 500):
             part = keys[i:i + 500]
-            rows = self.db.execute(f"SELECT key, reply FROM verdicts WHERE key IN ({','.join('?' * len(part))})",
-                                   part)
-            out.update(dict(rows.fetchall()))
+            rows = self.db.execute(f"SELECT key, reply, model, fingerprint FROM verdicts WHERE key IN "
+                                   f"({','.join('?' * len(part))})", part)
+            out.update((key, Reply(text, model, fingerprint)) for key, text, model, fingerprint in rows.fetchall())
         return out
 
-    def put(self, key: str, reply: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO verdicts (key, reply) VALUES (?, ?)", (key, reply))
+    def put(self, key: str, reply: Reply) -> None:
+        self.db.execute("INSERT OR REPLACE INTO verdicts (key, reply, model, fingerprint) VALUES (?, ?, ?, ?)",
+                        (key, reply.text, reply.model, reply.fingerprint))
 
     def close(self) -> None:
         self.db.close()
@@ -99,7 +115,12 @@ class Judge:
                                  config.backoff_s)
         self.path = "/chat/completions" if config.api == "chat" else "/completions"
         self.listed: dict[str, Any] | None = None
-        self.sent = self.asked = self.from_cache = 0  # requests sent, verdicts asked for, answered by the cache
+        # verdicts asked for; requests answered (sent), retried, answered by the judge cache, by this run's own
+        # earlier replies (two metrics asking the same: asked once)
+        self.asked = self.sent = self.retried = self.from_cache = self.repeated = 0
+        self.made_by: dict[str, Counter] = {"model": Counter(), "system_fingerprint": Counter()}  # of replies used
+        self.memo: dict[str, Reply] = {}  # this run's replies by key
+        self.phase = None  # evalkit.progress.Phase of the judging phase, where one is open (see judging())
 
     # ------------------------------------------------------------------ what it is
 
@@ -128,6 +149,16 @@ class Judge:
                 **({"baseline": self.baseline} if c.mode == "pairwise" else {}),
                 "sent_with_every_request": self.knobs(), "cache": c.cache, "listed": self.listed,
                 "server_kind": kind_of(self.listed).name if self.listed is not None else None}
+
+    def usage(self) -> dict[str, Any]:
+        """What the judge did in this run (the manifest's ``judge``): its record, the verdicts asked for and how each
+        was had (a request, the judge cache, this run's own earlier reply), the retries, and the ``model`` and
+        ``system_fingerprint`` that the server's replies named, counted over the verdicts used (a cached verdict
+        counts what its reply named when it was asked)."""
+        return {**self.record(),
+                "requests": {"asked": self.asked, "sent": self.sent, "retried": self.retried,
+                             "from_cache": self.from_cache, "repeated": self.repeated},
+                "replies_by": {name: dict(sorted(c.items())) for name, c in self.made_by.items()}}
 
     # ------------------------------------------------------------------ asking
 
@@ -173,14 +204,20 @@ class Judge:
         return {**self.knobs(), **messages}
 
     def replies(self, prompts: list[tuple[str, str]]) -> list[str]:
-        """The judge's reply to each (system, user) pair: from the cache, else asked (each distinct one once)."""
+        """The judge's reply to each (system, user) pair: from this run's earlier replies, the cache, else asked
+        (each distinct one once). Each verdict had advances the judging phase, where one is open."""
         keys = [self.key(s, u) for s, u in prompts]
         self.asked += len(keys)
+        found = {k: self.memo[k] for k in keys if k in self.memo}
+        self.repeated += len(found)
         cache = JudgeCache(judge_cache_path()) if self.config.cache else None
         try:
-            found = cache.get(list(dict.fromkeys(keys))) if cache is not None else {}
+            todo = list(dict.fromkeys(k for k in keys if k not in found))
+            cached = cache.get(todo) if cache is not None else {}
+            self.from_cache += sum(k in cached for k in keys if k not in found)
+            found.update(cached)
+            self._progress(len(keys) - sum(k not in found for k in keys))
             todo = {k: p for k, p in zip(keys, prompts) if k not in found}
-            self.from_cache += sum(k in found for k in keys)
             if todo:
                 try:
                     found.update(run_async(self._ask(todo, cache)))
@@ -189,29 +226,45 @@ class Judge:
         finally:
             if cache is not None:
                 cache.close()
-        return [found[k] for k in keys]
+        for k in dict.fromkeys(keys):
+            if k not in self.memo:
+                self.memo[k] = found[k]
+                for name, value in zip(("model", "system_fingerprint"), found[k][1:]):
+                    if value is not None:
+                        self.made_by[name][value] += 1
+        return [found[k].text for k in keys]
 
-    async def _ask(self, todo: dict[str, tuple[str, str]], cache: JudgeCache | None) -> dict[str, str]:
-        out: dict[str, str] = {}
+    def _progress(self, done: int) -> None:
+        if self.phase is not None:
+            self.phase.advance(done)
+            self.phase.update(status=f"{self.sent} sent, {self.from_cache} from the judge cache")
+
+    async def _ask(self, todo: dict[str, tuple[str, str]], cache: JudgeCache | None) -> dict[str, Reply]:
+        out: dict[str, Reply] = {}
         url = self.endpoint.base_url + self.path
         gate = asyncio.Semaphore(self.config.concurrency)
 
-        def text_of(data: dict) -> str:
-            return parse_choice(data, self.api, url).text  # a reply that is not a completion is retried
+        def reply_of(data: dict) -> Reply:  # a reply that is not a completion is retried
+            named = [data.get(f) if isinstance(data.get(f), str) else None for f in ("model", "system_fingerprint")]
+            return Reply(parse_choice(data, self.api, url).text, *named)
+
+        def retried(error, wait) -> None:
+            self.retried += 1
 
         async def one(client, key: str, system: str, user: str) -> None:
             async with gate:
                 try:
                     reply = await self.endpoint.call(client, "POST", self.path, self.body(system, user),
                                                      max_bytes=REPLY_BYTES + self.config.max_tokens
-                                                     * REPLY_BYTES_PER_TOKEN, parse=text_of)
+                                                     * REPLY_BYTES_PER_TOKEN, parse=reply_of, on_retry=retried)
                 except ServerError as e:
                     raise JudgeFailed(f"the judge ({self.model_id!r} at {self.endpoint.base_url}) failed: "
                                       f"{_renamed(str(e))}", e.status) from None
                 self.sent += 1
-            out[key] = self.endpoint.scrub(reply)
+            out[key] = Reply(*(self.endpoint.scrub(v) if v is not None else None for v in reply))
             if cache is not None:
                 cache.put(key, out[key])
+            self._progress(1)
 
         async with self.endpoint.client(self.config.concurrency) as client:
             async with asyncio.TaskGroup() as group:
@@ -251,11 +304,12 @@ def judge_key(config: JudgeConfig, source: str | None) -> str | None:
 
 def judged(metrics: list[Metric]) -> list[tuple[int, Metric]]:
     """(place in the list, metric) of every metric that asks a judge, those held by another metric included
-    (``effective[quality=judge_score...]``)."""
+    (``effective[quality=judge_score...]``): a metric with ``bind_judge``, unless its ``asks_judge`` says it does
+    not with its parameters (``distinct_k[check=exact]``)."""
     out = []
 
     def walk(i: int, m: Metric, depth: int = 0) -> None:
-        if hasattr(m, "bind_judge"):
+        if hasattr(m, "bind_judge") and getattr(m, "asks_judge", True):
             out.append((i, m))
         for value in vars(m).values() if depth < 4 else ():
             for inner in value if isinstance(value, (list, tuple)) else (value,):
@@ -287,6 +341,33 @@ def bind_judges(metrics: list[Metric], config: SweepConfig, settings: list) -> J
     return judge
 
 
+def judge_of(metrics: list[Metric]) -> Judge | None:
+    """The judge bound to the metrics (one per config), or None."""
+    return next((m.judge for _, m in judged(metrics) if m.judge is not None), None)
+
+
+def judging(groups: list, metrics: list[Metric], ui) -> None:
+    """Every judge request of the metrics, in a phase of its own ("judging", before scoring's): each metric that
+    asks the judge judges the groups now (``prepare_groups``; it keeps its verdicts, so scoring asks nothing again).
+    The bar counts verdicts, had from the judge, its cache or this run's earlier replies; its total is what the
+    metrics may ask for, an upper bound where a metric asks fewer as it goes (an equivalence check)."""
+    found = [m for _, m in judged(metrics) if m.judge is not None]
+    judge = judge_of(metrics)
+    if judge is None:
+        return
+    bound = sum(m.judge_requests(groups) for m in found)
+    with ui.phase("judging", total=bound) as phase:
+        judge.phase = phase
+        asked = judge.asked
+        try:
+            for m in found:
+                m.prepare_groups(groups)
+        finally:
+            judge.phase = None
+        phase.update(total=judge.asked - asked, completed=judge.asked - asked,
+                     status=f"{judge.sent} sent, {judge.from_cache} from the judge cache")
+
+
 def rubric_text(config: SweepConfig, name: str) -> str:
     rubric = config.judge.rubrics[name]
     if rubric.text is not None:
@@ -306,22 +387,41 @@ def rubric_text(config: SweepConfig, name: str) -> str:
 
 def plan_lines(metrics: list[Metric], config: SweepConfig, prompts: list, settings: list,
                units: int) -> list[tuple[str, str]]:
-    """What the judge would be sent (``evalkit run --plan``): requests and an estimate of their tokens."""
-    found = {m.id: m for _, m in judged(metrics) if m.judge is not None}
+    """What the judge would be sent (``evalkit run --plan``): requests and an estimate of their tokens. Ratings are
+    counted exactly (before the cache); an equivalence check's pairs by their upper bound, k(k-1)/2 per group."""
+    found = [m for _, m in judged(metrics) if m.judge is not None]
     if not found:
         return []
     c = config.judge
-    per_sample = 1
-    if c.mode == "pairwise":  # both orders, for every sample but the baseline's
-        per_sample = 2
-        units -= units // max(len(settings), 1)
-    requests = units * per_sample * len(found)
+    raters = {m.id: m for m in found if hasattr(m, "rubric_text")}
+    pairing = sorted({m.id for m in found if not hasattr(m, "rubric_text")})
     prompt_chars = sum(len(p.display) for p in prompts) / max(len(prompts), 1)
-    response_chars = config.max_new_tokens * CHARS_PER_TOKEN * (2 if c.mode == "pairwise" else 1)
-    template = max(len(m.rubric_text) for m in found.values()) + 900  # the prompt template around them
-    prompt_tokens = int(requests * (template + prompt_chars + response_chars) / CHARS_PER_TOKEN)
-    return [("judge", f"{c.base_url} ({c.api}, model {c.id!r}), mode {c.mode}" + (
-                 f" against {found[next(iter(found))].judge.baseline}" if c.mode == "pairwise" else "")),
-            ("judge requests, at most", f"{requests} ({len(found)} rubric{'s' if len(found) > 1 else ''}; fewer where "
-                                        f"the judge cache holds a verdict), at most {c.concurrency} in flight"),
-            ("judge tokens, about", f"{prompt_tokens} prompt + at most {requests * c.max_tokens} completion")]
+    requests = chars = 0
+    parts = []
+    if raters:
+        per_sample, rated = 1, units
+        if c.mode == "pairwise":  # both orders, for every sample but the baseline's
+            per_sample = 2
+            rated -= units // max(len(settings), 1)
+        requests = rated * per_sample * len(raters)
+        response_chars = config.max_new_tokens * CHARS_PER_TOKEN * (2 if c.mode == "pairwise" else 1)
+        template = max(len(m.rubric_text) for m in raters.values()) + 900  # the prompt template around them
+        chars = requests * (template + prompt_chars + response_chars)
+        parts.append(f"{len(raters)} rubric{'s' if len(raters) > 1 else ''}")
+    if pairing:  # every check=judge metric asks the same pairs: the judge asks each once
+        k = config.samples_per_prompt
+        pairs = units // max(k, 1) * (k * (k - 1) // 2)
+        chars += pairs * (EQUIVALENCE_TEMPLATE_CHARS + prompt_chars + 2 * config.max_new_tokens * CHARS_PER_TOKEN)
+        if raters:
+            parts[0] += f": {requests}"
+        parts.append(f"equivalence of samples for {', '.join(pairing)}: {pairs}, an upper bound (k(k-1)/2 = "
+                     f"{k * (k - 1) // 2} pairs per group of {k}; fewer as samples join a class)")
+        requests += pairs
+    head = [("judge", f"{c.base_url} ({c.api}, model {c.id!r})" + (
+        f", mode {c.mode}" + (f" against {next(iter(raters.values())).judge.baseline}" if c.mode == "pairwise"
+                              else "") if raters else ", equivalence of pairs"))]
+    return head + [
+        ("judge requests, at most", f"{requests} ({'; '.join(parts)}; fewer where the judge cache holds a verdict), "
+                                    f"at most {c.concurrency} in flight"),
+        ("judge tokens, about", f"{int(chars / CHARS_PER_TOKEN)} prompt + at most {requests * c.max_tokens} "
+                                "completion")]
