@@ -132,3 +132,13 @@ def test_the_readme_says_what_the_test_command_skips_without_the_system_programs
     assert {"bubblewrap", "chromium"} <= set(installed) and len(required) >= 2
     for name in ["bubblewrap", "chromium", *required]:
         assert name in intro, name
+
+
+def test_the_readme_metric_table_names_every_registered_metric():
+    from evalkit.scoring.registry import default_registry
+
+    table = [line for line in README.read_text(encoding="utf-8").split("## Metrics", 1)[1].splitlines()
+             if line.startswith("| ")]
+    named = set(re.findall(r"`([a-z_0-9]+)", "\n".join(table)))
+    missing = [e.name for e in default_registry().entries() if e.name not in named]
+    assert table and missing == []
