@@ -97,6 +97,23 @@ def test_entropy_is_exact_on_peaked_and_flat_rows_of_a_large_vocabulary():
         assert lse[row, 0].item() == pytest.approx(float(np.logaddexp.reduce(z)), rel=1e-7)
 
 
+def test_entropy_keeps_the_top_tokens_share_of_a_row_peaked_past_float_precision():
+    """Two tokens 40 nats apart (the rest -inf): p_max rounds to 1 in float32 and float64 alike, and the entropy
+    log1p(e^-40) + 40 e^-40 / (1 + e^-40) keeps both terms (the first is 2.4% of it)."""
+    import math
+
+    import torch
+
+    from evalkit.generation.sampling import log_normaliser_and_entropy
+
+    logits = torch.full((1, 1000), float("-inf"))
+    logits[0, 3], logits[0, 500] = 5.0, -35.0
+    lse, h = log_normaliser_and_entropy(logits)
+    tail = math.exp(-40.0)
+    assert h[0].item() == pytest.approx(math.log1p(tail) + 40 * tail / (1 + tail), rel=1e-6)
+    assert lse[0, 0].item() == pytest.approx(5.0 + math.log1p(tail), rel=1e-7)
+
+
 def test_orders_name_each_knob_once_and_auto_is_the_backends_own():
     for name, order in ORDERS.items():
         knobs = [k for stage in order for k in stage]

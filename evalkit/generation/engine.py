@@ -29,7 +29,7 @@ import torch
 
 from evalkit.generation.base import ENGINE_STAT_COLUMNS, WorkUnit
 from evalkit.errors import EvalkitError
-from evalkit.generation.sampling import RowParams, check_logits, distribution, sample, warp
+from evalkit.generation.sampling import RowParams, check_logits, log_normaliser_and_entropy, sample, warp
 from evalkit.seeds import uniforms
 
 
@@ -145,7 +145,7 @@ class Engine:
             started = self._clock() if self.profile else 0.0
             self._check(logits, rows if groups is None else [rows[i] for i in heads], step)
             z = logits.float()
-            _, lse, model_entropy = distribution(z)
+            lse, model_entropy = log_normaliser_and_entropy(z)
             u = torch.from_numpy(uniforms(seeds, step)).to(device)
             if xtc_rows:  # XTC's chance: another stream of the sample's own seed (XTC rows are groups of one)
                 xtc = seeds if groups is None else seeds[heads]

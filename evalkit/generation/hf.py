@@ -86,7 +86,7 @@ class HFTextBackend(TransformersText, EngineBackend):
         engine's ``logprob_model``). A text beyond the model's context is cut to fit after the prompt."""
         import torch
 
-        from evalkit.generation.sampling import distribution
+        from evalkit.generation.sampling import log_normaliser_and_entropy
 
         context = getattr(self.model.config, "max_position_embeddings", None) or 1 << 30
         start = len(prompt.token_ids)
@@ -99,7 +99,7 @@ class HFTextBackend(TransformersText, EngineBackend):
             x = torch.tensor([list(prompt.token_ids) + ids], device=self.info.device)
             with torch.inference_mode():
                 z = self.model(input_ids=x).logits[0, start - 1:-1].float()
-                _, lse, _ = distribution(z)
+                lse, _ = log_normaliser_and_entropy(z)
                 logp = (z.gather(1, x[0, start:, None]) - lse)[:, 0].double()
             out.append(tuple(float(v) for v in logp.cpu()))
         return out
