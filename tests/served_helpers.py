@@ -43,13 +43,13 @@ def require_llama_cpp() -> None:
         pytest.skip("llama-cpp-python[server] is not installed")
 
 
-class LlamaServer:
-    """``python -m llama_cpp.server`` on 127.0.0.1 with an API key; started, waited for, always stopped."""
+class LocalServer:
+    """A server process on 127.0.0.1 with an API key (:meth:`command` says which): started, waited for until GET
+    /models answers, always stopped; its output goes to ``log_dir``."""
+
+    name = "server"
 
     def __init__(self, log_dir: Path, api_key: str, port: int | None = None):
-        from evalkit.generation.gguf import default_gguf_path
-
-        self.model = default_gguf_path()
         self.port = port or free_port()
         self.api_key = api_key
         self.log_dir = log_dir
@@ -59,17 +59,17 @@ class LlamaServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def start(self, timeout: float = 120.0) -> LlamaServer:
-        with open(self.log_dir / f"llama-server-{self.port}.log", "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model), "--model_alias", MODEL_ALIAS,
-                 "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "1024", "--n_threads", "2",
-                 "--api_key", self.api_key],
-                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "NO_PROXY": "*"})
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 120.0, env: dict[str, str] | None = None):
+        with open(self.log_dir / f"{self.name}-{self.port}.log", "ab") as log:
+            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                            env={**os.environ, "NO_PROXY": "*", **(env or {})})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"llama.cpp server exited with {self.process.returncode}; see {self.log_dir}")
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}; see {self.log_dir}")
             try:
                 request = urllib.request.Request(self.base_url + "/models",
                                                  headers={"Authorization": f"Bearer {self.api_key}"})
@@ -79,7 +79,7 @@ class LlamaServer:
             except OSError:
                 time.sleep(0.25)
         self.stop()
-        raise RuntimeError("llama.cpp server did not become ready")
+        raise RuntimeError(f"{self.name} did not become ready in {timeout:.0f} s; see {self.log_dir}")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -107,6 +107,42 @@ class LlamaServer:
             return json.loads(r.read())
 
 
+class LlamaServer(LocalServer):
+    """``python -m llama_cpp.server`` serving the embedded SmolLM2 GGUF as ``smollm2``."""
+
+    name = "llama-server"
+
+    def __init__(self, log_dir: Path, api_key: str, port: int | None = None):
+        from evalkit.generation.gguf import default_gguf_path
+
+        super().__init__(log_dir, api_key, port)
+        self.model = default_gguf_path()
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model), "--model_alias", MODEL_ALIAS,
+                "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "1024", "--n_threads", "2",
+                "--api_key", self.api_key]
+
+
+class VLLMServer(LocalServer):
+    """vLLM's OpenAI-compatible server (``vllm.entrypoints.openai.api_server``, from vLLM's environment) on a
+    checkpoint directory, with the engine arguments evalkit's in-process vLLM backend gives its engine on a CPU."""
+
+    name = "vllm-server"
+
+    def __init__(self, log_dir: Path, api_key: str, checkpoint: str, served_name: str, seed: int,
+                 max_model_len: int):
+        super().__init__(log_dir, api_key)
+        self.checkpoint, self.served_name, self.seed, self.max_model_len = checkpoint, served_name, seed, max_model_len
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.checkpoint,
+                "--served-model-name", self.served_name, "--host", "127.0.0.1", "--port", str(self.port),
+                "--api-key", self.api_key, "--dtype", "float32", "--seed", str(self.seed),
+                "--max-model-len", str(self.max_model_len), "--no-enable-chunked-prefill", "--max-logprobs", "-1",
+                "--logprobs-mode", "raw_logprobs", "--generation-config", "vllm"]
+
+
 def leaked(reply: dict, credentials: str) -> bytes:
     """``reply`` with ``credentials`` in every field a server fills in itself: the model listing, the reported
     model and fingerprint, and the generated text."""
@@ -121,7 +157,34 @@ def leaked(reply: dict, credentials: str) -> bytes:
     return json.dumps(reply).encode()
 
 
-class FaultProxy:
+class InThreadServer:
+    """An HTTP server in a thread of this process on 127.0.0.1, on a port of its own (:meth:`_serve` with the
+    request handler), started and stopped as a context manager."""
+
+    def _serve(self, handler) -> None:
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address):
+                pass  # a client that hung up (evalkit cancelling requests after a failure) is not news
+
+        self.server = Server(("127.0.0.1", 0), handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class FaultProxy(InThreadServer):
     """Forwards to ``upstream`` (host, port); ``script(n, method, path, body)`` may return an action for
     the n-th request (counted from 1): ("status", code, headers), "echo-key", "leak-key", "disconnect",
     "garbage", "truncated", "huge", "no-logprobs" (the reply without its logprobs), "empty" (an empty completion),
@@ -229,18 +292,7 @@ class FaultProxy:
                 self.end_headers()
                 self.wfile.write(payload)
 
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-
-            def handle_error(self, request, client_address):
-                pass  # a client that hung up (evalkit cancelling requests after a failure) is not news
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self._serve(Handler)
 
     def forward(self, method: str, path: str, body: dict | None, headers) -> tuple[int, dict, bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=120)
@@ -259,16 +311,7 @@ class FaultProxy:
     def posts(self) -> list:
         return [entry for entry in self.log if entry[1] == "POST"]
 
-    def __enter__(self) -> FaultProxy:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-class SamplingServer:
+class SamplingServer(InThreadServer):
     """A small OpenAI-compatible server on 127.0.0.1 that samples from a reference's logits (``reference``: an
     :class:`evalkit.conformance.core.Reference`, its forward pass cached) with a sampler of its own (numpy, written from
     llama.cpp's and vLLM's descriptions, not evalkit's transforms), and with one deliberate ``fault``:
@@ -336,23 +379,7 @@ class SamplingServer:
                 self.end_headers()
                 self.wfile.write(payload)
 
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def __enter__(self) -> SamplingServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._serve(Handler)
 
     # ---------------------------------------------------------------- sampling
 
