@@ -42,6 +42,7 @@ from evalkit.errors import EvalkitError
 from evalkit.scoring.metric import Group, Metric, Score
 from evalkit_metrics import inner
 from evalkit_metrics.answers import normalize
+from evalkit_metrics.judge import UNPARSED
 from evalkit_metrics.semantic import DEFAULT_EMBEDDER, embed, load_embedder
 
 PATIENCE = 0.8  # the paper's
@@ -57,7 +58,6 @@ EQUIVALENCE_SYSTEM = (
     "following this format: \"[[yes]]\" if the responses are meaningfully different, \"[[no]]\" if they are not.")
 EQUIVALENCE_USER = ("[Request]\n{request}\n\n[The Start of Response 1]\n{a}\n[The End of Response 1]\n\n"
                     "[The Start of Response 2]\n{b}\n[The End of Response 2]")
-UNPARSED = "unparsed"  # how a group's reason starts when a judge's reply held no verdict
 _DIFFERENT = re.compile(r"\[\[\s*(yes|no)\s*\]\]", re.IGNORECASE)
 
 
@@ -123,7 +123,7 @@ class JudgeCheck:
     def prepare(self, groups: list[Group]) -> None:
         """Partition every group not partitioned before, in rounds: each round opens one class per group (its first
         unplaced sample) and asks the judge, all groups' pairs at once, about it and each later unplaced sample."""
-        todo = {_key(g): g for g in groups if _key(g) not in self.done}
+        todo = {_key(g): g for g in groups if g.texts and _key(g) not in self.done}
         placed = {k: [-1] * len(g.texts) for k, g in todo.items()}
         while todo:
             asked = []
@@ -273,7 +273,8 @@ class _Partitioned(Metric):
         info = super().info()
         if self.judge is not None:
             info["judge"] = {**self.judge.record(), "asks": "equivalence", "prompts_version": EQUIVALENCE_VERSION,
-                             "prompt_sha256": hashlib.sha256(EQUIVALENCE_SYSTEM.encode()).hexdigest()}
+                             "prompt_sha256": hashlib.sha256(
+                                 (EQUIVALENCE_SYSTEM + "\0" + EQUIVALENCE_USER).encode()).hexdigest()}
         return info
 
     def check_signature(self) -> dict[str, object]:

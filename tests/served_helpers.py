@@ -161,12 +161,15 @@ class InThreadServer:
     """An HTTP server in a thread of this process on 127.0.0.1, on a port of its own (:meth:`_serve` with the
     request handler), started and stopped as a context manager."""
 
-    def _serve(self, handler) -> None:
+    def _serve(self, handler, quiet: bool = False) -> None:
+        """``quiet``: a handler's error is not printed (a client that hung up: evalkit cancelling requests after a
+        failure, which is not news)."""
         class Server(ThreadingHTTPServer):
             daemon_threads = True
 
             def handle_error(self, request, client_address):
-                pass  # a client that hung up (evalkit cancelling requests after a failure) is not news
+                if not quiet:
+                    super().handle_error(request, client_address)
 
         self.server = Server(("127.0.0.1", 0), handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -292,7 +295,7 @@ class FaultProxy(InThreadServer):
                 self.end_headers()
                 self.wfile.write(payload)
 
-        self._serve(Handler)
+        self._serve(Handler, quiet=True)
 
     def forward(self, method: str, path: str, body: dict | None, headers) -> tuple[int, dict, bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=120)

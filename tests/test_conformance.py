@@ -334,3 +334,21 @@ def test_vllm_in_process_is_checked_against_its_weights_through_transformers_alo
     assert reference.model is not engine.model and reference.tokenizer is engine.tokenizer
     assert np.allclose(reference.expected(NUCLEUS, tokens, "vllm"), cf.Reference.of(engine).expected(
         NUCLEUS, tokens, "vllm"), atol=1e-6)
+
+
+def test_a_reference_in_vllms_environment_runs_through_transformers_alone(sharp_model, engine, tmp_path,
+                                                                          monkeypatch):
+    """--reference where evalkit's engine cannot run (vLLM's environment): the model through transformers' own
+    classes, with its own tokenizer and end tokens (as evalkit's backends find them)."""
+    import evalkit.generation.model as model_module
+
+    monkeypatch.setattr(model_module, "engine_transformers_here", lambda: False)
+    config = config_from_dict(base_config(sharp_model, tmp_path))
+    reference = cf.load_reference(config, str(sharp_model), None)
+    tokens = engine.prepared.token_ids
+    assert reference.model is not engine.model and reference.tokenizer is not engine.tokenizer
+    assert reference.eos_ids == engine.eos_ids
+    assert reference.encode(engine.prepared.rendered) == tuple(engine.tokenizer(
+        engine.prepared.rendered, add_special_tokens=False)["input_ids"])
+    assert np.allclose(reference.expected(NUCLEUS, tokens, "vllm"), cf.Reference.of(engine).expected(
+        NUCLEUS, tokens, "vllm"), atol=1e-6)

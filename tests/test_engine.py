@@ -170,3 +170,20 @@ def test_the_first_step_is_warped_once_per_prompt_and_setting(backend, monkeypat
         assert g.token_ids == alone[key].token_ids, key
         assert g.stats == alone[key].stats, key
     assert len({g.token_ids[0] for k, g in together.items() if k[1] == settings[0].id if g.token_ids}) > 1
+
+
+def test_rows_that_shared_the_first_step_go_on_with_their_own_state(backend):
+    """After the shared first step every row has its own state (penalties' history, mirostat's mu, DRY's): samples
+    of several steps are those of batches of one (the tiny model's logits do not depend on the batch)."""
+    settings = [Setting(temperature=1.1, repetition_penalty=1.4, presence_penalty=0.5, order="llama_cpp"),
+                Setting(temperature=1.0, mirostat=2, mirostat_tau=3.0, order="llama_cpp"),
+                Setting(temperature=1.2, dry_multiplier=0.8, dry_allowed_length=1, order="llama_cpp"),
+                Setting(temperature=0.9, repetition_penalty=1.3, no_repeat_ngram_size=2)]
+    units = [WorkUnit(p, s, i, derive_seed(13, p.prompt.id, s.id, i))
+             for s in settings for p in backend.prepared[:2] for i in range(6)]
+    together = generate(backend, units, 64, max_new_tokens=6)
+    alone = generate(backend, units, 1, max_new_tokens=6)
+    assert together.keys() == alone.keys()
+    for key, g in together.items():
+        assert g.token_ids == alone[key].token_ids, key
+    assert len({tuple(g.token_ids) for g in together.values()}) > len(settings) * 2  # the rows did diverge

@@ -20,7 +20,7 @@ from evalkit_metrics.judge import (JudgeScore, JudgeParams, both_orders, pair_pr
                                    score_prompt)
 
 from conftest import API_KEY_ENV
-from served_helpers import FaultProxy
+from served_helpers import FaultProxy, InThreadServer
 
 GRAMMAR = 'root ::= [a-zA-Z ,.]{0,20} "[[" [1-9] "]]"'  # llama.cpp: a short reason, then a rating the parser takes
 
@@ -446,14 +446,13 @@ def test_a_metric_without_its_judge_is_refused_when_it_prepares():
 
 # ---------------------------------------------------------------------- NoveltyBench's equivalence by the judge
 
-class ScriptedJudge:
+class ScriptedJudge(InThreadServer):
     """An OpenAI-compatible judge on 127.0.0.1 whose replies the test writes: ``reply(system, user)`` gives the text;
     every reply names a model and a system_fingerprint, as vLLM's and OpenAI's servers do. POSTs are logged."""
 
     def __init__(self, reply, model: str = "judge-v1", fingerprint: str = "fp_scripted"):
         import json
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from http.server import BaseHTTPRequestHandler
 
         self.posts: list[dict] = []
         outer = self
@@ -483,12 +482,7 @@ class ScriptedJudge:
                 self.end_headers()
                 self.wfile.write(payload)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self._serve(Handler)
 
     def pairs(self) -> list[tuple[str, str]]:
         """The (response 1, response 2) of every equivalence request, in the order received."""
@@ -499,13 +493,6 @@ class ScriptedJudge:
                            b["messages"][1]["content"], re.DOTALL) for b in self.posts]
         return [m.groups() for m in found if m]
 
-    def __enter__(self) -> ScriptedJudge:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def last_word(text: str) -> str:
@@ -619,11 +606,73 @@ def test_the_judge_check_partitions_as_its_replies_say_asks_each_pair_once_and_c
     assert judge.usage()["replies_by"] == {"model": {"judge-v1": 16}, "system_fingerprint": {"fp_scripted": 16}}
     assert judge2.usage()["requests"] == {"asked": 24, "sent": 0, "retried": 0, "from_cache": 16, "repeated": 8}
     assert judge2.usage()["replies_by"] == {"model": {"judge-v1": 16}, "system_fingerprint": {"fp_scripted": 16}}
+    for usage in (judge.usage(), judge2.usage()):
+        r = usage["requests"]
+        assert r["asked"] == r["sent"] + r["from_cache"] + r["repeated"]
     (phase,) = ui.phases
     # the bar's total: at most 15 + 1 pairs per metric and 8 ratings; it ends at the 24 verdicts had
     assert phase["name"] == "judging" and phase["total"] == 16 + 16 + 8 and phase["advanced"] == 24
     assert phase["final_total"] == phase["completed"] == 24
     assert phase["statuses"][-1] == "16 sent, 0 from the judge cache"
+
+
+def test_identical_samples_are_asked_about_once_and_each_request_counted_once():
+    """A greedy setting's samples are one text: the round asks the same question twice in one call, which is sent
+    once; the manifest's counts add up (asked = sent + from the cache + repeated)."""
+    from evalkit.scoring.judge import judging
+    from evalkit.scoring.metric import Group
+    from evalkit.settings import Setting
+
+    groups = [Group(prompt_id="same", prompt="Name a pet.", setting=Setting(), texts=("a cat",) * 3, token_ids=()),
+              Group(prompt_id="none", prompt="Name a pet.", setting=Setting(), texts=(), token_ids=())]
+    with ScriptedJudge(animal_judge) as server:
+        judge, (distinct, _) = scripted_metrics(server.base_url)
+        judging(groups, [distinct], Recording())
+        score = distinct.compute(groups[0])
+    requests = judge.usage()["requests"]
+    assert len(server.posts) == 1 and score.value == 1
+    assert requests == {"asked": 2, "sent": 1, "retried": 0, "from_cache": 0, "repeated": 1}
+
+
+def test_runs_sharing_an_old_judge_cache_each_add_its_new_columns_or_find_them(tmp_path):
+    """A cache written before replies kept their model and fingerprint gets the columns; a run that finds another
+    run added them between its look and its change carries on."""
+    import sqlite3
+
+    from evalkit.scoring.judge import JudgeCache, Reply
+
+    path = tmp_path / "judge.sqlite"
+    old = sqlite3.connect(str(path))
+    old.execute("CREATE TABLE verdicts (key TEXT PRIMARY KEY, reply TEXT NOT NULL)")
+    old.execute("INSERT INTO verdicts VALUES ('k', 'Rating: [[7]]')")
+    old.commit()
+    old.close()
+
+    real_connect = sqlite3.connect
+
+    class LateConnection:  # its ALTER finds the column another run added after this one's PRAGMA
+        def __init__(self, *a, **kw):
+            self.db = real_connect(*a, **kw)
+
+        def execute(self, sql, *args):
+            if sql.startswith("ALTER TABLE verdicts ADD COLUMN"):
+                other = real_connect(str(path))
+                other.execute(sql)
+                other.commit()
+                other.close()
+            return self.db.execute(sql, *args)
+
+        def close(self):
+            self.db.close()
+
+    sqlite3.connect = LateConnection
+    try:
+        cache = JudgeCache(path)
+    finally:
+        sqlite3.connect = real_connect
+    cache.put("k2", Reply("Rating: [[3]]", "m", "fp"))
+    assert cache.get(["k", "k2"]) == {"k": Reply("Rating: [[7]]", None, None), "k2": Reply("Rating: [[3]]", "m", "fp")}
+    cache.close()
 
 
 @pytest.mark.parametrize("reply, expected", [

@@ -607,30 +607,45 @@ def as_sent(setting: Setting, spec) -> Setting:
 
 def load_reference(config, reference: str | None, generator) -> Reference:
     """evalkit's engine is its own reference; another in-process engine (vLLM) takes the same weights through
-    transformers (``reference``, else the config's model)."""
+    transformers (``reference``, else the config's model), as does any reference in vLLM's environment (whose
+    transformers is older than evalkit's engine needs)."""
     from evalkit.config import config_from_dict
     from evalkit.generation import load_backend
+    from evalkit.generation.model import engine_transformers_here
 
     if reference is None and hasattr(generator, "model") and hasattr(generator, "tokenizer"):
         return Reference.of(generator)
     if reference is None and hasattr(generator, "tokenizer") and hasattr(generator, "eos_ids"):
-        return _same_weights(config, generator)
+        return through_transformers(config, generator.tokenizer, generator.eos_ids)
     data = {"name": "reference", "model": {"backend": "hf", "id": str(reference or config.model.id)},
             "prompts": ["-"], "report": False}
-    return Reference.of(load_backend(config_from_dict(data, source="--reference")))
+    ref_config = config_from_dict(data, source="--reference")
+    if not engine_transformers_here():
+        return through_transformers(ref_config)
+    return Reference.of(load_backend(ref_config))
 
 
-def _same_weights(config, generator) -> Reference:
-    """The config's model through transformers alone (vLLM's environment pins a transformers older than evalkit's
-    engine needs), with the generator's tokenizer and end tokens."""
+def through_transformers(config, tokenizer=None, eos_ids: list[int] | None = None) -> Reference:
+    """The config's model through transformers alone, float32 on the CPU, with ``tokenizer`` and ``eos_ids`` (else
+    the model's own, as evalkit's backends find its end tokens)."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+    from evalkit.generation.decoding import TokenizedBackend
     from evalkit.generation.model import locate_model
 
     where, kwargs, _ = locate_model(config).checkpoint(getattr(config.model, "revision", None))
     model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32, **kwargs).eval()
-    return Reference(model, generator.tokenizer, generator.eos_ids)
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+        try:
+            generation = GenerationConfig.from_pretrained(where, **kwargs)
+        except OSError:  # no generation_config.json
+            generation = GenerationConfig.from_model_config(model.config)
+        ends = TokenizedBackend()
+        ends._special_tokens(tokenizer, generation)
+        eos_ids = ends.eos_ids
+    return Reference(model, tokenizer, eos_ids)
 
 
 def _inputs(path, overrides: list[str] | None, settings: list[str] | None, draws: int):

@@ -161,14 +161,20 @@ def _weights_hash(directory: Path, recursive: bool = False) -> str | None:
 ENGINE_TRANSFORMERS = (5, 24)  # the first transformers that names the KV cache `cache` (evalkit's engine passes it)
 
 
-def check_transformers(config: SweepConfig) -> None:
-    """Refuse, before loading, a transformers too old for evalkit's engine (vLLM's environment pins an older one)."""
+def engine_transformers_here() -> bool:
+    """Whether this environment's transformers is recent enough for evalkit's engine (vLLM's pins an older one)."""
     import re
 
     import transformers
 
-    found = tuple(int(x) for x in re.findall(r"\d+", transformers.__version__)[:2])
-    if found < ENGINE_TRANSFORMERS:
+    return tuple(int(x) for x in re.findall(r"\d+", transformers.__version__)[:2]) >= ENGINE_TRANSFORMERS
+
+
+def check_transformers(config: SweepConfig) -> None:
+    """Refuse, before loading, a transformers too old for evalkit's engine (vLLM's environment pins an older one)."""
+    import transformers
+
+    if not engine_transformers_here():
         need = ".".join(map(str, ENGINE_TRANSFORMERS))
         raise ConfigError(f"backend {config.model.backend} decodes with evalkit's engine, which needs transformers >= "
                           f"{need}, and this environment has {transformers.__version__} (vLLM's environment pins an "

@@ -70,11 +70,16 @@ class JudgeCache:
         try:
             self.db = sqlite3.connect(str(path), timeout=30, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("CREATE TABLE IF NOT EXISTS verdicts (key TEXT PRIMARY KEY, reply TEXT NOT NULL)")
+            self.db.execute("CREATE TABLE IF NOT EXISTS verdicts (key TEXT PRIMARY KEY, reply TEXT NOT NULL, "
+                            "model TEXT, fingerprint TEXT)")
             columns = {row[1] for row in self.db.execute("PRAGMA table_info(verdicts)")}
             for column in ("model", "fingerprint"):  # what the server said made the reply (a cache of before: none)
                 if column not in columns:
-                    self.db.execute(f"ALTER TABLE verdicts ADD COLUMN {column} TEXT")
+                    try:
+                        self.db.execute(f"ALTER TABLE verdicts ADD COLUMN {column} TEXT")
+                    except sqlite3.OperationalError as e:  # another run sharing the cache added it first
+                        if "duplicate column" not in str(e):
+                            raise
         except sqlite3.DatabaseError as e:
             raise EvalkitError(f"the judge cache {path} cannot be used ({e}): move it away, or set judge.cache: "
                                "false") from None
@@ -209,12 +214,14 @@ class Judge:
         keys = [self.key(s, u) for s, u in prompts]
         self.asked += len(keys)
         found = {k: self.memo[k] for k in keys if k in self.memo}
-        self.repeated += len(found)
+        rest = [k for k in keys if k not in found]
+        # per occurrence: a prompt this run had a reply to, or one asked again within this call (sent once)
+        self.repeated += (len(keys) - len(rest)) + (len(rest) - len(set(rest)))
         cache = JudgeCache(judge_cache_path()) if self.config.cache else None
         try:
             todo = list(dict.fromkeys(k for k in keys if k not in found))
             cached = cache.get(todo) if cache is not None else {}
-            self.from_cache += sum(k in cached for k in keys if k not in found)
+            self.from_cache += sum(k in cached for k in set(rest))
             found.update(cached)
             self._progress(len(keys) - sum(k not in found for k in keys))
             todo = {k: p for k, p in zip(keys, prompts) if k not in found}
