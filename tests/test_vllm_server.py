@@ -87,7 +87,7 @@ def test_one_seed_gives_one_sample_on_vllms_server_and_in_process(in_process, se
 def test_conformance_passes_on_vllm_in_process(tmp_path):
     from evalkit.api import conformance
 
-    report = conformance(write_config(tmp_path / "vllm.json", IN_PROCESS), settings=["t1.2-p0.9"], draws=1000,
+    report = conformance(write_config(tmp_path / "vllm.json", IN_PROCESS), settings=["t1.2-p0.9"], draws=500,
                          progress=False)
     assert report.order == "vllm" and len(report.cases) == 3
     assert not report.failed, [(c.context, c.verdict) for c in report.cases]
@@ -98,7 +98,7 @@ def test_conformance_passes_on_vllms_server_against_the_same_weights(in_process,
     from evalkit.api import conformance
 
     report = conformance(write_config(tmp_path / "served.json", served_model(server.base_url)),
-                         settings=["t1.2-p0.9"], draws=600, reference=in_process[1], progress=False)
+                         settings=["t1.2-p0.9"], draws=400, reference=in_process[1], progress=False)
     assert report.order == "vllm" and len(report.cases) == 3
     assert not report.failed, ([(c.context, c.verdict) for c in report.cases],
                                [(s.name, s.equal, s.total) for s in report.seeds])
