@@ -36,7 +36,7 @@ from machine import SMOKE_THREADS, print_load, print_machine
 from evalkit.config import load_config
 from evalkit.config.judge import JudgeConfig
 from evalkit.prompts import load_prompts
-from evalkit.scoring.judge import Judge, JudgeCache, judge_cache_path
+from evalkit.scoring.judge import Judge, JudgeCache, Reply, judge_cache_path
 from evalkit_metrics.judge import parse_rating, score_prompt
 from evalkit_metrics.rubrics import RUBRICS
 
@@ -113,7 +113,7 @@ def main() -> None:
             cached = judge(1, True)
             store = JudgeCache(judge_cache_path())  # the verdicts just had, as a first run leaves them
             for (system, user), reply in zip(asked, kept):
-                store.put(cached.key(system, user), reply)
+                store.put(cached.key(system, user), Reply(reply))
             store.close()
             started = time.perf_counter()
             cached.replies(asked)
