@@ -5,19 +5,16 @@ this file in ``.venv-vllm``; elsewhere it is skipped."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import uuid
 
 import pytest
 
-HAVE_VLLM = importlib.util.find_spec("vllm") is not None
-if not HAVE_VLLM and os.environ.get("EVALKIT_REQUIRE_VLLM"):
-    raise RuntimeError("EVALKIT_REQUIRE_VLLM is set but vLLM is not installed in this environment")
+from test_vllm import HAVE_VLLM  # its guard: EVALKIT_REQUIRE_VLLM, and vLLM's KV cache size on a CPU
+
 pytestmark = pytest.mark.skipif(not HAVE_VLLM, reason="vLLM is not installed here: .ci/vllm runs these tests in "
                                                       ".venv-vllm")
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM's own default takes a share of all memory
 
 KEY_ENV = "EVALKIT_TEST_VLLM_KEY"
 SERVED_NAME = "smollm2-vllm"

@@ -219,8 +219,7 @@ class Judge:
         self.repeated += (len(keys) - len(rest)) + (len(rest) - len(set(rest)))
         cache = JudgeCache(judge_cache_path()) if self.config.cache else None
         try:
-            todo = list(dict.fromkeys(k for k in keys if k not in found))
-            cached = cache.get(todo) if cache is not None else {}
+            cached = cache.get(list(dict.fromkeys(rest))) if cache is not None else {}
             self.from_cache += sum(k in cached for k in set(rest))
             found.update(cached)
             self._progress(len(keys) - sum(k not in found for k in keys))
@@ -359,9 +358,9 @@ def judging(groups: list, metrics: list[Metric], ui) -> None:
     The bar counts verdicts, had from the judge, its cache or this run's earlier replies; its total is what the
     metrics may ask for, an upper bound where a metric asks fewer as it goes (an equivalence check)."""
     found = [m for _, m in judged(metrics) if m.judge is not None]
-    judge = judge_of(metrics)
-    if judge is None:
+    if not found:
         return
+    judge = found[0].judge  # one per config
     bound = sum(m.judge_requests(groups) for m in found)
     with ui.phase("judging", total=bound) as phase:
         judge.phase = phase
