@@ -28,8 +28,9 @@ def _mix(z: np.ndarray) -> np.ndarray:
 _STREAM = np.uint64(0xD1B54A32D192ED03)
 
 
-def uniforms(seeds: np.ndarray, step: int, stream: int = 0) -> np.ndarray:
-    """One uniform in [0, 1) per seed for decode step ``step`` (counter-based, splitmix64).
+def uniforms(seeds: np.ndarray, step: int | np.ndarray, stream: int = 0) -> np.ndarray:
+    """One uniform in [0, 1) per seed for decode step ``step`` (counter-based, splitmix64); ``step`` is one step for
+    every seed or each seed's own.
 
     A sample's random numbers are a function of its own seed and the step only, so they do
     not depend on the batch it was decoded in. ``stream`` > 0 names another stream of the same seed (a sampler's
@@ -39,5 +40,5 @@ def uniforms(seeds: np.ndarray, step: int, stream: int = 0) -> np.ndarray:
         base = seeds.astype(np.uint64)
         if stream:
             base = _mix(base ^ (_STREAM * np.uint64(stream)))
-        z = _mix(base + _GOLDEN * np.uint64(step + 1))
+        z = _mix(base + _GOLDEN * (np.asarray(step, dtype=np.uint64) + np.uint64(1)))
     return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))

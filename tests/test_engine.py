@@ -81,8 +81,9 @@ def test_prompt_is_prefilled_once_and_finished_rows_leave_the_batch(backend):
         result = generate(backend, units_for(backend, SETTINGS, samples=4), 64, stop=("e",))
     finally:
         hook.remove()
-    assert shapes[0] == (3, max(len(p.token_ids) for p in backend.prepared))  # 3 prompts, prefilled once
-    rows = [s[0] for s in shapes[1:]]
+    # each of the 3 prompts is prefilled once, alone and unpadded
+    assert shapes[:3] == [(1, len(p.token_ids)) for p in backend.prepared]
+    rows = [s[0] for s in shapes[3:]]
     assert rows[0] <= 60 and all(a >= b for a, b in zip(rows, rows[1:]))
     stopped = [g for g in result.values() if g.finish_reason == "stop"]
     assert stopped and rows[-1] < rows[0]
@@ -136,7 +137,7 @@ def test_nan_logits_name_prompt_setting_and_step(backend):
 
     def poison(module, args, output):
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == 5:  # three prefills (one per prompt), then the decode steps
             output.logits[0, -1, 5] = float("nan")
         return output
 

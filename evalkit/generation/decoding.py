@@ -106,9 +106,9 @@ class EngineBackend(TokenizedBackend):
     """A backend whose samples evalkit's engine decodes (:mod:`evalkit.generation.engine`) from a transformers
     model's forward pass (``self.model``)."""
 
-    # One prompt per decode wave, with its extra model inputs (pixel values, image grids) at prefill and
-    # the model's own prefill positions (see evalkit.generation.engine): vision-language models
-    per_prompt_waves = False
+    # Prompts with their own model inputs (pixel values, image grids) at prefill, and the model's own prefill
+    # positions (see evalkit.generation.engine): vision-language models
+    prompt_inputs = False
 
     def _model_info(self, *, backend: str, model_id: str, source, path: str, dtype, device: str, started: float,
                     ignored: dict[str, Any], has_chat_template: bool, **extra: Any) -> ModelInfo:
@@ -166,7 +166,7 @@ class EngineBackend(TokenizedBackend):
 
         engine = Engine(self.model, eos_ids=self.eos_ids, pad_id=self.pad_id, device=self.info.device,
                         decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
-                        per_prompt_waves=self.per_prompt_waves, vocabulary=Vocabulary.of_tokenizer(self.tokenizer))
+                        prompt_inputs=self.prompt_inputs, vocabulary=Vocabulary.of_tokenizer(self.tokenizer))
         for f in engine.run(units, max_new_tokens=max_new_tokens, batch_size=batch_size, stop=stop,
                             progress=progress):
             yield SampleRecord(unit=f.unit, token_ids=tuple(f.token_ids), text=f.text, finish_reason=f.finish_reason,

@@ -54,17 +54,20 @@ class RowParams:
     """Per-row tensors, each of shape [batch]: one per knob of :data:`TRANSFORMS` and :data:`QUALIFIER_DTYPES` (an
     attribute of the knob's name), each penalty's scope (``scope_<penalty>``, :data:`SCOPE_CODES`), and ``order``,
     each row's chain as an index into ``chains``. The decode state: ``history`` (each row's prompt and output tokens,
-    left-padded with -1, [batch, length]; empty unless a stage reads it), ``n_out`` (output tokens so far, the same
-    for every row of a wave), ``mu`` (mirostat's), ``u_xtc`` (XTC's chance this step), ``eos`` (end tokens).
+    left-padded with -1, [batch, length]; empty unless a stage reads it), ``n_out`` (each row's output tokens so
+    far), ``mu`` (mirostat's), ``u_xtc`` (XTC's chance this step), ``eos`` (end tokens).
+
+    Rows built against the same ``universe`` of settings (their chains and tables numbered alike) can be
+    joined by :meth:`cat`: the engine's rows, each at its own step.
 
     top_p is kept in float64 so that ``1 - top_p`` is formed as transformers forms it
     (in Python floats) before the float32 comparison.
     """
 
-    ROWWISE_STATE = ("history", "mu", "u_xtc")
+    ROWWISE_STATE = ("history", "n_out", "mu", "u_xtc")
 
-    def __init__(self, rowwise: dict[str, torch.Tensor], chains: list, n_out: int = 0, eos: torch.Tensor | None = None):
-        self.rowwise, self.chains, self.n_out = rowwise, chains, n_out
+    def __init__(self, rowwise: dict[str, torch.Tensor], chains: list, eos: torch.Tensor | None = None):
+        self.rowwise, self.chains = rowwise, chains
         self.eos = eos if eos is not None else torch.zeros(0, dtype=torch.long)
         for name, tensor in rowwise.items():
             setattr(self, name, tensor)
@@ -77,10 +80,16 @@ class RowParams:
     @classmethod
     def from_settings(cls, settings: list[Setting], device: torch.device | str = "cpu", *,
                       prompts: list[list[int]] | None = None, eos: list[int] = (),
-                      vocabulary: dry.Vocabulary | None = None) -> RowParams:
+                      vocabulary: dry.Vocabulary | None = None, universe: list[Setting] | None = None) -> RowParams:
         """The rows' parameters, ``prompts`` their prompt tokens (the penalties' history), ``eos`` the end tokens,
-        ``vocabulary`` the tokenizer's (DRY's sequence breakers)."""
+        ``vocabulary`` the tokenizer's (DRY's sequence breakers), ``universe`` the settings whose chains and tables
+        are numbered (``settings`` when not given; every part that :meth:`cat` joins must have the same)."""
+        universe = universe if universe is not None else list(settings)
         chains: list = []
+        for s in universe:
+            chain = s.chain(ENGINE_ORDER) if not s.missing_in_order(ENGINE_ORDER) else None
+            if chain is not None and chain not in chains:
+                chains.append(chain)
         codes = []
         for s in settings:  # a knob with no transform, or no stage in the row's chain, is refused, never dropped
             missing = [k for k in s.stage_knobs() if k not in TRANSFORMS]
@@ -105,6 +114,7 @@ class RowParams:
         rowwise["exact_k"] = torch.tensor([s.order_name(ENGINE_ORDER) in EXACT_K_ORDERS for s in settings],
                                           dtype=torch.bool, device=device)
         rowwise["mu"] = torch.tensor([2 * s.mirostat_tau for s in settings], dtype=torch.float32, device=device)
+        rowwise["n_out"] = torch.zeros(len(settings), dtype=torch.long, device=device)
         rowwise["u_xtc"] = torch.ones(len(settings), dtype=torch.float64, device=device)
         history = torch.zeros((len(settings), 0), dtype=torch.long, device=device)
         if prompts is not None and any(TRANSFORMS[k].needs_history for s in settings for k in s.stage_knobs()):
@@ -115,19 +125,41 @@ class RowParams:
                     history[i, width - len(p):] = torch.tensor(p)
             history = history.to(device)
         rowwise["history"] = history
-        out = cls(rowwise, chains, 0, torch.tensor(sorted(set(eos)), dtype=torch.long, device=device))
+        out = cls(rowwise, chains, torch.tensor(sorted(set(eos)), dtype=torch.long, device=device))
         out.keeps_history = bool(history.shape[1]) or (prompts is not None and out.needs_history())
-        out.vocabulary = vocabulary
+        out.vocabulary, out.universe = vocabulary, universe
         for t in TRANSFORMS.values():
             if t.prepare is not None:
                 t.prepare(out, settings)
         return out
 
     def __getitem__(self, rows) -> RowParams:
-        out = RowParams({name: t[rows] for name, t in self.rowwise.items()}, self.chains, self.n_out, self.eos)
+        out = RowParams({name: t[rows] for name, t in self.rowwise.items()}, self.chains, self.eos)
         for name, value in self.__dict__.items():  # what a transform prepared that is not per row
             if name not in out.__dict__:
                 object.__setattr__(out, name, value)
+        return out
+
+    @staticmethod
+    def cat(parts: list[RowParams]) -> RowParams:
+        """The rows of ``parts`` in one (built against the same universe; histories left-padded to one width)."""
+        first = parts[0]
+        if any(p.chains != first.chains or (p.universe is not first.universe and p.universe != first.universe)
+               for p in parts):
+            raise EvalkitError("RowParams.cat: the parts were built against different universes of settings")
+        width = max(p.history.shape[1] for p in parts)
+        rowwise = {}
+        for name in first.rowwise:
+            if name == "history":
+                rowwise[name] = torch.cat([torch.nn.functional.pad(p.history, (width - p.history.shape[1], 0),
+                                                                   value=-1) for p in parts])
+            else:
+                rowwise[name] = torch.cat([p.rowwise[name] for p in parts])
+        out = RowParams(rowwise, first.chains, first.eos)
+        for name, value in first.__dict__.items():  # what a transform prepared that is not per row
+            if name not in out.__dict__ and not name.startswith("_"):
+                object.__setattr__(out, name, value)
+        out.keeps_history = any(getattr(p, "keeps_history", False) for p in parts)
         return out
 
     def advance(self, tokens: torch.Tensor, logprob: torch.Tensor) -> None:
@@ -137,7 +169,7 @@ class RowParams:
                 t.update(self, tokens, logprob)
         if getattr(self, "keeps_history", False):
             self.history = torch.cat([self.history, tokens[:, None].to(self.history.dtype)], dim=1)
-        self.n_out += 1
+        self.n_out = self.n_out + 1
 
     def needs_history(self) -> bool:
         """Whether some row has a stage that reads its tokens (penalties, n-grams, DRY)."""

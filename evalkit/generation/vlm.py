@@ -23,7 +23,7 @@ TEXT_INPUTS = ("input_ids", "attention_mask")  # the engine builds these itself
 
 
 class VLMBackend(EngineBackend):
-    per_prompt_waves = True
+    prompt_inputs = True
 
     def __init__(self, config: SweepConfig, source: ModelSource, device: str, status=lambda msg: None):
         from transformers import AutoModelForImageTextToText, AutoProcessor

@@ -161,7 +161,8 @@ def _lookup(mask: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor | int) -> 
 def prepare(params, settings: list) -> None:
     """Each DRY row's breaker table (``params.dry_set``, an index into ``params.dry_breakers``), from the tokenizer's
     vocabulary (``params.vocabulary``, a :class:`Vocabulary`)."""
-    lists = tuple(sorted({s.dry_sequence_breakers for s in settings if s.dry_multiplier > 0}))
+    universe = getattr(params, "universe", None) or settings  # the tables of every row that may join these
+    lists = tuple(sorted({s.dry_sequence_breakers for s in universe if s.dry_multiplier > 0}))
     device = params.dry_multiplier.device
     index = {b: i for i, b in enumerate(lists)}
     sets = torch.tensor([index.get(s.dry_sequence_breakers, 0) for s in settings], dtype=torch.long, device=device)

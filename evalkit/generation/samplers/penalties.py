@@ -31,14 +31,14 @@ def counts(params, scope: torch.Tensor, vocab: int) -> torch.Tensor:
     ``params.advance`` moves the rows on: :func:`forget_counts`)."""
     history = params.history
     cache = params.__dict__.get("_counts")
-    if cache is None or cache[0] is not history or cache[1] != (params.n_out, vocab):
-        cache = (history, (params.n_out, vocab), [])
+    if cache is None or cache[0] is not history or cache[1] is not params.n_out or cache[2] != vocab:
+        cache = (history, params.n_out, vocab, [])
         params._counts = cache
-    for known, value in cache[2]:
+    for known, value in cache[3]:
         if known is scope or torch.equal(known, scope):
             return value
     value = _count(params, scope, vocab)
-    cache[2].append((scope, value))
+    cache[3].append((scope, value))
     return value
 
 
@@ -61,7 +61,7 @@ def _scoped(params, scope: torch.Tensor) -> torch.Tensor:
     pos = torch.arange(length, device=history.device)[None, :]
     scope = scope[:, None]
     in_scope = torch.where(scope == SCOPE_ALL, torch.ones_like(pos, dtype=torch.bool),
-                           torch.where(scope == SCOPE_OUTPUT, pos >= length - params.n_out, pos >= length - scope))
+                           torch.where(scope == SCOPE_OUTPUT, pos >= length - params.n_out[:, None], pos >= length - scope))
     return (history >= 0) & in_scope
 
 

@@ -1,0 +1,139 @@
+"""What makes a sample of evalkit's engine independent of the rows decoded beside it: a KV cache of row slots and
+linear layers of fixed shape.
+
+A row's logits are float sums, and a sum's rounding depends on its order. Two things in a batched decode step change
+that order with the batch:
+
+- **Where a row's keys sit.** With left padding a row's keys move with the longest prompt of its batch, and the
+  attention's reductions group them otherwise. In a :class:`SlotCache` each row owns a slot, its tokens from
+  position 0, and attends over the slot's first ``span`` positions, the rest masked. torch's CPU attention (SDPA)
+  gives a row the same result for every span at least its length + 1 rounded up to 16 (masked keys add exact
+  zeros at the end of the same groups); the span is always that much longer (``MARGIN``), so it may follow the
+  longest row of the batch.
+- **How many rows a matrix product has.** A CPU GEMM picks its kernel and its blocking of the inner dimension by
+  the number of rows: a row's result at 64 rows is not its result at 7. Inside :func:`fixed_rows` every
+  ``nn.Linear`` computes in blocks of exactly ``BLOCK`` rows (the last one padded with zeros); at a fixed row count
+  a row's result depends neither on its position nor on the other rows.
+
+A prompt is prefilled alone (its own rows only, its own length), so its cache and first logits do not depend on
+the prompts beside it either. What then holds, and what does not, is said in the README ("Batch invariance").
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+BLOCK = 64  # rows of every matrix product of a decode step (the CPU engine's default batch is 64: no padding there)
+MARGIN = 16  # masked positions past every row's length at least: the attention's groups of 16 stay whole
+
+
+def span_for(length: int) -> int:
+    """The attention span for a batch whose longest row holds ``length`` tokens."""
+    return -(-(length + 1) // MARGIN) * MARGIN + MARGIN
+
+
+class SlotCache:
+    """A KV cache of ``rows`` slots of ``capacity`` positions, for the model's decode steps (transformers' cache
+    protocol: :meth:`update` per layer). Rows ``0 .. active-1`` are in use; row r's tokens are at positions
+    ``0 .. lengths[r]-1`` of its slot. The layers' buffers are made from the first prompt's cache (their heads,
+    head size and dtype)."""
+
+    is_compileable = False
+
+    def __init__(self, rows: int, capacity: int, device):
+        self.rows, self.capacity, self.device = rows, capacity, device
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.lengths = torch.zeros(rows, dtype=torch.long, device=device)
+        self.active = 0
+        self.span = MARGIN
+
+    # transformers' mask helpers read these of a cache
+    @property
+    def is_sliding(self) -> list[bool]:
+        return [False] * len(self.keys)
+
+    is_linear = is_sliding
+    is_dummy = is_sliding
+
+    def put(self, slots: torch.Tensor, prompt_cache) -> None:
+        """Copy a prompt's prefill cache (transformers' DynamicCache of one row) into ``slots``."""
+        layers = prompt_cache.layers
+        if not self.keys:
+            for layer in layers:
+                _, heads, _, dim = layer.keys.shape
+                shape = (self.rows, heads, self.capacity, dim)
+                self.keys.append(torch.zeros(shape, dtype=layer.keys.dtype, device=self.device))
+                self.values.append(torch.zeros(shape, dtype=layer.values.dtype, device=self.device))
+        n = layers[0].keys.shape[2]
+        for mine_k, mine_v, layer in zip(self.keys, self.values, layers):
+            mine_k[slots, :, :n] = layer.keys[0]
+            mine_v[slots, :, :n] = layer.values[0]
+        self.lengths[slots] = n
+
+    def move(self, source: torch.Tensor, target: torch.Tensor) -> None:
+        """Move rows ``source`` to slots ``target`` (to close the gaps that finished rows leave)."""
+        for k, v in zip(self.keys, self.values):
+            k[target] = k[source]
+            v[target] = v[source]
+        self.lengths[target] = self.lengths[source]
+
+    def begin_step(self, rows: int) -> None:
+        """Before a decode step of the first ``rows`` slots: the span they attend over."""
+        self.active = rows
+        self.span = min(self.capacity, span_for(int(self.lengths[:rows].max())))
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, kwargs=None, **_):
+        """Write one new position per row (at its length) and return the rows' keys and values over the span."""
+        n = self.active
+        rows = torch.arange(n, device=self.device)
+        at = self.lengths[:n]
+        self.keys[layer_idx][rows, :, at] = key[:, :, 0]
+        self.values[layer_idx][rows, :, at] = value[:, :, 0]
+        return self.keys[layer_idx][:n, :, :self.span], self.values[layer_idx][:n, :, :self.span]
+
+    def end_step(self) -> None:
+        self.lengths[:self.active] += 1
+
+    def mask(self, dtype, sliding_window: int | None = None) -> torch.Tensor:
+        """The additive attention mask of the step [active, 1, 1, span]: 0 at each row's positions up to its new
+        token, the dtype's lowest value past them (and, for a sliding-window layer, before its window)."""
+        n = self.active
+        pos = torch.arange(self.span, device=self.device)[None, :]
+        at = self.lengths[:n, None]
+        keep = pos <= at
+        if sliding_window:
+            keep &= at - pos < sliding_window
+        out = torch.zeros((n, 1, 1, self.span), dtype=dtype, device=self.device)
+        return out.masked_fill_(~keep[:, None, None, :], torch.finfo(dtype).min)
+
+
+class _FixedRowsLinear(torch.nn.Linear):
+    """An ``nn.Linear`` that computes in blocks of :data:`BLOCK` rows (see the module's docstring)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        n = flat.shape[0]
+        if n == BLOCK:
+            return F.linear(x, self.weight, self.bias)
+        if n % BLOCK:
+            flat = torch.cat([flat, flat.new_zeros(BLOCK - n % BLOCK, flat.shape[1])])
+        out = torch.cat([F.linear(part, self.weight, self.bias) for part in flat.split(BLOCK)])
+        return out[:n].reshape(*x.shape[:-1], out.shape[-1])
+
+
+@contextmanager
+def fixed_rows(model: torch.nn.Module, on: bool = True):
+    """Within: every plain ``nn.Linear`` of ``model`` computes in blocks of :data:`BLOCK` rows (nothing when not
+    ``on``)."""
+    swapped = [m for m in model.modules() if type(m) is torch.nn.Linear] if on else []
+    for m in swapped:
+        m.__class__ = _FixedRowsLinear
+    try:
+        yield
+    finally:
+        for m in swapped:
+            m.__class__ = torch.nn.Linear
