@@ -44,3 +44,35 @@ def test_default_model_sweep_and_cache(tmp_path):
     # Greedy decoding gives the same answer for every sample and in both runs.
     assert s[s.temperature == 0].groupby("prompt_id").text.nunique().eq(1).all()
     assert first.samples.text.tolist() == second.samples.text.tolist()
+
+
+def test_default_model_samples_are_the_same_at_any_batch_size_with_and_without_refill(tmp_path):
+    """The issue's case on the real model (quickstart prompts, temperature 1.3, top_p 0.9, seed 4, 12 tokens):
+    batch sizes 1, 7 and 64, refill on and off, give every sample the same tokens and statistics."""
+    from evalkit.generation import WorkUnit, load_backend
+    from evalkit.generation.engine import Engine
+    from evalkit.generation.samplers.dry import Vocabulary
+    from evalkit.prompts import load_prompts
+    from evalkit.seeds import derive_seed
+    from evalkit.settings import Setting
+    from pathlib import Path
+
+    config = evalkit.load_config(Path(__file__).parent.parent / "configs" / "quickstart.yaml")
+    backend = load_backend(config)
+    prepared = backend.prepare(load_prompts(config), chat_template="auto", system_prompt=None, max_new_tokens=12)
+    setting = Setting(temperature=1.3, top_p=0.9)
+    units = [WorkUnit(p, setting, i, derive_seed(4, p.prompt.id, setting.id, i)) for p in prepared for i in range(6)]
+
+    def run(units, batch_size, refill=True):
+        engine = Engine(backend.model, eos_ids=backend.eos_ids, pad_id=backend.pad_id, device="cpu", refill=refill,
+                        decode=lambda ids: backend.tokenizer.decode(ids, skip_special_tokens=True),
+                        vocabulary=Vocabulary.of_tokenizer(backend.tokenizer))
+        return {(f.unit.prompt.prompt.id, f.unit.sample_index): (f.token_ids, f.stats)
+                for f in engine.run(units, max_new_tokens=12, batch_size=batch_size)}
+
+    reference = run(units, 64)
+    assert len({tokens[0] for tokens, _ in reference.values() if tokens}) > 5  # the samples do differ
+    for batch_size, refill, some in ((7, True, units), (7, False, units), (1, True, units[::3])):
+        other = run(some, batch_size, refill)
+        same = sum(other[k] == reference[k] for k in other)
+        assert same == len(other), f"batch {batch_size}, refill {refill}: {same}/{len(other)} samples agree"

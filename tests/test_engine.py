@@ -44,6 +44,62 @@ def test_every_unit_once(backend):
     assert len(result) == len(units) == 3 * 5 * 3
 
 
+def engine_run(backend, units, batch_size, *, refill=True, max_new_tokens=12, stop=()):
+    from evalkit.generation.engine import Engine
+    from evalkit.generation.samplers.dry import Vocabulary
+
+    engine = Engine(backend.model, eos_ids=backend.eos_ids, pad_id=backend.pad_id, device="cpu", refill=refill,
+                    decode=lambda ids: backend.tokenizer.decode(ids, skip_special_tokens=True),
+                    vocabulary=Vocabulary.of_tokenizer(backend.tokenizer))
+    out = engine.run(units, max_new_tokens=max_new_tokens, batch_size=batch_size, stop=stop)
+    return {(f.unit.prompt.prompt.id, f.unit.setting.id, f.unit.sample_index): f for f in out}
+
+
+# every kind of decode state a row carries: penalties' history, n-grams, DRY's, mirostat's mu, min_tokens
+STATEFUL = [Setting(temperature=1.1, repetition_penalty=1.4, presence_penalty=0.5, order="llama_cpp"),
+            Setting(temperature=1.0, mirostat=2, mirostat_tau=3.0, order="llama_cpp"),
+            Setting(temperature=1.2, dry_multiplier=0.8, dry_allowed_length=1, order="llama_cpp"),
+            Setting(temperature=0.9, repetition_penalty=1.3, no_repeat_ngram_size=2, min_tokens=3)]
+
+
+@pytest.mark.parametrize("settings", [SETTINGS, STATEFUL], ids=["plain", "stateful"])
+def test_samples_are_the_same_at_any_batch_size_with_and_without_refill(backend, settings):
+    """With refill a row joins rows at other steps (their states joined by RowParams.cat, each at its own
+    step): every sample, its tokens and its statistics, is the one it is in any other batch."""
+    units = units_for(backend, settings)
+    reference = engine_run(backend, units, 64, stop=("e ",))
+    assert len({f.finish_reason for f in reference.values()}) > 1  # rows of different lengths: refill has work
+    for batch_size, refill in ((7, True), (7, False), (1, True), (64, False)):
+        other = engine_run(backend, units, batch_size, refill=refill, stop=("e ",))
+        assert other.keys() == reference.keys()
+        differ = [k for k in reference if (other[k].token_ids, other[k].stats, other[k].text)
+                  != (reference[k].token_ids, reference[k].stats, reference[k].text)]
+        assert not differ, f"batch {batch_size}, refill {refill}: {len(differ)} samples differ, first {differ[0]}"
+
+
+def test_finished_rows_are_replaced_at_once_and_each_prompt_prefilled_once(backend):
+    units = units_for(backend, SETTINGS, samples=3)  # 45 units, 15 per prompt
+    shapes = []
+    hook = backend.model.register_forward_pre_hook(lambda m, args, kw: shapes.append(tuple(kw["input_ids"].shape)),
+                                                   with_kwargs=True)
+    try:
+        refilled = engine_run(backend, units, 8, stop=("e",))
+        waves = len(shapes)
+        engine_run(backend, units, 8, refill=False, stop=("e",))
+    finally:
+        hook.remove()
+    refill_shapes, wave_shapes = shapes[:waves], shapes[waves:]
+    assert len(refilled) == len(units)
+    prefills = [s for s in refill_shapes if s[1] > 1]
+    assert prefills == [(1, len(p.token_ids)) for p in backend.prepared]  # kept while the prompt's units wait
+    rows = [s[0] for s in refill_shapes if s[1] == 1]
+    # until the queue is empty every step has all 8 rows; after it, at most max_new_tokens - 1 steps remain
+    assert all(r == 8 for r in rows[:-11]) and len(rows) > 11
+    wave_rows = [s[0] for s in wave_shapes if s[1] == 1]
+    assert sum(r < 8 for r in wave_rows) > sum(r < 8 for r in rows)  # waves run short-handed
+    assert len(rows) < len(wave_rows)
+
+
 @pytest.mark.slow
 def test_samples_do_not_depend_on_batch_size_or_other_settings(backend):
     units = units_for(backend, SETTINGS)

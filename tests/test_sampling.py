@@ -232,3 +232,48 @@ def test_rows_drawing_from_a_shared_distribution_get_what_their_own_copies_give(
         assert torch.equal(getattr(shared, name), getattr(own, name)), name
     # rows of a group draw with their own uniforms
     assert any(len(set(shared.tokens[groups == g].tolist())) > 1 for g in range(12))
+
+
+def test_rows_at_different_steps_joined_warp_as_they_do_apart():
+    """Refill: RowParams built against one universe of settings, moved on by different numbers of steps (their
+    histories of other widths, their own n_out, mu and DRY state), then joined by ``cat``, give each row the
+    distribution it has apart; parts built against other universes are refused."""
+    from evalkit.errors import EvalkitError
+    from evalkit.generation.samplers.dry import Vocabulary
+
+    gen = torch.Generator().manual_seed(5)
+    vocab = 60
+    pieces = [f"t{i}".encode() for i in range(vocab - 2)] + [b"\n", b":"]
+    vocabulary = Vocabulary(pieces=lambda: pieces, encode=lambda text: [pieces.index(text)] if text in pieces else [])
+    universe = [Setting(temperature=1.1, repetition_penalty=1.4, presence_penalty=0.5, order="llama_cpp"),
+                Setting(temperature=1.0, mirostat=2, mirostat_tau=3.0, order="llama_cpp"),
+                Setting(temperature=1.2, dry_multiplier=0.8, dry_allowed_length=1, order="llama_cpp"),
+                Setting(temperature=0.9, repetition_penalty=1.3, no_repeat_ngram_size=2, min_tokens=4),
+                Setting(temperature=0.8, top_p=0.9)]
+
+    def part(settings, prompt_len, steps):
+        prompts = [torch.randint(0, vocab, (prompt_len,), generator=gen).tolist() for _ in settings]
+        params = RowParams.from_settings(settings, prompts=prompts, eos=[0], vocabulary=vocabulary, universe=universe)
+        for _ in range(steps):
+            tokens = torch.randint(1, vocab, (len(settings),), generator=gen)
+            params.advance(tokens, torch.full((len(settings),), -1.0))
+        return params
+
+    a = part(universe[:3], 3, 5)
+    b = part(universe[2:], 9, 1)
+    c = part(universe[3:], 1, 0)
+    joined = RowParams.cat([a, b, c])
+    logits = random_rows(gen, 3 + 3 + 2, vocab)
+    def warped(z, params):
+        out = torch.empty_like(z)
+        for rows, part in warp(z, params):
+            out[rows] = part.dense(vocab)
+        return out
+
+    apart = torch.cat([warped(logits[:3], a), warped(logits[3:6], b), warped(logits[6:], c)])
+    assert torch.equal(warped(logits, joined), apart)
+    assert joined.n_out.tolist() == [5, 5, 5, 1, 1, 1, 0, 0]
+    # min_tokens holds the end token back on its rows, each short of it by its own count
+    assert warped(logits, joined)[[4, 6], 0].isinf().all()
+    with pytest.raises(EvalkitError, match="different universes"):
+        RowParams.cat([a, RowParams.from_settings(universe[4:], universe=universe[4:])])

@@ -91,10 +91,12 @@ def _close_gaps(n: int, done: list[int]) -> tuple[list[int], list[int], list[int
 class Engine:
     def __init__(self, model, *, eos_ids: list[int], pad_id: int, device: str,
                  decode: Callable[[list[int]], str], profile: bool = False, prompt_inputs: bool = False,
-                 vocabulary=None):
+                 vocabulary=None, refill: bool = True):
         self.model, self.eos, self.pad_id, self.device, self.decode = model, set(eos_ids), pad_id, device, decode
         self.vocabulary = vocabulary  # the tokenizer's, for DRY's sequence breakers (samplers.dry.Vocabulary)
         self.profile, self.prompt_inputs = profile, prompt_inputs
+        # refill=False: waves (new units join only when every row has finished), to measure what refill gives
+        self.refill = refill
         self.timings = {"forward_s": 0.0, "sampling_s": 0.0, "steps": 0}  # filled when profile=True
 
     def _clock(self) -> float:
@@ -139,7 +141,7 @@ class Engine:
         batch = _Batch([], None, np.zeros(0, dtype=np.uint64), torch.zeros(0, dtype=torch.long, device=self.device),
                        torch.zeros(0, dtype=torch.long, device=self.device))
         while True:
-            while queue and len(batch.rows) < batch_size:  # refill: new units take the free slots
+            while queue and len(batch.rows) < batch_size and (self.refill or not batch.rows):  # new units take free slots
                 joining = [queue.popleft() for _ in range(min(batch_size - len(batch.rows), len(queue)))]
                 for u in joining:
                     waiting[u.prompt.prompt.id] -= 1

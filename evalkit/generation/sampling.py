@@ -462,7 +462,13 @@ def log_normaliser_and_entropy(logits: torch.Tensor) -> tuple[torch.Tensor, torc
     H = sum p (log Z - z) = log1p(sum e_i) + sum e_i (m - z_i) / (1 + sum e_i), sums of terms >= 0 (log Z - E[z]
     cancels on sharply peaked rows: at low temperature it lost up to 20% of the value over a 50k vocabulary; a
     softmax's p_max rounds to 1 and loses log1p of the rest). Float32 throughout, in place where it can be: on 2
-    CPU cores over a 262k vocabulary at batch 64, a third of the time the float64 form took."""
+    CPU cores over a 262k vocabulary at batch 64, a third of the time the float64 form took.
+
+    A lone row is computed as a batch of two, as the cutoffs compute it (:mod:`evalkit.generation.samplers.cutoffs`):
+    torch splits a lone row's sum among threads, so its last bits would depend on the rows beside it."""
+    if logits.shape[0] == 1:
+        log_z, entropy = log_normaliser_and_entropy(torch.cat([logits, logits]))
+        return log_z[:1], entropy[:1]
     top, arg = logits.max(dim=-1, keepdim=True)
     gap = top - logits  # m - z >= 0
     gap.clamp_(max=torch.finfo(logits.dtype).max)  # finite: a -inf logit's term is 0 * max = 0

@@ -1,0 +1,61 @@
+"""What a row of evalkit's engine computes without regard to its neighbours: linear layers at a fixed row count,
+and attention over a slot whose span may follow the longest row (evalkit.generation.slots)."""
+
+import torch
+import torch.nn.functional as F
+
+from evalkit.generation.slots import BLOCK, MARGIN, SlotCache, fixed_rows, span_for
+
+
+def test_a_linear_rows_result_does_not_depend_on_the_row_count():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(1536, 576, bias=False), torch.nn.Linear(576, 1536))
+    x = torch.randn(3 * BLOCK + 5, 1536)
+    with fixed_rows(model):
+        full = model(x)
+        for n in (1, 7, 16, BLOCK, BLOCK + 1, 2 * BLOCK - 1):
+            assert torch.equal(model(x[:n]), full[:n]), n
+        assert torch.equal(model(x[5:12][None]), full[5:12][None])  # any leading shape, any position
+    assert all(type(m) is torch.nn.Linear for m in model)  # restored on the way out
+    assert torch.allclose(model(x[:7]), full[:7], atol=1e-5)
+
+
+def test_attention_gives_a_row_the_same_result_over_every_span_the_cache_may_choose():
+    torch.manual_seed(1)
+    heads, dim = 3, 64
+    for length in (1, 15, 16, 17, 100, 600):
+        q = torch.randn(1, heads * 3, 1, dim)
+        k, v = torch.randn(1, heads, length, dim), torch.randn(1, heads, length, dim)
+        results = []
+        for span in range(span_for(length - 1), span_for(length - 1) + 3 * MARGIN + 1, 7):
+            keys, values = torch.zeros(1, heads, span, dim), torch.zeros(1, heads, span, dim)
+            keys[:, :, :length], values[:, :, :length] = k, v
+            mask = torch.zeros(1, 1, 1, span).masked_fill_(torch.arange(span) >= length, torch.finfo(torch.float32).min)
+            results.append(F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True))
+        assert all(torch.equal(r, results[0]) for r in results), length
+
+
+def test_the_slot_cache_writes_each_row_at_its_own_length_and_closes_gaps():
+    from transformers import DynamicCache
+
+    prompt = DynamicCache()
+    prompt.update(torch.ones(1, 2, 5, 4), 2 * torch.ones(1, 2, 5, 4), 0)
+    short = DynamicCache()
+    short.update(3 * torch.ones(1, 2, 2, 4), 4 * torch.ones(1, 2, 2, 4), 0)
+    cache = SlotCache(rows=4, capacity=span_for(12), device="cpu")
+    cache.put(torch.tensor([0, 2]), prompt)
+    cache.put(torch.tensor([1]), short)
+    assert cache.lengths.tolist() == [5, 2, 5, 0]
+    cache.begin_step(3)
+    assert cache.span == span_for(5)
+    mask = cache.mask(torch.float32)
+    assert (mask[:, 0, 0] == 0).sum(-1).tolist() == [6, 3, 6]  # the prompt's positions and the new one
+    keys, _ = cache.update(torch.full((3, 2, 1, 4), 9.0), torch.zeros(3, 2, 1, 4), 0)
+    cache.end_step()
+    assert keys.shape == (3, 2, cache.span, 4)
+    assert keys[0, 0, 5, 0] == keys[2, 0, 5, 0] == keys[1, 0, 2, 0] == 9 and keys[1, 0, 1, 0] == 3
+    assert cache.lengths.tolist() == [6, 3, 6, 0]
+    cache.move(torch.tensor([2]), torch.tensor([1]))  # row 1 finished; the last row takes its slot
+    assert cache.lengths[1] == 6 and torch.equal(cache.keys[0][1], cache.keys[0][0])
+    sliding = cache.mask(torch.float32, sliding_window=2)
+    assert (sliding[:, 0, 0] == 0).sum(-1).tolist() == [2, 2, 2]
