@@ -141,7 +141,7 @@ class Engine:
         batch = _Batch([], None, np.zeros(0, dtype=np.uint64), torch.zeros(0, dtype=torch.long, device=self.device),
                        torch.zeros(0, dtype=torch.long, device=self.device))
         while True:
-            while queue and len(batch.rows) < batch_size and (self.refill or not batch.rows):  # new units take free slots
+            while queue and len(batch.rows) < batch_size and (self.refill or not batch.rows):  # fill the free slots
                 joining = [queue.popleft() for _ in range(min(batch_size - len(batch.rows), len(queue)))]
                 for u in joining:
                     waiting[u.prompt.prompt.id] -= 1

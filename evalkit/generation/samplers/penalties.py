@@ -60,8 +60,9 @@ def _scoped(params, scope: torch.Tensor) -> torch.Tensor:
     length = history.shape[1]
     pos = torch.arange(length, device=history.device)[None, :]
     scope = scope[:, None]
+    outputs = pos >= length - params.n_out[:, None]
     in_scope = torch.where(scope == SCOPE_ALL, torch.ones_like(pos, dtype=torch.bool),
-                           torch.where(scope == SCOPE_OUTPUT, pos >= length - params.n_out[:, None], pos >= length - scope))
+                           torch.where(scope == SCOPE_OUTPUT, outputs, pos >= length - scope))
     return (history >= 0) & in_scope
 
 
