@@ -272,28 +272,61 @@ def race(backend, prepared, settings, samples: int, n_new: int, repeats: int, *,
     def engine():
         return sum(len(g.token_ids) for g in backend.generate(units, max_new_tokens=n_new, batch_size=batch))
 
+    def waves():  # the engine without refill: new units join only when every row of the batch has finished
+        return sum(len(f.token_ids) for f in engine_of(backend, refill=False).run(units, max_new_tokens=n_new,
+                                                                                    batch_size=batch))
+
     print(f"grid: {len(settings)} settings x {samples} samples x {len(prepared)} {what}s "
           f"({len(prepared[0].token_ids)} prompt tokens in the first), {n_new} new tokens, {header} on {device} "
           f"({backend.info.dtype}), engine batch {batch}, median of {repeats}")
     engine()  # warm-up
     rate_e, t_e = median_rate(engine, repeats)
+    rate_w, t_w = median_rate(waves, repeats)
+    ceiling = forward_ceiling(backend, prepared[0], batch, n_new)
     rate_a, t_a = median_rate(baseline_a, repeats)
     rate_b, t_b = median_rate(baseline_b, repeats)
     print(f"  baseline A  generate per ({what}, setting): {rate_a:8.1f} tokens/s  ({t_a:.1f} s, {len(groups)} groups)")
     print(f"  baseline B  generate per sample: {rate_b:8.1f} tokens/s  ({t_b:.1f} s, first sample of "
           f"{len(groups)} groups)")
     print(f"  evalkit engine, {engine_label}: {rate_e:8.1f} tokens/s  ({t_e:.1f} s)")
-    print(f"  ratio engine / A: {rate_e / rate_a:.2f}x    engine / B: {rate_e / rate_b:.2f}x")
+    print(f"  evalkit engine without refill (waves): {rate_w:8.1f} tokens/s  ({t_w:.1f} s)")
+    print(f"  forward-only ceiling at batch {batch}: {ceiling:8.1f} tokens/s  (decode forward passes alone)")
+    print(f"  ratio engine / A: {rate_e / rate_a:.2f}x    engine / B: {rate_e / rate_b:.2f}x    "
+          f"engine / waves: {rate_e / rate_w:.2f}x    engine / ceiling: {rate_e / ceiling:.1%}")
     return units
+
+
+def engine_of(backend, **options) -> Engine:
+    from evalkit.generation.samplers.dry import Vocabulary
+
+    return Engine(backend.model, eos_ids=backend.eos_ids, pad_id=backend.pad_id, device=backend.info.device,
+                  decode=lambda ids: backend.tokenizer.decode(ids, skip_special_tokens=True),
+                  vocabulary=Vocabulary.of_tokenizer(backend.tokenizer), **options)  # DRY's sequence breakers
+
+
+@torch.inference_mode()
+def forward_ceiling(backend, prompt, rows: int, n_new: int) -> float:
+    """Tokens/s of the engine's decode forward passes alone (no sampling, no host work between them): ``rows`` rows
+    of ``prompt`` decoding ``n_new`` steps, each row in its slot: what the engine would make if sampling were free."""
+    from evalkit.generation.slots import SlotCache, span_for
+
+    engine = engine_of(backend)
+    prefill = engine._prefill(prompt)
+    cache = SlotCache(rows, span_for(len(prompt.token_ids) + n_new), backend.info.device)
+    cache.put(torch.arange(rows, device=backend.info.device), prefill.cache)
+    tokens = prefill.logits.argmax(-1).repeat(rows)
+    offsets = torch.zeros(rows, dtype=torch.long, device=backend.info.device)
+    engine._forward(tokens, cache, offsets)  # warm-up
+    start = engine._clock()
+    for _ in range(n_new - 2):
+        engine._forward(tokens, cache, offsets)
+    engine.profile = True
+    return rows * (n_new - 2) / (engine._clock() - start)
 
 
 def profile(backend, units, max_new_tokens: int, rows: int = 64) -> dict:
     """Decode ``units`` at batch ``rows`` with the engine's own clock: its timings (forward_s, sampling_s, steps)."""
-    from evalkit.generation.samplers.dry import Vocabulary
-
-    engine = Engine(backend.model, eos_ids=backend.eos_ids, pad_id=backend.pad_id, device=backend.info.device,
-                    decode=lambda ids: backend.tokenizer.decode(ids, skip_special_tokens=True), profile=True,
-                    vocabulary=Vocabulary.of_tokenizer(backend.tokenizer))  # DRY's sequence breakers
+    engine = engine_of(backend, profile=True)
     for _ in engine.run(units, max_new_tokens=max_new_tokens, batch_size=rows):
         pass
     return {**engine.timings, "rows": rows}

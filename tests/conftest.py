@@ -56,6 +56,27 @@ def build_tiny_model(directory: Path, *, chat_template: bool = True, context: in
     return directory
 
 
+def build_tiny_gemma(directory: Path, *, sliding_window: int = 4) -> Path:
+    """A tiny Gemma 3 text model: a sliding-window layer (of ``sliding_window`` tokens, shorter than the prompts)
+    and a full-attention one, the architecture's own norms and scalings."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    fast = bpe_tokenizer()
+    fast.chat_template = CHAT_TEMPLATE
+    config = Gemma3TextConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8,
+                              sliding_window=sliding_window, layer_types=["sliding_attention", "full_attention"],
+                              max_position_embeddings=128, eos_token_id=fast.eos_token_id,
+                              pad_token_id=fast.pad_token_id, bos_token_id=None)
+    torch.manual_seed(1)
+    model = Gemma3ForCausalLM(config)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    fast.save_pretrained(directory)
+    return directory
+
+
 # What a test module needs, by module: its markers (see pyproject.toml); server, ray, browser, sandbox and vllm tests
 # are slow.
 MODULE_MARKERS = {"test_served": ("server",), "test_ray": ("ray",), "test_report_browser": ("browser",),

@@ -14,7 +14,7 @@ from evalkit.prompts import load_prompts
 from evalkit.settings import Setting
 from evalkit.seeds import derive_seed
 
-from conftest import base_config
+from conftest import base_config, build_tiny_gemma
 
 SETTINGS = [Setting(temperature=0), Setting(temperature=0.7, top_p=0.9), Setting(temperature=1.0),
             Setting(temperature=1.3, top_k=20), Setting(temperature=1.0, min_p=0.1)]
@@ -244,3 +244,24 @@ def test_rows_that_shared_the_first_step_go_on_with_their_own_state(backend):
     for key, g in together.items():
         assert g.token_ids == alone[key].token_ids, key
     assert len({tuple(g.token_ids) for g in together.values()}) > len(settings) * 2  # the rows did diverge
+
+
+def test_a_sliding_window_model_decodes_as_transformers_generate(tmp_path_factory):
+    """Gemma 3's layers alternate a sliding window (4 tokens here, shorter than every prompt) with full attention:
+    each row's slot is masked per layer type. Greedy rows equal generate(do_sample=False) on each prompt alone,
+    token for token, and sampled rows are the same at batch 1 and 64."""
+    model_dir = build_tiny_gemma(tmp_path_factory.mktemp("tiny-gemma"))
+    config = config_from_dict(base_config(model_dir, tmp_path_factory.mktemp("unused")))
+    gemma = load_backend(config)
+    gemma.prepared = gemma.prepare(load_prompts(config), chat_template="auto", system_prompt=None, max_new_tokens=16)
+    assert min(len(p.token_ids) for p in gemma.prepared) > 4
+    greedy = generate(gemma, units_for(gemma, [Setting(temperature=0)], samples=1), 64, max_new_tokens=16)
+    for p in gemma.prepared:
+        ids = torch.tensor([p.token_ids])
+        theirs = gemma.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=16,
+                                      eos_token_id=gemma.eos_ids, pad_token_id=gemma.pad_id)[0, ids.shape[1]:].tolist()
+        end = next((i for i, t in enumerate(theirs) if t in gemma.eos_ids), None)
+        assert list(greedy[(p.prompt.id, "t0-p1", 0)].token_ids) == theirs[:end], p.prompt.id
+    sampled = units_for(gemma, SETTINGS[1:3], samples=4)
+    together, alone = generate(gemma, sampled, 64, max_new_tokens=16), generate(gemma, sampled, 1, max_new_tokens=16)
+    assert all(together[k].token_ids == alone[k].token_ids and together[k].stats == alone[k].stats for k in together)

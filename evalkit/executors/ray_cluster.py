@@ -3,15 +3,15 @@
 - Each of ``executor.workers`` actors loads the model once (``gpus_per_worker`` GPUs and
   ``cpus_per_worker`` CPUs each). The driver loads nothing: the first actor renders and tokenizes
   the prompts and reports what was loaded, so a driver without a GPU can run a sweep of a large model.
-- The driver plans the work units as a local run does and cuts them into shards as the local engine
-  cuts its waves (ordered by prompt, ``batch_size`` at a time), so a prompt's shared prefill still pays
-  and each shard is decoded in the very batch a local run decodes it in. Each actor has at most two
+- The driver plans the work units as a local run does and cuts them into shards in prompt order,
+  ``batch_size`` at a time, so a prompt's shared prefill still pays. Each actor has at most two
   shards queued; records come back shard by shard and the driver alone writes the run directory, so
   parts, ``--resume``, the sample cache, the manifest and the run index behave as in a local run.
-- A sample's random stream comes from its own seed and each shard is decoded in the batch a local run
-  decodes it in, so the samples equal a local run's whatever the number of workers. On CPU, to the bit
-  where a worker runs as many threads as the local run (``cpus_per_worker``: a matrix product's float
-  sums split by thread count); with fewer, a rare sample can differ.
+- A sample's random stream comes from its own seed, and on CPU evalkit's engine gives a sample the same
+  tokens whatever rows share its batch (:mod:`evalkit.generation.slots`), so the samples equal a local
+  run's whatever the number of workers: to the bit where a worker runs as many threads as the local run
+  (``cpus_per_worker``: a matrix product's float sums split by thread count); with fewer, a rare sample
+  can differ. On a GPU a shard's batches are not the local run's, and a rare sample can differ too.
 - An actor that dies (killed, out of memory) has its unfinished shards given to the actors still alive,
   at most ``executor.max_retries`` times each; with no actor left, or a shard past its retries, the run
   stops naming it, with every finished sample kept (``--resume`` continues). Ctrl-C and any error kill
@@ -170,10 +170,9 @@ def lost_worker(ray) -> tuple[type, ...]:
 
 
 def shards(units: list[WorkUnit], size: int, per_prompt: bool = False) -> list[list[WorkUnit]]:
-    """The units cut as the local engine cuts its decode waves: ordered by prompt (first seen first), then
-    ``size`` at a time (within one prompt with ``per_prompt``). A shard is then decoded in the batch a local
-    run decodes it in, so its samples are the same to the bit, and a prompt's units go together (a wave
-    may end in the middle of one prompt and start the next)."""
+    """The units ordered by prompt (first seen first), then ``size`` at a time (within one prompt with
+    ``per_prompt``): a prompt's units go together, so its prefill is shared (a shard may end in the middle of one
+    prompt and start the next)."""
     order: dict[str, list[WorkUnit]] = {}
     for u in units:
         order.setdefault(u.prompt.prompt.id, []).append(u)
@@ -283,7 +282,7 @@ class RayExecutor:
     def run(self, units: list[WorkUnit], *, max_new_tokens: int, batch_size: int, stop: tuple[str, ...],
             progress: Callable[[int, int | str], None]) -> Iterator[SampleRecord]:
         ray, ex = self.ray, self.config.executor
-        # a vision-language model decodes one prompt per wave: so do its shards
+        # a vision-language model's prompts are images: a shard holds one, so no worker prefills an image twice
         queue = deque(shards(units, batch_size, per_prompt=self.config.kind == "image-to-text"))
         self.counts["shards"] += len(queue)
         tries = {id(s): 0 for s in queue}

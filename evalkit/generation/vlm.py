@@ -3,8 +3,8 @@ Qwen2.5-VL, LLaVA, SmolVLM, Idefics, ...) with its processor and chat template.
 
 A prompt is an image with a question. The processor renders the conversation through the
 model's chat template and turns it into token ids (image placeholders expanded) and the
-image's model inputs (pixel values, grid sizes); decoding is evalkit's engine, one prompt per
-wave, so temperature, top-p, top-k and min-p act exactly as they do for text models.
+image's model inputs (pixel values, grid sizes); decoding is evalkit's engine, each prompt
+prefilled alone with its image's inputs, so temperature, top-p, top-k and min-p act exactly as they do for text models.
 """
 
 from __future__ import annotations
