@@ -301,7 +301,8 @@ def engine_of(backend, **options) -> Engine:
 
     return Engine(backend.model, eos_ids=backend.eos_ids, pad_id=backend.pad_id, device=backend.info.device,
                   decode=lambda ids: backend.tokenizer.decode(ids, skip_special_tokens=True),
-                  vocabulary=Vocabulary.of_tokenizer(backend.tokenizer), **options)  # DRY's sequence breakers
+                  vocabulary=Vocabulary.of_tokenizer(backend.tokenizer),  # DRY's sequence breakers
+                  prompt_inputs=backend.prompt_inputs, **options)  # an image's inputs (VLMs)
 
 
 @torch.inference_mode()
@@ -315,7 +316,7 @@ def forward_ceiling(backend, prompt, rows: int, n_new: int) -> float:
     cache = SlotCache(rows, span_for(len(prompt.token_ids) + n_new), backend.info.device)
     cache.put(torch.arange(rows, device=backend.info.device), prefill.cache)
     tokens = prefill.logits.argmax(-1).repeat(rows)
-    offsets = torch.zeros(rows, dtype=torch.long, device=backend.info.device)
+    offsets = torch.full((rows,), prefill.offset, dtype=torch.long, device=backend.info.device)
     engine._forward(tokens, cache, offsets)  # warm-up
     start = engine._clock()
     for _ in range(n_new - 2):

@@ -35,7 +35,9 @@ MACHINE = [r"^machine: .+, \d+ cores.*; torch \d+ threads \(interop \d+\), BLAS 
 RACE = [rf"^  baseline A  generate per \((prompt|image), setting\): +{N} tokens/s",
         rf"^  baseline B  generate per sample: +{N} tokens/s",
         rf"^  evalkit engine, .+: +{N} tokens/s",
-        rf"^  ratio engine / A: {N}x +engine / B: {N}x$"]
+        rf"^  evalkit engine without refill \(waves\): +{N} tokens/s",
+        rf"^  forward-only ceiling at batch \d+: +{N} tokens/s",
+        rf"^  ratio engine / A: {N}x +engine / B: {N}x +engine / waves: {N}x +engine / ceiling: {N}%$"]
 
 
 def require(variable: str, why: str) -> None:

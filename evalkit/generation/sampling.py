@@ -494,7 +494,8 @@ def _inverse_cdf(probs: torch.Tensor, x: torch.Tensor, of: torch.Tensor | None =
         j = torch.searchsorted(cdf, (x * cdf[:, -1])[:, None], right=True)
         return j.clamp(max=vocab - 1)
     blocks = -(-vocab // BLOCK)
-    padded = torch.nn.functional.pad(probs, (0, blocks * BLOCK - vocab)).view(rows, blocks, BLOCK)
+    whole = probs if vocab % BLOCK == 0 else torch.nn.functional.pad(probs, (0, blocks * BLOCK - vocab))
+    padded = whole.reshape(rows, blocks, BLOCK)  # a view, not a copy, when the vocabulary fills its blocks
     block_cdf = padded.sum(dim=-1).double().cumsum(dim=-1)[of]
     target = x * block_cdf[:, -1]
     b = torch.searchsorted(block_cdf, target[:, None], right=True).clamp(max=blocks - 1)
