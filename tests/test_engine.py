@@ -265,3 +265,13 @@ def test_a_sliding_window_model_decodes_as_transformers_generate(tmp_path_factor
     sampled = units_for(gemma, SETTINGS[1:3], samples=4)
     together, alone = generate(gemma, sampled, 64, max_new_tokens=16), generate(gemma, sampled, 1, max_new_tokens=16)
     assert all(together[k].token_ids == alone[k].token_ids and together[k].stats == alone[k].stats for k in together)
+
+
+def test_a_model_with_layers_the_slots_cannot_hold_is_refused_in_one_line(backend, monkeypatch):
+    from evalkit.generation.engine import UnsupportedModel
+
+    config = backend.model.config
+    monkeypatch.setattr(config, "layer_types", ["full_attention", "linear_attention"], raising=False)
+    with pytest.raises(UnsupportedModel, match=r"^evalkit's engine decodes layers of full or sliding-window "
+                                               r"attention; the model \(llama\) has linear_attention layers$"):
+        list(backend.generate(units_for(backend, SETTINGS[:1], samples=1), max_new_tokens=4, batch_size=8))

@@ -275,5 +275,9 @@ def test_rows_at_different_steps_joined_warp_as_they_do_apart():
     assert joined.n_out.tolist() == [5, 5, 5, 1, 1, 1, 0, 0]
     # min_tokens holds the end token back on its rows, each short of it by its own count
     assert warped(logits, joined)[[4, 6], 0].isinf().all()
+    # the widest rows leave: the history loses the columns no row fills, and nothing else changes
+    rest = joined[torch.tensor([0, 1, 2, 6, 7])]
+    assert rest.trimmed().history.shape[1] == 3 + 5 < joined.history.shape[1] == 9 + 1
+    assert torch.equal(warped(logits[[0, 1, 2, 6, 7]], rest.trimmed()), apart[[0, 1, 2, 6, 7]])
     with pytest.raises(EvalkitError, match="different universes"):
         RowParams.cat([a, RowParams.from_settings(universe[4:], universe=universe[4:])])

@@ -59,3 +59,13 @@ def test_the_slot_cache_writes_each_row_at_its_own_length_and_closes_gaps():
     assert cache.lengths[1] == 6 and torch.equal(cache.keys[0][1], cache.keys[0][0])
     sliding = cache.mask(torch.float32, sliding_window=2)
     assert (sliding[:, 0, 0] == 0).sum(-1).tolist() == [2, 2, 2]
+
+
+def test_keys_and_values_of_different_widths_get_slots_of_their_own_width():
+    from transformers import DynamicCache
+
+    prompt = DynamicCache()
+    prompt.update(torch.ones(1, 1, 3, 12), torch.ones(1, 1, 3, 8), 0)  # as multi-head latent attention caches them
+    cache = SlotCache(rows=2, capacity=span_for(6), device="cpu")
+    cache.put(torch.tensor([0, 1]), prompt)
+    assert cache.keys[0].shape[-1] == 12 and cache.values[0].shape[-1] == 8

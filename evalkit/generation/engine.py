@@ -11,7 +11,8 @@ at once, and new units take their slots before the next step: the batch stays fu
 A row's first token comes from its prompt's prefill, drawn from one distribution per (prompt, setting) that every
 such row shares. On CPU every decode step runs its linear layers at a fixed row count, and each row attends over its
 own slot: a sample is the same at any batch size, with or without refill (:mod:`evalkit.generation.slots`). On
-out-of-memory the unfinished units are retried at half the batch size; their random streams give the same tokens.
+out-of-memory (CUDA) the unfinished units are retried at half the batch size; their random streams give them the
+same tokens, but for the last bits of the logits, which on a GPU depend on the batch's shape.
 
 With ``prompt_inputs`` (vision-language models) a prompt's own model inputs (pixel values, image grid sizes, ...)
 go into its prefill, whose position ids the model computes itself. Models with multimodal RoPE (Qwen2-VL and its
@@ -39,6 +40,10 @@ from evalkit.seeds import uniforms
 
 class DecodeError(EvalkitError):
     """Logits that define no distribution (NaN, +inf, or all -inf)."""
+
+
+class UnsupportedModel(EvalkitError):
+    """A model whose layers evalkit's engine cannot decode (see :meth:`Engine._check_layers`)."""
 
 
 @dataclass
@@ -218,7 +223,7 @@ class Engine:
                        torch.tensor(holes, dtype=torch.long, device=self.device))
         index = torch.tensor(order, dtype=torch.long, device=self.device)
         batch.rows = [batch.rows[i] for i in order]
-        batch.params = batch.params[index] if order else None
+        batch.params = batch.params[index].trimmed() if order else None
         batch.seeds, batch.chosen, batch.offsets = batch.seeds[order], batch.chosen[index], batch.offsets[index]
 
     def _draw(self, logits: torch.Tensor, params: RowParams, seeds: np.ndarray, steps: np.ndarray, rows: list[_Row],
@@ -272,7 +277,24 @@ class Engine:
         except TypeError:  # a model whose forward has no logits_to_keep
             out = self.model(**kwargs)
         offset = self._rope_delta() if self.prompt_inputs else 0
-        return _Prefill(out.cache, out.logits[:, -1, :], offset)
+        self._check_layers(out.cache)
+        return _Prefill(out.cache, out.logits[:, -1, :].clone(), offset)
+
+    def _check_layers(self, cache) -> None:
+        """Refuse, in one line, a model the slot cache cannot decode: layers of another kind than full or sliding
+        attention, or layers that cache no keys and values of their own (linear attention, shared KV)."""
+        config = self.model.config.get_text_config()
+        kind = getattr(config, "model_type", type(self.model).__name__)
+        other = sorted(set(getattr(config, "layer_types", None) or ()) - {"full_attention", "sliding_attention"})
+        if other:
+            raise UnsupportedModel(f"evalkit's engine decodes layers of full or sliding-window attention; the model "
+                                   f"({kind}) has {other[0]} layers")
+        for i, layer in enumerate(getattr(cache, "layers", None) or [None]):
+            keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+            if not (isinstance(keys, torch.Tensor) and isinstance(values, torch.Tensor) and keys.dim() == 4
+                    and values.dim() == 4 and keys.shape[2] == values.shape[2]):
+                raise UnsupportedModel(f"evalkit's engine keeps each layer's keys and values per row; layer {i} of "
+                                       f"the model ({kind}) caches none of its own")
 
     def _forward(self, tokens: torch.Tensor, cache: SlotCache, offsets: torch.Tensor) -> torch.Tensor:
         """One decode step of every row: each attends over its own slot, and (on CPU) every linear layer runs at
@@ -281,8 +303,13 @@ class Engine:
         cache.begin_step(n)
         config = self.model.config.get_text_config()
         dtype = self.model.dtype
-        if "sliding_attention" in (getattr(config, "layer_types", None) or ()):
-            mask = {"full_attention": cache.mask(dtype), "sliding_attention": cache.mask(dtype, config.sliding_window)}
+        layer_types = getattr(config, "layer_types", None)
+        if layer_types:  # the config says each layer's kind: the final word
+            mask = {"full_attention": cache.mask(dtype)}
+            if "sliding_attention" in layer_types:
+                mask["sliding_attention"] = cache.mask(dtype, config.sliding_window)
+            if set(mask) == {"full_attention"}:
+                mask = mask["full_attention"]
         elif getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
             mask = cache.mask(dtype, config.sliding_window)
         else:

@@ -162,6 +162,18 @@ class RowParams:
         out.keeps_history = any(getattr(p, "keeps_history", False) for p in parts)
         return out
 
+    def trimmed(self) -> RowParams:
+        """These rows, their histories without the leading columns that no row fills (-1 in every row): after rows
+        leave, the history is no wider than the longest row still in flight needs. Every stage reads a history from
+        its right end, so nothing changes but the width."""
+        history = self.history
+        if not history.shape[1] or not bool((history[:, 0] < 0).all()):
+            return self
+        filled = (history >= 0).any(dim=0)
+        first = int(filled.int().argmax()) if bool(filled.any()) else history.shape[1]
+        self.history = history[:, first:]
+        return self
+
     def advance(self, tokens: torch.Tensor, logprob: torch.Tensor) -> None:
         """After a draw: each row's state moves on (its history grows by its token, mirostat's mu is updated)."""
         for t in TRANSFORMS.values():

@@ -64,15 +64,19 @@ class SlotCache:
         layers = prompt_cache.layers
         if not self.keys:
             for layer in layers:
-                _, heads, _, dim = layer.keys.shape
-                shape = (self.rows, heads, self.capacity, dim)
-                self.keys.append(torch.zeros(shape, dtype=layer.keys.dtype, device=self.device))
-                self.values.append(torch.zeros(shape, dtype=layer.values.dtype, device=self.device))
+                self.keys.append(self._buffer(layer.keys))
+                self.values.append(self._buffer(layer.values))
         n = layers[0].keys.shape[2]
         for mine_k, mine_v, layer in zip(self.keys, self.values, layers):
             mine_k[slots, :, :n] = layer.keys[0]
             mine_v[slots, :, :n] = layer.values[0]
         self.lengths[slots] = n
+
+    def _buffer(self, like: torch.Tensor) -> torch.Tensor:
+        """The slots of one layer's keys or values, shaped as a prompt's [1, heads, tokens, size] (each sized by its
+        own tensor: some attentions cache keys and values of different widths)."""
+        _, heads, _, size = like.shape
+        return torch.zeros((self.rows, heads, self.capacity, size), dtype=like.dtype, device=self.device)
 
     def move(self, source: torch.Tensor, target: torch.Tensor) -> None:
         """Move rows ``source`` to slots ``target`` (to close the gaps that finished rows leave)."""

@@ -5,15 +5,22 @@ from __future__ import annotations
 import torch
 
 from evalkit.generation.samplers.base import NEG_INF, Transform
+from evalkit.generation.samplers.cutoffs import _as_in_a_batch
 
 
 def top_n_sigma(out: torch.Tensor, params) -> torch.Tensor:
     """Top-n-sigma (Tang et al. 2024): over the finite logits, those below max - n * std removed (std over the
-    finite logits, population form). It does not depend on the temperature: both sides scale alike."""
+    finite logits, population form). It does not depend on the temperature: both sides scale alike. A lone row is
+    computed as a batch of two (its mean and variance are sums over the vocabulary: see
+    :mod:`evalkit.generation.samplers.cutoffs`)."""
     n = params.top_n_sigma
-    on = n > 0
-    if not bool(on.any()):
+    if not bool((n > 0).any()):
         return out
+    return _as_in_a_batch(_top_n_sigma, out, n)
+
+
+def _top_n_sigma(out: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    on = n > 0
     finite = out.isfinite()
     count = finite.sum(dim=-1, keepdim=True).clamp(min=1)
     z = torch.where(finite, out, torch.zeros_like(out))
