@@ -194,7 +194,8 @@ class Engine:
                                              (torch.tensor(group_of, device=device), heads))
         finished = self._advance_rows(rows, chosen, columns, stop, max_new_tokens)
         yield from (f for _, f in finished)
-        keep = [i for i in range(len(rows)) if i not in {i for i, _ in finished}]
+        gone = {i for i, _ in finished}
+        keep = [i for i in range(len(rows)) if i not in gone]
         if not keep:
             return
         index = torch.tensor(keep, dtype=torch.long, device=device)
