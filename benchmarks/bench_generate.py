@@ -46,7 +46,6 @@ from machine import print_load, print_machine, smoke_threads
 from evalkit.generation import WorkUnit, load_backend
 from evalkit.config import config_from_dict
 from evalkit.prompts import load_prompts
-from evalkit.generation.engine import Engine
 from evalkit.seeds import derive_seed
 from evalkit.settings import Setting
 
@@ -273,7 +272,7 @@ def race(backend, prepared, settings, samples: int, n_new: int, repeats: int, *,
         return sum(len(g.token_ids) for g in backend.generate(units, max_new_tokens=n_new, batch_size=batch))
 
     def waves():  # the engine without refill: new units join only when every row of the batch has finished
-        return sum(len(f.token_ids) for f in engine_of(backend, refill=False).run(units, max_new_tokens=n_new,
+        return sum(len(f.token_ids) for f in backend.engine(refill=False).run(units, max_new_tokens=n_new,
                                                                                     batch_size=batch))
 
     print(f"grid: {len(settings)} settings x {samples} samples x {len(prepared)} {what}s "
@@ -296,22 +295,13 @@ def race(backend, prepared, settings, samples: int, n_new: int, repeats: int, *,
     return units
 
 
-def engine_of(backend, **options) -> Engine:
-    from evalkit.generation.samplers.dry import Vocabulary
-
-    return Engine(backend.model, eos_ids=backend.eos_ids, pad_id=backend.pad_id, device=backend.info.device,
-                  decode=lambda ids: backend.tokenizer.decode(ids, skip_special_tokens=True),
-                  vocabulary=Vocabulary.of_tokenizer(backend.tokenizer),  # DRY's sequence breakers
-                  prompt_inputs=backend.prompt_inputs, **options)  # an image's inputs (VLMs)
-
-
 @torch.inference_mode()
 def forward_ceiling(backend, prompt, rows: int, n_new: int) -> float:
     """Tokens/s of the engine's decode forward passes alone (no sampling, no host work between them): ``rows`` rows
     of ``prompt`` decoding ``n_new`` steps, each row in its slot: what the engine would make if sampling were free."""
     from evalkit.generation.slots import SlotCache, span_for
 
-    engine = engine_of(backend)
+    engine = backend.engine()
     prefill = engine._prefill(prompt)
     cache = SlotCache(rows, span_for(len(prompt.token_ids) + n_new), backend.info.device)
     cache.put(torch.arange(rows, device=backend.info.device), prefill.cache)
@@ -328,7 +318,7 @@ def forward_ceiling(backend, prompt, rows: int, n_new: int) -> float:
 
 def profile(backend, units, max_new_tokens: int, rows: int = 64) -> dict:
     """Decode ``units`` at batch ``rows`` with the engine's own clock: its timings (forward_s, sampling_s, steps)."""
-    engine = engine_of(backend, profile=True)
+    engine = backend.engine(profile=True)
     for _ in engine.run(units, max_new_tokens=max_new_tokens, batch_size=rows):
         pass
     return {**engine.timings, "rows": rows}

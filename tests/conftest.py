@@ -49,10 +49,13 @@ def build_tiny_model(directory: Path, *, chat_template: bool = True, context: in
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context,
                          eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id, bos_token_id=None)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
+    return _saved(LlamaForCausalLM(config), fast, directory)
+
+
+def _saved(model, tokenizer, directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
-    fast.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
     return directory
 
 
@@ -70,11 +73,7 @@ def build_tiny_gemma(directory: Path, *, sliding_window: int = 4) -> Path:
                               max_position_embeddings=128, eos_token_id=fast.eos_token_id,
                               pad_token_id=fast.pad_token_id, bos_token_id=None)
     torch.manual_seed(1)
-    model = Gemma3ForCausalLM(config)
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory)
-    fast.save_pretrained(directory)
-    return directory
+    return _saved(Gemma3ForCausalLM(config), fast, directory)
 
 
 # What a test module needs, by module: its markers (see pyproject.toml); server, ray, browser, sandbox and vllm tests

@@ -50,8 +50,6 @@ def test_default_model_samples_are_the_same_at_any_batch_size_with_and_without_r
     """The issue's case on the real model (quickstart prompts, temperature 1.3, top_p 0.9, seed 4, 12 tokens):
     batch sizes 1, 7 and 64, refill on and off, give every sample the same tokens and statistics."""
     from evalkit.generation import WorkUnit, load_backend
-    from evalkit.generation.engine import Engine
-    from evalkit.generation.samplers.dry import Vocabulary
     from evalkit.prompts import load_prompts
     from evalkit.seeds import derive_seed
     from evalkit.settings import Setting
@@ -64,11 +62,8 @@ def test_default_model_samples_are_the_same_at_any_batch_size_with_and_without_r
     units = [WorkUnit(p, setting, i, derive_seed(4, p.prompt.id, setting.id, i)) for p in prepared for i in range(6)]
 
     def run(units, batch_size, refill=True):
-        engine = Engine(backend.model, eos_ids=backend.eos_ids, pad_id=backend.pad_id, device="cpu", refill=refill,
-                        decode=lambda ids: backend.tokenizer.decode(ids, skip_special_tokens=True),
-                        vocabulary=Vocabulary.of_tokenizer(backend.tokenizer))
         return {(f.unit.prompt.prompt.id, f.unit.sample_index): (f.token_ids, f.stats)
-                for f in engine.run(units, max_new_tokens=12, batch_size=batch_size)}
+                for f in backend.engine(refill=refill).run(units, max_new_tokens=12, batch_size=batch_size)}
 
     reference = run(units, 64)
     assert len({tokens[0] for tokens, _ in reference.values() if tokens}) > 5  # the samples do differ

@@ -45,13 +45,7 @@ def test_every_unit_once(backend):
 
 
 def engine_run(backend, units, batch_size, *, refill=True, max_new_tokens=12, stop=()):
-    from evalkit.generation.engine import Engine
-    from evalkit.generation.samplers.dry import Vocabulary
-
-    engine = Engine(backend.model, eos_ids=backend.eos_ids, pad_id=backend.pad_id, device="cpu", refill=refill,
-                    decode=lambda ids: backend.tokenizer.decode(ids, skip_special_tokens=True),
-                    vocabulary=Vocabulary.of_tokenizer(backend.tokenizer))
-    out = engine.run(units, max_new_tokens=max_new_tokens, batch_size=batch_size, stop=stop)
+    out = backend.engine(refill=refill).run(units, max_new_tokens=max_new_tokens, batch_size=batch_size, stop=stop)
     return {(f.unit.prompt.prompt.id, f.unit.setting.id, f.unit.sample_index): f for f in out}
 
 

@@ -159,14 +159,19 @@ class EngineBackend(TokenizedBackend):
             return max(1, min(4096, int(0.7 * free) // per_row))
         return max(1, min(64, (4 << 30) // per_row))
 
-    def generate(self, units: list[WorkUnit], *, max_new_tokens: int, batch_size: int,
-                 stop: tuple[str, ...] = (), progress: ProgressFn | None = None) -> Iterator[SampleRecord]:
+    def engine(self, **options: Any):
+        """evalkit's engine on this backend's model and tokenizer (``options``: the engine's own, e.g. ``refill``,
+        ``profile``)."""
         from evalkit.generation.engine import Engine
         from evalkit.generation.samplers.dry import Vocabulary
 
-        engine = Engine(self.model, eos_ids=self.eos_ids, pad_id=self.pad_id, device=self.info.device,
-                        decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
-                        prompt_inputs=self.prompt_inputs, vocabulary=Vocabulary.of_tokenizer(self.tokenizer))
+        return Engine(self.model, eos_ids=self.eos_ids, pad_id=self.pad_id, device=self.info.device,
+                      decode=lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True),
+                      prompt_inputs=self.prompt_inputs, vocabulary=Vocabulary.of_tokenizer(self.tokenizer), **options)
+
+    def generate(self, units: list[WorkUnit], *, max_new_tokens: int, batch_size: int,
+                 stop: tuple[str, ...] = (), progress: ProgressFn | None = None) -> Iterator[SampleRecord]:
+        engine = self.engine()
         for f in engine.run(units, max_new_tokens=max_new_tokens, batch_size=batch_size, stop=stop,
                             progress=progress):
             yield SampleRecord(unit=f.unit, token_ids=tuple(f.token_ids), text=f.text, finish_reason=f.finish_reason,
