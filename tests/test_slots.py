@@ -4,14 +4,14 @@ and attention over a slot whose span may follow the longest row (evalkit.generat
 import torch
 import torch.nn.functional as F
 
-from evalkit.generation.slots import BLOCK, MARGIN, SlotCache, fixed_rows, span_for
+from evalkit.generation.slots import BLOCK, MARGIN, SlotCache, fixed_rows, linears_of, span_for
 
 
 def test_a_linear_rows_result_does_not_depend_on_the_row_count():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(1536, 576, bias=False), torch.nn.Linear(576, 1536))
     x = torch.randn(3 * BLOCK + 5, 1536)
-    with fixed_rows(model):
+    with fixed_rows(linears_of(model)):
         full = model(x)
         for n in (1, 7, 16, BLOCK, BLOCK + 1, 2 * BLOCK - 1):
             assert torch.equal(model(x[:n]), full[:n]), n

@@ -34,7 +34,7 @@ from transformers import DynamicCache
 from evalkit.generation.base import ENGINE_STAT_COLUMNS, WorkUnit
 from evalkit.errors import EvalkitError
 from evalkit.generation.sampling import RowParams, check_logits, log_normaliser_and_entropy, sample, warp
-from evalkit.generation.slots import SlotCache, fixed_rows, span_for
+from evalkit.generation.slots import SlotCache, fixed_rows, linears_of, span_for
 from evalkit.seeds import uniforms
 
 
@@ -102,6 +102,8 @@ class Engine:
         self.profile, self.prompt_inputs = profile, prompt_inputs
         # refill=False: waves (new units join only when every row has finished), to measure what refill gives
         self.refill = refill
+        # on CPU every linear layer of a decode step runs at a fixed row count (evalkit.generation.slots)
+        self.fixed = linears_of(model) if device == "cpu" else []
         self.timings = {"forward_s": 0.0, "sampling_s": 0.0, "steps": 0}  # filled when profile=True
 
     def _clock(self) -> float:
@@ -316,7 +318,7 @@ class Engine:
         else:
             mask = cache.mask(dtype)
         positions = (cache.lengths[:n] + offsets)[:, None]
-        with fixed_rows(self.model, on=self.device == "cpu"):
+        with fixed_rows(self.fixed):
             out = self.model(input_ids=tokens[:, None], attention_mask=mask, cache=cache, use_cache=True,
                              position_ids=positions)
         cache.end_step()

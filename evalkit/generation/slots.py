@@ -129,11 +129,15 @@ class _FixedRowsLinear(torch.nn.Linear):
         return out[:n].reshape(*x.shape[:-1], out.shape[-1])
 
 
+def linears_of(model: torch.nn.Module) -> list[torch.nn.Linear]:
+    """The plain ``nn.Linear`` layers of ``model`` (subclasses, such as quantized layers, excepted)."""
+    return [m for m in model.modules() if type(m) is torch.nn.Linear]
+
+
 @contextmanager
-def fixed_rows(model: torch.nn.Module, on: bool = True):
-    """Within: every plain ``nn.Linear`` of ``model`` computes in blocks of :data:`BLOCK` rows (nothing when not
-    ``on``)."""
-    swapped = [m for m in model.modules() if type(m) is torch.nn.Linear] if on else []
+def fixed_rows(linears: list[torch.nn.Linear]):
+    """Within: each of ``linears`` (:func:`linears_of`) computes in blocks of :data:`BLOCK` rows."""
+    swapped = list(linears)
     for m in swapped:
         m.__class__ = _FixedRowsLinear
     try:
