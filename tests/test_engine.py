@@ -269,3 +269,13 @@ def test_a_model_with_layers_the_slots_cannot_hold_is_refused_in_one_line(backen
     with pytest.raises(UnsupportedModel, match=r"^evalkit's engine decodes layers of full or sliding-window "
                                                r"attention; the model \(llama\) has linear_attention layers$"):
         list(backend.generate(units_for(backend, SETTINGS[:1], samples=1), max_new_tokens=4, batch_size=8))
+
+
+def test_samples_longer_than_the_first_slots_grow_them_and_stay_the_same(backend):
+    """The slots start at the prompt + 64 positions and grow when a row outgrows them: rows that run past that are
+    the same at batch 7 (refill, growth at another step) as at batch 64."""
+    units = units_for(backend, SETTINGS[2:4], samples=2)
+    together = engine_run(backend, units, 64, max_new_tokens=80)
+    assert max(len(f.token_ids) for f in together.values()) > 64
+    other = engine_run(backend, units, 7, max_new_tokens=80)
+    assert all(other[k].token_ids == f.token_ids and other[k].stats == f.stats for k, f in together.items())

@@ -69,3 +69,20 @@ def test_keys_and_values_of_different_widths_get_slots_of_their_own_width():
     cache = SlotCache(rows=2, capacity=span_for(6), device="cpu")
     cache.put(torch.tensor([0, 1]), prompt)
     assert cache.keys[0].shape[-1] == 12 and cache.values[0].shape[-1] == 8
+
+
+def test_the_slots_grow_when_a_row_outgrows_them_and_keep_what_they_hold():
+    from transformers import DynamicCache
+
+    prompt = DynamicCache()
+    prompt.update(torch.arange(40.0).reshape(1, 1, 10, 4), torch.ones(1, 1, 10, 4), 0)
+    cache = SlotCache(rows=2, capacity=span_for(10), device="cpu")
+    cache.put(torch.tensor([0, 1]), prompt)
+    first = cache.capacity
+    for step in range(first):  # far past the first capacity
+        cache.begin_step(2)
+        cache.update(torch.full((2, 1, 1, 4), float(step)), torch.zeros(2, 1, 1, 4), 0)
+        cache.end_step()
+    assert cache.capacity >= span_for(10 + first) > first
+    assert torch.equal(cache.keys[0][1, 0, :10], torch.arange(40.0).reshape(10, 4))  # the prompt, kept
+    assert torch.equal(cache.keys[0][0, 0, 10:10 + first, 0], torch.arange(float(first)))  # every step, in place

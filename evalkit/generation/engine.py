@@ -143,8 +143,8 @@ class Engine:
         waiting = Counter(u.prompt.prompt.id for u in units)  # a prompt's prefill is kept while its units wait
         prefills: dict[str, _Prefill] = {}
         settings = list({id(u.setting): u.setting for u in units}.values())  # every row's chain and tables agree
-        capacity = span_for(max(len(u.prompt.token_ids) for u in units) + max_new_tokens)
-        cache = SlotCache(min(batch_size, len(units)), capacity, self.device)
+        capacity = span_for(max(len(u.prompt.token_ids) for u in units) + min(max_new_tokens, 64))
+        cache = SlotCache(min(batch_size, len(units)), capacity, self.device)  # grows when a row outgrows it
         batch = _Batch([], None, np.zeros(0, dtype=np.uint64), torch.zeros(0, dtype=torch.long, device=self.device),
                        torch.zeros(0, dtype=torch.long, device=self.device))
         while True:

@@ -36,10 +36,11 @@ def span_for(length: int) -> int:
 
 
 class SlotCache:
-    """A KV cache of ``rows`` slots of ``capacity`` positions, for the model's decode steps (transformers' cache
-    protocol: :meth:`update` per layer). Rows ``0 .. active-1`` are in use; row r's tokens are at positions
-    ``0 .. lengths[r]-1`` of its slot. The layers' buffers are made from the first prompt's cache (their heads,
-    head size and dtype)."""
+    """A KV cache of ``rows`` slots of ``capacity`` positions at first, for the model's decode steps (transformers'
+    cache protocol: :meth:`update` per layer). The slots grow (to twice their positions, or to what a row needs)
+    when a row outgrows them, so memory follows the longest row, not ``max_new_tokens``. Rows ``0 .. active-1``
+    are in use; row r's tokens are at positions ``0 .. lengths[r]-1`` of its slot. The layers' buffers are made
+    from the first prompt's cache (their heads, head size and dtype)."""
 
     is_compileable = False
 
@@ -62,11 +63,12 @@ class SlotCache:
     def put(self, slots: torch.Tensor, prompt_cache) -> None:
         """Copy a prompt's prefill cache (transformers' DynamicCache of one row) into ``slots``."""
         layers = prompt_cache.layers
+        n = layers[0].keys.shape[2]
+        self._fit(span_for(n))
         if not self.keys:
             for layer in layers:
                 self.keys.append(self._buffer(layer.keys))
                 self.values.append(self._buffer(layer.values))
-        n = layers[0].keys.shape[2]
         for mine_k, mine_v, layer in zip(self.keys, self.values, layers):
             mine_k[slots, :, :n] = layer.keys[0]
             mine_v[slots, :, :n] = layer.values[0]
@@ -88,7 +90,18 @@ class SlotCache:
     def begin_step(self, rows: int) -> None:
         """Before a decode step of the first ``rows`` slots: the span they attend over."""
         self.active = rows
-        self.span = min(self.capacity, span_for(int(self.lengths[:rows].max())))
+        self.span = span_for(int(self.lengths[:rows].max()))
+        self._fit(self.span)
+
+    def _fit(self, positions: int) -> None:
+        """Grow the slots to hold ``positions`` positions, if they do not."""
+        if positions <= self.capacity:
+            return
+        self.capacity = max(positions, 2 * self.capacity)
+        for buffers in (self.keys, self.values):
+            for i, old in enumerate(buffers):
+                buffers[i] = self._buffer(old[:1])
+                buffers[i][:, :, :old.shape[2]] = old
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, kwargs=None, **_):
         """Write one new position per row (at its length) and return the rows' keys and values over the span."""
