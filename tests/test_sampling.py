@@ -7,7 +7,8 @@ from transformers import MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWa
 
 from evalkit.settings import ORDERS, Setting
 
-from evalkit.generation.sampling import CANDIDATES, EXACT_K_ORDERS, RowParams, check_logits, warp
+from evalkit.generation.sampling import (CANDIDATES, EXACT_K_ORDERS, RowParams, _top, check_logits, distribution,
+                                        largest, warp)
 
 
 def oracle(row: torch.Tensor, s: Setting, order: str = "transformers") -> torch.Tensor:
@@ -170,12 +171,56 @@ def test_greedy_rows_share_the_batch():
     assert by_row[1].index is None
 
 
-def test_bad_logits_are_found():
-    logits = torch.zeros(4, 5)
+@pytest.mark.parametrize("vocab", [5, 5000, 49152, 50257])
+def test_bad_logits_are_found(vocab):
+    logits = torch.zeros(5, vocab)
     logits[1, 2] = float("nan")
     logits[2, 0] = float("inf")
     logits[3] = float("-inf")
-    assert check_logits(logits).tolist() == [False, True, True, True]
+    logits[4, :3] = float("-inf")  # some -inf: a distribution still
+    assert check_logits(logits).tolist() == [False, True, True, True, False]
+
+
+@pytest.mark.parametrize("vocab", [1000, 4096, 49152, 50257, 262144])
+def test_the_rows_top_is_torch_max_with_the_first_of_tied_indices(vocab):
+    gen = torch.Generator().manual_seed(vocab)
+    logits = torch.randn(6, vocab, generator=gen) * 3
+    logits[0, [5, vocab - 300, vocab - 1]] = 50.0  # tied tops in different blocks: the first wins
+    logits[1, -1] = 60.0  # the top in the last, partial block
+    logits[2] = 1.5  # every logit tied
+    logits[3, : vocab // 2] = float("-inf")
+    values, indices = torch.max(logits, dim=-1, keepdim=True)
+    top, at = _top(logits)
+    assert torch.equal(top, values) and torch.equal(at, indices)
+    assert at[:3, 0].tolist() == [5, vocab - 1, 0]
+
+
+@pytest.mark.parametrize("vocab, size", [(49152, 64), (50257, 64), (262144, 64), (151936, 100), (5000, 64),
+                                         (49152, 1024)])
+def test_largest_gives_topks_values_and_distinct_indices_of_them(vocab, size):
+    gen = torch.Generator().manual_seed(size)
+    logits = torch.randn(4, vocab, generator=gen) * 3
+    logits[0, [3, 7, vocab // 2]] = 30.0  # ties among the largest
+    logits[1, vocab - 70:] = 40.0  # the largest in the last blocks, the partial one among them
+    logits[2, ::97] = 12.0  # many ties at the edge of the candidates
+    vals, idx = largest(logits, size)
+    expected = torch.topk(logits, size, dim=-1).values
+    assert torch.equal(vals, expected)
+    assert torch.equal(logits.gather(1, idx), vals)
+    assert all(len(set(row)) == size for row in idx.tolist())
+
+
+def test_a_rows_weights_are_its_softmax_unnormalised_and_its_kept_tokens_counted():
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 50000, generator=gen) * 4
+    logits[1, :123] = float("-inf")
+    logits[2, 9] += 60  # peaked past float precision
+    weights, log_z, entropy, kept = distribution(logits)
+    probs = weights / weights.sum(dim=-1, keepdim=True)
+    torch.testing.assert_close(probs, torch.softmax(logits, dim=-1), rtol=1e-5, atol=1e-12)
+    assert torch.equal(weights.amax(dim=-1), torch.ones(3))  # the top token's weight is 1
+    assert kept.tolist() == [50000, 50000 - 123, 50000]
+    torch.testing.assert_close(log_z[:, 0], torch.logsumexp(logits.double(), dim=-1).float())
 
 
 @pytest.mark.parametrize("setting, candidates", [

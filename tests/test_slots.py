@@ -86,3 +86,14 @@ def test_the_slots_grow_when_a_row_outgrows_them_and_keep_what_they_hold():
     assert cache.capacity >= span_for(10 + first) > first
     assert torch.equal(cache.keys[0][1, 0, :10], torch.arange(40.0).reshape(10, 4))  # the prompt, kept
     assert torch.equal(cache.keys[0][0, 0, 10:10 + first, 0], torch.arange(float(first)))  # every step, in place
+
+
+def test_the_cpu_engine_keeps_freed_blocks_where_malloc_is_glibcs():
+    import ctypes
+    import sys
+
+    from evalkit.generation.heap import keep_freed_blocks
+
+    glibc = sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
+    assert keep_freed_blocks() is glibc
+    assert keep_freed_blocks() is glibc  # once per process: again, the same answer

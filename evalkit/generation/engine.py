@@ -33,6 +33,7 @@ from transformers import DynamicCache
 
 from evalkit.generation.base import ENGINE_STAT_COLUMNS, WorkUnit
 from evalkit.errors import EvalkitError
+from evalkit.generation.heap import keep_freed_blocks
 from evalkit.generation.sampling import RowParams, check_logits, log_normaliser_and_entropy, sample, warp
 from evalkit.generation.slots import SlotCache, fixed_rows, linears_of, span_for
 from evalkit.seeds import uniforms
@@ -104,7 +105,10 @@ class Engine:
         self.refill = refill
         # on CPU every linear layer of a decode step runs at a fixed row count (evalkit.generation.slots)
         self.fixed = linears_of(model) if device == "cpu" else []
-        self.timings = {"forward_s": 0.0, "sampling_s": 0.0, "steps": 0}  # filled when profile=True
+        if device == "cpu":
+            keep_freed_blocks()  # a step's large tensors reused, not mapped afresh (evalkit.generation.heap)
+        # filled when profile=True: decode steps' forward passes and draws; prefills and the first draws from them
+        self.timings = {"forward_s": 0.0, "sampling_s": 0.0, "steps": 0, "prefill_s": 0.0, "first_draw_s": 0.0}
 
     def _clock(self) -> float:
         if self.profile and self.device == "cuda":
@@ -153,7 +157,10 @@ class Engine:
                 for u in joining:
                     waiting[u.prompt.prompt.id] -= 1
                     if u.prompt.prompt.id not in prefills:
+                        started = self._clock() if self.profile else 0.0
                         prefills[u.prompt.prompt.id] = self._prefill(u.prompt)
+                        if self.profile:
+                            self.timings["prefill_s"] += self._clock() - started
                 yield from self._join(batch, joining, prefills, cache, settings, max_new_tokens, stop)
                 for pid in [pid for pid in prefills if not waiting[pid]]:
                     del prefills[pid]
@@ -235,10 +242,10 @@ class Engine:
         ``grouped`` (groups, heads): ``logits`` and ``params`` are per group, row i drawing from group groups[i]."""
         started = self._clock() if self.profile else 0.0
         groups, heads = grouped if grouped is not None else (None, None)
-        self._check(logits, rows if heads is None else [rows[i] for i in heads], steps if heads is None else
-                    steps[heads])
         z = logits.float()
         lse, model_entropy = log_normaliser_and_entropy(z)
+        self._check(logits, lse, rows if heads is None else [rows[i] for i in heads], steps if heads is None else
+                    steps[heads])
         u = torch.from_numpy(uniforms(seeds, steps)).to(self.device)
         if bool((params.xtc_probability > 0).any()):  # XTC's chance: another stream of the sample's own seed
             xtc = (seeds, steps) if heads is None else (seeds[heads], steps[heads])  # (XTC rows are groups of one)
@@ -258,7 +265,7 @@ class Engine:
         columns = {"token": [int(t) for t in host[0]], "logprob_model": host[1], "logprob_sampling": host[2],
                    "entropy_model": host[3], "entropy_sampling": host[4], "n_kept": [int(k) for k in host[5]]}
         if self.profile:
-            self.timings["sampling_s"] += self._clock() - started
+            self.timings["sampling_s" if grouped is None else "first_draw_s"] += self._clock() - started
         return chosen, params, columns
 
     def _advance_rows(self, rows: list[_Row], chosen, columns: dict, stop: tuple[str, ...],
@@ -346,8 +353,8 @@ class Engine:
         return None
 
     @staticmethod
-    def _check(logits: torch.Tensor, rows: list[_Row], steps: np.ndarray) -> None:
-        bad = check_logits(logits)
+    def _check(logits: torch.Tensor, log_z: torch.Tensor, rows: list[_Row], steps: np.ndarray) -> None:
+        bad = check_logits(logits, log_z)
         if bool(bad.any()):
             first = int(bad.nonzero()[0, 0])
             u, row, step = rows[first].unit, logits[first], int(steps[first])

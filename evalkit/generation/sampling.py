@@ -333,7 +333,7 @@ def _filter_candidates(scaled: torch.Tensor, params: RowParams, size: int, row_p
     """
     neg_inf = float("-inf")
     vocab = scaled.shape[-1]
-    vals, idx = torch.topk(scaled, size, dim=-1)
+    vals, idx = largest(scaled, size)
     last = vals[:, -1]
 
     k = params.top_k.clamp(max=vocab)
@@ -375,6 +375,27 @@ def _filter_candidates(scaled: torch.Tensor, params: RowParams, size: int, row_p
     return vals, idx, fits
 
 
+SCAN_BLOCK = 64  # largest() looks for a row's largest logits in the blocks of this many with the largest maxima
+
+
+def largest(logits: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.topk(logits, size)``'s values, descending, and their indices (tied values' indices in an order of
+    their own), from the ``size`` blocks of :data:`SCAN_BLOCK` logits with the largest maxima (and the last, partial
+    block): every logit among a row's ``size`` largest lies in them, so a long vocabulary is scanned once, by a
+    reduction, and sorted in part only over ``size`` blocks (on 262k tokens, 1/16 of the row at 64 candidates)."""
+    rows, vocab = logits.shape
+    whole = vocab // SCAN_BLOCK * SCAN_BLOCK
+    if whole < 4 * size * SCAN_BLOCK:
+        return torch.topk(logits, size, dim=-1)
+    peaks = logits[:, :whole].reshape(rows, -1, SCAN_BLOCK).amax(dim=-1)
+    blocks = torch.topk(peaks, size, dim=-1, sorted=False).indices
+    at = (blocks[:, :, None] * SCAN_BLOCK + torch.arange(SCAN_BLOCK, device=logits.device)).reshape(rows, -1)
+    if whole < vocab:
+        at = torch.cat([at, torch.arange(whole, vocab, device=logits.device).expand(rows, -1)], dim=1)
+    vals, inner = torch.topk(logits.gather(1, at), size, dim=-1)
+    return vals, at.gather(1, inner)
+
+
 def warp(logits: torch.Tensor, params: RowParams,
          candidates: tuple[int, ...] = CANDIDATES) -> list[tuple[torch.Tensor, Warped]]:
     """Each row's sampling distribution, as (row indices, Warped) parts covering every row once.
@@ -403,7 +424,7 @@ def warp(logits: torch.Tensor, params: RowParams,
             parts.append((g, Warped(torch.zeros(top.shape, dtype=torch.float32, device=device), top)))
     plain = rows[~greedy & ~trunc]
     if plain.numel():
-        parts.append((plain, Warped(scale(logits[plain], params[plain]), None)))
+        parts.append((plain, Warped(scale(_rows(logits, plain), params[plain]), None)))
     engine = ORDERS[ENGINE_ORDER]
     fast_code = params.chains.index(engine) if engine in params.chains else -1
     early = before_temperature(engine)  # the processors (penalties, n-gram ban, min tokens): applied first, densely
@@ -418,7 +439,7 @@ def warp(logits: torch.Tensor, params: RowParams,
     if todo.numel() == 0:
         return parts
     sub = params[todo]
-    z = logits[todo]
+    z = _rows(logits, todo)
     if bool(sub._active(vocab, lambda name: name in early_knobs).any()):
         z = apply_chain(z, sub, early)
     scaled = scale(z, sub)
@@ -433,7 +454,7 @@ def warp(logits: torch.Tensor, params: RowParams,
     for size in candidates:
         if left.numel() == 0 or size >= vocab:
             break
-        vals, idx, fits = _filter_candidates(scaled[left], sub[left], size, row_probs[left])
+        vals, idx, fits = _filter_candidates(_rows(scaled, left), sub[left], size, _rows(row_probs, left))
         if bool(fits.any()):
             parts.append((todo[left[fits]], Warped(vals[fits], idx[fits])))
         left = left[~fits]
@@ -442,16 +463,18 @@ def warp(logits: torch.Tensor, params: RowParams,
     return parts
 
 
-def check_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Rows whose logits cannot define a distribution: any NaN or +inf, or every logit -inf."""
-    total = logits.float().sum(dim=-1)  # finite exactly when every logit is finite (the usual case)
-    bad = ~total.isfinite()
-    if not bool(bad.any()):
-        return bad
-    rows = logits[bad]
-    bad[bad.clone()] = (torch.isnan(rows).any(dim=-1) | torch.isposinf(rows).any(dim=-1)
-                        | torch.isneginf(rows).all(dim=-1))
-    return bad
+def _rows(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows ``index`` (ascending, distinct) of ``t``: ``t`` itself when they are all of its rows (no copy)."""
+    return t if index.numel() == t.shape[0] else t[index]
+
+
+def check_logits(logits: torch.Tensor, log_z: torch.Tensor | None = None) -> torch.Tensor:
+    """Rows whose logits cannot define a distribution: any NaN or +inf, or every logit -inf. Read from the rows'
+    log-normaliser (``log_z``, [rows, 1], computed when not given): it is finite exactly when the row is none of
+    these."""
+    if log_z is None:
+        log_z, _ = log_normaliser_and_entropy(logits.float())
+    return ~log_z[:, 0].isfinite()
 
 
 class Draw:
@@ -461,10 +484,15 @@ class Draw:
         self.tokens, self.logprob, self.entropy, self.kept = tokens, logprob, entropy, kept
 
 
-def distribution(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(probabilities, log-normaliser [rows, 1], entropy in nats) of each row of float32 logits: the softmax
-    (what is sampled from) and :func:`log_normaliser_and_entropy`."""
-    return (torch.softmax(logits, dim=-1), *log_normaliser_and_entropy(logits))
+def distribution(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(weights, log-normaliser [rows, 1], entropy in nats, tokens kept) of each row of float32 logits: weights
+    proportional to the softmax (exp(z_i - max z), what is sampled from: :func:`_inverse_cdf` normalises by their
+    sum), :func:`log_normaliser_and_entropy` from the same exponentials, and how many logits are not -inf."""
+    log_z, entropy, weights, holes = _normalise(logits, keep_weights=True)
+    kept = torch.full(entropy.shape, logits.shape[-1], dtype=torch.long, device=logits.device)
+    if bool(holes.any()):
+        kept[holes] = torch.count_nonzero(logits[holes] != float("-inf"), dim=-1)
+    return weights, log_z, entropy, kept
 
 
 def log_normaliser_and_entropy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -473,23 +501,57 @@ def log_normaliser_and_entropy(logits: torch.Tensor) -> tuple[torch.Tensor, torc
     With m the row's largest logit and e_i = exp(z_i - m) for every other token: log Z = m + log1p(sum e_i) and
     H = sum p (log Z - z) = log1p(sum e_i) + sum e_i (m - z_i) / (1 + sum e_i), sums of terms >= 0 (log Z - E[z]
     cancels on sharply peaked rows: at low temperature it lost up to 20% of the value over a 50k vocabulary; a
-    softmax's p_max rounds to 1 and loses log1p of the rest). Float32 throughout, in place where it can be: on 2
-    CPU cores over a 262k vocabulary at batch 64, a third of the time the float64 form took.
+    softmax's p_max rounds to 1 and loses log1p of the rest). Float32 throughout, in place where it can be: on CPU
+    each pass over the rows costs what reading them from memory costs, so the passes are few.
+
+    A row with NaN or +inf logits, or only -inf, gets a log Z that is not finite (:func:`check_logits` reads it).
 
     A lone row is computed as a batch of two, as the cutoffs compute it (:mod:`evalkit.generation.samplers.cutoffs`):
     torch splits a lone row's sum among threads, so its last bits would depend on the rows beside it."""
+    log_z, entropy, _, _ = _normalise(logits)
+    return log_z, entropy
+
+
+def _normalise(logits: torch.Tensor, keep_weights: bool = False):
+    """(log Z, entropy, the weights e_i with the top token's 1 or None, the rows with a -inf logit): see
+    :func:`log_normaliser_and_entropy`."""
     if logits.shape[0] == 1:
-        log_z, entropy = log_normaliser_and_entropy(torch.cat([logits, logits]))
-        return log_z[:1], entropy[:1]
-    top, arg = logits.max(dim=-1, keepdim=True)
-    gap = top - logits  # m - z >= 0
-    gap.clamp_(max=torch.finfo(logits.dtype).max)  # finite: a -inf logit's term is 0 * max = 0
-    e = gap.neg().exp_()
+        log_z, entropy, weights, holes = _normalise(torch.cat([logits, logits]), keep_weights)
+        return log_z[:1], entropy[:1], None if weights is None else weights[:1], holes[:1]
+    top, arg = _top(logits)
+    shifted = logits - top  # z - m <= 0
+    e = shifted.exp()
     e.scatter_(1, arg, 0.0)  # the top token's term is log1p's 1
     rest = e.sum(dim=-1, keepdim=True)
     log_z = torch.log1p(rest)
-    spread = e.mul_(gap).sum(dim=-1) / (1 + rest[:, 0])
-    return top + log_z, log_z[:, 0] + spread
+    spread = -shifted.mul_(e).sum(dim=-1)  # terms -e_i (m - z_i), in place: two temporaries of the rows' size
+    weights = e.scatter_(1, arg, 1.0) if keep_weights else None
+    holes = spread.isnan() & top[:, 0].isfinite()  # a -inf logit's term is 0 * -inf: such rows again, clamped
+    if bool(holes.any()):
+        clamped = (logits[holes] - top[holes]).clamp_(min=-torch.finfo(logits.dtype).max)  # the term: 0 * -max
+        spread[holes] = -clamped.exp().scatter_(1, arg[holes], 0.0).mul_(clamped).sum(dim=-1)
+    spread /= 1 + rest[:, 0]
+    return top + log_z, log_z[:, 0] + spread, weights, holes
+
+
+PEAK_BLOCK = 256  # _top finds a row's largest logit among the largest of its blocks of this many
+
+
+def _top(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's largest logit and the index of its first occurrence ([rows, 1] each): ``max(dim=-1)``'s result,
+    from the maxima of blocks of :data:`PEAK_BLOCK` logits and then within the first block that holds the row's
+    (on CPU, a reduction that keeps its index runs several times slower than one that keeps only the value)."""
+    rows, vocab = logits.shape
+    whole = vocab // PEAK_BLOCK * PEAK_BLOCK
+    if whole < 16 * PEAK_BLOCK:
+        return logits.max(dim=-1, keepdim=True)
+    peaks = logits[:, :whole].reshape(rows, -1, PEAK_BLOCK).amax(dim=-1)
+    if whole < vocab:
+        peaks = torch.cat([peaks, logits[:, whole:].amax(dim=-1, keepdim=True)], dim=1)
+    top, block = peaks.max(dim=-1, keepdim=True)
+    at = (block * PEAK_BLOCK + torch.arange(PEAK_BLOCK, device=logits.device)).clamp_(max=vocab - 1)
+    _, inner = logits.gather(1, at).max(dim=-1, keepdim=True)
+    return top, at.gather(1, inner)
 
 
 BLOCK = 256  # inverse-CDF sampling over a whole vocabulary goes through blocks of this many tokens
@@ -536,7 +598,7 @@ def sample(parts: list[tuple[torch.Tensor, Warped]], u: torch.Tensor, batch: int
     place = None if groups is None else torch.full((int(groups.max()) + 1,), -1, dtype=torch.long, device=device)
     for rows, part in parts:
         logits = part.logits.float()
-        probs, lse, ent = distribution(logits)
+        weights, lse, ent, n_kept = distribution(logits)
         of = None
         if place is not None:  # the rows of this part's groups, and each one's group within the part
             place[rows] = torch.arange(rows.numel(), device=device)
@@ -544,10 +606,10 @@ def sample(parts: list[tuple[torch.Tensor, Warped]], u: torch.Tensor, batch: int
             rows = (local >= 0).nonzero()[:, 0]
             of = local[rows]
             place[:] = -1
-        j = _inverse_cdf(probs, u[rows], of)
+        j = _inverse_cdf(weights, u[rows], of)
         at = torch.arange(logits.shape[0], device=device) if of is None else of
         tokens[rows] = j[:, 0] if part.index is None else part.index[at].gather(1, j)[:, 0]
         logprob[rows] = logits[at, j[:, 0]] - lse[at, 0]
         entropy[rows] = ent[at]
-        kept[rows] = torch.count_nonzero(logits != float("-inf"), dim=-1)[at]
+        kept[rows] = n_kept[at]
     return Draw(tokens, logprob, entropy, kept)

@@ -23,8 +23,9 @@ from evalkit.generation.base import SampleRecord, WorkUnit
 from evalkit.generation.gguf import cache_dir
 from evalkit.rundir.files import check_database
 
-ENGINE_VERSION = "3"  # bump when the engine's output for the same inputs changes (2: the key holds dtype,
-# device and CPU threads; 3: each prompt prefilled alone and decode steps of fixed shape, for batch invariance)
+ENGINE_VERSION = "4"  # bump when the engine's output for the same inputs changes (2: the key holds dtype,
+# device and CPU threads; 3: each prompt prefilled alone and decode steps of fixed shape, for batch invariance;
+# 4: a dense row is drawn from its exponentials, not its softmax, and candidates' tied logits ordered otherwise)
 
 
 def cache_path() -> Path:
