@@ -11,7 +11,8 @@ Grid: 6 settings x 8 samples x 4 prompts, 48 new tokens, seed 0 (``--large`` for
 Throughput counts new tokens (end-of-sequence excluded) per second; each figure is the median
 of ``--repeats`` runs. Also printed: the share of a decode step at batch 64 spent in evalkit's
 sampling transforms (checks, warp, draw, statistics) against the model's forward pass, timed
-by the engine itself over a decode of the grid.
+by the engine itself over a decode of the grid (each prompt's prefill and the first tokens drawn from it are
+timed apart from the decode steps).
 
 With ``--vllm PYTHON`` (the interpreter of vLLM's environment, e.g. ``.venv-vllm/bin/python``) it races
 evalkit's engine against vLLM instead, on the cases of ``bench_vllm.py`` (the grid above, many samples
@@ -321,14 +322,16 @@ def profile(backend, units, max_new_tokens: int, rows: int = 64) -> dict:
     engine = backend.engine(profile=True)
     for _ in engine.run(units, max_new_tokens=max_new_tokens, batch_size=rows):
         pass
-    return {**engine.timings, "rows": rows}
+    return {**engine.timings, "batch": rows}
 
 
 def share_line(t: dict, label: str = "") -> str:
     share = t["sampling_s"] / (t["sampling_s"] + t["forward_s"])
-    return (f"  decode steps at batch {t['rows']}{', ' + label if label else ''}: forward "
+    return (f"  decode steps at batch {t['batch']}{', ' + label if label else ''}: forward "
             f"{t['forward_s'] / t['steps'] * 1e3:.1f} ms, sampling transforms {t['sampling_s'] / t['steps'] * 1e3:.1f} "
-            f"ms per step (mean of {t['steps']}): {share:.1%} of the step")
+            f"ms per step (mean of {t['steps']}): {share:.1%} of the step; {t['rows'] / t['steps']:.1f} rows in flight "
+            f"on average (the last rows finish alone); apart from the steps: prefills {t['prefill_s']:.2f} s, first "
+            f"tokens drawn from them {t['first_draw_s']:.2f} s")
 
 
 def sampling_share(backend, units, max_new_tokens: int, rows: int = 64) -> str:

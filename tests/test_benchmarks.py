@@ -92,7 +92,9 @@ def assert_lines(out: str, patterns: list[str]) -> None:
 CASES = {
     "bench_generate.py": RACE + [r"^grid: 2 settings x 2 samples x 1 prompts .* median of 1$",
                                  rf"^  decode steps at batch 64: forward {N} ms, sampling transforms {N} ms per step "
-                                 rf"\(mean of \d+\): {N}% of the step$"],
+                                 rf"\(mean of \d+\): {N}% of the step; {N} rows in flight on average \(the last "
+                                 rf"rows finish alone\); apart from the steps: prefills {N} s, first tokens drawn "
+                                 rf"from them {N} s$"],
     "bench_vlm.py": RACE + [r"^grid: 2 settings x 2 samples x 1 images "],
     "bench_load.py": [rf"^  baseline  de-quantize the GGUF file : +{N} s$",
                       rf"^  evalkit   load the cached conversion: +{N} s$",
@@ -124,7 +126,8 @@ def test_benchmark_smoke_run(script):
 SAMPLERS = [r"^samplers: [45] settings with every knob active, one per chain order \(transformers, vllm, llama_cpp, "
             r"llama_cpp, sglang\)",
             *(rf"^  decode steps at batch 64, {label}: forward {N} ms, sampling transforms {N} ms per step "
-              rf"\(mean of \d+\): {N}% of the step$" for label in (r"plain grid \(temperature, top-p\)", "every knob")),
+              rf"\(mean of \d+\): {N}% of the step; {N} rows in flight on average"
+              for label in (r"plain grid \(temperature, top-p\)", "every knob")),
             rf"^  ratio every knob / plain grid: sampling {N}x per step, whole step {N}x$",
             r"^grid: 2 settings x 2 samples x 1 prompts .*penalties on \(repetition_penalty 1.2, "
             r"no_repeat_ngram_size 3, min_tokens 2\) on ",

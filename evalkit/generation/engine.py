@@ -108,7 +108,9 @@ class Engine:
         if device == "cpu":
             keep_freed_blocks()  # a step's large tensors reused, not mapped afresh (evalkit.generation.heap)
         # filled when profile=True: decode steps' forward passes and draws; prefills and the first draws from them
-        self.timings = {"forward_s": 0.0, "sampling_s": 0.0, "steps": 0, "prefill_s": 0.0, "first_draw_s": 0.0}
+        # (rows: summed over the decode steps)
+        self.timings = {"forward_s": 0.0, "sampling_s": 0.0, "steps": 0, "rows": 0, "prefill_s": 0.0,
+                        "first_draw_s": 0.0}
 
     def _clock(self) -> float:
         if self.profile and self.device == "cuda":
@@ -172,6 +174,7 @@ class Engine:
             if self.profile:
                 self.timings["forward_s"] += self._clock() - started
                 self.timings["steps"] += 1
+                self.timings["rows"] += len(batch.rows)
             steps = np.array([len(r.tokens) for r in batch.rows], dtype=np.uint64)
             chosen, params, columns = self._draw(logits, batch.params, batch.seeds, steps, batch.rows)
             batch.chosen, batch.params = chosen, params
