@@ -8,7 +8,7 @@ from transformers import MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWa
 from evalkit.settings import ORDERS, Setting
 
 from evalkit.generation.sampling import (CANDIDATES, EXACT_K_ORDERS, RowParams, _top, check_logits, distribution,
-                                        largest, warp)
+                                        largest, log_normaliser_and_entropy, warp)
 
 
 def oracle(row: torch.Tensor, s: Setting, order: str = "transformers") -> torch.Tensor:
@@ -326,3 +326,24 @@ def test_rows_at_different_steps_joined_warp_as_they_do_apart():
     assert torch.equal(warped(logits[[0, 1, 2, 6, 7]], rest.trimmed()), apart[[0, 1, 2, 6, 7]])
     with pytest.raises(EvalkitError, match="different universes"):
         RowParams.cat([a, RowParams.from_settings(universe[4:], universe=universe[4:])])
+
+
+@pytest.mark.parametrize("vocab, rows", [(49152, 64), (49152, 21), (262144, 9), (151936, 3)])
+def test_a_rows_log_normaliser_and_entropy_do_not_depend_on_the_rows_beside_it(vocab, rows):
+    """Bit for bit: the rows go through in chunks, rows with -inf logits again with a clamp; a row alone is the
+    same as in any batch."""
+    gen = torch.Generator().manual_seed(rows)
+    logits = torch.randn(rows, vocab, generator=gen) * 3
+    logits[1, :100] = float("-inf")  # a row with -inf logits, alone in its chunk or not
+    logits[-1, 5:] = float("-inf")
+    logits[0, 7] += 50  # peaked
+    log_z, entropy = log_normaliser_and_entropy(logits)
+    weights, log_z_d, entropy_d, kept = distribution(logits)
+    assert torch.equal(log_z, log_z_d) and torch.equal(entropy, entropy_d)
+    for r in range(rows):
+        alone_z, alone_h = log_normaliser_and_entropy(logits[r:r + 1])
+        assert alone_z[0, 0].item() == log_z[r, 0].item() and alone_h[0].item() == entropy[r].item(), r
+    assert kept[[1, -1]].tolist() == [vocab - 100, 5]
+    torch.testing.assert_close(entropy.double(), -(torch.softmax(logits.double(), -1) *
+                                                   torch.log_softmax(logits.double(), -1)).nan_to_num().sum(-1),
+                               rtol=1e-5, atol=1e-6)

@@ -512,26 +512,57 @@ def log_normaliser_and_entropy(logits: torch.Tensor) -> tuple[torch.Tensor, torc
     return log_z, entropy
 
 
+CHUNK_BYTES = 2 << 20  # _normalise works through the rows in chunks of about this many bytes of logits
+
+
 def _normalise(logits: torch.Tensor, keep_weights: bool = False):
     """(log Z, entropy, the weights e_i with the top token's 1 or None, the rows with a -inf logit): see
-    :func:`log_normaliser_and_entropy`."""
-    if logits.shape[0] == 1:
+    :func:`log_normaliser_and_entropy`.
+
+    The rows go through in chunks of about :data:`CHUNK_BYTES` (at least two rows each: a lone row's sums would
+    split among threads), each chunk through every pass before the next: its temporaries stay in the CPU's cache
+    instead of each pass streaming the whole batch from memory (on Gemma 3's 262k tokens at 64 rows, a third less
+    time). A row's result does not depend on its chunk."""
+    rows, vocab = logits.shape
+    if rows == 1:
         log_z, entropy, weights, holes = _normalise(torch.cat([logits, logits]), keep_weights)
         return log_z[:1], entropy[:1], None if weights is None else weights[:1], holes[:1]
+    step = max(2, CHUNK_BYTES // (vocab * logits.element_size()))
+    starts = list(range(0, rows, step))
+    if rows - starts[-1] == 1:
+        starts.pop()  # a lone last row joins the chunk before it
+    ends = starts[1:] + [rows]
+    weights = torch.empty_like(logits) if keep_weights else None
+    size = max(b - a for a, b in zip(starts, ends))
+    shifted = logits.new_empty(size, vocab)
+    e = None if keep_weights else logits.new_empty(size, vocab)
+    log_z, entropy = logits.new_empty(rows, 1), logits.new_empty(rows)
+    holes = torch.empty(rows, dtype=torch.bool, device=logits.device)
+    for a, b in zip(starts, ends):
+        log_z[a:b], entropy[a:b], holes[a:b] = _normalise_rows(
+            logits[a:b], shifted[:b - a], weights[a:b] if keep_weights else e[:b - a], keep_weights)
+    return log_z, entropy, weights, holes
+
+
+def _normalise_rows(logits: torch.Tensor, shifted: torch.Tensor, e: torch.Tensor, keep_weights: bool):
+    """:func:`_normalise` of two rows or more, ``shifted`` and ``e`` buffers of their shape (``e`` ends as the
+    weights when ``keep_weights``)."""
     top, arg = _top(logits)
-    shifted = logits - top  # z - m <= 0
-    e = shifted.exp()
+    torch.sub(logits, top, out=shifted)  # z - m <= 0
+    torch.exp(shifted, out=e)
     e.scatter_(1, arg, 0.0)  # the top token's term is log1p's 1
     rest = e.sum(dim=-1, keepdim=True)
     log_z = torch.log1p(rest)
-    spread = -shifted.mul_(e).sum(dim=-1)  # terms -e_i (m - z_i), in place: two temporaries of the rows' size
-    weights = e.scatter_(1, arg, 1.0) if keep_weights else None
-    holes = spread.isnan() & top[:, 0].isfinite()  # a -inf logit's term is 0 * -inf: such rows again, clamped
-    if bool(holes.any()):
-        clamped = (logits[holes] - top[holes]).clamp_(min=-torch.finfo(logits.dtype).max)  # the term: 0 * -max
-        spread[holes] = -clamped.exp().scatter_(1, arg[holes], 0.0).mul_(clamped).sum(dim=-1)
+    spread = -shifted.mul_(e).sum(dim=-1)  # terms -e_i (m - z_i), in place
+    if keep_weights:
+        e.scatter_(1, arg, 1.0)
+    holes = spread.isnan() & top[:, 0].isfinite()  # a -inf logit's term is 0 * -inf: the rows again, clamped
+    if bool(holes.any()):  # (all of them: a sum over a lone row would split among threads)
+        clamped = torch.sub(logits, top, out=shifted).clamp_(min=-torch.finfo(logits.dtype).max)  # 0 * -max
+        again = torch.exp(clamped).scatter_(1, arg, 0.0).mul_(clamped).sum(dim=-1)
+        spread = torch.where(holes, -again, spread)
     spread /= 1 + rest[:, 0]
-    return top + log_z, log_z[:, 0] + spread, weights, holes
+    return top + log_z, log_z[:, 0] + spread, holes
 
 
 PEAK_BLOCK = 256  # _top finds a row's largest logit among the largest of its blocks of this many
