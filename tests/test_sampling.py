@@ -221,6 +221,7 @@ def test_a_rows_weights_are_its_softmax_unnormalised_and_its_kept_tokens_counted
     assert torch.equal(weights.amax(dim=-1), torch.ones(3))  # the top token's weight is 1
     assert kept.tolist() == [50000, 50000 - 123, 50000]
     torch.testing.assert_close(log_z[:, 0], torch.logsumexp(logits.double(), dim=-1).float())
+    assert [t.shape for t in distribution(logits[:0])] == [(0, 50000), (0, 1), (0,), (0,)]  # no rows: empty
 
 
 @pytest.mark.parametrize("setting, candidates", [

@@ -527,13 +527,14 @@ def _normalise(logits: torch.Tensor, keep_weights: bool = False):
     if rows == 1:
         log_z, entropy, weights, holes = _normalise(torch.cat([logits, logits]), keep_weights)
         return log_z[:1], entropy[:1], None if weights is None else weights[:1], holes[:1]
-    step = max(2, CHUNK_BYTES // (vocab * logits.element_size()))
+    # (a GPU gets the rows whole: there a chunk would cost kernel launches, not memory traffic)
+    step = max(2, CHUNK_BYTES // (vocab * logits.element_size())) if logits.device.type == "cpu" else rows
     starts = list(range(0, rows, step))
-    if rows - starts[-1] == 1:
+    if starts and rows - starts[-1] == 1:
         starts.pop()  # a lone last row joins the chunk before it
     ends = starts[1:] + [rows]
     weights = torch.empty_like(logits) if keep_weights else None
-    size = max(b - a for a, b in zip(starts, ends))
+    size = max((b - a for a, b in zip(starts, ends)), default=0)
     shifted = logits.new_empty(size, vocab)
     e = None if keep_weights else logits.new_empty(size, vocab)
     log_z, entropy = logits.new_empty(rows, 1), logits.new_empty(rows)
