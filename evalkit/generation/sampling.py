@@ -375,6 +375,14 @@ def _filter_candidates(scaled: torch.Tensor, params: RowParams, size: int, row_p
     return vals, idx, fits
 
 
+def _block_peaks(logits: torch.Tensor, width: int) -> tuple[torch.Tensor, int]:
+    """The largest logit of each whole block of ``width`` logits in each row ([rows, blocks], a view's reduction)
+    and how many logits those blocks cover (the rest, under ``width``, is the caller's)."""
+    rows, vocab = logits.shape
+    whole = vocab // width * width
+    return logits[:, :whole].reshape(rows, -1, width).amax(dim=-1), whole
+
+
 SCAN_BLOCK = 64  # largest() looks for a row's largest logits in the blocks of this many with the largest maxima
 
 
@@ -382,12 +390,11 @@ def largest(logits: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor
     """``torch.topk(logits, size)``'s values, descending, and their indices (tied values' indices in an order of
     their own), from the ``size`` blocks of :data:`SCAN_BLOCK` logits with the largest maxima (and the last, partial
     block): every logit among a row's ``size`` largest lies in them, so a long vocabulary is scanned once, by a
-    reduction, and sorted in part only over ``size`` blocks (on 262k tokens, 1/16 of the row at 64 candidates)."""
+    reduction, and sorted in part only over ``size`` blocks (on 262k tokens, 1/64 of the row at 64 candidates)."""
     rows, vocab = logits.shape
-    whole = vocab // SCAN_BLOCK * SCAN_BLOCK
-    if whole < 4 * size * SCAN_BLOCK:
+    if vocab < 4 * size * SCAN_BLOCK:
         return torch.topk(logits, size, dim=-1)
-    peaks = logits[:, :whole].reshape(rows, -1, SCAN_BLOCK).amax(dim=-1)
+    peaks, whole = _block_peaks(logits, SCAN_BLOCK)
     blocks = torch.topk(peaks, size, dim=-1, sorted=False).indices
     at = (blocks[:, :, None] * SCAN_BLOCK + torch.arange(SCAN_BLOCK, device=logits.device)).reshape(rows, -1)
     if whole < vocab:
@@ -573,11 +580,10 @@ def _top(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's largest logit and the index of its first occurrence ([rows, 1] each): ``max(dim=-1)``'s result,
     from the maxima of blocks of :data:`PEAK_BLOCK` logits and then within the first block that holds the row's
     (on CPU, a reduction that keeps its index runs several times slower than one that keeps only the value)."""
-    rows, vocab = logits.shape
-    whole = vocab // PEAK_BLOCK * PEAK_BLOCK
-    if whole < 16 * PEAK_BLOCK:
+    vocab = logits.shape[1]
+    if vocab < 16 * PEAK_BLOCK:
         return logits.max(dim=-1, keepdim=True)
-    peaks = logits[:, :whole].reshape(rows, -1, PEAK_BLOCK).amax(dim=-1)
+    peaks, whole = _block_peaks(logits, PEAK_BLOCK)
     if whole < vocab:
         peaks = torch.cat([peaks, logits[:, whole:].amax(dim=-1, keepdim=True)], dim=1)
     top, block = peaks.max(dim=-1, keepdim=True)
