@@ -182,19 +182,23 @@ def test_out_of_memory_halves_the_batch_and_loses_nothing(backend):
     assert max(calls[-3:]) <= 8
 
 
-def test_nan_logits_name_prompt_setting_and_step(backend):
+@pytest.mark.parametrize("bad, what", [("nan", "NaN"), ("inf", r"\+inf"), ("every -inf", "only -inf")])
+def test_nan_logits_name_prompt_setting_and_step(backend, bad, what):
     calls = []
 
     def poison(module, args, output):
         calls.append(1)
         if len(calls) == 5:  # three prefills (one per prompt), then the decode steps
-            output.logits[0, -1, 5] = float("nan")
+            if bad == "every -inf":
+                output.logits[0, -1, :] = float("-inf")
+            else:
+                output.logits[0, -1, 5] = float(bad)
         return output
 
     hook = backend.model.register_forward_hook(poison)
     try:
         with pytest.raises(DecodeError,
-                           match=r"NaN logits for prompt 'en', setting t0.7-p0.9, sample 0, at decode step 2"):
+                           match=rf"{what} logits for prompt 'en', setting t0.7-p0.9, sample 0, at decode step 2"):
             list(backend.generate(units_for(backend, [SETTINGS[1]]), max_new_tokens=12, batch_size=64))
     finally:
         hook.remove()
