@@ -224,6 +224,32 @@ def test_a_rows_weights_are_its_softmax_unnormalised_and_its_kept_tokens_counted
     assert [t.shape for t in distribution(logits[:0])] == [(0, 50000), (0, 1), (0,), (0,)]  # no rows: empty
 
 
+def test_weights_under_tiny_are_zero_and_the_rest_exact():
+    """A low temperature puts most of a row far below its top: exponentials that would underflow are 0 (never
+    computed), every other weight is exp(z - m) to the bit, and log Z and the entropy are a float64 reference's."""
+    from evalkit.generation.sampling import TINY, UNDERFLOW
+
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(4, 50000, generator=gen) * 30  # spans of hundreds: most of each row under TINY
+    logits[1, 7:900] = float("-inf")
+    logits[2] = torch.linspace(-120, 0, 50000)  # every weight between e^-120 and 1: the edge crossed
+    logits[3, :] = -1000.0
+    logits[3, 11] = 0.0  # one token and nothing else of any weight
+    weights, log_z, entropy, kept = distribution(logits)
+    shifted = logits - logits.amax(dim=-1, keepdim=True)
+    exact = torch.exp(shifted)
+    assert bool(((shifted < UNDERFLOW) | (exact <= TINY)).any(dim=-1).all())  # each row has some under TINY
+    assert torch.equal(weights, torch.where(exact > TINY, exact, torch.zeros_like(exact)))
+    assert not bool(weights.isnan().any()) and bool((weights[logits.isneginf()] == 0).all())
+    z = logits.double()
+    p = torch.softmax(z, dim=-1)
+    reference = -(p * torch.where(p > 0, p.log(), torch.zeros_like(p))).sum(dim=-1)
+    torch.testing.assert_close(log_z[:, 0].double(), torch.logsumexp(z, dim=-1), rtol=1e-6, atol=0)
+    torch.testing.assert_close(entropy.double(), reference, rtol=1e-5, atol=1e-30)
+    assert entropy[3] == 0 and log_z[3, 0] == 0
+    assert kept.tolist() == [50000, 50000 - 893, 50000, 50000]
+
+
 @pytest.mark.parametrize("setting, candidates", [
     (Setting(temperature=1.0), (64,)),  # no truncation: the whole softmax
     (Setting(temperature=0.8, top_k=20, top_p=0.9), (64,)),  # candidate path

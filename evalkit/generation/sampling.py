@@ -7,6 +7,8 @@ The settings themselves live in :mod:`evalkit.settings`; each knob of a setting 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from evalkit.errors import EvalkitError
@@ -321,10 +323,10 @@ TRANSFORMS: dict[str, Transform] = {
 }
 
 
-def _filter_candidates(scaled: torch.Tensor, params: RowParams, size: int, row_probs: torch.Tensor):
+def _filter_candidates(scaled: torch.Tensor, params: RowParams, size: int, row: Normalised):
     """The same filters on each row's top-``size`` candidates (sorted by logit, descending).
 
-    ``row_probs`` is the softmax of each whole scaled row (used by top-p when top-k is off).
+    ``row`` is each whole scaled row's normaliser (top-p's probabilities when top-k is off).
     Returns (logits [rows, size], index [rows, size], fits [rows]). Where ``fits`` is False
     the row must be computed densely: its kept set (or the top-k set that top-p normalises
     over) may reach beyond the candidates, its top-p cut falls between tied logits (where
@@ -344,10 +346,11 @@ def _filter_candidates(scaled: torch.Tensor, params: RowParams, size: int, row_p
     # top-p, as transformers computes it: the softmax over the top-k set (or the whole row when
     # top-k is off), then c_i = mass of the tokens ranked at or below i, dropped when
     # c_i <= 1 - top_p. On CPU torch's float32 cumsum accumulates in float64 and rounds, so
-    # c_i = float32(total - mass ranked strictly above i) reproduces it to the last bit or so.
+    # c_i = float32(total - mass ranked strictly above i) reproduces it to the last bits (the whole row's
+    # probabilities from its normaliser, their total 1: within a few units of 1e-7 of transformers' sum).
     topp_on = params.top_p < 1
-    probs = torch.where(topk_on[:, None], torch.softmax(vals, dim=-1), row_probs.gather(1, idx))
-    total = torch.where(topk_on, probs.sum(dim=-1), row_probs.sum(dim=-1)).double()
+    probs = torch.where(topk_on[:, None], torch.softmax(vals, dim=-1), ((vals - row.top) - row.log_rest).exp())
+    total = torch.where(topk_on, probs.sum(dim=-1), torch.ones_like(probs[:, 0])).double()
     p64 = probs.double()
     c = (total[:, None] - (p64.cumsum(dim=-1) - p64)).float()
     threshold = (1 - params.top_p).float()[:, None]
@@ -456,12 +459,13 @@ def warp(logits: torch.Tensor, params: RowParams,
         todo, sub, scaled = todo[filtered], sub[filtered], scaled[filtered]
         if todo.numel() == 0:
             return parts
-    row_probs = torch.softmax(scaled, dim=-1)
+    row = _normalise(scaled)
     left = torch.arange(todo.numel(), device=device)  # positions in `todo` still to place
     for size in candidates:
         if left.numel() == 0 or size >= vocab:
             break
-        vals, idx, fits = _filter_candidates(_rows(scaled, left), sub[left], size, _rows(row_probs, left))
+        vals, idx, fits = _filter_candidates(_rows(scaled, left), sub[left], size,
+                                             Normalised(*(None if t is None else _rows(t, left) for t in row)))
         if bool(fits.any()):
             parts.append((todo[left[fits]], Warped(vals[fits], idx[fits])))
         left = left[~fits]
@@ -495,11 +499,11 @@ def distribution(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
     """(weights, log-normaliser [rows, 1], entropy in nats, tokens kept) of each row of float32 logits: weights
     proportional to the softmax (exp(z_i - max z), what is sampled from: :func:`_inverse_cdf` normalises by their
     sum), :func:`log_normaliser_and_entropy` from the same exponentials, and how many logits are not -inf."""
-    log_z, entropy, weights, holes = _normalise(logits, keep_weights=True)
-    kept = torch.full(entropy.shape, logits.shape[-1], dtype=torch.long, device=logits.device)
-    if bool(holes.any()):
-        kept[holes] = torch.count_nonzero(logits[holes] != float("-inf"), dim=-1)
-    return weights, log_z, entropy, kept
+    n = _normalise(logits, keep_weights=True)
+    kept = torch.full(n.entropy.shape, logits.shape[-1], dtype=torch.long, device=logits.device)
+    if bool(n.neginf.any()):
+        kept[n.neginf] = torch.count_nonzero(logits[n.neginf] != float("-inf"), dim=-1)
+    return n.weights, n.log_z, n.entropy, kept
 
 
 def log_normaliser_and_entropy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -511,20 +515,35 @@ def log_normaliser_and_entropy(logits: torch.Tensor) -> tuple[torch.Tensor, torc
     softmax's p_max rounds to 1 and loses log1p of the rest). Float32 throughout, in place where it can be: on CPU
     each pass over the rows costs what reading them from memory costs, so the passes are few.
 
-    A row with NaN or +inf logits, or only -inf, gets a log Z that is not finite (:func:`check_logits` reads it).
+    A token whose exp(z_i - m) is under :data:`TINY` (float32's exp would underflow) counts as 0 in the sums. A row with NaN or +inf logits, or only -inf, gets a log Z that is not finite
+    (:func:`check_logits` reads it).
 
     A lone row is computed as a batch of two, as the cutoffs compute it (:mod:`evalkit.generation.samplers.cutoffs`):
     torch splits a lone row's sum among threads, so its last bits would depend on the rows beside it."""
-    log_z, entropy, _, _ = _normalise(logits)
-    return log_z, entropy
+    n = _normalise(logits)
+    return n.log_z, n.entropy
 
 
 CHUNK_BYTES = 2 << 20  # _normalise works through the rows in chunks of about this many bytes of logits
 
 
-def _normalise(logits: torch.Tensor, keep_weights: bool = False):
-    """(log Z, entropy, the weights e_i with the top token's 1 or None, the rows with a -inf logit): see
-    :func:`log_normaliser_and_entropy`.
+class Normalised(NamedTuple):
+    """Each row's largest logit m ([rows, 1]), log(Z) - m ([rows, 1]), entropy ([rows]), the weights e_i =
+    exp(z_i - m) (None unless asked for; 0 under :data:`TINY`), and whether the row has a -inf logit ([rows])."""
+
+    top: torch.Tensor
+    log_rest: torch.Tensor
+    entropy: torch.Tensor
+    weights: torch.Tensor | None
+    neginf: torch.Tensor
+
+    @property
+    def log_z(self) -> torch.Tensor:
+        return self.top + self.log_rest
+
+
+def _normalise(logits: torch.Tensor, keep_weights: bool = False) -> Normalised:
+    """See :func:`log_normaliser_and_entropy` and :class:`Normalised`.
 
     The rows go through in chunks of about :data:`CHUNK_BYTES` (at least two rows each: a lone row's sums would
     split among threads), each chunk through every pass before the next: its temporaries stay in the CPU's cache
@@ -532,8 +551,8 @@ def _normalise(logits: torch.Tensor, keep_weights: bool = False):
     time). A row's result does not depend on its chunk."""
     rows, vocab = logits.shape
     if rows == 1:
-        log_z, entropy, weights, holes = _normalise(torch.cat([logits, logits]), keep_weights)
-        return log_z[:1], entropy[:1], None if weights is None else weights[:1], holes[:1]
+        two = _normalise(torch.cat([logits, logits]), keep_weights)
+        return Normalised(*(None if t is None else t[:1] for t in two))
     # (a GPU gets the rows whole: there a chunk would cost kernel launches, not memory traffic)
     step = max(2, CHUNK_BYTES // (vocab * logits.element_size())) if logits.device.type == "cpu" else rows
     starts = list(range(0, rows, step))
@@ -544,12 +563,12 @@ def _normalise(logits: torch.Tensor, keep_weights: bool = False):
     size = max((b - a for a, b in zip(starts, ends)), default=0)
     shifted = logits.new_empty(size, vocab)
     e = None if keep_weights else logits.new_empty(size, vocab)
-    log_z, entropy = logits.new_empty(rows, 1), logits.new_empty(rows)
-    holes = torch.empty(rows, dtype=torch.bool, device=logits.device)
+    top, log_rest, entropy = logits.new_empty(rows, 1), logits.new_empty(rows, 1), logits.new_empty(rows)
+    neginf = torch.empty(rows, dtype=torch.bool, device=logits.device)
     for a, b in zip(starts, ends):
-        log_z[a:b], entropy[a:b], holes[a:b] = _normalise_rows(
+        top[a:b], log_rest[a:b], entropy[a:b], neginf[a:b] = _normalise_rows(
             logits[a:b], shifted[:b - a], weights[a:b] if keep_weights else e[:b - a], keep_weights)
-    return log_z, entropy, weights, holes
+    return Normalised(top, log_rest, entropy, weights, neginf)
 
 
 def _normalise_rows(logits: torch.Tensor, shifted: torch.Tensor, e: torch.Tensor, keep_weights: bool):
@@ -557,20 +576,30 @@ def _normalise_rows(logits: torch.Tensor, shifted: torch.Tensor, e: torch.Tensor
     weights when ``keep_weights``)."""
     top, arg = _top(logits)
     torch.sub(logits, top, out=shifted)  # z - m <= 0
+    low = shifted.amin(dim=-1)
+    clamp = bool((low < UNDERFLOW).any())
+    if clamp:  # exp(z - m) would underflow there (see UNDERFLOW): the weights below TINY are 0
+        shifted.clamp_(min=UNDERFLOW)  # (the terms e_i (m - z_i) are then 0 * UNDERFLOW, never 0 * -inf)
     torch.exp(shifted, out=e)
+    if clamp:
+        torch.nn.functional.threshold_(e, TINY, 0.0)
     e.scatter_(1, arg, 0.0)  # the top token's term is log1p's 1
     rest = e.sum(dim=-1, keepdim=True)
-    log_z = torch.log1p(rest)
+    log_rest = torch.log1p(rest)
     spread = -shifted.mul_(e).sum(dim=-1)  # terms -e_i (m - z_i), in place
     if keep_weights:
         e.scatter_(1, arg, 1.0)
-    holes = spread.isnan() & top[:, 0].isfinite()  # a -inf logit's term is 0 * -inf: the rows again, clamped
-    if bool(holes.any()):  # (all of them: a sum over a lone row would split among threads)
-        clamped = torch.sub(logits, top, out=shifted).clamp_(min=-torch.finfo(logits.dtype).max)  # 0 * -max
-        again = torch.exp(clamped).scatter_(1, arg, 0.0).mul_(clamped).sum(dim=-1)
-        spread = torch.where(holes, -again, spread)
     spread /= 1 + rest[:, 0]
-    return top + log_z, log_z[:, 0] + spread, holes
+    return top, log_rest, log_rest[:, 0] + spread, low.isneginf()
+
+
+# A token's weight exp(z - m) at or under TINY (2^-125, 2.4e-38: e^-86.7 of the top token's) is taken as 0, its
+# exponential never computed: below float32's smallest normal number, exp costs 30 to 100 times its ordinary cost on
+# x86 CPUs (an underflowing result takes a slow path), and a low temperature puts most of a row there (at temperature
+# 0.3, the exponentials of one decode step took more time than every other sampling transform together). The
+# logits more than UNDERFLOW below the top are clamped to it first: exp(-87) = 1.6e-38 is normal, and under TINY.
+UNDERFLOW = -87.0
+TINY = 2.0 ** -125
 
 
 PEAK_BLOCK = 256  # _top finds a row's largest logit among the largest of its blocks of this many
