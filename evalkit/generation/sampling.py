@@ -515,8 +515,8 @@ def log_normaliser_and_entropy(logits: torch.Tensor) -> tuple[torch.Tensor, torc
     softmax's p_max rounds to 1 and loses log1p of the rest). Float32 throughout, in place where it can be: on CPU
     each pass over the rows costs what reading them from memory costs, so the passes are few.
 
-    A token whose exp(z_i - m) is under :data:`TINY` (float32's exp would underflow) counts as 0 in the sums. A row with NaN or +inf logits, or only -inf, gets a log Z that is not finite
-    (:func:`check_logits` reads it).
+    A token whose exp(z_i - m) is under :data:`TINY` (float32's exp would underflow) counts as 0 in the sums. A
+    row with NaN or +inf logits, or only -inf, gets a log Z that is not finite (:func:`check_logits` reads it).
 
     A lone row is computed as a batch of two, as the cutoffs compute it (:mod:`evalkit.generation.samplers.cutoffs`):
     torch splits a lone row's sum among threads, so its last bits would depend on the rows beside it."""
