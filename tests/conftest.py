@@ -144,6 +144,47 @@ def base_config(model: Path | str, output_dir: Path, **extra) -> dict:
     return config
 
 
+def held_run(hold_after: int, release: Path | None = None) -> list[str]:
+    """Python arguments that run ``evalkit`` (its command line follows them) with the run held, asleep as a slow
+    decode step would be, once it has written ``hold_after`` parts: until the file ``release`` exists, or with none
+    until a signal stops it. A run on a loaded machine cannot finish between a test seeing its parts and what the
+    test does next."""
+    until = f"not pathlib.Path({str(release)!r}).exists()" if release is not None else "True"
+    code = f"""
+import pathlib, sys, time
+from evalkit.rundir import parts
+flush, held = parts.PartWriter.flush, []
+def flush_then_hold(self):
+    flush(self)
+    if not held and self.count >= {hold_after}:
+        held.append(True)
+        while {until}:
+            time.sleep(0.05)
+parts.PartWriter.flush = flush_then_hold
+sys.argv = ["evalkit", *sys.argv[1:]]
+from evalkit.launch import main
+main()
+"""
+    return ["-c", code]
+
+
+def wait_for_parts(out: Path, proc, minimum: int = 1, pattern: str = "*/parts/part-*.parquet") -> Path:
+    """The run directory under ``out`` once ``minimum`` parts are there; the process ``proc`` (a Popen) ending
+    first fails the test. The deadline is for a hung run only, not for a slow machine."""
+    import time
+
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        parts = list(out.glob(pattern))
+        if len(parts) >= minimum:
+            return parts[0].parent.parent
+        if proc.poll() is not None:
+            _, stderr = proc.communicate()
+            raise AssertionError(f"the run ended (exit {proc.returncode}) before writing {minimum} parts: {stderr}")
+        time.sleep(0.05)
+    raise AssertionError(f"the run wrote no {minimum} parts in 900 s")
+
+
 @pytest.fixture
 def write_config(tmp_path):
     """Write a config dict (or YAML text) to a file and return its path."""

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pandas as pd
 import pytest
@@ -16,7 +15,7 @@ import evalkit
 from evalkit.config import config_from_dict
 from evalkit.generation.engine import DecodeError
 
-from conftest import base_config
+from conftest import base_config, held_run, wait_for_parts
 
 COMPARE = ["prompt_id", "setting_id", "sample_index", "seed", "text", "token_ids", "finish_reason"]
 
@@ -26,40 +25,13 @@ def slow_config(tiny_model, out):
     return base_config(tiny_model, out, samples_per_prompt=6, max_new_tokens=24, batch_size=1)
 
 
-# The command, with its run held (asleep, as a slow decode step would be) once it has written HOLD_AFTER parts, until
-# the test's signal arrives: a run on a loaded machine cannot finish between the test seeing the parts and the signal.
-HOLD_AFTER = 2
-HELD_RUN = f"""
-import sys, time
-from evalkit.rundir import parts
-flush, held = parts.PartWriter.flush, []
-def flush_then_hold(self):
-    flush(self)
-    if not held and self.count >= {HOLD_AFTER}:
-        held.append(True)
-        while True:
-            time.sleep(0.05)
-parts.PartWriter.flush = flush_then_hold
-sys.argv = ["evalkit", *sys.argv[1:]]
-from evalkit.launch import main
-main()
-"""
+HOLD_AFTER = 2  # parts written before a held run sleeps (conftest.held_run)
 
 
-def start(config_path, cwd, env, held: bool = False):
-    command = ["-c", HELD_RUN] if held else ["-m", "evalkit"]
+def start(config_path, cwd, env, held: bool = False, release=None):
+    command = held_run(HOLD_AFTER, release) if held else ["-m", "evalkit"]
     return subprocess.Popen([sys.executable, *command, "run", str(config_path), "--no-cache", "-q"],
                             cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for_parts(out, minimum=2, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        parts = list(out.glob("*/parts/part-*.parquet"))
-        if len(parts) >= minimum:
-            return parts[0].parent.parent
-        time.sleep(0.05)
-    raise AssertionError("the run wrote no parts in time")
 
 
 def frame(run):
@@ -81,9 +53,12 @@ def test_stopped_run_resumes_to_the_same_samples(how, tiny_model, tmp_path, unin
     path.write_text(yaml.safe_dump(slow_config(tiny_model, out)))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = start(path, tmp_path, env, held=True)
-    run_dir = wait_for_parts(out, minimum=HOLD_AFTER)
-    proc.send_signal({"kill": signal.SIGKILL, "ctrl-c": signal.SIGINT, "sigterm": signal.SIGTERM}[how])
-    _, stderr = proc.communicate(timeout=60)
+    try:
+        run_dir = wait_for_parts(out, proc, minimum=HOLD_AFTER)
+        proc.send_signal({"kill": signal.SIGKILL, "ctrl-c": signal.SIGINT, "sigterm": signal.SIGTERM}[how])
+        _, stderr = proc.communicate(timeout=600)  # a hung stop only: the run is held, not slow
+    finally:
+        proc.kill()
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] != "complete" and not (run_dir / "samples.parquet").exists()
     if how != "kill":  # SIGTERM too: stopped like Ctrl-C, never left marked running
@@ -98,7 +73,7 @@ def test_stopped_run_resumes_to_the_same_samples(how, tiny_model, tmp_path, unin
     assert 0 < kept < len(uninterrupted.samples)
 
     done = subprocess.run([sys.executable, "-m", "evalkit", "run", "--resume", str(run_dir), "--no-cache", "-q"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr
     resumed = evalkit.load_run(run_dir)
     assert resumed.manifest.status == "complete"
@@ -115,17 +90,19 @@ def test_a_second_writer_is_refused_and_the_first_finishes(tiny_model, tmp_path,
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(slow_config(tiny_model, out)))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = start(path, tmp_path, env)
+    release = tmp_path / "release"
+    proc = start(path, tmp_path, env, held=True, release=release)  # still writing, however slow the machine
     try:
-        run_dir = wait_for_parts(out, minimum=1)
+        run_dir = wait_for_parts(out, proc, minimum=HOLD_AFTER)
         second = subprocess.run([sys.executable, "-m", "evalkit", "run", "--resume", str(run_dir), "-q"],
-                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
         assert second.returncode == 2, second.stderr
         assert second.stderr.strip() == (f"error: --resume: {run_dir} is being written by process {proc.pid}; "
                                          "wait for it to end, or stop it and resume then")
         with pytest.raises(evalkit.EvalkitError, match="is being written by process"):
             evalkit.run_sweep(None, resume=run_dir, progress=False)
-        _, stderr = proc.communicate(timeout=300)
+        release.touch()
+        _, stderr = proc.communicate(timeout=900)
     finally:
         proc.kill()
     assert proc.returncode == 0, stderr
@@ -286,7 +263,7 @@ try:
 except KeyboardInterrupt as e:
     print("stopped", type(e).__name__, getattr(e, "exit_code", 130))
 """
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "Exception ignored" in done.stderr  # Python did drop it where it was raised
     expected = "KeyboardInterrupt 130" if how == "ctrl-c" else "Terminated 143"
