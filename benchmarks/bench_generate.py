@@ -38,6 +38,7 @@ path and the same lines; with ``--vllm``, the smallest cases of ``bench_vllm.py 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import subprocess
@@ -122,8 +123,12 @@ def main() -> None:
     parser.add_argument("--llama", action="store_true",
                         help="baseline C: llama.cpp one request at a time on the embedded model's GGUF")
     args = parser.parse_args()
+    if args.baseline_groups is not None and args.baseline_groups < 1:
+        parser.error(f"--baseline-groups: at least 1 group to time the baselines on, got {args.baseline_groups}")
     if args.llama and (args.model != "default" or args.gemma or args.vllm or args.samplers):
         raise SystemExit("--llama: llama.cpp runs the embedded model's GGUF: the default model's plain grid only")
+    if args.llama and importlib.util.find_spec("llama_cpp") is None:  # said now, not after the engine's runs
+        raise SystemExit("--llama needs llama-cpp-python (a test extra: the README's second command installs it)")
     if args.smoke:
         args.repeats, args.max_new_tokens = 1, SMOKE_NEW_TOKENS
         smoke_threads()

@@ -43,29 +43,17 @@ def ray_cluster():
 
     import ray
 
-    with normal_priority_workers():
+    # Ray starts its workers at niceness 15: on a machine busy with anything else they all but stop (a worker took
+    # 17 minutes to load the tiny model beside two busy loops). The instances these tests start (here, and the ones
+    # their subprocesses start, which inherit the environment) run their workers at the tests' own priority.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_worker_niceness", "0")
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
                  namespace="evalkit")
         try:
             yield ray
         finally:
             ray.shutdown()
-
-
-@contextmanager
-def normal_priority_workers():
-    """Ray starts its workers at niceness 15: on a machine busy with anything else they all but stop (a worker took
-    17 minutes to load the tiny model beside two busy loops). The instances these tests start (here, and the ones
-    their subprocesses start, which inherit the environment) run their workers at the tests' own priority."""
-    before = os.environ.get("RAY_worker_niceness")
-    os.environ["RAY_worker_niceness"] = "0"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("RAY_worker_niceness", None)
-        else:
-            os.environ["RAY_worker_niceness"] = before
 
 
 def config(tiny_model: Path, out: Path, **executor) -> dict:

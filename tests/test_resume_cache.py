@@ -28,10 +28,10 @@ def slow_config(tiny_model, out):
 HOLD_AFTER = 2  # parts written before a held run sleeps (conftest.held_run)
 
 
-def start(config_path, cwd, env, held: bool = False, release=None):
-    command = held_run(HOLD_AFTER, release) if held else ["-m", "evalkit"]
-    return subprocess.Popen([sys.executable, *command, "run", str(config_path), "--no-cache", "-q"],
-                            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def start(config_path, cwd, env, release=None):
+    """``evalkit run`` of the config, held once it has written HOLD_AFTER parts (conftest.held_run)."""
+    command = [sys.executable, *held_run(HOLD_AFTER, release), "run", str(config_path), "--no-cache", "-q"]
+    return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def frame(run):
@@ -52,7 +52,7 @@ def test_stopped_run_resumes_to_the_same_samples(how, tiny_model, tmp_path, unin
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(slow_config(tiny_model, out)))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = start(path, tmp_path, env, held=True)
+    proc = start(path, tmp_path, env)
     try:
         run_dir = wait_for_parts(out, proc, minimum=HOLD_AFTER)
         proc.send_signal({"kill": signal.SIGKILL, "ctrl-c": signal.SIGINT, "sigterm": signal.SIGTERM}[how])
@@ -91,7 +91,7 @@ def test_a_second_writer_is_refused_and_the_first_finishes(tiny_model, tmp_path,
     path.write_text(yaml.safe_dump(slow_config(tiny_model, out)))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     release = tmp_path / "release"
-    proc = start(path, tmp_path, env, held=True, release=release)  # still writing, however slow the machine
+    proc = start(path, tmp_path, env, release=release)  # still writing, however slow the machine
     try:
         run_dir = wait_for_parts(out, proc, minimum=HOLD_AFTER)
         second = subprocess.run([sys.executable, "-m", "evalkit", "run", "--resume", str(run_dir), "-q"],
