@@ -35,7 +35,7 @@ from evalkit.generation.base import ENGINE_STAT_COLUMNS, WorkUnit
 from evalkit.errors import EvalkitError
 from evalkit.generation.heap import keep_freed_blocks
 from evalkit.generation.sampling import RowParams, check_logits, log_normaliser_and_entropy, sample, warp
-from evalkit.generation.slots import SlotCache, fixed_rows, linears_of, span_for
+from evalkit.generation.slots import SlotCache, fixed_rows, linears_of, slot_attention, span_for
 from evalkit.seeds import uniforms
 
 
@@ -328,7 +328,7 @@ class Engine:
         else:
             mask = cache.mask(dtype)
         positions = (cache.lengths[:n] + offsets)[:, None]
-        with fixed_rows(self.fixed):
+        with fixed_rows(self.fixed), slot_attention(self.model):
             out = self.model(input_ids=tokens[:, None], attention_mask=mask, cache=cache, use_cache=True,
                              position_ids=positions)
         cache.end_step()

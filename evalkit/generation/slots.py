@@ -4,16 +4,26 @@ linear layers of fixed shape.
 A row's logits are float sums, and a sum's rounding depends on its order. Two things in a batched decode step change
 that order with the batch:
 
-- **Where a row's keys sit.** With left padding a row's keys move with the longest prompt of its batch, and the
-  attention's reductions group them otherwise. In a :class:`SlotCache` each row owns a slot, its tokens from
-  position 0, and attends over the slot's first ``span`` positions, the rest masked. torch's CPU attention (SDPA)
-  gives a row the same result for every span at least its length + 1 rounded up to 16 (masked keys add exact
-  zeros at the end of the same groups); the span is always that much longer (``MARGIN``), so it may follow the
-  longest row of the batch.
+- **Where a row's keys sit, and who computes its attention.** With left padding a row's keys move with the longest
+  prompt of its batch, and the attention's reductions group them otherwise. In a :class:`SlotCache` each row owns a
+  slot, its tokens from position 0, and attends over the slot's first ``span`` positions, the rest masked (masked
+  keys add exact zeros at the end of the same groups). The span is always a multiple of 16 and at least
+  ``MARGIN`` past the longest row, so it may follow the longest row of the batch. A decode step's attention is
+  evalkit's own (:func:`slot_attention_forward`, inside :func:`slot_attention`): per row and key head, the query heads
+  that share the head times its keys, a softmax, times its values, three batched products over whole rows. torch's
+  CPU attention kernel (SDPA) is not used there: it gives a row other last bits depending on which thread computes
+  it (each thread's scratch buffer sits at another alignment, and MKL's small products round by alignment; seen with
+  2 threads on an AMD EPYC, where 2 of 3 rows differed between batch sizes 7 and 64), and through transformers it
+  copies the keys and values once per query head that shares them.
 - **How many rows a matrix product has.** A CPU GEMM picks its kernel and its blocking of the inner dimension by
-  the number of rows: a row's result at 64 rows is not its result at 7. Inside :func:`fixed_rows` every
+  the number of rows: a row's result at 64 rows need not be its result at 7. Inside :func:`fixed_rows` every
   ``nn.Linear`` computes in blocks of exactly ``BLOCK`` rows (the last one padded with zeros); at a fixed row count
-  a row's result depends neither on its position nor on the other rows.
+  a row's result depends neither on its position nor on the other rows. The last block, when fewer rows are left,
+  may be one of :data:`SMALL_BLOCKS` rows instead, for a layer whose products give every row, on this machine and
+  at this thread count, the same bits at that size as at ``BLOCK`` (:func:`allowed_blocks` tries each layer shape
+  once per process): a step of 10 rows then multiplies 16 rows, not 64, and a row's result is still its result in any
+  batch. Where a size does not give the same bits (on some Intel CPUs a product with 1,536 inputs rounds
+  otherwise at 32 rows), that layer keeps ``BLOCK``.
 
 A prompt is prefilled alone (its own rows only, its own length), so its cache and first logits do not depend on
 the prompts beside it either. What then holds, and what does not, is said in the README ("Batch invariance").
@@ -25,9 +35,12 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 BLOCK = 64  # rows of every matrix product of a decode step (the CPU engine's default batch is 64: no padding there)
 MARGIN = 16  # masked positions past every row's length at least: the attention's groups of 16 stay whole
+SLOT_ATTENTION = "evalkit_slots"  # the attention implementation of a decode step inside slot_attention()
 
 
 def span_for(length: int) -> int:
@@ -128,18 +141,50 @@ class SlotCache:
         return out.masked_fill_(~keep[:, None, None, :], torch.finfo(dtype).min)
 
 
+SMALL_BLOCKS = (8, 16, 32, 48)  # the sizes a last block of fewer rows may take instead of BLOCK, where allowed_blocks says
+
+
 class _FixedRowsLinear(torch.nn.Linear):
-    """An ``nn.Linear`` that computes in blocks of :data:`BLOCK` rows (see the module's docstring)."""
+    """An ``nn.Linear`` that computes in blocks of :data:`BLOCK` rows, the last one of the smallest size of
+    :func:`allowed_blocks` that holds what is left (see the module's docstring)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
         n = flat.shape[0]
-        if n == BLOCK:
+        left = n % BLOCK
+        if not left:
+            if n == BLOCK:
+                return F.linear(x, self.weight, self.bias)
+            out = torch.cat([F.linear(part, self.weight, self.bias) for part in flat.split(BLOCK)])
+            return out.reshape(*x.shape[:-1], out.shape[-1])
+        size = next(b for b in allowed_blocks(self) if b >= left)
+        if size == n:
             return F.linear(x, self.weight, self.bias)
-        if n % BLOCK:
-            flat = torch.cat([flat, flat.new_zeros(BLOCK - n % BLOCK, flat.shape[1])])
+        if size > left:
+            flat = torch.cat([flat, flat.new_zeros(size - left, flat.shape[1])])
         out = torch.cat([F.linear(part, self.weight, self.bias) for part in flat.split(BLOCK)])
         return out[:n].reshape(*x.shape[:-1], out.shape[-1])
+
+
+_ALLOWED: dict[tuple, tuple[int, ...]] = {}  # a layer's shape, dtype and torch's thread count -> its block sizes
+
+
+def allowed_blocks(linear: torch.nn.Linear) -> tuple[int, ...]:
+    """The block sizes ``linear`` computes in (ascending, :data:`BLOCK` last): each of :data:`SMALL_BLOCKS` whose
+    product gives each of its rows the bits that the same row gets at :data:`BLOCK` rows, tried on two blocks of
+    random rows, from both ends of the larger block, with the layer's own weights. Tried once per shape, dtype and
+    thread count in a process."""
+    weight, bias = linear.weight, linear.bias
+    key = (tuple(weight.shape), bias is not None, weight.dtype, str(weight.device), torch.get_num_threads())
+    if key not in _ALLOWED:
+        generator = torch.Generator(device=weight.device).manual_seed(20261207)
+        tries = [torch.randn(BLOCK, weight.shape[1], generator=generator, device=weight.device).to(weight.dtype)
+                 for _ in range(2)]
+        fulls = [F.linear(x, weight, bias) for x in tries]
+        _ALLOWED[key] = tuple(b for b in SMALL_BLOCKS
+                              if all(torch.equal(F.linear(x[at:at + b].clone(), weight, bias), full[at:at + b])
+                                     for x, full in zip(tries, fulls) for at in (0, BLOCK - b))) + (BLOCK,)
+    return _ALLOWED[key]
 
 
 def linears_of(model: torch.nn.Module) -> list[torch.nn.Linear]:
@@ -158,3 +203,41 @@ def fixed_rows(linears: list[torch.nn.Linear]):
     finally:
         for m in swapped:
             m.__class__ = torch.nn.Linear
+
+
+def slot_attention_forward(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                           attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                           **kwargs) -> tuple[torch.Tensor, None]:
+    """A decode step's attention over the slots (transformers' attention-function protocol): query [rows, heads, 1,
+    size], keys and values [rows, key heads, span, size], the additive mask [rows, 1, 1, span]. The query heads that
+    share a key head are one matrix against its keys (no copies of the keys); each row is computed whole by one
+    product, whatever thread runs it. Anything but one new token per row on CPU goes to transformers' SDPA."""
+    rows, heads, new, size = query.shape
+    groups = heads // key.shape[1]
+    if query.device.type != "cpu" or new != 1 or dropout or heads % key.shape[1]:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    scores = torch.matmul(query.reshape(rows, key.shape[1], groups, size), key.transpose(-1, -2))
+    scores.mul_(size ** -0.5 if scaling is None else scaling)
+    if attention_mask is not None:
+        scores.add_(attention_mask)
+    out = torch.matmul(scores.softmax(dim=-1), value)  # [rows, key heads, groups, value size]
+    return out.reshape(rows, 1, heads, value.shape[-1]), None
+
+
+AttentionInterface.register(SLOT_ATTENTION, slot_attention_forward)
+
+
+@contextmanager
+def slot_attention(model: torch.nn.Module):
+    """Within: ``model``'s text layers attend through :func:`slot_attention_forward` where they would through
+    transformers' SDPA attention (a model set to another implementation keeps it)."""
+    config = model.config.get_text_config()
+    swap = config._attn_implementation == "sdpa"
+    if swap:
+        config._attn_implementation = SLOT_ATTENTION
+    try:
+        yield
+    finally:
+        if swap:
+            config._attn_implementation = "sdpa"
