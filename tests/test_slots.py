@@ -97,3 +97,71 @@ def test_the_cpu_engine_keeps_freed_blocks_where_malloc_is_glibcs():
     glibc = sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
     assert keep_freed_blocks() is glibc
     assert keep_freed_blocks() is glibc  # once per process: again, the same answer
+
+
+def test_the_decode_attention_matches_sdpa_and_gives_a_row_the_same_bits_in_any_batch():
+    """evalkit's decode-step attention against transformers' SDPA attention (grouped-query heads, the slots' mask),
+    and a row's result at every batch size from 1 to 64 and at another position in the batch: bit for bit (torch's
+    SDPA kernel gave other last bits on the thread that computed a row)."""
+    from types import SimpleNamespace
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from evalkit.generation.slots import slot_attention_forward
+
+    torch.manual_seed(2)
+    heads, kv_heads, dim, span = 9, 3, 64, 96
+    module = SimpleNamespace(num_key_value_groups=heads // kv_heads, is_causal=True, training=False)
+    q = torch.randn(64, heads, 1, dim)
+    keys, values = torch.randn(64, kv_heads, 128, dim), torch.randn(64, kv_heads, 128, dim)
+    lengths = torch.randint(10, span - MARGIN, (64,))
+
+    def attend(rows, fn=slot_attention_forward):
+        mask = torch.zeros(len(rows), 1, 1, span).masked_fill_(
+            (torch.arange(span)[None] > lengths[rows, None])[:, None, None], torch.finfo(torch.float32).min)
+        out, _ = fn(module, q[rows], keys[rows, :, :span], values[rows, :, :span], mask, scaling=dim ** -0.5)
+        return out
+
+    full = attend(torch.arange(64))
+    assert full.shape == (64, 1, heads, dim)
+    assert torch.allclose(full, attend(torch.arange(64), sdpa_attention_forward), atol=2e-6)
+    for n in range(1, 65):
+        assert torch.equal(attend(torch.arange(n)), full[:n]), n
+    order = torch.randperm(64)
+    assert torch.equal(attend(order), full[order])
+    # a masked key changes nothing: the row's result over its own keys alone
+    row = 5
+    alone, _ = slot_attention_forward(module, q[row:row + 1], keys[row:row + 1, :, :lengths[row] + 1],
+                                      values[row:row + 1, :, :lengths[row] + 1], None, scaling=dim ** -0.5)
+    assert torch.allclose(alone, full[row:row + 1], atol=1e-6)
+
+
+def test_inside_slot_attention_a_model_attends_through_evalkit_and_gets_its_own_back():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from evalkit.generation.slots import SLOT_ATTENTION, slot_attention
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=4, num_key_value_heads=2, attn_implementation="sdpa"))
+    with slot_attention(model):
+        assert model.config._attn_implementation == SLOT_ATTENTION
+    assert model.config._attn_implementation == "sdpa"
+    model.config._attn_implementation = "eager"
+    with slot_attention(model):  # another implementation is left as it is
+        assert model.config._attn_implementation == "eager"
+
+
+def test_a_layer_computes_its_last_rows_in_the_smallest_block_this_machine_allows():
+    from evalkit.generation.slots import SMALL_BLOCKS, allowed_blocks
+
+    torch.manual_seed(3)
+    layer = torch.nn.Linear(576, 1536)
+    allowed = allowed_blocks(layer)
+    assert allowed[-1] == BLOCK and list(allowed) == sorted(allowed) and set(allowed[:-1]) <= set(SMALL_BLOCKS)
+    x = torch.randn(BLOCK + 40, 576)
+    whole = torch.nn.functional.linear(x[:BLOCK], layer.weight, layer.bias)
+    with fixed_rows([layer]):
+        for n in (1, 5, 9, 20, 33, 50, BLOCK + 40):
+            got = layer(torch.cat([x[BLOCK - n % BLOCK:BLOCK], x[:n - n % BLOCK]]) if n > BLOCK else x[BLOCK - n:BLOCK])
+            want = torch.cat([whole[BLOCK - n % BLOCK:], whole[:n - n % BLOCK]]) if n > BLOCK else whole[BLOCK - n:]
+            assert torch.equal(got, want), n  # the rows' bits at 64 rows, wherever they sit

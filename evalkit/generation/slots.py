@@ -141,7 +141,7 @@ class SlotCache:
         return out.masked_fill_(~keep[:, None, None, :], torch.finfo(dtype).min)
 
 
-SMALL_BLOCKS = (8, 16, 32, 48)  # the sizes a last block of fewer rows may take instead of BLOCK, where allowed_blocks says
+SMALL_BLOCKS = (8, 16, 32, 48)  # sizes a last block of fewer rows may take instead of BLOCK (allowed_blocks)
 
 
 class _FixedRowsLinear(torch.nn.Linear):
