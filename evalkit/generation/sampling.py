@@ -13,7 +13,7 @@ import torch
 
 from evalkit.errors import EvalkitError
 from evalkit.generation.samplers import cutoffs, dry, mirostat, penalties, sigma, xtc
-from evalkit.generation.samplers.base import Transform
+from evalkit.generation.samplers.base import Transform, in_pairs, pick, sort_groups
 from evalkit.generation.samplers.penalties import SCOPE_ALL, SCOPE_OUTPUT
 from evalkit.settings import ORDERS, PENALTIES, Setting, _chain
 
@@ -289,18 +289,35 @@ def _top_k(out: torch.Tensor, params: RowParams) -> torch.Tensor:
 
 
 def _top_p(out: torch.Tensor, params: RowParams) -> torch.Tensor:
-    if bool((params.top_p < 1).any()):
-        vocab = out.shape[-1]
+    on = params.top_p < 1
+    if not bool(on.any()):
+        return out
+    drop = torch.zeros_like(out, dtype=torch.bool)
+    for rows, width in sort_groups(out, on):
+        drop[rows] = in_pairs(_top_p_drop, pick(out, rows), pick(params.top_p, rows), width=width)
+    return out.masked_fill(drop, float("-inf"))
+
+
+def _top_p_drop(out: torch.Tensor, top_p: torch.Tensor, width: int | None) -> torch.Tensor:
+    """The tokens top-p drops from each row, ``width`` as :func:`sort_groups` gives it."""
+    vocab = out.shape[-1]
+    if width is None:
         # Stable ascending sort: among equal logits the higher token id comes first, i.e. is dropped first.
         order = torch.sort(out.flip(-1), dim=-1, stable=True).indices
         order = vocab - 1 - order
         asc = out.gather(1, order)
-        cum = asc.softmax(dim=-1).cumsum(dim=-1)
-        drop_sorted = cum <= (1 - params.top_p).float()[:, None]
-        drop_sorted[:, -1] = False
-        drop = torch.zeros_like(drop_sorted).scatter_(1, order, drop_sorted)
-        out = out.masked_fill(drop & (params.top_p < 1)[:, None], float("-inf"))
-    return out
+    else:  # the finite logits alone, sorted the same way (by id first, descending, then stably by logit)
+        vals, idx = torch.topk(out, width, dim=-1)
+        by_id = torch.sort(idx, dim=-1, descending=True)
+        vals, idx = vals.gather(1, by_id.indices), by_id.values
+        by_logit = torch.sort(vals, dim=-1, stable=True).indices
+        order = idx.gather(1, by_logit)
+        asc = out.new_full(out.shape, float("-inf"))  # the whole sorted row: its -inf first, all alike
+        asc[:, vocab - width:] = vals.gather(1, by_logit)
+    cum = asc.softmax(dim=-1).cumsum(dim=-1)[:, vocab - order.shape[1]:]
+    drop_sorted = cum <= (1 - top_p).float()[:, None]
+    drop_sorted[:, -1] = False
+    return torch.zeros_like(out, dtype=torch.bool).scatter_(1, order, drop_sorted)
 
 
 def _min_p(out: torch.Tensor, params: RowParams) -> torch.Tensor:

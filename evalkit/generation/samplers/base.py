@@ -35,3 +35,34 @@ class Transform:
 def rows_on(out: torch.Tensor, on: torch.Tensor) -> torch.Tensor:
     """``on`` as a [rows, 1] mask for masked_fill."""
     return on[:, None].to(out.device)
+
+
+def sort_groups(out: torch.Tensor, on: torch.Tensor) -> list[tuple[torch.Tensor, int | None]]:
+    """The rows of ``out`` where ``on``, in the groups a stage that sorts its rows (top-p, typical) computes apart:
+    (rows, width) for the rows with at most a quarter of the vocabulary finite (after a top-k, say), width the most
+    finite logits any of them has; (rows, None) for the others. The first group's rows sort their finite logits
+    alone and build the rest of each sorted row, all -inf (or +inf) and alike in value, without sorting it: every
+    value the stage computes from a sorted row (a softmax and its cumulative sum over the whole row) is the one the
+    full sort gives, bit for bit. The others sort whole rows. Rows where not ``on`` are in no group."""
+    rows = on.nonzero()[:, 0]
+    vocab = out.shape[-1]
+    if vocab < 1024 or rows.numel() == 0:
+        return [(rows, None)] if rows.numel() else []
+    counts = out.isfinite().sum(dim=-1)[rows]
+    few = counts <= vocab // 4
+    groups = [(rows[few], int(counts[few].max())) if bool(few.any()) else None,
+              (rows[~few], None) if not bool(few.all()) else None]
+    return [g for g in groups if g is not None]
+
+
+def in_pairs(f: Callable[..., torch.Tensor], *rows: torch.Tensor, **kwargs) -> torch.Tensor:
+    """``f(*rows, **kwargs)``, a lone row computed as a batch of two (itself twice): torch may split a lone long
+    row's reductions among threads, so that its last bits would depend on the rows beside it."""
+    if rows[0].shape[0] != 1:
+        return f(*rows, **kwargs)
+    return f(*(torch.cat([r, r]) for r in rows), **kwargs)[:1]
+
+
+def pick(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Rows ``rows`` of ``t`` (ascending, distinct): ``t`` itself when they are all of its rows (no copy)."""
+    return t if rows.numel() == t.shape[0] else t[rows]

@@ -10,11 +10,9 @@ give a batch of two rows or more (tests/test_transformers_parity.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
-from evalkit.generation.samplers.base import NEG_INF, Transform
+from evalkit.generation.samplers.base import NEG_INF, Transform, in_pairs, pick, sort_groups
 
 
 def _keep_top(out: torch.Tensor) -> torch.Tensor:
@@ -22,21 +20,34 @@ def _keep_top(out: torch.Tensor) -> torch.Tensor:
     return out >= out.amax(dim=-1, keepdim=True)
 
 
-def _as_in_a_batch(f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], out: torch.Tensor,
-                   knob: torch.Tensor) -> torch.Tensor:
-    """``f(out, knob)``, a lone row computed as a batch of two (see the module's docstring)."""
-    if out.shape[0] != 1:
-        return f(out, knob)
-    return f(torch.cat([out, out]), knob.repeat(2))[:1]
-
-
 def _typical(out: torch.Tensor, mass: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
     logp = torch.log_softmax(out, dim=-1)
     p = logp.exp()
     ent = -(logp * p).nansum(-1, keepdim=True)
     shifted = (-logp - ent).abs()
-    ss, si = torch.sort(shifted, dim=-1, stable=True)
-    cum = out.gather(-1, si).softmax(dim=-1).cumsum(dim=-1)
+    remove = torch.zeros_like(out, dtype=torch.bool)
+    for rows, width in sort_groups(out, mass < 1):
+        remove[rows] = in_pairs(_typical_remove, pick(out, rows), pick(shifted, rows), pick(mass, rows),
+                                pick(prefix, rows), width=width)
+    return out.masked_fill(remove, NEG_INF)
+
+
+def _typical_remove(out: torch.Tensor, shifted: torch.Tensor, mass: torch.Tensor, prefix: torch.Tensor,
+                    width: int | None) -> torch.Tensor:
+    """The tokens typical removes from each row (``shifted``: |-log p - H|), ``width`` as :func:`sort_groups` gives
+    it."""
+    if width is None:
+        ss, si = torch.sort(shifted, dim=-1, stable=True)
+        cum = out.gather(-1, si).softmax(dim=-1).cumsum(dim=-1)
+    else:  # the finite logits alone, by id and then stably by |-log p - H|; the rest (-inf, shifted +inf) last
+        _, idx = torch.topk(out, width, dim=-1)
+        idx = idx.sort(dim=-1).values
+        si = idx.gather(1, torch.sort(shifted.gather(1, idx), dim=-1, stable=True).indices)
+        ss = shifted.new_full(shifted.shape, float("inf"))
+        ss[:, :width] = shifted.gather(1, si)
+        cum = out.new_full(out.shape, float("-inf"))
+        cum[:, :width] = out.gather(1, si)
+        cum = cum.softmax(dim=-1).cumsum(dim=-1)
     last = (cum < mass[:, None]).sum(dim=1).clamp(max=ss.shape[-1] - 1)
     remove_sorted = ss > ss.gather(1, last[:, None])
     # llama.cpp's rule: the shortest prefix (ties in sort order, evalkit: lowest ids first) whose mass exceeds it
@@ -44,8 +55,7 @@ def _typical(out: torch.Tensor, mass: torch.Tensor, prefix: torch.Tensor) -> tor
     beyond = torch.arange(ss.shape[-1], device=out.device)[None, :] >= count[:, None]
     remove_sorted = torch.where(prefix[:, None], beyond, remove_sorted)
     remove_sorted[:, :1] = False
-    remove = remove_sorted.scatter(1, si, remove_sorted)
-    return out.masked_fill(remove & (mass < 1)[:, None], NEG_INF)
+    return torch.zeros_like(remove_sorted).scatter_(1, si, remove_sorted[:, :si.shape[1]])
 
 
 def typical(out: torch.Tensor, params) -> torch.Tensor:
@@ -56,9 +66,7 @@ def typical(out: torch.Tensor, params) -> torch.Tensor:
         return out
     prefix = params.rowwise.get("exact_k")
     prefix = torch.zeros_like(params.typical_p, dtype=torch.bool) if prefix is None else prefix
-    if out.shape[0] != 1:
-        return _typical(out, params.typical_p, prefix)
-    return _typical(torch.cat([out, out]), params.typical_p.repeat(2), prefix.repeat(2))[:1]  # as in a batch
+    return in_pairs(_typical, out, params.typical_p, prefix)  # a lone row as in a batch
 
 
 def epsilon(out: torch.Tensor, params) -> torch.Tensor:
@@ -82,7 +90,7 @@ def eta(out: torch.Tensor, params) -> torch.Tensor:
     """Eta sampling (Hewitt et al. 2022): the cutoff min(eta, sqrt(eta) exp(-H)), H the row's entropy."""
     if not bool((params.eta_cutoff > 0).any()):
         return out
-    return _as_in_a_batch(_eta, out, params.eta_cutoff)
+    return in_pairs(_eta, out, params.eta_cutoff)
 
 
 TRANSFORMS = {

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from evalkit.generation.samplers.base import NEG_INF, Transform
-from evalkit.generation.samplers.cutoffs import _as_in_a_batch
+from evalkit.generation.samplers.base import NEG_INF, Transform, in_pairs
 
 
 def top_n_sigma(out: torch.Tensor, params) -> torch.Tensor:
@@ -16,7 +15,7 @@ def top_n_sigma(out: torch.Tensor, params) -> torch.Tensor:
     n = params.top_n_sigma
     if not bool((n > 0).any()):
         return out
-    return _as_in_a_batch(_top_n_sigma, out, n)
+    return in_pairs(_top_n_sigma, out, n)
 
 
 def _top_n_sigma(out: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
