@@ -374,3 +374,46 @@ def test_a_rows_log_normaliser_and_entropy_do_not_depend_on_the_rows_beside_it(v
     torch.testing.assert_close(entropy.double(), -(torch.softmax(logits.double(), -1) *
                                                    torch.log_softmax(logits.double(), -1)).nan_to_num().sum(-1),
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("vocab", [4096, 49152])
+def test_top_p_and_typical_sort_a_cut_rows_finite_logits_alone_with_the_whole_sorts_bits(vocab):
+    """Rows that a top-k has cut (ties at the cut among them) sort only their finite logits: the tokens top-p and
+    typical remove are those of the whole-row sort, and the rows are grouped as sort_groups says."""
+    from evalkit.generation.samplers.base import sort_groups
+    from evalkit.generation.samplers.cutoffs import _typical_remove
+    from evalkit.generation.sampling import _top_p_drop
+
+    gen = torch.Generator().manual_seed(vocab)
+    rows = 24
+    x = torch.randn(rows, vocab, generator=gen) * torch.tensor([1.0, 3.0, 8.0]).repeat(8)[:, None]
+    x[::2] = (x[::2] * 2).round() / 2  # tied logits, at the cuts too
+    k = torch.tensor([1, 2, 5, 50, 300, 1000] * 4)
+    kth = torch.topk(x, int(k.max()), dim=-1).values.gather(1, (k - 1)[:, None])
+    x = x.masked_fill(x < kth, float("-inf"))
+    x[3, :] = float("-inf")
+    x[3, 11] = 0.5  # one finite logit
+    top_p = torch.tensor([0.3, 0.6, 0.9, 0.95, 0.99, 0.999] * 4, dtype=torch.float64)
+    mass = top_p.float()
+    prefix = torch.arange(rows) % 3 == 0
+    on = torch.ones(rows, dtype=torch.bool)
+    on[5] = False
+    (few, width), = sort_groups(x, on)
+    assert few.tolist() == [r for r in range(rows) if r != 5]
+    assert width == int(x.isfinite().sum(dim=-1).max()) < vocab // 4
+    logp = torch.log_softmax(x, dim=-1)
+    shifted = (-logp - (-(logp * logp.exp()).nansum(-1, keepdim=True))).abs()
+    dropped = removed = 0
+    for rows_, w in ((slice(None), width), (slice(0, 7), int(x[:7].isfinite().sum(dim=-1).max()))):
+        whole = _top_p_drop(x[rows_], top_p[rows_], None)
+        assert torch.equal(_top_p_drop(x[rows_], top_p[rows_], w) & x[rows_].isfinite(), whole & x[rows_].isfinite())
+        whole_t = _typical_remove(x[rows_], shifted[rows_], mass[rows_], prefix[rows_], None)
+        part_t = _typical_remove(x[rows_], shifted[rows_], mass[rows_], prefix[rows_], w)
+        assert torch.equal(part_t & x[rows_].isfinite(), whole_t & x[rows_].isfinite())
+        dropped += int((whole & x[rows_].isfinite()).sum())
+        removed += int((whole_t & x[rows_].isfinite()).sum())
+    assert dropped > rows and removed > rows  # the stages do cut inside the finite logits
+    # rows with more than a quarter of the vocabulary finite sort whole rows, in a group of their own
+    x[7] = torch.randn(vocab, generator=gen)
+    groups = sort_groups(x, on)
+    assert [(g.tolist(), w) for g, w in groups][1] == ([7], None) and 7 not in groups[0][0].tolist()
