@@ -9,8 +9,9 @@ uniform from the row's own random stream, a function of the sample's seed and it
 at once, and new units take their slots before the next step: the batch stays full until the queue is empty.
 
 A row's first token comes from its prompt's prefill, drawn from one distribution per (prompt, setting) that every
-such row shares. On CPU every decode step runs its linear layers at a fixed row count, and each row attends over its
-own slot: a sample is the same at any batch size, with or without refill (:mod:`evalkit.generation.slots`). On
+such row shares. On CPU every decode step runs its linear layers in blocks of fixed row counts whose products give a
+row the same bits, and each row attends over its own slot through evalkit's own attention: a sample is the same at
+any batch size, with or without refill (:mod:`evalkit.generation.slots`). On
 out-of-memory (CUDA) the unfinished units are retried at half the batch size; their random streams give them the
 same tokens, but for the last bits of the logits, which on a GPU depend on the batch's shape.
 
