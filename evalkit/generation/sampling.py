@@ -451,7 +451,7 @@ def warp(logits: torch.Tensor, params: RowParams,
             parts.append((g, Warped(torch.zeros(top.shape, dtype=torch.float32, device=device), top)))
     plain = rows[~greedy & ~trunc]
     if plain.numel():
-        parts.append((plain, Warped(scale(_rows(logits, plain), params[plain]), None)))
+        parts.append((plain, Warped(scale(pick(logits, plain), params[plain]), None)))
     engine = ORDERS[ENGINE_ORDER]
     fast_code = params.chains.index(engine) if engine in params.chains else -1
     early = before_temperature(engine)  # the processors (penalties, n-gram ban, min tokens): applied first, densely
@@ -466,7 +466,7 @@ def warp(logits: torch.Tensor, params: RowParams,
     if todo.numel() == 0:
         return parts
     sub = params[todo]
-    z = _rows(logits, todo)
+    z = pick(logits, todo)
     if bool(sub._active(vocab, lambda name: name in early_knobs).any()):
         z = apply_chain(z, sub, early)
     scaled = scale(z, sub)
@@ -481,19 +481,14 @@ def warp(logits: torch.Tensor, params: RowParams,
     for size in candidates:
         if left.numel() == 0 or size >= vocab:
             break
-        vals, idx, fits = _filter_candidates(_rows(scaled, left), sub[left], size,
-                                             Normalised(*(None if t is None else _rows(t, left) for t in row)))
+        vals, idx, fits = _filter_candidates(pick(scaled, left), sub[left], size,
+                                             Normalised(*(None if t is None else pick(t, left) for t in row)))
         if bool(fits.any()):
             parts.append((todo[left[fits]], Warped(vals[fits], idx[fits])))
         left = left[~fits]
     if left.numel():
         parts.append((todo[left], Warped(filter_dense(scaled[left], sub[left]), None)))
     return parts
-
-
-def _rows(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Rows ``index`` (ascending, distinct) of ``t``: ``t`` itself when they are all of its rows (no copy)."""
-    return t if index.numel() == t.shape[0] else t[index]
 
 
 def check_logits(logits: torch.Tensor, log_z: torch.Tensor | None = None) -> torch.Tensor:
