@@ -152,15 +152,10 @@ class _FixedRowsLinear(torch.nn.Linear):
         flat = x.reshape(-1, x.shape[-1])
         n = flat.shape[0]
         left = n % BLOCK
-        if not left:
-            if n == BLOCK:
-                return F.linear(x, self.weight, self.bias)
-            out = torch.cat([F.linear(part, self.weight, self.bias) for part in flat.split(BLOCK)])
-            return out.reshape(*x.shape[:-1], out.shape[-1])
-        size = next(b for b in allowed_blocks(self) if b >= left)
-        if size == n:
+        size = next(b for b in allowed_blocks(self) if b >= left) if left else BLOCK  # the last block's rows
+        if n == size:  # one block, no padding
             return F.linear(x, self.weight, self.bias)
-        if size > left:
+        if size > left > 0:
             flat = torch.cat([flat, flat.new_zeros(size - left, flat.shape[1])])
         out = torch.cat([F.linear(part, self.weight, self.bias) for part in flat.split(BLOCK)])
         return out[:n].reshape(*x.shape[:-1], out.shape[-1])

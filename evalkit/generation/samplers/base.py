@@ -47,12 +47,15 @@ def sort_groups(out: torch.Tensor, on: torch.Tensor) -> list[tuple[torch.Tensor,
     rows = on.nonzero()[:, 0]
     vocab = out.shape[-1]
     if vocab < 1024 or rows.numel() == 0:
-        return [(rows, None)] if rows.numel() else []
+        return [(rows, None)] * bool(rows.numel())
     counts = out.isfinite().sum(dim=-1)[rows]
     few = counts <= vocab // 4
-    groups = [(rows[few], int(counts[few].max())) if bool(few.any()) else None,
-              (rows[~few], None) if not bool(few.all()) else None]
-    return [g for g in groups if g is not None]
+    groups = []
+    if bool(few.any()):
+        groups.append((rows[few], int(counts[few].max())))
+    if not bool(few.all()):
+        groups.append((rows[~few], None))
+    return groups
 
 
 def in_pairs(f: Callable[..., torch.Tensor], *rows: torch.Tensor, **kwargs) -> torch.Tensor:
