@@ -258,10 +258,12 @@ def apply_chain(logits: torch.Tensor, params: RowParams, order) -> torch.Tensor:
         if len(stage) == 1:
             out = TRANSFORMS[stage[0]].apply(out, params)
             continue
-        removed = torch.zeros_like(out, dtype=torch.bool)
+        kept = out  # what every filter so far keeps, the rest at -inf
         for name in stage:
-            removed |= TRANSFORMS[name].apply(out, params).isneginf() & ~out.isneginf()
-        out = out.masked_fill(removed, float("-inf"))
+            t = TRANSFORMS[name]
+            mine = t.apply(out, params, among=kept) if t.among and kept is not out else t.apply(out, params)
+            kept = mine if kept is out else kept.masked_fill(mine.isneginf(), float("-inf"))
+        out = kept
     return out
 
 
@@ -279,20 +281,30 @@ def _top_k(out: torch.Tensor, params: RowParams) -> torch.Tensor:
     if not bool(on.any()):
         return out
     kth = torch.topk(out, int(k.max()), dim=-1).values.gather(1, (k.clamp(min=1) - 1)[:, None])
-    drop = on[:, None] & (out < kth)
+    kth = kth.masked_fill(~on[:, None], float("-inf"))  # a row where top-k is off drops nothing
+    drop = out < kth
     exact = params.rowwise.get("exact_k")
     if exact is not None and bool((exact & on).any()):
-        tied = out == kth
-        room = k[:, None] - (out > kth).sum(dim=-1, keepdim=True)  # places left for tokens tied with the k-th
-        drop |= (exact & on)[:, None] & tied & (tied.cumsum(dim=-1) > room)
+        # rows that keep more than k (tokens tied with the k-th): the tied tokens past the room left are dropped
+        over = (exact & on) & ((~drop).sum(dim=-1) > k)
+        if bool(over.any()):
+            rows = over.nonzero()[:, 0]
+            z, at = out[rows], kth[rows]
+            tied = z == at
+            room = k[rows, None] - (z > at).sum(dim=-1, keepdim=True)  # places left for tokens tied with the k-th
+            drop[rows] |= tied & (tied.cumsum(dim=-1) > room)
     return out.masked_fill(drop, float("-inf"))
 
 
-def _top_p(out: torch.Tensor, params: RowParams) -> torch.Tensor:
+def _top_p(out: torch.Tensor, params: RowParams, among: torch.Tensor | None = None) -> torch.Tensor:
+    """Top-p; with ``among`` (in a joint stage: ``out`` with what its filters before top-p remove at -inf), what it
+    drops at -inf in ``among`` is left to them (the whole stage removes what any of its filters removes)."""
     on = params.top_p < 1
     if not bool(on.any()):
         return out
     drop = torch.zeros_like(out, dtype=torch.bool)
+    if among is not None:
+        on = _top_p_among(out, params, on, among, drop)
     for rows, width in sort_groups(out, on):
         drop[rows] = in_pairs(_top_p_drop, pick(out, rows), pick(params.top_p, rows), width=width)
     return out.masked_fill(drop, float("-inf"))
@@ -314,10 +326,52 @@ def _top_p_drop(out: torch.Tensor, top_p: torch.Tensor, width: int | None) -> to
         order = idx.gather(1, by_logit)
         asc = out.new_full(out.shape, float("-inf"))  # the whole sorted row: its -inf first, all alike
         asc[:, vocab - width:] = vals.gather(1, by_logit)
-    cum = asc.softmax(dim=-1).cumsum(dim=-1)[:, vocab - order.shape[1]:]
+    probs, tail = asc.softmax(dim=-1), vocab - order.shape[1]
+    # on CPU the cumulative sum runs along the row in float64: the zeros before the finite logits add nothing to it
+    cum = probs[:, tail:].cumsum(dim=-1) if probs.device.type == "cpu" else probs.cumsum(dim=-1)[:, tail:]
     drop_sorted = cum <= (1 - top_p).float()[:, None]
     drop_sorted[:, -1] = False
     return torch.zeros_like(out, dtype=torch.bool).scatter_(1, order, drop_sorted)
+
+
+def _top_p_among(out: torch.Tensor, params: RowParams, on: torch.Tensor, among: torch.Tensor,
+                 drop: torch.Tensor) -> torch.Tensor:
+    """Top-p's decisions on the tokens not -inf in ``among`` (a prefix of the row's order: a top-k's kept set) in
+    the rows where they are at most a quarter of a long vocabulary, written into ``drop``; returns the rows where
+    ``on`` still to compute (the others, and rows where a decision lies within MARGIN of its cut).
+
+    Top-p is not renormalized there (SGLang's joint stage): the mass ranked strictly above a token is summed over the
+    tokens ranked above it, all of them ``among``, as probabilities of the whole row (from its normaliser), and its
+    complement c_i compared with 1 - top_p: transformers' cumulative sum from the bottom of the whole sorted row
+    without sorting the row; the two agree to a few units of 1e-7, so a row with a decision within MARGIN of the
+    cut is left to the full sort. Ties keep the full sort's order (by logit, then lower token id first)."""
+    vocab = out.shape[-1]
+    if vocab < 1024:
+        return on
+    counts = (among > float("-inf")).sum(dim=-1)
+    few = on & (counts <= vocab // 4)
+    rows = few.nonzero()[:, 0]
+    if rows.numel() == 0:
+        return on
+    sub = pick(out, rows)
+    vals, idx = torch.topk(pick(among, rows), int(counts[rows].max()), dim=-1)
+    by_id = torch.sort(idx, dim=-1)
+    vals, idx = vals.gather(1, by_id.indices), by_id.values
+    by_logit = torch.sort(vals, dim=-1, descending=True, stable=True).indices
+    vals, idx = vals.gather(1, by_logit), idx.gather(1, by_logit)
+    row = _normalise(sub)
+    p64 = ((vals - row.top) - row.log_rest).exp().double()
+    c = (1 - (p64.cumsum(dim=-1) - p64)).float()
+    threshold = (1 - params.top_p[rows]).float()[:, None]
+    valid = vals.isfinite()
+    dropped = (c <= threshold) & valid
+    dropped[:, 0] = False
+    unsure = (valid & ((c - threshold).abs() < MARGIN)).any(dim=-1)
+    sure = ~unsure
+    drop[rows[sure]] = torch.zeros_like(sub[sure], dtype=torch.bool).scatter_(1, idx[sure], dropped[sure])
+    on = on.clone()
+    on[rows[sure]] = False
+    return on
 
 
 def _min_p(out: torch.Tensor, params: RowParams) -> torch.Tensor:
@@ -333,7 +387,8 @@ TRANSFORMS: dict[str, Transform] = {
     "temperature": Transform(scale, torch.float32),
     "top_k": Transform(_top_k, torch.long, lambda p, vocab: (p.top_k > 0) & (p.top_k < vocab), candidates=True,
                        filter=True),
-    "top_p": Transform(_top_p, torch.float64, lambda p, vocab: p.top_p < 1, candidates=True, filter=True),
+    "top_p": Transform(_top_p, torch.float64, lambda p, vocab: p.top_p < 1, candidates=True, filter=True,
+                       among=True),
     "min_p": Transform(_min_p, torch.float32, lambda p, vocab: p.min_p > 0, candidates=True, filter=True),
     **cutoffs.TRANSFORMS, **sigma.TRANSFORMS, **penalties.TRANSFORMS, **xtc.TRANSFORMS, **mirostat.TRANSFORMS,
     **dry.TRANSFORMS,

@@ -36,26 +36,37 @@ def _typical_remove(out: torch.Tensor, shifted: torch.Tensor, mass: torch.Tensor
                     width: int | None) -> torch.Tensor:
     """The tokens typical removes from each row (``shifted``: |-log p - H|), ``width`` as :func:`sort_groups` gives
     it."""
+    vocab = out.shape[-1]
     if width is None:
         ss, si = torch.sort(shifted, dim=-1, stable=True)
         cum = out.gather(-1, si).softmax(dim=-1).cumsum(dim=-1)
+        rest, beyond = cum[:, :0], 0
     else:  # the finite logits alone, by id and then stably by |-log p - H|; the rest (-inf, shifted +inf) last
         _, idx = torch.topk(out, width, dim=-1)
         idx = idx.sort(dim=-1).values
         si = idx.gather(1, torch.sort(shifted.gather(1, idx), dim=-1, stable=True).indices)
-        ss = shifted.new_full(shifted.shape, float("inf"))
-        ss[:, :width] = shifted.gather(1, si)
-        cum = out.new_full(out.shape, float("-inf"))
-        cum[:, :width] = out.gather(1, si)
-        cum = cum.softmax(dim=-1).cumsum(dim=-1)
-    last = (cum < mass[:, None]).sum(dim=1).clamp(max=ss.shape[-1] - 1)
-    remove_sorted = ss > ss.gather(1, last[:, None])
+        ss = shifted.gather(1, si)
+        row = out.new_full(out.shape, float("-inf"))  # the whole sorted row, for its softmax's bits
+        row[:, :width] = out.gather(1, si)
+        probs = row.softmax(dim=-1)
+        if probs.device.type == "cpu":  # the cumulative sum runs along the row: past the finite logits it stays
+            cum = probs[:, :width].cumsum(dim=-1)
+            rest, beyond = cum[:, -1:], vocab - width
+        else:
+            whole = probs.cumsum(dim=-1)
+            cum, rest, beyond = whole[:, :width], whole[:, width:], 1
+    m = mass[:, None]
+    # past the finite logits every shifted value is +inf: a cut there removes none of them
+    last = (cum < m).sum(dim=1) + (rest < m).sum(dim=1) * beyond
+    cut = ss.gather(1, last.clamp(max=ss.shape[-1] - 1)[:, None]).masked_fill((last >= ss.shape[-1])[:, None],
+                                                                                 float("inf"))
+    remove_sorted = ss > cut
     # llama.cpp's rule: the shortest prefix (ties in sort order, evalkit: lowest ids first) whose mass exceeds it
-    count = ((cum <= mass[:, None]).sum(dim=1) + 1).clamp(max=ss.shape[-1])
-    beyond = torch.arange(ss.shape[-1], device=out.device)[None, :] >= count[:, None]
-    remove_sorted = torch.where(prefix[:, None], beyond, remove_sorted)
+    count = (cum <= m).sum(dim=1) + (rest <= m).sum(dim=1) * beyond + 1
+    past = torch.arange(ss.shape[-1], device=out.device)[None, :] >= count[:, None]
+    remove_sorted = torch.where(prefix[:, None], past, remove_sorted)
     remove_sorted[:, :1] = False
-    return torch.zeros_like(remove_sorted).scatter_(1, si, remove_sorted[:, :si.shape[1]])
+    return torch.zeros_like(out, dtype=torch.bool).scatter_(1, si, remove_sorted)
 
 
 def typical(out: torch.Tensor, params) -> torch.Tensor:

@@ -49,10 +49,25 @@ def keep_top(out: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return out.masked_fill(rank >= k[:, None], NEG_INF)
 
 
+BAND = 1e-3  # below_surprise takes log2 only of the probabilities within this factor of 2^-mu
+
+
 def below_surprise(out: torch.Tensor, probs: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
-    """Mirostat v2's truncation: tokens with -log2 p > mu removed, the most likely ones always kept."""
-    keep = (-torch.log2(probs) <= mu[:, None]) | (probs >= probs.amax(dim=-1, keepdim=True))
-    return out.masked_fill(~keep, NEG_INF)
+    """Mirostat v2's truncation: tokens with -log2 p > mu removed, the most likely ones always kept.
+
+    -log2 p <= mu is p >= 2^-mu but for log2's rounding, so log2 is taken only of the probabilities within a factor
+    1 +- BAND of 2^-mu (log2 is within an ulp, under 1e-5 at |mu| < 100, of the exact value, and outside the band
+    the exact value is more than 1.4e-3 from -mu): the others are decided by the comparison alone, and the result
+    is the one log2 of every probability gives. Rows with |mu| >= 100 (2^-mu near float32's limits) take log2 of
+    every probability."""
+    top = probs >= probs.amax(dim=-1, keepdim=True)
+    sane = mu.abs() < 100
+    t = torch.exp2(-mu.double().where(sane, torch.zeros_like(mu, dtype=torch.float64)))[:, None]
+    above = probs >= (t * (1 + BAND)).float()
+    near = (probs > (t * (1 - BAND)).float()) & ~above | ~sane[:, None]
+    at = near.nonzero(as_tuple=True)
+    above[at] = -torch.log2(probs[at]) <= mu[at[0]]
+    return out.masked_fill(~(above | top), NEG_INF)
 
 
 def mirostat(out: torch.Tensor, params) -> torch.Tensor:

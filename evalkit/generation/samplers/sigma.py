@@ -8,9 +8,9 @@ from evalkit.generation.samplers.base import NEG_INF, Transform, in_pairs
 
 
 def top_n_sigma(out: torch.Tensor, params) -> torch.Tensor:
-    """Top-n-sigma (Tang et al. 2024): over the finite logits, those below max - n * std removed (std over the
-    finite logits, population form). It does not depend on the temperature: both sides scale alike. A lone row is
-    computed as a batch of two (its mean and variance are sums over the vocabulary: see
+    """Top-n-sigma (Tang et al. 2024): over the finite logits (those not -inf), those below max - n * std removed (std
+    over the finite logits, population form). It does not depend on the temperature: both sides scale alike. A lone
+    row is computed as a batch of two (its mean and variance are sums over the vocabulary: see
     :mod:`evalkit.generation.samplers.cutoffs`)."""
     n = params.top_n_sigma
     if not bool((n > 0).any()):
@@ -20,14 +20,15 @@ def top_n_sigma(out: torch.Tensor, params) -> torch.Tensor:
 
 def _top_n_sigma(out: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
     on = n > 0
-    finite = out.isfinite()
-    count = finite.sum(dim=-1, keepdim=True).clamp(min=1)
+    finite = ~out.isneginf()  # llama.cpp counts the logits that are not -inf (isfinite costs five times as much)
+    counted = finite.sum(dim=-1, keepdim=True)
+    count = counted.clamp(min=1)
     z = torch.where(finite, out, torch.zeros_like(out))
     mean = z.sum(dim=-1, keepdim=True) / count
     var = torch.where(finite, (out - mean) ** 2, torch.zeros_like(out)).sum(dim=-1, keepdim=True) / count
     cut = out.amax(dim=-1, keepdim=True) - n[:, None] * var.sqrt()
     drop = out < cut
-    return out.masked_fill(drop & (on & (finite.sum(dim=-1) > 1))[:, None], NEG_INF)
+    return out.masked_fill(drop & (on[:, None] & (counted > 1)), NEG_INF)
 
 
 TRANSFORMS = {

@@ -7,15 +7,23 @@ from __future__ import annotations
 
 import torch
 
-from evalkit.generation.samplers.base import NEG_INF, Transform
+from evalkit.generation.samplers.base import NEG_INF, Transform, in_pairs
 
 
 def xtc(out: torch.Tensor, params) -> torch.Tensor:
     on = (params.xtc_probability > 0) & (params.u_xtc.to(params.xtc_probability.dtype) <= params.xtc_probability)
     if not bool(on.any()):
         return out
+    rows = on.nonzero()[:, 0]
+    if rows.numel() == out.shape[0]:
+        return _xtc(out, params.xtc_threshold)
+    return out.index_put((rows,), in_pairs(_xtc, out[rows], params.xtc_threshold[rows]))  # the rows it cuts this step
+
+
+def _xtc(out: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """XTC's cut on every row of ``out``."""
     probs = out.softmax(dim=-1)
-    above = probs >= params.xtc_threshold[:, None]
+    above = probs >= threshold[:, None]
     # the least likely token above the threshold stays (among ties, the highest token id: the last in a stable
     # descending sort by probability)
     masked = torch.where(above, probs, torch.full_like(probs, 2.0))
@@ -25,7 +33,7 @@ def xtc(out: torch.Tensor, params) -> torch.Tensor:
     last = torch.where(above & (masked == low), ids, torch.full_like(ids, -1)).amax(dim=-1, keepdim=True)
     drop = above & (ids != last)
     enough = above.sum(dim=-1) >= 2
-    return out.masked_fill(drop & (on & enough)[:, None], NEG_INF)
+    return out.masked_fill(drop & enough[:, None], NEG_INF)
 
 
 TRANSFORMS = {
