@@ -417,3 +417,57 @@ def test_top_p_and_typical_sort_a_cut_rows_finite_logits_alone_with_the_whole_so
     x[7] = torch.randn(vocab, generator=gen)
     groups = sort_groups(x, on)
     assert [(g.tolist(), w) for g, w in groups][1] == ([7], None) and 7 not in groups[0][0].tolist()
+
+
+@pytest.mark.parametrize("vocab", [4096, 49152])
+def test_sglangs_joint_top_p_decides_only_what_its_top_k_keeps_and_removes_what_the_whole_sort_removes(vocab):
+    """The joint stage's top-p, on rows a top-k cut, sums the mass above each kept token from the row's normaliser
+    instead of sorting the row: the stage keeps exactly what each filter on the whole row keeps (transformers'
+    warpers, SGLang's exact top-k), ties among the kept tokens too; a row whose cut lies on a decision (within
+    MARGIN) goes the whole sort's way."""
+    from evalkit.generation.sampling import _top_p_among, apply_chain
+
+    gen = torch.Generator().manual_seed(vocab)
+    rows = 40
+    x = torch.randn(rows, vocab, generator=gen) * torch.tensor([0.5, 1.0, 3.0, 8.0]).repeat(10)[:, None]
+    x[::2] = (x[::2] * 2).round() / 2  # ties, among the kept tokens and at the cuts
+    x[1] = 0.0  # a flat row: token i has mass above it i / vocab
+    ks = [1, 2, 5, 50, 300, 1000, 0, 20]
+    ps = [0.3, 0.6, 0.9, 0.95, 0.99, 1.0, 0.999, 0.5]
+    settings = [Setting(top_k=ks[r % 8], top_p=ps[(r + r // 8) % 8], min_p=[0.0, 0.02][r % 2], order="sglang")
+                for r in range(rows)]
+    settings[1] = Setting(top_k=200, top_p=100 / vocab, order="sglang")  # the cut exactly on token 100's decision
+    params = RowParams.from_settings(settings)
+    ours = apply_chain(x, params, ORDERS["sglang"])
+    whole = x.clone()  # each filter on the whole row, top-p through the whole sort
+    for name in ("top_k", "top_p", "min_p"):
+        whole = whole.masked_fill(apply_chain(x, params, ((name,),)).isneginf(), float("-inf"))
+    assert torch.equal(ours, whole)
+    for r in range(3, rows, 2):  # rows without ties (transformers' sort keeps any of tied tokens)
+        assert torch.equal(ours[r].isfinite(), oracle(x[r], settings[r], "sglang").isfinite()), r
+    kept = apply_chain(x, params, (("top_k",),))
+    on = params.top_p < 1
+    left = _top_p_among(x, params, on, kept, torch.zeros_like(x, dtype=torch.bool))
+    assert bool(left[1]) and int((on & ~left).sum()) >= rows // 2  # the exact cut goes the whole way, most do not
+
+
+def test_mirostat_v2_keeps_what_log2_of_every_probability_keeps():
+    """below_surprise takes log2 only near 2^-mu: its cut is the one -log2 p <= mu gives on every token, with
+    probabilities on and within an ulp of 2^-mu, zeros, and mu out of the comparison's range (log2 everywhere)."""
+    from evalkit.generation.samplers.mirostat import below_surprise
+
+    gen = torch.Generator().manual_seed(5)
+    mu = torch.tensor([0.0, 1.0, 3.3, 7.0, 10.0, 17.25, 31.0, 99.9, 120.0, -2.0, 60.0, 5.5])
+    probs = torch.rand(len(mu), 5000, generator=gen) ** 8
+    probs[:, :50] = 0.0
+    at = torch.exp2(-mu.double()).float()  # 2^-mu, and the floats next to it on both sides
+    near = torch.stack([at, torch.nextafter(at, torch.zeros_like(at)), torch.nextafter(at, torch.ones_like(at)),
+                        at * (1 + 2e-3), at * (1 - 2e-3)], dim=1)
+    probs[:, 100:105] = near.clamp(max=1.0)
+    probs = probs / probs.sum(dim=-1, keepdim=True)
+    probs[:, 100:105] = near.clamp(max=1.0)  # exactly there, not renormalized
+    out = torch.log(probs)
+    ours = below_surprise(out, probs, mu)
+    keep = (-torch.log2(probs) <= mu[:, None]) | (probs >= probs.amax(dim=-1, keepdim=True))
+    assert torch.equal(ours.isfinite(), keep)
+    assert 0 < int(keep[:, 100:105].sum()) < 5 * len(mu)  # the tokens at the cut split both ways

@@ -359,7 +359,7 @@ def _top_p_among(out: torch.Tensor, params: RowParams, on: torch.Tensor, among: 
     vals, idx = vals.gather(1, by_id.indices), by_id.values
     by_logit = torch.sort(vals, dim=-1, descending=True, stable=True).indices
     vals, idx = vals.gather(1, by_logit), idx.gather(1, by_logit)
-    row = _normalise(sub)
+    row = _normalise(sub, entropy=False)
     p64 = ((vals - row.top) - row.log_rest).exp().double()
     c = (1 - (p64.cumsum(dim=-1) - p64)).float()
     threshold = (1 - params.top_p[rows]).float()[:, None]
@@ -531,7 +531,7 @@ def warp(logits: torch.Tensor, params: RowParams,
         todo, sub, scaled = todo[filtered], sub[filtered], scaled[filtered]
         if todo.numel() == 0:
             return parts
-    row = _normalise(scaled)
+    row = _normalise(scaled, entropy=False)
     left = torch.arange(todo.numel(), device=device)  # positions in `todo` still to place
     for size in candidates:
         if left.numel() == 0 or size >= vocab:
@@ -595,12 +595,13 @@ CHUNK_BYTES = 2 << 20  # _normalise works through the rows in chunks of about th
 
 
 class Normalised(NamedTuple):
-    """Each row's largest logit m ([rows, 1]), log(Z) - m ([rows, 1]), entropy ([rows]), the weights e_i =
-    exp(z_i - m) (None unless asked for; 0 under :data:`TINY`), and whether the row has a -inf logit ([rows])."""
+    """Each row's largest logit m ([rows, 1]), log(Z) - m ([rows, 1]), entropy ([rows]; None unless asked for), the
+    weights e_i = exp(z_i - m) (None unless asked for; 0 under :data:`TINY`), and whether the row has a -inf logit
+    ([rows])."""
 
     top: torch.Tensor
     log_rest: torch.Tensor
-    entropy: torch.Tensor
+    entropy: torch.Tensor | None
     weights: torch.Tensor | None
     neginf: torch.Tensor
 
@@ -609,8 +610,9 @@ class Normalised(NamedTuple):
         return self.top + self.log_rest
 
 
-def _normalise(logits: torch.Tensor, keep_weights: bool = False) -> Normalised:
-    """See :func:`log_normaliser_and_entropy` and :class:`Normalised`.
+def _normalise(logits: torch.Tensor, keep_weights: bool = False, entropy: bool = True) -> Normalised:
+    """See :func:`log_normaliser_and_entropy` and :class:`Normalised` (``entropy`` False: its entropy is left
+    unset, two passes over the rows fewer).
 
     The rows go through in chunks of about :data:`CHUNK_BYTES` (at least two rows each: a lone row's sums would
     split among threads), each chunk through every pass before the next: its temporaries stay in the CPU's cache
@@ -618,7 +620,7 @@ def _normalise(logits: torch.Tensor, keep_weights: bool = False) -> Normalised:
     time). A row's result does not depend on its chunk."""
     rows, vocab = logits.shape
     if rows == 1:
-        two = _normalise(torch.cat([logits, logits]), keep_weights)
+        two = _normalise(torch.cat([logits, logits]), keep_weights, entropy)
         return Normalised(*(None if t is None else t[:1] for t in two))
     # (a GPU gets the rows whole: there a chunk would cost kernel launches, not memory traffic)
     step = max(2, CHUNK_BYTES // (vocab * logits.element_size())) if logits.device.type == "cpu" else rows
@@ -630,17 +632,21 @@ def _normalise(logits: torch.Tensor, keep_weights: bool = False) -> Normalised:
     size = max((b - a for a, b in zip(starts, ends)), default=0)
     shifted = logits.new_empty(size, vocab)
     e = None if keep_weights else logits.new_empty(size, vocab)
-    top, log_rest, entropy = logits.new_empty(rows, 1), logits.new_empty(rows, 1), logits.new_empty(rows)
+    top, log_rest = logits.new_empty(rows, 1), logits.new_empty(rows, 1)
+    spread = logits.new_empty(rows) if entropy else None
     neginf = torch.empty(rows, dtype=torch.bool, device=logits.device)
     for a, b in zip(starts, ends):
-        top[a:b], log_rest[a:b], entropy[a:b], neginf[a:b] = _normalise_rows(
-            logits[a:b], shifted[:b - a], weights[a:b] if keep_weights else e[:b - a], keep_weights)
-    return Normalised(top, log_rest, entropy, weights, neginf)
+        top[a:b], log_rest[a:b], neginf[a:b] = _normalise_rows(
+            logits[a:b], shifted[:b - a], weights[a:b] if keep_weights else e[:b - a], keep_weights,
+            None if spread is None else spread[a:b])
+    return Normalised(top, log_rest, None if spread is None else log_rest[:, 0] + spread, weights, neginf)
 
 
-def _normalise_rows(logits: torch.Tensor, shifted: torch.Tensor, e: torch.Tensor, keep_weights: bool):
+def _normalise_rows(logits: torch.Tensor, shifted: torch.Tensor, e: torch.Tensor, keep_weights: bool,
+                    spread: torch.Tensor | None):
     """:func:`_normalise` of two rows or more, ``shifted`` and ``e`` buffers of their shape (``e`` ends as the
-    weights when ``keep_weights``)."""
+    weights when ``keep_weights``): (top, log_rest, neginf), and the entropy less log_rest into ``spread`` unless
+    it is None."""
     top, arg = _top(logits)
     torch.sub(logits, top, out=shifted)  # z - m <= 0
     low = shifted.amin(dim=-1)
@@ -653,11 +659,12 @@ def _normalise_rows(logits: torch.Tensor, shifted: torch.Tensor, e: torch.Tensor
     e.scatter_(1, arg, 0.0)  # the top token's term is log1p's 1
     rest = e.sum(dim=-1, keepdim=True)
     log_rest = torch.log1p(rest)
-    spread = -shifted.mul_(e).sum(dim=-1)  # terms -e_i (m - z_i), in place
+    if spread is not None:
+        torch.sum(shifted.mul_(e), dim=-1, out=spread)  # terms e_i (z_i - m), in place
+        spread.neg_().div_(1 + rest[:, 0])
     if keep_weights:
         e.scatter_(1, arg, 1.0)
-    spread /= 1 + rest[:, 0]
-    return top, log_rest, log_rest[:, 0] + spread, low.isneginf()
+    return top, log_rest, low.isneginf()
 
 
 # A token's weight exp(z - m) at or under TINY (2^-125, 2.4e-38: e^-86.7 of the top token's) is taken as 0, its
