@@ -402,13 +402,13 @@ def test_top_p_and_typical_sort_a_cut_rows_finite_logits_alone_with_the_whole_so
     assert few.tolist() == [r for r in range(rows) if r != 5]
     assert width == int(x.isfinite().sum(dim=-1).max()) < vocab // 4
     logp = torch.log_softmax(x, dim=-1)
-    shifted = (-logp - (-(logp * logp.exp()).nansum(-1, keepdim=True))).abs()
+    ent = -(logp * logp.exp()).nansum(-1, keepdim=True)
     dropped = removed = 0
     for rows_, w in ((slice(None), width), (slice(0, 7), int(x[:7].isfinite().sum(dim=-1).max()))):
         whole = _top_p_drop(x[rows_], top_p[rows_], None)
         assert torch.equal(_top_p_drop(x[rows_], top_p[rows_], w) & x[rows_].isfinite(), whole & x[rows_].isfinite())
-        whole_t = _typical_remove(x[rows_], shifted[rows_], mass[rows_], prefix[rows_], None)
-        part_t = _typical_remove(x[rows_], shifted[rows_], mass[rows_], prefix[rows_], w)
+        whole_t = _typical_remove(x[rows_], logp[rows_], ent[rows_], mass[rows_], prefix[rows_], None)
+        part_t = _typical_remove(x[rows_], logp[rows_], ent[rows_], mass[rows_], prefix[rows_], w)
         assert torch.equal(part_t & x[rows_].isfinite(), whole_t & x[rows_].isfinite())
         dropped += int((whole & x[rows_].isfinite()).sum())
         removed += int((whole_t & x[rows_].isfinite()).sum())

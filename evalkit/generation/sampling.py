@@ -13,7 +13,7 @@ import torch
 
 from evalkit.errors import EvalkitError
 from evalkit.generation.samplers import cutoffs, dry, mirostat, penalties, sigma, xtc
-from evalkit.generation.samplers.base import Transform, in_pairs, pick, sort_groups
+from evalkit.generation.samplers.base import Transform, block_peaks, in_pairs, largest, pick, sort_groups
 from evalkit.generation.samplers.penalties import SCOPE_ALL, SCOPE_OUTPUT
 from evalkit.settings import ORDERS, PENALTIES, Setting, _chain
 
@@ -280,7 +280,7 @@ def _top_k(out: torch.Tensor, params: RowParams) -> torch.Tensor:
     on = k > 0
     if not bool(on.any()):
         return out
-    kth = torch.topk(out, int(k.max()), dim=-1).values.gather(1, (k.clamp(min=1) - 1)[:, None])
+    kth = largest(out, int(k.max()))[0].gather(1, (k.clamp(min=1) - 1)[:, None])
     kth = kth.masked_fill(~on[:, None], float("-inf"))  # a row where top-k is off drops nothing
     drop = out < kth
     exact = params.rowwise.get("exact_k")
@@ -319,7 +319,7 @@ def _top_p_drop(out: torch.Tensor, top_p: torch.Tensor, width: int | None) -> to
         order = vocab - 1 - order
         asc = out.gather(1, order)
     else:  # the finite logits alone, sorted the same way (by id first, descending, then stably by logit)
-        vals, idx = torch.topk(out, width, dim=-1)
+        vals, idx = largest(out, width)
         by_id = torch.sort(idx, dim=-1, descending=True)
         vals, idx = vals.gather(1, by_id.indices), by_id.values
         by_logit = torch.sort(vals, dim=-1, stable=True).indices
@@ -354,7 +354,7 @@ def _top_p_among(out: torch.Tensor, params: RowParams, on: torch.Tensor, among: 
     if rows.numel() == 0:
         return on
     sub = pick(out, rows)
-    vals, idx = torch.topk(pick(among, rows), int(counts[rows].max()), dim=-1)
+    vals, idx = largest(pick(among, rows), int(counts[rows].max()))
     by_id = torch.sort(idx, dim=-1)
     vals, idx = vals.gather(1, by_id.indices), by_id.values
     by_logit = torch.sort(vals, dim=-1, descending=True, stable=True).indices
@@ -448,34 +448,6 @@ def _filter_candidates(scaled: torch.Tensor, params: RowParams, size: int, row: 
     topk_inside = ~topk_on | ((k <= size) & (kth > last))
     fits = topk_inside & (min_kept > last) & ~unsure  # every token tied with a kept one is a candidate
     return vals, idx, fits
-
-
-def _block_peaks(logits: torch.Tensor, width: int) -> tuple[torch.Tensor, int]:
-    """The largest logit of each whole block of ``width`` logits in each row ([rows, blocks], a view's reduction)
-    and how many logits those blocks cover (the rest, under ``width``, is the caller's)."""
-    rows, vocab = logits.shape
-    whole = vocab // width * width
-    return logits[:, :whole].reshape(rows, -1, width).amax(dim=-1), whole
-
-
-SCAN_BLOCK = 64  # largest() looks for a row's largest logits in the blocks of this many with the largest maxima
-
-
-def largest(logits: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``torch.topk(logits, size)``'s values, descending, and their indices (tied values' indices in an order of
-    their own), from the ``size`` blocks of :data:`SCAN_BLOCK` logits with the largest maxima (and the last, partial
-    block): every logit among a row's ``size`` largest lies in them, so a long vocabulary is scanned once, by a
-    reduction, and sorted in part only over ``size`` blocks (on 262k tokens, 1/64 of the row at 64 candidates)."""
-    rows, vocab = logits.shape
-    if vocab < 4 * size * SCAN_BLOCK:
-        return torch.topk(logits, size, dim=-1)
-    peaks, whole = _block_peaks(logits, SCAN_BLOCK)
-    blocks = torch.topk(peaks, size, dim=-1, sorted=False).indices
-    at = (blocks[:, :, None] * SCAN_BLOCK + torch.arange(SCAN_BLOCK, device=logits.device)).reshape(rows, -1)
-    if whole < vocab:
-        at = torch.cat([at, torch.arange(whole, vocab, device=logits.device).expand(rows, -1)], dim=1)
-    vals, inner = torch.topk(logits.gather(1, at), size, dim=-1)
-    return vals, at.gather(1, inner)
 
 
 def warp(logits: torch.Tensor, params: RowParams,
@@ -686,7 +658,7 @@ def _top(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     vocab = logits.shape[1]
     if vocab < 16 * PEAK_BLOCK:
         return logits.max(dim=-1, keepdim=True)
-    peaks, whole = _block_peaks(logits, PEAK_BLOCK)
+    peaks, whole = block_peaks(logits, PEAK_BLOCK)
     if whole < vocab:
         peaks = torch.cat([peaks, logits[:, whole:].amax(dim=-1, keepdim=True)], dim=1)
     top, block = peaks.max(dim=-1, keepdim=True)

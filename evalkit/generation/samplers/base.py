@@ -71,3 +71,31 @@ def in_pairs(f: Callable[..., torch.Tensor], *rows: torch.Tensor, **kwargs) -> t
 def pick(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Rows ``rows`` of ``t`` (ascending, distinct): ``t`` itself when they are all of its rows (no copy)."""
     return t if rows.numel() == t.shape[0] else t[rows]
+
+
+def block_peaks(logits: torch.Tensor, width: int) -> tuple[torch.Tensor, int]:
+    """The largest logit of each whole block of ``width`` logits in each row ([rows, blocks], a view's reduction)
+    and how many logits those blocks cover (the rest, under ``width``, is the caller's)."""
+    rows, vocab = logits.shape
+    whole = vocab // width * width
+    return logits[:, :whole].reshape(rows, -1, width).amax(dim=-1), whole
+
+
+SCAN_BLOCK = 64  # largest() looks for a row's largest logits in the blocks of this many with the largest maxima
+
+
+def largest(logits: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.topk(logits, size)``'s values, descending, and their indices (tied values' indices in an order of
+    their own), from the ``size`` blocks of :data:`SCAN_BLOCK` logits with the largest maxima (and the last, partial
+    block): every logit among a row's ``size`` largest lies in them, so a long vocabulary is scanned once, by a
+    reduction, and sorted in part only over ``size`` blocks (on 262k tokens, 1/64 of the row at 64 candidates)."""
+    rows, vocab = logits.shape
+    if vocab < 4 * size * SCAN_BLOCK:
+        return torch.topk(logits, size, dim=-1)
+    peaks, whole = block_peaks(logits, SCAN_BLOCK)
+    blocks = torch.topk(peaks, size, dim=-1, sorted=False).indices
+    at = (blocks[:, :, None] * SCAN_BLOCK + torch.arange(SCAN_BLOCK, device=logits.device)).reshape(rows, -1)
+    if whole < vocab:
+        at = torch.cat([at, torch.arange(whole, vocab, device=logits.device).expand(rows, -1)], dim=1)
+    vals, inner = torch.topk(logits.gather(1, at), size, dim=-1)
+    return vals, at.gather(1, inner)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from evalkit.generation.samplers.base import NEG_INF, Transform, in_pairs, pick, sort_groups
+from evalkit.generation.samplers.base import NEG_INF, Transform, in_pairs, largest, pick, sort_groups
 
 
 def _keep_top(out: torch.Tensor) -> torch.Tensor:
@@ -24,28 +24,28 @@ def _typical(out: torch.Tensor, mass: torch.Tensor, prefix: torch.Tensor) -> tor
     logp = torch.log_softmax(out, dim=-1)
     p = logp.exp()
     ent = -(logp * p).nansum(-1, keepdim=True)
-    shifted = (-logp - ent).abs()
     remove = torch.zeros_like(out, dtype=torch.bool)
     for rows, width in sort_groups(out, mass < 1):
-        remove[rows] = in_pairs(_typical_remove, pick(out, rows), pick(shifted, rows), pick(mass, rows),
-                                pick(prefix, rows), width=width)
+        remove[rows] = in_pairs(_typical_remove, pick(out, rows), pick(logp, rows), pick(ent, rows),
+                                pick(mass, rows), pick(prefix, rows), width=width)
     return out.masked_fill(remove, NEG_INF)
 
 
-def _typical_remove(out: torch.Tensor, shifted: torch.Tensor, mass: torch.Tensor, prefix: torch.Tensor,
-                    width: int | None) -> torch.Tensor:
-    """The tokens typical removes from each row (``shifted``: |-log p - H|), ``width`` as :func:`sort_groups` gives
-    it."""
+def _typical_remove(out: torch.Tensor, logp: torch.Tensor, ent: torch.Tensor, mass: torch.Tensor,
+                    prefix: torch.Tensor, width: int | None) -> torch.Tensor:
+    """The tokens typical removes from each row (``logp`` its log-probabilities, ``ent`` its entropy [rows, 1]: a
+    token's distance |-log p - H|), ``width`` as :func:`sort_groups` gives it."""
     vocab = out.shape[-1]
     if width is None:
-        ss, si = torch.sort(shifted, dim=-1, stable=True)
+        ss, si = torch.sort((-logp - ent).abs(), dim=-1, stable=True)
         cum = out.gather(-1, si).softmax(dim=-1).cumsum(dim=-1)
         rest, beyond = cum[:, :0], 0
     else:  # the finite logits alone, by id and then stably by |-log p - H|; the rest (-inf, shifted +inf) last
-        _, idx = torch.topk(out, width, dim=-1)
+        _, idx = largest(out, width)
         idx = idx.sort(dim=-1).values
-        si = idx.gather(1, torch.sort(shifted.gather(1, idx), dim=-1, stable=True).indices)
-        ss = shifted.gather(1, si)
+        shifted = (-logp.gather(1, idx) - ent).abs()  # the finite logits' distances alone
+        by_distance = torch.sort(shifted, dim=-1, stable=True)
+        ss, si = by_distance.values, idx.gather(1, by_distance.indices)
         row = out.new_full(out.shape, float("-inf"))  # the whole sorted row, for its softmax's bits
         row[:, :width] = out.gather(1, si)
         probs = row.softmax(dim=-1)
