@@ -451,6 +451,48 @@ def test_sglangs_joint_top_p_decides_only_what_its_top_k_keeps_and_removes_what_
     assert bool(left[1]) and int((on & ~left).sum()) >= rows // 2  # the exact cut goes the whole way, most do not
 
 
+@pytest.mark.parametrize("vocab", [49152, 262144])
+def test_a_joint_top_p_on_near_flat_rows_keeps_what_the_whole_sort_keeps(vocab):
+    """Near-flat rows (a high temperature): torch's softmax rounds its normaliser by up to 1e-4 there, so a cut
+    computed without the sort must leave more room (cut_margin) to keep what the whole sort keeps; a stage whose
+    earlier filter is not a prefix of the row's order (typical, which can drop the most likely tokens) gets no
+    shortcut."""
+    from evalkit.generation.sampling import apply_chain
+
+    x = torch.randn(2, vocab, generator=torch.Generator().manual_seed(1)) * 3
+    for top_p in torch.linspace(0.0005, 0.02, 24).tolist():
+        s = Setting(temperature=1e4, top_k=vocab // 4, top_p=top_p, order="sglang")
+        params = RowParams.from_settings([s, s])
+        scaled = apply_chain(x, params, (("temperature",),))
+        whole = scaled.clone()
+        for name in ("top_k", "top_p", "min_p"):
+            whole = whole.masked_fill(apply_chain(scaled, params, ((name,),)).isneginf(), float("-inf"))
+        assert torch.equal(apply_chain(x, params, ORDERS["sglang"]), whole), top_p
+    x = torch.randn(8, 4096, generator=torch.Generator().manual_seed(0)) * 3
+    x[:, 0] += 12  # a token typical finds too likely: it removes it
+    x[:, 1:40] += 8
+    params = RowParams.from_settings([Setting(typical_p=0.2, top_p=0.6, order="typical_p+top_p")] * 8)
+    whole = x.clone()
+    for name in ("typical_p", "top_p"):
+        whole = whole.masked_fill(apply_chain(x, params, ((name,),)).isneginf(), float("-inf"))
+    assert not bool(apply_chain(x, params, (("typical_p",),))[:, 0].isfinite().all())
+    assert torch.equal(apply_chain(x, params, (("typical_p", "top_p"),)), whole)
+
+
+def test_candidate_path_on_near_flat_rows_keeps_what_transformers_keeps():
+    """The candidate path's top-p on near-flat rows (top-k off: the whole row's normaliser; top-k on: the
+    candidates' softmax) against transformers' warpers, with top-p values whose cuts fall on all sides."""
+    vocab = 49152
+    x = torch.randn(4, vocab, generator=torch.Generator().manual_seed(2)) * 3
+    settings = [Setting(temperature=1e4, top_k=k, top_p=p) for k in (0, 1000, 8000)
+                for p in torch.linspace(0.001, 0.2, 12).tolist()]
+    for r in range(4):
+        logits = x[r].expand(len(settings), vocab)
+        ours = dense(logits, settings)
+        for i, s in enumerate(settings):
+            assert torch.equal(ours[i].isfinite(), oracle(x[r], s).isfinite()), (r, s)
+
+
 def test_mirostat_v2_keeps_what_log2_of_every_probability_keeps():
     """below_surprise takes log2 only near 2^-mu: its cut is the one -log2 p <= mu gives on every token, with
     probabilities on and within an ulp of 2^-mu, zeros, and mu out of the comparison's range (log2 everywhere)."""

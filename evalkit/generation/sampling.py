@@ -37,11 +37,15 @@ from evalkit.settings import ORDERS, PENALTIES, Setting, _chain
 # the kept set is provably inside the candidates; rows that do not truncate, or whose kept set does not
 # fit, are computed densely over the whole vocabulary, as are the rows of another order (vLLM's). The
 # candidate path sums probability mass in another order than transformers' sorted cumulative sum (last-bit
-# differences), so a row whose top-p or min-p decision lies within MARGIN of its cut is computed densely too.
+# differences, more on near-flat rows), so a row whose top-p decision lies within cut_margin of its cut, or whose
+# min-p decision within MARGIN, is computed densely too.
 
 
 CANDIDATES = (64, 1024, 8192)  # candidate-list sizes tried before the dense path
-MARGIN = 1e-6  # top-p / min-p decisions this close to the cut are left to the dense path
+MARGIN = 1e-6  # top-p / min-p decisions this close to the cut are left to the dense path (see cut_margin too)
+# Filters whose kept set is always a prefix of the row's order by logit (lowest token id first among ties): what a
+# joint stage's top-p is told it need not decide for the rest (typical, say, can remove the most likely tokens)
+PREFIX_FILTERS = frozenset({"top_k", "min_p"})
 ENGINE_ORDER = "transformers"  # what a setting's order "auto" means in evalkit's engine
 # whose top-k keeps exactly k tokens among ties (not every tied one), and typical the shortest prefix past its mass
 EXACT_K_ORDERS = ("llama_cpp", "sglang")
@@ -258,11 +262,13 @@ def apply_chain(logits: torch.Tensor, params: RowParams, order) -> torch.Tensor:
         if len(stage) == 1:
             out = TRANSFORMS[stage[0]].apply(out, params)
             continue
-        kept = out  # what every filter so far keeps, the rest at -inf
+        kept, prefix = out, True  # what every filter so far keeps, the rest at -inf; whether it is a prefix
         for name in stage:
             t = TRANSFORMS[name]
-            mine = t.apply(out, params, among=kept) if t.among and kept is not out else t.apply(out, params)
+            told = t.among and prefix and kept is not out
+            mine = t.apply(out, params, among=kept) if told else t.apply(out, params)
             kept = mine if kept is out else kept.masked_fill(mine.isneginf(), float("-inf"))
+            prefix &= name in PREFIX_FILTERS
         out = kept
     return out
 
@@ -343,8 +349,8 @@ def _top_p_among(out: torch.Tensor, params: RowParams, on: torch.Tensor, among: 
     Top-p is not renormalized there (SGLang's joint stage): the mass ranked strictly above a token is summed over the
     tokens ranked above it, all of them ``among``, as probabilities of the whole row (from its normaliser), and its
     complement c_i compared with 1 - top_p: transformers' cumulative sum from the bottom of the whole sorted row
-    without sorting the row; the two agree to a few units of 1e-7, so a row with a decision within MARGIN of the
-    cut is left to the full sort. Ties keep the full sort's order (by logit, then lower token id first)."""
+    without sorting the row. A row with a decision within :func:`cut_margin` of the cut is left to the full sort, so
+    the kept set is the full sort's. Ties keep the full sort's order (by logit, then lower token id first)."""
     vocab = out.shape[-1]
     if vocab < 1024:
         return on
@@ -366,12 +372,32 @@ def _top_p_among(out: torch.Tensor, params: RowParams, on: torch.Tensor, among: 
     valid = vals.isfinite()
     dropped = (c <= threshold) & valid
     dropped[:, 0] = False
-    unsure = (valid & ((c - threshold).abs() < MARGIN)).any(dim=-1)
+    unsure = (valid & ((c - threshold).abs() < cut_margin(threshold, p64, vocab))).any(dim=-1)
     sure = ~unsure
     drop[rows[sure]] = torch.zeros_like(sub[sure], dtype=torch.bool).scatter_(1, idx[sure], dropped[sure])
     on = on.clone()
     on[rows[sure]] = False
     return on
+
+
+def cut_margin(threshold: torch.Tensor, probs: torch.Tensor, terms, own=0) -> torch.Tensor:
+    """How far from top-p's threshold 1 - top_p ([rows, 1]) a mass computed without the sort must lie to decide as
+    transformers' cumulative sum over the sorted row does ([rows, 1]). ``probs``: the row's most likely tokens'
+    probabilities, most likely first ([rows, K]); ``terms``: how many exponentials the reference's normaliser sums
+    (the row's finite logits); ``own``: how many this side's softmax sums with partial sums up to the total (0 where
+    its normaliser comes from torch's cascaded sum).
+
+    transformers' probabilities come from torch's float32 softmax of the sorted row, whose normaliser sums the
+    exponentials in vector lanes (at least four on every vectorised build), each lane along the row: each addition
+    rounds by up to 2^-24 of its partial sum, and a token ranked j-th from the top is in the partial sums of about
+    j / lanes later additions. So the normaliser's relative error, common to every probability and so to the mass,
+    is at most 2^-24 (sum_j p_j j / 4 + 16): the tokens past ``probs`` count as ranked ``terms``. Twice that share
+    of the threshold, plus MARGIN: on a peaked row some 1e-5 of it, on a near-flat row of 262,144 tokens up to 1%
+    (where the two sums do differ by 1e-4)."""
+    ranks = torch.arange(probs.shape[-1], device=probs.device, dtype=torch.float64)
+    mass = probs.double()
+    weighted = (mass * ranks).sum(dim=-1, keepdim=True) + (1 - mass.sum(dim=-1, keepdim=True)).clamp(min=0) * terms
+    return MARGIN + threshold.double() * (2 * ((weighted + own) / 4 + 16) * 2.0 ** -24)
 
 
 def _min_p(out: torch.Tensor, params: RowParams) -> torch.Tensor:
@@ -402,8 +428,9 @@ def _filter_candidates(scaled: torch.Tensor, params: RowParams, size: int, row: 
     Returns (logits [rows, size], index [rows, size], fits [rows]). Where ``fits`` is False
     the row must be computed densely: its kept set (or the top-k set that top-p normalises
     over) may reach beyond the candidates, its top-p cut falls between tied logits (where
-    only a stable order over the whole vocabulary decides), or a top-p or min-p decision is
-    within MARGIN of its cut.
+    only a stable order over the whole vocabulary decides), or a top-p decision is within :func:`cut_margin` or a
+    min-p decision within MARGIN of its cut (min-p compares a ratio of two probabilities: their softmax's common
+    normaliser cancels).
     """
     neg_inf = float("-inf")
     vocab = scaled.shape[-1]
@@ -418,8 +445,8 @@ def _filter_candidates(scaled: torch.Tensor, params: RowParams, size: int, row: 
     # top-p, as transformers computes it: the softmax over the top-k set (or the whole row when
     # top-k is off), then c_i = mass of the tokens ranked at or below i, dropped when
     # c_i <= 1 - top_p. On CPU torch's float32 cumsum accumulates in float64 and rounds, so
-    # c_i = float32(total - mass ranked strictly above i) reproduces it to the last bits (the whole row's
-    # probabilities from its normaliser, their total 1: within a few units of 1e-7 of transformers' sum).
+    # c_i = float32(total - mass ranked strictly above i) reproduces it but for the rounding of the two softmaxes'
+    # normalisers (the whole row's probabilities from its normaliser, their total 1): see cut_margin.
     topp_on = params.top_p < 1
     probs = torch.where(topk_on[:, None], torch.softmax(vals, dim=-1), ((vals - row.top) - row.log_rest).exp())
     total = torch.where(topk_on, probs.sum(dim=-1), torch.ones_like(probs[:, 0])).double()
@@ -428,7 +455,9 @@ def _filter_candidates(scaled: torch.Tensor, params: RowParams, size: int, row: 
     threshold = (1 - params.top_p).float()[:, None]
     keep_p = c > threshold
     keep_p[:, 0] = True
-    unsure = topp_on & ((c - threshold).abs() < MARGIN).any(dim=-1)
+    terms = torch.where(topk_on, k.clamp(max=size), vocab)[:, None]  # the exponentials transformers' softmax sums
+    margin = cut_margin(threshold, probs, terms, own=torch.where(topk_on, k.clamp(max=size), 0)[:, None])
+    unsure = topp_on & ((c - threshold).abs() < margin).any(dim=-1)
     cut = keep_p.sum(dim=-1).clamp(max=size - 1)  # first candidate top-p drops
     tie = vals.gather(1, cut[:, None])[:, 0] == vals.gather(1, (cut - 1).clamp(min=0)[:, None])[:, 0]
     unsure |= topp_on & (cut > 0) & tie & ~keep_p.all(dim=-1)

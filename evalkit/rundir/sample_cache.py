@@ -23,11 +23,12 @@ from evalkit.generation.base import SampleRecord, WorkUnit
 from evalkit.generation.gguf import cache_dir
 from evalkit.rundir.files import check_database
 
-ENGINE_VERSION = "6"  # bump when the engine's output for the same inputs changes (2: the key holds dtype,
+ENGINE_VERSION = "7"  # bump when the engine's output for the same inputs changes (2: the key holds dtype,
 # device and CPU threads; 3: each prompt prefilled alone and decode steps of fixed shape, for batch invariance;
 # 4: a dense row is drawn from its exponentials, not its softmax, and candidates' tied logits ordered otherwise;
 # 5: weights under 2^-125 are 0, and top-p's whole-row probabilities come from the row's normaliser;
-# 6: a decode step's attention is evalkit's own, not torch's SDPA kernel)
+# 6: a decode step's attention is evalkit's own, not torch's SDPA kernel; 7: top-p rows whose cut lies within the
+# rounding of torch's softmax normaliser (cut_margin) leave the candidate path for the dense one)
 
 
 def cache_path() -> Path:
