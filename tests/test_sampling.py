@@ -513,3 +513,17 @@ def test_mirostat_v2_keeps_what_log2_of_every_probability_keeps():
     keep = (-torch.log2(probs) <= mu[:, None]) | (probs >= probs.amax(dim=-1, keepdim=True))
     assert torch.equal(ours.isfinite(), keep)
     assert 0 < int(keep[:, 100:105].sum()) < 5 * len(mu)  # the tokens at the cut split both ways
+
+
+@pytest.mark.parametrize("vocab, width", [(4096, 50), (49152, 50), (49152, 1000), (262144, 7)])
+def test_a_cumulative_sum_over_a_rows_tail_is_the_whole_rows_over_it_on_cpu(vocab, width):
+    """What the cut rows' top-p and typical rely on: torch's CPU cumulative sum runs along the row, so zeros before
+    (or after) the finite probabilities change none of its bits, lone rows included."""
+    gen = torch.Generator().manual_seed(width)
+    for rows in (1, 2, 5):
+        row = torch.full((rows, vocab), float("-inf"))
+        row[:, vocab - width:] = (torch.randn(rows, width, generator=gen) * 3).sort(dim=-1).values
+        probs = row.softmax(dim=-1)
+        assert torch.equal(probs[:, vocab - width:].cumsum(dim=-1), probs.cumsum(dim=-1)[:, vocab - width:])
+        front = row.flip(-1).softmax(dim=-1)
+        assert torch.equal(front[:, :width].cumsum(dim=-1), front.cumsum(dim=-1)[:, :width])

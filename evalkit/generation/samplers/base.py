@@ -20,8 +20,9 @@ class Transform:
     ``filter``: it only removes tokens (so it can share a stage with other filters, computed on the same input);
     ``update(params, tokens, logprob)``: the row state it keeps after each draw (mirostat's mu); ``needs_history``:
     it reads the rows' prompt and output tokens; ``prepare(params, settings)``: per-row tables it builds once per
-    batch (DRY's sequence breakers); ``among``: in a stage of several filters, ``apply`` takes ``among=`` the tokens
-    the stage's earlier filters keep ([rows, vocab] bool), the only ones whose fate it must decide."""
+    batch (DRY's sequence breakers); ``among``: in a stage of several filters, after filters whose kept set is a
+    prefix of the row's order by logit, ``apply`` takes ``among=``: the logits with what they removed at -inf (the
+    stage removes those anyway, so it must decide only the others' fate)."""
 
     apply: Callable[[torch.Tensor, Any], torch.Tensor]
     dtype: torch.dtype

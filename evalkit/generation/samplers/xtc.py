@@ -16,7 +16,7 @@ def xtc(out: torch.Tensor, params) -> torch.Tensor:
         return out
     rows = on.nonzero()[:, 0]
     if rows.numel() == out.shape[0]:
-        return _xtc(out, params.xtc_threshold)
+        return in_pairs(_xtc, out, params.xtc_threshold)
     return out.index_put((rows,), in_pairs(_xtc, out[rows], params.xtc_threshold[rows]))  # the rows it cuts this step
 
 
