@@ -527,3 +527,30 @@ def test_a_cumulative_sum_over_a_rows_tail_is_the_whole_rows_over_it_on_cpu(voca
         assert torch.equal(probs[:, vocab - width:].cumsum(dim=-1), probs.cumsum(dim=-1)[:, vocab - width:])
         front = row.flip(-1).softmax(dim=-1)
         assert torch.equal(front[:, :width].cumsum(dim=-1), front.cumsum(dim=-1)[:, :width])
+
+
+def test_rows_a_chain_cut_draw_from_their_kept_tokens_as_from_the_whole_row_whatever_rows_are_beside_them():
+    """kept_tokens: a cut row drawn from its kept tokens alone (in id order, padded to a width of its own) gets the
+    same token and kept count as from its whole row, statistics within float32's rounding, and bit for bit the same
+    draw alone as among rows of other widths."""
+    from evalkit.generation.sampling import Warped, kept_tokens, sample
+
+    vocab, rows = 49152, 24
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(rows, vocab, generator=gen) * 3
+    keep = torch.tensor([1, 2, 5, 50, 63, 64, 65, 200, 1000, 3000, 3072, 20000] * 2)
+    kth = torch.topk(x, int(keep.max()), dim=-1).values.gather(1, (keep - 1)[:, None])
+    out = x.masked_fill(x < kth, float("-inf"))
+    u = torch.rand(rows, generator=gen, dtype=torch.float64)
+    every = torch.arange(rows)
+    parts = kept_tokens(every, out)
+    assert any(p.index is None for _, p in parts) and sum(p.index is not None for _, p in parts) >= 4
+    ours = sample(parts, u, rows)
+    whole = sample([(every, Warped(out, None))], u, rows)
+    assert torch.equal(ours.tokens, whole.tokens) and torch.equal(ours.kept, whole.kept)
+    torch.testing.assert_close(ours.logprob, whole.logprob, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ours.entropy, whole.entropy, rtol=0, atol=1e-5)
+    for r in range(rows):
+        alone = sample(kept_tokens(torch.tensor([0]), out[r:r + 1]), u[r:r + 1], 1)
+        assert alone.tokens.item() == ours.tokens[r].item() and alone.kept.item() == ours.kept[r].item(), r
+        assert alone.logprob.item() == ours.logprob[r].item() and alone.entropy.item() == ours.entropy[r].item(), r

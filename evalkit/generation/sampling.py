@@ -517,7 +517,7 @@ def warp(logits: torch.Tensor, params: RowParams,
     for code, chain in enumerate(params.chains):
         other = rows[trunc & ~fast & (params.order == code)]
         if other.numel():
-            parts.append((other, Warped(apply_chain(logits[other], params[other], chain), None)))
+            parts += kept_tokens(other, apply_chain(logits[other], params[other], chain))
     todo = rows[fast]
     if todo.numel() == 0:
         return parts
@@ -543,7 +543,42 @@ def warp(logits: torch.Tensor, params: RowParams,
             parts.append((todo[left[fits]], Warped(vals[fits], idx[fits])))
         left = left[~fits]
     if left.numel():
-        parts.append((todo[left], Warped(filter_dense(scaled[left], sub[left]), None)))
+        parts += kept_tokens(todo[left], filter_dense(scaled[left], sub[left]))
+    return parts
+
+
+def kept_tokens(rows: torch.Tensor, out: torch.Tensor) -> list[tuple[torch.Tensor, Warped]]:
+    """Rows a chain has computed over the whole vocabulary (``out``, -inf where it removed a token) as parts to
+    draw from: a row that kept at most 1/16 of a vocabulary of 4,096 or more becomes its kept tokens alone, in
+    token id order (the order its whole row is drawn in), padded with -inf to the next power of two from 64 on,
+    so that its draw does not pass over the whole vocabulary. Rows are grouped by that width, a function of the
+    row alone: a row's layout, and so its draw and statistics, do not depend on the rows beside it."""
+    vocab = out.shape[-1]
+    if vocab < 4096:
+        return [(rows, Warped(out, None))]
+    counts = vocab - out.isneginf().sum(dim=-1)
+    width = (counts.clamp(min=1) - 1).bitwise_or_(63)  # the next power of two at least 64, less one
+    for shift in (1, 2, 4, 8, 16):
+        width.bitwise_or_(width >> shift)
+    width += 1
+    parts = []
+    many = width > vocab // 16
+    if bool(many.any()):
+        parts.append((rows[many], Warped(out[many], None)))
+    for w in torch.unique(width[~many]).tolist():
+        at = (width == w).nonzero()[:, 0]
+        sub = pick(out, at)
+        _, idx = largest(sub, int(counts[at].max()))  # every kept token (and -inf ones, in rows that kept fewer)
+        kept = sub.gather(1, idx) > float("-inf")
+        # kept tokens first, by id; the -inf ones after them, then the padding
+        key = torch.where(kept, idx, idx + vocab)
+        idx = idx.gather(1, key.sort(dim=-1).indices)
+        vals = sub.gather(1, idx)
+        pad = w - idx.shape[1]
+        if pad:
+            vals = torch.nn.functional.pad(vals, (0, pad), value=float("-inf"))
+            idx = torch.nn.functional.pad(idx, (0, pad), value=0)
+        parts.append((rows[at], Warped(vals, idx)))
     return parts
 
 

@@ -28,7 +28,8 @@ ENGINE_VERSION = "7"  # bump when the engine's output for the same inputs change
 # 4: a dense row is drawn from its exponentials, not its softmax, and candidates' tied logits ordered otherwise;
 # 5: weights under 2^-125 are 0, and top-p's whole-row probabilities come from the row's normaliser;
 # 6: a decode step's attention is evalkit's own, not torch's SDPA kernel; 7: top-p rows whose cut lies within the
-# rounding of torch's softmax normaliser (cut_margin) leave the candidate path for the dense one)
+# rounding of torch's softmax normaliser (cut_margin) leave the candidate path for the dense one, and rows a chain
+# cut densely draw from their kept tokens alone)
 
 
 def cache_path() -> Path:
