@@ -344,7 +344,7 @@ def _top_p_among(out: torch.Tensor, params: RowParams, on: torch.Tensor, among: 
                  drop: torch.Tensor) -> torch.Tensor:
     """Top-p's decisions on the tokens not -inf in ``among`` (a prefix of the row's order: a top-k's kept set) in
     the rows where they are at most a quarter of a long vocabulary, written into ``drop``; returns the rows where
-    ``on`` still to compute (the others, and rows where a decision lies within MARGIN of its cut).
+    ``on`` still to compute (the others, and rows where a decision lies within :func:`cut_margin` of its cut).
 
     Top-p is not renormalized there (SGLang's joint stage): the mass ranked strictly above a token is summed over the
     tokens ranked above it, all of them ``among``, as probabilities of the whole row (from its normaliser), and its
@@ -393,7 +393,8 @@ def cut_margin(threshold: torch.Tensor, probs: torch.Tensor, terms, own=0) -> to
     j / lanes later additions. So the normaliser's relative error, common to every probability and so to the mass,
     is at most 2^-24 (sum_j p_j j / 4 + 16): the tokens past ``probs`` count as ranked ``terms``. Twice that share
     of the threshold, plus MARGIN: on a peaked row some 1e-5 of it, on a near-flat row of 262,144 tokens up to 1%
-    (where the two sums do differ by 1e-4)."""
+    (where the two sums do differ by 1e-4). MARGIN covers this side's own error where its total is taken as 1 (the
+    row's normaliser, its log rounded to float32: under 7e-7 of absolute mass)."""
     ranks = torch.arange(probs.shape[-1], device=probs.device, dtype=torch.float64)
     mass = probs.double()
     weighted = (mass * ranks).sum(dim=-1, keepdim=True) + (1 - mass.sum(dim=-1, keepdim=True)).clamp(min=0) * terms
@@ -549,10 +550,11 @@ def warp(logits: torch.Tensor, params: RowParams,
 
 def kept_tokens(rows: torch.Tensor, out: torch.Tensor) -> list[tuple[torch.Tensor, Warped]]:
     """Rows a chain has computed over the whole vocabulary (``out``, -inf where it removed a token) as parts to
-    draw from: a row that kept at most 1/16 of a vocabulary of 4,096 or more becomes its kept tokens alone, in
-    token id order (the order its whole row is drawn in), padded with -inf to the next power of two from 64 on,
-    so that its draw does not pass over the whole vocabulary. Rows are grouped by that width, a function of the
-    row alone: a row's layout, and so its draw and statistics, do not depend on the rows beside it."""
+    draw from. In a vocabulary of 4,096 or more, a row whose kept count, rounded up to a power of two from 64 on
+    (its width), is at most 1/16 of the vocabulary becomes that many tokens: its kept ones first, in token id order
+    (the order its whole row is drawn in), then removed ones (-inf), so that its draw does not pass over the whole
+    vocabulary. Rows are grouped by width, a function of the row alone: a row's layout of values, and so its draw
+    and statistics, do not depend on the rows beside it. Every slot holds a distinct token (``Warped.dense``)."""
     vocab = out.shape[-1]
     if vocab < 4096:
         return [(rows, Warped(out, None))]
@@ -568,17 +570,11 @@ def kept_tokens(rows: torch.Tensor, out: torch.Tensor) -> list[tuple[torch.Tenso
     for w in torch.unique(width[~many]).tolist():
         at = (width == w).nonzero()[:, 0]
         sub = pick(out, at)
-        _, idx = largest(sub, int(counts[at].max()))  # every kept token (and -inf ones, in rows that kept fewer)
+        _, idx = largest(sub, w)  # every kept token, and removed ones up to the width
         kept = sub.gather(1, idx) > float("-inf")
-        # kept tokens first, by id; the -inf ones after them, then the padding
-        key = torch.where(kept, idx, idx + vocab)
+        key = torch.where(kept, idx, idx + vocab)  # kept tokens first, by id; the removed ones after them
         idx = idx.gather(1, key.sort(dim=-1).indices)
-        vals = sub.gather(1, idx)
-        pad = w - idx.shape[1]
-        if pad:
-            vals = torch.nn.functional.pad(vals, (0, pad), value=float("-inf"))
-            idx = torch.nn.functional.pad(idx, (0, pad), value=0)
-        parts.append((rows[at], Warped(vals, idx)))
+        parts.append((rows[at], Warped(sub.gather(1, idx), idx)))
     return parts
 
 
