@@ -13,7 +13,8 @@ import torch
 
 from evalkit.errors import EvalkitError
 from evalkit.generation.samplers import cutoffs, dry, mirostat, penalties, sigma, xtc
-from evalkit.generation.samplers.base import Transform, block_peaks, in_pairs, largest, pick, sort_groups
+from evalkit.generation.samplers.base import (Transform, block_peaks, in_pairs, kept_counts, largest, pick, ranked,
+                                             sort_groups)
 from evalkit.generation.samplers.penalties import SCOPE_ALL, SCOPE_OUTPUT
 from evalkit.settings import ORDERS, PENALTIES, Setting, _chain
 
@@ -324,14 +325,11 @@ def _top_p_drop(out: torch.Tensor, top_p: torch.Tensor, width: int | None) -> to
         order = torch.sort(out.flip(-1), dim=-1, stable=True).indices
         order = vocab - 1 - order
         asc = out.gather(1, order)
-    else:  # the finite logits alone, sorted the same way (by id first, descending, then stably by logit)
-        vals, idx = largest(out, width)
-        by_id = torch.sort(idx, dim=-1, descending=True)
-        vals, idx = vals.gather(1, by_id.indices), by_id.values
-        by_logit = torch.sort(vals, dim=-1, stable=True).indices
-        order = idx.gather(1, by_logit)
+    else:  # the finite logits alone, in the same order (ranked's, reversed)
+        vals, idx = ranked(out, width)
+        order = idx.flip(-1)
         asc = out.new_full(out.shape, float("-inf"))  # the whole sorted row: its -inf first, all alike
-        asc[:, vocab - width:] = vals.gather(1, by_logit)
+        asc[:, vocab - width:] = vals.flip(-1)
     probs, tail = asc.softmax(dim=-1), vocab - order.shape[1]
     # on CPU the cumulative sum runs along the row in float64: the zeros before the finite logits add nothing to it
     cum = probs[:, tail:].cumsum(dim=-1) if probs.device.type == "cpu" else probs.cumsum(dim=-1)[:, tail:]
@@ -354,17 +352,13 @@ def _top_p_among(out: torch.Tensor, params: RowParams, on: torch.Tensor, among: 
     vocab = out.shape[-1]
     if vocab < 1024:
         return on
-    counts = (among > float("-inf")).sum(dim=-1)
+    counts = kept_counts(among)
     few = on & (counts <= vocab // 4)
     rows = few.nonzero()[:, 0]
     if rows.numel() == 0:
         return on
     sub = pick(out, rows)
-    vals, idx = largest(pick(among, rows), int(counts[rows].max()))
-    by_id = torch.sort(idx, dim=-1)
-    vals, idx = vals.gather(1, by_id.indices), by_id.values
-    by_logit = torch.sort(vals, dim=-1, descending=True, stable=True).indices
-    vals, idx = vals.gather(1, by_logit), idx.gather(1, by_logit)
+    vals, idx = ranked(pick(among, rows), int(counts[rows].max()))
     row = _normalise(sub, entropy=False)
     p64 = ((vals - row.top) - row.log_rest).exp().double()
     c = (1 - (p64.cumsum(dim=-1) - p64)).float()
@@ -558,11 +552,8 @@ def kept_tokens(rows: torch.Tensor, out: torch.Tensor) -> list[tuple[torch.Tenso
     vocab = out.shape[-1]
     if vocab < 4096:
         return [(rows, Warped(out, None))]
-    counts = vocab - out.isneginf().sum(dim=-1)
-    width = (counts.clamp(min=1) - 1).bitwise_or_(63)  # the next power of two at least 64, less one
-    for shift in (1, 2, 4, 8, 16):
-        width.bitwise_or_(width >> shift)
-    width += 1
+    counts = kept_counts(out)
+    width = torch.exp2(torch.log2(counts.clamp(min=64).double()).ceil()).long()  # a power of two, 64 at least
     parts = []
     many = width > vocab // 16
     if bool(many.any()):

@@ -51,7 +51,7 @@ def sort_groups(out: torch.Tensor, on: torch.Tensor) -> list[tuple[torch.Tensor,
     vocab = out.shape[-1]
     if vocab < 1024 or rows.numel() == 0:
         return [(rows, None)] * bool(rows.numel())
-    counts = vocab - pick(out, rows).isneginf().sum(dim=-1)  # (isfinite costs five times as much on CPU)
+    counts = kept_counts(pick(out, rows))
     few = counts <= vocab // 4
     groups = []
     if bool(few.any()):
@@ -100,3 +100,18 @@ def largest(logits: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor
         at = torch.cat([at, torch.arange(whole, vocab, device=logits.device).expand(rows, -1)], dim=1)
     vals, inner = torch.topk(logits.gather(1, at), size, dim=-1)
     return vals, at.gather(1, inner)
+
+
+def kept_counts(out: torch.Tensor) -> torch.Tensor:
+    """How many logits of each row are not -inf ([rows]; ``isfinite`` costs five times as much on CPU)."""
+    return out.shape[-1] - out.isneginf().sum(dim=-1)
+
+
+def ranked(out: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's ``width`` largest logits and their token ids, by logit descending and, among equal logits, lowest
+    id first (the order of a stable sort of the whole row): the order top-p and typical cut in."""
+    vals, idx = largest(out, width)
+    by_id = torch.sort(idx, dim=-1)
+    vals, idx = vals.gather(1, by_id.indices), by_id.values
+    by_logit = torch.sort(vals, dim=-1, descending=True, stable=True).indices
+    return vals.gather(1, by_logit), idx.gather(1, by_logit)
