@@ -13,8 +13,8 @@ import torch
 
 from evalkit.errors import EvalkitError
 from evalkit.generation.samplers import cutoffs, dry, mirostat, penalties, sigma, xtc
-from evalkit.generation.samplers.base import (Transform, block_peaks, in_pairs, kept_counts, largest, pick, ranked,
-                                             sort_groups)
+from evalkit.generation.samplers.base import (U, Transform, block_peaks, in_pairs, kept_counts, largest, near_cut,
+                                             never_near, pick, ranked, rounding, sort_groups)
 from evalkit.generation.samplers.penalties import SCOPE_ALL, SCOPE_OUTPUT
 from evalkit.settings import ORDERS, PENALTIES, Setting, _chain
 
@@ -256,22 +256,107 @@ def apply_chain(logits: torch.Tensor, params: RowParams, order) -> torch.Tensor:
     order samples from (greedy rows are left unscaled). A stage of several filters computes each on the same input
     and removes what any of them removes (SGLang's joint top-k/top-p/min-p)."""
     out = logits.float()
-    for stage in _chain(*order):
-        stage = tuple(k for k in stage if k in TRANSFORMS)  # a stage without one is set by no row (from_settings)
-        if not stage:
-            continue
-        if len(stage) == 1:
-            out = TRANSFORMS[stage[0]].apply(out, params)
-            continue
-        kept, prefix = out, True  # what every filter so far keeps, the rest at -inf; whether it is a prefix
+    for stage in _stages(order):
+        out = _apply_stage(out, params, stage)
+    return out
+
+
+def _stages(order) -> list[tuple[str, ...]]:
+    """The stages of ``order`` that hold a transform (a stage without one is set by no row: from_settings)."""
+    stages = (tuple(k for k in stage if k in TRANSFORMS) for stage in _chain(*order))
+    return [stage for stage in stages if stage]
+
+
+def _apply_stage(out: torch.Tensor, params: RowParams, stage: tuple[str, ...]) -> torch.Tensor:
+    if len(stage) == 1:
+        return TRANSFORMS[stage[0]].apply(out, params)
+    kept, prefix = out, True  # what every filter so far keeps, the rest at -inf; whether it is a prefix
+    for name in stage:
+        t = TRANSFORMS[name]
+        told = t.among and prefix and kept is not out
+        mine = t.apply(out, params, among=kept) if told else t.apply(out, params)
+        kept = mine if kept is out else kept.masked_fill(mine.isneginf(), float("-inf"))
+        prefix &= name in PREFIX_FILTERS
+    return kept
+
+
+def chain_parts(rows: torch.Tensor, logits: torch.Tensor, params: RowParams, order) -> list[tuple[torch.Tensor,
+                                                                                                  Warped]]:
+    """``kept_tokens(rows, apply_chain(logits, params, order))``, bit for bit, with fewer passes over the vocabulary.
+
+    The rows go in groups by the stages active in them (a stage off in a row changes nothing there), each group
+    through those alone. After a filter, the rows it has cut to at most 1/16 of a vocabulary of 4,096 or more, where
+    every later stage can run on a compact row (``Transform.near`` is set: it reads neither token ids nor the
+    vocabulary's size), go on as compact rows: :func:`kept_tokens`' layout of the row (its kept tokens in token id
+    order, then removed ones, to a width of its own), every later stage computed on that. A stage's decisions there
+    are the whole row's unless they lie within the rounding of the sums that differ between the layouts (its
+    ``near``): such a row is computed over the whole vocabulary from that filter on, as :func:`apply_chain` does."""
+    parts = []
+    for group, stages in _by_stages(params, order, logits.shape[-1]):
+        parts += _group_parts(rows[group], pick(logits, group), pick_params(params, group), stages)
+    return parts
+
+
+def pick_params(params: RowParams, rows: torch.Tensor) -> RowParams:
+    """Rows ``rows`` of ``params`` (ascending, distinct): ``params`` itself when they are all of its rows."""
+    return params if rows.numel() == params.order.shape[0] else params[rows]
+
+
+def _by_stages(params: RowParams, order, vocab: int) -> list[tuple[torch.Tensor, list[tuple[str, ...]]]]:
+    """The rows in groups of the same active stages of ``order``, each with those stages."""
+    stages = _stages(order)
+    key = torch.zeros_like(params.order)
+    for i, stage in enumerate(stages):
+        on = torch.zeros_like(key, dtype=torch.bool)
         for name in stage:
             t = TRANSFORMS[name]
-            told = t.among and prefix and kept is not out
-            mine = t.apply(out, params, among=kept) if told else t.apply(out, params)
-            kept = mine if kept is out else kept.masked_fill(mine.isneginf(), float("-inf"))
-            prefix &= name in PREFIX_FILTERS
-        out = kept
-    return out
+            on |= t.active(params, vocab) if t.active is not None else True
+        key |= on.long() << i
+    groups = []
+    for k in torch.unique(key).tolist():
+        groups.append(((key == k).nonzero()[:, 0], [stage for i, stage in enumerate(stages) if k >> i & 1]))
+    return groups
+
+
+def _group_parts(rows: torch.Tensor, logits: torch.Tensor, params: RowParams, stages) -> list[tuple[torch.Tensor,
+                                                                                                    Warped]]:
+    """:func:`chain_parts` of rows where every stage of ``stages`` is active."""
+    vocab = logits.shape[-1]
+    out = logits.float()
+    for i, stage in enumerate(stages):
+        out = _apply_stage(out, params, stage)
+        rest = stages[i + 1:]
+        if (vocab < 4096 or not rest or not any(TRANSFORMS[k].filter for k in stage)
+                or any(TRANSFORMS[k].near is None for later in rest for k in later)):
+            continue
+        few = _width(kept_counts(out)) <= vocab // 16
+        if not bool(few.any()):
+            continue
+        parts = []
+        if not bool(few.all()):
+            many = (~few).nonzero()[:, 0]
+            parts += _group_parts(rows[many], out[many], params[many], rest)
+        at = few.nonzero()[:, 0]
+        for local, part in kept_tokens(at, pick(out, at)):
+            sub = pick_params(params, local)
+            z, sure = _compact_rest(part.logits, sub, rest)
+            if bool(sure.any()):
+                parts += kept_tokens(rows[local[sure]], z[sure], part.index[sure], vocab)
+            if not bool(sure.all()):
+                back = local[~sure]
+                parts += kept_tokens(rows[back], apply_chain(out[back], params[back], rest))
+        return parts
+    return kept_tokens(rows, out)
+
+
+def _compact_rest(z: torch.Tensor, params: RowParams, stages) -> tuple[torch.Tensor, torch.Tensor]:
+    """``stages`` on compact rows ``z``, and the rows where no stage's decision was near its rounding ([rows])."""
+    sure = torch.ones(z.shape[0], dtype=torch.bool, device=z.device)
+    for stage in stages:
+        for name in stage:
+            sure &= ~TRANSFORMS[name].near(z, params)
+        z = _apply_stage(z, params, stage)
+    return z, sure
 
 
 def before_temperature(chain) -> tuple:
@@ -395,6 +480,34 @@ def cut_margin(threshold: torch.Tensor, probs: torch.Tensor, terms, own=0) -> to
     return MARGIN + threshold.double() * (2 * ((weighted + own) / 4 + 16) * 2.0 ** -24)
 
 
+def _top_p_near(out: torch.Tensor, params: RowParams) -> torch.Tensor:
+    """On a compact row (see ``Transform.near``): near when a cumulative mass from the bottom of the sorted row lies
+    within its rounding of 1 - top_p."""
+    on = params.top_p < 1
+    near = torch.zeros_like(on)
+    rows = on.nonzero()[:, 0]
+    if rows.numel():
+        z = pick(out, rows)
+        asc = torch.sort(z, dim=-1).values
+        near[rows] = near_cut(asc.softmax(dim=-1).cumsum(dim=-1), (1 - params.top_p[rows]).float()[:, None],
+                              rounding(z) + 2 * U, ~asc.isneginf())
+    return near
+
+
+def _min_p_near(out: torch.Tensor, params: RowParams) -> torch.Tensor:
+    """On a compact row: near when a probability lies within a few roundings of min_p times the largest (their
+    common normaliser cancels: each side's comparison is exp(z - max) against min_p but for its last bits)."""
+    on = params.min_p > 0
+    near = torch.zeros_like(on)
+    rows = on.nonzero()[:, 0]
+    if rows.numel():
+        z = pick(out, rows)
+        probs = z.softmax(dim=-1)
+        cut = params.min_p[rows][:, None] * probs.amax(dim=-1, keepdim=True)
+        near[rows] = near_cut(probs, cut, torch.full_like(cut, 16 * U, dtype=torch.float64), ~z.isneginf())
+    return near
+
+
 def _min_p(out: torch.Tensor, params: RowParams) -> torch.Tensor:
     if bool((params.min_p > 0).any()):
         probs = out.softmax(dim=-1)
@@ -405,12 +518,13 @@ def _min_p(out: torch.Tensor, params: RowParams) -> torch.Tensor:
 
 # Every stage of a text setting's chain, as a transform: the engine honours a knob that is here.
 TRANSFORMS: dict[str, Transform] = {
-    "temperature": Transform(scale, torch.float32),
+    "temperature": Transform(scale, torch.float32, near=never_near),
     "top_k": Transform(_top_k, torch.long, lambda p, vocab: (p.top_k > 0) & (p.top_k < vocab), candidates=True,
-                       filter=True),
+                       filter=True, near=never_near),
     "top_p": Transform(_top_p, torch.float64, lambda p, vocab: p.top_p < 1, candidates=True, filter=True,
-                       among=True),
-    "min_p": Transform(_min_p, torch.float32, lambda p, vocab: p.min_p > 0, candidates=True, filter=True),
+                       among=True, near=_top_p_near),
+    "min_p": Transform(_min_p, torch.float32, lambda p, vocab: p.min_p > 0, candidates=True, filter=True,
+                       near=_min_p_near),
     **cutoffs.TRANSFORMS, **sigma.TRANSFORMS, **penalties.TRANSFORMS, **xtc.TRANSFORMS, **mirostat.TRANSFORMS,
     **dry.TRANSFORMS,
 }
@@ -512,7 +626,7 @@ def warp(logits: torch.Tensor, params: RowParams,
     for code, chain in enumerate(params.chains):
         other = rows[trunc & ~fast & (params.order == code)]
         if other.numel():
-            parts += kept_tokens(other, apply_chain(logits[other], params[other], chain))
+            parts += chain_parts(other, logits[other], params[other], chain)
     todo = rows[fast]
     if todo.numel() == 0:
         return parts
@@ -542,31 +656,54 @@ def warp(logits: torch.Tensor, params: RowParams,
     return parts
 
 
-def kept_tokens(rows: torch.Tensor, out: torch.Tensor) -> list[tuple[torch.Tensor, Warped]]:
+def kept_tokens(rows: torch.Tensor, out: torch.Tensor, index: torch.Tensor | None = None,
+                vocab: int | None = None) -> list[tuple[torch.Tensor, Warped]]:
     """Rows a chain has computed over the whole vocabulary (``out``, -inf where it removed a token) as parts to
     draw from. In a vocabulary of 4,096 or more, a row whose kept count, rounded up to a power of two from 64 on
     (its width), is at most 1/16 of the vocabulary becomes that many tokens: its kept ones first, in token id order
     (the order its whole row is drawn in), then removed ones (-inf), so that its draw does not pass over the whole
     vocabulary. Rows are grouped by width, a function of the row alone: a row's layout of values, and so its draw
-    and statistics, do not depend on the rows beside it. Every slot holds a distinct token (``Warped.dense``)."""
-    vocab = out.shape[-1]
+    and statistics, do not depend on the rows beside it. Every slot holds a distinct token (``Warped.dense``).
+
+    With ``index`` ([rows, width]: ``out``'s tokens, of a vocabulary of ``vocab``), ``out`` is compact rows (this
+    layout, or one a stage has since cut further), laid out again by the same rule: the same values in the same
+    places as from their whole rows."""
+    vocab = out.shape[-1] if index is None else vocab
     if vocab < 4096:
-        return [(rows, Warped(out, None))]
-    counts = kept_counts(out)
-    width = torch.exp2(torch.log2(counts.clamp(min=64).double()).ceil()).long()  # a power of two, 64 at least
+        return [(rows, Warped(out, index))]
+    width = _width(kept_counts(out))
     parts = []
-    many = width > vocab // 16
+    many = width > vocab // 16  # (never with ``index``: a compact row is as narrow already)
     if bool(many.any()):
         parts.append((rows[many], Warped(out[many], None)))
     for w in torch.unique(width[~many]).tolist():
         at = (width == w).nonzero()[:, 0]
         sub = pick(out, at)
-        _, idx = largest(sub, w)  # every kept token, and removed ones up to the width
-        kept = sub.gather(1, idx) > float("-inf")
-        key = torch.where(kept, idx, idx + vocab)  # kept tokens first, by id; the removed ones after them
-        idx = idx.gather(1, key.sort(dim=-1).indices)
-        parts.append((rows[at], Warped(sub.gather(1, idx), idx)))
+        slot = _kept_first(sub, w)
+        token = slot if index is None else pick(index, at).gather(1, slot)
+        parts.append((rows[at], Warped(sub.gather(1, slot), token)))
     return parts
+
+
+def _kept_first(out: torch.Tensor, width: int) -> torch.Tensor:
+    """[rows, width]: the places of each row's logits that are not -inf, in order (at most ``width`` of them), then
+    places of -inf logits among its first 2 ``width`` (at least ``width`` of those), in order, to fill the width."""
+    rows = out.shape[0]
+    slot = torch.empty(rows, width, dtype=torch.long, device=out.device)
+    kept = ~out.isneginf()
+    count = kept.sum(dim=-1)
+    for mask, offset in ((kept, torch.zeros_like(count)), (~kept[:, :2 * width], count)):
+        r, c = mask.nonzero(as_tuple=True)
+        n = mask.sum(dim=-1)
+        place = torch.arange(r.numel(), device=out.device) - (n.cumsum(0) - n)[r] + offset[r]
+        fits = place < width
+        slot[r[fits], place[fits]] = c[fits]
+    return slot
+
+
+def _width(counts: torch.Tensor) -> torch.Tensor:
+    """A compact row's width for its kept count: a power of two, 64 at least."""
+    return torch.exp2(torch.log2(counts.clamp(min=64).double()).ceil()).long()
 
 
 def check_logits(logits: torch.Tensor, log_z: torch.Tensor | None = None) -> torch.Tensor:

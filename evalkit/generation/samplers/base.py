@@ -22,7 +22,11 @@ class Transform:
     it reads the rows' prompt and output tokens; ``prepare(params, settings)``: per-row tables it builds once per
     batch (DRY's sequence breakers); ``among``: in a stage of several filters, after filters whose kept set is a
     prefix of the row's order by logit, ``apply`` takes ``among=``: the logits with what they removed at -inf (the
-    stage removes those anyway, so it must decide only the others' fate)."""
+    stage removes those anyway, so it must decide only the others' fate); ``near(logits, params)`` -> bool [rows]:
+    the stage can run on a compact row (a row's kept tokens and some removed ones, in token id order: see
+    ``chain_parts`` in :mod:`evalkit.generation.sampling`), and these are the rows where its decisions there could
+    differ from the ones it makes on the whole row, by the rounding of sums over another layout (None: it reads the
+    vocabulary itself, token ids or its size, and runs on whole rows only)."""
 
     apply: Callable[[torch.Tensor, Any], torch.Tensor]
     dtype: torch.dtype
@@ -33,6 +37,7 @@ class Transform:
     needs_history: bool = False
     prepare: Callable[[Any, list], None] | None = None
     among: bool = False
+    near: Callable[[torch.Tensor, Any], torch.Tensor] | None = None
 
 
 def rows_on(out: torch.Tensor, on: torch.Tensor) -> torch.Tensor:
@@ -115,3 +120,29 @@ def ranked(out: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     vals, idx = vals.gather(1, by_id.indices), by_id.values
     by_logit = torch.sort(vals, dim=-1, descending=True, stable=True).indices
     return vals.gather(1, by_logit), idx.gather(1, by_logit)
+
+
+U = 2.0 ** -24  # float32's unit roundoff
+
+
+def never_near(out: torch.Tensor, params) -> torch.Tensor:
+    """``near`` of a stage that decides by comparing logits alone (or only rescales them): no row."""
+    return torch.zeros(out.shape[0], dtype=torch.bool, device=out.device)
+
+
+def rounding(out: torch.Tensor) -> torch.Tensor:
+    """[rows, 1] float64: how far, relative to it, a probability that a softmax gives on a compact layout of a row of
+    ``out`` may lie from the one it gives on the whole row. Both normalisers sum the same k exponentials (the -inf
+    logits' are 0, which add exactly), in whatever order, with at most k - 1 roundings of at most 2^-24 of the total
+    each; then 1/Z and a product on each side, and an exponential's last bit where a kernel's scalar tail computes it
+    otherwise: (4k + 64) 2^-24, with room to spare."""
+    return (4 * kept_counts(out).double() + 64)[:, None] * U
+
+
+def near_cut(values: torch.Tensor, cut: torch.Tensor, error: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """[rows] whether some value (where ``where``) lies within its rounding of ``cut``: ``values`` and ``cut`` each
+    known to a relative ``error`` ([rows, 1]), compared by one side and another, so twice it of the larger; and
+    every row whose cut is under 2^-100 (where a probability may be subnormal, known to less than ``error``)."""
+    v, c = values.double(), cut.double()
+    close = ((v - c).abs() <= 2 * error * torch.maximum(v.abs(), c.abs())) | (c.abs() < 2.0 ** -100)
+    return (close & where).any(dim=-1)

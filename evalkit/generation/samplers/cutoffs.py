@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from evalkit.generation.samplers.base import NEG_INF, Transform, in_pairs, largest, pick, sort_groups
+from evalkit.generation.samplers.base import (NEG_INF, U, Transform, in_pairs, largest, near_cut, pick, rounding,
+                                             sort_groups)
 
 
 def _keep_top(out: torch.Tensor) -> torch.Tensor:
@@ -104,8 +105,94 @@ def eta(out: torch.Tensor, params) -> torch.Tensor:
     return in_pairs(_eta, out, params.eta_cutoff)
 
 
+# --------------------------------------------------------------------------- on compact rows
+#
+# Each cutoff's ``near``: the rows where it could decide otherwise on a compact layout of a row than on the whole
+# row (see Transform.near). The two softmaxes' probabilities differ by at most rounding() of their value; what is
+# derived from them (a log-probability, an entropy, a distance) by what that moves it, bounded term by term below.
+
+
+def _rows_on(out: torch.Tensor, on: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    near = torch.zeros_like(on)
+    rows = on.nonzero()[:, 0]
+    return near, rows, pick(out, rows)
+
+
+def _log_error(z: torch.Tensor, logp: torch.Tensor, live: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
+    """[rows, 1]: how far a log-probability log p = z - m - log S of ``z`` may move between two layouts (its
+    common part log S by the normalisers' ``rel`` and the rounding of its log, at most log of the kept count; each
+    subtraction's rounding of the largest |log p| among the tokens with mass, ``live``)."""
+    count = (~z.isneginf()).sum(dim=-1, keepdim=True).double()
+    size = torch.where(live, logp.abs(), torch.zeros_like(logp)).amax(dim=-1, keepdim=True).double()
+    return rel + 2 * U * (count.log() + size)
+
+
+def typical_near(out: torch.Tensor, params) -> torch.Tensor:
+    """Typical's decisions are the order of the tokens by distance |-log p - H| and where the cumulative mass in
+    that order passes typical_p. Two tokens of different logits whose distances lie within their rounding of each
+    other may come in either order; that changes what is kept only when the cut mass lies within the cumulative
+    masses their places span (before the first, after the second). Near: such a pair, or a cumulative mass within
+    its rounding of typical_p."""
+    near, rows, z = _rows_on(out, params.typical_p < 1)
+    if rows.numel() == 0:
+        return near
+    kept = ~z.isneginf()
+    rel = rounding(z)
+    logp = torch.log_softmax(z, dim=-1)
+    p = logp.exp()
+    ent = -(logp * p).nansum(-1, keepdim=True)
+    delta = _log_error(z, logp, kept & (p > 0), rel)
+    h = ent.double()
+    count = kept.sum(dim=-1, keepdim=True).double()
+    moved = 2 * (delta * (1 + h) + (2 * count + 4) * U * h)  # the entropy: sum p log p, each term moved, and summed
+    shifted = (-logp - ent).abs()
+    bound = delta + 2 * U * (logp.abs().double() + shifted.double()) + moved  # each distance's
+    ss, si = torch.sort(shifted, dim=-1, stable=True)
+    zs, bs, ks = z.gather(1, si), bound.gather(1, si), kept.gather(1, si)
+    cum = zs.softmax(dim=-1).cumsum(dim=-1)
+    mass = params.typical_p[rows][:, None]
+    close = (ss[:, 1:] - ss[:, :-1]).double() <= bs[:, 1:] + bs[:, :-1]
+    close &= ks[:, 1:] & ks[:, :-1] & (zs[:, 1:] != zs[:, :-1])
+    before = torch.nn.functional.pad(cum[:, :-2], (1, 0)).double()  # the mass before a pair, and with it
+    slack = 2 * (rel + 2 * U)
+    spans = (before <= mass + slack) & (cum[:, 1:].double() >= mass - slack)
+    near[rows] = (close & spans).any(dim=-1) | near_cut(cum, mass, rel + 2 * U, ks)
+    return near
+
+
+def epsilon_near(out: torch.Tensor, params) -> torch.Tensor:
+    """Near when a probability lies within its rounding of epsilon_cutoff."""
+    near, rows, z = _rows_on(out, params.epsilon_cutoff > 0)
+    if rows.numel():
+        near[rows] = near_cut(z.softmax(dim=-1), params.epsilon_cutoff[rows][:, None], rounding(z) + 2 * U,
+                              ~z.isneginf())
+    return near
+
+
+def eta_near(out: torch.Tensor, params) -> torch.Tensor:
+    """Near when a probability lies within its rounding and the cut's of eta's cut min(eta, sqrt(eta) exp(-H)): H
+    from log p = z - logsumexp(z) (moved by :func:`_log_error`) and the softmax of those, each term and the sum
+    rounded."""
+    near, rows, z = _rows_on(out, params.eta_cutoff > 0)
+    if rows.numel() == 0:
+        return near
+    kept = ~z.isneginf()
+    rel = rounding(z)
+    probs = z.softmax(dim=-1)
+    lse = z.logsumexp(dim=-1, keepdim=True)
+    ent = torch.distributions.Categorical(logits=z, validate_args=False).entropy()[:, None].double()
+    delta = _log_error(z, z - lse, kept & (probs > 0), rel) + 2 * U * lse.abs().double()
+    count = kept.sum(dim=-1, keepdim=True).double()
+    moved = 2 * (delta + ent * (rel + 2 * delta + (2 * count + 2) * U))
+    e = params.eta_cutoff[rows][:, None]
+    cut = torch.minimum(e, torch.sqrt(e) * torch.exp(-ent.float()))
+    near[rows] = near_cut(probs, cut, rel + moved + 4 * U, kept)
+    return near
+
+
 TRANSFORMS = {
-    "typical_p": Transform(typical, torch.float32, lambda p, vocab: p.typical_p < 1, filter=True),
-    "epsilon_cutoff": Transform(epsilon, torch.float32, lambda p, vocab: p.epsilon_cutoff > 0, filter=True),
-    "eta_cutoff": Transform(eta, torch.float32, lambda p, vocab: p.eta_cutoff > 0, filter=True),
+    "typical_p": Transform(typical, torch.float32, lambda p, vocab: p.typical_p < 1, filter=True, near=typical_near),
+    "epsilon_cutoff": Transform(epsilon, torch.float32, lambda p, vocab: p.epsilon_cutoff > 0, filter=True,
+                                near=epsilon_near),
+    "eta_cutoff": Transform(eta, torch.float32, lambda p, vocab: p.eta_cutoff > 0, filter=True, near=eta_near),
 }

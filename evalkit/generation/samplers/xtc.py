@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import torch
 
-from evalkit.generation.samplers.base import NEG_INF, Transform, in_pairs
+from evalkit.generation.samplers.base import NEG_INF, U, Transform, in_pairs, near_cut, rounding
+
+
+def _cuts(params) -> torch.Tensor:
+    """The rows XTC cuts at this step."""
+    return (params.xtc_probability > 0) & (params.u_xtc.to(params.xtc_probability.dtype) <= params.xtc_probability)
 
 
 def xtc(out: torch.Tensor, params) -> torch.Tensor:
-    on = (params.xtc_probability > 0) & (params.u_xtc.to(params.xtc_probability.dtype) <= params.xtc_probability)
+    on = _cuts(params)
     if not bool(on.any()):
         return out
     rows = on.nonzero()[:, 0]
@@ -36,6 +41,31 @@ def _xtc(out: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
     return out.masked_fill(drop & enough[:, None], NEG_INF)
 
 
+def xtc_near(out: torch.Tensor, params) -> torch.Tensor:
+    """On a compact row (see Transform.near), the rows it cuts at this step where a probability lies within its
+    rounding of the threshold, or a token of another logit within its rounding of the one left (the least likely
+    above the threshold)."""
+    on = _cuts(params)
+    near = torch.zeros_like(on)
+    rows = on.nonzero()[:, 0]
+    if rows.numel() == 0:
+        return near
+    z = out[rows]
+    kept = ~z.isneginf()
+    probs = z.softmax(dim=-1)
+    threshold = params.xtc_threshold[rows][:, None]
+    error = rounding(z) + 2 * U
+    above = probs >= threshold
+    masked = torch.where(above, probs, torch.full_like(probs, 2.0))
+    low = masked.amin(dim=-1, keepdim=True)
+    ids = torch.arange(z.shape[-1], device=z.device)[None, :]
+    last = torch.where(above & (masked == low), ids, torch.full_like(ids, -1)).amax(dim=-1, keepdim=True)
+    rival = above & (z != z.gather(1, last.clamp(min=0))) & (probs.double() <= low.double() * (1 + 2 * error))
+    near[rows] = near_cut(probs, threshold, error, kept) | rival.any(dim=-1)
+    return near
+
+
 TRANSFORMS = {
-    "xtc_probability": Transform(xtc, torch.float32, lambda p, vocab: p.xtc_probability > 0, filter=False),
+    "xtc_probability": Transform(xtc, torch.float32, lambda p, vocab: p.xtc_probability > 0, filter=False,
+                                 near=xtc_near),
 }
