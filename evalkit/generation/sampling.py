@@ -287,10 +287,11 @@ def chain_parts(rows: torch.Tensor, logits: torch.Tensor, params: RowParams, ord
     The rows go in groups by the stages active in them (a stage off in a row changes nothing there), each group
     through those alone. After a filter, the rows it has cut to at most 1/16 of a vocabulary of 4,096 or more, where
     every later stage can run on a compact row (``Transform.near`` is set: it reads neither token ids nor the
-    vocabulary's size), go on as compact rows: :func:`kept_tokens`' layout of the row (its kept tokens in token id
-    order, then removed ones, to a width of its own), every later stage computed on that. A stage's decisions there
-    are the whole row's unless they lie within the rounding of the sums that differ between the layouts (its
-    ``near``): such a row is computed over the whole vocabulary from that filter on, as :func:`apply_chain` does."""
+    vocabulary's size), go on as compact rows: their kept tokens in token id order, then removed ones, all to the
+    widest one's width, every later stage computed on that. A stage's decisions there are the whole row's unless
+    they lie within the rounding of the sums that differ between the layouts (its ``near``): such a row is computed
+    over the whole vocabulary from that filter on, as :func:`apply_chain` does. So every row's result is its whole
+    row's, whichever rows share its compact width; :func:`kept_tokens` then lays it out by its own width."""
     parts = []
     for group, stages in _by_stages(params, order, logits.shape[-1]):
         parts += _group_parts(rows[group], pick(logits, group), pick_params(params, group), stages)
@@ -329,7 +330,8 @@ def _group_parts(rows: torch.Tensor, logits: torch.Tensor, params: RowParams, st
         if (vocab < 4096 or not rest or not any(TRANSFORMS[k].filter for k in stage)
                 or any(TRANSFORMS[k].near is None for later in rest for k in later)):
             continue
-        few = _width(kept_counts(out)) <= vocab // 16
+        kept = ~out.isneginf()
+        few = _width(kept.sum(dim=-1)) <= vocab // 16
         if not bool(few.any()):
             continue
         parts = []
@@ -337,14 +339,15 @@ def _group_parts(rows: torch.Tensor, logits: torch.Tensor, params: RowParams, st
             many = (~few).nonzero()[:, 0]
             parts += _group_parts(rows[many], out[many], params[many], rest)
         at = few.nonzero()[:, 0]
-        for local, part in kept_tokens(at, pick(out, at)):
-            sub = pick_params(params, local)
-            z, sure = _compact_rest(part.logits, sub, rest)
-            if bool(sure.any()):
-                parts += kept_tokens(rows[local[sure]], z[sure], part.index[sure], vocab)
-            if not bool(sure.all()):
-                back = local[~sure]
-                parts += kept_tokens(rows[back], apply_chain(out[back], params[back], rest))
+        counts = pick(kept, at).sum(dim=-1)
+        index = _kept_first(pick(kept, at), counts, int(_width(counts).max()))
+        sub = pick_params(params, at)
+        z, sure = _compact_rest(pick(out, at).gather(1, index), sub, rest)
+        if bool(sure.any()):
+            parts += kept_tokens(rows[at[sure]], z[sure], index[sure], vocab)
+        if not bool(sure.all()):
+            back = at[~sure]
+            parts += kept_tokens(rows[back], apply_chain(out[back], params[back], rest))
         return parts
     return kept_tokens(rows, out)
 
@@ -657,7 +660,7 @@ def warp(logits: torch.Tensor, params: RowParams,
 
 
 def kept_tokens(rows: torch.Tensor, out: torch.Tensor, index: torch.Tensor | None = None,
-                vocab: int | None = None) -> list[tuple[torch.Tensor, Warped]]:
+                vocab: int | None = None, kept: torch.Tensor | None = None) -> list[tuple[torch.Tensor, Warped]]:
     """Rows a chain has computed over the whole vocabulary (``out``, -inf where it removed a token) as parts to
     draw from. In a vocabulary of 4,096 or more, a row whose kept count, rounded up to a power of two from 64 on
     (its width), is at most 1/16 of the vocabulary becomes that many tokens: its kept ones first, in token id order
@@ -667,35 +670,40 @@ def kept_tokens(rows: torch.Tensor, out: torch.Tensor, index: torch.Tensor | Non
 
     With ``index`` ([rows, width]: ``out``'s tokens, of a vocabulary of ``vocab``), ``out`` is compact rows (this
     layout, or one a stage has since cut further), laid out again by the same rule: the same values in the same
-    places as from their whole rows."""
+    places as from their whole rows. ``kept``: ``out`` not -inf, when the caller has it."""
     vocab = out.shape[-1] if index is None else vocab
     if vocab < 4096:
         return [(rows, Warped(out, index))]
-    width = _width(kept_counts(out))
+    kept = ~out.isneginf() if kept is None else kept
+    counts = kept.sum(dim=-1)
+    width = _width(counts)
     parts = []
     many = width > vocab // 16  # (never with ``index``: a compact row is as narrow already)
     if bool(many.any()):
         parts.append((rows[many], Warped(out[many], None)))
-    for w in torch.unique(width[~many]).tolist():
-        at = (width == w).nonzero()[:, 0]
-        sub = pick(out, at)
-        slot = _kept_first(sub, w)
-        token = slot if index is None else pick(index, at).gather(1, slot)
-        parts.append((rows[at], Warped(sub.gather(1, slot), token)))
+        if bool(many.all()):
+            return parts
+    few = (~many).nonzero()[:, 0]
+    slots = _kept_first(pick(kept, few), pick(counts, few), int(width[few].max()))
+    for w in torch.unique(width[few]).tolist():
+        at = (width[few] == w).nonzero()[:, 0]
+        slot = pick(slots, at)[:, :w]
+        rows_at = few[at]
+        token = slot if index is None else pick(index, rows_at).gather(1, slot)
+        parts.append((rows[rows_at], Warped(pick(out, rows_at).gather(1, slot), token)))
     return parts
 
 
-def _kept_first(out: torch.Tensor, width: int) -> torch.Tensor:
-    """[rows, width]: the places of each row's logits that are not -inf, in order (at most ``width`` of them), then
-    places of -inf logits among its first 2 ``width`` (at least ``width`` of those), in order, to fill the width."""
-    rows = out.shape[0]
-    slot = torch.empty(rows, width, dtype=torch.long, device=out.device)
-    kept = ~out.isneginf()
-    count = kept.sum(dim=-1)
-    for mask, offset in ((kept, torch.zeros_like(count)), (~kept[:, :2 * width], count)):
+def _kept_first(kept: torch.Tensor, counts: torch.Tensor, width: int) -> torch.Tensor:
+    """[rows, width]: the places where each row of ``kept`` is True, in order (``counts`` of them, at most
+    ``width``), then places where it is False among its first 2 ``width`` (at least ``width`` of those), in order:
+    any first w columns hold a row's kept places and removed ones after them, w at least its count."""
+    rows = kept.shape[0]
+    slot = torch.empty(rows, width, dtype=torch.long, device=kept.device)
+    removed = ~kept[:, :2 * width]
+    for mask, n, offset in ((kept, counts, torch.zeros_like(counts)), (removed, removed.sum(dim=-1), counts)):
         r, c = mask.nonzero(as_tuple=True)
-        n = mask.sum(dim=-1)
-        place = torch.arange(r.numel(), device=out.device) - (n.cumsum(0) - n)[r] + offset[r]
+        place = torch.arange(r.numel(), device=kept.device) - (n.cumsum(0) - n)[r] + offset[r]
         fits = place < width
         slot[r[fits], place[fits]] = c[fits]
     return slot

@@ -23,9 +23,11 @@ def _top_n_sigma(out: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
     finite = ~out.isneginf()  # llama.cpp counts the logits that are not -inf (isfinite costs five times as much)
     counted = finite.sum(dim=-1, keepdim=True)
     count = counted.clamp(min=1)
-    z = torch.where(finite, out, torch.zeros_like(out))
+    whole = bool((counted == out.shape[-1]).all())  # no -inf in any row: the masks below would change nothing
+    z = out if whole else torch.where(finite, out, torch.zeros_like(out))
     mean = z.sum(dim=-1, keepdim=True) / count
-    var = torch.where(finite, (out - mean) ** 2, torch.zeros_like(out)).sum(dim=-1, keepdim=True) / count
+    dev = torch.sub(out, mean).pow_(2)
+    var = (dev if whole else dev.masked_fill_(~finite, 0.0)).sum(dim=-1, keepdim=True) / count
     cut = out.amax(dim=-1, keepdim=True) - n[:, None] * var.sqrt()
     drop = out < cut
     return out.masked_fill(drop & (on[:, None] & (counted > 1)), NEG_INF)
