@@ -75,11 +75,11 @@ def compact_rows(monkeypatch):
     counts = {"compact": 0, "back": 0}
     original = sampling._compact_rest
 
-    def counted(z, params, stages):
-        z, sure = original(z, params, stages)
+    def counted(z, index, params, stages):
+        z, index, sure = original(z, index, params, stages)
         counts["compact"] += int(sure.sum())
         counts["back"] += int((~sure).sum())
-        return z, sure
+        return z, index, sure
 
     monkeypatch.setattr(sampling, "_compact_rest", counted)
     return counts

@@ -342,7 +342,7 @@ def _group_parts(rows: torch.Tensor, logits: torch.Tensor, params: RowParams, st
         counts = pick(kept, at).sum(dim=-1)
         index = _kept_first(pick(kept, at), counts, int(_width(counts).max()))
         sub = pick_params(params, at)
-        z, sure = _compact_rest(pick(out, at).gather(1, index), sub, rest)
+        z, index, sure = _compact_rest(pick(out, at).gather(1, index), index, sub, rest)
         if bool(sure.any()):
             parts += kept_tokens(rows[at[sure]], z[sure], index[sure], vocab)
         if not bool(sure.all()):
@@ -352,14 +352,24 @@ def _group_parts(rows: torch.Tensor, logits: torch.Tensor, params: RowParams, st
     return kept_tokens(rows, out)
 
 
-def _compact_rest(z: torch.Tensor, params: RowParams, stages) -> tuple[torch.Tensor, torch.Tensor]:
-    """``stages`` on compact rows ``z``, and the rows where no stage's decision was near its rounding ([rows])."""
+def _compact_rest(z: torch.Tensor, index: torch.Tensor, params: RowParams,
+                  stages) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``stages`` on compact rows ``z`` (of tokens ``index``): (logits, index, the rows where no stage's decision
+    was near its rounding [rows]). After a filter that leaves every row a quarter of the width or less, the rows
+    go on narrower (their kept tokens first, in order)."""
     sure = torch.ones(z.shape[0], dtype=torch.bool, device=z.device)
     for stage in stages:
         for name in stage:
             sure &= ~TRANSFORMS[name].near(z, params)
         z = _apply_stage(z, params, stage)
-    return z, sure
+        if any(TRANSFORMS[k].filter for k in stage) and z.shape[-1] > 64:
+            kept = ~z.isneginf()
+            counts = kept.sum(dim=-1)
+            width = int(_width(counts).max())
+            if 4 * width <= z.shape[-1]:
+                slot = _kept_first(kept, counts, width)
+                z, index = z.gather(1, slot), index.gather(1, slot)
+    return z, index, sure
 
 
 def before_temperature(chain) -> tuple:
@@ -697,7 +707,10 @@ def kept_tokens(rows: torch.Tensor, out: torch.Tensor, index: torch.Tensor | Non
 def _kept_first(kept: torch.Tensor, counts: torch.Tensor, width: int) -> torch.Tensor:
     """[rows, width]: the places where each row of ``kept`` is True, in order (``counts`` of them, at most
     ``width``), then places where it is False among its first 2 ``width`` (at least ``width`` of those), in order:
-    any first w columns hold a row's kept places and removed ones after them, w at least its count."""
+    any first w columns hold a row's kept places and removed ones after them, w at least its count. (A short row:
+    the same places from one stable sort.)"""
+    if kept.shape[-1] <= 4096:
+        return torch.sort((~kept).to(torch.uint8), dim=-1, stable=True).indices[:, :width]
     rows = kept.shape[0]
     slot = torch.empty(rows, width, dtype=torch.long, device=kept.device)
     removed = ~kept[:, :2 * width]

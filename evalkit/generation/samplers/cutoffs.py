@@ -129,10 +129,13 @@ def _log_error(z: torch.Tensor, logp: torch.Tensor, live: torch.Tensor, rel: tor
 
 def typical_near(out: torch.Tensor, params) -> torch.Tensor:
     """Typical's decisions are the order of the tokens by distance |-log p - H| and where the cumulative mass in
-    that order passes typical_p. Two tokens of different logits whose distances lie within their rounding of each
-    other may come in either order; that changes what is kept only when the cut mass lies within the cumulative
-    masses their places span (before the first, after the second). Near: such a pair, or a cumulative mass within
-    its rounding of typical_p."""
+    that order passes typical_p. Between two layouts every signed distance -log p - H moves by a shift common to
+    all tokens (log p's normaliser, the entropy) and by its own rounding: two tokens on one side of H keep their
+    order unless their distances lie within their own roundings of each other (each distance is monotone in the
+    logit there), two on opposite sides unless within twice the common shift too. Two tokens of different logits
+    that may come in either order change what is kept only when the cut mass lies within the cumulative masses
+    their places span (before the first, after the second). Near: such a pair, or a cumulative mass within its
+    rounding of typical_p."""
     near, rows, z = _rows_on(out, params.typical_p < 1)
     if rows.numel() == 0:
         return near
@@ -145,13 +148,18 @@ def typical_near(out: torch.Tensor, params) -> torch.Tensor:
     h = ent.double()
     count = kept.sum(dim=-1, keepdim=True).double()
     moved = 2 * (delta * (1 + h) + (2 * count + 4) * U * h)  # the entropy: sum p log p, each term moved, and summed
-    shifted = (-logp - ent).abs()
-    bound = delta + 2 * U * (logp.abs().double() + shifted.double()) + moved  # each distance's
-    ss, si = torch.sort(shifted, dim=-1, stable=True)
-    zs, bs, ks = z.gather(1, si), bound.gather(1, si), kept.gather(1, si)
+    common = delta + moved  # the shift common to every signed distance
+    signed = (-logp - ent).double()
+    own = 8 * U * (logp.abs().double() + signed.abs() + 1)  # each one's own rounding, both layouts
+    side = torch.where(signed.abs() > common + own, signed.sign(), torch.zeros_like(signed))
+    ss, si = torch.sort(signed.abs().float(), dim=-1, stable=True)
+    zs, ks = z.gather(1, si), kept.gather(1, si)
+    sides, owns = side.gather(1, si), own.gather(1, si)
     cum = zs.softmax(dim=-1).cumsum(dim=-1)
     mass = params.typical_p[rows][:, None]
-    close = (ss[:, 1:] - ss[:, :-1]).double() <= bs[:, 1:] + bs[:, :-1]
+    one_side = (sides[:, 1:] == sides[:, :-1]) & (sides[:, 1:] != 0)
+    bound = owns[:, 1:] + owns[:, :-1] + torch.where(one_side, 0.0, 2 * common)
+    close = (ss[:, 1:] - ss[:, :-1]).double() <= bound
     close &= ks[:, 1:] & ks[:, :-1] & (zs[:, 1:] != zs[:, :-1])
     before = torch.nn.functional.pad(cum[:, :-2], (1, 0)).double()  # the mass before a pair, and with it
     slack = 2 * (rel + 2 * U)
