@@ -240,6 +240,20 @@ def scale(logits: torch.Tensor, params: RowParams) -> torch.Tensor:
     return logits.float() / t[:, None]
 
 
+def scaled_rows(logits: torch.Tensor, rows: torch.Tensor, params: RowParams) -> torch.Tensor:
+    """``scale(pick(logits, rows), params[rows])``, bit for bit, in one pass: on CPU the rows are gathered a few
+    at a time (a chunk stays in the CPU's cache) and divided into the result, instead of a copy of the rows and
+    then a division of the copy (on Gemma 3's 262k tokens two passes over memory of 32 MiB at 32 rows)."""
+    t = torch.where(params.greedy, torch.ones_like(params.temperature), params.temperature)[rows][:, None]
+    if logits.device.type != "cpu":
+        return logits[rows].float() / t
+    out = torch.empty((rows.numel(), logits.shape[-1]), dtype=torch.float32, device=logits.device)
+    step = max(1, CHUNK_BYTES // (logits.shape[-1] * logits.element_size()))
+    for a in range(0, rows.numel(), step):
+        torch.div(logits[rows[a:a + step]].float(), t[a:a + step], out=out[a:a + step])
+    return out
+
+
 def filter_dense(scaled: torch.Tensor, params: RowParams) -> torch.Tensor:
     """top-k, top-p, min-p over the whole vocabulary (transformers' algorithm, row-wise parameters)."""
     return filter_ordered(scaled, params, _chain("top_k", "top_p", "min_p"))
@@ -629,7 +643,7 @@ def warp(logits: torch.Tensor, params: RowParams,
             parts.append((g, Warped(torch.zeros(top.shape, dtype=torch.float32, device=device), top)))
     plain = rows[~greedy & ~trunc]
     if plain.numel():
-        parts.append((plain, Warped(scale(pick(logits, plain), params[plain]), None)))
+        parts.append((plain, Warped(scaled_rows(logits, plain, params), None)))
     engine = ORDERS[ENGINE_ORDER]
     fast_code = params.chains.index(engine) if engine in params.chains else -1
     early = before_temperature(engine)  # the processors (penalties, n-gram ban, min tokens): applied first, densely
@@ -644,10 +658,10 @@ def warp(logits: torch.Tensor, params: RowParams,
     if todo.numel() == 0:
         return parts
     sub = params[todo]
-    z = pick(logits, todo)
     if bool(sub._active(vocab, lambda name: name in early_knobs).any()):
-        z = apply_chain(z, sub, early)
-    scaled = scale(z, sub)
+        scaled = scale(apply_chain(pick(logits, todo), sub, early), sub)
+    else:
+        scaled = scaled_rows(logits, todo, params)
     filtered = sub._active(vocab, lambda name: name in CANDIDATE_KNOBS)  # rows with a filter after the processors
     if not bool(filtered.all()):
         parts.append((todo[~filtered], Warped(scaled[~filtered], None)))
