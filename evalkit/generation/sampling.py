@@ -220,11 +220,27 @@ class Warped:
 
     ``logits[r, j]`` is the (temperature-scaled) logit of token ``index[r, j]``, -inf where
     a filter removed it. Dense rows have every token as a candidate (``index`` is None then
-    and ``logits`` is [rows, vocab]).
+    and ``logits`` is [rows, vocab]). :meth:`scaled` rows hold the batch's logits, their rows and temperatures,
+    and are divided as they are drawn (``logits`` gives them divided).
     """
 
-    def __init__(self, logits: torch.Tensor, index: torch.Tensor | None):
-        self.logits, self.index = logits, index
+    def __init__(self, logits: torch.Tensor | None, index: torch.Tensor | None):
+        self._logits, self.index = logits, index
+        self.source = self.rows = self.temperature = None
+
+    @classmethod
+    def scaled(cls, logits: torch.Tensor, rows: torch.Tensor, temperature: torch.Tensor) -> Warped:
+        """Rows ``rows`` of the batch's ``logits`` divided by ``temperature`` ([rows]), every token a candidate:
+        :func:`sample` divides them a few rows at a time as it normalises them, never the whole rows at once."""
+        out = cls(None, None)
+        out.source, out.rows, out.temperature = logits, rows, temperature
+        return out
+
+    @property
+    def logits(self) -> torch.Tensor:
+        if self._logits is None:
+            self._logits = scaled_rows(self.source, self.rows, self.temperature)
+        return self._logits
 
     def dense(self, vocab: int) -> torch.Tensor:
         if self.index is None:
@@ -236,15 +252,19 @@ class Warped:
 
 def scale(logits: torch.Tensor, params: RowParams) -> torch.Tensor:
     """Temperature: logits / T, in float32; greedy rows are left unscaled."""
-    t = torch.where(params.greedy, torch.ones_like(params.temperature), params.temperature)
-    return logits.float() / t[:, None]
+    return logits.float() / temperatures(params)[:, None]
 
 
-def scaled_rows(logits: torch.Tensor, rows: torch.Tensor, params: RowParams) -> torch.Tensor:
-    """``scale(pick(logits, rows), params[rows])``, bit for bit, in one pass: on CPU the rows are gathered a few
-    at a time (a chunk stays in the CPU's cache) and divided into the result, instead of a copy of the rows and
+def temperatures(params: RowParams) -> torch.Tensor:
+    """Each row's divisor: its temperature, 1 on greedy rows."""
+    return torch.where(params.greedy, torch.ones_like(params.temperature), params.temperature)
+
+
+def scaled_rows(logits: torch.Tensor, rows: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """``logits[rows] / temperature[:, None]`` in float32, bit for bit, in one pass: on CPU the rows are gathered a
+    few at a time (a chunk stays in the CPU's cache) and divided into the result, instead of a copy of the rows and
     then a division of the copy (on Gemma 3's 262k tokens two passes over memory of 32 MiB at 32 rows)."""
-    t = torch.where(params.greedy, torch.ones_like(params.temperature), params.temperature)[rows][:, None]
+    t = temperature[:, None]
     if logits.device.type != "cpu":
         return logits[rows].float() / t
     out = torch.empty((rows.numel(), logits.shape[-1]), dtype=torch.float32, device=logits.device)
@@ -643,7 +663,7 @@ def warp(logits: torch.Tensor, params: RowParams,
             parts.append((g, Warped(torch.zeros(top.shape, dtype=torch.float32, device=device), top)))
     plain = rows[~greedy & ~trunc]
     if plain.numel():
-        parts.append((plain, Warped(scaled_rows(logits, plain, params), None)))
+        parts.append((plain, Warped.scaled(logits, plain, temperatures(params)[plain])))
     engine = ORDERS[ENGINE_ORDER]
     fast_code = params.chains.index(engine) if engine in params.chains else -1
     early = before_temperature(engine)  # the processors (penalties, n-gram ban, min tokens): applied first, densely
@@ -661,7 +681,7 @@ def warp(logits: torch.Tensor, params: RowParams,
     if bool(sub._active(vocab, lambda name: name in early_knobs).any()):
         scaled = scale(apply_chain(pick(logits, todo), sub, early), sub)
     else:
-        scaled = scaled_rows(logits, todo, params)
+        scaled = scaled_rows(logits, todo, temperatures(sub))
     filtered = sub._active(vocab, lambda name: name in CANDIDATE_KNOBS)  # rows with a filter after the processors
     if not bool(filtered.all()):
         parts.append((todo[~filtered], Warped(scaled[~filtered], None)))
@@ -768,14 +788,18 @@ class Draw:
         self.tokens, self.logprob, self.entropy, self.kept = tokens, logprob, entropy, kept
 
 
-def distribution(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def distribution(logits: torch.Tensor, rows: torch.Tensor | None = None,
+                 temperature: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                    torch.Tensor]:
     """(weights, log-normaliser [rows, 1], entropy in nats, tokens kept) of each row of float32 logits: weights
     proportional to the softmax (exp(z_i - max z), what is sampled from: :func:`_inverse_cdf` normalises by their
-    sum), :func:`log_normaliser_and_entropy` from the same exponentials, and how many logits are not -inf."""
-    n = _normalise(logits, keep_weights=True)
+    sum), :func:`log_normaliser_and_entropy` from the same exponentials, and how many logits are not -inf. With
+    ``rows`` and ``temperature``: of ``logits[rows] / temperature[:, None]``, divided as they are normalised."""
+    n = _normalise(logits, keep_weights=True, rows=rows, temperature=temperature)
     kept = torch.full(n.entropy.shape, logits.shape[-1], dtype=torch.long, device=logits.device)
-    if bool(n.neginf.any()):
-        kept[n.neginf] = torch.count_nonzero(logits[n.neginf] != float("-inf"), dim=-1)
+    if bool(n.neginf.any()):  # (a division by a temperature keeps every -inf, and nothing else, at -inf)
+        source = logits[n.neginf] if rows is None else logits[rows[n.neginf]]
+        kept[n.neginf] = torch.count_nonzero(source != float("-inf"), dim=-1)
     return n.weights, n.log_z, n.entropy, kept
 
 
@@ -816,34 +840,46 @@ class Normalised(NamedTuple):
         return self.top + self.log_rest
 
 
-def _normalise(logits: torch.Tensor, keep_weights: bool = False, entropy: bool = True) -> Normalised:
+def _normalise(logits: torch.Tensor, keep_weights: bool = False, entropy: bool = True,
+               rows: torch.Tensor | None = None, temperature: torch.Tensor | None = None) -> Normalised:
     """See :func:`log_normaliser_and_entropy` and :class:`Normalised` (``entropy`` False: its entropy is left
-    unset, two passes over the rows fewer).
+    unset, two passes over the rows fewer). With ``rows`` and ``temperature`` ([rows]): of
+    ``logits[rows] / temperature[:, None]``, each chunk gathered and divided as it is normalised (the same bits).
 
     The rows go through in chunks of about :data:`CHUNK_BYTES` (at least two rows each: a lone row's sums would
     split among threads), each chunk through every pass before the next: its temporaries stay in the CPU's cache
     instead of each pass streaming the whole batch from memory (on Gemma 3's 262k tokens at 64 rows, a third less
     time). A row's result does not depend on its chunk."""
-    rows, vocab = logits.shape
+    if rows is not None and logits.device.type != "cpu":
+        logits, rows = logits[rows].float() / temperature[:, None], None
+    source, picked = logits, rows
+    rows, vocab = (logits.shape[0] if picked is None else picked.numel()), logits.shape[-1]
     if rows == 1:
-        two = _normalise(torch.cat([logits, logits]), keep_weights, entropy)
+        if picked is None:
+            two = _normalise(torch.cat([logits, logits]), keep_weights, entropy)
+        else:
+            two = _normalise(logits, keep_weights, entropy, picked.repeat(2), temperature.repeat(2))
         return Normalised(*(None if t is None else t[:1] for t in two))
     # (a GPU gets the rows whole: there a chunk would cost kernel launches, not memory traffic)
-    step = max(2, CHUNK_BYTES // (vocab * logits.element_size())) if logits.device.type == "cpu" else rows
+    step = max(2, CHUNK_BYTES // (vocab * 4)) if logits.device.type == "cpu" else rows
     starts = list(range(0, rows, step))
     if starts and rows - starts[-1] == 1:
         starts.pop()  # a lone last row joins the chunk before it
     ends = starts[1:] + [rows]
-    weights = torch.empty_like(logits) if keep_weights else None
+    new = dict(dtype=torch.float32, device=logits.device)
+    weights = torch.empty(rows, vocab, **new) if keep_weights else None
     size = max((b - a for a, b in zip(starts, ends)), default=0)
-    shifted = logits.new_empty(size, vocab)
-    e = None if keep_weights else logits.new_empty(size, vocab)
-    top, log_rest = logits.new_empty(rows, 1), logits.new_empty(rows, 1)
-    spread = logits.new_empty(rows) if entropy else None
+    shifted = torch.empty(size, vocab, **new)
+    e = None if keep_weights else torch.empty(size, vocab, **new)
+    top, log_rest = torch.empty(rows, 1, **new), torch.empty(rows, 1, **new)
+    spread = torch.empty(rows, **new) if entropy else None
     neginf = torch.empty(rows, dtype=torch.bool, device=logits.device)
     for a, b in zip(starts, ends):
+        chunk = source[a:b]
+        if picked is not None:  # the rows divided into the shifted buffer: _normalise_rows shifts them in place
+            chunk = torch.div(source[picked[a:b]].float(), temperature[a:b, None], out=shifted[:b - a])
         top[a:b], log_rest[a:b], neginf[a:b] = _normalise_rows(
-            logits[a:b], shifted[:b - a], weights[a:b] if keep_weights else e[:b - a], keep_weights,
+            chunk, shifted[:b - a], weights[a:b] if keep_weights else e[:b - a], keep_weights,
             None if spread is None else spread[a:b])
     return Normalised(top, log_rest, None if spread is None else log_rest[:, 0] + spread, weights, neginf)
 
@@ -944,8 +980,11 @@ def sample(parts: list[tuple[torch.Tensor, Warped]], u: torch.Tensor, batch: int
     kept = torch.empty(batch, dtype=torch.long, device=device)
     place = None if groups is None else torch.full((int(groups.max()) + 1,), -1, dtype=torch.long, device=device)
     for rows, part in parts:
-        logits = part.logits.float()
-        weights, lse, ent, n_kept = distribution(logits)
+        if part.source is not None:  # divided by their temperatures as they are normalised
+            weights, lse, ent, n_kept = distribution(part.source, part.rows, part.temperature)
+        else:
+            logits = part.logits.float()
+            weights, lse, ent, n_kept = distribution(logits)
         of = None
         if place is not None:  # the rows of this part's groups, and each one's group within the part
             place[rows] = torch.arange(rows.numel(), device=device)
@@ -954,9 +993,13 @@ def sample(parts: list[tuple[torch.Tensor, Warped]], u: torch.Tensor, batch: int
             of = local[rows]
             place[:] = -1
         j = _inverse_cdf(weights, u[rows], of)
-        at = torch.arange(logits.shape[0], device=device) if of is None else of
+        at = torch.arange(weights.shape[0], device=device) if of is None else of
         tokens[rows] = j[:, 0] if part.index is None else part.index[at].gather(1, j)[:, 0]
-        logprob[rows] = logits[at, j[:, 0]] - lse[at, 0]
+        if part.source is not None:  # the drawn token's scaled logit, as scaled_rows divides it
+            z = part.source[part.rows[at], j[:, 0]].float() / part.temperature[at]
+        else:
+            z = logits[at, j[:, 0]]
+        logprob[rows] = z - lse[at, 0]
         entropy[rows] = ent[at]
         kept[rows] = n_kept[at]
     return Draw(tokens, logprob, entropy, kept)
