@@ -558,3 +558,27 @@ def test_rows_a_chain_cut_draw_from_their_kept_tokens_as_from_the_whole_row_what
         alone = sample(kept_tokens(torch.tensor([0]), out[r:r + 1]), u[r:r + 1], 1)
         assert alone.tokens.item() == ours.tokens[r].item() and alone.kept.item() == ours.kept[r].item(), r
         assert alone.logprob.item() == ours.logprob[r].item() and alone.entropy.item() == ours.entropy[r].item(), r
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 7])
+def test_rows_divided_as_they_are_drawn_draw_as_rows_divided_first(rows):
+    """Warped.scaled (the batch's logits, its rows and their temperatures, divided chunk by chunk as the draw
+    normalises them) gives the draw and statistics of the same rows divided first, bit for bit, a lone row too;
+    and its logits are those rows divided."""
+    from evalkit.generation.sampling import Warped, sample, scaled_rows
+
+    gen = torch.Generator().manual_seed(rows)
+    vocab = 262_144 if rows < 3 else 49_152
+    batch = torch.randn(9, vocab, generator=gen) * 4
+    batch[2, 7] = float("-inf")
+    which = torch.tensor([2, 5, 0, 8, 1, 3, 6][:rows])
+    t = torch.tensor([0.3, 1.0, 1.7, 0.7, 2.0, 0.5, 1.3][:rows])
+    u = torch.rand(rows, generator=gen, dtype=torch.float64)
+    every = torch.arange(rows)
+    lazy = Warped.scaled(batch, which, t)
+    first = sample([(every, Warped(batch[which] / t[:, None], None))], u, rows)
+    drawn = sample([(every, lazy)], u, rows)
+    for name in ("tokens", "logprob", "entropy", "kept"):
+        assert torch.equal(getattr(drawn, name), getattr(first, name)), name
+    assert torch.equal(lazy.logits, batch[which] / t[:, None])
+    assert torch.equal(scaled_rows(batch, which, t), batch[which] / t[:, None])
