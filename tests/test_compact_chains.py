@@ -106,6 +106,23 @@ def test_compact_rows_are_the_whole_rows_bit_for_bit(order, vocab, compact_rows)
         assert compact_rows["compact"] >= rows // 4, compact_rows
 
 
+@pytest.mark.parametrize("order", ["transformers", "llama_cpp"])
+def test_typical_on_bfloat16_rows_at_high_temperatures_keeps_the_whole_rows_set(order):
+    """bfloat16 logits tie exactly in runs and lie one float apart elsewhere; at a high temperature typical's
+    distances crowd together, and a run of tied tokens moves with any neighbour whose order a rounding decides (a
+    cut at the run keeps every token at its distance). The kept sets are still the whole row's (tokens next to such
+    runs go whole when the cut mass lies anywhere in them)."""
+    gen = torch.Generator().manual_seed(0)
+    rows, vocab = 128, 8192
+    x = (torch.randn(rows, vocab, generator=gen) * 1.5).to(torch.bfloat16).float()
+    settings = [Setting(order=order, top_k=400, typical_p=float(torch.rand(1, generator=gen)) * 0.98 + 0.01,
+                        temperature=[1e3, 1e4, 3e3, 300.0][r % 4]) for r in range(rows)]
+    params = RowParams.from_settings(settings)
+    every = torch.arange(rows)
+    whole = kept_tokens(every, apply_chain(x, params, chain_of(settings)))
+    assert same_parts(chain_parts(every, x, params, chain_of(settings)), whole, rows) == []
+
+
 def rows_with_a_dominant_token(gen: torch.Generator, rows: int, vocab: int, kept: int) -> torch.Tensor:
     """Rows of ``kept`` near-flat logits and one dominant token (low entropy: eta's cut is eta itself), the rest far
     below: a top-k of ``kept`` leaves exactly those, whose sums round otherwise on another layout."""

@@ -582,3 +582,14 @@ def test_rows_divided_as_they_are_drawn_draw_as_rows_divided_first(rows):
         assert torch.equal(getattr(drawn, name), getattr(first, name)), name
     assert torch.equal(lazy.logits, batch[which] / t[:, None])
     assert torch.equal(scaled_rows(batch, which, t), batch[which] / t[:, None])
+
+
+def test_a_logit_that_its_division_sends_to_minus_infinity_is_not_counted_as_kept():
+    """-1e33 over a temperature of 1e-6 is -inf: rows divided as they are drawn count it out, as rows divided first
+    do."""
+    from evalkit.generation.sampling import distribution
+
+    x = torch.randn(2, 8192, generator=torch.Generator().manual_seed(0))
+    x[:, 5] = -1e33
+    t = torch.tensor([1e-6, 1e-6])
+    assert distribution(x, torch.arange(2), t)[3].tolist() == distribution(x / t[:, None])[3].tolist() == [8191] * 2

@@ -14,7 +14,7 @@ import torch
 from evalkit.errors import EvalkitError
 from evalkit.generation.samplers import cutoffs, dry, mirostat, penalties, sigma, xtc
 from evalkit.generation.samplers.base import (U, Transform, block_peaks, in_pairs, kept_counts, largest, near_cut,
-                                             never_near, pick, ranked, rounding, sort_groups)
+                                             near_rows, never_near, pick, ranked, rounding, sort_groups)
 from evalkit.generation.samplers.penalties import SCOPE_ALL, SCOPE_OUTPUT
 from evalkit.settings import ORDERS, PENALTIES, Setting, _chain
 
@@ -530,11 +530,8 @@ def cut_margin(threshold: torch.Tensor, probs: torch.Tensor, terms, own=0) -> to
 def _top_p_near(out: torch.Tensor, params: RowParams) -> torch.Tensor:
     """On a compact row (see ``Transform.near``): near when a cumulative mass from the bottom of the sorted row lies
     within its rounding of 1 - top_p."""
-    on = params.top_p < 1
-    near = torch.zeros_like(on)
-    rows = on.nonzero()[:, 0]
+    near, rows, z = near_rows(out, params.top_p < 1)
     if rows.numel():
-        z = pick(out, rows)
         asc = torch.sort(z, dim=-1).values
         near[rows] = near_cut(asc.softmax(dim=-1).cumsum(dim=-1), (1 - params.top_p[rows]).float()[:, None],
                               rounding(z) + 2 * U, ~asc.isneginf())
@@ -544,11 +541,8 @@ def _top_p_near(out: torch.Tensor, params: RowParams) -> torch.Tensor:
 def _min_p_near(out: torch.Tensor, params: RowParams) -> torch.Tensor:
     """On a compact row: near when a probability lies within a few roundings of min_p times the largest (their
     common normaliser cancels: each side's comparison is exp(z - max) against min_p but for its last bits)."""
-    on = params.min_p > 0
-    near = torch.zeros_like(on)
-    rows = on.nonzero()[:, 0]
+    near, rows, z = near_rows(out, params.min_p > 0)
     if rows.numel():
-        z = pick(out, rows)
         probs = z.softmax(dim=-1)
         cut = params.min_p[rows][:, None] * probs.amax(dim=-1, keepdim=True)
         near[rows] = near_cut(probs, cut, torch.full_like(cut, 16 * U, dtype=torch.float64), ~z.isneginf())
@@ -704,7 +698,7 @@ def warp(logits: torch.Tensor, params: RowParams,
 
 
 def kept_tokens(rows: torch.Tensor, out: torch.Tensor, index: torch.Tensor | None = None,
-                vocab: int | None = None, kept: torch.Tensor | None = None) -> list[tuple[torch.Tensor, Warped]]:
+                vocab: int | None = None) -> list[tuple[torch.Tensor, Warped]]:
     """Rows a chain has computed over the whole vocabulary (``out``, -inf where it removed a token) as parts to
     draw from. In a vocabulary of 4,096 or more, a row whose kept count, rounded up to a power of two from 64 on
     (its width), is at most 1/16 of the vocabulary becomes that many tokens: its kept ones first, in token id order
@@ -714,11 +708,11 @@ def kept_tokens(rows: torch.Tensor, out: torch.Tensor, index: torch.Tensor | Non
 
     With ``index`` ([rows, width]: ``out``'s tokens, of a vocabulary of ``vocab``), ``out`` is compact rows (this
     layout, or one a stage has since cut further), laid out again by the same rule: the same values in the same
-    places as from their whole rows. ``kept``: ``out`` not -inf, when the caller has it."""
+    places as from their whole rows."""
     vocab = out.shape[-1] if index is None else vocab
     if vocab < 4096:
         return [(rows, Warped(out, index))]
-    kept = ~out.isneginf() if kept is None else kept
+    kept = ~out.isneginf()
     counts = kept.sum(dim=-1)
     width = _width(counts)
     parts = []
@@ -797,9 +791,9 @@ def distribution(logits: torch.Tensor, rows: torch.Tensor | None = None,
     ``rows`` and ``temperature``: of ``logits[rows] / temperature[:, None]``, divided as they are normalised."""
     n = _normalise(logits, keep_weights=True, rows=rows, temperature=temperature)
     kept = torch.full(n.entropy.shape, logits.shape[-1], dtype=torch.long, device=logits.device)
-    if bool(n.neginf.any()):  # (a division by a temperature keeps every -inf, and nothing else, at -inf)
-        source = logits[n.neginf] if rows is None else logits[rows[n.neginf]]
-        kept[n.neginf] = torch.count_nonzero(source != float("-inf"), dim=-1)
+    if bool(n.neginf.any()):  # (divided: a huge logit over a tiny temperature may become -inf too)
+        z = logits[n.neginf] if rows is None else scaled_rows(logits, rows[n.neginf], temperature[n.neginf])
+        kept[n.neginf] = torch.count_nonzero(z != float("-inf"), dim=-1)
     return n.weights, n.log_z, n.entropy, kept
 
 

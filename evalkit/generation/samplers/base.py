@@ -25,8 +25,9 @@ class Transform:
     stage removes those anyway, so it must decide only the others' fate); ``near(logits, params)`` -> bool [rows]:
     the stage can run on a compact row (a row's kept tokens and some removed ones, in token id order: see
     ``chain_parts`` in :mod:`evalkit.generation.sampling`), and these are the rows where its decisions there could
-    differ from the ones it makes on the whole row, by the rounding of sums over another layout (None: it reads the
-    vocabulary itself, token ids or its size, and runs on whole rows only)."""
+    differ from the ones it makes on the whole row, by the rounding of sums over another layout (None: it runs on
+    whole rows only: it reads token ids or the vocabulary's size, or has no bound of its own for that rounding, as
+    top-n-sigma's mean and variance)."""
 
     apply: Callable[[torch.Tensor, Any], torch.Tensor]
     dtype: torch.dtype
@@ -123,6 +124,12 @@ def ranked(out: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 U = 2.0 ** -24  # float32's unit roundoff
+
+
+def near_rows(out: torch.Tensor, on: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What a ``near`` starts from: (no row near yet [rows], the rows where the stage is ``on``, those rows)."""
+    rows = on.nonzero()[:, 0]
+    return torch.zeros_like(on), rows, pick(out, rows)
 
 
 def never_near(out: torch.Tensor, params) -> torch.Tensor:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from evalkit.generation.samplers.base import (NEG_INF, U, Transform, in_pairs, largest, near_cut, pick, rounding,
-                                             sort_groups)
+from evalkit.generation.samplers.base import (NEG_INF, U, Transform, in_pairs, largest, near_cut, near_rows, pick,
+                                             rounding, sort_groups)
 
 
 def _keep_top(out: torch.Tensor) -> torch.Tensor:
@@ -112,12 +112,6 @@ def eta(out: torch.Tensor, params) -> torch.Tensor:
 # derived from them (a log-probability, an entropy, a distance) by what that moves it, bounded term by term below.
 
 
-def _rows_on(out: torch.Tensor, on: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    near = torch.zeros_like(on)
-    rows = on.nonzero()[:, 0]
-    return near, rows, pick(out, rows)
-
-
 def _log_error(z: torch.Tensor, logp: torch.Tensor, live: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
     """[rows, 1]: how far a log-probability log p = z - m - log S of ``z`` may move between two layouts (its
     common part log S by the normalisers' ``rel`` and the rounding of its log, at most log of the kept count; each
@@ -134,9 +128,9 @@ def typical_near(out: torch.Tensor, params) -> torch.Tensor:
     order unless their distances lie within their own roundings of each other (each distance is monotone in the
     logit there), two on opposite sides unless within twice the common shift too. Two tokens of different logits
     that may come in either order change what is kept only when the cut mass lies within the cumulative masses
-    their places span (before the first, after the second). Near: such a pair, or a cumulative mass within its
-    rounding of typical_p."""
-    near, rows, z = _rows_on(out, params.typical_p < 1)
+    their places span, with the runs of tokens of their logits that move with them (before the first one's run,
+    through the second one's). Near: such a pair, or a cumulative mass within its rounding of typical_p."""
+    near, rows, z = near_rows(out, params.typical_p < 1)
     if rows.numel() == 0:
         return near
     kept = ~z.isneginf()
@@ -161,16 +155,25 @@ def typical_near(out: torch.Tensor, params) -> torch.Tensor:
     bound = owns[:, 1:] + owns[:, :-1] + torch.where(one_side, 0.0, 2 * common)
     close = (ss[:, 1:] - ss[:, :-1]).double() <= bound
     close &= ks[:, 1:] & ks[:, :-1] & (zs[:, 1:] != zs[:, :-1])
-    before = torch.nn.functional.pad(cum[:, :-2], (1, 0)).double()  # the mass before a pair, and with it
+    # A pair that swaps moves the runs of tokens of its logits with it (equal logits, equal distances: they stay
+    # together, and a cut at any of them keeps every token at its distance): its span runs from the mass before
+    # the first token's run to the mass through the second one's.
+    first = torch.ones_like(ks)
+    first[:, 1:] = zs[:, 1:] != zs[:, :-1]  # where a run of equal logits starts
+    last = torch.ones_like(ks)
+    last[:, :-1] = first[:, 1:]  # where one ends
+    mass_before = torch.nn.functional.pad(cum[:, :-1], (1, 0)).double()
+    run_before = torch.where(first, mass_before, 0.0).cummax(dim=-1).values  # the mass before each one's run
+    run_through = torch.where(last, cum.double(), 2.0).flip(-1).cummin(dim=-1).values.flip(-1)  # and through it
     slack = 2 * (rel + 2 * U)
-    spans = (before <= mass + slack) & (cum[:, 1:].double() >= mass - slack)
+    spans = (run_before[:, :-1] <= mass + slack) & (run_through[:, 1:] >= mass - slack)
     near[rows] = (close & spans).any(dim=-1) | near_cut(cum, mass, rel + 2 * U, ks)
     return near
 
 
 def epsilon_near(out: torch.Tensor, params) -> torch.Tensor:
     """Near when a probability lies within its rounding of epsilon_cutoff."""
-    near, rows, z = _rows_on(out, params.epsilon_cutoff > 0)
+    near, rows, z = near_rows(out, params.epsilon_cutoff > 0)
     if rows.numel():
         near[rows] = near_cut(z.softmax(dim=-1), params.epsilon_cutoff[rows][:, None], rounding(z) + 2 * U,
                               ~z.isneginf())
@@ -181,7 +184,7 @@ def eta_near(out: torch.Tensor, params) -> torch.Tensor:
     """Near when a probability lies within its rounding and the cut's of eta's cut min(eta, sqrt(eta) exp(-H)): H
     from log p = z - logsumexp(z) (moved by :func:`_log_error`) and the softmax of those, each term and the sum
     rounded."""
-    near, rows, z = _rows_on(out, params.eta_cutoff > 0)
+    near, rows, z = near_rows(out, params.eta_cutoff > 0)
     if rows.numel() == 0:
         return near
     kept = ~z.isneginf()

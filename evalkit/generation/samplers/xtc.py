@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from evalkit.generation.samplers.base import NEG_INF, U, Transform, in_pairs, near_cut, rounding
+from evalkit.generation.samplers.base import NEG_INF, U, Transform, in_pairs, near_cut, near_rows, rounding
 
 
 def _cuts(params) -> torch.Tensor:
@@ -45,12 +45,9 @@ def xtc_near(out: torch.Tensor, params) -> torch.Tensor:
     """On a compact row (see Transform.near), the rows it cuts at this step where a probability lies within its
     rounding of the threshold, or a token of another logit within its rounding of the one left (the least likely
     above the threshold)."""
-    on = _cuts(params)
-    near = torch.zeros_like(on)
-    rows = on.nonzero()[:, 0]
+    near, rows, z = near_rows(out, _cuts(params))
     if rows.numel() == 0:
         return near
-    z = out[rows]
     kept = ~z.isneginf()
     probs = z.softmax(dim=-1)
     threshold = params.xtc_threshold[rows][:, None]
