@@ -140,6 +140,9 @@ class RowParams:
                 t.prepare(out, settings)
         return out
 
+    def __len__(self) -> int:
+        return self.order.shape[0]
+
     def __getitem__(self, rows) -> RowParams:
         out = RowParams({name: t[rows] for name, t in self.rowwise.items()}, self.chains, self.eos)
         for name, value in self.__dict__.items():  # what a transform prepared that is not per row
@@ -242,6 +245,18 @@ class Warped:
             self._logits = scaled_rows(self.source, self.rows, self.temperature)
         return self._logits
 
+    def distribution(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:func:`distribution` of these rows (:meth:`scaled` rows divided as they are normalised)."""
+        if self.source is not None:
+            return distribution(self.source, self.rows, self.temperature)
+        return distribution(self.logits.float())
+
+    def chosen(self, at: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        """The logit at place ``j[i]`` of row ``at[i]`` (of a :meth:`scaled` row: divided as scaled_rows divides)."""
+        if self.source is not None:
+            return self.source[self.rows[at], j].float() / self.temperature[at]
+        return self.logits[at, j].float()
+
     def dense(self, vocab: int) -> torch.Tensor:
         if self.index is None:
             return self.logits
@@ -316,7 +331,8 @@ def _apply_stage(out: torch.Tensor, params: RowParams, stage: tuple[str, ...]) -
 
 def chain_parts(rows: torch.Tensor, logits: torch.Tensor, params: RowParams, order) -> list[tuple[torch.Tensor,
                                                                                                   Warped]]:
-    """``kept_tokens(rows, apply_chain(logits, params, order))``, bit for bit, with fewer passes over the vocabulary.
+    """``kept_tokens(rows, apply_chain(logits[rows], params[rows], order))``, bit for bit, with fewer passes over the
+    vocabulary (``logits`` and ``params``: the batch's; ``rows``: the rows to compute).
 
     The rows go in groups by the stages active in them (a stage off in a row changes nothing there), each group
     through those alone. After a filter, the rows it has cut to at most 1/16 of a vocabulary of 4,096 or more, where
@@ -326,15 +342,11 @@ def chain_parts(rows: torch.Tensor, logits: torch.Tensor, params: RowParams, ord
     they lie within the rounding of the sums that differ between the layouts (its ``near``): such a row is computed
     over the whole vocabulary from that filter on, as :func:`apply_chain` does. So every row's result is its whole
     row's, whichever rows share its compact width; :func:`kept_tokens` then lays it out by its own width."""
+    params = pick(params, rows)
     parts = []
     for group, stages in _by_stages(params, order, logits.shape[-1]):
-        parts += _group_parts(rows[group], pick(logits, group), pick_params(params, group), stages)
+        parts += _group_parts(rows[group], pick(logits, rows[group]), pick(params, group), stages)
     return parts
-
-
-def pick_params(params: RowParams, rows: torch.Tensor) -> RowParams:
-    """Rows ``rows`` of ``params`` (ascending, distinct): ``params`` itself when they are all of its rows."""
-    return params if rows.numel() == params.order.shape[0] else params[rows]
 
 
 def _by_stages(params: RowParams, order, vocab: int) -> list[tuple[torch.Tensor, list[tuple[str, ...]]]]:
@@ -373,10 +385,8 @@ def _group_parts(rows: torch.Tensor, logits: torch.Tensor, params: RowParams, st
             many = (~few).nonzero()[:, 0]
             parts += _group_parts(rows[many], out[many], params[many], rest)
         at = few.nonzero()[:, 0]
-        counts = pick(kept, at).sum(dim=-1)
-        index = _kept_first(pick(kept, at), counts, int(_width(counts).max()))
-        sub = pick_params(params, at)
-        z, index, sure = _compact_rest(pick(out, at).gather(1, index), index, sub, rest)
+        z, index = _narrow(pick(out, at), pick(kept, at))
+        z, index, sure = _compact_rest(z, index, pick(params, at), rest)
         if bool(sure.any()):
             parts += kept_tokens(rows[at[sure]], z[sure], index[sure], vocab)
         if not bool(sure.all()):
@@ -398,12 +408,18 @@ def _compact_rest(z: torch.Tensor, index: torch.Tensor, params: RowParams,
         z = _apply_stage(z, params, stage)
         if any(TRANSFORMS[k].filter for k in stage) and z.shape[-1] > 64:
             kept = ~z.isneginf()
-            counts = kept.sum(dim=-1)
-            width = int(_width(counts).max())
-            if 4 * width <= z.shape[-1]:
-                slot = _kept_first(kept, counts, width)
-                z, index = z.gather(1, slot), index.gather(1, slot)
+            if 4 * int(_width(kept.sum(dim=-1)).max()) <= z.shape[-1]:
+                z, index = _narrow(z, kept, index)
     return z, index, sure
+
+
+def _narrow(z: torch.Tensor, kept: torch.Tensor, index: torch.Tensor | None = None) -> tuple[torch.Tensor,
+                                                                                            torch.Tensor]:
+    """Rows ``z`` (``kept``: not -inf; ``index``: their tokens, None for token ids) as compact rows of the widest
+    one's width: each row's kept logits first, in order, then removed ones; and their tokens."""
+    counts = kept.sum(dim=-1)
+    slot = _kept_first(kept, counts, int(_width(counts).max()))
+    return z.gather(1, slot), slot if index is None else index.gather(1, slot)
 
 
 def before_temperature(chain) -> tuple:
@@ -667,7 +683,7 @@ def warp(logits: torch.Tensor, params: RowParams,
     for code, chain in enumerate(params.chains):
         other = rows[trunc & ~fast & (params.order == code)]
         if other.numel():
-            parts += chain_parts(other, logits[other], params[other], chain)
+            parts += chain_parts(other, logits, params, chain)
     todo = rows[fast]
     if todo.numel() == 0:
         return parts
@@ -739,16 +755,20 @@ def _kept_first(kept: torch.Tensor, counts: torch.Tensor, width: int) -> torch.T
     the same places from one stable sort.)"""
     if kept.shape[-1] <= 4096:
         return torch.sort((~kept).to(torch.uint8), dim=-1, stable=True).indices[:, :width]
-    rows, vocab = kept.shape
-    slot = torch.empty(rows, width, dtype=torch.long, device=kept.device)
+    slot = torch.empty(kept.shape[0], width, dtype=torch.long, device=kept.device)
+    few = width <= 256 and kept.shape[-1] % 64 == 0
+    _fill(slot, *(_places(kept) if few else kept.nonzero(as_tuple=True)), counts, torch.zeros_like(counts))
     removed = ~kept[:, :2 * width]
-    for i, (mask, n, offset) in enumerate(((kept, counts, torch.zeros_like(counts)),
-                                           (removed, removed.sum(dim=-1), counts))):
-        r, c = _places(mask) if i == 0 and width <= 256 and vocab % 64 == 0 else mask.nonzero(as_tuple=True)
-        place = torch.arange(r.numel(), device=kept.device) - (n.cumsum(0) - n)[r] + offset[r]
-        fits = place < width
-        slot[r[fits], place[fits]] = c[fits]
+    _fill(slot, *removed.nonzero(as_tuple=True), removed.sum(dim=-1), counts)
     return slot
+
+
+def _fill(slot: torch.Tensor, r: torch.Tensor, c: torch.Tensor, n: torch.Tensor, offset: torch.Tensor) -> None:
+    """Each row's places ``c`` (rows ``r``, ``n`` of them a row, in order) into ``slot`` from its column ``offset``
+    on, as many as fit."""
+    place = torch.arange(r.numel(), device=slot.device) - (n.cumsum(0) - n)[r] + offset[r]
+    fits = place < slot.shape[1]
+    slot[r[fits], place[fits]] = c[fits]
 
 
 def _places(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -974,11 +994,7 @@ def sample(parts: list[tuple[torch.Tensor, Warped]], u: torch.Tensor, batch: int
     kept = torch.empty(batch, dtype=torch.long, device=device)
     place = None if groups is None else torch.full((int(groups.max()) + 1,), -1, dtype=torch.long, device=device)
     for rows, part in parts:
-        if part.source is not None:  # divided by their temperatures as they are normalised
-            weights, lse, ent, n_kept = distribution(part.source, part.rows, part.temperature)
-        else:
-            logits = part.logits.float()
-            weights, lse, ent, n_kept = distribution(logits)
+        weights, lse, ent, n_kept = part.distribution()
         of = None
         if place is not None:  # the rows of this part's groups, and each one's group within the part
             place[rows] = torch.arange(rows.numel(), device=device)
@@ -989,11 +1005,7 @@ def sample(parts: list[tuple[torch.Tensor, Warped]], u: torch.Tensor, batch: int
         j = _inverse_cdf(weights, u[rows], of)
         at = torch.arange(weights.shape[0], device=device) if of is None else of
         tokens[rows] = j[:, 0] if part.index is None else part.index[at].gather(1, j)[:, 0]
-        if part.source is not None:  # the drawn token's scaled logit, as scaled_rows divides it
-            z = part.source[part.rows[at], j[:, 0]].float() / part.temperature[at]
-        else:
-            z = logits[at, j[:, 0]]
-        logprob[rows] = z - lse[at, 0]
+        logprob[rows] = part.chosen(at, j[:, 0]) - lse[at, 0]
         entropy[rows] = ent[at]
         kept[rows] = n_kept[at]
     return Draw(tokens, logprob, entropy, kept)

@@ -75,9 +75,10 @@ def in_pairs(f: Callable[..., torch.Tensor], *rows: torch.Tensor, **kwargs) -> t
     return f(*(torch.cat([r, r]) for r in rows), **kwargs)[:1]
 
 
-def pick(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Rows ``rows`` of ``t`` (ascending, distinct): ``t`` itself when they are all of its rows (no copy)."""
-    return t if rows.numel() == t.shape[0] else t[rows]
+def pick(t, rows: torch.Tensor):
+    """Rows ``rows`` of ``t`` (ascending, distinct; a tensor or the rows' parameters): ``t`` itself when they are
+    all of its rows (no copy)."""
+    return t if rows.numel() == len(t) else t[rows]
 
 
 def block_peaks(logits: torch.Tensor, width: int) -> tuple[torch.Tensor, int]:
