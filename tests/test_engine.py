@@ -215,8 +215,8 @@ def test_the_first_step_is_warped_once_per_prompt_and_setting(backend, monkeypat
     units = [WorkUnit(prompt, s, i, derive_seed(11, s.id, i)) for s in settings for i in range(20)]
     warped_rows = []
     real_warp = engine_module.warp
-    monkeypatch.setattr(engine_module, "warp", lambda logits, params: (warped_rows.append(logits.shape[0]),
-                                                                        real_warp(logits, params))[1])
+    monkeypatch.setattr(engine_module, "warp", lambda logits, *args: (warped_rows.append(logits.shape[0]),
+                                                                       real_warp(logits, *args))[1])
     together = generate(backend, units, 64, max_new_tokens=1)
     assert warped_rows == [1 + 1 + 20]  # one row per shared group, one per XTC row
     alone = generate(backend, units, 1, max_new_tokens=1)

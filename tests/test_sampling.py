@@ -46,7 +46,7 @@ def exactly_k(k: int):
 
 def dense(logits: torch.Tensor, settings: list[Setting], candidates=CANDIDATES) -> torch.Tensor:
     out = torch.empty_like(logits)
-    for rows, part in warp(logits, RowParams.from_settings(settings), candidates):
+    for rows, part in warp(logits, RowParams.from_settings(settings), candidates=candidates):
         out[rows] = part.dense(logits.shape[-1])
     return out
 
@@ -273,7 +273,7 @@ def test_sampled_frequencies_match_the_filtered_distribution(setting, candidates
     logits = row.expand(n, vocab)
     params = RowParams.from_settings([setting] * n)
     u = torch.from_numpy(uniforms(np.arange(n, dtype=np.uint64) + 12345, step=0))
-    draw = sample(warp(logits, params, candidates), u, n)
+    draw = sample(warp(logits, params, candidates=candidates), u, n)
     counts = torch.bincount(draw.tokens, minlength=vocab).double()
     kept = expected > 0
     assert counts[~kept].sum() == 0  # never a filtered-out token
@@ -593,3 +593,48 @@ def test_a_logit_that_its_division_sends_to_minus_infinity_is_not_counted_as_kep
     x[:, 5] = -1e33
     t = torch.tensor([1e-6, 1e-6])
     assert distribution(x, torch.arange(2), t)[3].tolist() == distribution(x / t[:, None])[3].tolist() == [8191] * 2
+
+
+def test_a_row_near_the_underflow_is_the_same_beside_a_row_that_clamps():
+    """Logits 86.8 below the top weigh exp(-86.8) = 2e-38, under TINY: 0 whether the row's chunk clamps (a row
+    beside it has -inf) or not (the row alone), so the row's log-normaliser and entropy do not depend on its chunk."""
+    near = torch.full((2, 49152), -86.8)
+    near[:, 0] = 0.0
+    holes = torch.randn(2, 49152, generator=torch.Generator().manual_seed(3))
+    holes[:, :10] = float("-inf")
+    alone_z, alone_h = log_normaliser_and_entropy(near)
+    batch_z, batch_h = log_normaliser_and_entropy(torch.stack([near[0], holes[0]]))
+    assert alone_z[0, 0].item() == batch_z[0, 0].item() == 0.0 and alone_h[0].item() == batch_h[0].item() == 0.0
+
+
+@pytest.mark.parametrize("vocab", [8192, 262144])
+def test_rows_that_sample_from_the_model_take_its_distribution_bit_for_bit(vocab):
+    """With the model's distribution given (as the engine gives it), rows at temperature 1 without a filter draw from
+    its weights and rows at temperature 1 with top-p take its normaliser: every row's token and statistics are those
+    it gets when warp computes them itself. Rows of each kind alone and in pairs in their chunks (on 262,144 tokens,
+    two rows a chunk), a row with -inf logits, a greedy row and rows at other temperatures beside them."""
+    from evalkit.generation.sampling import model_distribution, sample, samples_model
+
+    gen = torch.Generator().manual_seed(vocab)
+    settings = [Setting(temperature=1.0), Setting(temperature=0.7), Setting(temperature=1.0, top_p=0.9),
+                Setting(temperature=1.0), Setting(temperature=1.0), Setting(temperature=1.0), Setting(temperature=0.0),
+                Setting(temperature=1.0, top_p=0.5), Setting(temperature=0.8, top_p=0.9), Setting(temperature=1.0)]
+    rows = len(settings)
+    logits = torch.randn(rows, vocab, generator=gen) * 3
+    logits[3, :50] = float("-inf")
+    params = RowParams.from_settings(settings)
+    model = model_distribution(logits, params)
+    own = samples_model(params, vocab)
+    assert own.tolist() == [True, False, False, True, True, True, False, False, False, True]
+    assert model.weights.shape == (5, vocab)
+    log_z, entropy = log_normaliser_and_entropy(logits)
+    assert torch.equal(model.log_z, log_z) and torch.equal(model.entropy, entropy)
+    u = torch.rand(rows, generator=gen, dtype=torch.float64)
+    given, computed = sample(warp(logits, params, model), u, rows), sample(warp(logits, params), u, rows)
+    for name in ("tokens", "logprob", "entropy", "kept"):
+        assert torch.equal(getattr(given, name), getattr(computed, name)), name
+    assert given.kept[3].item() == vocab - 50
+    for r in (0, 2, 3, 5):  # a row alone: the same as in the batch
+        one = params[torch.tensor([r])]
+        alone = sample(warp(logits[r:r + 1], one, model_distribution(logits[r:r + 1], one)), u[r:r + 1], 1)
+        assert alone.tokens.item() == given.tokens[r].item() and alone.logprob.item() == given.logprob[r].item()

@@ -35,7 +35,7 @@ from transformers import DynamicCache
 from evalkit.generation.base import ENGINE_STAT_COLUMNS, WorkUnit
 from evalkit.errors import EvalkitError
 from evalkit.generation.heap import keep_freed_blocks
-from evalkit.generation.sampling import RowParams, check_logits, log_normaliser_and_entropy, sample, warp
+from evalkit.generation.sampling import RowParams, check_logits, model_distribution, sample, warp
 from evalkit.generation.slots import SlotCache, fixed_rows, linears_of, slot_attention, span_for
 from evalkit.seeds import uniforms
 
@@ -247,14 +247,15 @@ class Engine:
         started = self._clock() if self.profile else 0.0
         groups, heads = grouped if grouped is not None else (None, None)
         z = logits.float()
-        lse, model_entropy = log_normaliser_and_entropy(z)
+        model = model_distribution(z, params)
+        lse, model_entropy = model.log_z, model.entropy
         self._check(logits, lse, rows if heads is None else [rows[i] for i in heads], steps if heads is None else
                     steps[heads])
         u = torch.from_numpy(uniforms(seeds, steps)).to(self.device)
         if bool((params.xtc_probability > 0).any()):  # XTC's chance: another stream of the sample's own seed
             xtc = (seeds, steps) if heads is None else (seeds[heads], steps[heads])  # (XTC rows are groups of one)
             params.u_xtc = torch.from_numpy(uniforms(*xtc, stream=1)).to(self.device)
-        draw = sample(warp(logits, params), u, len(rows), groups)
+        draw = sample(warp(logits, params, model), u, len(rows), groups)
         chosen = draw.tokens
         if groups is None:
             model_logprob = (z.gather(1, chosen[:, None]) - lse)[:, 0]

@@ -7,6 +7,7 @@ The settings themselves live in :mod:`evalkit.settings`; each knob of a setting 
 
 from __future__ import annotations
 
+import itertools
 from typing import NamedTuple
 
 import torch
@@ -229,7 +230,7 @@ class Warped:
 
     def __init__(self, logits: torch.Tensor | None, index: torch.Tensor | None):
         self._logits, self.index = logits, index
-        self.source = self.rows = self.temperature = None
+        self.source = self.rows = self.temperature = self.given = None
 
     @classmethod
     def scaled(cls, logits: torch.Tensor, rows: torch.Tensor, temperature: torch.Tensor) -> Warped:
@@ -237,6 +238,18 @@ class Warped:
         :func:`sample` divides them a few rows at a time as it normalises them, never the whole rows at once."""
         out = cls(None, None)
         out.source, out.rows, out.temperature = logits, rows, temperature
+        return out
+
+    @classmethod
+    def model(cls, logits: torch.Tensor, rows: torch.Tensor, model: Normalised) -> Warped:
+        """Rows ``rows`` of the batch's ``logits`` as the model gives them (temperature 1, no filter): their
+        distribution is the model's own, ``model`` (:func:`model_distribution`, its weights these rows')."""
+        out = cls.scaled(logits, rows, torch.ones(rows.numel(), device=logits.device))
+        kept = torch.full((rows.numel(),), logits.shape[-1], dtype=torch.long, device=logits.device)
+        holes = model.neginf[rows]
+        if bool(holes.any()):
+            kept[holes] = torch.count_nonzero(logits[rows[holes]] != float("-inf"), dim=-1)
+        out.given = (model.weights, model.log_z[rows], model.entropy[rows], kept)
         return out
 
     @property
@@ -247,6 +260,8 @@ class Warped:
 
     def distribution(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """:func:`distribution` of these rows (:meth:`scaled` rows divided as they are normalised)."""
+        if self.given is not None:
+            return self.given
         if self.source is not None:
             return distribution(self.source, self.rows, self.temperature)
         return distribution(self.logits.float())
@@ -645,9 +660,13 @@ def _filter_candidates(scaled: torch.Tensor, params: RowParams, size: int, row: 
     return vals, idx, fits
 
 
-def warp(logits: torch.Tensor, params: RowParams,
+def warp(logits: torch.Tensor, params: RowParams, model: Normalised | None = None,
          candidates: tuple[int, ...] = CANDIDATES) -> list[tuple[torch.Tensor, Warped]]:
     """Each row's sampling distribution, as (row indices, Warped) parts covering every row once.
+
+    ``model``: :func:`model_distribution` of these logits, when the caller has it: the rows that sample from the
+    model's distribution take it whole, and the rows at temperature 1 that top-k, top-p or min-p cut take its
+    normaliser (the same bits as their own).
 
     Greedy rows become a point mass on the argmax of the logits as they reach the temperature (the raw logits,
     or those the stages before it left: penalties); rows whose stages change nothing but the temperature keep the
@@ -671,7 +690,13 @@ def warp(logits: torch.Tensor, params: RowParams,
                 z = apply_chain(z, params[g], early)
             top = z.argmax(dim=-1, keepdim=True)
             parts.append((g, Warped(torch.zeros(top.shape, dtype=torch.float32, device=device), top)))
-    plain = rows[~greedy & ~trunc]
+    plain = ~greedy & ~trunc
+    if model is not None:
+        own = samples_model(params, vocab)
+        if bool(own.any()):
+            parts.append((rows[own], Warped.model(logits, rows[own], model)))
+            plain &= ~own
+    plain = rows[plain]
     if plain.numel():
         parts.append((plain, Warped.scaled(logits, plain, temperatures(params)[plain])))
     engine = ORDERS[ENGINE_ORDER]
@@ -688,7 +713,8 @@ def warp(logits: torch.Tensor, params: RowParams,
     if todo.numel() == 0:
         return parts
     sub = params[todo]
-    if bool(sub._active(vocab, lambda name: name in early_knobs).any()):
+    processed = bool(sub._active(vocab, lambda name: name in early_knobs).any())
+    if processed:
         scaled = scale(apply_chain(pick(logits, todo), sub, early), sub)
     else:
         scaled = scaled_rows(logits, todo, temperatures(sub))
@@ -698,7 +724,7 @@ def warp(logits: torch.Tensor, params: RowParams,
         todo, sub, scaled = todo[filtered], sub[filtered], scaled[filtered]
         if todo.numel() == 0:
             return parts
-    row = _normalise(scaled, entropy=False)
+    row = _row_normalisers(logits, todo, sub, scaled, None if processed else model)
     left = torch.arange(todo.numel(), device=device)  # positions in `todo` still to place
     for size in candidates:
         if left.numel() == 0 or size >= vocab:
@@ -711,6 +737,24 @@ def warp(logits: torch.Tensor, params: RowParams,
     if left.numel():
         parts += kept_tokens(todo[left], filter_dense(scaled[left], sub[left]))
     return parts
+
+
+def _row_normalisers(logits: torch.Tensor, todo: torch.Tensor, sub: RowParams, scaled: torch.Tensor,
+                     model: Normalised | None) -> Normalised:
+    """The normaliser of each row of ``scaled`` (rows ``todo`` of ``logits`` divided by their temperatures): the
+    model's where the temperature is 1 (``scaled`` is then the batch's row, bit for bit), the rest computed from
+    the batch's logits, divided as they are normalised."""
+    if model is None:
+        return _normalise(scaled, entropy=False)
+    one = sub.temperature == 1
+    if not bool(one.any()):
+        return _normalise(scaled, entropy=False)
+    top, log_rest = model.top[todo], model.log_rest[todo]
+    if not bool(one.all()):
+        other = (~one).nonzero()[:, 0]
+        own = _normalise(logits, entropy=False, rows=todo[other], temperature=sub.temperature[other])
+        top[other], log_rest[other] = own.top, own.log_rest
+    return Normalised(top, log_rest, None, None, model.neginf[todo])
 
 
 def kept_tokens(rows: torch.Tensor, out: torch.Tensor, index: torch.Tensor | None = None,
@@ -817,6 +861,18 @@ def distribution(logits: torch.Tensor, rows: torch.Tensor | None = None,
     return n.weights, n.log_z, n.entropy, kept
 
 
+def samples_model(params: RowParams, vocab: int) -> torch.Tensor:
+    """Rows that sample from the model's own distribution: temperature 1 and no stage that changes it."""
+    return (params.temperature == 1) & ~params.truncates(vocab)
+
+
+def model_distribution(logits: torch.Tensor, params: RowParams) -> Normalised:
+    """The model's distribution of each row of float32 ``logits``: its log-normaliser and entropy, as
+    :func:`log_normaliser_and_entropy` gives them, and the weights of the rows that sample from it
+    (:func:`samples_model`; :func:`warp` draws them from these, not from a second pass over the same logits)."""
+    return _normalise(logits, keep=samples_model(params, logits.shape[-1]).tolist())
+
+
 def log_normaliser_and_entropy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(log Z [rows, 1], entropy in nats [rows]) of each row of float32 logits, without cancellation.
 
@@ -855,10 +911,12 @@ class Normalised(NamedTuple):
 
 
 def _normalise(logits: torch.Tensor, keep_weights: bool = False, entropy: bool = True,
-               rows: torch.Tensor | None = None, temperature: torch.Tensor | None = None) -> Normalised:
+               rows: torch.Tensor | None = None, temperature: torch.Tensor | None = None,
+               keep: list[bool] | None = None) -> Normalised:
     """See :func:`log_normaliser_and_entropy` and :class:`Normalised` (``entropy`` False: its entropy is left
     unset, two passes over the rows fewer). With ``rows`` and ``temperature`` ([rows]): of
     ``logits[rows] / temperature[:, None]``, each chunk gathered and divided as it is normalised (the same bits).
+    With ``keep`` (one bool per row): the weights of the rows it marks, in row order, and no others.
 
     The rows go through in chunks of about :data:`CHUNK_BYTES` (at least two rows each: a lone row's sums would
     split among threads), each chunk through every pass before the next: its temporaries stay in the CPU's cache
@@ -868,6 +926,8 @@ def _normalise(logits: torch.Tensor, keep_weights: bool = False, entropy: bool =
         logits, rows = logits[rows].float() / temperature[:, None], None
     source, picked = logits, rows
     rows, vocab = (logits.shape[0] if picked is None else picked.numel()), logits.shape[-1]
+    if keep is not None and (all(keep) or not any(keep)):
+        keep_weights, keep = keep_weights or all(keep), None
     if rows == 1:
         if picked is None:
             two = _normalise(torch.cat([logits, logits]), keep_weights, entropy)
@@ -881,7 +941,8 @@ def _normalise(logits: torch.Tensor, keep_weights: bool = False, entropy: bool =
         starts.pop()  # a lone last row joins the chunk before it
     ends = starts[1:] + [rows]
     new = dict(dtype=torch.float32, device=logits.device)
-    weights = torch.empty(rows, vocab, **new) if keep_weights else None
+    weights = torch.empty(rows if keep is None else sum(keep), vocab, **new) if keep_weights or keep else None
+    place = [0] if keep is None else [0, *itertools.accumulate(keep)]  # keep: row i's weights at place[i]
     size = max((b - a for a, b in zip(starts, ends)), default=0)
     shifted = torch.empty(size, vocab, **new)
     e = None if keep_weights else torch.empty(size, vocab, **new)
@@ -892,9 +953,14 @@ def _normalise(logits: torch.Tensor, keep_weights: bool = False, entropy: bool =
         chunk = source[a:b]
         if picked is not None:  # the rows divided into the shifted buffer: _normalise_rows shifts them in place
             chunk = torch.div(source[picked[a:b]].float(), temperature[a:b, None], out=shifted[:b - a])
+        kept = keep_weights or (keep is not None and all(keep[a:b]))
+        out = weights[place[a] if keep else a:][:b - a] if kept else e[:b - a]
         top[a:b], log_rest[a:b], neginf[a:b] = _normalise_rows(
-            chunk, shifted[:b - a], weights[a:b] if keep_weights else e[:b - a], keep_weights,
+            chunk, shifted[:b - a], out, kept or (keep is not None and any(keep[a:b])),
             None if spread is None else spread[a:b])
+        if not kept and keep is not None and any(keep[a:b]):  # some of the chunk's rows: their weights copied out
+            mine = [i for i in range(b - a) if keep[a + i]]
+            weights[place[a]:place[a] + len(mine)] = out[mine]
     return Normalised(top, log_rest, None if spread is None else log_rest[:, 0] + spread, weights, neginf)
 
 
@@ -906,8 +972,8 @@ def _normalise_rows(logits: torch.Tensor, shifted: torch.Tensor, e: torch.Tensor
     top, arg = _top(logits)
     torch.sub(logits, top, out=shifted)  # z - m <= 0
     low = shifted.amin(dim=-1)
-    clamp = bool((low < UNDERFLOW).any())
-    if clamp:  # exp(z - m) would underflow there (see UNDERFLOW): the weights below TINY are 0
+    clamp = bool((low < CLAMP_FROM).any())
+    if clamp:  # exp(z - m) would underflow there (see UNDERFLOW): the weights at or below TINY are 0
         shifted.clamp_(min=UNDERFLOW)  # (the terms e_i (m - z_i) are then 0 * UNDERFLOW, never 0 * -inf)
     torch.exp(shifted, out=e)
     if clamp:
@@ -930,6 +996,9 @@ def _normalise_rows(logits: torch.Tensor, shifted: torch.Tensor, e: torch.Tensor
 # logits more than UNDERFLOW below the top are clamped to it first: exp(-87) = 1.6e-38 is normal, and under TINY.
 UNDERFLOW = -87.0
 TINY = 2.0 ** -125
+# A chunk clamps and thresholds when some row of it has a logit this far below its top: every exponential above it
+# (exp(-86) = 4.5e-38) is over TINY, so a row that has none gets the same weights either way, whatever its chunk.
+CLAMP_FROM = -86.0
 
 
 PEAK_BLOCK = 256  # _top finds a row's largest logit among the largest of its blocks of this many
