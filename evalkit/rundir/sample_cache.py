@@ -23,13 +23,14 @@ from evalkit.generation.base import SampleRecord, WorkUnit
 from evalkit.generation.gguf import cache_dir
 from evalkit.rundir.files import check_database
 
-ENGINE_VERSION = "7"  # bump when the engine's output for the same inputs changes (2: the key holds dtype,
+ENGINE_VERSION = "8"  # bump when the engine's output for the same inputs changes (2: the key holds dtype,
 # device and CPU threads; 3: each prompt prefilled alone and decode steps of fixed shape, for batch invariance;
 # 4: a dense row is drawn from its exponentials, not its softmax, and candidates' tied logits ordered otherwise;
 # 5: weights under 2^-125 are 0, and top-p's whole-row probabilities come from the row's normaliser;
 # 6: a decode step's attention is evalkit's own, not torch's SDPA kernel; 7: top-p rows whose cut lies within the
 # rounding of torch's softmax normaliser (cut_margin) leave the candidate path for the dense one, and rows a chain
-# cut densely draw from their kept tokens alone)
+# cut densely draw from their kept tokens alone; 8: a weight between exp(-87) and 2^-125 is 0 whatever the row's
+# chunk, where it could be kept in a chunk that did not clamp)
 
 
 def cache_path() -> Path:
