@@ -638,3 +638,33 @@ def test_rows_that_sample_from_the_model_take_its_distribution_bit_for_bit(vocab
         one = params[torch.tensor([r])]
         alone = sample(warp(logits[r:r + 1], one, model_distribution(logits[r:r + 1], one)), u[r:r + 1], 1)
         assert alone.tokens.item() == given.tokens[r].item() and alone.logprob.item() == given.logprob[r].item()
+
+
+@pytest.mark.parametrize("vocab", [4096, 262144])
+def test_top_p_over_whole_rows_sorts_values_alone_and_drops_what_the_stable_sort_drops(vocab):
+    """On CPU a whole row's top-p sorts its values alone (numpy's sort) and takes the tokens it drops from the n-th
+    value: the same tokens, bit for bit, as the stable sort of the row (among tied logits the higher ids dropped
+    first), on rows with many ties at the cut, -inf logits and -0.0 beside 0.0, at many top-p."""
+    from evalkit.generation.sampling import _top_p_drop
+
+    gen = torch.Generator().manual_seed(vocab)
+    rows = []
+    for r in range(12):
+        z = torch.randn(vocab, generator=gen) * (0.5 + r)
+        if r % 3 == 0:
+            z = (z * 4).round() / 4  # heavy ties everywhere, the cut among them
+        if r % 4 == 1:
+            z[torch.randint(vocab, (vocab // 10,), generator=gen)] = float("-inf")
+        z[7], z[8] = -0.0, 0.0
+        rows.append(z)
+    out = torch.stack(rows)
+    for top_p in (0.05, 0.3, 0.5, 0.9, 0.99, 0.999999):
+        p = torch.full((out.shape[0],), top_p)
+        order = vocab - 1 - torch.sort(out.flip(-1), dim=-1, stable=True).indices
+        cum = out.gather(1, order).softmax(dim=-1).cumsum(dim=-1)
+        drop_sorted = cum <= (1 - p).float()[:, None]
+        drop_sorted[:, -1] = False
+        expected = torch.zeros_like(out, dtype=torch.bool).scatter_(1, order, drop_sorted)
+        got = _top_p_drop(out, p, None)
+        assert torch.equal(got, expected), top_p
+        assert bool((expected.sum(-1) > 0).any()) or top_p > 0.99

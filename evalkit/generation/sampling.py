@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from evalkit.errors import EvalkitError
@@ -483,6 +484,13 @@ def _top_p(out: torch.Tensor, params: RowParams, among: torch.Tensor | None = No
 def _top_p_drop(out: torch.Tensor, top_p: torch.Tensor, width: int | None) -> torch.Tensor:
     """The tokens top-p drops from each row, ``width`` as :func:`sort_groups` gives it."""
     vocab = out.shape[-1]
+    if width is None and out.device.type == "cpu" and out.dtype == torch.float32:
+        # The sorted values alone (numpy's vectorised sort: on 262,144 tokens some twenty times torch's): tied values
+        # are alike whatever their order, so the softmax and its cumulative sum are those of the stable sort below.
+        asc = torch.from_numpy(np.sort(out.numpy(), axis=-1))
+        drop_sorted = asc.softmax(dim=-1).cumsum(dim=-1) <= (1 - top_p).float()[:, None]
+        drop_sorted[:, -1] = False
+        return lowest(out, asc, drop_sorted.sum(dim=-1))  # (a prefix: the cumulative sum never decreases)
     if width is None:
         # Stable ascending sort: among equal logits the higher token id comes first, i.e. is dropped first.
         order = torch.sort(out.flip(-1), dim=-1, stable=True).indices
@@ -499,6 +507,18 @@ def _top_p_drop(out: torch.Tensor, top_p: torch.Tensor, width: int | None) -> to
     drop_sorted = cum <= (1 - top_p).float()[:, None]
     drop_sorted[:, -1] = False
     return torch.zeros_like(out, dtype=torch.bool).scatter_(1, order, drop_sorted)
+
+
+def lowest(out: torch.Tensor, asc: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """The ``n[r]`` lowest tokens of each row of ``out`` ([rows, vocab] mask), ``asc`` its values sorted ascending:
+    the first ``n`` of the row's stable ascending sort read from its end, so that among tied logits the higher token
+    ids come first (the n - (tokens below the n-th value) highest ids among the tokens at that value)."""
+    at = asc.gather(1, n.clamp(max=out.shape[-1] - 1)[:, None])
+    below = out < at
+    tied = out == at
+    room = n[:, None] - below.sum(dim=-1, keepdim=True)  # how many of the tied tokens are among the n
+    from_end = tied.flip(-1).cumsum(dim=-1).flip(-1)  # tied tokens at this id or above
+    return below | (tied & (from_end <= room))
 
 
 def _top_p_among(out: torch.Tensor, params: RowParams, on: torch.Tensor, among: torch.Tensor,
@@ -952,7 +972,10 @@ def _normalise(logits: torch.Tensor, keep_weights: bool = False, entropy: bool =
     for a, b in zip(starts, ends):
         chunk = source[a:b]
         if picked is not None:  # the rows divided into the shifted buffer: _normalise_rows shifts them in place
-            chunk = torch.div(source[picked[a:b]].float(), temperature[a:b, None], out=shifted[:b - a])
+            if source.dtype == torch.float32:  # gathered straight into it, then divided there
+                chunk = torch.index_select(source, 0, picked[a:b], out=shifted[:b - a]).div_(temperature[a:b, None])
+            else:
+                chunk = torch.div(source[picked[a:b]].float(), temperature[a:b, None], out=shifted[:b - a])
         kept = keep_weights or (keep is not None and all(keep[a:b]))
         out = weights[place[a] if keep else a:][:b - a] if kept else e[:b - a]
         top[a:b], log_rest[a:b], neginf[a:b] = _normalise_rows(
