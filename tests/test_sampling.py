@@ -668,3 +668,37 @@ def test_top_p_over_whole_rows_sorts_values_alone_and_drops_what_the_stable_sort
         got = _top_p_drop(out, p, None)
         assert torch.equal(got, expected), top_p
         assert bool((expected.sum(-1) > 0).any()) or top_p > 0.99
+
+
+@pytest.mark.parametrize("vocab", [49152, 262144])
+def test_candidates_from_the_models_block_maxima_are_those_of_the_divided_rows(vocab):
+    """Given the model's distribution, top-k / top-p / min-p rows find their candidates from its block maxima
+    divided by their temperatures and never divide their rows whole: the same parts, tokens and statistics, bit for
+    bit, as from the divided rows, on peaked, near-flat (past 64 candidates), tied and holed rows, at temperatures
+    0.3 to 3."""
+    from evalkit.generation.sampling import model_distribution, sample
+
+    gen = torch.Generator().manual_seed(vocab + 1)
+    settings, rows = [], []
+    for i, (t, p) in enumerate([(t, p) for t in (0.3, 0.7, 1.0, 1.5, 3.0) for p in (0.5, 0.9, 0.99)]):
+        settings.append(Setting(temperature=t, top_p=p, top_k=[0, 0, 500][i % 3], min_p=[0.0, 0.02][i % 2]))
+        z = torch.randn(vocab, generator=gen) * (0.3 if i % 4 == 0 else 3.0)
+        if i % 5 == 1:
+            z = (z * 2).round() / 2
+        if i % 6 == 2:
+            z[torch.randint(vocab, (vocab // 3,), generator=gen)] = float("-inf")
+        rows.append(z)
+    logits = torch.stack(rows)
+    params = RowParams.from_settings(settings)
+    model = model_distribution(logits, params)
+    assert model.peaks is not None and model.peaks.shape == (len(rows), vocab // 64)
+    given, computed = warp(logits, params, model), warp(logits, params)
+    assert [r.tolist() for r, _ in given] == [r.tolist() for r, _ in computed]
+    for (_, a), (_, b) in zip(given, computed):
+        assert torch.equal(a.logits, b.logits) and (a.index is None) == (b.index is None)
+        assert a.index is None or torch.equal(a.index, b.index)
+    assert {w.index.shape[1] for _, w in given if w.index is not None} >= {64, 1024}
+    u = torch.rand(len(rows), generator=gen, dtype=torch.float64)
+    a, b = sample(given, u, len(rows)), sample(computed, u, len(rows))
+    for name in ("tokens", "logprob", "entropy", "kept"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name

@@ -15,8 +15,8 @@ import torch
 
 from evalkit.errors import EvalkitError
 from evalkit.generation.samplers import cutoffs, dry, mirostat, penalties, sigma, xtc
-from evalkit.generation.samplers.base import (U, Transform, block_peaks, in_pairs, kept_counts, largest, near_cut,
-                                             near_rows, never_near, pick, ranked, rounding, sort_groups)
+from evalkit.generation.samplers.base import (SCAN_BLOCK, U, Transform, block_peaks, in_pairs, kept_counts, largest,
+                                             near_cut, near_rows, never_near, pick, ranked, rounding, sort_groups)
 from evalkit.generation.samplers.penalties import SCOPE_ALL, SCOPE_OUTPUT
 from evalkit.settings import ORDERS, PENALTIES, Setting, _chain
 
@@ -622,8 +622,9 @@ TRANSFORMS: dict[str, Transform] = {
 }
 
 
-def _filter_candidates(scaled: torch.Tensor, params: RowParams, size: int, row: Normalised):
-    """The same filters on each row's top-``size`` candidates (sorted by logit, descending).
+def _filter_candidates(largest_: tuple[torch.Tensor, torch.Tensor], vocab: int, params: RowParams, row: Normalised):
+    """The same filters on each row's top-``size`` candidates (``largest_``: :func:`largest` of the scaled rows, their
+    logits descending and token ids).
 
     ``row`` is each whole scaled row's normaliser (top-p's probabilities when top-k is off).
     Returns (logits [rows, size], index [rows, size], fits [rows]). Where ``fits`` is False
@@ -634,8 +635,8 @@ def _filter_candidates(scaled: torch.Tensor, params: RowParams, size: int, row: 
     normaliser cancels).
     """
     neg_inf = float("-inf")
-    vocab = scaled.shape[-1]
-    vals, idx = largest(scaled, size)
+    vals, idx = largest_
+    size = vals.shape[-1]
     last = vals[:, -1]
 
     k = params.top_k.clamp(max=vocab)
@@ -733,42 +734,84 @@ def warp(logits: torch.Tensor, params: RowParams, model: Normalised | None = Non
     if todo.numel() == 0:
         return parts
     sub = params[todo]
-    processed = bool(sub._active(vocab, lambda name: name in early_knobs).any())
-    if processed:
-        scaled = scale(apply_chain(pick(logits, todo), sub, early), sub)
-    else:
-        scaled = scaled_rows(logits, todo, temperatures(sub))
+    if bool(sub._active(vocab, lambda name: name in early_knobs).any()):
+        rows_of = _Scaled(scale(apply_chain(pick(logits, todo), sub, early), sub))
+        model = None
+    else:  # the rows are the batch's divided by their temperatures: divided where needed, never whole if it can be
+        rows_of = _Scaled(None, logits, todo, temperatures(sub), None if model is None else model.peaks)
+        if model is None or model.peaks is None:
+            rows_of = _Scaled(rows_of.take(None))
     filtered = sub._active(vocab, lambda name: name in CANDIDATE_KNOBS)  # rows with a filter after the processors
     if not bool(filtered.all()):
-        parts.append((todo[~filtered], Warped(scaled[~filtered], None)))
-        todo, sub, scaled = todo[filtered], sub[filtered], scaled[filtered]
+        parts.append((todo[~filtered], Warped(rows_of.take(~filtered), None)))
+        todo, sub, rows_of = todo[filtered], sub[filtered], rows_of.only(filtered)
         if todo.numel() == 0:
             return parts
-    row = _row_normalisers(logits, todo, sub, scaled, None if processed else model)
+    row = _row_normalisers(logits, todo, sub, rows_of, model)
     left = torch.arange(todo.numel(), device=device)  # positions in `todo` still to place
     for size in candidates:
         if left.numel() == 0 or size >= vocab:
             break
-        vals, idx, fits = _filter_candidates(pick(scaled, left), sub[left], size,
+        vals, idx, fits = _filter_candidates(rows_of.largest(left, size), vocab, sub[left],
                                              Normalised(*(None if t is None else pick(t, left) for t in row)))
         if bool(fits.any()):
             parts.append((todo[left[fits]], Warped(vals[fits], idx[fits])))
         left = left[~fits]
     if left.numel():
-        parts += kept_tokens(todo[left], filter_dense(scaled[left], sub[left]))
+        parts += kept_tokens(todo[left], filter_dense(rows_of.take(left), sub[left]))
     return parts
 
 
-def _row_normalisers(logits: torch.Tensor, todo: torch.Tensor, sub: RowParams, scaled: torch.Tensor,
+class _Scaled:
+    """The rows :func:`warp`'s candidate path works on: ``scaled`` (computed), or rows ``rows`` of the batch's
+    ``logits`` divided by ``temperature``, divided only where they are read, with the batch's block maxima
+    (``peaks``, :attr:`Normalised.peaks`): a row's candidates then come from its maxima divided (division keeps
+    their order and rounds each maximum as it rounds the logit: the divided row's own maxima, bit for bit) and the
+    logits of its largest blocks divided, the same as :func:`largest` of the divided row."""
+
+    def __init__(self, scaled: torch.Tensor | None, logits: torch.Tensor | None = None,
+                 rows: torch.Tensor | None = None, temperature: torch.Tensor | None = None,
+                 peaks: torch.Tensor | None = None):
+        self.scaled, self.logits, self.rows, self.temperature, self.peaks = scaled, logits, rows, temperature, peaks
+
+    def take(self, where: torch.Tensor | None) -> torch.Tensor:
+        """The divided rows at ``where`` (positions or a mask; None: all)."""
+        if self.scaled is not None:
+            return self.scaled if where is None else pick(self.scaled, where) if where.dtype != torch.bool \
+                else self.scaled[where]
+        rows, t = (self.rows, self.temperature) if where is None else (self.rows[where], self.temperature[where])
+        return scaled_rows(self.logits, rows, t)
+
+    def only(self, where: torch.Tensor) -> _Scaled:
+        if self.scaled is not None:
+            return _Scaled(self.scaled[where])
+        return _Scaled(None, self.logits, self.rows[where], self.temperature[where], self.peaks)
+
+    def largest(self, where: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        vocab = self.scaled.shape[-1] if self.scaled is not None else self.logits.shape[-1]
+        if self.scaled is not None or vocab < 4 * size * SCAN_BLOCK:
+            return largest(self.take(where), size)
+        rows, t = self.rows[where], self.temperature[where, None]
+        peaks = self.peaks[rows] / t
+        blocks = torch.topk(peaks, size, dim=-1, sorted=False).indices
+        at = (blocks[:, :, None] * SCAN_BLOCK + torch.arange(SCAN_BLOCK, device=peaks.device)).reshape(len(rows), -1)
+        whole = peaks.shape[1] * SCAN_BLOCK
+        if whole < vocab:
+            at = torch.cat([at, torch.arange(whole, vocab, device=peaks.device).expand(len(rows), -1)], dim=1)
+        vals, inner = torch.topk(self.logits[rows[:, None], at].float() / t, size, dim=-1)
+        return vals, at.gather(1, inner)
+
+
+def _row_normalisers(logits: torch.Tensor, todo: torch.Tensor, sub: RowParams, rows_of: _Scaled,
                      model: Normalised | None) -> Normalised:
-    """The normaliser of each row of ``scaled`` (rows ``todo`` of ``logits`` divided by their temperatures): the
-    model's where the temperature is 1 (``scaled`` is then the batch's row, bit for bit), the rest computed from
-    the batch's logits, divided as they are normalised."""
-    if model is None:
-        return _normalise(scaled, entropy=False)
-    one = sub.temperature == 1
-    if not bool(one.any()):
-        return _normalise(scaled, entropy=False)
+    """The normaliser of each of ``rows_of``'s rows (rows ``todo`` of ``logits`` divided by their temperatures,
+    unless ``model`` is None): the model's where the temperature is 1 (the row is then the batch's, bit for bit),
+    the rest computed from the batch's logits, divided as they are normalised."""
+    one = None if model is None else sub.temperature == 1
+    if one is None or not bool(one.any()):
+        if rows_of.scaled is not None:
+            return _normalise(rows_of.scaled, entropy=False)
+        return _normalise(logits, entropy=False, rows=todo, temperature=rows_of.temperature)
     top, log_rest = model.top[todo], model.log_rest[todo]
     if not bool(one.all()):
         other = (~one).nonzero()[:, 0]
@@ -889,8 +932,11 @@ def samples_model(params: RowParams, vocab: int) -> torch.Tensor:
 def model_distribution(logits: torch.Tensor, params: RowParams) -> Normalised:
     """The model's distribution of each row of float32 ``logits``: its log-normaliser and entropy, as
     :func:`log_normaliser_and_entropy` gives them, and the weights of the rows that sample from it
-    (:func:`samples_model`; :func:`warp` draws them from these, not from a second pass over the same logits)."""
-    return _normalise(logits, keep=samples_model(params, logits.shape[-1]).tolist())
+    (:func:`samples_model`; :func:`warp` draws them from these, not from a second pass over the same logits), and
+    in a long vocabulary each row's block maxima (where :func:`warp` looks for a row's candidates)."""
+    vocab = logits.shape[-1]
+    return _normalise(logits, keep=samples_model(params, vocab).tolist(),
+                      peaks=vocab >= max(16 * PEAK_BLOCK, 4 * CANDIDATES[0] * SCAN_BLOCK))
 
 
 def log_normaliser_and_entropy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -916,14 +962,15 @@ CHUNK_BYTES = 2 << 20  # _normalise works through the rows in chunks of about th
 
 class Normalised(NamedTuple):
     """Each row's largest logit m ([rows, 1]), log(Z) - m ([rows, 1]), entropy ([rows]; None unless asked for), the
-    weights e_i = exp(z_i - m) (None unless asked for; 0 under :data:`TINY`), and whether the row has a -inf logit
-    ([rows])."""
+    weights e_i = exp(z_i - m) (None unless asked for; 0 under :data:`TINY`), whether the row has a -inf logit
+    ([rows]), and the row's block maxima (:func:`block_peaks` of :data:`SCAN_BLOCK`; None unless asked for)."""
 
     top: torch.Tensor
     log_rest: torch.Tensor
     entropy: torch.Tensor | None
     weights: torch.Tensor | None
     neginf: torch.Tensor
+    peaks: torch.Tensor | None = None  # the largest logit of each whole block of SCAN_BLOCK (None unless asked for)
 
     @property
     def log_z(self) -> torch.Tensor:
@@ -932,11 +979,12 @@ class Normalised(NamedTuple):
 
 def _normalise(logits: torch.Tensor, keep_weights: bool = False, entropy: bool = True,
                rows: torch.Tensor | None = None, temperature: torch.Tensor | None = None,
-               keep: list[bool] | None = None) -> Normalised:
+               keep: list[bool] | None = None, peaks: bool = False) -> Normalised:
     """See :func:`log_normaliser_and_entropy` and :class:`Normalised` (``entropy`` False: its entropy is left
     unset, two passes over the rows fewer). With ``rows`` and ``temperature`` ([rows]): of
     ``logits[rows] / temperature[:, None]``, each chunk gathered and divided as it is normalised (the same bits).
-    With ``keep`` (one bool per row): the weights of the rows it marks, in row order, and no others.
+    With ``keep`` (one bool per row): the weights of the rows it marks, in row order, and no others. With ``peaks``
+    (a vocabulary of 16 x PEAK_BLOCK or more): each row's block maxima too, from the pass that finds its top.
 
     The rows go through in chunks of about :data:`CHUNK_BYTES` (at least two rows each: a lone row's sums would
     split among threads), each chunk through every pass before the next: its temporaries stay in the CPU's cache
@@ -950,9 +998,9 @@ def _normalise(logits: torch.Tensor, keep_weights: bool = False, entropy: bool =
         keep_weights, keep = keep_weights or all(keep), None
     if rows == 1:
         if picked is None:
-            two = _normalise(torch.cat([logits, logits]), keep_weights, entropy)
+            two = _normalise(torch.cat([logits, logits]), keep_weights, entropy, peaks=peaks)
         else:
-            two = _normalise(logits, keep_weights, entropy, picked.repeat(2), temperature.repeat(2))
+            two = _normalise(logits, keep_weights, entropy, picked.repeat(2), temperature.repeat(2), peaks=peaks)
         return Normalised(*(None if t is None else t[:1] for t in two))
     # (a GPU gets the rows whole: there a chunk would cost kernel launches, not memory traffic)
     step = max(2, CHUNK_BYTES // (vocab * 4)) if logits.device.type == "cpu" else rows
@@ -969,6 +1017,7 @@ def _normalise(logits: torch.Tensor, keep_weights: bool = False, entropy: bool =
     top, log_rest = torch.empty(rows, 1, **new), torch.empty(rows, 1, **new)
     spread = torch.empty(rows, **new) if entropy else None
     neginf = torch.empty(rows, dtype=torch.bool, device=logits.device)
+    maxima = torch.empty(rows, vocab // SCAN_BLOCK, **new) if peaks else None
     for a, b in zip(starts, ends):
         chunk = source[a:b]
         if picked is not None:  # the rows divided into the shifted buffer: _normalise_rows shifts them in place
@@ -980,19 +1029,19 @@ def _normalise(logits: torch.Tensor, keep_weights: bool = False, entropy: bool =
         out = weights[place[a] if keep else a:][:b - a] if kept else e[:b - a]
         top[a:b], log_rest[a:b], neginf[a:b] = _normalise_rows(
             chunk, shifted[:b - a], out, kept or (keep is not None and any(keep[a:b])),
-            None if spread is None else spread[a:b])
+            None if spread is None else spread[a:b], None if maxima is None else maxima[a:b])
         if not kept and keep is not None and any(keep[a:b]):  # some of the chunk's rows: their weights copied out
             mine = [i for i in range(b - a) if keep[a + i]]
             weights[place[a]:place[a] + len(mine)] = out[mine]
-    return Normalised(top, log_rest, None if spread is None else log_rest[:, 0] + spread, weights, neginf)
+    return Normalised(top, log_rest, None if spread is None else log_rest[:, 0] + spread, weights, neginf, maxima)
 
 
 def _normalise_rows(logits: torch.Tensor, shifted: torch.Tensor, e: torch.Tensor, keep_weights: bool,
-                    spread: torch.Tensor | None):
+                    spread: torch.Tensor | None, peaks: torch.Tensor | None = None):
     """:func:`_normalise` of two rows or more, ``shifted`` and ``e`` buffers of their shape (``e`` ends as the
-    weights when ``keep_weights``): (top, log_rest, neginf), and the entropy less log_rest into ``spread`` unless
-    it is None."""
-    top, arg = _top(logits)
+    weights when ``keep_weights``): (top, log_rest, neginf), the entropy less log_rest into ``spread`` and the block
+    maxima into ``peaks`` unless they are None."""
+    top, arg = _top(logits, peaks)
     torch.sub(logits, top, out=shifted)  # z - m <= 0
     low = shifted.amin(dim=-1)
     clamp = bool((low < CLAMP_FROM).any())
@@ -1027,14 +1076,21 @@ CLAMP_FROM = -86.0
 PEAK_BLOCK = 256  # _top finds a row's largest logit among the largest of its blocks of this many
 
 
-def _top(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _top(logits: torch.Tensor, fine: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row's largest logit and the index of its first occurrence ([rows, 1] each): ``max(dim=-1)``'s result,
     from the maxima of blocks of :data:`PEAK_BLOCK` logits and then within the first block that holds the row's
-    (on CPU, a reduction that keeps its index runs several times slower than one that keeps only the value)."""
+    (on CPU, a reduction that keeps its index runs several times slower than one that keeps only the value). With
+    ``fine`` ([rows, vocab // SCAN_BLOCK]): the maxima of the blocks of SCAN_BLOCK go there, and those of PEAK_BLOCK
+    come from them (a maximum is exact, however it is grouped)."""
     vocab = logits.shape[1]
     if vocab < 16 * PEAK_BLOCK:
         return logits.max(dim=-1, keepdim=True)
-    peaks, whole = block_peaks(logits, PEAK_BLOCK)
+    if fine is None:
+        peaks, whole = block_peaks(logits, PEAK_BLOCK)
+    else:
+        whole, per = vocab // PEAK_BLOCK * PEAK_BLOCK, PEAK_BLOCK // SCAN_BLOCK
+        torch.amax(logits[:, :fine.shape[1] * SCAN_BLOCK].reshape(logits.shape[0], -1, SCAN_BLOCK), dim=-1, out=fine)
+        peaks = fine[:, :whole // SCAN_BLOCK].reshape(logits.shape[0], -1, per).amax(dim=-1)
     if whole < vocab:
         peaks = torch.cat([peaks, logits[:, whole:].amax(dim=-1, keepdim=True)], dim=1)
     top, block = peaks.max(dim=-1, keepdim=True)
