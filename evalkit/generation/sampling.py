@@ -53,6 +53,7 @@ ENGINE_ORDER = "transformers"  # what a setting's order "auto" means in evalkit'
 # whose top-k keeps exactly k tokens among ties (not every tied one), and typical the shortest prefix past its mass
 EXACT_K_ORDERS = ("llama_cpp", "sglang")
 CANDIDATE_KNOBS = frozenset({"temperature", "top_k", "top_p", "min_p"})  # what the candidate path computes
+FILTERS = CANDIDATE_KNOBS - {"temperature"}
 SCOPE_CODES = {"prompt+output": SCOPE_ALL, "output": SCOPE_OUTPUT}  # a penalty's scope as a row's number (N: N)
 # The knobs that only qualify a stage, as per-row tensors its transform reads.
 QUALIFIER_DTYPES = {"xtc_threshold": torch.float32, "dry_base": torch.float32, "dry_allowed_length": torch.long,
@@ -212,12 +213,17 @@ class RowParams:
         """Rows with an active stage that the candidate path does not compute."""
         return self._active(vocab, lambda name: name not in CANDIDATE_KNOBS)
 
-    def _active(self, vocab: int, which) -> torch.Tensor:
+    def _active(self, vocab: int, which, actives: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Rows where some stage named ``which(name)`` is active (from ``actives``, :meth:`actives`, when given)."""
         out = torch.zeros_like(self.order, dtype=torch.bool)
         for name, t in TRANSFORMS.items():
             if t.active is not None and which(name):
-                out |= t.active(self, vocab)
+                out |= t.active(self, vocab) if actives is None else actives[name]
         return out
+
+    def actives(self, vocab: int) -> dict[str, torch.Tensor]:
+        """Each stage's rows where it is active, for several :meth:`_active` questions at the price of one."""
+        return {name: t.active(self, vocab) for name, t in TRANSFORMS.items() if t.active is not None}
 
 
 class Warped:
@@ -713,7 +719,7 @@ def warp(logits: torch.Tensor, params: RowParams, model: Normalised | None = Non
             parts.append((g, Warped(torch.zeros(top.shape, dtype=torch.float32, device=device), top)))
     plain = ~greedy & ~trunc
     if model is not None:
-        own = samples_model(params, vocab)
+        own = (params.temperature == 1) & ~shaped  # samples_model's rows
         if bool(own.any()):
             parts.append((rows[own], Warped.model(logits, rows[own], model)))
             plain &= ~own
@@ -933,10 +939,17 @@ def model_distribution(logits: torch.Tensor, params: RowParams) -> Normalised:
     """The model's distribution of each row of float32 ``logits``: its log-normaliser and entropy, as
     :func:`log_normaliser_and_entropy` gives them, and the weights of the rows that sample from it
     (:func:`samples_model`; :func:`warp` draws them from these, not from a second pass over the same logits), and
-    in a long vocabulary each row's block maxima (where :func:`warp` looks for a row's candidates)."""
+    in a long vocabulary each row's block maxima, where some row of transformers' order has a filter that the
+    candidate path computes and no other stage (:func:`warp` looks for that row's candidates there)."""
     vocab = logits.shape[-1]
-    return _normalise(logits, keep=samples_model(params, vocab).tolist(),
-                      peaks=vocab >= max(16 * PEAK_BLOCK, 4 * CANDIDATES[0] * SCAN_BLOCK))
+    engine = ORDERS[ENGINE_ORDER]
+    actives = params.actives(vocab)
+    own = (params.temperature == 1) & ~params._active(vocab, lambda name: True, actives)  # samples_model's rows
+    peaks = vocab >= max(16 * PEAK_BLOCK, 4 * CANDIDATES[0] * SCAN_BLOCK) and engine in params.chains and bool(
+        ((params.order == params.chains.index(engine)) & ~params.greedy
+         & params._active(vocab, FILTERS.__contains__, actives)
+         & ~params._active(vocab, lambda name: name not in CANDIDATE_KNOBS, actives)).any())
+    return _normalise(logits, keep=own.tolist(), peaks=peaks)
 
 
 def log_normaliser_and_entropy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
