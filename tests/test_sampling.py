@@ -702,3 +702,14 @@ def test_candidates_from_the_models_block_maxima_are_those_of_the_divided_rows(v
     a, b = sample(given, u, len(rows)), sample(computed, u, len(rows))
     for name in ("tokens", "logprob", "entropy", "kept"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
+
+
+def test_normalise_gives_no_unset_maxima_and_keeps_every_row_with_keep_weights():
+    """Block maxima asked for a row too short for blocks are not given (no unset memory), and ``keep_weights``
+    with a partial ``keep`` keeps every row's weights."""
+    from evalkit.generation.sampling import _normalise
+
+    x = torch.randn(3, 2048, generator=torch.Generator().manual_seed(5))
+    assert _normalise(x, peaks=True).peaks is None
+    every = _normalise(x, keep_weights=True, keep=[True, False, True]).weights
+    assert torch.equal(every, distribution(x)[0])

@@ -53,7 +53,7 @@ ENGINE_ORDER = "transformers"  # what a setting's order "auto" means in evalkit'
 # whose top-k keeps exactly k tokens among ties (not every tied one), and typical the shortest prefix past its mass
 EXACT_K_ORDERS = ("llama_cpp", "sglang")
 CANDIDATE_KNOBS = frozenset({"temperature", "top_k", "top_p", "min_p"})  # what the candidate path computes
-FILTERS = CANDIDATE_KNOBS - {"temperature"}
+CANDIDATE_FILTERS = CANDIDATE_KNOBS - {"temperature"}
 SCOPE_CODES = {"prompt+output": SCOPE_ALL, "output": SCOPE_OUTPUT}  # a penalty's scope as a row's number (N: N)
 # The knobs that only qualify a stage, as per-row tensors its transform reads.
 QUALIFIER_DTYPES = {"xtc_threshold": torch.float32, "dry_base": torch.float32, "dry_allowed_length": torch.long,
@@ -629,7 +629,7 @@ TRANSFORMS: dict[str, Transform] = {
 
 
 def _filter_candidates(largest_: tuple[torch.Tensor, torch.Tensor], vocab: int, params: RowParams, row: Normalised):
-    """The same filters on each row's top-``size`` candidates (``largest_``: :func:`largest` of the scaled rows, their
+    """The same filters on each row's candidates (``largest_``: :func:`largest` of the scaled rows, their
     logits descending and token ids).
 
     ``row`` is each whole scaled row's normaliser (top-p's probabilities when top-k is off).
@@ -692,8 +692,9 @@ def warp(logits: torch.Tensor, params: RowParams, model: Normalised | None = Non
     """Each row's sampling distribution, as (row indices, Warped) parts covering every row once.
 
     ``model``: :func:`model_distribution` of these logits, when the caller has it: the rows that sample from the
-    model's distribution take it whole, and the rows at temperature 1 that top-k, top-p or min-p cut take its
-    normaliser (the same bits as their own).
+    model's distribution take it whole, the rows at temperature 1 that top-k, top-p or min-p cut take its
+    normaliser, and those rows at any temperature find their candidates from its block maxima (:class:`_Scaled`):
+    the same bits as their own.
 
     Greedy rows become a point mass on the argmax of the logits as they reach the temperature (the raw logits,
     or those the stages before it left: penalties); rows whose stages change nothing but the temperature keep the
@@ -772,7 +773,8 @@ class _Scaled:
     """The rows :func:`warp`'s candidate path works on: ``scaled`` (computed), or rows ``rows`` of the batch's
     ``logits`` divided by ``temperature``, divided only where they are read, with the batch's block maxima
     (``peaks``, :attr:`Normalised.peaks`): a row's candidates then come from its maxima divided (division keeps
-    their order and rounds each maximum as it rounds the logit: the divided row's own maxima, bit for bit) and the
+    their order and rounds each maximum as it rounds the logit: the divided row's own maxima, bit for bit, but for the
+    sign of a zero, which no comparison sees) and the
     logits of its largest blocks divided, the same as :func:`largest` of the divided row."""
 
     def __init__(self, scaled: torch.Tensor | None, logits: torch.Tensor | None = None,
@@ -789,11 +791,14 @@ class _Scaled:
         return scaled_rows(self.logits, rows, t)
 
     def only(self, where: torch.Tensor) -> _Scaled:
+        """These rows at ``where`` (a mask)."""
         if self.scaled is not None:
             return _Scaled(self.scaled[where])
         return _Scaled(None, self.logits, self.rows[where], self.temperature[where], self.peaks)
 
     def largest(self, where: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`largest` of the divided rows at ``where`` (positions): from the maxima where it would look among
+        blocks (its own rule), from the divided rows otherwise."""
         vocab = self.scaled.shape[-1] if self.scaled is not None else self.logits.shape[-1]
         if self.scaled is not None or vocab < 4 * size * SCAN_BLOCK:
             return largest(self.take(where), size)
@@ -821,7 +826,8 @@ def _row_normalisers(logits: torch.Tensor, todo: torch.Tensor, sub: RowParams, r
     top, log_rest = model.top[todo], model.log_rest[todo]
     if not bool(one.all()):
         other = (~one).nonzero()[:, 0]
-        own = _normalise(logits, entropy=False, rows=todo[other], temperature=sub.temperature[other])
+        own = _normalise(logits, entropy=False, rows=todo[other], temperature=sub.temperature[other]) \
+            if rows_of.scaled is None else _normalise(pick(rows_of.scaled, other), entropy=False)
         top[other], log_rest[other] = own.top, own.log_rest
     return Normalised(top, log_rest, None, None, model.neginf[todo])
 
@@ -947,7 +953,7 @@ def model_distribution(logits: torch.Tensor, params: RowParams) -> Normalised:
     own = (params.temperature == 1) & ~params._active(vocab, lambda name: True, actives)  # samples_model's rows
     peaks = vocab >= max(16 * PEAK_BLOCK, 4 * CANDIDATES[0] * SCAN_BLOCK) and engine in params.chains and bool(
         ((params.order == params.chains.index(engine)) & ~params.greedy
-         & params._active(vocab, FILTERS.__contains__, actives)
+         & params._active(vocab, CANDIDATE_FILTERS.__contains__, actives)
          & ~params._active(vocab, lambda name: name not in CANDIDATE_KNOBS, actives)).any())
     return _normalise(logits, keep=own.tolist(), peaks=peaks)
 
@@ -961,7 +967,7 @@ def log_normaliser_and_entropy(logits: torch.Tensor) -> tuple[torch.Tensor, torc
     softmax's p_max rounds to 1 and loses log1p of the rest). Float32 throughout, in place where it can be: on CPU
     each pass over the rows costs what reading them from memory costs, so the passes are few.
 
-    A token whose exp(z_i - m) is under :data:`TINY` (float32's exp would underflow) counts as 0 in the sums. A
+    A token whose exp(z_i - m) is at or under :data:`TINY` (float32's exp would underflow) counts as 0 in the sums. A
     row with NaN or +inf logits, or only -inf, gets a log Z that is not finite (:func:`check_logits` reads it).
 
     A lone row is computed as a batch of two, as the cutoffs compute it (:mod:`evalkit.generation.samplers.cutoffs`):
@@ -975,8 +981,9 @@ CHUNK_BYTES = 2 << 20  # _normalise works through the rows in chunks of about th
 
 class Normalised(NamedTuple):
     """Each row's largest logit m ([rows, 1]), log(Z) - m ([rows, 1]), entropy ([rows]; None unless asked for), the
-    weights e_i = exp(z_i - m) (None unless asked for; 0 under :data:`TINY`), whether the row has a -inf logit
-    ([rows]), and the row's block maxima (:func:`block_peaks` of :data:`SCAN_BLOCK`; None unless asked for)."""
+    weights e_i = exp(z_i - m) (None unless asked for; 0 at or under :data:`TINY`; with ``keep``, those rows' alone),
+    whether the row has a -inf logit ([rows]), and the row's block maxima (:func:`block_peaks` of :data:`SCAN_BLOCK`;
+    None unless asked for)."""
 
     top: torch.Tensor
     log_rest: torch.Tensor
@@ -1007,8 +1014,9 @@ def _normalise(logits: torch.Tensor, keep_weights: bool = False, entropy: bool =
         logits, rows = logits[rows].float() / temperature[:, None], None
     source, picked = logits, rows
     rows, vocab = (logits.shape[0] if picked is None else picked.numel()), logits.shape[-1]
-    if keep is not None and (all(keep) or not any(keep)):
+    if keep is not None and (keep_weights or all(keep) or not any(keep)):
         keep_weights, keep = keep_weights or all(keep), None
+    peaks = peaks and vocab >= 16 * PEAK_BLOCK  # (_top finds a shorter row's top without blocks)
     if rows == 1:
         if picked is None:
             two = _normalise(torch.cat([logits, logits]), keep_weights, entropy, peaks=peaks)
