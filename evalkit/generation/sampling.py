@@ -231,20 +231,21 @@ class Warped:
 
     ``logits[r, j]`` is the (temperature-scaled) logit of token ``index[r, j]``, -inf where
     a filter removed it. Dense rows have every token as a candidate (``index`` is None then
-    and ``logits`` is [rows, vocab]). :meth:`scaled` rows hold the batch's logits, their rows and temperatures,
-    and are divided as they are drawn (``logits`` gives them divided).
+    and ``logits`` is [rows, vocab]). :meth:`scaled` rows are the batch's rows divided by their temperatures
+    (``divided``, a :class:`_Scaled`), divided as they are drawn (``logits`` gives them divided).
     """
 
     def __init__(self, logits: torch.Tensor | None, index: torch.Tensor | None):
         self._logits, self.index = logits, index
-        self.source = self.rows = self.temperature = self.given = None
+        self.divided: _Scaled | None = None
+        self.given = None
 
     @classmethod
     def scaled(cls, logits: torch.Tensor, rows: torch.Tensor, temperature: torch.Tensor) -> Warped:
         """Rows ``rows`` of the batch's ``logits`` divided by ``temperature`` ([rows]), every token a candidate:
         :func:`sample` divides them a few rows at a time as it normalises them, never the whole rows at once."""
         out = cls(None, None)
-        out.source, out.rows, out.temperature = logits, rows, temperature
+        out.divided = _Scaled(None, logits, rows, temperature)
         return out
 
     @classmethod
@@ -262,21 +263,21 @@ class Warped:
     @property
     def logits(self) -> torch.Tensor:
         if self._logits is None:
-            self._logits = scaled_rows(self.source, self.rows, self.temperature)
+            self._logits = self.divided.take(None)
         return self._logits
 
     def distribution(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """:func:`distribution` of these rows (:meth:`scaled` rows divided as they are normalised)."""
         if self.given is not None:
             return self.given
-        if self.source is not None:
-            return distribution(self.source, self.rows, self.temperature)
+        if self.divided is not None:
+            return distribution(self.divided.logits, self.divided.rows, self.divided.temperature)
         return distribution(self.logits.float())
 
     def chosen(self, at: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
         """The logit at place ``j[i]`` of row ``at[i]`` (of a :meth:`scaled` row: divided as scaled_rows divides)."""
-        if self.source is not None:
-            return self.source[self.rows[at], j].float() / self.temperature[at]
+        if self.divided is not None:
+            return self.divided.logits[self.divided.rows[at], j].float() / self.divided.temperature[at]
         return self.logits[at, j].float()
 
     def dense(self, vocab: int) -> torch.Tensor:
@@ -720,7 +721,7 @@ def warp(logits: torch.Tensor, params: RowParams, model: Normalised | None = Non
             parts.append((g, Warped(torch.zeros(top.shape, dtype=torch.float32, device=device), top)))
     plain = ~greedy & ~trunc
     if model is not None:
-        own = (params.temperature == 1) & ~shaped  # samples_model's rows
+        own = samples_model(params, vocab, shaped)
         if bool(own.any()):
             parts.append((rows[own], Warped.model(logits, rows[own], model)))
             plain &= ~own
@@ -936,9 +937,10 @@ def distribution(logits: torch.Tensor, rows: torch.Tensor | None = None,
     return n.weights, n.log_z, n.entropy, kept
 
 
-def samples_model(params: RowParams, vocab: int) -> torch.Tensor:
-    """Rows that sample from the model's own distribution: temperature 1 and no stage that changes it."""
-    return (params.temperature == 1) & ~params.truncates(vocab)
+def samples_model(params: RowParams, vocab: int, truncates: torch.Tensor | None = None) -> torch.Tensor:
+    """Rows that sample from the model's own distribution: temperature 1 and no stage that changes it
+    (``truncates``: :meth:`RowParams.truncates`, when the caller has it)."""
+    return (params.temperature == 1) & ~(params.truncates(vocab) if truncates is None else truncates)
 
 
 def model_distribution(logits: torch.Tensor, params: RowParams) -> Normalised:
@@ -950,7 +952,7 @@ def model_distribution(logits: torch.Tensor, params: RowParams) -> Normalised:
     vocab = logits.shape[-1]
     engine = ORDERS[ENGINE_ORDER]
     actives = params.actives(vocab)
-    own = (params.temperature == 1) & ~params._active(vocab, lambda name: True, actives)  # samples_model's rows
+    own = samples_model(params, vocab, params._active(vocab, lambda name: True, actives))
     peaks = vocab >= max(16 * PEAK_BLOCK, 4 * CANDIDATES[0] * SCAN_BLOCK) and engine in params.chains and bool(
         ((params.order == params.chains.index(engine)) & ~params.greedy
          & params._active(vocab, CANDIDATE_FILTERS.__contains__, actives)
