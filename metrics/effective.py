@@ -13,7 +13,7 @@ is the number that passed, the count to read beside it. Undefined where the pass
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from evalkit.scoring.metric import Group, Metric, Score
 from evalkit_metrics import inner
@@ -22,7 +22,7 @@ from evalkit_metrics import inner
 class QualityBar(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     quality: str = "accuracy"  # a metric with per-sample values, as listed in metrics:
-    min: float = 1.0  # a sample passes when its quality value is at least this
+    min: float = Field(1.0, allow_inf_nan=False)  # a sample passes when its quality value is at least this
 
     @field_validator("quality")
     @classmethod

@@ -344,6 +344,10 @@ def test_effective_refuses_what_it_cannot_gate_on():
         metric("effective[metric=nope]")
     with pytest.raises(ConfigError, match="pools the prompts"):
         metric("effective[quality=zipf]")
+    for bar in ("nan", "inf", "-inf"):  # a bar no value passes, or every value: never a number a user meant
+        for name in ("effective", "passing"):
+            with pytest.raises(ConfigError, match="min: Input should be a finite number"):
+                metric(f"{name}[quality=accuracy,min={bar}]")
 
 
 # ------------------------------------------------------------------------------------------- homogeneity
