@@ -367,6 +367,18 @@ def test_control_characters_in_a_path_are_shown_escaped(tmp_path):
     assert "\x1b" not in line and "missing\\nfile\\x1b[2J.yaml: config file not found" in line
 
 
+def test_control_characters_in_paths_are_escaped_on_success_too(tmp_path):
+    data = write_jsonl(tmp_path / "in\x1b[2J.jsonl", [{"prompt_id": "a", "text": "one two"}])
+    scored = tmp_path / "out\x1b[2J"
+    result = CliRunner().invoke(app, ["score", str(data), "-q", "-o", str(scored)])
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.stdout
+    assert "in\\x1b[2J.jsonl\n" in result.stdout and "run directory: " + str(tmp_path / "out\\x1b[2J") in result.stdout
+    result = CliRunner().invoke(app, ["report", str(scored)])
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.stdout and "out\\x1b[2J/report.html" in result.stdout
+
+
 def test_a_long_value_is_cut_in_every_option():
     for args in (["compare", "a", "b", "--fail-on", "x" * 50_000], ["run", "--preset", "y" * 50_000]):
         assert len(one_line(CliRunner().invoke(app, args))) < 300

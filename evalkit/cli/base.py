@@ -32,6 +32,12 @@ def printable(text: str) -> str:
                    for c in text)
 
 
+def echoed(value) -> str:
+    """A value the user chose (a path, a model id, a setting's id) for a line of rich markup: control characters
+    written as escapes (:func:`printable`), markup escaped."""
+    return escape(printable(str(value)))
+
+
 def _ui(quiet: bool):
     """Progress bars, or with --quiet none, but the notes still shown."""
     from evalkit.progress import Quiet

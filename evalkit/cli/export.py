@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
-from evalkit.cli.base import _check_output, _guard, app, err, out
+from evalkit.cli.base import _check_output, _guard, app, err, out, echoed
 
 
 @app.command()
@@ -43,6 +42,6 @@ def export(
         target = output.expanduser()
         _check_output(target, "-o", [run], None)
         n = export_run(done, format_, target, setting)
-        out.print(f"{n} samples exported: [bold]{escape(str(target))}[/]", highlight=False, soft_wrap=True)
+        out.print(f"{n} samples exported: [bold]{echoed(target)}[/]", highlight=False, soft_wrap=True)
 
     _guard(body, debug)

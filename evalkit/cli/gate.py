@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from evalkit.cli.base import _check_output, _print_table, err, out
+from evalkit.cli.base import _check_output, _print_table, err, out, echoed
 from evalkit.errors import EvalkitError, shown
 
 def _compare(a, b, rules, metrics, format_, output, junit, alpha, homogeneity: bool = False) -> int:
@@ -32,7 +32,7 @@ def _compare(a, b, rules, metrics, format_, output, junit, alpha, homogeneity: b
         from evalkit.report import write_report
 
         target = output or Path("reports") / f"{a.label}_vs_{b.label}.html"
-        out.print(f"report: [bold]{escape(str(write_report([a.path, b.path], target)))}[/]", highlight=False)
+        out.print(f"report: [bold]{echoed(write_report([a.path, b.path], target))}[/]", highlight=False)
     elif format_ == "text":
         if output is not None:
             plain = Console(record=True, file=io.StringIO(), width=200)
@@ -109,7 +109,7 @@ def _gate_on_baseline(result, baseline: str, rules, junit) -> int:
         with RunIndex(where) as db:
             baseline = db.latest(result.manifest.name, exclude=result.manifest.run_id)
         if baseline is None:
-            out.print(f"no earlier complete run named {escape(result.manifest.name)} in {escape(str(where))}: "
+            out.print(f"no earlier complete run named {escape(result.manifest.name)} in {echoed(where)}: "
                       f"nothing to compare; this run is the baseline of the next", highlight=False, soft_wrap=True)
             return 0
     base = load_side(baseline, where, what="--baseline")

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 import evalkit
-from evalkit.cli.base import REPORT_FAILED, _exit, _guard, _print_table, _ui, app, err, out
+from evalkit.cli.base import REPORT_FAILED, _exit, _guard, _print_table, _ui, app, err, out, echoed
 from evalkit.cli.gate import _check_gate, _gate_on_baseline
 from evalkit.compare import Rule
 from evalkit.config import preset_names, preset_path
@@ -142,7 +142,7 @@ def _print_summary(result: evalkit.Run) -> None:
             r = by_metric.loc[m]
             ci = "" if math.isnan(r["ci_low"]) else f"\n[dim][{fmt(r['ci_low'])}, {fmt(r['ci_high'])}][/]"
             cells.append(fmt(r["mean"]) + ci)
-        table.add_row(escape(str(sid)), *cells)
+        table.add_row(echoed(sid), *cells)
     _print_table(table)
     m = result.manifest
     if m.kind != "scored":
@@ -152,13 +152,13 @@ def _print_summary(result: evalkit.Run) -> None:
         prompts = kind_named(m.kind).noun
         out.print(f"{count(m.n_samples, 'samples')}: {count(m.n_prompts, prompts)} x "
                   f"{count(len(m.settings), 'settings')} x {result.config['samples_per_prompt']} on "
-                  f"{escape(m.model['id'])} ({escape(_where(m))}); "
+                  f"{echoed(m.model['id'])} ({escape(_where(m))}); "
                   f"generation {m.timings.get('generate_s', 0):.1f} s" + (f" ({kept})" if kept else ""),
                   highlight=False, soft_wrap=True)
     else:
         out.print(f"{count(m.n_samples, 'samples')} scored: {count(m.n_prompts, 'prompts')} x "
                   f"{count(len(m.settings), 'settings')} from "
-                  f"{escape(m.config_source)}", highlight=False, soft_wrap=True)
-    out.print(f"run directory: [bold]{escape(str(result.path))}[/]", highlight=False, soft_wrap=True)
+                  f"{echoed(m.config_source)}", highlight=False, soft_wrap=True)
+    out.print(f"run directory: [bold]{echoed(result.path)}[/]", highlight=False, soft_wrap=True)
     if (result.path / "report.html").is_file():
-        out.print(f"report: [bold]{escape(str(result.path / 'report.html'))}[/]", highlight=False, soft_wrap=True)
+        out.print(f"report: [bold]{echoed(result.path / 'report.html')}[/]", highlight=False, soft_wrap=True)

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 import evalkit
-from evalkit.cli.base import _check_output, _exit, _guard, _print_table, app, out
+from evalkit.cli.base import _check_output, _exit, _guard, _print_table, app, out, echoed
 from evalkit.cli.gate import _compare
 from evalkit.compare import Rule
 from evalkit.errors import EvalkitError, shown
@@ -38,7 +38,7 @@ def report(
                 f"{runs[0].resolve().name}_vs_{runs[-1].resolve().name}.html")
         _check_output(target, "-o", runs, None)
         written = write_report(runs, target)
-        out.print(f"report: [bold]{escape(str(written))}[/]", highlight=False, soft_wrap=True)
+        out.print(f"report: [bold]{echoed(written)}[/]", highlight=False, soft_wrap=True)
 
     _guard(body, debug)
 
@@ -64,17 +64,17 @@ def runs(
         with RunIndex(index_path(index), create=False) as db:
             listed = db.runs(name=name)
         if listed.empty:
-            out.print(f"no runs{f' named {escape(name)}' if name else ''} in {escape(str(db.path))}", highlight=False)
+            out.print(f"no runs{f' named {escape(name)}' if name else ''} in {echoed(db.path)}", highlight=False)
             return
-        table = Table(title=f"runs in {escape(str(db.path))}")
+        table = Table(title=f"runs in {echoed(db.path)}")
         table.add_column("run", no_wrap=True, min_width=max(len(r) for r in listed["run_id"]))  # ids are copied
         for column in ("status", "started", "model", "model hash", "git", "samples"):
             table.add_column(column)
         listed = listed.astype(object).where(listed.notna(), None)  # a scored run has no model hash: None, not NaN
         for r in listed.itertuples():
             git = f"{(r.git_commit or '')[:10]}{' (dirty)' if r.git_dirty else ''}"
-            table.add_row(escape(r.run_id), r.status, r.started_at, escape(str(r.model_id or "")),
-                          escape(str(r.model_hash or ""))[:12], escape(git), "" if r.n_samples is None else
+            table.add_row(escape(r.run_id), r.status, r.started_at, echoed(r.model_id or ""),
+                          echoed(r.model_hash or "")[:12], escape(git), "" if r.n_samples is None else
                           str(r.n_samples))
         _print_table(table)
 
@@ -148,13 +148,13 @@ def history(
             table = Table(title=f"{escape(m)}: mean per run", caption="! marks a regression from the run before")
             table.add_column("run", no_wrap=True, min_width=max(len(r) for r in trend.index))
             for sid in trend.columns:
-                table.add_column(escape(str(sid)), justify="right")
+                table.add_column(echoed(sid), justify="right")
             for run_id, values in zip(trend.index, trend.to_numpy()):
                 table.add_row(escape(run_id), *[fmt(v) + (" !" if (run_id, sid, m) in h.regressions else "")
                                                 for sid, v in zip(trend.columns, values)])
             _print_table(table)
         written = write_history_html(h, target)
         out.print(f"{count(len(h.regressions), 'regressions')} in {count(len(h.runs), 'runs')}; history page: "
-                  f"[bold]{escape(str(written))}[/]", highlight=False, soft_wrap=True)
+                  f"[bold]{echoed(written)}[/]", highlight=False, soft_wrap=True)
 
     _guard(body, debug)
