@@ -8,7 +8,6 @@ quality metric.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,9 +62,9 @@ def load_history(index: RunIndex, name: str, metrics: list[str] | None = None, *
     sides = []
     for run_id in runs["run_id"]:
         row = index.get(run_id)
-        run_info = json.loads(row["metric_info"])
+        run_info = row["metric_info"]
         info.update(run_info)
-        sides.append(RunData(run_id, name, index.scores(run_id), json.loads(row["protocol"]), run_info))
+        sides.append(RunData(run_id, name, index.scores(run_id), row["protocol"], run_info))
     history = History(name, runs, aggregates, chosen, info)
     for before, after in zip(sides, sides[1:]):
         # another protocol, or another engine (evalkit's, vLLM's): a break in the line, not a regression

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from evalkit.errors import EvalkitError
+from evalkit.errors import EvalkitError, shown
 from evalkit.rundir.files import check_database
 from evalkit.rundir.manifest import utc_now
 from evalkit.rundir.protocol import config_hash, protocol
@@ -48,6 +48,10 @@ TABLES = {"runs": ("run_id", "name", "path", "kind", "status", "protocol", "metr
 RETRY_SECONDS = 120  # how long a writer waits for others before giving up
 RUN_COLUMNS = ["run_id", "name", "status", "started_at", "ended_at", "model_id", "model_hash", "git_commit",
                "git_dirty", "config_hash", "n_samples", "seed", "path"]
+
+
+class NoSuchRun(EvalkitError):
+    """A run id the index does not hold."""
 
 
 def index_path(index: str | Path | None = None, output_dir: str | Path = "runs") -> Path:
@@ -154,11 +158,23 @@ class RunIndex:
         return pd.read_sql_query(sql + " ORDER BY started_at, run_id", self.db, params=args)
 
     def get(self, run_id: str) -> dict:
+        """The run's row, its ``protocol`` and ``metric_info`` read back as the mappings they were written as."""
         cur = self.db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,))
         row = cur.fetchone()
         if row is None:
-            raise EvalkitError(f"no run {run_id!r} in the run index {self.path}")
-        return dict(zip([c[0] for c in cur.description], row))
+            raise NoSuchRun(f"no run {run_id!r} in the run index {self.path}")
+        row = dict(zip([c[0] for c in cur.description], row))
+        for column in ("protocol", "metric_info"):
+            try:
+                value = json.loads(row[column])
+            except (TypeError, ValueError) as e:
+                raise self._damaged(run_id, column, f"not JSON: {e}") from None
+            if not isinstance(value, dict):
+                raise self._damaged(run_id, column, f"JSON {type(value).__name__}, not an object")
+            if column == "metric_info" and not all(isinstance(v, dict) for v in value.values()):
+                raise self._damaged(run_id, column, "a metric's entry is not an object")
+            row[column] = value
+        return row
 
     def latest(self, name: str, *, exclude: str | None = None) -> str | None:
         """The id of the latest complete run named ``name`` (other than ``exclude``), or None."""
@@ -167,13 +183,31 @@ class RunIndex:
         return row[0] if row else None
 
     def scores(self, run_id: str) -> pd.DataFrame:
-        return pd.read_sql_query("SELECT setting_id, prompt_id, metric, value FROM scores WHERE run_id = ?",
-                                 self.db, params=[run_id]).astype({"value": float})
+        return self._numbers(pd.read_sql_query("SELECT run_id, setting_id, prompt_id, metric, value FROM scores "
+                                               "WHERE run_id = ?", self.db, params=[run_id]), ("value",),
+                             "scores").drop(columns="run_id")
 
     def aggregates(self, run_ids: list[str]) -> pd.DataFrame:
         marks = ",".join("?" * len(run_ids))
-        return pd.read_sql_query(f"SELECT * FROM aggregates WHERE run_id IN ({marks})", self.db,
-                                 params=run_ids).astype({c: float for c in ("mean", "ci_low", "ci_high", "std")})
+        return self._numbers(pd.read_sql_query(f"SELECT * FROM aggregates WHERE run_id IN ({marks})", self.db,
+                                               params=run_ids), ("mean", "ci_low", "ci_high", "std"), "aggregates")
+
+    def _numbers(self, frame: pd.DataFrame, columns: tuple[str, ...], table: str) -> pd.DataFrame:
+        """``frame`` with ``columns`` as floats; a value that is no number (an edited or damaged index) refused,
+        naming its run."""
+        for column in columns:
+            numbers = pd.to_numeric(frame[column], errors="coerce")
+            bad = numbers.isna() & frame[column].notna()
+            if bool(bad.any()):
+                first = frame[bad].iloc[0]
+                raise self._damaged(first["run_id"], f"{table} ({column})", f"{shown(first[column])} is no number",
+                                    plural=True)
+            frame[column] = numbers.astype(float)
+        return frame
+
+    def _damaged(self, run_id: str, what: str, detail: str, plural: bool = False) -> EvalkitError:
+        return EvalkitError(f"index: {self.path}: the {what} of run {shown(run_id)} {'are' if plural else 'is'} "
+                            f"damaged: {detail}")
 
 
 def _f(x) -> float | None:

@@ -80,6 +80,31 @@ def test_record_and_list(tmp_path):
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.parametrize("edit, what", [
+    ("UPDATE scores SET value = 'abc' WHERE run_id = ?", "the scores (value) of run '{}' are damaged: 'abc' is no"),
+    ("UPDATE aggregates SET mean = 'x' WHERE run_id = ?", "the aggregates (mean) of run '{}' are damaged: 'x' is"),
+    ("UPDATE runs SET protocol = '{{bad' WHERE run_id = ?", "the protocol of run '{}' is damaged: not JSON"),
+    ("UPDATE runs SET protocol = 'null' WHERE run_id = ?", "the protocol of run '{}' is damaged: JSON NoneType"),
+    ("UPDATE runs SET metric_info = '[1, 2]' WHERE run_id = ?", "the metric_info of run '{}' is damaged: JSON list"),
+    ("UPDATE runs SET metric_info = '{{\"m\": 3}}' WHERE run_id = ?", "the metric_info of run '{}' is damaged: a"),
+])
+def test_a_damaged_index_is_named_not_a_crash(edit, what, tmp_path):
+    """An index edited by hand or damaged: compare and history name the run and what is damaged, exit 2."""
+    paths = nightly_runs(tmp_path / "runs", n=2)
+    index_file = tmp_path / "index.sqlite"
+    with RunIndex(index_file) as index:
+        for p in paths:
+            index.record(load_run(p))
+        index.db.execute(edit.format(), (paths[1].name,))
+    message = f"error: index: {index_file}: " + what.format(paths[1].name)
+    compared = CliRunner().invoke(app, ["compare", paths[0].name, paths[1].name, "--index", str(index_file)])
+    history = CliRunner().invoke(app, ["history", "--name", "nightly", "--index", str(index_file), "-o",
+                                       str(tmp_path / "h.html")])
+    for result in (compared, history) if "aggregates" not in edit else (history,):  # compare reads no aggregates
+        assert result.exit_code == 2, result.output
+        assert result.output.strip().startswith(message) and "\n" not in result.output.strip(), result.output
+
+
 WRITER = """
 import sys
 from evalkit.index import RunIndex

@@ -20,7 +20,6 @@ family), and a gate rule that only such metrics match is refused. Metrics measur
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,7 +73,7 @@ def load_side(ref: str | Path, index_file: Path | None = None, *, what: str = "r
         return RunData.from_run(run)
     if index_file is None or path.exists() or len(path.parts) > 1:  # a path, not a run id
         raise EvalkitError(f"{what}: {ref} is not a run directory")
-    from evalkit.index import RunIndex
+    from evalkit.index import NoSuchRun, RunIndex
 
     if not Path(index_file).is_file():
         raise EvalkitError(f"{what}: {ref} is not a run directory, and there is no run index at {index_file} to "
@@ -82,12 +81,12 @@ def load_side(ref: str | Path, index_file: Path | None = None, *, what: str = "r
     with RunIndex(index_file, create=False) as index:
         try:
             row = index.get(str(ref))
-        except EvalkitError as e:
+        except NoSuchRun as e:
             raise EvalkitError(f"{what}: {ref} is not a run directory, nor a run id: {e}") from None
         if row["status"] != "complete":
             raise EvalkitError(f"{what}: run {ref} is {row['status']}, not complete")
-        return RunData(row["run_id"], row["name"], index.scores(row["run_id"]), json.loads(row["protocol"]),
-                       json.loads(row["metric_info"]), Path(row["path"]), row["started_at"])
+        return RunData(row["run_id"], row["name"], index.scores(row["run_id"]), row["protocol"],
+                       row["metric_info"], Path(row["path"]), row["started_at"])
 
 
 def check_pattern(pattern: str, field: str) -> None:
