@@ -47,12 +47,16 @@ def run_sweep(config: SweepConfig | str | Path | None, *, overrides: list[str] |
                                       as_given=_as_given(config), resolved=_resolved(config))
 
 
-def plan_sweep(config: SweepConfig | str | Path, *, overrides: list[str] | None = None) -> list[tuple[str, str]]:
+def plan_sweep(config: SweepConfig | str | Path, *, overrides: list[str] | None = None,
+               check: Callable[[SweepConfig], None] | None = None) -> list[tuple[str, str]]:
     """What running ``config`` would make and send (settings, samples, requests, most tokens), as
-    (label, value) lines, with nothing loaded, sent or written."""
+    (label, value) lines, with nothing loaded, sent or written; every check a run makes before it loads anything
+    (``check``: as :func:`run_sweep`'s)."""
     if not isinstance(config, SweepConfig):
         config = load_config(config, overrides)
     _check_calibrate(config)
+    if check is not None:
+        check(config)
     with _said_of_set(config, overrides):
         return describe(config)
 

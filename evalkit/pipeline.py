@@ -11,7 +11,6 @@ elsewhere (:mod:`evalkit.scored_pipeline`) shares the checks of the metrics and 
 
 from __future__ import annotations
 
-import os
 import time
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
@@ -24,15 +23,12 @@ from evalkit.errors import EvalkitError, Stopped, shown
 from evalkit.executors import executor_for
 from evalkit.generation import Abilities, WorkUnit
 from evalkit.generation.base import Generator, PreparedPrompt
-from evalkit.index import TABLES as INDEX_TABLES
 from evalkit.index import index_path
 from evalkit.kinds import RunKind
-from evalkit.plan import checked_inputs, logprobs_wanted
+from evalkit.plan import check_places, checked_inputs, logprobs_wanted
 from evalkit.rundir import Manifest, Run, RunWriter, SettingRecord
-from evalkit.rundir.files import check_database, check_writable
 from evalkit.rundir.manifest import Reused, ci_info, git_info, utc_now
-from evalkit.rundir.sample_cache import TABLES as CACHE_TABLES
-from evalkit.rundir.sample_cache import CachedGeneration, SampleCache, cache_path, model_identity, unit_key
+from evalkit.rundir.sample_cache import CachedGeneration, SampleCache, model_identity, unit_key
 from evalkit.scoring import score_samples
 from evalkit.references import ReferenceSet
 from evalkit.scoring.judge import judge_of
@@ -90,12 +86,7 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
     kind, settings, metrics, prompts, _, references = checked_inputs(config)
     checks = {p.id: p.checks for p in prompts if p.checks is not None}
     prepare_all(metrics, source=config.source)  # loads embedders, probes the sandbox: after the cheap checks
-    check_writable(Path(config.output_dir) if resume_dir is None else resume_dir, config.source)
-    from_env = config.index is None and bool(os.environ.get("EVALKIT_INDEX"))  # then it is not the config's doing
-    check_database(index_path(config.index, config.output_dir), None if from_env else config.source,
-                   "$EVALKIT_INDEX" if from_env else "index", INDEX_TABLES)
-    if cache:
-        check_database(cache_path(), None, "sample cache", CACHE_TABLES)
+    check_places(config, resume_dir, cache=cache)
     executor = executor_for(config)
     checked = executor.check()
     writer = None
@@ -358,7 +349,7 @@ def recorded(config: SweepConfig, writer: RunWriter):
 
 def record_in_index(run_dir: Path, index: str | None, output_dir: str | Path, quiet: bool = False) -> None:
     """Record the run in the run index; after a failure, never let the index hide the first error."""
-    from evalkit.index import RunIndex, index_path
+    from evalkit.index import RunIndex
 
     try:
         with RunIndex(index_path(index, output_dir)) as db:

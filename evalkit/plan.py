@@ -4,14 +4,21 @@ the same :func:`checked_metrics`), its size, what its metrics need from the mode
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from evalkit.config import SweepConfig
 from evalkit.errors import ConfigError
 from evalkit.generation import all_specs, spec_of
+from evalkit.index import TABLES as INDEX_TABLES
+from evalkit.index import index_path
 from evalkit.kinds import RunKind, kind_of
 from evalkit.prompts import load_prompts
 from evalkit.references import ReferenceSet, load_references
+from evalkit.rundir.files import check_database, check_writable
+from evalkit.rundir.sample_cache import TABLES as CACHE_TABLES
+from evalkit.rundir.sample_cache import cache_path
 from evalkit.scoring.judge import bind_judges
 from evalkit.scoring.judge import plan_lines as judge_plan_lines
 from evalkit.scoring.references import require_references
@@ -45,6 +52,17 @@ def checked_inputs(config: SweepConfig) -> tuple[RunKind, list, list, list, int,
                               "return: use executor: local, or a sentence embedder (emb=all-MiniLM-L6-v2)",
                               source=config.source, path=f"metrics[{i}]")
     return kind, settings, metrics, prompts, check_size(config, settings, prompts), references
+
+
+def check_places(config: SweepConfig, resume_dir: Path | None = None, *, cache: bool = True) -> None:
+    """Where the run will write (its output folder, or the run directory it resumes), the run index and the sample
+    cache: usable, before anything is loaded or written."""
+    check_writable(Path(config.output_dir) if resume_dir is None else resume_dir, config.source)
+    from_env = config.index is None and bool(os.environ.get("EVALKIT_INDEX"))  # then it is not the config's doing
+    check_database(index_path(config.index, config.output_dir), None if from_env else config.source,
+                   "$EVALKIT_INDEX" if from_env else "index", INDEX_TABLES)
+    if cache:
+        check_database(cache_path(), None, "sample cache", CACHE_TABLES)
 
 
 def check_honoured(config: SweepConfig, settings: list) -> None:
@@ -107,6 +125,7 @@ def describe(config: SweepConfig) -> list[tuple[str, str]]:
     """What a run of ``config`` would make and send, before anything is loaded, sent or written (``--plan``):
     (label, value) lines. Samples that the sample cache or a resumed run already holds are not made again."""
     kind, settings, metrics, prompts, units, references = checked_inputs(config)
+    check_places(config)
     lines = [("settings", str(len(settings))), (kind.noun, str(len(prompts))),
              ("samples per prompt and setting", str(config.samples_per_prompt)), ("samples", str(units))]
     spec = spec_of(config.model.backend)

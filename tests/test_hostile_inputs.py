@@ -432,3 +432,51 @@ def test_a_prompt_text_given_on_its_first_line_only(tmp_path):
                                        '{"prompt_id": "a", "prompt": "y", "text": "u"}\n')
     line = one_line(CliRunner().invoke(app, ["score", str(tmp_path / "g2.jsonl"), "-o", str(tmp_path / "o2")]))
     assert line.endswith("line 2: prompt 'a' has another prompt text than on the first line that gives one")
+
+
+@pytest.mark.parametrize("args, changes, message", [
+    (["--baseline", "latest", "--fail-on", "distinct_1:-nan"], {}, "--fail-on: 'distinct_1:-nan' is not METRIC:"),
+    (["--baseline", "latest", "--fail-on", "self_bleu:-0.1"], {}, "'self_bleu' matches no metric this sweep scores"),
+    (["--fail-on", "distinct_1:-0.1"], {}, "--fail-on and --junit need --baseline"),
+    (["--baseline", "latest", "--junit", "."], {}, "--junit: . is a directory; give a file name"),
+    (["--baseline", "latest", "--fail-on", "distinct_1:-0.1"], {}, "'distinct_1' could never fail: with 3 prompts"),
+    ([], {"index": "."}, "index: . is a directory, not a database file"),
+    ([], {"output_dir": "sweep.yaml"}, "output_dir: sweep.yaml exists and is not a directory"),
+])
+def test_plan_refuses_what_the_run_refuses_before_it_loads(args, changes, message, tiny_model, tmp_path,
+                                                           monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = {**base_config(tiny_model, tmp_path / "runs"), "metrics": ["distinct_1"], **changes}
+    for plan in (["--plan"], []):  # the same line with --plan as without
+        line = run_config(tmp_path, yaml.safe_dump(config), *plan, *args)
+        assert line.startswith("error: ") and message in line, line
+
+
+def test_a_gate_that_could_never_fail_is_refused(tmp_path):
+    """With 3 prompts the sign-flip test's smallest p is 0.25: a gate on it would pass whatever happened."""
+    def scored(name: str, prompts: int, text) -> str:
+        data = write_jsonl(tmp_path / f"{name}.jsonl", [
+            {"prompt_id": f"p{p}", "temperature": t, "text": text(p, i)} for p in range(prompts) for t in (0.5, 1.0)
+            for i in range(3)])
+        assert CliRunner().invoke(app, ["score", str(data), "-q", "--metrics", "distinct_2", "-o",
+                                        str(tmp_path / name)]).exit_code == 0
+        return str(tmp_path / name)
+
+    def varied(p, i):
+        return f"prompt {p} sample {i} says {' '.join(str(p * 7 + i * 3 + k) for k in range(6))}"
+
+    def same(p, i):
+        return "same same same same same same"
+
+    few = [scored("few_base", 3, varied), scored("few_new", 3, same)]
+    junit = tmp_path / "gate.xml"
+    line = one_line(CliRunner().invoke(app, ["compare", *few, "--fail-on", "distinct_2:-0.03", "--junit",
+                                             str(junit)]))
+    assert line == ("error: --fail-on: 'distinct_2' could never fail: with 3 prompts in common the paired sign-flip "
+                    "test's smallest p-value is 0.25, 0.5 after Holm's adjustment over 2 tests, not under alpha "
+                    "0.05; gate on runs of at least 7 prompts, or on fewer metrics")
+    assert not junit.exists()
+    enough = [scored("base", 7, varied), scored("new", 7, same)]  # 2 x 2/2^7 < 0.05: the same drop fails the gate
+    result = CliRunner().invoke(app, ["compare", *enough, "--fail-on", "distinct_2:-0.03", "--junit", str(junit)])
+    assert result.exit_code == 1 and "REGRESSION: 2 change(s)" in result.output, result.output
+    assert 'failures="2"' in junit.read_text()

@@ -171,11 +171,18 @@ def test_nightly_loop_end_to_end(tiny_model, tmp_path, monkeypatch):
     """Two nights of a real (tiny) sweep: the first has no baseline, the second is gated on it."""
     monkeypatch.chdir(tmp_path)
     config = tmp_path / "nightly.yaml"
-    config.write_text(yaml.safe_dump(base_config(tiny_model, tmp_path / "runs", name="nightly",
-                                                 metrics=["distinct_2", "self_bleu"])), encoding="utf-8")
+    nightly = base_config(tiny_model, tmp_path / "runs", name="nightly", metrics=["distinct_2", "self_bleu"])
     cli = CliRunner()
     args = ["run", str(config), "--quiet", "--baseline", "latest", "--fail-on", "distinct_2:-0.5",
             "--junit", str(tmp_path / "gate.xml")]
+    # 3 prompts: no change could fail the gate (smallest p 2/2^3), refused before the sweep, nothing written
+    config.write_text(yaml.safe_dump(nightly), encoding="utf-8")
+    few = cli.invoke(app, args)
+    assert few.exit_code == 2 and "could never fail: with 3 prompts" in few.output, few.output
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "gate.xml").exists()
+    # 8 prompts: 6 settings' tests, 6 x 2/2^8 < 0.05 after Holm, the gate can fail
+    nightly["prompts"] += [f"Name {thing}." for thing in ("a colour", "a fruit", "a city", "a tree", "a river")]
+    config.write_text(yaml.safe_dump(nightly), encoding="utf-8")
     first = cli.invoke(app, args)
     assert first.exit_code == 0, first.output
     assert "nothing to compare" in first.output

@@ -12,6 +12,9 @@ from rich.markup import escape
 from evalkit.cli.base import _check_output, _print_table, err, out, echoed
 from evalkit.errors import EvalkitError, shown
 
+RUN_ALPHA = 0.05  # the significance level of ``evalkit run --baseline``'s gate
+
+
 def _compare(a, b, rules, metrics, format_, output, junit, alpha, homogeneity: bool = False) -> int:
     """Compare, print or write the result, write JUnit XML; the exit code of the gate."""
     output, junit = (p.expanduser() if p is not None else None for p in (output, junit))
@@ -63,7 +66,7 @@ def _check_gate(config, baseline: str, rules, junit: Path | None) -> None:
     """Before the sweep: every --fail-on rule names a metric the sweep scores, the baseline can be found,
     and the JUnit file can be written; a mistake here is found in a second, not after the run."""
     from evalkit.compare import load_side, matches
-    from evalkit.compare.stats import pooled_rule
+    from evalkit.compare.stats import pooled_rule, prompts_needed, smallest_p
     from evalkit.index import TABLES, RunIndex, index_path
     from evalkit.kinds import kind_of
     from evalkit.prompts import load_prompts
@@ -80,6 +83,12 @@ def _check_gate(config, baseline: str, rules, junit: Path | None) -> None:
                                f"({', '.join(ids)})")
         if all(m.pooled for m in hit):
             raise pooled_rule(rule, [m.id for m in hit])
+    n = len(load_prompts(config))
+    if rules and smallest_p(n) >= RUN_ALPHA:  # not even one test alone: the run's comparison could never fail
+        raise EvalkitError(f"--fail-on: {shown(rules[0].metric)} could never fail: with {n} "
+                           f"prompt{'s' if n != 1 else ''} the paired sign-flip test's smallest p-value is "
+                           f"{smallest_p(n):.3g}, not under alpha {RUN_ALPHA:g}; gate runs of at least "
+                           f"{prompts_needed(1, RUN_ALPHA)} prompts")
     where, base = index_path(config.index, config.output_dir), None
     if baseline == "latest":
         check_database(where, field="index", tables=TABLES)
@@ -113,4 +122,4 @@ def _gate_on_baseline(result, baseline: str, rules, junit) -> int:
                       f"nothing to compare; this run is the baseline of the next", highlight=False, soft_wrap=True)
             return 0
     base = load_side(baseline, where, what="--baseline")
-    return _compare(base, RunData.from_run(result), rules, None, "text", None, junit, 0.05)
+    return _compare(base, RunData.from_run(result), rules, None, "text", None, junit, RUN_ALPHA)

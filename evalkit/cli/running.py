@@ -44,20 +44,21 @@ def run(
     """Run a sweep: generate every sample, score it, write a run directory (and gate it on a baseline)."""
 
     def body():
+        if (fail_on or junit) and baseline is None:
+            raise EvalkitError("--fail-on and --junit need --baseline")
+        rules = [Rule.parse(r) for r in fail_on or []]
+        gate_check = (lambda c: _check_gate(c, baseline, rules, junit)) if baseline is not None else None
         if plan:
             if resume is not None or (config is None) == (preset is None):
                 raise EvalkitError("--plan: give a config file or --preset NAME")
             from evalkit.api import plan_sweep
 
-            lines = plan_sweep(config if config is not None else preset_path(preset), overrides=set_ or [])
+            lines = plan_sweep(config if config is not None else preset_path(preset), overrides=set_ or [],
+                               check=gate_check)
             width = max(len(label) for label, _ in lines)
             for label, value in lines:
                 out.print(f"{escape(label):<{width}}  {escape(value)}", highlight=False, soft_wrap=True)
             return 0
-        if (fail_on or junit) and baseline is None:
-            raise EvalkitError("--fail-on and --junit need --baseline")
-        rules = [Rule.parse(r) for r in fail_on or []]
-        gate_check = (lambda c: _check_gate(c, baseline, rules, junit)) if baseline is not None else None
         if resume is not None:
             if config is not None or preset is not None or set_:
                 raise EvalkitError("--resume continues a run as it was configured: give no config, preset or --set")

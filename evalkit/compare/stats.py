@@ -156,6 +156,24 @@ class Comparison:
     # mean embedding similarity between the runs' samples per setting (evalkit.compare.homogeneity), where asked
     homogeneity: pd.DataFrame | None = None
     homogeneity_embedder: str | None = None
+    permutations: int = 10_000  # of the sign-flip test: exact up to this many sign patterns
+
+
+def smallest_p(n: int, permutations: int = 10_000) -> float:
+    """The smallest p-value the sign-flip test can give ``n`` paired differences: 2 / 2^n when exact (the observed
+    signs and their mirror image), else 1 / (permutations + 1)."""
+    if n < 1:
+        return 1.0
+    return min(1.0, 2 / 2 ** n) if 2 ** n <= permutations else 1 / (permutations + 1)
+
+
+def prompts_needed(tests: int, alpha: float) -> int:
+    """The fewest prompts whose exact sign-flip test can fall under ``alpha`` after Holm's adjustment over
+    ``tests`` comparisons (m x 2 / 2^n < alpha)."""
+    n = 1
+    while tests * smallest_p(n) >= alpha:
+        n += 1
+    return n
 
 
 def compare_runs(base: RunData, new: RunData, *, metrics: list[str] | None = None, alpha: float = 0.05,
@@ -200,7 +218,7 @@ def compare_runs(base: RunData, new: RunData, *, metrics: list[str] | None = Non
     table["p_adjusted"] = holm(table["p"].to_numpy())
     table["significant"] = table["p_adjusted"] < alpha
     return Comparison(base, new, table[DELTA_COLUMNS], not_compared, problems, alpha, pooled,
-                      cross_engine(base.protocol, new.protocol))
+                      cross_engine(base.protocol, new.protocol), permutations=permutations)
 
 
 def _unshared(base: RunData, new: RunData) -> list[str]:
@@ -270,5 +288,24 @@ def gate(comparison: Comparison, rules: list[Rule]) -> list[tuple[Rule, object]]
         if all(m in comparison.pooled for m in hit):
             raise pooled_rule(rule, hit)
         rows = comparison.table[comparison.table["metric"].isin(hit)]
+        _check_reachable(comparison, rule, rows)
         out.extend((rule, r) for r in rows.itertuples() if rule.violated_by(r))
     return out
+
+
+def _check_reachable(comparison: Comparison, rule: Rule, rows: pd.DataFrame) -> None:
+    """Refuse a rule that no change could break: with too few prompts, no p-value its rows can have gets under
+    alpha after Holm's adjustment over every test of the comparison (a gate that passes whatever happened)."""
+    table = comparison.table
+    tests = int(table["p"].notna().sum())
+    tested = rows[rows["p"].notna()]
+    if tested.empty or any(tests * smallest_p(int(n), comparison.permutations) < comparison.alpha
+                           for n in tested["n_prompts"]):
+        return
+    most = int(tested["n_prompts"].max())
+    raise EvalkitError(
+        f"--fail-on: {shown(rule.metric)} could never fail: with {most} prompt{'s' if most != 1 else ''} in common "
+        f"the paired sign-flip test's smallest p-value is {smallest_p(most, comparison.permutations):.3g}, "
+        f"{tests * smallest_p(most, comparison.permutations):.3g} after Holm's adjustment over {tests} "
+        f"test{'s' if tests != 1 else ''}, not under alpha {comparison.alpha:g}; gate on runs of at least "
+        f"{prompts_needed(tests, comparison.alpha)} prompts, or on fewer metrics")
