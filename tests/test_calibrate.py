@@ -139,6 +139,14 @@ def test_the_command_prints_settings_to_paste_and_says_an_unreachable_target_in_
     assert written["families"][0]["setting"] == {"top_p": written["families"][0]["value"]}
 
 
+def test_no_family_reached_is_exit_1_with_nothing_to_paste(tiny_model, tmp_path, write_config):
+    path = config(tiny_model, tmp_path, write_config)
+    result = runner.invoke(app, ["calibrate", str(path), "--entropy", "1000", "--knob", "temperature=1.5:2", "-q"])
+    assert result.exit_code == 1, result.output
+    assert "out of reach" in result.stdout and "grid:" not in result.stdout
+    assert result.stderr.strip() == "no family reached 1000 nats: no setting to paste"
+
+
 @pytest.mark.parametrize("args, section, message", [
     (["--knob", "repetition_penalty"], None, "--knob[0].knob: knob must be one of temperature, top_k"),
     (["--knob", "top_p=1:0.5"], None, "--knob[0].range: range is [low, high] with low < high, got [1.0, 0.5]"),

@@ -12,8 +12,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from evalkit.cli.base import _check_output, _guard, _print_table, _ui, app, out
+from evalkit.cli.base import _check_output, _exit, _guard, _print_table, _ui, app, err, out
 from evalkit.errors import ConfigError
+
+NOTHING_CALIBRATED = 1  # every family out of reach or not monotone: no setting found
 
 
 def knob_option(text: str) -> dict:
@@ -90,16 +92,21 @@ def calibrate(
         _print_table(table)
         for r in results:
             out.print(escape(r.line()), highlight=False, soft_wrap=True)
-        out.print("grid:\n  settings:", highlight=False)
-        for r in results:
-            if r.setting is not None:
-                entry = yaml.safe_dump(pasted(r.setting), default_flow_style=True, sort_keys=False,
-                                       allow_unicode=True, width=10_000).strip()
-                out.print(escape(f"    - {entry:<48} # {r.family.name}: {r.best[1]:.3f} nats"), highlight=False,
-                          soft_wrap=True)
+        found = [r for r in results if r.setting is not None]
+        if found:
+            out.print("grid:\n  settings:", highlight=False)
+        for r in found:
+            entry = yaml.safe_dump(pasted(r.setting), default_flow_style=True, sort_keys=False,
+                                   allow_unicode=True, width=10_000).strip()
+            out.print(escape(f"    - {entry:<48} # {r.family.name}: {r.best[1]:.3f} nats"), highlight=False,
+                      soft_wrap=True)
         if json_file is not None:
             json_file.write_text(json.dumps({"entropy": entropy, "tolerance": tolerance, "config": str(config),
                                              "families": [r.as_dict() for r in results]}, indent=2) + "\n",
                                  encoding="utf-8")
+        if not found:  # a script must not paste an empty list
+            err.print(f"no family reached {entropy:g} nats: no setting to paste", highlight=False)
+            return NOTHING_CALIBRATED
+        return 0
 
-    _guard(body, debug)
+    _exit(_guard(body, debug))
