@@ -62,6 +62,24 @@ def test_setting_ids_and_checks():
         ImageSetting(scheduler="nope")
 
 
+@pytest.mark.parametrize("grid, message", [
+    ("grid.scheduler=[euler]", "grid.eta: eta applies to the ddim scheduler only, and no scheduler of the grid is "
+                               "one (got euler)"),
+    ("grid.settings=[{guidance_scale: 5}]", "grid.settings: a diffusers (text-to-image) sweep has no settings axis"),
+])
+def test_a_grid_value_no_image_setting_takes_is_refused_not_dropped(grid, message):
+    from pathlib import Path
+
+    from evalkit.config import load_config
+    from evalkit.errors import ConfigError
+
+    t2i = Path(__file__).resolve().parents[1] / "configs" / "t2i.yaml"
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(t2i, [grid, "grid.eta=[0.5]"]).settings()
+    ids = [s.id for s in load_config(t2i, ["grid.scheduler=[euler, ddim]", "grid.eta=[0, 0.5]"]).settings()]
+    assert any(i.endswith("-ddim-e0.5") for i in ids) and not any("euler-e" in i for i in ids)
+
+
 def test_a_directory_that_is_no_pipeline_is_refused(tmp_path):
     with pytest.raises(EvalkitError, match="cannot load a diffusers pipeline"):
         DiffusersBackend(tmp_path, device="cpu")

@@ -13,7 +13,7 @@ from pydantic import Field, ValidationError, create_model, field_validator, mode
 
 from evalkit.config.base import _Strict
 from evalkit.errors import shown
-from evalkit.settings import QUALIFIES, SCHEDULERS, ImageSetting, Setting, knob_type
+from evalkit.settings import QUALIFIES, SCHEDULERS, WITH_ETA, ImageSetting, Setting, knob_type
 
 SETTINGS_MAX = 100_000  # settings in one grid (the product of its lists)
 
@@ -100,9 +100,13 @@ class _Grid(_Strict):
                 hint = difflib.get_close_matches(name, list(SCHEDULERS), n=1)
                 raise ValueError(f"grid.scheduler: unknown scheduler, got {shown(name)}" + (
                     f" (did you mean {shown(hint[0])}?)" if hint else f" (known: {', '.join(SCHEDULERS)})"))
-        out = [ImageSetting(guidance_scale=g, num_inference_steps=n, scheduler=sch, eta=e if sch == "ddim" else 0.0)
+        schedulers = self.scheduler or ["ddim"]
+        if any(self.eta or []) and not WITH_ETA & set(schedulers):  # else no point of the grid would apply it
+            raise ValueError(f"grid.eta: eta applies to the {' or '.join(sorted(WITH_ETA))} scheduler only, and no "
+                             f"scheduler of the grid is one (got {', '.join(schedulers)})")
+        out = [ImageSetting(guidance_scale=g, num_inference_steps=n, scheduler=sch, eta=e if sch in WITH_ETA else 0.0)
                for g, n, sch, e in itertools.product(self.guidance_scale or [7.5], self.num_inference_steps or [30],
-                                                      self.scheduler or ["ddim"], self.eta or [0.0])]
+                                                      schedulers, self.eta or [0.0])]
         return list(dict.fromkeys(out))
 
 

@@ -227,6 +227,12 @@ class SweepConfig(_Strict):
     def _model_shorthand(cls, data: Any) -> Any:
         if isinstance(data, dict) and isinstance(data.get("model"), str):
             data = {**data, "model": {"id": data["model"]}}
+        model, grid = (data.get(k) if isinstance(data, dict) else None for k in ("model", "grid"))
+        if (isinstance(model, dict) and model.get("backend") == DiffusersModel.BACKEND and isinstance(grid, dict)
+                and grid.get("settings") is not None):  # said before its entries are read as text settings
+            raise ValueError(f"grid.settings: a diffusers (text-to-image) sweep has no settings axis (its axes: "
+                             f"{', '.join(GridConfig.IMAGE_AXES)}; list the values of each), got "
+                             f"{shown(grid['settings'])}")
         return data
 
     @model_validator(mode="after")
