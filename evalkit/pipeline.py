@@ -117,9 +117,13 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
                 raise EvalkitError(f"--resume: {resume_dir} was sampled by {writer.manifest.model.engine_name}, and "
                                    f"this run would sample by {generator.info.engine_name}: its samples would mix two "
                                    "engines")
+            if cache and not writer.manifest.sample_cache:
+                ui.note("the run was started with --no-cache: its resume takes no sample from the sample cache either")
+                cache = False
         else:
             writer = RunWriter.create(Path(config.output_dir), new_manifest(
                 config, kind, generator, settings, metrics, len(prepared), batch_size, overrides, as_given or {}))
+            writer.manifest.sample_cache = cache
         writer.manifest.executor = executor.record()  # a failed run says where it ran too
         with recorded(config, writer):
             if resume_dir is None:

@@ -83,6 +83,36 @@ def test_stopped_run_resumes_to_the_same_samples(how, tiny_model, tmp_path, unin
     assert not (run_dir / "parts").exists()
 
 
+def test_a_run_started_without_the_cache_resumes_without_it(tiny_model, tmp_path, uninterrupted):
+    """--no-cache is the run's: a resume that does not repeat it still takes no sample from the sample cache,
+    which here holds every sample of the sweep."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "EVALKIT_SAMPLE_CACHE": str(tmp_path / "cache.sqlite")}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(slow_config(tiny_model, tmp_path / "cached")))
+    filled = subprocess.run([sys.executable, "-m", "evalkit", "run", str(path), "-q"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=900)
+    assert filled.returncode == 0, filled.stderr
+    out = tmp_path / "runs"
+    path.write_text(yaml.safe_dump(slow_config(tiny_model, out)))
+    proc = start(path, tmp_path, env)  # with --no-cache
+    try:
+        run_dir = wait_for_parts(out, proc, minimum=HOLD_AFTER)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    assert json.loads((run_dir / "manifest.json").read_text())["sample_cache"] is False
+    done = subprocess.run([sys.executable, "-m", "evalkit", "run", "--resume", str(run_dir)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert "started with --no-cache: its resume takes no sample from the sample cache" in done.stderr + done.stdout
+    resumed = evalkit.load_run(run_dir)
+    assert resumed.manifest.samples_reused["from_cache"] == 0
+    assert resumed.manifest.samples_reused["generated"] == len(uninterrupted.samples) - resumed.manifest.samples_reused[
+        "from_parts"] > 0
+    pd.testing.assert_frame_equal(frame(resumed), frame(uninterrupted))
+
+
 def test_a_second_writer_is_refused_and_the_first_finishes(tiny_model, tmp_path, uninterrupted):
     """--resume of a run another process is still writing is refused in one line, up front, and the
     first process completes its run untouched; the lock goes with the process that held it."""

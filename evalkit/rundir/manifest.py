@@ -103,6 +103,7 @@ class Manifest(BaseModel):
     ci: CIInfo
     timings: Timings = Field(default_factory=Timings)
     samples_reused: Reused = Field(default_factory=lambda: Reused(from_parts=0, from_cache=0, generated=0))
+    sample_cache: bool = True  # False: started with --no-cache, and so resumed: no sample from the cache
     executor: dict[str, Any] = Field(default_factory=dict)  # where generation ran (local, or Ray: workers, retries)
     # the references the samples were compared with (file, sha256, counts) and each metric's value on them
     references: dict[str, Any] | None = None
