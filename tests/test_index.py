@@ -186,6 +186,9 @@ def test_nightly_loop_end_to_end(tiny_model, tmp_path, monkeypatch):
     first = cli.invoke(app, args)
     assert first.exit_code == 0, first.output
     assert "nothing to compare" in first.output
+    suite = ET.parse(tmp_path / "gate.xml").getroot()  # the first night's file too: its case skipped, and why
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("1", "0", "1")
+    assert "nothing to compare" in suite.find("testcase/skipped").get("message")
     second = cli.invoke(app, [*args, "--set", "seed=2"])
     assert second.exit_code == 0, second.output
     assert "against" in second.output and "significant" in second.output

@@ -56,7 +56,8 @@ def calibrate(
                                                    help="A family to calibrate (repeatable): temperature, top_k, "
                                                    "top_p, min_p, typical_p, epsilon_cutoff, eta_cutoff, "
                                                    "top_n_sigma, xtc_probability. Default: the config's calibrate: "
-                                                   "section, else all of them.")] = None,
+                                                   "section, else each of them but xtc_probability, and "
+                                                   "temperature with XTC at 0.5 (llama.cpp's order).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", metavar="FIELD=VALUE",
                                                    help="Override a field: samples_per_prompt=2")] = None,
     tolerance: Annotated[float, typer.Option(help="Stop within this many nats of the target.")] = 0.02,

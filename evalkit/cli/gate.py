@@ -118,8 +118,14 @@ def _gate_on_baseline(result, baseline: str, rules, junit) -> int:
         with RunIndex(where) as db:
             baseline = db.latest(result.manifest.name, exclude=result.manifest.run_id)
         if baseline is None:
-            out.print(f"no earlier complete run named {escape(result.manifest.name)} in {echoed(where)}: "
-                      f"nothing to compare; this run is the baseline of the next", highlight=False, soft_wrap=True)
+            why = (f"no earlier complete run named {result.manifest.name} in {where}: nothing to compare; this run "
+                   "is the baseline of the next")
+            out.print(echoed(why), highlight=False, soft_wrap=True)
+            if junit is not None:
+                from evalkit.compare.format import junit_without_baseline
+                from evalkit.rundir.files import write_atomic
+
+                write_atomic(junit.expanduser(), junit_without_baseline(result.manifest.name, rules, why))
             return 0
     base = load_side(baseline, where, what="--baseline")
     return _compare(base, RunData.from_run(result), rules, None, "text", None, junit, RUN_ALPHA)

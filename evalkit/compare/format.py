@@ -117,6 +117,17 @@ def text_table(c: Comparison):
     return table
 
 
+def junit_without_baseline(name: str, rules: list[Rule], why: str) -> bytes:
+    """The gate's JUnit file where there was nothing to compare with (a nightly job's first night): one skipped
+    test case per rule, so that a CI job finds the file and reads why nothing was gated."""
+    cases = [str(rule) for rule in rules] or ["baseline"]
+    suite = ET.Element("testsuite", name="evalkit.compare", tests=str(len(cases)), failures="0",
+                       skipped=str(len(cases)))
+    for case in cases:
+        ET.SubElement(ET.SubElement(suite, "testcase", classname=name, name=case), "skipped", message=why)
+    return ET.tostring(ET.ElementTree(suite).getroot(), encoding="utf-8", xml_declaration=True)
+
+
 def junit(c: Comparison, rules: list[Rule], violations: list) -> bytes:
     """One test case per (rule, setting): a failure where the rule is broken."""
     from evalkit.compare.stats import matches
