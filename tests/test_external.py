@@ -122,8 +122,10 @@ def test_metrics_that_need_the_model_are_refused(tmp_path):
     path = write_rows(tmp_path / "g.jsonl", [{"prompt": "q", "text": "a"}])
     for name, needs in (("mean_length", "token_counts"), ("perplexity", "model_logprobs"),
                         ("token_entropy", "token_stats")):
-        with pytest.raises(ConfigError, match=f"needs {needs}, which a file of texts does not have"):
+        with pytest.raises(ConfigError, match=f"needs {needs}, which a file of texts does not have") as e:
             score_file(path, [name], tmp_path / "out", progress=False)
+        # what it can measure instead, where there is such a metric
+        assert ("(mean_length[unit=words] counts words)" in str(e.value)) == (name == "mean_length")
 
 
 def test_existing_output_is_not_overwritten(tmp_path):

@@ -30,10 +30,13 @@ from evalkit.scoring.metric import CHECK_NEEDS, VLM_NEEDS
 from evalkit.settings import Setting, knob_type
 
 TEXT_ONLY_NEEDS = frozenset({"texts", "prompts", "reference_texts"}) | CHECK_NEEDS
+# a metric that counts model tokens: what a file of texts can measure instead
+TEXT_HINTS = (("token_counts", "mean_length[unit=words] counts words"),)
 SCORED = RunKind(name="scored", what="a file of texts", verb="have", columns=tuple(BASE_SAMPLE_COLUMNS),
-                 needs=TEXT_ONLY_NEEDS)
+                 needs=TEXT_ONLY_NEEDS, hints=TEXT_HINTS)
 SCORED_CAPTIONS = RunKind(name="scored", what="a file of texts with images", verb="have",
-                          columns=tuple(BASE_SAMPLE_COLUMNS + VLM_COLUMNS), needs=TEXT_ONLY_NEEDS | VLM_NEEDS)
+                          columns=tuple(BASE_SAMPLE_COLUMNS + VLM_COLUMNS), needs=TEXT_ONLY_NEEDS | VLM_NEEDS,
+                          hints=TEXT_HINTS)
 
 
 class _GenerationRow(BaseModel):
