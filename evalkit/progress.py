@@ -78,12 +78,15 @@ class RichProgress:
         else:
             columns += [TimeElapsedColumn()]
         columns.append(TextColumn("[dim]{task.fields[status]}"))
-        with Progress(*columns, console=self.console, transient=False) as progress:
-            task = progress.add_task(description, total=total, status="")
-            try:
-                yield Phase(progress, task)
-            except BaseException:
-                progress.live.transient = True  # the error line alone is what the user reads
-                raise
-            if total is None:
-                progress.update(task, total=1, completed=1, status="done")
+        progress = Progress(*columns, console=self.console, transient=False)
+        progress.start()
+        task = progress.add_task(description, total=total, status="")
+        try:
+            yield Phase(progress, task)
+        except BaseException:
+            progress.live.transient = True  # the error line alone is what the user reads: erased in a terminal,
+            progress.live.stop()  # and off one without Progress.stop's closing empty line
+            raise
+        if total is None:
+            progress.update(task, total=1, completed=1, status="done")
+        progress.stop()

@@ -107,3 +107,22 @@ def test_tables_are_not_cut_in_a_log(tmp_path):
 def test_counts_in_words():
     assert [count(1, "prompts"), count(2, "prompts"), count(0, "settings"), count(1, "images")] == [
         "1 prompt", "2 prompts", "0 settings", "1 image"]
+
+
+def test_an_error_in_a_progress_phase_leaves_no_line_off_a_terminal():
+    """In a log or a pipe (CI) the error's own line is all that follows: no empty line left by the progress bar."""
+    import io
+
+    from rich.console import Console
+
+    from evalkit.progress import RichProgress
+
+    written = io.StringIO()
+    progress = RichProgress(Console(file=written))  # a file: not a terminal
+    with pytest.raises(ValueError):
+        with progress.phase("loading"):
+            raise ValueError("no server")
+    assert written.getvalue() == ""
+    with progress.phase("loading"):
+        pass
+    assert written.getvalue().split() == ["loading", "0:00:00", "done"]  # a phase that ends keeps its last line
