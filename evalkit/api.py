@@ -47,7 +47,7 @@ def run_sweep(config: SweepConfig | str | Path | None, *, overrides: list[str] |
                                       as_given=_as_given(config), resolved=_resolved(config))
 
 
-def plan_sweep(config: SweepConfig | str | Path, *, overrides: list[str] | None = None,
+def plan_sweep(config: SweepConfig | str | Path, *, overrides: list[str] | None = None, cache: bool = True,
                check: Callable[[SweepConfig], None] | None = None) -> list[tuple[str, str]]:
     """What running ``config`` would make and send (settings, samples, requests, most tokens), as
     (label, value) lines, with nothing loaded, sent or written; every check a run makes before it loads anything
@@ -58,7 +58,7 @@ def plan_sweep(config: SweepConfig | str | Path, *, overrides: list[str] | None 
     if check is not None:
         check(config)
     with _said_of_set(config, overrides):
-        return describe(config)
+        return describe(config, cache=cache)
 
 
 def _check_calibrate(config: SweepConfig) -> None:

@@ -37,8 +37,9 @@ class History:
         """Runs (rows, oldest first) x settings (columns): the mean of ``metric``."""
         a = self.aggregates[self.aggregates["metric"] == metric]
         table = a.pivot_table(index="run_id", columns="setting_id", values="mean", sort=False)
-        settings = list(dict.fromkeys(a["setting_id"]))
-        return table.reindex(index=[r for r in self.runs["run_id"] if r in table.index], columns=settings)
+        settings, recorded = list(dict.fromkeys(a["setting_id"])), set(a["run_id"])
+        # every run that recorded the metric, undefined (NaN) where it is: pivot_table leaves such runs out
+        return table.reindex(index=[r for r in self.runs["run_id"] if r in recorded], columns=settings)
 
 
 def load_history(index: RunIndex, name: str, metrics: list[str] | None = None, *, alpha: float = 0.05,

@@ -122,8 +122,8 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
                 cache = False
         else:
             writer = RunWriter.create(Path(config.output_dir), new_manifest(
-                config, kind, generator, settings, metrics, len(prepared), batch_size, overrides, as_given or {}))
-            writer.manifest.sample_cache = cache
+                config, kind, generator, settings, metrics, len(prepared), batch_size, overrides, as_given or {},
+                sample_cache=cache))
         writer.manifest.executor = executor.record()  # a failed run says where it ran too
         with recorded(config, writer):
             if resume_dir is None:
@@ -244,7 +244,8 @@ def model_features(abilities: Abilities, samples: pd.DataFrame, references: Refe
 
 
 def new_manifest(config: SweepConfig, kind: RunKind, generator: Generator, settings: list, metrics: list,
-                 n_prompts: int, batch_size: int, overrides: list[str] | None, as_given: dict) -> Manifest:
+                 n_prompts: int, batch_size: int, overrides: list[str] | None, as_given: dict,
+                 sample_cache: bool = True) -> Manifest:
     """The manifest a new run of ``config`` starts with (a benchmark's synthetic run takes it too)."""
     return Manifest(
         kind=kind.name, run_id="", name=config.name, started_at=utc_now(), git=git_info(),
@@ -255,7 +256,7 @@ def new_manifest(config: SweepConfig, kind: RunKind, generator: Generator, setti
                                 generation=generator.generation_params(s, config.max_new_tokens)) for s in settings],
         n_prompts=n_prompts, metrics=[m.id for m in metrics], metric_info={m.id: m.info() for m in metrics},
         batch_size=batch_size, stop=list(config.stop),
-        ci=ci_info(config.ci.level, config.ci.resamples, config.seed))
+        ci=ci_info(config.ci.level, config.ci.resamples, config.seed), sample_cache=sample_cache)
 
 
 def plan(config: SweepConfig, prompts: list[PreparedPrompt], settings: list) -> list[WorkUnit]:

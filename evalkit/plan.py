@@ -121,11 +121,11 @@ def logprobs_wanted(metrics: list, source: str | None = None) -> int:
         return tops.pop()
     return 1 if any("model_logprobs" in m.requires() for m in metrics) else 0
 
-def describe(config: SweepConfig) -> list[tuple[str, str]]:
+def describe(config: SweepConfig, *, cache: bool = True) -> list[tuple[str, str]]:
     """What a run of ``config`` would make and send, before anything is loaded, sent or written (``--plan``):
     (label, value) lines. Samples that the sample cache or a resumed run already holds are not made again."""
     kind, settings, metrics, prompts, units, references = checked_inputs(config)
-    check_places(config)
+    check_places(config, cache=cache)
     lines = [("settings", str(len(settings))), (kind.noun, str(len(prompts))),
              ("samples per prompt and setting", str(config.samples_per_prompt)), ("samples", str(units))]
     spec = spec_of(config.model.backend)

@@ -377,6 +377,11 @@ def test_control_characters_in_paths_are_escaped_on_success_too(tmp_path):
     result = CliRunner().invoke(app, ["report", str(scored)])
     assert result.exit_code == 0, result.output
     assert "\x1b" not in result.stdout and "out\\x1b[2J/report.html" in result.stdout
+    for args in (["runs"], ["runs", "--name", "x\x1b[7m"], ["history", "--name", "in-2J", "-o",
+                                                             str(tmp_path / "h.html")]):
+        result = CliRunner().invoke(app, [*args, "--index", str(tmp_path / "index.sqlite")])
+        assert result.exit_code == 0 and "\x1b" not in result.stdout, result.output  # the run id is its folder's
+    assert "out\\x1b[2J" in CliRunner().invoke(app, ["runs", "--index", str(tmp_path / "index.sqlite")]).stdout
 
 
 def test_a_long_value_is_cut_in_every_option():
@@ -473,10 +478,46 @@ def test_a_gate_that_could_never_fail_is_refused(tmp_path):
     line = one_line(CliRunner().invoke(app, ["compare", *few, "--fail-on", "distinct_2:-0.03", "--junit",
                                              str(junit)]))
     assert line == ("error: --fail-on: 'distinct_2' could never fail: with 3 prompts in common the paired sign-flip "
-                    "test's smallest p-value is 0.25, 0.5 after Holm's adjustment over 2 tests, not under alpha "
-                    "0.05; gate on runs of at least 7 prompts, or on fewer metrics")
+                    "test's smallest p-value is 0.25, 0.5 at best after Holm's adjustment over 2 tests, not under "
+                    "alpha 0.05; gate on runs of at least 7 prompts, or on fewer metrics or settings")
     assert not junit.exists()
+    # at alpha 1e-4 no number of prompts would do (the random test's floor, 1/10,001, times 2 tests): said, at once
+    line = one_line(CliRunner().invoke(app, ["compare", *few, "--alpha", "1e-4", "--fail-on", "distinct_2:-0.03"]))
+    assert line.endswith("not under alpha 0.0001; gate on fewer metrics or settings")
     enough = [scored("base", 7, varied), scored("new", 7, same)]  # 2 x 2/2^7 < 0.05: the same drop fails the gate
     result = CliRunner().invoke(app, ["compare", *enough, "--fail-on", "distinct_2:-0.03", "--junit", str(junit)])
     assert result.exit_code == 1 and "REGRESSION: 2 change(s)" in result.output, result.output
     assert 'failures="2"' in junit.read_text()
+
+
+def test_a_gate_whose_rows_have_fewer_prompts_than_others_can_still_fail(tmp_path):
+    """Holm steps down: a row of 6 prompts (p at best 1/32) ranked after a row of 10 (1/512) is significant at
+    2 tests, though 2 x 1/32 is not under 0.05: the gate is not refused, and it fails."""
+    def scored(name: str, new: bool) -> str:
+        rows = []
+        for p in range(10):
+            for i in range(3):
+                if p >= 6:  # one word: distinct_2 undefined here, distinct_1 still falls
+                    text = "same" if new else f"w{p}x{i}"
+                else:
+                    text = "same same same same same same" if new else " ".join(f"w{p}{i}{k}" for k in range(6))
+                rows.append({"prompt_id": f"p{p}", "temperature": 0.7, "text": text})
+        data = write_jsonl(tmp_path / f"{name}.jsonl", rows)
+        assert CliRunner().invoke(app, ["score", str(data), "-q", "--metrics", "distinct_1,distinct_2", "-o",
+                                        str(tmp_path / name)]).exit_code == 0
+        return str(tmp_path / name)
+
+    runs = [scored("base", False), scored("new", True)]
+    result = CliRunner().invoke(app, ["compare", *runs, "--fail-on", "distinct_1:-0.1", "--fail-on",
+                                      "distinct_2:-0.1"])
+    assert result.exit_code == 1 and "REGRESSION: 2 change(s)" in result.output, result.output
+
+
+def test_plan_with_no_cache_does_not_check_the_cache(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("EVALKIT_SAMPLE_CACHE", str(tmp_path))  # a directory: no cache can be there
+    path = tmp_path / "sweep.yaml"
+    path.write_text(config_text(tiny_model, tmp_path), encoding="utf-8")
+    line = one_line(CliRunner().invoke(app, ["run", str(path), "--plan"]))
+    assert line.startswith("error: sample cache: ") and "is a directory" in line, line
+    result = CliRunner().invoke(app, ["run", str(path), "--plan", "--no-cache"])  # as the run would: no cache
+    assert result.exit_code == 0 and "samples" in result.output, result.output

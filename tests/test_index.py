@@ -180,8 +180,18 @@ def test_nightly_loop_end_to_end(tiny_model, tmp_path, monkeypatch):
     few = cli.invoke(app, args)
     assert few.exit_code == 2 and "could never fail: with 3 prompts" in few.output, few.output
     assert not (tmp_path / "runs").exists() and not (tmp_path / "gate.xml").exists()
+    # 6 prompts: the first night runs (one test would do: 2/2^6 < 0.05); the second knows its baseline's 6 settings,
+    # 6 x 2/2^6 is not under 0.05 after Holm: refused before its sweep
+    six = {**nightly, "name": "six",
+           "prompts": nightly["prompts"] + ["Name a colour.", "Name a fruit.", "Name a city."]}
+    config.write_text(yaml.safe_dump(six), encoding="utf-8")
+    assert cli.invoke(app, args).exit_code == 0
+    again = cli.invoke(app, args)
+    assert again.exit_code == 2 and "with 6 prompts in common" in again.output and "over 6 tests" in again.output
+    assert len(list((tmp_path / "runs").glob("*-six"))) == 1
     # 8 prompts: 6 settings' tests, 6 x 2/2^8 < 0.05 after Holm, the gate can fail
     nightly["prompts"] += [f"Name {thing}." for thing in ("a colour", "a fruit", "a city", "a tree", "a river")]
+    (tmp_path / "gate.xml").unlink()
     config.write_text(yaml.safe_dump(nightly), encoding="utf-8")
     first = cli.invoke(app, args)
     assert first.exit_code == 0, first.output

@@ -66,7 +66,7 @@ def _check_gate(config, baseline: str, rules, junit: Path | None) -> None:
     """Before the sweep: every --fail-on rule names a metric the sweep scores, the baseline can be found,
     and the JUnit file can be written; a mistake here is found in a second, not after the run."""
     from evalkit.compare import load_side, matches
-    from evalkit.compare.stats import pooled_rule, prompts_needed, smallest_p
+    from evalkit.compare.stats import pooled_rule, smallest_p, unreachable_rule
     from evalkit.index import TABLES, RunIndex, index_path
     from evalkit.kinds import kind_of
     from evalkit.prompts import load_prompts
@@ -83,12 +83,7 @@ def _check_gate(config, baseline: str, rules, junit: Path | None) -> None:
                                f"({', '.join(ids)})")
         if all(m.pooled for m in hit):
             raise pooled_rule(rule, [m.id for m in hit])
-    n = len(load_prompts(config))
-    if rules and smallest_p(n) >= RUN_ALPHA:  # not even one test alone: the run's comparison could never fail
-        raise EvalkitError(f"--fail-on: {shown(rules[0].metric)} could never fail: with {n} "
-                           f"prompt{'s' if n != 1 else ''} the paired sign-flip test's smallest p-value is "
-                           f"{smallest_p(n):.3g}, not under alpha {RUN_ALPHA:g}; gate runs of at least "
-                           f"{prompts_needed(1, RUN_ALPHA)} prompts")
+    prompts = load_prompts(config)
     where, base = index_path(config.index, config.output_dir), None
     if baseline == "latest":
         check_database(where, field="index", tables=TABLES)
@@ -100,11 +95,21 @@ def _check_gate(config, baseline: str, rules, junit: Path | None) -> None:
         base = load_side(baseline, where, what="--baseline")
     if base is not None:  # what the run's protocol will be, as far as the config tells it
         planned = build_protocol(kind_of(config).name, config.model_dump(mode="json"),
-                                 {p.id: p.display for p in load_prompts(config)})
+                                 {p.id: p.display for p in prompts})
         problems = differences({k: v for k, v in base.protocol.items() if k in planned}, planned)
         if problems:
             raise EvalkitError(f"--baseline: this sweep would not be comparable with {base.label}: "
                                f"{'; '.join(problems)}")
+    if rules:
+        # the gate's tests: every setting both runs have x every metric a rule matches (all of them without a
+        # baseline yet: a lower bound, 1); each with at most every prompt: if even then the first test Holm ranks
+        # cannot get under alpha, no change could fail the gate (evalkit.compare.stats._check_reachable after it)
+        gated = {m.id for m in created if not m.pooled and any(matches(r.metric, m.id) for r in rules)}
+        tests = 1 if base is None else (len({s.id for s in config.settings()} & set(base.scores["setting_id"]))
+                                        * len(gated & set(base.scores["metric"])))
+        if tests and tests * smallest_p(len(prompts)) >= RUN_ALPHA:
+            raise unreachable_rule(rules[0], len(prompts), min(1.0, tests * smallest_p(len(prompts))), tests,
+                                   RUN_ALPHA)
     if junit is not None:
         _check_output(junit.expanduser(), "--junit", [base.path] if base is not None and base.path else [], where)
 

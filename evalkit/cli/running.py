@@ -54,7 +54,7 @@ def run(
             from evalkit.api import plan_sweep
 
             lines = plan_sweep(config if config is not None else preset_path(preset), overrides=set_ or [],
-                               check=gate_check)
+                               cache=not no_cache, check=gate_check)
             width = max(len(label) for label, _ in lines)
             for label, value in lines:
                 out.print(f"{escape(label):<{width}}  {escape(value)}", highlight=False, soft_wrap=True)

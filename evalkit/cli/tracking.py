@@ -64,7 +64,7 @@ def runs(
         with RunIndex(index_path(index), create=False) as db:
             listed = db.runs(name=name)
         if listed.empty:
-            out.print(f"no runs{f' named {escape(name)}' if name else ''} in {echoed(db.path)}", highlight=False)
+            out.print(f"no runs{f' named {echoed(name)}' if name else ''} in {echoed(db.path)}", highlight=False)
             return
         table = Table(title=f"runs in {echoed(db.path)}")
         table.add_column("run", no_wrap=True, min_width=max(len(r) for r in listed["run_id"]))  # ids are copied
@@ -73,7 +73,7 @@ def runs(
         listed = listed.astype(object).where(listed.notna(), None)  # a scored run has no model hash: None, not NaN
         for r in listed.itertuples():
             git = f"{(r.git_commit or '')[:10]}{' (dirty)' if r.git_dirty else ''}"
-            table.add_row(escape(r.run_id), r.status, r.started_at, echoed(r.model_id or ""),
+            table.add_row(echoed(r.run_id), r.status, r.started_at, echoed(r.model_id or ""),
                           echoed(r.model_hash or "")[:12], escape(git), "" if r.n_samples is None else
                           str(r.n_samples))
         _print_table(table)
@@ -145,12 +145,12 @@ def history(
             h = load_history(db, name, metric)
         for m in h.metrics:
             trend = h.trend(m)
-            table = Table(title=f"{escape(m)}: mean per run", caption="! marks a regression from the run before")
+            table = Table(title=f"{echoed(m)}: mean per run", caption="! marks a regression from the run before")
             table.add_column("run", no_wrap=True, min_width=max(len(r) for r in trend.index))
             for sid in trend.columns:
                 table.add_column(echoed(sid), justify="right")
             for run_id, values in zip(trend.index, trend.to_numpy()):
-                table.add_row(escape(run_id), *[fmt(v) + (" !" if (run_id, sid, m) in h.regressions else "")
+                table.add_row(echoed(run_id), *[fmt(v) + (" !" if (run_id, sid, m) in h.regressions else "")
                                                 for sid, v in zip(trend.columns, values)])
             _print_table(table)
         written = write_history_html(h, target)

@@ -167,13 +167,30 @@ def smallest_p(n: int, permutations: int = 10_000) -> float:
     return min(1.0, 2 / 2 ** n) if 2 ** n <= permutations else 1 / (permutations + 1)
 
 
-def prompts_needed(tests: int, alpha: float) -> int:
-    """The fewest prompts whose exact sign-flip test can fall under ``alpha`` after Holm's adjustment over
-    ``tests`` comparisons (m x 2 / 2^n < alpha)."""
+def prompts_needed(tests: int, alpha: float, permutations: int = 10_000) -> int | None:
+    """The fewest prompts whose sign-flip test can fall under ``alpha`` after Holm's adjustment over ``tests``
+    comparisons (tests x the smallest p < alpha); None when no number of prompts can (the random test's smallest p,
+    1 / (permutations + 1), is a floor)."""
     n = 1
-    while tests * smallest_p(n) >= alpha:
+    while 2 ** n <= permutations:
+        if tests * smallest_p(n, permutations) < alpha:
+            return n
         n += 1
-    return n
+    return n if tests * smallest_p(n, permutations) < alpha else None
+
+
+def unreachable_rule(rule: Rule, prompts: int, bound: float, tests: int, alpha: float,
+                     permutations: int = 10_000) -> EvalkitError:
+    """The refusal of a gate rule that no change could break: with ``prompts`` prompts its best p-value after Holm's
+    adjustment over ``tests`` tests is ``bound``, not under ``alpha``."""
+    needed = prompts_needed(tests, alpha, permutations)
+    instead = (f"gate on runs of at least {needed} prompts, or on fewer metrics or settings" if needed is not None
+               else "gate on fewer metrics or settings")
+    return EvalkitError(
+        f"--fail-on: {shown(rule.metric)} could never fail: with {prompts} prompt{'s' if prompts != 1 else ''} in "
+        f"common the paired sign-flip test's smallest p-value is {smallest_p(prompts, permutations):.3g}, "
+        f"{bound:.3g} at best after Holm's adjustment over {tests} test{'s' if tests != 1 else ''}, not under alpha "
+        f"{alpha:g}; {instead}")
 
 
 def compare_runs(base: RunData, new: RunData, *, metrics: list[str] | None = None, alpha: float = 0.05,
@@ -294,18 +311,18 @@ def gate(comparison: Comparison, rules: list[Rule]) -> list[tuple[Rule, object]]
 
 
 def _check_reachable(comparison: Comparison, rule: Rule, rows: pd.DataFrame) -> None:
-    """Refuse a rule that no change could break: with too few prompts, no p-value its rows can have gets under
-    alpha after Holm's adjustment over every test of the comparison (a gate that passes whatever happened)."""
+    """Refuse a rule that no change could break: no row of it could get under alpha after Holm's adjustment over
+    every test of the comparison, even were every row's p-value the smallest its prompts allow (Holm's adjusted
+    values never fall when a p-value rises, so these bounds hold): a gate that would pass whatever happened."""
     table = comparison.table
-    tests = int(table["p"].notna().sum())
-    tested = rows[rows["p"].notna()]
-    if tested.empty or any(tests * smallest_p(int(n), comparison.permutations) < comparison.alpha
-                           for n in tested["n_prompts"]):
+    tested = table["p"].notna().to_numpy()
+    if not tested.any():
         return
-    most = int(tested["n_prompts"].max())
-    raise EvalkitError(
-        f"--fail-on: {shown(rule.metric)} could never fail: with {most} prompt{'s' if most != 1 else ''} in common "
-        f"the paired sign-flip test's smallest p-value is {smallest_p(most, comparison.permutations):.3g}, "
-        f"{tests * smallest_p(most, comparison.permutations):.3g} after Holm's adjustment over {tests} "
-        f"test{'s' if tests != 1 else ''}, not under alpha {comparison.alpha:g}; gate on runs of at least "
-        f"{prompts_needed(tests, comparison.alpha)} prompts, or on fewer metrics")
+    floors = np.full(len(table), np.nan)
+    floors[tested] = [smallest_p(int(n), comparison.permutations) for n in table.loc[tested, "n_prompts"]]
+    bounds = pd.Series(holm(floors), index=table.index).loc[rows.index].dropna()
+    if bounds.empty or bool((bounds < comparison.alpha).any()):
+        return
+    best = bounds.idxmin()
+    raise unreachable_rule(rule, int(table.loc[best, "n_prompts"]), float(bounds[best]), int(tested.sum()),
+                           comparison.alpha, comparison.permutations)
