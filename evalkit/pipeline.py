@@ -86,6 +86,9 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
     kind, settings, metrics, prompts, _, references = checked_inputs(config)
     checks = {p.id: p.checks for p in prompts if p.checks is not None}
     prepare_all(metrics, source=config.source)  # loads embedders, probes the sandbox: after the cheap checks
+    if resume_dir is not None and cache and not Run(resume_dir).manifest.sample_cache:
+        ui.note("the run was started with --no-cache: its resume takes no sample from the sample cache either")
+        cache = False
     check_places(config, resume_dir, cache=cache)
     executor = executor_for(config)
     checked = executor.check()
@@ -117,9 +120,6 @@ def run_sweep(config: SweepConfig, *, ui, cache: bool = True, resume_dir: Path |
                 raise EvalkitError(f"--resume: {resume_dir} was sampled by {writer.manifest.model.engine_name}, and "
                                    f"this run would sample by {generator.info.engine_name}: its samples would mix two "
                                    "engines")
-            if cache and not writer.manifest.sample_cache:
-                ui.note("the run was started with --no-cache: its resume takes no sample from the sample cache either")
-                cache = False
         else:
             writer = RunWriter.create(Path(config.output_dir), new_manifest(
                 config, kind, generator, settings, metrics, len(prepared), batch_size, overrides, as_given or {},

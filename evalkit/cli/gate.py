@@ -66,7 +66,7 @@ def _check_gate(config, baseline: str, rules, junit: Path | None) -> None:
     """Before the sweep: every --fail-on rule names a metric the sweep scores, the baseline can be found,
     and the JUnit file can be written; a mistake here is found in a second, not after the run."""
     from evalkit.compare import load_side, matches
-    from evalkit.compare.stats import pooled_rule, smallest_p, unreachable_rule
+    from evalkit.compare.stats import holm_floors, pooled_rule, unreachable_rule
     from evalkit.index import TABLES, RunIndex, index_path
     from evalkit.kinds import kind_of
     from evalkit.prompts import load_prompts
@@ -101,15 +101,14 @@ def _check_gate(config, baseline: str, rules, junit: Path | None) -> None:
             raise EvalkitError(f"--baseline: this sweep would not be comparable with {base.label}: "
                                f"{'; '.join(problems)}")
     if rules:
-        # the gate's tests: every setting both runs have x every metric a rule matches (all of them without a
-        # baseline yet: a lower bound, 1); each with at most every prompt: if even then the first test Holm ranks
-        # cannot get under alpha, no change could fail the gate (evalkit.compare.stats._check_reachable after it)
+        # the gate's tests: every setting both runs have x every metric a rule matches (without a baseline yet: a
+        # lower bound, 1), each with at most every prompt: the bound _check_reachable applies after the sweep
         gated = {m.id for m in created if not m.pooled and any(matches(r.metric, m.id) for r in rules)}
         tests = 1 if base is None else (len({s.id for s in config.settings()} & set(base.scores["setting_id"]))
                                         * len(gated & set(base.scores["metric"])))
-        if tests and tests * smallest_p(len(prompts)) >= RUN_ALPHA:
-            raise unreachable_rule(rules[0], len(prompts), min(1.0, tests * smallest_p(len(prompts))), tests,
-                                   RUN_ALPHA)
+        bound = float(holm_floors([len(prompts)] * tests).min()) if tests else 0.0
+        if bound >= RUN_ALPHA:
+            raise unreachable_rule(rules[0], len(prompts), bound, tests, RUN_ALPHA)
     if junit is not None:
         _check_output(junit.expanduser(), "--junit", [base.path] if base is not None and base.path else [], where)
 

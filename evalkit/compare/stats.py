@@ -167,6 +167,12 @@ def smallest_p(n: int, permutations: int = 10_000) -> float:
     return min(1.0, 2 / 2 ** n) if 2 ** n <= permutations else 1 / (permutations + 1)
 
 
+def holm_floors(prompt_counts, permutations: int = 10_000) -> np.ndarray:
+    """Each test's smallest possible p-value after Holm's adjustment over all of them: every p at the smallest its
+    prompts allow (Holm's adjusted values never fall when a p-value rises, so no outcome gets under these)."""
+    return holm(np.array([smallest_p(int(n), permutations) for n in prompt_counts], dtype=float))
+
+
 def prompts_needed(tests: int, alpha: float, permutations: int = 10_000) -> int | None:
     """The fewest prompts whose sign-flip test can fall under ``alpha`` after Holm's adjustment over ``tests``
     comparisons (tests x the smallest p < alpha); None when no number of prompts can (the random test's smallest p,
@@ -312,17 +318,12 @@ def gate(comparison: Comparison, rules: list[Rule]) -> list[tuple[Rule, object]]
 
 def _check_reachable(comparison: Comparison, rule: Rule, rows: pd.DataFrame) -> None:
     """Refuse a rule that no change could break: no row of it could get under alpha after Holm's adjustment over
-    every test of the comparison, even were every row's p-value the smallest its prompts allow (Holm's adjusted
-    values never fall when a p-value rises, so these bounds hold): a gate that would pass whatever happened."""
-    table = comparison.table
-    tested = table["p"].notna().to_numpy()
-    if not tested.any():
-        return
-    floors = np.full(len(table), np.nan)
-    floors[tested] = [smallest_p(int(n), comparison.permutations) for n in table.loc[tested, "n_prompts"]]
-    bounds = pd.Series(holm(floors), index=table.index).loc[rows.index].dropna()
+    every test of the comparison (:func:`holm_floors`): a gate that would pass whatever happened."""
+    tested = comparison.table[comparison.table["p"].notna()]
+    bounds = pd.Series(holm_floors(tested["n_prompts"], comparison.permutations), index=tested.index)
+    bounds = bounds.reindex(rows.index).dropna()
     if bounds.empty or bool((bounds < comparison.alpha).any()):
         return
     best = bounds.idxmin()
-    raise unreachable_rule(rule, int(table.loc[best, "n_prompts"]), float(bounds[best]), int(tested.sum()),
+    raise unreachable_rule(rule, int(tested.loc[best, "n_prompts"]), float(bounds[best]), len(tested),
                            comparison.alpha, comparison.permutations)
